@@ -1,0 +1,1 @@
+"""bmsfw.fleet"""
