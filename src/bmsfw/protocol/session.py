@@ -1,0 +1,171 @@
+"""The one interface the update pipeline uses to talk to a BMS.
+
+``BmsSession`` is transport-independent: there is one implementation per
+application protocol (UDS over ISO-TP on CAN, Modbus RTU on RS485/USB), and
+nothing above ``bmsfw.protocol`` knows which one it holds. The records below are
+the client's view of the device, decoded from DIDs or registers; they are plain
+frozen dataclasses so reports can serialise them with ``dataclasses.asdict``.
+
+Sequence the pipeline drives (DESIGN.md, "The update, step by step")::
+
+    identify -> read_telemetry / link_check -> read_config -> authenticate
+    -> prepare(header) -> erase (unless resuming) -> write(...)* -> verify
+    -> activate -> reset -> wait_boot -> read_self_test -> confirm | rollback
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "BmsSession",
+    "BootStatus",
+    "ConfigSnapshot",
+    "DeviceIdentity",
+    "LinkQuality",
+    "SelfTestCheck",
+    "SelfTestResult",
+    "Telemetry",
+    "TesterCredentials",
+    "TransferState",
+]
+
+ImageState = Literal["confirmed", "test", "reverted", "none"]
+RunState = Literal["application", "booting", "self-test", "bootloader", "off"]
+Channel = Literal["wired", "ota"]
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    vendor: str
+    model: str
+    hw_revision: str
+    serial: str
+    bootloader_version: str
+    app_version: str
+    security_counter: int
+    active_bank: str
+    address: str = ""  # how this session reaches it, e.g. "can:udp_multicast/node 3"
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    soc_pct: float
+    pack_voltage_v: float
+    pack_current_a: float
+    cell_voltages_v: tuple[float, ...]
+    temperatures_c: tuple[float, ...]
+    supply_voltage_v: float
+    faults: tuple[str, ...] = ()
+    contactors_closed: bool = True
+
+
+@dataclass(frozen=True)
+class BootStatus:
+    run_state: RunState
+    active_bank: str
+    running_version: str
+    image_state: ImageState
+    boot_count: int
+    security_counter: int
+    last_revert_reason: str = ""
+
+
+@dataclass(frozen=True)
+class SelfTestCheck:
+    name: str
+    passed: bool
+    value: str = ""
+    limit: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SelfTestResult:
+    passed: bool
+    checks: tuple[SelfTestCheck, ...]
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class LinkQuality:
+    echo_ok: bool
+    round_trips: int
+    errors: int
+    rate: str  # "500000 bit/s CAN", "115200 8E1"
+    rate_matches: bool
+    round_trip_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class TransferState:
+    """What the device already holds for the staged update (for resume)."""
+
+    total_size: int
+    contiguous_bytes: int  # bytes written from offset 0 without a gap
+    erased: bool
+    missing_ranges: tuple[tuple[int, int], ...] = ()  # (offset, length)
+
+
+@dataclass(frozen=True)
+class ConfigSnapshot:
+    schema_version: int
+    config: Mapping[str, Any]
+    calibration: Mapping[str, Any]
+    checksum: str  # hex SHA-256 of the canonical JSON of config + calibration
+
+
+@dataclass(frozen=True)
+class TesterCredentials:
+    """What the tester proves to the BMS: a certificate chained to the vendor root."""
+
+    certificate_chain_pem: bytes
+    private_key_pem: bytes
+    passphrase: bytes | None = field(default=None, repr=False)
+
+
+@runtime_checkable
+class BmsSession(Protocol):
+    """A connection to one BMS. Methods raise ``BmsfwError`` subclasses only."""
+
+    def identify(self) -> DeviceIdentity: ...
+
+    def read_telemetry(self) -> Telemetry: ...
+
+    def read_boot_status(self) -> BootStatus: ...
+
+    def link_check(self) -> LinkQuality: ...
+
+    def read_config(self) -> ConfigSnapshot: ...
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None: ...
+
+    def authenticate(self, credentials: TesterCredentials) -> None: ...
+
+    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+        """Stage a release header; the device verifies it and says what it holds already."""
+        ...
+
+    def erase(self) -> None: ...
+
+    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        """Transfer ``image[start_offset:]``; yields the offset reached after each block."""
+        ...
+
+    def verify(self) -> None: ...
+
+    def activate(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def wait_boot(self, timeout_s: float) -> BootStatus: ...
+
+    def read_self_test(self) -> SelfTestResult: ...
+
+    def confirm(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def close(self) -> None: ...
