@@ -1,0 +1,32 @@
+"""Run every benchmark module in turn: ``python -m benchmarks [name ...]``.
+
+Each ``benchmarks/bench_*.py`` is also runnable on its own and prints its table.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import runpy
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    here = Path(__file__).parent
+    names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    wanted = [n if n.startswith("bench_") else f"bench_{n}" for n in argv] or names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(names)}")
+        return 2
+    for name in wanted:
+        print(f"\n=== {name} ===", flush=True)
+        started = time.perf_counter()
+        runpy.run_module(f"benchmarks.{name}", run_name="__main__")
+        print(f"({name} took {time.perf_counter() - started:.1f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
