@@ -1,0 +1,583 @@
+"""Release packages (.bmsfw): build, sign, verify, inspect.
+
+A package is a zip any unzip can read::
+
+    manifest.json            canonical JSON (see _manifest)
+    manifest.sig             raw signature over manifest.json (absent until signed)
+    certs/0.der ...          signer certificate, then its issuers
+    crl/0.der ...            revocation lists shipped with the release (optional)
+    components/NAME.bin[.zst] MCUboot images in their stored encoding
+
+Everything a device must trust lives in the release header (manifest,
+signature, chain, CRLs; see _header). ``verify_release`` rebuilds that header
+from the zip and calls ``verify_header``, the same function a BMS runs on the
+header alone, so host and device decide identically; it then checks every
+component against the verified manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import struct
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bmsfw.package import _encoding
+from bmsfw.package._crypto import PrivateKey, load_public_key, sign_message, verify_message
+from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
+from bmsfw.package._image import (
+    ImageInfo,
+    ImageVersion,
+    McubootImage,
+    build_image,
+    check_image_integrity,
+    parse_image,
+    verify_image,
+)
+from bmsfw.package._manifest import Component, Manifest, SafetyClass
+from bmsfw.package._model import DeviceFacts, HardwareCompat, SemVer, parse_semver
+from bmsfw.package._pki import SignerCredentials
+from bmsfw.package._trust import (
+    CertificateSummary,
+    TrustAnchors,
+    summarize_certificate,
+    validate_chain,
+)
+from bmsfw.package.errors import (
+    AntiRollbackError,
+    BadSignatureError,
+    BootloaderTooOldError,
+    HashMismatchError,
+    ImageManifestMismatchError,
+    IncompatibleHardwareError,
+    InvalidManifestError,
+    MalformedPackageError,
+    SafetyCriticalOverOtaError,
+    UnsignedPackageError,
+)
+
+__all__ = [
+    "ComponentSource",
+    "ReleaseInspection",
+    "VerifiedRelease",
+    "build_release",
+    "inspect_release",
+    "release_header",
+    "sign_release",
+    "verify_header",
+    "verify_release",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+MAX_MEMBERS = 64
+MAX_COMPONENT_BYTES = 64 * 1024 * 1024
+MAX_TRUST_MEMBER_BYTES = 64 * 1024
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same inputs give the same package bytes
+# Everything zipfile and zlib raise on hostile input; wrapped into MalformedPackageError.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    KeyError,
+    IndexError,
+    OverflowError,
+    UnicodeDecodeError,
+)
+
+
+@dataclass(frozen=True)
+class ComponentSource:
+    """Input to ``build_release``: raw firmware to wrap, or an already signed MCUboot image."""
+
+    name: str
+    data: bytes
+    kind: Literal["firmware", "image"] = "firmware"
+    encoding: str | None = None  # None: the release default
+
+    @classmethod
+    def firmware(cls, name: str, data: bytes, encoding: str | None = None) -> ComponentSource:
+        return cls(name, data, "firmware", encoding)
+
+    @classmethod
+    def image(cls, name: str, data: bytes, encoding: str | None = None) -> ComponentSource:
+        return cls(name, data, "image", encoding)
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """A release that passed every check; images are the decoded MCUboot images."""
+
+    manifest: Manifest
+    chain: tuple[CertificateSummary, ...]
+    images: Mapping[str, bytes] = field(repr=False)
+    image_info: Mapping[str, ImageInfo]
+
+    def image(self, name: str = "app") -> bytes:
+        return self.images[name]
+
+
+@dataclass(frozen=True)
+class ComponentInspection:
+    component: Component
+    image: McubootImage | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class ReleaseInspection:
+    """What ``inspect`` shows: no trust decision made."""
+
+    manifest: Manifest
+    signed: bool
+    chain: tuple[CertificateSummary, ...]
+    revocation_lists: int
+    components: tuple[ComponentInspection, ...]
+    package_sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        comps = []
+        for item in self.components:
+            entry: dict[str, object] = item.component.to_dict()
+            if item.image is not None:
+                hw = item.image.hardware
+                entry["image"] = {
+                    "version": str(item.image.version),
+                    "security_counter": item.image.security_counter,
+                    "hardware": None
+                    if hw is None
+                    else {"model": hw.model, "revisions": list(hw.revisions)},
+                    "header_size": item.image.header_size,
+                    "payload_size": item.image.payload_size,
+                    "tlvs": [t.name for t in item.image.unprotected_tlvs],
+                    "protected_tlvs": [t.name for t in item.image.protected_tlvs],
+                }
+            entry["problem"] = item.problem
+            comps.append(entry)
+        return {
+            "manifest": self.manifest.to_dict(),
+            "signed": self.signed,
+            "chain": [c.to_dict() for c in self.chain],
+            "revocation_lists": self.revocation_lists,
+            "components": comps,
+            "package_sha256": self.package_sha256,
+        }
+
+
+# --- zip handling ---------------------------------------------------------------------
+
+
+class _Package:
+    """The members of a .bmsfw zip, read defensively (sizes bounded before reading)."""
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            self._zip = zipfile.ZipFile(io.BytesIO(data))
+            infos = self._zip.infolist()
+        except _ZIP_ERRORS as exc:
+            raise MalformedPackageError(f"not a readable .bmsfw zip: {exc}") from None
+        if len(infos) > MAX_MEMBERS:
+            raise MalformedPackageError(f"package has {len(infos)} members, at most {MAX_MEMBERS}")
+        self.infos: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if info.filename in self.infos:
+                raise MalformedPackageError(f"member {info.filename!r} appears twice")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise MalformedPackageError(f"member {info.filename!r} uses an unknown compression")
+            self.infos[info.filename] = info
+
+    def names(self) -> set[str]:
+        return set(self.infos)
+
+    def read(self, name: str, limit: int) -> bytes:
+        info = self.infos.get(name)
+        if info is None:
+            raise MalformedPackageError(f"package has no member {name!r}")
+        if info.file_size > limit:
+            raise MalformedPackageError(f"member {name!r} is {info.file_size} bytes, limit {limit}")
+        try:
+            with self._zip.open(info) as member:
+                data = member.read(limit + 1)
+        except _ZIP_ERRORS as exc:
+            raise MalformedPackageError(f"member {name!r} cannot be read: {exc}") from None
+        if len(data) != info.file_size:
+            raise MalformedPackageError(f"member {name!r} is truncated")
+        return data
+
+    def numbered(self, prefix: str) -> list[bytes]:
+        out = []
+        index = 0
+        while f"{prefix}/{index}.der" in self.infos:
+            out.append(self.read(f"{prefix}/{index}.der", MAX_TRUST_MEMBER_BYTES))
+            index += 1
+        return out
+
+
+def _write_zip(members: Sequence[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buffer.getvalue()
+
+
+def _trust_members(header: ReleaseHeader | None) -> list[tuple[str, bytes]]:
+    if header is None:
+        return []
+    members = [(SIGNATURE_NAME, header.signature)]
+    members += [(f"certs/{i}.der", c) for i, c in enumerate(header.certificates)]
+    members += [(f"crl/{i}.der", c) for i, c in enumerate(header.revocation_lists)]
+    return members
+
+
+def _allowed_names(pkg: _Package, manifest: Manifest, signed: bool) -> set[str]:
+    names = {MANIFEST_NAME} | {c.member for c in manifest.components}
+    if signed:
+        names.add(SIGNATURE_NAME)
+        names |= {n for n in pkg.names() if n.startswith(("certs/", "crl/"))}
+    return names
+
+
+def _check_members(pkg: _Package, manifest: Manifest, signed: bool) -> None:
+    extra = pkg.names() - _allowed_names(pkg, manifest, signed)
+    missing = {c.member for c in manifest.components} - pkg.names()
+    if extra or missing:
+        raise MalformedPackageError(
+            f"package members do not match the manifest: unexpected {sorted(extra)}, "
+            f"missing {sorted(missing)}"
+        )
+    numbered = {n for n in pkg.names() if n.startswith(("certs/", "crl/"))}
+    counted = {f"certs/{i}.der" for i in range(len(pkg.numbered("certs")))}
+    counted |= {f"crl/{i}.der" for i in range(len(pkg.numbered("crl")))}
+    if numbered != counted:
+        raise MalformedPackageError(f"unexpected trust members {sorted(numbered - counted)}")
+
+
+def _manifest_bytes(pkg: _Package) -> bytes:
+    return pkg.read(MANIFEST_NAME, 64 * 1024)
+
+
+# --- build and sign -------------------------------------------------------------------
+
+
+def _utc_stamp(when: dt.datetime | None) -> str:
+    when = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _image_version_for(version: SemVer) -> str:
+    build = version.build if version.build.isdigit() else "0"
+    return f"{version.major}.{version.minor}.{version.patch}+{build}"
+
+
+def build_release(
+    *,
+    product: str,
+    version: str,
+    security_counter: int,
+    hardware: HardwareCompat,
+    min_bootloader_version: str,
+    components: Sequence[ComponentSource],
+    image_signing_key: PrivateKey | None = None,
+    safety_class: SafetyClass = "standard",
+    release_notes: str = "",
+    created_at: dt.datetime | None = None,
+    encoding: str = "zstd",
+    header_size: int = 0x200,
+    align: int = 8,
+) -> bytes:
+    """An unsigned .bmsfw package; sign it with :func:`sign_release`.
+
+    Firmware components are wrapped into MCUboot images signed by
+    ``image_signing_key`` carrying the release's version, security counter and
+    hardware compatibility. Already-signed images (e.g. from imgtool) are
+    parsed, integrity-checked and must agree with the manifest.
+    """
+    semver = parse_semver(version)
+    stored_members: list[tuple[str, bytes]] = []
+    records: list[Component] = []
+    for source in components:
+        if source.kind == "firmware":
+            if image_signing_key is None:
+                raise InvalidManifestError(
+                    f"component {source.name!r} is raw firmware; an image-signing key is needed"
+                )
+            image = build_image(
+                source.data,
+                signing_key=image_signing_key,
+                version=_image_version_for(semver),
+                security_counter=security_counter,
+                hardware=hardware,
+                header_size=header_size,
+                align=align,
+            )
+        else:
+            image = source.data
+        info = check_image_integrity(image)
+        _check_image_against(source.name, info, semver, security_counter, hardware)
+        name_encoding = source.encoding or encoding
+        stored = _encoding.encode(name_encoding, image)
+        record = Component(
+            name=source.name,
+            image_size=len(image),
+            image_sha256=hashlib.sha256(image).digest(),
+            encoding=name_encoding,
+            stored_size=len(stored),
+            stored_sha256=hashlib.sha256(stored).digest(),
+        )
+        records.append(record)
+        stored_members.append((record.member, stored))
+    manifest = Manifest(
+        product=product,
+        version=version,
+        security_counter=security_counter,
+        hardware=hardware,
+        min_bootloader_version=min_bootloader_version,
+        safety_class=safety_class,
+        components=tuple(records),
+        release_notes=release_notes,
+        created_at=_utc_stamp(created_at),
+    )
+    log.info("built release %s %s with %d component(s)", product, version, len(records))
+    return _write_zip([(MANIFEST_NAME, manifest.to_json_bytes()), *stored_members])
+
+
+def sign_release(
+    package: bytes,
+    signer: SignerCredentials,
+    *,
+    revocation_lists: Sequence[bytes] = (),
+) -> bytes:
+    """Sign (or re-sign) a package's manifest; component hashes are checked first."""
+    pkg = _Package(package)
+    manifest_raw = _manifest_bytes(pkg)
+    manifest = Manifest.from_json_bytes(manifest_raw)
+    signed = SIGNATURE_NAME in pkg.names()
+    _check_members(pkg, manifest, signed)
+    stored = [(c.member, _read_component(pkg, c)) for c in manifest.components]
+    header = ReleaseHeader(
+        manifest=manifest_raw,
+        signature=sign_message(signer.private_key, manifest_raw),
+        certificates=tuple(
+            c.public_bytes(serialization.Encoding.DER) for c in (signer.certificate, *signer.chain)
+        ),
+        revocation_lists=tuple(revocation_lists),
+    )
+    log.info("signed release %s %s", manifest.product, manifest.version)
+    return _write_zip([(MANIFEST_NAME, manifest_raw), *_trust_members(header), *stored])
+
+
+# --- verify ---------------------------------------------------------------------------
+
+
+def release_header(package_bytes: bytes) -> bytes:
+    """The canonical header blob (manifest, signature, chain, CRLs) of a signed package."""
+    return encode_header(_header_of(_Package(package_bytes)))
+
+
+def _header_of(pkg: _Package) -> ReleaseHeader:
+    manifest_raw = _manifest_bytes(pkg)
+    if SIGNATURE_NAME not in pkg.names():
+        raise UnsignedPackageError("the package has no manifest.sig")
+    return ReleaseHeader(
+        manifest=manifest_raw,
+        signature=pkg.read(SIGNATURE_NAME, 1024),
+        certificates=tuple(pkg.numbered("certs")),
+        revocation_lists=tuple(pkg.numbered("crl")),
+    )
+
+
+def verify_header(
+    header: bytes,
+    trust: TrustAnchors,
+    facts: DeviceFacts | None,
+    *,
+    now: dt.datetime | None = None,
+) -> Manifest:
+    """The device's decision on a release header: trusted, intact and allowed here?
+
+    Order: header structure, signer chain (E106/E115/E107/E108/E109), manifest
+    signature (E105), manifest contents (E102/E103), then with ``facts`` the
+    policy: OTA safety class (E113), hardware (E110), bootloader (E111),
+    anti-rollback (E112).
+    """
+    return _verify_header_bytes(header, trust, facts, now)[0]
+
+
+def _verify_header_bytes(
+    header: bytes,
+    trust: TrustAnchors,
+    facts: DeviceFacts | None,
+    now: dt.datetime | None,
+) -> tuple[Manifest, list[x509.Certificate]]:
+    parsed = decode_header(header)
+    now = now or dt.datetime.now(dt.UTC)
+    chain = validate_chain(
+        parsed.certificates, trust, now=now, extra_revocation_lists=parsed.revocation_lists
+    )
+    signer_key = load_public_key(
+        chain[0]
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    if not verify_message(signer_key, parsed.signature, parsed.manifest):
+        raise BadSignatureError(
+            f"manifest signature does not verify with {chain[0].subject.rfc4514_string()}"
+        )
+    manifest = Manifest.from_json_bytes(parsed.manifest)
+    if facts is not None:
+        check_policy(manifest, facts)
+    return manifest, chain
+
+
+def check_policy(manifest: Manifest, facts: DeviceFacts) -> None:
+    """Is this (already authenticated) release allowed on this device, over this channel?"""
+    if facts.channel == "ota" and manifest.safety_class == "safety-critical":
+        raise SafetyCriticalOverOtaError(
+            f"release {manifest.version} is safety-critical and may only be installed wired"
+        )
+    if not manifest.hardware.accepts(facts.model, facts.hw_revision):
+        raise IncompatibleHardwareError(
+            f"release is for {manifest.hardware.model} "
+            f"rev {'/'.join(manifest.hardware.revisions)}, "
+            f"device is {facts.model} rev {facts.hw_revision}"
+        )
+    required = parse_semver(manifest.min_bootloader_version)
+    try:
+        actual = parse_semver(facts.bootloader_version)
+    except InvalidManifestError:
+        raise BootloaderTooOldError(
+            f"device bootloader version {facts.bootloader_version!r} cannot be compared with "
+            f"the required {required}"
+        ) from None
+    if actual < required:
+        raise BootloaderTooOldError(f"device bootloader {actual}, release needs >= {required}")
+    if manifest.security_counter < facts.security_counter:
+        raise AntiRollbackError(
+            f"release security counter {manifest.security_counter} is below the device's "
+            f"{facts.security_counter}"
+        )
+
+
+def _read_component(pkg: _Package, comp: Component) -> bytes:
+    stored = pkg.read(comp.member, min(comp.stored_size, MAX_COMPONENT_BYTES))
+    if len(stored) != comp.stored_size or hashlib.sha256(stored).digest() != comp.stored_sha256:
+        raise HashMismatchError(f"component {comp.name!r}: stored bytes differ from the manifest")
+    return stored
+
+
+def _decode_component(pkg: _Package, comp: Component) -> bytes:
+    stored = _read_component(pkg, comp)
+    image = _encoding.decode(comp.encoding, stored, comp.image_size)
+    if len(image) != comp.image_size or hashlib.sha256(image).digest() != comp.image_sha256:
+        raise HashMismatchError(f"component {comp.name!r}: decoded image differs from the manifest")
+    return image
+
+
+def _check_image_against(
+    name: str,
+    info: ImageInfo,
+    version: SemVer,
+    security_counter: int,
+    hardware: HardwareCompat,
+) -> None:
+    if info.hardware is not None and info.hardware != hardware:
+        raise ImageManifestMismatchError(
+            f"component {name!r} image is for {info.hardware}, manifest says {hardware}"
+        )
+    if name != "app":
+        return
+    if info.security_counter is not None and info.security_counter != security_counter:
+        raise ImageManifestMismatchError(
+            f"app image security counter {info.security_counter}, manifest {security_counter}"
+        )
+    core = ImageVersion(version.major, version.minor, version.patch)
+    if (info.version.major, info.version.minor, info.version.revision) != (
+        core.major,
+        core.minor,
+        core.revision,
+    ):
+        raise ImageManifestMismatchError(
+            f"app image version {info.version}, manifest version {version}"
+        )
+
+
+def verify_release(
+    data: bytes,
+    trust: TrustAnchors,
+    facts: DeviceFacts | None = None,
+    *,
+    now: dt.datetime | None = None,
+) -> VerifiedRelease:
+    """Verify a whole package (pure): header via :func:`verify_header`, then each component."""
+    pkg = _Package(data)
+    header = _header_of(pkg)
+    # The same code path and the same bytes a BMS sees: host and device cannot disagree.
+    manifest, chain = _verify_header_bytes(encode_header(header), trust, facts, now)
+    _check_members(pkg, manifest, signed=True)
+    semver = parse_semver(manifest.version)
+    images: dict[str, bytes] = {}
+    infos: dict[str, ImageInfo] = {}
+    for comp in manifest.components:
+        image = _decode_component(pkg, comp)
+        info = (
+            verify_image(image, key_hashes=trust.image_key_hashes)
+            if trust.image_key_hashes
+            else check_image_integrity(image)
+        )
+        _check_image_against(comp.name, info, semver, manifest.security_counter, manifest.hardware)
+        images[comp.name] = image
+        infos[comp.name] = info
+    return VerifiedRelease(
+        manifest=manifest,
+        chain=tuple(summarize_certificate(c) for c in chain),
+        images=images,
+        image_info=infos,
+    )
+
+
+def inspect_release(data: bytes) -> ReleaseInspection:
+    """Read a package for display without trusting it (manifest must still parse)."""
+    from bmsfw.errors import BmsfwError
+    from bmsfw.package._trust import _load_certificate
+
+    pkg = _Package(data)
+    manifest = Manifest.from_json_bytes(_manifest_bytes(pkg))
+    signed = SIGNATURE_NAME in pkg.names()
+    chain = tuple(summarize_certificate(_load_certificate(d)) for d in pkg.numbered("certs"))
+    comps = []
+    for comp in manifest.components:
+        image: McubootImage | None = None
+        problem: str | None = None
+        try:
+            image = parse_image(_decode_component(pkg, comp))
+        except BmsfwError as exc:
+            problem = str(exc)
+        comps.append(ComponentInspection(comp, image, problem))
+    return ReleaseInspection(
+        manifest=manifest,
+        signed=signed,
+        chain=chain,
+        revocation_lists=len(pkg.numbered("crl")),
+        components=tuple(comps),
+        package_sha256=hashlib.sha256(data).hexdigest(),
+    )
