@@ -1,0 +1,310 @@
+"""Errors of the update pipeline: preflight (E401–E499) and procedure (E501–E599).
+
+Preflight errors mean *nothing was written to the BMS*; the pipeline raises the
+class of the first failing check and names every failed check in the message.
+Procedure errors happen after the first byte: the report that goes with them
+always says which step failed and what the device runs now.
+
+A few classes are usage errors of this area (a bad profile file, a link name
+that cannot be parsed): they inherit ``UsageError`` so the CLI exits with 2,
+but keep a code in this area's range so the troubleshooting table lists them
+where a technician looks for them.
+"""
+
+from __future__ import annotations
+
+from bmsfw.errors import DeviceError, PreflightError, TransportError, UpdateError, UsageError
+
+__all__ = [
+    "ActiveFaultsError",
+    "AuditLogTamperedError",
+    "BackupIdentityMismatchError",
+    "BackupInvalidError",
+    "BackupVerifyFailedError",
+    "BootTimeoutError",
+    "CellSpreadHighError",
+    "ConfigDriftError",
+    "DeviceInBootloaderError",
+    "DowngradeError",
+    "InactiveBankBusyError",
+    "IncompatibleDeviceError",
+    "LinkQualityPoorError",
+    "LinkSpecInvalidError",
+    "ManualConfirmationMissingError",
+    "NotConfirmedRolledBackError",
+    "OverrideRefusedError",
+    "ProfileInvalidError",
+    "ReportUnreadableError",
+    "RestoreVerifyFailedError",
+    "SelfTestFailedRolledBackError",
+    "SocOutOfRangeError",
+    "SupplyUnstableError",
+    "TelemetryUnavailableError",
+    "TemperatureOutOfRangeError",
+    "TransferInterruptedError",
+    "TransferPausedUnsafeError",
+    "TransportUnavailableError",
+    "UpdateFailedNoRollbackError",
+]
+
+
+# --- preflight: nothing has been written when one of these is raised ---------
+
+
+class SocOutOfRangeError(PreflightError):
+    code = "BMSFW-E401"
+    diagnosis = "The pack's state of charge is outside the window allowed for an update."
+    remedy = (
+        "Charge or discharge the pack into the window shown (default 20–80 %), "
+        "then run the update again."
+    )
+
+
+class TemperatureOutOfRangeError(PreflightError):
+    code = "BMSFW-E402"
+    diagnosis = "A pack temperature is outside the window allowed for an update."
+    remedy = (
+        "Let the pack warm up or cool down into the window shown (default 0–45 °C); "
+        "do not heat or cool it forcibly."
+    )
+
+
+class SupplyUnstableError(PreflightError):
+    code = "BMSFW-E403"
+    diagnosis = "The BMS supply voltage varied more than allowed over the sampling window."
+    remedy = (
+        "Connect a stable power source (bench supply or charger in CV mode), "
+        "check the 12/24 V auxiliary supply and its connectors, then try again."
+    )
+
+
+class ActiveFaultsError(PreflightError):
+    code = "BMSFW-E404"
+    diagnosis = "The BMS reports active protection faults."
+    remedy = (
+        "Find and clear the cause of the fault (see `bmsfw info`); never update a BMS "
+        "that is protecting the pack."
+    )
+
+
+class LinkQualityPoorError(PreflightError):
+    code = "BMSFW-E405"
+    diagnosis = "The link test failed: echo errors, error counters or a bitrate/baud mismatch."
+    remedy = (
+        "Check that bitrate/baud rate match on both sides, check termination and cables "
+        "(replace worn ones), then run `bmsfw diagnose`."
+    )
+
+
+class InactiveBankBusyError(PreflightError):
+    code = "BMSFW-E406"
+    diagnosis = "The inactive flash bank is not free: an image is waiting to be confirmed."
+    remedy = (
+        "Confirm or roll back the pending image first (`bmsfw rollback`), "
+        "then run the update again."
+    )
+
+
+class IncompatibleDeviceError(PreflightError):
+    code = "BMSFW-E407"
+    diagnosis = "The package does not fit this BMS (model, hardware revision or bootloader)."
+    remedy = (
+        "Check the hardware compatibility matrix in the release notes and get the "
+        "package built for this hardware revision and bootloader."
+    )
+
+
+class DowngradeError(PreflightError):
+    code = "BMSFW-E408"
+    diagnosis = "The package's security counter is below the one fused in the BMS (downgrade)."
+    remedy = (
+        "Anti-rollback forbids this; install the current or a newer release. "
+        "Same-version re-flash is allowed."
+    )
+
+
+class ManualConfirmationMissingError(PreflightError):
+    code = "BMSFW-E409"
+    diagnosis = "A confirmation the product profile requires from the technician was not given."
+    remedy = (
+        "Check the site (for example: flammable materials removed, stable power source) and "
+        "answer the question, or pass `--confirm ID` for each item."
+    )
+
+
+class OverrideRefusedError(PreflightError):
+    code = "BMSFW-E410"
+    diagnosis = "An override was requested for a safety check, or without a reason."
+    remedy = (
+        "Safety checks (state of charge, temperature, supply, faults, compatibility, "
+        "anti-rollback) cannot be skipped; non-safety checks need `--override-reason`."
+    )
+
+
+class TelemetryUnavailableError(PreflightError):
+    code = "BMSFW-E411"
+    diagnosis = "The BMS did not report the telemetry a preflight check needs."
+    remedy = "Check the BMS runs its application (`bmsfw info`) and that its sensors are connected."
+
+
+class DeviceInBootloaderError(PreflightError):
+    code = "BMSFW-E412"
+    diagnosis = "The BMS is stuck in its bootloader: no valid application runs."
+    remedy = (
+        "Re-flash from the bootloader with `bmsfw update --recovery` (the same version is "
+        "allowed); with a stable supply and the pack in its safe window."
+    )
+
+
+class CellSpreadHighError(PreflightError):
+    code = "BMSFW-E413"
+    diagnosis = "The cell voltages differ more than the profile allows (unbalanced pack)."
+    remedy = (
+        "Let the BMS balance the pack (or balance it manually) and check the cell "
+        "sense wiring; override with a reason only if the spread is understood."
+    )
+
+
+# --- procedure: something may have been written --------------------------------
+
+
+class TransferInterruptedError(UpdateError, TimeoutError):
+    code = "BMSFW-E501"
+    diagnosis = (
+        "The transfer stopped: the BMS stopped answering (time-out, cable, "
+        "bitrate/baud mismatch or power loss). The old firmware still runs."
+    )
+    remedy = (
+        "Check power, cables and bitrate/baud synchronisation, then run the same "
+        "`bmsfw update` again: it resumes where the transfer stopped."
+    )
+
+
+class TransferPausedUnsafeError(UpdateError):
+    code = "BMSFW-E502"
+    diagnosis = (
+        "A watched value (supply, temperature or state of charge) left its limits during "
+        "the transfer; writing stopped at a safe point. The old firmware still runs."
+    )
+    remedy = (
+        "Bring the pack back into its safe window and run the same `bmsfw update` again: "
+        "it resumes where it stopped."
+    )
+
+
+class BackupVerifyFailedError(UpdateError):
+    code = "BMSFW-E503"
+    diagnosis = "The configuration backup read back from disk differs from the BMS's config."
+    remedy = (
+        "Use another backup directory or drive (check free space and that it is writable), "
+        "then run again; nothing was written to the BMS."
+    )
+
+
+class BackupInvalidError(UpdateError):
+    code = "BMSFW-E504"
+    diagnosis = "The backup file is not a valid bmsfw backup or its checksum does not match."
+    remedy = "Use another copy of the backup (external drive or fleet server)."
+
+
+class BackupIdentityMismatchError(UpdateError):
+    code = "BMSFW-E505"
+    diagnosis = "The backup belongs to another BMS (serial or model differs)."
+    remedy = "Pick the backup file made from this BMS (its serial is in the file name)."
+
+
+class RestoreVerifyFailedError(UpdateError):
+    code = "BMSFW-E506"
+    diagnosis = "After restoring, the configuration read back from the BMS differs from the backup."
+    remedy = (
+        "Run `bmsfw restore` again; if it persists, the new firmware changed the config "
+        "schema: check the release notes."
+    )
+
+
+class ConfigDriftError(UpdateError):
+    code = "BMSFW-E507"
+    diagnosis = "After the update the BMS configuration differs from the backup."
+    remedy = (
+        "Review the differences with `bmsfw diff BACKUP`; restore them with "
+        "`bmsfw restore BACKUP` if they were not intended by the release."
+    )
+
+
+class BootTimeoutError(UpdateError, TimeoutError):
+    code = "BMSFW-E510"
+    diagnosis = (
+        "The BMS did not come back after the reset within the boot window (boot loop after update)."
+    )
+    remedy = (
+        "Check the hardware compatibility matrix; wait for the bootloader to revert and "
+        "run `bmsfw rollback` to return to the last stable version."
+    )
+
+
+class SelfTestFailedRolledBackError(DeviceError):
+    code = "BMSFW-E511"
+    diagnosis = "The new firmware failed its self-test; the BMS returned to the previous firmware."
+    remedy = (
+        "Keep the pack on the previous firmware; send the report (self-test details) to "
+        "the firmware vendor and check the hardware compatibility matrix."
+    )
+
+
+class NotConfirmedRolledBackError(DeviceError):
+    code = "BMSFW-E512"
+    diagnosis = (
+        "The new firmware did not confirm itself within the watchdog window; the "
+        "bootloader reverted to the previous firmware (boot loop after update)."
+    )
+    remedy = (
+        "Check the hardware compatibility matrix; stay on the last stable version and "
+        "report the release to the vendor."
+    )
+
+
+class UpdateFailedNoRollbackError(UpdateError):
+    code = "BMSFW-E513"
+    diagnosis = "The update failed and the BMS did not return to the previous firmware by itself."
+    remedy = (
+        "Run `bmsfw rollback`; if the BMS stays in its bootloader, re-flash the last "
+        "stable version with `bmsfw update --recovery`."
+    )
+
+
+class AuditLogTamperedError(UpdateError):
+    code = "BMSFW-E514"
+    diagnosis = "The audit log's hash chain is broken: a record was changed or removed."
+    remedy = (
+        "Keep the file as evidence; restore the audit log from a backup and report "
+        "the incident to whoever is responsible for the site."
+    )
+
+
+class ReportUnreadableError(UpdateError):
+    code = "BMSFW-E515"
+    diagnosis = "The file is not a bmsfw update report."
+    remedy = "Pass the JSON report written by `bmsfw update --report-dir`."
+
+
+# --- usage errors of this area (exit 2) -------------------------------------------
+
+
+class ProfileInvalidError(UsageError):
+    code = "BMSFW-E520"
+    diagnosis = "The product profile (TOML) cannot be read or has invalid values."
+    remedy = "Fix the named key in the profile; see docs/technician-howto.md for the format."
+
+
+class LinkSpecInvalidError(UsageError):
+    code = "BMSFW-E521"
+    diagnosis = "The link could not be understood (--can/--serial, --node/--unit, --baud)."
+    remedy = (
+        "Name a link as `--can INTERFACE:CHANNEL --node N` or `--serial PORT --unit N --baud RATE`."
+    )
+
+
+class TransportUnavailableError(TransportError):
+    code = "BMSFW-E522"
+    diagnosis = "No session implementation for this link type is installed in this bmsfw."
+    remedy = "Install the full bmsfw package, or use another link type (`--can` or `--serial`)."

@@ -1,0 +1,203 @@
+"""Per-product update profile: preflight thresholds, timing and manual confirmations.
+
+The defaults are the field guide's numbers (state of charge 20–80 %, 0–45 °C);
+a product overrides them in a TOML file::
+
+    [product]
+    name = "PackCo BMS-48"
+
+    [preflight]
+    soc_min_pct = 25
+    temp_max_c = 40
+    supply_window_s = 2.0
+
+    [[confirmation]]
+    id = "flammables-removed"
+    text = "Flammable materials are removed from around the BMS"
+
+Safety limits can be tightened or moved by a profile but never switched off:
+which checks count as safety checks is fixed in :mod:`bmsfw.update.preflight`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bmsfw.update.errors import ProfileInvalidError
+
+__all__ = [
+    "DEFAULT_CONFIRMATIONS",
+    "BootLimits",
+    "ManualConfirmation",
+    "PreflightLimits",
+    "TransferLimits",
+    "UpdateProfile",
+    "load_profile",
+]
+
+
+@dataclass(frozen=True)
+class ManualConfirmation:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PreflightLimits:
+    soc_min_pct: float = 20.0
+    soc_max_pct: float = 80.0
+    temp_min_c: float = 0.0
+    temp_max_c: float = 45.0
+    supply_window_s: float = 2.0
+    supply_samples: int = 5
+    supply_min_v: float = 9.0
+    supply_max_v: float = 32.0
+    supply_max_ripple_pct: float = 3.0  # (max - min) / mean over the window
+    link_round_trips: int = 5
+    link_max_errors: int = 0
+    cell_spread_max_mv: float = 150.0
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    monitor_interval_s: float = 0.5  # how often telemetry is watched during the transfer
+    # Margins during the transfer: the seed asks to *keep* the pack in the window for the
+    # whole procedure, so the same limits apply; a profile may widen them a little.
+    soc_min_pct: float = 20.0
+    soc_max_pct: float = 80.0
+    temp_min_c: float = 0.0
+    temp_max_c: float = 45.0
+    supply_min_v: float = 9.0
+    supply_max_v: float = 32.0
+
+
+@dataclass(frozen=True)
+class BootLimits:
+    boot_timeout_s: float = 30.0
+    # After a failed boot the bootloader reverts by itself; give it this long to show it.
+    revert_timeout_s: float = 30.0
+
+
+DEFAULT_CONFIRMATIONS: tuple[ManualConfirmation, ...] = (
+    ManualConfirmation("flammables-removed", "Flammable materials are removed from around the BMS"),
+    ManualConfirmation("stable-power", "A stable power source is connected for the whole update"),
+)
+
+
+@dataclass(frozen=True)
+class UpdateProfile:
+    name: str = "default (field guide values)"
+    preflight: PreflightLimits = field(default_factory=PreflightLimits)
+    transfer: TransferLimits = field(default_factory=TransferLimits)
+    boot: BootLimits = field(default_factory=BootLimits)
+    confirmations: tuple[ManualConfirmation, ...] = DEFAULT_CONFIRMATIONS
+    source: str = ""  # file the profile was loaded from, "" for built-in defaults
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section(cls: type[Any], raw: Any, where: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ProfileInvalidError(f"[{where}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ProfileInvalidError(
+                f"unknown key {where}.{key} (known: {', '.join(sorted(known))})"
+            )
+        default = getattr(cls(), key)
+        if isinstance(default, bool) or not isinstance(value, int | float):
+            raise ProfileInvalidError(f"{where}.{key} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if not isinstance(value, int):
+                raise ProfileInvalidError(f"{where}.{key} must be a whole number, got {value!r}")
+            values[key] = value
+        else:
+            values[key] = float(value)
+    return cls(**values)
+
+
+def _check_window(lo: float, hi: float, what: str) -> None:
+    if not lo < hi:
+        raise ProfileInvalidError(f"{what}: minimum {lo} must be below maximum {hi}")
+
+
+def _validate(profile: UpdateProfile) -> None:
+    p = profile.preflight
+    _check_window(p.soc_min_pct, p.soc_max_pct, "preflight state of charge")
+    _check_window(p.temp_min_c, p.temp_max_c, "preflight temperature")
+    _check_window(p.supply_min_v, p.supply_max_v, "preflight supply voltage")
+    if not 0 <= p.soc_min_pct <= 100 or not 0 <= p.soc_max_pct <= 100:
+        raise ProfileInvalidError("preflight state of charge limits must lie within 0–100 %")
+    if p.supply_samples < 2 or p.supply_window_s < 0:
+        raise ProfileInvalidError("preflight.supply_samples must be >= 2 and supply_window_s >= 0")
+    if p.link_round_trips < 1 or p.link_max_errors < 0:
+        raise ProfileInvalidError("preflight.link_round_trips must be >= 1, link_max_errors >= 0")
+    t = profile.transfer
+    _check_window(t.soc_min_pct, t.soc_max_pct, "transfer state of charge")
+    _check_window(t.temp_min_c, t.temp_max_c, "transfer temperature")
+    _check_window(t.supply_min_v, t.supply_max_v, "transfer supply voltage")
+    if t.monitor_interval_s <= 0:
+        raise ProfileInvalidError("transfer.monitor_interval_s must be > 0")
+    if profile.boot.boot_timeout_s <= 0 or profile.boot.revert_timeout_s <= 0:
+        raise ProfileInvalidError("boot timeouts must be > 0")
+
+
+def load_profile(path: str | Path | None) -> UpdateProfile:
+    """Read a profile TOML file; ``None`` gives the built-in defaults (the seed's values)."""
+    if path is None:
+        return UpdateProfile()
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileInvalidError(f"cannot read profile {file}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ProfileInvalidError(f"profile {file} is not valid TOML: {exc}") from exc
+    unknown = set(raw) - {"product", "preflight", "transfer", "boot", "confirmation"}
+    if unknown:
+        raise ProfileInvalidError(f"unknown section(s) in {file}: {', '.join(sorted(unknown))}")
+    product = raw.get("product", {})
+    name = product.get("name", file.stem) if isinstance(product, dict) else file.stem
+    confirmations = DEFAULT_CONFIRMATIONS
+    if "confirmation" in raw:
+        items = raw["confirmation"]
+        if not isinstance(items, list):
+            raise ProfileInvalidError("[[confirmation]] must be an array of tables")
+        parsed: list[ManualConfirmation] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                raise ProfileInvalidError("each [[confirmation]] needs a string `id` and `text`")
+            if not isinstance(item.get("text"), str):
+                raise ProfileInvalidError(f"confirmation {item['id']!r} needs a string `text`")
+            parsed.append(ManualConfirmation(item["id"], item["text"]))
+        ids = [c.id for c in parsed]
+        if len(set(ids)) != len(ids):
+            raise ProfileInvalidError(f"confirmation ids must be unique: {ids}")
+        confirmations = tuple(parsed)
+    # The transfer window defaults to the preflight window of *this* profile, so a
+    # product that narrows preflight also narrows what is watched during the transfer.
+    preflight = _section(PreflightLimits, raw.get("preflight"), "preflight")
+    transfer_raw = dict(raw.get("transfer") or {})
+    for key in ("soc_min_pct", "soc_max_pct", "temp_min_c", "temp_max_c"):
+        transfer_raw.setdefault(key, getattr(preflight, key))
+    for key in ("supply_min_v", "supply_max_v"):
+        transfer_raw.setdefault(key, getattr(preflight, key))
+    profile = UpdateProfile(
+        name=str(name),
+        preflight=preflight,
+        transfer=_section(TransferLimits, transfer_raw, "transfer"),
+        boot=_section(BootLimits, raw.get("boot"), "boot"),
+        confirmations=confirmations,
+        source=str(file),
+    )
+    _validate(profile)
+    return profile
