@@ -1,0 +1,609 @@
+"""``BmsSession`` over Modbus RTU (pymodbus ``ModbusSerialClient`` + pyserial).
+
+One :class:`ModbusBus` owns the serial port (one master per RS485 string); any
+number of :class:`ModbusSession` objects share it, one per unit id. The
+broadcast updater uses the bus directly for unit-0 writes.
+
+Commands (prepare, erase, verify, ...) are written to the control register
+together with their argument in one function-0x10 request. The device counts
+executed commands in ``INPUT.COMMAND_SEQ``; when a reply is lost the client
+polls that counter instead of repeating a command blindly, so a lost reply
+never erases twice or resets a node that already reset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bmsfw.errors import BmsfwError
+from bmsfw.protocol.errors import (
+    DeviceActivateFailedError,
+    DeviceBootTimeoutError,
+    DeviceHeaderRejectedError,
+    DeviceVerifyFailedError,
+)
+from bmsfw.protocol.modbus import codec
+from bmsfw.protocol.modbus.errors import (
+    ModbusBusyError,
+    ModbusCommandRefusedError,
+    ModbusExceptionResponseError,
+    ModbusFrameError,
+    ModbusMapVersionError,
+    ModbusNoReplyError,
+    ModbusPortError,
+    ModbusSerialParamsError,
+    ModbusUnitIdError,
+)
+from bmsfw.protocol.modbus.registers import (
+    COMMAND_NAMES,
+    CONFIG_REGISTERS,
+    HOLDING,
+    IDENTITY_OBJECTS,
+    INPUT,
+    MAP_VERSION,
+    MAX_READ_REGISTERS,
+    MAX_WRITE_REGISTERS,
+    Command,
+    SelfTestState,
+)
+from bmsfw.protocol.session import (
+    BootStatus,
+    Channel,
+    ConfigSnapshot,
+    DeviceIdentity,
+    LinkQuality,
+    SelfTestCheck,
+    SelfTestResult,
+    Telemetry,
+    TesterCredentials,
+    TransferState,
+)
+
+__all__ = [
+    "COMMON_BAUDS",
+    "ModbusBus",
+    "ModbusSession",
+    "SerialSettings",
+    "open_modbus_bus",
+    "open_modbus_session",
+]
+
+log = logging.getLogger(__name__)
+
+COMMON_BAUDS: tuple[int, ...] = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+DOC_CONFIG = 1
+DOC_SELFTEST = 2
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    """Serial line settings and client timing (8E1 is the Modbus default)."""
+
+    port: str
+    baud_bps: int = 115_200
+    parity: str = "E"
+    stopbits: int = 1
+    timeout_s: float = 0.5
+    retries: int = 2
+    command_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.parity not in ("N", "E", "O"):
+            raise ModbusSerialParamsError(f"parity must be N, E or O, got {self.parity!r}")
+        if self.stopbits not in (1, 2):
+            raise ModbusSerialParamsError(f"stop bits must be 1 or 2, got {self.stopbits}")
+        if not 300 <= self.baud_bps <= 4_000_000:
+            raise ModbusSerialParamsError(f"baud rate {self.baud_bps} is not a serial baud rate")
+        if self.timeout_s <= 0 or self.retries < 0:
+            raise ModbusSerialParamsError("timeout_s must be > 0 and retries >= 0")
+
+    @property
+    def rate(self) -> str:
+        return f"{self.baud_bps} 8{self.parity}{self.stopbits}"
+
+
+class ModbusBus:
+    """The master end of one RS485 string: a pymodbus serial client plus counters."""
+
+    def __init__(self, settings: SerialSettings) -> None:
+        from pymodbus.client import ModbusSerialClient
+
+        self.settings = settings
+        self._lock = threading.RLock()
+        self.bytes_rx = 0
+        self.bytes_tx = 0
+        self.frames_ok = 0
+        self.no_replies = 0
+        self._client = ModbusSerialClient(
+            settings.port,
+            baudrate=settings.baud_bps,
+            parity=settings.parity,
+            stopbits=settings.stopbits,
+            bytesize=8,
+            timeout=settings.timeout_s,
+            retries=settings.retries,
+            trace_packet=self._trace,
+        )
+        try:
+            connected = self._client.connect()
+        except Exception as exc:  # pyserial raises SerialException / OSError variants
+            raise ModbusPortError(f"cannot open {settings.port}: {exc}") from exc
+        if not connected:
+            raise ModbusPortError(f"cannot open serial port {settings.port}")
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self.bytes_tx += len(data)
+        else:
+            self.bytes_rx += len(data)
+        return data
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> ModbusBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def session(self, unit: int) -> ModbusSession:
+        return ModbusSession(self, unit)
+
+    # ------------------------------------------------------------------ raw requests
+
+    def _call(self, unit: int, what: str, fn: Any, **kwargs: Any) -> Any:
+        from pymodbus.exceptions import ModbusException
+
+        rx_before = self.bytes_rx
+        with self._lock:
+            try:
+                response = fn(device_id=unit, **kwargs)
+            except ModbusException as exc:
+                self.no_replies += 1
+                if self.bytes_rx > rx_before:
+                    raise ModbusFrameError(
+                        f"unit {unit}: {what}: {self.bytes_rx - rx_before} bytes received but "
+                        f"no valid reply at {self.settings.rate} on {self.settings.port}"
+                    ) from exc
+                raise ModbusNoReplyError(
+                    f"unit {unit}: no reply to {what} at {self.settings.rate} on "
+                    f"{self.settings.port} (timeout {self.settings.timeout_s} s, "
+                    f"{self.settings.retries} retries)"
+                ) from exc
+        if response is None:
+            return None
+        if response.isError():
+            raise ModbusExceptionResponseError(
+                f"unit {unit}: {what}: exception code {getattr(response, 'exception_code', '?')}"
+            )
+        self.frames_ok += 1
+        return response
+
+    def read_input(self, unit: int, address: int, count: int) -> list[int]:
+        out: list[int] = []
+        while count > 0:
+            n = min(count, MAX_READ_REGISTERS)
+            resp = self._call(
+                unit,
+                f"read input registers 0x{address:04X}+{n}",
+                self._client.read_input_registers,
+                address=address,
+                count=n,
+            )
+            out.extend(resp.registers[:n])
+            address += n
+            count -= n
+        return out
+
+    def read_holding(self, unit: int, address: int, count: int) -> list[int]:
+        out: list[int] = []
+        while count > 0:
+            n = min(count, MAX_READ_REGISTERS)
+            resp = self._call(
+                unit,
+                f"read holding registers 0x{address:04X}+{n}",
+                self._client.read_holding_registers,
+                address=address,
+                count=n,
+            )
+            out.extend(resp.registers[:n])
+            address += n
+            count -= n
+        return out
+
+    def write(self, unit: int, address: int, values: Sequence[int]) -> None:
+        """Function 0x10; unit 0 is a broadcast (sent, no reply awaited)."""
+        values = list(values)
+        for start in range(0, len(values), MAX_WRITE_REGISTERS):
+            chunk = values[start : start + MAX_WRITE_REGISTERS]
+            self._call(
+                unit,
+                f"write registers 0x{address + start:04X}+{len(chunk)}",
+                self._client.write_registers,
+                address=address + start,
+                values=chunk,
+                no_response_expected=(unit == 0),
+            )
+
+    def read_device_information(self, unit: int) -> dict[int, bytes]:
+        """All identity objects (extended read 0x03), following "more follows"."""
+        info: dict[int, bytes] = {}
+        object_id = 0
+        for _ in range(16):
+            resp = self._call(
+                unit,
+                "read device identification",
+                self._client.read_device_information,
+                read_code=0x03,
+                object_id=object_id,
+            )
+            info.update(resp.information)
+            if not resp.more_follows:
+                break
+            object_id = resp.next_object_id
+        return info
+
+
+class ModbusSession:
+    """A connection to one BMS on a Modbus RTU string (implements ``BmsSession``)."""
+
+    def __init__(self, bus: ModbusBus, unit: int, *, owns_bus: bool = False) -> None:
+        if not 1 <= unit <= 247:
+            raise ModbusUnitIdError(f"unit id {unit} is outside 1..247")
+        self.bus = bus
+        self.unit = unit
+        self._owns_bus = owns_bus
+        self._page: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"modbus:{self.bus.settings.port}@{self.bus.settings.rate}/unit {self.unit}"
+
+    # ------------------------------------------------------------------ helpers
+
+    def _input(self, address: int, count: int) -> list[int]:
+        return self.bus.read_input(self.unit, address, count)
+
+    def _upload(self, data: bytes) -> None:
+        regs = codec.bytes_to_registers(data)
+        if len(regs) > HOLDING.UPLOAD_END - HOLDING.UPLOAD:
+            raise ModbusCommandRefusedError(
+                f"unit {self.unit}: {len(data)} bytes do not fit the 40 KiB upload buffer"
+            )
+        self.bus.write(self.unit, HOLDING.UPLOAD, regs)
+        self.bus.write(self.unit, HOLDING.UPLOAD_LENGTH, codec.split_u32(len(data)))
+
+    def _read_result(self) -> tuple[int, str]:
+        regs = self._input(INPUT.LAST_RESULT, 1)
+        text = codec.registers_to_ascii(self._input(INPUT.LAST_MESSAGE, 64))
+        return regs[0], text
+
+    def command(self, command: Command, arg: int = 0) -> None:
+        """Run one command; raises the matching error when the device refuses it."""
+        name = COMMAND_NAMES[command]
+        seq_before = self._input(INPUT.COMMAND_SEQ, 1)[0]
+        try:
+            self.bus.write(self.unit, HOLDING.COMMAND_ARG, [arg, int(command)])
+        except ModbusExceptionResponseError:
+            self._raise_refusal(command)
+        except (ModbusNoReplyError, ModbusFrameError):
+            # The reply (or the request) was lost: poll the command counter, never repeat.
+            self._await_command(command, seq_before)
+        log.debug("unit %d: %s done", self.unit, name)
+
+    def _await_command(self, command: Command, seq_before: int) -> None:
+        deadline = time.monotonic() + self.bus.settings.command_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                seq = self._input(INPUT.COMMAND_SEQ, 1)[0]
+            except (ModbusNoReplyError, ModbusFrameError):
+                continue
+            if seq == seq_before:
+                # Never executed: the request itself was lost; send it once more.
+                self.bus.write(self.unit, HOLDING.COMMAND_ARG, [0, int(command)])
+                return
+            result, _ = self._read_result()
+            if result:
+                self._raise_refusal(command)
+            return
+        raise ModbusBusyError(
+            f"unit {self.unit}: no answer to {COMMAND_NAMES[command]} within "
+            f"{self.bus.settings.command_timeout_s} s"
+        )
+
+    def _raise_refusal(self, command: Command) -> None:
+        result, text = self._read_result()
+        device_code = f"BMSFW-E{result:03d}" if result else ""
+        message = f"unit {self.unit}: {COMMAND_NAMES[command]} refused"
+        if device_code:
+            message += f" ({device_code})"
+        if text:
+            message += f": {text}"
+        error_class: type[BmsfwError] | None = {
+            Command.PREPARE: DeviceHeaderRejectedError,
+            Command.VERIFY: DeviceVerifyFailedError,
+            Command.ACTIVATE: DeviceActivateFailedError,
+        }.get(command)
+        if error_class is not None:
+            raise error_class(message)
+        raise ModbusCommandRefusedError(message, device_code=device_code, command=command.name)
+
+    def _read_document(self, doc: int) -> bytes:
+        self.bus.write(self.unit, HOLDING.DOC_SELECT, [doc])
+        length = codec.join_u32(self._input(INPUT.DOC_LENGTH, 2))
+        regs = self._input(INPUT.DOC_DATA, (length + 1) // 2)
+        return codec.registers_to_bytes(regs)[:length]
+
+    # ------------------------------------------------------------------ BmsSession
+
+    def identify(self) -> DeviceIdentity:
+        info = self.bus.read_device_information(self.unit)
+
+        def text(key: str) -> str:
+            return info.get(IDENTITY_OBJECTS[key], b"").decode("utf-8", "replace")
+
+        map_version = text("map_version")
+        if map_version and map_version != str(MAP_VERSION):
+            raise ModbusMapVersionError(
+                f"unit {self.unit} publishes register map version {map_version}, "
+                f"this client speaks {MAP_VERSION}"
+            )
+        return DeviceIdentity(
+            vendor=text("vendor"),
+            model=text("model") or text("product_code"),
+            hw_revision=text("hw_revision"),
+            serial=text("serial"),
+            bootloader_version=text("bootloader_version"),
+            app_version=text("app_version") or text("revision"),
+            security_counter=int(text("security_counter") or 0),
+            active_bank=text("active_bank"),
+            address=self.address,
+        )
+
+    def read_telemetry(self) -> Telemetry:
+        start, end = codec.TELEMETRY_BLOCK
+        regs = self._input(start, end - start)
+        if regs[INPUT.MAP_VERSION] != MAP_VERSION:
+            raise ModbusMapVersionError(
+                f"unit {self.unit} publishes register map version {regs[0]}, "
+                f"this client speaks {MAP_VERSION}"
+            )
+        return codec.decode_telemetry(regs)
+
+    def read_boot_status(self) -> BootStatus:
+        return codec.decode_boot_status(
+            self._input(INPUT.RUN_STATE, INPUT.BOOT_BLOCK_END - INPUT.RUN_STATE)
+        )
+
+    def link_check(self, round_trips: int = 5) -> LinkQuality:
+        errors = 0
+        times: list[float] = []
+        for _ in range(round_trips):
+            started = time.perf_counter()
+            try:
+                ok = self._input(INPUT.MAP_VERSION, 1)[0] == MAP_VERSION
+            except (ModbusNoReplyError, ModbusFrameError):
+                ok = False
+            if ok:
+                times.append(time.perf_counter() - started)
+            else:
+                errors += 1
+        configured = None
+        if times:
+            spec = next(c for c in CONFIG_REGISTERS if c.key == "rs485_baud")
+            try:
+                raw = self.bus.read_holding(self.unit, spec.address, 1)[0]
+                configured = round(raw * spec.scale)
+            except BmsfwError:
+                errors += 1
+        return LinkQuality(
+            echo_ok=bool(times) and errors == 0,
+            round_trips=round_trips,
+            errors=errors,
+            rate=self.bus.settings.rate,
+            rate_matches=configured == self.bus.settings.baud_bps,
+            round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
+        )
+
+    def read_config(self) -> ConfigSnapshot:
+        doc = json.loads(self._read_document(DOC_CONFIG))
+        return ConfigSnapshot(
+            schema_version=int(doc["schema_version"]),
+            config=doc["config"],
+            calibration=doc["calibration"],
+            checksum=str(doc["checksum"]),
+        )
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None:
+        doc = {
+            "schema_version": snapshot.schema_version,
+            "config": dict(snapshot.config),
+            "calibration": dict(snapshot.calibration),
+            "checksum": snapshot.checksum,
+        }
+        self._upload(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+        self.command(Command.WRITE_CONFIG)
+
+    def authenticate(self, credentials: TesterCredentials) -> None:
+        # The same certificate check and proof of possession as UDS 0x29 on CAN
+        # (docs/uds.md): DER chain leaf first, signature over the device challenge.
+        from bmsfw.protocol.uds._auth import chain_pem_to_der, sign_challenge
+
+        self.command(Command.AUTH_CHALLENGE)
+        length = self._input(INPUT.CHALLENGE_LENGTH, 1)[0]
+        challenge = codec.registers_to_bytes(self._input(INPUT.CHALLENGE, 32))[:length]
+        try:
+            chain_der = chain_pem_to_der(credentials.certificate_chain_pem)
+            signature = sign_challenge(
+                credentials.private_key_pem, challenge, credentials.passphrase
+            )
+        except ValueError as exc:
+            raise ModbusCommandRefusedError(
+                f"tester credentials unusable: {exc}", command="AUTH_PROVE"
+            ) from exc
+        self._upload(codec.pack_auth_proof(chain_der, signature))
+        self.command(Command.AUTH_PROVE)
+
+    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+        self._upload(header)
+        self.command(Command.PREPARE, 1 if channel == "ota" else 0)
+        self._page = None
+        return self.transfer_state()
+
+    def transfer_state(self) -> TransferState:
+        regs = self._input(INPUT.XFER_STATE, INPUT.COMMAND_SEQ + 1 - INPUT.XFER_STATE)
+
+        def at(addr: int, n: int = 1) -> list[int]:
+            return regs[addr - INPUT.XFER_STATE : addr - INPUT.XFER_STATE + n]
+
+        total = codec.join_u32(at(INPUT.TOTAL_SIZE, 2))
+        block_size = at(INPUT.BLOCK_SIZE)[0] or 1
+        missing = self.missing_blocks(at(INPUT.BLOCK_COUNT)[0], at(INPUT.MISSING_COUNT)[0])
+        ranges: list[tuple[int, int]] = []
+        for block in missing:
+            offset = block * block_size
+            length = min(block_size, total - offset)
+            if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+            else:
+                ranges.append((offset, length))
+        return TransferState(
+            total_size=total,
+            contiguous_bytes=codec.join_u32(at(INPUT.CONTIGUOUS_BYTES, 2)),
+            erased=bool(at(INPUT.ERASED)[0]),
+            missing_ranges=tuple(ranges),
+        )
+
+    def missing_blocks(self, block_count: int, missing_count: int | None = None) -> list[int]:
+        """Block indices the device has not received (reads only the bitmap words needed)."""
+        if block_count == 0 or missing_count == 0:
+            return []
+        regs = self._input(INPUT.MISSING_BITMAP, (block_count + 15) // 16)
+        bits = codec.bitmap_from_registers(regs, block_count)
+        return [i for i, bit in enumerate(bits) if bit]
+
+    def block_crcs(self, block_count: int) -> list[int]:
+        return self._input(INPUT.BLOCK_CRC, block_count)
+
+    def erase(self) -> None:
+        self.command(Command.ERASE)
+
+    def write_range(self, image: bytes, start: int, end: int) -> Iterator[int]:
+        """Addressed window writes for ``image[start:end]``; yields the offset reached."""
+        for frame in codec.window_writes(image, start, end):
+            if frame.page != self._page:
+                self.bus.write(self.unit, HOLDING.WINDOW_PAGE, [frame.page])
+                self._page = frame.page
+            self.bus.write(self.unit, frame.address, frame.values)
+            yield frame.offset + frame.length
+
+    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        # Resume from an even offset (a register carries two bytes).
+        yield from self.write_range(image, start_offset - start_offset % 2, len(image))
+
+    def verify(self) -> None:
+        self.command(Command.VERIFY)
+
+    def activate(self) -> None:
+        self.command(Command.ACTIVATE)
+
+    def reset(self) -> None:
+        self.command(Command.RESET)
+        self._page = None
+
+    def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
+        deadline = time.monotonic() + timeout_s
+        last: BootStatus | None = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.read_boot_status()
+            except (ModbusNoReplyError, ModbusFrameError):
+                last = None  # rebooting nodes are silent
+            if last is not None and last.run_state == "application":
+                return last
+            time.sleep(poll_s)
+        state = last.run_state if last else "silent"
+        raise DeviceBootTimeoutError(
+            f"unit {self.unit} not back in the application after {timeout_s} s (state: {state})"
+        )
+
+    def read_self_test(self) -> SelfTestResult:
+        regs = self._input(INPUT.SELFTEST_STATE, INPUT.SELFTEST_BLOCK_END - INPUT.SELFTEST_STATE)
+        state = regs[0]
+        version = codec.registers_to_ascii(regs[INPUT.SELFTEST_VERSION - INPUT.SELFTEST_STATE :])
+        checks: tuple[SelfTestCheck, ...] = ()
+        if state in (SelfTestState.PASSED, SelfTestState.FAILED):
+            detail = json.loads(self._read_document(DOC_SELFTEST) or b"[]")
+            checks = tuple(
+                SelfTestCheck(
+                    name=str(c["name"]),
+                    passed=bool(c["passed"]),
+                    value=str(c.get("value", "")),
+                    limit=str(c.get("limit", "")),
+                    detail=str(c.get("detail", "")),
+                )
+                for c in detail
+            )
+        return SelfTestResult(passed=state == SelfTestState.PASSED, checks=checks, version=version)
+
+    def confirm(self) -> None:
+        self.command(Command.CONFIRM)
+
+    def rollback(self) -> None:
+        self.command(Command.ROLLBACK)
+
+    def close(self) -> None:
+        if self._owns_bus:
+            self.bus.close()
+
+    def __enter__(self) -> ModbusSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_modbus_bus(
+    port: str,
+    baud: int = 115_200,
+    parity: str = "E",
+    stopbits: int = 1,
+    *,
+    timeout_s: float = 0.5,
+    retries: int = 2,
+) -> ModbusBus:
+    """Open the master end of an RS485 string (or a USB virtual COM port)."""
+    return ModbusBus(
+        SerialSettings(
+            port=port,
+            baud_bps=baud,
+            parity=parity,
+            stopbits=stopbits,
+            timeout_s=timeout_s,
+            retries=retries,
+        )
+    )
+
+
+def open_modbus_session(
+    port: str,
+    unit: int = 1,
+    baud: int = 115_200,
+    parity: str = "E",
+    stopbits: int = 1,
+    *,
+    timeout_s: float = 0.5,
+    retries: int = 2,
+) -> ModbusSession:
+    """A ``BmsSession`` to one unit; closing the session closes the port."""
+    if not 1 <= unit <= 247:
+        raise ModbusUnitIdError(f"unit id {unit} is outside 1..247")
+    bus = open_modbus_bus(port, baud, parity, stopbits, timeout_s=timeout_s, retries=retries)
+    return ModbusSession(bus, unit, owns_bus=True)
