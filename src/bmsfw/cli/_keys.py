@@ -1,0 +1,188 @@
+"""``bmsfw keys``: create and manage the vendor PKI (root, intermediate, signers, image key)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from bmsfw.cli._render import console, print_json
+from bmsfw.errors import UsageError
+from bmsfw.package import (
+    ALGORITHMS,
+    PkiPaths,
+    init_pki_dir,
+    issue_signer_in_dir,
+    key_hash,
+    load_certificate_file,
+    load_private_key,
+    load_public_key,
+    revoke_in_dir,
+    summarize_certificate,
+)
+from bmsfw.package.errors import KeyFileError
+
+__all__ = ["keys_group", "read_passphrase"]
+
+
+def read_passphrase(path: Path | None) -> bytes | None:
+    """The passphrase from a file (first line, newline stripped), or None."""
+    if path is None:
+        return None
+    try:
+        text = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read passphrase file {path}: {exc.strerror}") from None
+    if not text or not text[0]:
+        raise UsageError(f"passphrase file {path} is empty")
+    return text[0]
+
+
+_passphrase_option = click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File whose first line is the passphrase protecting the private keys.",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _show(rows: list[tuple[str, str]], title: str, as_json: bool, data: dict[str, Any]) -> None:
+    if as_json:
+        print_json(data)
+        return
+    table = Table(title=title, show_header=False)
+    table.add_column("item", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Create and manage the vendor PKI and the image-signing key."""
+
+
+@keys_group.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ed25519", show_default=True)
+@click.option("--vendor", default="Example BMS Vendor", show_default=True)
+@_passphrase_option
+@_json_option
+def init_cmd(
+    directory: Path, algorithm: str, vendor: str, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Create root CA, intermediate CA, a manifest signer and an image-signing key in DIRECTORY."""
+    pki = init_pki_dir(
+        directory,
+        algorithm,  # type: ignore[arg-type]
+        passphrase=read_passphrase(passphrase_file),
+        vendor=vendor,
+    )
+    paths = PkiPaths(directory)
+    root_hash = key_hash(pki.root_key).hex()
+    image_hash = key_hash(pki.image_signing_key).hex()
+    data = {
+        "directory": str(directory),
+        "algorithm": algorithm,
+        "root_key_hash": root_hash,
+        "image_key_hash": image_hash,
+        "root_certificate": str(paths.root_cert),
+        "signer_certificate": str(paths.signer_cert("release-signer")),
+        "image_public_key": str(paths.image_pub),
+    }
+    _show(
+        [
+            ("directory", str(directory)),
+            ("algorithm", algorithm),
+            ("root key hash (fuse for manifests)", root_hash),
+            ("image key hash (fuse for secure boot)", image_hash),
+            ("signer", str(paths.signer_cert("release-signer"))),
+            ("keep offline", str(paths.root_key)),
+        ],
+        "vendor PKI created",
+        as_json,
+        data,
+    )
+
+
+@keys_group.command("issue-signer")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("name")
+@click.option("--validity-days", type=click.IntRange(1, 20 * 365), default=3 * 365)
+@_passphrase_option
+@_json_option
+def issue_signer_cmd(
+    directory: Path, name: str, validity_days: int, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Issue a new manifest signer NAME under the intermediate CA."""
+    cert = issue_signer_in_dir(
+        directory, name, passphrase=read_passphrase(passphrase_file), validity_days=validity_days
+    )
+    summary = summarize_certificate(cert)
+    _show(
+        [
+            ("signer", summary.subject),
+            ("serial", summary.serial_number),
+            ("valid until", f"{summary.not_after:%Y-%m-%d}"),
+            ("certificate", str(PkiPaths(directory).signer_cert(name))),
+        ],
+        "signer issued",
+        as_json,
+        summary.to_dict(),
+    )
+
+
+@keys_group.command("revoke")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("certificate", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_passphrase_option
+@_json_option
+def revoke_cmd(
+    directory: Path, certificate: Path, passphrase_file: Path | None, as_json: bool
+) -> None:
+    """Revoke a signer CERTIFICATE: writes DIRECTORY/revocation.crl, signed by the CA."""
+    cert = load_certificate_file(certificate)
+    crl = revoke_in_dir(directory, cert, passphrase=read_passphrase(passphrase_file))
+    crl_path = PkiPaths(directory).crl
+    _show(
+        [
+            ("revoked", cert.subject.rfc4514_string()),
+            ("serial", f"{cert.serial_number:x}"),
+            ("revocation list", str(crl_path)),
+        ],
+        "signer revoked",
+        as_json,
+        {
+            "revoked": cert.subject.rfc4514_string(),
+            "serial": f"{cert.serial_number:x}",
+            "revocation_list": str(crl_path),
+            "revocation_list_sha256": hashlib.sha256(crl).hexdigest(),
+        },
+    )
+
+
+@keys_group.command("hash")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_passphrase_option
+@_json_option
+def hash_cmd(path: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Print the key hash (OTP value) of a certificate, public key or private key."""
+    data = path.read_bytes()
+    if b"CERTIFICATE" in data:
+        public: Any = load_certificate_file(path).public_key()
+    elif b"PRIVATE KEY" in data:
+        try:
+            public = load_private_key(data, read_passphrase(passphrase_file)).public_key()
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path}: {exc.message}") from None
+    else:
+        public = load_public_key(data)
+    digest = key_hash(public).hex()
+    if as_json:
+        print_json({"path": str(path), "key_hash": digest, "algorithm": "sha256-spki"})
+    else:
+        click.echo(digest)
