@@ -1,0 +1,643 @@
+"""The update pipeline: the safe procedure a technician runs, over any ``BmsSession``.
+
+identify -> verify package offline against this device -> preflight -> manual
+confirmations -> configuration backup (read back) -> authenticate -> transfer
+into the inactive bank (watched, resumable) -> device verify -> activate + reset
+-> wait for boot and self-test -> confirm, or roll back -> compare configuration
+with the backup (restore or report) -> report + audit record.
+
+:func:`run_update` never leaves the caller guessing: it returns an
+:class:`~bmsfw.update.report.UpdateReport` whose ``outcome``, ``failed_step``,
+``running_version`` and ``error`` (code, diagnosis, remedy) say what happened,
+and keeps the exception in ``report.exception`` for the CLI's exit code.
+Only programming errors propagate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bmsfw.errors import BmsfwError, TransportError
+from bmsfw.package import DeviceFacts, TrustAnchors, VerifiedRelease, release_header, verify_release
+from bmsfw.protocol.session import (
+    BmsSession,
+    BootStatus,
+    ConfigSnapshot,
+    DeviceIdentity,
+    SelfTestResult,
+    Telemetry,
+    TesterCredentials,
+)
+from bmsfw.update.audit import AuditLog
+from bmsfw.update.backup import diff_snapshots, load_backup, restore_backup, write_backup
+from bmsfw.update.errors import (
+    BootTimeoutError,
+    ManualConfirmationMissingError,
+    NotConfirmedRolledBackError,
+    SelfTestFailedRolledBackError,
+    TransferInterruptedError,
+    TransferPausedUnsafeError,
+    UpdateFailedNoRollbackError,
+)
+from bmsfw.update.events import (
+    Event,
+    EventSink,
+    Step,
+    StepFinished,
+    StepStarted,
+    TransferProgress,
+    UpdateFinished,
+    WarningRaised,
+)
+from bmsfw.update.preflight import ReleaseFacts, run_preflight, validate_overrides
+from bmsfw.update.profile import ManualConfirmation, TransferLimits, UpdateProfile
+from bmsfw.update.report import StepRecord, UpdateReport, write_report
+
+__all__ = [
+    "AskConfirmation",
+    "UpdateOptions",
+    "release_facts",
+    "run_update",
+    "run_updates",
+    "transfer_violation",
+]
+
+logger = logging.getLogger(__name__)
+
+AskConfirmation = Callable[[ManualConfirmation], bool]
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """What the technician chose for this update (flags of ``bmsfw update``)."""
+
+    backup_dir: Path
+    credentials: TesterCredentials | None = None
+    confirmed: frozenset[str] = frozenset()  # confirmation ids given as flags
+    overrides: Mapping[str, str] = field(default_factory=dict)  # check name -> reason
+    channel: Literal["wired", "ota"] = "wired"
+    recovery: bool = False  # allow flashing a BMS stuck in its bootloader
+    reinstall: bool = False  # flash even when this version already runs confirmed
+    restore_config: bool = True  # write the backup back when the config changed
+    component: str = "app"
+    audit_log: Path | None = None
+    report_dir: Path | None = None
+    operator: str = ""
+    now: dt.datetime | None = None  # certificate validity time (tests)
+
+
+def release_facts(release: VerifiedRelease) -> ReleaseFacts:
+    m = release.manifest
+    return ReleaseFacts(
+        version=m.version,
+        model=m.hardware.model,
+        hw_revisions=tuple(m.hardware.revisions),
+        min_bootloader_version=m.min_bootloader_version,
+        security_counter=m.security_counter,
+    )
+
+
+def transfer_violation(telemetry: Telemetry, limits: TransferLimits) -> str:
+    """Why writing must stop now ("" when every watched value is inside its limits)."""
+    problems = []
+    if not limits.soc_min_pct <= telemetry.soc_pct <= limits.soc_max_pct:
+        problems.append(
+            f"state of charge {telemetry.soc_pct:.1f} % outside "
+            f"{limits.soc_min_pct:g}–{limits.soc_max_pct:g} %"
+        )
+    temps = telemetry.temperatures_c
+    if temps and not (limits.temp_min_c <= min(temps) and max(temps) <= limits.temp_max_c):
+        problems.append(
+            f"temperature {min(temps):.1f}…{max(temps):.1f} °C outside "
+            f"{limits.temp_min_c:g}–{limits.temp_max_c:g} °C"
+        )
+    if not limits.supply_min_v <= telemetry.supply_voltage_v <= limits.supply_max_v:
+        problems.append(
+            f"supply {telemetry.supply_voltage_v:.2f} V outside "
+            f"{limits.supply_min_v:g}–{limits.supply_max_v:g} V"
+        )
+    if telemetry.faults:
+        problems.append(f"protection fault(s) {', '.join(telemetry.faults)}")
+    return "; ".join(problems)
+
+
+class _Run:
+    """One node's update; holds the report and the event plumbing."""
+
+    def __init__(
+        self,
+        session: BmsSession,
+        package: bytes,
+        trust: TrustAnchors,
+        profile: UpdateProfile,
+        options: UpdateOptions,
+        *,
+        sink: EventSink | None,
+        ask: AskConfirmation | None,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.session = session
+        self.package = package
+        self.trust = trust
+        self.profile = profile
+        self.options = options
+        self.sink = sink
+        self.ask = ask
+        self.sleep = sleep
+        self.clock = clock
+        self.node = "?"
+        self.report = UpdateReport(node="?", operator=options.operator)
+
+    def emit(self, event: Event) -> None:
+        if self.sink is not None:
+            try:
+                self.sink(event)
+            except Exception:  # a broken progress display must not break a flash
+                logger.exception("event sink failed on %s", type(event).__name__)
+
+    def warn(self, message: str) -> None:
+        logger.warning("%s: %s", self.node, message)
+        self.report.warnings.append(message)
+        self.emit(WarningRaised(self.node, message))
+
+    @contextlib.contextmanager
+    def step(self, name: Step) -> Iterator[list[str]]:
+        """Time a step, emit its events and record it; yields a list to put a detail in."""
+        started_wall, started = time.time(), self.clock()
+        self.emit(StepStarted(self.node, name))
+        logger.info("%s: step %s", self.node, name)
+        detail: list[str] = []
+        ok = False
+        try:
+            yield detail
+            ok = True
+        finally:
+            duration = self.clock() - started
+            text = "; ".join(detail)
+            self.report.steps.append(StepRecord(name, ok, started_wall, duration, text))
+            self.emit(StepFinished(self.node, name, ok, text, duration))
+
+    # --- the procedure ------------------------------------------------------------
+
+    def run(self) -> UpdateReport:
+        report = self.report
+        report.profile = {"name": self.profile.name, "source": self.profile.source}
+        report.overrides = dict(self.options.overrides)
+        report.package = {"sha256": hashlib.sha256(self.package).hexdigest()}
+        step: Step = "identify"
+        identity: DeviceIdentity | None = None
+        try:
+            validate_overrides(self.options.overrides)
+            with self.step("identify") as detail:
+                identity = self.session.identify()
+                self.node = identity.address or identity.serial
+                report.node = self.node
+                report.device_before = dataclasses.asdict(identity)
+                report.running_version = identity.app_version
+                detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
+            step = "verify-package"
+            with self.step("verify-package") as detail:
+                release = verify_release(
+                    self.package,
+                    self.trust,
+                    DeviceFacts(
+                        identity.model,
+                        identity.hw_revision,
+                        identity.bootloader_version,
+                        identity.security_counter,
+                        self.options.channel,
+                    ),
+                    now=self.options.now,
+                )
+                m = release.manifest
+                report.package.update(
+                    product=m.product,
+                    version=m.version,
+                    security_counter=m.security_counter,
+                    safety_class=m.safety_class,
+                    signer=[c.subject for c in release.chain],
+                )
+                detail.append(f"{m.product} {m.version} signed by {release.chain[0].subject}")
+            if (
+                not self.options.reinstall
+                and identity.app_version == release.manifest.version
+                and self.session.read_boot_status().image_state == "confirmed"
+            ):
+                report.outcome = "already-installed"
+                self.warn(f"{release.manifest.version} already runs confirmed; nothing to do")
+                return self._finish()
+            step = "preflight"
+            with self.step("preflight") as detail:
+                pre = run_preflight(
+                    self.session,
+                    self.profile.preflight,
+                    release_facts(release),
+                    overrides=self.options.overrides,
+                    recovery=self.options.recovery,
+                    sleep=self.sleep,
+                    node=self.node,
+                    sink=self.emit,
+                )
+                report.preflight = [dataclasses.asdict(c) for c in pre.checks]
+                for c in pre.checks:
+                    if c.overridden:
+                        self.warn(f"preflight check {c.name} overridden: {c.override_reason}")
+                detail.append(f"{sum(c.passed for c in pre.checks)}/{len(pre.checks)} passed")
+                pre.raise_if_failed()
+            step = "confirmations"
+            with self.step("confirmations"):
+                self._confirmations()
+            step = "backup"
+            with self.step("backup") as detail:
+                snapshot = self.session.read_config()
+                backup = write_backup(self.options.backup_dir, identity, snapshot)
+                report.backup = {"path": str(backup.path), "checksum": snapshot.checksum}
+                detail.append(str(backup.path))
+            step = "authenticate"
+            with self.step("authenticate") as detail:
+                if self.options.credentials is not None:
+                    self.session.authenticate(self.options.credentials)
+                    detail.append("tester certificate accepted")
+                else:
+                    detail.append("no tester credentials given; the session's own access")
+            step = "transfer"
+            with self.step("transfer") as detail:
+                image = release.image(self._component(release))
+                self._transfer(release_header(self.package), image)
+                detail.append(f"{len(image)} bytes")
+            step = "device-verify"
+            with self.step("device-verify"):
+                self.session.verify()
+            step = "activate"
+            with self.step("activate"):
+                self.session.activate()
+                self.session.reset()
+            step = "self-test"
+            self._boot_and_self_test(identity, release)
+            step = "confirm"
+            with self.step("confirm") as detail:
+                self.session.confirm()
+                status = self.session.read_boot_status()
+                detail.append(f"bank {status.active_bank} {status.image_state}")
+                new_version = release.manifest.version
+                if status.image_state != "confirmed" or status.running_version != new_version:
+                    self._await_revert(identity, "confirm")
+            report.running_version = new_version
+            report.outcome = "updated"
+            step = "config-compare"
+            self._compare_config(snapshot)
+        except BmsfwError as exc:
+            self._failed(step, exc, identity)
+        return self._finish()
+
+    def _component(self, release: VerifiedRelease) -> str:
+        names = [c.name for c in release.manifest.components]
+        if self.options.component in names:
+            return self.options.component
+        if len(names) == 1:
+            return names[0]
+        raise UpdateFailedNoRollbackError(
+            f"component {self.options.component!r} not in the release ({', '.join(names)})"
+        )
+
+    def _confirmations(self) -> None:
+        missing = []
+        for item in self.profile.confirmations:
+            if item.id in self.options.confirmed:
+                how = "flag"
+            elif self.ask is not None and self.ask(item):
+                how = "interactive"
+            else:
+                missing.append(item)
+                continue
+            self.report.confirmations.append({"id": item.id, "text": item.text, "how": how})
+        if missing:
+            raise ManualConfirmationMissingError(
+                "not confirmed: " + "; ".join(f"{c.text} (--confirm {c.id})" for c in missing)
+            )
+
+    def _transfer(self, header: bytes, image: bytes) -> None:
+        state = self.session.prepare(header, channel=self.options.channel)
+        total = len(image)
+        start = 0
+        if state.erased and 0 < state.contiguous_bytes <= total and state.total_size == total:
+            start = state.contiguous_bytes
+            self.warn(f"resuming the transfer at byte {start} of {total}")
+        else:
+            self.session.erase()
+        t = self.report.transfer
+        t.update(total=total, resumed_from=start, offset=start, duration_s=0.0)
+        self.emit(TransferProgress(self.node, start, total, start))
+        limits = self.profile.transfer
+        started = last_check = self.clock()
+        offset = start
+        if start < total:
+            blocks = self.session.write(image, start_offset=start)
+            try:
+                for offset in blocks:
+                    t["offset"] = offset
+                    self.emit(TransferProgress(self.node, offset, total, start))
+                    now = self.clock()
+                    if now - last_check >= limits.monitor_interval_s and offset < total:
+                        last_check = now
+                        why = transfer_violation(self.session.read_telemetry(), limits)
+                        if why:
+                            # Stop between blocks: what the device holds stays resumable.
+                            raise TransferPausedUnsafeError(
+                                f"stopped at byte {offset} of {total}: {why}"
+                            )
+            except TransportError as exc:
+                raise TransferInterruptedError(
+                    f"at byte {t['offset']} of {total}: {exc.code}: {exc.message}"
+                ) from exc
+            finally:
+                close = getattr(blocks, "close", None)
+                if close is not None:
+                    close()
+                t["duration_s"] = round(self.clock() - started, 3)
+        if offset < total:
+            raise TransferInterruptedError(f"the BMS stopped taking data at byte {offset}")
+        sent = total - start
+        duration = max(self.clock() - started, 1e-9)
+        t.update(offset=total, bytes_sent=sent, rate_bps=round(sent / duration))
+
+    def _wait_boot(self, timeout_s: float) -> BootStatus:
+        return self.session.wait_boot(timeout_s)
+
+    def _read_self_test(self) -> SelfTestResult | None:
+        try:
+            result = self.session.read_self_test()
+        except BmsfwError as exc:
+            self.warn(f"could not read the self-test record: {exc}")
+            return None
+        self.report.self_test = {
+            "passed": result.passed,
+            "version": result.version,
+            "checks": [dataclasses.asdict(c) for c in result.checks],
+        }
+        return result
+
+    def _boot_and_self_test(self, before: DeviceIdentity, release: VerifiedRelease) -> None:
+        new_version = release.manifest.version
+        with self.step("self-test") as detail:
+            try:
+                status = self._wait_boot(self.profile.boot.boot_timeout_s)
+            except BmsfwError as exc:
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self.warn(f"no boot within {self.profile.boot.boot_timeout_s:g} s: {exc}")
+                self._await_revert(before, "boot")
+                raise AssertionError("unreachable") from None  # _await_revert always raises
+            self.report.running_version = status.running_version
+            detail.append(f"booted {status.running_version} ({status.image_state})")
+            result = self._read_self_test()
+            booted_new = status.running_version == new_version and status.image_state == "test"
+            if booted_new and result is not None and result.passed:
+                return
+            if booted_new:
+                # New image runs but failed its self-test: do not wait for the watchdog.
+                failed = ", ".join(c.name for c in result.checks if not c.passed) if result else ""
+                self.warn(f"self-test failed ({failed or 'no record'}); rolling back")
+                self.session.rollback()
+                status = self._wait_after_rollback()
+            self.report.running_version = status.running_version
+            if status.running_version == before.app_version:
+                failed_checks = (
+                    [c for c in result.checks if not c.passed] if result is not None else []
+                )
+                listed = ", ".join(f"{c.name} {c.value} (limit {c.limit})" for c in failed_checks)
+                reason = status.last_revert_reason
+                self.report.outcome = "rolled-back"
+                if failed_checks or "self" in reason.lower():
+                    raise SelfTestFailedRolledBackError(
+                        f"{new_version} failed its self-test ({listed or reason}); "
+                        f"the BMS runs {status.running_version} again"
+                    )
+                raise NotConfirmedRolledBackError(
+                    f"{new_version} did not stay active ({reason or status.image_state}); "
+                    f"the BMS runs {status.running_version} again"
+                )
+            raise UpdateFailedNoRollbackError(
+                f"after the update the BMS runs {status.running_version} "
+                f"({status.run_state}, {status.image_state})"
+            )
+
+    def _wait_after_rollback(self) -> BootStatus:
+        deadline = self.clock() + self.profile.boot.revert_timeout_s
+        while True:
+            try:
+                return self._wait_boot(max(0.1, deadline - self.clock()))
+            except BmsfwError as exc:
+                if not isinstance(exc, TimeoutError) or self.clock() >= deadline:
+                    raise UpdateFailedNoRollbackError(
+                        f"the BMS did not come back after the rollback: {exc}"
+                    ) from exc
+
+    def _await_revert(self, before: DeviceIdentity, stage: str) -> None:
+        """The new image did not boot or did not stay confirmed: wait for the bootloader."""
+        deadline = self.clock() + self.profile.boot.revert_timeout_s
+        last: BootStatus | None = None
+        while self.clock() < deadline:
+            try:
+                last = self._wait_boot(max(0.1, deadline - self.clock()))
+            except BmsfwError as exc:
+                if not isinstance(exc, TimeoutError):
+                    raise
+                continue
+            self.report.running_version = last.running_version
+            if last.running_version == before.app_version:
+                self._read_self_test()
+                self.report.outcome = "rolled-back"
+                raise NotConfirmedRolledBackError(
+                    f"the new image was not confirmed ({stage}; "
+                    f"{last.last_revert_reason or last.image_state}); "
+                    f"the BMS runs {last.running_version} again"
+                )
+            self.sleep(min(0.2, self.profile.boot.revert_timeout_s / 10))
+        if last is None:
+            raise BootTimeoutError(
+                f"no answer within {self.profile.boot.boot_timeout_s:g} s after reset "
+                f"and {self.profile.boot.revert_timeout_s:g} s more"
+            )
+        raise UpdateFailedNoRollbackError(
+            f"the BMS runs {last.running_version} ({last.image_state}) and did not revert"
+        )
+
+    def _compare_config(self, backup_snapshot: ConfigSnapshot) -> None:
+        with self.step("config-compare") as detail:
+            now = self.session.read_config()
+            changes = diff_snapshots(backup_snapshot, now)
+            self.report.config_changes = [
+                {"path": c.path, "before": c.before, "after": c.after} for c in changes
+            ]
+            if not changes:
+                detail.append("unchanged")
+                return
+            if not self.options.restore_config:
+                self.warn(f"{len(changes)} configuration value(s) changed; not restored")
+                return
+            restore_backup(self.session, load_backup(self.report.backup["path"]))
+            self.report.config_restored = True
+            detail.append(f"{len(changes)} value(s) restored")
+
+    def _failed(self, step: Step, exc: BmsfwError, identity: DeviceIdentity | None) -> None:
+        report = self.report
+        cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else None
+        report.fail(step, exc, cause)
+        if report.outcome != "rolled-back":
+            wrote = any(s.step == "transfer" for s in report.steps)
+            if isinstance(exc, TransferPausedUnsafeError | TransferInterruptedError):
+                report.outcome = "paused"
+            elif not wrote:
+                report.outcome = "refused"
+            else:
+                report.outcome = "failed"
+        logger.warning("%s: update failed at %s: %s", self.node, step, exc)
+        # What does the device run now? Ask, but a dead link must not hide the report.
+        if identity is not None:
+            try:
+                status = self.session.read_boot_status()
+                report.running_version = status.running_version
+                report.device_now = dataclasses.asdict(status)
+            except BmsfwError as probe:
+                report.warnings.append(f"could not read the boot status afterwards: {probe}")
+                if report.outcome in ("refused", "paused"):
+                    report.running_version = identity.app_version
+                else:
+                    report.running_version = "unknown (BMS not answering)"
+
+    def _finish(self) -> UpdateReport:
+        report = self.report
+        report.finished_at = time.time()
+        if report.outcome in ("updated", "already-installed") and not report.device_now:
+            with contextlib.suppress(BmsfwError):
+                report.device_now = dataclasses.asdict(self.session.read_boot_status())
+        if self.options.audit_log is not None:
+            report.audit_hash = AuditLog(self.options.audit_log).append(
+                "update",
+                {
+                    "device": {
+                        k: report.device_before.get(k)
+                        for k in ("model", "hw_revision", "serial", "app_version", "address")
+                    },
+                    "package": report.package,
+                    "result": report.outcome,
+                    "running_version": report.running_version,
+                    "failed_step": report.failed_step,
+                    "error_code": report.error.get("code", ""),
+                    "overrides": report.overrides,
+                    "confirmations": [c["id"] for c in report.confirmations],
+                    "backup": report.backup.get("path", ""),
+                },
+                who=self.options.operator or None,
+            )
+        if self.options.report_dir is not None:
+            path = write_report(report, self.options.report_dir)
+            logger.info("%s: report written to %s", self.node, path)
+        self.emit(
+            UpdateFinished(
+                self.node, report.ok, report.error.get("code", ""), report.running_version
+            )
+        )
+        return report
+
+
+def run_update(
+    session: BmsSession,
+    package: bytes,
+    trust: TrustAnchors,
+    options: UpdateOptions,
+    *,
+    profile: UpdateProfile | None = None,
+    sink: EventSink | None = None,
+    ask: AskConfirmation | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> UpdateReport:
+    """Run the whole procedure on one BMS; returns its report (see the module docstring)."""
+    run = _Run(
+        session,
+        package,
+        trust,
+        profile or UpdateProfile(),
+        options,
+        sink=sink,
+        ask=ask,
+        sleep=sleep,
+        clock=clock,
+    )
+    return run.run()
+
+
+def run_updates(
+    sessions: Sequence[BmsSession],
+    package: bytes,
+    trust: TrustAnchors,
+    options: UpdateOptions,
+    *,
+    profile: UpdateProfile | None = None,
+    sink: EventSink | None = None,
+    ask: AskConfirmation | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[UpdateReport]:
+    """Update several BMS (one session each) concurrently; reports in the given order.
+
+    Interactive confirmations are asked once, before any thread starts, and then
+    apply to every node (the technician checks the site, not each pack).
+    """
+    confirmed = set(options.confirmed)
+    chosen = profile or UpdateProfile()
+    if ask is not None:
+        for item in chosen.confirmations:
+            if item.id not in confirmed and ask(item):
+                confirmed.add(item.id)
+    shared = dataclasses.replace(options, confirmed=frozenset(confirmed))
+    sink_lock = threading.Lock()
+
+    def locked_sink(event: Event) -> None:
+        if sink is not None:
+            with sink_lock:
+                sink(event)
+
+    if len(sessions) == 1:
+        return [
+            run_update(
+                sessions[0],
+                package,
+                trust,
+                shared,
+                profile=chosen,
+                sink=sink,
+                sleep=sleep,
+                clock=clock,
+            )
+        ]
+    with ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix="bmsfw-update") as pool:
+        futures = [
+            pool.submit(
+                run_update,
+                s,
+                package,
+                trust,
+                shared,
+                profile=chosen,
+                sink=locked_sink,
+                sleep=sleep,
+                clock=clock,
+            )
+            for s in sessions
+        ]
+        return [f.result() for f in futures]
