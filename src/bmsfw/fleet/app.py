@@ -1,0 +1,421 @@
+"""The fleet server's HTTP API (FastAPI): thin over :class:`~bmsfw.fleet.service.FleetService`.
+
+Every route is registered through :func:`_route`, which attaches the role guard
+and records the admitted roles in the OpenAPI spec (``x-bmsfw-roles``). There is
+no anonymous route: the OpenAPI document and the interactive docs need a viewer
+token too. A test walks ``app.routes`` and checks every one refuses missing and
+wrong-role credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from bmsfw.errors import FleetError
+from bmsfw.fleet.artifacts import ArtifactStore
+from bmsfw.fleet.auth import GATEWAY_ROLE, Principal, hash_token, roles_at_least
+from bmsfw.fleet.clock import Clock, SystemClock
+from bmsfw.fleet.db import make_engine, make_session_factory, upgrade_database
+from bmsfw.fleet.errors import (
+    CredentialMissingError,
+    FleetConfigError,
+    InvalidCredentialError,
+    ReleaseRejectedError,
+    RoleNotAllowedError,
+    http_status_for,
+)
+from bmsfw.fleet.protocol import (
+    BackupInfo,
+    BackupUpload,
+    CheckIn,
+    CheckInResponse,
+    StateReport,
+    StateReportResponse,
+)
+from bmsfw.fleet.releases import TrustRoot, verify_upload
+from bmsfw.fleet.schemas import CampaignSpec, GatewayCreate, SiteWindowSpec, TokenCreate
+from bmsfw.fleet.service import FleetService, ServiceSettings
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+API = "/api/v1"
+VIEWER = roles_at_least("viewer")
+OPERATOR = roles_at_least("operator")
+RELEASE_MANAGER = roles_at_least("release_manager")
+ADMIN = roles_at_least("admin")
+GATEWAY = frozenset({GATEWAY_ROLE})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    db_url: str
+    artifacts_dir: Path
+    trust_root_pem: bytes
+    poll_interval_s: int = 60
+    # How often each process re-evaluates running campaigns (soak times end
+    # without any device report); 0 disables it (tests drive ``service.tick()``).
+    tick_interval_s: float = 15.0
+    max_upload_bytes: int = 256 * 1024 * 1024
+    max_backup_bytes: int = 1024 * 1024
+    db_pool_size: int = 10
+    migrate: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Guard:
+    """Resolves the bearer token to a principal and checks its role (a FastAPI dependency)."""
+
+    def __init__(self, roles: frozenset[str]) -> None:
+        self.roles = roles
+
+    def __call__(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise CredentialMissingError(f"{request.method} {request.url.path} needs a credential")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidCredentialError("the Authorization header is not 'Bearer TOKEN'")
+        service: FleetService = request.app.state.service
+        principal = service.authenticate(hash_token(token.strip()))
+        if principal is None:
+            raise InvalidCredentialError("the token is unknown or revoked")
+        if principal.role not in self.roles:
+            raise RoleNotAllowedError(
+                f"role {principal.role!r} may not use {request.method} {request.url.path}; "
+                f"allowed: {', '.join(sorted(self.roles))}"
+            )
+        request.state.principal = principal
+        return principal
+
+
+def _route(
+    router: APIRouter, method: str, path: str, roles: frozenset[str], **kwargs: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            dependencies=[Depends(_Guard(roles))],
+            openapi_extra={"x-bmsfw-roles": sorted(roles)},
+            **kwargs,
+        )
+        return endpoint
+
+    return register
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal
+    return principal
+
+
+def _service(request: Request) -> FleetService:
+    service: FleetService = request.app.state.service
+    return service
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    clock: Clock | None = None,
+    trust: TrustRoot | None = None,
+) -> FastAPI:
+    """Build the app: engine, migrations (unless ``config.migrate`` is off), routes."""
+    clock = clock or SystemClock()
+    trust = trust or TrustRoot(config.trust_root_pem)
+    engine = make_engine(config.db_url, pool_size=config.db_pool_size)
+    if config.migrate:
+        upgrade_database(engine)
+    service = FleetService(
+        make_session_factory(engine),
+        ArtifactStore(config.artifacts_dir),
+        clock,
+        ServiceSettings(
+            poll_interval_s=config.poll_interval_s,
+            max_backup_bytes=config.max_backup_bytes,
+            artifact_url_prefix=f"{API}/releases",
+        ),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ticker = None
+        if config.tick_interval_s > 0:
+            ticker = asyncio.create_task(_tick_forever(service, config.tick_interval_s))
+        try:
+            yield
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+            engine.dispose()
+
+    app = FastAPI(
+        title="bmsfw fleet server",
+        version="1",
+        lifespan=lifespan,
+        # The stock documentation routes are anonymous; ours below need a viewer token.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.config = config
+    app.state.trust = trust
+
+    @app.exception_handler(FleetError)
+    async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if http_status_for(exc) == 401 else None
+        body = exc.to_dict()
+        if isinstance(exc, ReleaseRejectedError) and exc.package_code:
+            body["package_code"] = exc.package_code
+        return JSONResponse({"error": body}, status_code=http_status_for(exc), headers=headers)
+
+    router = APIRouter(prefix=API)
+    _agent_routes(router)
+    _release_routes(router, config)
+    _campaign_routes(router)
+    _inventory_routes(router)
+    _admin_routes(router, app)
+    app.include_router(router)
+    return app
+
+
+async def _tick_forever(service: FleetService, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await run_in_threadpool(service.tick)
+        except Exception:  # a failed tick must not stop later ones
+            log.exception("campaign tick failed")
+
+
+def _agent_routes(router: APIRouter) -> None:
+    @_route(router, "POST", "/agent/check-in", GATEWAY, response_model=CheckInResponse)
+    def check_in(request: Request, body: CheckIn) -> CheckInResponse:
+        """Gateway inventory, telemetry and integrity report; answers with offers."""
+        return _service(request).check_in(_principal(request), body)
+
+    @_route(router, "POST", "/agent/reports", GATEWAY, response_model=StateReportResponse)
+    def report(request: Request, body: StateReport) -> StateReportResponse:
+        """One device's state change in one campaign, with the device's error code."""
+        return _service(request).report_state(_principal(request), body)
+
+    @_route(router, "POST", "/agent/backups", GATEWAY, response_model=BackupInfo, status_code=201)
+    def backup(request: Request, body: BackupUpload) -> BackupInfo:
+        """A configuration backup the agent took before touching a device."""
+        return _service(request).store_backup(_principal(request), body)
+
+
+def _release_routes(router: APIRouter, config: ServerConfig) -> None:
+    @_route(router, "POST", "/releases", RELEASE_MANAGER, status_code=201)
+    async def upload_release(
+        request: Request, filename: Annotated[str, Query(max_length=255)] = "release.bmsfw"
+    ) -> JSONResponse:
+        """Upload a `.bmsfw` as the raw request body; verified against the trust root."""
+        data = await _read_bounded(request, config.max_upload_bytes)
+        service = _service(request)
+        principal = _principal(request)
+        trust: TrustRoot = request.app.state.trust
+        try:
+            facts = await run_in_threadpool(verify_upload, data, trust, now=service.clock.now())
+        except ReleaseRejectedError as exc:
+            await run_in_threadpool(
+                service.audit_rejected_upload, principal, filename, exc.package_code
+            )
+            raise
+        release, created = await run_in_threadpool(
+            service.add_release, principal, facts, data, filename
+        )
+        return JSONResponse(release, status_code=201 if created else 200)
+
+    @_route(router, "GET", "/releases", VIEWER)
+    def list_releases(request: Request) -> list[dict[str, Any]]:
+        return _service(request).list_releases()
+
+    @_route(router, "GET", "/releases/{release_id}", VIEWER)
+    def get_release(request: Request, release_id: int) -> dict[str, Any]:
+        return _service(request).get_release(release_id)
+
+    @_route(router, "GET", "/releases/{release_id}/artifact", VIEWER | GATEWAY)
+    def download(request: Request, release_id: int) -> Response:
+        """The `.bmsfw` file; supports `Range: bytes=N-` to resume and `If-Range` with the ETag."""
+        release, path = _service(request).artifact_for(_principal(request), release_id)
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            filename=release.filename,
+            headers={"ETag": f'"{release.sha256}"', "X-Content-SHA256": release.sha256},
+            stat_result=None,
+        )
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ReleaseRejectedError(f"upload of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ReleaseRejectedError(f"upload exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _campaign_routes(router: APIRouter) -> None:
+    @_route(router, "POST", "/campaigns", OPERATOR, status_code=201)
+    def create_campaign(request: Request, spec: CampaignSpec) -> dict[str, Any]:
+        """Start a phased campaign; safety-critical releases are refused (BMSFW-E606)."""
+        return _service(request).create_campaign(_principal(request), spec)
+
+    @_route(router, "GET", "/campaigns", VIEWER)
+    def list_campaigns(request: Request) -> list[dict[str, Any]]:
+        return _service(request).list_campaigns()
+
+    @_route(router, "GET", "/campaigns/{campaign_id}", VIEWER)
+    def get_campaign(request: Request, campaign_id: int) -> dict[str, Any]:
+        return _service(request).get_campaign(campaign_id)
+
+    @_route(router, "GET", "/campaigns/{campaign_id}/devices", VIEWER)
+    def campaign_devices(request: Request, campaign_id: int) -> list[dict[str, Any]]:
+        """Every target device with its state, error code and timestamped history."""
+        return _service(request).campaign_devices(campaign_id)
+
+    @_route(router, "POST", "/campaigns/{campaign_id}/pause", OPERATOR)
+    def pause(
+        request: Request, campaign_id: int, reason: Annotated[str, Body(embed=True)] = ""
+    ) -> dict[str, Any]:
+        return _service(request).pause(_principal(request), campaign_id, reason)
+
+    @_route(router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR)
+    def resume(request: Request, campaign_id: int) -> dict[str, Any]:
+        """Resume; failures seen so far count as reviewed for the error threshold."""
+        return _service(request).resume(_principal(request), campaign_id)
+
+    @_route(router, "POST", "/campaigns/{campaign_id}/cancel", OPERATOR)
+    def cancel(
+        request: Request, campaign_id: int, reason: Annotated[str, Body(embed=True)] = ""
+    ) -> dict[str, Any]:
+        return _service(request).cancel(_principal(request), campaign_id, reason)
+
+    @_route(router, "POST", "/campaigns/{campaign_id}/evaluate", OPERATOR)
+    def evaluate(request: Request, campaign_id: int) -> dict[str, Any]:
+        """Apply the progression rules now (the server also does this periodically)."""
+        return _service(request).evaluate(campaign_id)
+
+
+def _inventory_routes(router: APIRouter) -> None:
+    @_route(router, "GET", "/gateways", VIEWER)
+    def list_gateways(request: Request) -> list[dict[str, Any]]:
+        return _service(request).list_gateways()
+
+    @_route(router, "POST", "/gateways", ADMIN, status_code=201)
+    def create_gateway(request: Request, body: GatewayCreate) -> dict[str, Any]:
+        """Register a gateway; the answer holds its token, shown only this once."""
+        return _service(request).create_gateway(
+            _principal(request), body.name, body.site, body.tags
+        )
+
+    @_route(router, "GET", "/devices", VIEWER)
+    def list_devices(
+        request: Request,
+        site: str | None = None,
+        model: str | None = None,
+        flagged: bool = False,
+    ) -> list[dict[str, Any]]:
+        return _service(request).list_devices(site=site, model=model, flagged=flagged)
+
+    @_route(router, "GET", "/devices/{serial}", VIEWER)
+    def get_device(request: Request, serial: str) -> dict[str, Any]:
+        return _service(request).get_device(serial)
+
+    @_route(router, "GET", "/devices/{serial}/backups", OPERATOR)
+    def list_backups(request: Request, serial: str) -> list[BackupInfo]:
+        return _service(request).list_backups(serial)
+
+    @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY)
+    def get_backup(request: Request, backup_id: int) -> dict[str, Any]:
+        """One backup with its JSON content (a gateway may read its own devices' backups)."""
+        return _service(request).get_backup(_principal(request), backup_id)
+
+    @_route(router, "GET", "/sites", VIEWER)
+    def list_sites(request: Request) -> list[dict[str, Any]]:
+        return _service(request).list_sites()
+
+    @_route(router, "PUT", "/sites/{site}/maintenance-windows", OPERATOR)
+    def set_windows(request: Request, site: str, body: SiteWindowSpec) -> dict[str, Any]:
+        return _service(request).set_site_windows(_principal(request), site, body)
+
+    @_route(router, "GET", "/flags", VIEWER)
+    def list_flags(request: Request, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+        """Devices flagged for integrity faults, unexpected firmware hash or version."""
+        return _service(request).list_flags(include_acknowledged=include_acknowledged)
+
+    @_route(router, "POST", "/flags/{flag_id}/acknowledge", OPERATOR)
+    def acknowledge(
+        request: Request, flag_id: int, note: Annotated[str, Body(embed=True)] = ""
+    ) -> dict[str, Any]:
+        return _service(request).acknowledge_flag(_principal(request), flag_id, note)
+
+
+def _admin_routes(router: APIRouter, app: FastAPI) -> None:
+    @_route(router, "GET", "/whoami", VIEWER | GATEWAY)
+    def whoami(request: Request) -> dict[str, Any]:
+        p = _principal(request)
+        return {"name": p.name, "kind": p.kind, "role": p.role, "gateway_id": p.gateway_id}
+
+    @_route(router, "POST", "/tokens", ADMIN, status_code=201)
+    def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
+        """A new operator API token; the clear text is in this answer only."""
+        return _service(request).create_operator_token(_principal(request), body.name, body.role)
+
+    @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN)
+    def revoke_token(request: Request, credential_id: int) -> dict[str, Any]:
+        return _service(request).revoke_token(_principal(request), credential_id)
+
+    @_route(router, "GET", "/access-review", ADMIN)
+    def access_review(request: Request) -> list[dict[str, object]]:
+        """Every credential: role, creation, last use, revocation (IEC 62443 access review)."""
+        return _service(request).access_review()
+
+    @_route(router, "GET", "/audit", ADMIN)
+    def audit_log(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        return _service(request).audit_log(limit, before_id)
+
+    @_route(router, "GET", "/openapi.json", VIEWER, include_in_schema=False)
+    def openapi(request: Request) -> dict[str, Any]:
+        return app.openapi()
+
+    @_route(router, "GET", "/docs", VIEWER, include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        # The browser must send the token itself (e.g. via an extension or a proxy).
+        return get_swagger_ui_html(openapi_url=f"{API}/openapi.json", title="bmsfw fleet API")
+
+
+def load_trust_root(path: Path) -> TrustRoot:
+    try:
+        return TrustRoot(path.read_bytes())
+    except OSError as exc:
+        raise FleetConfigError(f"cannot read trust root {path}: {exc}") from exc

@@ -1,0 +1,249 @@
+"""The fleet database schema (SQLAlchemy 2 typed ORM).
+
+The Alembic migrations in ``migrations/versions`` create exactly this schema; a
+test compares them. Timestamps are stored as naive UTC (SQLite has no time
+zones) and come back timezone-aware through :class:`UtcDateTime`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "AuditEntry",
+    "Base",
+    "Campaign",
+    "CampaignDevice",
+    "ConfigBackup",
+    "Credential",
+    "Device",
+    "DeviceFlag",
+    "DeviceStateEvent",
+    "Gateway",
+    "Release",
+    "SiteWindow",
+    "UtcDateTime",
+]
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, naive UTC in the column."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class Credential(Base):
+    """An operator API token or a gateway token; only the SHA-256 of the token is kept."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120))
+    kind: Mapped[str] = mapped_column(String(16))  # "operator" | "gateway"
+    role: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16))
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id"), nullable=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(120))
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Gateway(Base):
+    __tablename__ = "gateways"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    site: Mapped[str] = mapped_column(String(120), index=True)
+    tags: Mapped[list[Any]]
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+
+
+class Device(Base):
+    """One BMS unit behind a gateway, as last reported by the gateway's agent."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[str] = mapped_column(String(120), unique=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id"), index=True)
+    model: Mapped[str] = mapped_column(String(120), index=True)
+    hw_revision: Mapped[str] = mapped_column(String(64))
+    bootloader_version: Mapped[str] = mapped_column(String(64), default="")
+    firmware_version: Mapped[str] = mapped_column(String(64))
+    firmware_sha256: Mapped[str] = mapped_column(String(64), default="")
+    security_counter: Mapped[int] = mapped_column(Integer, default=0)
+    site: Mapped[str] = mapped_column(String(120), index=True)
+    tags: Mapped[list[Any]]
+    soc_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    temperature_c: Mapped[float | None] = mapped_column(Float, nullable=True)
+    integrity_ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    integrity_detail: Mapped[str] = mapped_column(Text, default="")
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+
+
+class Release(Base):
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    product: Mapped[str] = mapped_column(String(120))
+    version: Mapped[str] = mapped_column(String(64))
+    security_counter: Mapped[int] = mapped_column(Integer)
+    hw_model: Mapped[str] = mapped_column(String(120))
+    hw_revisions: Mapped[list[Any]]
+    min_bootloader: Mapped[str] = mapped_column(String(64))
+    safety_class: Mapped[str] = mapped_column(String(32))
+    components: Mapped[list[Any]]
+    release_notes: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(255))
+    uploaded_at: Mapped[datetime]
+    uploaded_by: Mapped[str] = mapped_column(String(120))
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), index=True)
+    selector: Mapped[dict[str, Any]]
+    phases: Mapped[list[Any]]
+    error_threshold_pct: Mapped[float] = mapped_column(Float)
+    bandwidth_floor_bps: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    current_phase: Mapped[int] = mapped_column(Integer, default=0)
+    phase_started_at: Mapped[datetime]
+    phase_threshold_met_at: Mapped[datetime | None]
+    acknowledged_failures: Mapped[int] = mapped_column(Integer, default=0)
+    pause_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(120))
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class CampaignDevice(Base):
+    """One device's progress in one campaign (its current state and phase)."""
+
+    __tablename__ = "campaign_devices"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "device_id", name="uq_campaign_devices_campaign_device"),
+        Index("ix_campaign_devices_device_state", "device_id", "state"),
+        Index("ix_campaign_devices_campaign_state", "campaign_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    phase_index: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    state_changed_at: Mapped[datetime]
+    offered_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class DeviceStateEvent(Base):
+    """History of every state a device went through in a campaign, with timestamps."""
+
+    __tablename__ = "device_state_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_device_id: Mapped[int] = mapped_column(ForeignKey("campaign_devices.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    error_code: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class SiteWindow(Base):
+    """Maintenance windows of one site: when installs (not downloads) may run."""
+
+    __tablename__ = "site_windows"
+
+    site: Mapped[str] = mapped_column(String(120), primary_key=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    windows: Mapped[list[Any]]
+    updated_at: Mapped[datetime]
+
+
+class DeviceFlag(Base):
+    __tablename__ = "device_flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str] = mapped_column(String(120), default="")
+
+
+class ConfigBackup(Base):
+    __tablename__ = "config_backups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id"))
+    created_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(String(120), default="")
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor_name: Mapped[str] = mapped_column(String(120))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]]

@@ -1,0 +1,159 @@
+"""The agent <-> server wire protocol (JSON over HTTPS), shared by server and client.
+
+docs/fleet.md describes the exchange; in short, a gateway's agent
+
+1. ``POST /api/v1/agent/check-in`` with its inventory, telemetry and integrity
+   report, and gets back the next poll interval and the offers for its devices;
+2. ``GET`` the offered ``artifact_url`` (HTTP Range to resume), bounded by ``size_bytes``
+   and checked against ``sha256``;
+3. ``POST /api/v1/agent/reports`` on every state change of a device;
+4. ``POST /api/v1/agent/backups`` with each configuration backup it takes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "TERMINAL_STATES",
+    "BackupInfo",
+    "BackupUpload",
+    "BmsReport",
+    "CheckIn",
+    "CheckInResponse",
+    "DeviceState",
+    "MaintenanceWindow",
+    "Offer",
+    "OfferPolicy",
+    "StateReport",
+    "StateReportResponse",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class DeviceState(StrEnum):
+    """Where one device stands in one campaign (docs/fleet.md draws the machine)."""
+
+    PENDING = "pending"
+    OFFERED = "offered"
+    DOWNLOADING = "downloading"
+    DOWNLOADED = "downloaded"
+    WAITING = "waiting"
+    INSTALLING = "installing"
+    VERIFYING = "verifying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+
+
+TERMINAL_STATES = frozenset(
+    {DeviceState.SUCCEEDED, DeviceState.FAILED, DeviceState.ROLLED_BACK, DeviceState.REJECTED}
+)
+FAILURE_STATES = frozenset({DeviceState.FAILED, DeviceState.ROLLED_BACK, DeviceState.REJECTED})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BmsReport(_Model):
+    """One BMS unit behind the gateway, as the agent read it this poll."""
+
+    serial: str = Field(min_length=1, max_length=120)
+    model: str = Field(min_length=1, max_length=120)
+    hw_revision: str = Field(min_length=1, max_length=64)
+    bootloader_version: str = Field(default="", max_length=64)
+    firmware_version: str = Field(min_length=1, max_length=64)
+    firmware_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    security_counter: int = Field(default=0, ge=0)
+    soc_pct: float | None = Field(default=None, ge=0, le=100)
+    temperature_c: float | None = Field(default=None, ge=-80, le=200)
+    integrity_ok: bool = True
+    integrity_detail: str = Field(default="", max_length=2000)
+    tags: list[str] = Field(default_factory=list, max_length=32)
+
+
+class CheckIn(_Model):
+    protocol_version: int = PROTOCOL_VERSION
+    agent_version: str = Field(default="", max_length=64)
+    site: str | None = Field(default=None, max_length=120)
+    tags: list[str] | None = Field(default=None, max_length=32)
+    devices: list[BmsReport] = Field(default_factory=list, max_length=512)
+
+
+class MaintenanceWindow(_Model):
+    """Installs may start on ``days`` (0 = Monday) from ``start`` to ``end`` local time.
+
+    A window whose end is before its start runs over midnight into the next day.
+    """
+
+    days: list[int] = Field(default_factory=lambda: list(range(7)))
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+
+
+class OfferPolicy(_Model):
+    bandwidth_floor_bps: int
+    maintenance_timezone: str = "UTC"
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+    install_allowed_now: bool = True
+
+
+class Offer(_Model):
+    campaign_id: int
+    release_id: int
+    device_serial: str
+    state: DeviceState
+    product: str
+    version: str
+    security_counter: int
+    artifact_url: str
+    size_bytes: int
+    sha256: str
+    policy: OfferPolicy
+
+
+class CheckInResponse(_Model):
+    protocol_version: int = PROTOCOL_VERSION
+    gateway: str
+    server_time: datetime
+    poll_interval_s: int
+    offers: list[Offer]
+    unknown_serials: list[str] = Field(default_factory=list)
+
+
+class StateReport(_Model):
+    device_serial: str = Field(min_length=1, max_length=120)
+    campaign_id: int
+    state: DeviceState
+    error_code: str = Field(default="", pattern=r"^(BMSFW-E\d{3})?$")
+    detail: str = Field(default="", max_length=4000)
+
+
+class StateReportResponse(_Model):
+    device_serial: str
+    campaign_id: int
+    state: DeviceState
+    campaign_status: str
+    changed: bool
+
+
+class BackupUpload(_Model):
+    device_serial: str = Field(min_length=1, max_length=120)
+    reason: str = Field(default="", max_length=120)
+    config: dict[str, Any]
+
+
+class BackupInfo(_Model):
+    id: int
+    device_serial: str
+    created_at: datetime
+    reason: str
+    sha256: str
+    size_bytes: int

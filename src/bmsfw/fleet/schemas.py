@@ -1,0 +1,86 @@
+"""Operator-facing request bodies (pydantic at the HTTP edge)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bmsfw.fleet.protocol import MaintenanceWindow
+
+__all__ = [
+    "DEFAULT_PHASES",
+    "CampaignSpec",
+    "GatewayCreate",
+    "PhaseSpec",
+    "Selector",
+    "SiteWindowSpec",
+    "TokenCreate",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PhaseSpec(_Model):
+    """One rollout phase: a device count (canary) or a percentage of the targets, cumulative."""
+
+    name: str = Field(min_length=1, max_length=60)
+    devices: int | None = Field(default=None, ge=1)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    soak_s: float = Field(default=3600.0, ge=0)
+    success_threshold_pct: float = Field(default=100.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PhaseSpec:
+        if (self.devices is None) == (self.percent is None):
+            raise ValueError(f"phase {self.name!r}: give exactly one of 'devices' or 'percent'")
+        return self
+
+
+DEFAULT_PHASES: tuple[PhaseSpec, ...] = (
+    PhaseSpec(name="canary", devices=5, soak_s=3600, success_threshold_pct=100),
+    PhaseSpec(name="10%", percent=10, soak_s=3600, success_threshold_pct=95),
+    PhaseSpec(name="50%", percent=50, soak_s=3600, success_threshold_pct=95),
+    PhaseSpec(name="100%", percent=100, soak_s=0, success_threshold_pct=95),
+)
+
+
+class Selector(_Model):
+    """Which devices a campaign targets; empty fields match everything.
+
+    ``version_range`` is a comma-separated list of comparisons on the firmware
+    version the device runs now, e.g. ``">=1.0.0,<1.4.0"``; tags must all be
+    present on the device or its gateway.
+    """
+
+    models: list[str] = Field(default_factory=list)
+    hw_revisions: list[str] = Field(default_factory=list)
+    version_range: str = ""
+    sites: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    serials: list[str] = Field(default_factory=list)
+
+
+class CampaignSpec(_Model):
+    name: str = Field(min_length=1, max_length=200)
+    release_id: int
+    selector: Selector = Field(default_factory=Selector)
+    phases: list[PhaseSpec] = Field(default_factory=lambda: list(DEFAULT_PHASES), min_length=1)
+    error_threshold_pct: float = Field(default=10.0, gt=0, le=100)
+    bandwidth_floor_bps: int = Field(default=5_000_000, ge=0)
+
+
+class SiteWindowSpec(_Model):
+    timezone: str = "UTC"
+    windows: list[MaintenanceWindow] = Field(default_factory=list)
+
+
+class GatewayCreate(_Model):
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    site: str = Field(min_length=1, max_length=120)
+    tags: list[str] = Field(default_factory=list)
+
+
+class TokenCreate(_Model):
+    name: str = Field(min_length=1, max_length=120)
+    role: str = Field(pattern=r"^(viewer|operator|release_manager|admin)$")

@@ -1,0 +1,1320 @@
+"""The fleet server's operations, over the database, independent of HTTP.
+
+Nothing that matters lives in process memory: every request opens a
+transaction, and state changes that must not race take locks in the database,
+so any number of server processes can share one database.
+
+Locking (PostgreSQL; on SQLite every transaction is ``BEGIN IMMEDIATE`` and so
+serialised anyway), always in this order to rule out deadlocks:
+
+* campaign row ``FOR UPDATE``: pause, resume, cancel, progression, and a device
+  report that ends a device's run (it may move the campaign);
+* campaign row ``FOR SHARE``: a check-in that turns *pending* into *offered*,
+  so no offer slips out after a pause commits, while check-ins run in parallel;
+* campaign-device row ``FOR UPDATE``: every device state report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from bmsfw.fleet._semver import Version, VersionRange
+from bmsfw.fleet.artifacts import ArtifactStore
+from bmsfw.fleet.auth import Principal, issue_token
+from bmsfw.fleet.campaigns import (
+    CampaignCounts,
+    CampaignSnapshot,
+    assign_phases,
+    cumulative_sizes,
+    decide,
+    rollout_order,
+    window_open,
+)
+from bmsfw.fleet.clock import Clock
+from bmsfw.fleet.errors import (
+    BackupRejectedError,
+    CampaignStateError,
+    DeviceNotOnGatewayError,
+    FleetConflictError,
+    FleetNotFoundError,
+    InvalidCampaignSpecError,
+    InvalidStateTransitionError,
+    NoTargetDevicesError,
+    SafetyCriticalOtaRefusedError,
+)
+from bmsfw.fleet.models import (
+    AuditEntry,
+    Campaign,
+    CampaignDevice,
+    ConfigBackup,
+    Credential,
+    Device,
+    DeviceFlag,
+    DeviceStateEvent,
+    Gateway,
+    Release,
+    SiteWindow,
+)
+from bmsfw.fleet.protocol import (
+    FAILURE_STATES,
+    TERMINAL_STATES,
+    BackupInfo,
+    BackupUpload,
+    CheckIn,
+    CheckInResponse,
+    DeviceState,
+    MaintenanceWindow,
+    Offer,
+    OfferPolicy,
+    StateReport,
+    StateReportResponse,
+)
+from bmsfw.fleet.releases import ReleaseFacts
+from bmsfw.fleet.schemas import CampaignSpec, PhaseSpec, SiteWindowSpec
+
+__all__ = ["ALLOWED_TRANSITIONS", "FleetService", "ServiceSettings", "audit"]
+
+log = logging.getLogger(__name__)
+
+S = DeviceState
+# Which state a device may report next. Repeating the current state is always
+# allowed (progress, agent restart); terminal states are final for a campaign.
+ALLOWED_TRANSITIONS: dict[DeviceState, frozenset[DeviceState]] = {
+    S.PENDING: frozenset({S.OFFERED}),
+    S.OFFERED: frozenset({S.DOWNLOADING, S.DOWNLOADED, S.WAITING, S.REJECTED, S.FAILED}),
+    S.DOWNLOADING: frozenset({S.DOWNLOADED, S.WAITING, S.REJECTED, S.FAILED}),
+    S.DOWNLOADED: frozenset({S.DOWNLOADING, S.WAITING, S.INSTALLING, S.REJECTED, S.FAILED}),
+    S.WAITING: frozenset({S.DOWNLOADING, S.DOWNLOADED, S.INSTALLING, S.REJECTED, S.FAILED}),
+    S.INSTALLING: frozenset({S.VERIFYING, S.SUCCEEDED, S.FAILED, S.ROLLED_BACK, S.REJECTED}),
+    S.VERIFYING: frozenset({S.SUCCEEDED, S.FAILED, S.ROLLED_BACK}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.ROLLED_BACK: frozenset(),
+    S.REJECTED: frozenset(),
+}
+_TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATES)
+_FAILURE_VALUES = tuple(s.value for s in FAILURE_STATES)
+_ACTIVE_CAMPAIGN = ("running", "paused")
+# States in which the device may legitimately come back with the release's version.
+_INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
+# States after which the device may be back on (or still on) its previous firmware.
+_REVERT_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.FAILED.value, S.ROLLED_BACK.value)
+_LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    poll_interval_s: int = 60
+    max_backup_bytes: int = 1 << 20
+    artifact_url_prefix: str = "/api/v1/releases"
+
+
+def audit(
+    session: Session,
+    principal: Principal | None,
+    action: str,
+    target: str,
+    now: datetime,
+    **detail: Any,
+) -> None:
+    session.add(
+        AuditEntry(
+            at=now,
+            actor_id=principal.credential_id if principal else None,
+            actor_name=principal.label if principal else "system",
+            action=action,
+            target=target,
+            detail=detail,
+        )
+    )
+
+
+def _locking(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+class FleetService:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        clock: Clock,
+        settings: ServiceSettings | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.clock = clock
+        self.settings = settings or ServiceSettings()
+
+    # ---- credentials ----------------------------------------------------
+
+    def authenticate(self, token_hash: str) -> Principal | None:
+        with self.sessions() as session, session.begin():
+            credential = session.scalars(
+                select(Credential).where(Credential.token_hash == token_hash)
+            ).one_or_none()
+            if credential is None or credential.revoked_at is not None:
+                return None
+            now = self.clock.now()
+            # Touch last-use at most once a minute: the access review needs the day,
+            # not a write per request.
+            if credential.last_used_at is None or (
+                now - credential.last_used_at >= _LAST_USED_RESOLUTION
+            ):
+                credential.last_used_at = now
+            return Principal(
+                credential.id,
+                credential.name,
+                credential.kind,
+                credential.role,
+                credential.gateway_id,
+            )
+
+    def create_operator_token(self, principal: Principal, name: str, role: str) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            credential, token = issue_token(
+                session, name=name, role=role, created_by=principal.label, now=now
+            )
+            audit(session, principal, "token.create", f"credential:{credential.id}", now, role=role)
+            return {"id": credential.id, "name": name, "role": role, "token": token}
+
+    def revoke_token(self, principal: Principal, credential_id: int) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            credential = session.get(Credential, credential_id)
+            if credential is None:
+                raise FleetNotFoundError(f"no credential with id {credential_id}")
+            if credential.revoked_at is None:
+                credential.revoked_at = now
+            audit(session, principal, "token.revoke", f"credential:{credential_id}", now)
+            return {"id": credential_id, "revoked_at": credential.revoked_at.isoformat()}
+
+    def access_review(self) -> list[dict[str, object]]:
+        from bmsfw.fleet.auth import access_review
+
+        with self.sessions() as session:
+            return access_review(session)
+
+    def audit_log(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+            if before_id is not None:
+                query = query.where(AuditEntry.id < before_id)
+            return [
+                {
+                    "id": e.id,
+                    "at": e.at.isoformat(),
+                    "actor_id": e.actor_id,
+                    "actor": e.actor_name,
+                    "action": e.action,
+                    "target": e.target,
+                    "detail": e.detail,
+                }
+                for e in session.scalars(query)
+            ]
+
+    # ---- gateways and sites ---------------------------------------------
+
+    def create_gateway(
+        self, principal: Principal, name: str, site: str, tags: list[str]
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            if session.scalars(select(Gateway.id).where(Gateway.name == name)).first():
+                raise FleetConflictError(f"a gateway named {name!r} exists already")
+            gateway = Gateway(
+                name=name, site=site, tags=tags, agent_version="", created_at=now, last_seen_at=None
+            )
+            session.add(gateway)
+            session.flush()
+            _, token = issue_token(
+                session,
+                name=f"gateway:{name}",
+                role="gateway",
+                created_by=principal.label,
+                now=now,
+                gateway_id=gateway.id,
+            )
+            audit(session, principal, "gateway.create", f"gateway:{name}", now, site=site)
+            return {"id": gateway.id, "name": name, "site": site, "token": token}
+
+    def list_gateways(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            counts = dict(
+                session.execute(
+                    select(Device.gateway_id, func.count()).group_by(Device.gateway_id)
+                ).all()
+            )
+            return [
+                {
+                    "id": g.id,
+                    "name": g.name,
+                    "site": g.site,
+                    "tags": g.tags,
+                    "agent_version": g.agent_version,
+                    "devices": counts.get(g.id, 0),
+                    "last_seen_at": g.last_seen_at.isoformat() if g.last_seen_at else None,
+                }
+                for g in session.scalars(select(Gateway).order_by(Gateway.name))
+            ]
+
+    def set_site_windows(
+        self, principal: Principal, site: str, spec: SiteWindowSpec
+    ) -> dict[str, Any]:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(spec.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise InvalidCampaignSpecError(f"unknown time zone {spec.timezone!r}") from exc
+        now = self.clock.now()
+        windows = [w.model_dump() for w in spec.windows]
+        with self.sessions() as session, session.begin():
+            row = session.get(SiteWindow, site)
+            if row is None:
+                session.add(
+                    SiteWindow(site=site, timezone=spec.timezone, windows=windows, updated_at=now)
+                )
+            else:
+                row.timezone, row.windows, row.updated_at = spec.timezone, windows, now
+            audit(session, principal, "site.windows", f"site:{site}", now, windows=windows)
+        return {"site": site, "timezone": spec.timezone, "windows": windows}
+
+    def list_sites(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            sites = set(session.scalars(select(Gateway.site).distinct()))
+            windows = {w.site: w for w in session.scalars(select(SiteWindow))}
+            sites |= set(windows)
+            return [
+                {
+                    "site": site,
+                    "timezone": windows[site].timezone if site in windows else "UTC",
+                    "windows": windows[site].windows if site in windows else [],
+                }
+                for site in sorted(sites)
+            ]
+
+    # ---- agent: check-in ------------------------------------------------
+
+    def check_in(self, principal: Principal, body: CheckIn) -> CheckInResponse:
+        assert principal.gateway_id is not None
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            gateway = session.get(Gateway, principal.gateway_id)
+            if gateway is None:
+                raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+            gateway.last_seen_at = now
+            if body.agent_version and body.agent_version != gateway.agent_version:
+                gateway.agent_version = body.agent_version
+            if body.site is not None and body.site != gateway.site:
+                audit(
+                    session,
+                    principal,
+                    "gateway.site",
+                    f"gateway:{gateway.name}",
+                    now,
+                    old=gateway.site,
+                    new=body.site,
+                )
+                gateway.site = body.site
+            if body.tags is not None and body.tags != gateway.tags:
+                gateway.tags = list(body.tags)
+            devices = self._update_inventory(session, principal, gateway, body, now)
+            offers = self._offers(session, gateway, devices, now)
+            return CheckInResponse(
+                gateway=gateway.name,
+                server_time=now,
+                poll_interval_s=self.settings.poll_interval_s,
+                offers=offers,
+            )
+
+    def _update_inventory(
+        self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
+    ) -> list[Device]:
+        serials = [d.serial for d in body.devices]
+        if len(set(serials)) != len(serials):
+            raise InvalidCampaignSpecError("the check-in lists a BMS serial twice")
+        existing = {
+            d.serial: d for d in session.scalars(select(Device).where(Device.serial.in_(serials)))
+        }
+        result: list[Device] = []
+        for report in body.devices:
+            device = existing.get(report.serial)
+            tags = sorted(set(report.tags) | set(gateway.tags))
+            if device is None:
+                device = Device(
+                    serial=report.serial,
+                    gateway_id=gateway.id,
+                    model=report.model,
+                    hw_revision=report.hw_revision,
+                    bootloader_version=report.bootloader_version,
+                    firmware_version=report.firmware_version,
+                    firmware_sha256=report.firmware_sha256,
+                    security_counter=report.security_counter,
+                    site=gateway.site,
+                    tags=tags,
+                    soc_pct=report.soc_pct,
+                    temperature_c=report.temperature_c,
+                    integrity_ok=report.integrity_ok,
+                    integrity_detail=report.integrity_detail,
+                    first_seen_at=now,
+                    last_seen_at=now,
+                )
+                session.add(device)
+                session.flush()
+                audit(
+                    session,
+                    principal,
+                    "device.register",
+                    f"device:{report.serial}",
+                    now,
+                    model=report.model,
+                    hw_revision=report.hw_revision,
+                    firmware_version=report.firmware_version,
+                )
+                self._check_hash(session, device, report.firmware_sha256, now)
+            else:
+                if device.gateway_id != gateway.id:
+                    audit(
+                        session,
+                        principal,
+                        "device.move",
+                        f"device:{report.serial}",
+                        now,
+                        from_gateway=device.gateway_id,
+                        to_gateway=gateway.id,
+                    )
+                    device.gateway_id = gateway.id
+                if device.site != gateway.site:
+                    device.site = gateway.site
+                if device.tags != tags:
+                    device.tags = tags
+                identity = (report.model, report.hw_revision, report.bootloader_version)
+                if identity != (device.model, device.hw_revision, device.bootloader_version):
+                    audit(
+                        session,
+                        principal,
+                        "device.identity",
+                        f"device:{report.serial}",
+                        now,
+                        model=report.model,
+                        hw_revision=report.hw_revision,
+                        bootloader_version=report.bootloader_version,
+                    )
+                    device.model, device.hw_revision, device.bootloader_version = identity
+                if report.firmware_version != device.firmware_version:
+                    self._firmware_changed(session, principal, device, report.firmware_version, now)
+                if report.firmware_sha256 != device.firmware_sha256:
+                    device.firmware_sha256 = report.firmware_sha256
+                    self._check_hash(session, device, report.firmware_sha256, now)
+                if report.security_counter != device.security_counter:
+                    device.security_counter = report.security_counter
+                device.soc_pct = report.soc_pct
+                device.temperature_c = report.temperature_c
+                device.last_seen_at = now
+            if not report.integrity_ok and device.integrity_ok:
+                self._raise_flag(
+                    session,
+                    device,
+                    "integrity_fault",
+                    report.integrity_detail or "runtime integrity check failed",
+                    now,
+                )
+            device.integrity_ok = report.integrity_ok
+            device.integrity_detail = report.integrity_detail
+            result.append(device)
+        return result
+
+    def _firmware_changed(
+        self, session: Session, principal: Principal, device: Device, version: str, now: datetime
+    ) -> None:
+        old = device.firmware_version
+        device.firmware_version = version
+        audit(
+            session,
+            principal,
+            "device.firmware",
+            f"device:{device.serial}",
+            now,
+            old=old,
+            new=version,
+        )
+        # Expected: a campaign of ours is installing (or installed) exactly this version,
+        # or the device went back to the version it ran before (rollback).
+        expected = session.scalars(
+            select(CampaignDevice.id)
+            .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+            .join(Release, Release.id == Campaign.release_id)
+            .where(
+                CampaignDevice.device_id == device.id,
+                Release.version == version,
+                CampaignDevice.state.in_(_INSTALL_STATES),
+            )
+        ).first()
+        rolled_back = session.scalars(
+            select(CampaignDevice.id).where(
+                CampaignDevice.device_id == device.id,
+                CampaignDevice.state.in_(_REVERT_STATES),
+            )
+        ).first()
+        if expected is None and rolled_back is None:
+            self._raise_flag(
+                session,
+                device,
+                "unexpected_version",
+                f"firmware changed from {old} to {version} outside any campaign",
+                now,
+            )
+
+    def _check_hash(self, session: Session, device: Device, sha256: str, now: datetime) -> None:
+        if not sha256:
+            return
+        releases = session.scalars(
+            select(Release).where(
+                Release.hw_model == device.model, Release.version == device.firmware_version
+            )
+        ).all()
+        known = {c.get("sha256") for r in releases for c in r.components}
+        if releases and sha256 not in known:
+            self._raise_flag(
+                session,
+                device,
+                "unexpected_hash",
+                f"firmware {device.firmware_version} reports SHA-256 {sha256}, "
+                "which no uploaded release of that version contains",
+                now,
+            )
+
+    def _raise_flag(
+        self, session: Session, device: Device, kind: str, detail: str, now: datetime
+    ) -> None:
+        open_flag = session.scalars(
+            select(DeviceFlag.id).where(
+                DeviceFlag.device_id == device.id,
+                DeviceFlag.kind == kind,
+                DeviceFlag.acknowledged_at.is_(None),
+            )
+        ).first()
+        if open_flag is not None:
+            return
+        log.warning("device %s flagged %s: %s", device.serial, kind, detail)
+        session.add(
+            DeviceFlag(
+                device_id=device.id,
+                kind=kind,
+                detail=detail,
+                raised_at=now,
+                acknowledged_at=None,
+                acknowledged_by="",
+            )
+        )
+        audit(
+            session, None, "device.flag", f"device:{device.serial}", now, kind=kind, detail=detail
+        )
+
+    def _offers(
+        self, session: Session, gateway: Gateway, devices: Sequence[Device], now: datetime
+    ) -> list[Offer]:
+        if not devices:
+            return []
+        by_id = {d.id: d for d in devices}
+        query = (
+            select(CampaignDevice, Campaign, Release)
+            .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+            .join(Release, Release.id == Campaign.release_id)
+            .where(
+                CampaignDevice.device_id.in_(by_id),
+                Campaign.status == "running",
+                CampaignDevice.phase_index <= Campaign.current_phase,
+                CampaignDevice.state.not_in(_TERMINAL_VALUES),
+            )
+        )
+        if _locking(session):
+            query = query.with_for_update(read=True, of=Campaign)
+        rows = session.execute(query).all()
+        if not rows:
+            return []
+        site = session.get(SiteWindow, gateway.site)
+        windows = [MaintenanceWindow.model_validate(w) for w in site.windows] if site else []
+        timezone = site.timezone if site else "UTC"
+        allowed_now = window_open(windows, timezone, now)
+        offers = []
+        for cd, campaign, release in rows:
+            if cd.state == S.PENDING.value:
+                cd.state = S.OFFERED.value
+                cd.offered_at = cd.state_changed_at = now
+                session.add(
+                    DeviceStateEvent(
+                        campaign_device_id=cd.id, state=cd.state, at=now, error_code="", detail=""
+                    )
+                )
+            offers.append(
+                Offer(
+                    campaign_id=campaign.id,
+                    release_id=release.id,
+                    device_serial=by_id[cd.device_id].serial,
+                    state=DeviceState(cd.state),
+                    product=release.product,
+                    version=release.version,
+                    security_counter=release.security_counter,
+                    artifact_url=f"{self.settings.artifact_url_prefix}/{release.id}/artifact",
+                    size_bytes=release.size_bytes,
+                    sha256=release.sha256,
+                    policy=OfferPolicy(
+                        bandwidth_floor_bps=campaign.bandwidth_floor_bps,
+                        maintenance_timezone=timezone,
+                        maintenance_windows=windows,
+                        install_allowed_now=allowed_now,
+                    ),
+                )
+            )
+        return offers
+
+    # ---- agent: state reports -------------------------------------------
+
+    def report_state(self, principal: Principal, body: StateReport) -> StateReportResponse:
+        now = self.clock.now()
+        terminal = body.state in TERMINAL_STATES
+        with self.sessions() as session, session.begin():
+            device = self._own_device(session, principal, body.device_serial)
+            campaign_query = select(Campaign).where(Campaign.id == body.campaign_id)
+            if terminal and _locking(session):
+                campaign_query = campaign_query.with_for_update()
+            campaign = session.scalars(campaign_query).one_or_none()
+            if campaign is None:
+                raise FleetNotFoundError(f"no campaign with id {body.campaign_id}")
+            cd_query = select(CampaignDevice).where(
+                CampaignDevice.campaign_id == campaign.id, CampaignDevice.device_id == device.id
+            )
+            if _locking(session):
+                cd_query = cd_query.with_for_update()
+            cd = session.scalars(cd_query).one_or_none()
+            if cd is None:
+                raise DeviceNotOnGatewayError(
+                    f"device {body.device_serial} is not a target of campaign {campaign.id}"
+                )
+            current = DeviceState(cd.state)
+            if body.state == current:
+                if body.detail != cd.detail or body.error_code != cd.error_code:
+                    cd.detail, cd.error_code = body.detail, body.error_code
+                return StateReportResponse(
+                    device_serial=device.serial,
+                    campaign_id=campaign.id,
+                    state=current,
+                    campaign_status=campaign.status,
+                    changed=False,
+                )
+            if body.state not in ALLOWED_TRANSITIONS[current]:
+                raise InvalidStateTransitionError(
+                    f"device {device.serial} in campaign {campaign.id} is {current.value}; "
+                    f"it cannot become {body.state.value} (allowed next: "
+                    f"{', '.join(sorted(s.value for s in ALLOWED_TRANSITIONS[current])) or 'none'})"
+                )
+            cd.state = body.state.value
+            cd.state_changed_at = now
+            cd.error_code = body.error_code
+            cd.detail = body.detail
+            if terminal:
+                cd.finished_at = now
+            session.add(
+                DeviceStateEvent(
+                    campaign_device_id=cd.id,
+                    state=cd.state,
+                    at=now,
+                    error_code=body.error_code,
+                    detail=body.detail,
+                )
+            )
+            audit(
+                session,
+                principal,
+                "device.state",
+                f"device:{device.serial}",
+                now,
+                campaign=campaign.id,
+                old=current.value,
+                new=cd.state,
+                error_code=body.error_code,
+            )
+            if terminal:
+                session.flush()
+                self._evaluate_locked(session, campaign, now)
+            return StateReportResponse(
+                device_serial=device.serial,
+                campaign_id=campaign.id,
+                state=body.state,
+                campaign_status=campaign.status,
+                changed=True,
+            )
+
+    def _own_device(self, session: Session, principal: Principal, serial: str) -> Device:
+        device = session.scalars(select(Device).where(Device.serial == serial)).one_or_none()
+        if device is None or device.gateway_id != principal.gateway_id:
+            raise DeviceNotOnGatewayError(
+                f"device {serial!r} is not behind gateway {principal.name}; report it in a "
+                "check-in first"
+            )
+        return device
+
+    # ---- agent: backups -------------------------------------------------
+
+    def store_backup(self, principal: Principal, body: BackupUpload) -> BackupInfo:
+        assert principal.gateway_id is not None
+        now = self.clock.now()
+        content = json.dumps(body.config, sort_keys=True, separators=(",", ":"))
+        if len(content) > self.settings.max_backup_bytes:
+            raise BackupRejectedError(
+                f"backup of {body.device_serial} is {len(content)} bytes, limit "
+                f"{self.settings.max_backup_bytes}"
+            )
+        with self.sessions() as session, session.begin():
+            device = self._own_device(session, principal, body.device_serial)
+            backup = ConfigBackup(
+                device_id=device.id,
+                gateway_id=principal.gateway_id,
+                created_at=now,
+                reason=body.reason,
+                sha256=hashlib.sha256(content.encode()).hexdigest(),
+                size_bytes=len(content),
+                content=content,
+            )
+            session.add(backup)
+            session.flush()
+            audit(
+                session,
+                principal,
+                "backup.store",
+                f"device:{device.serial}",
+                now,
+                backup=backup.id,
+                sha256=backup.sha256,
+            )
+            return _backup_info(backup, device.serial)
+
+    def list_backups(self, serial: str) -> list[BackupInfo]:
+        with self.sessions() as session:
+            device = self._device(session, serial)
+            rows = session.scalars(
+                select(ConfigBackup)
+                .where(ConfigBackup.device_id == device.id)
+                .order_by(ConfigBackup.id.desc())
+            )
+            return [_backup_info(b, serial) for b in rows]
+
+    def get_backup(self, principal: Principal, backup_id: int) -> dict[str, Any]:
+        with self.sessions() as session:
+            backup = session.get(ConfigBackup, backup_id)
+            if backup is None:
+                raise FleetNotFoundError(f"no backup with id {backup_id}")
+            device = session.get(Device, backup.device_id)
+            assert device is not None
+            if principal.kind == "gateway" and device.gateway_id != principal.gateway_id:
+                raise DeviceNotOnGatewayError(
+                    f"backup {backup_id} belongs to {device.serial}, not a device of this gateway"
+                )
+            info = _backup_info(backup, device.serial).model_dump(mode="json")
+            info["config"] = json.loads(backup.content)
+            return info
+
+    # ---- releases -------------------------------------------------------
+
+    def add_release(
+        self, principal: Principal, facts: ReleaseFacts, data: bytes, filename: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a verified release; returns (release, created). Uploading twice is idempotent."""
+        now = self.clock.now()
+        digest = self.store.put(data)
+        assert digest == facts.sha256
+        with self.sessions() as session, session.begin():
+            existing = session.scalars(
+                select(Release).where(Release.sha256 == facts.sha256)
+            ).one_or_none()
+            if existing is not None:
+                return _release_dict(existing), False
+            release = Release(
+                product=facts.product,
+                version=facts.version,
+                security_counter=facts.security_counter,
+                hw_model=facts.hw_model,
+                hw_revisions=list(facts.hw_revisions),
+                min_bootloader=facts.min_bootloader,
+                safety_class=facts.safety_class,
+                components=list(facts.components),
+                release_notes=facts.release_notes,
+                sha256=facts.sha256,
+                size_bytes=facts.size_bytes,
+                filename=filename,
+                uploaded_at=now,
+                uploaded_by=principal.label,
+            )
+            session.add(release)
+            session.flush()
+            audit(
+                session,
+                principal,
+                "release.upload",
+                f"release:{release.id}",
+                now,
+                product=facts.product,
+                version=facts.version,
+                sha256=facts.sha256,
+                safety_class=facts.safety_class,
+            )
+            return _release_dict(release), True
+
+    def audit_rejected_upload(self, principal: Principal, filename: str, code: str) -> None:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            audit(session, principal, "release.rejected", f"file:{filename}", now, code=code)
+
+    def list_releases(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [_release_dict(r) for r in session.scalars(select(Release).order_by(Release.id))]
+
+    def get_release(self, release_id: int) -> dict[str, Any]:
+        with self.sessions() as session:
+            release = session.get(Release, release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {release_id}")
+            return _release_dict(release)
+
+    def artifact_for(self, principal: Principal, release_id: int) -> tuple[Release, Any]:
+        with self.sessions() as session:
+            release = session.get(Release, release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {release_id}")
+            if principal.kind == "gateway":
+                # A gateway gets only what was offered to one of its devices.
+                offered = session.scalars(
+                    select(CampaignDevice.id)
+                    .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+                    .join(Device, Device.id == CampaignDevice.device_id)
+                    .where(
+                        Campaign.release_id == release_id,
+                        Device.gateway_id == principal.gateway_id,
+                        CampaignDevice.state != S.PENDING.value,
+                    )
+                ).first()
+                if offered is None:
+                    raise DeviceNotOnGatewayError(
+                        f"release {release_id} was not offered to any device of gateway "
+                        f"{principal.name}"
+                    )
+            return release, self.store.open_checked(release.sha256, release.size_bytes)
+
+    # ---- campaigns ------------------------------------------------------
+
+    def create_campaign(self, principal: Principal, spec: CampaignSpec) -> dict[str, Any]:
+        now = self.clock.now()
+        range_ = None
+        if spec.selector.version_range:
+            try:
+                range_ = VersionRange.parse(spec.selector.version_range)
+            except ValueError as exc:
+                raise InvalidCampaignSpecError(f"selector.version_range: {exc}") from exc
+        refused: SafetyCriticalOtaRefusedError | None = None
+        with self.sessions() as session, session.begin():
+            release = session.get(Release, spec.release_id)
+            if release is not None and release.safety_class != "standard":
+                # The refusal is itself an auditable event, so it commits before raising.
+                audit(
+                    session,
+                    principal,
+                    "campaign.refused",
+                    f"release:{release.id}",
+                    now,
+                    reason=release.safety_class,
+                    name=spec.name,
+                )
+                refused = SafetyCriticalOtaRefusedError(
+                    f"release {release.id} ({release.product} {release.version}) is "
+                    f"{release.safety_class}; it cannot be the subject of an OTA campaign"
+                )
+        if refused is not None:
+            raise refused
+        with self.sessions() as session, session.begin():
+            release = session.get(Release, spec.release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {spec.release_id}")
+            targets = self._resolve_targets(session, release, spec, range_)
+            if not targets:
+                raise NoTargetDevicesError(
+                    f"no device matches the selector for release {release.id} "
+                    f"({release.hw_model} rev {', '.join(release.hw_revisions)})"
+                )
+            sizes = cumulative_sizes(spec.phases, len(targets))
+            phases = [
+                {**p.model_dump(), "cumulative_devices": size}
+                for p, size in zip(spec.phases, sizes, strict=True)
+            ]
+            campaign = Campaign(
+                name=spec.name,
+                release_id=release.id,
+                selector=spec.selector.model_dump(),
+                phases=phases,
+                error_threshold_pct=spec.error_threshold_pct,
+                bandwidth_floor_bps=spec.bandwidth_floor_bps,
+                status="running",
+                current_phase=0,
+                phase_started_at=now,
+                phase_threshold_met_at=None,
+                acknowledged_failures=0,
+                pause_reason="",
+                created_at=now,
+                created_by=principal.label,
+                updated_at=now,
+                finished_at=None,
+            )
+            session.add(campaign)
+            session.flush()
+            by_serial = {d.serial: d for d in targets}
+            order = rollout_order(str(campaign.id), list(by_serial))
+            for serial, phase in assign_phases(order, sizes).items():
+                session.add(
+                    CampaignDevice(
+                        campaign_id=campaign.id,
+                        device_id=by_serial[serial].id,
+                        phase_index=phase,
+                        state=S.PENDING.value,
+                        error_code="",
+                        detail="",
+                        created_at=now,
+                        state_changed_at=now,
+                        offered_at=None,
+                        finished_at=None,
+                    )
+                )
+            audit(
+                session,
+                principal,
+                "campaign.create",
+                f"campaign:{campaign.id}",
+                now,
+                release=release.id,
+                targets=len(targets),
+                phases=phases,
+            )
+            session.flush()
+            return self._campaign_dict(session, campaign)
+
+    def _resolve_targets(
+        self,
+        session: Session,
+        release: Release,
+        spec: CampaignSpec,
+        range_: VersionRange | None,
+    ) -> list[Device]:
+        sel = spec.selector
+        if sel.models and release.hw_model not in sel.models:
+            raise InvalidCampaignSpecError(
+                f"release {release.id} is for {release.hw_model}, not {', '.join(sel.models)}"
+            )
+        revisions = set(release.hw_revisions)
+        if sel.hw_revisions:
+            revisions &= set(sel.hw_revisions)
+        query = select(Device).where(
+            Device.model == release.hw_model, Device.hw_revision.in_(sorted(revisions))
+        )
+        if sel.sites:
+            query = query.where(Device.site.in_(sel.sites))
+        if sel.serials:
+            query = query.where(Device.serial.in_(sel.serials))
+        busy = set(
+            session.scalars(
+                select(CampaignDevice.device_id)
+                .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+                .where(
+                    Campaign.status.in_(_ACTIVE_CAMPAIGN),
+                    CampaignDevice.state.not_in(_TERMINAL_VALUES),
+                )
+            )
+        )
+        wanted_tags = set(sel.tags)
+        targets = []
+        for device in session.scalars(query.order_by(Device.serial)):
+            if device.id in busy or device.firmware_version == release.version:
+                continue
+            if device.security_counter > release.security_counter:
+                continue  # anti-rollback would reject it on the device anyway
+            if wanted_tags and not wanted_tags <= set(device.tags):
+                continue
+            if range_ is not None:
+                try:
+                    if not range_.contains(Version.parse(device.firmware_version)):
+                        continue
+                except ValueError:
+                    continue
+            targets.append(device)
+        return targets
+
+    def _campaign_or_404(self, session: Session, campaign_id: int, *, lock: bool) -> Campaign:
+        query = select(Campaign).where(Campaign.id == campaign_id)
+        if lock and _locking(session):
+            query = query.with_for_update()
+        campaign = session.scalars(query).one_or_none()
+        if campaign is None:
+            raise FleetNotFoundError(f"no campaign with id {campaign_id}")
+        return campaign
+
+    def pause(self, principal: Principal, campaign_id: int, reason: str) -> dict[str, Any]:
+        return self._set_status(principal, campaign_id, "pause", reason)
+
+    def resume(self, principal: Principal, campaign_id: int) -> dict[str, Any]:
+        return self._set_status(principal, campaign_id, "resume", "")
+
+    def cancel(self, principal: Principal, campaign_id: int, reason: str) -> dict[str, Any]:
+        return self._set_status(principal, campaign_id, "cancel", reason)
+
+    def _set_status(
+        self, principal: Principal, campaign_id: int, action: str, reason: str
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        allowed = {"pause": ("running",), "resume": ("paused",), "cancel": _ACTIVE_CAMPAIGN}
+        with self.sessions() as session, session.begin():
+            campaign = self._campaign_or_404(session, campaign_id, lock=True)
+            if campaign.status not in allowed[action]:
+                raise CampaignStateError(
+                    f"campaign {campaign_id} is {campaign.status}; cannot {action} it"
+                )
+            if action == "pause":
+                campaign.status, campaign.pause_reason = "paused", reason or "paused by operator"
+            elif action == "resume":
+                # Failures seen so far were reviewed by whoever resumes; the error
+                # threshold counts only new ones from here on.
+                campaign.acknowledged_failures = self._counts(session, campaign).failed
+                campaign.status, campaign.pause_reason = "running", ""
+            else:
+                campaign.status, campaign.pause_reason = "cancelled", reason or "cancelled"
+                campaign.finished_at = now
+            campaign.updated_at = now
+            audit(
+                session,
+                principal,
+                f"campaign.{action}",
+                f"campaign:{campaign_id}",
+                now,
+                reason=reason,
+            )
+            if action == "resume":
+                self._evaluate_locked(session, campaign, now)
+            return self._campaign_dict(session, campaign)
+
+    def _counts(self, session: Session, campaign: Campaign) -> CampaignCounts:
+        rows = session.execute(
+            select(CampaignDevice.state, func.count())
+            .where(
+                CampaignDevice.campaign_id == campaign.id,
+                CampaignDevice.phase_index <= campaign.current_phase,
+            )
+            .group_by(CampaignDevice.state)
+        ).all()
+        by_state: dict[str, int] = {str(state): int(n) for state, n in rows}
+        return CampaignCounts(
+            released=sum(by_state.values()),
+            succeeded=by_state.get(S.SUCCEEDED.value, 0),
+            failed=sum(by_state.get(s, 0) for s in _FAILURE_VALUES),
+            terminal=sum(by_state.get(s, 0) for s in _TERMINAL_VALUES),
+        )
+
+    def _evaluate_locked(self, session: Session, campaign: Campaign, now: datetime) -> None:
+        """Apply the progression policy; the caller holds the campaign row lock."""
+        # Several phases may be passed in one evaluation (soak 0, already succeeded).
+        for _ in range(len(campaign.phases) + 1):
+            snapshot = CampaignSnapshot(
+                status=campaign.status,
+                current_phase=campaign.current_phase,
+                phases=tuple(PhaseSpec.model_validate(_phase_spec(p)) for p in campaign.phases),
+                error_threshold_pct=campaign.error_threshold_pct,
+                phase_threshold_met_at=campaign.phase_threshold_met_at,
+                acknowledged_failures=campaign.acknowledged_failures,
+            )
+            decision = decide(snapshot, self._counts(session, campaign), now)
+            if decision.action == "none":
+                return
+            campaign.updated_at = now
+            if decision.action == "threshold_met":
+                campaign.phase_threshold_met_at = now
+                continue
+            target = f"campaign:{campaign.id}"
+            if decision.action == "pause":
+                campaign.status, campaign.pause_reason = "paused", decision.reason
+                log.warning("campaign %d paused: %s", campaign.id, decision.reason)
+                audit(session, None, "campaign.auto_pause", target, now, reason=decision.reason)
+                return
+            if decision.action == "complete":
+                campaign.status, campaign.finished_at = "completed", now
+                audit(session, None, "campaign.complete", target, now, reason=decision.reason)
+                return
+            campaign.current_phase += 1
+            campaign.phase_started_at, campaign.phase_threshold_met_at = now, None
+            log.info("campaign %d advanced to phase %d", campaign.id, campaign.current_phase)
+            audit(
+                session,
+                None,
+                "campaign.advance",
+                target,
+                now,
+                phase=campaign.current_phase,
+                reason=decision.reason,
+            )
+            session.flush()
+
+    def evaluate(self, campaign_id: int) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            campaign = self._campaign_or_404(session, campaign_id, lock=True)
+            self._evaluate_locked(session, campaign, now)
+            return self._campaign_dict(session, campaign)
+
+    def tick(self) -> list[int]:
+        """Evaluate every running campaign (soak times end without a device report)."""
+        with self.sessions() as session:
+            ids = list(session.scalars(select(Campaign.id).where(Campaign.status == "running")))
+        for campaign_id in ids:
+            self.evaluate(campaign_id)
+        return ids
+
+    def list_campaigns(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [
+                self._campaign_dict(session, c)
+                for c in session.scalars(select(Campaign).order_by(Campaign.id))
+            ]
+
+    def get_campaign(self, campaign_id: int) -> dict[str, Any]:
+        with self.sessions() as session:
+            return self._campaign_dict(
+                session, self._campaign_or_404(session, campaign_id, lock=False)
+            )
+
+    def campaign_devices(self, campaign_id: int) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            self._campaign_or_404(session, campaign_id, lock=False)
+            rows = session.execute(
+                select(CampaignDevice, Device.serial)
+                .join(Device, Device.id == CampaignDevice.device_id)
+                .where(CampaignDevice.campaign_id == campaign_id)
+                .order_by(CampaignDevice.phase_index, Device.serial)
+            ).all()
+            events: dict[int, list[dict[str, Any]]] = {}
+            for e in session.scalars(
+                select(DeviceStateEvent)
+                .where(DeviceStateEvent.campaign_device_id.in_([cd.id for cd, _ in rows]))
+                .order_by(DeviceStateEvent.id)
+            ):
+                events.setdefault(e.campaign_device_id, []).append(
+                    {"state": e.state, "at": e.at.isoformat(), "error_code": e.error_code}
+                )
+            return [
+                {
+                    "device_serial": serial,
+                    "phase": cd.phase_index,
+                    "state": cd.state,
+                    "error_code": cd.error_code,
+                    "detail": cd.detail,
+                    "offered_at": _iso(cd.offered_at),
+                    "state_changed_at": _iso(cd.state_changed_at),
+                    "finished_at": _iso(cd.finished_at),
+                    "history": events.get(cd.id, []),
+                }
+                for cd, serial in rows
+            ]
+
+    def _campaign_dict(self, session: Session, campaign: Campaign) -> dict[str, Any]:
+        by_state = dict(
+            session.execute(
+                select(CampaignDevice.state, func.count())
+                .where(CampaignDevice.campaign_id == campaign.id)
+                .group_by(CampaignDevice.state)
+            ).all()
+        )
+        return {
+            "id": campaign.id,
+            "name": campaign.name,
+            "release_id": campaign.release_id,
+            "status": campaign.status,
+            "pause_reason": campaign.pause_reason,
+            "current_phase": campaign.current_phase,
+            "phase_name": campaign.phases[campaign.current_phase]["name"],
+            "phases": campaign.phases,
+            "selector": campaign.selector,
+            "error_threshold_pct": campaign.error_threshold_pct,
+            "bandwidth_floor_bps": campaign.bandwidth_floor_bps,
+            "targets": sum(by_state.values()),
+            "states": {s.value: int(by_state.get(s.value, 0)) for s in DeviceState},
+            "created_at": campaign.created_at.isoformat(),
+            "created_by": campaign.created_by,
+            "phase_started_at": campaign.phase_started_at.isoformat(),
+            "finished_at": _iso(campaign.finished_at),
+        }
+
+    # ---- inventory and flags --------------------------------------------
+
+    def _device(self, session: Session, serial: str) -> Device:
+        device = session.scalars(select(Device).where(Device.serial == serial)).one_or_none()
+        if device is None:
+            raise FleetNotFoundError(f"no device with serial {serial!r}")
+        return device
+
+    def list_devices(
+        self, *, site: str | None = None, model: str | None = None, flagged: bool = False
+    ) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(Device, Gateway.name).join(Gateway, Gateway.id == Device.gateway_id)
+            if site:
+                query = query.where(Device.site == site)
+            if model:
+                query = query.where(Device.model == model)
+            open_flags: dict[int, list[str]] = {}
+            for device_id, kind in session.execute(
+                select(DeviceFlag.device_id, DeviceFlag.kind).where(
+                    DeviceFlag.acknowledged_at.is_(None)
+                )
+            ):
+                open_flags.setdefault(device_id, []).append(kind)
+            result = []
+            for device, gateway_name in session.execute(query.order_by(Device.serial)):
+                if flagged and device.id not in open_flags:
+                    continue
+                result.append(_device_dict(device, gateway_name, open_flags.get(device.id, [])))
+            return result
+
+    def get_device(self, serial: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            device = self._device(session, serial)
+            gateway = session.get(Gateway, device.gateway_id)
+            flags = [
+                f.kind
+                for f in session.scalars(
+                    select(DeviceFlag).where(
+                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
+                    )
+                )
+            ]
+            info = _device_dict(device, gateway.name if gateway else "", flags)
+            info["campaigns"] = [
+                {"campaign_id": cd.campaign_id, "state": cd.state, "error_code": cd.error_code}
+                for cd in session.scalars(
+                    select(CampaignDevice)
+                    .where(CampaignDevice.device_id == device.id)
+                    .order_by(CampaignDevice.id)
+                )
+            ]
+            return info
+
+    def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(DeviceFlag, Device.serial).join(
+                Device, Device.id == DeviceFlag.device_id
+            )
+            if not include_acknowledged:
+                query = query.where(DeviceFlag.acknowledged_at.is_(None))
+            return [
+                _flag_dict(flag, serial)
+                for flag, serial in session.execute(query.order_by(DeviceFlag.id))
+            ]
+
+    def acknowledge_flag(self, principal: Principal, flag_id: int, note: str) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            flag = session.get(DeviceFlag, flag_id)
+            if flag is None:
+                raise FleetNotFoundError(f"no flag with id {flag_id}")
+            if flag.acknowledged_at is None:
+                flag.acknowledged_at, flag.acknowledged_by = now, principal.label
+            device = session.get(Device, flag.device_id)
+            serial = device.serial if device else "?"
+            audit(
+                session,
+                principal,
+                "flag.acknowledge",
+                f"flag:{flag_id}",
+                now,
+                device=serial,
+                note=note,
+            )
+            return _flag_dict(flag, serial)
+
+
+def _phase_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stored.items() if k != "cumulative_devices"}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _backup_info(backup: ConfigBackup, serial: str) -> BackupInfo:
+    return BackupInfo(
+        id=backup.id,
+        device_serial=serial,
+        created_at=backup.created_at,
+        reason=backup.reason,
+        sha256=backup.sha256,
+        size_bytes=backup.size_bytes,
+    )
+
+
+def _release_dict(release: Release) -> dict[str, Any]:
+    return {
+        "id": release.id,
+        "product": release.product,
+        "version": release.version,
+        "security_counter": release.security_counter,
+        "hw_model": release.hw_model,
+        "hw_revisions": release.hw_revisions,
+        "min_bootloader": release.min_bootloader,
+        "safety_class": release.safety_class,
+        "ota_allowed": release.safety_class == "standard",
+        "components": release.components,
+        "release_notes": release.release_notes,
+        "sha256": release.sha256,
+        "size_bytes": release.size_bytes,
+        "filename": release.filename,
+        "uploaded_at": release.uploaded_at.isoformat(),
+        "uploaded_by": release.uploaded_by,
+    }
+
+
+def _device_dict(device: Device, gateway_name: str, flags: list[str]) -> dict[str, Any]:
+    return {
+        "serial": device.serial,
+        "gateway": gateway_name,
+        "site": device.site,
+        "tags": device.tags,
+        "model": device.model,
+        "hw_revision": device.hw_revision,
+        "bootloader_version": device.bootloader_version,
+        "firmware_version": device.firmware_version,
+        "firmware_sha256": device.firmware_sha256,
+        "security_counter": device.security_counter,
+        "soc_pct": device.soc_pct,
+        "temperature_c": device.temperature_c,
+        "integrity_ok": device.integrity_ok,
+        "integrity_detail": device.integrity_detail,
+        "first_seen_at": device.first_seen_at.isoformat(),
+        "last_seen_at": device.last_seen_at.isoformat(),
+        "flags": flags,
+    }
+
+
+def _flag_dict(flag: DeviceFlag, serial: str) -> dict[str, Any]:
+    return {
+        "id": flag.id,
+        "device_serial": serial,
+        "kind": flag.kind,
+        "detail": flag.detail,
+        "raised_at": flag.raised_at.isoformat(),
+        "acknowledged_at": _iso(flag.acknowledged_at),
+        "acknowledged_by": flag.acknowledged_by,
+    }

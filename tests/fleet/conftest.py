@@ -1,0 +1,196 @@
+"""Fleet test fixtures: a real vendor PKI and signed releases, the app on SQLite
+(always) and PostgreSQL (when BMSFW_TEST_POSTGRES_URL is set), a fake clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from bmsfw.fleet.app import ServerConfig, create_app
+from bmsfw.fleet.bootstrap import create_token, init_database
+from bmsfw.fleet.clock import FakeClock
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    VendorPki,
+    build_release,
+    create_pki,
+    sign_release,
+)
+
+POSTGRES_URL = os.environ.get("BMSFW_TEST_POSTGRES_URL", "")
+START = dt.datetime(2025, 1, 6, 12, 0, tzinfo=dt.UTC)  # a Monday
+
+
+@pytest.fixture(scope="session")
+def pki() -> VendorPki:
+    return create_pki("ed25519", now=START - dt.timedelta(days=1))
+
+
+@pytest.fixture(scope="session")
+def root_pem(pki: VendorPki) -> bytes:
+    return pki.root_certificate.public_bytes(serialization.Encoding.PEM)
+
+
+_RELEASE_CACHE: dict[tuple[Any, ...], bytes] = {}
+
+
+def make_release(
+    pki: VendorPki,
+    version: str = "1.1.0",
+    *,
+    security_counter: int = 2,
+    safety_class: str = "standard",
+    model: str = "BMS-48V",
+    revisions: tuple[str, ...] = ("A", "B"),
+) -> bytes:
+    key = (id(pki), version, security_counter, safety_class, model, revisions)
+    if key not in _RELEASE_CACHE:
+        firmware = (f"firmware {version} ".encode() * 64)[:2048]
+        unsigned = build_release(
+            product="bms-app",
+            version=version,
+            security_counter=security_counter,
+            hardware=HardwareCompat(model, revisions),
+            min_bootloader_version="1.0.0",
+            components=[ComponentSource.firmware("app", firmware)],
+            image_signing_key=pki.image_signing_key,
+            safety_class=safety_class,  # type: ignore[arg-type]
+            release_notes=f"release {version}",
+            created_at=START,
+        )
+        _RELEASE_CACHE[key] = sign_release(unsigned, pki.signer())
+    return _RELEASE_CACHE[key]
+
+
+def _db_params() -> list[Any]:
+    params: list[Any] = ["sqlite"]
+    params.append(
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(not POSTGRES_URL, reason="BMSFW_TEST_POSTGRES_URL not set"),
+            ],
+        )
+    )
+    return params
+
+
+@pytest.fixture(params=_db_params())
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    # One schema per test: isolated, and dropped afterwards whatever happened.
+    schema = f"bmsfw_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@dataclass
+class Fleet:
+    """A running app (in-process) with tokens for every role."""
+
+    client: TestClient
+    clock: FakeClock
+    db_url: str
+    tokens: dict[str, str]
+    gateways: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def app(self) -> Any:
+        return self.client.app
+
+    @property
+    def service(self) -> Any:
+        return self.client.app.state.service  # type: ignore[attr-defined]
+
+    def h(self, role: str) -> dict[str, str]:
+        token = self.tokens.get(role) or self.gateways[role]
+        return {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, role: str = "admin", **kwargs: Any) -> Any:
+        response = self.client.request(method, path, headers=self.h(role), **kwargs)
+        assert response.status_code < 300, (response.status_code, response.text)
+        return response.json()
+
+    def add_gateway(self, name: str, site: str, tags: list[str] | None = None) -> str:
+        result = self.call(
+            "POST", "/api/v1/gateways", json={"name": name, "site": site, "tags": tags or []}
+        )
+        self.gateways[name] = result["token"]
+        return str(result["token"])
+
+    def check_in(self, gateway: str, devices: list[dict[str, Any]], **extra: Any) -> Any:
+        return self.call(
+            "POST", "/api/v1/agent/check-in", gateway, json={"devices": devices, **extra}
+        )
+
+    def report(self, gateway: str, serial: str, campaign_id: int, state: str, **kw: Any) -> Any:
+        return self.call(
+            "POST",
+            "/api/v1/agent/reports",
+            gateway,
+            json={"device_serial": serial, "campaign_id": campaign_id, "state": state, **kw},
+        )
+
+    def upload(self, data: bytes, role: str = "release_manager") -> Any:
+        return self.call(
+            "POST", "/api/v1/releases", role, content=data, params={"filename": "r.bmsfw"}
+        )
+
+
+def bms(serial: str, version: str = "1.0.0", **kw: Any) -> dict[str, Any]:
+    record = {
+        "serial": serial,
+        "model": "BMS-48V",
+        "hw_revision": "A",
+        "bootloader_version": "1.0.0",
+        "firmware_version": version,
+        "security_counter": 1,
+        "soc_pct": 55.0,
+        "temperature_c": 24.5,
+    }
+    record.update(kw)
+    return record
+
+
+@pytest.fixture
+def fleet(db_url: str, tmp_path: Path, root_pem: bytes) -> Iterator[Fleet]:
+    clock = FakeClock(START)
+    admin = init_database(db_url, clock=clock)
+    assert admin is not None
+    tokens = {"admin": admin}
+    for role in ("viewer", "operator", "release_manager"):
+        tokens[role] = str(
+            create_token(db_url, role=role, name=f"test-{role}", clock=clock)["token"]
+        )
+    config = ServerConfig(
+        db_url=db_url,
+        artifacts_dir=tmp_path / "artifacts",
+        trust_root_pem=root_pem,
+        tick_interval_s=0,
+        db_pool_size=4,
+    )
+    app = create_app(config, clock=clock)
+    with TestClient(app) as client:
+        yield Fleet(client, clock, db_url, tokens)
