@@ -486,7 +486,10 @@ def _read_component(pkg: _Package, comp: Component) -> bytes:
 
 
 def _decode_component(pkg: _Package, comp: Component) -> bytes:
-    stored = _read_component(pkg, comp)
+    return _decode_stored(comp, _read_component(pkg, comp))
+
+
+def _decode_stored(comp: Component, stored: bytes) -> bytes:
     image = _encoding.decode(comp.encoding, stored, comp.image_size)
     if len(image) != comp.image_size or hashlib.sha256(image).digest() != comp.image_sha256:
         raise HashMismatchError(f"component {comp.name!r}: decoded image differs from the manifest")
@@ -537,8 +540,21 @@ def verify_release(
     semver = parse_semver(manifest.version)
     images: dict[str, bytes] = {}
     infos: dict[str, ImageInfo] = {}
+    stored = {comp.name: _read_component(pkg, comp) for comp in manifest.components}
+    # Only bmsfw writes packages, deterministically: re-serialising the verified
+    # members must give back the input byte for byte. This rejects changes to
+    # bytes zip readers ignore (timestamps, attributes, comments, extra fields).
+    canonical = _write_zip(
+        [
+            (MANIFEST_NAME, header.manifest),
+            *_trust_members(header),
+            *((c.member, stored[c.name]) for c in manifest.components),
+        ]
+    )
+    if canonical != data:
+        raise MalformedPackageError("package is not in canonical .bmsfw form (altered zip)")
     for comp in manifest.components:
-        image = _decode_component(pkg, comp)
+        image = _decode_stored(comp, stored[comp.name])
         info = (
             verify_image(image, key_hashes=trust.image_key_hashes)
             if trust.image_key_hashes

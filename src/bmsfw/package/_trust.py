@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,12 +44,26 @@ MAX_CHAIN_LENGTH = 4
 
 
 def _load_certificate(data: bytes) -> x509.Certificate:
+    """Parse a certificate completely up front.
+
+    cryptography parses fields lazily, so a damaged certificate would otherwise
+    raise ValueError later from ``.issuer`` or ``.extensions``; touching every
+    field here turns all of that into one MalformedPackageError. Deprecation
+    warnings (e.g. a non-positive serial) count as malformed too.
+    """
     try:
-        if data.lstrip().startswith(b"-----"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if data.lstrip().startswith(b"-----"):
+                cert = x509.load_pem_x509_certificate(data)
+            else:
+                cert = x509.load_der_x509_certificate(data)
+            _ = (cert.subject, cert.issuer, cert.serial_number, cert.not_valid_before_utc)
+            _ = (cert.not_valid_after_utc, cert.public_key(), cert.signature_hash_algorithm)
+            _ = list(cert.extensions)
+    except (ValueError, TypeError, UnsupportedAlgorithm, Warning) as exc:
         raise MalformedPackageError(f"certificate cannot be parsed: {exc}") from None
+    return cert
 
 
 def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
@@ -60,11 +75,17 @@ def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
 
 def _load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
-        if data.lstrip().startswith(b"-----"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if data.lstrip().startswith(b"-----"):
+                crl = x509.load_pem_x509_crl(data)
+            else:
+                crl = x509.load_der_x509_crl(data)
+            _ = (crl.issuer, list(crl.extensions), crl.signature_hash_algorithm)
+            _ = [(r.serial_number, r.revocation_date_utc) for r in crl]
+    except (ValueError, TypeError, UnsupportedAlgorithm, Warning) as exc:
         raise RevocationListError(f"revocation list cannot be parsed: {exc}") from None
+    return crl
 
 
 def _der(cert: x509.Certificate) -> bytes:

@@ -1,0 +1,181 @@
+"""MCUboot images: build, parse, verify (in memory and streamed), and each image error."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import pytest
+
+from bmsfw.package import (
+    HardwareCompat,
+    VendorPki,
+    build_image,
+    generate_key,
+    key_hash,
+    parse_image,
+    verify_image,
+    verify_image_stream,
+)
+from bmsfw.package import errors as E  # noqa: N812 - short alias keeps the tables readable
+from bmsfw.package._image import TLV_INFO_MAGIC, _pack_tlvs
+
+HW = HardwareCompat("BMS-48V", ("B", "C"))
+
+
+def _image(pki: VendorPki, payload: bytes = b"\x11" * 1000, **kw: object) -> bytes:
+    args: dict[str, object] = {
+        "signing_key": pki.image_signing_key,
+        "version": "1.2.3+4",
+        "security_counter": 9,
+        "hardware": HW,
+    }
+    args.update(kw)
+    return build_image(payload, **args)  # type: ignore[arg-type]
+
+
+def test_build_parse_verify_roundtrip(pki: VendorPki) -> None:
+    data = _image(pki, b"abc" * 333)
+    image = parse_image(data)
+    assert image.header_size == 0x200
+    assert image.payload_size == 1000  # 999 padded to the 8-byte alignment
+    assert data[image.payload_offset : image.payload_offset + 999] == b"abc" * 333
+    assert str(image.version) == "1.2.3+4"
+    assert image.security_counter == 9
+    assert image.hardware == HW
+    assert next(t.name for t in image.unprotected_tlvs) == "SHA256"
+    info = verify_image(data, key_hashes=[key_hash(pki.image_signing_key)])
+    assert info.digest == hashlib.sha256(data[: image.hashed_size]).digest()
+    assert info.key_hash == key_hash(pki.image_signing_key)
+    assert info.security_counter == 9 and info.hardware == HW
+
+
+def test_stream_verification_reads_in_chunks(pki: VendorPki) -> None:
+    data = _image(pki, bytes(300_000))
+    reads: list[int] = []
+
+    def read(offset: int, length: int) -> bytes:
+        reads.append(length)
+        return data[offset : offset + length]
+
+    # Slot padding after the TLV area (erased flash) is ignored, as MCUboot does.
+    info = verify_image_stream(read, len(data), key_hashes=[key_hash(pki.image_signing_key)])
+    assert info.payload_size == 300_000
+    assert max(reads) <= 64 * 1024
+
+
+def test_trailing_slot_padding_is_ignored(pki: VendorPki) -> None:
+    data = _image(pki) + b"\xff" * 4096
+    assert (
+        verify_image(data, key_hashes=[key_hash(pki.image_signing_key)]).total_size
+        == len(data) - 4096
+    )
+
+
+def test_keyhash_only_image_needs_the_public_key(pki: VendorPki) -> None:
+    data = _image(pki, public_key_format="hash")
+    trusted = [key_hash(pki.image_signing_key)]
+    with pytest.raises(E.KeyHashNotTrustedError) as exc:
+        verify_image(data, key_hashes=trusted)
+    assert exc.value.code == "BMSFW-E124"
+    info = verify_image(data, key_hashes=trusted, public_keys=[pki.image_signing_key.public_key()])
+    assert info.key_hash == trusted[0]
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    out = bytearray(data)
+    out[offset] ^= 0x01
+    return bytes(out)
+
+
+def test_bad_magic(pki: VendorPki) -> None:
+    with pytest.raises(E.BadImageMagicError) as exc:
+        parse_image(_flip(_image(pki), 0))
+    assert exc.value.code == "BMSFW-E121"
+
+
+@pytest.mark.parametrize("cut", [0, 10, 31, 600, -1])
+def test_truncated(pki: VendorPki, cut: int) -> None:
+    data = _image(pki)
+    with pytest.raises(E.MalformedImageError) as exc:
+        parse_image(data[:cut])
+    assert exc.value.code == "BMSFW-E120"
+
+
+def test_bad_tlv_magic(pki: VendorPki) -> None:
+    data = _image(pki)
+    image = parse_image(data)
+    with pytest.raises(E.BadTlvAreaError) as exc:
+        parse_image(_flip(data, image.hashed_size))
+    assert exc.value.code == "BMSFW-E122"
+
+
+def test_duplicate_tlv_rejected(pki: VendorPki) -> None:
+    data = _image(pki)
+    image = parse_image(data)
+    sha = image.unprotected_tlvs[0].value
+    area = _pack_tlvs(TLV_INFO_MAGIC, [(0x10, sha), (0x10, bytes(32))])
+    with pytest.raises(E.BadTlvAreaError):
+        parse_image(data[: image.hashed_size] + area)
+
+
+def test_payload_tamper_is_hash_mismatch(pki: VendorPki) -> None:
+    data = _image(pki)
+    with pytest.raises(E.ImageHashMismatchError) as exc:
+        verify_image(_flip(data, 0x200 + 5), key_hashes=[key_hash(pki.image_signing_key)])
+    assert exc.value.code == "BMSFW-E123"
+
+
+def test_untrusted_key(pki: VendorPki) -> None:
+    with pytest.raises(E.KeyHashNotTrustedError) as exc:
+        verify_image(_image(pki), key_hashes=[bytes(32)])
+    assert exc.value.code == "BMSFW-E124"
+
+
+def test_bad_signature(pki: VendorPki) -> None:
+    data = _image(pki)
+    image = parse_image(data)
+    sig = image.unprotected_tlvs[-1]
+    with pytest.raises(E.BadImageSignatureError) as exc:
+        verify_image(_flip(data, sig.offset + 10), key_hashes=[key_hash(pki.image_signing_key)])
+    assert exc.value.code == "BMSFW-E125"
+
+
+def test_signature_by_other_key_with_swapped_pubkey(pki: VendorPki) -> None:
+    """Replacing PUBKEY/KEYHASH with a trusted key's but keeping the old signature fails."""
+    other = generate_key("ed25519")
+    data = build_image(b"x" * 64, signing_key=other, version="1.0.0", security_counter=0)
+    image = parse_image(data)
+    real = _image(pki, b"x" * 64, hardware=None, version="1.0.0", security_counter=0)
+    real_image = parse_image(real)
+    forged = real[: real_image.hashed_size] + data[image.hashed_size :]
+    with pytest.raises(E.KeyHashNotTrustedError):
+        verify_image(forged, key_hashes=[key_hash(pki.image_signing_key)])
+
+
+def test_unsigned_image(pki: VendorPki) -> None:
+    data = _image(pki)
+    image = parse_image(data)
+    sha = image.unprotected_tlvs[0].value
+    area = _pack_tlvs(TLV_INFO_MAGIC, [(0x10, sha)])
+    with pytest.raises(E.UnsignedImageError) as exc:
+        verify_image(data[: image.hashed_size] + area, key_hashes=[bytes(32)])
+    assert exc.value.code == "BMSFW-E126"
+
+
+def test_encrypted_flag_unsupported(pki: VendorPki) -> None:
+    data = bytearray(_image(pki))
+    flags = struct.unpack_from("<I", data, 16)[0] | 0x04
+    struct.pack_into("<I", data, 16, flags)
+    with pytest.raises(E.UnsupportedImageError) as exc:
+        parse_image(bytes(data))
+    assert exc.value.code == "BMSFW-E127"
+
+
+def test_build_rejects_bad_arguments(pki: VendorPki) -> None:
+    with pytest.raises(E.InvalidManifestError):
+        _image(pki, version="1.2")
+    with pytest.raises(E.MalformedImageError):
+        _image(pki, align=3)
+    with pytest.raises(E.MalformedImageError):
+        _image(pki, security_counter=2**32)
