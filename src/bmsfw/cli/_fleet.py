@@ -1,0 +1,372 @@
+"""``bmsfw fleet ...``: run the fleet server, bootstrap credentials, drive campaigns.
+
+Commands that take ``--db`` work on the database directly (bootstrap: there is
+no admin token yet, or it was lost); the others talk to a running server with
+``--server URL --token TOKEN [--ca CA.pem]`` (also from BMSFW_FLEET_SERVER,
+BMSFW_FLEET_TOKEN, BMSFW_FLEET_CA).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from bmsfw.cli._render import console, print_json
+from bmsfw.errors import UsageError
+
+__all__ = ["fleet_group"]
+
+_DB = click.option(
+    "--db",
+    "db_url",
+    default="sqlite:///fleet.db",
+    show_default=True,
+    envvar="BMSFW_FLEET_DB",
+    help="SQLAlchemy URL: sqlite:///fleet.db or postgresql+psycopg://user@host/db.",
+)
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _server_options(fn: Any) -> Any:
+    fn = click.option(
+        "--ca",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="BMSFW_FLEET_CA",
+        help="CA bundle that issued the server cert.",
+    )(fn)
+    fn = click.option(
+        "--token", envvar="BMSFW_FLEET_TOKEN", required=True, help="Operator API token."
+    )(fn)
+    fn = click.option(
+        "--server",
+        envvar="BMSFW_FLEET_SERVER",
+        required=True,
+        help="Server URL, e.g. https://fleet.example:8443",
+    )(fn)
+    return fn
+
+
+def _client(server: str, token: str, ca: Path | None) -> Any:
+    from bmsfw.fleet.client import ClientConfig, FleetClient
+
+    return FleetClient(
+        ClientConfig(
+            server_url=server,
+            token=token,
+            ca_file=ca,
+            allow_insecure_http=server.startswith("http://127.0.0.1")
+            or server.startswith("http://localhost"),
+        )
+    )
+
+
+@click.group("fleet")
+def fleet_group() -> None:
+    """Fleet OTA server: releases, phased campaigns, inventory, access review."""
+
+
+@fleet_group.command("serve")
+@_DB
+@click.option(
+    "--artifacts",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Artifact store directory.",
+)
+@click.option(
+    "--trust-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Vendor root CA certificate (PEM) uploads must chain to.",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True, type=int)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="Server processes sharing the database.",
+)
+@click.option("--poll-interval-s", default=60, show_default=True, type=int)
+@click.option("--tick-interval-s", default=15.0, show_default=True, type=float)
+def serve_command(  # noqa: PLR0917 - one parameter per click option
+    db_url: str,
+    artifacts: Path,
+    trust_root: Path,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    host: str,
+    port: int,
+    workers: int,
+    poll_interval_s: int,
+    tick_interval_s: float,
+) -> None:
+    """Migrate the database and serve the HTTP(S) API."""
+    from bmsfw.fleet.server import ServeOptions, serve
+
+    if tls_cert is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo("warning: serving plain HTTP on a non-loopback address", err=True)
+    serve(
+        ServeOptions(
+            db_url=db_url,
+            artifacts_dir=artifacts,
+            trust_root=trust_root,
+            host=host,
+            port=port,
+            workers=workers,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            poll_interval_s=poll_interval_s,
+            tick_interval_s=tick_interval_s,
+        )
+    )
+
+
+@fleet_group.command("init")
+@_DB
+@click.option("--admin-name", default="admin", show_default=True)
+def init_command(db_url: str, admin_name: str) -> None:
+    """Create or migrate the database and write the first admin token."""
+    from bmsfw.fleet.bootstrap import init_database
+
+    token = init_database(db_url, admin_name=admin_name)
+    if token is None:
+        click.echo("database is current; an admin token exists already (none created)")
+        return
+    click.echo(f"admin token (shown once, store it safely):\n{token}")
+
+
+@fleet_group.group("token")
+def token_group() -> None:
+    """Operator API tokens (direct database access)."""
+
+
+@token_group.command("create")
+@_DB
+@click.option(
+    "--role", type=click.Choice(["viewer", "operator", "release_manager", "admin"]), required=True
+)
+@click.option("--name", required=True, help="Who holds it (for the access review).")
+@_JSON
+def token_create(db_url: str, role: str, name: str, as_json: bool) -> None:
+    """Create an operator token; the clear text is printed once."""
+    from bmsfw.fleet.bootstrap import create_token
+
+    result = create_token(db_url, role=role, name=name)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{role} token for {name} (id {result['id']}, shown once):\n{result['token']}")
+
+
+@fleet_group.command("access-review")
+@_DB
+@_JSON
+def access_review_command(db_url: str, as_json: bool) -> None:
+    """Every credential with its role, creation and last use (IEC 62443 access review)."""
+    from bmsfw.fleet.bootstrap import access_review_report
+
+    rows = access_review_report(db_url)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="fleet credentials")
+    for column in (
+        "id",
+        "name",
+        "kind",
+        "role",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "revoked_at",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[c] or "-")
+                for c in (
+                    "id",
+                    "name",
+                    "kind",
+                    "role",
+                    "created_at",
+                    "created_by",
+                    "last_used_at",
+                    "revoked_at",
+                )
+            )
+        )
+    console.print(table)
+
+
+@fleet_group.command("gateway-add")
+@_server_options
+@click.option("--name", required=True)
+@click.option("--site", required=True)
+@click.option("--tag", "tags", multiple=True)
+@_JSON
+def gateway_add(  # noqa: PLR0917 - one parameter per click option
+    server: str,
+    token: str,
+    ca: Path | None,
+    name: str,
+    site: str,
+    tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Register a gateway (admin); prints its token once."""
+    with _client(server, token, ca) as client:
+        result = client.post("gateways", {"name": name, "site": site, "tags": list(tags)})
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"gateway {name} (id {result['id']}) token, shown once:\n{result['token']}")
+
+
+@fleet_group.command("release-upload")
+@_server_options
+@click.argument("package", type=click.Path(dir_okay=False, path_type=Path))
+@_JSON
+def release_upload(server: str, token: str, ca: Path | None, package: Path, as_json: bool) -> None:
+    """Upload a .bmsfw release (release_manager); the server verifies it first."""
+    try:
+        data = package.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {package}: {exc.strerror}") from None
+    with _client(server, token, ca) as client:
+        result = client.upload_release(data, package.name)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(
+            f"release {result['id']}: {result['product']} {result['version']} "
+            f"({result['safety_class']}, sha256 {result['sha256'][:16]}...)"
+        )
+
+
+def _parse_phases(text: str, soak_s: float, success_pct: float) -> list[dict[str, Any]]:
+    phases = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, _, size = item.rpartition(":") if ":" in item else (item, "", item)
+        try:
+            spec: dict[str, Any] = (
+                {"percent": float(size[:-1])} if size.endswith("%") else {"devices": int(size)}
+            )
+        except ValueError:
+            raise UsageError(f"bad phase {item!r}: use N (devices) or N% (percent)") from None
+        phases.append(
+            {"name": name or size, **spec, "soak_s": soak_s, "success_threshold_pct": success_pct}
+        )
+    if phases:
+        phases[-1]["soak_s"] = 0
+    return phases
+
+
+@fleet_group.command("campaign-create")
+@_server_options
+@click.option("--name", required=True)
+@click.option("--release", "release_id", type=int, required=True)
+@click.option(
+    "--phases",
+    default="canary:5,10%,50%,100%",
+    show_default=True,
+    help="Cumulative phases: N devices or N%, optionally NAME:SIZE.",
+)
+@click.option("--soak-s", default=3600.0, show_default=True, type=float)
+@click.option("--success-pct", default=95.0, show_default=True, type=float)
+@click.option("--error-threshold-pct", default=10.0, show_default=True, type=float)
+@click.option("--bandwidth-floor-bps", default=5_000_000, show_default=True, type=int)
+@click.option("--model", "models", multiple=True)
+@click.option("--hw-revision", "hw_revisions", multiple=True)
+@click.option("--version-range", default="", help='e.g. ">=1.0.0,<1.4.0"')
+@click.option("--site", "sites", multiple=True)
+@click.option("--tag", "tags", multiple=True)
+@_JSON
+def campaign_create(  # noqa: PLR0917 - one parameter per click option
+    server: str,
+    token: str,
+    ca: Path | None,
+    name: str,
+    release_id: int,
+    phases: str,
+    soak_s: float,
+    success_pct: float,
+    error_threshold_pct: float,
+    bandwidth_floor_bps: int,
+    models: tuple[str, ...],
+    hw_revisions: tuple[str, ...],
+    version_range: str,
+    sites: tuple[str, ...],
+    tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Start a phased campaign (operator)."""
+    body = {
+        "name": name,
+        "release_id": release_id,
+        "phases": _parse_phases(phases, soak_s, success_pct),
+        "error_threshold_pct": error_threshold_pct,
+        "bandwidth_floor_bps": bandwidth_floor_bps,
+        "selector": {
+            "models": list(models),
+            "hw_revisions": list(hw_revisions),
+            "version_range": version_range,
+            "sites": list(sites),
+            "tags": list(tags),
+        },
+    }
+    with _client(server, token, ca) as client:
+        _render_campaign(client.post("campaigns", body), as_json)
+
+
+@fleet_group.command("campaign")
+@_server_options
+@click.argument("campaign_id", type=int)
+@click.argument("action", type=click.Choice(["show", "pause", "resume", "cancel"]), default="show")
+@click.option("--reason", default="")
+@_JSON
+def campaign_command(  # noqa: PLR0917 - one parameter per click option
+    server: str,
+    token: str,
+    ca: Path | None,
+    campaign_id: int,
+    action: str,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Show, pause, resume or cancel a campaign."""
+    with _client(server, token, ca) as client:
+        if action == "show":
+            result = client.get(f"campaigns/{campaign_id}")
+        elif action == "resume":
+            result = client.post(f"campaigns/{campaign_id}/resume")
+        else:
+            result = client.post(f"campaigns/{campaign_id}/{action}", {"reason": reason})
+    _render_campaign(result, as_json)
+
+
+def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(campaign)
+        return
+    click.echo(
+        f"campaign {campaign['id']} {campaign['name']!r}: {campaign['status']}, "
+        f"phase {campaign['current_phase'] + 1}/{len(campaign['phases'])} "
+        f"({campaign['phase_name']}), {campaign['targets']} devices"
+    )
+    if campaign["pause_reason"]:
+        click.echo(f"  paused: {campaign['pause_reason']}")
+    states = ", ".join(f"{k} {v}" for k, v in campaign["states"].items() if v)
+    click.echo(f"  states: {states}")

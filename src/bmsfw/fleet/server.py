@@ -1,0 +1,115 @@
+"""Run the fleet server under uvicorn (``bmsfw fleet serve``).
+
+The parent process migrates the database once, then uvicorn starts
+``workers`` processes, each building its app from the same settings (passed in
+the environment, as uvicorn workers import the app by name). The processes
+share nothing but the database and the artifact directory, so more can run on
+other hosts behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from bmsfw.fleet.app import ServerConfig, create_app
+from bmsfw.fleet.db import make_engine, upgrade_database
+from bmsfw.fleet.errors import FleetConfigError
+from bmsfw.fleet.releases import TrustRoot
+
+__all__ = ["ServeOptions", "app_from_env", "serve"]
+
+log = logging.getLogger(__name__)
+_ENV = "BMSFW_FLEET_SERVER_SETTINGS"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    db_url: str
+    artifacts_dir: Path
+    trust_root: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    workers: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    poll_interval_s: int = 60
+    tick_interval_s: float = 15.0
+    log_level: str = "warning"
+
+    def validate(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise FleetConfigError("--tls-cert and --tls-key go together")
+        for path in (self.trust_root, self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise FleetConfigError(f"file not found: {path}")
+        if self.workers < 1:
+            raise FleetConfigError("--workers must be at least 1")
+
+
+def _settings_json(options: ServeOptions) -> str:
+    return json.dumps(
+        {
+            "db_url": options.db_url,
+            "artifacts_dir": str(options.artifacts_dir),
+            "trust_root": str(options.trust_root),
+            "poll_interval_s": options.poll_interval_s,
+            "tick_interval_s": options.tick_interval_s,
+        }
+    )
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: build the app from the settings the parent put in the environment."""
+    raw = os.environ.get(_ENV)
+    if not raw:
+        raise FleetConfigError(f"{_ENV} is not set; start the server with `bmsfw fleet serve`")
+    settings = json.loads(raw)
+    trust_pem = Path(settings["trust_root"]).read_bytes()
+    config = ServerConfig(
+        db_url=settings["db_url"],
+        artifacts_dir=Path(settings["artifacts_dir"]),
+        trust_root_pem=trust_pem,
+        poll_interval_s=int(settings["poll_interval_s"]),
+        tick_interval_s=float(settings["tick_interval_s"]),
+        migrate=False,  # the parent did it
+    )
+    return create_app(config, trust=TrustRoot(trust_pem))
+
+
+def serve(options: ServeOptions) -> None:
+    import uvicorn
+
+    options.validate()
+    TrustRoot(options.trust_root.read_bytes())  # fail here, not in every worker
+    engine = make_engine(options.db_url)
+    try:
+        upgrade_database(engine)
+    finally:
+        engine.dispose()
+    options.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[_ENV] = _settings_json(options)
+    scheme = "https" if options.tls_cert else "http"
+    log.warning(
+        "fleet server on %s://%s:%d (%d worker(s))",
+        scheme,
+        options.host,
+        options.port,
+        options.workers,
+    )
+    uvicorn.run(
+        "bmsfw.fleet.server:app_from_env",
+        factory=True,
+        host=options.host,
+        port=options.port,
+        workers=options.workers,
+        ssl_certfile=str(options.tls_cert) if options.tls_cert else None,
+        ssl_keyfile=str(options.tls_key) if options.tls_key else None,
+        log_level=options.log_level,
+        access_log=False,
+    )
