@@ -1,1 +1,49 @@
-"""bmsfw.device"""
+"""The virtual BMS: a simulated smart BMS, faithful for everything an update touches.
+
+Dual-bank flash with MCU timing and power-cut injection, OTP key hashes and
+anti-rollback counter, an MCUboot-semantics bootloader (test boot, confirm,
+automatic revert), self-test, runtime integrity, an equivalent-circuit battery
+model and fault injection, all persisted in a state directory and driven by a
+caller-controlled clock. Protocol servers (UDS, Modbus) sit on
+:class:`VirtualBms`. See docs/virtual-bms.md.
+"""
+
+from bmsfw.device._state import BootRecord
+from bmsfw.device.battery import BatteryModel, BoardState
+from bmsfw.device.bms import DTC_CODES, FaultInjector, VirtualBms
+from bmsfw.device.clock import Clock, RealClock, SimClock
+from bmsfw.device.config import CONFIG_SCHEMA_VERSION, Calibration, DeviceConfig
+from bmsfw.device.flash import FlashSpec, FlashTiming, PowerCutInjector
+from bmsfw.device.images import BEHAVIOURS, AppDescriptor, find_app_descriptor, make_app_payload
+from bmsfw.device.provision import factory_calibration, provision
+from bmsfw.device.records import BankInfo, DtcRecord, TransferStatus
+from bmsfw.device.spec import BootTiming, DeviceSpec
+
+__all__ = [
+    "BEHAVIOURS",
+    "CONFIG_SCHEMA_VERSION",
+    "DTC_CODES",
+    "AppDescriptor",
+    "BankInfo",
+    "BatteryModel",
+    "BoardState",
+    "BootRecord",
+    "BootTiming",
+    "Calibration",
+    "Clock",
+    "DeviceConfig",
+    "DeviceSpec",
+    "DtcRecord",
+    "FaultInjector",
+    "FlashSpec",
+    "FlashTiming",
+    "PowerCutInjector",
+    "RealClock",
+    "SimClock",
+    "TransferStatus",
+    "VirtualBms",
+    "factory_calibration",
+    "find_app_descriptor",
+    "make_app_payload",
+    "provision",
+]

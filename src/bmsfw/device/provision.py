@@ -1,0 +1,107 @@
+"""Factory provisioning: make a state directory hold a brand-new, end-of-line-tested BMS.
+
+What the factory station does, in order: program the bootloader, fuse OTP
+(vendor root-key hash, image-signing key hash, initial security counter, lock),
+program the initial application into bank A and mark it confirmed, write the
+default configuration and the unit's calibration (measured against the
+board's own ADC and NTC errors, so the ±0.5 % self-test passes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from bmsfw.device import flash as fl
+from bmsfw.device._journal import Journal
+from bmsfw.device._state import BootRecord, atomic_write, write_json
+from bmsfw.device.battery import BoardState
+from bmsfw.device.clock import SimClock
+from bmsfw.device.config import Calibration, DeviceConfig, encode_record
+from bmsfw.device.errors import ProvisioningError, StateDirectoryError
+from bmsfw.device.flash import Flash
+from bmsfw.device.otp import Otp
+from bmsfw.device.spec import DeviceSpec
+from bmsfw.errors import PackageError
+from bmsfw.package import verify_image
+
+__all__ = ["factory_calibration", "provision"]
+
+log = logging.getLogger(__name__)
+
+
+def factory_calibration(board: BoardState) -> Calibration:
+    """The end-of-line calibration: cancels this board's ADC gain and NTC offset errors."""
+    return Calibration(
+        cell_gain=tuple(round(1.0 / g, 6) for g in board.adc_gain_inherent),
+        cell_offset_v=(0.0,) * len(board.adc_gain_inherent),
+        ntc_offset_c=tuple(round(-o, 3) for o in board.ntc_offset_inherent_c),
+    )
+
+
+def provision(
+    state_dir: str | Path,
+    *,
+    initial_image: bytes,
+    root_key_hash: bytes,
+    image_key_hash: bytes,
+    security_counter: int | None = None,
+    spec: DeviceSpec | None = None,
+    serial: str = "BMS0000001",
+    config: DeviceConfig | None = None,
+    calibration: Calibration | None = None,
+    soc_pct: float = 50.0,
+) -> Path:
+    """Create a factory-fresh device in ``state_dir`` (must be empty or absent).
+
+    ``initial_image`` is a signed MCUboot image that must verify against
+    ``image_key_hash``; ``security_counter`` defaults to the image's own.
+    """
+    spec = spec or DeviceSpec()
+    path = Path(state_dir)
+    if path.exists() and any(path.iterdir()):
+        raise StateDirectoryError(f"{path} is not empty; refusing to provision over a device")
+    try:
+        info = verify_image(initial_image, key_hashes=[image_key_hash])
+    except PackageError as exc:
+        raise ProvisioningError(f"initial image does not pass secure boot: {exc}") from exc
+    if len(initial_image) > spec.flash.bank_size:
+        raise ProvisioningError(
+            f"initial image of {len(initial_image)} bytes exceeds the bank ({spec.flash.bank_size})"
+        )
+    counter = info.security_counter or 0 if security_counter is None else security_counter
+    if info.security_counter is not None and info.security_counter < counter:
+        raise ProvisioningError(
+            f"initial image security counter {info.security_counter} below the fused {counter}"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    flash_path = path / "flash.bin"
+    Flash.create_blank(flash_path, spec.flash)
+    flash = Flash(flash_path, spec.flash, SimClock())
+    try:
+        blob = f"BMSFW-BOOTLOADER {spec.bootloader_version} MCUboot-compatible\0".encode()
+        flash.program(fl.BOOTLOADER, 0, blob)
+        Otp(flash).fuse(
+            root_key_hash=root_key_hash, image_key_hash=image_key_hash, security_counter=counter
+        )
+        flash.program(fl.BANK_A, 0, initial_image)
+        Journal(flash, fl.BOOTSTATE).write(BootRecord(active="A").encode())
+        board = BoardState.fresh(
+            spec.cell_count, spec.ntc_count, serial=serial, soc=soc_pct / 100.0
+        )
+        cal = calibration or factory_calibration(board)
+        Journal(flash, fl.CONFIG).write(
+            encode_record("config", (config or DeviceConfig()).to_dict())
+        )
+        Journal(flash, fl.CALIBRATION).write(encode_record("calibration", cal.to_dict()))
+        Journal(flash, fl.DTC).write(b"[]")
+    finally:
+        flash.close()
+    write_json(path / "board.json", board.to_dict())
+    atomic_write(
+        path / "device.json",
+        json.dumps({"serial": serial, "spec": spec.to_dict()}, indent=1, sort_keys=True).encode(),
+    )
+    log.info("provisioned %s in %s (image %s, counter %d)", serial, path, info.version, counter)
+    return path
