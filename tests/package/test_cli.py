@@ -1,0 +1,104 @@
+"""`bmsfw keys` and `bmsfw package` end to end through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bmsfw.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pki = tmp_path / "pki"
+    pw = tmp_path / "pw.txt"
+    pw.write_text("s3cret\n")
+    code, out, _ = run(capsys, "keys", "init", str(pki), "--algorithm", "ecdsa-p256",
+                       "--passphrase-file", str(pw), "--json")  # fmt: skip
+    assert code == 0
+    info = json.loads(out)
+    code, out, _ = run(capsys, "keys", "hash", str(pki / "root-ca.crt"))
+    assert code == 0 and out.strip() == info["root_key_hash"]
+    code, out, _ = run(
+        capsys, "keys", "hash", str(pki / "image-signing.key"), "--passphrase-file", str(pw)
+    )
+    assert out.strip() == info["image_key_hash"]
+
+    fw = tmp_path / "app.bin"
+    fw.write_bytes(bytes(range(256)) * 8)
+    pkg = tmp_path / "r.bmsfw"
+    code, out, err = run(capsys, "package", "build", "--product", "demo", "--version", "2.0.0",
+                         "--security-counter", "3", "--hw-model", "BMS-48V", "--hw-revision", "B",
+                         "--min-bootloader", "1.0.0", "--app", str(fw), "--pki", str(pki),
+                         "--passphrase-file", str(pw), "-o", str(pkg))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki))
+    assert code == 3 and "BMSFW-E114" in err  # unsigned
+    code, _, err = run(
+        capsys, "package", "sign", str(pkg), "--pki", str(pki), "--passphrase-file", str(pw)
+    )
+    assert code == 0, err
+    code, out, err = run(capsys, "package", "verify", str(pkg), "--root-hash", info["root_key_hash"],
+                         "--image-key-hash", info["image_key_hash"], "--model", "BMS-48V",
+                         "--hw-revision", "B", "--bootloader", "1.0.0", "--device-counter", "3",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    verified = json.loads(out)
+    assert verified["ok"] and verified["manifest"]["version"] == "2.0.0"
+    assert verified["images"]["app"]["security_counter"] == 3
+
+    code, out, _ = run(capsys, "package", "inspect", str(pkg), "--json")
+    assert code == 0 and json.loads(out)["signed"] is True
+    code, out, _ = run(capsys, "package", "inspect", str(pkg))
+    assert code == 0 and "signer chain" in out
+
+    code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki), "--model", "BMS-48V",
+                       "--hw-revision", "B", "--bootloader", "1.0.0", "--device-counter", "4")  # fmt: skip
+    assert code == 3 and "BMSFW-E112" in err and "remedy" in err
+
+    signer_cert = pki / "signers" / "release-signer.crt"
+    code, _, err = run(
+        capsys, "keys", "revoke", str(pki), str(signer_cert), "--passphrase-file", str(pw)
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki))
+    assert code == 3 and "BMSFW-E109" in err
+
+    code, _, err = run(
+        capsys, "keys", "issue-signer", str(pki), "signer-2", "--passphrase-file", str(pw)
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, "package", "sign", str(pkg), "--pki", str(pki), "--signer", "signer-2",
+                       "--passphrase-file", str(pw))  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki))
+    assert code == 0, err
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "keys", "hash", str(tmp_path / "missing.pem"))
+    assert code == 2
+    junk = tmp_path / "junk.bmsfw"
+    junk.write_bytes(b"nope")
+    code, _, err = run(capsys, "package", "verify", str(junk))
+    assert code == 2 and "trust anchor" in err
+    code, _, err = run(capsys, "package", "verify", str(junk), "--root-hash", "00" * 32)
+    assert code == 3 and "BMSFW-E101" in err
+
+
+def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "demo", "--output", str(tmp_path))
+    assert code == 0, err
+    assert "BMSFW-E112" in out and "BMSFW-E110" in out
+    assert (tmp_path / "demo-bms-1.4.0.bmsfw").exists()
