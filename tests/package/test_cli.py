@@ -24,8 +24,17 @@ def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture
     pki = tmp_path / "pki"
     pw = tmp_path / "pw.txt"
     pw.write_text("s3cret\n")
-    code, out, _ = run(capsys, "keys", "init", str(pki), "--algorithm", "ecdsa-p256",
-                       "--passphrase-file", str(pw), "--json")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "keys",
+        "init",
+        str(pki),
+        "--algorithm",
+        "ecdsa-p256",
+        "--passphrase-file",
+        str(pw),
+        "--json",
+    )
     assert code == 0
     info = json.loads(out)
     code, out, _ = run(capsys, "keys", "hash", str(pki / "root-ca.crt"))
@@ -38,10 +47,31 @@ def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture
     fw = tmp_path / "app.bin"
     fw.write_bytes(bytes(range(256)) * 8)
     pkg = tmp_path / "r.bmsfw"
-    code, out, err = run(capsys, "package", "build", "--product", "demo", "--version", "2.0.0",
-                         "--security-counter", "3", "--hw-model", "BMS-48V", "--hw-revision", "B",
-                         "--min-bootloader", "1.0.0", "--app", str(fw), "--pki", str(pki),
-                         "--passphrase-file", str(pw), "-o", str(pkg))  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "package",
+        "build",
+        "--product",
+        "demo",
+        "--version",
+        "2.0.0",
+        "--security-counter",
+        "3",
+        "--hw-model",
+        "BMS-48V",
+        "--hw-revision",
+        "B",
+        "--min-bootloader",
+        "1.0.0",
+        "--app",
+        str(fw),
+        "--pki",
+        str(pki),
+        "--passphrase-file",
+        str(pw),
+        "-o",
+        str(pkg),
+    )
     assert code == 0, err
     code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki))
     assert code == 3 and "BMSFW-E114" in err  # unsigned
@@ -49,10 +79,25 @@ def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture
         capsys, "package", "sign", str(pkg), "--pki", str(pki), "--passphrase-file", str(pw)
     )
     assert code == 0, err
-    code, out, err = run(capsys, "package", "verify", str(pkg), "--root-hash", info["root_key_hash"],
-                         "--image-key-hash", info["image_key_hash"], "--model", "BMS-48V",
-                         "--hw-revision", "B", "--bootloader", "1.0.0", "--device-counter", "3",
-                         "--json")  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "package",
+        "verify",
+        str(pkg),
+        "--root-hash",
+        info["root_key_hash"],
+        "--image-key-hash",
+        info["image_key_hash"],
+        "--model",
+        "BMS-48V",
+        "--hw-revision",
+        "B",
+        "--bootloader",
+        "1.0.0",
+        "--device-counter",
+        "3",
+        "--json",
+    )
     assert code == 0, err
     verified = json.loads(out)
     assert verified["ok"] and verified["manifest"]["version"] == "2.0.0"
@@ -63,8 +108,22 @@ def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "package", "inspect", str(pkg))
     assert code == 0 and "signer chain" in out
 
-    code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki), "--model", "BMS-48V",
-                       "--hw-revision", "B", "--bootloader", "1.0.0", "--device-counter", "4")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "package",
+        "verify",
+        str(pkg),
+        "--pki",
+        str(pki),
+        "--model",
+        "BMS-48V",
+        "--hw-revision",
+        "B",
+        "--bootloader",
+        "1.0.0",
+        "--device-counter",
+        "4",
+    )
     assert code == 3 and "BMSFW-E112" in err and "remedy" in err
 
     signer_cert = pki / "signers" / "release-signer.crt"
@@ -79,8 +138,18 @@ def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture
         capsys, "keys", "issue-signer", str(pki), "signer-2", "--passphrase-file", str(pw)
     )
     assert code == 0, err
-    code, _, err = run(capsys, "package", "sign", str(pkg), "--pki", str(pki), "--signer", "signer-2",
-                       "--passphrase-file", str(pw))  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "package",
+        "sign",
+        str(pkg),
+        "--pki",
+        str(pki),
+        "--signer",
+        "signer-2",
+        "--passphrase-file",
+        str(pw),
+    )
     assert code == 0, err
     code, _, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki))
     assert code == 0, err
