@@ -1,0 +1,659 @@
+"""The technician's commands: scan, info, preflight, backup, restore, diff, update,
+rollback, diagnose, report. Thin: parse, call ``bmsfw.update``, render.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from bmsfw.cli._link import connect, link_options, load_trust, trust_options
+from bmsfw.cli._render import console, err_console, print_json
+from bmsfw.errors import BmsfwError, TransportError, UsageError
+from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.update.audit import verify_audit_log
+from bmsfw.update.backup import diff_snapshots, load_backup, restore_backup, write_backup
+from bmsfw.update.errors import ConfigDriftError
+from bmsfw.update.events import (
+    CheckEvaluated,
+    Event,
+    StepFinished,
+    StepStarted,
+    TransferProgress,
+    UpdateFinished,
+    WarningRaised,
+    event_to_dict,
+)
+from bmsfw.update.pipeline import UpdateOptions, run_updates
+from bmsfw.update.preflight import run_preflight
+from bmsfw.update.profile import ManualConfirmation, UpdateProfile, load_profile
+from bmsfw.update.report import UpdateReport, load_report, render_text
+
+__all__ = ["FIELD_COMMANDS"]
+
+logger = logging.getLogger("bmsfw.cli")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+profile_option = click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BMSFW_PROFILE",
+    help="Product profile (TOML) with thresholds; default: the field guide's values.",
+)
+
+
+def _exit_for(reports: list[UpdateReport]) -> None:
+    from bmsfw.cli._main import exit_code_for
+
+    for report in reports:
+        if report.exception is not None and not report.ok:
+            sys.exit(exit_code_for(report.exception))
+
+
+def _each_session(kwargs: dict[str, Any]) -> Iterator[BmsSession]:
+    with connect(kwargs) as conn:
+        yield from conn.sessions
+
+
+# --- scan -------------------------------------------------------------------------
+
+
+@click.command("scan")
+@click.option("--can", metavar="INTERFACE:CHANNEL", help="CAN link to scan.")
+@click.option("--serial", metavar="PORT", help="RS485/USB port to scan.")
+@click.option("--baud", type=int, default=115_200, show_default=True)
+@click.option("--bitrate", "bitrate_bps", type=int, default=500_000, show_default=True)
+@click.option("--first", type=int, default=1, show_default=True, help="First node/unit id.")
+@click.option("--last", type=int, default=8, show_default=True, help="Last node/unit id.")
+@click.option("--timeout", "timeout_s", type=float, default=0.3, show_default=True)
+@json_option
+def scan_command(
+    *,
+    can: str | None,
+    serial: str | None,
+    baud: int,
+    bitrate_bps: int,
+    first: int,
+    last: int,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Find the BMS that answer on a link (node ids FIRST..LAST)."""
+    from bmsfw.update.connect import open_sessions, parse_links
+
+    if last < first:
+        raise UsageError(f"--last {last} is below --first {first}")
+    ids = list(range(first, last + 1))
+    links = parse_links(
+        can=can,
+        nodes=ids if can else (),
+        bitrate_bps=bitrate_bps,
+        serial=serial,
+        units=ids if serial else (),
+        baud=baud,
+        timeout_s=timeout_s,
+    )
+    found: list[dict[str, Any]] = []
+    with open_sessions(links) as conn:
+        for link, session in zip(links, conn.sessions, strict=True):
+            try:
+                identity = session.identify()
+            except TransportError:
+                logger.info("%s: no answer", link)
+                continue
+            found.append({"link": str(link), **dataclasses.asdict(identity)})
+    if as_json:
+        print_json(found)
+        return
+    columns = ("link", "model", "hw_revision", "serial", "app_version", "bootloader_version")
+    table = Table(title=f"BMS found ({len(found)})")
+    for col in columns:
+        table.add_column(col)
+    for row in found:
+        table.add_row(*(str(row[c]) for c in columns))
+    console.print(table)
+
+
+# --- info -------------------------------------------------------------------------
+
+
+@click.command("info")
+@link_options
+@json_option
+def info_command(*, as_json: bool, **kwargs: Any) -> None:
+    """Identity, boot status, telemetry and the last self-test of each BMS."""
+    results = []
+    for session in _each_session(kwargs):
+        identity = session.identify()
+        entry: dict[str, Any] = {
+            "identity": dataclasses.asdict(identity),
+            "boot": dataclasses.asdict(session.read_boot_status()),
+            "telemetry": dataclasses.asdict(session.read_telemetry()),
+        }
+        try:
+            entry["self_test"] = dataclasses.asdict(session.read_self_test())
+        except BmsfwError as exc:
+            entry["self_test"] = {"unavailable": exc.message}
+        results.append(entry)
+    if as_json:
+        print_json(results)
+        return
+    for entry in results:
+        table = Table(title=f"{entry['identity']['address'] or entry['identity']['serial']}")
+        table.add_column("item")
+        table.add_column("value")
+        for section in ("identity", "boot", "telemetry"):
+            for key, value in entry[section].items():
+                table.add_row(f"{section}.{key}", _fmt(value))
+        st = entry["self_test"]
+        if "passed" in st:
+            table.add_row("self_test", f"{'passed' if st['passed'] else 'FAILED'} {st['version']}")
+        console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value) or "-"
+    return str(value)
+
+
+# --- preflight --------------------------------------------------------------------
+
+
+def _checks_table(title: str, checks: list[dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    for col in ("check", "measured", "limit", "result"):
+        table.add_column(col)
+    for c in checks:
+        if c["passed"]:
+            verdict = "[green]pass[/]"
+        elif c.get("overridden"):
+            verdict = f"[yellow]overridden[/] ({c['override_reason']})"
+        else:
+            verdict = "[bold red]FAIL[/]"
+        safety = "" if c.get("safety", True) else " *"
+        table.add_row(c["name"] + safety, c["measured"], c["limit"], verdict)
+    return table
+
+
+@click.command("preflight")
+@link_options
+@profile_option
+@click.option(
+    "--package",
+    "package_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Also check compatibility and anti-rollback for this package (needs --trust).",
+)
+@click.option("--trust", "trust_path", type=click.Path(path_type=Path, dir_okay=False))
+@json_option
+def preflight_command(
+    *,
+    profile_path: Path | None,
+    package_path: Path | None,
+    trust_path: Path | None,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Run the preflight checks without writing anything (exit 6 when one fails)."""
+    from bmsfw.package import DeviceFacts, verify_release
+    from bmsfw.update.pipeline import release_facts
+
+    profile = load_profile(profile_path)
+    if package_path is not None and trust_path is None:
+        raise UsageError("--package needs --trust ROOT.crt to verify it")
+    results: list[dict[str, Any]] = []
+    first_error: BmsfwError | None = None
+    for session in _each_session(kwargs):
+        identity = session.identify()
+        facts = None
+        if package_path is not None and trust_path is not None:
+            release = verify_release(
+                package_path.read_bytes(),
+                load_trust(trust_path),
+                DeviceFacts(
+                    identity.model,
+                    identity.hw_revision,
+                    identity.bootloader_version,
+                    identity.security_counter,
+                ),
+            )
+            facts = release_facts(release)
+        report = run_preflight(session, profile.preflight, facts, node=identity.address)
+        checks = [dataclasses.asdict(c) for c in report.checks]
+        results.append({"node": identity.address or identity.serial, "checks": checks})
+
+        try:
+            report.raise_if_failed()
+        except BmsfwError as exc:
+            first_error = first_error or exc
+    if as_json:
+        print_json(results)
+    else:
+        for r in results:
+            console.print(_checks_table(f"preflight {r['node']} ({profile.name})", r["checks"]))
+        console.print("* non-safety check: may be overridden with a reason during `update`")
+    if first_error is not None:
+        raise first_error
+
+
+# --- backup / restore / diff -------------------------------------------------------
+
+
+@click.command("backup")
+@link_options
+@click.option(
+    "--to",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory for the backup (an external drive).",
+)
+@json_option
+def backup_command(*, directory: Path, as_json: bool, **kwargs: Any) -> None:
+    """Back up configuration and calibration to a JSON file, verified by reading it back."""
+    out = []
+    for session in _each_session(kwargs):
+        backup = write_backup(directory, session.identify(), session.read_config())
+        out.append({"path": str(backup.path), "checksum": backup.snapshot.checksum})
+        if not as_json:
+            console.print(f"backup written and read back: {backup.path}")
+    if as_json:
+        print_json(out)
+
+
+@click.command("restore")
+@link_options
+@click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--other-device", is_flag=True, help="Allow a backup taken from another BMS (serial differs)."
+)
+@json_option
+def restore_command(*, backup_file: Path, other_device: bool, as_json: bool, **kwargs: Any) -> None:
+    """Write a configuration backup to the BMS and read it back."""
+    backup = load_backup(backup_file)
+    for session in _each_session(kwargs):
+        now = restore_backup(session, backup, allow_other_device=other_device)
+        if as_json:
+            print_json({"restored": str(backup_file), "checksum": now.checksum})
+        else:
+            console.print(
+                f"restored {backup_file} and read it back (checksum {now.checksum[:16]}…)"
+            )
+
+
+@click.command("diff")
+@link_options
+@click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--check", is_flag=True, help="Exit 7 (BMSFW-E507) when anything changed.")
+@json_option
+def diff_command(*, backup_file: Path, check: bool, as_json: bool, **kwargs: Any) -> None:
+    """Compare the BMS configuration and calibration with a backup."""
+    backup = load_backup(backup_file)
+    all_changes = []
+    for session in _each_session(kwargs):
+        changes = diff_snapshots(backup.snapshot, session.read_config())
+        all_changes.extend(changes)
+        if as_json:
+            print_json(
+                {
+                    "backup": str(backup_file),
+                    "changes": [dataclasses.asdict(c) for c in changes],
+                }
+            )
+        elif not changes:
+            console.print(f"no changes: the BMS matches {backup_file}")
+        else:
+            table = Table(title=f"{len(changes)} value(s) differ from {backup_file.name}")
+            for col in ("value", "backup", "BMS now"):
+                table.add_column(col)
+            for c in changes:
+                table.add_row(c.path, repr(c.before), repr(c.after))
+            console.print(table)
+    if check and all_changes:
+        raise ConfigDriftError(f"{len(all_changes)} value(s) differ from {backup_file}")
+
+
+# --- update -----------------------------------------------------------------------
+
+
+class _ProgressSink:
+    """Events -> rich progress bars on a terminal, and the real-time log (-v)."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: Event) -> None:
+        logger.info("%s", json.dumps(event_to_dict(event), default=str, ensure_ascii=False))
+        if self.progress is None:
+            return
+        node = event.node
+        if isinstance(event, StepStarted):
+            self._task(node, event.step)
+        elif isinstance(event, TransferProgress):
+            task = self._task(node, "transfer")
+            self.progress.update(task, total=event.total, completed=event.offset)
+        elif isinstance(event, StepFinished) and not event.ok:
+            self.progress.update(self._task(node, f"{event.step} FAILED"), completed=0)
+        elif isinstance(event, CheckEvaluated) and not event.passed:
+            mark = "overridden" if event.overridden else "FAIL"
+            self.progress.console.print(
+                f"{node}: preflight {event.name} {event.measured} (limit {event.limit}) {mark}"
+            )
+        elif isinstance(event, WarningRaised):
+            self.progress.console.print(f"[yellow]{node}: {event.message}[/]")
+        elif isinstance(event, UpdateFinished):
+            label = "done" if event.ok else f"stopped {event.error_code}"
+            self.progress.update(self._task(node, label), description=f"{node} {label}")
+
+    def _task(self, node: str, step: str) -> TaskID:
+        assert self.progress is not None
+        if node not in self.tasks:
+            self.tasks[node] = self.progress.add_task(f"{node} {step}", total=None)
+        self.progress.update(self.tasks[node], description=f"{node} {step}")
+        return self.tasks[node]
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        yield progress
+
+
+def _ask(item: ManualConfirmation) -> bool:
+    return click.confirm(f"Confirm: {item.text}?", default=False, err=True)
+
+
+def _credentials(cert: Path | None, key: Path | None) -> TesterCredentials | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UsageError("--tester-cert and --tester-key go together")
+    try:
+        return TesterCredentials(cert.read_bytes(), key.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+
+def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
+    if as_json:
+        print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict())
+        return
+    for report in reports:
+        colour = "green" if report.ok else "bold red"
+        console.print(f"[{colour}]{'-' * 72}[/]", highlight=False)
+        console.print(render_text(report), highlight=False, markup=False, end="")
+
+
+@click.command("update")
+@link_options
+@click.argument("package_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@trust_options
+@profile_option
+@click.option(
+    "--backup-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    envvar="BMSFW_BACKUP_DIR",
+    help="Where the configuration backup goes (an external drive) [env BMSFW_BACKUP_DIR].",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the JSON report goes (default: BACKUP_DIR/reports).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
+)
+@click.option(
+    "--confirm",
+    "confirmed",
+    multiple=True,
+    metavar="ID",
+    help="Give a manual confirmation of the profile by id (repeatable).",
+)
+@click.option(
+    "--override",
+    "overrides",
+    multiple=True,
+    metavar="CHECK",
+    help="Override a failed non-safety check (link-quality, cell-spread); needs a reason.",
+)
+@click.option("--override-reason", default="", help="Why the override is acceptable (recorded).")
+@click.option("--tester-cert", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--operator", default="", help="Technician name for the audit log.")
+@click.option("--no-restore", is_flag=True, help="Report config changes, do not restore them.")
+@click.option("--recovery", is_flag=True, help="Allow flashing a BMS stuck in its bootloader.")
+@click.option("--reinstall", is_flag=True, help="Flash even if this version already runs.")
+@click.option("--ota", is_flag=True, help="Apply the OTA policy (refuses safety-critical).")
+@json_option
+def update_command(
+    *,
+    package_path: Path,
+    trust_path: Path,
+    crl_paths: tuple[Path, ...],
+    profile_path: Path | None,
+    backup_dir: Path,
+    report_dir: Path | None,
+    audit_log: Path | None,
+    confirmed: tuple[str, ...],
+    overrides: tuple[str, ...],
+    override_reason: str,
+    tester_cert: Path | None,
+    tester_key: Path | None,
+    operator: str,
+    no_restore: bool,
+    recovery: bool,
+    reinstall: bool,
+    ota: bool,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Update the firmware of one or more BMS safely (see docs/technician-howto.md).
+
+    Exit 0 when every node runs the new firmware confirmed; otherwise the exit
+    code of the first failure (docs/cli.md) and a report per node.
+    """
+    profile: UpdateProfile = load_profile(profile_path)
+    known = {c.id for c in profile.confirmations}
+    unknown = set(confirmed) - known
+    if unknown:
+        raise UsageError(
+            f"unknown confirmation id(s) {sorted(unknown)}; this profile asks: {sorted(known)}"
+        )
+    if overrides and not override_reason.strip():
+        raise UsageError("--override needs --override-reason TEXT (it goes into the audit log)")
+    options = UpdateOptions(
+        backup_dir=backup_dir,
+        credentials=_credentials(tester_cert, tester_key),
+        confirmed=frozenset(confirmed),
+        overrides=dict.fromkeys(overrides, override_reason),
+        channel="ota" if ota else "wired",
+        recovery=recovery,
+        reinstall=reinstall,
+        restore_config=not no_restore,
+        audit_log=audit_log or backup_dir / "audit.jsonl",
+        report_dir=report_dir or backup_dir / "reports",
+        operator=operator,
+    )
+    try:
+        package = package_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {package_path}: {exc.strerror}") from exc
+    trust = load_trust(trust_path, crl_paths)
+    interactive = sys.stdin.isatty() and not as_json
+    with connect(kwargs) as conn, _progress(err_console.is_terminal and not as_json) as progress:
+        reports = run_updates(
+            conn.sessions,
+            package,
+            trust,
+            options,
+            profile=profile,
+            sink=_ProgressSink(progress),
+            ask=_ask if interactive else None,
+        )
+    _print_reports(reports, as_json)
+    _exit_for(reports)
+
+
+# --- rollback ---------------------------------------------------------------------
+
+
+@click.command("rollback")
+@link_options
+@click.option("--boot-timeout", "boot_timeout_s", type=float, default=30.0, show_default=True)
+@json_option
+def rollback_command(*, boot_timeout_s: float, as_json: bool, **kwargs: Any) -> None:
+    """Return to the previous firmware bank (a pending test image, or the last stable one)."""
+    out = []
+    for session in _each_session(kwargs):
+        before = session.read_boot_status()
+        session.rollback()
+        after = session.wait_boot(boot_timeout_s)
+        out.append({"before": dataclasses.asdict(before), "after": dataclasses.asdict(after)})
+        if not as_json:
+            console.print(
+                f"{session.identify().address}: was {before.running_version} "
+                f"(bank {before.active_bank} {before.image_state}), now runs "
+                f"{after.running_version} (bank {after.active_bank} {after.image_state})"
+            )
+    if as_json:
+        print_json(out)
+
+
+# --- diagnose ---------------------------------------------------------------------
+
+
+@click.command("diagnose")
+@link_options
+@click.option(
+    "--package",
+    "package_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Check this package's certificate chain and its fit with the BMS.",
+)
+@click.option("--trust", "trust_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--samples", type=int, default=10, show_default=True, help="Supply samples.")
+@click.option("--window", "window_s", type=float, default=2.0, show_default=True)
+@json_option
+def diagnose_command(
+    *,
+    package_path: Path | None,
+    trust_path: Path | None,
+    samples: int,
+    window_s: float,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Link diagnostics, certificate chain, compatibility and supply stability."""
+    from bmsfw.update.diagnose import diagnose
+
+    if package_path is not None and trust_path is None:
+        raise UsageError("--package needs --trust ROOT.crt")
+    package = package_path.read_bytes() if package_path else None
+    trust = load_trust(trust_path) if trust_path else None
+    results = []
+    for session in _each_session(kwargs):
+        results.append(
+            diagnose(session, package=package, trust=trust, samples=samples, window_s=window_s)
+        )
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    for result in results:
+        table = Table(title=f"diagnose {result.node}")
+        table.add_column("check")
+        table.add_column("result")
+        table.add_column("detail")
+        for item in result.items:
+            verdict = "[green]ok[/]" if item.ok else "[bold red]problem[/]"
+            table.add_row(item.name, verdict, item.detail)
+        console.print(table)
+
+
+# --- report -----------------------------------------------------------------------
+
+
+@click.command("report")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--audit", is_flag=True, help="PATH is an audit log: verify its chain and list it.")
+@json_option
+def report_command(*, path: Path, audit: bool, as_json: bool) -> None:
+    """Show a saved update report, or verify and list an audit log (--audit)."""
+    if audit:
+        records = verify_audit_log(path)
+        if as_json:
+            print_json(records)
+            return
+        table = Table(title=f"audit log {path}: {len(records)} records, chain intact")
+        for col in ("seq", "time", "who", "device", "package", "result", "error"):
+            table.add_column(col)
+        for r in records:
+            dev = r.get("device", {})
+            pkg = r.get("package", {})
+            table.add_row(
+                str(r["seq"]),
+                r["time"],
+                r["who"],
+                f"{dev.get('model', '')} {dev.get('serial', '')}",
+                f"{pkg.get('version', '')}",
+                r.get("result", ""),
+                r.get("error_code", ""),
+            )
+        console.print(table)
+        return
+    report = load_report(path)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        console.print(render_text(report), highlight=False, markup=False, end="")
+
+
+FIELD_COMMANDS = (
+    scan_command,
+    info_command,
+    preflight_command,
+    backup_command,
+    restore_command,
+    diff_command,
+    update_command,
+    rollback_command,
+    diagnose_command,
+    report_command,
+)

@@ -1,0 +1,100 @@
+"""Options shared by every command that talks to a BMS: the link, trust, profile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bmsfw.errors import UsageError
+from bmsfw.update.connect import Connection, LinkSpec, open_sessions, parse_links
+
+__all__ = ["connect", "link_options", "links_from", "load_trust", "trust_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def link_options(func: F) -> F:
+    """--can IF:CH --node N… | --serial PORT --unit N… --baud B, plus --bitrate/--timeout."""
+    options = [
+        click.option(
+            "--can",
+            metavar="INTERFACE:CHANNEL",
+            help="CAN link, e.g. udp_multicast:239.74.163.2 or socketcan:can0.",
+        ),
+        click.option(
+            "--node", "nodes", type=int, multiple=True, help="BMS node id on CAN (repeatable)."
+        ),
+        click.option(
+            "--bitrate",
+            "bitrate_bps",
+            type=int,
+            default=500_000,
+            show_default=True,
+            help="CAN bitrate in bit/s.",
+        ),
+        click.option("--serial", metavar="PORT", help="RS485/USB serial port, e.g. /dev/ttyUSB0."),
+        click.option(
+            "--unit", "units", type=int, multiple=True, help="Modbus unit id on RS485 (repeatable)."
+        ),
+        click.option("--baud", type=int, default=115_200, show_default=True, help="Serial baud."),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            type=float,
+            default=None,
+            help="Response timeout in seconds (default: 2 on CAN, 1 on RS485).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
+    """Pop the link options out of a command's kwargs and parse them."""
+    return parse_links(
+        can=kwargs.pop("can"),
+        nodes=kwargs.pop("nodes"),
+        bitrate_bps=kwargs.pop("bitrate_bps"),
+        serial=kwargs.pop("serial"),
+        units=kwargs.pop("units"),
+        baud=kwargs.pop("baud"),
+        timeout_s=kwargs.pop("timeout_s"),
+    )
+
+
+def connect(kwargs: dict[str, Any]) -> Connection:
+    return open_sessions(links_from(kwargs))
+
+
+def trust_options(func: F) -> F:
+    func = click.option(
+        "--crl",
+        "crl_paths",
+        type=click.Path(path_type=Path, dir_okay=False),
+        multiple=True,
+        help="Extra revocation list (PEM/DER), repeatable.",
+    )(func)
+    return click.option(
+        "--trust",
+        "trust_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="BMSFW_TRUST",
+        required=True,
+        help="Vendor root certificate (PEM/DER) the package must chain to [env BMSFW_TRUST].",
+    )(func)
+
+
+def load_trust(trust_path: Path, crl_paths: tuple[Path, ...] = ()) -> Any:
+    from bmsfw.package import TrustAnchors
+
+    try:
+        trust = TrustAnchors.from_root_certificate(trust_path.read_bytes())
+        for crl in crl_paths:
+            trust = trust.with_revocation_list(crl.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return trust

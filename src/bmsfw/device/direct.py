@@ -1,0 +1,152 @@
+"""An in-process ``BmsSession`` straight onto a :class:`VirtualBms`, without a transport.
+
+For library users (bench scripts, notebooks) and fast pipeline tests on a
+simulated clock. It is *not* evidence that an update works over a real link:
+end-to-end tests drive ``bmsfw`` over CAN/RS485 against virtual BMS processes.
+
+Authentication is real: the tester chain must lead to the root key hash fused
+in the device's OTP, and the tester must sign a fresh challenge with its key
+(the same checks the UDS server makes for service 0x29).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+from bmsfw.device.bms import VirtualBms
+from bmsfw.device.errors import DeviceNotRunningError
+from bmsfw.protocol.errors import DeviceBootTimeoutError, UdsCertificateRejectedError
+from bmsfw.protocol.session import (
+    BootStatus,
+    ConfigSnapshot,
+    DeviceIdentity,
+    LinkQuality,
+    SelfTestResult,
+    Telemetry,
+    TesterCredentials,
+    TransferState,
+)
+
+__all__ = ["DirectSession"]
+
+
+class DirectSession:
+    """``BmsSession`` over a ``VirtualBms`` object in this process."""
+
+    def __init__(self, bms: VirtualBms, *, block_size: int | None = None) -> None:
+        self.bms = bms
+        self.block_size = block_size or bms.spec.transfer_block_size
+        self.authenticated = False
+
+    @property
+    def address(self) -> str:
+        return f"direct:{self.bms.serial}"
+
+    def identify(self) -> DeviceIdentity:
+        ident = self.bms.identity()
+        return DeviceIdentity(
+            vendor=ident.vendor,
+            model=ident.model,
+            hw_revision=ident.hw_revision,
+            serial=ident.serial,
+            bootloader_version=ident.bootloader_version,
+            app_version=ident.app_version,
+            security_counter=ident.security_counter,
+            active_bank=ident.active_bank,
+            address=self.address,
+        )
+
+    def read_telemetry(self) -> Telemetry:
+        return self.bms.telemetry()
+
+    def read_boot_status(self) -> BootStatus:
+        return self.bms.boot_status()
+
+    def link_check(self) -> LinkQuality:
+        # No wire: the "echo" is one call into the device core.
+        self.bms.poll()
+        return LinkQuality(
+            echo_ok=True, round_trips=1, errors=0, rate="in-process", rate_matches=True
+        )
+
+    def read_config(self) -> ConfigSnapshot:
+        return self.bms.config_snapshot()
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None:
+        self.bms.restore_snapshot(snapshot)
+
+    def authenticate(self, credentials: TesterCredentials) -> None:
+        from cryptography import x509
+
+        from bmsfw.protocol.uds._auth import (
+            TesterCertificateRejected,
+            chain_pem_to_der,
+            sign_challenge,
+            verify_proof,
+            verify_tester_chain,
+        )
+
+        try:
+            verify_tester_chain(
+                chain_pem_to_der(credentials.certificate_chain_pem),
+                root_key_hash=self.bms.otp.root_key_hash,
+                now=self.bms.clock.now(),
+            )
+        except (TesterCertificateRejected, ValueError) as exc:
+            raise UdsCertificateRejectedError(f"tester certificate rejected: {exc}") from exc
+        challenge = os.urandom(32)
+        proof = sign_challenge(credentials.private_key_pem, challenge, credentials.passphrase)
+        leaf = x509.load_pem_x509_certificates(credentials.certificate_chain_pem)[0]
+        if not verify_proof(leaf.public_key(), challenge, proof):  # type: ignore[arg-type]
+            raise UdsCertificateRejectedError("proof of possession failed")
+        self.authenticated = True
+
+    def prepare(
+        self, header: bytes, *, channel: Literal["wired", "ota"] = "wired"
+    ) -> TransferState:
+        status = self.bms.begin_update(header, channel=channel)
+        return TransferState(
+            total_size=status.total_size,
+            contiguous_bytes=status.contiguous_bytes,
+            erased=status.erased,
+            missing_ranges=status.missing_ranges,
+        )
+
+    def erase(self) -> None:
+        self.bms.erase_inactive()
+
+    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        offset = start_offset
+        while offset < len(image):
+            chunk = image[offset : offset + self.block_size]
+            offset = self.bms.write_inactive(offset, chunk)
+            yield offset
+
+    def verify(self) -> None:
+        self.bms.verify_inactive()
+
+    def activate(self) -> None:
+        self.bms.activate()
+
+    def reset(self) -> None:
+        self.bms.reset()
+
+    def wait_boot(self, timeout_s: float) -> BootStatus:
+        try:
+            return self.bms.wait_boot(timeout_s)
+        except DeviceNotRunningError as exc:
+            raise DeviceBootTimeoutError(str(exc)) from exc
+
+    def read_self_test(self) -> SelfTestResult:
+        return self.bms.self_test()
+
+    def confirm(self) -> None:
+        self.bms.confirm()
+
+    def rollback(self) -> None:
+        self.bms.rollback()
+
+    def close(self) -> None:
+        """The caller owns the VirtualBms; nothing to release here."""
