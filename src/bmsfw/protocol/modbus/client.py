@@ -72,6 +72,7 @@ __all__ = [
     "SerialSettings",
     "open_modbus_bus",
     "open_modbus_session",
+    "serial_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,20 @@ class SerialSettings:
         return f"{self.baud_bps} 8{self.parity}{self.stopbits}"
 
 
+def serial_url(port: str) -> str:
+    """The pyserial URL for ``port``: ptys go through the ``simpty`` handler (parity on ptys)."""
+    import os
+
+    import serial
+
+    package = "bmsfw.protocol.modbus._pyserial"
+    if package not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(package)
+    if "://" not in port and os.path.realpath(port).startswith("/dev/pts/"):
+        return "simpty://" + port
+    return port
+
+
 class ModbusBus:
     """The master end of one RS485 string: a pymodbus serial client plus counters."""
 
@@ -121,7 +136,7 @@ class ModbusBus:
         self.frames_ok = 0
         self.no_replies = 0
         self._client = ModbusSerialClient(
-            settings.port,
+            serial_url(settings.port),
             baudrate=settings.baud_bps,
             parity=settings.parity,
             stopbits=settings.stopbits,

@@ -1,0 +1,719 @@
+"""Modbus RTU server for the virtual BMS: register map v1 (docs/modbus.md) over pymodbus.
+
+One :class:`ModbusBmsNode` per BMS translates register accesses into calls on
+the device core; :func:`serve_node` runs it as a pymodbus ``ModbusSerialServer``
+on its own serial port (on the simulated RS485 bus each node owns one device-side
+attachment, so the nodes share the wire like real ones: a node answers only its
+own unit id, executes broadcasts silently, and two talkers would garble).
+
+Written against pymodbus's ``SimDevice`` API (the 4.0 datastore): the register
+blocks live in a ``SimDevice`` and an async ``action`` fills reads from the
+device and turns writes into commands. Read Device Identification (0x2B/0x0E) is
+answered per node by a request class bound to the node, because pymodbus keeps
+one process-wide identity otherwise and several nodes share a process here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from bmsfw.errors import BmsfwError
+from bmsfw.protocol.modbus import codec
+from bmsfw.protocol.modbus.registers import (
+    CONFIG_REGISTERS,
+    HOLDING,
+    IDENTITY_OBJECTS,
+    INPUT,
+    MAP_VERSION,
+    TRANSFER_PAGE_BYTES,
+    AuthState,
+    Command,
+    SelfTestState,
+    TransferStateCode,
+)
+from bmsfw.protocol.session import (
+    BootStatus,
+    ConfigSnapshot,
+    DeviceIdentity,
+    SelfTestResult,
+    Telemetry,
+)
+
+__all__ = ["ModbusBmsNode", "NodeBackend", "build_sim_device", "serve_node"]
+
+log = logging.getLogger(__name__)
+
+DOC_CONFIG = 1
+DOC_SELFTEST = 2
+_SERVED_FCS = frozenset((0x03, 0x04, 0x06, 0x10, 0x2B))
+_BROADCAST_FCS = frozenset((0x06, 0x10))
+# Silence that drops a half-received frame. Longer than t3.5 on purpose: a pty
+# delivers an unthrottled frame in pieces with scheduling gaps of a few ms.
+MIN_FRAME_GAP_S = 0.025
+CHALLENGE_BYTES = 32
+# Commands that change flash or configuration need an authenticated tester.
+_NEEDS_AUTH = {
+    Command.PREPARE,
+    Command.ERASE,
+    Command.VERIFY,
+    Command.ACTIVATE,
+    Command.CONFIRM,
+    Command.ROLLBACK,
+    Command.WRITE_CONFIG,
+}
+
+
+class NodeBackend(Protocol):
+    """What the Modbus server needs from the device core (``VirtualBms`` provides it)."""
+
+    def identity(self) -> DeviceIdentity: ...
+    def telemetry(self) -> Telemetry: ...
+    def boot_status(self) -> BootStatus: ...
+    def self_test_result(self) -> SelfTestResult | None: ...
+    def read_config(self) -> ConfigSnapshot: ...
+    def write_config(self, snapshot: ConfigSnapshot) -> None: ...
+    def begin_update(self, header: bytes, channel: str) -> Any: ...
+    def erase_inactive(self) -> None: ...
+    def write_inactive(self, offset: int, data: bytes) -> None: ...
+    def transfer_status(self) -> Any: ...
+    def block_crc32(self, index: int) -> int: ...
+    def verify_inactive(self) -> None: ...
+    def activate(self) -> None: ...
+    def reset(self) -> None: ...
+    def confirm(self) -> None: ...
+    def rollback(self) -> None: ...
+    def abort_update(self) -> None: ...
+    def root_key_hash(self) -> bytes: ...
+    def now(self) -> dt.datetime: ...
+    def responsive(self) -> bool: ...
+
+
+def _error_number(exc: BaseException) -> int:
+    code = getattr(exc, "code", "")
+    if isinstance(code, str) and code.startswith("BMSFW-E"):
+        try:
+            return int(code[7:])
+        except ValueError:
+            return 1
+    return 1
+
+
+class ModbusBmsNode:
+    """Register map v1 in front of one BMS; pure request handling, no I/O."""
+
+    def __init__(self, backend: NodeBackend, unit: int) -> None:
+        if not 1 <= unit <= 247:
+            raise ValueError(f"unit id {unit} outside 1..247")
+        self.backend = backend
+        self.unit = unit
+        self.upload = bytearray((HOLDING.UPLOAD_END - HOLDING.UPLOAD) * 2)
+        self.upload_length = 0
+        self.window_page = 0
+        self.command_arg = 0
+        self.command_seq = 0
+        self.last_result = 0
+        self.last_message = ""
+        self.auth = AuthState.NONE
+        self.challenge = b""
+        self.doc_select = 0
+        self.document = b""
+        self.xfer_failed = False
+        self.window_writes = 0
+        self.broadcast_writes = 0
+        self.in_broadcast = False  # set by the server around each request
+
+    # ------------------------------------------------------------------ identity
+
+    def identity_objects(self) -> dict[int, bytes]:
+        ident = self.backend.identity()
+        values = {
+            "vendor": ident.vendor,
+            "product_code": ident.model,
+            "revision": ident.app_version,
+            "vendor_url": "https://example.invalid/bms",
+            "product_name": f"{ident.model} battery management system",
+            "model": ident.model,
+            "user_application": "bmsfw virtual BMS",
+            "serial": ident.serial,
+            "hw_revision": ident.hw_revision,
+            "bootloader_version": ident.bootloader_version,
+            "app_version": ident.app_version,
+            "security_counter": str(ident.security_counter),
+            "active_bank": ident.active_bank,
+            "map_version": str(MAP_VERSION),
+        }
+        return {IDENTITY_OBJECTS[k]: v.encode("utf-8") for k, v in values.items()}
+
+    # ------------------------------------------------------------------ reads
+
+    def read_input(self, address: int, count: int) -> list[int]:
+        """Values of input registers ``address .. address+count-1``."""
+        out: list[int] = []
+        cache: dict[str, list[int]] = {}
+        for addr in range(address, address + count):
+            out.append(self._input_at(addr, cache))
+        return out
+
+    def _block(
+        self, cache: dict[str, list[int]], name: str, make: Callable[[], list[int]]
+    ) -> list[int]:
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
+    def _input_at(self, addr: int, cache: dict[str, list[int]]) -> int:
+        start, end = codec.TELEMETRY_BLOCK
+        if start <= addr < end:
+            regs = self._block(
+                cache,
+                "telemetry",
+                lambda: codec.encode_telemetry(self.backend.telemetry(), map_version=MAP_VERSION),
+            )
+            return regs[addr - start]
+        if INPUT.RUN_STATE <= addr < INPUT.BOOT_BLOCK_END:
+            regs = self._block(
+                cache, "boot", lambda: codec.encode_boot_status(self.backend.boot_status())
+            )
+            return regs[addr - INPUT.RUN_STATE]
+        if INPUT.SELFTEST_STATE <= addr < INPUT.SELFTEST_BLOCK_END:
+            regs = self._block(cache, "selftest", self._selftest_block)
+            return regs[addr - INPUT.SELFTEST_STATE]
+        if INPUT.XFER_STATE <= addr < INPUT.XFER_BLOCK_END:
+            regs = self._block(cache, "xfer", self._xfer_block)
+            return regs[addr - INPUT.XFER_STATE]
+        if INPUT.CHALLENGE <= addr < INPUT.CHALLENGE + 32:
+            regs = codec.bytes_to_registers(self.challenge.ljust(64, b"\0"))
+            return regs[addr - INPUT.CHALLENGE]
+        if addr == INPUT.CHALLENGE_LENGTH:
+            return len(self.challenge)
+        if INPUT.MISSING_BITMAP <= addr < INPUT.MISSING_BITMAP + INPUT.MISSING_BITMAP_REGISTERS:
+            regs = self._block(cache, "bitmap", self._bitmap_block)
+            index = addr - INPUT.MISSING_BITMAP
+            return regs[index] if index < len(regs) else 0
+        if INPUT.BLOCK_CRC <= addr < INPUT.BLOCK_CRC + INPUT.BLOCK_CRC_REGISTERS:
+            block, word = divmod(addr - INPUT.BLOCK_CRC, 2)
+            key = f"crc{block}"
+            regs = self._block(cache, key, lambda: self._block_crc(block))
+            return regs[word]
+        if addr in (INPUT.DOC_LENGTH, INPUT.DOC_LENGTH + 1):
+            return codec.split_u32(len(self.document))[addr - INPUT.DOC_LENGTH]
+        if INPUT.DOC_DATA <= addr < INPUT.DOC_DATA + INPUT.DOC_DATA_REGISTERS:
+            index = (addr - INPUT.DOC_DATA) * 2
+            chunk = self.document[index : index + 2].ljust(2, b"\0")
+            return (chunk[0] << 8) | chunk[1]
+        return 0
+
+    def _selftest_block(self) -> list[int]:
+        result = self.backend.self_test_result()
+        regs = [0] * (INPUT.SELFTEST_BLOCK_END - INPUT.SELFTEST_STATE)
+        if result is None:
+            status = self.backend.boot_status()
+            running = status.run_state in ("self-test", "booting")
+            regs[0] = SelfTestState.RUNNING if running else SelfTestState.NONE
+            return regs
+        regs[0] = SelfTestState.PASSED if result.passed else SelfTestState.FAILED
+        regs[1] = len(result.checks)
+        mask = 0
+        for i, check in enumerate(result.checks[:32]):
+            if not check.passed:
+                mask |= 1 << i
+        regs[2:4] = codec.split_u32(mask)
+        regs[4:20] = codec.ascii_to_registers(result.version, 16)
+        return regs
+
+    def _status(self) -> Any:
+        return self.backend.transfer_status()
+
+    def _xfer_block(self) -> list[int]:
+        regs = [0] * (INPUT.XFER_BLOCK_END - INPUT.XFER_STATE)
+        st = self._status()
+
+        def put(addr: int, values: list[int]) -> None:
+            regs[addr - INPUT.XFER_STATE : addr - INPUT.XFER_STATE + len(values)] = values
+
+        written = tuple(getattr(st, "blocks_written", ()))
+        state = TransferStateCode.IDLE
+        if self.xfer_failed:
+            state = TransferStateCode.FAILED
+        elif getattr(st, "staged", False):
+            if getattr(st, "verified", False):
+                state = TransferStateCode.VERIFIED
+            elif any(written):
+                state = TransferStateCode.RECEIVING
+            elif getattr(st, "erased", False):
+                state = TransferStateCode.ERASED
+            else:
+                state = TransferStateCode.PREPARED
+        put(INPUT.XFER_STATE, [state])
+        put(INPUT.LAST_RESULT, [self.last_result])
+        put(INPUT.TOTAL_SIZE, codec.split_u32(getattr(st, "total_size", 0)))
+        put(INPUT.CONTIGUOUS_BYTES, codec.split_u32(getattr(st, "contiguous_bytes", 0)))
+        put(INPUT.BLOCK_SIZE, [getattr(st, "block_size", 0)])
+        put(INPUT.BLOCK_COUNT, [len(written)])
+        put(INPUT.MISSING_COUNT, [sum(1 for w in written if not w)])
+        put(INPUT.AUTH_STATE, [self.auth])
+        put(INPUT.ERASED, [1 if getattr(st, "erased", False) else 0])
+        put(INPUT.COMMAND_SEQ, [self.command_seq & 0xFFFF])
+        put(INPUT.LAST_MESSAGE, codec.ascii_to_registers(self.last_message, 64))
+        return regs
+
+    def _bitmap_block(self) -> list[int]:
+        written = tuple(getattr(self._status(), "blocks_written", ()))
+        return codec.bitmap_to_registers([not w for w in written], INPUT.MISSING_BITMAP_REGISTERS)[
+            : (len(written) + 15) // 16
+        ]
+
+    def _block_crc(self, block: int) -> list[int]:
+        written = tuple(getattr(self._status(), "blocks_written", ()))
+        if block >= len(written):
+            return [0, 0]
+        return codec.split_u32(self.backend.block_crc32(block))
+
+    def read_holding(self, address: int, count: int) -> list[int]:
+        out = []
+        config: dict[str, Any] | None = None
+        for addr in range(address, address + count):
+            if HOLDING.CONFIG <= addr < HOLDING.CONFIG_END:
+                if config is None:
+                    config = dict(self.backend.read_config().config)
+                out.append(self._config_value(addr, config))
+            elif addr == HOLDING.DOC_SELECT:
+                out.append(self.doc_select)
+            elif addr == HOLDING.COMMAND_ARG:
+                out.append(self.command_arg)
+            elif addr in (HOLDING.UPLOAD_LENGTH, HOLDING.UPLOAD_LENGTH + 1):
+                out.append(codec.split_u32(self.upload_length)[addr - HOLDING.UPLOAD_LENGTH])
+            elif addr == HOLDING.WINDOW_PAGE:
+                out.append(self.window_page)
+            elif HOLDING.UPLOAD <= addr < HOLDING.UPLOAD_END:
+                i = (addr - HOLDING.UPLOAD) * 2
+                out.append((self.upload[i] << 8) | self.upload[i + 1])
+            else:
+                out.append(0)
+        return out
+
+    @staticmethod
+    def _config_value(addr: int, config: dict[str, Any]) -> int:
+        for spec in CONFIG_REGISTERS:
+            if spec.address == addr and spec.key in config:
+                raw = round(float(config[spec.key]) / spec.scale)
+                return codec.to_s16(raw) if spec.type == "s16" else codec.to_u16(raw)
+        return 0xFFFF
+
+    # ------------------------------------------------------------------ writes
+
+    def write_holding(self, address: int, values: list[int], *, broadcast: bool = False) -> bool:
+        """Apply a write; False means refuse it (exception response when addressed)."""
+        end = address + len(values)
+        if address >= HOLDING.TRANSFER_WINDOW:
+            return self._window_write(address, values, broadcast=broadcast)
+        if address >= HOLDING.UPLOAD and end <= HOLDING.UPLOAD_END:
+            i = (address - HOLDING.UPLOAD) * 2
+            self.upload[i : i + 2 * len(values)] = codec.registers_to_bytes(values)
+            return True
+        if address >= HOLDING.CONFIG and end <= HOLDING.CONFIG_END:
+            return self._config_write(address, values)
+        ok = True
+        command: int | None = None
+        for addr, value in zip(range(address, end), values, strict=True):
+            if addr == HOLDING.DOC_SELECT:
+                ok = ok and self._select_document(value)
+            elif addr == HOLDING.COMMAND_ARG:
+                self.command_arg = value
+            elif addr == HOLDING.COMMAND:
+                command = value
+            elif addr == HOLDING.UPLOAD_LENGTH:
+                self.upload_length = (value << 16) | (self.upload_length & 0xFFFF)
+            elif addr == HOLDING.UPLOAD_LENGTH + 1:
+                self.upload_length = (self.upload_length & 0xFFFF0000) | value
+            elif addr == HOLDING.WINDOW_PAGE:
+                self.window_page = value
+            else:
+                return False
+        if command is not None:
+            ok = ok and self.run_command(command)
+        return ok
+
+    def _config_write(self, address: int, values: list[int]) -> bool:
+        snapshot = self.backend.read_config()
+        config = dict(snapshot.config)
+        by_addr = {spec.address: spec for spec in CONFIG_REGISTERS}
+        for addr, raw in zip(range(address, address + len(values)), values, strict=True):
+            spec = by_addr.get(addr)
+            if spec is None or spec.key not in config:
+                return self._refuse(f"no configuration register at 0x{addr:04X}", 1)
+            signed = codec.from_s16(raw) if spec.type == "s16" else raw
+            value: float = signed * spec.scale
+            config[spec.key] = round(value) if isinstance(config[spec.key], int) else value
+        try:
+            self.backend.write_config(
+                ConfigSnapshot(
+                    schema_version=snapshot.schema_version,
+                    config=config,
+                    calibration=snapshot.calibration,
+                    checksum="",
+                )
+            )
+        except BmsfwError as exc:
+            return self._refuse(exc.message, _error_number(exc))
+        self.last_result, self.last_message = 0, ""
+        return True
+
+    def _select_document(self, doc: int) -> bool:
+        self.doc_select = doc
+        if doc == DOC_CONFIG:
+            snap = self.backend.read_config()
+            self.document = json.dumps(
+                {
+                    "schema_version": snap.schema_version,
+                    "config": dict(snap.config),
+                    "calibration": dict(snap.calibration),
+                    "checksum": snap.checksum,
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode()
+            return True
+        if doc == DOC_SELFTEST:
+            result = self.backend.self_test_result()
+            checks = (
+                []
+                if result is None
+                else [
+                    {
+                        "name": c.name,
+                        "passed": c.passed,
+                        "value": c.value,
+                        "limit": c.limit,
+                        "detail": c.detail,
+                    }
+                    for c in result.checks
+                ]
+            )
+            self.document = json.dumps(checks, separators=(",", ":")).encode()
+            return True
+        self.document = b""
+        return False
+
+    def _window_write(self, address: int, values: list[int], *, broadcast: bool) -> bool:
+        if address + len(values) > HOLDING.TRANSFER_WINDOW_END:
+            return False
+        st = self._status()
+        if self.auth != AuthState.AUTHENTICATED or not getattr(st, "staged", False):
+            # A node that is not part of this update ignores the string's broadcast.
+            return (
+                self._refuse("transfer window write without an authenticated staged update", 206)
+                if not broadcast
+                else False
+            )
+        offset = self.window_page * TRANSFER_PAGE_BYTES + (address - HOLDING.TRANSFER_WINDOW) * 2
+        data = codec.registers_to_bytes(values)
+        total = int(getattr(st, "total_size", 0))
+        data = data[: max(0, total - offset)]
+        if not data:
+            return broadcast or self._refuse(f"offset {offset} beyond image size {total}", 204)
+        try:
+            self.backend.write_inactive(offset, data)
+        except BmsfwError as exc:
+            return self._refuse(exc.message, _error_number(exc))
+        self.window_writes += 1
+        if broadcast:
+            self.broadcast_writes += 1
+        return True
+
+    def _refuse(self, message: str, number: int) -> bool:
+        self.last_result = number
+        self.last_message = message[:128]
+        log.info("unit %d refuses: %s", self.unit, message)
+        return False
+
+    # ------------------------------------------------------------------ commands
+
+    def run_command(self, value: int) -> bool:
+        """Execute one command written to ``HOLDING.COMMAND``; False = refused."""
+        self.command_seq += 1
+        try:
+            command = Command(value)
+        except ValueError:
+            return self._refuse(f"unknown command {value}", 1)
+        if command in _NEEDS_AUTH and self.auth != AuthState.AUTHENTICATED:
+            return self._refuse(f"{command.name.lower()} needs an authenticated tester", 349)
+        self.last_result, self.last_message = 0, ""
+        try:
+            self._execute(command)
+        except BmsfwError as exc:
+            if command in (Command.VERIFY, Command.PREPARE):
+                self.xfer_failed = True
+            return self._refuse(exc.message, _error_number(exc))
+        except ValueError as exc:
+            return self._refuse(str(exc), 1)
+        return True
+
+    def _upload_bytes(self) -> bytes:
+        return bytes(self.upload[: self.upload_length])
+
+    def _execute(self, command: Command) -> None:
+        backend = self.backend
+        if command == Command.AUTH_CHALLENGE:
+            self.challenge = os.urandom(CHALLENGE_BYTES)
+            self.auth = AuthState.CHALLENGED
+        elif command == Command.AUTH_PROVE:
+            self._prove(self._upload_bytes())
+        elif command == Command.PREPARE:
+            self.xfer_failed = False
+            channel = "ota" if self.command_arg == 1 else "wired"
+            backend.begin_update(self._upload_bytes(), channel)
+            self.window_page = 0
+        elif command == Command.ERASE:
+            backend.erase_inactive()
+        elif command == Command.VERIFY:
+            backend.verify_inactive()
+        elif command == Command.ACTIVATE:
+            backend.activate()
+        elif command == Command.RESET:
+            backend.reset()
+        elif command == Command.CONFIRM:
+            backend.confirm()
+        elif command == Command.ROLLBACK:
+            backend.rollback()
+        elif command == Command.WRITE_CONFIG:
+            doc = json.loads(self._upload_bytes())
+            backend.write_config(
+                ConfigSnapshot(
+                    schema_version=int(doc["schema_version"]),
+                    config=doc["config"],
+                    calibration=doc["calibration"],
+                    checksum=str(doc.get("checksum", "")),
+                )
+            )
+        elif command == Command.ABORT:
+            backend.abort_update()
+            self.xfer_failed = False
+
+    def _prove(self, blob: bytes) -> None:
+        from bmsfw.protocol.uds._auth import (
+            TesterCertificateRejected,
+            verify_proof,
+            verify_tester_chain,
+        )
+
+        if self.auth != AuthState.CHALLENGED or not self.challenge:
+            raise ValueError("no challenge issued: run AUTH_CHALLENGE first")
+        challenge, self.challenge = self.challenge, b""  # one proof per challenge
+        self.auth = AuthState.NONE
+        chain, signature = codec.unpack_auth_proof(blob)
+        try:
+            tester = verify_tester_chain(
+                chain, root_key_hash=self.backend.root_key_hash(), now=self.backend.now()
+            )
+        except TesterCertificateRejected as exc:
+            raise ValueError(f"tester certificate rejected: {exc.reason}") from None
+        if not verify_proof(tester.public_key, challenge, signature):
+            raise ValueError("challenge signature does not match the tester certificate")
+        self.auth = AuthState.AUTHENTICATED
+        log.info("unit %d: tester %s authenticated", self.unit, tester.subject)
+
+
+def silence_s(baud_bps: int, char_bits: float = 11) -> float:
+    """Modbus t3.5 (1.75 ms above 19,200 baud), the gap that ends a frame."""
+    return 0.00175 if baud_bps > 19_200 else 3.5 * char_bits / baud_bps
+
+
+def build_sim_device(node: ModbusBmsNode) -> Any:
+    """The pymodbus ``SimDevice`` (4.0 datastore) whose action drives ``node``."""
+    from pymodbus.constants import ExcCodes
+    from pymodbus.simulator import DataType, SimData, SimDevice
+
+    async def action(  # noqa: PLR0917 - pymodbus calls it positionally
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if not node.backend.responsive():
+            return ExcCodes.DEVICE_BUSY
+        base = address - start_address
+        if function_code == 4:
+            registers[base : base + count] = node.read_input(address, count)
+            return None
+        if function_code == 3:
+            registers[base : base + count] = node.read_holding(address, count)
+            return None
+        if function_code in (6, 16) and set_values is not None:
+            values = [int(v) for v in set_values]
+            if not node.write_holding(address, values, broadcast=node.in_broadcast):
+                return ExcCodes.ILLEGAL_VALUE if node.last_result == 1 else ExcCodes.DEVICE_FAILURE
+            return None
+        return ExcCodes.ILLEGAL_FUNCTION
+
+    bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+    holding = [SimData(0, count=0x10000 - 1, values=0, datatype=DataType.REGISTERS)]
+    inputs = [SimData(0, count=0x6002, values=0, datatype=DataType.REGISTERS)]
+    return SimDevice(id=node.unit, simdata=(bits, list(bits), holding, inputs), action=action)
+
+
+def _identity_request_class(nodes: dict[int, ModbusBmsNode]) -> type[Any]:
+    """A 0x2B/0x0E request class answering from the addressed node's own identity."""
+    from pymodbus.pdu.device import DeviceInformationFactory, ModbusDeviceIdentification
+    from pymodbus.pdu.mei_message import (
+        ReadDeviceInformationRequest,
+        ReadDeviceInformationResponse,
+    )
+
+    class _Control:
+        def __init__(self, objects: dict[int, bytes]) -> None:
+            self.Identity = ModbusDeviceIdentification(info=objects)  # type: ignore[no-untyped-call]
+
+    class NodeIdentityRequest(ReadDeviceInformationRequest):
+        async def datastore_update(self, context: Any, device_id: int) -> Any:
+            node = nodes.get(device_id)
+            if node is None:
+                return await super().datastore_update(context, device_id)
+            control = _Control(node.identity_objects())
+            information = DeviceInformationFactory.get(  # type: ignore[no-untyped-call]
+                control, self.read_code, self.object_id
+            )
+            return ReadDeviceInformationResponse(
+                read_code=self.read_code,
+                information=information,
+                dev_id=device_id,
+                transaction_id=self.transaction_id,
+            )
+
+    return NodeIdentityRequest
+
+
+def install_identity(server: Any, nodes: dict[int, ModbusBmsNode]) -> None:
+    """Route 0x2B/0x0E on ``server`` to the nodes' own identities."""
+    from pymodbus.pdu import DecodePDU
+
+    cls = _identity_request_class(nodes)
+    table = {fc: dict(sub) for fc, sub in DecodePDU.pdu_sub_table.items()}
+    _, response_cls = table[0x2B][0x0E]
+    table[0x2B][0x0E] = (cls, response_cls)
+    server.decoder.pdu_sub_table = table
+
+
+async def serve_node(
+    nodes: list[ModbusBmsNode],
+    port: str,
+    *,
+    baud_bps: int = 115_200,
+    parity: str = "E",
+    stopbits: int = 1,
+) -> Any:
+    """Start a pymodbus RTU server for ``nodes`` on ``port``; returns the server object.
+
+    Usually one node per server (one device-side attachment per BMS on the
+    simulated bus); several nodes on one server share one attachment.
+    """
+    from pymodbus.server import ModbusSerialServer
+
+    from bmsfw.protocol.modbus.client import serial_url
+
+    devices = [build_sim_device(n) for n in nodes]
+    server = ModbusSerialServer(
+        devices if len(devices) > 1 else devices[0],
+        port=serial_url(port),
+        baudrate=baud_bps,
+        parity=parity,
+        stopbits=stopbits,
+        bytesize=8,
+        ignore_missing_devices=True,
+        broadcast_enable=True,
+    )
+    install_identity(server, {n.unit: n for n in nodes})
+    _install_request_filter(server, nodes, gap_s=max(silence_s(baud_bps), MIN_FRAME_GAP_S))
+    await server.serve_forever(background=True)
+    return server
+
+
+def _install_request_filter(server: Any, nodes: list[ModbusBmsNode], gap_s: float) -> None:
+    """Multi-drop behaviour pymodbus's RTU server lacks, added per request.
+
+    On a shared RS485 wire every node hears every frame: other units'
+    requests, and the other nodes' replies (which the server-side decoder reads
+    as requests). A node must stay silent for anything not addressed to one of
+    its units, or it garbles the bus. Broadcasts (unit 0) are executed by every
+    node with the ``in_broadcast`` flag set, so refusals stay silent.
+    """
+    units = {n.unit for n in nodes}
+    accept = units | {0}
+    original = server.callback_new_connection
+
+    def new_connection() -> Any:
+        handler = original()
+        inner = handler.handle_request
+        receive = handler.data_received
+        last_rx = [0.0]
+        buffer = bytearray()
+        pending: deque[Any] = deque()
+
+        def data_received(data: bytes) -> None:
+            # RTU frames are delimited by silence, which pymodbus ignores, and its
+            # framer swallows everything after the first frame of a read. So frames
+            # are cut here, one at a time, and junk is dropped at each silence.
+            now = time.monotonic()
+            if now - last_rx[0] > gap_s and buffer:
+                log.log(5, "units %s: drop %d bytes after silence", sorted(units), len(buffer))
+                buffer.clear()
+            last_rx[0] = now
+            buffer.extend(data)
+            decoder = handler.framer.decoder
+            while len(buffer) >= 4:
+                served = _BROADCAST_FCS if buffer[0] == 0 else _SERVED_FCS
+                if buffer[0] not in accept or buffer[1] not in served:
+                    log.log(5, "units %s: skip %s", sorted(units), bytes(buffer[:8]).hex())
+                    buffer.clear()  # another unit's request or another node's reply
+                    break
+                pdu_class = decoder.lookupPduClass(bytes(buffer))
+                size = pdu_class.calculateRtuFrameSize(bytes(buffer)) if pdu_class else 0
+                if not size and len(buffer) < 8:
+                    break  # the byte count that gives the size has not arrived yet
+                if not size or size > 256:
+                    log.log(5, "units %s: no frame in %s", sorted(units), bytes(buffer[:8]).hex())
+                    buffer.clear()
+                    break
+                if len(buffer) < size:
+                    break
+                frame = bytes(buffer[:size])
+                del buffer[:size]
+                handler.recv_buffer = b""
+                handler.last_pdu = None
+                receive(frame)
+                if handler.last_pdu is not None:
+                    pending.append(handler.last_pdu)
+            handler.recv_buffer = b""
+
+        async def handle_request() -> None:
+            pdu = pending.popleft() if pending else None
+            if pdu is None:
+                return
+            handler.last_pdu = pdu
+            broadcast = not pdu.dev_id
+            if not broadcast and pdu.dev_id not in units:
+                return
+            if broadcast and pdu.function_code not in (0x05, 0x06, 0x0F, 0x10):
+                return  # broadcast is for writes only (Modbus over serial line 2.1)
+            for node in nodes:
+                node.in_broadcast = broadcast
+            try:
+                await inner()
+            finally:
+                for node in nodes:
+                    node.in_broadcast = False
+
+        handler.handle_request = handle_request
+        handler.data_received = data_received
+        return handler
+
+    server.callback_new_connection = new_connection

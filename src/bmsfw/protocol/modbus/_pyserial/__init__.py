@@ -1,0 +1,1 @@
+"""pyserial URL handlers for simulated lines (see :mod:`.protocol_simpty`)."""
