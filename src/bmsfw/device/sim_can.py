@@ -1,0 +1,308 @@
+"""Run virtual BMS nodes on a CAN bus, each serving UDS over ISO-TP.
+
+In-process: :class:`CanSimulator` (``start()`` / ``stop()``) opens one bus per
+node (like one CAN controller per BMS) and serves node ``n`` from
+``STATE_DIR/node<n>``. In its own process (what tests and ``bmsfw sim can`` use,
+so killing it is a power loss): :class:`SimCanProcess` runs
+``python -m bmsfw.device.sim_can`` and waits for its ``READY`` line.
+
+The device clock: wall time by default (a 128 KiB sector erase really takes
+~1 s, so the server sends 0x78); ``time_scale`` > 1 runs the device's flash,
+boot and self-test timing that many times faster (tests use 20).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import can
+
+from bmsfw.device.bms import VirtualBms
+from bmsfw.device.clock import Clock, RealClock
+from bmsfw.device.uds_server import (
+    UdsDeviceAdapter,
+    UdsNodeRunner,
+    UdsServer,
+    UdsServerConfig,
+)
+from bmsfw.link.canlink import CanLinkSpec, open_can_bus, parse_can_link
+from bmsfw.protocol.uds._transport import (
+    FUNCTIONAL_REQUEST_ID,
+    IsoTpSettings,
+    make_stack,
+    node_ids,
+)
+
+__all__ = ["CanSimConfig", "CanSimulator", "ScaledClock", "SimCanProcess", "node_state_dir"]
+
+log = logging.getLogger(__name__)
+
+
+class ScaledClock:
+    """Wall time running ``scale`` times faster: device timing shrinks, ordering stays real."""
+
+    def __init__(self, scale: float) -> None:
+        if scale <= 0:
+            raise ValueError(f"time scale must be positive, got {scale}")
+        self.scale = scale
+        self._t0 = time.monotonic()
+        self._wall0 = datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._t0) * self.scale
+
+    def now(self) -> datetime:
+        return self._wall0 + timedelta(seconds=self.monotonic())
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds / self.scale)
+
+
+def node_state_dir(state_dir: str | Path, node: int) -> Path:
+    return Path(state_dir) / f"node{node}"
+
+
+@dataclass(frozen=True)
+class CanSimConfig:
+    link: str
+    nodes: tuple[int, ...] = (1,)
+    state_dir: str = "."
+    time_scale: float = 1.0
+    server: UdsServerConfig = field(default_factory=UdsServerConfig)
+    isotp_block_size: int | None = None  # None: 16 on udp_multicast, else 0
+
+
+class CanSimulator:
+    """Virtual BMS nodes serving UDS on one CAN link, in this process."""
+
+    def __init__(self, config: CanSimConfig) -> None:
+        self.config = config
+        self.spec: CanLinkSpec = parse_can_link(config.link)
+        self.devices: dict[int, VirtualBms] = {}
+        self.buses: dict[int, Any] = {}
+        self._runners: list[UdsNodeRunner] = []
+        self._notifiers: list[can.Notifier] = []
+        self._stacks: list[Any] = []
+
+    def _clock(self) -> Clock:
+        if self.config.time_scale == 1.0:
+            return RealClock()
+        return ScaledClock(self.config.time_scale)
+
+    def start(self) -> None:
+        settings = IsoTpSettings.for_server(fd=self.spec.fd, multicast=self.spec.is_multicast)
+        if self.config.isotp_block_size is not None:
+            settings = IsoTpSettings(fd=self.spec.fd, blocksize=self.config.isotp_block_size)
+        for node in self.config.nodes:
+            bms = VirtualBms(node_state_dir(self.config.state_dir, node), clock=self._clock())
+            request_id, response_id = node_ids(node)
+            bus = open_can_bus(self.spec)
+            notifier = can.Notifier(bus, [], timeout=0.05)
+            physical = make_stack(
+                bus, notifier, txid=response_id, rxid=request_id, settings=settings
+            )
+            functional = make_stack(
+                bus, notifier, txid=response_id, rxid=FUNCTIONAL_REQUEST_ID, settings=settings
+            )
+            physical.start()
+            functional.start()
+            adapter = UdsDeviceAdapter(
+                bms, node=node, request_id=request_id, response_id=response_id
+            )
+            runner = UdsNodeRunner(UdsServer(adapter, self.config.server), physical, functional)
+            runner.start()
+            self.devices[node] = bms
+            self.buses[node] = bus
+            self._runners.append(runner)
+            self._notifiers.append(notifier)
+            self._stacks += [physical, functional]
+            log.info(
+                "node %d on %s: request 0x%03X response 0x%03X",
+                node,
+                self.spec,
+                request_id,
+                response_id,
+            )
+
+    def stop(self) -> None:
+        for runner in self._runners:
+            runner.stop()
+        for stack in self._stacks:
+            stack.stop()
+        for notifier in self._notifiers:
+            notifier.stop()
+        for bus in self.buses.values():
+            bus.shutdown()
+        for bms in self.devices.values():
+            if not bms.dead:
+                bms.close()
+        self._runners.clear()
+        self._stacks.clear()
+        self._notifiers.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "link": str(self.spec),
+            "nodes": [
+                {
+                    "node": node,
+                    "request_id": f"0x{node_ids(node)[0]:03X}",
+                    "response_id": f"0x{node_ids(node)[1]:03X}",
+                    "serial": bms.serial,
+                    "state_dir": str(bms.state_dir),
+                }
+                for node, bms in self.devices.items()
+            ],
+            "functional_id": f"0x{FUNCTIONAL_REQUEST_ID:03X}",
+        }
+
+    def __enter__(self) -> CanSimulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SimCanProcess:
+    """The simulator in its own process (``python -m bmsfw.device.sim_can``)."""
+
+    def __init__(
+        self,
+        link: str,
+        state_dir: str | Path,
+        nodes: tuple[int, ...] = (1,),
+        *,
+        time_scale: float = 1.0,
+        lockout_s: float | None = None,
+        s3_s: float | None = None,
+        log_file: str | Path | None = None,
+    ) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "bmsfw.device.sim_can",
+            "--link",
+            link,
+            "--state-dir",
+            str(state_dir),
+            "--nodes",
+            ",".join(str(n) for n in nodes),
+            "--time-scale",
+            str(time_scale),
+        ]
+        if lockout_s is not None:
+            self.args += ["--lockout-s", str(lockout_s)]
+        if s3_s is not None:
+            self.args += ["--s3-s", str(s3_s)]
+        self.log_file = log_file
+        self.process: subprocess.Popen[str] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, timeout_s: float = 20.0) -> dict[str, Any]:
+        stderr = open(self.log_file, "a") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1
+        )
+        assert self.process.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self.process.stdout.readline()))  # type: ignore[union-attr]
+        reader.daemon = True
+        reader.start()
+        reader.join(timeout_s)
+        line = ready[0] if ready else ""
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"virtual BMS process did not start: {line!r} (see {self.log_file})")
+        self.info = json.loads(line[len("READY ") :])
+        return self.info
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def kill(self) -> None:
+        """Power loss: SIGKILL, no clean shutdown."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.stop()
+
+    def __enter__(self) -> SimCanProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="virtual BMS nodes serving UDS on a CAN link")
+    parser.add_argument("--link", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--nodes", default="1", help="comma-separated node numbers (1..8)")
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--lockout-s", type=float, default=None)
+    parser.add_argument("--s3-s", type=float, default=None)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server = UdsServerConfig(
+        lockout_s=args.lockout_s if args.lockout_s is not None else UdsServerConfig.lockout_s,
+        s3_s=args.s3_s if args.s3_s is not None else UdsServerConfig.s3_s,
+    )
+    sim = CanSimulator(
+        CanSimConfig(
+            link=args.link,
+            nodes=tuple(int(n) for n in args.nodes.split(",")),
+            state_dir=args.state_dir,
+            time_scale=args.time_scale,
+            server=server,
+        )
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sim.start()
+    try:
+        print("READY " + json.dumps(sim.describe()), flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""UDS (ISO 14229-1) on ISO-TP (ISO 15765-2): the CAN path's application protocol.
+
+``open_uds_session(link, node)`` gives a :class:`UdsSession` (a ``BmsSession``);
+the identifiers, routines and record layouts are in :mod:`bmsfw.protocol.uds._codec`
+and documented in docs/uds.md.
+"""
+
+from __future__ import annotations
+
+from bmsfw.protocol.uds._auth import (
+    issue_tester_certificate,
+    load_tester_credentials,
+    tester_credentials,
+)
+from bmsfw.protocol.uds._codec import DID, NRC, ROUTINE, Session
+from bmsfw.protocol.uds._open import discover_nodes, open_uds_session
+from bmsfw.protocol.uds._transport import FUNCTIONAL_REQUEST_ID, IsoTpSettings, node_ids
+from bmsfw.protocol.uds.client import RoutineResult, UdsClientConfig, UdsSession
+from bmsfw.protocol.uds.multi import NodeResult, flash_node, flash_nodes
+
+__all__ = [
+    "DID",
+    "FUNCTIONAL_REQUEST_ID",
+    "NRC",
+    "ROUTINE",
+    "IsoTpSettings",
+    "NodeResult",
+    "RoutineResult",
+    "Session",
+    "UdsClientConfig",
+    "UdsSession",
+    "discover_nodes",
+    "flash_node",
+    "flash_nodes",
+    "issue_tester_certificate",
+    "load_tester_credentials",
+    "node_ids",
+    "open_uds_session",
+    "tester_credentials",
+]

@@ -1,0 +1,324 @@
+"""Tester certificates for UDS Authentication (0x29, APCE): issue, verify, prove possession.
+
+A tester (the service laptop) authenticates with an end-entity X.509 certificate
+issued under the vendor root (normally by the intermediate CA), with keyUsage
+digitalSignature and extendedKeyUsage clientAuth, and proves it holds the key by
+signing the server's random challenge. Manifest signers carry codeSigning and no
+clientAuth, so a release-signing certificate cannot open a programming session
+and a tester certificate cannot sign a release.
+
+On the wire (docs/uds.md): ``certificateClient`` is the tester certificate
+followed by its issuers (DER, concatenated, leaf first, root last or omitted);
+``proofOfOwnershipClient`` is Ed25519 over ``challengeServer`` or ECDSA P-256
+with SHA-256 (DER signature) over it.
+
+Pure: the device checks against the root key hash in its OTP and the revocation
+lists it holds; the only side input is ``now``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bmsfw.protocol.session import TesterCredentials
+from bmsfw.protocol.uds._codec import NRC, decode_der_chain
+
+__all__ = [
+    "TesterCertificateRejected",
+    "TesterIdentity",
+    "issue_tester_certificate",
+    "load_tester_credentials",
+    "sign_challenge",
+    "tester_credentials",
+    "verify_proof",
+    "verify_tester_chain",
+]
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+MAX_CHAIN = 4
+
+
+class TesterCertificateRejected(Exception):  # noqa: N818 - a verdict, mapped to an NRC, not a BmsfwError
+    """Why the device refuses a tester certificate; ``nrc`` is what it answers."""
+
+    def __init__(self, nrc: NRC, reason: str) -> None:
+        self.nrc = nrc
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class TesterIdentity:
+    subject: str
+    serial_number: int
+    public_key: PublicKey
+
+
+def _sign(key: PrivateKey, message: bytes) -> bytes:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    return key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def sign_challenge(
+    private_key_pem: bytes, challenge: bytes, passphrase: bytes | None = None
+) -> bytes:
+    """proofOfOwnershipClient: the tester's signature over ``challengeServer``."""
+    key = serialization.load_pem_private_key(private_key_pem, passphrase)
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"tester key type {type(key).__name__} is not Ed25519 or ECDSA")
+    return _sign(key, challenge)
+
+
+def verify_proof(public_key: PublicKey, challenge: bytes, proof: bytes) -> bool:
+    try:
+        if isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(proof, challenge)
+        else:
+            public_key.verify(proof, challenge, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _spki_hash(key: PublicKey) -> bytes:
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
+
+
+def _public(cert: x509.Certificate) -> PublicKey:
+    key = cert.public_key()
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise TesterCertificateRejected(
+        NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE,
+        f"{cert.subject.rfc4514_string()}: key type is not Ed25519 or ECDSA P-256",
+    )
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT, f"bad extensions: {exc}"
+        ) from None
+
+
+def _check_tester_role(cert: x509.Certificate) -> None:
+    name = cert.subject.rfc4514_string()
+    bc = _extension(cert, x509.BasicConstraints)
+    if not isinstance(bc, x509.BasicConstraints) or bc.ca:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE, f"{name} is a CA, not a tester"
+        )
+    usage = _extension(cert, x509.KeyUsage)
+    if not isinstance(usage, x509.KeyUsage) or not usage.digital_signature:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
+            f"{name} lacks keyUsage digitalSignature",
+        )
+    eku = _extension(cert, x509.ExtendedKeyUsage)
+    if not isinstance(eku, x509.ExtendedKeyUsage) or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
+            f"{name} is not a tester certificate (extendedKeyUsage clientAuth missing)",
+        )
+
+
+def _check_ca(cert: x509.Certificate, cas_below: int) -> None:
+    name = cert.subject.rfc4514_string()
+    bc = _extension(cert, x509.BasicConstraints)
+    usage = _extension(cert, x509.KeyUsage)
+    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST, f"issuer {name} is not a CA"
+        )
+    if bc.path_length is not None and cas_below > bc.path_length:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+            f"CA {name} allows {bc.path_length} CA(s) below it",
+        )
+    if not isinstance(usage, x509.KeyUsage) or not usage.key_cert_sign:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+            f"CA {name} lacks keyCertSign",
+        )
+
+
+def verify_tester_chain(
+    certificate_client: bytes,
+    *,
+    root_key_hash: bytes,
+    now: dt.datetime,
+    root_certificate_der: bytes | None = None,
+    revocation_lists_der: Sequence[bytes] = (),
+) -> TesterIdentity:
+    """Check ``certificateClient`` (DER, leaf first) chains to the fused vendor root.
+
+    The chain must end at a self-signed root whose SubjectPublicKeyInfo hashes to
+    ``root_key_hash`` (the OTP value), or be issued by ``root_certificate_der``
+    if the device stores the root certificate. Raises
+    :class:`TesterCertificateRejected` carrying the NRC the device answers.
+    """
+    try:
+        path = [x509.load_der_x509_certificate(der) for der in decode_der_chain(certificate_client)]
+    except ValueError as exc:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT, f"not DER certificates: {exc}"
+        ) from None
+    if len(path) > MAX_CHAIN:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT,
+            f"chain of {len(path)} certificates exceeds {MAX_CHAIN}",
+        )
+    leaf_key = _public(path[0])
+    _check_tester_role(path[0])
+    for i in range(1, len(path)):
+        if not _issued_by(path[i - 1], path[i]):
+            raise TesterCertificateRejected(
+                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SIGNATURE,
+                f"{path[i - 1].subject.rfc4514_string()} is not signed by "
+                f"{path[i].subject.rfc4514_string()}",
+            )
+        _check_ca(path[i], cas_below=i - 1)
+    top = path[-1]
+    anchored = _issued_by(top, top) and _spki_hash(_public(top)) == root_key_hash
+    if not anchored and root_certificate_der is not None:
+        root = x509.load_der_x509_certificate(root_certificate_der)
+        if _spki_hash(_public(root)) == root_key_hash and _issued_by(top, root):
+            _check_ca(root, cas_below=len(path) - 1)
+            path.append(root)
+            anchored = True
+    if not anchored:
+        raise TesterCertificateRejected(
+            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+            f"chain ends at {top.subject.rfc4514_string()}, not at the fused vendor root",
+        )
+    for cert in path:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise TesterCertificateRejected(
+                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CONTENT,
+                f"{cert.subject.rfc4514_string()} is not valid at {now:%Y-%m-%d %H:%M} UTC",
+            )
+    for der in revocation_lists_der:
+        crl = x509.load_der_x509_crl(der)
+        for index in range(1, len(path)):
+            issuer = path[index]
+            if crl.issuer != issuer.subject or not crl.is_signature_valid(_public(issuer)):
+                continue
+            if crl.get_revoked_certificate_by_serial_number(path[index - 1].serial_number):
+                raise TesterCertificateRejected(
+                    NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CERTIFICATE,
+                    f"{path[index - 1].subject.rfc4514_string()} is revoked",
+                )
+    return TesterIdentity(path[0].subject.rfc4514_string(), path[0].serial_number, leaf_key)
+
+
+def issue_tester_certificate(
+    ca_key: PrivateKey,
+    ca_certificate: x509.Certificate,
+    *,
+    name: str = "service-tester",
+    key: PrivateKey | None = None,
+    now: dt.datetime | None = None,
+    validity_days: int = 365,
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A tester key and certificate (CA false, digitalSignature, clientAuth) from a vendor CA."""
+    now = now or dt.datetime.now(dt.UTC)
+    if key is None:
+        key = (
+            ed25519.Ed25519PrivateKey.generate()
+            if isinstance(ca_key, ed25519.Ed25519PrivateKey)
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+    orgs = ca_certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    org = str(orgs[0].value) if orgs else "bmsfw"
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(ca_certificate.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(ca_key, None if isinstance(ca_key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+    )
+    return key, cert
+
+
+def tester_credentials(
+    key: PrivateKey, certificate: x509.Certificate, issuers: Sequence[x509.Certificate]
+) -> TesterCredentials:
+    """Credentials for :meth:`BmsSession.authenticate`: PEM chain (leaf first) and PEM key."""
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (certificate, *issuers))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return TesterCredentials(certificate_chain_pem=chain, private_key_pem=key_pem)
+
+
+def load_tester_credentials(
+    chain_pem_path: str, key_pem_path: str, passphrase: bytes | None = None
+) -> TesterCredentials:
+    with open(chain_pem_path, "rb") as chain, open(key_pem_path, "rb") as key:
+        return TesterCredentials(chain.read(), key.read(), passphrase)
+
+
+def chain_pem_to_der(chain_pem: bytes) -> bytes:
+    """The concatenated DER ``certificateClient`` from a PEM chain (leaf first)."""
+    certs = x509.load_pem_x509_certificates(chain_pem)
+    return b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)

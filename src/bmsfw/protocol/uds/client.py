@@ -1,0 +1,609 @@
+"""``UdsSession``: the :class:`~bmsfw.protocol.session.BmsSession` over UDS on ISO-TP.
+
+udsoncan is configured the way flashing tools learned the hard way:
+
+* the server's P2/P2* are not adopted blindly: P2 is clamped into
+  ``[p2_min_s, p2_max_s]`` (a 50 ms P2 is the server's processing budget; the
+  tester must add bus and scheduling latency), P2* into ``[p2_star_s, p2_star_max_s]``;
+* a ``0x78`` responsePending re-arms the wait with P2* (udsoncan does this);
+* no overall request timeout that fires while ``0x78`` keeps coming: each step
+  (erase, verify, ...) is bounded by its own timer instead;
+* TesterPresent (suppressed response) keeps a non-default session alive between steps;
+* a TransferData block that times out is sent once more with the *same* block
+  sequence counter (the server accepts a repeated block), then the transfer stops
+  with :class:`~bmsfw.protocol.errors.UdsTransferInterruptedError`; running the
+  update again resumes from what the device holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from isotp.errors import BlockingSendFailure
+from udsoncan.BaseService import BaseService
+from udsoncan.client import Client
+from udsoncan.exceptions import (
+    InvalidResponseException,
+    NegativeResponseException,
+    TimeoutException,
+    UnexpectedResponseException,
+)
+from udsoncan.Request import Request
+
+from bmsfw.errors import BmsfwError
+from bmsfw.protocol.errors import (
+    DeviceActivateFailedError,
+    DeviceBootTimeoutError,
+    DeviceHeaderRejectedError,
+    DeviceVerifyFailedError,
+    UdsInvalidResponseError,
+    UdsStepTimeoutError,
+    UdsTimeoutError,
+    UdsTransferInterruptedError,
+    uds_error_for_nrc,
+)
+from bmsfw.protocol.session import (
+    BootStatus,
+    Channel,
+    ConfigSnapshot,
+    DeviceIdentity,
+    LinkQuality,
+    SelfTestResult,
+    Telemetry,
+    TesterCredentials,
+    TransferState,
+)
+from bmsfw.protocol.uds._auth import chain_pem_to_der, sign_challenge
+from bmsfw.protocol.uds._codec import (
+    CHANNELS,
+    DID,
+    HARD_RESET,
+    ROUTINE,
+    ROUTINE_OK,
+    SECURITY_LEVEL_PROGRAMMING,
+    TELEMETRY_DIDS,
+    Session,
+    SessionTiming,
+    decode_boot_status,
+    decode_config,
+    decode_self_test,
+    decode_telemetry_parts,
+    decode_transfer_state,
+    encode_config,
+    seed_key,
+)
+
+__all__ = ["RoutineResult", "UdsClientConfig", "UdsSession", "make_udsoncan_client"]
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class UdsClientConfig:
+    """Tester-side timing; every limit in seconds."""
+
+    p2_min_s: float = 0.25  # floor for the server's P2 (ISO-TP + OS latency on top of 50 ms)
+    p2_max_s: float = 2.0
+    p2_star_s: float = 5.0
+    p2_star_max_s: float = 30.0
+    tester_present_interval_s: float = 2.0  # < S3 (5 s)
+    step_timeout_s: float = 30.0  # any single step (request until final response)
+    erase_timeout_s: float = 120.0
+    verify_timeout_s: float = 120.0
+    block_retries: int = 1  # resend a timed-out TransferData block once with the same counter
+    boot_poll_interval_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.p2_min_s <= self.p2_max_s:
+            raise ValueError("need 0 < p2_min_s <= p2_max_s")
+        if not 0 < self.p2_star_s <= self.p2_star_max_s:
+            raise ValueError("need 0 < p2_star_s <= p2_star_max_s")
+
+
+@dataclass(frozen=True)
+class RoutineResult:
+    ok: bool
+    code: str
+    message: str
+    record: bytes
+
+
+def make_udsoncan_client(connection: Any, config: UdsClientConfig) -> Client:
+    """A udsoncan ``Client`` with the timing policy above (no overall request timeout)."""
+    client = Client(connection)
+    client.set_configs(
+        {
+            "request_timeout": None,  # type: ignore[typeddict-item]  # None: no overall limit
+            "p2_timeout": config.p2_min_s,
+            "p2_star_timeout": config.p2_star_s,
+            "use_server_timing": False,  # we clamp the server's values ourselves
+            "exception_on_negative_response": True,
+            "exception_on_invalid_response": True,
+            "exception_on_unexpected_response": True,
+        }
+    )
+    return client
+
+
+def _parse_status(record: bytes) -> RoutineResult:
+    if not record:
+        return RoutineResult(True, "", "", b"")
+    ok = record[0] == ROUTINE_OK
+    texts: list[str] = []
+    pos = 1
+    if not ok:
+        while pos < len(record):
+            n = record[pos]
+            texts.append(record[pos + 1 : pos + 1 + n].decode("utf-8", errors="replace"))
+            pos += 1 + n
+    code = texts[0] if len(texts) > 1 else ""
+    message = texts[-1] if texts else ""
+    return RoutineResult(ok, code, message, record[1:])
+
+
+class UdsSession:
+    """One tester's connection to one BMS node. Methods raise ``BmsfwError`` only.
+
+    ``connection`` is a udsoncan connection (normally ``PythonIsoTpConnection`` over
+    a can-isotp stack); ``on_close`` releases whatever the factory opened (bus,
+    notifier) after the connection is closed.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        address: str = "",
+        rate: str = "",
+        config: UdsClientConfig | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config or UdsClientConfig()
+        self.address = address
+        self.rate = rate
+        self._on_close = on_close
+        self._conn = connection
+        self._client = make_udsoncan_client(connection, self.config)
+        self._client.open()
+        self._lock = threading.RLock()
+        self._last_request = time.monotonic()
+        self._session = Session.DEFAULT
+        self._authenticated = False
+        self._credentials: TesterCredentials | None = None
+        self._p2_s = self.config.p2_min_s
+        self._p2_star_s = self.config.p2_star_s
+        self._stop = threading.Event()
+        self._keepalive = threading.Thread(target=self._tester_present_loop, daemon=True)
+        self._keepalive.start()
+        self.blocks_resent = 0
+        self.bus: Any = None  # the WireBus when opened by open_uds_session (stats, faults)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _apply_timing(self, p2_s: float, p2_star_s: float) -> None:
+        c = self.config
+        self._p2_s = min(max(p2_s, c.p2_min_s), c.p2_max_s)
+        self._p2_star_s = min(max(p2_star_s, c.p2_star_s), c.p2_star_max_s)
+        self._client.set_configs({"p2_timeout": self._p2_s, "p2_star_timeout": self._p2_star_s})
+
+    def request(
+        self,
+        sid: int,
+        data: bytes = b"",
+        *,
+        what: str,
+        step_timeout_s: float | None = None,
+    ) -> bytes:
+        """Send one request; return the positive response's data (after the SID byte)."""
+        service = BaseService.from_request_id(sid)
+        if service is None:
+            raise ValueError(f"no udsoncan service for SID 0x{sid:02X}")
+        if service.use_subfunction():
+            if not data:
+                raise ValueError(f"service 0x{sid:02X} needs a sub-function byte")
+            req = Request(
+                service=service,
+                subfunction=data[0] & 0x7F,
+                suppress_positive_response=bool(data[0] & 0x80),
+                data=data[1:] or None,
+            )
+        else:
+            req = Request(service=service, data=data or None)
+        timeout = step_timeout_s if step_timeout_s is not None else self.config.step_timeout_s
+        with self._lock:
+            # the overall limit is the step's own budget, generous against P2*: it only
+            # bounds a device that keeps answering 0x78 forever
+            self._client.set_config("request_timeout", timeout)
+            try:
+                response = self._client.send_request(req)
+            except NegativeResponseException as exc:
+                raise uds_error_for_nrc(sid, exc.response.code or 0, what) from None
+            except TimeoutException as exc:
+                text = str(exc)
+                if "Global request timeout" in text:
+                    raise UdsStepTimeoutError(
+                        f"{what}: no final answer within {timeout:.0f} s "
+                        f"(BMS {self.address} kept answering 'response pending')"
+                    ) from None
+                raise UdsTimeoutError(
+                    f"{what}: no answer from BMS {self.address} ({text})"
+                ) from None
+            except (InvalidResponseException, UnexpectedResponseException) as exc:
+                raise UdsInvalidResponseError(f"{what}: {exc}") from None
+            except BlockingSendFailure as exc:
+                # ISO-TP could not deliver the request (no flow control: link down)
+                raise UdsTimeoutError(
+                    f"{what}: request to BMS {self.address} not delivered ({exc})"
+                ) from None
+            finally:
+                self._last_request = time.monotonic()
+        if response is None:
+            return b""
+        payload = response.original_payload or b""
+        return bytes(payload[1:])
+
+    def _tester_present_loop(self) -> None:
+        interval = self.config.tester_present_interval_s
+        while not self._stop.wait(min(0.25, interval / 4)):
+            if self._session == Session.DEFAULT:
+                continue
+            if time.monotonic() - self._last_request < interval:
+                continue
+            if not self._lock.acquire(timeout=0.05):
+                continue  # a request is running: it keeps the session alive itself
+            try:
+                self._conn.send(b"\x3e\x80")  # suppressPosRsp: nothing to wait for
+                self._last_request = time.monotonic()
+            except Exception as exc:  # keep-alive must never kill the session
+                log.debug("TesterPresent failed: %s", exc)
+            finally:
+                self._lock.release()
+
+    def read_did(self, did: int) -> bytes:
+        data = self.request(0x22, struct.pack(">H", did), what=f"read DID 0x{did:04X}")
+        if len(data) < 2 or struct.unpack(">H", data[:2])[0] != did:
+            raise UdsInvalidResponseError(f"read DID 0x{did:04X}: response names another DID")
+        return data[2:]
+
+    def _read_text(self, did: int) -> str:
+        return self.read_did(did).decode("utf-8", errors="replace")
+
+    def routine(
+        self, rid: int, option: bytes = b"", *, what: str, step_timeout_s: float | None = None
+    ) -> RoutineResult:
+        data = self.request(
+            0x31,
+            b"\x01" + struct.pack(">H", rid) + option,
+            what=what,
+            step_timeout_s=step_timeout_s,
+        )
+        if len(data) < 3 or struct.unpack(">H", data[1:3])[0] != rid:
+            raise UdsInvalidResponseError(f"{what}: response names another routine")
+        return _parse_status(data[3:])
+
+    def change_session(self, session: Session) -> SessionTiming:
+        data = self.request(0x10, bytes([session]), what=f"enter {session.name.lower()} session")
+        timing = SessionTiming.decode(data[1:]) if len(data) >= 5 else SessionTiming()
+        self._apply_timing(timing.p2_s, timing.p2_star_s)
+        if session != self._session:
+            self._authenticated = False
+        self._session = session
+        return timing
+
+    # ------------------------------------------------------------------ identity & status
+
+    def identify(self) -> DeviceIdentity:
+        try:
+            return DeviceIdentity(
+                vendor=self._read_text(DID.SUPPLIER_ID),
+                model=self._read_text(DID.SPARE_PART_NUMBER),
+                hw_revision=self._read_text(DID.HARDWARE_VERSION),
+                serial=self._read_text(DID.SERIAL_NUMBER),
+                bootloader_version=self._read_text(DID.SUPPLIER_SOFTWARE_VERSION),
+                app_version=self._read_text(DID.SOFTWARE_VERSION),
+                security_counter=struct.unpack(">I", self.read_did(DID.SECURITY_COUNTER)[:4])[0],
+                active_bank=self._read_text(DID.ACTIVE_BANK),
+                address=self.address,
+            )
+        except struct.error as exc:
+            raise UdsInvalidResponseError(f"identify: {exc}") from None
+
+    def read_telemetry(self) -> Telemetry:
+        parts: dict[int, bytes] = {did: self.read_did(did) for did in TELEMETRY_DIDS}
+        return self._decode("telemetry", lambda: decode_telemetry_parts(parts))
+
+    def read_boot_status(self) -> BootStatus:
+        raw = self.read_did(DID.BOOT_STATUS)
+        return self._decode("boot status", lambda: decode_boot_status(raw))
+
+    def read_transfer_state(self) -> TransferState:
+        raw = self.read_did(DID.TRANSFER_STATE)
+        return self._decode("transfer state", lambda: decode_transfer_state(raw))
+
+    def read_self_test(self) -> SelfTestResult:
+        raw = self.read_did(DID.SELF_TEST_RESULT)
+        return self._decode("self-test", lambda: decode_self_test(raw))
+
+    @staticmethod
+    def _decode(what: str, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except (ValueError, KeyError, struct.error) as exc:
+            raise UdsInvalidResponseError(f"{what}: {exc}") from None
+
+    def link_check(self, round_trips: int = 5) -> LinkQuality:
+        times: list[float] = []
+        errors = 0
+        for _ in range(round_trips):
+            start = time.monotonic()
+            try:
+                data = self.request(0x3E, b"\x00", what="TesterPresent")
+                if data[:1] != b"\x00":
+                    errors += 1
+                    continue
+            except BmsfwError:
+                errors += 1
+                continue
+            times.append(time.monotonic() - start)
+        return LinkQuality(
+            echo_ok=errors == 0,
+            round_trips=round_trips,
+            errors=errors,
+            rate=self.rate,
+            # CAN has no in-band bitrate echo: a wrong bitrate shows up as no answer at all
+            rate_matches=bool(times),
+            round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
+        )
+
+    def read_dtcs(self, status_mask: int = 0xFF) -> list[tuple[int, int]]:
+        data = self.request(0x19, bytes([0x02, status_mask]), what="read DTCs")
+        return [
+            (int.from_bytes(data[i : i + 3], "big"), data[i + 3])
+            for i in range(2, len(data) - 3, 4)
+        ]
+
+    def clear_dtcs(self) -> None:
+        self.request(0x14, b"\xff\xff\xff", what="clear DTCs")
+
+    # ------------------------------------------------------------------ config
+
+    def read_config(self) -> ConfigSnapshot:
+        raw = self.read_did(DID.CONFIGURATION)
+        return self._decode("configuration", lambda: decode_config(raw))
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None:
+        self._ensure_access(Session.EXTENDED)
+        self.request(
+            0x2E,
+            struct.pack(">H", DID.CONFIGURATION) + encode_config(snapshot),
+            what="write configuration",
+        )
+
+    # ------------------------------------------------------------------ security
+
+    def authenticate(self, credentials: TesterCredentials) -> None:
+        """Programming session, then 0x29 certificate exchange and proof of possession."""
+        self._credentials = credentials
+        if self._session != Session.PROGRAMMING:
+            self.change_session(Session.PROGRAMMING)
+        self._authenticate_now(credentials)
+
+    def _authenticate_now(self, credentials: TesterCredentials) -> None:
+        try:
+            cert = chain_pem_to_der(credentials.certificate_chain_pem)
+        except ValueError as exc:
+            from bmsfw.errors import UsageError
+
+            raise UsageError(f"tester certificate chain is not PEM: {exc}") from None
+        data = self.request(
+            0x29,
+            b"\x01\x00" + struct.pack(">H", len(cert)) + cert + b"\x00\x00",
+            what="authentication: verify certificate",
+        )
+        if len(data) < 4:
+            raise UdsInvalidResponseError("authentication: short verifyCertificate response")
+        n = struct.unpack(">H", data[2:4])[0]
+        challenge = data[4 : 4 + n]
+        try:
+            proof = sign_challenge(credentials.private_key_pem, challenge, credentials.passphrase)
+        except (ValueError, TypeError) as exc:
+            from bmsfw.errors import UsageError
+
+            raise UsageError(f"tester private key unusable: {exc}") from None
+        self.request(
+            0x29,
+            b"\x03" + struct.pack(">H", len(proof)) + proof + b"\x00\x00",
+            what="authentication: proof of ownership",
+        )
+        self._authenticated = True
+
+    def security_access(self, secret: bytes) -> None:
+        """Unlock with 0x27 seed/key (HMAC-SHA256 of the seed, see docs/uds.md)."""
+        if self._session == Session.DEFAULT:
+            self.change_session(Session.PROGRAMMING)
+        level = SECURITY_LEVEL_PROGRAMMING
+        seed = self.request(0x27, bytes([level]), what="security access: request seed")[1:]
+        if any(seed):
+            self.request(
+                0x27, bytes([level + 1]) + seed_key(seed, secret), what="security access: send key"
+            )
+        self._authenticated = True
+
+    def _ensure_access(self, session: Session) -> None:
+        """Enter a non-default session and re-authenticate if a reset dropped it."""
+        if self._session == Session.DEFAULT:
+            self.change_session(session)
+        if not self._authenticated:
+            if self._credentials is None:
+                from bmsfw.protocol.errors import UdsSecurityAccessDeniedError
+
+                raise UdsSecurityAccessDeniedError(
+                    "call authenticate() with tester credentials first"
+                )
+            self._authenticate_now(self._credentials)
+
+    # ------------------------------------------------------------------ update steps
+
+    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+        self._ensure_access(Session.PROGRAMMING)
+        result = self.routine(
+            ROUTINE.STAGE_RELEASE_HEADER,
+            bytes([CHANNELS[channel]]) + header,
+            what="stage release header",
+            step_timeout_s=self.config.verify_timeout_s,
+        )
+        if not result.ok:
+            raise DeviceHeaderRejectedError(
+                f"BMS {self.address} refused the release: {result.code} {result.message}"
+            )
+        return self._decode("transfer state", lambda: decode_transfer_state(result.record))
+
+    def erase(self) -> None:
+        self._ensure_access(Session.PROGRAMMING)
+        result = self.routine(
+            ROUTINE.ERASE_MEMORY,
+            what="erase inactive bank",
+            step_timeout_s=self.config.erase_timeout_s,
+        )
+        if not result.ok:
+            from bmsfw.protocol.errors import UdsGeneralProgrammingFailureError
+
+            raise UdsGeneralProgrammingFailureError(f"erase failed: {result.code} {result.message}")
+
+    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        """Transfer ``image[start_offset:]``; yields the offset reached after each block."""
+        self._ensure_access(Session.PROGRAMMING)
+        total = len(image)
+        if not 0 <= start_offset < total:
+            raise ValueError(f"start_offset {start_offset} outside image of {total} bytes")
+        size = total - start_offset
+        # ALFID 0x44: 4-byte size, 4-byte address; DFI 0x00: no compression, no encryption
+        data = self.request(
+            0x34,
+            b"\x00\x44" + struct.pack(">II", start_offset, size),
+            what="request download",
+        )
+        if len(data) < 2:
+            raise UdsInvalidResponseError("request download: short response")
+        n = data[0] >> 4
+        max_block = int.from_bytes(data[1 : 1 + n], "big")
+        if max_block < 3:
+            raise UdsInvalidResponseError(f"request download: maxNumberOfBlockLength {max_block}")
+        chunk = max_block - 2  # SID and counter count too
+        offset = start_offset
+        counter = 1
+        while offset < total:
+            block = image[offset : offset + chunk]
+            self._send_block(counter, block, offset, total)
+            offset += len(block)
+            counter = (counter + 1) & 0xFF
+            yield offset
+        self.request(0x37, what="request transfer exit")
+
+    def _send_block(self, counter: int, block: bytes, offset: int, total: int) -> None:
+        payload = bytes([counter]) + block
+        for attempt in range(self.config.block_retries + 1):
+            try:
+                echo = self.request(
+                    0x36, payload, what=f"transfer block 0x{counter:02X} at {offset}"
+                )
+            except UdsTimeoutError:
+                if attempt < self.config.block_retries:
+                    self.blocks_resent += 1
+                    log.info("block 0x%02X at %d timed out; sending it again", counter, offset)
+                    continue
+                raise UdsTransferInterruptedError(
+                    f"transfer to BMS {self.address} stopped at byte {offset} of {total}: "
+                    f"block 0x{counter:02X} got no answer after {attempt + 1} tries",
+                    offset=offset,
+                    total=total,
+                ) from None
+            if echo[:1] != bytes([counter]):
+                raise UdsInvalidResponseError(
+                    f"block counter echo {echo[:1].hex()} != {counter:02x}"
+                )
+            return
+
+    def verify(self) -> None:
+        self._ensure_access(Session.PROGRAMMING)
+        result = self.routine(
+            ROUTINE.CHECK_PROGRAMMING_DEPENDENCIES,
+            what="check programming dependencies",
+            step_timeout_s=self.config.verify_timeout_s,
+        )
+        if not result.ok:
+            raise DeviceVerifyFailedError(f"BMS {self.address}: {result.code} {result.message}")
+
+    def activate(self) -> None:
+        self._ensure_access(Session.PROGRAMMING)
+        result = self.routine(ROUTINE.ACTIVATE, what="activate")
+        if not result.ok:
+            raise DeviceActivateFailedError(f"BMS {self.address}: {result.code} {result.message}")
+
+    def reset(self) -> None:
+        self.request(0x11, bytes([HARD_RESET]), what="ECU reset")
+        # the node reboots into the default session with security locked
+        self._session = Session.DEFAULT
+        self._authenticated = False
+
+    def wait_boot(self, timeout_s: float) -> BootStatus:
+        """Poll the boot status until the application runs (self-test finished)."""
+        deadline = time.monotonic() + timeout_s
+        last: BootStatus | None = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.read_boot_status()
+                if last.run_state == "application":
+                    return last
+            except UdsTimeoutError:
+                pass  # rebooting: silent, as real hardware is
+            except BmsfwError as exc:
+                log.debug("waiting for boot: %s", exc)
+            time.sleep(self.config.boot_poll_interval_s)
+        state = last.run_state if last else "silent"
+        raise DeviceBootTimeoutError(
+            f"BMS {self.address} not running after {timeout_s:.0f} s (state: {state})"
+        )
+
+    def run_self_test(self) -> SelfTestResult:
+        data = self.request(
+            0x31,
+            b"\x01" + struct.pack(">H", ROUTINE.SELF_TEST),
+            what="self-test",
+            step_timeout_s=self.config.verify_timeout_s,
+        )
+        # this routine's status record is the self-test record itself (DID 0x0130 layout)
+        return self._decode("self-test", lambda: decode_self_test(data[3:]))
+
+    def confirm(self) -> None:
+        self._ensure_access(Session.EXTENDED)
+        self.routine(ROUTINE.CONFIRM, what="confirm image")
+
+    def rollback(self) -> None:
+        self._ensure_access(Session.EXTENDED)
+        self.routine(ROUTINE.ROLLBACK, what="rollback")
+
+    def check_preconditions(self) -> RoutineResult:
+        return self.routine(ROUTINE.CHECK_PRECONDITIONS, what="check preconditions")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._keepalive.join(timeout=1)
+        try:
+            self._client.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def __enter__(self) -> UdsSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
