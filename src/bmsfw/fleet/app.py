@@ -107,7 +107,7 @@ def _route(
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         router.add_api_route(
-            path,
+            API + path,
             endpoint,
             methods=[method],
             dependencies=[Depends(_Guard(roles))],
@@ -187,13 +187,14 @@ def create_app(
             body["package_code"] = exc.package_code
         return JSONResponse({"error": body}, status_code=http_status_for(exc), headers=headers)
 
-    router = APIRouter(prefix=API)
+    # Routes go straight onto the app's router (no include_router), so app.routes lists
+    # every APIRoute with its guard: the auth test walks exactly what is served.
+    router = app.router
     _agent_routes(router)
     _release_routes(router, config)
     _campaign_routes(router)
     _inventory_routes(router)
     _admin_routes(router, app)
-    app.include_router(router)
     return app
 
 

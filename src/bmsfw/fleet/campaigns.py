@@ -11,7 +11,7 @@ and by the periodic tick:
 1. Failures (failed, rolled back, rejected) not yet acknowledged by a resume,
    as a share of the devices released so far, at or above
    ``error_threshold_pct`` -> **pause** (automatic, with the reason recorded).
-2. Success share of released devices reaches the phase's
+2. Success share of released devices (acknowledged failures left out) reaches the phase's
    ``success_threshold_pct`` -> start the soak clock (once).
 3. Soak time elapsed -> **advance** to the next phase; in the last phase,
    once every released device is terminal -> **complete**.
@@ -53,11 +53,9 @@ def cumulative_sizes(phases: Sequence[PhaseSpec], total: int) -> list[int]:
             size = min(total, phase.devices)
         else:
             size = min(total, math.ceil(total * (phase.percent or 0) / 100))
-        if size < previous:
-            raise InvalidCampaignSpecError(
-                f"phase {phase.name!r} releases {size} devices, fewer than the {previous} "
-                "released before it; phases are cumulative and must not shrink"
-            )
+        # Phases are cumulative: "canary 5 -> 10 %" on 30 devices releases 5 then still 5
+        # (10 % is 3), never fewer than already released.
+        size = max(size, previous)
         sizes.append(size)
         previous = size
     if sizes and sizes[-1] < total:
@@ -123,7 +121,9 @@ def decide(snap: CampaignSnapshot, counts: CampaignCounts, now: datetime) -> Dec
         )
     phase = snap.phases[snap.current_phase]
     last = snap.current_phase == len(snap.phases) - 1
-    success_pct = 100.0 * counts.succeeded / counts.released
+    # Failures acknowledged by a resume leave the denominator: the operator accepted them.
+    considered = counts.released - snap.acknowledged_failures
+    success_pct = 100.0 * counts.succeeded / considered if considered > 0 else 100.0
     if success_pct + 1e-9 < phase.success_threshold_pct:
         if counts.terminal == counts.released:
             return Decision(
