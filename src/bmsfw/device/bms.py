@@ -1168,6 +1168,8 @@ class VirtualBms:
     @_api
     def confirm(self) -> None:
         """Make the running test image permanent and raise the OTP security counter."""
+        if self._run_state == "bootloader":
+            raise NotConfirmableError("no application image runs (bootloader recovery mode)")
         running = self._require_app()
         if not running.test:
             return  # already confirmed: a repeated confirm (lost response) is harmless
