@@ -11,7 +11,7 @@ from bmsfw.device.errors import (
     UpdateInProgressError,
 )
 
-from .conftest import Release, Vendor, install
+from .conftest import Vendor, install
 
 
 def _dtc_names(bms: VirtualBms) -> list[str]:
