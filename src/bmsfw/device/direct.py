@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from typing import Literal
 
 from bmsfw.device.bms import VirtualBms
-from bmsfw.device.errors import DeviceNotRunningError
+from bmsfw.device.errors import DeviceNotRunningError, PowerCutError
+from bmsfw.errors import TransportError
 from bmsfw.protocol.errors import DeviceBootTimeoutError, UdsCertificateRejectedError
 from bmsfw.protocol.session import (
     BootStatus,
@@ -121,7 +122,11 @@ class DirectSession:
         offset = start_offset
         while offset < len(image):
             chunk = image[offset : offset + self.block_size]
-            offset = self.bms.write_inactive(offset, chunk)
+            try:
+                offset = self.bms.write_inactive(offset, chunk)
+            except PowerCutError as exc:
+                # Seen from the tester a BMS without power simply stops answering.
+                raise TransportError(f"the BMS stopped answering at byte {offset}: {exc}") from exc
             yield offset
 
     def verify(self) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bmsfw.errors import BmsfwError, TransportError
+from bmsfw.errors import BmsfwError, DeviceError, TransportError
 from bmsfw.package import DeviceFacts, TrustAnchors, VerifiedRelease, release_header, verify_release
 from bmsfw.protocol.session import (
     BmsSession,
@@ -278,8 +278,19 @@ class _Run:
                 self._transfer(release_header(self.package), image)
                 detail.append(f"{len(image)} bytes")
             step = "device-verify"
-            with self.step("device-verify"):
-                self.session.verify()
+            with self.step("device-verify") as detail:
+                try:
+                    self.session.verify()
+                except DeviceError as exc:
+                    if not report.transfer.get("resumed_from"):
+                        raise
+                    # A block half-programmed when the power went can look written after
+                    # the restart; a resumed image that fails verification gets one clean
+                    # full transfer before we give up.
+                    self.warn(f"resumed image failed verification ({exc.code}); sending it whole")
+                    self._transfer(release_header(self.package), image, force_full=True)
+                    self.session.verify()
+                    detail.append("verified after a full re-transfer")
             step = "activate"
             with self.step("activate"):
                 self.session.activate()
@@ -292,6 +303,18 @@ class _Run:
                 status = self.session.read_boot_status()
                 detail.append(f"bank {status.active_bank} {status.image_state}")
                 new_version = release.manifest.version
+                if status.running_version == new_version and status.image_state == "test":
+                    # The firmware acknowledged but did not make itself permanent: do not
+                    # leave the pack on an image the watchdog will throw out later.
+                    self.warn(f"{new_version} did not confirm itself; rolling back now")
+                    self.session.rollback()
+                    after = self._wait_after_rollback()
+                    report.running_version = after.running_version
+                    report.outcome = "rolled-back"
+                    raise NotConfirmedRolledBackError(
+                        f"{new_version} acknowledged the confirm but stayed a test image; "
+                        f"rolled back, the BMS runs {after.running_version}"
+                    )
                 if status.image_state != "confirmed" or status.running_version != new_version:
                     self._await_revert(identity, "confirm")
             report.running_version = new_version
@@ -328,11 +351,12 @@ class _Run:
                 "not confirmed: " + "; ".join(f"{c.text} (--confirm {c.id})" for c in missing)
             )
 
-    def _transfer(self, header: bytes, image: bytes) -> None:
+    def _transfer(self, header: bytes, image: bytes, *, force_full: bool = False) -> None:
         state = self.session.prepare(header, channel=self.options.channel)
         total = len(image)
         start = 0
-        if state.erased and 0 < state.contiguous_bytes <= total and state.total_size == total:
+        resumable = state.erased and state.total_size == total and not force_full
+        if resumable and 0 < state.contiguous_bytes <= total:
             start = state.contiguous_bytes
             self.warn(f"resuming the transfer at byte {start} of {total}")
         else:
@@ -413,6 +437,16 @@ class _Run:
                 self.session.rollback()
                 status = self._wait_after_rollback()
             self.report.running_version = status.running_version
+            if result is not None and result.version and result.version != new_version:
+                # The bootloader already reverted: this record is the old firmware's.
+                self.report.self_test = {
+                    "passed": False,
+                    "version": new_version,
+                    "checks": [],
+                    "detail": status.last_revert_reason or "reverted by the bootloader",
+                    "after_revert": self.report.self_test,
+                }
+                result = None
             if status.running_version == before.app_version:
                 failed_checks = (
                     [c for c in result.checks if not c.passed] if result is not None else []

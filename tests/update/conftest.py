@@ -1,0 +1,145 @@
+"""Fixtures for pipeline tests: a vendor PKI, signed releases, virtual BMS on a SimClock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
+from bmsfw.device.direct import DirectSession
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    TrustAnchors,
+    VendorPki,
+    build_release,
+    create_pki,
+    key_hash,
+    sign_release,
+    verify_release,
+)
+from bmsfw.update.pipeline import UpdateOptions
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
+
+MODEL = "BMS-16S"
+HW_REV = "C"
+IMAGE_SIZE = 4096
+
+
+@dataclass
+class Vendor:
+    pki: VendorPki
+
+    def trust(self) -> TrustAnchors:
+        pem = self.pki.root_certificate.public_bytes(serialization.Encoding.PEM)
+        return TrustAnchors.from_root_certificate(pem)
+
+    def release(
+        self,
+        version: str,
+        counter: int,
+        *,
+        behaviour: str | None = None,
+        revisions: tuple[str, ...] = (HW_REV,),
+    ) -> bytes:
+        payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
+        unsigned = build_release(
+            product="BMS-16S firmware",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(MODEL, revisions),
+            min_bootloader_version="2.0.0",
+            components=[ComponentSource("app", payload)],
+            image_signing_key=self.pki.image_signing_key,
+            encoding="raw",
+        )
+        return sign_release(unsigned, self.pki.signer())
+
+
+@pytest.fixture(scope="session")
+def vendor() -> Vendor:
+    return Vendor(create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1)))
+
+
+@pytest.fixture(scope="session")
+def packages(vendor: Vendor) -> dict[str, bytes]:
+    return {
+        "1.0.0": vendor.release("1.0.0", 1),
+        "2.0.0": vendor.release("2.0.0", 2),
+        "fail-selftest": vendor.release("2.1.0", 2, behaviour="fail-selftest"),
+        "never-confirm": vendor.release("2.2.0", 2, behaviour="never-confirm"),
+        "rev-z": vendor.release("3.0.0", 3, revisions=("Z",)),
+        "0.9.0": vendor.release("0.9.0", 0),
+    }
+
+
+@pytest.fixture(scope="session")
+def template_device(
+    tmp_path_factory: pytest.TempPathFactory, vendor: Vendor, packages: dict[str, bytes]
+) -> Path:
+    path = tmp_path_factory.mktemp("template") / "bms"
+    image = verify_release(packages["1.0.0"], vendor.trust()).images["app"]
+    provision(
+        path,
+        initial_image=image,
+        root_key_hash=key_hash(vendor.pki.root_key),
+        image_key_hash=key_hash(vendor.pki.image_signing_key),
+        spec=DeviceSpec(
+            model=MODEL,
+            hw_revision=HW_REV,
+            flash=FlashSpec.small(bank_size=8 * 1024, sector_size=1024),
+            transfer_block_size=512,
+            watchdog_window_s=120.0,
+        ),
+        serial="SIM0000001",
+    )
+    return path
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path, template_device: Path) -> Path:
+    target = tmp_path / "bms"
+    shutil.copytree(template_device, target)
+    return target
+
+
+@pytest.fixture
+def open_bms(device_dir: Path, clock: SimClock) -> Callable[[], VirtualBms]:
+    def opener() -> VirtualBms:
+        bms = VirtualBms(device_dir, clock=clock)
+        bms.wait_boot()
+        return bms
+
+    return opener
+
+
+@pytest.fixture
+def bms(open_bms: Callable[[], VirtualBms]) -> VirtualBms:
+    return open_bms()
+
+
+@pytest.fixture
+def session(bms: VirtualBms) -> DirectSession:
+    return DirectSession(bms)
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> UpdateOptions:
+    return UpdateOptions(
+        backup_dir=tmp_path / "backups",
+        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+        audit_log=tmp_path / "backups" / "audit.jsonl",
+        report_dir=tmp_path / "backups" / "reports",
+        operator="tester",
+    )
