@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from bmsfw.device.bms import VirtualBms
 from bmsfw.errors import BmsfwError
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
@@ -46,7 +47,13 @@ from bmsfw.protocol.session import (
     Telemetry,
 )
 
-__all__ = ["ModbusBmsNode", "NodeBackend", "build_sim_device", "serve_node"]
+__all__ = [
+    "ModbusBmsNode",
+    "NodeBackend",
+    "VirtualBmsBackend",
+    "build_sim_device",
+    "serve_node",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ class NodeBackend(Protocol):
     def erase_inactive(self) -> None: ...
     def write_inactive(self, offset: int, data: bytes) -> None: ...
     def transfer_status(self) -> Any: ...
-    def block_crc32(self, index: int) -> int: ...
+    def block_crcs(self) -> tuple[int, ...]: ...
     def verify_inactive(self) -> None: ...
     def activate(self) -> None: ...
     def reset(self) -> None: ...
@@ -93,6 +100,82 @@ class NodeBackend(Protocol):
     def root_key_hash(self) -> bytes: ...
     def now(self) -> dt.datetime: ...
     def responsive(self) -> bool: ...
+
+
+class VirtualBmsBackend:
+    """:class:`NodeBackend` over the device core's :class:`~bmsfw.device.bms.VirtualBms`."""
+
+    def __init__(self, bms: VirtualBms) -> None:
+        self.bms = bms
+
+    def identity(self) -> DeviceIdentity:
+        return self.bms.identity()
+
+    def telemetry(self) -> Telemetry:
+        return self.bms.telemetry()
+
+    def boot_status(self) -> BootStatus:
+        return self.bms.boot_status()
+
+    def self_test_result(self) -> SelfTestResult | None:
+        try:
+            return self.bms.self_test()
+        except BmsfwError:
+            return None  # none completed since the last reset
+
+    def read_config(self) -> ConfigSnapshot:
+        return self.bms.config_snapshot()
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None:
+        from bmsfw.device.config import snapshot_checksum
+
+        checksum = snapshot.checksum or snapshot_checksum(snapshot.config, snapshot.calibration)
+        self.bms.restore_snapshot(
+            ConfigSnapshot(snapshot.schema_version, snapshot.config, snapshot.calibration, checksum)
+        )
+
+    def begin_update(self, header: bytes, channel: str) -> Any:
+        return self.bms.begin_update(header, channel="ota" if channel == "ota" else "wired")
+
+    def erase_inactive(self) -> None:
+        self.bms.erase_inactive()
+
+    def write_inactive(self, offset: int, data: bytes) -> None:
+        self.bms.write_inactive(offset, data)
+
+    def transfer_status(self) -> Any:
+        return self.bms.transfer_status()
+
+    def block_crcs(self) -> tuple[int, ...]:
+        return self.bms.block_crcs()
+
+    def verify_inactive(self) -> None:
+        self.bms.verify_inactive()
+
+    def activate(self) -> None:
+        self.bms.activate()
+
+    def reset(self) -> None:
+        self.bms.reset()
+
+    def confirm(self) -> None:
+        self.bms.confirm()
+
+    def rollback(self) -> None:
+        self.bms.rollback()
+
+    def abort_update(self) -> None:
+        self.bms.abort_update()
+
+    def root_key_hash(self) -> bytes:
+        return self.bms.otp.root_key_hash
+
+    def now(self) -> dt.datetime:
+        return self.bms.clock.now()
+
+    def responsive(self) -> bool:
+        # Booting, self-testing or dead: a real node is silent on the bus.
+        return not self.bms.dead and self.bms.run_state in ("application", "bootloader")
 
 
 def _error_number(exc: BaseException) -> int:
@@ -199,9 +282,8 @@ class ModbusBmsNode:
             return regs[index] if index < len(regs) else 0
         if INPUT.BLOCK_CRC <= addr < INPUT.BLOCK_CRC + INPUT.BLOCK_CRC_REGISTERS:
             block, word = divmod(addr - INPUT.BLOCK_CRC, 2)
-            key = f"crc{block}"
-            regs = self._block(cache, key, lambda: self._block_crc(block))
-            return regs[word]
+            crcs = self._block(cache, "crcs", self._block_crcs)
+            return codec.split_u32(crcs[block])[word] if block < len(crcs) else 0
         if addr in (INPUT.DOC_LENGTH, INPUT.DOC_LENGTH + 1):
             return codec.split_u32(len(self.document))[addr - INPUT.DOC_LENGTH]
         if INPUT.DOC_DATA <= addr < INPUT.DOC_DATA + INPUT.DOC_DATA_REGISTERS:
@@ -270,11 +352,10 @@ class ModbusBmsNode:
             : (len(written) + 15) // 16
         ]
 
-    def _block_crc(self, block: int) -> list[int]:
-        written = tuple(getattr(self._status(), "blocks_written", ()))
-        if block >= len(written):
-            return [0, 0]
-        return codec.split_u32(self.backend.block_crc32(block))
+    def _block_crcs(self) -> list[int]:
+        if not getattr(self._status(), "staged", False):
+            return []
+        return list(self.backend.block_crcs())
 
     def read_holding(self, address: int, count: int) -> list[int]:
         out = []
@@ -646,7 +727,8 @@ def _install_request_filter(server: Any, nodes: list[ModbusBmsNode], gap_s: floa
     its units, or it garbles the bus. Broadcasts (unit 0) are executed by every
     node with the ``in_broadcast`` flag set, so refusals stay silent.
     """
-    units = {n.unit for n in nodes}
+    by_unit = {n.unit: n for n in nodes}
+    units = set(by_unit)
     accept = units | {0}
     original = server.callback_new_connection
 
@@ -702,6 +784,8 @@ def _install_request_filter(server: Any, nodes: list[ModbusBmsNode], gap_s: floa
             broadcast = not pdu.dev_id
             if not broadcast and pdu.dev_id not in units:
                 return
+            if not broadcast and not by_unit[pdu.dev_id].backend.responsive():
+                return  # rebooting: silent
             if broadcast and pdu.function_code not in (0x05, 0x06, 0x0F, 0x10):
                 return  # broadcast is for writes only (Modbus over serial line 2.1)
             for node in nodes:

@@ -1,0 +1,305 @@
+"""Run a string of virtual BMS on one simulated RS485 bus, each serving Modbus RTU.
+
+In-process: :class:`Rs485Simulator` (``start()`` / ``stop()``) creates the bus
+(:class:`~bmsfw.link.serialbus.RS485Bus`), attaches one pty per node and runs
+one pymodbus RTU server per node on it, all in one asyncio loop thread, plus a
+thread that lets the devices' firmware catch up with the clock (boots and
+self-tests run concurrently, as on real hardware). Node ``n`` has unit id ``n``
+and its state in ``STATE_DIR/node<n>``. In its own process (what tests and
+``bmsfw sim rs485`` use, so killing it is a power loss): :class:`SimRs485Process`
+runs ``python -m bmsfw.device.sim_rs485`` and reads its ``READY {json}`` line,
+which carries the host pty path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bmsfw.device.bms import VirtualBms
+from bmsfw.device.clock import Clock, RealClock
+from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend, serve_node
+from bmsfw.device.sim_can import ScaledClock, node_state_dir
+from bmsfw.link.serialbus import RS485Bus
+from bmsfw.link.uart import SerialParams
+
+__all__ = ["Rs485SimConfig", "Rs485Simulator", "SimRs485Process", "node_state_dir"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rs485SimConfig:
+    nodes: tuple[int, ...] = (1,)
+    state_dir: str = "."
+    baud_bps: int = 115_200
+    parity: str = "E"
+    stopbits: int = 1
+    throttle: bool = False
+    turnaround_s: float = 0.0002
+    time_scale: float = 1.0
+    poll_s: float = 0.01
+
+
+class Rs485Simulator:
+    """Virtual BMS nodes on one simulated RS485 bus, served in this process."""
+
+    def __init__(self, config: Rs485SimConfig) -> None:
+        self.config = config
+        self.params = SerialParams(config.baud_bps, config.parity, config.stopbits)
+        self.bus: RS485Bus | None = None
+        self.devices: dict[int, VirtualBms] = {}
+        self.nodes: dict[int, ModbusBmsNode] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._servers: list[Any] = []
+
+    def _clock(self) -> Clock:
+        return RealClock() if self.config.time_scale == 1.0 else ScaledClock(self.config.time_scale)
+
+    @property
+    def host_path(self) -> str:
+        if self.bus is None:
+            raise RuntimeError("simulator not started")
+        return self.bus.host_path
+
+    def start(self) -> Rs485Simulator:
+        self.bus = RS485Bus(self.params, throttle=self.config.throttle, name="rs485-sim").start()
+        attachments = {}
+        for unit in self.config.nodes:
+            bms = VirtualBms(node_state_dir(self.config.state_dir, unit), clock=self._clock())
+            self.devices[unit] = bms
+            self.nodes[unit] = ModbusBmsNode(VirtualBmsBackend(bms), unit)
+            attachments[unit] = self.bus.attach_pty(
+                f"node{unit}", turnaround_s=self.config.turnaround_s
+            )
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run_loop() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+
+            async def start_servers() -> None:
+                for unit, attachment in attachments.items():
+                    server = await serve_node(
+                        [self.nodes[unit]],
+                        attachment.path,
+                        baud_bps=self.params.baud_bps,
+                        parity=self.params.parity,
+                        stopbits=self.params.stop_bits,
+                    )
+                    self._servers.append(server)
+
+            try:
+                loop.run_until_complete(start_servers())
+            except BaseException as exc:  # reported to start()
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            for server in self._servers:
+                loop.run_until_complete(server.shutdown())
+            loop.close()
+
+        self._thread = threading.Thread(target=run_loop, name="modbus-sim", daemon=True)
+        self._thread.start()
+        ready.wait(20)
+        if failure:
+            self.stop()
+            raise failure[0]
+        self._poller = threading.Thread(target=self._poll, name="bms-poll", daemon=True)
+        self._poller.start()
+        return self
+
+    def _poll(self) -> None:
+        # The firmware's own time: boots, self-tests, watchdogs advance here.
+        while not self._stop.wait(self.config.poll_s):
+            for bms in self.devices.values():
+                if not bms.dead:
+                    try:
+                        bms.poll()
+                    except Exception:  # a dead or faulted node must not stop the others
+                        log.exception("node %s: poll failed", bms.serial)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        if self._poller is not None:
+            self._poller.join(5)
+        if self.bus is not None:
+            self.bus.close()
+        for bms in self.devices.values():
+            if not bms.dead:
+                bms.close()
+        self.devices.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "port": self.host_path,
+            "baud": self.params.baud_bps,
+            "parity": self.params.parity,
+            "stopbits": self.params.stop_bits,
+            "throttle": self.config.throttle,
+            "nodes": [
+                {"unit": unit, "serial": bms.serial, "state_dir": str(bms.state_dir)}
+                for unit, bms in self.devices.items()
+            ],
+        }
+
+    def __enter__(self) -> Rs485Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SimRs485Process:
+    """The string in its own process (``python -m bmsfw.device.sim_rs485``)."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        nodes: tuple[int, ...] = (1,),
+        *,
+        baud_bps: int = 115_200,
+        parity: str = "E",
+        stopbits: int = 1,
+        throttle: bool = False,
+        time_scale: float = 1.0,
+        log_file: str | Path | None = None,
+    ) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "bmsfw.device.sim_rs485",
+            "--state-dir",
+            str(state_dir),
+            "--nodes",
+            ",".join(str(n) for n in nodes),
+            "--baud",
+            str(baud_bps),
+            "--parity",
+            parity,
+            "--stopbits",
+            str(stopbits),
+            "--time-scale",
+            str(time_scale),
+        ]
+        if throttle:
+            self.args.append("--throttle")
+        self.log_file = log_file
+        self.process: subprocess.Popen[str] | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def port(self) -> str:
+        return str(self.info["port"])
+
+    def start(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        stderr = open(self.log_file, "a") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1
+        )
+        stdout = self.process.stdout
+        assert stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        line = ready[0] if ready else ""
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"RS485 simulator did not start: {line!r} (see {self.log_file})")
+        self.info = json.loads(line[len("READY ") :])
+        return self.info
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def kill(self) -> None:
+        """Power loss: SIGKILL, no clean shutdown."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.stop()
+
+    def __enter__(self) -> SimRs485Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="a string of virtual BMS on one RS485 pty")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--nodes", default="1", help="comma-separated unit ids (1..247)")
+    parser.add_argument("--baud", type=int, default=115_200)
+    parser.add_argument("--parity", default="E", choices=("N", "E", "O"))
+    parser.add_argument("--stopbits", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--throttle", action="store_true", help="pace bytes at the baud rate")
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    level = logging.WARNING
+    if args.verbose:
+        level = logging.DEBUG if args.verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    sim = Rs485Simulator(
+        Rs485SimConfig(
+            nodes=tuple(int(n) for n in args.nodes.split(",")),
+            state_dir=args.state_dir,
+            baud_bps=args.baud,
+            parity=args.parity,
+            stopbits=args.stopbits,
+            throttle=args.throttle,
+            time_scale=args.time_scale,
+        )
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sim.start()
+    try:
+        print("READY " + json.dumps(sim.describe()), flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
