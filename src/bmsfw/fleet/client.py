@@ -66,7 +66,6 @@ class ClientConfig:
     ca_file: Path | None = None  # None: the system trust store
     timeout_s: float = 30.0
     allow_insecure_http: bool = False
-    download_chunk_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,7 @@ class FleetClient:
                         _check_content_range(response, have, size_bytes)
                     mode = "ab" if have else "wb"
                     with part.open(mode) as handle:
-                        for chunk in response.iter_bytes(self.config.download_chunk_bytes):
+                        for chunk in response.iter_bytes():  # as it arrives: a break keeps it
                             if have + len(chunk) > size_bytes:
                                 handle.close()
                                 part.unlink(missing_ok=True)

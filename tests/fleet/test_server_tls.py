@@ -1,0 +1,194 @@
+"""The real server: `bmsfw fleet serve` under uvicorn in a subprocess, HTTPS with a test CA,
+two worker processes on one database; the client verifies the server against the CA."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bmsfw.cli._main import cli
+from bmsfw.cli._registry import register_all
+from bmsfw.fleet.client import ClientConfig, FleetClient
+from bmsfw.fleet.errors import FleetConfigError, TlsVerificationError
+from bmsfw.fleet.protocol import CheckIn
+
+from .conftest import bms, make_release
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write_ca_and_server(directory: Path, label: str) -> tuple[Path, Path, Path]:
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert(f"{label} fleet test CA", ca_key, None, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert("localhost", key, ca, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (directory / f"{label}-ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / f"{label}-server.pem").write_bytes(server.public_bytes(pem))
+    (directory / f"{label}-server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return (
+        directory / f"{label}-ca.pem",
+        directory / f"{label}-server.pem",
+        directory / f"{label}-server.key",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_cli(args: list[str]) -> str:
+    register_all(cli)
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def https_server(tmp_path: Path, root_pem: bytes) -> Iterator[tuple[str, Path, str]]:
+    ca, cert, key = _write_ca_and_server(tmp_path, "good")
+    (tmp_path / "root.pem").write_bytes(root_pem)
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    admin = _run_cli(["fleet", "init", "--db", db]).strip().splitlines()[-1]
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from bmsfw.cli import main; main()",
+            "fleet",
+            "serve",
+            "--db",
+            db,
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+            "--trust-root",
+            str(tmp_path / "root.pem"),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with FleetClient(ClientConfig(url, admin, ca_file=ca, timeout_s=2)) as c:
+                    c.whoami()
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.stdout.read().decode() if proc.stdout else ""
+                    raise AssertionError(f"server did not come up:\n{out}") from None
+                time.sleep(0.2)
+        yield url, ca, admin
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_https_server_end_to_end(https_server, tmp_path: Path, pki) -> None:
+    url, ca, admin = https_server
+    with FleetClient(ClientConfig(url, admin, ca_file=ca)) as operator:
+        assert operator.whoami()["role"] == "admin"
+        release = operator.upload_release(make_release(pki), "r.bmsfw")
+        gateway = operator.post("gateways", {"name": "gw", "site": "s"})
+        with FleetClient(ClientConfig(url, gateway["token"], ca_file=ca)) as agent:
+            agent.check_in(CheckIn.model_validate({"devices": [bms("S1"), bms("S2")]}))
+            operator.post(
+                "campaigns",
+                {
+                    "name": "c",
+                    "release_id": release["id"],
+                    "phases": [{"name": "all", "percent": 100}],
+                },
+            )
+            # Several requests: both worker processes serve from the one database.
+            for _ in range(4):
+                offers = agent.check_in(
+                    CheckIn.model_validate({"devices": [bms("S1"), bms("S2")]})
+                ).offers
+            assert len(offers) == 2
+            result = agent.download(offers[0], tmp_path / "r.bmsfw")
+            assert result.sha256 == release["sha256"]
+
+    # A client configured with another CA refuses the server.
+    other_ca, _, _ = _write_ca_and_server(tmp_path, "other")
+    with (
+        FleetClient(ClientConfig(url, admin, ca_file=other_ca)) as wrong,
+        pytest.raises(TlsVerificationError),
+    ):
+        wrong.whoami()
+    with pytest.raises(FleetConfigError):
+        FleetClient(ClientConfig(url.replace("https", "http"), admin))
+
+
+def test_cli_bootstrap_token_and_access_review(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    first = _run_cli(["fleet", "init", "--db", db])
+    assert "bmsfw_op_" in first
+    assert "exists already" in _run_cli(["fleet", "init", "--db", db])
+    _run_cli(["fleet", "token", "create", "--db", db, "--role", "viewer", "--name", "auditor"])
+    import json
+
+    rows = json.loads(_run_cli(["fleet", "access-review", "--db", db, "--json"]))
+    assert [(r["name"], r["role"]) for r in rows] == [("admin", "admin"), ("auditor", "viewer")]
