@@ -98,7 +98,7 @@ def scan_command(
     as_json: bool,
 ) -> None:
     """Find the BMS that answer on a link (node ids FIRST..LAST)."""
-    from bmsfw.update.connect import open_sessions, parse_links
+    from bmsfw.update.connect import CanLink, open_sessions, parse_links
 
     if last < first:
         raise UsageError(f"--last {last} is below --first {first}")
@@ -112,6 +112,14 @@ def scan_command(
         baud=baud,
         timeout_s=timeout_s,
     )
+    if can is not None:
+        # A functional TesterPresent finds every node at once; then identify only those.
+        from bmsfw.protocol.uds import discover_nodes
+
+        first_link = links[0]
+        assert isinstance(first_link, CanLink)
+        answering = set(discover_nodes(f"{first_link.interface}:{first_link.channel}"))
+        links = [link for link in links if isinstance(link, CanLink) and link.node in answering]
     found: list[dict[str, Any]] = []
     with open_sessions(links) as conn:
         for link, session in zip(links, conn.sessions, strict=True):

@@ -15,4 +15,12 @@ def register_all(root: click.Group) -> None:
     root.add_command(keys_group)
     root.add_command(package_group)
     root.add_command(demo_command)
+    for command in _field_commands():  # scan, info, preflight, backup, update, ... (issue 5)
+        root.add_command(command)
     root.add_command(fleet_group)
+
+
+def _field_commands() -> tuple[click.Command, ...]:
+    from bmsfw.cli._field import FIELD_COMMANDS
+
+    return FIELD_COMMANDS

@@ -12,6 +12,7 @@ driver never breaks ``bmsfw --help``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -168,19 +169,24 @@ def _open_serial(links: Sequence[SerialLink]) -> Connection:
 
 
 def _open_can(links: Sequence[CanLink]) -> Connection:
-    client = _import("bmsfw.protocol.uds.client", "CAN/UDS")
-    factory = getattr(client, "open_can_session", None)
-    if factory is None:
-        raise TransportUnavailableError("bmsfw.protocol.uds.client has no open_can_session()")
+    uds = _import("bmsfw.protocol.uds", "CAN/UDS")
+    canlink = _import("bmsfw.link.canlink", "CAN")
+    first = links[0]
+    spec = canlink.parse_can_link(f"{first.interface}:{first.channel}")
+    spec = dataclasses.replace(spec, bitrate_bps=first.bitrate_bps)
+    # One controller for every node on this link, as a real USB-CAN adapter has.
+    bus = canlink.open_can_bus(spec)
+    config = uds.UdsClientConfig(p2_max_s=max(first.timeout_s, uds.UdsClientConfig.p2_min_s))
     sessions: list[BmsSession] = []
     try:
         for link in links:
-            sessions.append(factory(link))
+            sessions.append(uds.open_uds_session(spec, link.node, config=config, bus=bus))
     except BaseException:
         for session in sessions:
             session.close()
+        bus.shutdown()
         raise
-    return Connection(sessions, [])
+    return Connection(sessions, [bus.shutdown])
 
 
 def open_sessions(links: Sequence[LinkSpec]) -> Connection:
