@@ -261,7 +261,9 @@ def open_can_bus(
     logger.info("opening CAN link %s", spec)
     try:
         inner = can.Bus(interface=spec.interface, channel=spec.channel, **kwargs)
-    except (ImportError, can.CanInterfaceNotImplementedError) as exc:
+    except (ImportError, NameError, AttributeError, can.CanInterfaceNotImplementedError) as exc:
+        # Some backends load their vendor library lazily and fail with NameError /
+        # AttributeError on first use when it is missing (kvaser without CANlib).
         raise CanDriverMissingError(
             f"cannot load the {spec.interface!r} CAN driver for {spec}: {exc}; {hint}"
         ) from exc

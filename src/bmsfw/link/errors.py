@@ -19,7 +19,6 @@ __all__ = [
     "IsoTpTimeoutError",
     "IsoTpTransferError",
     "LinkClosedError",
-    "LinkSilentError",
     "SerialConfigError",
     "SerialLinkError",
     "UnknownCanInterfaceError",
@@ -84,14 +83,6 @@ class BusOffError(TransportError):
         "Check termination, wiring and that every node uses the same bitrate; then restart "
         "the adapter (socketcan: `ip link set can0 down && ip link set can0 up`)."
     )
-
-
-class LinkSilentError(TransportError):
-    """Nothing is heard on the link (cable pulled, peer powered off)."""
-
-    code = "BMSFW-E307"
-    diagnosis = "The link is silent: no frames or bytes reach the peer."
-    remedy = "Check the cable and connector and that the BMS is powered."
 
 
 class LinkClosedError(TransportError):

@@ -49,6 +49,7 @@ import time
 import tty
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Any
 
 from bmsfw.link.errors import LinkClosedError, SerialConfigError, SerialLinkError
 from bmsfw.link.uart import SerialParams, uart_transcode
@@ -553,7 +554,7 @@ class RS485Bus:
             selector.close()
 
 
-def open_serial_port(path: str, params: SerialParams, *, timeout_s: float = 1.0) -> object:
+def open_serial_port(path: str, params: SerialParams, *, timeout_s: float = 1.0) -> Any:
     """Open ``path`` with pyserial at ``params``; errors become :class:`SerialLinkError`."""
     import serial
 
