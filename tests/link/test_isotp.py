@@ -22,6 +22,7 @@ from bmsfw.link import (
     open_can_bus,
     parse_can_link,
 )
+
 from . import _isotp_echo
 
 _channels = itertools.count()
