@@ -27,7 +27,7 @@ from bmsfw.package import (
     sign_release,
     verify_release,
 )
-from bmsfw.protocol.session import TesterCredentials
+from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
 
 KIB = 1024
@@ -59,7 +59,7 @@ def pki() -> VendorPki:
 
 
 @pytest.fixture(scope="session")
-def tester(pki: VendorPki) -> TesterCredentials:
+def tester(pki: VendorPki) -> Credentials:
     key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
     return tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
 

@@ -102,7 +102,8 @@ class CanSimulator:
             return RealClock()
         return ScaledClock(self.config.time_scale)
 
-    def start(self) -> None:
+    def start(self, *, wait_boot: bool = True) -> None:
+        """Power the nodes on and serve them; by default return once every node has booted."""
         settings = IsoTpSettings.for_server(fd=self.spec.fd, multicast=self.spec.is_multicast)
         if self.config.isotp_block_size is not None:
             settings = IsoTpSettings(fd=self.spec.fd, blocksize=self.config.isotp_block_size)
@@ -136,6 +137,12 @@ class CanSimulator:
                 request_id,
                 response_id,
             )
+        if wait_boot:
+            self._wait_booted()
+
+    def _wait_booted(self) -> None:
+        for bms in self.devices.values():
+            bms.wait_boot(timeout_s=60.0)
 
     def stop(self) -> None:
         for runner in self._runners:

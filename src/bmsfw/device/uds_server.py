@@ -152,6 +152,7 @@ class UdsServer:
         self._challenge: bytes | None = None
         self._tester_key: Any = None
         self._download: _Download | None = None
+        self._exited = False
         self._last_request = self._now()
         self.after_response: Callable[[], None] | None = None  # e.g. ECUReset
 
@@ -503,6 +504,7 @@ class UdsServer:
                 f"resume at {address} leaves a gap: device holds {state.contiguous_bytes}",
             )
         self._download = _Download(start=address, end=address + size, next_offset=address)
+        self._exited = False
         return b"\x74\x20" + struct.pack(">H", self.config.max_block_length)
 
     def _transfer_data(self, request: bytes) -> bytes:
@@ -542,10 +544,13 @@ class UdsServer:
         self._require_programming("RequestTransferExit")
         dl = self._download
         if dl is None:
+            if self._exited:
+                return b"\x77"  # repeated exit: the tester missed our first answer
             raise _Negative(NRC.REQUEST_SEQUENCE_ERROR, "no transfer active")
         if dl.next_offset != dl.end:
             raise _Negative(NRC.REQUEST_SEQUENCE_ERROR, f"only {dl.next_offset} of {dl.end} bytes")
         self._download = None
+        self._exited = True
         return b"\x77"
 
     # ------------------------------------------------------------------ 0x19 / 0x14

@@ -83,6 +83,7 @@ __all__ = ["RoutineResult", "UdsClientConfig", "UdsSession", "make_udsoncan_clie
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_IDEMPOTENT = frozenset({0x10, 0x22, 0x34, 0x37, 0x3E})
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class UdsClientConfig:
     erase_timeout_s: float = 120.0
     verify_timeout_s: float = 120.0
     block_retries: int = 1  # resend a timed-out TransferData block once with the same counter
+    request_retries: int = 2  # repeat idempotent short requests (reads, session, download)
+    min_block_data: int = 62  # adaptive block size never goes below this many data bytes
     boot_poll_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
@@ -183,6 +186,7 @@ class UdsSession:
         self._keepalive = threading.Thread(target=self._tester_present_loop, daemon=True)
         self._keepalive.start()
         self.blocks_resent = 0
+        self._chunk_limit: int | None = None
         self.bus: Any = None  # the WireBus when opened by open_uds_session (stats, faults)
 
     # ------------------------------------------------------------------ plumbing
@@ -200,8 +204,29 @@ class UdsSession:
         *,
         what: str,
         step_timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> bytes:
-        """Send one request; return the positive response's data (after the SID byte)."""
+        """Send one request; return the positive response's data (after the SID byte).
+
+        Idempotent services (reads, session control, TesterPresent, RequestDownload,
+        RequestTransferExit) are repeated up to ``request_retries`` times on a timeout.
+        """
+        if retries is None:
+            retries = self.config.request_retries if sid in _IDEMPOTENT else 0
+        for attempt in range(retries + 1):
+            try:
+                return self._request_once(sid, data, what=what, step_timeout_s=step_timeout_s)
+            except UdsStepTimeoutError:
+                raise
+            except UdsTimeoutError:
+                if attempt == retries:
+                    raise
+                log.info("%s timed out; repeating (%d of %d)", what, attempt + 1, retries)
+        raise AssertionError("unreachable")
+
+    def _request_once(
+        self, sid: int, data: bytes, *, what: str, step_timeout_s: float | None
+    ) -> bytes:
         service = BaseService.from_request_id(sid)
         if service is None:
             raise ValueError(f"no udsoncan service for SID 0x{sid:02X}")
@@ -496,7 +521,11 @@ class UdsSession:
         max_block = int.from_bytes(data[1 : 1 + n], "big")
         if max_block < 3:
             raise UdsInvalidResponseError(f"request download: maxNumberOfBlockLength {max_block}")
-        chunk = max_block - 2  # SID and counter count too
+        # SID and counter count too; after an interruption blocks get smaller, since a
+        # lossy link loses long ISO-TP messages far more often than short ones
+        chunk = max_block - 2
+        if self._chunk_limit is not None:
+            chunk = min(chunk, self._chunk_limit)
         offset = start_offset
         counter = 1
         while offset < total:
@@ -519,6 +548,7 @@ class UdsSession:
                     self.blocks_resent += 1
                     log.info("block 0x%02X at %d timed out; sending it again", counter, offset)
                     continue
+                self._chunk_limit = max(self.config.min_block_data, len(block) // 2)
                 raise UdsTransferInterruptedError(
                     f"transfer to BMS {self.address} stopped at byte {offset} of {total}: "
                     f"block 0x{counter:02X} got no answer after {attempt + 1} tries",

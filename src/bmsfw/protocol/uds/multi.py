@@ -16,7 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bmsfw.errors import BmsfwError
-from bmsfw.protocol.errors import DeviceRolledBackError, DeviceSelfTestFailedError
+from bmsfw.protocol.errors import (
+    DeviceRolledBackError,
+    DeviceSelfTestFailedError,
+    UdsTransferInterruptedError,
+)
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.uds.client import UdsSession
 
@@ -56,11 +60,13 @@ def flash_node(
     node: int = 0,
     progress: Progress | None = None,
     boot_timeout_s: float = 30.0,
+    max_resumes: int = 0,
 ) -> NodeResult:
     """Authenticate, stage, erase or resume, transfer, verify, activate, reset, confirm.
 
     Raises the step's ``BmsfwError``; the device keeps what it received, so calling
-    this again resumes the transfer.
+    this again resumes the transfer. ``max_resumes`` > 0 resumes an interrupted
+    transfer within this call (smaller blocks each time), for lossy links.
     """
     start = time.monotonic()
     old = session.identify().app_version
@@ -72,16 +78,26 @@ def flash_node(
         raise UsageError(
             f"image has {len(image)} bytes, the release header says {state.total_size}"
         )
-    resume = state.contiguous_bytes if 0 < state.contiguous_bytes < len(image) else 0
+    resume = min(state.contiguous_bytes, len(image))
     if state.contiguous_bytes == 0:
         session.erase()
     sent = 0
-    if state.contiguous_bytes < len(image):
-        log.info("node %s: transfer from byte %d of %d", node, resume, len(image))
-        for offset in session.write(image, start_offset=resume):
-            sent = offset - resume
-            if progress is not None:
-                progress(node, offset, len(image))
+    offset = resume
+    while offset < len(image):
+        log.info("node %s: transfer from byte %d of %d", node, offset, len(image))
+        try:
+            for reached in session.write(image, start_offset=offset):
+                sent += reached - offset
+                offset = reached
+                if progress is not None:
+                    progress(node, offset, len(image))
+        except UdsTransferInterruptedError:
+            if max_resumes <= 0:
+                raise
+            max_resumes -= 1
+            # ask the device what it holds; it keeps every byte it acknowledged
+            offset = session.read_transfer_state().contiguous_bytes
+            log.info("node %s: transfer interrupted; resuming at %d", node, offset)
     session.verify()
     session.activate()
     session.reset()
