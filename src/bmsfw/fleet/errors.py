@@ -8,8 +8,6 @@ the other side of the wire.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from bmsfw.errors import FleetError
 
 __all__ = [
@@ -40,18 +38,14 @@ __all__ = [
 ]
 
 
-class _HttpFleetError(FleetError):
-    http_status: ClassVar[int] = 500
-
-
-class CredentialMissingError(_HttpFleetError):
+class CredentialMissingError(FleetError):
     code = "BMSFW-E601"
     http_status = 401
     diagnosis = "The request carried no credential (no 'Authorization: Bearer' header)."
     remedy = "Send an operator API token or the gateway's token as 'Authorization: Bearer TOKEN'."
 
 
-class InvalidCredentialError(_HttpFleetError):
+class InvalidCredentialError(FleetError):
     code = "BMSFW-E602"
     http_status = 401
     diagnosis = "The credential is unknown, malformed or revoked."
@@ -60,21 +54,21 @@ class InvalidCredentialError(_HttpFleetError):
     )
 
 
-class RoleNotAllowedError(_HttpFleetError):
+class RoleNotAllowedError(FleetError):
     code = "BMSFW-E603"
     http_status = 403
     diagnosis = "The credential is valid but its role may not use this endpoint."
     remedy = "Use a token with the role named in the message, or ask an admin to grant it."
 
 
-class FleetNotFoundError(_HttpFleetError):
+class FleetNotFoundError(FleetError):
     code = "BMSFW-E604"
     http_status = 404
     diagnosis = "The release, campaign, device, gateway or backup named does not exist."
     remedy = "List what exists (`GET /api/v1/...`) and check the id."
 
 
-class ReleaseRejectedError(_HttpFleetError):
+class ReleaseRejectedError(FleetError):
     code = "BMSFW-E605"
     http_status = 422
     diagnosis = "The uploaded file is not a release package the trust root accepts."
@@ -88,21 +82,21 @@ class ReleaseRejectedError(_HttpFleetError):
         self.package_code = package_code
 
 
-class SafetyCriticalOtaRefusedError(_HttpFleetError):
+class SafetyCriticalOtaRefusedError(FleetError):
     code = "BMSFW-E606"
     http_status = 409
     diagnosis = "The release is classed safety-critical; IEC 61508 practice forbids sending it OTA."
     remedy = "Install safety-critical releases on site with a wired connection (`bmsfw update`)."
 
 
-class InvalidStateTransitionError(_HttpFleetError):
+class InvalidStateTransitionError(FleetError):
     code = "BMSFW-E607"
     http_status = 409
     diagnosis = "The device reported a state that cannot follow its current state."
     remedy = "Check the agent's state machine against docs/fleet.md; terminal states are final."
 
 
-class CampaignStateError(_HttpFleetError):
+class CampaignStateError(FleetError):
     code = "BMSFW-E608"
     http_status = 409
     diagnosis = "The campaign is not in a state that allows this action."
@@ -111,77 +105,79 @@ class CampaignStateError(_HttpFleetError):
     )
 
 
-class InvalidCampaignSpecError(_HttpFleetError):
+class InvalidCampaignSpecError(FleetError):
     code = "BMSFW-E609"
     http_status = 422
     diagnosis = "The campaign definition (phases, thresholds, selector) is not valid."
     remedy = "Fix the value named in the message; docs/fleet.md describes every field."
 
 
-class NoTargetDevicesError(_HttpFleetError):
+class NoTargetDevicesError(FleetError):
     code = "BMSFW-E610"
     http_status = 422
     diagnosis = "No device matches the selector and the release's hardware compatibility."
     remedy = "Check the inventory (`GET /api/v1/devices`) and widen the selector."
 
 
-class ArtifactStoreError(_HttpFleetError):
+class ArtifactStoreError(FleetError):
     code = "BMSFW-E611"
     http_status = 500
     diagnosis = "The artifact store is missing a file or holds a file whose hash does not match."
     remedy = "Check the artifacts directory and upload the release again (content-addressed store)."
 
 
-class FleetConflictError(_HttpFleetError):
+class FleetConflictError(FleetError):
     code = "BMSFW-E612"
     http_status = 409
     diagnosis = "The object already exists or is used by another object."
     remedy = "Pick another name, or act on the existing object."
 
 
-class DeviceNotOnGatewayError(_HttpFleetError):
+class DeviceNotOnGatewayError(FleetError):
     code = "BMSFW-E613"
     http_status = 403
     diagnosis = "The gateway reported on, or asked for, a device or release that is not its own."
     remedy = "A gateway may only act for the BMS units it reported in its last check-in."
 
 
-class BackupRejectedError(_HttpFleetError):
+class BackupRejectedError(FleetError):
     code = "BMSFW-E614"
     http_status = 422
     diagnosis = "The configuration backup is not a JSON object or exceeds the size limit."
     remedy = "Send the backup as a JSON object below the limit named in the message."
 
 
-class MigrationError(_HttpFleetError):
+class MigrationError(FleetError):
     code = "BMSFW-E615"
+    http_status = 500
     diagnosis = "The fleet database could not be opened or migrated to the current schema."
     remedy = (
         "Check the --db URL, that the database server answers and that the user may create tables."
     )
 
 
-class FleetConfigError(_HttpFleetError):
+class FleetConfigError(FleetError):
     code = "BMSFW-E616"
+    http_status = 500
     diagnosis = "The fleet server or client configuration is incomplete or inconsistent."
     remedy = "Fix the option named in the message (e.g. --tls-cert needs --tls-key)."
 
 
-class FleetUnreachableError(_HttpFleetError):
+class FleetUnreachableError(FleetError):
     code = "BMSFW-E617"
     http_status = 503
     diagnosis = "The fleet server could not be reached."
     remedy = "Check the server URL, DNS, the network route and that the server runs."
 
 
-class FleetTimeoutError(_HttpFleetError, TimeoutError):
+class FleetTimeoutError(FleetError, TimeoutError):
     code = "BMSFW-E618"
     http_status = 504
     diagnosis = "The fleet server did not answer in time."
     remedy = "Retry later; the agent resumes where it stopped."
 
 
-class TlsVerificationError(_HttpFleetError):
+class TlsVerificationError(FleetError):
     code = "BMSFW-E619"
     http_status = 495
     diagnosis = (
@@ -190,7 +186,7 @@ class TlsVerificationError(_HttpFleetError):
     remedy = "Configure the agent with the CA that issued the server certificate and the host name."
 
 
-class DownloadTooLargeError(_HttpFleetError):
+class DownloadTooLargeError(FleetError):
     code = "BMSFW-E620"
     http_status = 413
     diagnosis = "The server sent more bytes than the size announced for the artifact."
@@ -199,20 +195,21 @@ class DownloadTooLargeError(_HttpFleetError):
     )
 
 
-class DownloadDigestMismatchError(_HttpFleetError):
+class DownloadDigestMismatchError(FleetError):
     code = "BMSFW-E621"
     http_status = 422
     diagnosis = "The downloaded artifact's SHA-256 differs from the one announced in the offer."
     remedy = "The partial file was discarded; the next poll downloads it again from the start."
 
 
-class FleetServerError(_HttpFleetError):
+class FleetServerError(FleetError):
     code = "BMSFW-E622"
+    http_status = 500
     diagnosis = "The fleet server answered with an error the client does not know."
     remedy = "Read the server log around the time of the request."
 
 
-_BY_CODE: dict[str, type[_HttpFleetError]] = {
+_BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
         CredentialMissingError,
@@ -242,8 +239,9 @@ _BY_CODE: dict[str, type[_HttpFleetError]] = {
 
 
 def http_status_for(error: FleetError) -> int:
-    """HTTP status the server answers with for ``error``."""
-    return getattr(error, "http_status", 500)
+    """HTTP status the server answers with for ``error`` (500 for one without its own)."""
+    status: int = getattr(error, "http_status", 500)
+    return status
 
 
 def fleet_error_for_code(code: str) -> type[FleetError] | None:
