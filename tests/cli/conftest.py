@@ -1,0 +1,223 @@
+"""End-to-end fixtures: run the `bmsfw` command against virtual BMS processes over CAN.
+
+Everything a technician would have on disk is made once per session (vendor root
+certificate, tester certificate, signed packages); each test gets fresh BMS state
+directories and its own multicast port, and the simulator runs in its own process
+(udp_multicast), so killing it is a real power loss.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from bmsfw.device import DeviceSpec, FlashSpec, VirtualBms, make_app_payload, provision
+from bmsfw.device.sim_can import SimCanProcess, node_state_dir
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    TrustAnchors,
+    build_release,
+    create_pki,
+    key_hash,
+    sign_release,
+    verify_release,
+)
+from bmsfw.protocol.uds import issue_tester_certificate
+
+MODEL = "BMS-16S"
+HW_REV = "C"
+IMAGE_SIZE = 4096
+BMSFW = str(Path(sys.executable).with_name("bmsfw"))
+CONFIRM = ["--confirm", "flammables-removed", "--confirm", "stable-power"]
+
+
+@dataclass(frozen=True)
+class Kit:
+    """The technician's files."""
+
+    root: Path
+    trust: Path
+    tester_cert: Path
+    tester_key: Path
+    packages: dict[str, Path]
+    template: Path  # a provisioned BMS running 1.0.0
+
+
+def _pem(cert: object) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    root = tmp_path_factory.mktemp("kit")
+    pki = create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    (root / "root-ca.crt").write_bytes(_pem(pki.root_certificate))
+    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
+    chain = _pem(cert) + _pem(pki.intermediate_certificate) + _pem(pki.root_certificate)
+    (root / "tester.crt").write_bytes(chain)
+    (root / "tester.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    packages: dict[str, Path] = {}
+    for name, version, counter, behaviour in (
+        ("v1", "1.0.0", 1, None),
+        ("v2", "2.0.0", 2, None),
+        ("fail-selftest", "2.1.0", 2, "fail-selftest"),
+        ("never-confirm", "2.2.0", 2, "never-confirm"),
+    ):
+        unsigned = build_release(
+            product="BMS-16S firmware",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(MODEL, (HW_REV,)),
+            min_bootloader_version="2.0.0",
+            components=[
+                ComponentSource(
+                    "app", make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
+                )
+            ],
+            image_signing_key=pki.image_signing_key,
+            encoding="raw",
+        )
+        packages[name] = root / f"{name}.bmsfw"
+        packages[name].write_bytes(sign_release(unsigned, pki.signer()))
+    trust = TrustAnchors.from_root_certificate(_pem(pki.root_certificate))
+    image = verify_release(packages["v1"].read_bytes(), trust).images["app"]
+    template = root / "template"
+    provision(
+        template,
+        initial_image=image,
+        root_key_hash=key_hash(pki.root_key),
+        image_key_hash=key_hash(pki.image_signing_key),
+        spec=DeviceSpec(
+            model=MODEL,
+            hw_revision=HW_REV,
+            flash=FlashSpec.small(bank_size=8 * 1024, sector_size=1024),
+            transfer_block_size=512,
+        ),
+        serial="SIM0000001",
+    )
+    return Kit(
+        root, root / "root-ca.crt", root / "tester.crt", root / "tester.key", packages, template
+    )
+
+
+@dataclass
+class Bench:
+    """Virtual BMS nodes on one CAN link, in their own process."""
+
+    kit: Kit
+    state_dir: Path
+    work: Path
+    link: str
+    nodes: tuple[int, ...]
+    process: SimCanProcess | None = None
+
+    def node_dir(self, node: int) -> Path:
+        return node_state_dir(self.state_dir, node)
+
+    def prepare(self, node: int, change: Callable[[VirtualBms], None]) -> None:
+        """Change the board of a node while its process is down (saved in board.json)."""
+        assert self.process is None
+        bms = VirtualBms(self.node_dir(node))
+        bms.wait_boot(30)
+        change(bms)
+        bms.close()
+
+    def offline(self, node: int) -> VirtualBms:
+        """Open a node's state in this process (only while the simulator is stopped)."""
+        assert self.process is None
+        bms = VirtualBms(self.node_dir(node))
+        bms.wait_boot(30)
+        return bms
+
+    def start(self) -> None:
+        self.process = SimCanProcess(
+            self.link,
+            self.state_dir,
+            self.nodes,
+            time_scale=20.0,
+            log_file=self.work / "sim.log",
+        )
+        self.process.start()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def power_cut(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    def link_args(self, *nodes: int) -> list[str]:
+        args = ["--can", self.link]
+        for node in nodes or self.nodes:
+            args += ["--node", str(node)]
+        return args
+
+    def update_args(self, package: str, *nodes: int) -> list[str]:
+        return [
+            "update",
+            *self.link_args(*nodes),
+            str(self.kit.packages[package]),
+            "--trust", str(self.kit.trust),
+            "--backup-dir", str(self.work / "backups"),
+            "--tester-cert", str(self.kit.tester_cert),
+            "--tester-key", str(self.kit.tester_key),
+            "--operator", "e2e",
+            *CONFIRM,
+        ]  # fmt: skip
+
+
+@pytest.fixture
+def make_bench(tmp_path: Path, kit: Kit) -> Iterator[Callable[..., Bench]]:
+    benches: list[Bench] = []
+
+    def make(nodes: tuple[int, ...] = (1,)) -> Bench:
+        state = tmp_path / "state"
+        for node in nodes:
+            target = node_state_dir(state, node)
+            shutil.copytree(kit.template, target)
+            # Each node its own serial, as on a real string of packs.
+            device = target / "device.json"
+            device.write_text(device.read_text().replace("SIM0000001", f"SIM000000{node}"))
+        port = random.randint(20_000, 60_000)
+        bench = Bench(kit, state, tmp_path, f"udp_multicast:239.74.163.2,port={port}", nodes)
+        benches.append(bench)
+        return bench
+
+    yield make
+    for bench in benches:
+        bench.stop()
+
+
+def run_bmsfw(
+    *args: str, timeout_s: float = 90.0, check: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `bmsfw ARGS` as a user would; ``check`` asserts the exit code."""
+    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [BMSFW, *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+    )
+    if check is not None:
+        assert result.returncode == check, (
+            f"bmsfw {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
