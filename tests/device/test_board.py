@@ -145,3 +145,16 @@ def test_config_validation_and_snapshot_checksum(bms: VirtualBms) -> None:
     again = VirtualBms(bms.state_dir, clock=SimClock())
     again.wait_boot()
     assert again.config().rs485_unit_id == 12
+
+
+def test_unreadable_config_falls_back_to_defaults_with_dtc(bms: VirtualBms) -> None:
+    bms.write_config(DeviceConfig(capacity_ah=200.0))
+    calibration = bms.calibration()
+    for sector in (0, 1):  # both journal copies lost (e.g. a worn NVM sector)
+        bms.flash.erase_sector("config", sector)
+    bms.close()
+    again = VirtualBms(bms.state_dir, clock=SimClock())
+    again.wait_boot()
+    assert again.config() == DeviceConfig()
+    assert again.calibration() == calibration
+    assert any(d.name == "CONFIG_DEFAULTED" for d in again.dtcs())

@@ -74,6 +74,7 @@ from bmsfw.device.config import (
 )
 from bmsfw.device.errors import (
     ConfigSchemaError,
+    ConfigValueError,
     DeviceNotRunningError,
     EraseNeededError,
     NoStagedUpdateError,
@@ -227,6 +228,7 @@ class VirtualBms:
         self._active_faults: set[str] = set()
         self._written: bytearray | None = None
         self._verified: tuple[str, ImageInfo] | None = None
+        self._nvm_defaulted: list[str] = []
         self._config, self._calibration = self._load_nvm_config()
         self.battery.set_capacity(self._config.capacity_ah)
         self.faults = FaultInjector(self)
@@ -379,6 +381,9 @@ class VirtualBms:
                     self._run_state = "bootloader"
                     return
                 continue
+            if self._nvm_defaulted:
+                self._dtc("CONFIG_DEFAULTED", f"unreadable NVM: {', '.join(self._nvm_defaulted)}")
+                self._nvm_defaulted = []
             if running.behaviour == "reset-config" and self._config != DeviceConfig():
                 self._config = DeviceConfig()
                 self._journal(fl.CONFIG).write(encode_record("config", self._config.to_dict()))
@@ -676,20 +681,27 @@ class VirtualBms:
     # ------------------------------------------------------------------ NVM config
 
     def _load_nvm_config(self) -> tuple[DeviceConfig, Calibration]:
-        cal_default = Calibration.identity(self.spec.cell_count, self.spec.ntc_count)
+        """Read both NVM areas; an unreadable record falls back to defaults (DTC at boot)."""
+        self._nvm_defaulted = []
+        config: DeviceConfig | None = None
+        cal: Calibration | None = None
         try:
             raw = self._journal(fl.CONFIG).read()
             config = DeviceConfig.from_dict(decode_record("config", raw)) if raw else None
-        except PackageError:
-            config = None
-        except ConfigSchemaError:
+        except (ConfigSchemaError, ConfigValueError):
             config = None
         try:
             raw = self._journal(fl.CALIBRATION).read()
             cal = Calibration.from_dict(decode_record("calibration", raw)) if raw else None
-        except ConfigSchemaError:
+        except (ConfigSchemaError, ConfigValueError):
             cal = None
-        return config or DeviceConfig(), cal or cal_default
+        if config is None:
+            self._nvm_defaulted.append("config")
+        if cal is None:
+            self._nvm_defaulted.append("calibration")
+        return config or DeviceConfig(), cal or Calibration.identity(
+            self.spec.cell_count, self.spec.ntc_count
+        )
 
     # ------------------------------------------------------------------ public: status
 
