@@ -118,3 +118,14 @@ def string_of_one(tmp_path: Path, pki: VendorPki, release_v1: Release) -> Iterat
     state = provision_string(tmp_path / "sim", pki, release_v1, (1,))
     with SimRs485Process(state, (1,), time_scale=TIME_SCALE, log_file=tmp_path / "sim.log") as sim:
         yield sim
+
+
+@pytest.fixture
+def string_of_eight(
+    tmp_path: Path, pki: VendorPki, release_v1: Release
+) -> Iterator[SimRs485Process]:
+    units = tuple(range(1, 9))
+    state = provision_string(tmp_path / "sim", pki, release_v1, units)
+    break_cell_sensor(state, 5)
+    with SimRs485Process(state, units, time_scale=TIME_SCALE, log_file=tmp_path / "sim.log") as sim:
+        yield sim

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.protocol import session as bms_session
-from bmsfw.protocol.modbus.client import open_modbus_session
+from bmsfw.protocol.modbus import (
+    BroadcastPolicy,
+    broadcast_update,
+    open_modbus_bus,
+    open_modbus_session,
+)
 
 from .conftest import Release
 
@@ -36,3 +41,32 @@ def test_single_node_update(
         after = session.identify()
         assert after.app_version == "1.1.0"
         assert session.read_boot_status().image_state == "confirmed"
+
+
+def test_string_of_eight_by_broadcast_one_rolls_back(
+    string_of_eight: SimRs485Process, release_v2: Release, tester: bms_session.TesterCredentials
+) -> None:
+    with open_modbus_bus(string_of_eight.port, timeout_s=0.2, retries=1) as bus:
+        report = broadcast_update(
+            bus,
+            range(1, 9),
+            release_v2.header,
+            release_v2.image,
+            tester,
+            policy=BroadcastPolicy(activation="all", boot_timeout_s=30),
+        )
+        by_unit = {n.unit: n for n in report.nodes}
+        assert sorted(by_unit) == list(range(1, 9))
+        assert by_unit[5].result == "rolled-back", by_unit[5]
+        assert by_unit[5].running_version == "1.0.0"
+        assert "self-test" in by_unit[5].revert_reason
+        for unit in (1, 2, 3, 4, 6, 7, 8):
+            assert by_unit[unit].result == "confirmed", by_unit[unit]
+            assert by_unit[unit].running_version == "1.1.0"
+        # the image went over the wire once: one frame per 246 bytes (+ page switches)
+        assert report.broadcast_frames <= len(release_v2.image) // 246 + 2
+        # every node reads back what it runs now
+        for unit in range(1, 9):
+            ident = bus.session(unit).identify()
+            assert ident.app_version == ("1.0.0" if unit == 5 else "1.1.0")
+            assert bus.session(unit).read_boot_status().image_state in ("confirmed", "reverted")

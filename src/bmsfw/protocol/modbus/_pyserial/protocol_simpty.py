@@ -26,17 +26,19 @@ class Serial(PosixSerial):  # type: ignore[misc]
     parity_emulated = False
 
     def open(self) -> None:
-        if isinstance(self.portstr, str) and self.portstr.startswith(SCHEME):
-            self.portstr = self.portstr[len(SCHEME) :]
+        port: Any = getattr(self, "portstr", None)
+        if isinstance(port, str) and port.startswith(SCHEME):
+            self.portstr = port[len(SCHEME) :]
         super().open()
 
     def _reconfigure_port(self, force_update: bool = False) -> Any:
         try:
             return super()._reconfigure_port(force_update)
         except termios.error:
-            if self._parity == "N":
+            parity: Any = getattr(self, "_parity", "N")
+            if parity == "N":
                 raise
-            parity, self._parity = self._parity, "N"
+            self._parity = "N"
             try:
                 result = super()._reconfigure_port(force_update)
             finally:
