@@ -20,29 +20,31 @@ def test_signed_release_flashed_and_confirmed_over_multicast(
     tmp_path: Path, state_dir: Path, tester: Credentials, release_v2: Release
 ) -> None:
     link = unique_link()
-    with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
-        with open_uds_session(link, 1) as session:
-            before = session.identify()
-            assert before.app_version == "1.0.0"
-            offsets: list[int] = []
-            result = flash_node(
-                session,
-                release_v2.header,
-                release_v2.image,
-                tester,
-                node=1,
-                progress=lambda _n, off, _t: offsets.append(off),
-            )
-            assert result.ok and result.resumed_from == 0
-            assert offsets == sorted(offsets) and offsets[-1] == len(release_v2.image)
-            status = session.read_boot_status()
-            assert (status.running_version, status.image_state) == ("1.1.0", "confirmed")
-            after = session.identify()
-            assert after.app_version == "1.1.0"
-            assert after.security_counter == 2  # raised by the confirm
-            assert after.active_bank != before.active_bank
-            stats = session.bus.stats()
-            assert stats.frames_tx > len(release_v2.image) // 8
+    with (
+        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
+        open_uds_session(link, 1) as session,
+    ):
+        before = session.identify()
+        assert before.app_version == "1.0.0"
+        offsets: list[int] = []
+        result = flash_node(
+            session,
+            release_v2.header,
+            release_v2.image,
+            tester,
+            node=1,
+            progress=lambda _n, off, _t: offsets.append(off),
+        )
+        assert result.ok and result.resumed_from == 0
+        assert offsets == sorted(offsets) and offsets[-1] == len(release_v2.image)
+        status = session.read_boot_status()
+        assert (status.running_version, status.image_state) == ("1.1.0", "confirmed")
+        after = session.identify()
+        assert after.app_version == "1.1.0"
+        assert after.security_counter == 2  # raised by the confirm
+        assert after.active_bank != before.active_bank
+        stats = session.bus.stats()
+        assert stats.frames_tx > len(release_v2.image) // 8
 
 
 def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
