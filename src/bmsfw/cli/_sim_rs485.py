@@ -1,0 +1,88 @@
+"""``bmsfw sim rs485``: a string of virtual BMS behind one pty, speaking Modbus RTU."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+__all__ = ["register", "sim_rs485_command"]
+
+
+@click.command("rs485")
+@click.option("--nodes", "-n", type=click.IntRange(1, 247), default=1, show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Provisioned devices in STATE_DIR/node1, node2, ... (unit id = node number).",
+)
+@click.option("--baud", type=int, default=115_200, show_default=True)
+@click.option("--parity", type=click.Choice(["N", "E", "O"]), default="E", show_default=True)
+@click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
+@click.option("--throttle/--no-throttle", default=False, help="Pace bytes at the baud rate.")
+@click.option("--time-scale", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def sim_rs485_command(
+    *,
+    nodes: int,
+    state_dir: Path,
+    baud: int,
+    parity: str,
+    stopbits: str,
+    throttle: bool,
+    time_scale: float,
+    as_json: bool,
+) -> None:
+    """Run NODES virtual BMS on one simulated RS485 bus and print the pty to open."""
+    from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator
+
+    sim = Rs485Simulator(
+        Rs485SimConfig(
+            nodes=tuple(range(1, nodes + 1)),
+            state_dir=str(state_dir),
+            baud_bps=baud,
+            parity=parity,
+            stopbits=int(stopbits),
+            throttle=throttle,
+            time_scale=time_scale,
+        )
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sim.start()
+    try:
+        info = sim.describe()
+        if as_json:
+            click.echo(json.dumps(info))
+        else:
+            click.echo(info["port"])
+            click.echo(
+                f"{nodes} node(s), unit ids 1..{nodes}, {baud} 8{parity}{stopbits}"
+                f"{', throttled' if throttle else ''}; Ctrl-C to stop",
+                err=True,
+            )
+        try:
+            while not stop.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+    finally:
+        sim.stop()
+
+
+def register(root: click.Group) -> None:
+    """Attach ``rs485`` to the ``sim`` group (the CAN engineer's, when it exists)."""
+    group = root.commands.get("sim")
+    if not isinstance(group, click.Group):
+        try:
+            from bmsfw.cli._sim import sim_group  # type: ignore[import-not-found,unused-ignore]
+
+            group = sim_group
+        except ImportError:
+            group = click.Group("sim", help="Run virtual BMS for tests and demos.")
+        root.add_command(group)
+    group.add_command(sim_rs485_command)
