@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, VirtualBms, make_app_payload, provision
+from bmsfw.device import (
+    DeviceSpec,
+    FlashSpec,
+    SimClock,
+    VirtualBms,
+    make_app_payload,
+    provision,
+)
 from bmsfw.device.sim_can import SimCanProcess, node_state_dir
 from bmsfw.package import (
     ComponentSource,
@@ -74,11 +81,13 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
         )
     )
     packages: dict[str, Path] = {}
-    for name, version, counter, behaviour in (
-        ("v1", "1.0.0", 1, None),
-        ("v2", "2.0.0", 2, None),
-        ("fail-selftest", "2.1.0", 2, "fail-selftest"),
-        ("never-confirm", "2.2.0", 2, "never-confirm"),
+    for name, version, counter, behaviour, size in (
+        ("v1", "1.0.0", 1, None, IMAGE_SIZE),
+        ("v2", "2.0.0", 2, None, IMAGE_SIZE),
+        ("fail-selftest", "2.1.0", 2, "fail-selftest", IMAGE_SIZE),
+        ("never-confirm", "2.2.0", 2, "never-confirm", IMAGE_SIZE),
+        # Big enough that the transfer takes a moment, so a test can cut the power in it.
+        ("v2-big", "2.0.0", 2, None, 96 * 1024),
     ):
         unsigned = build_release(
             product="BMS-16S firmware",
@@ -87,9 +96,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
             hardware=HardwareCompat(MODEL, (HW_REV,)),
             min_bootloader_version="2.0.0",
             components=[
-                ComponentSource(
-                    "app", make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
-                )
+                ComponentSource("app", make_app_payload(version, size=size, behaviour=behaviour))
             ],
             image_signing_key=pki.image_signing_key,
             encoding="raw",
@@ -107,7 +114,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
         spec=DeviceSpec(
             model=MODEL,
             hw_revision=HW_REV,
-            flash=FlashSpec.small(bank_size=8 * 1024, sector_size=1024),
+            flash=FlashSpec.small(bank_size=128 * 1024, sector_size=8192),
             transfer_block_size=512,
         ),
         serial="SIM0000001",
@@ -134,7 +141,7 @@ class Bench:
     def prepare(self, node: int, change: Callable[[VirtualBms], None]) -> None:
         """Change the board of a node while its process is down (saved in board.json)."""
         assert self.process is None
-        bms = VirtualBms(self.node_dir(node))
+        bms = VirtualBms(self.node_dir(node), clock=SimClock())
         bms.wait_boot(30)
         change(bms)
         bms.close()
@@ -142,7 +149,7 @@ class Bench:
     def offline(self, node: int) -> VirtualBms:
         """Open a node's state in this process (only while the simulator is stopped)."""
         assert self.process is None
-        bms = VirtualBms(self.node_dir(node))
+        bms = VirtualBms(self.node_dir(node), clock=SimClock())
         bms.wait_boot(30)
         return bms
 

@@ -174,19 +174,18 @@ def _open_can(links: Sequence[CanLink]) -> Connection:
     first = links[0]
     spec = canlink.parse_can_link(f"{first.interface}:{first.channel}")
     spec = dataclasses.replace(spec, bitrate_bps=first.bitrate_bps)
-    # One controller for every node on this link, as a real USB-CAN adapter has.
-    bus = canlink.open_can_bus(spec)
+    # One bus object per session: each session runs its own python-can notifier, and
+    # python-can allows one notifier per bus object.
     config = uds.UdsClientConfig(p2_max_s=max(first.timeout_s, uds.UdsClientConfig.p2_min_s))
     sessions: list[BmsSession] = []
     try:
         for link in links:
-            sessions.append(uds.open_uds_session(spec, link.node, config=config, bus=bus))
+            sessions.append(uds.open_uds_session(spec, link.node, config=config))
     except BaseException:
         for session in sessions:
             session.close()
-        bus.shutdown()
         raise
-    return Connection(sessions, [bus.shutdown])
+    return Connection(sessions, [])
 
 
 def open_sessions(links: Sequence[LinkSpec]) -> Connection:
