@@ -13,7 +13,7 @@ import pytest
 from bmsfw.device.sim_can import CanSimConfig, CanSimulator
 from bmsfw.device.uds_server import DEV_SEED_KEY_SECRET, UdsServerConfig
 from bmsfw.package import VendorPki, create_pki
-from bmsfw.protocol import errors as E
+from bmsfw.protocol import errors as err
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import (
     UdsClientConfig,
@@ -52,13 +52,13 @@ def programming(session: UdsSession, tester: Credentials) -> None:
 def test_programming_services_need_session_and_authentication(
     session: UdsSession, tester: Credentials
 ) -> None:
-    with pytest.raises(E.UdsServiceNotSupportedInSessionError) as info:
+    with pytest.raises(err.UdsServiceNotSupportedInSessionError) as info:
         session.request(0x34, b"\x00\x44" + bytes(8), what="download in default session")
     assert info.value.nrc == 0x7F and info.value.code == "BMSFW-E356"
     session.change_session(Session.PROGRAMMING)
-    with pytest.raises(E.UdsSecurityAccessDeniedError):
+    with pytest.raises(err.UdsSecurityAccessDeniedError):
         session.request(0x34, b"\x00\x44" + bytes(4) + b"\x00\x00\x01\x00", what="download")
-    with pytest.raises(E.UdsSecurityAccessDeniedError):
+    with pytest.raises(err.UdsSecurityAccessDeniedError):
         session.routine(ROUTINE.ERASE_MEMORY, what="erase")
 
 
@@ -66,20 +66,20 @@ def test_sequence_errors_and_block_counter(
     session: UdsSession, tester: Credentials, release_v2: Release
 ) -> None:
     programming(session, tester)
-    with pytest.raises(E.UdsRequestSequenceError):
+    with pytest.raises(err.UdsRequestSequenceError):
         session.request(0x36, b"\x01" + bytes(16), what="data without download")
-    with pytest.raises(E.UdsUploadDownloadNotAcceptedError):
+    with pytest.raises(err.UdsUploadDownloadNotAcceptedError):
         session.request(0x34, b"\x00\x44" + bytes(4) + b"\x00\x00\x01\x00", what="no header")
     session.prepare(release_v2.header)
-    with pytest.raises(E.UdsRequestSequenceError):
+    with pytest.raises(err.UdsRequestSequenceError):
         session.activate()  # not verified
     session.erase()
     size = len(release_v2.image)
-    with pytest.raises(E.UdsRequestOutOfRangeError):  # compression nibble reserved
+    with pytest.raises(err.UdsRequestOutOfRangeError):  # compression nibble reserved
         session.request(
             0x34, b"\x10\x44" + (0).to_bytes(4, "big") + size.to_bytes(4, "big"), what="dfi"
         )
-    with pytest.raises(E.UdsRequestOutOfRangeError):
+    with pytest.raises(err.UdsRequestOutOfRangeError):
         session.request(
             0x34,
             b"\x00\x44" + (0).to_bytes(4, "big") + (size + 1).to_bytes(4, "big"),
@@ -90,13 +90,13 @@ def test_sequence_errors_and_block_counter(
     assert session.request(0x36, b"\x01" + image[:100], what="block 1") == b"\x01"
     # a repeated block (lost response) is accepted again with the same counter
     assert session.request(0x36, b"\x01" + image[:100], what="block 1 again") == b"\x01"
-    with pytest.raises(E.UdsWrongBlockSequenceCounterError) as info:
+    with pytest.raises(err.UdsWrongBlockSequenceCounterError) as info:
         session.request(0x36, b"\x03" + image[100:200], what="skipped counter")
     assert info.value.nrc == 0x73
-    with pytest.raises(E.UdsRequestSequenceError):
+    with pytest.raises(err.UdsRequestSequenceError):
         session.request(0x37, what="exit before the end")
     assert session.read_transfer_state().contiguous_bytes == 100
-    with pytest.raises(E.UdsRequestOutOfRangeError):
+    with pytest.raises(err.UdsRequestOutOfRangeError):
         session.read_did(0x0999)
 
 
@@ -118,21 +118,21 @@ def test_block_counter_wraps_past_0xff(
 
 
 def test_seed_key_attempts_lockout_and_unlock(session: UdsSession) -> None:
-    with pytest.raises(E.UdsServiceNotSupportedInSessionError):
+    with pytest.raises(err.UdsServiceNotSupportedInSessionError):
         session.request(0x27, b"\x11", what="seed in default session")
     session.change_session(Session.PROGRAMMING)
     for expected in (
-        E.UdsInvalidKeyError,
-        E.UdsInvalidKeyError,
-        E.UdsExceededNumberOfAttemptsError,
+        err.UdsInvalidKeyError,
+        err.UdsInvalidKeyError,
+        err.UdsExceededNumberOfAttemptsError,
     ):
         with pytest.raises(expected):
             session.security_access(b"wrong secret")
-    with pytest.raises(E.UdsRequiredTimeDelayNotExpiredError):
+    with pytest.raises(err.UdsRequiredTimeDelayNotExpiredError):
         session.security_access(DEV_SEED_KEY_SECRET)
     time.sleep(0.6)  # lock-out of this simulator: 0.5 s (S3 0.4 s drops the session too)
     session.change_session(Session.PROGRAMMING)
-    with pytest.raises(E.UdsRequestSequenceError):
+    with pytest.raises(err.UdsRequestSequenceError):
         session.request(0x27, b"\x12" + bytes(16), what="key without seed")
     session.security_access(DEV_SEED_KEY_SECRET)
     assert session.read_transfer_state().total_size == 0  # unlocked: reads still fine
@@ -145,13 +145,13 @@ def test_tester_certificates_checked(
     signer = make_credentials(
         pki.signer_key, pki.signer_certificate, [pki.intermediate_certificate]
     )
-    with pytest.raises(E.UdsCertificateRejectedError) as info:
+    with pytest.raises(err.UdsCertificateRejectedError) as info:
         session.authenticate(signer)
     assert info.value.nrc == 0x55  # invalid scope
     # a tester certificate from another vendor's PKI does not chain to the fused root
     other = create_pki("ed25519")
     key, cert = issue_tester_certificate(other.intermediate_key, other.intermediate_certificate)
-    with pytest.raises(E.UdsCertificateRejectedError) as info:
+    with pytest.raises(err.UdsCertificateRejectedError) as info:
         session.authenticate(
             make_credentials(key, cert, [other.intermediate_certificate, other.root_certificate])
         )
@@ -160,7 +160,7 @@ def test_tester_certificates_checked(
     stolen = dataclasses.replace(
         tester, private_key_pem=make_credentials(key, cert, []).private_key_pem
     )
-    with pytest.raises(E.UdsOwnershipVerificationFailedError):
+    with pytest.raises(err.UdsOwnershipVerificationFailedError):
         session.authenticate(stolen)
     session.authenticate(tester)  # and the real tester gets in
 

@@ -14,6 +14,7 @@ boot and self-test timing that many times faster (tests use 20).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -83,6 +84,7 @@ class CanSimConfig:
     time_scale: float = 1.0
     server: UdsServerConfig = field(default_factory=UdsServerConfig)
     isotp_block_size: int | None = None  # None: 16 on udp_multicast, else 0
+    isotp_timeout_ms: int = 1000  # N_Bs / N_Cr (ISO 15765-2: 1000 ms)
 
 
 class CanSimulator:
@@ -107,6 +109,7 @@ class CanSimulator:
         settings = IsoTpSettings.for_server(fd=self.spec.fd, multicast=self.spec.is_multicast)
         if self.config.isotp_block_size is not None:
             settings = IsoTpSettings(fd=self.spec.fd, blocksize=self.config.isotp_block_size)
+        settings = dataclasses.replace(settings, timeout_ms=self.config.isotp_timeout_ms)
         for node in self.config.nodes:
             bms = VirtualBms(node_state_dir(self.config.state_dir, node), clock=self._clock())
             request_id, response_id = node_ids(node)
