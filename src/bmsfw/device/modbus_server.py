@@ -637,7 +637,7 @@ def build_sim_device(node: ModbusBmsNode) -> Any:
         return ExcCodes.ILLEGAL_FUNCTION
 
     bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
-    holding = [SimData(0, count=0x10000 - 1, values=0, datatype=DataType.REGISTERS)]
+    holding = [SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)]
     inputs = [SimData(0, count=0x6002, values=0, datatype=DataType.REGISTERS)]
     return SimDevice(id=node.unit, simdata=(bits, list(bits), holding, inputs), action=action)
 

@@ -55,7 +55,7 @@ class BroadcastPolicy:
     boot_timeout_s: float = 60.0
     max_repair_rounds: int = 4
     confirm: bool = True  # confirm nodes whose self-test passed
-    settle_s: float = 0.05  # let the last broadcast frames drain before asking
+    settle_s: float = 0.01  # the nodes' time to apply the last frame
 
     def __post_init__(self) -> None:
         if self.activation not in ("all", "rolling"):
@@ -254,7 +254,15 @@ def broadcast_update(
             bus.write(0, frame.address, frame.values)
             frames += 1
             payload_bytes += 9 + 2 * len(frame.values)
+        # Barrier: the port buffers what we wrote; an addressed reply can only come
+        # after every broadcast byte has crossed the (half-duplex) wire.
         time.sleep(policy.settle_s)
+        for node in live:
+            try:
+                bus.read_input(node.session.unit, INPUT.MAP_VERSION, 1)
+                break
+            except BmsfwError:
+                continue
     broadcast_s = time.monotonic() - bcast_started
     mark("broadcast")
 

@@ -1,0 +1,210 @@
+"""RS485 / Modbus RTU firmware transfer over throttled simulated lines (8E1).
+
+For 115200 and 921600 baud, a 256 KiB image:
+
+* single node: addressed function-0x10 writes of 123 registers into the
+  transfer window; wire time (characters + t3.5 silences + turnaround, from
+  the bus's own counters) and wall time; payload rate as a percentage of the raw
+  character rate (baud / 11 for 8E1);
+* broadcast phase of a 16-node string: the image once to unit 0, no replies;
+* the whole update (prepare .. confirm) of 16 nodes by broadcast against one
+  node, and against 16 × one node (one by one, extrapolated from the measured
+  single-node update, not run: it would take 16 times as long).
+
+Run: ``.venv/bin/python -m benchmarks.bench_rs485 [--quick]`` (``--quick``:
+921600 only, 64 KiB image, 4 nodes).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bmsfw.device.flash import FlashSpec
+from bmsfw.device.images import make_app_payload
+from bmsfw.device.provision import provision
+from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator, node_state_dir
+from bmsfw.device.spec import DeviceSpec
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    TrustAnchors,
+    VendorPki,
+    build_release,
+    create_pki,
+    key_hash,
+    release_header,
+    sign_release,
+    verify_release,
+)
+from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_bus
+from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
+
+KIB = 1024
+SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=4 * KIB))
+TIME_SCALE = 50.0
+CHAR_BITS_8E1 = 11
+
+
+def make_release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
+    payload = make_app_payload(version, size=size)
+    package = sign_release(
+        build_release(
+            product="demo-bms",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
+            min_bootloader_version="1.0.0",
+            components=[ComponentSource.firmware("app", payload)],
+            image_signing_key=pki.image_signing_key,
+            encoding="raw",
+        ),
+        pki.signer(),
+    )
+    trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
+        [key_hash(pki.image_signing_key)]
+    )
+    return release_header(package), verify_release(package, trust, None).image("app")
+
+
+def provision_string(state: Path, pki: VendorPki, image: bytes, units: range) -> None:
+    for unit in units:
+        provision(
+            node_state_dir(state, unit),
+            initial_image=image,
+            root_key_hash=key_hash(pki.root_key),
+            image_key_hash=key_hash(pki.image_signing_key),
+            spec=SPEC,
+            serial=f"BMS{unit:07d}",
+        )
+
+
+def run(baud: int, nodes: int, image_size: int, pki: VendorPki, tester: object) -> dict[str, float]:
+    _, v1_image = make_release(pki, "1.0.0", 1, 16 * KIB)
+    header, image = make_release(pki, "2.0.0", 2, image_size)
+    raw_rate = baud / CHAR_BITS_8E1
+    out: dict[str, float] = {"baud": baud, "image": len(image)}
+    with tempfile.TemporaryDirectory() as tmp:
+        provision_string(Path(tmp) / "one", pki, v1_image, range(1, 2))
+        config = Rs485SimConfig(
+            nodes=(1,),
+            state_dir=str(Path(tmp) / "one"),
+            baud_bps=baud,
+            throttle=True,
+            time_scale=TIME_SCALE,
+        )
+        with Rs485Simulator(config) as sim, open_modbus_bus(sim.host_path, baud) as bus:
+            assert sim.bus is not None
+            session = bus.session(1)
+            t0 = time.perf_counter()
+            session.authenticate(tester)  # type: ignore[arg-type]
+            session.prepare(header)
+            session.erase()
+            before = sim.bus.stats()
+            t1 = time.perf_counter()
+            for _ in session.write(image):
+                pass
+            t2 = time.perf_counter()
+            after = sim.bus.stats()
+            session.verify()
+            session.activate()
+            session.reset()
+            session.wait_boot(60)
+            assert session.read_self_test().passed
+            session.confirm()
+            t3 = time.perf_counter()
+        wire = after.wire_time_tx_s - before.wire_time_tx_s
+        out["single_wire_s"] = wire
+        out["single_wall_s"] = t2 - t1
+        out["single_wire_pct"] = 100 * len(image) / (wire * raw_rate)
+        out["single_wall_pct"] = 100 * len(image) / ((t2 - t1) * raw_rate)
+        out["single_update_s"] = t3 - t0
+
+        provision_string(Path(tmp) / "many", pki, v1_image, range(1, nodes + 1))
+        config = Rs485SimConfig(
+            nodes=tuple(range(1, nodes + 1)),
+            state_dir=str(Path(tmp) / "many"),
+            baud_bps=baud,
+            throttle=True,
+            time_scale=TIME_SCALE,
+        )
+        with Rs485Simulator(config) as sim, open_modbus_bus(sim.host_path, baud) as bus:
+            assert sim.bus is not None
+            marks: dict[str, object] = {}
+
+            def progress(what: str, _n: int) -> None:
+                assert sim.bus is not None
+                marks[what] = (time.perf_counter(), sim.bus.stats())
+
+            t0 = time.perf_counter()
+            report = broadcast_update(
+                bus,
+                range(1, nodes + 1),
+                header,
+                image,
+                tester,  # type: ignore[arg-type]
+                policy=BroadcastPolicy(activation="all", boot_timeout_s=120),
+                progress=progress,
+            )
+            t_all = time.perf_counter() - t0
+        assert report.ok, report.summary()
+        (_, s_prep), (_, s_bc) = marks["prepared"], marks["broadcast"]  # type: ignore[misc]
+        # The bus counts a t3.5 silence only where the line really went idle; a
+        # talker streaming broadcast frames back to back never idles it, so the
+        # wire time of the phase is computed from the frames sent (chars + t3.5).
+        out["bcast_link_s"] = s_bc.wire_time_tx_s - s_prep.wire_time_tx_s
+        wire_bc = report.broadcast_wire_s
+        out["bcast_wire_s"] = wire_bc
+        out["bcast_wall_s"] = report.broadcast_s
+        out["bcast_wire_pct"] = 100 * len(image) / (wire_bc * raw_rate)
+        out["bcast_wall_pct"] = 100 * len(image) / (report.broadcast_s * raw_rate)
+        out["string_update_s"] = t_all
+        out["repair_frames"] = report.repair_frames
+    return out
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    quick = "--quick" in argv
+    bauds = (921_600,) if quick else (115_200, 921_600)
+    image_size = (64 if quick else 256) * KIB
+    nodes = 4 if quick else 16
+    pki = create_pki("ed25519")
+    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
+    tester = tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+    rows = [run(b, nodes, image_size, pki, tester) for b in bauds]
+    print(f"\nModbus RTU 8E1, throttled simulated RS485, image {image_size // KIB} KiB")
+    print(f"{'':34}" + "".join(f"{int(r['baud']):>14}" for r in rows))
+
+    def line(label: str, key: str, fmt: str) -> None:
+        print(f"{label:34}" + "".join(f"{format(r[key], fmt):>14}" for r in rows))
+
+    line("single node: wire time s", "single_wire_s", ".2f")
+    line("single node: wall time s", "single_wall_s", ".2f")
+    line("single node: payload % raw (wire)", "single_wire_pct", ".1f")
+    line("single node: payload % raw (wall)", "single_wall_pct", ".1f")
+    line("broadcast: wire time s (model)", "bcast_wire_s", ".2f")
+    line("broadcast: link-counted s", "bcast_link_s", ".2f")
+    line("broadcast: wall time s", "bcast_wall_s", ".2f")
+    line("broadcast: payload % raw (wire)", "bcast_wire_pct", ".1f")
+    line("broadcast: payload % raw (wall)", "bcast_wall_pct", ".1f")
+    line("broadcast: repair frames", "repair_frames", ".0f")
+    print()
+    print(f"whole update, {nodes} nodes (prepare .. confirm):")
+    print(f"{'':34}" + "".join(f"{int(r['baud']):>14}" for r in rows))
+    line("one node s", "single_update_s", ".1f")
+    line(f"{nodes} by broadcast s", "string_update_s", ".1f")
+    for r in rows:
+        r["ratio"] = r["string_update_s"] / r["single_update_s"]
+        r["one_by_one"] = nodes * r["single_update_s"]
+    line(f"{nodes} one by one s (= {nodes} × one)", "one_by_one", ".1f")
+    line("broadcast / one node", "ratio", ".2f")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
