@@ -1,119 +1,185 @@
-"""``bmsfw demo`` (interim): vendor PKI, build, sign, verify and inspect a sample release.
+"""``bmsfw demo``: the whole job on one machine, with nothing but Python.
 
-It will be replaced by the full update demo (virtual BMS over CAN/RS485) once
-the update pipeline exists; until then it shows the package layer end to end,
-including two refusals a BMS would make.
+It makes a vendor PKI and a tester certificate, signs two releases, provisions
+two virtual BMS (packs on one CAN bus) and starts them in their own process
+(udp_multicast CAN, UDS over ISO-TP), then runs the real update pipeline over
+that link: one pack takes release 1.1.0 and confirms it; the other gets a build
+that fails its self-test and returns to its old firmware on its own. Both
+reports are printed, and the audit log is verified at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
+import random
 import tempfile
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives import serialization
 
-from bmsfw.cli._package import render_inspection, render_verified
+from bmsfw.cli._field import _print_reports, _progress, _ProgressSink
 from bmsfw.cli._render import console
-from bmsfw.errors import BmsfwError
-from bmsfw.package import (
-    ComponentSource,
-    DeviceFacts,
-    HardwareCompat,
-    TrustAnchors,
-    build_release,
-    init_pki_dir,
-    inspect_release,
-    key_hash,
-    load_signer,
-    release_header,
-    sign_release,
-    verify_header,
-    verify_release,
-)
 
 __all__ = ["demo_command"]
 
-
-def _sample_firmware(size: int) -> bytes:
-    # Deterministic, compressible-but-not-trivial bytes standing in for a BMS application.
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(counter.to_bytes(4, "little")).digest()[:16] + bytes(16)
-        counter += 1
-    return bytes(out[:size])
+DEMO_MODEL = "BMS-16S"
+DEMO_REVISION = "C"
+IMAGE_SIZE = 32 * 1024
 
 
 @click.command("demo")
 @click.option(
     "--output",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Keep the PKI and package here (default: a temporary directory).",
+    help="Keep the PKI, packages, BMS state, backups and reports here (default: temporary).",
 )
-@click.option("--algorithm", type=click.Choice(["ed25519", "ecdsa-p256"]), default="ed25519")
-def demo_command(output: Path | None, algorithm: str) -> None:
-    """Create a demo vendor PKI, then build, sign, verify and inspect a sample release."""
+@click.option(
+    "--time-scale",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Run the virtual BMS's boot and flash timing this many times faster.",
+)
+def demo_command(output: Path | None, time_scale: float) -> None:
+    """Update two virtual BMS over CAN: one passes, one fails its self-test and rolls back."""
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        _run(output, algorithm)
+        _run(output, time_scale)
         console.print(f"\nfiles kept in {output}")
         return
     with tempfile.TemporaryDirectory(prefix="bmsfw-demo-") as tmp:
-        _run(Path(tmp), algorithm)
+        _run(Path(tmp), time_scale)
 
 
-def _run(workdir: Path, algorithm: str) -> None:
-    pki_dir = workdir / "pki"
-    console.rule("1. vendor PKI")
-    pki = init_pki_dir(pki_dir, algorithm)  # type: ignore[arg-type]
-    root_hash = key_hash(pki.root_key)
-    image_hash = key_hash(pki.image_signing_key)
-    console.print(f"PKI in {pki_dir} ({algorithm})")
-    console.print(f"root key hash, fused into the BMS for manifests:  {root_hash.hex()}")
-    console.print(f"image key hash, fused into the BMS for secure boot: {image_hash.hex()}")
+def _pem(cert: object) -> bytes:
+    data: bytes = cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined]
+    return data
 
-    console.rule("2. build and sign release 1.4.0")
-    hardware = HardwareCompat("BMS-48V-100A", ("B", "C"))
-    unsigned = build_release(
-        product="demo-bms",
-        version="1.4.0",
-        security_counter=5,
-        hardware=hardware,
-        min_bootloader_version="1.1.0",
-        components=[ComponentSource.firmware("app", _sample_firmware(96 * 1024))],
-        image_signing_key=pki.image_signing_key,
-        release_notes="Demo release: improved balancing hysteresis.",
+
+def _run(workdir: Path, time_scale: float) -> None:
+    from bmsfw.device import DeviceSpec, FlashSpec, make_app_payload, provision
+    from bmsfw.device.sim_can import SimCanProcess, node_state_dir
+    from bmsfw.package import (
+        ComponentSource,
+        HardwareCompat,
+        TrustAnchors,
+        build_release,
+        init_pki_dir,
+        key_hash,
+        load_signer,
+        sign_release,
+        verify_release,
     )
-    signed = sign_release(unsigned, load_signer(pki_dir))
-    package_path = workdir / "demo-bms-1.4.0.bmsfw"
-    package_path.write_bytes(signed)
-    console.print(f"wrote {package_path} ({len(signed):,} bytes)")
+    from bmsfw.protocol.session import TesterCredentials
+    from bmsfw.protocol.uds import issue_tester_certificate
+    from bmsfw.update.audit import verify_audit_log
+    from bmsfw.update.connect import open_sessions, parse_links
+    from bmsfw.update.pipeline import UpdateOptions, run_update
+    from bmsfw.update.profile import UpdateProfile
 
-    console.rule("3. inspect")
-    render_inspection(inspect_release(signed))
+    console.rule("1. vendor PKI, tester certificate, signed releases")
+    pki_dir = workdir / "pki"
+    pki = init_pki_dir(pki_dir, "ed25519")
+    signer = load_signer(pki_dir)
+    tester_key, tester_cert = issue_tester_certificate(
+        pki.intermediate_key, pki.intermediate_certificate
+    )
+    chain = _pem(tester_cert) + _pem(pki.intermediate_certificate) + _pem(pki.root_certificate)
+    credentials = TesterCredentials(
+        chain,
+        tester_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    trust = TrustAnchors.from_root_certificate(_pem(pki.root_certificate))
+    packages: dict[str, bytes] = {}
+    for version, counter, behaviour in (
+        ("1.0.0", 1, None),
+        ("1.1.0", 2, None),
+        ("1.1.1-rc1", 2, "fail-selftest"),
+    ):
+        unsigned = build_release(
+            product="BMS-16S firmware",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(DEMO_MODEL, (DEMO_REVISION,)),
+            min_bootloader_version="2.0.0",
+            components=[
+                ComponentSource(
+                    "app", make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
+                )
+            ],
+            image_signing_key=pki.image_signing_key,
+            release_notes="demo release",
+        )
+        packages[version] = sign_release(unsigned, signer)
+        (workdir / f"bms-16s-{version}.bmsfw").write_bytes(packages[version])
+        console.print(f"signed bms-16s-{version}.bmsfw ({len(packages[version]):,} bytes)")
 
-    console.rule("4. verify as a BMS would (root key hash from OTP)")
-    trust = TrustAnchors.from_key_hashes([root_hash]).with_image_key_hashes([image_hash])
-    device = DeviceFacts("BMS-48V-100A", "C", "1.2.0", security_counter=4, channel="wired")
-    render_verified(verify_release(signed, trust, device), device_checked=True)
-    header = release_header(signed)
-    verify_header(header, trust, device)
-    console.print(f"release header alone ({len(header):,} bytes) verified the same way")
+    console.rule("2. two virtual BMS on one CAN bus, in their own process")
+    state = workdir / "bms-state"
+    initial = verify_release(packages["1.0.0"], trust).images["app"]
+    for node in (1, 2):
+        provision(
+            node_state_dir(state, node),
+            initial_image=initial,
+            root_key_hash=key_hash(pki.root_key),
+            image_key_hash=key_hash(pki.image_signing_key),
+            spec=DeviceSpec(
+                model=DEMO_MODEL,
+                hw_revision=DEMO_REVISION,
+                flash=FlashSpec.small(bank_size=128 * 1024, sector_size=8192),
+            ),
+            serial=f"DEMO000{node}",
+        )
+    link = f"udp_multicast:239.74.163.2,port={random.randint(20_000, 60_000)}"
+    sim = SimCanProcess(link, state, (1, 2), time_scale=time_scale, log_file=workdir / "sim.log")
+    sim.start()
+    console.print(f"virtual BMS nodes 1 and 2 serve UDS on --can {link}")
+    backups = workdir / "backups"
+    options = UpdateOptions(
+        backup_dir=backups,
+        credentials=credentials,
+        # The demo answers the profile's questions for the technician, and says so.
+        confirmed=frozenset(c.id for c in UpdateProfile().confirmations),
+        audit_log=backups / "audit.jsonl",
+        report_dir=backups / "reports",
+        operator="demo",
+    )
+    try:
+        for node, version, story in (
+            (1, "1.1.0", "a good release: preflight, backup, transfer, self-test, confirm"),
+            (2, "1.1.1-rc1", "a build that fails its self-test: the BMS rolls back on its own"),
+        ):
+            console.rule(f"3.{node} pack {node}: {version} ({story})")
+            links = parse_links(can=link, nodes=[node])
+            with (
+                open_sessions(links) as conn,
+                _progress(console.is_terminal) as progress,
+            ):
+                report = run_update(
+                    conn.sessions[0],
+                    packages[version],
+                    trust,
+                    options,
+                    sink=_ProgressSink(progress),
+                )
+            _print_reports([report], as_json=False)
+    finally:
+        sim.stop()
 
-    console.rule("5. refusals")
-    tampered = bytearray(signed)
-    offset = signed.index(b"components/app.bin") + 200
-    tampered[offset] ^= 0x01
-    refusals = [
-        ("one flipped byte", bytes(tampered), device),
-        ("newer device (counter 6)", signed, DeviceFacts("BMS-48V-100A", "C", "1.2.0", 6)),
-        ("wrong hardware rev A", signed, DeviceFacts("BMS-48V-100A", "A", "1.2.0", 4)),
-    ]
-    for label, data, facts in refusals:
-        try:
-            verify_release(data, trust, facts)
-        except BmsfwError as exc:
-            console.print(f"[green]refused[/] {label}: {exc.code} {type(exc).__name__}")
-        else:  # pragma: no cover - would be a bug worth shouting about
-            raise click.ClickException(f"{label} was NOT refused")
+    console.rule("4. audit log")
+    records = verify_audit_log(backups / "audit.jsonl")
+    for record in records:
+        console.print(
+            f"#{record['seq']} {record['time']} {record['who']} {record['device']['serial']} "
+            f"{record['package'].get('version')}: {record['result']} {record['error_code']}",
+            highlight=False,
+        )
+    console.print(f"{len(records)} records, hash chain intact")
+    console.print(
+        "\nsame thing by hand: bmsfw update --can LINK --node 1 PACKAGE --trust root-ca.crt "
+        "--backup-dir DIR --tester-cert tester.crt --tester-key tester.key"
+    )

@@ -211,7 +211,7 @@ def render_text(report: UpdateReport) -> str:
         lines += [
             f"    {c['path']}: {c['before']!r} -> {c['after']!r}" for c in report.config_changes
         ]
-    elif report.backup and report.outcome != "refused":
+    elif any(s.step == "config-compare" and s.ok for s in report.steps):
         lines.append("  configuration:   unchanged (compared with the backup)")
     for warning in report.warnings:
         lines.append(f"  warning:         {warning}")
