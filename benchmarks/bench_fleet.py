@@ -159,8 +159,11 @@ def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[An
     )
 
 
-async def _poll_loop(base: str, gateways: list[tuple[str, str]], duration_s: float) -> list[float]:
+async def _poll_loop(
+    base: str, gateways: list[tuple[str, str]], duration_s: float
+) -> tuple[list[float], int]:
     latencies: list[float] = []
+    errors = 0
     limits = httpx.Limits(max_connections=len(gateways), max_keepalive_connections=len(gateways))
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
         stop_at = time.perf_counter() + duration_s
@@ -168,14 +171,23 @@ async def _poll_loop(base: str, gateways: list[tuple[str, str]], duration_s: flo
         async def device(token: str, serial: str) -> None:
             headers = {"Authorization": f"Bearer {token}"}
             body = {"agent_version": "bench", "devices": [_device(serial)]}
+            nonlocal errors
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
-                response = await client.post(f"{API}/agent/check-in", json=body, headers=headers)
-                response.raise_for_status()
+                try:
+                    response = await client.post(
+                        f"{API}/agent/check-in", json=body, headers=headers
+                    )
+                    response.raise_for_status()
+                except httpx.HTTPError:
+                    # A real agent retries at its next poll; count it and go on.
+                    errors += 1
+                    await asyncio.sleep(0.1)
+                    continue
                 latencies.append(time.perf_counter() - started)
 
         await asyncio.gather(*(device(t, s) for t, s in gateways))
-    return latencies
+    return latencies, errors
 
 
 def _load_worker(base: str, gateways: list[tuple[str, str]], duration_s: float, out: Any) -> None:
@@ -184,7 +196,7 @@ def _load_worker(base: str, gateways: list[tuple[str, str]], duration_s: float, 
 
 def _measure_checkins(
     base: str, gateways: list[tuple[str, str]], duration_s: float, load_procs: int
-) -> tuple[int, float, list[float]]:
+) -> tuple[int, float, list[float], int]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     shards = [gateways[i::load_procs] for i in range(load_procs)]
@@ -192,12 +204,15 @@ def _measure_checkins(
     for p in procs:
         p.start()
     latencies: list[float] = []
+    errors = 0
     for _ in procs:
-        latencies += queue.get()
+        got, failed = queue.get(timeout=duration_s + 300)
+        latencies += got
+        errors += failed
     for p in procs:
         p.join()
     # Each device polls for duration_s once its process is up; rate over that window.
-    return len(latencies), duration_s, latencies
+    return len(latencies), duration_s, latencies, errors
 
 
 async def _campaign_run(
@@ -313,7 +328,7 @@ def run_case(
                             ],
                         },
                     ).raise_for_status()
-                count, elapsed, latencies = _measure_checkins(
+                count, elapsed, latencies, errors = _measure_checkins(
                     base, gateways, duration_s, load_procs
                 )
                 with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
@@ -330,6 +345,7 @@ def run_case(
         "workers": workers,
         "devices": devices,
         "checkins": count,
+        "errors": errors,
         "rate": count / elapsed,
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
@@ -355,14 +371,14 @@ def main() -> None:
     print(f"\nfleet server, {os.cpu_count()} CPU(s), {args.duration_s:g} s of polling per backend")
     header = (
         f"{'backend':<10} {'procs':>5} {'devices':>7} {'check-ins':>9} {'per s':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'campaign wall s':>16}"
+        f"{'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'campaign wall s':>16}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
             f"{r['backend']:<10} {r['workers']:>5} {r['devices']:>7} {r['checkins']:>9} "
-            f"{r['rate']:>8.0f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{r['rate']:>8.0f} {r['errors']:>6} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
             f"{r['campaign_s']:>16.1f}"
         )
 
