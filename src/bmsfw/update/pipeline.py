@@ -198,6 +198,7 @@ class _Run:
         report.package = {"sha256": hashlib.sha256(self.package).hexdigest()}
         step: Step = "identify"
         identity: DeviceIdentity | None = None
+        snapshot: ConfigSnapshot | None = None
         try:
             validate_overrides(self.options.overrides)
             with self.step("identify") as detail:
@@ -323,6 +324,12 @@ class _Run:
             self._compare_config(snapshot)
         except BmsfwError as exc:
             self._failed(step, exc, identity)
+            if report.outcome == "rolled-back" and snapshot is not None:
+                # Back on the old firmware: show that the configuration survived too.
+                try:
+                    self._compare_config(snapshot)
+                except BmsfwError as compare_error:
+                    self.warn(f"configuration not compared after the rollback: {compare_error}")
         return self._finish()
 
     def _component(self, release: VerifiedRelease) -> str:
