@@ -1,0 +1,737 @@
+"""The gateway agent: polls the fleet server and updates the BMS units behind it.
+
+One poll (:meth:`Agent.run_once`):
+
+1. send what the server has not acknowledged yet (the outbox of state reports
+   and configuration backups, kept in the state file);
+2. after a (re)start, re-read every BMS whose update was in flight and report
+   what is true: the new image runs confirmed (succeeded), runs as an
+   unconfirmed test image (read its self-test, then confirm or roll back), or
+   the bootloader reverted it (rolled back); otherwise the install is retried
+   and the pipeline resumes the transfer;
+3. read every local BMS (identity, telemetry, runtime integrity, firmware
+   hash) and check in; the answer holds the poll interval and the offers;
+4. per offered release: download it once for all devices (HTTP Range resume,
+   bounded by the offered size, SHA-256 checked, bandwidth measured against the
+   floor), verify the package *end to end against the agent's own trust root*
+   (the server is never trusted for authenticity; a safety-critical package is
+   refused over OTA by the package policy, and again by the BMS), then, inside
+   the maintenance window, run the update pipeline on each targeted BMS
+   (preflight, backup uploaded to the server, transfer, self-test, confirm or
+   roll back) and report every state change with the error code.
+
+Every state change is written to the state file (temp file + ``os.replace``)
+before it is sent, so a crash at any point loses nothing the agent knew.
+The agent talks to its BMS only through :class:`~bmsfw.protocol.session.BmsSession`
+(CAN/UDS, RS485/Modbus, or in-process for the simulated fleet).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from bmsfw import __version__
+from bmsfw.errors import BmsfwError, FleetError, PackageError
+from bmsfw.fleet.agent_errors import AgentConfigError, BandwidthBelowFloorError, OfferMismatchError
+from bmsfw.fleet.agent_state import AgentState, Job
+from bmsfw.fleet.campaigns import window_open
+from bmsfw.fleet.client import DownloadResult, FleetClient
+from bmsfw.fleet.errors import (
+    DownloadDigestMismatchError,
+    DownloadTooLargeError,
+    FleetServerError,
+    FleetTimeoutError,
+    FleetUnreachableError,
+    InvalidStateTransitionError,
+)
+from bmsfw.fleet.protocol import (
+    TERMINAL_STATES,
+    BackupUpload,
+    BmsReport,
+    CheckIn,
+    CheckInResponse,
+    DeviceState,
+    Offer,
+    StateReport,
+)
+from bmsfw.package import DeviceFacts, TrustAnchors, verify_release
+from bmsfw.protocol.session import BmsSession, DeviceIdentity, TesterCredentials
+from bmsfw.update.backup import load_backup
+from bmsfw.update.connect import Connection, LinkSpec, open_sessions
+from bmsfw.update.errors import NotConfirmedRolledBackError, SelfTestFailedRolledBackError
+from bmsfw.update.events import Event, StepStarted
+from bmsfw.update.pipeline import UpdateOptions, run_update
+from bmsfw.update.profile import UpdateProfile
+from bmsfw.update.report import UpdateReport
+
+__all__ = [
+    "Agent",
+    "AgentClock",
+    "AgentConfig",
+    "BmsProvider",
+    "FirmwareDigestReader",
+    "LinkProvider",
+    "PollResult",
+    "StateChange",
+]
+
+log = logging.getLogger(__name__)
+
+S = DeviceState
+_IN_FLIGHT = frozenset({S.INSTALLING.value, S.VERIFYING.value})
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+# Preflight refusals that no amount of waiting fixes: the device is not a target.
+_PERMANENT_PREFLIGHT = frozenset({"BMSFW-E407", "BMSFW-E408", "BMSFW-E410"})
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AgentClock(Protocol):
+    """Device-side time for the pipeline (``SimClock`` in the simulated fleet)."""
+
+    def now(self) -> datetime: ...
+
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class _WallClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+@runtime_checkable
+class FirmwareDigestReader(Protocol):
+    """A session that can hash the running image (reported for the server's hash check)."""
+
+    def read_firmware_sha256(self) -> str: ...
+
+
+class BmsProvider(Protocol):
+    """Opens sessions to the BMS behind this gateway (once per poll; closed after it)."""
+
+    def open(self) -> Connection: ...
+
+
+@dataclass(frozen=True)
+class LinkProvider:
+    """BMS on a CAN or RS485 link (``--can``/``--serial`` with ``--node``/``--unit``)."""
+
+    links: tuple[LinkSpec, ...]
+
+    def open(self) -> Connection:
+        return open_sessions(self.links)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How one gateway's agent behaves; the safe choices are the defaults."""
+
+    state_dir: Path
+    trust_root_pem: bytes  # the vendor root every package must chain to (not the server's)
+    credentials: TesterCredentials | None = None  # tester certificate for BMS authentication
+    profile: UpdateProfile = field(default_factory=UpdateProfile)
+    # Manual confirmations of the profile the site's installer attested at set-up
+    # (e.g. "flammables-removed"); without them the pipeline refuses (E409).
+    confirmed: frozenset[str] = frozenset()
+    site: str | None = None  # None: keep the site the server has for this gateway
+    tags: tuple[str, ...] | None = None
+    # Local floor; the effective floor is the higher of this and the campaign's.
+    bandwidth_floor_bps: int = 0
+    bandwidth_probe_bytes: int = 256 * 1024  # bytes to receive before judging the rate
+    max_artifact_bytes: int = 256 * 1024 * 1024
+    max_poll_interval_s: float | None = None  # cap on the server's interval (tests, sims)
+    error_retry_interval_s: float = 30.0  # wait after a failed poll if no interval is known
+    max_install_attempts: int = 3
+    max_preflight_attempts: int = 12
+    max_download_failures: int = 2  # digest mismatches before the release is rejected
+    agent_version: str = __version__
+
+    def validate(self) -> None:
+        if self.bandwidth_floor_bps < 0 or self.bandwidth_probe_bytes < 1:
+            raise AgentConfigError("bandwidth floor must be >= 0 and probe size >= 1 byte")
+        if min(self.max_install_attempts, self.max_preflight_attempts) < 1:
+            raise AgentConfigError("attempt limits must be at least 1")
+        if self.max_download_failures < 1 or self.max_artifact_bytes < 1:
+            raise AgentConfigError("download limits must be at least 1")
+        if self.max_poll_interval_s is not None and self.max_poll_interval_s <= 0:
+            raise AgentConfigError("max_poll_interval_s must be > 0")
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One state the agent reported (kept in memory for the CLI and tests)."""
+
+    serial: str
+    campaign_id: int
+    state: str
+    error_code: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PollResult:
+    poll_interval_s: float
+    devices: int
+    offers: int
+    changes: tuple[StateChange, ...]
+
+
+@dataclass
+class _Local:
+    session: BmsSession
+    identity: DeviceIdentity
+    report: BmsReport
+
+
+class Agent:
+    """One gateway's agent. Not thread-safe: one thread runs its polls."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: FleetClient,
+        provider: BmsProvider,
+        *,
+        clock: AgentClock | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.client = client
+        self.provider = provider
+        self.clock: AgentClock = clock or _WallClock()
+        try:
+            self.trust = TrustAnchors.from_root_certificate(config.trust_root_pem)
+        except PackageError as exc:
+            raise AgentConfigError(f"the trust root is not usable: {exc}") from exc
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.artifacts_dir = config.state_dir / "artifacts"
+        self.artifacts_dir.mkdir(exist_ok=True)
+        self.state = AgentState.load(config.state_dir)
+        self.history: list[StateChange] = []
+        self.downloads: list[DownloadResult] = []
+        self._reconciled = False
+        self._interval_s: float | None = None
+        self._campaign_status: dict[int, str] = {}
+        self._changes: list[StateChange] = []
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event | None = None, *, max_polls: int | None = None) -> None:
+        """Poll until ``stop`` is set (or ``max_polls`` polls ran)."""
+        stop = stop or threading.Event()
+        polls = 0
+        while not stop.is_set():
+            try:
+                interval = self.run_once().poll_interval_s
+            except BmsfwError as exc:
+                interval = self._interval_s or self.config.error_retry_interval_s
+                log.warning("poll failed (%s); next try in %.1f s", exc, interval)
+            polls += 1
+            if max_polls is not None and polls >= max_polls:
+                return
+            stop.wait(interval)
+
+    def run_once(self) -> PollResult:
+        """One poll: outbox, reconcile, check-in, offers. Raises FleetError if unreachable."""
+        self._changes = []
+        self._flush_outbox()
+        connection = self.provider.open()
+        try:
+            local = self._read_devices(connection.sessions)
+            if not self._reconciled:
+                self._reconcile(local)
+                self._reconciled = True
+                local = self._read_devices(connection.sessions)
+            self._flush_outbox()
+            response = self.client.check_in(
+                CheckIn(
+                    agent_version=self.config.agent_version,
+                    site=self.config.site,
+                    tags=list(self.config.tags) if self.config.tags is not None else None,
+                    devices=[d.report for d in local.values()],
+                )
+            )
+            self._interval_s = self._interval(response)
+            self._adopt_server_states(response.offers)
+            by_release: dict[int, list[Offer]] = {}
+            for offer in response.offers:
+                by_release.setdefault(offer.release_id, []).append(offer)
+            for offers in by_release.values():
+                self._process_release(offers, local)
+            self._prune_artifacts()
+        finally:
+            connection.close()
+        return PollResult(self._interval_s, len(local), len(response.offers), tuple(self._changes))
+
+    def _interval(self, response: CheckInResponse) -> float:
+        interval = float(max(response.poll_interval_s, 0))
+        if self.config.max_poll_interval_s is not None:
+            interval = min(interval, self.config.max_poll_interval_s)
+        return interval
+
+    # ------------------------------------------------------------------ devices
+
+    def _read_devices(self, sessions: Sequence[BmsSession]) -> dict[str, _Local]:
+        local: dict[str, _Local] = {}
+        for session in sessions:
+            try:
+                identity = session.identify()
+            except BmsfwError as exc:
+                log.warning("a BMS did not answer identification: %s", exc)
+                continue
+            soc = temperature = None
+            integrity_ok, integrity_detail = True, ""
+            try:
+                telemetry = session.read_telemetry()
+                soc = telemetry.soc_pct
+                temperature = max(telemetry.temperatures_c) if telemetry.temperatures_c else None
+                if "firmware_integrity" in telemetry.faults:
+                    integrity_ok = False
+                    integrity_detail = "runtime re-hash of the running image failed"
+            except BmsfwError as exc:
+                log.info("%s: no telemetry (%s)", identity.serial, exc)
+            digest = ""
+            if isinstance(session, FirmwareDigestReader):
+                try:
+                    digest = session.read_firmware_sha256()
+                except BmsfwError as exc:
+                    log.info("%s: firmware hash not readable (%s)", identity.serial, exc)
+            version = identity.app_version
+            if not version:
+                integrity_ok = False
+                integrity_detail = "no application running (bootloader)"
+                version = "none"
+            local[identity.serial] = _Local(
+                session,
+                identity,
+                BmsReport(
+                    serial=identity.serial,
+                    model=identity.model,
+                    hw_revision=identity.hw_revision,
+                    bootloader_version=identity.bootloader_version,
+                    firmware_version=version,
+                    firmware_sha256=digest,
+                    security_counter=identity.security_counter,
+                    soc_pct=soc,
+                    temperature_c=temperature,
+                    integrity_ok=integrity_ok,
+                    integrity_detail=integrity_detail,
+                ),
+            )
+        return local
+
+    def _reconcile(self, local: dict[str, _Local]) -> None:
+        """After a restart: report the true state of every BMS whose install was in flight."""
+        for job in list(self.state.jobs.values()):
+            if job.state not in _IN_FLIGHT or job.serial not in local:
+                continue
+            session = local[job.serial].session
+            try:
+                status = session.read_boot_status()
+                if status.running_version == job.version and status.image_state == "confirmed":
+                    self._report(job, S.SUCCEEDED, detail=f"after restart: runs {job.version}")
+                elif status.running_version == job.version and status.image_state == "test":
+                    result = session.read_self_test()
+                    if result.passed and result.version in ("", job.version):
+                        session.confirm()
+                        after = session.read_boot_status()
+                        if after.image_state == "confirmed":
+                            self._report(
+                                job,
+                                S.SUCCEEDED,
+                                detail="after restart: self-test passed, confirmed",
+                            )
+                            continue
+                    session.rollback()
+                    after = session.wait_boot(self.config.profile.boot.revert_timeout_s)
+                    self._report(
+                        job,
+                        S.ROLLED_BACK,
+                        SelfTestFailedRolledBackError.code,
+                        f"after restart: test image not confirmable; runs {after.running_version}",
+                    )
+                elif status.running_version != job.version and (
+                    status.image_state == "reverted" or status.last_revert_reason
+                ):
+                    self._report(
+                        job,
+                        S.ROLLED_BACK,
+                        NotConfirmedRolledBackError.code,
+                        f"after restart: the bootloader reverted "
+                        f"({status.last_revert_reason or 'not confirmed'}); "
+                        f"runs {status.running_version}",
+                    )
+                else:
+                    log.info(
+                        "%s: install of %s was interrupted before activation; it resumes",
+                        job.serial,
+                        job.version,
+                    )
+            except BmsfwError as exc:
+                log.warning("%s: cannot re-read after restart: %s", job.serial, exc)
+
+    # ------------------------------------------------------------------ offers
+
+    def _adopt_server_states(self, offers: Sequence[Offer]) -> None:
+        """With the outbox empty, the server's view of each offered device is the truth."""
+        if self.state.outbox:
+            return
+        changed = False
+        for offer in offers:
+            job = self.state.job(offer.campaign_id, offer.device_serial)
+            if job is not None and job.state != offer.state.value:
+                log.info(
+                    "%s: server has %s, agent had %s",
+                    offer.device_serial,
+                    offer.state.value,
+                    job.state,
+                )
+                job.state = offer.state.value
+                changed = True
+        if changed:
+            self.state.save()
+
+    def _job_for(self, offer: Offer, device: _Local) -> Job:
+        job = self.state.job(offer.campaign_id, offer.device_serial)
+        if job is None:
+            job = Job(
+                campaign_id=offer.campaign_id,
+                serial=offer.device_serial,
+                release_id=offer.release_id,
+                version=offer.version,
+                release_sha256=offer.sha256,
+                state=offer.state.value,
+                from_version=device.identity.app_version,
+            )
+            self.state.jobs[job.key] = job
+            self.state.save()
+        return job
+
+    def _process_release(self, offers: list[Offer], local: dict[str, _Local]) -> None:
+        work: list[tuple[Offer, Job, _Local]] = []
+        for offer in offers:
+            device = local.get(offer.device_serial)
+            if device is None:
+                log.warning("offer for %s, which did not answer this poll", offer.device_serial)
+                continue
+            job = self._job_for(offer, device)
+            if job.state not in _TERMINAL:
+                work.append((offer, job, device))
+        if not work:
+            return
+        first = work[0][0]
+        jobs = [job for _, job, _ in work]
+        data = self._fetch_verified(first, jobs)
+        if data is None:
+            return
+        for offer, job, device in work:
+            if self._campaign_status.get(offer.campaign_id, "running") != "running":
+                log.info("campaign %d is %s: not installing on %s", offer.campaign_id,
+                         self._campaign_status[offer.campaign_id], job.serial)  # fmt: skip
+                continue
+            if not self._device_accepts(data, job, device):
+                continue
+            if job.state in (S.OFFERED.value, S.DOWNLOADING.value):
+                self._report(job, S.DOWNLOADED, detail=f"{offer.size_bytes} bytes, signature valid")
+            if not self._window_open(offer):
+                if job.state != S.WAITING.value or job.error_code:
+                    self._report(job, S.WAITING, detail="outside the site's maintenance window")
+                continue
+            self._install(offer, job, device, data)
+
+    def _window_open(self, offer: Offer) -> bool:
+        policy = offer.policy
+        # The server judged at check-in; the agent checks again with its own clock,
+        # as the install may start minutes later (after other devices).
+        return policy.install_allowed_now and window_open(
+            policy.maintenance_windows, policy.maintenance_timezone, self.clock.now()
+        )
+
+    def _artifact_path(self, sha256: str) -> Path:
+        return self.artifacts_dir / f"{sha256}.bmsfw"
+
+    def _fetch_verified(self, offer: Offer, jobs: list[Job]) -> bytes | None:
+        """Download (or resume) and verify the release; None when not (yet) usable."""
+        path = self._artifact_path(offer.sha256)
+        if offer.sha256 in self.state.verified_artifacts and path.is_file():
+            return path.read_bytes()
+        if not path.is_file() and not self._download(offer, jobs, path):
+            return None
+        data = path.read_bytes()
+        try:
+            # End to end, against the agent's own trust root: signature, certificate
+            # chain, revocation and every component hash. The server is not trusted.
+            verified = verify_release(data, self.trust, None, now=self.clock.now())
+            manifest = verified.manifest
+            if (manifest.version, manifest.security_counter) != (
+                offer.version,
+                offer.security_counter,
+            ):
+                raise OfferMismatchError(
+                    f"the package is {manifest.product} {manifest.version} (counter "
+                    f"{manifest.security_counter}); the offer named {offer.version} "
+                    f"(counter {offer.security_counter})"
+                )
+        except (PackageError, OfferMismatchError) as exc:
+            path.unlink(missing_ok=True)
+            log.error("release %d refused: %s", offer.release_id, exc)
+            for job in jobs:
+                self._report(job, S.REJECTED, exc.code, f"package refused: {exc.message}")
+            return None
+        self.state.verified_artifacts[offer.sha256] = path.name
+        self.state.save()
+        return data
+
+    def _download(self, offer: Offer, jobs: list[Job], path: Path) -> bool:
+        if offer.size_bytes > self.config.max_artifact_bytes:
+            for job in jobs:
+                self._report(
+                    job,
+                    S.REJECTED,
+                    DownloadTooLargeError.code,
+                    f"offered artifact of {offer.size_bytes} bytes exceeds the agent's limit "
+                    f"of {self.config.max_artifact_bytes}",
+                )
+            return False
+        for job in jobs:
+            if job.state != S.DOWNLOADING.value:
+                self._report(job, S.DOWNLOADING, detail=f"{offer.size_bytes} bytes")
+        floor = max(self.config.bandwidth_floor_bps, offer.policy.bandwidth_floor_bps)
+        part = path.with_name(path.name + ".part")
+        resumed_from = part.stat().st_size if part.exists() else 0
+        started = time.monotonic()
+        probe = self.config.bandwidth_probe_bytes
+
+        def measure(have: int, _total: int) -> None:
+            received = have - resumed_from
+            elapsed = time.monotonic() - started
+            if floor and received >= probe and elapsed > 0:
+                rate = received * 8 / elapsed
+                if rate < floor:
+                    raise BandwidthBelowFloorError(
+                        f"{rate / 1e6:.2f} Mbit/s measured over {received} bytes, floor "
+                        f"{floor / 1e6:.2f} Mbit/s; stopped at byte {have} of {offer.size_bytes} "
+                        "(kept for resume)"
+                    )
+
+        try:
+            result = self.client.download(offer, path, progress=measure)
+        except BandwidthBelowFloorError as exc:
+            log.warning("release %d: %s", offer.release_id, exc.message)
+            for job in jobs:
+                self._report(job, S.WAITING, exc.code, exc.message)
+            return False
+        except DownloadTooLargeError as exc:
+            for job in jobs:
+                self._report(job, S.REJECTED, exc.code, exc.message)
+            return False
+        except DownloadDigestMismatchError as exc:
+            for job in jobs:
+                job.download_failures += 1
+                if job.download_failures >= self.config.max_download_failures:
+                    self._report(job, S.REJECTED, exc.code, exc.message)
+                else:
+                    self._report(job, S.DOWNLOADING, exc.code, exc.message)
+            return False
+        except (FleetUnreachableError, FleetTimeoutError) as exc:
+            log.warning("release %d: download interrupted: %s", offer.release_id, exc)
+            return False
+        self.downloads.append(result)
+        log.info(
+            "release %d: %d bytes (resumed from %d) at %.2f Mbit/s",
+            offer.release_id,
+            result.size_bytes,
+            result.resumed_from,
+            result.throughput_bps / 1e6,
+        )
+        return True
+
+    def _device_accepts(self, data: bytes, job: Job, device: _Local) -> bool:
+        """This BMS's own facts: compatibility, anti-rollback, OTA policy (safety class)."""
+        ident = device.identity
+        facts = DeviceFacts(
+            ident.model, ident.hw_revision, ident.bootloader_version, ident.security_counter, "ota"
+        )
+        try:
+            verify_release(data, self.trust, facts, now=self.clock.now())
+        except PackageError as exc:
+            self._report(job, S.REJECTED, exc.code, f"not for this BMS: {exc.message}")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ install
+
+    def _install(self, offer: Offer, job: Job, device: _Local, data: bytes) -> None:
+        job.install_attempts += 1
+        self.state.save()
+        backup_dir = self.config.state_dir / "backups" / _SAFE_NAME.sub("_", job.serial)
+        before = set(backup_dir.glob("*.json")) if backup_dir.is_dir() else set()
+
+        def sink(event: Event) -> None:
+            if not isinstance(event, StepStarted):
+                return
+            if event.step == "authenticate":  # the backup is written and read back
+                self._upload_backup(job, backup_dir, before)
+                self._report(
+                    job,
+                    S.INSTALLING,
+                    detail=f"installing {job.version} (attempt {job.install_attempts})",
+                )
+            elif event.step == "self-test":
+                self._report(job, S.VERIFYING, detail="booting the new image, self-test")
+
+        options = UpdateOptions(
+            backup_dir=backup_dir,
+            credentials=self.config.credentials,
+            confirmed=self.config.confirmed,
+            channel="ota",
+            audit_log=self.config.state_dir / "audit.jsonl",
+            report_dir=self.config.state_dir / "reports",
+            operator=f"agent campaign {offer.campaign_id}",
+            now=self.clock.now(),
+        )
+        report = run_update(
+            device.session,
+            data,
+            self.trust,
+            options,
+            profile=self.config.profile,
+            sink=sink,
+            sleep=self.clock.sleep,
+            clock=self.clock.monotonic,
+        )
+        self._conclude(job, report)
+
+    def _conclude(self, job: Job, report: UpdateReport) -> None:
+        code = report.error.get("code", "")
+        message = report.error.get("message", "")
+        detail = f"{report.failed_step}: {message}" if message else ""
+        detail = f"{detail}; runs {report.running_version}".lstrip("; ")
+        outcome = report.outcome
+        if outcome in ("updated", "already-installed"):
+            self._ensure_installing(job)
+            self._report(job, S.SUCCEEDED, detail=f"{outcome}; runs {report.running_version}")
+        elif outcome == "rolled-back":
+            self._ensure_installing(job)
+            self._report(job, S.ROLLED_BACK, code, detail)
+        elif outcome == "refused" and report.failed_step == "verify-package":
+            self._report(job, S.REJECTED, code, detail)
+        elif outcome == "refused" and report.failed_step == "preflight":
+            if code in _PERMANENT_PREFLIGHT:
+                self._report(job, S.REJECTED, code, detail)
+                return
+            job.preflight_attempts += 1
+            if job.preflight_attempts >= self.config.max_preflight_attempts:
+                self._report(job, S.FAILED, code, f"preflight failed {job.preflight_attempts}x; "
+                             f"{detail}")  # fmt: skip
+            elif job.state in _IN_FLIGHT:
+                self._report(job, S(job.state), code, f"waiting for preflight: {detail}")
+            else:
+                self._report(job, S.WAITING, code, f"waiting for preflight: {detail}")
+        elif outcome == "paused" and job.install_attempts < self.config.max_install_attempts:
+            # The transfer stopped between blocks (link or power lost, pack left the
+            # window): the BMS keeps what it has and the next poll resumes.
+            state = S(job.state) if job.state in _IN_FLIGHT else S.WAITING
+            self._report(job, state, code, f"interrupted, resumes next poll: {detail}")
+        else:
+            self._report(job, S.FAILED, code, detail or f"update {outcome}")
+
+    def _ensure_installing(self, job: Job) -> None:
+        if job.state not in _IN_FLIGHT:
+            self._report(job, S.INSTALLING, detail=f"installing {job.version}")
+
+    def _upload_backup(self, job: Job, backup_dir: Path, before: set[Path]) -> None:
+        new = sorted(set(backup_dir.glob("*.json")) - before)
+        if not new:
+            log.warning("%s: the pipeline wrote no backup file", job.serial)
+            return
+        backup = load_backup(new[-1])
+        snapshot = backup.snapshot
+        body = BackupUpload(
+            device_serial=job.serial,
+            reason=f"before {job.version} (campaign {job.campaign_id})",
+            config={
+                "schema_version": snapshot.schema_version,
+                "config": dict(snapshot.config),
+                "calibration": dict(snapshot.calibration),
+                "checksum": snapshot.checksum,
+                "firmware_version": backup.identity.app_version,
+                "taken_at": backup.created,
+            },
+        )
+        self._send({"kind": "backup", "body": body.model_dump(mode="json")})
+
+    # ------------------------------------------------------------------ reporting
+
+    def _report(self, job: Job, state: DeviceState, code: str = "", detail: str = "") -> None:
+        job.state, job.error_code, job.detail = state.value, code, detail[:4000]
+        change = StateChange(job.serial, job.campaign_id, state.value, code, job.detail)
+        self.history.append(change)
+        self._changes.append(change)
+        log.info("%s campaign %d: %s %s %s", job.serial, job.campaign_id, state.value, code,
+                 job.detail)  # fmt: skip
+        body = StateReport(
+            device_serial=job.serial,
+            campaign_id=job.campaign_id,
+            state=state,
+            error_code=code,
+            detail=job.detail,
+        )
+        self._send({"kind": "report", "body": body.model_dump(mode="json")})
+
+    def _send(self, message: dict[str, object]) -> None:
+        """Queue, persist, then deliver in order; a failure leaves it queued."""
+        self.state.outbox.append(message)
+        self.state.save()
+        self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        while self.state.outbox:
+            message = self.state.outbox[0]
+            try:
+                if message["kind"] == "report":
+                    report = StateReport.model_validate(message["body"])
+                    answer = self.client.report_state(report)
+                    self._campaign_status[answer.campaign_id] = answer.campaign_status
+                else:
+                    self.client.upload_backup(BackupUpload.model_validate(message["body"]))
+            except (FleetUnreachableError, FleetTimeoutError, FleetServerError) as exc:
+                log.warning("server not reachable (%s); %d message(s) queued", exc,
+                            len(self.state.outbox))  # fmt: skip
+                return
+            except InvalidStateTransitionError as exc:
+                # The server moved on (e.g. a restart replayed an old state); its view wins
+                # and the next check-in brings it.
+                log.warning("server refused a report: %s", exc)
+            except FleetError as exc:
+                log.error("server refused %s: %s", message["kind"], exc)
+            self.state.outbox.pop(0)
+            self.state.save()
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _prune_artifacts(self) -> None:
+        """Delete downloads no unfinished job needs any more."""
+        needed = {j.release_sha256 for j in self.state.jobs.values() if j.state not in _TERMINAL}
+        dropped = [sha for sha in self.state.verified_artifacts if sha not in needed]
+        for sha in dropped:
+            self._artifact_path(sha).unlink(missing_ok=True)
+            del self.state.verified_artifacts[sha]
+        if dropped:
+            self.state.save()
