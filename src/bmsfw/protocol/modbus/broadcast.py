@@ -17,6 +17,7 @@ The report lists every node with its outcome, whatever happened to the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -123,6 +124,29 @@ class _Node:
         self.alive = False
         self.outcome.update(result="failed", step=step, error=exc.to_dict())
         log.warning("unit %d: %s failed: %s", self.session.unit, step, exc)
+
+
+class _Pacer:
+    """Send broadcast frames no faster than the line carries them, t3.5 apart.
+
+    No reply paces a broadcast, so a master must keep the inter-frame silence
+    itself; it also keeps the port's buffer (and its write time-out) from filling
+    on a slow line.
+    """
+
+    def __init__(self, baud_bps: int, char_bits: int) -> None:
+        self.baud_bps = baud_bps
+        self.char_bits = char_bits
+        self.silence_s = 0.00175 if baud_bps > 19_200 else 3.5 * char_bits / baud_bps
+        self.next_at = time.perf_counter()
+
+    def send(self, write: Callable[[], None], nbytes: int) -> None:
+        now = time.perf_counter()
+        if now < self.next_at:
+            time.sleep(self.next_at - now)
+        write()
+        start = max(now, self.next_at)
+        self.next_at = start + nbytes * self.char_bits / self.baud_bps + self.silence_s
 
 
 def _expected_crcs(image: bytes, block_size: int) -> list[int]:
@@ -245,15 +269,19 @@ def broadcast_update(
     bcast_started = time.monotonic()
     if live:
         page: int | None = None
+        settings = bus.settings
+        char_bits = 1 + 8 + (0 if settings.parity == "N" else 1) + settings.stopbits
+        pace = _Pacer(settings.baud_bps, char_bits)
         for frame in codec.window_writes(image):
             if frame.page != page:
-                bus.write(0, HOLDING.WINDOW_PAGE, [frame.page])
+                pace.send(functools.partial(bus.write, 0, HOLDING.WINDOW_PAGE, [frame.page]), 11)
                 page = frame.page
                 frames += 1
-                payload_bytes += 9 + 2
-            bus.write(0, frame.address, frame.values)
+                payload_bytes += 11
+            nbytes = 9 + 2 * len(frame.values)
+            pace.send(functools.partial(bus.write, 0, frame.address, frame.values), nbytes)
             frames += 1
-            payload_bytes += 9 + 2 * len(frame.values)
+            payload_bytes += nbytes
         # Barrier: the port buffers what we wrote; an addressed reply can only come
         # after every broadcast byte has crossed the (half-duplex) wire.
         time.sleep(policy.settle_s)
