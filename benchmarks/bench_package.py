@@ -109,7 +109,8 @@ def main() -> None:
     print(
         "\npeak = Python allocations during the call beyond its inputs (tracemalloc).\n"
         "verify stream: bounded by one 64 KiB chunk + TLV area, independent of size.\n"
-        "verify release: holds the decoded image (one copy) plus the canonical-zip check."
+        "verify release: streams each member once (canonical-zip check against the input\n"
+        "without a copy, stored hash, bounded decoder): peak is the decoded image, one copy."
     )
 
 

@@ -163,13 +163,18 @@ def test_unsigned_image(pki: VendorPki) -> None:
     assert exc.value.code == "BMSFW-E126"
 
 
-def test_encrypted_flag_unsupported(pki: VendorPki) -> None:
+def test_encrypted_flag_is_hashed(pki: VendorPki) -> None:
+    """Encrypted images are supported (issue 8), but the flag is in the hashed header:
+    setting it on a signed clear image breaks the hash."""
     data = bytearray(_image(pki))
     flags = struct.unpack_from("<I", data, 16)[0] | 0x04
     struct.pack_into("<I", data, 16, flags)
-    with pytest.raises(E.UnsupportedImageError) as exc:
+    assert parse_image(bytes(data)).encrypted
+    with pytest.raises(E.ImageHashMismatchError):
+        verify_image(bytes(data), key_hashes=[key_hash(pki.image_signing_key)])
+    struct.pack_into("<I", data, 16, flags | 0x08)
+    with pytest.raises(E.MalformedImageError):
         parse_image(bytes(data))
-    assert exc.value.code == "BMSFW-E127"
 
 
 def test_build_rejects_bad_arguments(pki: VendorPki) -> None:

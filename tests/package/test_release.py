@@ -174,7 +174,7 @@ def test_extra_member_rejected(ed_pki: VendorPki, ed_signed: bytes) -> None:
 
 def test_unknown_manifest_format_version(ed_pki: VendorPki, ed_signed: bytes) -> None:
     manifest, comps = _manifest_of(ed_signed)
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     package = _forge(ed_pki.signer(), _canon(manifest), comps)
     _expect(E.UnsupportedFormatVersionError, "BMSFW-E102", package, trust_for(ed_pki))
 

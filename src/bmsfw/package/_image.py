@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from bmsfw.package import _encrypt
 from bmsfw.package._crypto import (
     PrivateKey,
     PublicKey,
@@ -36,6 +37,7 @@ from bmsfw.package._crypto import (
     sign_image_digest,
     verify_image_digest,
 )
+from bmsfw.package._encrypt import EncPublicKey
 from bmsfw.package._model import HardwareCompat
 from bmsfw.package.errors import (
     BadImageMagicError,
@@ -84,6 +86,8 @@ TLV_RSA3072 = 0x23
 TLV_ED25519 = 0x24
 TLV_SIG_PURE = 0x25
 TLV_SEC_CNT = 0x50
+TLV_ENC_EC256 = 0x32
+TLV_ENC_X25519 = 0x33
 # Vendor range per imgtool (0x00a0..0xfffe): bmsfw hardware compatibility record.
 TLV_BMSFW_HW_COMPAT = 0x00B1
 
@@ -99,6 +103,8 @@ TLV_NAMES = {
     TLV_ED25519: "ED25519",
     TLV_SIG_PURE: "SIG_PURE",
     TLV_SEC_CNT: "SEC_CNT",
+    TLV_ENC_EC256: "ENCEC256",
+    TLV_ENC_X25519: "ENCX25519",
     TLV_BMSFW_HW_COMPAT: "BMSFW_HW_COMPAT",
 }
 
@@ -197,6 +203,15 @@ class McubootImage:
     def tlv(self, tlv_type: int) -> Tlv | None:
         return _single(self.unprotected_tlvs, tlv_type)
 
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & (IMAGE_F_ENCRYPTED_AES128 | IMAGE_F_ENCRYPTED_AES256))
+
+    @property
+    def enc_tlv(self) -> Tlv | None:
+        """The ENC TLV (X25519 or EC256) of an encrypted image."""
+        return self.tlv(TLV_ENC_X25519) or self.tlv(TLV_ENC_EC256)
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -271,11 +286,15 @@ def build_image(
     align: int = 8,
     load_addr: int = 0,
     public_key_format: Literal["hash", "full", "both"] = "both",
+    encrypt_to: EncPublicKey | None = None,
 ) -> bytes:
     """Wrap raw firmware into a signed MCUboot image (what imgtool sign does).
 
     The body is padded with 0xff (erased flash) to a multiple of ``align`` so the
-    TLV area starts on a flash write boundary.
+    TLV area starts on a flash write boundary. With ``encrypt_to`` (a device-class
+    X25519 or P-256 public key) the body is encrypted as ``imgtool sign --encrypt``
+    does (see _encrypt): flag ENCRYPTED_AES128, hash and signature over the
+    plaintext, ENC TLV last.
     """
     algorithm = algorithm_of(signing_key)
     image_version = ImageVersion.parse(version)
@@ -287,6 +306,8 @@ def build_image(
         raise MalformedImageError(f"security counter {security_counter} does not fit in u32")
     if not 0 <= load_addr <= 0xFFFFFFFF:
         raise MalformedImageError(f"load address {load_addr:#x} does not fit in u32")
+    if encrypt_to is not None:
+        align = max(align, 16)  # AES blocks; imgtool pads encrypted bodies to 16 bytes
     pad = (-len(payload)) % align
     body_size = len(payload) + pad
     if body_size > 0xFFFFFFFF:
@@ -298,6 +319,8 @@ def build_image(
     protected = _pack_tlvs(TLV_PROT_INFO_MAGIC, prot_entries)
 
     flags = IMAGE_F_RAM_LOAD if load_addr else 0
+    if encrypt_to is not None:
+        flags |= IMAGE_F_ENCRYPTED_AES128
     header = _HEADER.pack(
         IMAGE_MAGIC,
         load_addr,
@@ -326,6 +349,18 @@ def build_image(
         entries.append((TLV_PUBKEY, public_der))
     signature = sign_image_digest(signing_key, digest)
     entries.append((TLV_ED25519 if algorithm == "ed25519" else TLV_ECDSASIG, signature))
+    if encrypt_to is not None:
+        plainkey = _encrypt.new_plainkey(128)
+        entries.append(
+            (
+                _encrypt.tlv_type_for(_encrypt.enc_scheme_of(encrypt_to)),
+                _encrypt.wrap_key(encrypt_to, plainkey),
+            )
+        )
+        body_end = header_size + body_size
+        out[header_size:body_end] = _encrypt.encrypt_body(
+            plainkey, bytes(out[header_size:body_end])
+        )
     out += _pack_tlvs(TLV_INFO_MAGIC, entries)
     log.debug("built MCUboot image %s, %d bytes, key %s", image_version, len(out), algorithm)
     return bytes(out)
@@ -377,8 +412,8 @@ def parse_image_stream(read: ReadFn, size: int) -> McubootImage:
         raise BadImageMagicError(f"image magic is 0x{magic:08x}, expected 0x{IMAGE_MAGIC:08x}")
     if hdr_size < IMAGE_HEADER_SIZE:
         raise MalformedImageError(f"header size {hdr_size} is smaller than 32")
-    if flags & (IMAGE_F_ENCRYPTED_AES128 | IMAGE_F_ENCRYPTED_AES256):
-        raise UnsupportedImageError("encrypted MCUboot images are not supported")
+    if flags & IMAGE_F_ENCRYPTED_AES128 and flags & IMAGE_F_ENCRYPTED_AES256:
+        raise MalformedImageError("image claims both AES-128 and AES-256 encryption")
     if flags & IMAGE_F_COMPRESSED:
         raise UnsupportedImageError("compressed (LZMA) MCUboot images are not supported")
     tlv_offset = hdr_size + img_size
@@ -481,8 +516,12 @@ def _verify(
     size: int,
     key_hashes: Collection[bytes] | None,
     public_keys: Iterable[PublicKey | bytes],
+    *,
+    body_is_ciphertext: bool = False,
 ) -> ImageInfo:
     image = parse_image_stream(read, size)
+    if body_is_ciphertext and not image.encrypted:
+        raise MalformedImageError("image was declared encrypted but its header has no flag")
     if image.tlv(TLV_SIG_PURE) is not None:
         raise UnsupportedImageError("pure signatures (SIG_PURE) are not supported")
     sha_tlv = image.tlv(TLV_SHA256)
@@ -492,13 +531,19 @@ def _verify(
         raise UnsignedImageError("image has no SHA256 TLV")
     if len(sha_tlv.value) != 32:
         raise BadTlvAreaError(f"SHA256 TLV has {len(sha_tlv.value)} bytes")
-    hasher = hashlib.sha256()
-    offset = 0
-    while offset < image.hashed_size:
-        length = min(_CHUNK, image.hashed_size - offset)
-        hasher.update(_read_exact(read, size, offset, length, "image body"))
-        offset += length
-    digest = hasher.digest()
+    if body_is_ciphertext:
+        # The hash covers the plaintext, which only the device can see. What can be
+        # checked here is that the vendor signed this digest; the BMS checks that
+        # the decrypted image has it.
+        digest = sha_tlv.value
+    else:
+        hasher = hashlib.sha256()
+        offset = 0
+        while offset < image.hashed_size:
+            length = min(_CHUNK, image.hashed_size - offset)
+            hasher.update(_read_exact(read, size, offset, length, "image body"))
+            offset += length
+        digest = hasher.digest()
     if digest != sha_tlv.value:
         raise ImageHashMismatchError(
             f"image SHA-256 is {digest.hex()}, SHA256 TLV says {sha_tlv.value.hex()}"
@@ -565,6 +610,15 @@ def verify_image(
     """Verify an in-memory image; see :func:`verify_image_stream`."""
     read, size = _bytes_reader(data)
     return _verify(read, size, key_hashes, public_keys)
+
+
+def check_encrypted_image(
+    data: bytes | bytearray | memoryview, *, key_hashes: Collection[bytes] | None = None
+) -> ImageInfo:
+    """Check an encrypted image without its key: structure, trusted key, and the
+    signature over the (plaintext) digest in its SHA256 TLV."""
+    read, size = _bytes_reader(data)
+    return _verify(read, size, key_hashes, (), body_is_ciphertext=True)
 
 
 def check_image_integrity(data: bytes | bytearray | memoryview) -> ImageInfo:

@@ -15,9 +15,18 @@ from typing import Any, Literal, cast
 from bmsfw.package._model import HardwareCompat, parse_semver
 from bmsfw.package.errors import InvalidManifestError, UnsupportedFormatVersionError
 
-__all__ = ["FORMAT_VERSION", "SAFETY_CLASSES", "Component", "Manifest"]
+__all__ = [
+    "ENCRYPTION_SCHEMES",
+    "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "SAFETY_CLASSES",
+    "Component",
+    "Manifest",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this bmsfw writes and reads
+FORMAT_VERSIONS = (1, 2)  # v2 adds delta and encryption fields to components
+ENCRYPTION_SCHEMES = ("none", "ecies-x25519", "ecies-p256")
 SAFETY_CLASSES = ("standard", "safety-critical")
 MAX_MANIFEST_BYTES = 64 * 1024
 _COMPONENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -42,9 +51,31 @@ class Component:
     name: str
     image_size: int
     image_sha256: bytes
-    encoding: str  # "raw" or "zstd"; later "lz4", "heatshrink", "delta"
+    encoding: str  # compression of the stored bytes: "raw", "zstd", "lz4", "heatshrink"
     stored_size: int
     stored_sha256: bytes
+    # format_version 2: the stored bytes decode to a detools patch that turns the
+    # image with this SHA-256 (the device's active image) into the image above.
+    delta_base_sha256: bytes = b""
+    delta_payload_size: int = 0  # size of the decoded patch (bounds decompression)
+    # format_version 2: the image body is encrypted per MCUboot (ECIES); ``enc_key``
+    # is the image's ENC TLV value (ephemeral public key, MAC, wrapped AES key), so
+    # a BMS can decrypt while it writes instead of waiting for the TLV at the end.
+    encryption: str = "none"
+    enc_key: bytes = b""
+
+    @property
+    def is_delta(self) -> bool:
+        return bool(self.delta_base_sha256)
+
+    @property
+    def payload_size(self) -> int:
+        """Size of the stored bytes once decompressed (the patch, for a delta)."""
+        return self.delta_payload_size if self.is_delta else self.image_size
+
+    @property
+    def needs_v2(self) -> bool:
+        return self.is_delta or self.encryption != "none"
 
     @property
     def member(self) -> str:
@@ -53,8 +84,8 @@ class Component:
 
         return f"components/{self.name}.bin{suffix_for(self.encoding)}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "name": self.name,
             "image_size": self.image_size,
             "image_sha256": self.image_sha256.hex(),
@@ -62,6 +93,12 @@ class Component:
             "stored_size": self.stored_size,
             "stored_sha256": self.stored_sha256.hex(),
         }
+        if format_version >= 2:
+            out["delta_base_sha256"] = self.delta_base_sha256.hex()
+            out["patch_size"] = self.delta_payload_size
+            out["encryption"] = self.encryption
+            out["enc_key"] = self.enc_key.hex()
+        return out
 
 
 @dataclass(frozen=True)
@@ -75,9 +112,18 @@ class Manifest:
     components: tuple[Component, ...]
     release_notes: str
     created_at: str  # ISO 8601 UTC, "YYYY-MM-DDTHH:MM:SSZ"
-    format_version: int = FORMAT_VERSION
+    # 0: the lowest version that can express the components (1 unless delta/encryption),
+    # so releases without the new features stay readable by v1-only devices.
+    format_version: int = 0
 
     def __post_init__(self) -> None:
+        if self.format_version == 0:
+            needed = 2 if any(c.needs_v2 for c in self.components) else 1
+            object.__setattr__(self, "format_version", needed)
+        if self.format_version not in FORMAT_VERSIONS:
+            raise UnsupportedFormatVersionError(f"format_version {self.format_version!r}")
+        if self.format_version < 2 and any(c.needs_v2 for c in self.components):
+            raise InvalidManifestError("delta or encrypted components need format_version 2")
         if not isinstance(self.product, str) or not _PRODUCT_RE.match(self.product):
             raise InvalidManifestError(f"product {self.product!r} is not a valid name")
         parse_semver(self.version)
@@ -119,7 +165,7 @@ class Manifest:
             "hardware": {"model": self.hardware.model, "revisions": list(self.hardware.revisions)},
             "min_bootloader_version": self.min_bootloader_version,
             "safety_class": self.safety_class,
-            "components": [c.to_dict() for c in self.components],
+            "components": [c.to_dict(self.format_version) for c in self.components],
             "release_notes": self.release_notes,
             "created_at": self.created_at,
         }
@@ -140,9 +186,9 @@ class Manifest:
         if not isinstance(raw, dict):
             raise InvalidManifestError("manifest must be a JSON object")
         version = raw.get("format_version")
-        if version != FORMAT_VERSION or isinstance(version, bool):
+        if version not in FORMAT_VERSIONS or isinstance(version, bool):
             raise UnsupportedFormatVersionError(
-                f"manifest format_version {version!r}; this bmsfw reads {FORMAT_VERSION}"
+                f"manifest format_version {version!r}; this bmsfw reads {FORMAT_VERSIONS}"
             )
         manifest = cls._from_dict(raw)
         if manifest.to_json_bytes() != data:
@@ -180,10 +226,10 @@ class Manifest:
             hardware=HardwareCompat(_typed(hw, "model", str), tuple(hw["revisions"])),
             min_bootloader_version=_typed(raw, "min_bootloader_version", str),
             safety_class=cast(SafetyClass, _typed(raw, "safety_class", str)),
-            components=tuple(_component_from_dict(c) for c in comps),
+            components=tuple(_component_from_dict(c, raw["format_version"]) for c in comps),
             release_notes=_typed(raw, "release_notes", str),
             created_at=_typed(raw, "created_at", str),
-            format_version=FORMAT_VERSION,
+            format_version=raw["format_version"],
         )
 
 
@@ -207,14 +253,26 @@ def _typed(raw: dict[str, Any], key: str, kind: type[Any]) -> Any:
     return value
 
 
-def _component_from_dict(raw: Any) -> Component:
+_V1_COMPONENT_KEYS = {
+    "name",
+    "image_size",
+    "image_sha256",
+    "encoding",
+    "stored_size",
+    "stored_sha256",
+}
+_V2_COMPONENT_KEYS = _V1_COMPONENT_KEYS | {
+    "delta_base_sha256",
+    "patch_size",
+    "encryption",
+    "enc_key",
+}
+
+
+def _component_from_dict(raw: Any, format_version: int) -> Component:
     if not isinstance(raw, dict):
         raise InvalidManifestError("each component must be an object")
-    _exact_keys(
-        raw,
-        {"name", "image_size", "image_sha256", "encoding", "stored_size", "stored_sha256"},
-        "component",
-    )
+    _exact_keys(raw, _V2_COMPONENT_KEYS if format_version >= 2 else _V1_COMPONENT_KEYS, "component")
     name = _typed(raw, "name", str)
     if not _COMPONENT_NAME_RE.match(name):
         raise InvalidManifestError(
@@ -230,6 +288,28 @@ def _component_from_dict(raw: Any) -> Component:
 
     encoding = _typed(raw, "encoding", str)
     suffix_for(encoding)  # unknown encodings fail here with UnsupportedEncodingError
+    delta_base, patch_size, encryption, enc_key = b"", 0, "none", b""
+    if format_version >= 2:
+        base_hex = _typed(raw, "delta_base_sha256", str)
+        if base_hex and not _HEX64_RE.match(base_hex):
+            raise InvalidManifestError(f"component {name}: delta_base_sha256 must be 64 hex or ''")
+        delta_base = bytes.fromhex(base_hex)
+        patch_size = _typed(raw, "patch_size", int)
+        if not (0 < patch_size <= _U32 if delta_base else patch_size == 0):
+            raise InvalidManifestError(f"component {name}: patch_size {patch_size} invalid")
+        encryption = _typed(raw, "encryption", str)
+        if encryption not in ENCRYPTION_SCHEMES:
+            raise InvalidManifestError(
+                f"component {name}: encryption {encryption!r} not in {ENCRYPTION_SCHEMES}"
+            )
+        key_hex = _typed(raw, "enc_key", str)
+        if not re.fullmatch(r"(?:[0-9a-f]{2}){0,256}", key_hex):
+            raise InvalidManifestError(f"component {name}: enc_key must be lowercase hex")
+        enc_key = bytes.fromhex(key_hex)
+        if (encryption == "none") != (not enc_key):
+            raise InvalidManifestError(f"component {name}: enc_key and encryption disagree")
+        if delta_base and encryption != "none":
+            raise InvalidManifestError(f"component {name}: a delta cannot also be encrypted")
     return Component(
         name=name,
         image_size=sizes[0],
@@ -237,4 +317,8 @@ def _component_from_dict(raw: Any) -> Component:
         encoding=encoding,
         stored_size=sizes[1],
         stored_sha256=bytes.fromhex(digests[1]),
+        delta_base_sha256=delta_base,
+        delta_payload_size=patch_size,
+        encryption=encryption,
+        enc_key=enc_key,
     )

@@ -24,21 +24,24 @@ import logging
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import IO, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bmsfw.package import _encoding
 from bmsfw.package._crypto import PrivateKey, load_public_key, sign_message, verify_message
+from bmsfw.package._delta import create_delta
+from bmsfw.package._encrypt import EncPublicKey, enc_scheme_of
 from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
 from bmsfw.package._image import (
     ImageInfo,
     ImageVersion,
     McubootImage,
     build_image,
+    check_encrypted_image,
     check_image_integrity,
     parse_image,
     verify_image,
@@ -56,6 +59,7 @@ from bmsfw.package.errors import (
     AntiRollbackError,
     BadSignatureError,
     BootloaderTooOldError,
+    ComponentDecodeError,
     HashMismatchError,
     ImageManifestMismatchError,
     IncompatibleHardwareError,
@@ -70,6 +74,7 @@ __all__ = [
     "ReleaseInspection",
     "VerifiedRelease",
     "build_release",
+    "component_image",
     "inspect_release",
     "release_header",
     "sign_release",
@@ -123,12 +128,19 @@ class ComponentSource:
 
 @dataclass(frozen=True)
 class VerifiedRelease:
-    """A release that passed every check; images are the decoded MCUboot images."""
+    """A release that passed every check.
+
+    ``images`` holds the decoded MCUboot images of full, clear components (what
+    lands in flash). Delta and encrypted components cannot become that image on
+    the host (no base image, no device key): ``payloads`` holds their decoded
+    transfer payload instead (the detools patch; the encrypted image).
+    """
 
     manifest: Manifest
     chain: tuple[CertificateSummary, ...]
     images: Mapping[str, bytes] = field(repr=False)
     image_info: Mapping[str, ImageInfo]
+    payloads: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     def image(self, name: str = "app") -> bytes:
         return self.images[name]
@@ -221,6 +233,9 @@ class _Package:
             raise MalformedPackageError(f"member {name!r} is truncated")
         return data
 
+    def open(self, info: zipfile.ZipInfo) -> IO[bytes]:
+        return self._zip.open(info)
+
     def numbered(self, prefix: str) -> list[bytes]:
         out = []
         index = 0
@@ -230,13 +245,18 @@ class _Package:
         return out
 
 
+def _zip_info(name: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+    info.external_attr = 0o644 << 16
+    info.file_size = size  # known up front: streamed members get the same headers as writestr
+    return info
+
+
 def _write_zip(members: Sequence[tuple[str, bytes]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         for name, data in members:
-            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, data)
+            zf.writestr(_zip_info(name, len(data)), data)
     return buffer.getvalue()
 
 
@@ -304,6 +324,9 @@ def build_release(
     encoding: str = "zstd",
     header_size: int = 0x200,
     align: int = 8,
+    delta_from: Mapping[str, bytes] | None = None,
+    delta_compression: str = "heatshrink",
+    encrypt_to: EncPublicKey | None = None,
 ) -> bytes:
     """An unsigned .bmsfw package; sign it with :func:`sign_release`.
 
@@ -311,6 +334,14 @@ def build_release(
     ``image_signing_key`` carrying the release's version, security counter and
     hardware compatibility. Already-signed images (e.g. from imgtool) are
     parsed, integrity-checked and must agree with the manifest.
+
+    ``delta_from`` maps component names to their base image (e.g. from
+    :func:`component_image` of the previous release): those components are
+    stored as a detools patch from that exact base (named by SHA-256 in the
+    manifest), the manifest still naming the full image's size and SHA-256.
+    ``encrypt_to`` (a device-class X25519/P-256 public key) encrypts firmware
+    components per MCUboot; an already-encrypted ``image`` source (imgtool
+    ``--encrypt``) is recognised by its header flag.
     """
     semver = parse_semver(version)
     stored_members: list[tuple[str, bytes]] = []
@@ -329,13 +360,42 @@ def build_release(
                 hardware=hardware,
                 header_size=header_size,
                 align=align,
+                encrypt_to=encrypt_to,
             )
         else:
             image = source.data
-        info = check_image_integrity(image)
+        parsed = parse_image(image)
+        encryption, enc_key = "none", b""
+        if parsed.encrypted:
+            enc_tlv = parsed.enc_tlv
+            if enc_tlv is None:
+                raise ImageManifestMismatchError(
+                    f"component {source.name!r} is flagged encrypted but has no ENC TLV"
+                )
+            encryption = "ecies-x25519" if enc_tlv.name == "ENCX25519" else "ecies-p256"
+            enc_key = enc_tlv.value
+            if encrypt_to is not None and enc_scheme_of(encrypt_to) != encryption:
+                raise ImageManifestMismatchError(
+                    f"component {source.name!r} is encrypted with {encryption}"
+                )
+            info = check_encrypted_image(image)
+        else:
+            info = check_image_integrity(image)
         _check_image_against(source.name, info, semver, security_counter, hardware)
         name_encoding = source.encoding or encoding
-        stored = _encoding.encode(name_encoding, image)
+        base = (delta_from or {}).get(source.name)
+        if base is not None:
+            if parsed.encrypted:
+                raise InvalidManifestError(
+                    f"component {source.name!r}: an encrypted image cannot be a delta "
+                    "(its ciphertext changes completely with every build)"
+                )
+            payload = create_delta(base, image, compression=delta_compression)
+            # detools compresses the patch itself (heatshrink by default): store raw.
+            name_encoding = "raw" if source.encoding is None else name_encoding
+        else:
+            payload = image
+        stored = _encoding.encode(name_encoding, payload)
         record = Component(
             name=source.name,
             image_size=len(image),
@@ -343,6 +403,10 @@ def build_release(
             encoding=name_encoding,
             stored_size=len(stored),
             stored_sha256=hashlib.sha256(stored).digest(),
+            delta_base_sha256=b"" if base is None else hashlib.sha256(base).digest(),
+            delta_payload_size=len(payload) if base is not None else 0,
+            encryption=encryption,
+            enc_key=enc_key,
         )
         records.append(record)
         stored_members.append((record.member, stored))
@@ -490,10 +554,149 @@ def _decode_component(pkg: _Package, comp: Component) -> bytes:
 
 
 def _decode_stored(comp: Component, stored: bytes) -> bytes:
-    image = _encoding.decode(comp.encoding, stored, comp.image_size)
-    if len(image) != comp.image_size or hashlib.sha256(image).digest() != comp.image_sha256:
+    payload = _encoding.decode(comp.encoding, stored, comp.payload_size)
+    _check_payload(comp, payload)
+    return payload
+
+
+def _check_payload(comp: Component, payload: bytes | bytearray) -> None:
+    if comp.is_delta:
+        return  # checked against image_sha256 once applied to its base (device, or with base)
+    if len(payload) != comp.image_size or hashlib.sha256(payload).digest() != comp.image_sha256:
         raise HashMismatchError(f"component {comp.name!r}: decoded image differs from the manifest")
-    return image
+
+
+class _CompareSink(io.RawIOBase):
+    """A seekable file that checks what zipfile writes against ``expected``, without
+    keeping a copy: member data is compared as it is written; headers (small, and
+    rewritten after the data by zipfile) are kept until :meth:`check`."""
+
+    def __init__(self, expected: bytes) -> None:
+        self._expected = memoryview(expected)
+        self._pos = 0
+        self._end = 0
+        self._headers: dict[int, bytes] = {}
+        self.data_mode = False
+        self.mismatch = False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        size = len(data)
+        if self.data_mode:
+            if self._expected[self._pos : self._pos + size] != data:
+                self.mismatch = True
+        else:
+            self._headers[self._pos] = bytes(data)
+        self._pos += size
+        self._end = max(self._end, self._pos)
+        return size
+
+    def check(self) -> bool:
+        if self.mismatch or self._end != len(self._expected):
+            return False
+        return all(
+            self._expected[off : off + len(chunk)] == chunk for off, chunk in self._headers.items()
+        )
+
+
+_STREAM_CHUNK = 64 * 1024
+
+
+def _stream_components(
+    data: bytes, pkg: _Package, header: ReleaseHeader, manifest: Manifest
+) -> dict[str, bytes]:
+    """One pass over the package: re-serialise it canonically against the input (no copy),
+    hash each component's stored bytes and decode them in a stream.
+
+    Only bmsfw writes packages, deterministically: the canonical form of the
+    verified members must be the input byte for byte. This rejects changes to
+    bytes zip readers ignore (timestamps, attributes, comments, extra fields).
+    Memory: the decoded payloads (one copy) plus a chunk.
+    """
+    sink = _CompareSink(data)
+    payloads: dict[str, bytes] = {}
+    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
+        for name, blob in [(MANIFEST_NAME, header.manifest), *_trust_members(header)]:
+            zf.writestr(_zip_info(name, len(blob)), blob)
+        for comp in manifest.components:
+            payloads[comp.name] = _stream_one(pkg, comp, zf, sink)
+    if not sink.check():
+        raise MalformedPackageError("package is not in canonical .bmsfw form (altered zip)")
+    return payloads
+
+
+def _stream_one(pkg: _Package, comp: Component, zf: zipfile.ZipFile, sink: _CompareSink) -> bytes:
+    info = pkg.infos[comp.member]
+    if info.file_size != comp.stored_size or comp.stored_size > MAX_COMPONENT_BYTES:
+        raise HashMismatchError(f"component {comp.name!r}: stored bytes differ from the manifest")
+    stored_hash = hashlib.sha256()
+    decoder = _encoding.new_decoder(comp.encoding, comp.payload_size)
+    out = io.BytesIO()
+    limit = comp.payload_size
+
+    def emit(parts: Iterator[bytes]) -> None:
+        for part in parts:
+            if out.tell() + len(part) > limit:
+                raise ComponentDecodeError(
+                    f"component {comp.name!r} decodes to more than the declared {limit} bytes"
+                )
+            out.write(part)
+
+    try:
+        with (
+            pkg.open(info) as member,
+            zf.open(_zip_info(comp.member, comp.stored_size), "w") as dst,
+        ):
+            while chunk := member.read(_STREAM_CHUNK):
+                sink.data_mode = True
+                dst.write(chunk)
+                sink.data_mode = False
+                stored_hash.update(chunk)
+                emit(decoder.feed(chunk))
+    except _ZIP_ERRORS as exc:
+        raise MalformedPackageError(f"member {comp.member!r} cannot be read: {exc}") from None
+    finally:
+        sink.data_mode = False
+    if stored_hash.digest() != comp.stored_sha256:
+        raise HashMismatchError(f"component {comp.name!r}: stored bytes differ from the manifest")
+    emit(decoder.finish())
+    if out.tell() != limit:
+        raise ComponentDecodeError(
+            f"component {comp.name!r} decodes to {out.tell()} bytes, manifest says {limit}"
+        )
+    # getvalue() hands over BytesIO's buffer without copying it (CPython).
+    payload = out.getvalue()
+    _check_payload(comp, payload)
+    return payload
+
+
+def component_image(package_bytes: bytes, name: str = "app") -> bytes:
+    """The decoded full image of one component (hash-checked against the manifest, no
+    trust decision): the base for ``build_release(delta_from=...)``."""
+    pkg = _Package(package_bytes)
+    manifest = Manifest.from_json_bytes(_manifest_bytes(pkg))
+    try:
+        comp = manifest.component(name)
+    except KeyError:
+        raise InvalidManifestError(f"the package has no component {name!r}") from None
+    if comp.is_delta or comp.encryption != "none":
+        raise InvalidManifestError(
+            f"component {name!r} is a delta or encrypted; a delta base must be a full clear image"
+        )
+    return _decode_component(pkg, comp)
 
 
 def _check_image_against(
@@ -538,36 +741,39 @@ def verify_release(
     manifest, chain = _verify_header_bytes(encode_header(header), trust, facts, now)
     _check_members(pkg, manifest, signed=True)
     semver = parse_semver(manifest.version)
+    decoded = _stream_components(data, pkg, header, manifest)
     images: dict[str, bytes] = {}
+    payloads: dict[str, bytes] = {}
     infos: dict[str, ImageInfo] = {}
-    stored = {comp.name: _read_component(pkg, comp) for comp in manifest.components}
-    # Only bmsfw writes packages, deterministically: re-serialising the verified
-    # members must give back the input byte for byte. This rejects changes to
-    # bytes zip readers ignore (timestamps, attributes, comments, extra fields).
-    canonical = _write_zip(
-        [
-            (MANIFEST_NAME, header.manifest),
-            *_trust_members(header),
-            *((c.member, stored[c.name]) for c in manifest.components),
-        ]
-    )
-    if canonical != data:
-        raise MalformedPackageError("package is not in canonical .bmsfw form (altered zip)")
+    key_hashes = trust.image_key_hashes or None
     for comp in manifest.components:
-        image = _decode_stored(comp, stored[comp.name])
-        info = (
-            verify_image(image, key_hashes=trust.image_key_hashes)
-            if trust.image_key_hashes
-            else check_image_integrity(image)
-        )
+        payload = decoded.pop(comp.name)
+        if comp.is_delta:
+            payloads[comp.name] = payload
+            continue  # the image exists only on the device (or with the base at hand)
+        if comp.encryption != "none":
+            info = check_encrypted_image(payload, key_hashes=key_hashes)
+            enc = parse_image(payload).enc_tlv
+            if enc is None or enc.value != comp.enc_key:
+                raise ImageManifestMismatchError(
+                    f"component {comp.name!r}: ENC TLV differs from the manifest's enc_key"
+                )
+            payloads[comp.name] = payload
+        else:
+            info = (
+                verify_image(payload, key_hashes=key_hashes)
+                if key_hashes
+                else check_image_integrity(payload)
+            )
+            images[comp.name] = payload
         _check_image_against(comp.name, info, semver, manifest.security_counter, manifest.hardware)
-        images[comp.name] = image
         infos[comp.name] = info
     return VerifiedRelease(
         manifest=manifest,
         chain=tuple(summarize_certificate(c) for c in chain),
         images=images,
         image_info=infos,
+        payloads=payloads,
     )
 
 

@@ -6,7 +6,7 @@ exactly what went wrong. Ranges inside E1xx:
 =========  ======================================================
 E101–E119  release package and manifest (structure, trust, policy)
 E120–E139  MCUboot component images
-E140–E149  component encodings (compression)
+E140–E149  component encodings (compression, delta, encryption)
 E150–E169  keys and the vendor PKI
 =========  ======================================================
 """
@@ -26,6 +26,9 @@ __all__ = [
     "CertificateNotYetValidError",
     "CertificatePolicyError",
     "ComponentDecodeError",
+    "DecryptionError",
+    "DeltaBaseMismatchError",
+    "DeltaPatchError",
     "HashMismatchError",
     "ImageHashMismatchError",
     "ImageManifestMismatchError",
@@ -222,6 +225,24 @@ class ComponentDecodeError(PackageError):
     code = "BMSFW-E141"
     diagnosis = "A compressed component could not be decoded to its declared size."
     remedy = "The package is damaged; get a fresh copy from the vendor."
+
+
+class DeltaBaseMismatchError(PackageError):
+    code = "BMSFW-E142"
+    diagnosis = "The delta release patches a different image than the one this device runs."
+    remedy = "Install the full release (or the delta built against the running version)."
+
+
+class DeltaPatchError(PackageError):
+    code = "BMSFW-E143"
+    diagnosis = "The delta patch is corrupt or does not produce the image the manifest names."
+    remedy = "The package is damaged; get a fresh copy, or install the full release."
+
+
+class DecryptionError(PackageError):
+    code = "BMSFW-E144"
+    diagnosis = "The encrypted image cannot be decrypted with this device-class key."
+    remedy = "Build the release with the device class's public key (`bmsfw keys enc-keygen`)."
 
 
 # --- keys and PKI -------------------------------------------------------------------
