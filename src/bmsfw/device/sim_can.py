@@ -14,10 +14,12 @@ boot and self-test timing that many times faster (tests use 20).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -72,6 +74,35 @@ class ScaledClock:
             time.sleep(seconds / self.scale)
 
 
+class FunctionalListener(can.Listener):
+    """Single-frame functional requests (``0x7DF``) for one node, without a second ISO-TP stack.
+
+    Functional requests are single frames by definition (ISO 15765-2), so a
+    filter on the id is all it takes; a full can-isotp stack here would spend
+    two threads looking at every frame on the bus.
+    """
+
+    def __init__(self, functional_id: int) -> None:
+        self.functional_id = functional_id
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=64)
+
+    def on_message_received(self, msg: can.Message) -> None:
+        if msg.arbitration_id != self.functional_id or msg.is_error_frame or not msg.data:
+            return
+        data = bytes(msg.data)
+        if data[0] >> 4 != 0:  # not a single frame
+            return
+        length, start = (data[0] & 0x0F, 1) if data[0] & 0x0F else (data[1], 2)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(data[start : start + length])
+
+    def recv(self, block: bool = True, timeout: float | None = None) -> bytes | None:
+        try:
+            return self._queue.get(block=block, timeout=timeout)
+        except queue.Empty:
+            return None
+
+
 def node_state_dir(state_dir: str | Path, node: int) -> Path:
     return Path(state_dir) / f"node{node}"
 
@@ -118,11 +149,9 @@ class CanSimulator:
             physical = make_stack(
                 bus, notifier, txid=response_id, rxid=request_id, settings=settings
             )
-            functional = make_stack(
-                bus, notifier, txid=response_id, rxid=FUNCTIONAL_REQUEST_ID, settings=settings
-            )
+            functional = FunctionalListener(FUNCTIONAL_REQUEST_ID)
+            notifier.add_listener(functional)
             physical.start()
-            functional.start()
             adapter = UdsDeviceAdapter(
                 bms, node=node, request_id=request_id, response_id=response_id
             )
@@ -132,7 +161,7 @@ class CanSimulator:
             self.buses[node] = bus
             self._runners.append(runner)
             self._notifiers.append(notifier)
-            self._stacks += [physical, functional]
+            self._stacks.append(physical)
             log.info(
                 "node %d on %s: request 0x%03X response 0x%03X",
                 node,

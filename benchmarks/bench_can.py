@@ -1,0 +1,221 @@
+"""Flash a 256 KiB image over throttled CAN: ``python -m benchmarks.bench_can``.
+
+The tester (bmsfw's ``UdsSession``) and a virtual BMS (the real UDS server) share
+one python-can ``virtual`` bus in this process, throttled to the physical rate
+by the wire model (one bus timeline for both directions). Timed: the transfer
+phase (RequestDownload .. RequestTransferExit) of a 256 KiB image into an
+erased bank. Links: classic CAN 500 kbit/s and 1 Mbit/s, CAN FD 500 k / 2 M.
+
+Per link two rows: ``bmsfw`` (block size 0 granted by the BMS, padded frames,
+4095-byte TransferData blocks, FD 64-byte frames) and ``plain`` (a udsoncan +
+can-isotp loop with library defaults: block size 8 granted by the receiver,
+8-byte frames even on FD; only ``use_server_timing`` is switched off, since with
+it udsoncan adopts the 50 ms P2 and times out on the first 4 KiB block).
+
+Columns: frames on the bus (both directions), wire time (nominal bits), wall
+time, payload rate, and that rate as a percentage of the link's raw data rate
+(classic: 8 data bytes per 111-bit frame; FD: 64 bytes per 29 nominal + 543
+data-phase bits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import can
+import isotp
+import udsoncan
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from udsoncan.client import Client
+from udsoncan.connections import PythonIsoTpConnection
+
+from bmsfw.device.flash import FlashSpec
+from bmsfw.device.images import make_app_payload
+from bmsfw.device.provision import provision
+from bmsfw.device.sim_can import CanSimConfig, CanSimulator, node_state_dir
+from bmsfw.device.spec import DeviceSpec
+from bmsfw.link import open_can_bus, parse_can_link
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    TrustAnchors,
+    VendorPki,
+    build_release,
+    create_pki,
+    key_hash,
+    release_header,
+    sign_release,
+    verify_release,
+)
+from bmsfw.protocol.session import TesterCredentials
+from bmsfw.protocol.uds import (
+    issue_tester_certificate,
+    open_uds_session,
+    tester_credentials,
+)
+
+KIB = 1024
+SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=16 * KIB))
+LINKS = (
+    ("classic 500k", "@500k,throttle"),
+    ("classic 1M", "@1M,throttle"),
+    ("FD 500k/2M", "@500k/2M,throttle"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    link: str
+    client: str
+    frames: int
+    wire_s: float
+    wall_s: float
+    rate_bytes_per_s: float
+    raw_bytes_per_s: float
+
+    def line(self) -> str:
+        pct = 100 * self.rate_bytes_per_s / self.raw_bytes_per_s
+        return (
+            f"{self.link:<13} {self.client:<6} {self.frames:>7} {self.wire_s:>8.2f} "
+            f"{self.wall_s:>8.2f} {self.rate_bytes_per_s / 1024:>9.1f} {pct:>7.1f} %"
+        )
+
+
+def _release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
+    package = sign_release(
+        build_release(
+            product="bench-bms",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
+            min_bootloader_version="1.0.0",
+            components=[ComponentSource.firmware("app", make_app_payload(version, size=size))],
+            image_signing_key=pki.image_signing_key,
+            encoding="raw",
+        ),
+        pki.signer(),
+    )
+    trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
+        [key_hash(pki.image_signing_key)]
+    )
+    return release_header(package), verify_release(package, trust).image("app")
+
+
+def _provision(root: Path, pki: VendorPki, initial: bytes) -> Path:
+    provision(
+        node_state_dir(root, 1),
+        initial_image=initial,
+        root_key_hash=key_hash(pki.root_key),
+        image_key_hash=key_hash(pki.image_signing_key),
+        spec=SPEC,
+    )
+    return root
+
+
+def _bmsfw_run(
+    link: str, header: bytes, image: bytes, tester: TesterCredentials
+) -> tuple[Any, float]:
+    with open_uds_session(link, 1) as session:
+        session.authenticate(tester)
+        session.prepare(header)
+        session.erase()
+        session.bus.reset_stats()
+        start = time.perf_counter()
+        for _ in session.write(image):
+            pass
+        wall = time.perf_counter() - start
+        return session.bus.stats(), wall
+
+
+def _plain_run(
+    link: str, header: bytes, image: bytes, tester: TesterCredentials
+) -> tuple[Any, float]:
+    spec = parse_can_link(link)
+    bus = open_can_bus(spec)
+    notifier = can.Notifier(bus, [], timeout=0.05)
+    stack = isotp.NotifierBasedCanStack(
+        bus,
+        notifier,
+        address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=0x7E0, rxid=0x7E8),
+    )
+    config = dict(udsoncan.configs.default_client_config)
+    config["use_server_timing"] = False
+    try:
+        with Client(PythonIsoTpConnection(stack), config=config) as client:  # type: ignore[arg-type]
+            client.change_session(2)
+            certs = x509.load_pem_x509_certificates(tester.certificate_chain_pem)
+            der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
+            challenge = client.verify_certificate_unidirectional(
+                0, der, b""
+            ).service_data.challenge_server
+            key = serialization.load_pem_private_key(tester.private_key_pem, None)
+            client.proof_of_ownership(key.sign(challenge), b"")  # type: ignore[call-arg,union-attr]
+            client.start_routine(0x0201, b"\x00" + header)
+            client.start_routine(0xFF00)
+            bus.reset_stats()
+            start = time.perf_counter()
+            response = client.request_download(udsoncan.MemoryLocation(0, len(image), 32, 32))
+            block = response.service_data.max_length - 2
+            for i, offset in enumerate(range(0, len(image), block)):
+                client.transfer_data((i + 1) & 0xFF, image[offset : offset + block])
+            client.request_transfer_exit()
+            wall = time.perf_counter() - start
+            return bus.stats(), wall
+    finally:
+        notifier.stop()
+        bus.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-kib", type=int, default=256)
+    parser.add_argument("--no-plain", action="store_true", help="skip the library-defaults rows")
+    args = parser.parse_args(argv)
+    pki = create_pki("ed25519")
+    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
+    tester = tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+    _, initial = _release(pki, "1.0.0", 1, 16 * KIB)
+    size = args.size_kib * KIB
+    header, image = _release(pki, "2.0.0", 2, size - 1024)
+    rows: list[Row] = []
+    print(f"image {len(image)} bytes; transfer phase only (erased bank)")
+    print(
+        f"{'link':<13} {'client':<6} {'frames':>7} {'wire s':>8} {'wall s':>8} {'KiB/s':>9} {'of raw':>9}"
+    )
+    runs: list[tuple[str, Any, int | None]] = [("bmsfw", _bmsfw_run, None)]
+    if not args.no_plain:
+        runs.append(("plain", _plain_run, 8))
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (name, suffix) in enumerate(LINKS):
+            for client_name, run, block_size in runs:
+                root = _provision(Path(tmp) / f"{index}-{client_name}", pki, initial)
+                link = f"virtual:bench{index}{client_name}{suffix}"
+                spec = parse_can_link(link)
+                config = CanSimConfig(
+                    link, (1,), str(root), time_scale=20, isotp_block_size=block_size
+                )
+                with CanSimulator(config):
+                    stats, wall = run(link, header, image, tester)
+                raw = spec.wire_model.raw_payload_rate_bytes_per_s(fd=spec.fd)
+                row = Row(
+                    name,
+                    client_name,
+                    stats.frames_tx + stats.frames_rx,
+                    stats.wire_time_tx_s + stats.wire_time_rx_s,
+                    wall,
+                    len(image) / wall,
+                    raw,
+                )
+                rows.append(row)
+                print(row.line(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
