@@ -325,7 +325,7 @@ def build_release(
     header_size: int = 0x200,
     align: int = 8,
     delta_from: Mapping[str, bytes] | None = None,
-    delta_compression: str = "heatshrink",
+    delta_compression: str = "crle",
     encrypt_to: EncPublicKey | None = None,
 ) -> bytes:
     """An unsigned .bmsfw package; sign it with :func:`sign_release`.
@@ -391,7 +391,7 @@ def build_release(
                     "(its ciphertext changes completely with every build)"
                 )
             payload = create_delta(base, image, compression=delta_compression)
-            # detools compresses the patch itself (heatshrink by default): store raw.
+            # detools compresses the patch itself (crle by default): store raw.
             name_encoding = "raw" if source.encoding is None else name_encoding
         else:
             payload = image
