@@ -138,7 +138,8 @@ def main() -> None:
         "\nbytes = what crosses the wire for the app component (unpadded MCUboot image,"
         " its stored\nform per codec, or the delta patch). Targets: >= 1.5x with compression,"
         " >= 10x with delta.\nzstd uses a 32 KiB window, heatshrink -w 10 -l 4, lz4 64 KiB"
-        " independent blocks; the delta\n(detools sequential patch) with crle or heatshrink -w 8 -l 7 is MCU-friendly,"
+        " independent blocks; the delta\n(detools sequential patch) with crle or"
+        " heatshrink -w 8 -l 7 is MCU-friendly,"
         " lzma is\nshown for reference."
     )
 
