@@ -142,3 +142,32 @@ def test_power_cut_during_transfer_then_update_again(make_bench: Callable[..., B
     assert again["transfer"]["resumed_from"] == held
     assert again["running_version"] == "2.0.0"
     run_bmsfw("diff", *bench.link_args(), report["backup"]["path"], "--check", check=0)
+
+
+def test_scan_diagnose_backup_restore_rollback(make_bench: Callable[..., Bench]) -> None:
+    bench = make_bench((1, 2))
+    bench.start()
+    found = json.loads(run_bmsfw("scan", "--can", bench.link, "--json", check=0).stdout)
+    assert sorted(f["serial"] for f in found) == ["SIM0000001", "SIM0000002"]
+    diag = run_bmsfw(
+        "diagnose", *bench.link_args(1), "--package", str(bench.kit.packages["v2"]),
+        "--trust", str(bench.kit.trust), "--window", "0.2", "--samples", "3", "--json", check=0,
+    )  # fmt: skip
+    items = {i["name"]: i for i in json.loads(diag.stdout)[0]["items"]}
+    assert items["certificate-chain"]["ok"] and items["compatibility"]["ok"]
+    assert items["link"]["ok"] and items["supply"]["ok"]
+    backup_dir = bench.work / "manual"
+    made = json.loads(
+        run_bmsfw("backup", *bench.link_args(1), "--to", str(backup_dir), "--json", check=0).stdout
+    )
+    creds = ["--tester-cert", str(bench.kit.tester_cert), "--tester-key", str(bench.kit.tester_key)]
+    run_bmsfw("restore", *bench.link_args(1), made[0]["path"], *creds, check=0)
+    wrong = run_bmsfw("restore", *bench.link_args(2), made[0]["path"], *creds, check=7)
+    assert "BMSFW-E505" in wrong.stderr
+    run_bmsfw(*bench.update_args("v2", 1), check=0)
+    # After the confirm the fused security counter is 2: the old 1.0.0 (counter 1) may
+    # not boot again, so the BMS refuses a rollback to it and keeps running 2.0.0.
+    refused = run_bmsfw("rollback", *bench.link_args(1), *creds, "--json", check=5)
+    assert "BMSFW-E345" in refused.stderr
+    info = json.loads(run_bmsfw("info", *bench.link_args(1), "--json", check=0).stdout)
+    assert info[0]["boot"]["running_version"] == "2.0.0"

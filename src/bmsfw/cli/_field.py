@@ -293,15 +293,32 @@ def backup_command(*, directory: Path, as_json: bool, **kwargs: Any) -> None:
 
 @click.command("restore")
 @link_options
+@click.option(
+    "--tester-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Tester certificate chain (PEM), for commands that write to the BMS.",
+)
+@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--other-device", is_flag=True, help="Allow a backup taken from another BMS (serial differs)."
 )
 @json_option
-def restore_command(*, backup_file: Path, other_device: bool, as_json: bool, **kwargs: Any) -> None:
+def restore_command(
+    *,
+    backup_file: Path,
+    other_device: bool,
+    as_json: bool,
+    tester_cert: Path | None,
+    tester_key: Path | None,
+    **kwargs: Any,
+) -> None:
     """Write a configuration backup to the BMS and read it back."""
     backup = load_backup(backup_file)
+    credentials = _credentials(tester_cert, tester_key)
     for session in _each_session(kwargs):
+        if credentials is not None:
+            session.authenticate(credentials)
         now = restore_backup(session, backup, allow_other_device=other_device)
         if as_json:
             print_json({"restored": str(backup_file), "checksum": now.checksum})
@@ -545,12 +562,28 @@ def update_command(
 
 @click.command("rollback")
 @link_options
+@click.option(
+    "--tester-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Tester certificate chain (PEM), for commands that write to the BMS.",
+)
+@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--boot-timeout", "boot_timeout_s", type=float, default=30.0, show_default=True)
 @json_option
-def rollback_command(*, boot_timeout_s: float, as_json: bool, **kwargs: Any) -> None:
+def rollback_command(
+    *,
+    boot_timeout_s: float,
+    as_json: bool,
+    tester_cert: Path | None,
+    tester_key: Path | None,
+    **kwargs: Any,
+) -> None:
     """Return to the previous firmware bank (a pending test image, or the last stable one)."""
     out = []
+    credentials = _credentials(tester_cert, tester_key)
     for session in _each_session(kwargs):
+        if credentials is not None:
+            session.authenticate(credentials)
         before = session.read_boot_status()
         session.rollback()
         after = session.wait_boot(boot_timeout_s)
