@@ -185,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     header, image = _release(pki, "2.0.0", 2, size - 1024)
     rows: list[Row] = []
     print(f"image {len(image)} bytes; transfer phase only (erased bank)")
-    print(
-        f"{'link':<13} {'client':<6} {'frames':>7} {'wire s':>8} {'wall s':>8} {'KiB/s':>9} {'of raw':>9}"
-    )
+    head = ("link", "client", "frames", "wire s", "wall s", "KiB/s", "of raw")
+    print("{:<13} {:<6} {:>7} {:>8} {:>8} {:>9} {:>9}".format(*head))
     runs: list[tuple[str, Any, int | None]] = [("bmsfw", _bmsfw_run, None)]
     if not args.no_plain:
         runs.append(("plain", _plain_run, 8))

@@ -18,6 +18,7 @@ def register_all(root: click.Group) -> None:
     for command in _field_commands():  # scan, info, preflight, backup, update, ... (issue 5)
         root.add_command(command)
     root.add_command(fleet_group)
+    root.add_command(__import__("bmsfw.cli._sim", fromlist=["sim_group"]).sim_group)
     __import__("bmsfw.cli._sim_rs485", fromlist=["register"]).register(root)
 
 
