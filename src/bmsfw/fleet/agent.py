@@ -160,6 +160,9 @@ class AgentConfig:
     max_install_attempts: int = 3
     max_preflight_attempts: int = 12
     max_download_failures: int = 2  # digest mismatches before the release is rejected
+    # A verified download is kept this long after its last offer: later phases of the
+    # campaign offer it to the gateway's other BMS.
+    artifact_keep_s: float = 6 * 3600.0
     agent_version: str = __version__
 
     def validate(self) -> None:
@@ -229,6 +232,7 @@ class Agent:
         self._interval_s: float | None = None
         self._campaign_status: dict[int, str] = {}
         self._changes: list[StateChange] = []
+        self._last_offered: dict[str, float] = {}
 
     # ------------------------------------------------------------------ loop
 
@@ -274,7 +278,7 @@ class Agent:
                 by_release.setdefault(offer.release_id, []).append(offer)
             for offers in by_release.values():
                 self._process_release(offers, local)
-            self._prune_artifacts()
+            self._prune_artifacts({o.sha256 for o in response.offers})
         finally:
             connection.close()
         return PollResult(self._interval_s, len(local), len(response.offers), tuple(self._changes))
@@ -726,10 +730,16 @@ class Agent:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def _prune_artifacts(self) -> None:
-        """Delete downloads no unfinished job needs any more."""
-        needed = {j.release_sha256 for j in self.state.jobs.values() if j.state not in _TERMINAL}
-        dropped = [sha for sha in self.state.verified_artifacts if sha not in needed]
+    def _prune_artifacts(self, offered: set[str]) -> None:
+        """Delete downloads not offered for ``artifact_keep_s`` (later phases reuse them)."""
+        now = time.monotonic()
+        for sha in offered:
+            self._last_offered[sha] = now
+        dropped = [
+            sha
+            for sha in self.state.verified_artifacts
+            if now - self._last_offered.setdefault(sha, now) > self.config.artifact_keep_s
+        ]
         for sha in dropped:
             self._artifact_path(sha).unlink(missing_ok=True)
             del self.state.verified_artifacts[sha]

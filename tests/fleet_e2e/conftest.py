@@ -1,0 +1,223 @@
+"""End-to-end fleet fixtures: a vendor PKI, tiny signed releases, a test CA, and the real
+fleet server under uvicorn (HTTPS, in a thread, on a free port) with an admin token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bmsfw.device import make_app_payload
+from bmsfw.fleet.app import ServerConfig, create_app
+from bmsfw.fleet.bootstrap import init_database
+from bmsfw.fleet.client import ClientConfig, FleetClient
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    VendorPki,
+    build_release,
+    create_pki,
+    sign_release,
+)
+
+MODEL = "BMS-16S"  # the virtual BMS's default DeviceSpec
+HW_REV = "C"
+IMAGE_SIZE = 3 * 1024
+
+
+@dataclass(frozen=True)
+class Vendor:
+    pki: VendorPki
+    root_pem: bytes
+
+    def release(
+        self,
+        version: str,
+        counter: int,
+        *,
+        behaviour: str | None = None,
+        safety_class: str = "standard",
+    ) -> bytes:
+        payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
+        unsigned = build_release(
+            product="BMS-16S firmware",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(MODEL, (HW_REV,)),
+            min_bootloader_version="2.0.0",
+            components=[ComponentSource("app", payload)],
+            image_signing_key=self.pki.image_signing_key,
+            encoding="raw",
+            safety_class=safety_class,  # type: ignore[arg-type]
+        )
+        return sign_release(unsigned, self.pki.signer())
+
+
+@pytest.fixture(scope="session")
+def vendor() -> Vendor:
+    pki = create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    return Vendor(pki, pki.root_certificate.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.fixture(scope="session")
+def releases(vendor: Vendor) -> dict[str, bytes]:
+    return {
+        "1.0.0": vendor.release("1.0.0", 1),
+        "2.0.0": vendor.release("2.0.0", 2),
+        "2.1.0": vendor.release("2.1.0", 3),
+        "3.0.0-safety": vendor.release("3.0.0", 4, safety_class="safety-critical"),
+    }
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    directory = tmp_path_factory.mktemp("tls")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("bmsfw e2e test CA", ca_key, None, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert("localhost", key, ca, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "server.pem").write_bytes(server.public_bytes(pem))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    db_url: str
+    artifacts_dir: Path
+    admin_token: str
+    ca: Path
+
+    def client(self, token: str | None = None) -> FleetClient:
+        return FleetClient(ClientConfig(self.url, token or self.admin_token, ca_file=self.ca))
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        with self.client() as c:
+            if method == "GET":
+                return c.get(path)
+            return c.post(path, body)
+
+
+class _ThreadedUvicorn(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns the signals
+        pass
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callable[..., Server]]:
+    """Start fleet servers (real uvicorn, HTTPS, SQLite); all stopped at the end."""
+    running: list[tuple[_ThreadedUvicorn, threading.Thread]] = []
+
+    def start(name: str = "fleet", *, poll_interval_s: int = 1) -> Server:
+        db_url = f"sqlite:///{tmp_path / (name + '.db')}"
+        admin = init_database(db_url)
+        assert admin is not None
+        config = ServerConfig(
+            db_url=db_url,
+            artifacts_dir=tmp_path / f"{name}-artifacts",
+            trust_root_pem=vendor.root_pem,
+            poll_interval_s=poll_interval_s,
+            tick_interval_s=0.2,
+            migrate=False,
+        )
+        port = _free_port()
+        server = _ThreadedUvicorn(
+            uvicorn.Config(
+                create_app(config),
+                host="127.0.0.1",
+                port=port,
+                ssl_certfile=str(tls.cert),
+                ssl_keyfile=str(tls.key),
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            assert thread.is_alive(), "uvicorn stopped during start-up"
+            time.sleep(0.02)
+        running.append((server, thread))
+        return Server(f"https://127.0.0.1:{port}", db_url, config.artifacts_dir, admin, tls.ca)
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_for(
+    what: str, condition: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
