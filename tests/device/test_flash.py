@@ -164,3 +164,33 @@ def test_state_directory_is_a_copyable_device(tmp_path: Path, device_dir: Path) 
     b = VirtualBms(clone, clock=SimClock())
     assert a.wait_boot() == b.wait_boot()
     assert a.identity() == b.identity()
+
+
+def test_power_cut_in_the_final_block_is_resent_not_trusted(
+    tmp_path: Path, device_dir: Path, release_v2: Release
+) -> None:
+    # Regression: a cut while programming the image's last block left a partial block
+    # that the device counted as written after reboot, so verify failed (E205).
+    clock = SimClock()
+    bms = VirtualBms(device_dir, clock=clock)
+    bms.wait_boot()
+    image = release_v2.image
+    block = 512
+    last = (len(image) - 1) // block * block
+    bms.begin_update(release_v2.header)
+    bms.erase_inactive()
+    for offset in range(0, last, block):
+        bms.write_inactive(offset, image[offset : offset + block])
+    bms.faults.power_cut_at(1, seed=3)
+    with pytest.raises(PowerCutError):
+        bms.write_inactive(last, image[last:])
+    bms = VirtualBms(device_dir, clock=clock)
+    bms.wait_boot()
+    status = bms.begin_update(release_v2.header)
+    assert status.contiguous_bytes < len(image), "a partly programmed final block was trusted"
+    for offset in range(status.contiguous_bytes, len(image), block):
+        bms.write_inactive(offset, image[offset : offset + block])
+    bms.verify_inactive()
+    bms.activate()
+    bms.reset()
+    assert bms.wait_boot().running_version == "2.0.0"

@@ -1031,7 +1031,9 @@ class VirtualBms:
 
     def _reconstruct_written(self, staged: StagedUpdate) -> bytearray:
         """After a reboot: blocks holding data count as written, except the last one before
-        each gap, which may be a partially programmed block from the interrupted transfer."""
+        each gap and the image's final block, either of which may be a partially programmed
+        block from the interrupted transfer (nothing after them proves they were finished).
+        Re-sending such a block is safe: a cut program leaves a correct prefix."""
         written = bytearray(staged.size)
         if not staged.erased:
             return written
@@ -1043,7 +1045,7 @@ class VirtualBms:
             for b in range(blocks)
         ]
         for b in range(blocks):
-            trusted = has_data[b] and (b + 1 == blocks or has_data[b + 1])
+            trusted = has_data[b] and b + 1 < blocks and has_data[b + 1]
             if trusted:
                 end = min(staged.size, (b + 1) * bs)
                 written[b * bs : end] = b"\x01" * (end - b * bs)
