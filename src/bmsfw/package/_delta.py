@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import detools
 
+from bmsfw.errors import BmsfwError
 from bmsfw.package.errors import DeltaPatchError
 
 __all__ = ["DELTA_COMPRESSIONS", "apply_delta", "create_delta"]
@@ -115,8 +116,8 @@ def apply_delta(
     sink = _Sink(write, expected_size)
     try:
         size = detools.apply_patch(base, io.BytesIO(patch), sink)
-    except DeltaPatchError:
-        raise
+    except BmsfwError:
+        raise  # ours, or the writer's (a flash failure, a power cut): not a patch problem
     except (detools.Error, ValueError, EOFError, OSError, IndexError, TypeError) as exc:
         raise DeltaPatchError(f"delta patch is corrupt: {exc}") from None
     except Exception as exc:  # the decompressors raise their own types
