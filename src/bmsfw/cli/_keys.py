@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,42 @@ def hash_cmd(path: Path, passphrase_file: Path | None, as_json: bool) -> None:
         print_json({"path": str(path), "key_hash": digest, "algorithm": "sha256-spki"})
     else:
         click.echo(digest)
+
+
+@keys_group.command("enc-keygen")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--scheme", type=click.Choice(["ecies-x25519", "ecies-p256"]), default="ecies-x25519")
+@click.option("--name", default="device-class", show_default=True)
+@_json_option
+def enc_keygen_cmd(directory: Path, scheme: str, name: str, as_json: bool) -> None:
+    """Create a device-class image-encryption key pair (MCUboot ECIES).
+
+    NAME.pub.pem goes to the build server (`package build --encrypt-to`);
+    NAME.key.pem is fused into the BMS's OTP at the factory and nowhere else.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from bmsfw.package._encrypt import generate_encryption_key
+
+    key = generate_encryption_key(scheme)  # type: ignore[arg-type]
+    directory.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = directory / f"{name}.key.pem", directory / f"{name}.pub.pem"
+    for path in (private_path, public_path):
+        if path.exists():
+            raise UsageError(f"{path} exists; refusing to overwrite a key")
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private_pem)
+    public_path.write_bytes(public_pem)
+    _show(
+        [("scheme", scheme), ("private key", str(private_path)), ("public key", str(public_path))],
+        "device-class encryption key",
+        as_json,
+        {"scheme": scheme, "private_key": str(private_path), "public_key": str(public_path)},
+    )

@@ -91,6 +91,22 @@ def package_group() -> None:
 @click.option("--pki", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--encoding", type=click.Choice(sorted(ENCODINGS)), default="zstd")
+@click.option(
+    "--delta-from",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Previous release (.bmsfw): store the app as a detools patch against its image.",
+)
+@click.option(
+    "--delta-compression",
+    type=click.Choice(["crle", "heatshrink", "lzma", "none"]),
+    default="crle",
+    show_default=True,
+)
+@click.option(
+    "--encrypt-to",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Device-class public key (PEM, X25519 or P-256): encrypt images per MCUboot.",
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @_json_option
 def build_cmd(  # click passes options as keywords
@@ -111,10 +127,16 @@ def build_cmd(  # click passes options as keywords
     pki: Path | None,
     passphrase_file: Path | None,
     encoding: str,
+    delta_from: Path | None,
+    delta_compression: str,
+    encrypt_to: Path | None,
     output: Path,
     as_json: bool,
 ) -> None:
     """Build an unsigned package from firmware binaries and/or signed MCUboot images."""
+    from bmsfw.package._encrypt import load_encryption_public_key
+    from bmsfw.package._release import component_image
+
     sources: list[ComponentSource] = []
     if app is not None:
         sources.append(ComponentSource.firmware("app", _read(app)))
@@ -141,6 +163,9 @@ def build_cmd(  # click passes options as keywords
         safety_class=safety_class,  # type: ignore[arg-type]
         release_notes=notes,
         encoding=encoding,
+        delta_from=None if delta_from is None else {"app": component_image(_read(delta_from))},
+        delta_compression=delta_compression,
+        encrypt_to=None if encrypt_to is None else load_encryption_public_key(_read(encrypt_to)),
     )
     _write_atomic(output, package)
     _report_written(output, package, "built (unsigned)", as_json)
@@ -345,7 +370,17 @@ def render_verified(verified: VerifiedRelease, *, device_checked: bool) -> None:
     for col in ("name", "image version", "sec cnt", "size", "sha-256", "image key"):
         table.add_column(col, overflow="fold")
     for comp in verified.manifest.components:
-        info = verified.image_info[comp.name]
+        info = verified.image_info.get(comp.name)
+        if info is None:  # a delta: the image exists once applied to its base on the BMS
+            table.add_row(
+                comp.name,
+                f"delta from {comp.delta_base_sha256.hex()[:12]}…",
+                "",
+                f"{comp.image_size:,}",
+                comp.image_sha256.hex()[:16] + "…",
+                f"patch {comp.stored_size:,} bytes",
+            )
+            continue
         table.add_row(
             comp.name,
             str(info.version),

@@ -791,7 +791,9 @@ def inspect_release(data: bytes) -> ReleaseInspection:
         image: McubootImage | None = None
         problem: str | None = None
         try:
-            image = parse_image(_decode_component(pkg, comp))
+            payload = _decode_component(pkg, comp)
+            if not comp.is_delta:  # a patch is no image; it becomes one on the BMS
+                image = parse_image(payload)
         except BmsfwError as exc:
             problem = str(exc)
         comps.append(ComponentInspection(comp, image, problem))
