@@ -445,14 +445,16 @@ class Agent:
         if data is None:
             return
         for offer, job, device in work:
+            if job.state in (S.OFFERED.value, S.DOWNLOADING.value):
+                self._report(job, S.DOWNLOADED, detail=f"{offer.size_bytes} bytes, signature valid")
+            # A report of this poll may have paused the campaign (error threshold): then
+            # no further BMS of this gateway is touched for it.
             if self._campaign_status.get(offer.campaign_id, "running") != "running":
                 log.info("campaign %d is %s: not installing on %s", offer.campaign_id,
                          self._campaign_status[offer.campaign_id], job.serial)  # fmt: skip
                 continue
             if not self._device_accepts(data, job, device):
                 continue
-            if job.state in (S.OFFERED.value, S.DOWNLOADING.value):
-                self._report(job, S.DOWNLOADED, detail=f"{offer.size_bytes} bytes, signature valid")
             if not self._window_open(offer):
                 if job.state != S.WAITING.value or job.error_code:
                     self._report(job, S.WAITING, detail="outside the site's maintenance window")
@@ -575,7 +577,7 @@ class Agent:
         try:
             verify_release(data, self.trust, facts, now=self.clock.now())
         except PackageError as exc:
-            self._report(job, S.REJECTED, exc.code, f"not for this BMS: {exc.message}")
+            self._report(job, S.REJECTED, exc.code, f"refused for this BMS: {exc.message}")
             return False
         return True
 

@@ -197,11 +197,21 @@ class DropTransport(httpx.BaseTransport):
         self.rng = rng
         self.dropped = 0
         self.cut_downloads = 0
+        self.cut_next_downloads = 0  # deterministic: cut this many next artifact downloads
+        # (Range header or "", HTTP status) of every artifact request, for inspection
+        self.artifact_requests: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
     def _drop(self) -> bool:
         with self._lock:
             return self.drop_pct > 0 and self.rng.random() * 100 < self.drop_pct
+
+    def _cut_now(self) -> bool:
+        with self._lock:
+            if self.cut_next_downloads > 0:
+                self.cut_next_downloads -= 1
+                return True
+        return self._drop()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         is_artifact = request.method == "GET" and request.url.path.endswith("/artifact")
@@ -209,10 +219,12 @@ class DropTransport(httpx.BaseTransport):
             self.dropped += 1
             raise httpx.ConnectError("simulated connection drop", request=request)
         response = self.inner.handle_request(request)
-        if is_artifact and response.status_code in (200, 206) and self._drop():
-            self.cut_downloads += 1
-            length = int(response.headers.get("content-length", "0"))
-            response.stream = _CutStream(response.stream, max(1, length // 2), request)
+        if is_artifact:
+            self.artifact_requests.append((request.headers.get("range", ""), response.status_code))
+            if response.status_code in (200, 206) and self._cut_now():
+                self.cut_downloads += 1
+                length = int(response.headers.get("content-length", "0"))
+                response.stream = _CutStream(response.stream, max(1, length // 2), request)
         return response
 
     def close(self) -> None:
