@@ -20,6 +20,7 @@ def register_all(root: click.Group) -> None:
     root.add_command(fleet_group)
     root.add_command(__import__("bmsfw.cli._sim", fromlist=["sim_group"]).sim_group)
     __import__("bmsfw.cli._sim_rs485", fromlist=["register"]).register(root)
+    __import__("bmsfw.cli._agent", fromlist=["register"]).register(root)  # agent, sim fleet
 
 
 def _field_commands() -> tuple[click.Command, ...]:
