@@ -1,0 +1,102 @@
+"""The agent updates a virtual BMS that runs in its own process, over CAN (UDS on ISO-TP,
+python-can udp_multicast), with tester authentication: the real field path, driven by the
+fleet server."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from bmsfw.device import DeviceSpec, FlashSpec, provision
+from bmsfw.device.sim_can import SimCanProcess, node_state_dir
+from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
+from bmsfw.package import TrustAnchors, key_hash, verify_release
+from bmsfw.protocol import uds
+from bmsfw.update.connect import parse_links
+from bmsfw.update.profile import PreflightLimits, UpdateProfile
+
+from .conftest import HW_REV, MODEL, Server, Vendor
+
+_ports = itertools.count(0)
+
+
+def _unique_link() -> str:
+    n = next(_ports)
+    pid = os.getpid()
+    return f"udp_multicast:239.78.{pid % 250}.{n % 250 + 1},port={41000 + (pid * 11 + n) % 20000}"
+
+
+def test_agent_updates_a_bms_in_its_own_process_over_can(
+    tmp_path: Path,
+    vendor: Vendor,
+    releases: dict[str, bytes],
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory()
+    pki = vendor.pki
+    trust = TrustAnchors.from_root_certificate(vendor.root_pem)
+    state_dir = tmp_path / "can-sim"
+    provision(
+        node_state_dir(state_dir, 1),
+        initial_image=verify_release(releases["1.0.0"], trust).image("app"),
+        root_key_hash=key_hash(pki.root_key),
+        image_key_hash=key_hash(pki.image_signing_key),
+        spec=DeviceSpec(
+            model=MODEL, hw_revision=HW_REV, flash=FlashSpec.small(bank_size=16 * 1024)
+        ),
+        serial="CANBMS0001",
+    )
+    key, cert = uds.issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
+    credentials = uds.tester_credentials(
+        key, cert, [pki.intermediate_certificate, pki.root_certificate]
+    )
+    with server.client() as admin:
+        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
+    link = _unique_link()
+    profile = UpdateProfile()
+    profile = dataclasses.replace(
+        profile, preflight=dataclasses.replace(PreflightLimits(), supply_window_s=0.2)
+    )
+    with (
+        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
+        server.client(token) as client,
+    ):
+        agent = Agent(
+            AgentConfig(
+                state_dir=tmp_path / "agent",
+                trust_root_pem=vendor.root_pem,
+                credentials=credentials,
+                profile=profile,
+                confirmed=frozenset(c.id for c in profile.confirmations),
+            ),
+            client,
+            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
+        )
+        first = agent.run_once()
+        assert first.devices == 1
+        (device,) = server.call("GET", "devices")
+        assert (device["serial"], device["firmware_version"]) == ("CANBMS0001", "1.0.0")
+        with server.client() as operator:
+            release = operator.upload_release(releases["2.0.0"], "2.0.0.bmsfw")["id"]
+            campaign = operator.post(
+                "campaigns",
+                {
+                    "name": "over CAN",
+                    "release_id": release,
+                    "phases": [{"name": "all", "percent": 100, "soak_s": 0}],
+                },
+            )["id"]
+        agent.run_once()
+        states = [c.state for c in agent.history]
+        assert states == [
+            "downloading", "downloaded", "installing", "verifying", "succeeded"
+        ], agent.history  # fmt: skip
+        (record,) = server.call("GET", f"campaigns/{campaign}/devices")
+        assert record["state"] == "succeeded"
+        agent.run_once()  # the next check-in reports what the BMS runs now
+        (device,) = server.call("GET", "devices")
+        assert (device["firmware_version"], device["security_counter"]) == ("2.0.0", 2)
+        assert server.call("GET", "devices/CANBMS0001/backups")
