@@ -171,6 +171,9 @@ def main(argv: list[str]) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     quick = "--quick" in argv
     bauds = (921_600,) if quick else (115_200, 921_600)
+    for arg in argv:
+        if arg.startswith("--baud="):
+            bauds = (int(arg.split("=", 1)[1]),)
     image_size = (64 if quick else 256) * KIB
     nodes = 4 if quick else 16
     pki = create_pki("ed25519")

@@ -494,8 +494,11 @@ class ModbusBmsNode:
                 if not broadcast
                 else False
             )
-        offset = self.window_page * TRANSFER_PAGE_BYTES + (address - HOLDING.TRANSFER_WINDOW) * 2
-        data = codec.registers_to_bytes(values)
+        if len(values) < 2:
+            return broadcast or self._refuse("a window write is [page, data...]", 1)
+        page = values[0]  # each frame names its page: a lost frame cannot shift others
+        offset = page * TRANSFER_PAGE_BYTES + (address - HOLDING.TRANSFER_WINDOW) * 2
+        data = codec.registers_to_bytes(values[1:])
         total = int(getattr(st, "total_size", 0))
         data = data[: max(0, total - offset)]
         if not data:
@@ -503,11 +506,27 @@ class ModbusBmsNode:
         try:
             self.backend.write_inactive(offset, data)
         except BmsfwError as exc:
-            return self._refuse(exc.message, _error_number(exc))
+            # A repair frame may overlap bytes a broadcast frame already programmed
+            # (flash cannot be programmed twice): write only what is still missing.
+            if not self._write_missing_only(st, offset, data):
+                return self._refuse(exc.message, _error_number(exc))
         self.window_writes += 1
         if broadcast:
             self.broadcast_writes += 1
         return True
+
+    def _write_missing_only(self, st: Any, offset: int, data: bytes) -> bool:
+        end = offset + len(data)
+        wrote = False
+        for gap_start, gap_len in tuple(getattr(st, "missing_ranges", ())):
+            lo, hi = max(offset, gap_start), min(end, gap_start + gap_len)
+            if lo < hi:
+                try:
+                    self.backend.write_inactive(lo, data[lo - offset : hi - offset])
+                except BmsfwError:
+                    return False
+                wrote = True
+        return wrote
 
     def _refuse(self, message: str, number: int) -> bool:
         self.last_result = number

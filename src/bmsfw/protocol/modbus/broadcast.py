@@ -33,7 +33,7 @@ from bmsfw.protocol.modbus.errors import (
     ModbusNoReplyError,
     ModbusRepairError,
 )
-from bmsfw.protocol.modbus.registers import HOLDING, INPUT
+from bmsfw.protocol.modbus.registers import INPUT
 from bmsfw.protocol.session import BootStatus, SelfTestResult, TesterCredentials
 
 __all__ = [
@@ -268,16 +268,10 @@ def broadcast_update(
     payload_bytes = 0
     bcast_started = time.monotonic()
     if live:
-        page: int | None = None
         settings = bus.settings
         char_bits = 1 + 8 + (0 if settings.parity == "N" else 1) + settings.stopbits
         pace = _Pacer(settings.baud_bps, char_bits)
         for frame in codec.window_writes(image):
-            if frame.page != page:
-                pace.send(functools.partial(bus.write, 0, HOLDING.WINDOW_PAGE, [frame.page]), 11)
-                page = frame.page
-                frames += 1
-                payload_bytes += 11
             nbytes = 9 + 2 * len(frame.values)
             pace.send(functools.partial(bus.write, 0, frame.address, frame.values), nbytes)
             frames += 1
@@ -299,7 +293,6 @@ def broadcast_update(
     for node in live:
         step = "repair"
         try:
-            node.session._page = None  # the broadcast moved the window page
             repair_frames += _repair(node, image, policy.max_repair_rounds)
             step = "verify"
             node.session.verify()

@@ -275,7 +275,6 @@ class ModbusSession:
         self.bus = bus
         self.unit = unit
         self._owns_bus = owns_bus
-        self._page: int | None = None
 
     @property
     def address(self) -> str:
@@ -469,7 +468,6 @@ class ModbusSession:
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
         self._upload(header)
         self.command(Command.PREPARE, 1 if channel == "ota" else 0)
-        self._page = None
         return self.transfer_state()
 
     def transfer_state(self) -> TransferState:
@@ -513,10 +511,16 @@ class ModbusSession:
     def write_range(self, image: bytes, start: int, end: int) -> Iterator[int]:
         """Addressed window writes for ``image[start:end]``; yields the offset reached."""
         for frame in codec.window_writes(image, start, end):
-            if frame.page != self._page:
-                self.bus.write(self.unit, HOLDING.WINDOW_PAGE, [frame.page])
-                self._page = frame.page
-            self.bus.write(self.unit, frame.address, frame.values)
+            try:
+                self.bus.write(self.unit, frame.address, frame.values)
+            except ModbusExceptionResponseError:
+                result, text = self._read_result()
+                raise ModbusCommandRefusedError(
+                    f"unit {self.unit}: write at offset {frame.offset} refused"
+                    f" (BMSFW-E{result:03d}): {text}",
+                    device_code=f"BMSFW-E{result:03d}",
+                    command="WRITE",
+                ) from None
             yield frame.offset + frame.length
 
     def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
@@ -531,7 +535,6 @@ class ModbusSession:
 
     def reset(self) -> None:
         self.command(Command.RESET)
-        self._page = None
 
     def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
         deadline = time.monotonic() + timeout_s

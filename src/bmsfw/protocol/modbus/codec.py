@@ -266,12 +266,17 @@ def unpack_auth_proof(blob: bytes) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class WindowWrite:
-    """One function-0x10 write into the transfer window."""
+    """One function-0x10 write into the transfer window.
+
+    ``values`` is ``(page, data registers...)``: every frame carries its own 64 KiB
+    page, so a lost frame can never shift later ones to a wrong offset (a
+    broadcast has no replies to notice a lost page switch by).
+    """
 
     page: int
     address: int
     values: tuple[int, ...]
-    offset: int  # image offset of the first byte
+    offset: int  # image offset of the first data byte
     length: int  # image bytes carried (the last frame may carry a pad byte)
 
 
@@ -285,20 +290,22 @@ def window_writes(
     """Split ``image[start:end]`` into window writes that never cross a 64 KiB page.
 
     ``start`` must be even (a register holds two bytes); an odd image length is
-    padded with one 0xFF byte that the device discards (it knows the size).
+    padded with one 0xFF byte that the device discards (it knows the size). Each
+    write is ``[page, data...]`` at ``TRANSFER_WINDOW + (offset mod 64 KiB) / 2``.
     """
     if start % 2:
         raise ValueError(f"window writes start at an even offset, not {start}")
     end = len(image) if end is None else min(end, len(image))
+    data_registers = max_registers - 1
     offset = start
     while offset < end:
         page, in_page = divmod(offset, TRANSFER_PAGE_BYTES)
-        chunk = min(max_registers * 2, end - offset, TRANSFER_PAGE_BYTES - in_page)
+        chunk = min(data_registers * 2, end - offset, TRANSFER_PAGE_BYTES - in_page)
         data = image[offset : offset + chunk]
         yield WindowWrite(
             page=page,
             address=HOLDING.TRANSFER_WINDOW + in_page // 2,
-            values=tuple(bytes_to_registers(data, pad=0xFF)),
+            values=(page, *bytes_to_registers(data, pad=0xFF)),
             offset=offset,
             length=len(data),
         )
