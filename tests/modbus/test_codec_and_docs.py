@@ -62,7 +62,8 @@ def test_window_writes_cover_the_image_once(image: bytes) -> None:
     covered = 0
     for w in codec.window_writes(image):
         assert len(w.values) <= 123
-        in_page = (w.address - HOLDING.TRANSFER_WINDOW) * 2
+        in_page = (w.address + 1 - HOLDING.TRANSFER_WINDOW) * 2
+        assert w.address + len(w.values) <= 0x10000  # fits the 16-bit address space
         assert in_page + 2 * (len(w.values) - 1) <= TRANSFER_PAGE_BYTES  # never crosses a page
         assert w.offset == w.page * TRANSFER_PAGE_BYTES + in_page
         assert w.values[0] == w.page  # every frame names its page

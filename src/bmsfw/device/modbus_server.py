@@ -393,7 +393,7 @@ class ModbusBmsNode:
     def write_holding(self, address: int, values: list[int], *, broadcast: bool = False) -> bool:
         """Apply a write; False means refuse it (exception response when addressed)."""
         end = address + len(values)
-        if address >= HOLDING.TRANSFER_WINDOW:
+        if address >= HOLDING.TRANSFER_WINDOW - 1:  # the page tag sits just before the data
             return self._window_write(address, values, broadcast=broadcast)
         if address >= HOLDING.UPLOAD and end <= HOLDING.UPLOAD_END:
             i = (address - HOLDING.UPLOAD) * 2
@@ -497,7 +497,7 @@ class ModbusBmsNode:
         if len(values) < 2:
             return broadcast or self._refuse("a window write is [page, data...]", 1)
         page = values[0]  # each frame names its page: a lost frame cannot shift others
-        offset = page * TRANSFER_PAGE_BYTES + (address - HOLDING.TRANSFER_WINDOW) * 2
+        offset = page * TRANSFER_PAGE_BYTES + (address + 1 - HOLDING.TRANSFER_WINDOW) * 2
         data = codec.registers_to_bytes(values[1:])
         total = int(getattr(st, "total_size", 0))
         data = data[: max(0, total - offset)]

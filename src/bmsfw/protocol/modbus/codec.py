@@ -291,7 +291,9 @@ def window_writes(
 
     ``start`` must be even (a register holds two bytes); an odd image length is
     padded with one 0xFF byte that the device discards (it knows the size). Each
-    write is ``[page, data...]`` at ``TRANSFER_WINDOW + (offset mod 64 KiB) / 2``.
+    write is ``[page, data...]`` starting one register before its data, at
+    ``TRANSFER_WINDOW - 1 + (offset mod 64 KiB) / 2`` (so the last register of a
+    page, 0xFFFF, is reachable within the 16-bit address space).
     """
     if start % 2:
         raise ValueError(f"window writes start at an even offset, not {start}")
@@ -304,7 +306,7 @@ def window_writes(
         data = image[offset : offset + chunk]
         yield WindowWrite(
             page=page,
-            address=HOLDING.TRANSFER_WINDOW + in_page // 2,
+            address=HOLDING.TRANSFER_WINDOW - 1 + in_page // 2,
             values=(page, *bytes_to_registers(data, pad=0xFF)),
             offset=offset,
             length=len(data),

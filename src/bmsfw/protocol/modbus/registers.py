@@ -584,12 +584,12 @@ REGISTER_TABLE: tuple[Register, ...] = (
     Register(
         "transfer_window",
         "holding",
-        HOLDING.TRANSFER_WINDOW,
-        TRANSFER_WINDOW_REGISTERS,
+        HOLDING.TRANSFER_WINDOW - 1,
+        TRANSFER_WINDOW_REGISTERS + 1,
         "bytes",
         "",
         1,
         "W",
-        "image bytes at page·65536 + 2·(address − 0x8000)",
+        "[page, data…]: data at page·65536 + 2·(address + 1 − 0x8000)",
     ),
 )
