@@ -164,10 +164,3 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 2 and "trust anchor" in err
     code, _, err = run(capsys, "package", "verify", str(junk), "--root-hash", "00" * 32)
     assert code == 3 and "BMSFW-E101" in err
-
-
-def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "demo", "--output", str(tmp_path))
-    assert code == 0, err
-    assert "BMSFW-E112" in out and "BMSFW-E110" in out
-    assert (tmp_path / "demo-bms-1.4.0.bmsfw").exists()
