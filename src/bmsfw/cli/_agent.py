@@ -6,6 +6,8 @@ error family's code (see ``bmsfw --help``), e.g. a usage error for bad options.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import threading
 import time
@@ -121,7 +123,7 @@ _INSECURE = click.option(
 @click.option("--once", is_flag=True, help="Poll once and exit.")
 @click.option("--max-polls", type=click.IntRange(1), help="Exit after this many polls.")
 @_INSECURE
-@click.option("--json", "as_json", is_flag=True, help="Print each state change as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Each state change as a JSON line.")
 def agent_command(
     *,
     server: str,
@@ -200,8 +202,8 @@ def agent_command(
         def show_new() -> None:
             nonlocal seen
             for change in agent.history[seen:]:
-                if as_json:
-                    print_json(change.__dict__)
+                if as_json:  # JSON Lines: one state change per line, as it happens
+                    click.echo(json.dumps(dataclasses.asdict(change), sort_keys=True))
                 else:
                     console.print(
                         f"{change.serial} campaign {change.campaign_id}: [bold]{change.state}"

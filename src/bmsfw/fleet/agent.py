@@ -91,6 +91,14 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 # Preflight refusals that no amount of waiting fixes: the device is not a target.
 _PERMANENT_PREFLIGHT = frozenset({"BMSFW-E407", "BMSFW-E408", "BMSFW-E410"})
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# Failures that say nothing about the firmware: the link or the BMS's power went away.
+# The BMS keeps what it has (A/B banks, staged transfer), so the next poll retries and
+# the pipeline resumes.
+_RETRYABLE_CODES = frozenset({"BMSFW-E209", "BMSFW-E501", "BMSFW-E502"})
+
+
+def _retryable(code: str) -> bool:
+    return code in _RETRYABLE_CODES or code.startswith("BMSFW-E3")
 
 
 class AgentClock(Protocol):
@@ -650,7 +658,9 @@ class Agent:
                 self._report(job, S(job.state), code, f"waiting for preflight: {detail}")
             else:
                 self._report(job, S.WAITING, code, f"waiting for preflight: {detail}")
-        elif outcome == "paused" and job.install_attempts < self.config.max_install_attempts:
+        elif (outcome == "paused" or _retryable(code)) and (
+            job.install_attempts < self.config.max_install_attempts
+        ):
             # The transfer stopped between blocks (link or power lost, pack left the
             # window): the BMS keeps what it has and the next poll resumes.
             state = S(job.state) if job.state in _IN_FLIGHT else S.WAITING
