@@ -52,7 +52,7 @@ def _receiver(link: str, block_size: int, ready: Any, stop: Any) -> None:
     spec = parse_can_link(link)
     bus = open_can_bus(spec)
     notifier = can.Notifier(bus, [], timeout=0.05)
-    address = node_address(0)
+    address = node_address(1)
     stack = make_isotp_stack(
         bus,
         notifier,
@@ -93,7 +93,7 @@ def run_case(case: Case) -> dict[str, float | str]:
         ready.wait(10)
     bus = open_can_bus(spec)
     notifier = can.Notifier(bus, [], timeout=0.05)
-    address = node_address(0)
+    address = node_address(1)
     stack = make_isotp_stack(
         bus,
         notifier,

@@ -19,6 +19,7 @@ from bmsfw.link import (
     isotp_send,
     make_isotp_stack,
     node_address,
+    node_of_response_id,
     open_can_bus,
     parse_can_link,
 )
@@ -97,16 +98,33 @@ def test_fd_params_on_a_classic_bus_are_refused() -> None:
         IsoTpParams(tx_data_length=64)
 
 
-def test_node_address_plan() -> None:
-    assert node_address(0).request_id == 0x7E0 and node_address(7).response_id == 0x7EF
+def test_node_address_plan_is_one_based() -> None:
+    # node 1 is the first pack, like Modbus unit 1 (ISO 15765-4: 0x7E0/0x7E8)
+    first, last = node_address(1), node_address(8)
+    assert (first.request_id, first.response_id) == (0x7E0, 0x7E8)
+    assert (last.request_id, last.response_id) == (0x7E7, 0x7EF)
     extended = node_address(0x21, extended_id=True)
     assert (extended.request_id, extended.response_id) == (0x18DA21F1, 0x18DAF121)
-    with pytest.raises(IsoTpConfigError):
-        node_address(8)
+    assert node_address(0xEF, extended_id=True).response_id == 0x18DAF1EF
+    for bad, ext in ((0, False), (9, False), (0, True), (0xF0, True), (0xF1, True)):
+        with pytest.raises(IsoTpConfigError):
+            node_address(bad, extended_id=ext)
+
+
+def test_node_of_response_id_inverts_the_plan() -> None:
+    for node in range(1, 9):
+        assert node_of_response_id(node_address(node).response_id) == node
+    for node in (1, 0x21, 0xEF):
+        response = node_address(node, extended_id=True).response_id
+        assert node_of_response_id(response, extended_id=True) == node
+    assert node_of_response_id(0x7E0) is None  # a request id, not a response
+    assert node_of_response_id(0x7F0) is None
+    assert node_of_response_id(0x18DA21F1, extended_id=True) is None  # request direction
 
 
 def test_multicast_defaults_grant_a_bounded_block_size() -> None:
-    assert default_isotp_params(parse_can_link("udp_multicast:239.74.163.2")).block_size == 8
+    # 16: what the BMS grants there too (FIELD-NOTES: 8-16 clean)
+    assert default_isotp_params(parse_can_link("udp_multicast:239.74.163.2")).block_size == 16
     assert default_isotp_params(parse_can_link("udp_multicast,throttle")).block_size == 0
     assert default_isotp_params(parse_can_link("virtual:x,fd")).tx_data_length == 64
 

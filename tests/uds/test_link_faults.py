@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from bmsfw.device.sim_can import CanSimConfig, CanSimulator
+from bmsfw.link import IsoTpParams
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
 from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.protocol.session import TesterCredentials as Credentials
-from bmsfw.protocol.uds import IsoTpSettings, UdsClientConfig, open_uds_session
+from bmsfw.protocol.uds import UdsClientConfig, open_uds_session
 
 from .conftest import make_release
 
@@ -20,10 +21,12 @@ def test_two_percent_of_frames_dropped_still_completes(
     release_v2 = make_release(pki, "1.1.0", 2, size=16 * 1024)  # lossy links are slow
     # short timeouts keep the test fast: every lost frame costs one P2 / N_Bs wait
     config = UdsClientConfig(p2_min_s=0.1, request_retries=4)
-    isotp = IsoTpSettings(blocking_send=True, timeout_ms=150)
+    isotp = IsoTpParams(
+        block_size=0, rx_flowcontrol_timeout_s=0.15, rx_consecutive_frame_timeout_s=0.15
+    )
     with (
         CanSimulator(
-            CanSimConfig("virtual:lossy", (1,), str(state_dir), time_scale=20, isotp_timeout_ms=150)
+            CanSimConfig("virtual:lossy", (1,), str(state_dir), time_scale=20, isotp_timeout_s=0.15)
         ),
         open_uds_session("virtual:lossy", 1, config=config, isotp=isotp) as session,
     ):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -41,11 +40,12 @@ from bmsfw.device.uds_server import (
     UdsServerConfig,
 )
 from bmsfw.link.canlink import CanLinkSpec, open_can_bus, parse_can_link
-from bmsfw.protocol.uds._transport import (
-    FUNCTIONAL_REQUEST_ID,
-    IsoTpSettings,
-    make_stack,
-    node_ids,
+from bmsfw.link.isotp_stack import (
+    IsoTpParams,
+    default_isotp_params,
+    functional_address,
+    make_isotp_stack,
+    node_address,
 )
 
 __all__ = ["CanSimConfig", "CanSimulator", "ScaledClock", "SimCanProcess", "node_state_dir"]
@@ -114,8 +114,20 @@ class CanSimConfig:
     state_dir: str = "."
     time_scale: float = 1.0
     server: UdsServerConfig = field(default_factory=UdsServerConfig)
-    isotp_block_size: int | None = None  # None: 16 on udp_multicast, else 0
-    isotp_timeout_ms: int = 1000  # N_Bs / N_Cr (ISO 15765-2: 1000 ms)
+    isotp_block_size: int | None = None  # None: the link default (16 on udp_multicast, else 0)
+    isotp_timeout_s: float = 1.0  # N_Bs / N_Cr (ISO 15765-2: 1000 ms)
+
+    def isotp_params(self, spec: CanLinkSpec) -> IsoTpParams:
+        """The BMS side's ISO-TP settings: the link's defaults (one rule for both ends)."""
+        overrides: dict[str, Any] = {
+            "rx_flowcontrol_timeout_s": self.isotp_timeout_s,
+            "rx_consecutive_frame_timeout_s": self.isotp_timeout_s,
+            # the runner waits for nothing after a response: do not block its thread
+            "blocking_send": False,
+        }
+        if self.isotp_block_size is not None:
+            overrides["block_size"] = self.isotp_block_size
+        return default_isotp_params(spec, **overrides)
 
 
 class CanSimulator:
@@ -137,19 +149,17 @@ class CanSimulator:
 
     def start(self, *, wait_boot: bool = True) -> None:
         """Power the nodes on and serve them; by default return once every node has booted."""
-        settings = IsoTpSettings.for_server(fd=self.spec.fd, multicast=self.spec.is_multicast)
-        if self.config.isotp_block_size is not None:
-            settings = IsoTpSettings(fd=self.spec.fd, blocksize=self.config.isotp_block_size)
-        settings = dataclasses.replace(settings, timeout_ms=self.config.isotp_timeout_ms)
+        params = self.config.isotp_params(self.spec)
         for node in self.config.nodes:
+            address = node_address(node)
+            request_id, response_id = address.request_id, address.response_id
             bms = VirtualBms(node_state_dir(self.config.state_dir, node), clock=self._clock())
-            request_id, response_id = node_ids(node)
             bus = open_can_bus(self.spec)
             notifier = can.Notifier(bus, [], timeout=0.05)
-            physical = make_stack(
-                bus, notifier, txid=response_id, rxid=request_id, settings=settings
+            physical = make_isotp_stack(
+                bus, notifier, txid=response_id, rxid=request_id, params=params
             )
-            functional = FunctionalListener(FUNCTIONAL_REQUEST_ID)
+            functional = FunctionalListener(functional_address())
             notifier.add_listener(functional)
             physical.start()
             adapter = UdsDeviceAdapter(
@@ -198,14 +208,14 @@ class CanSimulator:
             "nodes": [
                 {
                     "node": node,
-                    "request_id": f"0x{node_ids(node)[0]:03X}",
-                    "response_id": f"0x{node_ids(node)[1]:03X}",
+                    "request_id": f"0x{node_address(node).request_id:03X}",
+                    "response_id": f"0x{node_address(node).response_id:03X}",
                     "serial": bms.serial,
                     "state_dir": str(bms.state_dir),
                 }
                 for node, bms in self.devices.items()
             ],
-            "functional_id": f"0x{FUNCTIONAL_REQUEST_ID:03X}",
+            "functional_id": f"0x{functional_address():03X}",
         }
 
     def __enter__(self) -> CanSimulator:

@@ -34,8 +34,11 @@ ISO-TP (:mod:`bmsfw.link.isotp_stack`)::
                 rx_consecutive_frame_timeout_s=1.0, max_frame_size=0x10000,
                 blocking_send=True, override_receiver_stmin_s=None)
     default_isotp_params(spec: CanLinkSpec, **overrides) -> IsoTpParams
+        # block size 16 on unthrottled udp_multicast, else 0; 64-byte frames on FD
     node_address(node: int, *, extended_id: bool = False) -> NodeAddress
-        # 11-bit: 0x7E0+n / 0x7E8+n (n 0..7); 29-bit: 0x18DA<n><F1> / 0x18DA<F1><n>
+        # node numbers start at 1 (like Modbus unit ids)
+        # 11-bit: 0x7E0+n-1 / 0x7E8+n-1 (n 1..8); 29-bit: 0x18DA<n><F1> / 0x18DA<F1><n> (1..0xEF)
+    node_of_response_id(arbitration_id: int, *, extended_id: bool = False) -> int | None
     functional_address(*, extended_id: bool = False) -> int     # 0x7DF / 0x18DB33F1
     isotp_send(stack, data: bytes, *, timeout_s: float = 5.0) -> None
     isotp_recv(stack, *, timeout_s: float = 5.0) -> bytes
@@ -95,6 +98,7 @@ from bmsfw.link.isotp_stack import (
     isotp_send,
     make_isotp_stack,
     node_address,
+    node_of_response_id,
 )
 from bmsfw.link.serialbus import (
     RS485Bus,
@@ -148,6 +152,7 @@ __all__ = [
     "make_isotp_stack",
     "modbus_silence_s",
     "node_address",
+    "node_of_response_id",
     "open_can_bus",
     "open_serial_port",
     "parse_can_link",

@@ -3,20 +3,27 @@
 ``make_isotp_stack`` builds a can-isotp ``NotifierBasedCanStack`` (not started:
 udsoncan's ``PythonIsoTpConnection.open()`` starts it, or call ``stack.start()``).
 
+This module is the one place for CAN ids and ISO-TP stacks: the UDS tester
+(:mod:`bmsfw.protocol.uds`), the virtual BMS (:mod:`bmsfw.device.sim_can`) and
+the benchmarks all build their stacks and ids here.
+
 Block size, the known trap: ``udp_multicast`` has no flow control, so a receiver
 that grants block size 0 lets the sender blast a whole 4 KiB message and the
 socket buffer of the other process overflows (FIELD-NOTES: ~20 % frames lost).
-:func:`default_isotp_params` therefore grants a bounded block size (8) on an
-unthrottled ``udp_multicast`` link; throttled links are paced at the bus rate
-and may grant 0 (no flow-control round trips, the fastest on a real bus).
+:func:`default_isotp_params` therefore grants a bounded block size
+(:data:`MULTICAST_BLOCK_SIZE` = 16, measured clean) on an unthrottled
+``udp_multicast`` link; throttled links are paced at the bus rate and grant 0
+(no flow-control round trips, the fastest on a real bus).
 
-Node addressing (documented in docs/links.md):
+Node numbering (documented in docs/links.md): user-facing node numbers start
+at 1, like Modbus unit ids (``--node 1`` is the first pack).
 
-* 11-bit, nodes 0..7: request 0x7E0+n, response 0x7E8+n; functional 0x7DF
+* 11-bit, nodes 1..8: request 0x7E0+n-1, response 0x7E8+n-1; functional 0x7DF
   (the OBD/ISO 15765-4 plan every tester knows).
-* 29-bit normal fixed addressing (ISO 15765-2), nodes 0..0xEF other than the
-  tester: request 0x18DA<node><F1>, response 0x18DA<F1><node>; functional
-  0x18DB33F1. The tester's address is 0xF1.
+* 29-bit normal fixed addressing (ISO 15765-2), nodes 1..0xEF: the node number
+  *is* the ECU's 8-bit address (N_TA of requests, N_SA of responses):
+  request 0x18DA<node><F1>, response 0x18DA<F1><node>; functional 0x18DB33F1.
+  The tester's address is 0xF1; 0x00 and 0xF0..0xFF are not node numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from bmsfw.link.wire import CAN_FD_LENGTHS
 __all__ = [
     "FUNCTIONAL_ID_11BIT",
     "FUNCTIONAL_ID_29BIT",
+    "MAX_NODES_11BIT",
+    "MAX_NODE_29BIT",
+    "MULTICAST_BLOCK_SIZE",
     "TESTER_ADDRESS",
     "IsoTpParams",
     "NodeAddress",
@@ -44,6 +54,7 @@ __all__ = [
     "isotp_send",
     "make_isotp_stack",
     "node_address",
+    "node_of_response_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,6 +62,12 @@ logger = logging.getLogger(__name__)
 FUNCTIONAL_ID_11BIT = 0x7DF
 FUNCTIONAL_ID_29BIT = 0x18DB33F1
 TESTER_ADDRESS = 0xF1
+MAX_NODES_11BIT = 8
+MAX_NODE_29BIT = 0xEF
+#: Block size granted on unthrottled udp_multicast (FIELD-NOTES: 8-16 clean, 16 faster).
+MULTICAST_BLOCK_SIZE = 16
+_REQUEST_BASE_11BIT = 0x7E0
+_RESPONSE_BASE_11BIT = 0x7E8
 
 
 @dataclass(frozen=True)
@@ -113,8 +130,11 @@ class IsoTpParams:
 
 
 def default_isotp_params(spec: CanLinkSpec, **overrides: Any) -> IsoTpParams:
-    """Sensible ISO-TP settings for a link: FD frame length, a safe block size."""
-    block_size = 8 if spec.is_multicast and not spec.throttle else 0
+    """Sensible ISO-TP settings for a link: FD frame length, a safe block size.
+
+    Both ends (tester and BMS) use this; ``overrides`` are :class:`IsoTpParams` fields.
+    """
+    block_size = MULTICAST_BLOCK_SIZE if spec.is_multicast and not spec.throttle else 0
     fields: dict[str, Any] = {
         "block_size": block_size,
         "fd": spec.fd,
@@ -139,21 +159,36 @@ class NodeAddress:
 
 
 def node_address(node: int, *, extended_id: bool = False) -> NodeAddress:
-    """The physical id pair of node ``node`` (see the module docstring for the plan)."""
+    """The physical id pair of node ``node`` (1-based; see the module docstring)."""
     if not extended_id:
-        if not 0 <= node <= 7:
+        if not 1 <= node <= MAX_NODES_11BIT:
             raise IsoTpConfigError(
-                f"11-bit addressing has nodes 0..7, got {node}; use 29-bit ids for more nodes"
+                f"11-bit addressing has nodes 1..{MAX_NODES_11BIT}, got {node}; "
+                "use 29-bit ids for more nodes"
             )
-        return NodeAddress(node, 0x7E0 + node, 0x7E8 + node, False)
-    if not 0 <= node <= 0xEF or node == TESTER_ADDRESS:
-        raise IsoTpConfigError(f"29-bit node address must be 0..0xEF, got {node:#x}")
+        return NodeAddress(
+            node, _REQUEST_BASE_11BIT + node - 1, _RESPONSE_BASE_11BIT + node - 1, False
+        )
+    if not 1 <= node <= MAX_NODE_29BIT:
+        raise IsoTpConfigError(f"29-bit node numbers are 1..0x{MAX_NODE_29BIT:X}, got {node:#x}")
     return NodeAddress(
         node,
         0x18DA0000 | (node << 8) | TESTER_ADDRESS,
         0x18DA0000 | (TESTER_ADDRESS << 8) | node,
         True,
     )
+
+
+def node_of_response_id(arbitration_id: int, *, extended_id: bool = False) -> int | None:
+    """The node number whose physical response id this is, or ``None``."""
+    if not extended_id:
+        if _RESPONSE_BASE_11BIT <= arbitration_id < _RESPONSE_BASE_11BIT + MAX_NODES_11BIT:
+            return arbitration_id - _RESPONSE_BASE_11BIT + 1
+        return None
+    if arbitration_id & 0xFFFFFF00 == 0x18DA0000 | (TESTER_ADDRESS << 8):
+        node = arbitration_id & 0xFF
+        return node if 1 <= node <= MAX_NODE_29BIT else None
+    return None
 
 
 def functional_address(*, extended_id: bool = False) -> int:

@@ -2,7 +2,9 @@
 
 ``open_uds_session(link, node)`` gives a :class:`UdsSession` (a ``BmsSession``);
 the identifiers, routines and record layouts are in :mod:`bmsfw.protocol.uds._codec`
-and documented in docs/uds.md.
+and documented in docs/uds.md. CAN ids and ISO-TP settings are the link layer's
+(:func:`bmsfw.link.node_address`, :func:`bmsfw.link.default_isotp_params`); node
+numbers start at 1.
 """
 
 from __future__ import annotations
@@ -14,16 +16,13 @@ from bmsfw.protocol.uds._auth import (
 )
 from bmsfw.protocol.uds._codec import DID, NRC, ROUTINE, Session
 from bmsfw.protocol.uds._open import discover_nodes, open_uds_session
-from bmsfw.protocol.uds._transport import FUNCTIONAL_REQUEST_ID, IsoTpSettings, node_ids
 from bmsfw.protocol.uds.client import RoutineResult, UdsClientConfig, UdsSession
 from bmsfw.protocol.uds.multi import NodeResult, flash_node, flash_nodes
 
 __all__ = [
     "DID",
-    "FUNCTIONAL_REQUEST_ID",
     "NRC",
     "ROUTINE",
-    "IsoTpSettings",
     "NodeResult",
     "RoutineResult",
     "Session",
@@ -34,7 +33,6 @@ __all__ = [
     "flash_nodes",
     "issue_tester_certificate",
     "load_tester_credentials",
-    "node_ids",
     "open_uds_session",
     "tester_credentials",
 ]

@@ -1,4 +1,10 @@
-"""Opening a UDS session on a named CAN link, and functional discovery of nodes."""
+"""Opening a UDS session on a named CAN link, and functional discovery of nodes.
+
+CAN ids and ISO-TP settings come from :mod:`bmsfw.link.isotp_stack` (one node
+numbering for the whole project, starting at 1; one block-size rule). The
+tester's stack sends with *blocking send*: P2 runs from the end of the request's
+transmission (ISO 14229-2), and a 4 KiB block takes ~130 ms at 500 kbit/s.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,15 @@ from typing import Any
 import can
 
 from bmsfw.link.canlink import CanLinkSpec, open_can_bus, parse_can_link
-from bmsfw.protocol.errors import UdsNoNodeAnsweredError
-from bmsfw.protocol.uds._transport import (
-    FUNCTIONAL_REQUEST_ID,
-    IsoTpSettings,
-    make_stack,
-    node_ids,
+from bmsfw.link.isotp_stack import (
+    IsoTpParams,
+    default_isotp_params,
+    functional_address,
+    make_isotp_stack,
+    node_address,
     node_of_response_id,
 )
+from bmsfw.protocol.errors import UdsNoNodeAnsweredError
 from bmsfw.protocol.uds.client import UdsClientConfig, UdsSession
 
 __all__ = ["discover_nodes", "open_uds_session"]
@@ -50,22 +57,38 @@ def open_uds_session(
     node: int = 1,
     *,
     config: UdsClientConfig | None = None,
-    isotp: IsoTpSettings | None = None,
+    isotp: IsoTpParams | None = None,
     bus: Any | None = None,
+    extended_id: bool = False,
 ) -> UdsSession:
     """A :class:`UdsSession` to BMS ``node`` on ``link`` (e.g. ``"udp_multicast:239.0.0.1"``).
 
     Opens the bus (unless ``bus`` is given; then the caller owns it), a notifier
     and a can-isotp stack; ``session.close()`` releases what this opened.
     ``session.bus`` is the :class:`~bmsfw.link.wirebus.WireBus` (stats, faults).
+    ``node`` starts at 1 (:func:`bmsfw.link.node_address`); ``isotp`` defaults to
+    :func:`bmsfw.link.default_isotp_params` for the link.
     """
     spec = parse_can_link(link) if isinstance(link, str) else link
     own_bus = bus is None
     the_bus = open_can_bus(spec) if bus is None else bus
     notifier = can.Notifier(the_bus, [], timeout=0.05)
-    txid, rxid = node_ids(node)
-    settings = isotp or IsoTpSettings.for_client(fd=spec.fd, multicast=spec.is_multicast)
-    stack = make_stack(the_bus, notifier, txid=txid, rxid=rxid, settings=settings)
+    try:
+        address = node_address(node, extended_id=extended_id)
+        params = isotp or default_isotp_params(spec, blocking_send=True)
+        stack = make_isotp_stack(
+            the_bus,
+            notifier,
+            txid=address.request_id,
+            rxid=address.response_id,
+            params=params,
+            extended_id=extended_id,
+        )
+    except BaseException:
+        notifier.stop()
+        if own_bus:
+            the_bus.shutdown()
+        raise
 
     def release() -> None:
         notifier.stop()
@@ -84,18 +107,22 @@ def open_uds_session(
 
 
 def discover_nodes(
-    link: CanLinkSpec | str, *, timeout_s: float = 0.5, bus: Any | None = None
+    link: CanLinkSpec | str,
+    *,
+    timeout_s: float = 0.5,
+    bus: Any | None = None,
+    extended_id: bool = False,
 ) -> list[int]:
-    """Nodes answering a functional TesterPresent (``0x7DF: 02 3E 00``), sorted."""
+    """Nodes answering a functional TesterPresent (``0x7DF: 02 3E 00``), sorted (1-based)."""
     spec = parse_can_link(link) if isinstance(link, str) else link
     the_bus = open_can_bus(spec) if bus is None else bus
     found: set[int] = set()
     try:
         the_bus.send(
             can.Message(
-                arbitration_id=FUNCTIONAL_REQUEST_ID,
+                arbitration_id=functional_address(extended_id=extended_id),
                 data=b"\x02\x3e\x00" + b"\xcc" * 5,
-                is_extended_id=False,
+                is_extended_id=extended_id,
                 is_fd=spec.fd,
             )
         )
@@ -104,7 +131,7 @@ def discover_nodes(
             msg = the_bus.recv(timeout=left)
             if msg is None:
                 break
-            node = node_of_response_id(msg.arbitration_id)
+            node = node_of_response_id(msg.arbitration_id, extended_id=extended_id)
             # single frame, positive TesterPresent response 7E 00
             if node is not None and bytes(msg.data[:3]) == b"\x02\x7e\x00":
                 found.add(node)
