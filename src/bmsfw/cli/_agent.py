@@ -195,7 +195,8 @@ def agent_command(
     stop = threading.Event()
     _stop_on_signals(stop)
     with _client(server, token, ca, insecure_http) as client:
-        agent = Agent(config, client, provider)
+        # In-process virtual BMS live on a simulated clock; the pipeline waits on it too.
+        agent = Agent(config, client, provider, clock=getattr(provider, "clock", None))
         polls = 1 if once else max_polls
         seen = 0
 

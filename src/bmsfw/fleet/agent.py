@@ -311,8 +311,12 @@ class Agent:
             integrity_ok, integrity_detail = True, ""
             try:
                 telemetry = session.read_telemetry()
-                soc = telemetry.soc_pct
-                temperature = max(telemetry.temperatures_c) if telemetry.temperatures_c else None
+                # Out-of-range readings (a shorted sensor) are not sent as values: the
+                # server's schema would refuse the whole check-in.
+                if 0 <= telemetry.soc_pct <= 100:
+                    soc = telemetry.soc_pct
+                if telemetry.temperatures_c and -80 <= max(telemetry.temperatures_c) <= 200:
+                    temperature = max(telemetry.temperatures_c)
                 if "firmware_integrity" in telemetry.faults:
                     integrity_ok = False
                     integrity_detail = "runtime re-hash of the running image failed"
