@@ -272,3 +272,28 @@ def test_agent_restart_mid_campaign_reports_true_state(
     # The other BMS of the gateway was updated normally after the restart.
     other = next(s for s in fleet.serials() if s != crashed)
     assert _states(server, campaign_id)[other]["state"] == "succeeded"
+
+
+def test_integrity_fault_and_firmware_hash_reach_the_server(
+    setup: tuple[Server, SimFleet], vendor: Vendor
+) -> None:
+    server, fleet = setup
+    # A correctly signed release whose firmware corrupts its own bank after start.
+    _, campaign_id = _campaign(
+        server, vendor.release("2.2.0", 2, behaviour="integrity-fault"), error_threshold_pct=100
+    )
+    agent = fleet.gateways[0].agent
+    agent.run_once()
+    assert {d["state"] for d in _states(server, campaign_id).values()} == {"succeeded"}
+    agent.run_once()
+    reported = {d["serial"]: d for d in server.call("GET", "devices")}
+    for serial in fleet.serials():
+        sha = reported[serial]["firmware_sha256"]
+        assert len(sha) == 64 and reported[serial]["integrity_ok"]
+    serial = fleet.serials()[0]
+    fleet.device(serial).run_for(130.0)  # past the periodic re-hash of the running bank
+    agent.run_once()
+    device = server.call("GET", f"devices/{serial}")
+    assert device["integrity_ok"] is False and "re-hash" in device["integrity_detail"]
+    kinds = {(f["device_serial"], f["kind"]) for f in server.call("GET", "flags")}
+    assert (serial, "integrity_fault") in kinds
