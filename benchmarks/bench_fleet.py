@@ -235,28 +235,46 @@ async def _campaign_run(
         campaign_id = response.json()["id"]
         gate = asyncio.Semaphore(200)
 
+        retries = 0
+
+        async def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+            # Every agent step is idempotent (repeating a state is accepted), so a
+            # connection the server closed under load is simply retried, as an agent would.
+            nonlocal retries
+            for attempt in range(5):
+                try:
+                    return (await client.request(method, url, **kwargs)).raise_for_status()
+                except httpx.TransportError:
+                    retries += 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            raise RuntimeError(f"{method} {url} failed 5 times")
+
         async def agent(token: str, serial: str) -> None:
             headers = {"Authorization": f"Bearer {token}"}
             async with gate:
-                answer = await client.post(
-                    f"{API}/agent/check-in", headers=headers, json={"devices": [_device(serial)]}
+                answer = await call(
+                    "POST",
+                    f"{API}/agent/check-in",
+                    headers=headers,
+                    json={"devices": [_device(serial)]},
                 )
-                offer = answer.raise_for_status().json()["offers"][0]
-                for state in ("downloading",):
-                    await client.post(
-                        f"{API}/agent/reports",
-                        headers=headers,
-                        json={"device_serial": serial, "campaign_id": campaign_id, "state": state},
-                    )
-                artifact = await client.get(offer["artifact_url"], headers=headers)
+                offer = answer.json()["offers"][0]
+                report = {"device_serial": serial, "campaign_id": campaign_id}
+                await call(
+                    "POST",
+                    f"{API}/agent/reports",
+                    headers=headers,
+                    json={**report, "state": "downloading"},
+                )
+                artifact = await call("GET", offer["artifact_url"], headers=headers)
                 assert len(artifact.content) == offer["size_bytes"]
                 for state in ("downloaded", "installing", "verifying", "succeeded"):
-                    r = await client.post(
+                    await call(
+                        "POST",
                         f"{API}/agent/reports",
                         headers=headers,
-                        json={"device_serial": serial, "campaign_id": campaign_id, "state": state},
+                        json={**report, "state": state},
                     )
-                    r.raise_for_status()
 
         await asyncio.gather(*(agent(t, s) for t, s in gateways))
         status = (await client.get(f"{API}/campaigns/{campaign_id}", headers=auth)).json()
