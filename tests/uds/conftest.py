@@ -28,7 +28,7 @@ from bmsfw.package import (
     verify_release,
 )
 from bmsfw.protocol.session import TesterCredentials as Credentials
-from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
+from bmsfw.protocol.uds import issue_tester_certificate, stored_component, tester_credentials
 
 KIB = 1024
 IMAGE_SIZE = 32 * KIB
@@ -42,6 +42,7 @@ class Release:
     package: bytes
     header: bytes
     image: bytes
+    stored: bytes = b""  # the app component as the package stores it
 
 
 def unique_link(*extra: str) -> str:
@@ -64,8 +65,19 @@ def tester(pki: VendorPki) -> Credentials:
     return tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
 
 
-def make_release(pki: VendorPki, version: str, counter: int, *, size: int = IMAGE_SIZE) -> Release:
-    payload = make_app_payload(version, size=size - 1024)
+def make_release(
+    pki: VendorPki,
+    version: str,
+    counter: int,
+    *,
+    size: int = IMAGE_SIZE,
+    encoding: str = "raw",
+    delta_from: bytes | None = None,
+    payload: bytes | None = None,
+) -> Release:
+    """A signed release; ``delta_from`` (a base image) stores the app as a detools patch."""
+    if payload is None:
+        payload = make_app_payload(version, size=size - 1024)
     package = sign_release(
         build_release(
             product="demo-bms",
@@ -75,15 +87,20 @@ def make_release(pki: VendorPki, version: str, counter: int, *, size: int = IMAG
             min_bootloader_version="1.0.0",
             components=[ComponentSource.firmware("app", payload)],
             image_signing_key=pki.image_signing_key,
-            encoding="raw",
+            encoding=encoding,
+            delta_from={"app": delta_from} if delta_from is not None else None,
         ),
         pki.signer(),
     )
     trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
         [key_hash(pki.image_signing_key)]
     )
-    image = verify_release(package, trust, None).image("app")
-    return Release(version, package, release_header(package), image)
+    verified = verify_release(package, trust, None)
+    # a delta's image cannot be rebuilt on the host (no base): its transfer payload is the
+    # stored patch, and ``image`` stays empty
+    image = verified.images.get("app", b"")
+    stored = stored_component(package, verified.manifest)
+    return Release(version, package, release_header(package), image, stored)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bmsfw.device._state import bank_region
+from bmsfw.device._stream_decode import EncodedTransfer, check_delta_base, read_encryption_key
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import (
     ConfigChecksumError,
@@ -39,6 +41,8 @@ from bmsfw.device.errors import (
     WriteOutOfRangeError,
 )
 from bmsfw.errors import BmsfwError, PackageError
+from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.package.errors import DecryptionError
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -73,7 +77,9 @@ from bmsfw.protocol.uds._codec import (
     encode_self_test,
     encode_telemetry_did,
     encode_transfer_state,
+    is_encoded,
     seed_key,
+    transfer_dfi,
 )
 
 __all__ = [
@@ -152,6 +158,7 @@ class UdsServer:
         self._challenge: bytes | None = None
         self._tester_key: Any = None
         self._download: _Download | None = None
+        self._encoded: EncodedTransfer | None = None  # the decoder of an encoded download
         self._exited = False
         self._last_request = self._now()
         self.after_response: Callable[[], None] | None = None  # e.g. ECUReset
@@ -170,7 +177,13 @@ class UdsServer:
         self.authenticated = False
         self._seed = None
         self._challenge = None
+        self._end_download()
+
+    def _end_download(self) -> None:
+        # an encoded stream cannot be resumed mid-way (decoder state): a new
+        # RequestDownload of it starts again at byte 0 of an erased bank
         self._download = None
+        self._encoded = None
 
     def check_s3(self) -> None:
         """Fall back to the default session after S3 without requests."""
@@ -440,12 +453,15 @@ class UdsServer:
             raise _Negative(
                 NRC.SERVICE_NOT_SUPPORTED_IN_ACTIVE_SESSION, f"{routine.name} needs programming"
             )
-        self._download = None
+        self._end_download()
         if routine == ROUTINE.STAGE_RELEASE_HEADER:
             if len(option) < 2 or option[0] not in CHANNELS.values():
                 raise _Negative(NRC.INCORRECT_MESSAGE_LENGTH_OR_FORMAT, "channel byte + header")
             channel: Literal["wired", "ota"] = "ota" if option[0] == CHANNELS["ota"] else "wired"
             try:
+                # a delta for another base, or an image for a key this BMS lacks, is
+                # refused here: before the erase, before any byte is written
+                dev.check_release(option[1:])
                 state = dev.begin_update(option[1:], channel)
             except PackageError as exc:  # content refused: report it, the routine ran
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)
@@ -484,14 +500,23 @@ class UdsServer:
             or len(request) != 3 + size_len + addr_len
         ):
             raise _Negative(NRC.INCORRECT_MESSAGE_LENGTH_OR_FORMAT, f"ALFID 0x{alfid:02X}")
-        if dfi != 0x00:
-            # compression (high nibble) and encryption (low nibble) methods are reserved
-            raise _Negative(NRC.REQUEST_OUT_OF_RANGE, f"dataFormatIdentifier 0x{dfi:02X}")
         address = int.from_bytes(request[3 : 3 + addr_len], "big")
         size = int.from_bytes(request[3 + addr_len :], "big")
-        state = self._device_call("transfer state", self.device.transfer_state)
-        if state.total_size == 0:
+        component = self._device_call("staged release", self.device.staged_component)
+        if component is None:
             raise _Negative(NRC.UPLOAD_DOWNLOAD_NOT_ACCEPTED, "no release header staged")
+        if dfi != 0x00:
+            self._start_encoded_download(component, dfi, address, size)
+            return b"\x74\x20" + struct.pack(">H", self.config.max_block_length)
+        if component.encryption != "none":
+            raise _Negative(
+                NRC.REQUEST_OUT_OF_RANGE,
+                f"the staged image is encrypted: send its stored bytes with "
+                f"dataFormatIdentifier 0x{transfer_dfi(component):02X}",
+            )
+        # DFI 0x00: the decoded image (raw releases, or the image a compressed/delta
+        # release decodes to), written where it belongs; resumable to the byte
+        state = self._device_call("transfer state", self.device.raw_transfer_state)
         if size == 0 or address + size > state.total_size:
             raise _Negative(
                 NRC.REQUEST_OUT_OF_RANGE, f"{address}+{size} exceeds image size {state.total_size}"
@@ -503,9 +528,37 @@ class UdsServer:
                 NRC.UPLOAD_DOWNLOAD_NOT_ACCEPTED,
                 f"resume at {address} leaves a gap: device holds {state.contiguous_bytes}",
             )
+        self._end_download()
         self._download = _Download(start=address, end=address + size, next_offset=address)
         self._exited = False
         return b"\x74\x20" + struct.pack(">H", self.config.max_block_length)
+
+    def _start_encoded_download(
+        self, component: Component, dfi: int, address: int, size: int
+    ) -> None:
+        expected = transfer_dfi(component) if is_encoded(component) else 0x00
+        if dfi != expected:
+            raise _Negative(
+                NRC.REQUEST_OUT_OF_RANGE,
+                f"dataFormatIdentifier 0x{dfi:02X} does not match the staged release "
+                f"(0x{expected:02X}: encoding {component.encoding}, "
+                f"delta {component.is_delta}, encryption {component.encryption})",
+            )
+        if address != 0 or size != component.stored_size:
+            raise _Negative(
+                NRC.REQUEST_OUT_OF_RANGE,
+                f"an encoded transfer is the whole stored component: address 0, size "
+                f"{component.stored_size} (got {address}+{size}); it restarts from 0",
+            )
+        if not self._device_call("bank state", self.device.bank_blank):
+            raise _Negative(
+                NRC.UPLOAD_DOWNLOAD_NOT_ACCEPTED,
+                "an encoded transfer starts on an erased bank: erase it first (0xFF00)",
+            )
+        self._end_download()
+        self._encoded = self._device_call("encoded transfer", self.device.begin_encoded)
+        self._download = _Download(start=0, end=size, next_offset=0)
+        self._exited = False
 
     def _transfer_data(self, request: bytes) -> bytes:
         self._require_programming("TransferData")
@@ -521,7 +574,10 @@ class UdsServer:
             offset = dl.next_offset
             if offset + len(data) > dl.end:
                 raise _Negative(NRC.TRANSFER_DATA_SUSPENDED, "block runs past the announced size")
-            self._device_call("write", lambda: self.device.write_inactive(offset, data))
+            if self._encoded is not None:
+                self._feed_encoded(data)
+            else:
+                self._device_call("write", lambda: self.device.write_inactive(offset, data))
             dl.last_block = (counter, offset, len(data))
             dl.next_offset = offset + len(data)
             dl.expected_counter = (counter + 1) & 0xFF  # wraps 0xFF -> 0x00
@@ -532,13 +588,31 @@ class UdsServer:
                 raise _Negative(
                     NRC.WRONG_BLOCK_SEQUENCE_COUNTER, "repeated block differs in length"
                 )
-            self._device_call("write", lambda: self.device.write_inactive(offset, data))
+            if self._encoded is None:
+                self._device_call("write", lambda: self.device.write_inactive(offset, data))
+            # an encoded block was already fed to the decoder: feeding it twice would
+            # corrupt the stream, so the repeat is only acknowledged
         else:
             raise _Negative(
                 NRC.WRONG_BLOCK_SEQUENCE_COUNTER,
                 f"got 0x{counter:02X}, expected 0x{dl.expected_counter:02X}",
             )
         return bytes([0x76, counter])
+
+    def _feed_encoded(self, data: bytes) -> None:
+        encoded = self._encoded
+        assert encoded is not None
+        try:
+            encoded.feed(data)
+        except PowerCutError:
+            raise
+        except PackageError as exc:
+            # the stream is broken (corrupt, too long): the decoder cannot go on
+            self._end_download()
+            raise _Negative(NRC.GENERAL_PROGRAMMING_FAILURE, f"{exc.code}: {exc.message}") from None
+        except BmsfwError as exc:
+            self._end_download()
+            raise _Negative(self.device.nrc_for(exc), f"encoded write: {exc}") from None
 
     def _transfer_exit(self, request: bytes) -> bytes:
         self._require_programming("RequestTransferExit")
@@ -549,7 +623,21 @@ class UdsServer:
             raise _Negative(NRC.REQUEST_SEQUENCE_ERROR, "no transfer active")
         if dl.next_offset != dl.end:
             raise _Negative(NRC.REQUEST_SEQUENCE_ERROR, f"only {dl.next_offset} of {dl.end} bytes")
-        self._download = None
+        encoded = self._encoded
+        self._end_download()
+        if encoded is not None:
+            # sizes, digests, and a delta applied active -> inactive; refused before
+            # anything can be verified or activated (the tester starts again from 0)
+            try:
+                encoded.finish()
+            except PowerCutError:
+                raise
+            except PackageError as exc:
+                raise _Negative(
+                    NRC.GENERAL_PROGRAMMING_FAILURE, f"{exc.code}: {exc.message}"
+                ) from None
+            except BmsfwError as exc:
+                raise _Negative(self.device.nrc_for(exc), f"finish: {exc}") from None
         self._exited = True
         return b"\x77"
 
@@ -696,8 +784,65 @@ class UdsDeviceAdapter:
         # the self-test runs at every boot; the routine reports that record
         return self.bms.self_test()
 
-    def transfer_state(self) -> TransferState:
+    def raw_transfer_state(self) -> TransferState:
+        """What the bank holds, in image bytes (the resumable DFI 0x00 path)."""
         return self.bms.transfer_status().to_session()
+
+    def transfer_state(self) -> TransferState:
+        """The transfer state a tester sees (DID 0x0140, stage routine).
+
+        In image bytes, except for a delta or encrypted release, which can only be
+        sent as its stored stream (the host has no base image / no key): then it
+        counts that stream, which cannot resume mid-way: total = stored size,
+        0 bytes held, ``erased`` only while the bank is blank, so a tester erases
+        and starts at 0. (A compressed release may be sent either way; a tester
+        sending its stored bytes sees ``total_size`` differ from their length.)
+        """
+        return self._reported(self.raw_transfer_state())
+
+    def _reported(self, raw: TransferState) -> TransferState:
+        component = self.staged_component()
+        if component is None or raw.total_size == 0:
+            return raw
+        if not component.is_delta and component.encryption == "none":
+            return raw
+        blank = raw.erased and self.bank_blank()
+        return TransferState(
+            total_size=component.stored_size,
+            contiguous_bytes=0,
+            erased=blank,
+            missing_ranges=((0, component.stored_size),),
+        )
+
+    def staged_component(self) -> Component | None:
+        """The app component of the staged (already verified) release header, if any."""
+        staged = self.bms._staged() if self.is_running() else None
+        if staged is None:
+            return None
+        return Manifest.from_json_bytes(decode_header(staged.header).manifest).component("app")
+
+    def bank_blank(self) -> bool:
+        """Whether the staged image's range of the inactive bank is erased (0xFF)."""
+        staged = self.bms._staged()
+        if staged is None or not staged.erased:
+            return False
+        return self.bms.flash.is_erased(bank_region(staged.bank), 0, staged.size)
+
+    def check_release(self, header: bytes) -> None:
+        """Refusals that must come before any write: delta base, decryption key."""
+        check_delta_base(self.bms, header)
+        manifest = Manifest.from_json_bytes(decode_header(header).manifest)
+        component = manifest.component("app")
+        if component.encryption != "none":
+            key = read_encryption_key(self.bms)
+            if key is None:
+                raise DecryptionError(
+                    f"release {manifest.version} is encrypted ({component.encryption}); "
+                    "this BMS has no device-class key in OTP"
+                )
+
+    def begin_encoded(self) -> EncodedTransfer:
+        return EncodedTransfer(self.bms)
 
     def read_config(self) -> ConfigSnapshot:
         return self.bms.config_snapshot()
@@ -733,7 +878,7 @@ class UdsDeviceAdapter:
 
     # -- update ------------------------------------------------------------------
     def begin_update(self, header: bytes, channel: Literal["wired", "ota"]) -> TransferState:
-        return self.bms.begin_update(header, channel=channel).to_session()
+        return self._reported(self.bms.begin_update(header, channel=channel).to_session())
 
     def erase_inactive(self) -> None:
         self.bms.erase_inactive()

@@ -14,8 +14,9 @@ from bmsfw.protocol.uds._auth import (
     load_tester_credentials,
     tester_credentials,
 )
-from bmsfw.protocol.uds._codec import DID, NRC, ROUTINE, Session
+from bmsfw.protocol.uds._codec import DID, NRC, ROUTINE, Session, is_encoded, transfer_dfi
 from bmsfw.protocol.uds._open import discover_nodes, open_uds_session
+from bmsfw.protocol.uds._payload import stored_component
 from bmsfw.protocol.uds.client import RoutineResult, UdsClientConfig, UdsSession
 from bmsfw.protocol.uds.multi import NodeResult, flash_node, flash_nodes
 
@@ -31,8 +32,11 @@ __all__ = [
     "discover_nodes",
     "flash_node",
     "flash_nodes",
+    "is_encoded",
     "issue_tester_certificate",
     "load_tester_credentials",
     "open_uds_session",
+    "stored_component",
     "tester_credentials",
+    "transfer_dfi",
 ]

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from bmsfw.package import Component
+from bmsfw.package._encoding import dfi_for
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -48,8 +50,10 @@ __all__ = [
     "encode_config",
     "encode_self_test",
     "encode_transfer_state",
+    "is_encoded",
     "nrc_name",
     "seed_key",
+    "transfer_dfi",
 ]
 
 
@@ -105,6 +109,36 @@ class NRC(IntEnum):
     RESPONSE_PENDING = 0x78
     SUBFUNCTION_NOT_SUPPORTED_IN_ACTIVE_SESSION = 0x7E
     SERVICE_NOT_SUPPORTED_IN_ACTIVE_SESSION = 0x7F
+
+
+#: dataFormatIdentifier low nibble (encryptingMethod) per the manifest's ``encryption``.
+ENCRYPTION_METHODS = {"none": 0x0, "ecies-x25519": 0x1, "ecies-p256": 0x2}
+#: compressionMethod bit that marks a detools delta (low 3 bits: the patch's codec).
+DFI_DELTA_FLAG = 0x8
+
+
+def is_encoded(component: Component) -> bool:
+    """Whether the component's stored bytes differ from its image (compressed, delta, encrypted)."""
+    return component.encoding != "raw" or component.is_delta or component.encryption != "none"
+
+
+def transfer_dfi(component: Component) -> int:
+    """RequestDownload's dataFormatIdentifier for sending ``component``'s *stored* bytes.
+
+    High nibble (compressionMethod): the codec's number (raw 0, zstd 1, lz4 2,
+    heatshrink 3; ``bmsfw.package._encoding.dfi_for``), plus 0x8 for a delta. Low
+    nibble (encryptingMethod): 0 clear, 1 ECIES-X25519, 2 ECIES-P256. ``0x00`` is
+    the decoded image itself.
+    """
+    codec = dfi_for(component.encoding)
+    if codec >= DFI_DELTA_FLAG:
+        raise ValueError(f"codec number {codec} collides with the delta flag")
+    compression = codec | (DFI_DELTA_FLAG if component.is_delta else 0)
+    try:
+        encryption = ENCRYPTION_METHODS[component.encryption]
+    except KeyError:
+        raise ValueError(f"no encryptingMethod for {component.encryption!r}") from None
+    return compression << 4 | encryption
 
 
 def nrc_name(nrc: int) -> str:

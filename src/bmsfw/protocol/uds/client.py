@@ -37,6 +37,7 @@ from udsoncan.exceptions import (
 from udsoncan.Request import Request
 
 from bmsfw.errors import BmsfwError
+from bmsfw.package import Component, Manifest, decode_header
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
@@ -76,7 +77,9 @@ from bmsfw.protocol.uds._codec import (
     decode_telemetry_parts,
     decode_transfer_state,
     encode_config,
+    is_encoded,
     seed_key,
+    transfer_dfi,
 )
 
 __all__ = ["RoutineResult", "UdsClientConfig", "UdsSession", "make_udsoncan_client"]
@@ -135,6 +138,14 @@ def make_udsoncan_client(connection: Any, config: UdsClientConfig) -> Client:
     return client
 
 
+def _app_component(header: bytes) -> Component | None:
+    """The app component the header names (the device verified it; here only read)."""
+    try:
+        return Manifest.from_json_bytes(decode_header(header).manifest).component("app")
+    except (BmsfwError, KeyError, ValueError):
+        return None
+
+
 def _parse_status(record: bytes) -> RoutineResult:
     if not record:
         return RoutineResult(True, "", "", b"")
@@ -158,6 +169,10 @@ class UdsSession:
     a can-isotp stack); ``on_close`` releases whatever the factory opened (bus,
     notifier) after the connection is closed.
     """
+
+    #: ``write`` takes a component's stored bytes (compressed, delta, encrypted) as
+    #: well as decoded images: the BMS decodes them (docs/uds.md, encoded transfers).
+    accepts_stored = True
 
     def __init__(
         self,
@@ -187,6 +202,8 @@ class UdsSession:
         self._keepalive.start()
         self.blocks_resent = 0
         self._chunk_limit: int | None = None
+        self._staged: Component | None = None  # app component of the last staged header
+        self.last_dfi = 0x00  # dataFormatIdentifier of the last RequestDownload
         self.bus: Any = None  # the WireBus when opened by open_uds_session (stats, faults)
 
     # ------------------------------------------------------------------ plumbing
@@ -476,6 +493,11 @@ class UdsSession:
 
     # ------------------------------------------------------------------ update steps
 
+    @property
+    def staged_component(self) -> Component | None:
+        """The app component of the header last staged with :meth:`prepare`."""
+        return self._staged
+
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
         self._ensure_access(Session.PROGRAMMING)
         result = self.routine(
@@ -488,6 +510,7 @@ class UdsSession:
             raise DeviceHeaderRejectedError(
                 f"BMS {self.address} refused the release: {result.code} {result.message}"
             )
+        self._staged = _app_component(header)
         return self._decode("transfer state", lambda: decode_transfer_state(result.record))
 
     def erase(self) -> None:
@@ -502,19 +525,43 @@ class UdsSession:
 
             raise UdsGeneralProgrammingFailureError(f"erase failed: {result.code} {result.message}")
 
-    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
-        """Transfer ``image[start_offset:]``; yields the offset reached after each block."""
+    def write(
+        self, image: bytes, *, start_offset: int = 0, encoded: bool | None = None
+    ) -> Iterator[int]:
+        """Transfer ``image[start_offset:]``; yields the offset reached after each block.
+
+        ``image`` is what goes on the wire: the decoded image (DFI 0x00, resumable
+        at any byte), or the staged component's *stored* bytes as the package holds
+        them (compressed, delta patch, ciphertext), announced in RequestDownload's
+        dataFormatIdentifier (:func:`transfer_dfi`); an encoded stream always starts
+        at 0 on an erased bank. ``encoded=None`` decides from the staged manifest: a
+        component stored encoded and ``len(image) == stored_size`` means stored bytes.
+        """
         self._ensure_access(Session.PROGRAMMING)
         total = len(image)
         if not 0 <= start_offset < total:
             raise ValueError(f"start_offset {start_offset} outside image of {total} bytes")
+        component = self._staged
+        if encoded is None:
+            encoded = (
+                component is not None and is_encoded(component) and total == component.stored_size
+            )
+        if encoded:
+            if component is None or not is_encoded(component):
+                raise ValueError("encoded=True needs a staged release stored encoded (prepare)")
+            if start_offset != 0:
+                raise ValueError("an encoded transfer cannot resume: it starts at byte 0")
+            dfi = transfer_dfi(component)
+        else:
+            dfi = 0x00
         size = total - start_offset
-        # ALFID 0x44: 4-byte size, 4-byte address; DFI 0x00: no compression, no encryption
+        # ALFID 0x44: 4-byte size, 4-byte address
         data = self.request(
             0x34,
-            b"\x00\x44" + struct.pack(">II", start_offset, size),
-            what="request download",
+            bytes([dfi, 0x44]) + struct.pack(">II", start_offset, size),
+            what=f"request download (DFI 0x{dfi:02X})",
         )
+        self.last_dfi = dfi
         if len(data) < 2:
             raise UdsInvalidResponseError("request download: short response")
         n = data[0] >> 4

@@ -72,14 +72,18 @@ def flash_node(
     old = session.identify().app_version
     session.authenticate(credentials)
     state = session.prepare(header)
-    if state.total_size and state.total_size != len(image):
+    component = session.staged_component
+    # the decoded image, or the stored bytes of a component stored encoded
+    sizes = {state.total_size}
+    if component is not None:
+        sizes |= {component.image_size, component.stored_size}
+    if state.total_size and len(image) not in sizes:
         from bmsfw.errors import UsageError
 
-        raise UsageError(
-            f"image has {len(image)} bytes, the release header says {state.total_size}"
-        )
-    resume = min(state.contiguous_bytes, len(image))
-    if state.contiguous_bytes == 0:
+        raise UsageError(f"image has {len(image)} bytes, the release header says {sorted(sizes)}")
+    # the device reports what it holds of *this* stream (an encoded one holds 0)
+    resume = min(state.contiguous_bytes, len(image)) if state.total_size == len(image) else 0
+    if resume == 0:
         session.erase()
     sent = 0
     offset = resume
@@ -96,8 +100,11 @@ def flash_node(
                 raise
             max_resumes -= 1
             # ask the device what it holds; it keeps every byte it acknowledged
-            offset = session.read_transfer_state().contiguous_bytes
+            held = session.read_transfer_state()
+            offset = held.contiguous_bytes if held.total_size == len(image) else 0
             log.info("node %s: transfer interrupted; resuming at %d", node, offset)
+            if offset == 0:
+                session.erase()  # an encoded stream starts again on an erased bank
     session.verify()
     session.activate()
     session.reset()
