@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +25,7 @@ __all__ = [
     "GATEWAY_ROLE",
     "OPERATOR_ROLES",
     "ROLE_RANK",
+    "CredentialCache",
     "Principal",
     "hash_token",
     "issue_token",
@@ -56,6 +58,75 @@ class Principal:
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+class CredentialCache:
+    """A short-lived per-process map of token hash -> principal, and last-use bookkeeping.
+
+    Every request is still authenticated; the cache only saves the database look-up
+    for a token resolved less than ``ttl_s`` ago. A credential revoked through this
+    process is dropped at once (:meth:`invalidate`); one revoked by another process
+    (or directly in the database) stops working here at most ``ttl_s`` after the
+    revocation commits, because an entry is never used once it is ``ttl_s`` old.
+    Unknown and revoked tokens are not cached, so a new credential works at once.
+
+    Last use is written at most once per ``last_use_resolution`` per credential and
+    process (:meth:`claim_last_use`), which is the resolution the access review shows.
+    Times come from the server's clock (injectable), so tests move them.
+    """
+
+    def __init__(
+        self,
+        ttl_s: float,
+        *,
+        last_use_resolution: timedelta = timedelta(seconds=60),
+        max_entries: int = 100_000,
+    ) -> None:
+        self.ttl = timedelta(seconds=ttl_s)
+        self.last_use_resolution = last_use_resolution
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, datetime]] = {}
+        self._last_use: dict[int, datetime] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str, now: datetime) -> Principal | None:
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        principal, checked_at = entry
+        # A negative age (the clock went back) counts as expired, never as fresh.
+        if not timedelta(0) <= now - checked_at < self.ttl:
+            self._entries.pop(token_hash, None)
+            return None
+        return principal
+
+    def put(
+        self, token_hash: str, principal: Principal, now: datetime, last_used_at: datetime | None
+    ) -> None:
+        with self._lock:
+            if self.ttl > timedelta(0):
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()  # bounded memory; the next requests refill it
+                self._entries[token_hash] = (principal, now)
+            known = self._last_use.get(principal.credential_id)
+            if last_used_at is not None and (known is None or last_used_at > known):
+                self._last_use[principal.credential_id] = last_used_at
+
+    def invalidate(self, credential_id: int) -> None:
+        with self._lock:
+            for key in [
+                k for k, (p, _) in self._entries.items() if p.credential_id == credential_id
+            ]:
+                del self._entries[key]
+
+    def claim_last_use(self, credential_id: int, now: datetime) -> bool:
+        """True (once per resolution period) when this request should write last use."""
+        with self._lock:
+            last = self._last_use.get(credential_id)
+            if last is not None and timedelta(0) <= now - last < self.last_use_resolution:
+                return False
+            self._last_use[credential_id] = now
+            return True
 
 
 def hash_token(token: str) -> str:

@@ -19,17 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bmsfw.fleet._semver import Version, VersionRange
 from bmsfw.fleet.artifacts import ArtifactStore
-from bmsfw.fleet.auth import Principal, issue_token
+from bmsfw.fleet.auth import CredentialCache, Principal, issue_token
 from bmsfw.fleet.campaigns import (
     CampaignCounts,
     CampaignSnapshot,
@@ -69,6 +68,7 @@ from bmsfw.fleet.protocol import (
     TERMINAL_STATES,
     BackupInfo,
     BackupUpload,
+    BmsReport,
     CheckIn,
     CheckInResponse,
     DeviceState,
@@ -109,6 +109,14 @@ _INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
 # States after which the device may be back on (or still on) its previous firmware.
 _REVERT_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.FAILED.value, S.ROLLED_BACK.value)
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
+# Core tables for the hot paths (check-in, credential look-up): no ORM unit of work.
+_T_CREDENTIALS = cast(Table, Credential.__table__)
+_T_GATEWAYS = cast(Table, Gateway.__table__)
+_T_DEVICES = cast(Table, Device.__table__)
+_T_CAMPAIGN_DEVICES = cast(Table, CampaignDevice.__table__)
+_T_CAMPAIGNS = cast(Table, Campaign.__table__)
+_T_RELEASES = cast(Table, Release.__table__)
+_T_STATE_EVENTS = cast(Table, DeviceStateEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,10 @@ class ServiceSettings:
     poll_interval_s: int = 60
     max_backup_bytes: int = 1 << 20
     artifact_url_prefix: str = "/api/v1/releases"
+    # How long a process trusts a token it resolved without asking the database
+    # again: the bound on how late a revocation made by another process takes
+    # effect here. 0 looks every token up on every request.
+    credential_cache_ttl_s: float = 5.0
 
 
 def audit(
@@ -154,30 +166,74 @@ class FleetService:
         self.store = store
         self.clock = clock
         self.settings = settings or ServiceSettings()
+        self.credentials = CredentialCache(
+            self.settings.credential_cache_ttl_s, last_use_resolution=_LAST_USED_RESOLUTION
+        )
 
     # ---- credentials ----------------------------------------------------
 
     def authenticate(self, token_hash: str) -> Principal | None:
-        with self.sessions() as session, session.begin():
-            credential = session.scalars(
-                select(Credential).where(Credential.token_hash == token_hash)
-            ).one_or_none()
-            if credential is None or credential.revoked_at is not None:
-                return None
-            now = self.clock.now()
-            # Touch last-use at most once a minute: the access review needs the day,
-            # not a write per request.
-            if credential.last_used_at is None or (
-                now - credential.last_used_at >= _LAST_USED_RESOLUTION
-            ):
-                credential.last_used_at = now
-            return Principal(
-                credential.id,
-                credential.name,
-                credential.kind,
-                credential.role,
-                credential.gateway_id,
+        """The principal of a token (cached for ``credential_cache_ttl_s``), touching last use.
+
+        The HTTP guard uses the parts below separately so that a cache hit costs no
+        thread hop and a check-in writes last use inside its own transaction.
+        """
+        principal = self.cached_principal(token_hash) or self.load_principal(token_hash)
+        if principal is not None and self.claim_last_use(principal):
+            self.touch_last_used(principal)
+        return principal
+
+    def cached_principal(self, token_hash: str) -> Principal | None:
+        """The principal if this process resolved the token less than the TTL ago (no I/O)."""
+        return self.credentials.get(token_hash, self.clock.now())
+
+    def load_principal(self, token_hash: str) -> Principal | None:
+        """One indexed read by token hash; None for unknown or revoked tokens (not cached)."""
+        table = _T_CREDENTIALS
+        with self.sessions() as session:
+            row = (
+                session.connection()
+                .execute(
+                    select(
+                        table.c.id,
+                        table.c.name,
+                        table.c.kind,
+                        table.c.role,
+                        table.c.gateway_id,
+                        table.c.last_used_at,
+                        table.c.revoked_at,
+                    ).where(table.c.token_hash == token_hash)
+                )
+                .one_or_none()
             )
+        if row is None or row.revoked_at is not None:
+            return None
+        principal = Principal(row.id, row.name, row.kind, row.role, row.gateway_id)
+        self.credentials.put(token_hash, principal, self.clock.now(), row.last_used_at)
+        return principal
+
+    def claim_last_use(self, principal: Principal) -> bool:
+        """True when this request should record last use (at most once a minute per process)."""
+        return self.credentials.claim_last_use(principal.credential_id, self.clock.now())
+
+    def touch_last_used(self, principal: Principal, session: Session | None = None) -> None:
+        """Record last use; inside ``session``'s transaction when given, else in its own."""
+        now = self.clock.now()
+        table = _T_CREDENTIALS
+        # Never moves last use backwards (another process may have written a later one).
+        statement = (
+            update(table)
+            .where(
+                table.c.id == principal.credential_id,
+                or_(table.c.last_used_at.is_(None), table.c.last_used_at < now),
+            )
+            .values(last_used_at=now)
+        )
+        if session is not None:
+            session.connection().execute(statement)
+            return
+        with self.sessions() as own, own.begin():
+            own.connection().execute(statement)
 
     def create_operator_token(self, principal: Principal, name: str, role: str) -> dict[str, Any]:
         now = self.clock.now()
@@ -197,7 +253,10 @@ class FleetService:
             if credential.revoked_at is None:
                 credential.revoked_at = now
             audit(session, principal, "token.revoke", f"credential:{credential_id}", now)
-            return {"id": credential_id, "revoked_at": credential.revoked_at.isoformat()}
+            revoked_at = credential.revoked_at
+        # This process forgets it at once; the others within their cache TTL.
+        self.credentials.invalidate(credential_id)
+        return {"id": credential_id, "revoked_at": revoked_at.isoformat()}
 
     def access_review(self) -> list[dict[str, object]]:
         from bmsfw.fleet.auth import access_review
@@ -306,37 +365,125 @@ class FleetService:
 
     # ---- agent: check-in ------------------------------------------------
 
-    def check_in(self, principal: Principal, body: CheckIn) -> CheckInResponse:
+    def check_in(
+        self, principal: Principal, body: CheckIn, *, touch_credential: bool = False
+    ) -> CheckInResponse:
+        """Inventory, telemetry and offers in ONE transaction (all of it or nothing).
+
+        The common case (a known gateway whose devices changed nothing but telemetry)
+        costs four statements: gateway last-seen, device read, one telemetry update
+        for all devices, the offer query. Anything else (new device, identity,
+        firmware, hash, integrity, site or tag change) takes the audited path below
+        in the same transaction.
+        """
         assert principal.gateway_id is not None
+        serials = [d.serial for d in body.devices]
+        if len(set(serials)) != len(serials):
+            raise InvalidCampaignSpecError("the check-in lists a BMS serial twice")
         now = self.clock.now()
+        gateways, devices = _T_GATEWAYS, _T_DEVICES
         with self.sessions() as session, session.begin():
-            gateway = session.get(Gateway, principal.gateway_id)
-            if gateway is None:
-                raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
-            gateway.last_seen_at = now
-            if body.agent_version and body.agent_version != gateway.agent_version:
-                gateway.agent_version = body.agent_version
-            if body.site is not None and body.site != gateway.site:
-                audit(
-                    session,
-                    principal,
-                    "gateway.site",
-                    f"gateway:{gateway.name}",
-                    now,
-                    old=gateway.site,
-                    new=body.site,
+            conn = session.connection()
+            if touch_credential:
+                self.touch_last_used(principal, session)
+            gw = conn.execute(
+                update(gateways)
+                .where(gateways.c.id == principal.gateway_id)
+                .values(last_seen_at=now)
+                .returning(
+                    gateways.c.name, gateways.c.site, gateways.c.tags, gateways.c.agent_version
                 )
-                gateway.site = body.site
-            if body.tags is not None and body.tags != gateway.tags:
-                gateway.tags = list(body.tags)
-            devices = self._update_inventory(session, principal, gateway, body, now)
-            offers = self._offers(session, gateway, devices, now)
+            ).one_or_none()
+            if gw is None:
+                raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+            rows = (
+                {
+                    r.serial: r
+                    for r in conn.execute(
+                        select(
+                            devices.c.id,
+                            devices.c.serial,
+                            devices.c.gateway_id,
+                            devices.c.model,
+                            devices.c.hw_revision,
+                            devices.c.bootloader_version,
+                            devices.c.firmware_version,
+                            devices.c.firmware_sha256,
+                            devices.c.security_counter,
+                            devices.c.site,
+                            devices.c.tags,
+                            devices.c.integrity_ok,
+                            devices.c.integrity_detail,
+                        ).where(devices.c.serial.in_(serials))
+                    )
+                }
+                if serials
+                else {}
+            )
+            gateway_same = (
+                (not body.agent_version or body.agent_version == gw.agent_version)
+                and (body.site is None or body.site == gw.site)
+                and (body.tags is None or body.tags == gw.tags)
+            )
+            if gateway_same and all(
+                _only_telemetry_changed(rows.get(r.serial), r, principal.gateway_id, gw)
+                for r in body.devices
+            ):
+                if body.devices:
+                    conn.execute(
+                        update(devices)
+                        .where(devices.c.id == bindparam("b_id"))
+                        .values(
+                            soc_pct=bindparam("b_soc"),
+                            temperature_c=bindparam("b_temp"),
+                            last_seen_at=bindparam("b_now"),
+                        ),
+                        [
+                            {
+                                "b_id": rows[r.serial].id,
+                                "b_soc": r.soc_pct,
+                                "b_temp": r.temperature_c,
+                                "b_now": now,
+                            }
+                            for r in body.devices
+                        ],
+                    )
+                by_id = {rows[r.serial].id: r.serial for r in body.devices}
+                site = str(gw.site)
+            else:
+                gateway = session.get(Gateway, principal.gateway_id)
+                assert gateway is not None
+                self._update_gateway(session, principal, gateway, body, now)
+                inventory = self._update_inventory(session, principal, gateway, body, now)
+                session.flush()
+                by_id = {d.id: d.serial for d in inventory}
+                site = gateway.site
+            offers = self._offers(session, site, by_id, now)
             return CheckInResponse(
-                gateway=gateway.name,
+                gateway=gw.name,
                 server_time=now,
                 poll_interval_s=self.settings.poll_interval_s,
                 offers=offers,
             )
+
+    def _update_gateway(
+        self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
+    ) -> None:
+        if body.agent_version and body.agent_version != gateway.agent_version:
+            gateway.agent_version = body.agent_version
+        if body.site is not None and body.site != gateway.site:
+            audit(
+                session,
+                principal,
+                "gateway.site",
+                f"gateway:{gateway.name}",
+                now,
+                old=gateway.site,
+                new=body.site,
+            )
+            gateway.site = body.site
+        if body.tags is not None and body.tags != gateway.tags:
+            gateway.tags = list(body.tags)
 
     def _update_inventory(
         self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
@@ -523,55 +670,91 @@ class FleetService:
         )
 
     def _offers(
-        self, session: Session, gateway: Gateway, devices: Sequence[Device], now: datetime
+        self, session: Session, site_name: str, by_id: dict[int, str], now: datetime
     ) -> list[Offer]:
-        if not devices:
+        if not by_id:
             return []
-        by_id = {d.id: d for d in devices}
+        cds, campaigns, releases = _T_CAMPAIGN_DEVICES, _T_CAMPAIGNS, _T_RELEASES
         query = (
-            select(CampaignDevice, Campaign, Release)
-            .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
-            .join(Release, Release.id == Campaign.release_id)
+            select(
+                cds.c.id,
+                cds.c.device_id,
+                cds.c.state,
+                campaigns.c.id.label("campaign_id"),
+                campaigns.c.bandwidth_floor_bps,
+                releases.c.id.label("release_id"),
+                releases.c.product,
+                releases.c.version,
+                releases.c.security_counter,
+                releases.c.size_bytes,
+                releases.c.sha256,
+            )
+            .join(campaigns, campaigns.c.id == cds.c.campaign_id)
+            .join(releases, releases.c.id == campaigns.c.release_id)
             .where(
-                CampaignDevice.device_id.in_(by_id),
-                Campaign.status == "running",
-                CampaignDevice.phase_index <= Campaign.current_phase,
-                CampaignDevice.state.not_in(_TERMINAL_VALUES),
+                cds.c.device_id.in_(list(by_id)),
+                campaigns.c.status == "running",
+                cds.c.phase_index <= campaigns.c.current_phase,
+                cds.c.state.not_in(_TERMINAL_VALUES),
             )
         )
         if _locking(session):
-            query = query.with_for_update(read=True, of=Campaign)
-        rows = session.execute(query).all()
+            # Held FOR SHARE only for the rows a campaign releases to these devices:
+            # a pause (FOR UPDATE) waits for us, and we wait for a pause.
+            query = query.with_for_update(read=True, of=campaigns)
+        conn = session.connection()
+        rows = conn.execute(query).all()
         if not rows:
             return []
-        site = session.get(SiteWindow, gateway.site)
+        site = session.get(SiteWindow, site_name)
         windows = [MaintenanceWindow.model_validate(w) for w in site.windows] if site else []
         timezone = site.timezone if site else "UTC"
         allowed_now = window_open(windows, timezone, now)
-        offers = []
-        for cd, campaign, release in rows:
-            if cd.state == S.PENDING.value:
-                cd.state = S.OFFERED.value
-                cd.offered_at = cd.state_changed_at = now
-                session.add(
-                    DeviceStateEvent(
-                        campaign_device_id=cd.id, state=cd.state, at=now, error_code="", detail=""
-                    )
+        pending = [r.id for r in rows if r.state == S.PENDING.value]
+        if pending:
+            # Conditional, so a concurrent check-in of the same gateway that offered
+            # first leaves us nothing to change and no second history event.
+            offered = (
+                conn.execute(
+                    update(cds)
+                    .where(cds.c.id.in_(pending), cds.c.state == S.PENDING.value)
+                    .values(state=S.OFFERED.value, offered_at=now, state_changed_at=now)
+                    .returning(cds.c.id)
                 )
+                .scalars()
+                .all()
+            )
+            if offered:
+                conn.execute(
+                    _T_STATE_EVENTS.insert(),
+                    [
+                        {
+                            "campaign_device_id": cd_id,
+                            "state": S.OFFERED.value,
+                            "at": now,
+                            "error_code": "",
+                            "detail": "",
+                        }
+                        for cd_id in offered
+                    ],
+                )
+        offers = []
+        for row in rows:
+            state = S.OFFERED if row.state == S.PENDING.value else DeviceState(row.state)
             offers.append(
                 Offer(
-                    campaign_id=campaign.id,
-                    release_id=release.id,
-                    device_serial=by_id[cd.device_id].serial,
-                    state=DeviceState(cd.state),
-                    product=release.product,
-                    version=release.version,
-                    security_counter=release.security_counter,
-                    artifact_url=f"{self.settings.artifact_url_prefix}/{release.id}/artifact",
-                    size_bytes=release.size_bytes,
-                    sha256=release.sha256,
+                    campaign_id=row.campaign_id,
+                    release_id=row.release_id,
+                    device_serial=by_id[row.device_id],
+                    state=state,
+                    product=row.product,
+                    version=row.version,
+                    security_counter=row.security_counter,
+                    artifact_url=f"{self.settings.artifact_url_prefix}/{row.release_id}/artifact",
+                    size_bytes=row.size_bytes,
+                    sha256=row.sha256,
                     policy=OfferPolicy(
-                        bandwidth_floor_bps=campaign.bandwidth_floor_bps,
+                        bandwidth_floor_bps=row.bandwidth_floor_bps,
                         maintenance_timezone=timezone,
                         maintenance_windows=windows,
                         install_allowed_now=allowed_now,
@@ -1244,6 +1427,29 @@ class FleetService:
                 note=note,
             )
             return _flag_dict(flag, serial)
+
+
+def _only_telemetry_changed(row: Any, report: BmsReport, gateway_id: int, gateway: Any) -> bool:
+    """True when a check-in changes nothing about this device but its telemetry.
+
+    Everything compared here is either audited or may raise a flag when it
+    changes, so any difference sends the check-in down the audited path.
+    """
+    if row is None:
+        return False
+    return bool(
+        row.gateway_id == gateway_id
+        and row.site == gateway.site
+        and row.tags == sorted(set(report.tags) | set(gateway.tags))
+        and row.model == report.model
+        and row.hw_revision == report.hw_revision
+        and row.bootloader_version == report.bootloader_version
+        and row.firmware_version == report.firmware_version
+        and row.firmware_sha256 == report.firmware_sha256
+        and row.security_counter == report.security_counter
+        and row.integrity_ok == report.integrity_ok
+        and row.integrity_detail == report.integrity_detail
+    )
 
 
 def _phase_spec(stored: dict[str, Any]) -> dict[str, Any]:
