@@ -20,6 +20,9 @@ def register_all(root: click.Group) -> None:
     root.add_command(fleet_group)
     root.add_command(__import__("bmsfw.cli._sim", fromlist=["sim_group"]).sim_group)
     __import__("bmsfw.cli._sim_rs485", fromlist=["register"]).register(root)
+    _sim_group(root).add_command(
+        __import__("bmsfw.cli._sim_provision").cli._sim_provision.provision_command
+    )
     __import__("bmsfw.cli._agent", fromlist=["register"]).register(root)  # agent, sim fleet
 
 
@@ -27,3 +30,9 @@ def _field_commands() -> tuple[click.Command, ...]:
     from bmsfw.cli._field import FIELD_COMMANDS
 
     return FIELD_COMMANDS
+
+
+def _sim_group(root: click.Group) -> click.Group:
+    group = root.commands["sim"]
+    assert isinstance(group, click.Group)
+    return group
