@@ -1,4 +1,5 @@
-"""``bmsfw sim``: run virtual BMS for tests and demos; ``sim can`` serves UDS on a CAN bus."""
+"""``bmsfw sim``: run virtual BMS for tests and demos; ``sim can`` serves UDS on a CAN bus,
+``sim set`` changes a running one (faults, supply, pack state)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["sim_can_command", "sim_group"]
+__all__ = ["sim_can_command", "sim_group", "sim_set_command"]
 
 
 @click.group("sim")
@@ -86,3 +87,93 @@ def sim_can_command(
             pass
     finally:
         sim.stop()
+
+
+@sim_group.command("set")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The STATE_DIR a running `bmsfw sim can` serves.",
+)
+@click.option("--node", "-n", type=click.IntRange(1, 247), default=1, show_default=True)
+@click.option("--soc", "soc_pct", type=click.FloatRange(0, 100), help="State of charge, %.")
+@click.option("--temperature", "temperature_c", type=float, help="Every NTC, °C.")
+@click.option("--supply-sag", "supply_sag_v", type=click.FloatRange(0), help="Volts below nominal.")
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    help="Raise a protection fault (repeatable), e.g. overcurrent.",
+)
+@click.option(
+    "--power-cut-after-ops",
+    type=click.IntRange(1),
+    help="Cut the power during the N-th flash operation from now.",
+)
+@click.option("--clear", is_flag=True, help="Remove every injected fault first.")
+@click.option(
+    "--wait-s",
+    type=click.FloatRange(0),
+    default=2.0,
+    show_default=True,
+    help="Wait this long for the simulator to apply it (0: queue and return).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the simulator's result as JSON.")
+def sim_set_command(
+    *,
+    state_dir: Path,
+    node: int,
+    soc_pct: float | None,
+    temperature_c: float | None,
+    supply_sag_v: float | None,
+    faults: tuple[str, ...],
+    power_cut_after_ops: int | None,
+    clear: bool,
+    wait_s: float,
+    as_json: bool,
+) -> None:
+    """Change a running virtual BMS: pack state, supply, faults, power cut (live).
+
+    The command goes into STATE_DIR/node<N>/control/; the simulator applies it
+    within 100 ms through the device's fault API. Exit code 1 when no
+    simulator applied it in time (it stays queued) or it was refused.
+    """
+    from bmsfw.device.sim_can import node_state_dir
+    from bmsfw.device.sim_control import SimCommand, send_command
+    from bmsfw.errors import UsageError
+
+    try:
+        command = SimCommand(
+            clear=clear,
+            soc_pct=soc_pct,
+            temperature_c=temperature_c,
+            supply_sag_v=supply_sag_v,
+            faults=faults,
+            power_cut_after_ops=power_cut_after_ops,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if command.empty:
+        raise UsageError("nothing to set: give --soc, --temperature, --supply-sag, --fault, ...")
+    directory = node_state_dir(state_dir, node)
+    try:
+        result = send_command(directory, command, wait_s=wait_s)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result))
+    if result is None:
+        if wait_s > 0:
+            click.echo(
+                f"queued in {directory}/control: no simulator applied it within {wait_s:g} s "
+                "(is `bmsfw sim can` running on this state dir?)",
+                err=True,
+            )
+            raise SystemExit(1)
+        return
+    if result.get("error"):
+        click.echo(f"node {node} refused it: {result['error']}", err=True)
+        raise SystemExit(1)
+    if not as_json:
+        click.echo(f"node {node}: " + ("; ".join(result.get("applied", [])) or "applied"))

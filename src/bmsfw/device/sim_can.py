@@ -9,6 +9,10 @@ so killing it is a power loss): :class:`SimCanProcess` runs
 The device clock: wall time by default (a 128 KiB sector erase really takes
 ~1 s, so the server sends 0x78); ``time_scale`` > 1 runs the device's flash,
 boot and self-test timing that many times faster (tests use 20).
+
+Live fault injection: every ``control_poll_s`` (100 ms) the simulator applies the
+commands queued in ``STATE_DIR/node<n>/control/`` (``bmsfw sim set``,
+:mod:`bmsfw.device.sim_control`) through the device's fault API.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import can
 
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
+from bmsfw.device.sim_control import poll_commands
 from bmsfw.device.uds_server import (
     UdsDeviceAdapter,
     UdsNodeRunner,
@@ -116,6 +121,7 @@ class CanSimConfig:
     server: UdsServerConfig = field(default_factory=UdsServerConfig)
     isotp_block_size: int | None = None  # None: the link default (16 on udp_multicast, else 0)
     isotp_timeout_s: float = 1.0  # N_Bs / N_Cr (ISO 15765-2: 1000 ms)
+    control_poll_s: float = 0.1  # how often `bmsfw sim set` commands are picked up; 0: never
 
     def isotp_params(self, spec: CanLinkSpec) -> IsoTpParams:
         """The BMS side's ISO-TP settings: the link's defaults (one rule for both ends)."""
@@ -141,6 +147,8 @@ class CanSimulator:
         self._runners: list[UdsNodeRunner] = []
         self._notifiers: list[can.Notifier] = []
         self._stacks: list[Any] = []
+        self._control_stop = threading.Event()
+        self._control: threading.Thread | None = None
 
     def _clock(self) -> Clock:
         if self.config.time_scale == 1.0:
@@ -179,14 +187,34 @@ class CanSimulator:
                 request_id,
                 response_id,
             )
+        if self.config.control_poll_s > 0:
+            self._control_stop.clear()
+            self._control = threading.Thread(
+                target=self._control_loop, name="sim-control", daemon=True
+            )
+            self._control.start()
         if wait_boot:
             self._wait_booted()
+
+    def _control_loop(self) -> None:
+        while not self._control_stop.wait(self.config.control_poll_s):
+            for node, bms in list(self.devices.items()):
+                if bms.dead:
+                    continue  # powered off: commands wait for the next power-on
+                try:
+                    poll_commands(bms, node_state_dir(self.config.state_dir, node))
+                except OSError as exc:
+                    log.warning("node %d control directory: %s", node, exc)
 
     def _wait_booted(self) -> None:
         for bms in self.devices.values():
             bms.wait_boot(timeout_s=60.0)
 
     def stop(self) -> None:
+        self._control_stop.set()
+        if self._control is not None:
+            self._control.join(timeout=2)
+            self._control = None
         for runner in self._runners:
             runner.stop()
         for stack in self._stacks:
