@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from bmsfw.cli._link import connect, link_options, load_trust, trust_options
+from bmsfw.cli._link import connect, link_options, links_from, load_trust, trust_options
 from bmsfw.cli._render import console, err_console, print_json
 from bmsfw.errors import BmsfwError, TransportError, UsageError
 from bmsfw.protocol.session import BmsSession, TesterCredentials
@@ -46,6 +46,7 @@ from bmsfw.update.pipeline import UpdateOptions, run_updates
 from bmsfw.update.preflight import run_preflight
 from bmsfw.update.profile import ManualConfirmation, UpdateProfile, load_profile
 from bmsfw.update.report import UpdateReport, load_report, render_text
+from bmsfw.update.string import StringReport
 
 __all__ = ["FIELD_COMMANDS"]
 
@@ -487,6 +488,23 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
 @click.option("--recovery", is_flag=True, help="Allow flashing a BMS stuck in its bootloader.")
 @click.option("--reinstall", is_flag=True, help="Flash even if this version already runs.")
 @click.option("--ota", is_flag=True, help="Apply the OTA policy (refuses safety-critical).")
+@click.option(
+    "--broadcast",
+    is_flag=True,
+    help="RS485 string: every safety step per unit, the image sent once to all (unit 0).",
+)
+@click.option(
+    "--activation",
+    type=click.Choice(["all", "rolling"]),
+    default=None,
+    help="With --broadcast: reset all units at once (default) or K at a time.",
+)
+@click.option(
+    "--rolling-k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --activation rolling: units reset per group (default 1).",
+)
 @json_option
 def update_command(
     *,
@@ -507,14 +525,30 @@ def update_command(
     recovery: bool,
     reinstall: bool,
     ota: bool,
+    broadcast: bool,
+    activation: str | None,
+    rolling_k: int | None,
     as_json: bool,
     **kwargs: Any,
 ) -> None:
     """Update the firmware of one or more BMS safely (see docs/technician-howto.md).
 
+    Several RS485 units (`--unit 1-8`) are updated one after another, or with
+    `--broadcast` as one string: the image is sent once to all of them.
+
     Exit 0 when every node runs the new firmware confirmed; otherwise the exit
     code of the first failure (docs/cli.md) and a report per node.
     """
+    from bmsfw.update.connect import SerialLink, open_sessions
+
+    links = links_from(kwargs)
+    on_serial = all(isinstance(link, SerialLink) for link in links)
+    if broadcast and not on_serial:
+        raise UsageError("--broadcast updates an RS485 string: name it with --serial PORT --unit …")
+    if not broadcast and (activation is not None or rolling_k is not None):
+        raise UsageError("--activation and --rolling-k belong to --broadcast")
+    if rolling_k is not None and activation != "rolling":
+        raise UsageError("--rolling-k needs --activation rolling")
     profile: UpdateProfile = load_profile(profile_path)
     known = {c.id for c in profile.confirmations}
     unknown = set(confirmed) - known
@@ -543,18 +577,64 @@ def update_command(
         raise UsageError(f"cannot read {package_path}: {exc.strerror}") from exc
     trust = load_trust(trust_path, crl_paths)
     interactive = sys.stdin.isatty() and not as_json
-    with connect(kwargs) as conn, _progress(err_console.is_terminal and not as_json) as progress:
-        reports = run_updates(
-            conn.sessions,
-            package,
-            trust,
-            options,
-            profile=profile,
-            sink=_ProgressSink(progress),
-            ask=_ask if interactive else None,
-        )
-    _print_reports(reports, as_json)
+    ask = _ask if interactive else None
+    string: StringReport | None = None
+    with open_sessions(links) as conn, _progress(err_console.is_terminal and not as_json) as prog:
+        sink = _ProgressSink(prog)
+        if broadcast:
+            from bmsfw.protocol.modbus import ModbusSession
+            from bmsfw.update.string import StringPolicy, run_string_update
+
+            modbus = [s for s in conn.sessions if isinstance(s, ModbusSession)]
+            policy = StringPolicy(activation="rolling" if activation == "rolling" else "all")
+            if rolling_k is not None:
+                policy = dataclasses.replace(policy, rolling_k=rolling_k)
+            string = run_string_update(
+                modbus, package, trust, options, policy=policy, profile=profile, sink=sink, ask=ask
+            )
+            reports = string.reports
+        elif on_serial and len(conn.sessions) > 1:
+            # One RS485 bus carries one conversation at a time: update the units in turn.
+            from bmsfw.update.string import run_one_by_one
+
+            reports = run_one_by_one(
+                conn.sessions, package, trust, options, profile=profile, sink=sink, ask=ask
+            )
+        else:
+            reports = run_updates(
+                conn.sessions, package, trust, options, profile=profile, sink=sink, ask=ask
+            )
+    if string is not None:
+        if as_json:
+            print_json(string.to_dict())
+        else:
+            _print_reports(reports, False)
+            console.print(_string_table(string))
+            console.print(string.summary(), highlight=False, markup=False)
+    else:
+        _print_reports(reports, as_json)
     _exit_for(reports)
+
+
+def _string_table(string: StringReport) -> Table:
+    table = Table(title=f"string {string.port} @ {string.rate}")
+    for col in ("unit", "serial", "before", "now", "result", "step", "error", "repaired", "group"):
+        table.add_column(col)
+    for row in string.rows:
+        colour = {"updated": "green", "already-installed": "green", "skipped": "yellow"}
+        result = f"[{colour.get(row.outcome, 'bold red')}]{row.outcome}[/]"
+        table.add_row(
+            str(row.unit),
+            row.serial,
+            row.before,
+            row.now,
+            result,
+            row.failed_step or "-",
+            row.error_code or "-",
+            str(row.repaired_blocks),
+            str(row.group or "-"),
+        )
+    return table
 
 
 # --- rollback ---------------------------------------------------------------------

@@ -11,9 +11,52 @@ import click
 from bmsfw.errors import UsageError
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions, parse_links
 
-__all__ = ["connect", "link_options", "links_from", "load_trust", "trust_options"]
+__all__ = [
+    "UNIT_IDS",
+    "connect",
+    "flatten_units",
+    "link_options",
+    "links_from",
+    "load_trust",
+    "trust_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UnitIds(click.ParamType[tuple[int, ...], Any]):
+    """``5``, ``1-8`` or ``1,3,5-7``: the units of an RS485 string, in the order given."""
+
+    name = "N|N-M|N,M"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        units: list[int] = []
+        for part in str(value).split(","):
+            first, sep, last = part.strip().partition("-")
+            try:
+                lo = int(first)
+                hi = int(last) if sep else lo
+            except ValueError:
+                self.fail(f"{value!r}: expected a unit id, a range 1-8 or a list 1,3,5", param, ctx)
+            if hi < lo:
+                self.fail(f"{part!r}: the range runs backwards", param, ctx)
+            units.extend(range(lo, hi + 1))
+        return tuple(units)
+
+
+UNIT_IDS = UnitIds()
+
+
+def flatten_units(values: Any) -> tuple[int, ...]:
+    """``--unit 1-3 --unit 7`` -> (1, 2, 3, 7)."""
+    out: list[int] = []
+    for value in values or ():
+        out.extend(value if isinstance(value, tuple) else (int(value),))
+    return tuple(out)
 
 
 def link_options(func: F) -> F:
@@ -37,7 +80,11 @@ def link_options(func: F) -> F:
         ),
         click.option("--serial", metavar="PORT", help="RS485/USB serial port, e.g. /dev/ttyUSB0."),
         click.option(
-            "--unit", "units", type=int, multiple=True, help="Modbus unit id on RS485 (repeatable)."
+            "--unit",
+            "units",
+            type=UNIT_IDS,
+            multiple=True,
+            help="Modbus unit id(s) on RS485: 5, a range 1-8 or a list 1,3,5 (repeatable).",
         ),
         click.option("--baud", type=int, default=115_200, show_default=True, help="Serial baud."),
         click.option(
@@ -60,7 +107,7 @@ def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
         nodes=kwargs.pop("nodes"),
         bitrate_bps=kwargs.pop("bitrate_bps"),
         serial=kwargs.pop("serial"),
-        units=kwargs.pop("units"),
+        units=flatten_units(kwargs.pop("units")),
         baud=kwargs.pop("baud"),
         timeout_s=kwargs.pop("timeout_s"),
     )

@@ -1,0 +1,88 @@
+"""`bmsfw update / info / diagnose` over RS485, run as a technician would, against a
+string of virtual BMS in its own process behind one pty."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from .conftest import StringBench, run_bmsfw
+
+
+def test_single_unit_update_then_info(make_string: Callable[..., StringBench]) -> None:
+    bench = make_string((1,))
+    bench.start()
+    result = run_bmsfw(*bench.update_args("v2"), "--json", check=0)
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "updated", report
+    assert report["running_version"] == "2.0.0"
+    assert report["device_now"]["image_state"] == "confirmed"
+    assert report["transfer"]["offset"] == report["transfer"]["total"]
+    assert report["node"].endswith("/unit 1")
+    info = json.loads(run_bmsfw("info", *bench.link_args(), "--json", check=0).stdout)
+    assert info[0]["identity"]["app_version"] == "2.0.0"
+    assert info[0]["boot"]["image_state"] == "confirmed"
+    assert info[0]["self_test"]["passed"]
+    text = run_bmsfw("info", *bench.link_args(), check=0).stdout
+    assert "2.0.0" in text
+
+
+def test_string_broadcast_one_rolls_back_one_skipped(
+    make_string: Callable[..., StringBench],
+) -> None:
+    """4 units, one broadcast: unit 2's cell ADC is off by 3 % (its new firmware's self-test
+    fails, it rolls back), unit 3 is at 15 % SOC (refused by preflight, nothing written);
+    units 1 and 4 run 2.0.0 confirmed."""
+    bench = make_string((1, 2, 3, 4))
+    bench.prepare(2, lambda b: b.faults.adc_gain_error(0, 0.03))
+    bench.prepare(3, lambda b: b.faults.set_soc(15.0))
+    untouched = bench.inactive_bank(3)
+    assert not untouched[2]
+    bench.start()
+    result = run_bmsfw(*bench.update_args("v2"), "--broadcast", "--json", check=4)
+    string = json.loads(result.stdout)
+    rows = {row["unit"]: row for row in string["nodes"]}
+    reports = {r["device_before"]["serial"]: r for r in string["reports"]}
+    assert string["transfer"]["mode"] == "broadcast"
+    assert string["transfer"]["units"] == [1, 2, 4]
+    # one broadcast: about one frame per 244 image bytes, for all three units together
+    image_size = reports["RS40000001"]["transfer"]["total"]
+    assert string["transfer"]["frames"] <= image_size // 244 + 2
+    for unit in (1, 4):
+        assert rows[unit]["outcome"] == "updated", rows[unit]
+        assert rows[unit]["now"] == "2.0.0"
+        report = reports[f"RS4000000{unit}"]
+        assert report["device_now"]["image_state"] == "confirmed"
+        assert report["transfer"]["mode"] == "broadcast"
+        assert [s["step"] for s in report["steps"]][-1] == "config-compare"
+    assert rows[2]["outcome"] == "rolled-back"
+    assert rows[2]["error_code"] == "BMSFW-E511"
+    assert rows[2]["now"] == "1.0.0"
+    assert not reports["RS40000002"]["self_test"]["passed"]
+    assert rows[3]["outcome"] == "skipped"
+    assert rows[3]["failed_step"] == "preflight"
+    assert rows[3]["error_code"] == "BMSFW-E401"
+    skipped = reports["RS40000003"]
+    assert not skipped["backup"] and not skipped["transfer"]
+    assert all(r["audit_hash"] for r in string["reports"])
+
+    info = json.loads(run_bmsfw("info", *bench.link_args(), "--json", check=0).stdout)
+    running = {e["identity"]["serial"]: e["boot"]["running_version"] for e in info}
+    assert running == {
+        "RS40000001": "2.0.0",
+        "RS40000002": "1.0.0",
+        "RS40000003": "1.0.0",
+        "RS40000004": "2.0.0",
+    }
+    audit_log = str(bench.work / "backups" / "audit.jsonl")
+    records = json.loads(run_bmsfw("report", "--audit", audit_log, "--json", check=0).stdout)
+    results = {r["device"]["serial"]: (r["result"], r["error_code"]) for r in records}
+    assert results == {
+        "RS40000001": ("updated", ""),
+        "RS40000002": ("rolled-back", "BMSFW-E511"),
+        "RS40000003": ("refused", "BMSFW-E401"),
+        "RS40000004": ("updated", ""),
+    }
+    bench.stop()
+    # the skipped unit heard the broadcast but, never authenticated nor staged, ignored it
+    assert bench.inactive_bank(3) == untouched
