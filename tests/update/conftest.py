@@ -47,8 +47,13 @@ class Vendor:
         *,
         behaviour: str | None = None,
         revisions: tuple[str, ...] = (HW_REV,),
+        encoding: str = "raw",
+        delta_from: bytes | None = None,
+        payload: bytes | None = None,
     ) -> bytes:
-        payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
+        """A signed release; ``delta_from`` (a base image) makes its app a delta patch."""
+        if payload is None:
+            payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
         unsigned = build_release(
             product="BMS-16S firmware",
             version=version,
@@ -57,7 +62,8 @@ class Vendor:
             min_bootloader_version="2.0.0",
             components=[ComponentSource("app", payload)],
             image_signing_key=self.pki.image_signing_key,
-            encoding="raw",
+            encoding=encoding,
+            delta_from={"app": delta_from} if delta_from is not None else None,
         )
         return sign_release(unsigned, self.pki.signer())
 

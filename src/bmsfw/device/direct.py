@@ -7,6 +7,13 @@ end-to-end tests drive ``bmsfw`` over CAN/RS485 against virtual BMS processes.
 Authentication is real: the tester chain must lead to the root key hash fused
 in the device's OTP, and the tester must sign a fresh challenge with its key
 (the same checks the UDS server makes for service 0x29).
+
+Encoded transfers go the way the protocol servers take them: :meth:`write`
+given the staged component's *stored* bytes (compressed, delta patch,
+ciphertext) feeds them to :class:`~bmsfw.device._stream_decode.EncodedTransfer`
+and finishes the stream (sizes, digests, delta applied) after the last block;
+a delta for another base or an encrypted image without the device key is
+refused in :meth:`prepare`, before anything is erased.
 """
 
 from __future__ import annotations
@@ -15,9 +22,17 @@ import os
 from collections.abc import Iterator
 from typing import Literal
 
+from bmsfw.device._stream_decode import (
+    EncodedTransfer,
+    active_image_digest,
+    check_delta_base,
+    read_encryption_key,
+)
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import DeviceNotRunningError, PowerCutError
 from bmsfw.errors import TransportError
+from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.package.errors import DecryptionError
 from bmsfw.protocol.errors import DeviceBootTimeoutError, UdsCertificateRejectedError
 from bmsfw.protocol.session import (
     BootStatus,
@@ -33,13 +48,21 @@ from bmsfw.protocol.session import (
 __all__ = ["DirectSession"]
 
 
+def _is_encoded(component: Component) -> bool:
+    return component.encoding != "raw" or component.is_delta or component.encryption != "none"
+
+
 class DirectSession:
     """``BmsSession`` over a ``VirtualBms`` object in this process."""
+
+    #: ``write`` takes a component's stored bytes as well as decoded images.
+    accepts_stored = True
 
     def __init__(self, bms: VirtualBms, *, block_size: int | None = None) -> None:
         self.bms = bms
         self.block_size = block_size or bms.spec.transfer_block_size
         self.authenticated = False
+        self._staged: Component | None = None  # app component of the last staged header
 
     @property
     def address(self) -> str:
@@ -64,6 +87,9 @@ class DirectSession:
 
     def read_boot_status(self) -> BootStatus:
         return self.bms.boot_status()
+
+    def read_image_digest(self) -> bytes:
+        return active_image_digest(self.bms)
 
     def link_check(self) -> LinkQuality:
         # No wire: the "echo" is one call into the device core.
@@ -104,10 +130,26 @@ class DirectSession:
             raise UdsCertificateRejectedError("proof of possession failed")
         self.authenticated = True
 
+    @property
+    def staged_component(self) -> Component | None:
+        """The app component of the header last staged with :meth:`prepare`."""
+        return self._staged
+
     def prepare(
         self, header: bytes, *, channel: Literal["wired", "ota"] = "wired"
     ) -> TransferState:
+        self._staged = None
+        # as the UDS and Modbus servers do: refusals that must come before any erase
+        check_delta_base(self.bms, header)
+        manifest = Manifest.from_json_bytes(decode_header(header).manifest)
+        component = manifest.component("app")
+        if component.encryption != "none" and read_encryption_key(self.bms) is None:
+            raise DecryptionError(
+                f"release {manifest.version} is encrypted ({component.encryption}); "
+                "this BMS has no device-class key in OTP"
+            )
         status = self.bms.begin_update(header, channel=channel)
+        self._staged = component
         return TransferState(
             total_size=status.total_size,
             contiguous_bytes=status.contiguous_bytes,
@@ -119,6 +161,23 @@ class DirectSession:
         self.bms.erase_inactive()
 
     def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        """Transfer ``image[start_offset:]``; yields the offset reached after each block.
+
+        ``image`` is the decoded image (resumable at any byte), or the staged
+        component's stored bytes when it is stored encoded and ``len(image)`` is its
+        ``stored_size``: those are decoded by the BMS and always start at 0.
+        """
+        component = self._staged
+        if component is not None and _is_encoded(component):
+            if len(image) == component.stored_size:
+                yield from self._write_encoded(image, start_offset)
+                return
+            if component.encryption != "none":
+                # the BMS holds only the ciphertext's digest: decoded bytes cannot verify
+                raise ValueError(
+                    "the staged image is encrypted: send its stored bytes "
+                    f"({component.stored_size} bytes), not {len(image)}"
+                )
         offset = start_offset
         while offset < len(image):
             chunk = image[offset : offset + self.block_size]
@@ -128,6 +187,24 @@ class DirectSession:
                 # Seen from the tester a BMS without power simply stops answering.
                 raise TransportError(f"the BMS stopped answering at byte {offset}: {exc}") from exc
             yield offset
+
+    def _write_encoded(self, stored: bytes, start_offset: int) -> Iterator[int]:
+        if start_offset != 0:
+            raise ValueError("an encoded transfer cannot resume: it starts at byte 0")
+        try:
+            transfer = EncodedTransfer(self.bms)
+            offset = 0
+            while offset < len(stored):
+                chunk = stored[offset : offset + self.block_size]
+                transfer.feed(chunk)
+                offset += len(chunk)
+                if offset == len(stored):
+                    # the servers' RequestTransferExit / end of stream: sizes, digests,
+                    # a delta applied active -> inactive, before anything can verify
+                    transfer.finish()
+                yield offset
+        except PowerCutError as exc:
+            raise TransportError(f"the BMS stopped answering during the stream: {exc}") from exc
 
     def verify(self) -> None:
         self.bms.verify_inactive()

@@ -136,6 +136,15 @@ class BmsSession(Protocol):
 
     def read_boot_status(self) -> BootStatus: ...
 
+    def read_image_digest(self) -> bytes:
+        """SHA-256 of the image in the active bank, as the device computes it.
+
+        Over the MCUboot image up to the end of its TLVs (what a delta release
+        names as ``delta_base_sha256``); the updater sends a delta only when the
+        two are equal (docs/transfers.md).
+        """
+        ...
+
     def link_check(self) -> LinkQuality: ...
 
     def read_config(self) -> ConfigSnapshot: ...
@@ -151,7 +160,14 @@ class BmsSession(Protocol):
     def erase(self) -> None: ...
 
     def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
-        """Transfer ``image[start_offset:]``; yields the offset reached after each block."""
+        """Transfer ``image[start_offset:]``; yields the offset reached after each block.
+
+        ``image`` is either the decoded image or, for a session with
+        ``accepts_stored = True``, the staged component's *stored* bytes
+        (compressed, delta patch, ciphertext; ``len(image) == stored_size``), which
+        the device decodes as they arrive. An encoded stream starts at 0 on an
+        erased bank; it cannot resume mid-way (docs/transfers.md).
+        """
         ...
 
     def verify(self) -> None: ...

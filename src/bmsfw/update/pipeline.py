@@ -11,6 +11,18 @@ with the backup (restore or report) -> report + audit record.
 ``running_version`` and ``error`` (code, diagnosis, remedy) say what happened,
 and keeps the exception in ``report.exception`` for the CLI's exit code.
 Only programming errors propagate.
+
+What goes on the wire is what the package *stores* for the component
+(compressed, a delta patch, ciphertext; for a raw package, the image), and the
+BMS decodes it (the encoding is in the manifest it staged): progress, resume
+and the report count stored bytes. An encoded stream cannot resume mid-way;
+an interrupted one is sent again from byte 0 (raw images resume to the byte).
+
+Delta or full: given a full package and a delta package of the same release
+(``run_update(..., delta=...)``), the pipeline reads the digest of the image
+the BMS runs (``read_image_digest``) and sends the delta only when it equals
+the delta's base; otherwise the full package alone. The report says which and
+why (``report.package["payload"]``, ``["payload_reason"]``).
 """
 
 from __future__ import annotations
@@ -19,17 +31,27 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bmsfw.errors import BmsfwError, DeviceError, TransportError
-from bmsfw.package import DeviceFacts, TrustAnchors, VerifiedRelease, release_header, verify_release
+from bmsfw.errors import BmsfwError, DeviceError, TransportError, UsageError
+from bmsfw.package import (
+    Component,
+    DeviceFacts,
+    TrustAnchors,
+    VerifiedRelease,
+    release_header,
+    verify_release,
+)
+from bmsfw.package.errors import HashMismatchError, MalformedPackageError
 from bmsfw.protocol.session import (
     BmsSession,
     BootStatus,
@@ -70,12 +92,62 @@ __all__ = [
     "release_facts",
     "run_update",
     "run_updates",
+    "stored_bytes",
     "transfer_violation",
 ]
 
 logger = logging.getLogger(__name__)
 
 AskConfirmation = Callable[[ManualConfirmation], bool]
+
+
+def _is_encoded(component: Component) -> bool:
+    """Whether the stored bytes differ from the image (compressed, delta, encrypted)."""
+    return component.encoding != "raw" or component.is_delta or component.encryption != "none"
+
+
+def _encoding_name(component: Component) -> str:
+    """How the stored bytes are encoded, for reports: "raw", "zstd", "delta", "delta+lz4", …"""
+    parts = []
+    if component.is_delta:
+        parts.append("delta")
+    if component.encoding != "raw" or not component.is_delta:
+        parts.append(component.encoding)
+    if component.encryption != "none":
+        parts.append(f"encrypted {component.encryption}")
+    return "+".join(parts)
+
+
+def stored_bytes(package: bytes, component: Component) -> bytes:
+    """The stored bytes of ``component`` in ``package``, checked against its (verified) manifest."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(package)) as archive:
+            info = archive.getinfo(component.member)
+            if info.file_size != component.stored_size:
+                raise HashMismatchError(
+                    f"component {component.name!r}: {info.file_size} stored bytes, "
+                    f"the manifest says {component.stored_size}"
+                )
+            with archive.open(info) as member:
+                stored = member.read(component.stored_size + 1)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise MalformedPackageError(
+            f"component {component.name!r} unreadable in the package: {exc}"
+        ) from None
+    if hashlib.sha256(stored).digest() != component.stored_sha256:
+        raise HashMismatchError(f"component {component.name!r}: stored bytes differ")
+    return stored
+
+
+@dataclass(frozen=True)
+class _Payload:
+    """The release chosen for this BMS and the bytes that go on the wire for it."""
+
+    package: bytes
+    release: VerifiedRelease
+    component: Component
+    data: bytes
+    encoded: bool  # ``data`` are stored bytes the BMS decodes (else the decoded image)
 
 
 @dataclass(frozen=True)
@@ -147,9 +219,11 @@ class _Run:
         ask: AskConfirmation | None,
         sleep: Callable[[float], None],
         clock: Callable[[], float],
+        delta: bytes | None = None,
     ) -> None:
         self.session = session
         self.package = package
+        self.delta = delta
         self.trust = trust
         self.profile = profile
         self.options = options
@@ -196,6 +270,8 @@ class _Run:
         report.profile = {"name": self.profile.name, "source": self.profile.source}
         report.overrides = dict(self.options.overrides)
         report.package = {"sha256": hashlib.sha256(self.package).hexdigest()}
+        if self.delta is not None:
+            report.package["delta_sha256"] = hashlib.sha256(self.delta).hexdigest()
         step: Step = "identify"
         identity: DeviceIdentity | None = None
         snapshot: ConfigSnapshot | None = None
@@ -210,18 +286,14 @@ class _Run:
                 detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
             step = "verify-package"
             with self.step("verify-package") as detail:
-                release = verify_release(
-                    self.package,
-                    self.trust,
-                    DeviceFacts(
-                        identity.model,
-                        identity.hw_revision,
-                        identity.bootloader_version,
-                        identity.security_counter,
-                        self.options.channel,
-                    ),
-                    now=self.options.now,
+                facts = DeviceFacts(
+                    identity.model,
+                    identity.hw_revision,
+                    identity.bootloader_version,
+                    identity.security_counter,
+                    self.options.channel,
                 )
+                release = verify_release(self.package, self.trust, facts, now=self.options.now)
                 m = release.manifest
                 report.package.update(
                     product=m.product,
@@ -231,6 +303,8 @@ class _Run:
                     signer=[c.subject for c in release.chain],
                 )
                 detail.append(f"{m.product} {m.version} signed by {release.chain[0].subject}")
+                payload = self._choose_payload(release, facts, identity)
+                detail.append(f"sending {report.package['payload_reason']}")
             if (
                 not self.options.reinstall
                 and identity.app_version == release.manifest.version
@@ -275,9 +349,9 @@ class _Run:
                     detail.append("no tester credentials given; the session's own access")
             step = "transfer"
             with self.step("transfer") as detail:
-                image = release.image(self._component(release))
-                self._transfer(release_header(self.package), image)
-                detail.append(f"{len(image)} bytes")
+                header = release_header(payload.package)
+                self._transfer(header, payload)
+                detail.append(self._payload_text(payload))
             step = "device-verify"
             with self.step("device-verify") as detail:
                 try:
@@ -289,7 +363,7 @@ class _Run:
                     # the restart; a resumed image that fails verification gets one clean
                     # full transfer before we give up.
                     self.warn(f"resumed image failed verification ({exc.code}); sending it whole")
-                    self._transfer(release_header(self.package), image, force_full=True)
+                    self._transfer(header, payload, force_full=True)
                     self.session.verify()
                     detail.append("verified after a full re-transfer")
             step = "activate"
@@ -342,6 +416,99 @@ class _Run:
             f"component {self.options.component!r} not in the release ({', '.join(names)})"
         )
 
+    # --- what goes on the wire ---------------------------------------------------
+
+    def _choose_payload(
+        self, full: VerifiedRelease, facts: DeviceFacts, identity: DeviceIdentity
+    ) -> _Payload:
+        """The delta when the BMS runs its base image exactly, else the full package."""
+        name = self._component(full)
+        package, release = self.package, full
+        report = self.report.package
+        if self.delta is None:
+            report["payload"] = "full"
+            report["payload_reason"] = "full image (no delta package given)"
+        else:
+            delta = verify_release(self.delta, self.trust, facts, now=self.options.now)
+            base = self._check_delta(full, delta, name).delta_base_sha256
+            try:
+                actual = self.session.read_image_digest()
+            except BmsfwError as exc:
+                actual = b""
+                why = f"could not read the BMS's image digest ({exc.code}: {exc.message})"
+            else:
+                why = (
+                    f"device runs {identity.app_version} with digest {actual.hex()[:16]}…, "
+                    f"delta base is {base.hex()[:16]}…"
+                )
+            if actual == base:
+                package, release = self.delta, delta
+                size = delta.manifest.component(name).stored_size
+                report["payload"] = "delta"
+                report["payload_reason"] = (
+                    f"delta {size} B against base {base.hex()[:16]}…: device runs that base"
+                )
+            else:
+                report["payload"] = "full"
+                report["payload_reason"] = f"fell back to full image: {why}"
+                self.warn(report["payload_reason"])
+        component = release.manifest.component(name)
+        report["payload_sha256"] = hashlib.sha256(package).hexdigest()
+        report["encoding"] = _encoding_name(component)
+        report["stored_bytes"] = component.stored_size
+        report["image_bytes"] = component.image_size
+        logger.info("%s: %s", self.node, report["payload_reason"])
+        if not _is_encoded(component):
+            return _Payload(package, release, component, release.image(name), encoded=False)
+        if getattr(self.session, "accepts_stored", False):
+            data = stored_bytes(package, component)
+            return _Payload(package, release, component, data, encoded=True)
+        if name in release.images:
+            # a session that cannot take stored bytes gets the image the host decoded
+            report["encoding"] = "raw (decoded by the updater)"
+            return _Payload(package, release, component, release.image(name), encoded=False)
+        raise UpdateFailedNoRollbackError(
+            f"component {name!r} is stored {_encoding_name(component)}: only the BMS can "
+            f"decode it, and this session ({type(self.session).__name__}) cannot send "
+            "stored bytes; use the full, unencrypted package"
+        )
+
+    @staticmethod
+    def _check_delta(full: VerifiedRelease, delta: VerifiedRelease, name: str) -> Component:
+        fm, dm = full.manifest, delta.manifest
+        if (dm.product, dm.version, dm.security_counter) != (
+            fm.product,
+            fm.version,
+            fm.security_counter,
+        ):
+            raise UsageError(
+                f"the delta package is {dm.product} {dm.version} (counter "
+                f"{dm.security_counter}), the full package {fm.product} {fm.version} "
+                f"(counter {fm.security_counter}): give both packages of the same release"
+            )
+        try:
+            component = dm.component(name)
+        except KeyError:
+            raise UsageError(f"the delta package has no component {name!r}") from None
+        if not component.is_delta:
+            raise UsageError(
+                f"the package given as delta holds a full {name!r} image "
+                f"({_encoding_name(component)}), not a delta"
+            )
+        if component.image_sha256 != fm.component(name).image_sha256:
+            raise UsageError(
+                "the delta package does not produce the full package's image "
+                "(different SHA-256): they are not the same build"
+            )
+        return component
+
+    @staticmethod
+    def _payload_text(payload: _Payload) -> str:
+        c = payload.component
+        if not payload.encoded:
+            return f"{len(payload.data)} bytes"
+        return f"{len(payload.data)} bytes {_encoding_name(c)} for a {c.image_size}-byte image"
+
     def _confirmations(self) -> None:
         missing = []
         for item in self.profile.confirmations:
@@ -358,18 +525,35 @@ class _Run:
                 "not confirmed: " + "; ".join(f"{c.text} (--confirm {c.id})" for c in missing)
             )
 
-    def _transfer(self, header: bytes, image: bytes, *, force_full: bool = False) -> None:
+    def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         state = self.session.prepare(header, channel=self.options.channel)
+        image = payload.data
         total = len(image)
         start = 0
-        resumable = state.erased and state.total_size == total and not force_full
+        # An encoded stream runs through the BMS's decoder, whose state a reset loses:
+        # it always starts again at byte 0 on an erased bank. Raw resumes to the byte.
+        resumable = (
+            state.erased and state.total_size == total and not force_full and not payload.encoded
+        )
         if resumable and 0 < state.contiguous_bytes <= total:
             start = state.contiguous_bytes
             self.warn(f"resuming the transfer at byte {start} of {total}")
         else:
+            if payload.encoded and state.erased and state.contiguous_bytes > 0:
+                self.warn(
+                    f"an encoded ({_encoding_name(payload.component)}) transfer cannot "
+                    f"resume: sending all {total} stored bytes again from byte 0"
+                )
             self.session.erase()
         t = self.report.transfer
-        t.update(total=total, resumed_from=start, offset=start, duration_s=0.0)
+        t.update(
+            total=total,
+            resumed_from=start,
+            offset=start,
+            duration_s=0.0,
+            encoding=_encoding_name(payload.component) if payload.encoded else "raw",
+            image_bytes=payload.component.image_size,
+        )
         self.emit(TransferProgress(self.node, start, total, start))
         limits = self.profile.transfer
         started = last_check = self.clock()
@@ -606,8 +790,13 @@ def run_update(
     ask: AskConfirmation | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    delta: bytes | None = None,
 ) -> UpdateReport:
-    """Run the whole procedure on one BMS; returns its report (see the module docstring)."""
+    """Run the whole procedure on one BMS; returns its report (see the module docstring).
+
+    ``delta``: a delta package of the same release as ``package``; it is sent only
+    when the BMS runs exactly its base image, else ``package`` is (the report says why).
+    """
     run = _Run(
         session,
         package,
@@ -618,6 +807,7 @@ def run_update(
         ask=ask,
         sleep=sleep,
         clock=clock,
+        delta=delta,
     )
     return run.run()
 
@@ -633,6 +823,7 @@ def run_updates(
     ask: AskConfirmation | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    delta: bytes | None = None,
 ) -> list[UpdateReport]:
     """Update several BMS (one session each) concurrently; reports in the given order.
 
@@ -664,6 +855,7 @@ def run_updates(
                 sink=sink,
                 sleep=sleep,
                 clock=clock,
+                delta=delta,
             )
         ]
     with ThreadPoolExecutor(max_workers=len(sessions), thread_name_prefix="bmsfw-update") as pool:
@@ -678,6 +870,7 @@ def run_updates(
                 sink=locked_sink,
                 sleep=sleep,
                 clock=clock,
+                delta=delta,
             )
             for s in sessions
         ]

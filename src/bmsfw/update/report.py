@@ -164,6 +164,8 @@ def render_text(report: UpdateReport) -> str:
         f"(security counter {pkg.get('security_counter', '?')})",
         f"  device runs now: {report.running_version or 'unknown'}",
     ]
+    if pkg.get("payload_reason"):
+        lines.append(f"  sent:            {pkg['payload_reason']}")
     if report.operator:
         lines.append(f"  operator:        {report.operator}")
     if report.error:
@@ -192,8 +194,12 @@ def render_text(report: UpdateReport) -> str:
     if report.transfer:
         t = report.transfer
         resumed = f", resumed at {t['resumed_from']}" if t.get("resumed_from") else ""
+        encoding = t.get("encoding", "raw")
+        stored = (
+            f" {encoding} (image {t.get('image_bytes', '?')} bytes)" if encoding != "raw" else ""
+        )
         lines.append(
-            f"  transfer:        {t.get('offset', 0)}/{t.get('total', 0)} bytes"
+            f"  transfer:        {t.get('offset', 0)}/{t.get('total', 0)} bytes{stored}"
             f" in {t.get('duration_s', 0):.2f} s{resumed}"
         )
     if report.self_test:

@@ -1,0 +1,204 @@
+"""The pipeline sends what the package stores (compressed, delta) and picks delta or full."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import pytest
+
+from bmsfw.device import SimClock, VirtualBms, make_app_payload
+from bmsfw.device.direct import DirectSession
+from bmsfw.device.images import APP_DESCRIPTOR_OFFSET
+from bmsfw.package import Component, Manifest, decode_header, release_header, verify_release
+from bmsfw.update.events import Event, TransferProgress
+from bmsfw.update.pipeline import UpdateOptions, run_update
+from bmsfw.update.report import UpdateReport, render_text
+
+from .conftest import IMAGE_SIZE, Vendor
+
+
+def _app(package: bytes) -> Component:
+    return Manifest.from_json_bytes(decode_header(release_header(package)).manifest).component(
+        "app"
+    )
+
+
+def _patch_payload(version: str) -> bytes:
+    """1.0.0's firmware with a new version string and a small fix: a realistic patch release."""
+    out = bytearray(make_app_payload("1.0.0", size=IMAGE_SIZE))
+    field = APP_DESCRIPTOR_OFFSET + 12
+    out[field : field + 32] = version.encode().ljust(32, b"\0")
+    out[2000:2024] = bytes(range(24))
+    return bytes(out)
+
+
+def _update(
+    session: DirectSession,
+    package: bytes,
+    vendor: Vendor,
+    options: UpdateOptions,
+    clock: SimClock,
+    *,
+    delta: bytes | None = None,
+    events: list[Event] | None = None,
+) -> UpdateReport:
+    return run_update(
+        session,
+        package,
+        vendor.trust(),
+        options,
+        sink=events.append if events is not None else None,
+        sleep=clock.sleep,
+        clock=clock.monotonic,
+        delta=delta,
+    )
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink"])
+def test_compressed_release_goes_over_as_stored_bytes(
+    *,
+    encoding: str,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    package = vendor.release("2.0.0", 2, encoding=encoding)
+    component = _app(package)
+    stored, image = component.stored_size, component.image_size
+    assert stored < image
+    events: list[Event] = []
+    report = _update(session, package, vendor, options, clock, events=events)
+    assert report.outcome == "updated", report.error
+    status = bms.boot_status()
+    assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")
+    # progress, totals and the report count the stored bytes that went over
+    progress = [e for e in events if isinstance(e, TransferProgress)]
+    assert {e.total for e in progress} == {stored}
+    assert progress[-1].offset == stored
+    assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
+    assert report.transfer["encoding"] == encoding
+    assert report.transfer["image_bytes"] == image
+    assert report.package["payload"] == "full"
+    assert f"{stored}/{stored} bytes {encoding} (image {image} bytes)" in render_text(report)
+    # the bank holds the decoded image the manifest names
+    assert bms.bank_info(status.active_bank).valid
+
+
+def test_delta_is_sent_when_the_device_runs_its_base(
+    *,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    base = verify_release(packages["1.0.0"], vendor.trust()).image("app")
+    full = vendor.release("1.0.1", 1, payload=_patch_payload("1.0.1"))
+    delta = vendor.release("1.0.1", 1, payload=_patch_payload("1.0.1"), delta_from=base)
+    patch = _app(delta)
+    assert patch.is_delta
+    report = _update(session, full, vendor, options, clock, delta=delta)
+    assert report.outcome == "updated", report.error
+    assert bms.boot_status().running_version == "1.0.1"
+    stored = patch.stored_size
+    digest = hashlib.sha256(base).hexdigest()
+    assert report.package["payload"] == "delta"
+    assert report.package["payload_reason"] == (
+        f"delta {stored} B against base {digest[:16]}…: device runs that base"
+    )
+    assert report.package["payload_sha256"] == hashlib.sha256(delta).hexdigest()
+    assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
+    assert stored * 10 < len(base)
+    assert report.transfer["encoding"].startswith("delta")
+    assert f"sent:            delta {stored} B" in render_text(report)
+
+
+def test_delta_for_another_base_falls_back_to_the_full_image(
+    *,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    running = verify_release(packages["1.0.0"], vendor.trust()).image("app")
+    other_base = verify_release(packages["0.9.0"], vendor.trust()).image("app")
+    full = vendor.release("1.0.1", 1, payload=_patch_payload("1.0.1"), encoding="zstd")
+    delta = vendor.release("1.0.1", 1, payload=_patch_payload("1.0.1"), delta_from=other_base)
+    flash_ops = bms.flash_op_count
+    report = _update(session, full, vendor, options, clock, delta=delta)
+    assert report.outcome == "updated", report.error
+    assert bms.boot_status().running_version == "1.0.1"
+    assert bms.flash_op_count > flash_ops
+    actual = hashlib.sha256(running).hexdigest()
+    base = hashlib.sha256(other_base).hexdigest()
+    reason = (
+        f"fell back to full image: device runs 1.0.0 with digest {actual[:16]}…, "
+        f"delta base is {base[:16]}…"
+    )
+    assert report.package["payload"] == "full"
+    assert report.package["payload_reason"] == reason
+    assert reason in report.warnings
+    assert report.package["payload_sha256"] == hashlib.sha256(full).hexdigest()
+    assert report.transfer["total"] == _app(full).stored_size
+    assert report.transfer["encoding"] == "zstd"
+    assert f"sent:            {reason}" in render_text(report)
+
+
+def test_delta_of_another_release_is_refused_before_anything_is_written(
+    *,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    base = verify_release(packages["1.0.0"], vendor.trust()).image("app")
+    delta = vendor.release("1.0.1", 1, payload=_patch_payload("1.0.1"), delta_from=base)
+    flash_ops = bms.flash_op_count
+    report = _update(session, packages["2.0.0"], vendor, options, clock, delta=delta)
+    assert report.outcome == "refused"
+    assert report.failed_step == "verify-package"
+    assert report.error["code"] == "BMSFW-E001"
+    assert "delta package is BMS-16S firmware 1.0.1" in report.error["message"]
+    assert bms.flash_op_count == flash_ops
+    # and a full package given as the "delta"
+    report = _update(session, packages["2.0.0"], vendor, options, clock, delta=packages["2.0.0"])
+    assert report.outcome == "refused"
+    assert "not a delta" in report.error["message"]
+    assert bms.flash_op_count == flash_ops
+
+
+@pytest.mark.parametrize("cut_at", [3, 4])
+def test_interrupted_encoded_transfer_restarts_from_zero(
+    *,
+    cut_at: int,
+    open_bms: Callable[[], VirtualBms],
+    vendor: Vendor,
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    package = vendor.release("2.0.0", 2, encoding="zstd")
+    stored = _app(package).stored_size
+    bms = open_bms()
+    bms.faults.power_cut_at(cut_at)
+    report = _update(DirectSession(bms), package, vendor, options, clock)
+    assert report.outcome == "paused"
+    assert report.error["code"] == "BMSFW-E501"
+    assert 0 < report.transfer["offset"] < stored
+
+    bms = open_bms()  # power back: the old image runs, the bank holds part of the new one
+    assert bms.boot_status().running_version == "1.0.0"
+    assert bms.transfer_status().contiguous_bytes > 0
+    again = _update(DirectSession(bms), package, vendor, options, clock)
+    assert again.outcome == "updated", again.error
+    assert again.transfer["resumed_from"] == 0
+    assert again.transfer["bytes_sent"] == stored
+    assert any("cannot resume" in w and "from byte 0" in w for w in again.warnings)
+    assert bms.boot_status().running_version == "2.0.0"
