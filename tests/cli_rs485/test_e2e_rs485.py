@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 from .conftest import StringBench, run_bmsfw
 
@@ -86,3 +87,37 @@ def test_string_broadcast_one_rolls_back_one_skipped(
     bench.stop()
     # the skipped unit heard the broadcast but, never authenticated nor staged, ignored it
     assert bench.inactive_bank(3) == untouched
+
+
+def test_diagnose_finds_the_string_at_another_baud_rate(
+    make_string: Callable[..., StringBench],
+) -> None:
+    bench = make_string((1, 2))
+    for unit in (1, 2):  # the BMS are set to 38400; the technician assumes 115200
+        bench.prepare(unit, lambda b: b.write_config(replace(b.config(), rs485_baud=38_400)))
+    bench.start(baud_bps=38_400)
+    wrong = run_bmsfw("diagnose", *bench.link_args(baud=115_200), "--json", check=5)
+    assert "BMSFW-E373" in wrong.stderr
+    assert "use --baud 38400" in wrong.stderr
+    scan = json.loads(wrong.stdout)["scan"]
+    assert scan["baud_mismatch"] and scan["expected_baud"] == 115_200
+    found = {(u["unit"], u["baud_bps"], u["serial"]) for u in scan["units"]}
+    # (the simulated pty does not garble a parity mismatch, so 8N1 may answer too)
+    assert found == {(1, 38_400, "RS40000001"), (2, 38_400, "RS40000002")}
+    by_rate = {s["rate"]: s for s in scan["settings"]}
+    assert by_rate["115200 8E1"]["units"] == []
+    assert by_rate["38400 8E1"]["units"] == [1, 2]
+    # human output: the rate table, where the units are, and what to do
+    text = run_bmsfw("diagnose", *bench.link_args(baud=115_200), check=5)
+    assert "38400 8E1" in text.stdout and "units 1-2" in text.stdout
+    assert "RS40000002" in text.stdout
+    assert "remedy" in text.stderr.lower()
+    # at the right rate the scan agrees and the per-unit checks run
+    right = run_bmsfw(
+        "diagnose", *bench.link_args(1, baud=38_400), "--window", "0.2", "--samples", "3",
+        "--json", check=0,
+    )  # fmt: skip
+    out = json.loads(right.stdout)
+    assert not out["scan"]["baud_mismatch"]
+    items = {i["name"]: i for i in out["diagnose"][0]["items"]}
+    assert items["link"]["ok"] and items["rate"]["ok"]

@@ -702,20 +702,37 @@ def diagnose_command(
     as_json: bool,
     **kwargs: Any,
 ) -> None:
-    """Link diagnostics, certificate chain, compatibility and supply stability."""
+    """Link diagnostics, certificate chain, compatibility and supply stability.
+
+    With --serial PORT it first scans the common baud rates (8E1 and 8N1) for the
+    units given (default 1-16) and reports where they answer; a BMS that answers
+    only at another baud rate than --baud is reported with the setting to use
+    (exit 5). The per-unit checks follow when the units answer at --baud.
+    """
     from bmsfw.update.diagnose import diagnose
 
     if package_path is not None and trust_path is None:
         raise UsageError("--package needs --trust ROOT.crt")
     package = package_path.read_bytes() if package_path else None
     trust = load_trust(trust_path) if trust_path else None
+    scan: dict[str, Any] | None = None
+    if kwargs.get("serial") is not None:
+        scan, found = _scan_serial_link(kwargs, as_json)
+        if not found:
+            if as_json:
+                print_json({"scan": scan, "diagnose": []})
+            return
+        kwargs["units"] = (tuple(found),)
     results = []
     for session in _each_session(kwargs):
         results.append(
             diagnose(session, package=package, trust=trust, samples=samples, window_s=window_s)
         )
     if as_json:
-        print_json([r.to_dict() for r in results])
+        if scan is not None:
+            print_json({"scan": scan, "diagnose": [r.to_dict() for r in results]})
+        else:
+            print_json([r.to_dict() for r in results])
         return
     for result in results:
         table = Table(title=f"diagnose {result.node}")
@@ -726,6 +743,84 @@ def diagnose_command(
             verdict = "[green]ok[/]" if item.ok else "[bold red]problem[/]"
             table.add_row(item.name, verdict, item.detail)
         console.print(table)
+
+
+def _scan_serial_link(kwargs: dict[str, Any], as_json: bool) -> tuple[dict[str, Any], list[int]]:
+    """Baud-rate and unit scan of an RS485 port; returns (scan as JSON, units answering at
+    --baud that were asked for). Raises when nothing answers at --baud, after printing."""
+    from bmsfw.cli._link import flatten_units
+    from bmsfw.protocol.modbus import scan_serial
+    from bmsfw.protocol.modbus.errors import ModbusFrameError, ModbusNoReplyError
+
+    port: str = kwargs["serial"]
+    baud: int = kwargs["baud"]
+    asked = flatten_units(kwargs["units"])
+    units = asked or tuple(range(1, 17))
+    timeout_s = kwargs["timeout_s"] or 0.05
+    report = scan_serial(port, units=units, timeout_s=timeout_s, expected_baud_bps=baud)
+    at_baud = sorted({h.unit for h in report.hits if h.baud_bps == baud})
+    data: dict[str, Any] = {
+        "port": report.port,
+        "expected_baud": baud,
+        "baud_mismatch": report.baud_mismatch,
+        "settings": [dataclasses.asdict(st) | {"rate": st.rate} for st in report.settings],
+        "units": [dataclasses.asdict(h) for h in report.hits],
+        "notes": list(report.notes),
+    }
+    if not as_json:
+        rates = Table(title=f"serial scan of {port}, units {_ranges(units)}")
+        for col in ("setting", "answer"):
+            rates.add_column(col)
+        for st in report.settings:
+            if st.units:
+                answer = f"[green]units {_ranges(st.units)}[/]"
+            elif st.garbled:
+                answer = f"[yellow]garbage from {st.garbled} request(s): wrong setting[/]"
+            else:
+                answer = "silent"
+            mark = " (--baud)" if st.baud_bps == baud else ""
+            rates.add_row(f"{st.rate}{mark}", answer)
+        console.print(rates)
+        nodes = Table(title=f"BMS found ({len(report.hits)})")
+        for col in ("unit", "setting", "vendor", "model", "serial", "firmware"):
+            nodes.add_column(col)
+        for h in report.hits:
+            setting = f"{h.baud_bps} 8{h.parity}{h.stopbits}"
+            nodes.add_row(str(h.unit), setting, h.vendor, h.model, h.serial, h.app_version)
+        console.print(nodes)
+        for note in report.notes:
+            console.print(f"note: {note}", highlight=False, markup=False)
+    if not report.hits:
+        if as_json:
+            print_json({"scan": data, "diagnose": []})
+        raise ModbusNoReplyError(
+            f"no unit of {_ranges(units)} answered on {port} at any of "
+            f"{len(report.settings)} settings"
+        )
+    if not at_baud:
+        if as_json:
+            print_json({"scan": data, "diagnose": []})
+        where = sorted({f"{h.baud_bps} 8{h.parity}{h.stopbits}" for h in report.hits})
+        found_units = _ranges(sorted({h.unit for h in report.hits}))
+        raise ModbusFrameError(
+            f"baud rate mismatch: nothing answers at --baud {baud}, but units {found_units} "
+            f"answer at {', '.join(where)}; use --baud {report.hits[0].baud_bps} "
+            "(or set the BMS to the adapter's rate)"
+        )
+    return data, [u for u in at_baud if not asked or u in asked]
+
+
+def _ranges(units: Any) -> str:
+    """(1, 2, 3, 5) -> '1-3,5'."""
+    out: list[str] = []
+    for unit in sorted(units):
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == unit - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{unit}"
+        elif out and "-" not in out[-1] and int(out[-1]) == unit - 1:
+            out[-1] = f"{out[-1]}-{unit}"
+        else:
+            out.append(str(unit))
+    return ",".join(out)
 
 
 # --- report -----------------------------------------------------------------------
