@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from .conftest import StringBench, run_bmsfw
 
@@ -121,3 +122,61 @@ def test_diagnose_finds_the_string_at_another_baud_rate(
     assert not out["scan"]["baud_mismatch"]
     items = {i["name"]: i for i in out["diagnose"][0]["items"]}
     assert items["link"]["ok"] and items["rate"]["ok"]
+
+
+def _reports_by_serial(bench: StringBench) -> dict[str, dict[str, Any]]:
+    files = sorted((bench.work / "backups" / "reports").glob("update_*.json"))
+    reports = [json.loads(f.read_text()) for f in files]
+    return {r["device_before"]["serial"]: r for r in reports}
+
+
+def _step(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in report["steps"] if s["step"] == name)
+
+
+def test_rolling_activation_two_at_a_time_text_output(
+    make_string: Callable[..., StringBench],
+) -> None:
+    """3 units, rolling k=2: units 1-2 reset together and confirm before unit 3 resets;
+    unit 3 fails its self-test and rolls back. The technician's text output says so."""
+    bench = make_string((1, 2, 3))
+    bench.prepare(3, lambda b: b.faults.adc_gain_error(0, 0.03))
+    bench.start()
+    args = bench.update_args("v2")
+    result = run_bmsfw(*args, "--broadcast", "--activation", "rolling", "--rolling-k", "2", check=4)
+    out = result.stdout
+    assert out.count("bmsfw update report - modbus:") == 3
+    assert out.count("result:          UPDATED") == 2
+    assert "result:          FAILED - ROLLED BACK to the previous firmware" in out
+    unit3 = out[out.index("/unit 3") :]
+    assert "error:           BMSFW-E511" in unit3
+    assert "device runs now: 1.0.0" in unit3
+    assert "remedy:" in unit3
+    rows = [line for line in out.splitlines() if "RS4000000" in line and "│" in line]
+    cells = {int(r.split("│")[1]): [c.strip() for c in r.split("│")[1:-1]] for r in rows}
+    assert cells[1][3:5] == ["2.0.0", "updated"] and cells[1][8] == "1"
+    assert cells[2][3:5] == ["2.0.0", "updated"] and cells[2][8] == "1"
+    assert cells[3][3:7] == ["1.0.0", "rolled-back", "self-test", "BMSFW-E511"]
+    assert cells[3][8] == "2"
+    assert "activation rolling, 2 at a time" in out
+    # unit 3 reset only after units 1 and 2 had confirmed and compared their config
+    reports = _reports_by_serial(bench)
+    first_group_done = max(
+        _step(reports[s], "config-compare")["started_at"] for s in ("RS40000001", "RS40000002")
+    )
+    assert _step(reports["RS40000003"], "self-test")["started_at"] > first_group_done
+    assert reports["RS40000003"]["transfer"]["activation_group"] == 2
+
+
+def test_units_one_after_another_without_broadcast(
+    make_string: Callable[..., StringBench],
+) -> None:
+    bench = make_string((1, 2))
+    bench.start()
+    result = run_bmsfw(*bench.update_args("v2"), "--json", check=0)
+    reports = json.loads(result.stdout)
+    assert [r["outcome"] for r in reports] == ["updated", "updated"]
+    assert [r["node"][-6:] for r in reports] == ["unit 1", "unit 2"]
+    first_end = reports[0]["finished_at"]
+    assert _step(reports[1], "identify")["started_at"] >= first_end  # one at a time
+    assert all(r["transfer"]["total"] == r["transfer"]["offset"] for r in reports)
