@@ -11,6 +11,16 @@ blocks live in a ``SimDevice`` and an async ``action`` fills reads from the
 device and turns writes into commands. Read Device Identification (0x2B/0x0E) is
 answered per node by a request class bound to the node, because pymodbus keeps
 one process-wide identity otherwise and several nodes share a process here.
+
+Encoded transfers (docs/modbus.md, "Encoded transfers"): writing a non-zero
+``transfer_encoding`` announces that the window now carries the staged
+component's *stored* bytes (compressed, delta patch, ciphertext). The value
+must be the staged manifest's (``codec.transfer_encoding``) and the bank must
+be blank; the node then feeds window writes, strictly in order, to
+:class:`~bmsfw.device._stream_decode.EncodedTransfer` and finishes the stream
+(sizes, digests, a delta applied active -> inactive) at ``VERIFY``. A decoder
+cannot resume mid-stream: an interrupted encoded transfer starts again at 0
+after ``ERASE``. Broadcasts never enter or feed an encoded stream.
 """
 
 from __future__ import annotations
@@ -24,8 +34,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from bmsfw.device._state import bank_region
+from bmsfw.device._stream_decode import (
+    EncodedTransfer,
+    active_image_digest,
+    check_delta_base,
+    read_encryption_key,
+)
 from bmsfw.device.bms import VirtualBms
+from bmsfw.device.errors import NotVerifiedError
 from bmsfw.errors import BmsfwError
+from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.package.errors import DecryptionError
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
     CONFIG_REGISTERS,
@@ -98,6 +118,11 @@ class NodeBackend(Protocol):
     def confirm(self) -> None: ...
     def rollback(self) -> None: ...
     def abort_update(self) -> None: ...
+    def check_release(self, header: bytes) -> None: ...
+    def staged_component(self) -> Component | None: ...
+    def bank_blank(self) -> bool: ...
+    def begin_encoded(self) -> EncodedTransfer: ...
+    def image_digest(self) -> bytes: ...
     def root_key_hash(self) -> bytes: ...
     def now(self) -> dt.datetime: ...
     def responsive(self) -> bool: ...
@@ -168,6 +193,36 @@ class VirtualBmsBackend:
     def abort_update(self) -> None:
         self.bms.abort_update()
 
+    def check_release(self, header: bytes) -> None:
+        """Refusals that must come before any erase: delta base, decryption key."""
+        check_delta_base(self.bms, header)
+        manifest = Manifest.from_json_bytes(decode_header(header).manifest)
+        component = manifest.component("app")
+        if component.encryption != "none" and read_encryption_key(self.bms) is None:
+            raise DecryptionError(
+                f"release {manifest.version} is encrypted ({component.encryption}); "
+                "this BMS has no device-class key in OTP"
+            )
+
+    def staged_component(self) -> Component | None:
+        staged = self.bms._staged()
+        if staged is None:
+            return None
+        return Manifest.from_json_bytes(decode_header(staged.header).manifest).component("app")
+
+    def bank_blank(self) -> bool:
+        """Whether the staged image's range of the inactive bank is erased (0xFF)."""
+        staged = self.bms._staged()
+        if staged is None or not staged.erased:
+            return False
+        return self.bms.flash.is_erased(bank_region(staged.bank), 0, staged.size)
+
+    def begin_encoded(self) -> EncodedTransfer:
+        return EncodedTransfer(self.bms)
+
+    def image_digest(self) -> bytes:
+        return active_image_digest(self.bms)
+
     def root_key_hash(self) -> bytes:
         return self.bms.otp.root_key_hash
 
@@ -212,6 +267,12 @@ class ModbusBmsNode:
         self.window_writes = 0
         self.broadcast_writes = 0
         self.in_broadcast = False  # set by the server around each request
+        # the encoded stream in progress (transfer_encoding != 0), see the module doc
+        self.encoded: EncodedTransfer | None = None
+        self.stream_encoding = 0
+        self.stream_offset = 0
+        self.stream_size = 0
+        self._component: Component | None = None  # the staged app component (cache)
 
     # ------------------------------------------------------------------ identity
 
@@ -266,6 +327,9 @@ class ModbusBmsNode:
                 cache, "boot", lambda: codec.encode_boot_status(self.backend.boot_status())
             )
             return regs[addr - INPUT.RUN_STATE]
+        if INPUT.IMAGE_SHA256 <= addr < INPUT.IMAGE_SHA256_END:
+            regs = self._block(cache, "digest", self._digest_block)
+            return regs[addr - INPUT.IMAGE_SHA256]
         if INPUT.SELFTEST_STATE <= addr < INPUT.SELFTEST_BLOCK_END:
             regs = self._block(cache, "selftest", self._selftest_block)
             return regs[addr - INPUT.SELFTEST_STATE]
@@ -292,6 +356,14 @@ class ModbusBmsNode:
             chunk = self.document[index : index + 2].ljust(2, b"\0")
             return (chunk[0] << 8) | chunk[1]
         return 0
+
+    def _digest_block(self) -> list[int]:
+        try:
+            digest = self.backend.image_digest()
+        except BmsfwError as exc:
+            log.info("unit %d: no active image digest: %s", self.unit, exc)
+            digest = bytes(32)  # all zero: no valid image in the active bank
+        return codec.bytes_to_registers(digest)
 
     def _selftest_block(self) -> list[int]:
         result = self.backend.self_test_result()
@@ -344,6 +416,8 @@ class ModbusBmsNode:
         put(INPUT.AUTH_STATE, [self.auth])
         put(INPUT.ERASED, [1 if getattr(st, "erased", False) else 0])
         put(INPUT.COMMAND_SEQ, [self.command_seq & 0xFFFF])
+        put(INPUT.STREAM_OFFSET, codec.split_u32(self.stream_offset))
+        put(INPUT.STREAM_ENCODING, [self.stream_encoding])
         put(INPUT.LAST_MESSAGE, codec.ascii_to_registers(self.last_message, 64))
         return regs
 
@@ -374,6 +448,8 @@ class ModbusBmsNode:
                 out.append(codec.split_u32(self.upload_length)[addr - HOLDING.UPLOAD_LENGTH])
             elif addr == HOLDING.WINDOW_PAGE:
                 out.append(self.window_page)
+            elif addr == HOLDING.TRANSFER_ENCODING:
+                out.append(self.stream_encoding)
             elif HOLDING.UPLOAD <= addr < HOLDING.UPLOAD_END:
                 i = (addr - HOLDING.UPLOAD) * 2
                 out.append((self.upload[i] << 8) | self.upload[i + 1])
@@ -417,6 +493,8 @@ class ModbusBmsNode:
                 self.upload_length = (self.upload_length & 0xFFFF0000) | value
             elif addr == HOLDING.WINDOW_PAGE:
                 self.window_page = value
+            elif addr == HOLDING.TRANSFER_ENCODING:
+                ok = ok and self._announce_stream(value, broadcast=broadcast)
             else:
                 return False
         if command is not None:
@@ -500,6 +578,17 @@ class ModbusBmsNode:
         page = values[0]  # each frame names its page: a lost frame cannot shift others
         offset = page * TRANSFER_PAGE_BYTES + (address + 1 - HOLDING.TRANSFER_WINDOW) * 2
         data = codec.registers_to_bytes(values[1:])
+        if self.encoded is not None:
+            # A string broadcast carries a decoded image; this node takes its own stream.
+            return False if broadcast else self._stream_write(offset, data)
+        component = self._staged_component()
+        if component is not None and component.encryption != "none":
+            # the BMS holds only the ciphertext's digest: decoded bytes cannot verify
+            return broadcast or self._refuse(
+                "the staged image is encrypted: send its stored bytes with transfer_encoding "
+                f"0x{codec.transfer_encoding(component):02X}",
+                1,
+            )
         total = int(getattr(st, "total_size", 0))
         data = data[: max(0, total - offset)]
         if not data:
@@ -515,6 +604,90 @@ class ModbusBmsNode:
         if broadcast:
             self.broadcast_writes += 1
         return True
+
+    # ------------------------------------------------------------------ encoded streams
+
+    def _staged_component(self) -> Component | None:
+        if self._component is None:
+            self._component = self.backend.staged_component()
+        return self._component
+
+    def _end_stream(self) -> None:
+        self.encoded = None
+        self.stream_encoding = 0
+        self.stream_offset = 0
+        self.stream_size = 0
+
+    def _announce_stream(self, value: int, *, broadcast: bool) -> bool:
+        """``transfer_encoding`` written: 0 = the window carries the image, else stored bytes."""
+        if broadcast:
+            return False  # encoded streams are addressed only (no repair for a decoder)
+        if self.auth != AuthState.AUTHENTICATED:
+            return self._refuse("transfer encoding needs an authenticated tester", 349)
+        if value == 0:
+            self._end_stream()
+            return True
+        if self.encoded is not None and value == self.stream_encoding and not self.stream_offset:
+            return True  # the same announcement again (a lost reply): nothing to restart
+        component = self._staged_component()
+        if component is None:
+            return self._refuse("no release header staged: PREPARE first", 202)
+        expected = codec.transfer_encoding(component) if codec.is_encoded(component) else 0
+        if value != expected:
+            return self._refuse(
+                f"transfer encoding 0x{value:02X} does not match the staged release (0x"
+                f"{expected:02X}: encoding {component.encoding}, delta {component.is_delta}, "
+                f"encryption {component.encryption})",
+                1,
+            )
+        if not self.backend.bank_blank():
+            return self._refuse("an encoded transfer starts on an erased bank: ERASE first", 203)
+        self._end_stream()
+        try:
+            self.encoded = self.backend.begin_encoded()
+        except BmsfwError as exc:
+            return self._refuse(exc.message, _error_number(exc))
+        self.stream_encoding = value
+        self.stream_size = component.stored_size
+        self.last_result, self.last_message = 0, ""
+        return True
+
+    def _stream_write(self, offset: int, data: bytes) -> bool:
+        encoded = self.encoded
+        assert encoded is not None
+        data = data[: max(0, self.stream_size - offset)]  # an odd stream's pad byte
+        if offset > self.stream_offset or not data:
+            return self._refuse(
+                f"encoded stream continues at byte {self.stream_offset}, not {offset}: "
+                "it cannot skip; ERASE and send it again from 0",
+                204,
+            )
+        # a repeated frame (its reply was lost) is acknowledged, not decoded twice
+        new = data[self.stream_offset - offset :]
+        if new:
+            try:
+                encoded.feed(new)
+            except BmsfwError as exc:
+                # the stream is broken (corrupt, too long): the decoder cannot go on
+                self._end_stream()
+                self.xfer_failed = True
+                return self._refuse(f"{exc.code}: {exc.message}", _error_number(exc))
+            self.stream_offset += len(new)
+        self.window_writes += 1
+        return True
+
+    def _finish_stream(self) -> None:
+        """Before VERIFY: the whole stream arrived; sizes, digests, a delta applied."""
+        encoded, received, size = self.encoded, self.stream_offset, self.stream_size
+        self._end_stream()
+        if encoded is None:
+            return
+        if received != size:
+            raise NotVerifiedError(
+                f"the encoded stream is incomplete: {received} of {size} stored bytes; "
+                "ERASE and send it again from 0"
+            )
+        encoded.finish()
 
     def _write_missing_only(self, st: Any, offset: int, data: bytes) -> bool:
         end = offset + len(data)
@@ -569,12 +742,20 @@ class ModbusBmsNode:
             self._prove(self._upload_bytes())
         elif command == Command.PREPARE:
             self.xfer_failed = False
+            self._end_stream()
+            self._component = None
             channel = "ota" if self.command_arg == 1 else "wired"
-            backend.begin_update(self._upload_bytes(), channel)
+            header = self._upload_bytes()
+            # a delta for another base, or an image for a key this BMS lacks, is
+            # refused here: before the erase, before any byte is written
+            backend.check_release(header)
+            backend.begin_update(header, channel)
             self.window_page = 0
         elif command == Command.ERASE:
+            self._end_stream()
             backend.erase_inactive()
         elif command == Command.VERIFY:
+            self._finish_stream()
             backend.verify_inactive()
         elif command == Command.ACTIVATE:
             backend.activate()
@@ -595,6 +776,8 @@ class ModbusBmsNode:
                 )
             )
         elif command == Command.ABORT:
+            self._end_stream()
+            self._component = None
             backend.abort_update()
             self.xfer_failed = False
 

@@ -12,6 +12,14 @@
    and never holds up the others. Nodes that pass are confirmed.
 
 The report lists every node with its outcome, whatever happened to the others.
+
+A broadcast carries the *decoded* image only (raw window writes): per-node
+repair rewrites lost blocks out of order, which a stream decoder cannot take
+(EncodedTransfer decodes strictly in sequence, and nothing but the image may be
+written into the bank). So a compressed release is broadcast as the image the
+updater decoded; a delta or encrypted release, which only each BMS can decode,
+is refused before any node is touched (BMSFW-E380): update those nodes one by
+one with their stored bytes.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bmsfw.errors import BmsfwError
+from bmsfw.package import Manifest, decode_header
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.client import ModbusBus, ModbusSession
 from bmsfw.protocol.modbus.errors import (
+    ModbusBroadcastEncodedError,
     ModbusFrameError,
     ModbusNoReplyError,
     ModbusRepairError,
@@ -41,6 +51,7 @@ __all__ = [
     "BroadcastReport",
     "NodeOutcome",
     "broadcast_update",
+    "check_broadcastable",
     "serial_wire_time_s",
 ]
 
@@ -184,6 +195,25 @@ def _repair(node: _Node, image: bytes, max_rounds: int) -> int:
     )
 
 
+def check_broadcastable(header: bytes, image: bytes) -> None:
+    """Refuse a release a broadcast cannot carry (see the module doc); sends nothing."""
+    try:
+        component = Manifest.from_json_bytes(decode_header(header).manifest).component("app")
+    except (BmsfwError, KeyError, ValueError):
+        return  # the BMS verifies the header itself and refuses it at PREPARE
+    if component.is_delta or component.encryption != "none":
+        kind = "a delta patch" if component.is_delta else f"encrypted ({component.encryption})"
+        raise ModbusBroadcastEncodedError(
+            f"release app component is {kind}: only each BMS can decode it from an unbroken "
+            "stream, which a broadcast with repair cannot give; update the nodes one by one"
+        )
+    if len(image) != component.image_size:
+        raise ModbusBroadcastEncodedError(
+            f"a broadcast carries the decoded image ({component.image_size} bytes), not "
+            f"{len(image)} bytes (stored {component.encoding} bytes?)"
+        )
+
+
 def _boot_all(
     nodes: list[_Node], policy: BroadcastPolicy, poll_s: float = 0.05
 ) -> dict[int, BootStatus]:
@@ -231,7 +261,12 @@ def broadcast_update(
     policy: BroadcastPolicy | None = None,
     progress: Callable[[str, int], None] | None = None,
 ) -> BroadcastReport:
-    """Update every unit in ``units`` on ``bus`` with one broadcast of ``image``."""
+    """Update every unit in ``units`` on ``bus`` with one broadcast of ``image``.
+
+    ``image`` is the decoded image (for a compressed release too); a delta or an
+    encrypted release cannot be broadcast (BMSFW-E380, nothing sent).
+    """
+    check_broadcastable(header, image)
     policy = policy or BroadcastPolicy()
     started = time.monotonic()
     timeline: list[tuple[str, float]] = []

@@ -9,6 +9,11 @@ together with their argument in one function-0x10 request. The device counts
 executed commands in ``INPUT.COMMAND_SEQ``; when a reply is lost the client
 polls that counter instead of repeating a command blindly, so a lost reply
 never erases twice or resets a node that already reset.
+
+``ModbusSession.write`` takes the decoded image, or the staged component's
+*stored* bytes (compressed, delta patch, ciphertext): it then announces their
+encoding in ``transfer_encoding`` first and the BMS decodes as they arrive
+(docs/modbus.md, "Encoded transfers"); such a stream always starts at 0.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmsfw.errors import BmsfwError
+from bmsfw.package import Component, Manifest, decode_header
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
@@ -266,8 +272,20 @@ class ModbusBus:
         return info
 
 
+def _app_component(header: bytes) -> Component | None:
+    """The app component the header names (the device verified it; here only read)."""
+    try:
+        return Manifest.from_json_bytes(decode_header(header).manifest).component("app")
+    except (BmsfwError, KeyError, ValueError):
+        return None
+
+
 class ModbusSession:
     """A connection to one BMS on a Modbus RTU string (implements ``BmsSession``)."""
+
+    #: ``write`` takes a component's stored bytes (compressed, delta, encrypted) as
+    #: well as decoded images: the BMS decodes them (docs/modbus.md, encoded transfers).
+    accepts_stored = True
 
     def __init__(self, bus: ModbusBus, unit: int, *, owns_bus: bool = False) -> None:
         if not 1 <= unit <= 247:
@@ -275,6 +293,7 @@ class ModbusSession:
         self.bus = bus
         self.unit = unit
         self._owns_bus = owns_bus
+        self._staged: Component | None = None  # app component of the last staged header
 
     @property
     def address(self) -> str:
@@ -396,6 +415,17 @@ class ModbusSession:
             self._input(INPUT.RUN_STATE, INPUT.BOOT_BLOCK_END - INPUT.RUN_STATE)
         )
 
+    def read_image_digest(self) -> bytes:
+        """SHA-256 of the image in the active bank (input registers ``image_sha256``)."""
+        regs = self._input(INPUT.IMAGE_SHA256, INPUT.IMAGE_SHA256_END - INPUT.IMAGE_SHA256)
+        digest = codec.registers_to_bytes(regs)
+        if not any(digest):
+            raise ModbusCommandRefusedError(
+                f"unit {self.unit} reports no valid image in its active bank (digest all zero)",
+                command="READ_IMAGE_DIGEST",
+            )
+        return digest
+
     def link_check(self, round_trips: int = 5) -> LinkQuality:
         errors = 0
         times: list[float] = []
@@ -465,9 +495,16 @@ class ModbusSession:
         self._upload(codec.pack_auth_proof(chain_der, signature))
         self.command(Command.AUTH_PROVE)
 
+    @property
+    def staged_component(self) -> Component | None:
+        """The app component of the header last staged with :meth:`prepare`."""
+        return self._staged
+
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+        self._staged = None
         self._upload(header)
         self.command(Command.PREPARE, 1 if channel == "ota" else 0)
+        self._staged = _app_component(header)
         return self.transfer_state()
 
     def transfer_state(self) -> TransferState:
@@ -524,8 +561,34 @@ class ModbusSession:
             yield frame.offset + frame.length
 
     def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        """Transfer ``image[start_offset:]``; yields the offset reached after each frame.
+
+        ``image`` is the decoded image (resumable at any even offset), or the staged
+        component's stored bytes when it is stored encoded and ``len(image)`` is its
+        ``stored_size``: the encoding is announced first and the stream starts at 0.
+        """
+        component = self._staged
+        stored = component is not None and codec.is_encoded(component)
+        if stored and component is not None and len(image) == component.stored_size:
+            if start_offset != 0:
+                raise ValueError("an encoded transfer cannot resume: it starts at byte 0")
+            self._announce(codec.transfer_encoding(component))
+            yield from self.write_range(image, 0, len(image))
+            return
         # Resume from an even offset (a register carries two bytes).
         yield from self.write_range(image, start_offset - start_offset % 2, len(image))
+
+    def _announce(self, encoding: int) -> None:
+        try:
+            self.bus.write(self.unit, HOLDING.TRANSFER_ENCODING, [encoding])
+        except ModbusExceptionResponseError:
+            result, text = self._read_result()
+            raise ModbusCommandRefusedError(
+                f"unit {self.unit}: transfer encoding 0x{encoding:02X} refused"
+                f" (BMSFW-E{result:03d}): {text}",
+                device_code=f"BMSFW-E{result:03d}",
+                command="TRANSFER_ENCODING",
+            ) from None
 
     def verify(self) -> None:
         self.command(Command.VERIFY)

@@ -11,6 +11,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from bmsfw.package import Component
+from bmsfw.package._encoding import dfi_for
 from bmsfw.protocol.modbus.registers import (
     BANK_CODES,
     FAULT_BITS,
@@ -35,6 +37,7 @@ __all__ = [
     "decode_telemetry",
     "encode_boot_status",
     "encode_telemetry",
+    "is_encoded",
     "join_s32",
     "join_u32",
     "pack_auth_proof",
@@ -44,9 +47,39 @@ __all__ = [
     "split_u32",
     "to_s16",
     "to_u16",
+    "transfer_encoding",
     "unpack_auth_proof",
     "window_writes",
 ]
+
+#: encryptingMethod (low nibble of the transfer encoding) per the manifest's ``encryption``.
+ENCRYPTION_METHODS = {"none": 0x0, "ecies-x25519": 0x1, "ecies-p256": 0x2}
+#: compressionMethod bit that marks a detools delta (low 3 bits: the patch's codec).
+DELTA_FLAG = 0x8
+
+
+def is_encoded(component: Component) -> bool:
+    """Whether the component's stored bytes differ from its image (compressed, delta, encrypted)."""
+    return component.encoding != "raw" or component.is_delta or component.encryption != "none"
+
+
+def transfer_encoding(component: Component) -> int:
+    """The ``transfer_encoding`` register value for sending ``component``'s stored bytes.
+
+    The same number as UDS RequestDownload's dataFormatIdentifier (docs/transfers.md):
+    high nibble the codec (raw 0, zstd 1, lz4 2, heatshrink 3) plus 0x8 for a delta,
+    low nibble the encryption (0 clear, 1 ECIES-X25519, 2 ECIES-P256). 0 means the
+    window carries the decoded image.
+    """
+    codec = dfi_for(component.encoding)
+    if codec >= DELTA_FLAG:
+        raise ValueError(f"codec number {codec} collides with the delta flag")
+    try:
+        encryption = ENCRYPTION_METHODS[component.encryption]
+    except KeyError:
+        raise ValueError(f"no encryption method number for {component.encryption!r}") from None
+    return (codec | (DELTA_FLAG if component.is_delta else 0)) << 4 | encryption
+
 
 # Telemetry block read in one request: 0x0000 .. 0x005F (96 registers).
 TELEMETRY_BLOCK = (INPUT.MAP_VERSION, INPUT.TEMPERATURES + INPUT.TEMPERATURES_MAX)

@@ -102,6 +102,8 @@ class INPUT:
     RUNNING_VERSION = 0x0106  # 16 registers ASCII
     REVERT_REASON = 0x0116  # 32 registers ASCII
     BOOT_BLOCK_END = 0x0136
+    IMAGE_SHA256 = 0x0140  # 16 registers: SHA-256 of the active image (all zero: none valid)
+    IMAGE_SHA256_END = 0x0150
 
     SELFTEST_STATE = 0x0200
     SELFTEST_CHECKS = 0x0201
@@ -119,6 +121,8 @@ class INPUT:
     AUTH_STATE = 0x0309
     ERASED = 0x030A
     COMMAND_SEQ = 0x030B
+    STREAM_OFFSET = 0x030C  # u32: stored bytes taken by the current encoded stream
+    STREAM_ENCODING = 0x030E  # the transfer encoding in effect (0 = decoded image)
     LAST_MESSAGE = 0x0310  # 64 registers ASCII
     XFER_BLOCK_END = 0x0350
 
@@ -146,6 +150,7 @@ class HOLDING:
     COMMAND = 0x1001
     UPLOAD_LENGTH = 0x1002  # u32
     WINDOW_PAGE = 0x1004
+    TRANSFER_ENCODING = 0x1005  # what the window carries: 0 image, else stored bytes (DFI)
 
     UPLOAD = 0x2000  # upload buffer: header, certificate chain, signature, config document
     UPLOAD_END = 0x7000
@@ -388,6 +393,17 @@ REGISTER_TABLE: tuple[Register, ...] = (
         "why the last rollback happened",
     ),
     Register(
+        "image_sha256",
+        "input",
+        INPUT.IMAGE_SHA256,
+        16,
+        "bytes",
+        "",
+        1,
+        "R",
+        "SHA-256 of the image in the active bank (all zero: no valid image)",
+    ),
+    Register(
         "selftest_state", "input", INPUT.SELFTEST_STATE, 1, "enum", "", 1, "R", "SelfTestState"
     ),
     Register("selftest_checks", "input", INPUT.SELFTEST_CHECKS, 1, "u16", "", 1, "R", "checks run"),
@@ -460,6 +476,28 @@ REGISTER_TABLE: tuple[Register, ...] = (
         1,
         "R",
         "commands executed (wraps)",
+    ),
+    Register(
+        "stream_offset",
+        "input",
+        INPUT.STREAM_OFFSET,
+        2,
+        "u32",
+        "byte",
+        1,
+        "R",
+        "stored bytes taken by the current encoded stream",
+    ),
+    Register(
+        "stream_encoding",
+        "input",
+        INPUT.STREAM_ENCODING,
+        1,
+        "u16",
+        "",
+        1,
+        "R",
+        "transfer encoding in effect (0 = decoded image)",
     ),
     Register(
         "last_message",
@@ -569,6 +607,17 @@ REGISTER_TABLE: tuple[Register, ...] = (
         1,
         "RW",
         "image offset of the transfer window",
+    ),
+    Register(
+        "transfer_encoding",
+        "holding",
+        HOLDING.TRANSFER_ENCODING,
+        1,
+        "u16",
+        "",
+        1,
+        "RW",
+        "window carries: 0 the image, else stored bytes with this DFI",
     ),
     Register(
         "upload",
