@@ -1,0 +1,161 @@
+"""The update pipeline over RS485 (BMS in its own process behind a pty) with encoded releases."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bmsfw.device.images import APP_DESCRIPTOR_OFFSET, make_app_payload
+from bmsfw.device.sim_rs485 import SimRs485Process
+from bmsfw.package import (
+    ComponentSource,
+    HardwareCompat,
+    Manifest,
+    TrustAnchors,
+    VendorPki,
+    build_release,
+    decode_header,
+    key_hash,
+    release_header,
+    sign_release,
+    verify_release,
+)
+from bmsfw.protocol import session as bms_session
+from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_session
+from bmsfw.protocol.modbus.errors import ModbusBroadcastEncodedError
+from bmsfw.update.events import Event, StepFinished, TransferProgress
+from bmsfw.update.pipeline import UpdateOptions, run_update
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
+
+from .conftest import IMAGE_SIZE, SPEC
+
+PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, link_round_trips=2))
+
+
+def _trust(pki: VendorPki) -> TrustAnchors:
+    return TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
+        [key_hash(pki.image_signing_key)]
+    )
+
+
+def _payload(version: str, base_version: str | None = None) -> bytes:
+    if base_version is None:
+        return make_app_payload(version, size=IMAGE_SIZE - 1024)
+    # a patch release: the base's firmware with a new version string and a small fix
+    out = bytearray(make_app_payload(base_version, size=IMAGE_SIZE - 1024))
+    field = APP_DESCRIPTOR_OFFSET + 12
+    out[field : field + 32] = version.encode().ljust(32, b"\0")
+    out[5000:5024] = bytes(range(24))
+    return bytes(out)
+
+
+def _release(  # noqa: PLR0917 - a test helper
+    pki: VendorPki,
+    version: str,
+    counter: int,
+    payload: bytes,
+    encoding: str = "raw",
+    delta_from: bytes | None = None,
+) -> bytes:
+    return sign_release(
+        build_release(
+            product="demo-bms",
+            version=version,
+            security_counter=counter,
+            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
+            min_bootloader_version="1.0.0",
+            components=[ComponentSource.firmware("app", payload)],
+            image_signing_key=pki.image_signing_key,
+            encoding=encoding,
+            delta_from={"app": delta_from} if delta_from is not None else None,
+        ),
+        pki.signer(),
+    )
+
+
+def _stored_size(package: bytes) -> int:
+    manifest = Manifest.from_json_bytes(decode_header(release_header(package)).manifest)
+    return manifest.component("app").stored_size
+
+
+class _WireMeter:
+    """Bytes the master sent writing the payload (the bus's own counter), after prepare/erase."""
+
+    def __init__(self, bus: object) -> None:
+        self.bus = bus
+        self.started: int | None = None
+        self.sent = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TransferProgress) and self.started is None:
+            self.started = self.bus.bytes_tx  # type: ignore[attr-defined]
+        elif isinstance(event, StepFinished) and event.step == "transfer":
+            assert self.started is not None
+            self.sent = self.bus.bytes_tx - self.started  # type: ignore[attr-defined]
+
+
+def test_pipeline_sends_compressed_then_delta_over_rs485(
+    string_of_one: SimRs485Process,
+    pki: VendorPki,
+    tester: bms_session.TesterCredentials,
+    tmp_path: Path,
+) -> None:
+    options = UpdateOptions(
+        backup_dir=tmp_path / "backups",
+        credentials=tester,
+        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+    )
+    trust = _trust(pki)
+    compressed = _release(pki, "1.1.0", 2, _payload("1.1.0"), encoding="zstd")
+    image = verify_release(compressed, trust).image("app")
+    stored = _stored_size(compressed)
+    assert stored < len(image)
+    with open_modbus_session(string_of_one.port, 1, timeout_s=0.3) as session:
+        meter = _WireMeter(session.bus)
+        report = run_update(session, compressed, trust, options, profile=PROFILE, sink=meter)
+        assert report.outcome == "updated", report.error
+        assert report.running_version == "1.1.0"
+        assert report.transfer["encoding"] == "zstd"
+        assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
+        # the compressed stream crossed the wire, frame overhead included, not the image
+        assert stored < meter.sent < len(image)
+        assert session.read_image_digest() == hashlib.sha256(image).digest()
+
+        # a patch release: the BMS runs the delta's base, so the delta goes over
+        full = _release(pki, "1.1.1", 3, _payload("1.1.1", "1.1.0"), encoding="zstd")
+        delta = _release(pki, "1.1.1", 3, _payload("1.1.1", "1.1.0"), delta_from=image)
+        patch = _stored_size(delta)
+        meter = _WireMeter(session.bus)
+        report = run_update(session, full, trust, options, profile=PROFILE, sink=meter, delta=delta)
+        assert report.outcome == "updated", report.error
+        assert report.running_version == "1.1.1"
+        assert report.package["payload"] == "delta"
+        assert report.package["payload_reason"].startswith(f"delta {patch} B against base ")
+        assert report.transfer["bytes_sent"] == patch
+        assert patch * 10 < len(image)
+        assert patch < meter.sent < 2 * patch + 100  # a frame or two, not the image
+        assert session.identify().app_version == "1.1.1"
+        assert session.read_boot_status().image_state == "confirmed"
+
+
+def test_broadcast_refuses_delta_and_stored_bytes_before_touching_a_node(
+    pki: VendorPki, release_v1: object, tester: bms_session.TesterCredentials
+) -> None:
+    image = release_v1.image  # type: ignore[attr-defined]
+    delta = _release(pki, "1.0.1", 1, _payload("1.0.1", "1.0.0"), delta_from=image)
+    compressed = _release(pki, "1.1.0", 2, _payload("1.1.0"), encoding="lz4")
+    stored = b"\0" * _stored_size(compressed)
+    # no bus is needed: the refusal comes before anything is opened or sent
+    with pytest.raises(ModbusBroadcastEncodedError, match="delta patch"):
+        broadcast_update(None, [1], release_header(delta), image, tester)  # type: ignore[arg-type]
+    with pytest.raises(ModbusBroadcastEncodedError, match="decoded image"):
+        broadcast_update(
+            None,  # type: ignore[arg-type]
+            [1],
+            release_header(compressed),
+            stored,
+            tester,
+            policy=BroadcastPolicy(),
+        )
