@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bmsfw.device._state import bank_region
-from bmsfw.device._stream_decode import EncodedTransfer, check_delta_base, read_encryption_key
+from bmsfw.device._stream_decode import (
+    EncodedTransfer,
+    active_image_digest,
+    check_delta_base,
+    read_encryption_key,
+)
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import (
     ConfigChecksumError,
@@ -375,6 +380,8 @@ class UdsServer:
             return struct.pack(">I", self._device_call("counter", dev.security_counter))
         if did == DID.ACTIVE_BANK:
             return str(self._device_call("bank", dev.active_bank)).encode()
+        if did == DID.ACTIVE_IMAGE_SHA256:
+            return bytes(self._device_call("image digest", dev.image_digest))
         if did in TELEMETRY_DIDS:
             telemetry = self._device_call("telemetry", dev.telemetry)
             return encode_telemetry_did(did, telemetry)
@@ -770,6 +777,10 @@ class UdsDeviceAdapter:
 
     def active_bank(self) -> str:
         return self.bms.identity().active_bank
+
+    def image_digest(self) -> bytes:
+        """SHA-256 of the image in the active bank (what a delta names as its base)."""
+        return active_image_digest(self.bms)
 
     def telemetry(self) -> Telemetry:
         return self.bms.telemetry()

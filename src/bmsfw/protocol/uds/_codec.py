@@ -167,6 +167,7 @@ class DID(IntEnum):
     # manufacturer range 0x0100-0xA5FF
     SECURITY_COUNTER = 0x0100  # uint32
     ACTIVE_BANK = 0x0101  # ASCII "A" or "B"
+    ACTIVE_IMAGE_SHA256 = 0x0102  # 32 bytes: SHA-256 of the active image (delta base check)
     STATE_OF_CHARGE = 0x0110  # uint16, 0.01 %
     PACK_VOLTAGE = 0x0111  # uint32, mV
     PACK_CURRENT = 0x0112  # int32, mA, + = charging

@@ -365,6 +365,13 @@ class UdsSession:
         raw = self.read_did(DID.BOOT_STATUS)
         return self._decode("boot status", lambda: decode_boot_status(raw))
 
+    def read_image_digest(self) -> bytes:
+        """SHA-256 of the image in the active bank (DID 0x0102)."""
+        raw = self.read_did(DID.ACTIVE_IMAGE_SHA256)
+        if len(raw) != 32:
+            raise UdsInvalidResponseError(f"image digest: {len(raw)} bytes, not 32")
+        return raw
+
     def read_transfer_state(self) -> TransferState:
         raw = self.read_did(DID.TRANSFER_STATE)
         return self._decode("transfer state", lambda: decode_transfer_state(raw))
