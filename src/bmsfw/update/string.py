@@ -21,9 +21,12 @@ passes on its way:
   running). Reboots and self-tests within a group run concurrently; a node that
   fails rolls back by itself and does not hold up the others.
 
-If the nodes would need different bytes (an encoded or delta transfer chosen per
-node), a broadcast cannot serve them all: each node is then written addressed,
-one after another, and the string report says so.
+A broadcast carries the decoded image only, so the nodes' sessions do not take a
+package's stored bytes here: a compressed package is decoded on the host, and a
+delta or encrypted package is refused by the pipeline with its reason (update
+such a string one unit after another instead). Should the nodes still ask for
+different bytes, one broadcast cannot serve them all: each node is then written
+addressed and the string report says so.
 
 Without a broadcast, :func:`run_one_by_one` updates several units after each other
 through the plain pipeline.
@@ -395,6 +398,11 @@ def _repair(session: ModbusSession, image: bytes, max_rounds: int) -> dict[str, 
 class _StringMember:
     """A node's session as its pipeline sees it: shared steps go through the rendezvous."""
 
+    # A broadcast carries the decoded image only: a node in an encoded stream ignores
+    # broadcast frames (docs/modbus.md). So the pipeline decodes a compressed package on
+    # the host, and refuses a delta or encrypted one with its reason.
+    accepts_stored = False
+
     def __init__(self, session: ModbusSession, rendezvous: _Rendezvous) -> None:
         self.session = session
         self.rendezvous = rendezvous
@@ -408,6 +416,9 @@ class _StringMember:
 
     def read_boot_status(self) -> BootStatus:
         return self.session.read_boot_status()
+
+    def read_image_digest(self) -> bytes:
+        return self.session.read_image_digest()
 
     def link_check(self) -> LinkQuality:
         return self.session.link_check()
