@@ -447,6 +447,12 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
 @click.command("update")
 @link_options
 @click.argument("package_path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--delta",
+    "delta_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A delta package of the same release: sent instead when the BMS runs its base image.",
+)
 @trust_options
 @profile_option
 @click.option(
@@ -509,6 +515,7 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
 def update_command(
     *,
     package_path: Path,
+    delta_path: Path | None,
     trust_path: Path,
     crl_paths: tuple[Path, ...],
     profile_path: Path | None,
@@ -549,6 +556,8 @@ def update_command(
         raise UsageError("--activation and --rolling-k belong to --broadcast")
     if rolling_k is not None and activation != "rolling":
         raise UsageError("--rolling-k needs --activation rolling")
+    if broadcast and delta_path is not None:
+        raise UsageError("a broadcast carries full images only: drop --delta or --broadcast")
     profile: UpdateProfile = load_profile(profile_path)
     known = {c.id for c in profile.confirmations}
     unknown = set(confirmed) - known
@@ -573,8 +582,9 @@ def update_command(
     )
     try:
         package = package_path.read_bytes()
+        delta = delta_path.read_bytes() if delta_path is not None else None
     except OSError as exc:
-        raise UsageError(f"cannot read {package_path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     trust = load_trust(trust_path, crl_paths)
     interactive = sys.stdin.isatty() and not as_json
     ask = _ask if interactive else None
@@ -593,6 +603,22 @@ def update_command(
                 modbus, package, trust, options, policy=policy, profile=profile, sink=sink, ask=ask
             )
             reports = string.reports
+        elif delta is not None:
+            # delta or full is decided per BMS (each may run another image); in turn
+            reports = [
+                report
+                for session in conn.sessions
+                for report in run_updates(
+                    [session],
+                    package,
+                    trust,
+                    options,
+                    profile=profile,
+                    sink=sink,
+                    ask=ask,
+                    delta=delta,
+                )
+            ]
         elif on_serial and len(conn.sessions) > 1:
             # One RS485 bus carries one conversation at a time: update the units in turn.
             from bmsfw.update.string import run_one_by_one
