@@ -159,3 +159,51 @@ def test_broadcast_refuses_delta_and_stored_bytes_before_touching_a_node(
             tester,
             policy=BroadcastPolicy(),
         )
+
+
+def test_cli_update_with_delta_over_rs485(
+    string_of_one: SimRs485Process,
+    pki: VendorPki,
+    release_v1: object,
+    tester: bms_session.TesterCredentials,
+    tmp_path: Path,
+) -> None:
+    """`bmsfw update FULL --delta DELTA` picks the delta for a BMS that runs its base."""
+    import json
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    base = release_v1.image  # type: ignore[attr-defined]
+    files = {
+        "full.bmsfw": _release(pki, "1.0.1", 1, _payload("1.0.1", "1.0.0"), encoding="zstd"),
+        "delta.bmsfw": _release(pki, "1.0.1", 1, _payload("1.0.1", "1.0.0"), delta_from=base),
+        "root.crt": pki.root_certificate.public_bytes(serialization.Encoding.PEM),
+        "tester.crt": tester.certificate_chain_pem,
+        "tester.key": tester.private_key_pem,
+        "profile.toml": b"[preflight]\nsupply_window_s = 0.2\nlink_round_trips = 2\n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    bmsfw = str(Path(sys.executable).with_name("bmsfw"))
+    args = [
+        "update", "--serial", string_of_one.port, "--unit", "1",
+        str(tmp_path / "full.bmsfw"), "--delta", str(tmp_path / "delta.bmsfw"),
+        "--trust", str(tmp_path / "root.crt"), "--profile", str(tmp_path / "profile.toml"),
+        "--backup-dir", str(tmp_path / "backups"),
+        "--tester-cert", str(tmp_path / "tester.crt"), "--tester-key", str(tmp_path / "tester.key"),
+        "--confirm", "flammables-removed", "--confirm", "stable-power", "--json",
+    ]  # fmt: skip
+    result = subprocess.run([bmsfw, *args], capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    patch = _stored_size(files["delta.bmsfw"])
+    assert report["outcome"] == "updated"
+    assert report["running_version"] == "1.0.1"
+    assert report["package"]["payload"] == "delta"
+    digest = hashlib.sha256(base).hexdigest()
+    assert report["package"]["payload_reason"] == (
+        f"delta {patch} B against base {digest[:16]}…: device runs that base"
+    )
+    assert report["transfer"]["bytes_sent"] == patch
