@@ -1,28 +1,43 @@
 """Flash a 256 KiB image over throttled CAN: ``python -m benchmarks.bench_can``.
 
-The tester (bmsfw's ``UdsSession``) and a virtual BMS (the real UDS server) share
-one python-can ``virtual`` bus in this process, throttled to the physical rate
-by the wire model (one bus timeline for both directions). Timed: the transfer
-phase (RequestDownload .. RequestTransferExit) of a 256 KiB image into an
-erased bank. Links: classic CAN 500 kbit/s and 1 Mbit/s, CAN FD 500 k / 2 M.
+Timed: the transfer phase (RequestDownload .. RequestTransferExit) of a 256 KiB
+image into an erased bank, tester = bmsfw's ``UdsSession``, BMS = the real UDS
+server of the virtual BMS. Links: classic CAN 500 kbit/s and 1 Mbit/s, CAN FD
+500 k / 2 M, every frame paced at its nominal bit time by the wire model.
 
-Per link two rows: ``bmsfw`` (block size 0 granted by the BMS, padded frames,
-4095-byte TransferData blocks, FD 64-byte frames) and ``plain`` (a udsoncan +
-can-isotp loop with library defaults: block size 8 granted by the receiver,
-8-byte frames even on FD; only ``use_server_timing`` is switched off, since with
-it udsoncan adopts the 50 ms P2 and times out on the first 4 KiB block).
+Where the BMS runs (``--bms``):
+
+* ``process``: in its own process (``SimCanProcess``), on a throttled
+  ``udp_multicast`` bus, so the tester's and the BMS's Python ISO-TP stacks do
+  not share one GIL (as with hardware). Each process paces its own frames; the
+  BMS sends few (flow control, responses), so the bus is not over-booked by much.
+* ``in-process`` (default): both on one python-can ``virtual`` bus in this process (one
+  bus timeline for both directions, one GIL).
+
+Per link and block length (``--blocks``, the maxNumberOfBlockLength the BMS
+announces; above 4095 the TransferData requests use ISO 15765-2:2016 escaped
+first frames) a ``bmsfw`` row: block size 0 / STmin 0 granted on the throttled
+link, padded frames, FD 64-byte frames. ``plain`` rows (``--plain``): a udsoncan +
+can-isotp loop with library defaults (block size 8 granted by the receiver,
+8-byte frames even on FD; only ``use_server_timing`` is off, since with it
+udsoncan adopts the 50 ms P2 and times out on the first 4 KiB block).
 
 Columns: frames on the bus (both directions), wire time (nominal bits), wall
 time, payload rate, and that rate as a percentage of the link's raw data rate
 (classic: 8 data bytes per 111-bit frame; FD: 64 bytes per 29 nominal + 543
-data-phase bits).
+data-phase bits). ISO-TP caps classic CAN at 7/8 = 87.5 % (FD: 63/64). With
+``--repeat N`` each row is the best of N runs (the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +53,9 @@ from udsoncan.connections import PythonIsoTpConnection
 from bmsfw.device.flash import FlashSpec
 from bmsfw.device.images import make_app_payload
 from bmsfw.device.provision import provision
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator, node_state_dir
+from bmsfw.device.sim_can import CanSimConfig, CanSimulator, SimCanProcess, node_state_dir
 from bmsfw.device.spec import DeviceSpec
+from bmsfw.device.uds_server import UdsServerConfig
 from bmsfw.link import open_can_bus, parse_can_link
 from bmsfw.package import (
     ComponentSource,
@@ -67,12 +83,14 @@ LINKS = (
     ("classic 1M", "@1M,throttle"),
     ("FD 500k/2M", "@500k/2M,throttle"),
 )
+LINK_NAMES = tuple(name for name, _ in LINKS)
 
 
 @dataclass(frozen=True)
 class Row:
     link: str
     client: str
+    block: int
     frames: int
     wire_s: float
     wall_s: float
@@ -82,8 +100,9 @@ class Row:
     def line(self) -> str:
         pct = 100 * self.rate_bytes_per_s / self.raw_bytes_per_s
         return (
-            f"{self.link:<13} {self.client:<6} {self.frames:>7} {self.wire_s:>8.2f} "
-            f"{self.wall_s:>8.2f} {self.rate_bytes_per_s / 1024:>9.1f} {pct:>7.1f} %"
+            f"{self.link:<13} {self.client:<6} {self.block:>6} {self.frames:>7} "
+            f"{self.wire_s:>8.2f} {self.wall_s:>8.2f} "
+            f"{self.rate_bytes_per_s / 1024:>9.1f} {pct:>7.1f} %"
         )
 
 
@@ -172,10 +191,44 @@ def _plain_run(
         bus.shutdown()
 
 
+_ports = itertools.count()
+
+
+@contextmanager
+def _bms(mode: str, root: Path, suffix: str, name: str, max_block: int) -> Iterator[str]:
+    """A BMS serving node 1 from ``root``; yields the link the tester opens."""
+    if mode == "in-process":
+        link = f"virtual:bench{name}{suffix}"
+        config = CanSimConfig(
+            link,
+            (1,),
+            str(root),
+            time_scale=20,
+            server=UdsServerConfig(max_block_length=max_block),
+            isotp_block_size=8 if name.endswith("plain") else None,
+        )
+        with CanSimulator(config):
+            yield link
+        return
+    n = next(_ports)
+    pid = os.getpid()
+    link = f"udp_multicast:239.78.{pid % 250}.{n % 250 + 1}{suffix},port={41000 + (pid + n) % 9000}"
+    with SimCanProcess(
+        link, root, (1,), time_scale=20, max_block_length=max_block, log_file=root / "sim.log"
+    ):
+        yield link
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-kib", type=int, default=256)
-    parser.add_argument("--no-plain", action="store_true", help="skip the library-defaults rows")
+    parser.add_argument("--bms", choices=("process", "in-process"), default="in-process")
+    parser.add_argument(
+        "--blocks", default="4095,65535", help="maxNumberOfBlockLength values, comma-separated"
+    )
+    parser.add_argument("--links", default=",".join(LINK_NAMES), help="subset of the link names")
+    parser.add_argument("--plain", action="store_true", help="add the library-defaults rows")
+    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per row")
     args = parser.parse_args(argv)
     pki = create_pki("ed25519")
     key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
@@ -183,36 +236,40 @@ def main(argv: list[str] | None = None) -> int:
     _, initial = _release(pki, "1.0.0", 1, 16 * KIB)
     size = args.size_kib * KIB
     header, image = _release(pki, "2.0.0", 2, size - 1024)
-    rows: list[Row] = []
-    print(f"image {len(image)} bytes; transfer phase only (erased bank)")
-    head = ("link", "client", "frames", "wire s", "wall s", "KiB/s", "of raw")
-    print("{:<13} {:<6} {:>7} {:>8} {:>8} {:>9} {:>9}".format(*head))
-    runs: list[tuple[str, Any, int | None]] = [("bmsfw", _bmsfw_run, None)]
-    if not args.no_plain:
-        runs.append(("plain", _plain_run, 8))
+    wanted = args.links.split(",")
+    blocks = [int(b) for b in args.blocks.split(",")]
+    print(f"image {len(image)} bytes; transfer phase only (erased bank); BMS {args.bms}")
+    head = ("link", "client", "block", "frames", "wire s", "wall s", "KiB/s", "of raw")
+    print("{:<13} {:<6} {:>6} {:>7} {:>8} {:>8} {:>9} {:>9}".format(*head))
+    runs: list[tuple[str, Any, int]] = [("bmsfw", _bmsfw_run, b) for b in blocks]
+    if args.plain:
+        runs.append(("plain", _plain_run, 4095))
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, suffix) in enumerate(LINKS):
-            for client_name, run, block_size in runs:
-                root = _provision(Path(tmp) / f"{index}-{client_name}", pki, initial)
-                link = f"virtual:bench{index}{client_name}{suffix}"
-                spec = parse_can_link(link)
-                config = CanSimConfig(
-                    link, (1,), str(root), time_scale=20, isotp_block_size=block_size
-                )
-                with CanSimulator(config):
-                    stats, wall = run(link, header, image, tester)
-                raw = spec.wire_model.raw_payload_rate_bytes_per_s(fd=spec.fd)
-                row = Row(
-                    name,
-                    client_name,
-                    stats.frames_tx + stats.frames_rx,
-                    stats.wire_time_tx_s + stats.wire_time_rx_s,
-                    wall,
-                    len(image) / wall,
-                    raw,
-                )
-                rows.append(row)
-                print(row.line(), flush=True)
+            if name not in wanted:
+                continue
+            for client_name, run, max_block in runs:
+                best: Row | None = None
+                for attempt in range(args.repeat):
+                    tag = f"{index}-{client_name}-{max_block}-{attempt}"
+                    root = _provision(Path(tmp) / tag, pki, initial)
+                    with _bms(args.bms, root, suffix, f"{index}{client_name}", max_block) as link:
+                        stats, wall = run(link, header, image, tester)
+                    spec = parse_can_link(link)
+                    row = Row(
+                        name,
+                        client_name,
+                        max_block,
+                        stats.frames_tx + stats.frames_rx,
+                        stats.wire_time_tx_s + stats.wire_time_rx_s,
+                        wall,
+                        len(image) / wall,
+                        spec.wire_model.raw_payload_rate_bytes_per_s(fd=spec.fd),
+                    )
+                    if best is None or row.wall_s < best.wall_s:
+                        best = row
+                assert best is not None
+                print(best.line(), flush=True)
     return 0
 
 

@@ -36,6 +36,13 @@ def sim_group() -> None:
 @click.option("--throttle", is_flag=True, help="Pace frames at the physical bit rate.")
 @click.option("--fd", is_flag=True, help="CAN FD (64-byte frames; data bitrate from the link).")
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
+@click.option(
+    "--max-block-length",
+    type=click.IntRange(3, 0xFFFF),
+    default=4095,
+    show_default=True,
+    help="maxNumberOfBlockLength the BMS announces (> 4095: ISO-TP escaped first frames).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def sim_can_command(
     *,
@@ -45,10 +52,12 @@ def sim_can_command(
     throttle: bool,
     fd: bool,
     time_scale: float,
+    max_block_length: int,
     as_json: bool,
 ) -> None:
     """Run NODES virtual BMS serving UDS on a CAN bus and print how to reach them."""
     from bmsfw.device.sim_can import CanSimConfig, CanSimulator
+    from bmsfw.device.uds_server import UdsServerConfig
     from bmsfw.link import parse_can_link
 
     spec = parse_can_link(link)
@@ -62,6 +71,7 @@ def sim_can_command(
             nodes=tuple(range(1, nodes + 1)),
             state_dir=str(state_dir),
             time_scale=time_scale,
+            server=UdsServerConfig(max_block_length=max_block_length),
         )
     )
     stop = threading.Event()

@@ -266,6 +266,7 @@ class SimCanProcess:
         time_scale: float = 1.0,
         lockout_s: float | None = None,
         s3_s: float | None = None,
+        max_block_length: int | None = None,
         log_file: str | Path | None = None,
     ) -> None:
         self.args = [
@@ -285,6 +286,8 @@ class SimCanProcess:
             self.args += ["--lockout-s", str(lockout_s)]
         if s3_s is not None:
             self.args += ["--s3-s", str(s3_s)]
+        if max_block_length is not None:
+            self.args += ["--max-block-length", str(max_block_length)]
         self.log_file = log_file
         self.process: subprocess.Popen[str] | None = None
         self.info: dict[str, Any] = {}
@@ -344,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--lockout-s", type=float, default=None)
     parser.add_argument("--s3-s", type=float, default=None)
+    parser.add_argument(
+        "--max-block-length",
+        type=int,
+        default=UdsServerConfig.max_block_length,
+        help="maxNumberOfBlockLength announced by RequestDownload (whole 0x36 request)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -357,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     server = UdsServerConfig(
         lockout_s=args.lockout_s if args.lockout_s is not None else UdsServerConfig.lockout_s,
         s3_s=args.s3_s if args.s3_s is not None else UdsServerConfig.s3_s,
+        max_block_length=args.max_block_length,
     )
     sim = CanSimulator(
         CanSimConfig(
