@@ -1,29 +1,48 @@
 """Fleet server load: ``python -m benchmarks.bench_fleet [--devices 1000] [--duration-s 10]``.
 
-Starts the real server (``bmsfw fleet serve``, plain HTTP on loopback so the
-numbers are the server's, with N uvicorn worker processes) on SQLite and, when
-one answers, PostgreSQL. ``--devices`` simulated gateways (one BMS each, each
-with its own token) poll ``POST /api/v1/agent/check-in`` back to back for
-``--duration-s`` from load-generator processes (asyncio + httpx), while a
-running campaign targets every device (so each check-in also runs the offer
-query; the canary phase holds 5 devices, which get offers).
+Starts the real server (``bmsfw fleet serve``: uvicorn with ``--workers`` processes,
+plain HTTP on loopback so the numbers are the server's, not TLS's) on SQLite and,
+when one answers at ``BMSFW_BENCH_POSTGRES_URL``, PostgreSQL (a fresh schema).
+``--devices`` simulated gateways (one BMS each, each with its own gateway token)
+are registered, a release is uploaded and a canary campaign targets every device
+(so every check-in runs the offer query; the 5 canary devices get offers).
+
+Load model. Every device is one keep-alive HTTP/1.1 connection posting
+``/api/v1/agent/check-in``; two models are measured:
+
+* ``closed``: each connection sends its next check-in as soon as the answer
+  arrives (back to back). This measures capacity: check-ins/s is the most the
+  server does, and latency is queueing (about devices / rate).
+* ``paced``: each connection waits a poll interval (``--pace-s``, jittered
+  uniformly over 0.5..1.5 times it) after every answer, as the agent does with
+  ``poll_interval_s``. Offered load is about devices / (pace + latency); this
+  shows latency when the server keeps up.
+
+Load generator: ``wrk`` (Debian package ``wrk``) with a Lua script cycling
+through the devices' tokens: one native thread per core-ish, a few percent of
+one core, so the server keeps the machine. Without ``wrk`` a fallback asyncio
+raw-socket client is used, with a warning: it needs far more CPU, which the
+server then lacks on a small machine. The table shows CPU ms per check-in
+spent by the server processes, the load generator, and the rest of the machine (PostgreSQL's
+backends and the kernel: ``db+os``), from /proc.
 
 Then a campaign over all devices in one phase runs to completion, every
 simulated device walking the agent protocol (check-in, download the artifact,
 report downloading .. succeeded): the server side of a 1,000-device campaign,
 with no BMS behind the agent (the wire-time model and the update pipeline are
-not in this number).
-
-Note: load generator and server share the machine's cores; on a 2-core box
-the server gets roughly half of them.
+not in this number). ``--no-campaign`` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
+import random
+import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -31,6 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,60 +179,265 @@ def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[An
     )
 
 
-async def _poll_loop(
-    base: str, gateways: list[tuple[str, str]], duration_s: float
-) -> tuple[list[float], int]:
-    latencies: list[float] = []
+_WRK_SCRIPT = r"""
+-- One request per device token, cycled; the device list is split between threads.
+local counter = 0
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+end
+
+function init(args)
+  local nthreads = tonumber(args[2])
+  reqs = {}
+  local i = 0
+  for line in io.lines(args[1]) do
+    if i % nthreads == tid then
+      local token, body = line:match("^(%S+)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", "/api/v1/agent/check-in",
+        {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, body)
+    end
+    i = i + 1
+  end
+  n = 0
+  math.randomseed(tid * 7919 + os.time())
+end
+
+function request()
+  n = n + 1
+  return reqs[(n - 1) % #reqs + 1]
+end
+
+local pace_ms = tonumber(os.getenv("BMSFW_BENCH_PACE_MS") or "0")
+if pace_ms > 0 then
+  -- The agent's poll interval: wait after each answer, jittered 0.5..1.5 x.
+  function delay()
+    return math.floor(pace_ms * (0.5 + math.random()))
+  end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    generator: str
+    checkins: int
+    errors: int
+    elapsed_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _checkin_body(serial: str) -> str:
+    return json.dumps({"agent_version": "bench", "devices": [_device(serial)]})
+
+
+def _wrk_load(
+    base: str,
+    gateways: list[tuple[str, str]],
+    duration_s: float,
+    pace_s: float,
+    *,
+    workdir: Path,
+    threads: int,
+) -> LoadResult:
+    devices_file = workdir / "devices.tsv"
+    devices_file.write_text("".join(f"{t}\t{_checkin_body(s)}\n" for t, s in gateways))
+    script = workdir / "checkin.lua"
+    script.write_text(_WRK_SCRIPT)
+    env = {**os.environ, "BMSFW_BENCH_PACE_MS": str(int(pace_s * 1000))}
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{len(gateways)}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        base,
+        "--",
+        str(devices_file),
+        str(threads),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    r = json.loads(line[len("BENCH ") :])
+    # Connect errors are connections, read/write/timeouts and HTTP >= 400 are check-ins.
+    errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return LoadResult(
+        "wrk",
+        int(r["requests"]) - r["status"],
+        errors,
+        r["duration_us"] / 1e6,
+        r["p50_us"] / 1000,
+        r["p99_us"] / 1000,
+    )
+
+
+async def _socket_device(
+    host: str, port: int, request: bytes, *, stop_at: float, pace_s: float, out: list[float]
+) -> int:
+    """One device on one keep-alive connection; returns its error count."""
     errors = 0
-    limits = httpx.Limits(max_connections=len(gateways), max_keepalive_connections=len(gateways))
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+    reader, writer = await asyncio.open_connection(host, port)
+    rng = random.Random()
+    try:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            if head[9:12] == b"200":
+                out.append(time.perf_counter() - started)
+            else:
+                errors += 1
+            if pace_s:
+                await asyncio.sleep(pace_s * (0.5 + rng.random()))
+    except (OSError, asyncio.IncompleteReadError):
+        errors += 1
+    finally:
+        writer.close()
+    return errors
+
+
+def _socket_worker(
+    base: str, gateways: list[tuple[str, str]], duration_s: float, pace_s: float, out: Any
+) -> None:
+    host, port = base.removeprefix("http://").split(":")
+
+    def request(token: str, serial: str) -> bytes:
+        body = _checkin_body(serial).encode()
+        return (
+            f"POST {API}/agent/check-in HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
         stop_at = time.perf_counter() + duration_s
+        errors = await asyncio.gather(
+            *(
+                _socket_device(
+                    host, int(port), request(t, s), stop_at=stop_at, pace_s=pace_s, out=latencies
+                )
+                for t, s in gateways
+            )
+        )
+        return latencies, sum(errors)
 
-        async def device(token: str, serial: str) -> None:
-            headers = {"Authorization": f"Bearer {token}"}
-            body = {"agent_version": "bench", "devices": [_device(serial)]}
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(
-                        f"{API}/agent/check-in", json=body, headers=headers
-                    )
-                    response.raise_for_status()
-                except httpx.HTTPError:
-                    # A real agent retries at its next poll; count it and go on.
-                    errors += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.gather(*(device(t, s) for t, s in gateways))
-    return latencies, errors
+    out.put(asyncio.run(run()))
 
 
-def _load_worker(base: str, gateways: list[tuple[str, str]], duration_s: float, out: Any) -> None:
-    out.put(asyncio.run(_poll_loop(base, gateways, duration_s)))
-
-
-def _measure_checkins(
-    base: str, gateways: list[tuple[str, str]], duration_s: float, load_procs: int
-) -> tuple[int, float, list[float], int]:
+def _socket_load(
+    base: str, gateways: list[tuple[str, str]], duration_s: float, pace_s: float, procs: int
+) -> LoadResult:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    shards = [gateways[i::load_procs] for i in range(load_procs)]
-    procs = [ctx.Process(target=_load_worker, args=(base, s, duration_s, queue)) for s in shards]
-    for p in procs:
-        p.start()
+    shards = [gateways[i::procs] for i in range(procs)]
+    workers = [
+        ctx.Process(target=_socket_worker, args=(base, s, duration_s, pace_s, queue))
+        for s in shards
+    ]
+    for w in workers:
+        w.start()
     latencies: list[float] = []
     errors = 0
-    for _ in procs:
+    for _ in workers:
         got, failed = queue.get(timeout=duration_s + 300)
         latencies += got
         errors += failed
-    for p in procs:
-        p.join()
-    # Each device polls for duration_s once its process is up; rate over that window.
-    return len(latencies), duration_s, latencies, errors
+    for w in workers:
+        w.join()
+    latencies.sort()
+    return LoadResult(
+        "asyncio",
+        len(latencies),
+        errors,
+        duration_s,
+        1000 * statistics.median(latencies) if latencies else float("nan"),
+        1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
+    )
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (the uvicorn workers)."""
+    total = _proc_cpu_s(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(_tree_cpu_s(int(c)) for c in children)
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / _CLK_TCK
+
+
+def _measure(
+    base: str,
+    server_pid: int,
+    gateways: list[tuple[str, str]],
+    *,
+    duration_s: float,
+    pace_s: float,
+    workdir: Path,
+    load_procs: int,
+    use_wrk: bool,
+) -> dict[str, Any]:
+    server0, busy0 = _tree_cpu_s(server_pid), _machine_busy_s()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if use_wrk:
+        load = _wrk_load(base, gateways, duration_s, pace_s, workdir=workdir, threads=load_procs)
+    else:
+        load = _socket_load(base, gateways, duration_s, pace_s, load_procs)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = _tree_cpu_s(server_pid) - server0
+    load_s = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    # Everything else the machine did meanwhile: PostgreSQL's backends, the kernel.
+    rest_s = _machine_busy_s() - busy0 - server_s - load_s
+    per = 1000 / max(1, load.checkins)
+    return {
+        "generator": load.generator,
+        "checkins": load.checkins,
+        "errors": load.errors,
+        "rate": load.checkins / load.elapsed_s,
+        "p50_ms": load.p50_ms,
+        "p99_ms": load.p99_ms,
+        "server_cpu_ms": server_s * per,
+        "rest_cpu_ms": rest_s * per,
+        "load_cpu_ms": load_s * per,
+    }
 
 
 async def _campaign_run(
@@ -313,16 +538,14 @@ def _release(workdir: Path) -> tuple[Path, bytes]:
     return root, package
 
 
-def run_case(
-    kind: str, workers: int, devices: int, duration_s: float, load_procs: int
-) -> dict[str, Any]:
+def run_case(kind: str, args: argparse.Namespace, use_wrk: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         workdir = Path(tmp)
         backend = Backend(kind, workdir)
         try:
             root, package = _release(workdir)
-            admin, gateways = _seed(backend.url, workdir, devices)
-            proc, base = _start_server(backend.url, workdir, root, workers)
+            admin, gateways = _seed(backend.url, workdir, args.devices)
+            proc, base = _start_server(backend.url, workdir, root, args.workers)
             try:
                 auth = {"Authorization": f"Bearer {admin}"}
                 with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
@@ -346,58 +569,91 @@ def run_case(
                             ],
                         },
                     ).raise_for_status()
-                count, elapsed, latencies, errors = _measure_checkins(
-                    base, gateways, duration_s, load_procs
-                )
+                rows = []
+                for model in args.models.split(","):
+                    pace_s = args.pace_s if model == "paced" else 0.0
+                    print(f"  {model} load for {args.duration_s:g} s ...", flush=True)
+                    row = _measure(
+                        base,
+                        proc.pid,
+                        gateways,
+                        duration_s=args.duration_s,
+                        pace_s=pace_s,
+                        workdir=workdir,
+                        load_procs=args.load_procs,
+                        use_wrk=use_wrk,
+                    )
+                    row.update(
+                        backend=kind,
+                        workers=args.workers,
+                        devices=args.devices,
+                        model=model if model == "closed" else f"paced {args.pace_s:g}s",
+                    )
+                    rows.append(row)
                 with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
                     client.post(f"{API}/campaigns/{canary.json()['id']}/cancel").raise_for_status()
-                wall = asyncio.run(_campaign_run(base, admin, gateways, release_id))
+                wall = (
+                    asyncio.run(_campaign_run(base, admin, gateways, release_id))
+                    if args.campaign
+                    else float("nan")
+                )
+                for row in rows:
+                    row["campaign_s"] = wall
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
         finally:
             backend.drop()
-    latencies.sort()
-    return {
-        "backend": kind,
-        "workers": workers,
-        "devices": devices,
-        "checkins": count,
-        "errors": errors,
-        "rate": count / elapsed,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-        "campaign_s": wall,
-    }
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--duration-s", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--load-procs", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument(
+        "--load-procs", type=int, default=1, help="wrk threads / fallback client processes"
+    )
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--models", default="closed,paced", help="closed, paced or both")
+    parser.add_argument("--pace-s", type=float, default=1.0, help="paced model poll interval")
+    parser.add_argument("--no-campaign", dest="campaign", action="store_false")
+    parser.add_argument(
+        "--python-load", action="store_true", help="use the asyncio client even if wrk exists"
+    )
     args = parser.parse_args()
+    use_wrk = shutil.which("wrk") is not None and not args.python_load
+    if not use_wrk:
+        print(
+            "WARNING: wrk not found (apt-get install wrk) or --python-load given: using the "
+            "asyncio raw-socket client, which takes CPU from the server on a small machine",
+            flush=True,
+        )
     rows = []
     for kind in args.backends.split(","):
         if kind == "postgres" and not _postgres_available():
             print(f"(PostgreSQL at {POSTGRES_URL} not reachable: skipped)")
             continue
         print(f"running {kind} with {args.workers} server process(es) ...", flush=True)
-        rows.append(run_case(kind, args.workers, args.devices, args.duration_s, args.load_procs))
-    print(f"\nfleet server, {os.cpu_count()} CPU(s), {args.duration_s:g} s of polling per backend")
+        rows += run_case(kind, args, use_wrk)
+    print(
+        f"\nfleet server, {os.cpu_count()} CPU(s), {args.devices} devices, "
+        f"{args.duration_s:g} s per load model; CPU ms are per check-in"
+    )
     header = (
-        f"{'backend':<10} {'procs':>5} {'devices':>7} {'check-ins':>9} {'per s':>8} "
-        f"{'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'campaign wall s':>16}"
+        f"{'backend':<9} {'procs':>5} {'load':<11} {'gen':<7} {'check-ins':>9} {'per s':>7} "
+        f"{'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'srv cpu':>7} {'db+os':>6} "
+        f"{'gen cpu':>7} {'campaign s':>10}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['backend']:<10} {r['workers']:>5} {r['devices']:>7} {r['checkins']:>9} "
-            f"{r['rate']:>8.0f} {r['errors']:>6} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-            f"{r['campaign_s']:>16.1f}"
+            f"{r['backend']:<9} {r['workers']:>5} {r['model']:<11} {r['generator']:<7} "
+            f"{r['checkins']:>9} {r['rate']:>7.0f} {r['errors']:>6} {r['p50_ms']:>8.1f} "
+            f"{r['p99_ms']:>8.1f} {r['server_cpu_ms']:>7.2f} {r['rest_cpu_ms']:>6.2f} "
+            f"{r['load_cpu_ms']:>7.2f} {r['campaign_s']:>10.1f}"
         )
 
 

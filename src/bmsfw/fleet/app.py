@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -180,6 +181,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Handlers run in the thread pool; more threads than database connections
+        # only queue for the pool, and dozens of threads convoy on the GIL.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(1, config.db_pool_size)
         ticker = None
         if config.tick_interval_s > 0:
             ticker = asyncio.create_task(_tick_forever(service, config.tick_interval_s))

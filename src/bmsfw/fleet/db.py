@@ -29,6 +29,7 @@ __all__ = [
     "is_postgres",
     "make_engine",
     "make_session_factory",
+    "read_only_engine",
     "schema_revision",
     "upgrade_database",
 ]
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x626D7366  # "bmsf": any constant shared by all server processes
+_READ_ONLY_OPTION = "bmsfw_read_only"
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -61,7 +63,13 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0, pool_size: int = 10) 
         )
         _configure_sqlite(engine, busy_timeout_s)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+    # A fixed pool, no overflow: a connection opened and closed per request under
+    # load costs PostgreSQL a backend fork each time (it was most of the CPU of a
+    # check-in at 1,000 devices). Requests beyond the pool wait for a connection.
+    # No pre-ping (a round trip per checkout): after a database restart SQLAlchemy
+    # sees the disconnect, drops the pool, and that one request fails (the agent
+    # retries at its next poll).
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
@@ -79,7 +87,24 @@ def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A connection marked read-only (see read_only_engine) reads a WAL snapshot
+        # without the write lock; everything else takes the lock up front.
+        if connection.get_execution_options().get(_READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def read_only_engine(engine: Engine) -> Engine:
+    """A view of ``engine`` for single-statement reads that write nothing.
+
+    PostgreSQL: autocommit (no BEGIN/ROLLBACK round trips). SQLite: a deferred
+    ``BEGIN`` instead of ``BEGIN IMMEDIATE``, so the read does not queue behind
+    (or block) writers of other processes.
+    """
+    if is_postgres(engine):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine.execution_options(**{_READ_ONLY_OPTION: True})
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

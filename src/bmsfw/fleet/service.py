@@ -23,7 +23,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from bmsfw.fleet._semver import Version, VersionRange
@@ -39,6 +53,7 @@ from bmsfw.fleet.campaigns import (
     window_open,
 )
 from bmsfw.fleet.clock import Clock
+from bmsfw.fleet.db import read_only_engine
 from bmsfw.fleet.errors import (
     BackupRejectedError,
     CampaignStateError,
@@ -117,6 +132,96 @@ _T_CAMPAIGN_DEVICES = cast(Table, CampaignDevice.__table__)
 _T_CAMPAIGNS = cast(Table, Campaign.__table__)
 _T_RELEASES = cast(Table, Release.__table__)
 _T_STATE_EVENTS = cast(Table, DeviceStateEvent.__table__)
+_T_SITE_WINDOWS = cast(Table, SiteWindow.__table__)
+
+# Prebuilt check-in statements (built once; SQLAlchemy caches their compiled form).
+_CREDENTIAL_BY_HASH = select(
+    _T_CREDENTIALS.c.id,
+    _T_CREDENTIALS.c.name,
+    _T_CREDENTIALS.c.kind,
+    _T_CREDENTIALS.c.role,
+    _T_CREDENTIALS.c.gateway_id,
+    _T_CREDENTIALS.c.last_used_at,
+    _T_CREDENTIALS.c.revoked_at,
+).where(_T_CREDENTIALS.c.token_hash == bindparam("b_hash"))
+_GATEWAY_SEEN = (
+    update(_T_GATEWAYS)
+    .where(_T_GATEWAYS.c.id == bindparam("b_gid"))
+    .values(last_seen_at=bindparam("b_now"))
+    .returning(
+        _T_GATEWAYS.c.name, _T_GATEWAYS.c.site, _T_GATEWAYS.c.tags, _T_GATEWAYS.c.agent_version
+    )
+)
+# Each reported device with the work open for it in running campaigns (phase
+# released, state not terminal): NULL work columns when there is none.
+_WORK = _T_CAMPAIGN_DEVICES.join(
+    _T_CAMPAIGNS,
+    and_(
+        _T_CAMPAIGNS.c.id == _T_CAMPAIGN_DEVICES.c.campaign_id,
+        _T_CAMPAIGNS.c.status == "running",
+        _T_CAMPAIGN_DEVICES.c.phase_index <= _T_CAMPAIGNS.c.current_phase,
+    ),
+).join(_T_RELEASES, _T_RELEASES.c.id == _T_CAMPAIGNS.c.release_id)
+_DEVICES_WORK = (
+    select(
+        _T_DEVICES.c.id,
+        _T_DEVICES.c.serial,
+        _T_DEVICES.c.gateway_id,
+        _T_DEVICES.c.model,
+        _T_DEVICES.c.hw_revision,
+        _T_DEVICES.c.bootloader_version,
+        _T_DEVICES.c.firmware_version,
+        _T_DEVICES.c.firmware_sha256,
+        _T_DEVICES.c.security_counter,
+        _T_DEVICES.c.site,
+        _T_DEVICES.c.tags,
+        _T_DEVICES.c.integrity_ok,
+        _T_DEVICES.c.integrity_detail,
+        _T_CAMPAIGN_DEVICES.c.id.label("cd_id"),
+        _T_CAMPAIGN_DEVICES.c.state.label("cd_state"),
+        _T_CAMPAIGNS.c.id.label("campaign_id"),
+        _T_CAMPAIGNS.c.bandwidth_floor_bps,
+        _T_RELEASES.c.id.label("release_id"),
+        _T_RELEASES.c.product,
+        _T_RELEASES.c.version,
+        _T_RELEASES.c.security_counter.label("release_security_counter"),
+        _T_RELEASES.c.size_bytes,
+        _T_RELEASES.c.sha256.label("release_sha256"),
+    )
+    .select_from(
+        _T_DEVICES.outerjoin(
+            _WORK,
+            and_(
+                _T_CAMPAIGN_DEVICES.c.device_id == _T_DEVICES.c.id,
+                _T_CAMPAIGN_DEVICES.c.state.not_in(_TERMINAL_VALUES),
+            ),
+        )
+    )
+    .order_by(_T_DEVICES.c.serial, _T_CAMPAIGN_DEVICES.c.id)
+)
+# The serial list is one bound value (no per-call "expanding IN" rewrite of the SQL):
+# an array on PostgreSQL, a JSON array read by json_each on SQLite.
+_DEVICES_WORK_BY_DIALECT = {
+    "postgresql": _DEVICES_WORK.where(
+        _T_DEVICES.c.serial == func.any(bindparam("b_serials", type_=ARRAY(String)))
+    ),
+    "sqlite": _DEVICES_WORK.where(
+        _T_DEVICES.c.serial.in_(
+            select(literal_column("value")).select_from(
+                func.json_each(bindparam("b_serials", type_=JSON))
+            )
+        )
+    ),
+}
+_DEVICE_TELEMETRY = (
+    update(_T_DEVICES)
+    .where(_T_DEVICES.c.id == bindparam("b_id"))
+    .values(
+        soc_pct=bindparam("b_soc"),
+        temperature_c=bindparam("b_temp"),
+        last_seen_at=bindparam("b_now"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -163,6 +268,8 @@ class FleetService:
         settings: ServiceSettings | None = None,
     ) -> None:
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
+        self._reader = read_only_engine(self.engine)
         self.store = store
         self.clock = clock
         self.settings = settings or ServiceSettings()
@@ -189,23 +296,10 @@ class FleetService:
 
     def load_principal(self, token_hash: str) -> Principal | None:
         """One indexed read by token hash; None for unknown or revoked tokens (not cached)."""
-        table = _T_CREDENTIALS
-        with self.sessions() as session:
-            row = (
-                session.connection()
-                .execute(
-                    select(
-                        table.c.id,
-                        table.c.name,
-                        table.c.kind,
-                        table.c.role,
-                        table.c.gateway_id,
-                        table.c.last_used_at,
-                        table.c.revoked_at,
-                    ).where(table.c.token_hash == token_hash)
-                )
-                .one_or_none()
-            )
+        # Autocommit: a single read needs no BEGIN/ROLLBACK round trips (nor, on
+        # SQLite, the write lock that BEGIN IMMEDIATE would take).
+        with self._reader.connect() as conn:
+            row = conn.execute(_CREDENTIAL_BY_HASH, {"b_hash": token_hash}).one_or_none()
         if row is None or row.revoked_at is not None:
             return None
         principal = Principal(row.id, row.name, row.kind, row.role, row.gateway_id)
@@ -216,8 +310,8 @@ class FleetService:
         """True when this request should record last use (at most once a minute per process)."""
         return self.credentials.claim_last_use(principal.credential_id, self.clock.now())
 
-    def touch_last_used(self, principal: Principal, session: Session | None = None) -> None:
-        """Record last use; inside ``session``'s transaction when given, else in its own."""
+    def touch_last_used(self, principal: Principal, conn: Connection | None = None) -> None:
+        """Record last use; inside ``conn``'s transaction when given, else in its own."""
         now = self.clock.now()
         table = _T_CREDENTIALS
         # Never moves last use backwards (another process may have written a later one).
@@ -229,11 +323,11 @@ class FleetService:
             )
             .values(last_used_at=now)
         )
-        if session is not None:
-            session.connection().execute(statement)
+        if conn is not None:
+            conn.execute(statement)
             return
-        with self.sessions() as own, own.begin():
-            own.connection().execute(statement)
+        with self.engine.begin() as own:
+            own.execute(statement)
 
     def create_operator_token(self, principal: Principal, name: str, role: str) -> dict[str, Any]:
         now = self.clock.now()
@@ -370,77 +464,42 @@ class FleetService:
     ) -> CheckInResponse:
         """Inventory, telemetry and offers in ONE transaction (all of it or nothing).
 
-        The common case (a known gateway whose devices changed nothing but telemetry)
-        costs four statements: gateway last-seen, device read, one telemetry update
-        for all devices, the offer query. Anything else (new device, identity,
-        firmware, hash, integrity, site or tag change) takes the audited path below
-        in the same transaction.
+        The common case (a known gateway whose devices changed nothing but telemetry,
+        no offer to make) is three prebuilt statements: gateway last-seen, one read of
+        the devices joined with their open campaign work, one telemetry update for
+        all devices. Anything else (new device, identity, firmware, hash, integrity,
+        site or tag change) takes the audited ORM path in the same transaction.
         """
         assert principal.gateway_id is not None
         serials = [d.serial for d in body.devices]
         if len(set(serials)) != len(serials):
             raise InvalidCampaignSpecError("the check-in lists a BMS serial twice")
         now = self.clock.now()
-        gateways, devices = _T_GATEWAYS, _T_DEVICES
-        with self.sessions() as session, session.begin():
-            conn = session.connection()
+        with self.engine.begin() as conn:
             if touch_credential:
-                self.touch_last_used(principal, session)
-            gw = conn.execute(
-                update(gateways)
-                .where(gateways.c.id == principal.gateway_id)
-                .values(last_seen_at=now)
-                .returning(
-                    gateways.c.name, gateways.c.site, gateways.c.tags, gateways.c.agent_version
-                )
-            ).one_or_none()
-            if gw is None:
+                self.touch_last_used(principal, conn)
+            gw = conn.execute(_GATEWAY_SEEN, {"b_gid": principal.gateway_id, "b_now": now})
+            gateway_row = gw.one_or_none()
+            if gateway_row is None:
                 raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
-            rows = (
-                {
-                    r.serial: r
-                    for r in conn.execute(
-                        select(
-                            devices.c.id,
-                            devices.c.serial,
-                            devices.c.gateway_id,
-                            devices.c.model,
-                            devices.c.hw_revision,
-                            devices.c.bootloader_version,
-                            devices.c.firmware_version,
-                            devices.c.firmware_sha256,
-                            devices.c.security_counter,
-                            devices.c.site,
-                            devices.c.tags,
-                            devices.c.integrity_ok,
-                            devices.c.integrity_detail,
-                        ).where(devices.c.serial.in_(serials))
-                    )
-                }
-                if serials
-                else {}
-            )
+            devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
+            rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
+            known = {r.serial: r for r in rows}
             gateway_same = (
-                (not body.agent_version or body.agent_version == gw.agent_version)
-                and (body.site is None or body.site == gw.site)
-                and (body.tags is None or body.tags == gw.tags)
+                (not body.agent_version or body.agent_version == gateway_row.agent_version)
+                and (body.site is None or body.site == gateway_row.site)
+                and (body.tags is None or body.tags == gateway_row.tags)
             )
             if gateway_same and all(
-                _only_telemetry_changed(rows.get(r.serial), r, principal.gateway_id, gw)
+                _only_telemetry_changed(known.get(r.serial), r, principal.gateway_id, gateway_row)
                 for r in body.devices
             ):
                 if body.devices:
                     conn.execute(
-                        update(devices)
-                        .where(devices.c.id == bindparam("b_id"))
-                        .values(
-                            soc_pct=bindparam("b_soc"),
-                            temperature_c=bindparam("b_temp"),
-                            last_seen_at=bindparam("b_now"),
-                        ),
+                        _DEVICE_TELEMETRY,
                         [
                             {
-                                "b_id": rows[r.serial].id,
+                                "b_id": known[r.serial].id,
                                 "b_soc": r.soc_pct,
                                 "b_temp": r.temperature_c,
                                 "b_now": now,
@@ -448,19 +507,20 @@ class FleetService:
                             for r in body.devices
                         ],
                     )
-                by_id = {rows[r.serial].id: r.serial for r in body.devices}
-                site = str(gw.site)
+                site = str(gateway_row.site)
             else:
-                gateway = session.get(Gateway, principal.gateway_id)
-                assert gateway is not None
-                self._update_gateway(session, principal, gateway, body, now)
-                inventory = self._update_inventory(session, principal, gateway, body, now)
-                session.flush()
-                by_id = {d.id: d.serial for d in inventory}
-                site = gateway.site
-            offers = self._offers(session, site, by_id, now)
+                # Joins this connection's transaction (and does not commit it).
+                with Session(bind=conn) as session:
+                    gateway = session.get(Gateway, principal.gateway_id)
+                    assert gateway is not None
+                    self._update_gateway(session, principal, gateway, body, now)
+                    self._update_inventory(session, principal, gateway, body, now)
+                    session.flush()
+                    site = gateway.site
+                rows = conn.execute(devices_work, {"b_serials": serials}).all()
+            offers = self._offers(conn, site, [r for r in rows if r.cd_id is not None], now)
             return CheckInResponse(
-                gateway=gw.name,
+                gateway=gateway_row.name,
                 server_time=now,
                 poll_interval_s=self.settings.poll_interval_s,
                 offers=offers,
@@ -670,59 +730,44 @@ class FleetService:
         )
 
     def _offers(
-        self, session: Session, site_name: str, by_id: dict[int, str], now: datetime
+        self, conn: Connection, site_name: str, rows: list[Any], now: datetime
     ) -> list[Offer]:
-        if not by_id:
-            return []
-        cds, campaigns, releases = _T_CAMPAIGN_DEVICES, _T_CAMPAIGNS, _T_RELEASES
-        query = (
-            select(
-                cds.c.id,
-                cds.c.device_id,
-                cds.c.state,
-                campaigns.c.id.label("campaign_id"),
-                campaigns.c.bandwidth_floor_bps,
-                releases.c.id.label("release_id"),
-                releases.c.product,
-                releases.c.version,
-                releases.c.security_counter,
-                releases.c.size_bytes,
-                releases.c.sha256,
-            )
-            .join(campaigns, campaigns.c.id == cds.c.campaign_id)
-            .join(releases, releases.c.id == campaigns.c.release_id)
-            .where(
-                cds.c.device_id.in_(list(by_id)),
-                campaigns.c.status == "running",
-                cds.c.phase_index <= campaigns.c.current_phase,
-                cds.c.state.not_in(_TERMINAL_VALUES),
-            )
-        )
-        if _locking(session):
-            # Held FOR SHARE only for the rows a campaign releases to these devices:
-            # a pause (FOR UPDATE) waits for us, and we wait for a pause.
-            query = query.with_for_update(read=True, of=campaigns)
-        conn = session.connection()
-        rows = conn.execute(query).all()
+        """Offers from the device/work rows; turns ``pending`` into ``offered``.
+
+        Listing work a device already has needs no lock (it reads committed state,
+        as a check-in just before a pause would). Turning *pending* into *offered*
+        does: the campaign rows are taken FOR SHARE and re-read, so an offer never
+        slips out after a pause or cancel commits (a pause waits for us, we wait
+        for a pause and then see it).
+        """
         if not rows:
             return []
-        site = session.get(SiteWindow, site_name)
-        windows = [MaintenanceWindow.model_validate(w) for w in site.windows] if site else []
-        timezone = site.timezone if site else "UTC"
-        allowed_now = window_open(windows, timezone, now)
-        pending = [r.id for r in rows if r.state == S.PENDING.value]
-        if pending:
+        if any(r.cd_state == S.PENDING.value for r in rows):
+            campaign_ids = sorted({r.campaign_id for r in rows})
+            query = select(_T_CAMPAIGNS.c.id).where(
+                _T_CAMPAIGNS.c.id.in_(campaign_ids), _T_CAMPAIGNS.c.status == "running"
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(read=True)
+            running = set(conn.execute(query).scalars())
+            rows = [r for r in rows if r.campaign_id in running]
+            pending = [r.cd_id for r in rows if r.cd_state == S.PENDING.value]
             # Conditional, so a concurrent check-in of the same gateway that offered
             # first leaves us nothing to change and no second history event.
             offered = (
                 conn.execute(
-                    update(cds)
-                    .where(cds.c.id.in_(pending), cds.c.state == S.PENDING.value)
+                    update(_T_CAMPAIGN_DEVICES)
+                    .where(
+                        _T_CAMPAIGN_DEVICES.c.id.in_(pending),
+                        _T_CAMPAIGN_DEVICES.c.state == S.PENDING.value,
+                    )
                     .values(state=S.OFFERED.value, offered_at=now, state_changed_at=now)
-                    .returning(cds.c.id)
+                    .returning(_T_CAMPAIGN_DEVICES.c.id)
                 )
                 .scalars()
                 .all()
+                if pending
+                else []
             )
             if offered:
                 conn.execute(
@@ -738,21 +783,31 @@ class FleetService:
                         for cd_id in offered
                     ],
                 )
+            if not rows:
+                return []
+        site = conn.execute(
+            select(_T_SITE_WINDOWS.c.timezone, _T_SITE_WINDOWS.c.windows).where(
+                _T_SITE_WINDOWS.c.site == site_name
+            )
+        ).one_or_none()
+        windows = [MaintenanceWindow.model_validate(w) for w in site.windows] if site else []
+        timezone = str(site.timezone) if site else "UTC"
+        allowed_now = window_open(windows, timezone, now)
         offers = []
         for row in rows:
-            state = S.OFFERED if row.state == S.PENDING.value else DeviceState(row.state)
+            state = S.OFFERED if row.cd_state == S.PENDING.value else DeviceState(row.cd_state)
             offers.append(
                 Offer(
                     campaign_id=row.campaign_id,
                     release_id=row.release_id,
-                    device_serial=by_id[row.device_id],
+                    device_serial=row.serial,
                     state=state,
                     product=row.product,
                     version=row.version,
-                    security_counter=row.security_counter,
+                    security_counter=row.release_security_counter,
                     artifact_url=f"{self.settings.artifact_url_prefix}/{row.release_id}/artifact",
                     size_bytes=row.size_bytes,
-                    sha256=row.sha256,
+                    sha256=row.release_sha256,
                     policy=OfferPolicy(
                         bandwidth_floor_bps=row.bandwidth_floor_bps,
                         maintenance_timezone=timezone,
