@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 import can
 
+from bmsfw.device._simprocess import SimProcess
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
 from bmsfw.device.sim_control import poll_commands
@@ -254,7 +254,7 @@ class CanSimulator:
         self.stop()
 
 
-class SimCanProcess:
+class SimCanProcess(SimProcess):
     """The simulator in its own process (``python -m bmsfw.device.sim_can``)."""
 
     def __init__(
@@ -269,7 +269,7 @@ class SimCanProcess:
         max_block_length: int | None = None,
         log_file: str | Path | None = None,
     ) -> None:
-        self.args = [
+        args = [
             sys.executable,
             "-m",
             "bmsfw.device.sim_can",
@@ -283,60 +283,12 @@ class SimCanProcess:
             str(time_scale),
         ]
         if lockout_s is not None:
-            self.args += ["--lockout-s", str(lockout_s)]
+            args += ["--lockout-s", str(lockout_s)]
         if s3_s is not None:
-            self.args += ["--s3-s", str(s3_s)]
+            args += ["--s3-s", str(s3_s)]
         if max_block_length is not None:
-            self.args += ["--max-block-length", str(max_block_length)]
-        self.log_file = log_file
-        self.process: subprocess.Popen[str] | None = None
-        self.info: dict[str, Any] = {}
-
-    def start(self, timeout_s: float = 20.0) -> dict[str, Any]:
-        stderr = open(self.log_file, "a") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1
-        )
-        assert self.process.stdout is not None
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(self.process.stdout.readline()))  # type: ignore[union-attr]
-        reader.daemon = True
-        reader.start()
-        reader.join(timeout_s)
-        line = ready[0] if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"virtual BMS process did not start: {line!r} (see {self.log_file})")
-        self.info = json.loads(line[len("READY ") :])
-        return self.info
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.process = None
-
-    def kill(self) -> None:
-        """Power loss: SIGKILL, no clean shutdown."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.stop()
-
-    def __enter__(self) -> SimCanProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            args += ["--max-block-length", str(max_block_length)]
+        super().__init__(args, log_file=log_file)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,13 +19,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bmsfw.device._simprocess import SimProcess
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
 from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend, serve_node
@@ -170,8 +170,10 @@ class Rs485Simulator:
         self.stop()
 
 
-class SimRs485Process:
+class SimRs485Process(SimProcess):
     """The string in its own process (``python -m bmsfw.device.sim_rs485``)."""
+
+    what = "RS485 simulator"
 
     def __init__(
         self,
@@ -185,7 +187,7 @@ class SimRs485Process:
         time_scale: float = 1.0,
         log_file: str | Path | None = None,
     ) -> None:
-        self.args = [
+        args = [
             sys.executable,
             "-m",
             "bmsfw.device.sim_rs485",
@@ -203,60 +205,13 @@ class SimRs485Process:
             str(time_scale),
         ]
         if throttle:
-            self.args.append("--throttle")
-        self.log_file = log_file
-        self.process: subprocess.Popen[str] | None = None
-        self.info: dict[str, Any] = {}
+            args.append("--throttle")
+        super().__init__(args, log_file=log_file)
 
     @property
     def port(self) -> str:
+        """The host-side serial port path (what pyserial / pymodbus open)."""
         return str(self.info["port"])
-
-    def start(self, timeout_s: float = 30.0) -> dict[str, Any]:
-        stderr = open(self.log_file, "a") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1
-        )
-        stdout = self.process.stdout
-        assert stdout is not None
-        ready: list[str] = []
-        reader = threading.Thread(target=lambda: ready.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout_s)
-        line = ready[0] if ready else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"RS485 simulator did not start: {line!r} (see {self.log_file})")
-        self.info = json.loads(line[len("READY ") :])
-        return self.info
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.process = None
-
-    def kill(self) -> None:
-        """Power loss: SIGKILL, no clean shutdown."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.stop()
-
-    def __enter__(self) -> SimRs485Process:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
