@@ -19,7 +19,7 @@ import click
 from bmsfw.cli._render import console, print_json
 from bmsfw.errors import BmsfwError, UsageError
 
-__all__ = ["agent_command", "register", "sim_fleet_command"]
+__all__ = ["agent_command", "sim_fleet_command"]
 
 
 def _read_secret(path: Path, what: str) -> str:
@@ -361,18 +361,3 @@ def _versions(fleet: Any) -> dict[str, int]:
         version = fleet.device(serial).boot_status().running_version or "none"
         counts[version] = counts.get(version, 0) + 1
     return counts
-
-
-def register(root: click.Group) -> None:
-    """Add ``agent`` to the root and ``fleet`` to the ``sim`` group (created if missing)."""
-    root.add_command(agent_command)
-    group = root.commands.get("sim")
-    if not isinstance(group, click.Group):
-        try:
-            from bmsfw.cli._sim import sim_group
-
-            group = sim_group
-        except ImportError:
-            group = click.Group("sim", help="Run virtual BMS for tests and demos.")
-        root.add_command(group)
-    group.add_command(sim_fleet_command)

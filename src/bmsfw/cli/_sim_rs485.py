@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["register", "sim_rs485_command"]
+__all__ = ["sim_rs485_command"]
 
 
 @click.command("rs485")
@@ -72,17 +72,3 @@ def sim_rs485_command(
             pass
     finally:
         sim.stop()
-
-
-def register(root: click.Group) -> None:
-    """Attach ``rs485`` to the ``sim`` group (the CAN engineer's, when it exists)."""
-    group = root.commands.get("sim")
-    if not isinstance(group, click.Group):
-        try:
-            from bmsfw.cli._sim import sim_group  # type: ignore[import-not-found,unused-ignore]
-
-            group = sim_group
-        except ImportError:
-            group = click.Group("sim", help="Run virtual BMS for tests and demos.")
-        root.add_command(group)
-    group.add_command(sim_rs485_command)
