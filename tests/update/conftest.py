@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -50,6 +51,7 @@ class Vendor:
         encoding: str = "raw",
         delta_from: bytes | None = None,
         payload: bytes | None = None,
+        encrypt_to: Any = None,
     ) -> bytes:
         """A signed release; ``delta_from`` (a base image) makes its app a delta patch."""
         if payload is None:
@@ -64,6 +66,7 @@ class Vendor:
             image_signing_key=self.pki.image_signing_key,
             encoding=encoding,
             delta_from={"app": delta_from} if delta_from is not None else None,
+            encrypt_to=encrypt_to,
         )
         return sign_release(unsigned, self.pki.signer())
 

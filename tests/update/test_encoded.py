@@ -220,3 +220,32 @@ def test_every_device_side_reports_the_same_image_digest(
     node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
     regs = node.read_input(INPUT.IMAGE_SHA256, 16)
     assert codec.registers_to_bytes(regs) == expected.digest()
+
+
+def test_encrypted_release_goes_over_as_ciphertext_and_runs(
+    *,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    from bmsfw.device._stream_decode import fuse_encryption_key
+    from bmsfw.package._encrypt import generate_encryption_key
+
+    device_key = generate_encryption_key("ecies-x25519")
+    package = vendor.release("2.0.0", 2, encoding="zstd", encrypt_to=device_key.public_key())
+    # a BMS without the device-class key refuses at prepare: nothing erased or written
+    flash_ops = bms.flash_op_count
+    report = _update(session, package, vendor, options, clock)
+    assert (report.outcome, report.failed_step) == ("refused", "transfer")
+    assert report.error["code"] == "BMSFW-E144"
+    assert bms.boot_status().running_version == "1.0.0"
+    assert bms.bank_info("B").state == "empty"
+    assert bms.flash_op_count == flash_ops
+    fuse_encryption_key(bms, device_key)
+    report = _update(session, package, vendor, options, clock)
+    assert report.outcome == "updated", report.error
+    assert report.transfer["encoding"] == "zstd+encrypted ecies-x25519"
+    assert report.transfer["bytes_sent"] == _app(package).stored_size
+    assert bms.boot_status().running_version == "2.0.0"

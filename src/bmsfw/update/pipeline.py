@@ -233,6 +233,8 @@ class _Run:
         self.clock = clock
         self.node = "?"
         self.report = UpdateReport(node="?", operator=options.operator)
+        # set once the BMS accepted the release header: from then on flash may change
+        self.staged = False
 
     def emit(self, event: Event) -> None:
         if self.sink is not None:
@@ -527,6 +529,7 @@ class _Run:
 
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         state = self.session.prepare(header, channel=self.options.channel)
+        self.staged = True
         image = payload.data
         total = len(image)
         start = 0
@@ -722,7 +725,8 @@ class _Run:
         cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else None
         report.fail(step, exc, cause)
         if report.outcome != "rolled-back":
-            wrote = any(s.step == "transfer" for s in report.steps)
+            # a release header the BMS refused (delta base, missing key, ...) wrote nothing
+            wrote = self.staged
             if isinstance(exc, TransferPausedUnsafeError | TransferInterruptedError):
                 report.outcome = "paused"
             elif not wrote:
