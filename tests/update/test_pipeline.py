@@ -11,6 +11,7 @@ import pytest
 
 from bmsfw.device import SimClock, VirtualBms
 from bmsfw.device.direct import DirectSession
+from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.update.audit import verify_audit_log
 from bmsfw.update.events import Event, StepFinished, TransferProgress, UpdateFinished
 from bmsfw.update.pipeline import UpdateOptions, run_update, run_updates
@@ -337,3 +338,61 @@ def test_two_nodes_concurrently(
     assert devices[0].boot_status().running_version == "2.0.0"
     assert devices[1].boot_status().running_version == "1.0.0"
     assert len(verify_audit_log(options.audit_log)) == 2  # type: ignore[arg-type]
+
+
+class _BusyAfterConfirm(DirectSession):
+    """A real in-process session whose first ``failures`` boot-status reads after
+    confirm time out, as a loaded link or a BMS busy writing its journal can."""
+
+    def __init__(self, bms: VirtualBms, failures: int) -> None:
+        super().__init__(bms)
+        self.failures = failures
+        self.confirmed = False
+
+    def confirm(self) -> None:
+        super().confirm()
+        self.confirmed = True
+
+    def read_boot_status(self):  # type: ignore[no-untyped-def]
+        if self.confirmed and self.failures > 0:
+            self.failures -= 1
+            raise UdsTimeoutError("no response within P2*")
+        return super().read_boot_status()
+
+
+def test_a_lost_answer_after_confirm_does_not_fail_a_confirmed_update(
+    *,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    session = _BusyAfterConfirm(bms, failures=2)
+    report = _run(session, packages["2.0.0"], vendor, options, clock)
+    assert report.outcome == "updated", report.error  # type: ignore[attr-defined]
+    device_now = report.device_now  # type: ignore[attr-defined]
+    assert (device_now["running_version"], device_now["image_state"]) == ("2.0.0", "confirmed")
+    assert session.failures == 0
+
+
+def test_a_bms_silent_after_confirm_is_reported_as_unknown_not_guessed(
+    *,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    session = _BusyAfterConfirm(bms, failures=1000)
+    report = _run(session, packages["2.0.0"], vendor, options, clock)
+    assert report.outcome == "failed"  # type: ignore[attr-defined]
+    assert report.failed_step == "confirm"  # type: ignore[attr-defined]
+    assert report.error["code"] == "BMSFW-E360"  # type: ignore[attr-defined]
+    assert report.running_version == "unknown (BMS not answering)"  # type: ignore[attr-defined]
+    assert any(
+        "could not read the boot status afterwards" in w
+        for w in report.warnings  # type: ignore[attr-defined]
+    )
+    # The device itself did confirm: what the report cannot see, it does not claim.
+    assert bms.boot_status().image_state == "confirmed"

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from bmsfw.errors import BmsfwError, DeviceError, TransportError, UsageError
 from bmsfw.package import (
@@ -377,7 +377,7 @@ class _Run:
             step = "confirm"
             with self.step("confirm") as detail:
                 self.session.confirm()
-                status = self.session.read_boot_status()
+                status = self._read_boot_status()
                 detail.append(f"bank {status.active_bank} {status.image_state}")
                 new_version = release.manifest.version
                 if status.running_version == new_version and status.image_state == "test":
@@ -747,12 +747,36 @@ class _Run:
                 else:
                     report.running_version = "unknown (BMS not answering)"
 
+    def _read_boot_status(self, attempts: int = 3) -> BootStatus:
+        """Read the boot status, retrying a transport failure (never a device refusal).
+
+        Right after a confirm the BMS may still be writing its boot journal, and on a
+        loaded link one read can time out: a lost answer must not turn a confirmed
+        update into a failed one.
+        """
+        for attempt in range(attempts):
+            try:
+                return self.session.read_boot_status()
+            except (TransportError, TimeoutError) as exc:
+                if attempt + 1 == attempts:
+                    raise
+                logger.info("%s: boot status read failed (%s); retrying", self.node, exc)
+                self.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _final_boot_status(self) -> dict[str, Any]:
+        """What the BMS runs at the end, for the report; never silent when unreadable."""
+        try:
+            return dataclasses.asdict(self._read_boot_status())
+        except BmsfwError as exc:
+            self.report.warnings.append(f"could not read the boot status afterwards: {exc}")
+            return {}
+
     def _finish(self) -> UpdateReport:
         report = self.report
         report.finished_at = time.time()
         if report.outcome in ("updated", "already-installed") and not report.device_now:
-            with contextlib.suppress(BmsfwError):
-                report.device_now = dataclasses.asdict(self.session.read_boot_status())
+            report.device_now = self._final_boot_status()
         if self.options.audit_log is not None:
             report.audit_hash = AuditLog(self.options.audit_log).append(
                 "update",
