@@ -20,12 +20,20 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(names)}")
         return 2
+    failed: list[str] = []
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
-        runpy.run_module(f"benchmarks.{name}", run_name="__main__")
+        try:
+            runpy.run_module(f"benchmarks.{name}", run_name="__main__")
+        except SystemExit as exit_:  # a module ending with sys.exit(main()) must not stop the rest
+            if exit_.code not in (None, 0):
+                print(f"{name} exited with {exit_.code}")
+                failed.append(name)
         print(f"({name} took {time.perf_counter() - started:.1f} s)", flush=True)
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ Where the BMS runs (``--bms``):
 Per link and block length (``--blocks``, the maxNumberOfBlockLength the BMS
 announces; above 4095 the TransferData requests use ISO 15765-2:2016 escaped
 first frames) a ``bmsfw`` row: block size 0 / STmin 0 granted on the throttled
-link, padded frames, FD 64-byte frames. ``plain`` rows (``--plain``): a udsoncan +
+link, padded frames, FD 64-byte frames. ``plain`` rows (default; ``--no-plain``): a udsoncan +
 can-isotp loop with library defaults (block size 8 granted by the receiver,
 8-byte frames even on FD; only ``use_server_timing`` is off, since with it
 udsoncan adopts the 50 ms P2 and times out on the first 4 KiB block).
@@ -227,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         "--blocks", default="4095,65535", help="maxNumberOfBlockLength values, comma-separated"
     )
     parser.add_argument("--links", default=",".join(LINK_NAMES), help="subset of the link names")
-    parser.add_argument("--plain", action="store_true", help="add the library-defaults rows")
+    parser.add_argument(
+        "--plain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the udsoncan/can-isotp library-defaults rows beside bmsfw's (issue 4 asks for both)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per row")
     args = parser.parse_args(argv)
     pki = create_pki("ed25519")
