@@ -24,6 +24,7 @@ def main(argv: list[str]) -> int:
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
+        sys.argv = [f"benchmarks.{name}"]  # each module parses its own (default) options
         try:
             runpy.run_module(f"benchmarks.{name}", run_name="__main__")
         except SystemExit as exit_:  # a module ending with sys.exit(main()) must not stop the rest
