@@ -1,12 +1,14 @@
 """Run every benchmark module in turn: ``python -m benchmarks [name ...]``.
 
-Each ``benchmarks/bench_*.py`` is also runnable on its own and prints its table.
+Each ``benchmarks/bench_*.py`` is also runnable on its own and prints its table;
+here each runs in its own interpreter (as ``python -m benchmarks.bench_x``), so
+modules that spawn child processes or call ``sys.exit`` behave as when run alone.
 """
 
 from __future__ import annotations
 
 import pkgutil
-import runpy
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,13 +26,10 @@ def main(argv: list[str]) -> int:
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         started = time.perf_counter()
-        sys.argv = [f"benchmarks.{name}"]  # each module parses its own (default) options
-        try:
-            runpy.run_module(f"benchmarks.{name}", run_name="__main__")
-        except SystemExit as exit_:  # a module ending with sys.exit(main()) must not stop the rest
-            if exit_.code not in (None, 0):
-                print(f"{name} exited with {exit_.code}")
-                failed.append(name)
+        result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}"], check=False)
+        if result.returncode != 0:
+            print(f"{name} exited with {result.returncode}")
+            failed.append(name)
         print(f"({name} took {time.perf_counter() - started:.1f} s)", flush=True)
     if failed:
         print(f"failed: {', '.join(failed)}")
