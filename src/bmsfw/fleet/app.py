@@ -42,6 +42,7 @@ from bmsfw.fleet.protocol import (
     BackupUpload,
     CheckIn,
     CheckInResponse,
+    OperatorBackupUpload,
     StateReport,
     StateReportResponse,
 )
@@ -394,6 +395,21 @@ def _inventory_routes(router: APIRouter) -> None:
     @_route(router, "GET", "/devices/{serial}/backups", OPERATOR)
     def list_backups(request: Request, serial: str) -> list[BackupInfo]:
         return _service(request).list_backups(serial)
+
+    @_route(
+        router,
+        "POST",
+        "/devices/{serial}/backups",
+        OPERATOR,
+        response_model=BackupInfo,
+        status_code=201,
+    )
+    def upload_device_backup(
+        request: Request, serial: str, body: OperatorBackupUpload
+    ) -> BackupInfo:
+        """A backup a technician took on site (`bmsfw backup --server`); the device must be
+        in the inventory. The answer names the uploading credential and the SHA-256."""
+        return _service(request).store_operator_backup(_principal(request), serial, body)
 
     @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY)
     def get_backup(request: Request, backup_id: int) -> dict[str, Any]:

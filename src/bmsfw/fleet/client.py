@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -48,6 +49,7 @@ from bmsfw.fleet.protocol import (
     CheckIn,
     CheckInResponse,
     Offer,
+    OperatorBackupUpload,
     StateReport,
     StateReportResponse,
 )
@@ -146,6 +148,22 @@ class FleetClient:
 
     def upload_backup(self, backup: BackupUpload) -> BackupInfo:
         return self._model(BackupInfo, "POST", f"{API}/agent/backups", backup)
+
+    # ---- operator ---------------------------------------------------------
+
+    def upload_device_backup(
+        self, serial: str, config: dict[str, Any], reason: str = ""
+    ) -> BackupInfo:
+        """File a backup of device ``serial`` (operator token; the device must be in the
+        inventory). The answer's ``sha256`` is that of the canonical JSON of ``config``."""
+        body = OperatorBackupUpload(reason=reason, config=config)
+        return self._model(
+            BackupInfo, "POST", f"{API}/devices/{quote(serial, safe='')}/backups", body
+        )
+
+    def list_device_backups(self, serial: str) -> list[BackupInfo]:
+        data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/backups")
+        return [BackupInfo.model_validate(item) for item in data]
 
     def get_backup(self, backup_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"{API}/backups/{backup_id}")

@@ -225,11 +225,15 @@ class DeviceFlag(Base):
 
 
 class ConfigBackup(Base):
+    """A configuration backup of one device, uploaded by its gateway's agent or by an
+    operator (a technician's laptop: ``gateway_id`` is then empty)."""
+
     __tablename__ = "config_backups"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
-    gateway_id: Mapped[int] = mapped_column(ForeignKey("gateways.id"))
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id"), nullable=True)
+    uploaded_by: Mapped[str] = mapped_column(String(120), default="")  # credential name
     created_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(String(120), default="")
     sha256: Mapped[str] = mapped_column(String(64))

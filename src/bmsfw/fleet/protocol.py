@@ -8,6 +8,9 @@ docs/fleet.md describes the exchange; in short, a gateway's agent
    and checked against ``sha256``;
 3. ``POST /api/v1/agent/reports`` on every state change of a device;
 4. ``POST /api/v1/agent/backups`` with each configuration backup it takes.
+
+A technician's laptop (an operator token) files backups taken on site with
+``POST /api/v1/devices/{serial}/backups`` (:class:`OperatorBackupUpload`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "MaintenanceWindow",
     "Offer",
     "OfferPolicy",
+    "OperatorBackupUpload",
     "StateReport",
     "StateReportResponse",
 ]
@@ -150,10 +154,19 @@ class BackupUpload(_Model):
     config: dict[str, Any]
 
 
+class OperatorBackupUpload(_Model):
+    """``POST /api/v1/devices/{serial}/backups``: a backup taken on site by a technician."""
+
+    reason: str = Field(default="", max_length=120)
+    config: dict[str, Any]
+
+
 class BackupInfo(_Model):
     id: int
     device_serial: str
     created_at: datetime
     reason: str
-    sha256: str
+    sha256: str  # of the canonical JSON (sorted keys, no whitespace) of the config
     size_bytes: int
+    # Name of the credential that uploaded it (a gateway's is "gateway:NAME").
+    uploaded_by: str = ""

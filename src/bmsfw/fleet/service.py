@@ -90,6 +90,7 @@ from bmsfw.fleet.protocol import (
     MaintenanceWindow,
     Offer,
     OfferPolicy,
+    OperatorBackupUpload,
     StateReport,
     StateReportResponse,
 )
@@ -907,21 +908,47 @@ class FleetService:
     # ---- agent: backups -------------------------------------------------
 
     def store_backup(self, principal: Principal, body: BackupUpload) -> BackupInfo:
+        """A backup the gateway's agent took of one of its own devices."""
         assert principal.gateway_id is not None
+        return self._store_backup(
+            principal, body.device_serial, body.config, body.reason, own_device_only=True
+        )
+
+    def store_operator_backup(
+        self, principal: Principal, serial: str, body: OperatorBackupUpload
+    ) -> BackupInfo:
+        """A backup a technician took on site (operator token): any device in the inventory."""
+        return self._store_backup(
+            principal, serial, body.config, body.reason, own_device_only=False
+        )
+
+    def _store_backup(
+        self,
+        principal: Principal,
+        serial: str,
+        config: dict[str, Any],
+        reason: str,
+        *,
+        own_device_only: bool,
+    ) -> BackupInfo:
         now = self.clock.now()
-        content = json.dumps(body.config, sort_keys=True, separators=(",", ":"))
+        content = json.dumps(config, sort_keys=True, separators=(",", ":"))
         if len(content) > self.settings.max_backup_bytes:
             raise BackupRejectedError(
-                f"backup of {body.device_serial} is {len(content)} bytes, limit "
+                f"backup of {serial} is {len(content)} bytes, limit "
                 f"{self.settings.max_backup_bytes}"
             )
         with self.sessions() as session, session.begin():
-            device = self._own_device(session, principal, body.device_serial)
+            if own_device_only:
+                device = self._own_device(session, principal, serial)
+            else:
+                device = self._device(session, serial)
             backup = ConfigBackup(
                 device_id=device.id,
                 gateway_id=principal.gateway_id,
+                uploaded_by=principal.name,
                 created_at=now,
-                reason=body.reason,
+                reason=reason,
                 sha256=hashlib.sha256(content.encode()).hexdigest(),
                 size_bytes=len(content),
                 content=content,
@@ -936,6 +963,7 @@ class FleetService:
                 now,
                 backup=backup.id,
                 sha256=backup.sha256,
+                reason=reason,
             )
             return _backup_info(backup, device.serial)
 
@@ -1523,6 +1551,7 @@ def _backup_info(backup: ConfigBackup, serial: str) -> BackupInfo:
         reason=backup.reason,
         sha256=backup.sha256,
         size_bytes=backup.size_bytes,
+        uploaded_by=backup.uploaded_by,
     )
 
 
