@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.flash import FlashSpec
-from bmsfw.device.images import make_app_payload
-from bmsfw.device.provision import provision
+from bmsfw.device.lab import LabRelease, provision_nodes, signed_release, tester_for
 from bmsfw.device.sim_rs485 import SimRs485Process, node_state_dir
 from bmsfw.device.spec import DeviceSpec
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    TrustAnchors,
-    VendorPki,
-    build_release,
-    create_pki,
-    key_hash,
-    release_header,
-    sign_release,
-    verify_release,
-)
+from bmsfw.package import VendorPki, create_pki
 from bmsfw.protocol.session import TesterCredentials
-from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
 
 KIB = 1024
 IMAGE_SIZE = 16 * KIB
@@ -37,13 +23,7 @@ TIME_SCALE = 20.0
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-
-@dataclass(frozen=True)
-class Release:
-    version: str
-    package: bytes
-    header: bytes
-    image: bytes
+Release = LabRelease
 
 
 @pytest.fixture(scope="session")
@@ -53,30 +33,20 @@ def pki() -> VendorPki:
 
 @pytest.fixture(scope="session")
 def tester(pki: VendorPki) -> TesterCredentials:
-    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    return tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+    return tester_for(pki)
 
 
 def make_release(pki: VendorPki, version: str, counter: int, *, size: int = IMAGE_SIZE) -> Release:
-    payload = make_app_payload(version, size=size - 1024)
-    package = sign_release(
-        build_release(
-            product="demo-bms",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
-            min_bootloader_version="1.0.0",
-            components=[ComponentSource.firmware("app", payload)],
-            image_signing_key=pki.image_signing_key,
-            encoding="raw",
-        ),
-        pki.signer(),
+    """A signed raw release of ``size`` bytes (MCUboot overhead included)."""
+    return signed_release(
+        pki,
+        version,
+        counter,
+        spec=SPEC,
+        size=size - 1024,
+        product="demo-bms",
+        min_bootloader_version="1.0.0",
     )
-    trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
-        [key_hash(pki.image_signing_key)]
-    )
-    image = verify_release(package, trust, None).image("app")
-    return Release(version, package, release_header(package), image)
 
 
 @pytest.fixture(scope="session")
@@ -92,16 +62,7 @@ def release_v2(pki: VendorPki) -> Release:
 def provision_string(
     state_dir: Path, pki: VendorPki, initial: Release, units: tuple[int, ...]
 ) -> Path:
-    for unit in units:
-        provision(
-            node_state_dir(state_dir, unit),
-            initial_image=initial.image,
-            root_key_hash=key_hash(pki.root_key),
-            image_key_hash=key_hash(pki.image_signing_key),
-            spec=SPEC,
-            serial=f"BMS{unit:07d}",
-        )
-    return state_dir
+    return provision_nodes(state_dir, pki, initial.image, units, spec=SPEC)
 
 
 def break_cell_sensor(state_dir: Path, unit: int) -> None:

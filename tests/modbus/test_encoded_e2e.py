@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 
 from bmsfw.device.images import APP_DESCRIPTOR_OFFSET, make_app_payload
+from bmsfw.device.lab import signed_package, trust_anchors
 from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
     Manifest,
-    TrustAnchors,
     VendorPki,
-    build_release,
     decode_header,
-    key_hash,
     release_header,
-    sign_release,
     verify_release,
 )
 from bmsfw.protocol import session as bms_session
@@ -32,12 +27,6 @@ from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateP
 from .conftest import IMAGE_SIZE, SPEC
 
 PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, link_round_trips=2))
-
-
-def _trust(pki: VendorPki) -> TrustAnchors:
-    return TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
-        [key_hash(pki.image_signing_key)]
-    )
 
 
 def _payload(version: str, base_version: str | None = None) -> bytes:
@@ -59,19 +48,16 @@ def _release(  # noqa: PLR0917 - a test helper
     encoding: str = "raw",
     delta_from: bytes | None = None,
 ) -> bytes:
-    return sign_release(
-        build_release(
-            product="demo-bms",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
-            min_bootloader_version="1.0.0",
-            components=[ComponentSource.firmware("app", payload)],
-            image_signing_key=pki.image_signing_key,
-            encoding=encoding,
-            delta_from={"app": delta_from} if delta_from is not None else None,
-        ),
-        pki.signer(),
+    return signed_package(
+        pki,
+        version,
+        counter,
+        spec=SPEC,
+        payload=payload,
+        encoding=encoding,
+        delta_from=delta_from,
+        product="demo-bms",
+        min_bootloader_version="1.0.0",
     )
 
 
@@ -107,7 +93,7 @@ def test_pipeline_sends_compressed_then_delta_over_rs485(
         credentials=tester,
         confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
     )
-    trust = _trust(pki)
+    trust = trust_anchors(pki)
     compressed = _release(pki, "1.1.0", 2, _payload("1.1.0"), encoding="zstd")
     image = verify_release(compressed, trust).image("app")
     stored = _stored_size(compressed)
