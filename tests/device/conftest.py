@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
+from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
+from bmsfw.device.lab import LabRelease, lab_pki, signed_release
 from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
     TrustAnchors,
     VendorPki,
-    build_release,
-    create_pki,
     key_hash,
-    release_header,
-    sign_release,
-    verify_release,
 )
 
 MODEL = "BMS-16S"
@@ -30,13 +24,7 @@ HW_REV = "C"
 IMAGE_SIZE = 4096
 
 
-@dataclass(frozen=True)
-class Release:
-    version: str
-    security_counter: int
-    package: bytes
-    header: bytes
-    image: bytes  # the decoded MCUboot image that goes into the bank
+Release = LabRelease
 
 
 @dataclass
@@ -63,32 +51,20 @@ class Vendor:
         behaviour: str | None = None,
         size: int = IMAGE_SIZE,
         revisions: tuple[str, ...] = (HW_REV,),
-        safety_class: str = "standard",
+        safety_class: Literal["standard", "safety-critical"] = "standard",
         pki: VendorPki | None = None,
     ) -> Release:
-        signing = pki or self.pki
-        payload = make_app_payload(version, size=size, behaviour=behaviour)
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=security_counter,
-            hardware=HardwareCompat(MODEL, revisions),
-            min_bootloader_version="2.0.0",
-            components=[ComponentSource("app", payload)],
-            image_signing_key=signing.image_signing_key,
-            safety_class=safety_class,  # type: ignore[arg-type]
-            encoding="raw",
+        """A signed release; ``pki`` signs it with another vendor's keys."""
+        return signed_release(
+            pki or self.pki,
+            version,
+            security_counter,
+            spec=small_spec(),
+            size=size,
+            behaviour=behaviour,
+            revisions=revisions,
+            safety_class=safety_class,
         )
-        package = sign_release(unsigned, signing.signer())
-        image = verify_release(package, self.trust() if pki is None else _trust_of(pki)).images[
-            "app"
-        ]
-        return Release(version, security_counter, package, release_header(package), image)
-
-
-def _trust_of(pki: VendorPki) -> TrustAnchors:
-    pem = pki.root_certificate.public_bytes(serialization.Encoding.PEM)
-    return TrustAnchors.from_root_certificate(pem)
 
 
 def small_spec(**overrides: object) -> DeviceSpec:
@@ -105,7 +81,7 @@ def small_spec(**overrides: object) -> DeviceSpec:
 
 
 def _pki() -> VendorPki:
-    return create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    return lab_pki()
 
 
 @pytest.fixture(scope="session")
