@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,38 +11,18 @@ import pytest
 
 from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
 from bmsfw.device.images import APP_DESCRIPTOR_OFFSET
+from bmsfw.device.lab import LabRelease, lab_pki, signed_release
 from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
     VendorPki,
-    build_release,
-    create_pki,
     key_hash,
-    release_header,
-    sign_release,
 )
 from bmsfw.package._encrypt import EncPublicKey
-from bmsfw.package._manifest import Manifest
-from bmsfw.package._release import _Package
 
 MODEL, HW_REV = "BMS-16S", "C"
 IMAGE_SIZE = 4096
 
 
-@dataclass(frozen=True)
-class Release:
-    version: str
-    package: bytes
-    header: bytes
-
-    @property
-    def manifest(self) -> Manifest:
-        return Manifest.from_json_bytes(_Package(self.package).read("manifest.json", 65536))
-
-    @property
-    def stored(self) -> bytes:
-        comp = self.manifest.component("app")
-        return _Package(self.package).read(comp.member, comp.stored_size)
+Release = LabRelease
 
 
 @dataclass
@@ -61,27 +40,19 @@ class Vendor:
         image: bytes | None = None,
         payload: bytes | None = None,
     ) -> Release:
-        if payload is None:
-            payload = make_app_payload(version, size=IMAGE_SIZE)
-        source = (
-            ComponentSource.image("app", image)
-            if image is not None
-            else ComponentSource.firmware("app", payload)
-        )
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(MODEL, (HW_REV,)),
-            min_bootloader_version="2.0.0",
-            components=[source],
-            image_signing_key=self.pki.image_signing_key,
+        """A signed release; ``delta_from={"app": base}`` stores the app as a patch."""
+        return signed_release(
+            self.pki,
+            version,
+            counter,
+            spec=small_spec(),
+            size=IMAGE_SIZE,
+            payload=payload,
+            image=image,
             encoding=encoding,
-            delta_from=delta_from,
+            delta_from=delta_from["app"] if delta_from is not None else None,
             encrypt_to=encrypt_to,
         )
-        package = sign_release(unsigned, self.pki.signer())
-        return Release(version, package, release_header(package))
 
 
 def patch_release_payload(version: str, base_version: str = "1.0.0") -> bytes:
@@ -106,7 +77,7 @@ def small_spec() -> DeviceSpec:
 
 @pytest.fixture(scope="session")
 def vendor() -> Vendor:
-    return Vendor(create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1)))
+    return Vendor(lab_pki())
 
 
 @pytest.fixture(scope="session")
