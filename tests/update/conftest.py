@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,17 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
+from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
 from bmsfw.device.direct import DirectSession
+from bmsfw.device.lab import lab_pki, signed_package
 from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
     TrustAnchors,
     VendorPki,
-    build_release,
-    create_pki,
     key_hash,
-    sign_release,
     verify_release,
 )
 from bmsfw.update.pipeline import UpdateOptions
@@ -31,6 +26,13 @@ from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
 MODEL = "BMS-16S"
 HW_REV = "C"
 IMAGE_SIZE = 4096
+SPEC = DeviceSpec(
+    model=MODEL,
+    hw_revision=HW_REV,
+    flash=FlashSpec.small(bank_size=8 * 1024, sector_size=1024),
+    transfer_block_size=512,
+    watchdog_window_s=120.0,
+)
 
 
 @dataclass
@@ -54,26 +56,24 @@ class Vendor:
         encrypt_to: Any = None,
     ) -> bytes:
         """A signed release; ``delta_from`` (a base image) makes its app a delta patch."""
-        if payload is None:
-            payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(MODEL, revisions),
-            min_bootloader_version="2.0.0",
-            components=[ComponentSource("app", payload)],
-            image_signing_key=self.pki.image_signing_key,
+        return signed_package(
+            self.pki,
+            version,
+            counter,
+            spec=SPEC,
+            size=IMAGE_SIZE,
+            behaviour=behaviour,
+            payload=payload,
+            revisions=revisions,
             encoding=encoding,
-            delta_from={"app": delta_from} if delta_from is not None else None,
+            delta_from=delta_from,
             encrypt_to=encrypt_to,
         )
-        return sign_release(unsigned, self.pki.signer())
 
 
 @pytest.fixture(scope="session")
 def vendor() -> Vendor:
-    return Vendor(create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1)))
+    return Vendor(lab_pki())
 
 
 @pytest.fixture(scope="session")
@@ -99,13 +99,7 @@ def template_device(
         initial_image=image,
         root_key_hash=key_hash(vendor.pki.root_key),
         image_key_hash=key_hash(vendor.pki.image_signing_key),
-        spec=DeviceSpec(
-            model=MODEL,
-            hw_revision=HW_REV,
-            flash=FlashSpec.small(bank_size=8 * 1024, sector_size=1024),
-            transfer_block_size=512,
-            watchdog_window_s=120.0,
-        ),
+        spec=SPEC,
         serial="SIM0000001",
     )
     return path
