@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.progress import (
@@ -47,6 +47,9 @@ from bmsfw.update.preflight import run_preflight
 from bmsfw.update.profile import ManualConfirmation, UpdateProfile, load_profile
 from bmsfw.update.report import UpdateReport, load_report, render_text
 from bmsfw.update.string import StringReport
+
+if TYPE_CHECKING:
+    from bmsfw.fleet.client import FleetClient
 
 __all__ = ["FIELD_COMMANDS"]
 
@@ -274,22 +277,127 @@ def preflight_command(
 @link_options
 @click.option(
     "--to",
+    "--dir",
     "directory",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
     help="Directory for the backup (an external drive).",
 )
+@click.option(
+    "--server",
+    help="Also file the backup on this fleet server (cloud backup), e.g. https://fleet:8443.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding your operator token for --server.",
+)
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="CA bundle that issued the server certificate (default: the system store).",
+)
+@click.option(
+    "--reason",
+    default="technician backup",
+    show_default=True,
+    help="Why the backup was taken (kept with the server copy).",
+)
 @json_option
-def backup_command(*, directory: Path, as_json: bool, **kwargs: Any) -> None:
-    """Back up configuration and calibration to a JSON file, verified by reading it back."""
-    out = []
-    for session in _each_session(kwargs):
-        backup = write_backup(directory, session.identify(), session.read_config())
-        out.append({"path": str(backup.path), "checksum": backup.snapshot.checksum})
-        if not as_json:
-            console.print(f"backup written and read back: {backup.path}")
+def backup_command(
+    *,
+    directory: Path,
+    server: str | None,
+    token_file: Path | None,
+    ca: Path | None,
+    reason: str,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Back up configuration and calibration to a JSON file, verified by reading it back.
+
+    With --server the same JSON document is then filed on the fleet server; if
+    that fails, the local file is still good and the command says where it is.
+    """
+    from bmsfw.cli._main import exit_code_for
+    from bmsfw.cli._render import print_error
+
+    # Fail on a bad token file or CA before talking to the BMS at all.
+    fleet = _cloud_backup_client(server, token_file, ca)
+    out: list[dict[str, Any]] = []
+    upload_failure: BmsfwError | None = None
+    try:
+        for session in _each_session(kwargs):
+            backup = write_backup(directory, session.identify(), session.read_config())
+            assert backup.path is not None
+            record: dict[str, Any] = {
+                "path": str(backup.path),
+                "checksum": backup.snapshot.checksum,
+            }
+            out.append(record)
+            if not as_json:
+                console.print(f"backup written and read back: {backup.path}")
+            if fleet is None:
+                continue
+            try:
+                record["server"] = _upload_backup(fleet, backup.path, reason)
+            except BmsfwError as exc:
+                record["server_error"] = exc.to_dict()
+                upload_failure = upload_failure or exc
+                err_console.print(
+                    f"[bold]the local backup is safe at {backup.path}[/] (written and read "
+                    f"back); only the server copy failed: {exc}",
+                    highlight=False,
+                )
+                continue
+            if not as_json:
+                console.print(
+                    f"  filed on {server} as backup {record['server']['id']} "
+                    f"(sha256 {record['server']['sha256']}, same as the local file)",
+                    highlight=False,
+                )
+    finally:
+        if fleet is not None:
+            fleet.close()
     if as_json:
         print_json(out)
+    if upload_failure is not None:
+        print_error(upload_failure)
+        sys.exit(exit_code_for(upload_failure))
+
+
+def _cloud_backup_client(
+    server: str | None, token_file: Path | None, ca: Path | None
+) -> FleetClient | None:
+    if server is None:
+        if token_file is not None or ca is not None:
+            raise UsageError("--token-file and --ca only go with --server")
+        return None
+    if token_file is None:
+        raise UsageError("--server needs --token-file (a file holding your operator token)")
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    if not token:
+        raise UsageError(f"token file {token_file} is empty")
+    from bmsfw.fleet.client import ClientConfig, FleetClient
+
+    # Plain HTTP only to this machine (a local test server), as `bmsfw fleet` does.
+    loopback = server.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+    return FleetClient(ClientConfig(server, token, ca_file=ca, allow_insecure_http=loopback))
+
+
+def _upload_backup(fleet: FleetClient, path: Path, reason: str) -> dict[str, Any]:
+    """File the backup document exactly as written (and read back) on the server."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    info = fleet.upload_device_backup(document["identity"]["serial"], document, reason)
+    return {
+        "id": info.id,
+        "sha256": info.sha256,
+        "uploaded_by": info.uploaded_by,
+        "created_at": info.created_at.isoformat(),
+    }
 
 
 @click.command("restore")

@@ -52,6 +52,7 @@ from bmsfw.fleet.protocol import (
     OperatorBackupUpload,
     StateReport,
     StateReportResponse,
+    backup_sha256,
 )
 
 __all__ = ["ClientConfig", "DownloadResult", "FleetClient"]
@@ -157,9 +158,18 @@ class FleetClient:
         """File a backup of device ``serial`` (operator token; the device must be in the
         inventory). The answer's ``sha256`` is that of the canonical JSON of ``config``."""
         body = OperatorBackupUpload(reason=reason, config=config)
-        return self._model(
+        info = self._model(
             BackupInfo, "POST", f"{API}/devices/{quote(serial, safe='')}/backups", body
         )
+        # The server hashes what it stored: a different digest means it stored
+        # something other than what was sent, and the server copy cannot be trusted.
+        sent = backup_sha256(config)
+        if info.sha256 != sent:
+            raise FleetServerError(
+                f"server stored backup {info.id} of {serial} with sha256 {info.sha256}, "
+                f"but the document sent has sha256 {sent}"
+            )
+        return info
 
     def list_device_backups(self, serial: str) -> list[BackupInfo]:
         data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/backups")

@@ -15,6 +15,8 @@ A technician's laptop (an operator token) files backups taken on site with
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -35,6 +37,8 @@ __all__ = [
     "OperatorBackupUpload",
     "StateReport",
     "StateReportResponse",
+    "backup_content",
+    "backup_sha256",
 ]
 
 PROTOCOL_VERSION = 1
@@ -152,6 +156,16 @@ class BackupUpload(_Model):
     device_serial: str = Field(min_length=1, max_length=120)
     reason: str = Field(default="", max_length=120)
     config: dict[str, Any]
+
+
+def backup_content(config: dict[str, Any]) -> str:
+    """The canonical JSON (sorted keys, no whitespace) the server stores for a backup."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def backup_sha256(config: dict[str, Any]) -> str:
+    """The ``sha256`` the server reports for a backup of ``config``."""
+    return hashlib.sha256(backup_content(config).encode()).hexdigest()
 
 
 class OperatorBackupUpload(_Model):

@@ -93,6 +93,7 @@ from bmsfw.fleet.protocol import (
     OperatorBackupUpload,
     StateReport,
     StateReportResponse,
+    backup_content,
 )
 from bmsfw.fleet.releases import ReleaseFacts
 from bmsfw.fleet.schemas import CampaignSpec, PhaseSpec, SiteWindowSpec
@@ -932,7 +933,7 @@ class FleetService:
         own_device_only: bool,
     ) -> BackupInfo:
         now = self.clock.now()
-        content = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        content = backup_content(config)
         if len(content) > self.settings.max_backup_bytes:
             raise BackupRejectedError(
                 f"backup of {serial} is {len(content)} bytes, limit "
