@@ -7,7 +7,6 @@ packages) are made once per session; each test gets fresh BMS state directories.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -19,22 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
+from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms
 from bmsfw.device._state import bank_region
+from bmsfw.device.lab import lab_pki, provision_nodes, signed_release, write_tester_files
 from bmsfw.device.sim_rs485 import SimRs485Process, node_state_dir
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    TrustAnchors,
-    build_release,
-    create_pki,
-    key_hash,
-    sign_release,
-    verify_release,
-)
-from bmsfw.protocol.uds import issue_tester_certificate
 
 MODEL = "BMS-16S"
 HW_REV = "C"
@@ -55,56 +43,32 @@ class Kit:
     template: Path  # a provisioned BMS running 1.0.0
 
 
-def _pem(cert: object) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined]
+SPEC = DeviceSpec(
+    model=MODEL,
+    hw_revision=HW_REV,
+    flash=FlashSpec.small(bank_size=64 * 1024, sector_size=4096),
+    transfer_block_size=512,
+)
 
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     root = tmp_path_factory.mktemp("rs485-kit")
-    pki = create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
-    (root / "root-ca.crt").write_bytes(_pem(pki.root_certificate))
-    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    chain = _pem(cert) + _pem(pki.intermediate_certificate) + _pem(pki.root_certificate)
-    (root / "tester.crt").write_bytes(chain)
-    (root / "tester.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    pki = lab_pki()
+    files = write_tester_files(pki, root)
+    releases = {
+        name: signed_release(pki, version, counter, spec=SPEC, size=IMAGE_SIZE)
+        for name, version, counter in (("v1", "1.0.0", 1), ("v2", "2.0.0", 2))
+    }
     packages: dict[str, Path] = {}
-    for name, version, counter in (("v1", "1.0.0", 1), ("v2", "2.0.0", 2)):
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(MODEL, (HW_REV,)),
-            min_bootloader_version="2.0.0",
-            components=[ComponentSource("app", make_app_payload(version, size=IMAGE_SIZE))],
-            image_signing_key=pki.image_signing_key,
-            encoding="raw",
-        )
+    for name, release in releases.items():
         packages[name] = root / f"{name}.bmsfw"
-        packages[name].write_bytes(sign_release(unsigned, pki.signer()))
-    trust = TrustAnchors.from_root_certificate(_pem(pki.root_certificate))
-    image = verify_release(packages["v1"].read_bytes(), trust).images["app"]
-    template = root / "template"
-    provision(
-        template,
-        initial_image=image,
-        root_key_hash=key_hash(pki.root_key),
-        image_key_hash=key_hash(pki.image_signing_key),
-        spec=DeviceSpec(
-            model=MODEL,
-            hw_revision=HW_REV,
-            flash=FlashSpec.small(bank_size=64 * 1024, sector_size=4096),
-            transfer_block_size=512,
-        ),
-        serial="RS40000001",
+        packages[name].write_bytes(release.package)
+    state = provision_nodes(
+        root / "template", pki, releases["v1"].image, (1,), spec=SPEC, serial_format="RS4{node:07d}"
     )
-    return Kit(root / "root-ca.crt", root / "tester.crt", root / "tester.key", packages, template)
+    template = node_state_dir(state, 1)
+    return Kit(files.trust, files.tester_cert, files.tester_key, packages, template)
 
 
 @dataclass
