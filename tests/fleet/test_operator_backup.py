@@ -6,9 +6,14 @@ import hashlib
 import json
 from typing import Any
 
+import httpx
+import pytest
+from fastapi.routing import APIRoute
 from sqlalchemy import text
 
+from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.db import make_engine, schema_revision, upgrade_database
+from bmsfw.fleet.errors import FleetServerError
 
 from .conftest import Fleet, bms
 
@@ -145,3 +150,43 @@ def test_migration_keeps_gateway_backups_and_names_their_uploader(db_url: str) -
             )
     finally:
         engine.dispose()
+
+
+def test_the_route_is_guarded_for_operator_and_above(fleet: Fleet) -> None:
+    # The all-routes auth test walks app.routes; this pins that it sees this route.
+    routes = {
+        (method, route.path): (route.openapi_extra or {}).get("x-bmsfw-roles")
+        for route in fleet.app.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    assert routes[("POST", "/api/v1/devices/{serial}/backups")] == [
+        "admin",
+        "operator",
+        "release_manager",
+    ]
+
+
+def test_client_refuses_a_server_copy_with_another_digest() -> None:
+    # A unit test of the client's check alone: the server answers with a wrong digest.
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)
+        assert request.url.raw_path == b"/api/v1/devices/S%201/backups"
+        assert sent == {"reason": "r", "config": CONFIG}
+        return httpx.Response(
+            201,
+            json={
+                "id": 7,
+                "device_serial": "S 1",
+                "created_at": "2025-01-06T12:00:00Z",
+                "reason": "r",
+                "sha256": "0" * 64,
+                "size_bytes": 10,
+                "uploaded_by": "x",
+            },
+        )
+
+    http = httpx.Client(base_url="https://fleet.test", transport=httpx.MockTransport(answer))
+    client = FleetClient(ClientConfig("https://fleet.test", "t"), http=http)
+    with pytest.raises(FleetServerError, match=_canonical_sha256(CONFIG)):
+        client.upload_device_backup("S 1", CONFIG, "r")
