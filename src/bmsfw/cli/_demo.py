@@ -5,7 +5,12 @@ two virtual BMS (packs on one CAN bus) and starts them in their own process
 (udp_multicast CAN, UDS over ISO-TP), then runs the real update pipeline over
 that link: one pack takes release 1.1.0 and confirms it; the other gets a build
 that fails its self-test and returns to its old firmware on its own. Both
-reports are printed, and the audit log is verified at the end.
+reports are printed, and the audit log is verified.
+
+Then the fleet operator's path (``bmsfw.cli._demo_fleet``, skipped with
+``--no-fleet``): ``bmsfw fleet serve`` on SQLite with HTTPS from a demo CA, one
+gateway agent with three virtual BMS, release 1.1.0 uploaded and rolled out in a
+phased campaign to 100 %, and a safety-critical release refused for OTA.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import random
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -40,15 +46,24 @@ IMAGE_SIZE = 32 * 1024
     show_default=True,
     help="Run the virtual BMS's boot and flash timing this many times faster.",
 )
-def demo_command(output: Path | None, time_scale: float) -> None:
-    """Update two virtual BMS over CAN: one passes, one fails its self-test and rolls back."""
+@click.option(
+    "--no-fleet",
+    is_flag=True,
+    help="Skip the fleet part (OTA server, gateway agent, phased campaign).",
+)
+def demo_command(output: Path | None, time_scale: float, no_fleet: bool) -> None:
+    """Update two virtual BMS over CAN (one passes, one rolls back), then three over the air.
+
+    The over-the-air part runs a fleet server (HTTPS, SQLite) and a gateway agent
+    with three virtual BMS through a phased campaign.
+    """
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
-        _run(output, time_scale)
+        _run(output, time_scale, fleet=not no_fleet)
         console.print(f"\nfiles kept in {output}")
         return
     with tempfile.TemporaryDirectory(prefix="bmsfw-demo-") as tmp:
-        _run(Path(tmp), time_scale)
+        _run(Path(tmp), time_scale, fleet=not no_fleet)
 
 
 def _pem(cert: object) -> bytes:
@@ -56,7 +71,7 @@ def _pem(cert: object) -> bytes:
     return data
 
 
-def _run(workdir: Path, time_scale: float) -> None:
+def _run(workdir: Path, time_scale: float, *, fleet: bool) -> None:
     from bmsfw.device import DeviceSpec, FlashSpec, make_app_payload, provision
     from bmsfw.device.sim_can import SimCanProcess, node_state_dir
     from bmsfw.package import (
@@ -95,11 +110,13 @@ def _run(workdir: Path, time_scale: float) -> None:
     )
     trust = TrustAnchors.from_root_certificate(_pem(pki.root_certificate))
     packages: dict[str, bytes] = {}
-    for version, counter, behaviour in (
-        ("1.0.0", 1, None),
-        ("1.1.0", 2, None),
-        ("1.1.1-rc1", 2, "fail-selftest"),
-    ):
+
+    def release(
+        version: str,
+        counter: int,
+        behaviour: str | None,
+        safety_class: Literal["standard", "safety-critical"],
+    ) -> bytes:
         unsigned = build_release(
             product="BMS-16S firmware",
             version=version,
@@ -112,9 +129,17 @@ def _run(workdir: Path, time_scale: float) -> None:
                 )
             ],
             image_signing_key=pki.image_signing_key,
+            safety_class=safety_class,
             release_notes="demo release",
         )
-        packages[version] = sign_release(unsigned, signer)
+        return sign_release(unsigned, signer)
+
+    for version, counter, behaviour in (
+        ("1.0.0", 1, None),
+        ("1.1.0", 2, None),
+        ("1.1.1-rc1", 2, "fail-selftest"),
+    ):
+        packages[version] = release(version, counter, behaviour, "standard")
         (workdir / f"bms-16s-{version}.bmsfw").write_bytes(packages[version])
         console.print(f"signed bms-16s-{version}.bmsfw ({len(packages[version]):,} bytes)")
 
@@ -182,4 +207,27 @@ def _run(workdir: Path, time_scale: float) -> None:
     console.print(
         "\nsame thing by hand: bmsfw update --can LINK --node 1 PACKAGE --trust root-ca.crt "
         "--backup-dir DIR --tester-cert tester.crt --tester-key tester.key"
+    )
+    if not fleet:
+        return
+
+    from bmsfw.cli._demo_fleet import FleetDemoConfig, run_fleet_demo
+
+    console.rule("5. fleet operator: release 1.1.0 over the air, phased campaign")
+    safety_version = "1.2.0"
+    run_fleet_demo(
+        FleetDemoConfig(
+            workdir=workdir,
+            trust_root_pem=_pem(pki.root_certificate),
+            initial_release=packages["1.0.0"],
+            target_release=packages["1.1.0"],
+            target_version="1.1.0",
+            # A security fix classed safety-critical: it must be installed wired.
+            safety_release=release(safety_version, 3, None, "safety-critical"),
+            safety_version=safety_version,
+        )
+    )
+    console.print(
+        "\nsame thing by hand: bmsfw fleet init / serve, bmsfw sim fleet (or bmsfw agent on a "
+        "gateway), bmsfw fleet release-upload, bmsfw fleet campaign-create (docs/fleet.md)"
     )
