@@ -383,7 +383,7 @@ def _print_campaign_table(
         # The server's inventory gives the version; the BMS itself says whether its image
         # is confirmed (and which version it runs, should the two ever differ).
         status = sim.device(serial).boot_status()
-        image = status.image_state
+        image: str = status.image_state
         if status.running_version != version:
             image = f"{status.running_version} {image}"
         table.add_row(
