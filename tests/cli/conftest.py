@@ -8,9 +8,7 @@ directories and its own multicast port, and the simulator runs in its own proces
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -19,28 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from bmsfw.device import (
     DeviceSpec,
     FlashSpec,
     SimClock,
     VirtualBms,
-    make_app_payload,
-    provision,
+)
+from bmsfw.device.lab import (
+    lab_pki,
+    provision_nodes,
+    signed_release,
+    unique_multicast_link,
+    write_tester_files,
 )
 from bmsfw.device.sim_can import SimCanProcess, node_state_dir
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    TrustAnchors,
-    build_release,
-    create_pki,
-    key_hash,
-    sign_release,
-    verify_release,
-)
-from bmsfw.protocol.uds import issue_tester_certificate
 
 MODEL = "BMS-16S"
 HW_REV = "C"
@@ -61,67 +52,39 @@ class Kit:
     template: Path  # a provisioned BMS running 1.0.0
 
 
-def _pem(cert: object) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined]
+SPEC = DeviceSpec(
+    model=MODEL,
+    hw_revision=HW_REV,
+    flash=FlashSpec.small(bank_size=128 * 1024, sector_size=8192),
+    transfer_block_size=512,
+)
 
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
     root = tmp_path_factory.mktemp("kit")
-    pki = create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
-    (root / "root-ca.crt").write_bytes(_pem(pki.root_certificate))
-    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    chain = _pem(cert) + _pem(pki.intermediate_certificate) + _pem(pki.root_certificate)
-    (root / "tester.crt").write_bytes(chain)
-    (root / "tester.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    pki = lab_pki()
+    files = write_tester_files(pki, root)
+    releases = {
+        name: signed_release(pki, version, counter, spec=SPEC, size=size, behaviour=behaviour)
+        for name, version, counter, behaviour, size in (
+            ("v1", "1.0.0", 1, None, IMAGE_SIZE),
+            ("v2", "2.0.0", 2, None, IMAGE_SIZE),
+            ("fail-selftest", "2.1.0", 2, "fail-selftest", IMAGE_SIZE),
+            ("never-confirm", "2.2.0", 2, "never-confirm", IMAGE_SIZE),
+            # Big enough that the transfer takes a moment, so a test can cut the power in it.
+            ("v2-big", "2.0.0", 2, None, 96 * 1024),
         )
-    )
+    }
     packages: dict[str, Path] = {}
-    for name, version, counter, behaviour, size in (
-        ("v1", "1.0.0", 1, None, IMAGE_SIZE),
-        ("v2", "2.0.0", 2, None, IMAGE_SIZE),
-        ("fail-selftest", "2.1.0", 2, "fail-selftest", IMAGE_SIZE),
-        ("never-confirm", "2.2.0", 2, "never-confirm", IMAGE_SIZE),
-        # Big enough that the transfer takes a moment, so a test can cut the power in it.
-        ("v2-big", "2.0.0", 2, None, 96 * 1024),
-    ):
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(MODEL, (HW_REV,)),
-            min_bootloader_version="2.0.0",
-            components=[
-                ComponentSource("app", make_app_payload(version, size=size, behaviour=behaviour))
-            ],
-            image_signing_key=pki.image_signing_key,
-            encoding="raw",
-        )
+    for name, release in releases.items():
         packages[name] = root / f"{name}.bmsfw"
-        packages[name].write_bytes(sign_release(unsigned, pki.signer()))
-    trust = TrustAnchors.from_root_certificate(_pem(pki.root_certificate))
-    image = verify_release(packages["v1"].read_bytes(), trust).images["app"]
-    template = root / "template"
-    provision(
-        template,
-        initial_image=image,
-        root_key_hash=key_hash(pki.root_key),
-        image_key_hash=key_hash(pki.image_signing_key),
-        spec=DeviceSpec(
-            model=MODEL,
-            hw_revision=HW_REV,
-            flash=FlashSpec.small(bank_size=128 * 1024, sector_size=8192),
-            transfer_block_size=512,
-        ),
-        serial="SIM0000001",
+        packages[name].write_bytes(release.package)
+    state = provision_nodes(
+        root / "template", pki, releases["v1"].image, (1,), spec=SPEC, serial_format="SIM{node:07d}"
     )
-    return Kit(
-        root, root / "root-ca.crt", root / "tester.crt", root / "tester.key", packages, template
-    )
+    template = node_state_dir(state, 1)
+    return Kit(root, files.trust, files.tester_cert, files.tester_key, packages, template)
 
 
 @dataclass
@@ -205,8 +168,7 @@ def make_bench(tmp_path: Path, kit: Kit) -> Iterator[Callable[..., Bench]]:
             # Each node its own serial, as on a real string of packs.
             device = target / "device.json"
             device.write_text(device.read_text().replace("SIM0000001", f"SIM000000{node}"))
-        port = random.randint(20_000, 60_000)
-        bench = Bench(kit, state, tmp_path, f"udp_multicast:239.74.163.2,port={port}", nodes)
+        bench = Bench(kit, state, tmp_path, unique_multicast_link(), nodes)
         benches.append(bench)
         return bench
 
