@@ -3,8 +3,6 @@ two worker processes on one database; the client verifies the server against the
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import socket
 import subprocess
@@ -15,66 +13,22 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bmsfw.cli._main import cli
 from bmsfw.cli._registry import register_all
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import FleetConfigError, TlsVerificationError
 from bmsfw.fleet.protocol import CheckIn
+from bmsfw.fleet.testing import write_test_ca_and_server
 
 from .conftest import bms, make_release
 
 
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 def _write_ca_and_server(directory: Path, label: str) -> tuple[Path, Path, Path]:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert(f"{label} fleet test CA", ca_key, None, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", key, ca, ca_key, ca=False)
-    pem = serialization.Encoding.PEM
-    (directory / f"{label}-ca.pem").write_bytes(ca.public_bytes(pem))
-    (directory / f"{label}-server.pem").write_bytes(server.public_bytes(pem))
-    (directory / f"{label}-server.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    files = write_test_ca_and_server(
+        directory, prefix=f"{label}-", ca_name=f"{label} fleet test CA"
     )
-    return (
-        directory / f"{label}-ca.pem",
-        directory / f"{label}-server.pem",
-        directory / f"{label}-server.key",
-    )
+    return files.ca, files.cert, files.key
 
 
 def _free_port() -> int:

@@ -3,35 +3,25 @@ fleet server under uvicorn (HTTPS, in a thread, on a free port) with an admin to
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import make_app_payload
+from bmsfw.device import DeviceSpec
+from bmsfw.device.lab import lab_pki, signed_package
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    VendorPki,
-    build_release,
-    create_pki,
-    sign_release,
-)
+from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
+from bmsfw.package import VendorPki
 
 MODEL = "BMS-16S"  # the virtual BMS's default DeviceSpec
 HW_REV = "C"
@@ -49,26 +39,22 @@ class Vendor:
         counter: int,
         *,
         behaviour: str | None = None,
-        safety_class: str = "standard",
+        safety_class: Literal["standard", "safety-critical"] = "standard",
     ) -> bytes:
-        payload = make_app_payload(version, size=IMAGE_SIZE, behaviour=behaviour)
-        unsigned = build_release(
-            product="BMS-16S firmware",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(MODEL, (HW_REV,)),
-            min_bootloader_version="2.0.0",
-            components=[ComponentSource("app", payload)],
-            image_signing_key=self.pki.image_signing_key,
-            encoding="raw",
-            safety_class=safety_class,  # type: ignore[arg-type]
+        return signed_package(
+            self.pki,
+            version,
+            counter,
+            spec=DeviceSpec(model=MODEL, hw_revision=HW_REV),
+            size=IMAGE_SIZE,
+            behaviour=behaviour,
+            safety_class=safety_class,
         )
-        return sign_release(unsigned, self.pki.signer())
 
 
 @pytest.fixture(scope="session")
 def vendor() -> Vendor:
-    pki = create_pki("ed25519", now=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+    pki = lab_pki()
     return Vendor(pki, pki.root_certificate.public_bytes(serialization.Encoding.PEM))
 
 
@@ -82,57 +68,12 @@ def releases(vendor: Vendor) -> dict[str, bytes]:
     }
 
 
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@dataclass(frozen=True)
-class Tls:
-    ca: Path
-    cert: Path
-    key: Path
+Tls = TestTlsFiles
 
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
-    directory = tmp_path_factory.mktemp("tls")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("bmsfw e2e test CA", ca_key, None, ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", key, ca, ca_key, ca=False)
-    pem = serialization.Encoding.PEM
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (directory / "server.pem").write_bytes(server.public_bytes(pem))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    return write_test_ca_and_server(tmp_path_factory.mktemp("tls"), ca_name="bmsfw e2e test CA")
 
 
 def _free_port() -> int:
