@@ -32,8 +32,6 @@ data-phase bits). ISO-TP caps classic CAN at 7/8 = 87.5 % (FD: 63/64). With
 from __future__ import annotations
 
 import argparse
-import itertools
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,30 +49,20 @@ from udsoncan.client import Client
 from udsoncan.connections import PythonIsoTpConnection
 
 from bmsfw.device.flash import FlashSpec
-from bmsfw.device.images import make_app_payload
-from bmsfw.device.provision import provision
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator, SimCanProcess, node_state_dir
+from bmsfw.device.lab import (
+    lab_pki,
+    provision_nodes,
+    signed_release,
+    tester_for,
+    unique_multicast_link,
+)
+from bmsfw.device.sim_can import CanSimConfig, CanSimulator, SimCanProcess
 from bmsfw.device.spec import DeviceSpec
 from bmsfw.device.uds_server import UdsServerConfig
 from bmsfw.link import open_can_bus, parse_can_link
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    TrustAnchors,
-    VendorPki,
-    build_release,
-    create_pki,
-    key_hash,
-    release_header,
-    sign_release,
-    verify_release,
-)
+from bmsfw.package import VendorPki
 from bmsfw.protocol.session import TesterCredentials
-from bmsfw.protocol.uds import (
-    issue_tester_certificate,
-    open_uds_session,
-    tester_credentials,
-)
+from bmsfw.protocol.uds import open_uds_session
 
 KIB = 1024
 SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=16 * KIB))
@@ -107,34 +95,20 @@ class Row:
 
 
 def _release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
-    package = sign_release(
-        build_release(
-            product="bench-bms",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
-            min_bootloader_version="1.0.0",
-            components=[ComponentSource.firmware("app", make_app_payload(version, size=size))],
-            image_signing_key=pki.image_signing_key,
-            encoding="raw",
-        ),
-        pki.signer(),
+    release = signed_release(
+        pki,
+        version,
+        counter,
+        spec=SPEC,
+        size=size,
+        product="bench-bms",
+        min_bootloader_version="1.0.0",
     )
-    trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
-        [key_hash(pki.image_signing_key)]
-    )
-    return release_header(package), verify_release(package, trust).image("app")
+    return release.header, release.image
 
 
 def _provision(root: Path, pki: VendorPki, initial: bytes) -> Path:
-    provision(
-        node_state_dir(root, 1),
-        initial_image=initial,
-        root_key_hash=key_hash(pki.root_key),
-        image_key_hash=key_hash(pki.image_signing_key),
-        spec=SPEC,
-    )
-    return root
+    return provision_nodes(root, pki, initial, (1,), spec=SPEC)
 
 
 def _bmsfw_run(
@@ -191,9 +165,6 @@ def _plain_run(
         bus.shutdown()
 
 
-_ports = itertools.count()
-
-
 @contextmanager
 def _bms(mode: str, root: Path, suffix: str, name: str, max_block: int) -> Iterator[str]:
     """A BMS serving node 1 from ``root``; yields the link the tester opens."""
@@ -210,9 +181,7 @@ def _bms(mode: str, root: Path, suffix: str, name: str, max_block: int) -> Itera
         with CanSimulator(config):
             yield link
         return
-    n = next(_ports)
-    pid = os.getpid()
-    link = f"udp_multicast:239.78.{pid % 250}.{n % 250 + 1}{suffix},port={41000 + (pid + n) % 9000}"
+    link = unique_multicast_link(suffix)
     with SimCanProcess(
         link, root, (1,), time_scale=20, max_block_length=max_block, log_file=root / "sim.log"
     ):
@@ -235,9 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs per row")
     args = parser.parse_args(argv)
-    pki = create_pki("ed25519")
-    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    tester = tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+    pki = lab_pki(backdate_s=0)
+    tester = tester_for(pki)
     _, initial = _release(pki, "1.0.0", 1, 16 * KIB)
     size = args.size_kib * KIB
     header, image = _release(pki, "2.0.0", 2, size - 1024)

@@ -289,11 +289,15 @@ def provision_nodes(
 def unique_multicast_link(*extra: str) -> str:
     """A ``udp_multicast`` CAN link that no other link of this process or any other shares.
 
-    ``extra`` are appended link options (e.g. ``"@500k"``, ``"throttle"``). Safe for
-    tests run in parallel processes and for many benches in one process.
+    ``extra`` are link options, e.g. ``"@500k"``, ``"throttle"`` or ``"@500k/2M,throttle"``:
+    a bit-rate part (``@...``) joins the channel, the rest are appended after the port.
+    Safe for tests run in parallel processes and for many benches in one process.
     """
+    options = [part for item in extra for part in item.split(",") if part]
+    rates = "".join(part for part in options if part.startswith("@"))
     n = next(_link_counter)
     pid = os.getpid()
     group = f"{_MULTICAST_PREFIX}.{pid % 250}.{n % 250 + 1}"
     port = _PORT_BASE + (pid * 7 + n) % _PORT_SPAN
-    return ",".join([f"udp_multicast:{group}", f"port={port}", *extra])
+    rest = [part for part in options if not part.startswith("@")]
+    return ",".join([f"udp_multicast:{group}{rates}", f"port={port}", *rest])
