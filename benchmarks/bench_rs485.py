@@ -24,24 +24,11 @@ import time
 from pathlib import Path
 
 from bmsfw.device.flash import FlashSpec
-from bmsfw.device.images import make_app_payload
-from bmsfw.device.provision import provision
-from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator, node_state_dir
+from bmsfw.device.lab import lab_pki, provision_nodes, signed_release, tester_for
+from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator
 from bmsfw.device.spec import DeviceSpec
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    TrustAnchors,
-    VendorPki,
-    build_release,
-    create_pki,
-    key_hash,
-    release_header,
-    sign_release,
-    verify_release,
-)
+from bmsfw.package import VendorPki
 from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_bus
-from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
 
 KIB = 1024
 SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=4 * KIB))
@@ -50,36 +37,20 @@ CHAR_BITS_8E1 = 11
 
 
 def make_release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
-    payload = make_app_payload(version, size=size)
-    package = sign_release(
-        build_release(
-            product="demo-bms",
-            version=version,
-            security_counter=counter,
-            hardware=HardwareCompat(SPEC.model, (SPEC.hw_revision,)),
-            min_bootloader_version="1.0.0",
-            components=[ComponentSource.firmware("app", payload)],
-            image_signing_key=pki.image_signing_key,
-            encoding="raw",
-        ),
-        pki.signer(),
+    release = signed_release(
+        pki,
+        version,
+        counter,
+        spec=SPEC,
+        size=size,
+        product="demo-bms",
+        min_bootloader_version="1.0.0",
     )
-    trust = TrustAnchors.from_key_hashes([key_hash(pki.root_key)]).with_image_key_hashes(
-        [key_hash(pki.image_signing_key)]
-    )
-    return release_header(package), verify_release(package, trust, None).image("app")
+    return release.header, release.image
 
 
 def provision_string(state: Path, pki: VendorPki, image: bytes, units: range) -> None:
-    for unit in units:
-        provision(
-            node_state_dir(state, unit),
-            initial_image=image,
-            root_key_hash=key_hash(pki.root_key),
-            image_key_hash=key_hash(pki.image_signing_key),
-            spec=SPEC,
-            serial=f"BMS{unit:07d}",
-        )
+    provision_nodes(state, pki, image, units, spec=SPEC)
 
 
 def run(baud: int, nodes: int, image_size: int, pki: VendorPki, tester: object) -> dict[str, float]:
@@ -176,9 +147,8 @@ def main(argv: list[str]) -> int:
             bauds = (int(arg.split("=", 1)[1]),)
     image_size = (64 if quick else 256) * KIB
     nodes = 4 if quick else 16
-    pki = create_pki("ed25519")
-    key, cert = issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    tester = tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+    pki = lab_pki(backdate_s=0)
+    tester = tester_for(pki)
     rows = [run(b, nodes, image_size, pki, tester) for b in bauds]
     print(f"\nModbus RTU 8E1, throttled simulated RS485, image {image_size // KIB} KiB")
     print(f"{'':34}" + "".join(f"{int(r['baud']):>14}" for r in rows))
