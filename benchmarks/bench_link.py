@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 
 import can
 
+from bmsfw.device.lab import unique_multicast_link
 from bmsfw.link import (
     IsoTpTimeoutError,
     default_isotp_params,
@@ -150,8 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="32 KiB per case")
     args = parser.parse_args(argv)
     total = (32 if args.quick else args.kib) * 1024
-    port = 45000 + os.getpid() % 1000
-    group = "udp_multicast:239.74.163.2"
     cases = [
         Case("virtual:bench@500k", 0, total),
         Case("virtual:bench@500k", 8, total),
@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         Case("virtual:bench@500k/2M", 0, total),
         Case("virtual:bench@500k/2M,throttle", 0, total),
         Case("virtual:bench@500k/2M,throttle", 8, total),
-        Case(f"{group}@500k,port={port}", 8, total),
-        Case(f"{group}@500k,port={port}", 16, total),
-        Case(f"{group}@500k,port={port},throttle", 0, total),
-        Case(f"{group}@500k/2M,port={port},throttle", 0, total),
+        # each multicast case on its own group and port: no stray frames from the last one
+        Case(unique_multicast_link("@500k"), 8, total),
+        Case(unique_multicast_link("@500k"), 16, total),
+        Case(unique_multicast_link("@500k,throttle"), 0, total),
+        Case(unique_multicast_link("@500k/2M,throttle"), 0, total),
     ]
     header = (
         f"{'link':<46} {'bs':>3} {'frames':>7} {'wire s':>7} {'elapsed s':>9} "
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for case in cases:
         row = run_case(case)
-        link = str(row["link"]).replace(f",port={port}", "")
+        link = re.sub(r",port=\d+", "", str(row["link"]))
         print(
             f"{link:<46} {row['bs']:>3} {row['frames']:>7} {row['wire_s']:>7.2f} "
             f"{row['elapsed_s']:>9.2f} {row['kib_s']:>8.1f} {row['raw_kib_s']:>9.1f} "
