@@ -95,15 +95,7 @@ class Row:
 
 
 def _release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
-    release = signed_release(
-        pki,
-        version,
-        counter,
-        spec=SPEC,
-        size=size,
-        product="bench-bms",
-        min_bootloader_version="1.0.0",
-    )
+    release = signed_release(pki, version, counter, spec=SPEC, size=size)
     return release.header, release.image
 
 

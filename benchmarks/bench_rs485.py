@@ -37,15 +37,7 @@ CHAR_BITS_8E1 = 11
 
 
 def make_release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
-    release = signed_release(
-        pki,
-        version,
-        counter,
-        spec=SPEC,
-        size=size,
-        product="demo-bms",
-        min_bootloader_version="1.0.0",
-    )
+    release = signed_release(pki, version, counter, spec=SPEC, size=size)
     return release.header, release.image
 
 

@@ -6,9 +6,7 @@ A virtual BMS in its own process on CAN (udp_multicast), a real fleet server
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import socket
 import threading
@@ -19,15 +17,12 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import create_token, init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.protocol import BmsReport, CheckIn
+from bmsfw.fleet.testing import write_test_ca_and_server
 from bmsfw.update.backup import load_backup
 
 from .conftest import HW_REV, MODEL, Bench, Kit, run_bmsfw
@@ -44,32 +39,6 @@ class CloudServer:
         return FleetClient(ClientConfig(self.url, token, ca_file=self.ca))
 
 
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 class _ThreadedUvicorn(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the test runner owns the signals
         pass
@@ -77,15 +46,7 @@ class _ThreadedUvicorn(uvicorn.Server):
 
 @pytest.fixture
 def cloud(tmp_path: Path, kit: Kit) -> Iterator[CloudServer]:
-    pem = serialization.Encoding.PEM
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("bmsfw cloud-backup test CA", ca_key, None, ca_key)
-    key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp_path / "server.pem").write_bytes(_cert("127.0.0.1", key, ca, ca_key).public_bytes(pem))
-    (tmp_path / "server.key").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    tls = write_test_ca_and_server(tmp_path, ca_name="bmsfw cloud-backup test CA")
     db_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     admin = init_database(db_url)
     assert admin is not None
@@ -107,8 +68,8 @@ def cloud(tmp_path: Path, kit: Kit) -> Iterator[CloudServer]:
             create_app(config),
             host="127.0.0.1",
             port=port,
-            ssl_certfile=str(tmp_path / "server.pem"),
-            ssl_keyfile=str(tmp_path / "server.key"),
+            ssl_certfile=str(tls.cert),
+            ssl_keyfile=str(tls.key),
             log_level="warning",
             access_log=False,
         )
@@ -120,7 +81,7 @@ def cloud(tmp_path: Path, kit: Kit) -> Iterator[CloudServer]:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.02)
     try:
-        yield CloudServer(f"https://127.0.0.1:{port}", tmp_path / "ca.pem", admin, token_file)
+        yield CloudServer(f"https://127.0.0.1:{port}", tls.ca, admin, token_file)
     finally:
         server.should_exit = True
         thread.join(10)
