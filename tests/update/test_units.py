@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,19 @@ def test_link_names() -> None:
     ):
         with pytest.raises(LinkSpecInvalidError):
             parse_links(**bad)  # type: ignore[arg-type]
+
+
+def test_two_backups_in_one_second_never_overwrite_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # File names have one-second resolution; the second backup must not replace the first.
+    frozen = time.gmtime(1_790_000_000)
+    monkeypatch.setattr(time, "gmtime", lambda *_: frozen)
+    identity = DeviceIdentity("V", "M", "C", "S1", "2.1.0", "1.0.0", 1, "A")
+    first = write_backup(tmp_path, identity, _snapshot())
+    second = write_backup(tmp_path, identity, _snapshot(151.0))
+    assert first.path is not None and second.path is not None
+    assert first.path != second.path
+    assert load_backup(first.path).snapshot.checksum == _snapshot().checksum
+    assert load_backup(second.path).snapshot.checksum == _snapshot(151.0).checksum
+    assert not list(tmp_path.glob(".backup-*"))  # no temp file left behind

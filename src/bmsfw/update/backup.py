@@ -169,16 +169,14 @@ def write_backup(
         _safe_name(part)
         for part in (identity.model, identity.serial, identity.app_version, created)
     )
-    target = folder / f"{name}.json"
-    backup = ConfigBackup(identity, snapshot, created, target)
-    text = backup.to_json()
+    text = ConfigBackup(identity, snapshot, created).to_json()
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".backup-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        target = _publish_without_overwriting(Path(tmp), folder, name)
     except OSError as exc:
         raise BackupVerifyFailedError(f"cannot write backup to {folder}: {exc}") from exc
     # Read it back from the drive: what counts is what a later restore will see.
@@ -191,6 +189,25 @@ def write_backup(
             f"backup {target} read back differently from what was written"
         )
     return readback
+
+
+def _publish_without_overwriting(tmp: Path, folder: Path, name: str) -> Path:
+    """Give the written temp file its final name, never replacing an existing backup.
+
+    Names have one-second resolution, so two backups of one pack within a second
+    get ``NAME.json`` and ``NAME-2.json``; ``os.link`` fails instead of overwriting.
+    """
+    try:
+        for n in range(1, 1000):
+            target = folder / (f"{name}.json" if n == 1 else f"{name}-{n}.json")
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                continue
+            return target
+        raise FileExistsError(f"999 backups named {name} already exist in {folder}")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_backup(path: str | Path) -> ConfigBackup:
