@@ -16,8 +16,6 @@ an error or Ctrl-C leaves nothing running.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import socket
 import subprocess
 import sys
@@ -28,10 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from rich.table import Table
 
 from bmsfw.cli._render import console
@@ -40,6 +34,7 @@ from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import FleetUnreachableError, SafetyCriticalOtaRefusedError
 from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
+from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 
 __all__ = ["FleetDemoConfig", "run_fleet_demo"]
 
@@ -67,57 +62,10 @@ class FleetDemoConfig:
     server_tick_interval_s: float = 0.2
 
 
-@dataclass(frozen=True)
-class _Tls:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if issuer is not None:  # the server certificate: valid for the loopback address only
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_demo_tls(directory: Path) -> _Tls:
-    """A throw-away CA (valid one day) and a server certificate for 127.0.0.1 it issued."""
+def make_demo_tls(directory: Path) -> TestTlsFiles:
+    """A throw-away CA and a server certificate for localhost / 127.0.0.1 it issued."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("bmsfw demo fleet CA", ca_key, None, ca_key)
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = _certificate("localhost", key, ca, ca_key)
-    pem = serialization.Encoding.PEM
-    tls = _Tls(directory / "demo-ca.pem", directory / "server.pem", directory / "server.key")
-    tls.ca.write_bytes(ca.public_bytes(pem))
-    tls.cert.write_bytes(server.public_bytes(pem))
-    tls.key.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    tls.key.chmod(0o600)
-    return tls
+    return write_test_ca_and_server(directory, prefix="demo-", ca_name="bmsfw demo fleet CA")
 
 
 def _free_port() -> int:
@@ -128,7 +76,7 @@ def _free_port() -> int:
 
 @contextmanager
 def _fleet_server(
-    config: FleetDemoConfig, base: Path, db_url: str, admin_token: str, tls: _Tls
+    config: FleetDemoConfig, base: Path, db_url: str, admin_token: str, tls: TestTlsFiles
 ) -> Iterator[str]:
     """``bmsfw fleet serve`` in its own process until the block ends; yields its URL."""
     trust_root = base / "vendor-root.pem"
