@@ -18,7 +18,7 @@ Wire bus and faults (:mod:`bmsfw.link.wirebus`), a real ``can.BusABC``::
 
     WireBus(inner: can.BusABC, model: CanWireModel | None = None, *, throttle: bool = False,
             clock: WireClock | None = None, faults: CanFaults | None = None,
-            suppress_own_echo: bool = False, tx_queue_depth: int = 2)
+            suppress_own_echo: bool = False, tx_queue_depth: int = 10)
         .stats() -> WireStats; .reset_stats(); .faults (get/set at run time);
         .flush_tx_buffer(); .shutdown()
     CanFaults(drop_fraction=0.0, corrupt_fraction=0.0, delay_fraction=0.0, delay_s=0.05,

@@ -7,8 +7,11 @@ bus it
 * counts every frame both ways (frames, payload bytes, nominal bits, wire time);
 * optionally throttles to the physical rate: a frame is handed to the inner bus
   at the end of its booked slot on the shared :class:`~bmsfw.link.wire.WireClock`
-  (a transmit FIFO of ``tx_queue_depth`` frames, like a controller's mailboxes,
-  so the sender computes the next frame while this one is on the wire);
+  (a transmit queue of ``tx_queue_depth`` frames, default 10 like SocketCAN's
+  default ``txqueuelen`` for CAN interfaces, so the sender computes the next
+  frames while this one is on the wire; with 2 — a controller's mailboxes alone —
+  every scheduling hiccup of the Python sender left the bus idle, measured
+  82-83 % instead of ~85 % of the raw rate on classic CAN 500k);
 * injects faults from a frozen :class:`CanFaults`, replaceable at run time:
   drop / corrupt / delay a fraction of frames (seeded RNG, deterministic for a
   given sequence of frames), bus-off (``send`` raises :class:`BusOffError`,
@@ -123,7 +126,7 @@ class WireBus(can.BusABC):
         clock: WireClock | None = None,
         faults: CanFaults | None = None,
         suppress_own_echo: bool = False,
-        tx_queue_depth: int = 2,
+        tx_queue_depth: int = 10,
         channel_info: str | None = None,
         **kwargs: Any,
     ) -> None:
