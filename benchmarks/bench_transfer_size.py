@@ -99,7 +99,7 @@ def main() -> None:
     old_image = _stored(release(OLD, 1, "raw"))
     new_image = _stored(release(NEW, 1, "raw"))
     rows: list[tuple[str, bytes]] = [("raw image", new_image)]
-    for codec in ("zstd", "lz4", "heatshrink"):
+    for codec in ("zstd", "lz4", "heatshrink", "lzma2thumb"):
         rows.append((f"{codec}", _stored(release(NEW, 1, codec))))
     for compression in ("crle", "heatshrink", "lzma"):
         rows.append(
@@ -131,14 +131,16 @@ def main() -> None:
         t_can = can_transfer_s(len(payload), can)
         t_rs = rs485_transfer_s(payload, RS485_BAUD)
         print(
-            f"{label:<26}{len(payload):>8}{len(new_image) / len(payload):>7.1f}"
-            f"{t_can:>12.3f}{raw_can / t_can:>8.1f}x{t_rs:>15.3f}{raw_rs / t_rs:>8.1f}x"
+            f"{label:<26}{len(payload):>8}{len(new_image) / len(payload):>7.2f}"
+            f"{t_can:>12.3f}{raw_can / t_can:>8.2f}x{t_rs:>15.3f}{raw_rs / t_rs:>8.2f}x"
         )
     print(
         "\nbytes = what crosses the wire for the app component (unpadded MCUboot image,"
         " its stored\nform per codec, or the delta patch). Targets: >= 1.5x with compression,"
         " >= 10x with delta.\nzstd uses a 32 KiB window, heatshrink -w 10 -l 4, lz4 64 KiB"
-        " independent blocks; the delta\n(detools sequential patch) with crle or"
+        " independent blocks; lzma2thumb is raw LZMA2\n(32 KiB dictionary) behind the ARM"
+        " Thumb branch filter, as MCUboot's own decompression; the delta\n(detools sequential"
+        " patch) with crle or"
         " heatshrink -w 8 -l 7 is MCU-friendly,"
         " lzma is\nshown for reference."
     )

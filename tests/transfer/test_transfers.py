@@ -48,7 +48,7 @@ def _flash(path: Path) -> bytes:
     return (path / "flash.bin").read_bytes()
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink"])
+@pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink", "lzma2thumb"])
 def test_compressed_update_end_to_end(vendor: Vendor, device_dir: Path, encoding: str) -> None:
     release = vendor.release("1.1.0", 2, encoding=encoding)
     comp = release.manifest.component("app")

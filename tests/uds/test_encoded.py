@@ -130,3 +130,16 @@ def test_wrong_dfi_refused_and_interrupted_encoded_transfer_restarts_from_zero(
             assert result.ok and result.resumed_from == 0
             assert result.bytes_sent == len(hs.stored)
             assert session.identify().app_version == "1.2.0"
+
+
+def test_lzma2_thumb_release_over_uds_announces_its_dfi_and_confirms(
+    tmp_path: Path, pki: VendorPki, tester: Credentials, state_dir: Path
+) -> None:
+    # The codec MCUboot's own decompression uses (LZMA2 behind the ARM Thumb filter).
+    release = make_release(pki, "1.1.0", 2, encoding="lzma2thumb")
+    assert len(release.stored) < len(release.image)
+    link = unique_link()
+    with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
+        wire, dfi = _flash_and_count(link, release, tester, payload=release.stored)
+    assert dfi == 0x40 == transfer_dfi(_component(release))
+    assert wire < len(release.image), (wire, len(release.image))

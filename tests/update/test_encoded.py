@@ -55,7 +55,7 @@ def _update(
     )
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink"])
+@pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink", "lzma2thumb"])
 def test_compressed_release_goes_over_as_stored_bytes(
     *,
     encoding: str,

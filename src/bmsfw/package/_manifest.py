@@ -51,7 +51,7 @@ class Component:
     name: str
     image_size: int
     image_sha256: bytes
-    encoding: str  # compression of the stored bytes: "raw", "zstd", "lz4", "heatshrink"
+    encoding: str  # stored bytes: "raw", "zstd", "lz4", "heatshrink", "lzma2thumb"
     stored_size: int
     stored_sha256: bytes
     # format_version 2: the stored bytes decode to a detools patch that turns the

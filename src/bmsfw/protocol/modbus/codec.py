@@ -67,7 +67,7 @@ def transfer_encoding(component: Component) -> int:
     """The ``transfer_encoding`` register value for sending ``component``'s stored bytes.
 
     The same number as UDS RequestDownload's dataFormatIdentifier (docs/transfers.md):
-    high nibble the codec (raw 0, zstd 1, lz4 2, heatshrink 3) plus 0x8 for a delta,
+    high nibble the codec (raw 0, zstd 1, lz4 2, heatshrink 3, lzma2thumb 4) plus 0x8 for a delta,
     low nibble the encryption (0 clear, 1 ECIES-X25519, 2 ECIES-P256). 0 means the
     window carries the decoded image.
     """

@@ -126,7 +126,7 @@ def transfer_dfi(component: Component) -> int:
     """RequestDownload's dataFormatIdentifier for sending ``component``'s *stored* bytes.
 
     High nibble (compressionMethod): the codec's number (raw 0, zstd 1, lz4 2,
-    heatshrink 3; ``bmsfw.package._encoding.dfi_for``), plus 0x8 for a delta. Low
+    heatshrink 3, lzma2thumb 4; ``bmsfw.package._encoding.dfi_for``), plus 0x8 for a delta. Low
     nibble (encryptingMethod): 0 clear, 1 ECIES-X25519, 2 ECIES-P256. ``0x00`` is
     the decoded image itself.
     """
