@@ -129,6 +129,35 @@ def check_delta_base(bms: VirtualBms, header: bytes) -> None:
         )
 
 
+def check_release(bms: VirtualBms, header: bytes) -> None:
+    """Refusals every server makes before any erase or write: a delta for another base,
+    an encrypted release this BMS has no device-class key for."""
+    check_delta_base(bms, header)
+    manifest = Manifest.from_json_bytes(decode_header(header).manifest)
+    component = _app(manifest)
+    if component.encryption != "none" and read_encryption_key(bms) is None:
+        raise DecryptionError(
+            f"release {manifest.version} is encrypted ({component.encryption}); "
+            "this BMS has no device-class key in OTP"
+        )
+
+
+def staged_component(bms: VirtualBms) -> Component | None:
+    """The app component of the staged (already verified) release header, if any."""
+    staged = bms._staged()
+    if staged is None:
+        return None
+    return _app(Manifest.from_json_bytes(decode_header(staged.header).manifest))
+
+
+def staged_bank_blank(bms: VirtualBms) -> bool:
+    """Whether the staged image's range of the inactive bank is erased (0xFF)."""
+    staged = bms._staged()
+    if staged is None or not staged.erased:
+        return False
+    return bms.flash.is_erased(bank_region(staged.bank), 0, staged.size)
+
+
 class EncodedTransfer:
     """Receives the stored bytes of the staged release's app component (see module doc)."""
 

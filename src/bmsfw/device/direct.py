@@ -25,14 +25,12 @@ from typing import Literal
 from bmsfw.device._stream_decode import (
     EncodedTransfer,
     active_image_digest,
-    check_delta_base,
-    read_encryption_key,
+    check_release,
 )
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import DeviceNotRunningError, PowerCutError
 from bmsfw.errors import TransportError
 from bmsfw.package import Component, Manifest, decode_header
-from bmsfw.package.errors import DecryptionError
 from bmsfw.protocol.errors import DeviceBootTimeoutError, UdsCertificateRejectedError
 from bmsfw.protocol.session import (
     BootStatus,
@@ -140,14 +138,8 @@ class DirectSession:
     ) -> TransferState:
         self._staged = None
         # as the UDS and Modbus servers do: refusals that must come before any erase
-        check_delta_base(self.bms, header)
-        manifest = Manifest.from_json_bytes(decode_header(header).manifest)
-        component = manifest.component("app")
-        if component.encryption != "none" and read_encryption_key(self.bms) is None:
-            raise DecryptionError(
-                f"release {manifest.version} is encrypted ({component.encryption}); "
-                "this BMS has no device-class key in OTP"
-            )
+        check_release(self.bms, header)
+        component = Manifest.from_json_bytes(decode_header(header).manifest).component("app")
         status = self.bms.begin_update(header, channel=channel)
         self._staged = component
         return TransferState(

@@ -25,12 +25,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bmsfw.device._state import bank_region
 from bmsfw.device._stream_decode import (
     EncodedTransfer,
     active_image_digest,
-    check_delta_base,
-    read_encryption_key,
+    check_release,
+    staged_bank_blank,
+    staged_component,
 )
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import (
@@ -46,8 +46,7 @@ from bmsfw.device.errors import (
     WriteOutOfRangeError,
 )
 from bmsfw.errors import BmsfwError, PackageError
-from bmsfw.package import Component, Manifest, decode_header
-from bmsfw.package.errors import DecryptionError
+from bmsfw.package import Component
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -827,30 +826,14 @@ class UdsDeviceAdapter:
 
     def staged_component(self) -> Component | None:
         """The app component of the staged (already verified) release header, if any."""
-        staged = self.bms._staged() if self.is_running() else None
-        if staged is None:
-            return None
-        return Manifest.from_json_bytes(decode_header(staged.header).manifest).component("app")
+        return staged_component(self.bms) if self.is_running() else None
 
     def bank_blank(self) -> bool:
-        """Whether the staged image's range of the inactive bank is erased (0xFF)."""
-        staged = self.bms._staged()
-        if staged is None or not staged.erased:
-            return False
-        return self.bms.flash.is_erased(bank_region(staged.bank), 0, staged.size)
+        return staged_bank_blank(self.bms)
 
     def check_release(self, header: bytes) -> None:
         """Refusals that must come before any write: delta base, decryption key."""
-        check_delta_base(self.bms, header)
-        manifest = Manifest.from_json_bytes(decode_header(header).manifest)
-        component = manifest.component("app")
-        if component.encryption != "none":
-            key = read_encryption_key(self.bms)
-            if key is None:
-                raise DecryptionError(
-                    f"release {manifest.version} is encrypted ({component.encryption}); "
-                    "this BMS has no device-class key in OTP"
-                )
+        check_release(self.bms, header)
 
     def begin_encoded(self) -> EncodedTransfer:
         return EncodedTransfer(self.bms)
