@@ -173,3 +173,47 @@ def test_a_check_in_that_fails_midway_leaves_nothing_written(
         assert [d.serial for d in after["devices"]] == ["S1", "S2", "S3"]
         assert after["devices"][0].firmware_version == "1.0.5"
         assert len(after["audit"]) > len(before["audit"])
+
+
+def test_a_new_agent_version_is_recorded_on_the_telemetry_path(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms("S1")], agent_version="1.0")
+    audited = len(_snapshot(fleet)["audit"])
+
+    def audited_path(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("an agent upgrade alone must not take the audited ORM path")
+
+    # A fleet-wide agent upgrade must not send every gateway down the ORM path.
+    monkeypatch.setattr(fleet.service, "_update_inventory", audited_path)
+    fleet.check_in("gw", [bms("S1", soc_pct=30.0)], agent_version="1.1")
+    after = _snapshot(fleet)
+    assert after["gateways"][0].agent_version == "1.1"
+    assert after["devices"][0].soc_pct == 30.0
+    # An agent that does not say its version leaves the recorded one alone.
+    fleet.check_in("gw", [bms("S1")])
+    after = _snapshot(fleet)
+    assert after["gateways"][0].agent_version == "1.1"
+    assert len(after["audit"]) == audited
+
+
+def test_check_in_body_errors_answer_422_after_the_credential_check(fleet: Fleet) -> None:
+    fleet.add_gateway("gw", "harbour")
+    url = "/api/v1/agent/check-in"
+    bad = {"devices": [{"serial": "S1"}]}
+    # A token this process has not cached is resolved first: no body detail leaks to it.
+    refused = fleet.client.post(url, headers={"Authorization": "Bearer nope"}, json=bad)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "BMSFW-E602"
+    fleet.clock.advance(fleet.service.settings.credential_cache_ttl_s)  # nothing cached now
+    for _miss_then_hit in range(2):
+        invalid = fleet.client.post(url, headers=fleet.h("gw"), json=bad)
+        assert invalid.status_code == 422, invalid.text
+        assert invalid.json()["detail"][0]["loc"][:3] == ["body", "devices", 0]
+    not_json = fleet.client.post(url, headers=fleet.h("gw"), content=b"{nope")
+    assert not_json.status_code == 422
+    spec = fleet.call("GET", "/api/v1/openapi.json", "viewer")
+    body = spec["paths"][url]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CheckIn"}
+    assert "devices" in spec["components"]["schemas"]["CheckIn"]["properties"]
+    assert "serial" in spec["components"]["schemas"]["BmsReport"]["properties"]

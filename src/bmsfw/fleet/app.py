@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRouter
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from bmsfw.errors import FleetError
@@ -91,11 +94,21 @@ class _Guard:
     own transaction (``touch_in_handler``), by any other route here.
     """
 
-    def __init__(self, roles: frozenset[str], *, touch_in_handler: bool = False) -> None:
+    def __init__(
+        self,
+        roles: frozenset[str],
+        *,
+        touch_in_handler: bool = False,
+        resolve_miss_in_handler: bool = False,
+    ) -> None:
         self.roles = roles
         self.touch_in_handler = touch_in_handler
+        # The check-in resolves a token this process has not cached in the same
+        # worker-thread hop as its transaction (one hop instead of two); the guard
+        # then leaves ``request.state.principal`` None and the hash in ``token_hash``.
+        self.resolve_miss_in_handler = resolve_miss_in_handler
 
-    async def __call__(self, request: Request) -> Principal:
+    async def __call__(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
@@ -105,8 +118,24 @@ class _Guard:
         service: FleetService = request.app.state.service
         token_hash = hash_token(token.strip())
         principal = service.cached_principal(token_hash)
+        if principal is None and self.resolve_miss_in_handler:
+            request.state.principal = None
+            request.state.token_hash = token_hash
+            request.state.touch_last_used = False
+            return None
         if principal is None:
             principal = await run_in_threadpool(service.load_principal, token_hash)
+        touch = self.admit(service, principal, request)
+        assert principal is not None  # admit refused None
+        if touch and not self.touch_in_handler:
+            await run_in_threadpool(service.touch_last_used, principal)
+            touch = False
+        request.state.principal = principal
+        request.state.touch_last_used = touch
+        return principal
+
+    def admit(self, service: FleetService, principal: Principal | None, request: Request) -> bool:
+        """Refuse unknown/revoked tokens and roles not admitted; True when last use is due."""
         if principal is None:
             raise InvalidCredentialError("the token is unknown or revoked")
         if principal.role not in self.roles:
@@ -114,13 +143,7 @@ class _Guard:
                 f"role {principal.role!r} may not use {request.method} {request.url.path}; "
                 f"allowed: {', '.join(sorted(self.roles))}"
             )
-        touch = service.claim_last_use(principal)
-        if touch and not self.touch_in_handler:
-            await run_in_threadpool(service.touch_last_used, principal)
-            touch = False
-        request.state.principal = principal
-        request.state.touch_last_used = touch
-        return principal
+        return service.claim_last_use(principal)
 
 
 def _route(
@@ -130,15 +153,20 @@ def _route(
     roles: frozenset[str],
     *,
     touch_in_handler: bool = False,
+    guard: _Guard | None = None,
+    openapi_extra: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    guard = guard or _Guard(roles, touch_in_handler=touch_in_handler)
+    assert guard.roles == roles
+
     def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         router.add_api_route(
             API + path,
             endpoint,
             methods=[method],
-            dependencies=[Depends(_Guard(roles, touch_in_handler=touch_in_handler))],
-            openapi_extra={"x-bmsfw-roles": sorted(roles)},
+            dependencies=[Depends(guard)],
+            openapi_extra={**(openapi_extra or {}), "x-bmsfw-roles": sorted(roles)},
             **kwargs,
         )
         return endpoint
@@ -180,6 +208,12 @@ def create_app(
         ),
     )
 
+    # The check-in's own threads (as many as database connections): a plain executor
+    # hand-off costs less than anyio's (capacity limiter, cancel scope, checkpoints).
+    check_in_threads = ThreadPoolExecutor(
+        max_workers=max(1, config.db_pool_size), thread_name_prefix="bmsfw-check-in"
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Handlers run in the thread pool; more threads than database connections
@@ -196,6 +230,7 @@ def create_app(
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+            check_in_threads.shutdown(wait=True)
             engine.dispose()
 
     app = FastAPI(
@@ -210,6 +245,7 @@ def create_app(
     app.state.service = service
     app.state.config = config
     app.state.trust = trust
+    app.state.check_in_threads = check_in_threads
 
     @app.exception_handler(FleetError)
     async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
@@ -227,7 +263,27 @@ def create_app(
     _campaign_routes(router)
     _inventory_routes(router)
     _admin_routes(router, app)
+    _document_check_in_body(app)
     return app
+
+
+def _document_check_in_body(app: FastAPI) -> None:
+    """Put the check-in's request models into the OpenAPI components its route names."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()  # FastAPI caches this very dict in app.openapi_schema
+            schema = CheckIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in schema.pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            components["CheckIn"] = schema
+        cached = app.openapi_schema
+        assert cached is not None
+        return cached
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _tick_forever(service: FleetService, interval_s: float) -> None:
@@ -239,23 +295,57 @@ async def _tick_forever(service: FleetService, interval_s: float) -> None:
             log.exception("campaign tick failed")
 
 
+# The check-in's body is parsed by the endpoint itself (see below), so its schema is
+# named here for the OpenAPI document; the models are added to its components.
+_CHECK_IN_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}},
+}
+
+
 def _agent_routes(router: APIRouter) -> None:
+    check_in_guard = _Guard(GATEWAY, touch_in_handler=True, resolve_miss_in_handler=True)
+
     @_route(
         router,
         "POST",
         "/agent/check-in",
         GATEWAY,
-        touch_in_handler=True,
+        guard=check_in_guard,
         response_model=CheckInResponse,
+        openapi_extra={"requestBody": _CHECK_IN_BODY},
     )
-    def check_in(request: Request, body: CheckIn) -> Response:
+    async def check_in(request: Request) -> Response:
         """Gateway inventory, telemetry and integrity report; answers with offers."""
-        answer = _service(request).check_in(
-            _principal(request), body, touch_credential=request.state.touch_last_used
-        )
-        # The service built a validated CheckInResponse: serialise it once (pydantic's
-        # own encoder) instead of letting FastAPI validate and encode it a second time.
-        return Response(answer.model_dump_json(), media_type="application/json")
+        # The hottest route: everything after the cached-token check runs in ONE
+        # hop to a worker thread of its own executor (credential read on a cache miss,
+        # body validation from the raw bytes, the transaction, serialisation), and the
+        # answer is encoded once by pydantic instead of validated and encoded again.
+        raw = await request.body()
+        service = _service(request)
+        state = request.state
+
+        def work() -> bytes:
+            principal: Principal | None = state.principal
+            touch = bool(state.touch_last_used)
+            if principal is None:
+                principal = service.load_principal(state.token_hash)
+                touch = check_in_guard.admit(service, principal, request)
+                assert principal is not None
+                state.principal = principal
+            try:
+                body = CheckIn.model_validate_json(raw)
+            except ValidationError as exc:
+                # FastAPI's own 422 answer, as for every other route's body.
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+                ) from exc
+            answer = service.check_in(principal, body, touch_credential=touch)
+            return answer.model_dump_json().encode()
+
+        threads: ThreadPoolExecutor = request.app.state.check_in_threads
+        answer = await asyncio.get_running_loop().run_in_executor(threads, work)
+        return Response(answer, media_type="application/json")
 
     @_route(router, "POST", "/agent/reports", GATEWAY, response_model=StateReportResponse)
     def report(request: Request, body: StateReport) -> StateReportResponse:

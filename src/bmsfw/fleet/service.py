@@ -149,7 +149,14 @@ _CREDENTIAL_BY_HASH = select(
 _GATEWAY_SEEN = (
     update(_T_GATEWAYS)
     .where(_T_GATEWAYS.c.id == bindparam("b_gid"))
-    .values(last_seen_at=bindparam("b_now"))
+    # A new agent version is recorded here (it is not audited), so an agent upgrade
+    # across the fleet does not send every gateway's next check-in down the ORM path.
+    .values(
+        last_seen_at=bindparam("b_now"),
+        agent_version=func.coalesce(
+            bindparam("b_agent", type_=String), _T_GATEWAYS.c.agent_version
+        ),
+    )
     .returning(
         _T_GATEWAYS.c.name, _T_GATEWAYS.c.site, _T_GATEWAYS.c.tags, _T_GATEWAYS.c.agent_version
     )
@@ -195,7 +202,12 @@ _DEVICES_WORK = (
             _WORK,
             and_(
                 _T_CAMPAIGN_DEVICES.c.device_id == _T_DEVICES.c.id,
-                _T_CAMPAIGN_DEVICES.c.state.not_in(_TERMINAL_VALUES),
+                # Inline constants (our own state names, no quotes in them): a list of
+                # bound values would be an "expanding" parameter, re-rendered into the
+                # SQL on every check-in.
+                _T_CAMPAIGN_DEVICES.c.state.not_in(
+                    [literal_column(f"'{v}'", String) for v in _TERMINAL_VALUES]
+                ),
             ),
         )
     )
@@ -480,17 +492,22 @@ class FleetService:
         with self.engine.begin() as conn:
             if touch_credential:
                 self.touch_last_used(principal, conn)
-            gw = conn.execute(_GATEWAY_SEEN, {"b_gid": principal.gateway_id, "b_now": now})
+            gw = conn.execute(
+                _GATEWAY_SEEN,
+                {
+                    "b_gid": principal.gateway_id,
+                    "b_now": now,
+                    "b_agent": body.agent_version or None,
+                },
+            )
             gateway_row = gw.one_or_none()
             if gateway_row is None:
                 raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
             devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
             rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
             known = {r.serial: r for r in rows}
-            gateway_same = (
-                (not body.agent_version or body.agent_version == gateway_row.agent_version)
-                and (body.site is None or body.site == gateway_row.site)
-                and (body.tags is None or body.tags == gateway_row.tags)
+            gateway_same = (body.site is None or body.site == gateway_row.site) and (
+                body.tags is None or body.tags == gateway_row.tags
             )
             if gateway_same and all(
                 _only_telemetry_changed(known.get(r.serial), r, principal.gateway_id, gateway_row)
