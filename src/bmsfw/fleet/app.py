@@ -342,22 +342,27 @@ def _agent_routes(router: APIRouter) -> None:
         service = _service(request)
         state = request.state
 
-        def work() -> bytes:
-            principal: Principal | None = state.principal
-            touch = bool(state.touch_last_used)
-            if principal is None:
-                principal = service.load_principal(state.token_hash)
-                touch = check_in_guard.admit(service, principal, request)
-                assert principal is not None
-                state.principal = principal
+        def admit(principal: Principal | None) -> bool:
+            if state.principal is not None:  # the guard admitted the cached principal
+                return bool(state.touch_last_used)
+            touch = check_in_guard.admit(service, principal, request)
+            state.principal = principal
+            return touch
+
+        def parse() -> CheckIn:
             try:
-                body = CheckIn.model_validate_json(raw)
+                return CheckIn.model_validate_json(raw)
             except ValidationError as exc:
                 # FastAPI's own 422 answer, as for every other route's body.
                 raise RequestValidationError(
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
                 ) from exc
-            answer = service.check_in(principal, body, touch_credential=touch)
+
+        def work() -> bytes:
+            # A token not cached here is read inside the check-in's own transaction.
+            answer = service.check_in_by_token(
+                state.principal, getattr(state, "token_hash", ""), admit, parse
+            )
             return answer.model_dump_json().encode()
 
         threads: ThreadPoolExecutor = request.app.state.check_in_threads

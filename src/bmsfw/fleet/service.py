@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -308,12 +309,18 @@ class FleetService:
         """The principal if this process resolved the token less than the TTL ago (no I/O)."""
         return self.credentials.get(token_hash, self.clock.now())
 
-    def load_principal(self, token_hash: str) -> Principal | None:
-        """One indexed read by token hash; None for unknown or revoked tokens (not cached)."""
-        # Autocommit: a single read needs no BEGIN/ROLLBACK round trips (nor, on
-        # SQLite, the write lock that BEGIN IMMEDIATE would take).
-        with self._reader.connect() as conn:
+    def load_principal(self, token_hash: str, conn: Connection | None = None) -> Principal | None:
+        """One indexed read by token hash; None for unknown or revoked tokens (not cached).
+
+        On ``conn`` (a transaction the caller holds) when given, else on its own connection.
+        """
+        if conn is not None:
             row = conn.execute(_CREDENTIAL_BY_HASH, {"b_hash": token_hash}).one_or_none()
+        else:
+            # Autocommit: a single read needs no BEGIN/ROLLBACK round trips (nor, on
+            # SQLite, the write lock that BEGIN IMMEDIATE would take).
+            with self._reader.connect() as own:
+                row = own.execute(_CREDENTIAL_BY_HASH, {"b_hash": token_hash}).one_or_none()
         if row is None or row.revoked_at is not None:
             return None
         principal = Principal(row.id, row.name, row.kind, row.role, row.gateway_id)
@@ -476,7 +483,35 @@ class FleetService:
     def check_in(
         self, principal: Principal, body: CheckIn, *, touch_credential: bool = False
     ) -> CheckInResponse:
-        """Inventory, telemetry and offers in ONE transaction (all of it or nothing).
+        """Inventory, telemetry and offers in ONE transaction (all of it or nothing)."""
+        with self.engine.begin() as conn:
+            return self._check_in(conn, principal, body, touch_credential)
+
+    def check_in_by_token(
+        self,
+        principal: Principal | None,
+        token_hash: str,
+        admit: Callable[[Principal | None], bool],
+        parse: Callable[[], CheckIn],
+    ) -> CheckInResponse:
+        """A check-in whose token this process may not have cached yet (the HTTP route).
+
+        ``principal`` is the cached one, or None: then the credential is read in the
+        check-in's own transaction (no second connection). ``admit`` refuses (raises)
+        unknown, revoked or wrong-role credentials and says whether last use is due;
+        ``parse`` validates the body, after the credential check.
+        """
+        with self.engine.begin() as conn:
+            if principal is None:
+                principal = self.load_principal(token_hash, conn)
+            touch = admit(principal)
+            assert principal is not None  # admit refused None
+            return self._check_in(conn, principal, parse(), touch)
+
+    def _check_in(
+        self, conn: Connection, principal: Principal, body: CheckIn, touch_credential: bool
+    ) -> CheckInResponse:
+        """The check-in inside ``conn``'s transaction.
 
         The common case (a known gateway whose devices changed nothing but telemetry,
         no offer to make) is three prebuilt statements: gateway last-seen, one read of
@@ -489,61 +524,60 @@ class FleetService:
         if len(set(serials)) != len(serials):
             raise InvalidCampaignSpecError("the check-in lists a BMS serial twice")
         now = self.clock.now()
-        with self.engine.begin() as conn:
-            if touch_credential:
-                self.touch_last_used(principal, conn)
-            gw = conn.execute(
-                _GATEWAY_SEEN,
-                {
-                    "b_gid": principal.gateway_id,
-                    "b_now": now,
-                    "b_agent": body.agent_version or None,
-                },
-            )
-            gateway_row = gw.one_or_none()
-            if gateway_row is None:
-                raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
-            devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
-            rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
-            known = {r.serial: r for r in rows}
-            gateway_same = (body.site is None or body.site == gateway_row.site) and (
-                body.tags is None or body.tags == gateway_row.tags
-            )
-            if gateway_same and all(
-                _only_telemetry_changed(known.get(r.serial), r, principal.gateway_id, gateway_row)
-                for r in body.devices
-            ):
-                if body.devices:
-                    conn.execute(
-                        _DEVICE_TELEMETRY,
-                        [
-                            {
-                                "b_id": known[r.serial].id,
-                                "b_soc": r.soc_pct,
-                                "b_temp": r.temperature_c,
-                                "b_now": now,
-                            }
-                            for r in body.devices
-                        ],
-                    )
-                site = str(gateway_row.site)
-            else:
-                # Joins this connection's transaction (and does not commit it).
-                with Session(bind=conn) as session:
-                    gateway = session.get(Gateway, principal.gateway_id)
-                    assert gateway is not None
-                    self._update_gateway(session, principal, gateway, body, now)
-                    self._update_inventory(session, principal, gateway, body, now)
-                    session.flush()
-                    site = gateway.site
-                rows = conn.execute(devices_work, {"b_serials": serials}).all()
-            offers = self._offers(conn, site, [r for r in rows if r.cd_id is not None], now)
-            return CheckInResponse(
-                gateway=gateway_row.name,
-                server_time=now,
-                poll_interval_s=self.settings.poll_interval_s,
-                offers=offers,
-            )
+        if touch_credential:
+            self.touch_last_used(principal, conn)
+        gw = conn.execute(
+            _GATEWAY_SEEN,
+            {
+                "b_gid": principal.gateway_id,
+                "b_now": now,
+                "b_agent": body.agent_version or None,
+            },
+        )
+        gateway_row = gw.one_or_none()
+        if gateway_row is None:
+            raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+        devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
+        rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
+        known = {r.serial: r for r in rows}
+        gateway_same = (body.site is None or body.site == gateway_row.site) and (
+            body.tags is None or body.tags == gateway_row.tags
+        )
+        if gateway_same and all(
+            _only_telemetry_changed(known.get(r.serial), r, principal.gateway_id, gateway_row)
+            for r in body.devices
+        ):
+            if body.devices:
+                conn.execute(
+                    _DEVICE_TELEMETRY,
+                    [
+                        {
+                            "b_id": known[r.serial].id,
+                            "b_soc": r.soc_pct,
+                            "b_temp": r.temperature_c,
+                            "b_now": now,
+                        }
+                        for r in body.devices
+                    ],
+                )
+            site = str(gateway_row.site)
+        else:
+            # Joins this connection's transaction (and does not commit it).
+            with Session(bind=conn) as session:
+                gateway = session.get(Gateway, principal.gateway_id)
+                assert gateway is not None
+                self._update_gateway(session, principal, gateway, body, now)
+                self._update_inventory(session, principal, gateway, body, now)
+                session.flush()
+                site = gateway.site
+            rows = conn.execute(devices_work, {"b_serials": serials}).all()
+        offers = self._offers(conn, site, [r for r in rows if r.cd_id is not None], now)
+        return CheckInResponse(
+            gateway=gateway_row.name,
+            server_time=now,
+            poll_interval_s=self.settings.poll_interval_s,
+            offers=offers,
+        )
 
     def _update_gateway(
         self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
