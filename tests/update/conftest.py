@@ -20,8 +20,10 @@ from bmsfw.package import (
     key_hash,
     verify_release,
 )
-from bmsfw.update.pipeline import UpdateOptions
+from bmsfw.update.events import Event
+from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
+from bmsfw.update.report import UpdateReport
 
 MODEL = "BMS-16S"
 HW_REV = "C"
@@ -145,4 +147,27 @@ def options(tmp_path: Path) -> UpdateOptions:
         audit_log=tmp_path / "backups" / "audit.jsonl",
         report_dir=tmp_path / "backups" / "reports",
         operator="tester",
+    )
+
+
+def run_on_sim_time(  # noqa: PLR0917 - a test helper
+    session: DirectSession,
+    package: bytes,
+    vendor: Vendor,
+    options: UpdateOptions,
+    clock: SimClock,
+    events: list[Event] | None = None,
+    *,
+    delta: bytes | None = None,
+) -> UpdateReport:
+    """``run_update`` on the device's simulated clock (waits and timeouts cost nothing)."""
+    return run_update(
+        session,
+        package,
+        vendor.trust(),
+        options,
+        sink=events.append if events is not None else None,
+        sleep=clock.sleep,
+        clock=clock.monotonic,
+        delta=delta,
     )

@@ -12,10 +12,11 @@ from bmsfw.device.direct import DirectSession
 from bmsfw.device.images import APP_DESCRIPTOR_OFFSET
 from bmsfw.package import Component, Manifest, decode_header, release_header, verify_release
 from bmsfw.update.events import Event, TransferProgress
-from bmsfw.update.pipeline import UpdateOptions, run_update
-from bmsfw.update.report import UpdateReport, render_text
+from bmsfw.update.pipeline import UpdateOptions
+from bmsfw.update.report import render_text
 
 from .conftest import IMAGE_SIZE, Vendor
+from .conftest import run_on_sim_time as _update
 
 
 def _app(package: bytes) -> Component:
@@ -31,28 +32,6 @@ def _patch_payload(version: str) -> bytes:
     out[field : field + 32] = version.encode().ljust(32, b"\0")
     out[2000:2024] = bytes(range(24))
     return bytes(out)
-
-
-def _update(
-    session: DirectSession,
-    package: bytes,
-    vendor: Vendor,
-    options: UpdateOptions,
-    clock: SimClock,
-    *,
-    delta: bytes | None = None,
-    events: list[Event] | None = None,
-) -> UpdateReport:
-    return run_update(
-        session,
-        package,
-        vendor.trust(),
-        options,
-        sink=events.append if events is not None else None,
-        sleep=clock.sleep,
-        clock=clock.monotonic,
-        delta=delta,
-    )
 
 
 @pytest.mark.parametrize("encoding", ["zstd", "lz4", "heatshrink", "lzma2thumb"])

@@ -18,25 +18,7 @@ from bmsfw.update.pipeline import UpdateOptions, run_update, run_updates
 from bmsfw.update.report import load_report
 
 from .conftest import Vendor
-
-
-def _run(  # noqa: PLR0917 - a test helper
-    session: DirectSession,
-    package: bytes,
-    vendor: Vendor,
-    options: UpdateOptions,
-    clock: SimClock,
-    events: list[Event] | None = None,
-) -> object:
-    return run_update(
-        session,
-        package,
-        vendor.trust(),
-        options,
-        sink=events.append if events is not None else None,
-        sleep=clock.sleep,
-        clock=clock.monotonic,
-    )
+from .conftest import run_on_sim_time as _run
 
 
 def test_successful_update_confirms_reports_and_audits(
