@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, update
+from sqlalchemy import create_engine, event, select, update
 
 from bmsfw.fleet.auth import hash_token
 from bmsfw.fleet.models import AuditEntry, CampaignDevice, Credential, Device, Gateway
@@ -159,7 +159,22 @@ def test_a_check_in_that_fails_midway_leaves_nothing_written(
             "/api/v1/agent/check-in", headers=fleet.h("gw"), json={"devices": devices, **extra}
         )
     assert calls == [1]
-    assert _snapshot(fleet) == before
+    failed = _snapshot(fleet)
+    if fleet.service.single_statement_check_in:
+        # PostgreSQL commits liveness and telemetry in the check-in's first statement
+        # (one round trip); what is audited or changes campaign state is all or nothing.
+        for key in ("audit", "campaign_devices"):
+            assert failed[key] == before[key]
+        assert [(d.serial, d.firmware_version) for d in failed["devices"]] == [
+            (d.serial, d.firmware_version) for d in before["devices"]
+        ]
+        assert failed["gateways"][0].last_seen_at == fleet.clock.now()
+        assert [(d.soc_pct, d.temperature_c) for d in failed["devices"]] == [
+            (12.0, 24.5),
+            (55.0, 40.0),
+        ]
+    else:
+        assert failed == before
     # And the same check-in, once the fault is gone, writes all of it.
     monkeypatch.undo()
     answer = fleet.check_in("gw", devices, **extra)
@@ -217,3 +232,45 @@ def test_check_in_body_errors_answer_422_after_the_credential_check(fleet: Fleet
     assert body == {"$ref": "#/components/schemas/CheckIn"}
     assert "devices" in spec["components"]["schemas"]["CheckIn"]["properties"]
     assert "serial" in spec["components"]["schemas"]["BmsReport"]["properties"]
+
+
+def test_a_telemetry_check_in_on_postgresql_is_one_statement_and_refusals_write_nothing(
+    fleet: Fleet,
+) -> None:
+    if not fleet.service.single_statement_check_in:
+        pytest.skip("the one-statement check-in is PostgreSQL's")
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms("S1"), bms("S2")])  # registers the devices (audited path)
+    engine = fleet.service.engine
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        fleet.clock.advance(10)
+        answer = fleet.check_in("gw", [bms("S1", soc_pct=33.0), bms("S2", temperature_c=31.0)])
+        assert answer["gateway"] == "gw" and answer["offers"] == []
+        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH cred AS")
+        seen = _snapshot(fleet)
+        assert seen["gateways"][0].last_seen_at == fleet.clock.now()
+        assert [(d.soc_pct, d.temperature_c) for d in seen["devices"]] == [
+            (33.0, 24.5),
+            (55.0, 31.0),
+        ]
+        # Refused credentials write nothing: a revoked gateway token (read fresh from the
+        # database by this path, whatever the cache holds) and an operator token.
+        fleet.clock.advance(10)
+        _revoke_behind_the_servers_back(fleet, fleet.gateways["gw"])
+        for role, code in (("gw", "BMSFW-E602"), ("operator", "BMSFW-E603")):
+            refused = fleet.client.post(
+                "/api/v1/agent/check-in",
+                headers=fleet.h(role),
+                json={"devices": [bms("S1", soc_pct=1.0)]},
+            )
+            assert refused.status_code in (401, 403)
+            assert refused.json()["error"]["code"] == code
+        assert _snapshot(fleet) == seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -118,9 +118,9 @@ class _Guard:
         service: FleetService = request.app.state.service
         token_hash = hash_token(token.strip())
         principal = service.cached_principal(token_hash)
+        request.state.token_hash = token_hash
         if principal is None and self.resolve_miss_in_handler:
             request.state.principal = None
-            request.state.token_hash = token_hash
             request.state.touch_last_used = False
             return None
         if principal is None:
@@ -358,11 +358,25 @@ def _agent_routes(router: APIRouter) -> None:
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
                 ) from exc
 
+        def admit_fresh(principal: Principal | None) -> bool:
+            touch = check_in_guard.admit(service, principal, request)
+            state.principal = principal
+            return touch
+
         def work() -> bytes:
+            if service.single_statement_check_in:
+                # PostgreSQL: one round trip with the credential read fresh in it.
+                try:
+                    body = CheckIn.model_validate_json(raw)
+                except ValidationError:
+                    pass  # the path below answers 401 or 422, in that order
+                else:
+                    answer = service.check_in_one_statement(
+                        state.token_hash, check_in_guard.roles, admit_fresh, body
+                    )
+                    return answer.model_dump_json().encode()
             # A token not cached here is read inside the check-in's own transaction.
-            answer = service.check_in_by_token(
-                state.principal, getattr(state, "token_hash", ""), admit, parse
-            )
+            answer = service.check_in_by_token(state.principal, state.token_hash, admit, parse)
             return answer.model_dump_json().encode()
 
         threads: ThreadPoolExecutor = request.app.state.check_in_threads

@@ -22,12 +22,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
     Connection,
     Engine,
+    Float,
     String,
     Table,
     and_,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -237,6 +239,106 @@ _DEVICE_TELEMETRY = (
         last_seen_at=bindparam("b_now"),
     )
 )
+
+
+def _single_statement_check_in() -> Any:
+    """PostgreSQL: the common check-in as ONE autocommit statement (one round trip).
+
+    Data-modifying CTEs: read the credential by its hash; only for a valid (not
+    revoked, gateway-role) credential, mark its gateway seen, write the reported
+    telemetry of that gateway's devices, and record last use when the stored one
+    is older than the resolution; then return the credential, the gateway and each
+    reported device with its open work, as :data:`_DEVICES_WORK` does. The main
+    SELECT sees the snapshot from before the updates (identity is what it reads).
+    The caller checks the rest in Python; anything but "telemetry only, nothing
+    pending" goes down the transactional path, which writes everything again.
+    """
+    c = _T_CREDENTIALS.c
+    cred = (
+        select(
+            c.id.label("cred_id"),
+            c.name.label("cred_name"),
+            c.kind.label("cred_kind"),
+            c.role.label("cred_role"),
+            c.gateway_id.label("cred_gateway_id"),
+            c.last_used_at.label("cred_last_used_at"),
+            c.revoked_at.label("cred_revoked_at"),
+        )
+        .where(c.token_hash == bindparam("b_hash"))
+        .cte("cred")
+    )
+    admitted = select(cred.c.cred_id, cred.c.cred_gateway_id).where(
+        cred.c.cred_revoked_at.is_(None),
+        cred.c.cred_role == func.any(bindparam("b_roles", type_=ARRAY(String))),
+    )
+    g = _T_GATEWAYS.c
+    gw = (
+        update(_T_GATEWAYS)
+        .where(g.id == admitted.with_only_columns(cred.c.cred_gateway_id).scalar_subquery())
+        .values(
+            last_seen_at=bindparam("b_now"),
+            agent_version=func.coalesce(bindparam("b_agent", type_=String), g.agent_version),
+        )
+        .returning(
+            g.id.label("gw_id"),
+            g.name.label("gw_name"),
+            g.site.label("gw_site"),
+            g.tags.label("gw_tags"),
+        )
+        .cte("gw")
+    )
+    touch = (
+        update(_T_CREDENTIALS)
+        .where(
+            c.id == admitted.with_only_columns(cred.c.cred_id).scalar_subquery(),
+            or_(c.last_used_at.is_(None), c.last_used_at < bindparam("b_touch_before")),
+        )
+        .values(last_used_at=bindparam("b_now"))
+        .returning(c.id)
+        .cte("touch")
+    )
+    reported = (
+        func.unnest(
+            bindparam("b_serials", type_=ARRAY(String)),
+            bindparam("b_socs", type_=ARRAY(Float)),
+            bindparam("b_temps", type_=ARRAY(Float)),
+        )
+        .table_valued("serial", "soc", "temp")
+        .render_derived(name="reported")
+    )
+    d = _T_DEVICES.c
+    telemetry = (
+        update(_T_DEVICES)
+        .where(
+            d.serial == reported.c.serial,
+            d.gateway_id == select(gw.c.gw_id).scalar_subquery(),
+        )
+        .values(
+            soc_pct=reported.c.soc, temperature_c=reported.c.temp, last_seen_at=bindparam("b_now")
+        )
+        .cte("telemetry")
+    )
+    work = _DEVICES_WORK_BY_DIALECT["postgresql"].subquery("work").lateral("work")
+    return (
+        select(
+            cred,
+            gw,
+            select(func.count()).select_from(touch).scalar_subquery().label("touched"),
+            work,
+        )
+        .select_from(cred.outerjoin(gw, true()).outerjoin(work, gw.c.gw_id.is_not(None)))
+        .add_cte(telemetry)
+        .order_by(work.c.serial, work.c.cd_id)
+    )
+
+
+_CHECK_IN_ONE_STATEMENT = _single_statement_check_in()
+
+
+class _GatewayRow(NamedTuple):
+    name: str
+    site: str
+    tags: list[str]
 
 
 @dataclass(frozen=True)
@@ -507,6 +609,86 @@ class FleetService:
             touch = admit(principal)
             assert principal is not None  # admit refused None
             return self._check_in(conn, principal, parse(), touch)
+
+    @property
+    def single_statement_check_in(self) -> bool:
+        """True where :meth:`check_in_one_statement` is available (PostgreSQL)."""
+        return self.engine.dialect.name == "postgresql"
+
+    def check_in_one_statement(
+        self,
+        token_hash: str,
+        roles: frozenset[str],
+        admit: Callable[[Principal | None], bool],
+        body: CheckIn,
+    ) -> CheckInResponse:
+        """PostgreSQL: a check-in in one round trip when it only brings telemetry.
+
+        One autocommit statement (:data:`_CHECK_IN_ONE_STATEMENT`) reads the credential
+        fresh from the database and writes only for a valid one of ``roles``; ``admit``
+        then refuses (raises) exactly as the guard does. Last use is written by the
+        statement when the stored one is older than the resolution (across processes).
+        Anything more (a new or changed device, gateway site or tags, an offer to make
+        from *pending*) runs :meth:`check_in_by_token`'s transaction afterwards, which
+        writes the gateway and telemetry again along with the rest.
+        """
+        serials = [d.serial for d in body.devices]
+        if len(set(serials)) != len(serials):  # refused by the full path, after admit
+            return self.check_in_by_token(None, token_hash, admit, lambda: body)
+        now = self.clock.now()
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                _CHECK_IN_ONE_STATEMENT,
+                {
+                    "b_hash": token_hash,
+                    "b_roles": sorted(roles),
+                    "b_now": now,
+                    "b_agent": body.agent_version or None,
+                    "b_touch_before": now - _LAST_USED_RESOLUTION,
+                    "b_serials": serials,
+                    "b_socs": [d.soc_pct for d in body.devices],
+                    "b_temps": [d.temperature_c for d in body.devices],
+                },
+            ).all()
+            head = rows[0] if rows else None
+            principal = None
+            if head is not None and head.cred_revoked_at is None:
+                principal = Principal(
+                    head.cred_id,
+                    head.cred_name,
+                    head.cred_kind,
+                    head.cred_role,
+                    head.cred_gateway_id,
+                )
+                self.credentials.put(token_hash, principal, now, head.cred_last_used_at)
+            admit(principal)  # raises for unknown, revoked or wrong-role credentials
+            assert head is not None and principal is not None
+            assert principal.gateway_id is not None  # a gateway role has its gateway
+            if head.gw_id is None:
+                raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+            gateway = _GatewayRow(head.gw_name, head.gw_site, head.gw_tags)
+            work = [r for r in rows if r.serial is not None]
+            known = {r.serial: r for r in work}
+            fast = (
+                len(known) == len(serials)
+                and (body.site is None or body.site == gateway.site)
+                and (body.tags is None or body.tags == gateway.tags)
+                and all(
+                    _only_telemetry_changed(known[r.serial], r, principal.gateway_id, gateway)
+                    for r in body.devices
+                )
+                and not any(r.cd_state == S.PENDING.value for r in work)
+            )
+            if fast:
+                # No pending work: _offers only reads the site's windows here.
+                offers = self._offers(conn, gateway.site, [r for r in work if r.cd_id], now)
+                return CheckInResponse(
+                    gateway=gateway.name,
+                    server_time=now,
+                    poll_interval_s=self.settings.poll_interval_s,
+                    offers=offers,
+                )
+        return self.check_in_by_token(principal, token_hash, lambda _p: False, lambda: body)
 
     def _check_in(
         self, conn: Connection, principal: Principal, body: CheckIn, touch_credential: bool
