@@ -293,6 +293,10 @@ async def _socket_device(
     errors = 0
     reader, writer = await asyncio.open_connection(host, port)
     rng = random.Random()
+    if pace_s:
+        # Agents do not poll in step: each starts somewhere in its first interval
+        # (wrk's delay() likewise comes before a connection's first request).
+        await asyncio.sleep(pace_s * rng.random())
     try:
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
