@@ -45,7 +45,16 @@ def provision_string(state: Path, pki: VendorPki, image: bytes, units: range) ->
     provision_nodes(state, pki, image, units, spec=SPEC)
 
 
-def run(baud: int, nodes: int, image_size: int, pki: VendorPki, tester: object) -> dict[str, float]:
+def run(
+    baud: int,
+    nodes: int,
+    image_size: int,
+    pki: VendorPki,
+    tester: object,
+    *,
+    frame_gap: str = "spec",
+    nodes_per_port: int = 1,
+) -> dict[str, float]:
     _, v1_image = make_release(pki, "1.0.0", 1, 16 * KIB)
     header, image = make_release(pki, "2.0.0", 2, image_size)
     raw_rate = baud / CHAR_BITS_8E1
@@ -58,8 +67,13 @@ def run(baud: int, nodes: int, image_size: int, pki: VendorPki, tester: object) 
             baud_bps=baud,
             throttle=True,
             time_scale=TIME_SCALE,
+            frame_gap=frame_gap,
+            nodes_per_port=nodes_per_port,
         )
-        with Rs485Simulator(config) as sim, open_modbus_bus(sim.host_path, baud) as bus:
+        with (
+            Rs485Simulator(config) as sim,
+            open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,
+        ):
             assert sim.bus is not None
             session = bus.session(1)
             t0 = time.perf_counter()
@@ -93,8 +107,13 @@ def run(baud: int, nodes: int, image_size: int, pki: VendorPki, tester: object) 
             baud_bps=baud,
             throttle=True,
             time_scale=TIME_SCALE,
+            frame_gap=frame_gap,
+            nodes_per_port=nodes_per_port,
         )
-        with Rs485Simulator(config) as sim, open_modbus_bus(sim.host_path, baud) as bus:
+        with (
+            Rs485Simulator(config) as sim,
+            open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,
+        ):
             assert sim.bus is not None
             marks: dict[str, object] = {}
 

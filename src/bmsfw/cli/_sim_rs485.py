@@ -25,6 +25,22 @@ __all__ = ["sim_rs485_command"]
 @click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--throttle/--no-throttle", default=False, help="Pace bytes at the baud rate.")
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
+@click.option(
+    "--frame-gap",
+    type=click.Choice(["spec", "chars"]),
+    default="spec",
+    show_default=True,
+    help="Modbus t3.5 between frames: 'spec' (1.75 ms above 19,200 baud, as the Modbus "
+    "spec recommends) or 'chars' (3.5 character times at any baud; the host must match).",
+)
+@click.option(
+    "--nodes-per-port",
+    type=click.IntRange(1, 247),
+    default=1,
+    show_default=True,
+    help="Nodes behind one simulated transceiver tap (one decoder for them): for long "
+    "strings at high baud rates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def sim_rs485_command(
     *,
@@ -35,6 +51,8 @@ def sim_rs485_command(
     stopbits: str,
     throttle: bool,
     time_scale: float,
+    frame_gap: str,
+    nodes_per_port: int,
     as_json: bool,
 ) -> None:
     """Run NODES virtual BMS on one simulated RS485 bus and print the pty to open."""
@@ -49,6 +67,8 @@ def sim_rs485_command(
             stopbits=int(stopbits),
             throttle=throttle,
             time_scale=time_scale,
+            frame_gap=frame_gap,
+            nodes_per_port=nodes_per_port,
         )
     )
     stop = threading.Event()

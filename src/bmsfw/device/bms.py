@@ -1068,6 +1068,12 @@ class VirtualBms:
         return offset + len(data)
 
     @_api
+    def staged_size(self) -> int | None:
+        """The size of the update staged for the inactive bank, or None (no map scan)."""
+        staged = self._staged() if self._run_state in ("application", "bootloader") else None
+        return None if staged is None else staged.size
+
+    @_api
     def transfer_status(self) -> TransferStatus:
         staged = self._staged() if self._run_state in ("application", "bootloader") else None
         if staged is None:

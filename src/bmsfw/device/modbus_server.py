@@ -44,6 +44,7 @@ from bmsfw.device._stream_decode import (
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.errors import NotVerifiedError
 from bmsfw.errors import BmsfwError
+from bmsfw.link.wire import modbus_silence_s
 from bmsfw.package import Component
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
@@ -110,6 +111,7 @@ class NodeBackend(Protocol):
     def erase_inactive(self) -> None: ...
     def write_inactive(self, offset: int, data: bytes) -> None: ...
     def transfer_status(self) -> Any: ...
+    def staged_size(self) -> int | None: ...
     def block_crcs(self) -> tuple[int, ...]: ...
     def verify_inactive(self) -> None: ...
     def activate(self) -> None: ...
@@ -170,6 +172,9 @@ class VirtualBmsBackend:
 
     def transfer_status(self) -> Any:
         return self.bms.transfer_status()
+
+    def staged_size(self) -> int | None:
+        return self.bms.staged_size()
 
     def block_crcs(self) -> tuple[int, ...]:
         return self.bms.block_crcs()
@@ -549,8 +554,9 @@ class ModbusBmsNode:
     def _window_write(self, address: int, values: list[int], *, broadcast: bool) -> bool:
         if address + len(values) > HOLDING.TRANSFER_WINDOW_END:
             return False
-        st = self._status()
-        if self.auth != AuthState.AUTHENTICATED or not getattr(st, "staged", False):
+        # The hot path of every transfer: the staged size only, not the whole status.
+        total = self.backend.staged_size()
+        if self.auth != AuthState.AUTHENTICATED or total is None:
             # A node that is not part of this update ignores the string's broadcast.
             return (
                 self._refuse("transfer window write without an authenticated staged update", 206)
@@ -573,7 +579,6 @@ class ModbusBmsNode:
                 f"0x{codec.transfer_encoding(component):02X}",
                 1,
             )
-        total = int(getattr(st, "total_size", 0))
         data = data[: max(0, total - offset)]
         if not data:
             return broadcast or self._refuse(f"offset {offset} beyond image size {total}", 204)
@@ -582,7 +587,7 @@ class ModbusBmsNode:
         except BmsfwError as exc:
             # A repair frame may overlap bytes a broadcast frame already programmed
             # (flash cannot be programmed twice): write only what is still missing.
-            if not self._write_missing_only(st, offset, data):
+            if not self._write_missing_only(self._status(), offset, data):
                 return self._refuse(exc.message, _error_number(exc))
         self.window_writes += 1
         if broadcast:
@@ -790,8 +795,8 @@ class ModbusBmsNode:
 
 
 def silence_s(baud_bps: int, char_bits: float = 11) -> float:
-    """Modbus t3.5 (1.75 ms above 19,200 baud), the gap that ends a frame."""
-    return 0.00175 if baud_bps > 19_200 else 3.5 * char_bits / baud_bps
+    """Modbus t3.5 as the spec recommends (1.75 ms above 19,200 baud), the longest gap."""
+    return modbus_silence_s(baud_bps, char_bits, "spec")
 
 
 def build_sim_device(node: ModbusBmsNode) -> Any:

@@ -32,6 +32,7 @@ from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend, serve_n
 from bmsfw.device.sim_can import ScaledClock, node_state_dir
 from bmsfw.link.serialbus import RS485Bus
 from bmsfw.link.uart import SerialParams
+from bmsfw.link.wire import FRAME_GAPS
 
 __all__ = ["Rs485SimConfig", "Rs485Simulator", "SimRs485Process", "node_state_dir"]
 
@@ -49,6 +50,18 @@ class Rs485SimConfig:
     turnaround_s: float = 0.0002
     time_scale: float = 1.0
     poll_s: float = 0.01
+    frame_gap: str = "spec"  # Modbus t3.5 on this line: bmsfw.link.wire.FRAME_GAPS
+    # Nodes served through one bus attachment by one pymodbus server. 1 (the default)
+    # gives every BMS its own transceiver tap and server, as on a real string. Larger
+    # strings at high baud rates need more: every attachment is one pty write per
+    # delivered piece and one decoder per frame, and 16 of them in one process
+    # cannot follow a 921,600-baud broadcast. Nodes sharing an attachment decode each
+    # frame once; each still has its own unit id, state and answers.
+    nodes_per_port: int = 1
+
+    def __post_init__(self) -> None:
+        if self.nodes_per_port < 1:
+            raise ValueError("nodes_per_port must be at least 1")
 
 
 class Rs485Simulator:
@@ -56,7 +69,9 @@ class Rs485Simulator:
 
     def __init__(self, config: Rs485SimConfig) -> None:
         self.config = config
-        self.params = SerialParams(config.baud_bps, config.parity, config.stopbits)
+        self.params = SerialParams(
+            config.baud_bps, config.parity, config.stopbits, frame_gap=config.frame_gap
+        )
         self.bus: RS485Bus | None = None
         self.devices: dict[int, VirtualBms] = {}
         self.nodes: dict[int, ModbusBmsNode] = {}
@@ -77,14 +92,17 @@ class Rs485Simulator:
 
     def start(self) -> Rs485Simulator:
         self.bus = RS485Bus(self.params, throttle=self.config.throttle, name="rs485-sim").start()
-        attachments = {}
         for unit in self.config.nodes:
             bms = VirtualBms(node_state_dir(self.config.state_dir, unit), clock=self._clock())
             self.devices[unit] = bms
             self.nodes[unit] = ModbusBmsNode(VirtualBmsBackend(bms), unit)
-            attachments[unit] = self.bus.attach_pty(
-                f"node{unit}", turnaround_s=self.config.turnaround_s
-            )
+        units = list(self.config.nodes)
+        k = self.config.nodes_per_port
+        attachments = {}
+        for i in range(0, len(units), k):
+            group = tuple(units[i : i + k])
+            name = f"node{group[0]}" if len(group) == 1 else f"nodes{group[0]}-{group[-1]}"
+            attachments[group] = self.bus.attach_pty(name, turnaround_s=self.config.turnaround_s)
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -94,9 +112,9 @@ class Rs485Simulator:
             asyncio.set_event_loop(loop)
 
             async def start_servers() -> None:
-                for unit, attachment in attachments.items():
+                for group, attachment in attachments.items():
                     server = await serve_node(
-                        [self.nodes[unit]],
+                        [self.nodes[unit] for unit in group],
                         attachment.path,
                         baud_bps=self.params.baud_bps,
                         parity=self.params.parity,
@@ -156,6 +174,8 @@ class Rs485Simulator:
             "baud": self.params.baud_bps,
             "parity": self.params.parity,
             "stopbits": self.params.stop_bits,
+            "frame_gap": self.params.frame_gap,
+            "nodes_per_port": self.config.nodes_per_port,
             "throttle": self.config.throttle,
             "nodes": [
                 {"unit": unit, "serial": bms.serial, "state_dir": str(bms.state_dir)}
@@ -185,6 +205,8 @@ class SimRs485Process(SimProcess):
         stopbits: int = 1,
         throttle: bool = False,
         time_scale: float = 1.0,
+        frame_gap: str = "spec",
+        nodes_per_port: int = 1,
         log_file: str | Path | None = None,
     ) -> None:
         args = [
@@ -203,6 +225,10 @@ class SimRs485Process(SimProcess):
             str(stopbits),
             "--time-scale",
             str(time_scale),
+            "--frame-gap",
+            frame_gap,
+            "--nodes-per-port",
+            str(nodes_per_port),
         ]
         if throttle:
             args.append("--throttle")
@@ -223,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stopbits", type=int, default=1, choices=(1, 2))
     parser.add_argument("--throttle", action="store_true", help="pace bytes at the baud rate")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--frame-gap", default="spec", choices=FRAME_GAPS)
+    parser.add_argument("--nodes-per-port", type=int, default=1)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     level = logging.WARNING
@@ -240,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             stopbits=args.stopbits,
             throttle=args.throttle,
             time_scale=args.time_scale,
+            frame_gap=args.frame_gap,
+            nodes_per_port=args.nodes_per_port,
         )
     )
     stop = threading.Event()

@@ -45,7 +45,7 @@ ISO-TP (:mod:`bmsfw.link.isotp_stack`)::
 
 Serial / RS485 (:mod:`bmsfw.link.serialbus`, :mod:`bmsfw.link.uart`)::
 
-    SerialParams(baud_bps=19_200, parity="E", stop_bits=1, data_bits=8)
+    SerialParams(baud_bps=19_200, parity="E", stop_bits=1, data_bits=8, frame_gap="spec")
         .char_bits; .char_time_s; .silence_s; .raw_char_rate_per_s
     RS485Bus(params: SerialParams | None = None, *, throttle: bool = False,
              faults: SerialFaults | None = None, name: str = "rs485")   # context manager
@@ -68,7 +68,7 @@ Wire-time model (:mod:`bmsfw.link.wire`)::
         .frame_time_s(length, *, extended_id=False, fd=False, bitrate_switch=True)
         .raw_payload_rate_bytes_per_s(*, fd=False, extended_id=False)
     serial_char_bits(data_bits=8, parity="E", stop_bits=1) -> float
-    modbus_silence_s(baud_bps, char_bits=11) -> float
+    modbus_silence_s(baud_bps, char_bits=11, frame_gap="spec") -> float   # FRAME_GAPS
     WireStats (frozen snapshot), WireCounter, WireClock
 
 Errors: :mod:`bmsfw.link.errors` (BMSFW-E301..E339, all ``TransportError``).

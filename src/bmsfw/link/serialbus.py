@@ -65,8 +65,12 @@ _READ_CHUNK = 4096
 # Stop reading a talker while this much of its data waits for wire time (back-pressure
 # into the pty, so a writer blocks like on a real UART instead of buffering forever).
 _MAX_BACKLOG = 1024
-# Throttled deliveries are cut into pieces so listeners see bytes arrive progressively.
+# Throttled deliveries are cut into pieces so listeners see bytes arrive progressively:
+# at least 32 characters, and at least this much wire time per piece. Every piece is one
+# write into every listener's pty (tens of microseconds of kernel time each), so at
+# 921,600 baud 32-character pieces cost the bus more CPU than the line has time.
 _DELIVERY_PIECE = 32
+_DELIVERY_PIECE_S = 0.002
 
 _BAUD_BY_CONSTANT: dict[int, int] = {
     getattr(termios, name): int(name[1:])
@@ -446,8 +450,9 @@ class RS485Bus:
         if not self.throttle:
             self._deliver_now(tx, data)
             return
-        for offset in range(0, len(data), _DELIVERY_PIECE):
-            piece = data[offset : offset + _DELIVERY_PIECE]
+        size = max(_DELIVERY_PIECE, int(_DELIVERY_PIECE_S / char_s))
+        for offset in range(0, len(data), size):
+            piece = data[offset : offset + size]
             at = start + (offset + len(piece)) * char_s
             heapq.heappush(self._heap, (at, next(self._seq), tx.talker, piece, tx))
             tx.talker.backlog += len(piece)
@@ -501,7 +506,11 @@ class RS485Bus:
             attachment._deliver(uart_transcode(data, tx.params, attachment.params))
 
     def _run(self) -> None:
-        selector = selectors.DefaultSelector()
+        # select(2), not epoll: epoll_wait's time-out is whole milliseconds, so every
+        # delivery due in less than 1 ms would come up to 1 ms late (a 921,600-baud
+        # 8-character reply takes 0.1 ms). select takes microseconds; the bus has
+        # a few dozen descriptors at most.
+        selector = selectors.SelectSelector()
         selector.register(self._wake_r, selectors.EVENT_READ, None)
         registered: dict[int, SerialAttachment] = {}
         try:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from bmsfw.link.errors import SerialConfigError
-from bmsfw.link.wire import modbus_silence_s, serial_char_bits
+from bmsfw.link.wire import FRAME_GAPS, modbus_silence_s, serial_char_bits
 
 __all__ = ["SerialParams", "uart_transcode"]
 
@@ -29,6 +29,7 @@ class SerialParams:
     parity: str = "E"
     stop_bits: int = 1
     data_bits: int = 8
+    frame_gap: str = "spec"  # Modbus t3.5: see bmsfw.link.wire.FRAME_GAPS
 
     def __post_init__(self) -> None:
         if self.baud_bps <= 0:
@@ -39,6 +40,10 @@ class SerialParams:
             raise SerialConfigError(f"stop bits must be 1 or 2, got {self.stop_bits}")
         if self.data_bits not in (7, 8):
             raise SerialConfigError(f"data bits must be 7 or 8, got {self.data_bits}")
+        if self.frame_gap not in FRAME_GAPS:
+            raise SerialConfigError(
+                f"frame gap must be one of {FRAME_GAPS}, got {self.frame_gap!r}"
+            )
 
     @property
     def char_bits(self) -> int:
@@ -51,8 +56,8 @@ class SerialParams:
 
     @property
     def silence_s(self) -> float:
-        """Modbus RTU t3.5 inter-frame silence at this baud rate."""
-        return modbus_silence_s(self.baud_bps, self.char_bits)
+        """Modbus RTU t3.5 inter-frame silence at this baud rate and frame gap."""
+        return modbus_silence_s(self.baud_bps, self.char_bits, self.frame_gap)
 
     @property
     def raw_char_rate_per_s(self) -> float:

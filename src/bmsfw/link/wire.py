@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CAN_FD_LENGTHS",
+    "FRAME_GAPS",
     "CanWireModel",
     "WireClock",
     "WireCounter",
@@ -128,9 +129,21 @@ def serial_char_bits(data_bits: int = 8, parity: str = "E", stop_bits: float = 1
     return 1 + data_bits + (0 if parity.upper() == "N" else 1) + stop_bits
 
 
-def modbus_silence_s(baud_bps: int, char_bits: float = 11) -> float:
-    """The Modbus RTU inter-frame silence t3.5: 3.5 characters, 1.75 ms above 19,200 baud."""
-    if baud_bps > 19_200:
+# How long the line stays silent between two Modbus RTU frames (t3.5):
+# "spec": what the Modbus serial-line specification (V1.02, 2.5.1.1) recommends:
+#   3.5 character times up to 19,200 baud, a fixed 1.75 ms above (so that a slow
+#   CPU need not time out per character); at 921,600 baud that is 147 characters.
+# "chars": 3.5 character times at every baud rate, for devices that detect the end
+#   of a frame in hardware (a UART receiver time-out / idle-line interrupt counts
+#   bit times). Both ends of a line must use the same setting, like the baud rate.
+FRAME_GAPS = ("spec", "chars")
+
+
+def modbus_silence_s(baud_bps: int, char_bits: float = 11, frame_gap: str = "spec") -> float:
+    """The Modbus RTU inter-frame silence t3.5 for ``frame_gap`` (see :data:`FRAME_GAPS`)."""
+    if frame_gap not in FRAME_GAPS:
+        raise ValueError(f"frame gap must be one of {FRAME_GAPS}, got {frame_gap!r}")
+    if baud_bps > 19_200 and frame_gap == "spec":
         return 0.00175
     return 3.5 * char_bits / baud_bps
 

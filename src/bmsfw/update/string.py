@@ -269,8 +269,8 @@ class _Rendezvous:
 
     def _broadcast(self, payload: bytes) -> None:
         settings = self.bus.settings
-        char_bits = 1 + 8 + (0 if settings.parity == "N" else 1) + settings.stopbits
-        silence_s = 0.00175 if settings.baud_bps > 19_200 else 3.5 * char_bits / settings.baud_bps
+        char_bits = settings.char_bits
+        silence_s = settings.silence_s
         frames = wire_bytes = 0
         started = next_at = time.perf_counter()
         try:
@@ -303,7 +303,10 @@ class _Rendezvous:
                     "wire_bytes": wire_bytes,
                     "duration_s": round(duration, 3),
                     "wire_time_s": round(
-                        serial_wire_time_s(frames, wire_bytes, settings.baud_bps, char_bits), 3
+                        serial_wire_time_s(
+                            frames, wire_bytes, settings.baud_bps, char_bits, settings.frame_gap
+                        ),
+                        3,
                     ),
                 }
                 self.done = True

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bmsfw.errors import BmsfwError
+from bmsfw.link.wire import modbus_silence_s
 from bmsfw.package import Manifest, decode_header
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.client import ModbusBus, ModbusSession
@@ -119,10 +120,11 @@ class BroadcastReport:
         )
 
 
-def serial_wire_time_s(frames: int, nbytes: int, baud_bps: int, char_bits: float = 11) -> float:
-    """Characters plus one t3.5 silence per frame (1.75 ms above 19,200 baud)."""
-    silence = 0.00175 if baud_bps > 19_200 else 3.5 * char_bits / baud_bps
-    return nbytes * char_bits / baud_bps + frames * silence
+def serial_wire_time_s(
+    frames: int, nbytes: int, baud_bps: int, char_bits: float = 11, frame_gap: str = "spec"
+) -> float:
+    """Characters plus one t3.5 silence per frame (:func:`~bmsfw.link.wire.modbus_silence_s`)."""
+    return nbytes * char_bits / baud_bps + frames * modbus_silence_s(baud_bps, char_bits, frame_gap)
 
 
 @dataclass
@@ -145,10 +147,10 @@ class _Pacer:
     on a slow line.
     """
 
-    def __init__(self, baud_bps: int, char_bits: int) -> None:
+    def __init__(self, baud_bps: int, char_bits: int, frame_gap: str = "spec") -> None:
         self.baud_bps = baud_bps
         self.char_bits = char_bits
-        self.silence_s = 0.00175 if baud_bps > 19_200 else 3.5 * char_bits / baud_bps
+        self.silence_s = modbus_silence_s(baud_bps, char_bits, frame_gap)
         self.next_at = time.perf_counter()
 
     def send(self, write: Callable[[], None], nbytes: int) -> None:
@@ -304,8 +306,8 @@ def broadcast_update(
     bcast_started = time.monotonic()
     if live:
         settings = bus.settings
-        char_bits = 1 + 8 + (0 if settings.parity == "N" else 1) + settings.stopbits
-        pace = _Pacer(settings.baud_bps, char_bits)
+        char_bits = settings.char_bits
+        pace = _Pacer(settings.baud_bps, char_bits, settings.frame_gap)
         for frame in codec.window_writes(image):
             nbytes = 9 + 2 * len(frame.values)
             pace.send(functools.partial(bus.write, 0, frame.address, frame.values), nbytes)
@@ -361,7 +363,13 @@ def broadcast_update(
         image_size=len(image),
         broadcast_frames=frames,
         broadcast_s=broadcast_s,
-        broadcast_wire_s=serial_wire_time_s(frames, payload_bytes, bus.settings.baud_bps),
+        broadcast_wire_s=serial_wire_time_s(
+            frames,
+            payload_bytes,
+            bus.settings.baud_bps,
+            bus.settings.char_bits,
+            bus.settings.frame_gap,
+        ),
         repair_frames=repair_frames,
         total_s=time.monotonic() - started,
         rate=bus.settings.rate,
