@@ -41,6 +41,13 @@ __all__ = ["sim_rs485_command"]
     help="Nodes behind one simulated transceiver tap (one decoder for them): for long "
     "strings at high baud rates.",
 )
+@click.option(
+    "--node-processes",
+    type=click.IntRange(0, 64),
+    default=0,
+    show_default=True,
+    help="Serve the nodes from this many processes of their own (0: in this one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def sim_rs485_command(
     *,
@@ -53,6 +60,7 @@ def sim_rs485_command(
     time_scale: float,
     frame_gap: str,
     nodes_per_port: int,
+    node_processes: int,
     as_json: bool,
 ) -> None:
     """Run NODES virtual BMS on one simulated RS485 bus and print the pty to open."""
@@ -69,6 +77,7 @@ def sim_rs485_command(
             time_scale=time_scale,
             frame_gap=frame_gap,
             nodes_per_port=nodes_per_port,
+            node_processes=node_processes,
         )
     )
     stop = threading.Event()

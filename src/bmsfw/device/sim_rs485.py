@@ -58,21 +58,41 @@ class Rs485SimConfig:
     # cannot follow a 921,600-baud broadcast. Nodes sharing an attachment decode each
     # frame once; each still has its own unit id, state and answers.
     nodes_per_port: int = 1
+    # 0: the nodes are served in the simulator's process; N: by N processes of their
+    # own (the bus stays here), so a long string at a high baud rate gets the CPU.
+    node_processes: int = 0
 
     def __post_init__(self) -> None:
         if self.nodes_per_port < 1:
             raise ValueError("nodes_per_port must be at least 1")
+        if self.node_processes < 0:
+            raise ValueError("node_processes must be 0 or more")
 
 
-class Rs485Simulator:
-    """Virtual BMS nodes on one simulated RS485 bus, served in this process."""
+class NodeServers:
+    """Virtual BMS served by pymodbus on given ptys: one asyncio loop thread for all
+    servers, plus a thread that lets the devices' firmware catch up with the clock
+    (boots and self-tests run concurrently, as on real hardware).
 
-    def __init__(self, config: Rs485SimConfig) -> None:
-        self.config = config
-        self.params = SerialParams(
-            config.baud_bps, config.parity, config.stopbits, frame_gap=config.frame_gap
-        )
-        self.bus: RS485Bus | None = None
+    ``groups`` maps a device-side pty path to the unit ids served on it (one
+    pymodbus server per path). Used by :class:`Rs485Simulator` in its own process,
+    or in node processes of their own (``node_processes``).
+    """
+
+    def __init__(
+        self,
+        state_dir: str,
+        groups: dict[str, tuple[int, ...]],
+        params: SerialParams,
+        *,
+        time_scale: float = 1.0,
+        poll_s: float = 0.01,
+    ) -> None:
+        self.state_dir = state_dir
+        self.groups = groups
+        self.params = params
+        self.time_scale = time_scale
+        self.poll_s = poll_s
         self.devices: dict[int, VirtualBms] = {}
         self.nodes: dict[int, ModbusBmsNode] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,27 +102,14 @@ class Rs485Simulator:
         self._servers: list[Any] = []
 
     def _clock(self) -> Clock:
-        return RealClock() if self.config.time_scale == 1.0 else ScaledClock(self.config.time_scale)
+        return RealClock() if self.time_scale == 1.0 else ScaledClock(self.time_scale)
 
-    @property
-    def host_path(self) -> str:
-        if self.bus is None:
-            raise RuntimeError("simulator not started")
-        return self.bus.host_path
-
-    def start(self) -> Rs485Simulator:
-        self.bus = RS485Bus(self.params, throttle=self.config.throttle, name="rs485-sim").start()
-        for unit in self.config.nodes:
-            bms = VirtualBms(node_state_dir(self.config.state_dir, unit), clock=self._clock())
-            self.devices[unit] = bms
-            self.nodes[unit] = ModbusBmsNode(VirtualBmsBackend(bms), unit)
-        units = list(self.config.nodes)
-        k = self.config.nodes_per_port
-        attachments = {}
-        for i in range(0, len(units), k):
-            group = tuple(units[i : i + k])
-            name = f"node{group[0]}" if len(group) == 1 else f"nodes{group[0]}-{group[-1]}"
-            attachments[group] = self.bus.attach_pty(name, turnaround_s=self.config.turnaround_s)
+    def start(self) -> NodeServers:
+        for units in self.groups.values():
+            for unit in units:
+                bms = VirtualBms(node_state_dir(self.state_dir, unit), clock=self._clock())
+                self.devices[unit] = bms
+                self.nodes[unit] = ModbusBmsNode(VirtualBmsBackend(bms), unit)
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -112,10 +119,10 @@ class Rs485Simulator:
             asyncio.set_event_loop(loop)
 
             async def start_servers() -> None:
-                for group, attachment in attachments.items():
+                for path, units in self.groups.items():
                     server = await serve_node(
-                        [self.nodes[unit] for unit in group],
-                        attachment.path,
+                        [self.nodes[unit] for unit in units],
+                        path,
                         baud_bps=self.params.baud_bps,
                         parity=self.params.parity,
                         stopbits=self.params.stop_bits,
@@ -146,7 +153,7 @@ class Rs485Simulator:
 
     def _poll(self) -> None:
         # The firmware's own time: boots, self-tests, watchdogs advance here.
-        while not self._stop.wait(self.config.poll_s):
+        while not self._stop.wait(self.poll_s):
             for bms in self.devices.values():
                 if not bms.dead:
                     try:
@@ -161,12 +168,82 @@ class Rs485Simulator:
             self._thread.join(10)
         if self._poller is not None:
             self._poller.join(5)
-        if self.bus is not None:
-            self.bus.close()
         for bms in self.devices.values():
             if not bms.dead:
                 bms.close()
         self.devices.clear()
+
+
+class Rs485Simulator:
+    """Virtual BMS nodes on one simulated RS485 bus.
+
+    The bus (and its ptys) lives in this process. The nodes are served here too,
+    unless ``config.node_processes`` asks for processes of their own: each then
+    serves some of the ports (a string at 921,600 baud needs more than one
+    interpreter's worth of CPU). :attr:`devices` holds the in-process devices only.
+    """
+
+    def __init__(self, config: Rs485SimConfig) -> None:
+        self.config = config
+        self.params = SerialParams(
+            config.baud_bps, config.parity, config.stopbits, frame_gap=config.frame_gap
+        )
+        self.bus: RS485Bus | None = None
+        self.devices: dict[int, VirtualBms] = {}
+        self._servers: NodeServers | None = None
+        self._processes: list[SimProcess] = []
+
+    @property
+    def nodes(self) -> dict[int, ModbusBmsNode]:
+        return self._servers.nodes if self._servers is not None else {}
+
+    @property
+    def host_path(self) -> str:
+        if self.bus is None:
+            raise RuntimeError("simulator not started")
+        return self.bus.host_path
+
+    def start(self) -> Rs485Simulator:
+        self.bus = RS485Bus(self.params, throttle=self.config.throttle, name="rs485-sim").start()
+        units = list(self.config.nodes)
+        k = self.config.nodes_per_port
+        groups: dict[str, tuple[int, ...]] = {}
+        for i in range(0, len(units), k):
+            group = tuple(units[i : i + k])
+            name = f"node{group[0]}" if len(group) == 1 else f"nodes{group[0]}-{group[-1]}"
+            attachment = self.bus.attach_pty(name, turnaround_s=self.config.turnaround_s)
+            groups[attachment.path] = group
+        try:
+            if self.config.node_processes == 0:
+                self._servers = NodeServers(
+                    self.config.state_dir,
+                    groups,
+                    self.params,
+                    time_scale=self.config.time_scale,
+                    poll_s=self.config.poll_s,
+                ).start()
+                self.devices = self._servers.devices
+            else:
+                paths = list(groups)
+                n = min(self.config.node_processes, len(paths))
+                for shard in (paths[i::n] for i in range(n)):
+                    process = _NodeProcess(self.config, {p: groups[p] for p in shard})
+                    self._processes.append(process)
+                    process.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in self._processes:
+            process.stop()
+        self._processes.clear()
+        if self._servers is not None:
+            self._servers.stop()
+        if self.bus is not None:
+            self.bus.close()
+        self.devices = {}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -176,10 +253,15 @@ class Rs485Simulator:
             "stopbits": self.params.stop_bits,
             "frame_gap": self.params.frame_gap,
             "nodes_per_port": self.config.nodes_per_port,
+            "node_processes": self.config.node_processes,
             "throttle": self.config.throttle,
             "nodes": [
-                {"unit": unit, "serial": bms.serial, "state_dir": str(bms.state_dir)}
-                for unit, bms in self.devices.items()
+                {
+                    "unit": unit,
+                    "serial": self.devices[unit].serial if unit in self.devices else "",
+                    "state_dir": str(node_state_dir(self.config.state_dir, unit)),
+                }
+                for unit in self.config.nodes
             ],
         }
 
@@ -188,6 +270,33 @@ class Rs485Simulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _NodeProcess(SimProcess):
+    """Some ports of a string served in a process of their own (``--serve``)."""
+
+    what = "RS485 node process"
+
+    def __init__(self, config: Rs485SimConfig, groups: dict[str, tuple[int, ...]]) -> None:
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "bmsfw.device.sim_rs485",
+                "--state-dir",
+                config.state_dir,
+                "--baud",
+                str(config.baud_bps),
+                "--parity",
+                config.parity,
+                "--stopbits",
+                str(config.stopbits),
+                "--time-scale",
+                str(config.time_scale),
+                "--serve",
+                json.dumps({path: list(units) for path, units in groups.items()}),
+            ]
+        )
 
 
 class SimRs485Process(SimProcess):
@@ -207,6 +316,7 @@ class SimRs485Process(SimProcess):
         time_scale: float = 1.0,
         frame_gap: str = "spec",
         nodes_per_port: int = 1,
+        node_processes: int = 0,
         log_file: str | Path | None = None,
     ) -> None:
         args = [
@@ -229,6 +339,8 @@ class SimRs485Process(SimProcess):
             frame_gap,
             "--nodes-per-port",
             str(nodes_per_port),
+            "--node-processes",
+            str(node_processes),
         ]
         if throttle:
             args.append("--throttle")
@@ -251,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--frame-gap", default="spec", choices=FRAME_GAPS)
     parser.add_argument("--nodes-per-port", type=int, default=1)
+    parser.add_argument("--node-processes", type=int, default=0)
+    parser.add_argument(
+        "--serve",
+        metavar="JSON",
+        help="internal: serve these nodes on these existing ptys, {path: [unit, ...]}",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     level = logging.WARNING
@@ -259,6 +377,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.serve:
+        groups = {path: tuple(units) for path, units in json.loads(args.serve).items()}
+        params = SerialParams(args.baud, args.parity, args.stopbits)
+        servers = NodeServers(args.state_dir, groups, params, time_scale=args.time_scale).start()
+        try:
+            print("READY " + json.dumps({"serving": groups}), flush=True)
+            while not stop.wait(0.2):
+                pass
+        finally:
+            servers.stop()
+        return 0
     sim = Rs485Simulator(
         Rs485SimConfig(
             nodes=tuple(int(n) for n in args.nodes.split(",")),
@@ -270,11 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             time_scale=args.time_scale,
             frame_gap=args.frame_gap,
             nodes_per_port=args.nodes_per_port,
+            node_processes=args.node_processes,
         )
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     sim.start()
     try:
         print("READY " + json.dumps(sim.describe()), flush=True)
