@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bmsfw.link.errors import SerialConfigError
+from bmsfw.link.uart import SerialParams
 from bmsfw.link.wire import (
     CAN_FD_LENGTHS,
     CanWireModel,
@@ -79,6 +81,18 @@ def test_serial_character_and_silence() -> None:
     assert modbus_silence_s(9600, 11) == pytest.approx(3.5 * 11 / 9600)
     assert modbus_silence_s(19_200, 11) == pytest.approx(3.5 * 11 / 19_200)
     assert modbus_silence_s(115_200) == 0.00175
+    # 3.5 character times at every baud rate, for devices that time frames in hardware.
+    assert modbus_silence_s(921_600, 11, "chars") == pytest.approx(3.5 * 11 / 921_600)
+    assert modbus_silence_s(9600, 11, "chars") == modbus_silence_s(9600, 11, "spec")
+    with pytest.raises(ValueError, match="frame gap"):
+        modbus_silence_s(921_600, 11, "fast")
+
+
+def test_serial_params_carry_the_frame_gap() -> None:
+    assert SerialParams(921_600).silence_s == 0.00175
+    assert SerialParams(921_600, frame_gap="chars").silence_s == pytest.approx(3.5 * 11 / 921_600)
+    with pytest.raises(SerialConfigError, match="frame gap"):
+        SerialParams(921_600, frame_gap="none")
 
 
 def test_wire_clock_books_back_to_back_slots() -> None:

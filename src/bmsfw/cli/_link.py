@@ -60,7 +60,8 @@ def flatten_units(values: Any) -> tuple[int, ...]:
 
 
 def link_options(func: F) -> F:
-    """--can IF:CH --node N… | --serial PORT --unit N… --baud B, plus --bitrate/--timeout."""
+    """--can IF:CH --node N… | --serial PORT --unit N… --baud B [--frame-gap G], plus
+    --bitrate/--timeout."""
     options = [
         click.option(
             "--can",
@@ -88,6 +89,14 @@ def link_options(func: F) -> F:
         ),
         click.option("--baud", type=int, default=115_200, show_default=True, help="Serial baud."),
         click.option(
+            "--frame-gap",
+            type=click.Choice(["spec", "chars"]),
+            default="spec",
+            show_default=True,
+            help="Modbus t3.5 between frames on RS485: 'spec' (1.75 ms above 19,200 baud) or "
+            "'chars' (3.5 character times; only for BMS that support it, see docs/modbus.md).",
+        ),
+        click.option(
             "--timeout",
             "timeout_s",
             type=float,
@@ -110,6 +119,7 @@ def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
         units=flatten_units(kwargs.pop("units")),
         baud=kwargs.pop("baud"),
         timeout_s=kwargs.pop("timeout_s"),
+        frame_gap=kwargs.pop("frame_gap"),
     )
 
 

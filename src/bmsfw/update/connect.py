@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bmsfw.link.wire import FRAME_GAPS
 from bmsfw.protocol.session import BmsSession
 from bmsfw.update.errors import LinkSpecInvalidError, TransportUnavailableError
 
@@ -58,6 +59,7 @@ class SerialLink:
     baud: int = 115_200
     parity: str = "E"
     timeout_s: float = 1.0
+    frame_gap: str = "spec"
 
     def __str__(self) -> str:
         return f"serial:{self.port}@{self.baud}/unit {self.unit}"
@@ -75,6 +77,7 @@ def parse_links(
     units: Sequence[int] = (),
     baud: int = 115_200,
     timeout_s: float | None = None,
+    frame_gap: str = "spec",
 ) -> list[LinkSpec]:
     """The links named on a command line (one per node/unit), validated."""
     if (can is None) == (serial is None):
@@ -105,6 +108,8 @@ def parse_links(
         raise LinkSpecInvalidError("--node belongs to --can; on RS485 use --unit")
     if baud not in SERIAL_BAUDS:
         raise LinkSpecInvalidError(f"--baud {baud} not one of {SERIAL_BAUDS}")
+    if frame_gap not in FRAME_GAPS:
+        raise LinkSpecInvalidError(f"--frame-gap {frame_gap!r} not one of {FRAME_GAPS}")
     if not units:
         raise LinkSpecInvalidError("name the BMS with --unit N (Modbus unit id 1..247)")
     for unit in units:
@@ -113,7 +118,13 @@ def parse_links(
     if len(set(units)) != len(units):
         raise LinkSpecInvalidError(f"--unit repeats: {list(units)}")
     return [
-        SerialLink(serial, u, baud, timeout_s=timeout_s if timeout_s is not None else 1.0)
+        SerialLink(
+            serial,
+            u,
+            baud,
+            timeout_s=timeout_s if timeout_s is not None else 1.0,
+            frame_gap=frame_gap,
+        )
         for u in units
     ]
 
@@ -157,7 +168,13 @@ def _import(module_name: str, kind: str) -> Any:
 def _open_serial(links: Sequence[SerialLink]) -> Connection:
     client = _import("bmsfw.protocol.modbus.client", "RS485/Modbus")
     first = links[0]
-    bus = client.open_modbus_bus(first.port, first.baud, first.parity, timeout_s=first.timeout_s)
+    bus = client.open_modbus_bus(
+        first.port,
+        first.baud,
+        first.parity,
+        timeout_s=first.timeout_s,
+        frame_gap=first.frame_gap,
+    )
     sessions: list[BmsSession] = []
     try:
         for link in links:

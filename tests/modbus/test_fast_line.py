@@ -1,0 +1,72 @@
+"""A 921,600-baud line with 3.5-character frame gaps, the string served 2 nodes per
+simulated tap by 2 node processes of their own (the set-up of bench_rs485 at 16 nodes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bmsfw.device.sim_rs485 import SimRs485Process
+from bmsfw.package import VendorPki
+from bmsfw.protocol import session as bms_session
+from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_bus
+
+from .conftest import TIME_SCALE, Release, break_cell_sensor, provision_string
+
+BAUD = 921_600
+
+
+def test_string_on_a_fast_line_with_node_processes(
+    tmp_path: Path,
+    pki: VendorPki,
+    release_v1: Release,
+    release_v2: Release,
+    tester: bms_session.TesterCredentials,
+) -> None:
+    units = (1, 2, 3, 4, 5)
+    state = provision_string(tmp_path / "sim", pki, release_v1, units)
+    break_cell_sensor(state, 3)
+    with (
+        SimRs485Process(
+            state,
+            units,
+            baud_bps=BAUD,
+            throttle=True,
+            time_scale=TIME_SCALE,
+            frame_gap="chars",
+            nodes_per_port=2,
+            node_processes=2,
+            log_file=tmp_path / "sim.log",
+        ) as sim,
+        open_modbus_bus(sim.port, BAUD, frame_gap="chars", timeout_s=0.3) as bus,
+    ):
+        assert sim.info["frame_gap"] == "chars" and sim.info["node_processes"] == 2
+        assert bus.settings.silence_s < 0.0001  # 42 µs, not the spec's 1.75 ms
+        # Unit 5 alone on its tap, one by one; then 1..4 (two taps, two processes) by broadcast.
+        session = bus.session(5)
+        session.authenticate(tester)
+        session.prepare(release_v2.header)
+        session.erase()
+        assert list(session.write(release_v2.image))[-1] == len(release_v2.image)
+        session.verify()
+        session.activate()
+        session.reset()
+        assert session.wait_boot(30).image_state == "test"
+        assert session.read_self_test().passed
+        session.confirm()
+        report = broadcast_update(
+            bus,
+            (1, 2, 3, 4),
+            release_v2.header,
+            release_v2.image,
+            tester,
+            policy=BroadcastPolicy(activation="all", boot_timeout_s=30),
+        )
+        assert "3.5-character frame gap" in report.rate
+        by_unit = {n.unit: n for n in report.nodes}
+        assert by_unit[3].result == "rolled-back" and by_unit[3].running_version == "1.0.0"
+        for unit in (1, 2, 4):
+            assert by_unit[unit].result == "confirmed", by_unit[unit]
+        # Each node answers for itself, whichever tap and process serves it.
+        for unit in units:
+            ident = bus.session(unit).identify()
+            assert ident.app_version == ("1.0.0" if unit == 3 else "1.1.0")
