@@ -71,16 +71,21 @@ def run(
     raw_rate = baud / CHAR_BITS_8E1
     out: dict[str, float] = {"baud": baud, "image": len(image)}
     with tempfile.TemporaryDirectory() as tmp:
-        provision_string(Path(tmp) / "one", pki, v1_image, range(1, 2))
-        config = Rs485SimConfig(
-            nodes=(1,),
-            state_dir=str(Path(tmp) / "one"),
-            baud_bps=baud,
-            throttle=True,
-            time_scale=TIME_SCALE,
-            frame_gap=frame_gap,
-            nodes_per_port=nodes_per_port,
-        )
+
+        def string(name: str, count: int) -> Rs485SimConfig:
+            provision_string(Path(tmp) / name, pki, v1_image, range(1, count + 1))
+            return Rs485SimConfig(
+                nodes=tuple(range(1, count + 1)),
+                state_dir=str(Path(tmp) / name),
+                baud_bps=baud,
+                throttle=True,
+                time_scale=TIME_SCALE,
+                frame_gap=frame_gap,
+                nodes_per_port=nodes_per_port,
+                node_processes=node_processes,
+            )
+
+        config = string("one", 1)
         with (
             Rs485Simulator(config) as sim,
             open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,
@@ -111,17 +116,7 @@ def run(
         out["single_wall_pct"] = 100 * len(image) / ((t2 - t1) * raw_rate)
         out["single_update_s"] = t3 - t0
 
-        provision_string(Path(tmp) / "many", pki, v1_image, range(1, nodes + 1))
-        config = Rs485SimConfig(
-            nodes=tuple(range(1, nodes + 1)),
-            state_dir=str(Path(tmp) / "many"),
-            baud_bps=baud,
-            throttle=True,
-            time_scale=TIME_SCALE,
-            frame_gap=frame_gap,
-            nodes_per_port=nodes_per_port,
-            node_processes=node_processes,
-        )
+        config = string("many", nodes)
         with (
             Rs485Simulator(config) as sim,
             open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,

@@ -13,9 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,13 +108,15 @@ class StringBench:
         finally:
             bms.close()
 
-    def start(self, baud_bps: int = 115_200) -> str:
+    def start(self, baud_bps: int = 115_200, **line: Any) -> str:
+        """Start the string; ``line``: more SimRs485Process settings (frame_gap, throttle)."""
         self.process = SimRs485Process(
             self.state_dir,
             self.units,
             baud_bps=baud_bps,
             time_scale=TIME_SCALE,
             log_file=self.work / "sim.log",
+            **line,
         )
         self.process.start()
         return self.process.port
@@ -129,10 +132,10 @@ class StringBench:
         spec = f"{min(chosen)}-{max(chosen)}" if units == () else ",".join(map(str, chosen))
         return ["--serial", self.process.port, "--unit", spec, "--baud", str(baud)]
 
-    def update_args(self, package: str, *units: int) -> list[str]:
+    def update_args(self, package: str, *units: int, link: Sequence[str] = ()) -> list[str]:
         return [
             "update",
-            *self.link_args(*units),
+            *(link or self.link_args(*units)),
             str(self.kit.packages[package]),
             "--trust", str(self.kit.trust),
             "--backup-dir", str(self.work / "backups"),

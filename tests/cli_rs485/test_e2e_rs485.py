@@ -180,3 +180,27 @@ def test_units_one_after_another_without_broadcast(
     first_end = reports[0]["finished_at"]
     assert _step(reports[1], "identify")["started_at"] >= first_end  # one at a time
     assert all(r["transfer"]["total"] == r["transfer"]["offset"] for r in reports)
+
+
+def test_update_on_a_fast_line_with_three_and_a_half_character_gaps(
+    make_string: Callable[..., StringBench],
+) -> None:
+    bench = make_string((1,))
+    bench.prepare(
+        1, lambda b: b.write_config(replace(b.config(), rs485_baud=921_600, rs485_char_timed_gap=1))
+    )
+    bench.start(921_600, frame_gap="chars", throttle=True)
+    # The BMS says it times frames by 3.5 characters: a host on the spec's 1.75 ms gap
+    # is refused by the preflight link test, before anything is written.
+    spec = run_bmsfw(*bench.update_args("v2", link=bench.link_args(baud=921_600)), "--json")
+    assert spec.returncode == 6, spec.stderr
+    refusal = json.loads(spec.stdout)
+    assert refusal["error"]["code"] == "BMSFW-E405" and "MISMATCH" in refusal["error"]["message"]
+    link = [*bench.link_args(baud=921_600), "--frame-gap", "chars"]
+    result = run_bmsfw(*bench.update_args("v2", link=link), "--json", check=0)
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "updated", report
+    assert report["running_version"] == "2.0.0"
+    assert report["device_now"]["image_state"] == "confirmed"
+    refused = run_bmsfw("info", *bench.link_args(), "--frame-gap", "fast", check=2)
+    assert "frame-gap" in refused.stderr

@@ -9,12 +9,14 @@ from typing import Any, TypeVar
 import click
 
 from bmsfw.errors import UsageError
+from bmsfw.link.wire import FRAME_GAPS
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions, parse_links
 
 __all__ = [
     "UNIT_IDS",
     "connect",
     "flatten_units",
+    "frame_gap_option",
     "link_options",
     "links_from",
     "load_trust",
@@ -22,6 +24,17 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``--frame-gap``: the Modbus t3.5 of an RS485 line (both ends must agree, like the baud).
+frame_gap_option = click.option(
+    "--frame-gap",
+    type=click.Choice(list(FRAME_GAPS)),
+    default="spec",
+    show_default=True,
+    help="Modbus t3.5 between frames on RS485: 'spec' (1.75 ms above 19,200 baud, as the "
+    "Modbus spec recommends) or 'chars' (3.5 character times at any baud; only for BMS "
+    "that support it, see docs/modbus.md).",
+)
 
 
 class UnitIds(click.ParamType[tuple[int, ...], Any]):
@@ -88,14 +101,7 @@ def link_options(func: F) -> F:
             help="Modbus unit id(s) on RS485: 5, a range 1-8 or a list 1,3,5 (repeatable).",
         ),
         click.option("--baud", type=int, default=115_200, show_default=True, help="Serial baud."),
-        click.option(
-            "--frame-gap",
-            type=click.Choice(["spec", "chars"]),
-            default="spec",
-            show_default=True,
-            help="Modbus t3.5 between frames on RS485: 'spec' (1.75 ms above 19,200 baud) or "
-            "'chars' (3.5 character times; only for BMS that support it, see docs/modbus.md).",
-        ),
+        frame_gap_option,
         click.option(
             "--timeout",
             "timeout_s",

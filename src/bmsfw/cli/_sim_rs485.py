@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from bmsfw.cli._link import frame_gap_option
+
 __all__ = ["sim_rs485_command"]
 
 
@@ -25,14 +27,7 @@ __all__ = ["sim_rs485_command"]
 @click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--throttle/--no-throttle", default=False, help="Pace bytes at the baud rate.")
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
-@click.option(
-    "--frame-gap",
-    type=click.Choice(["spec", "chars"]),
-    default="spec",
-    show_default=True,
-    help="Modbus t3.5 between frames: 'spec' (1.75 ms above 19,200 baud, as the Modbus "
-    "spec recommends) or 'chars' (3.5 character times at any baud; the host must match).",
-)
+@frame_gap_option
 @click.option(
     "--nodes-per-port",
     type=click.IntRange(1, 247),

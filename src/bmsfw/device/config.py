@@ -55,6 +55,7 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "discharge_current_limit_a": (0.0, 1000.0),
     "capacity_ah": (1.0, 2000.0),
     "rs485_unit_id": (1, 247),
+    "rs485_char_timed_gap": (0, 1),
 }
 
 
@@ -75,6 +76,9 @@ class DeviceConfig:
     can_bitrate_bps: int = 500_000
     rs485_unit_id: int = 1
     rs485_baud: int = 115_200
+    # Modbus t3.5 above 19,200 baud: 0 = the spec's fixed 1.75 ms, 1 = 3.5 character
+    # times (the UART times the end of a frame in hardware). The host must match it.
+    rs485_char_timed_gap: int = 0
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _LIMITS.items():
@@ -93,8 +97,9 @@ class DeviceConfig:
             )
         if self.rs485_baud not in RS485_BAUDS:
             raise ConfigValueError(f"rs485_baud={self.rs485_baud} not one of {RS485_BAUDS}")
-        if not isinstance(self.rs485_unit_id, int):
-            raise ConfigValueError("rs485_unit_id must be an integer")
+        for name in ("rs485_unit_id", "rs485_char_timed_gap"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigValueError(f"{name} must be an integer")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

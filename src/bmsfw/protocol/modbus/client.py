@@ -487,19 +487,27 @@ class ModbusSession:
             else:
                 errors += 1
         configured = None
+        settings = self.bus.settings
         if times:
-            spec = next(c for c in CONFIG_REGISTERS if c.key == "rs485_baud")
+            baud, gap = (
+                next(c for c in CONFIG_REGISTERS if c.key == key)
+                for key in ("rs485_baud", "rs485_char_timed_gap")
+            )
+            assert gap.address == baud.address + 1
             try:
-                raw = self.bus.read_holding(self.unit, spec.address, 1)[0]
-                configured = round(raw * spec.scale)
+                raw_baud, raw_gap = self.bus.read_holding(self.unit, baud.address, 2)
+                configured = round(raw_baud * baud.scale)
+                # The frame gap matters only where the two settings differ (above 19,200).
+                if settings.baud_bps > 19_200 and bool(raw_gap) != (settings.frame_gap == "chars"):
+                    configured = None
             except BmsfwError:
                 errors += 1
         return LinkQuality(
             echo_ok=bool(times) and errors == 0,
             round_trips=round_trips,
             errors=errors,
-            rate=self.bus.settings.rate,
-            rate_matches=configured == self.bus.settings.baud_bps,
+            rate=settings.rate,
+            rate_matches=configured == settings.baud_bps,
             round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
         )
 

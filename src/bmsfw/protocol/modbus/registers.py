@@ -281,6 +281,14 @@ CONFIG_REGISTERS: tuple[ConfigRegister, ...] = (
     ConfigRegister("can_bitrate_bps", 0x000A, "u16", "bit/s", 1000, "CAN bitrate"),
     ConfigRegister("rs485_unit_id", 0x000B, "u16", "", 1, "Modbus unit id on the string"),
     ConfigRegister("rs485_baud", 0x000C, "u16", "bit/s", 100, "RS485 baud rate"),
+    ConfigRegister(
+        "rs485_char_timed_gap",
+        0x000D,
+        "u16",
+        "",
+        1,
+        "Modbus t3.5 above 19,200 baud: 0 = 1.75 ms (spec), 1 = 3.5 characters",
+    ),
 )
 
 REGISTER_TABLE: tuple[Register, ...] = (
