@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bmsfw.device.sim_control import SimCommand, send_command
 from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import (
@@ -70,3 +71,16 @@ def test_string_of_eight_by_broadcast_one_rolls_back(
             ident = bus.session(unit).identify()
             assert ident.app_version == ("1.0.0" if unit == 5 else "1.1.0")
             assert bus.session(unit).read_boot_status().image_state in ("confirmed", "reverted")
+
+
+def test_sim_set_reaches_a_node_of_a_running_string(string_of_one: SimRs485Process) -> None:
+    """`bmsfw sim set` (sim_control) works on RS485 strings as on CAN: low SOC, then clear."""
+    state_dir = string_of_one.info["nodes"][0]["state_dir"]
+    result = send_command(state_dir, SimCommand(soc_pct=15.0, supply_sag_v=10.0))
+    assert result is not None and not result["error"], result
+    with open_modbus_session(string_of_one.port, 1) as session:
+        telemetry = session.read_telemetry()
+        assert abs(telemetry.soc_pct - 15.0) < 1.0, telemetry
+        assert telemetry.supply_voltage_v < 20.0, telemetry
+        assert send_command(state_dir, SimCommand(supply_sag_v=0.0)) is not None
+        assert session.read_telemetry().supply_voltage_v > 20.0

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
 from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend, serve_node
 from bmsfw.device.sim_can import ScaledClock, node_state_dir
+from bmsfw.device.sim_control import poll_commands
 from bmsfw.link.serialbus import RS485Bus
 from bmsfw.link.uart import SerialParams
 from bmsfw.link.wire import FRAME_GAPS
@@ -37,6 +39,8 @@ from bmsfw.link.wire import FRAME_GAPS
 __all__ = ["Rs485SimConfig", "Rs485Simulator", "SimRs485Process", "node_state_dir"]
 
 log = logging.getLogger(__name__)
+
+CONTROL_POLL_S = 0.1  # how often `bmsfw sim set` command files are looked for
 
 
 @dataclass(frozen=True)
@@ -152,14 +156,22 @@ class NodeServers:
         return self
 
     def _poll(self) -> None:
-        # The firmware's own time: boots, self-tests, watchdogs advance here.
+        # The firmware's own time: boots, self-tests, watchdogs advance here; and
+        # `bmsfw sim set` commands (sim_control) are applied, every CONTROL_POLL_S.
+        next_control = 0.0
         while not self._stop.wait(self.poll_s):
-            for bms in self.devices.values():
-                if not bms.dead:
-                    try:
-                        bms.poll()
-                    except Exception:  # a dead or faulted node must not stop the others
-                        log.exception("node %s: poll failed", bms.serial)
+            control = time.monotonic() >= next_control
+            if control:
+                next_control = time.monotonic() + CONTROL_POLL_S
+            for unit, bms in self.devices.items():
+                if bms.dead:
+                    continue  # powered off: commands wait for the next power-on
+                try:
+                    bms.poll()
+                    if control:
+                        poll_commands(bms, node_state_dir(self.state_dir, unit))
+                except Exception:  # a dead or faulted node must not stop the others
+                    log.exception("node %s: poll failed", bms.serial)
 
     def stop(self) -> None:
         self._stop.set()
