@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
 
+from bmsfw.fleet.auth import hash_token
 from bmsfw.fleet.campaigns import (
     CampaignCounts,
     CampaignSnapshot,
@@ -16,9 +18,9 @@ from bmsfw.fleet.campaigns import (
     rollout_order,
     window_open,
 )
-from bmsfw.fleet.errors import InvalidCampaignSpecError
+from bmsfw.fleet.errors import FleetError, InvalidCampaignSpecError, NoTargetDevicesError
 from bmsfw.fleet.protocol import MaintenanceWindow
-from bmsfw.fleet.schemas import PhaseSpec
+from bmsfw.fleet.schemas import CampaignSpec, PhaseSpec
 
 from .conftest import START, Fleet, bms, make_release
 
@@ -372,3 +374,51 @@ def test_maintenance_windows() -> None:
     assert not window_open(night, "UTC", saturday_3am + dt.timedelta(days=1))
     # 22:30 in Amsterdam is 21:30 UTC in winter.
     assert window_open(night, "Europe/Amsterdam", monday_noon.replace(hour=21, minute=30))
+
+
+def test_campaigns_created_at_the_same_time_never_claim_the_same_device(
+    fleet: Fleet, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creation B resolves its targets only after creation A committed its claims (a
+    PostgreSQL advisory lock; SQLite serialises writers), so B finds nobody left."""
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms("S1"), bms("S2")])
+    release = fleet.upload(make_release(pki))
+    service = fleet.service
+    operator = service.load_principal(hash_token(fleet.tokens["operator"]))
+    spec = CampaignSpec.model_validate(
+        {"name": "x", "release_id": release["id"], "phases": [{"name": "all", "percent": 100}]}
+    )
+    resolve = service._resolve_targets
+    a_resolved, a_may_commit = threading.Event(), threading.Event()
+
+    def a_pauses_after_resolving(*args: Any, **kwargs: Any) -> Any:
+        targets = resolve(*args, **kwargs)
+        if threading.current_thread().name == "create-a":
+            a_resolved.set()
+            a_may_commit.wait(10)
+        return targets
+
+    monkeypatch.setattr(service, "_resolve_targets", a_pauses_after_resolving)
+    outcome: dict[str, Any] = {}
+
+    def create(name: str) -> None:
+        try:
+            outcome[name] = service.create_campaign(
+                operator, spec.model_copy(update={"name": name})
+            )
+        except FleetError as exc:
+            outcome[name] = exc
+
+    a = threading.Thread(target=create, args=("a",), name="create-a")
+    b = threading.Thread(target=create, args=("b",), name="create-b")
+    a.start()
+    assert a_resolved.wait(10)
+    b.start()
+    b.join(0.5)
+    assert b.is_alive()  # waiting for A, not resolving from A's snapshot
+    a_may_commit.set()
+    a.join(10)
+    b.join(40)
+    assert outcome["a"]["targets"] == 2, outcome
+    assert isinstance(outcome["b"], NoTargetDevicesError), outcome

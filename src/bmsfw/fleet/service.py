@@ -129,6 +129,8 @@ _INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
 # States after which the device may be back on (or still on) its previous firmware.
 _REVERT_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.FAILED.value, S.ROLLED_BACK.value)
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
+# pg_advisory_xact_lock key that serialises campaign creation across server processes.
+_CAMPAIGN_CREATION_LOCK = 0x626D7366_0001  # "bmsf" + 1
 # Core tables for the hot paths (check-in, credential look-up): no ORM unit of work.
 _T_CREDENTIALS = cast(Table, Credential.__table__)
 _T_GATEWAYS = cast(Table, Gateway.__table__)
@@ -1343,6 +1345,12 @@ class FleetService:
         if refused is not None:
             raise refused
         with self.sessions() as session, session.begin():
+            if _locking(session):
+                # Creations one at a time: a device in an open campaign is left out when
+                # targets are resolved, so two creations must not resolve from the same
+                # snapshot (each would claim the device). Held until this one commits.
+                # SQLite's BEGIN IMMEDIATE already serialises every writer.
+                session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
             release = session.get(Release, spec.release_id)
             if release is None:
                 raise FleetNotFoundError(f"no release with id {spec.release_id}")
