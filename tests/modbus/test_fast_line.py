@@ -3,6 +3,7 @@ simulated tap by 2 node processes of their own (the set-up of bench_rs485 at 16 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from bmsfw.device.sim_rs485 import SimRs485Process
@@ -70,3 +71,36 @@ def test_string_on_a_fast_line_with_node_processes(
         for unit in units:
             ident = bus.session(unit).identify()
             assert ident.app_version == ("1.0.0" if unit == 3 else "1.1.0")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_node_processes_lose_power_with_the_simulator(
+    tmp_path: Path, pki: VendorPki, release_v1: Release
+) -> None:
+    """Killing the simulator (a power cut) must not leave node processes serving its state."""
+    state = provision_string(tmp_path / "sim", pki, release_v1, (1, 2))
+    sim = SimRs485Process(state, (1, 2), node_processes=2, log_file=tmp_path / "sim.log")
+    sim.start()
+    try:
+        assert sim.process is not None
+        nodes = _children(sim.process.pid)
+        assert len(nodes) == 2 and all(_alive(pid) for pid in nodes)
+        sim.kill()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in nodes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in nodes)
+    finally:
+        sim.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -364,6 +365,36 @@ class SimRs485Process(SimProcess):
         return str(self.info["port"])
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when its parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _serve_nodes(args: argparse.Namespace, stop: threading.Event) -> int:
+    """A node process of a simulator: power goes with the simulator's.
+
+    When the simulator is killed (a power cut in tests), its node processes must not
+    go on serving the devices' state: the kernel kills this one with its parent, and
+    should that not be available, it ends itself (no clean shutdown) within 0.2 s.
+    """
+    parent = os.getppid()
+    _die_with_parent()
+    groups = {path: tuple(units) for path, units in json.loads(args.serve).items()}
+    params = SerialParams(args.baud, args.parity, args.stopbits)
+    servers = NodeServers(args.state_dir, groups, params, time_scale=args.time_scale).start()
+    try:
+        print("READY " + json.dumps({"serving": groups}), flush=True)
+        while not stop.wait(0.2):
+            if os.getppid() != parent:
+                os._exit(1)  # orphaned: the simulator lost power, so did we
+    finally:
+        servers.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="a string of virtual BMS on one RS485 pty")
     parser.add_argument("--state-dir", required=True)
@@ -393,16 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.serve:
-        groups = {path: tuple(units) for path, units in json.loads(args.serve).items()}
-        params = SerialParams(args.baud, args.parity, args.stopbits)
-        servers = NodeServers(args.state_dir, groups, params, time_scale=args.time_scale).start()
-        try:
-            print("READY " + json.dumps({"serving": groups}), flush=True)
-            while not stop.wait(0.2):
-                pass
-        finally:
-            servers.stop()
-        return 0
+        return _serve_nodes(args, stop)
     sim = Rs485Simulator(
         Rs485SimConfig(
             nodes=tuple(int(n) for n in args.nodes.split(",")),
