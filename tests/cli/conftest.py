@@ -56,10 +56,6 @@ class Bench(BenchBase):
 
     link: str = ""
 
-    @property
-    def nodes(self) -> tuple[int, ...]:
-        return self.ids
-
     def start(self) -> None:
         self.process = SimCanProcess(
             self.link,

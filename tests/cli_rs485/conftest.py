@@ -54,10 +54,6 @@ class StringBench(BenchBase):
 
     operator: str = "rs485-e2e"
 
-    @property
-    def units(self) -> tuple[int, ...]:
-        return self.ids
-
     def inactive_bank(self, unit: int) -> tuple[str, str, bool]:
         """(bank, SHA-256 of its flash, transfer staged?) of a unit, read offline."""
         bms = self.offline(unit)

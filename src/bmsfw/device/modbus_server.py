@@ -794,11 +794,6 @@ class ModbusBmsNode:
         log.info("unit %d: tester %s authenticated", self.unit, tester.subject)
 
 
-def silence_s(baud_bps: int, char_bits: float = 11) -> float:
-    """Modbus t3.5 as the spec recommends (1.75 ms above 19,200 baud), the longest gap."""
-    return modbus_silence_s(baud_bps, char_bits, "spec")
-
-
 def build_sim_device(node: ModbusBmsNode) -> Any:
     """The pymodbus ``SimDevice`` (4.0 datastore) whose action drives ``node``."""
     from pymodbus.constants import ExcCodes
@@ -905,7 +900,9 @@ async def serve_node(
         broadcast_enable=True,
     )
     install_identity(server, {n.unit: n for n in nodes})
-    _install_request_filter(server, nodes, gap_s=max(silence_s(baud_bps), MIN_FRAME_GAP_S))
+    # Junk is dropped after a silence longer than any t3.5 (the spec's is the longest).
+    gap_s = max(modbus_silence_s(baud_bps), MIN_FRAME_GAP_S)
+    _install_request_filter(server, nodes, gap_s=gap_s)
     await server.serve_forever(background=True)
     return server
 

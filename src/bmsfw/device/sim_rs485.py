@@ -207,10 +207,6 @@ class Rs485Simulator:
         self._processes: list[SimProcess] = []
 
     @property
-    def nodes(self) -> dict[int, ModbusBmsNode]:
-        return self._servers.nodes if self._servers is not None else {}
-
-    @property
     def host_path(self) -> str:
         if self.bus is None:
             raise RuntimeError("simulator not started")

@@ -108,15 +108,20 @@ class _Guard:
         # then leaves ``request.state.principal`` None and the hash in ``token_hash``.
         self.resolve_miss_in_handler = resolve_miss_in_handler
 
-    async def __call__(self, request: Request) -> Principal | None:
+    @staticmethod
+    def token_hash(request: Request) -> str:
+        """The hash of the request's bearer token; refuses a missing or malformed header."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if not header:
             raise CredentialMissingError(f"{request.method} {request.url.path} needs a credential")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidCredentialError("the Authorization header is not 'Bearer TOKEN'")
+        return hash_token(token.strip())
+
+    async def __call__(self, request: Request) -> Principal | None:
         service: FleetService = request.app.state.service
-        token_hash = hash_token(token.strip())
+        token_hash = self.token_hash(request)
         principal = service.cached_principal(token_hash)
         request.state.token_hash = token_hash
         if principal is None and self.resolve_miss_in_handler:
@@ -333,14 +338,20 @@ def _agent_routes(router: APIRouter) -> None:
     )
     async def check_in(request: Request) -> Response:
         """Gateway inventory, telemetry and integrity report; answers with offers."""
-        await check_in_guard(request)  # a _DirectRoute: FastAPI does not call it for us
-        # The hottest route: everything after the cached-token check runs in ONE
+        # A _DirectRoute: FastAPI does not call the guard for us.
+        service = _service(request)
+        state = request.state
+        if service.single_statement_check_in:
+            # The statement reads the credential itself; admit() checks it below.
+            state.token_hash = check_in_guard.token_hash(request)
+            state.principal = None
+        else:
+            await check_in_guard(request)
+        # The hottest route: everything after the token check runs in ONE
         # hop to a worker thread of its own executor (credential read on a cache miss,
         # body validation from the raw bytes, the transaction, serialisation), and the
         # answer is encoded once by pydantic instead of validated and encoded again.
         raw = await request.body()
-        service = _service(request)
-        state = request.state
 
         def admit(principal: Principal | None) -> bool:
             if state.principal is not None:  # the guard admitted the cached principal
@@ -358,11 +369,6 @@ def _agent_routes(router: APIRouter) -> None:
                     [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
                 ) from exc
 
-        def admit_fresh(principal: Principal | None) -> bool:
-            touch = check_in_guard.admit(service, principal, request)
-            state.principal = principal
-            return touch
-
         def work() -> bytes:
             if service.single_statement_check_in:
                 # PostgreSQL: one round trip with the credential read fresh in it.
@@ -372,7 +378,7 @@ def _agent_routes(router: APIRouter) -> None:
                     pass  # the path below answers 401 or 422, in that order
                 else:
                     answer = service.check_in_one_statement(
-                        state.token_hash, check_in_guard.roles, admit_fresh, body
+                        state.token_hash, check_in_guard.roles, admit, body
                     )
                     return answer.model_dump_json().encode()
             # A token not cached here is read inside the check-in's own transaction.

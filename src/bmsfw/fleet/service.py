@@ -296,7 +296,6 @@ def _single_statement_check_in() -> Any:
             or_(c.last_used_at.is_(None), c.last_used_at < bindparam("b_touch_before")),
         )
         .values(last_used_at=bindparam("b_now"))
-        .returning(c.id)
         .cte("touch")
     )
     reported = (
@@ -322,14 +321,10 @@ def _single_statement_check_in() -> Any:
     )
     work = _DEVICES_WORK_BY_DIALECT["postgresql"].subquery("work").lateral("work")
     return (
-        select(
-            cred,
-            gw,
-            select(func.count()).select_from(touch).scalar_subquery().label("touched"),
-            work,
-        )
+        # PostgreSQL runs every data-modifying CTE to completion, read or not.
+        select(cred, gw, work)
         .select_from(cred.outerjoin(gw, true()).outerjoin(work, gw.c.gw_id.is_not(None)))
-        .add_cte(telemetry)
+        .add_cte(touch, telemetry)
         .order_by(work.c.serial, work.c.cd_id)
     )
 

@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = [
     "STEPS",
@@ -46,22 +46,7 @@ Step = Literal[
     "report",
 ]
 
-STEPS: tuple[Step, ...] = (
-    "identify",
-    "verify-package",
-    "preflight",
-    "confirmations",
-    "backup",
-    "authenticate",
-    "transfer",
-    "device-verify",
-    "activate",
-    "self-test",
-    "confirm",
-    "rollback",
-    "config-compare",
-    "report",
-)
+STEPS: tuple[Step, ...] = get_args(Step)  # in pipeline order
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from typing import Any, Literal
 from bmsfw.errors import BmsfwError
 from bmsfw.package import TrustAnchors
 from bmsfw.protocol.modbus import codec
-from bmsfw.protocol.modbus.broadcast import serial_wire_time_s
+from bmsfw.protocol.modbus.broadcast import BroadcastSender
 from bmsfw.protocol.modbus.client import ModbusBus, ModbusSession
 from bmsfw.protocol.modbus.errors import ModbusRepairError
 from bmsfw.protocol.modbus.registers import INPUT
@@ -268,23 +268,10 @@ class _Rendezvous:
         self._sender.start()
 
     def _broadcast(self, payload: bytes) -> None:
-        settings = self.bus.settings
-        char_bits = settings.char_bits
-        silence_s = settings.silence_s
-        frames = wire_bytes = 0
-        started = next_at = time.perf_counter()
+        sender = BroadcastSender(self.bus)
+        started = time.perf_counter()
         try:
-            for frame in codec.window_writes(payload):
-                # No reply paces a broadcast: keep the line rate and the t3.5 silence here,
-                # or a slow line's port buffer fills and the nodes miss frames.
-                now = time.perf_counter()
-                if now < next_at:
-                    time.sleep(next_at - now)
-                self.bus.write(0, frame.address, frame.values)
-                nbytes = 9 + 2 * len(frame.values)
-                next_at = max(now, next_at) + nbytes * char_bits / settings.baud_bps + silence_s
-                frames += 1
-                wire_bytes += nbytes
+            for frame in sender.send(payload):
                 with self.cond:
                     self.sent = frame.offset + frame.length
                     self.cond.notify_all()
@@ -292,22 +279,17 @@ class _Rendezvous:
             # asked for its bitmap.
             time.sleep(self.policy.settle_s)
         except BmsfwError as exc:
-            logger.warning("broadcast stopped after %d frame(s): %s", frames, exc)
+            logger.warning("broadcast stopped after %d frame(s): %s", sender.frames, exc)
             with self.cond:
                 self.error = exc
         finally:
             duration = time.perf_counter() - started
             with self.cond:
                 self.stats = {
-                    "frames": frames,
-                    "wire_bytes": wire_bytes,
+                    "frames": sender.frames,
+                    "wire_bytes": sender.wire_bytes,
                     "duration_s": round(duration, 3),
-                    "wire_time_s": round(
-                        serial_wire_time_s(
-                            frames, wire_bytes, settings.baud_bps, char_bits, settings.frame_gap
-                        ),
-                        3,
-                    ),
+                    "wire_time_s": round(sender.wire_time_s, 3),
                 }
                 self.done = True
                 self.cond.notify_all()

@@ -25,11 +25,10 @@ one with their stored bytes.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +49,7 @@ from bmsfw.protocol.session import BootStatus, SelfTestResult, TesterCredentials
 __all__ = [
     "BroadcastPolicy",
     "BroadcastReport",
+    "BroadcastSender",
     "NodeOutcome",
     "broadcast_update",
     "check_broadcastable",
@@ -139,27 +139,43 @@ class _Node:
         log.warning("unit %d: %s failed: %s", self.session.unit, step, exc)
 
 
-class _Pacer:
-    """Send broadcast frames no faster than the line carries them, t3.5 apart.
+class BroadcastSender:
+    """Send a payload once to every node (unit 0) through the transfer window.
 
-    No reply paces a broadcast, so a master must keep the inter-frame silence
-    itself; it also keeps the port's buffer (and its write time-out) from filling
-    on a slow line.
+    No reply paces a broadcast, so the master keeps the line rate and the t3.5
+    silence itself; that also keeps the port's buffer (and its write time-out) from
+    filling on a slow line. :attr:`frames` and :attr:`wire_bytes` count what has been
+    sent so far, also when a write fails part-way.
     """
 
-    def __init__(self, baud_bps: int, char_bits: int, frame_gap: str = "spec") -> None:
-        self.baud_bps = baud_bps
-        self.char_bits = char_bits
-        self.silence_s = modbus_silence_s(baud_bps, char_bits, frame_gap)
-        self.next_at = time.perf_counter()
+    def __init__(self, bus: ModbusBus) -> None:
+        self.bus = bus
+        self.frames = 0
+        self.wire_bytes = 0
 
-    def send(self, write: Callable[[], None], nbytes: int) -> None:
-        now = time.perf_counter()
-        if now < self.next_at:
-            time.sleep(self.next_at - now)
-        write()
-        start = max(now, self.next_at)
-        self.next_at = start + nbytes * self.char_bits / self.baud_bps + self.silence_s
+    def send(self, payload: bytes) -> Iterator[codec.WindowWrite]:
+        """Write ``payload`` frame by frame, yielding each frame once it is written."""
+        settings = self.bus.settings
+        char_s = settings.char_bits / settings.baud_bps
+        next_at = time.perf_counter()
+        for frame in codec.window_writes(payload):
+            now = time.perf_counter()
+            if now < next_at:
+                time.sleep(next_at - now)
+            self.bus.write(0, frame.address, frame.values)
+            nbytes = 9 + 2 * len(frame.values)  # RTU frame of a 0x10 write
+            next_at = max(now, next_at) + nbytes * char_s + settings.silence_s
+            self.frames += 1
+            self.wire_bytes += nbytes
+            yield frame
+
+    @property
+    def wire_time_s(self) -> float:
+        """The line time of what was sent: characters plus one t3.5 per frame."""
+        settings = self.bus.settings
+        return serial_wire_time_s(
+            self.frames, self.wire_bytes, settings.baud_bps, settings.char_bits, settings.frame_gap
+        )
 
 
 def _expected_crcs(image: bytes, block_size: int) -> list[int]:
@@ -301,18 +317,11 @@ def broadcast_update(
 
     # 2. the image once, to everybody
     live = [n for n in nodes if n.alive]
-    frames = 0
-    payload_bytes = 0
+    sender = BroadcastSender(bus)
     bcast_started = time.monotonic()
     if live:
-        settings = bus.settings
-        char_bits = settings.char_bits
-        pace = _Pacer(settings.baud_bps, char_bits, settings.frame_gap)
-        for frame in codec.window_writes(image):
-            nbytes = 9 + 2 * len(frame.values)
-            pace.send(functools.partial(bus.write, 0, frame.address, frame.values), nbytes)
-            frames += 1
-            payload_bytes += nbytes
+        for _frame in sender.send(image):
+            pass
         # Barrier: the port buffers what we wrote; an addressed reply can only come
         # after every broadcast byte has crossed the (half-duplex) wire.
         time.sleep(policy.settle_s)
@@ -361,15 +370,9 @@ def broadcast_update(
     report = BroadcastReport(
         nodes=outcomes,
         image_size=len(image),
-        broadcast_frames=frames,
+        broadcast_frames=sender.frames,
         broadcast_s=broadcast_s,
-        broadcast_wire_s=serial_wire_time_s(
-            frames,
-            payload_bytes,
-            bus.settings.baud_bps,
-            bus.settings.char_bits,
-            bus.settings.frame_gap,
-        ),
+        broadcast_wire_s=sender.wire_time_s,
         repair_frames=repair_frames,
         total_s=time.monotonic() - started,
         rate=bus.settings.rate,

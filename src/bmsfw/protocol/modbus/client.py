@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmsfw.errors import BmsfwError
-from bmsfw.link.wire import FRAME_GAPS, modbus_silence_s
+from bmsfw.link.wire import FRAME_GAPS, modbus_silence_s, serial_char_bits
 from bmsfw.package import Component, Manifest, decode_header
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
@@ -124,7 +124,7 @@ class SerialSettings:
 
     @property
     def char_bits(self) -> int:
-        return 1 + 8 + (0 if self.parity == "N" else 1) + self.stopbits
+        return int(serial_char_bits(8, self.parity, self.stopbits))
 
     @property
     def silence_s(self) -> float:
@@ -162,7 +162,16 @@ def _prompt_serial_client() -> Any:
     from pymodbus.exceptions import ConnectionException
 
     class PromptSerialClient(ModbusSerialClient):
+        # Counted here, not in trace_packet: the transaction traces its whole receive
+        # buffer after every recv, so a reply arriving in pieces would count twice.
+        received_bytes = 0
+
         def recv(self, size: int | None) -> bytes:
+            data = self._recv(size)
+            self.received_bytes += len(data)
+            return data
+
+        def _recv(self, size: int | None) -> bytes:
             if size is not None or not self.socket:
                 return bytes(super().recv(size))
             try:
@@ -184,7 +193,6 @@ class ModbusBus:
     def __init__(self, settings: SerialSettings) -> None:
         self.settings = settings
         self._lock = threading.RLock()
-        self.bytes_rx = 0
         self.bytes_tx = 0
         self.frames_ok = 0
         self.no_replies = 0
@@ -208,9 +216,12 @@ class ModbusBus:
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self.bytes_tx += len(data)
-        else:
-            self.bytes_rx += len(data)
         return data
+
+    @property
+    def bytes_rx(self) -> int:
+        """Bytes received on the port (whatever they were)."""
+        return int(self._client.received_bytes)
 
     def close(self) -> None:
         self._client.close()
