@@ -502,7 +502,7 @@ async def _campaign_run(
                         "POST",
                         f"{API}/agent/reports",
                         headers=headers,
-                        json={**report, "state": state},
+                        json={**report, "state": state, "firmware_version": offer["version"]},
                     )
 
         await asyncio.gather(*(agent(t, s) for t, s in gateways))

@@ -146,6 +146,10 @@ class Fleet:
         )
 
     def report(self, gateway: str, serial: str, campaign_id: int, state: str, **kw: Any) -> Any:
+        if state == "succeeded" and "firmware_version" not in kw:
+            # An honest agent names the version the BMS runs: the campaign's release.
+            release_id = self.call("GET", f"/api/v1/campaigns/{campaign_id}")["release_id"]
+            kw["firmware_version"] = self.call("GET", f"/api/v1/releases/{release_id}")["version"]
         return self.call(
             "POST",
             "/api/v1/agent/reports",

@@ -361,7 +361,12 @@ class Agent:
             try:
                 status = session.read_boot_status()
                 if status.running_version == job.version and status.image_state == "confirmed":
-                    self._report(job, S.SUCCEEDED, detail=f"after restart: runs {job.version}")
+                    self._report(
+                        job,
+                        S.SUCCEEDED,
+                        detail=f"after restart: runs {job.version}",
+                        firmware_version=job.version,
+                    )
                 elif status.running_version == job.version and status.image_state == "test":
                     result = session.read_self_test()
                     if result.passed and result.version in ("", job.version):
@@ -372,6 +377,7 @@ class Agent:
                                 job,
                                 S.SUCCEEDED,
                                 detail="after restart: self-test passed, confirmed",
+                                firmware_version=job.version,
                             )
                             continue
                     session.rollback()
@@ -644,10 +650,17 @@ class Agent:
         outcome = report.outcome
         if outcome in ("updated", "already-installed"):
             self._ensure_installing(job)
-            self._report(job, S.SUCCEEDED, detail=f"{outcome}; runs {report.running_version}")
+            self._report(
+                job,
+                S.SUCCEEDED,
+                detail=f"{outcome}; runs {report.running_version}",
+                firmware_version=report.running_version or None,
+            )
         elif outcome == "rolled-back":
             self._ensure_installing(job)
-            self._report(job, S.ROLLED_BACK, code, detail)
+            self._report(
+                job, S.ROLLED_BACK, code, detail, firmware_version=report.running_version or None
+            )
         elif outcome == "refused" and report.failed_step == "verify-package":
             self._report(job, S.REJECTED, code, detail)
         elif outcome == "refused" and report.failed_step == "preflight":
@@ -699,7 +712,15 @@ class Agent:
 
     # ------------------------------------------------------------------ reporting
 
-    def _report(self, job: Job, state: DeviceState, code: str = "", detail: str = "") -> None:
+    def _report(
+        self,
+        job: Job,
+        state: DeviceState,
+        code: str = "",
+        detail: str = "",
+        *,
+        firmware_version: str | None = None,
+    ) -> None:
         job.state, job.error_code, job.detail = state.value, code, detail[:4000]
         change = StateChange(job.serial, job.campaign_id, state.value, code, job.detail)
         self.history.append(change)
@@ -712,6 +733,7 @@ class Agent:
             state=state,
             error_code=code,
             detail=job.detail,
+            firmware_version=firmware_version,
         )
         self._send({"kind": "report", "body": body.model_dump(mode="json")})
 

@@ -50,7 +50,13 @@ from bmsfw.fleet.protocol import (
     StateReportResponse,
 )
 from bmsfw.fleet.releases import TrustRoot, verify_upload
-from bmsfw.fleet.schemas import CampaignSpec, GatewayCreate, SiteWindowSpec, TokenCreate
+from bmsfw.fleet.schemas import (
+    CampaignSpec,
+    DeviceMove,
+    GatewayCreate,
+    SiteWindowSpec,
+    TokenCreate,
+)
 from bmsfw.fleet.service import FleetService, ServiceSettings
 
 __all__ = ["ServerConfig", "create_app"]
@@ -542,6 +548,12 @@ def _inventory_routes(router: APIRouter) -> None:
         """A backup a technician took on site (`bmsfw backup --server`); the device must be
         in the inventory. The answer names the uploading credential and the SHA-256."""
         return _service(request).store_operator_backup(_principal(request), serial, body)
+
+    @_route(router, "POST", "/devices/{serial}/move", OPERATOR)
+    def move_device(request: Request, serial: str, body: DeviceMove) -> dict[str, Any]:
+        """Move a device to another gateway (a check-in naming another gateway's device is
+        refused and flagged, never a move)."""
+        return _service(request).move_device(_principal(request), serial, body.gateway)
 
     @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY)
     def get_backup(request: Request, backup_id: int) -> dict[str, Any]:

@@ -134,6 +134,9 @@ class CheckInResponse(_Model):
     poll_interval_s: int
     offers: list[Offer]
     unknown_serials: list[str] = Field(default_factory=list)
+    # Serials this check-in named that belong to another gateway: nothing about them
+    # was applied, the devices are flagged for the operator (``foreign_check_in``).
+    refused_serials: list[str] = Field(default_factory=list)
 
 
 class StateReport(_Model):
@@ -142,6 +145,10 @@ class StateReport(_Model):
     state: DeviceState
     error_code: str = Field(default="", pattern=r"^(BMSFW-E\d{3})?$")
     detail: str = Field(default="", max_length=4000)
+    # The firmware version the BMS runs as the agent read it for this report; a
+    # ``succeeded`` report must name the release's version (the server refuses and
+    # flags one that does not), a ``rolled_back`` one must not.
+    firmware_version: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class StateReportResponse(_Model):

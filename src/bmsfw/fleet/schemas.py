@@ -9,6 +9,7 @@ from bmsfw.fleet.protocol import MaintenanceWindow
 __all__ = [
     "DEFAULT_PHASES",
     "CampaignSpec",
+    "DeviceMove",
     "GatewayCreate",
     "PhaseSpec",
     "Selector",
@@ -84,3 +85,9 @@ class GatewayCreate(_Model):
 class TokenCreate(_Model):
     name: str = Field(min_length=1, max_length=120)
     role: str = Field(pattern=r"^(viewer|operator|release_manager|admin)$")
+
+
+class DeviceMove(_Model):
+    """``POST /devices/{serial}/move``: the gateway the device is behind from now on."""
+
+    gateway: str = Field(min_length=1, max_length=120)

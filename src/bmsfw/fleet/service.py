@@ -43,6 +43,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
+from bmsfw.errors import FleetError
 from bmsfw.fleet._semver import Version, VersionRange
 from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.auth import CredentialCache, Principal, issue_token
@@ -129,6 +130,8 @@ _INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
 # States after which the device may be back on (or still on) its previous firmware.
 _REVERT_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.FAILED.value, S.ROLLED_BACK.value)
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
+# At most this many names listed in one audit entry (the count says how many in all).
+_AUDIT_LIST_CAP = 20
 # pg_advisory_xact_lock key that serialises campaign creation across server processes.
 _CAMPAIGN_CREATION_LOCK = 0x626D7366_0001  # "bmsf" + 1
 # Core tables for the hot paths (check-in, credential look-up): no ORM unit of work.
@@ -330,6 +333,14 @@ def _single_statement_check_in() -> Any:
 
 
 _CHECK_IN_ONE_STATEMENT = _single_statement_check_in()
+
+
+class _RefusedReportError(Exception):
+    """A state report refused in a way that flags the device (carries the error to answer)."""
+
+    def __init__(self, error: FleetError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _GatewayRow(NamedTuple):
@@ -719,6 +730,7 @@ class FleetService:
         devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
         rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
         known = {r.serial: r for r in rows}
+        refused: list[str] = []
         gateway_same = (body.site is None or body.site == gateway_row.site) and (
             body.tags is None or body.tags == gateway_row.tags
         )
@@ -746,16 +758,19 @@ class FleetService:
                 gateway = session.get(Gateway, principal.gateway_id)
                 assert gateway is not None
                 self._update_gateway(session, principal, gateway, body, now)
-                self._update_inventory(session, principal, gateway, body, now)
+                refused = self._update_inventory(session, principal, gateway, body, now)
                 session.flush()
                 site = gateway.site
             rows = conn.execute(devices_work, {"b_serials": serials}).all()
-        offers = self._offers(conn, site, [r for r in rows if r.cd_id is not None], now)
+        # Work is offered for this gateway's own devices only.
+        own_work = [r for r in rows if r.cd_id is not None and r.gateway_id == principal.gateway_id]
+        offers = self._offers(conn, site, own_work, now)
         return CheckInResponse(
             gateway=gateway_row.name,
             server_time=now,
             poll_interval_s=self.settings.poll_interval_s,
             offers=offers,
+            refused_serials=refused,
         )
 
     def _update_gateway(
@@ -779,16 +794,34 @@ class FleetService:
 
     def _update_inventory(
         self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
-    ) -> list[Device]:
+    ) -> list[str]:
+        """Apply the reported inventory; returns the serials refused as another gateway's.
+
+        A device belongs to the gateway that registered it. A check-in naming a device
+        of another gateway changes nothing about it (no move, no telemetry): the device
+        is flagged ``foreign_check_in`` for the operator and the refusal is audited (one
+        entry per check-in). Moving a device is ``POST /devices/{serial}/move``.
+        """
         serials = [d.serial for d in body.devices]
         if len(set(serials)) != len(serials):
             raise InvalidCampaignSpecError("the check-in lists a BMS serial twice")
         existing = {
             d.serial: d for d in session.scalars(select(Device).where(Device.serial.in_(serials)))
         }
-        result: list[Device] = []
+        refused: list[str] = []
         for report in body.devices:
             device = existing.get(report.serial)
+            if device is not None and device.gateway_id != gateway.id:
+                refused.append(report.serial)
+                self._raise_flag(
+                    session,
+                    device,
+                    "foreign_check_in",
+                    f"gateway {gateway.name} (id {gateway.id}) reported this device, which "
+                    f"belongs to gateway id {device.gateway_id}; nothing was applied",
+                    now,
+                )
+                continue
             tags = sorted(set(report.tags) | set(gateway.tags))
             if device is None:
                 device = Device(
@@ -823,17 +856,6 @@ class FleetService:
                 )
                 self._check_hash(session, device, report.firmware_sha256, now)
             else:
-                if device.gateway_id != gateway.id:
-                    audit(
-                        session,
-                        principal,
-                        "device.move",
-                        f"device:{report.serial}",
-                        now,
-                        from_gateway=device.gateway_id,
-                        to_gateway=gateway.id,
-                    )
-                    device.gateway_id = gateway.id
                 if device.site != gateway.site:
                     device.site = gateway.site
                 if device.tags != tags:
@@ -871,8 +893,18 @@ class FleetService:
                 )
             device.integrity_ok = report.integrity_ok
             device.integrity_detail = report.integrity_detail
-            result.append(device)
-        return result
+        if refused:
+            audit(
+                session,
+                principal,
+                "device.check_in_refused",
+                f"gateway:{gateway.name}",
+                now,
+                reason="devices of another gateway",
+                serials=refused[:_AUDIT_LIST_CAP],
+                count=len(refused),
+            )
+        return refused
 
     def _firmware_changed(
         self, session: Session, principal: Principal, device: Device, version: str, now: datetime
@@ -1053,79 +1085,138 @@ class FleetService:
     # ---- agent: state reports -------------------------------------------
 
     def report_state(self, principal: Principal, body: StateReport) -> StateReportResponse:
+        """Apply one device's state report, or refuse it.
+
+        Accepted only from the device's own gateway, for work the campaign offered
+        to it (not *pending*), along :data:`ALLOWED_TRANSITIONS`, and consistent with
+        the firmware the report names (``succeeded`` runs the release's version,
+        ``rolled_back`` does not). A report refused for a skipped state or a
+        contradicting firmware version flags the device (``invalid_report``) and is
+        audited; the flag and the audit entry commit although the report is refused.
+        """
+        try:
+            with self.sessions() as session, session.begin():
+                return self._report_state(session, principal, body)
+        except _RefusedReportError as refused:
+            refusal = refused.error
         now = self.clock.now()
-        terminal = body.state in TERMINAL_STATES
         with self.sessions() as session, session.begin():
             device = self._own_device(session, principal, body.device_serial)
-            campaign_query = select(Campaign).where(Campaign.id == body.campaign_id)
-            if terminal and _locking(session):
-                campaign_query = campaign_query.with_for_update()
-            campaign = session.scalars(campaign_query).one_or_none()
-            if campaign is None:
-                raise FleetNotFoundError(f"no campaign with id {body.campaign_id}")
-            cd_query = select(CampaignDevice).where(
-                CampaignDevice.campaign_id == campaign.id, CampaignDevice.device_id == device.id
-            )
-            if _locking(session):
-                cd_query = cd_query.with_for_update()
-            cd = session.scalars(cd_query).one_or_none()
-            if cd is None:
-                raise DeviceNotOnGatewayError(
-                    f"device {body.device_serial} is not a target of campaign {campaign.id}"
-                )
-            current = DeviceState(cd.state)
-            if body.state == current:
-                if body.detail != cd.detail or body.error_code != cd.error_code:
-                    cd.detail, cd.error_code = body.detail, body.error_code
-                return StateReportResponse(
-                    device_serial=device.serial,
-                    campaign_id=campaign.id,
-                    state=current,
-                    campaign_status=campaign.status,
-                    changed=False,
-                )
-            if body.state not in ALLOWED_TRANSITIONS[current]:
-                raise InvalidStateTransitionError(
-                    f"device {device.serial} in campaign {campaign.id} is {current.value}; "
-                    f"it cannot become {body.state.value} (allowed next: "
-                    f"{', '.join(sorted(s.value for s in ALLOWED_TRANSITIONS[current])) or 'none'})"
-                )
-            cd.state = body.state.value
-            cd.state_changed_at = now
-            cd.error_code = body.error_code
-            cd.detail = body.detail
-            if terminal:
-                cd.finished_at = now
-            session.add(
-                DeviceStateEvent(
-                    campaign_device_id=cd.id,
-                    state=cd.state,
-                    at=now,
-                    error_code=body.error_code,
-                    detail=body.detail,
-                )
-            )
+            self._raise_flag(session, device, "invalid_report", refusal.message, now)
             audit(
                 session,
                 principal,
-                "device.state",
+                "device.report_refused",
                 f"device:{device.serial}",
                 now,
-                campaign=campaign.id,
-                old=current.value,
-                new=cd.state,
-                error_code=body.error_code,
+                campaign=body.campaign_id,
+                state=body.state.value,
+                firmware_version=body.firmware_version,
+                code=refusal.code,
+                reason=refusal.message,
             )
-            if terminal:
-                session.flush()
-                self._evaluate_locked(session, campaign, now)
+        raise refusal
+
+    def _report_state(
+        self, session: Session, principal: Principal, body: StateReport
+    ) -> StateReportResponse:
+        now = self.clock.now()
+        terminal = body.state in TERMINAL_STATES
+        device = self._own_device(session, principal, body.device_serial)
+        campaign_query = select(Campaign).where(Campaign.id == body.campaign_id)
+        if terminal and _locking(session):
+            campaign_query = campaign_query.with_for_update()
+        campaign = session.scalars(campaign_query).one_or_none()
+        if campaign is None:
+            raise FleetNotFoundError(f"no campaign with id {body.campaign_id}")
+        cd_query = select(CampaignDevice).where(
+            CampaignDevice.campaign_id == campaign.id, CampaignDevice.device_id == device.id
+        )
+        if _locking(session):
+            cd_query = cd_query.with_for_update()
+        cd = session.scalars(cd_query).one_or_none()
+        if cd is None:
+            raise DeviceNotOnGatewayError(
+                f"device {body.device_serial} is not a target of campaign {campaign.id}"
+            )
+        current = DeviceState(cd.state)
+        if current == S.PENDING:
+            raise DeviceNotOnGatewayError(
+                f"campaign {campaign.id} has not offered work to device {device.serial} yet; "
+                "reports are accepted only for offered work"
+            )
+        release = session.get(Release, campaign.release_id)
+        assert release is not None
+        if body.state == S.SUCCEEDED and body.firmware_version != release.version:
+            raise _RefusedReportError(
+                InvalidStateTransitionError(
+                    f"device {device.serial} reported succeeded in campaign {campaign.id} "
+                    f"running firmware {body.firmware_version or '(not named)'}, not the "
+                    f"release's {release.version}"
+                )
+            )
+        if body.state == S.ROLLED_BACK and body.firmware_version == release.version:
+            raise _RefusedReportError(
+                InvalidStateTransitionError(
+                    f"device {device.serial} reported rolled_back in campaign {campaign.id} "
+                    f"but runs the release's version {release.version}"
+                )
+            )
+        if body.state == current:
+            if body.detail != cd.detail or body.error_code != cd.error_code:
+                cd.detail, cd.error_code = body.detail, body.error_code
             return StateReportResponse(
                 device_serial=device.serial,
                 campaign_id=campaign.id,
-                state=body.state,
+                state=current,
                 campaign_status=campaign.status,
-                changed=True,
+                changed=False,
             )
+        if body.state not in ALLOWED_TRANSITIONS[current]:
+            raise _RefusedReportError(
+                InvalidStateTransitionError(
+                    f"device {device.serial} in campaign {campaign.id} is {current.value}; "
+                    f"it cannot become {body.state.value} (allowed next: "
+                    f"{', '.join(sorted(s.value for s in ALLOWED_TRANSITIONS[current]))}"
+                    " or none)"
+                )
+            )
+        cd.state = body.state.value
+        cd.state_changed_at = now
+        cd.error_code = body.error_code
+        cd.detail = body.detail
+        if terminal:
+            cd.finished_at = now
+        session.add(
+            DeviceStateEvent(
+                campaign_device_id=cd.id,
+                state=cd.state,
+                at=now,
+                error_code=body.error_code,
+                detail=body.detail,
+            )
+        )
+        audit(
+            session,
+            principal,
+            "device.state",
+            f"device:{device.serial}",
+            now,
+            campaign=campaign.id,
+            old=current.value,
+            new=cd.state,
+            error_code=body.error_code,
+        )
+        if terminal:
+            session.flush()
+            self._evaluate_locked(session, campaign, now)
+        return StateReportResponse(
+            device_serial=device.serial,
+            campaign_id=campaign.id,
+            state=body.state,
+            campaign_status=campaign.status,
+            changed=True,
+        )
 
     def _own_device(self, session: Session, principal: Principal, serial: str) -> Device:
         device = session.scalars(select(Device).where(Device.serial == serial)).one_or_none()
@@ -1714,6 +1805,39 @@ class FleetService:
                 )
             ]
             return info
+
+    def move_device(self, principal: Principal, serial: str, gateway_name: str) -> dict[str, Any]:
+        """Move a device to another gateway (an operator action; check-ins never move one)."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            device = self._device(session, serial)
+            target = session.scalars(
+                select(Gateway).where(Gateway.name == gateway_name)
+            ).one_or_none()
+            if target is None:
+                raise FleetNotFoundError(f"no gateway named {gateway_name!r}")
+            source = session.get(Gateway, device.gateway_id)
+            if device.gateway_id != target.id:
+                audit(
+                    session,
+                    principal,
+                    "device.move",
+                    f"device:{serial}",
+                    now,
+                    from_gateway=source.name if source else None,
+                    to_gateway=target.name,
+                )
+                device.gateway_id, device.site = target.id, target.site
+            session.flush()
+            flags = [
+                f.kind
+                for f in session.scalars(
+                    select(DeviceFlag).where(
+                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
+                    )
+                )
+            ]
+            return _device_dict(device, target.name, flags)
 
     def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:
         with self.sessions() as session:
