@@ -145,6 +145,10 @@ class Fleet:
             "POST", "/api/v1/agent/check-in", gateway, json={"devices": devices, **extra}
         )
 
+    def check_in_raw(self, gateway: str, body: dict[str, Any]) -> Any:
+        """The check-in's answer as it is (for refusals)."""
+        return self.client.post("/api/v1/agent/check-in", headers=self.h(gateway), json=body)
+
     def report(self, gateway: str, serial: str, campaign_id: int, state: str, **kw: Any) -> Any:
         if state == "succeeded" and "firmware_version" not in kw:
             # An honest agent names the version the BMS runs: the campaign's release.

@@ -133,7 +133,7 @@ def test_migration_keeps_gateway_backups_and_names_their_uploader(db_url: str) -
                     "'pre-update', 'ab', 2, '{}')"
                 )
             )
-        upgrade_database(engine)
+        upgrade_database(engine, "0002")
         assert schema_revision(engine) == "0002"
         with engine.begin() as conn:
             row = conn.execute(

@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute, APIRouter
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bmsfw.errors import FleetError
 from bmsfw.fleet.artifacts import ArtifactStore
@@ -37,10 +39,12 @@ from bmsfw.fleet.errors import (
     FleetConfigError,
     InvalidCredentialError,
     ReleaseRejectedError,
+    RequestInvalidError,
     RoleNotAllowedError,
     http_status_for,
 )
 from bmsfw.fleet.protocol import (
+    INT32_MAX,
     BackupInfo,
     BackupUpload,
     CheckIn,
@@ -49,7 +53,7 @@ from bmsfw.fleet.protocol import (
     StateReport,
     StateReportResponse,
 )
-from bmsfw.fleet.releases import TrustRoot, verify_upload
+from bmsfw.fleet.releases import TrustRoot, safe_filename, verify_upload
 from bmsfw.fleet.schemas import (
     CampaignSpec,
     DeviceMove,
@@ -71,10 +75,21 @@ ADMIN = roles_at_least("admin")
 GATEWAY = frozenset({GATEWAY_ROLE})
 
 
+# Path parameters bounded as the database columns are (INTEGER ids, VARCHAR(120) names):
+# anything else is a 422 before it reaches a query.
+IdPath = Annotated[int, Path(ge=1, le=INT32_MAX)]
+SerialPath = Annotated[str, Path(min_length=1, max_length=120)]
+SitePath = Annotated[str, Path(min_length=1, max_length=120)]
+# At most this many validation errors, each location part and message cut short, are
+# answered: a 422 never echoes the (possibly huge) input back.
+_MAX_REPORTED_ERRORS = 20
+_MAX_ERROR_TEXT = 200
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     db_url: str
-    artifacts_dir: Path
+    artifacts_dir: FilePath
     trust_root_pem: bytes
     poll_interval_s: int = 60
     # How often each process re-evaluates running campaigns (soak times end
@@ -268,6 +283,23 @@ def create_app(
             body["package_code"] = exc.package_code
         return JSONResponse({"error": body}, status_code=http_status_for(exc), headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(invalid_request_body(exc.errors()), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:
+            # FastAPI answers 400 for a JSON body it cannot decode (not UTF-8): to a
+            # client that is the same mistake as any other invalid body.
+            problem = [{"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json"}]
+            return JSONResponse(invalid_request_body(problem), status_code=422)
+        return JSONResponse(
+            {"detail": _short(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    app.add_middleware(RefuseNulMiddleware)
+
     # Routes go straight onto the app's router (no include_router), so app.routes lists
     # every APIRoute with its guard: the auth test walks exactly what is served.
     router = app.router
@@ -278,6 +310,49 @@ def create_app(
     _admin_routes(router, app)
     _document_check_in_body(app)
     return app
+
+
+class RefuseNulMiddleware:
+    """Answer 422 to a request whose path or query holds a NUL character (``%00``): no
+    route parameter may carry one into a query (PostgreSQL cannot store or compare it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"]
+            or b"%00" in scope["query_string"]
+            or b"\x00" in scope["query_string"]
+        ):
+            problem = [{"loc": ["path"], "msg": "NUL character in path or query", "type": "nul"}]
+            response = JSONResponse(invalid_request_body(problem), status_code=422)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= _MAX_ERROR_TEXT else text[:_MAX_ERROR_TEXT] + "..."
+
+
+def invalid_request_body(errors: Sequence[Any]) -> dict[str, Any]:
+    """The 422 answer: the error record and FastAPI's ``detail`` list, without the input.
+
+    Each entry keeps its location, message and type, cut to a bounded length; the
+    offending value itself is never echoed (it may be megabytes, or not text at all).
+    """
+    detail = []
+    for error in list(errors)[:_MAX_REPORTED_ERRORS]:
+        loc = [p if isinstance(p, int) else _short(p) for p in error.get("loc", ())][:10]
+        detail.append(
+            {"loc": loc, "msg": _short(error.get("msg", "")), "type": _short(error.get("type", ""))}
+        )
+    first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"]) or "request"
+    message = f"{len(errors)} invalid value(s); {where}: {first['msg']}"
+    return {"error": RequestInvalidError(message).to_dict(), "detail": detail}
 
 
 def _document_check_in_body(app: FastAPI) -> None:
@@ -424,7 +499,7 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
             )
             raise
         release, created = await run_in_threadpool(
-            service.add_release, principal, facts, data, filename
+            service.add_release, principal, facts, data, safe_filename(filename)
         )
         return JSONResponse(release, status_code=201 if created else 200)
 
@@ -433,17 +508,17 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         return _service(request).list_releases()
 
     @_route(router, "GET", "/releases/{release_id}", VIEWER)
-    def get_release(request: Request, release_id: int) -> dict[str, Any]:
+    def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
         return _service(request).get_release(release_id)
 
     @_route(router, "GET", "/releases/{release_id}/artifact", VIEWER | GATEWAY)
-    def download(request: Request, release_id: int) -> Response:
+    def download(request: Request, release_id: IdPath) -> Response:
         """The `.bmsfw` file; supports `Range: bytes=N-` to resume and `If-Range` with the ETag."""
         release, path = _service(request).artifact_for(_principal(request), release_id)
         return FileResponse(
             path,
             media_type="application/octet-stream",
-            filename=release.filename,
+            filename=safe_filename(release.filename),
             headers={"ETag": f'"{release.sha256}"', "X-Content-SHA256": release.sha256},
             stat_result=None,
         )
@@ -474,33 +549,33 @@ def _campaign_routes(router: APIRouter) -> None:
         return _service(request).list_campaigns()
 
     @_route(router, "GET", "/campaigns/{campaign_id}", VIEWER)
-    def get_campaign(request: Request, campaign_id: int) -> dict[str, Any]:
+    def get_campaign(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         return _service(request).get_campaign(campaign_id)
 
     @_route(router, "GET", "/campaigns/{campaign_id}/devices", VIEWER)
-    def campaign_devices(request: Request, campaign_id: int) -> list[dict[str, Any]]:
+    def campaign_devices(request: Request, campaign_id: IdPath) -> list[dict[str, Any]]:
         """Every target device with its state, error code and timestamped history."""
         return _service(request).campaign_devices(campaign_id)
 
     @_route(router, "POST", "/campaigns/{campaign_id}/pause", OPERATOR)
     def pause(
-        request: Request, campaign_id: int, reason: Annotated[str, Body(embed=True)] = ""
+        request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).pause(_principal(request), campaign_id, reason)
 
     @_route(router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR)
-    def resume(request: Request, campaign_id: int) -> dict[str, Any]:
+    def resume(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         """Resume; failures seen so far count as reviewed for the error threshold."""
         return _service(request).resume(_principal(request), campaign_id)
 
     @_route(router, "POST", "/campaigns/{campaign_id}/cancel", OPERATOR)
     def cancel(
-        request: Request, campaign_id: int, reason: Annotated[str, Body(embed=True)] = ""
+        request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).cancel(_principal(request), campaign_id, reason)
 
     @_route(router, "POST", "/campaigns/{campaign_id}/evaluate", OPERATOR)
-    def evaluate(request: Request, campaign_id: int) -> dict[str, Any]:
+    def evaluate(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         """Apply the progression rules now (the server also does this periodically)."""
         return _service(request).evaluate(campaign_id)
 
@@ -520,18 +595,18 @@ def _inventory_routes(router: APIRouter) -> None:
     @_route(router, "GET", "/devices", VIEWER)
     def list_devices(
         request: Request,
-        site: str | None = None,
-        model: str | None = None,
+        site: Annotated[str | None, Query(max_length=120)] = None,
+        model: Annotated[str | None, Query(max_length=120)] = None,
         flagged: bool = False,
     ) -> list[dict[str, Any]]:
         return _service(request).list_devices(site=site, model=model, flagged=flagged)
 
     @_route(router, "GET", "/devices/{serial}", VIEWER)
-    def get_device(request: Request, serial: str) -> dict[str, Any]:
+    def get_device(request: Request, serial: SerialPath) -> dict[str, Any]:
         return _service(request).get_device(serial)
 
     @_route(router, "GET", "/devices/{serial}/backups", OPERATOR)
-    def list_backups(request: Request, serial: str) -> list[BackupInfo]:
+    def list_backups(request: Request, serial: SerialPath) -> list[BackupInfo]:
         return _service(request).list_backups(serial)
 
     @_route(
@@ -543,20 +618,20 @@ def _inventory_routes(router: APIRouter) -> None:
         status_code=201,
     )
     def upload_device_backup(
-        request: Request, serial: str, body: OperatorBackupUpload
+        request: Request, serial: SerialPath, body: OperatorBackupUpload
     ) -> BackupInfo:
         """A backup a technician took on site (`bmsfw backup --server`); the device must be
         in the inventory. The answer names the uploading credential and the SHA-256."""
         return _service(request).store_operator_backup(_principal(request), serial, body)
 
     @_route(router, "POST", "/devices/{serial}/move", OPERATOR)
-    def move_device(request: Request, serial: str, body: DeviceMove) -> dict[str, Any]:
+    def move_device(request: Request, serial: SerialPath, body: DeviceMove) -> dict[str, Any]:
         """Move a device to another gateway (a check-in naming another gateway's device is
         refused and flagged, never a move)."""
         return _service(request).move_device(_principal(request), serial, body.gateway)
 
     @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY)
-    def get_backup(request: Request, backup_id: int) -> dict[str, Any]:
+    def get_backup(request: Request, backup_id: IdPath) -> dict[str, Any]:
         """One backup with its JSON content (a gateway may read its own devices' backups)."""
         return _service(request).get_backup(_principal(request), backup_id)
 
@@ -565,7 +640,7 @@ def _inventory_routes(router: APIRouter) -> None:
         return _service(request).list_sites()
 
     @_route(router, "PUT", "/sites/{site}/maintenance-windows", OPERATOR)
-    def set_windows(request: Request, site: str, body: SiteWindowSpec) -> dict[str, Any]:
+    def set_windows(request: Request, site: SitePath, body: SiteWindowSpec) -> dict[str, Any]:
         return _service(request).set_site_windows(_principal(request), site, body)
 
     @_route(router, "GET", "/flags", VIEWER)
@@ -575,7 +650,7 @@ def _inventory_routes(router: APIRouter) -> None:
 
     @_route(router, "POST", "/flags/{flag_id}/acknowledge", OPERATOR)
     def acknowledge(
-        request: Request, flag_id: int, note: Annotated[str, Body(embed=True)] = ""
+        request: Request, flag_id: IdPath, note: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).acknowledge_flag(_principal(request), flag_id, note)
 
@@ -592,7 +667,7 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
         return _service(request).create_operator_token(_principal(request), body.name, body.role)
 
     @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN)
-    def revoke_token(request: Request, credential_id: int) -> dict[str, Any]:
+    def revoke_token(request: Request, credential_id: IdPath) -> dict[str, Any]:
         return _service(request).revoke_token(_principal(request), credential_id)
 
     @_route(router, "GET", "/access-review", ADMIN)
@@ -604,7 +679,7 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
     def audit_log(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before_id: int | None = None,
+        before_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     ) -> list[dict[str, Any]]:
         return _service(request).audit_log(limit, before_id)
 
@@ -618,7 +693,7 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
         return get_swagger_ui_html(openapi_url=f"{API}/openapi.json", title="bmsfw fleet API")
 
 
-def load_trust_root(path: Path) -> TrustRoot:
+def load_trust_root(path: FilePath) -> TrustRoot:
     try:
         return TrustRoot(path.read_bytes())
     except OSError as exc:

@@ -46,6 +46,13 @@ class ArtifactStore:
             raise
         return digest
 
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def remove(self, sha256: str) -> None:
+        """Drop a stored file (an upload whose database record failed)."""
+        self.path_for(sha256).unlink(missing_ok=True)
+
     def open_checked(self, sha256: str, size_bytes: int) -> Path:
         """The file for ``sha256``, after checking it exists with the recorded size."""
         path = self.path_for(sha256)

@@ -30,7 +30,10 @@ __all__ = [
     "InvalidStateTransitionError",
     "MigrationError",
     "NoTargetDevicesError",
+    "RateLimitedError",
     "ReleaseRejectedError",
+    "RequestInvalidError",
+    "RequestTooLargeError",
     "RoleNotAllowedError",
     "SafetyCriticalOtaRefusedError",
     "TlsVerificationError",
@@ -209,6 +212,35 @@ class FleetServerError(FleetError):
     remedy = "Read the server log around the time of the request."
 
 
+class RequestInvalidError(FleetError):
+    code = "BMSFW-E630"
+    http_status = 422
+    diagnosis = (
+        "The request is not valid: a value out of range, text with NUL characters, a body "
+        "that is not UTF-8 JSON, or NaN/Infinity."
+    )
+    remedy = (
+        "Fix the fields listed under 'detail' (location and reason); docs/fleet.md gives "
+        "every field's range."
+    )
+
+
+class RequestTooLargeError(FleetError):
+    code = "BMSFW-E631"
+    http_status = 413
+    diagnosis = "The request body is larger than this route accepts."
+    remedy = "Send less (the limit is in the message and in docs/fleet.md, 'Limits')."
+
+
+class RateLimitedError(FleetError):
+    code = "BMSFW-E632"
+    http_status = 429
+    diagnosis = (
+        "Too many requests (or too many failed authentications) from this credential or address."
+    )
+    remedy = "Wait the number of seconds in the Retry-After header, then retry; check the token."
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -234,6 +266,9 @@ _BY_CODE: dict[str, type[FleetError]] = {
         DownloadTooLargeError,
         DownloadDigestMismatchError,
         FleetServerError,
+        RequestInvalidError,
+        RequestTooLargeError,
+        RateLimitedError,
     )
 }
 

@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 
+# Security counters are 32-bit unsigned: BIGINT on PostgreSQL (INTEGER is signed 32-bit
+# there); SQLite's INTEGER holds 64 bits already.
+_COUNTER = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in, aware UTC datetimes out, naive UTC in the column."""
 
@@ -112,7 +117,7 @@ class Device(Base):
     bootloader_version: Mapped[str] = mapped_column(String(64), default="")
     firmware_version: Mapped[str] = mapped_column(String(64))
     firmware_sha256: Mapped[str] = mapped_column(String(64), default="")
-    security_counter: Mapped[int] = mapped_column(Integer, default=0)
+    security_counter: Mapped[int] = mapped_column(_COUNTER, default=0)
     site: Mapped[str] = mapped_column(String(120), index=True)
     tags: Mapped[list[Any]]
     soc_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -129,7 +134,7 @@ class Release(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     product: Mapped[str] = mapped_column(String(120))
     version: Mapped[str] = mapped_column(String(64))
-    security_counter: Mapped[int] = mapped_column(Integer)
+    security_counter: Mapped[int] = mapped_column(_COUNTER)
     hw_model: Mapped[str] = mapped_column(String(120))
     hw_revisions: Mapped[list[Any]]
     min_bootloader: Mapped[str] = mapped_column(String(64))

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "INT32_MAX",
+    "INT64_MAX",
     "TERMINAL_STATES",
+    "UINT32_MAX",
     "BackupInfo",
     "BackupUpload",
     "BmsReport",
@@ -39,6 +43,7 @@ __all__ = [
     "StateReportResponse",
     "backup_content",
     "backup_sha256",
+    "refuse_unsafe_values",
 ]
 
 PROTOCOL_VERSION = 1
@@ -66,8 +71,53 @@ TERMINAL_STATES = frozenset(
 FAILURE_STATES = frozenset({DeviceState.FAILED, DeviceState.ROLLED_BACK, DeviceState.REJECTED})
 
 
+# Integer ranges at the edge match the database columns: ids are INTEGER (32-bit
+# signed on PostgreSQL), security counters 32-bit unsigned (MCUboot) in BIGINT columns.
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+INT64_MAX = 2**63 - 1
+DbId = Annotated[int, Field(ge=1, le=INT32_MAX)]
+SecurityCounter = Annotated[int, Field(ge=0, le=UINT32_MAX)]
+
+
+def refuse_unsafe_values(value: Any) -> Any:
+    """``value`` unchanged, or ValueError for what the server must not store anywhere in it:
+    text with NUL characters (PostgreSQL cannot store them) or lone surrogates (not
+    UTF-8), and non-finite numbers (NaN/Infinity are not JSON)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("text must not contain NUL characters")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite (no NaN or Infinity)")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return value
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class _Request(_Model):
+    """A request body: refused (422) when any text in it holds NUL or a lone surrogate,
+    or any number is not finite (:func:`refuse_unsafe_values`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _safe_values(cls, data: Any) -> Any:
+        return refuse_unsafe_values(data)
 
 
 class BmsReport(_Model):
@@ -79,7 +129,7 @@ class BmsReport(_Model):
     bootloader_version: str = Field(default="", max_length=64)
     firmware_version: str = Field(min_length=1, max_length=64)
     firmware_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
-    security_counter: int = Field(default=0, ge=0)
+    security_counter: SecurityCounter = 0
     soc_pct: float | None = Field(default=None, ge=0, le=100)
     temperature_c: float | None = Field(default=None, ge=-80, le=200)
     integrity_ok: bool = True
@@ -87,7 +137,7 @@ class BmsReport(_Model):
     tags: list[str] = Field(default_factory=list, max_length=32)
 
 
-class CheckIn(_Model):
+class CheckIn(_Request):
     protocol_version: int = PROTOCOL_VERSION
     agent_version: str = Field(default="", max_length=64)
     site: str | None = Field(default=None, max_length=120)
@@ -101,7 +151,9 @@ class MaintenanceWindow(_Model):
     A window whose end is before its start runs over midnight into the next day.
     """
 
-    days: list[int] = Field(default_factory=lambda: list(range(7)))
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        default_factory=lambda: list(range(7)), max_length=7
+    )
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
 
@@ -139,9 +191,9 @@ class CheckInResponse(_Model):
     refused_serials: list[str] = Field(default_factory=list)
 
 
-class StateReport(_Model):
+class StateReport(_Request):
     device_serial: str = Field(min_length=1, max_length=120)
-    campaign_id: int
+    campaign_id: DbId
     state: DeviceState
     error_code: str = Field(default="", pattern=r"^(BMSFW-E\d{3})?$")
     detail: str = Field(default="", max_length=4000)
@@ -159,7 +211,7 @@ class StateReportResponse(_Model):
     changed: bool
 
 
-class BackupUpload(_Model):
+class BackupUpload(_Request):
     device_serial: str = Field(min_length=1, max_length=120)
     reason: str = Field(default="", max_length=120)
     config: dict[str, Any]
@@ -175,7 +227,7 @@ def backup_sha256(config: dict[str, Any]) -> str:
     return hashlib.sha256(backup_content(config).encode()).hexdigest()
 
 
-class OperatorBackupUpload(_Model):
+class OperatorBackupUpload(_Request):
     """``POST /api/v1/devices/{serial}/backups``: a backup taken on site by a technician."""
 
     reason: str = Field(default="", max_length=120)

@@ -11,15 +11,32 @@ error code, so the operator sees exactly why (e.g. ``BMSFW-E105`` bad signature)
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bmsfw.errors import PackageError
 from bmsfw.fleet.errors import FleetConfigError, ReleaseRejectedError
+from bmsfw.fleet.protocol import UINT32_MAX, refuse_unsafe_values
 from bmsfw.package import TrustAnchors, verify_release
 
-__all__ = ["ReleaseFacts", "TrustRoot", "verify_upload"]
+__all__ = ["ReleaseFacts", "TrustRoot", "safe_filename", "verify_upload"]
+
+_UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
+DEFAULT_FILENAME = "release.bmsfw"
+# Column widths of the releases table: a signed package whose fields do not fit is
+# refused (422), never a database error.
+_FIELD_WIDTHS = {"product": 120, "version": 64, "hw_model": 120, "min_bootloader": 64}
+
+
+def safe_filename(name: str) -> str:
+    """``name`` reduced to a plain file name for ``Content-Disposition`` and a client's disk:
+    the last path component, letters, digits and ``._+-`` only (anything else becomes
+    ``_``), no leading dot, at most 128 characters; ``release.bmsfw`` when nothing is left."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = _UNSAFE_FILENAME_CHARS.sub("_", base).lstrip(".")[:128]
+    return cleaned if cleaned.strip("_") else DEFAULT_FILENAME
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ def verify_upload(data: bytes, trust: TrustRoot, *, now: datetime | None = None)
             f"release rejected: {exc.code}: {exc.message}", package_code=exc.code
         ) from exc
     manifest = verified.manifest
-    return ReleaseFacts(
+    facts = ReleaseFacts(
         product=manifest.product,
         version=manifest.version,
         security_counter=manifest.security_counter,
@@ -87,3 +104,31 @@ def verify_upload(data: bytes, trust: TrustRoot, *, now: datetime | None = None)
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
     )
+    _check_storable(facts)
+    return facts
+
+
+def _check_storable(facts: ReleaseFacts) -> None:
+    """Refuse a verified package whose facts the database cannot hold as they are."""
+    if not 0 <= facts.security_counter <= UINT32_MAX:
+        raise ReleaseRejectedError(
+            f"release rejected: security counter {facts.security_counter} is outside "
+            f"0..{UINT32_MAX} (32-bit unsigned)"
+        )
+    for name, width in _FIELD_WIDTHS.items():
+        if len(getattr(facts, name)) > width:
+            raise ReleaseRejectedError(f"release rejected: {name} is longer than {width}")
+    try:
+        refuse_unsafe_values(
+            [
+                facts.product,
+                facts.version,
+                facts.hw_model,
+                facts.min_bootloader,
+                *facts.hw_revisions,
+                facts.release_notes,
+                *facts.components,
+            ]
+        )
+    except ValueError as exc:
+        raise ReleaseRejectedError(f"release rejected: {exc}") from None

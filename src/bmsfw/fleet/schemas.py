@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bmsfw.fleet.protocol import MaintenanceWindow
+from bmsfw.fleet.protocol import (
+    INT32_MAX,
+    INT64_MAX,
+    DbId,
+    MaintenanceWindow,
+    refuse_unsafe_values,
+)
+
+Name = Annotated[str, Field(min_length=1, max_length=120)]
 
 __all__ = [
     "DEFAULT_PHASES",
@@ -19,16 +29,21 @@ __all__ = [
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _safe_values(cls, data: object) -> object:
+        return refuse_unsafe_values(data)
 
 
 class PhaseSpec(_Model):
     """One rollout phase: a device count (canary) or a percentage of the targets, cumulative."""
 
     name: str = Field(min_length=1, max_length=60)
-    devices: int | None = Field(default=None, ge=1)
+    devices: int | None = Field(default=None, ge=1, le=INT32_MAX)
     percent: float | None = Field(default=None, gt=0, le=100)
-    soak_s: float = Field(default=3600.0, ge=0)
+    soak_s: float = Field(default=3600.0, ge=0, le=365 * 86400)
     success_threshold_pct: float = Field(default=100.0, ge=0, le=100)
 
     @model_validator(mode="after")
@@ -54,32 +69,34 @@ class Selector(_Model):
     present on the device or its gateway.
     """
 
-    models: list[str] = Field(default_factory=list)
-    hw_revisions: list[str] = Field(default_factory=list)
-    version_range: str = ""
-    sites: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
-    serials: list[str] = Field(default_factory=list)
+    models: list[Name] = Field(default_factory=list, max_length=100)
+    hw_revisions: list[Name] = Field(default_factory=list, max_length=100)
+    version_range: str = Field(default="", max_length=200)
+    sites: list[Name] = Field(default_factory=list, max_length=1000)
+    tags: list[Name] = Field(default_factory=list, max_length=100)
+    serials: list[Name] = Field(default_factory=list, max_length=100_000)
 
 
 class CampaignSpec(_Model):
     name: str = Field(min_length=1, max_length=200)
-    release_id: int
+    release_id: DbId
     selector: Selector = Field(default_factory=Selector)
-    phases: list[PhaseSpec] = Field(default_factory=lambda: list(DEFAULT_PHASES), min_length=1)
+    phases: list[PhaseSpec] = Field(
+        default_factory=lambda: list(DEFAULT_PHASES), min_length=1, max_length=20
+    )
     error_threshold_pct: float = Field(default=10.0, gt=0, le=100)
-    bandwidth_floor_bps: int = Field(default=5_000_000, ge=0)
+    bandwidth_floor_bps: int = Field(default=5_000_000, ge=0, le=INT64_MAX)
 
 
 class SiteWindowSpec(_Model):
-    timezone: str = "UTC"
-    windows: list[MaintenanceWindow] = Field(default_factory=list)
+    timezone: str = Field(default="UTC", min_length=1, max_length=64)
+    windows: list[MaintenanceWindow] = Field(default_factory=list, max_length=100)
 
 
 class GatewayCreate(_Model):
     name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     site: str = Field(min_length=1, max_length=120)
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Name] = Field(default_factory=list, max_length=32)
 
 
 class TokenCreate(_Model):

@@ -1321,8 +1321,19 @@ class FleetService:
     ) -> tuple[dict[str, Any], bool]:
         """Store a verified release; returns (release, created). Uploading twice is idempotent."""
         now = self.clock.now()
+        stored_before = self.store.exists(facts.sha256)
         digest = self.store.put(data)
         assert digest == facts.sha256
+        try:
+            return self._add_release_record(principal, facts, filename, now)
+        except BaseException:
+            if not stored_before:  # a failed upload leaves no artifact behind
+                self.store.remove(digest)
+            raise
+
+    def _add_release_record(
+        self, principal: Principal, facts: ReleaseFacts, filename: str, now: datetime
+    ) -> tuple[dict[str, Any], bool]:
         with self.sessions() as session, session.begin():
             existing = session.scalars(
                 select(Release).where(Release.sha256 == facts.sha256)
