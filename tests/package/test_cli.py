@@ -164,3 +164,21 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 2 and "trust anchor" in err
     code, _, err = run(capsys, "package", "verify", str(junk), "--root-hash", "00" * 32)
     assert code == 3 and "BMSFW-E101" in err
+
+
+@pytest.mark.parametrize(("version", "code"), [("1.0.0-dev", "BMSFW-E118"), ("1.0", "BMSFW-E117")])
+def test_build_refuses_a_version_the_header_cannot_carry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str, code: str
+) -> None:
+    pki = tmp_path / "pki"
+    assert run(capsys, "keys", "init", str(pki))[0] == 0
+    fw = tmp_path / "app.bin"
+    fw.write_bytes(bytes(range(256)) * 4)
+    out_path = tmp_path / "r.bmsfw"
+    build = ["package", "build", "--product", "demo", "--version", version]
+    build += ["--security-counter", "1", "--hw-model", "BMS-48V", "--hw-revision", "B"]
+    build += ["--app", str(fw), "--pki", str(pki), "-o", str(out_path), "--json"]
+    exit_code, out, err = run(capsys, *build)
+    assert exit_code == 3
+    assert code in out + err
+    assert not out_path.exists()

@@ -141,7 +141,7 @@ def test_header_and_release_decide_identically(pki: VendorPki, signed: bytes) ->
 
 
 def test_imgtool_style_image_component(pki: VendorPki) -> None:
-    image = build_image(b"\x42" * 700, signing_key=pki.image_signing_key, version="1.4.0+7",
+    image = build_image(b"\x42" * 700, signing_key=pki.image_signing_key, version="1.4.0+0",
                         security_counter=5, public_key_format="hash")  # fmt: skip
     package = sign_release(
         make_release(pki, b"", components=[ComponentSource.image("app", image)], encoding="raw"),
@@ -151,6 +151,15 @@ def test_imgtool_style_image_component(pki: VendorPki) -> None:
     pem = pki.root_certificate.public_bytes(serialization.Encoding.PEM)
     verified = verify_release(package, TrustAnchors.from_root_certificate(pem), now=NOW)
     assert verified.image("app") == image
+
+
+@pytest.mark.parametrize("header_version", ["1.4.0+7", "1.4.1+0", "1.4.0+3900000001"])
+def test_image_header_version_must_follow_the_rule(pki: VendorPki, header_version: str) -> None:
+    # The manifest says 1.4.0: a device running this image would report another version.
+    image = build_image(b"\x42" * 700, signing_key=pki.image_signing_key, version=header_version,
+                        security_counter=5)  # fmt: skip
+    with pytest.raises(E.ImageManifestMismatchError, match=r"imgtool sign --version 1\.4\.0\+0"):
+        make_release(pki, b"", components=[ComponentSource.image("app", image)])
 
 
 # --- one test per error ------------------------------------------------------------------
@@ -192,7 +201,6 @@ def test_unknown_header_format_version(ed_pki: VendorPki, ed_signed: bytes) -> N
     [
         lambda m: m.pop("product"),
         lambda m: m.update(security_counter="5"),
-        lambda m: m.update(version="1.4"),
         lambda m: m.update(safety_class="harmless"),
         lambda m: m.update(extra=1),
         lambda m: m["hardware"].update(revisions=[]),
@@ -203,6 +211,13 @@ def test_invalid_manifest(ed_pki: VendorPki, ed_signed: bytes, mutate: object) -
     mutate(manifest)  # type: ignore[operator]
     package = _forge(ed_pki.signer(), _canon(manifest), comps)
     _expect(E.InvalidManifestError, "BMSFW-E103", package, trust_for(ed_pki))
+
+
+def test_manifest_version_not_semver(ed_pki: VendorPki, ed_signed: bytes) -> None:
+    manifest, comps = _manifest_of(ed_signed)
+    manifest["version"] = "1.4"
+    package = _forge(ed_pki.signer(), _canon(manifest), comps)
+    _expect(E.InvalidVersionError, "BMSFW-E117", package, trust_for(ed_pki))
 
 
 def test_non_canonical_manifest(ed_pki: VendorPki, ed_signed: bytes) -> None:

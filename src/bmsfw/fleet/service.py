@@ -44,7 +44,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from bmsfw.errors import FleetError
-from bmsfw.fleet._semver import Version, VersionRange
 from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.auth import CredentialCache, Principal, issue_token
 from bmsfw.fleet.campaigns import (
@@ -101,6 +100,7 @@ from bmsfw.fleet.protocol import (
 )
 from bmsfw.fleet.releases import ReleaseFacts
 from bmsfw.fleet.schemas import CampaignSpec, PhaseSpec, SiteWindowSpec
+from bmsfw.package.version import VersionRange, device_runs
 
 __all__ = ["ALLOWED_TRANSITIONS", "FleetService", "ServiceSettings", "audit"]
 
@@ -1147,7 +1147,8 @@ class FleetService:
             )
         release = session.get(Release, campaign.release_id)
         assert release is not None
-        if body.state == S.SUCCEEDED and body.firmware_version != release.version:
+        runs_release = device_runs(release.version, body.firmware_version or "")
+        if body.state == S.SUCCEEDED and not runs_release:
             raise _RefusedReportError(
                 InvalidStateTransitionError(
                     f"device {device.serial} reported succeeded in campaign {campaign.id} "
@@ -1155,7 +1156,7 @@ class FleetService:
                     f"release's {release.version}"
                 )
             )
-        if body.state == S.ROLLED_BACK and body.firmware_version == release.version:
+        if body.state == S.ROLLED_BACK and runs_release:
             raise _RefusedReportError(
                 InvalidStateTransitionError(
                     f"device {device.serial} reported rolled_back in campaign {campaign.id} "
@@ -1547,7 +1548,7 @@ class FleetService:
         wanted_tags = set(sel.tags)
         targets = []
         for device in session.scalars(query.order_by(Device.serial)):
-            if device.id in busy or device.firmware_version == release.version:
+            if device.id in busy or device_runs(release.version, device.firmware_version):
                 continue
             if device.security_counter > release.security_counter:
                 continue  # anti-rollback would reject it on the device anyway
@@ -1555,7 +1556,7 @@ class FleetService:
                 continue
             if range_ is not None:
                 try:
-                    if not range_.contains(Version.parse(device.firmware_version)):
+                    if not range_.contains(device.firmware_version):
                         continue
                 except ValueError:
                     continue

@@ -26,7 +26,6 @@ from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
 from bmsfw.package._image import (
     IMAGE_MAGIC,
     ImageInfo,
-    ImageVersion,
     McubootImage,
     Tlv,
     build_image,
@@ -45,7 +44,7 @@ from bmsfw.package._keystore import (
     revoke_in_dir,
 )
 from bmsfw.package._manifest import FORMAT_VERSION, SAFETY_CLASSES, Component, Manifest
-from bmsfw.package._model import DeviceFacts, HardwareCompat, SemVer, parse_semver
+from bmsfw.package._model import DeviceFacts, HardwareCompat
 from bmsfw.package._pki import (
     RevokedEntry,
     SignerCredentials,
@@ -68,6 +67,16 @@ from bmsfw.package._release import (
     verify_release,
 )
 from bmsfw.package._trust import CertificateSummary, TrustAnchors, summarize_certificate
+from bmsfw.package.version import (
+    ImageVersion,
+    Version,
+    as_version,
+    compare_versions,
+    device_runs,
+    image_version_of,
+    parse_image_version,
+    parse_version,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -92,20 +101,24 @@ __all__ = [
     "ReleaseHeader",
     "ReleaseInspection",
     "RevokedEntry",
-    "SemVer",
     "SignerCredentials",
     "Tlv",
     "TrustAnchors",
     "VendorPki",
     "VerifiedRelease",
+    "Version",
+    "as_version",
     "build_image",
     "build_release",
     "check_policy",
+    "compare_versions",
     "create_pki",
     "create_revocation_list",
     "decode_header",
+    "device_runs",
     "encode_header",
     "generate_key",
+    "image_version_of",
     "init_pki_dir",
     "inspect_release",
     "issue_signer",
@@ -118,7 +131,8 @@ __all__ = [
     "load_signer",
     "parse_image",
     "parse_image_stream",
-    "parse_semver",
+    "parse_image_version",
+    "parse_version",
     "private_key_pem",
     "public_key_der",
     "public_key_pem",

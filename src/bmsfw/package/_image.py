@@ -52,6 +52,7 @@ from bmsfw.package.errors import (
     UnsupportedAlgorithmError,
     UnsupportedImageError,
 )
+from bmsfw.package.version import ImageVersion, parse_image_version
 
 __all__ = [
     "IMAGE_MAGIC",
@@ -118,43 +119,6 @@ _CHUNK = 64 * 1024
 _VALID_ALIGN = (1, 2, 4, 8, 16, 32)
 
 ReadFn = Callable[[int, int], bytes]
-
-
-@dataclass(frozen=True)
-class ImageVersion:
-    """MCUboot image version: u8 major, u8 minor, u16 revision, u32 build."""
-
-    major: int
-    minor: int
-    revision: int
-    build: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.revision}+{self.build}"
-
-    @classmethod
-    def parse(cls, text: str) -> ImageVersion:
-        """Parse ``1.2.3`` or ``1.2.3+4`` (imgtool's syntax; semver pre-release is dropped)."""
-        core, _, build = text.partition("+")
-        core = core.split("-", 1)[0]
-        parts = core.split(".")
-        try:
-            if len(parts) != 3 or (build and not build.isdigit()):
-                raise ValueError(text)
-            major, minor, revision = (int(p) for p in parts)
-            version = cls(major, minor, revision, int(build) if build else 0)
-        except ValueError:
-            raise InvalidManifestError(
-                f"image version {text!r} is not MAJOR.MINOR.REVISION[+BUILD]"
-            ) from None
-        if not (
-            0 <= version.major <= 0xFF
-            and 0 <= version.minor <= 0xFF
-            and 0 <= version.revision <= 0xFFFF
-            and 0 <= version.build <= 0xFFFFFFFF
-        ):
-            raise InvalidManifestError(f"image version {text!r} does not fit u8.u8.u16+u32")
-        return version
 
 
 @dataclass(frozen=True)
@@ -297,7 +261,7 @@ def build_image(
     plaintext, ENC TLV last.
     """
     algorithm = algorithm_of(signing_key)
-    image_version = ImageVersion.parse(version)
+    image_version = parse_image_version(version)
     if not IMAGE_HEADER_SIZE <= header_size <= 0xFFFF:
         raise MalformedImageError(f"header size {header_size} outside 32..65535")
     if align not in _VALID_ALIGN:

@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from bmsfw.package._model import HardwareCompat, parse_semver
+from bmsfw.package._model import HardwareCompat
 from bmsfw.package.errors import InvalidManifestError, UnsupportedFormatVersionError
+from bmsfw.package.version import parse_version
 
 __all__ = [
     "ENCRYPTION_SCHEMES",
@@ -126,8 +127,8 @@ class Manifest:
             raise InvalidManifestError("delta or encrypted components need format_version 2")
         if not isinstance(self.product, str) or not _PRODUCT_RE.match(self.product):
             raise InvalidManifestError(f"product {self.product!r} is not a valid name")
-        parse_semver(self.version)
-        parse_semver(self.min_bootloader_version, what="min_bootloader_version")
+        parse_version(self.version)
+        parse_version(self.min_bootloader_version, what="min_bootloader_version")
         if (
             not isinstance(self.security_counter, int)
             or isinstance(self.security_counter, bool)

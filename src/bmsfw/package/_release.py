@@ -38,7 +38,6 @@ from bmsfw.package._encrypt import EncPublicKey, enc_scheme_of
 from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
 from bmsfw.package._image import (
     ImageInfo,
-    ImageVersion,
     McubootImage,
     build_image,
     check_encrypted_image,
@@ -47,7 +46,7 @@ from bmsfw.package._image import (
     verify_image,
 )
 from bmsfw.package._manifest import Component, Manifest, SafetyClass
-from bmsfw.package._model import DeviceFacts, HardwareCompat, SemVer, parse_semver
+from bmsfw.package._model import DeviceFacts, HardwareCompat
 from bmsfw.package._pki import SignerCredentials
 from bmsfw.package._trust import (
     CertificateSummary,
@@ -64,10 +63,12 @@ from bmsfw.package.errors import (
     ImageManifestMismatchError,
     IncompatibleHardwareError,
     InvalidManifestError,
+    InvalidVersionError,
     MalformedPackageError,
     SafetyCriticalOverOtaError,
     UnsignedPackageError,
 )
+from bmsfw.package.version import Version, as_version, image_version_of, parse_version
 
 __all__ = [
     "ComponentSource",
@@ -304,11 +305,6 @@ def _utc_stamp(when: dt.datetime | None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _image_version_for(version: SemVer) -> str:
-    build = version.build if version.build.isdigit() else "0"
-    return f"{version.major}.{version.minor}.{version.patch}+{build}"
-
-
 def build_release(
     *,
     product: str,
@@ -343,7 +339,8 @@ def build_release(
     components per MCUboot; an already-encrypted ``image`` source (imgtool
     ``--encrypt``) is recognised by its header flag.
     """
-    semver = parse_semver(version)
+    release_version = parse_version(version)
+    header_version = image_version_of(release_version)  # refuses what the rule cannot carry
     stored_members: list[tuple[str, bytes]] = []
     records: list[Component] = []
     for source in components:
@@ -355,7 +352,7 @@ def build_release(
             image = build_image(
                 source.data,
                 signing_key=image_signing_key,
-                version=_image_version_for(semver),
+                version=str(header_version),
                 security_counter=security_counter,
                 hardware=hardware,
                 header_size=header_size,
@@ -381,7 +378,7 @@ def build_release(
             info = check_encrypted_image(image)
         else:
             info = check_image_integrity(image)
-        _check_image_against(source.name, info, semver, security_counter, hardware)
+        _check_image_against(source.name, info, release_version, security_counter, hardware)
         name_encoding = source.encoding or encoding
         base = (delta_from or {}).get(source.name)
         if base is not None:
@@ -525,10 +522,10 @@ def check_policy(manifest: Manifest, facts: DeviceFacts) -> None:
             f"rev {'/'.join(manifest.hardware.revisions)}, "
             f"device is {facts.model} rev {facts.hw_revision}"
         )
-    required = parse_semver(manifest.min_bootloader_version)
+    required = parse_version(manifest.min_bootloader_version)
     try:
-        actual = parse_semver(facts.bootloader_version)
-    except InvalidManifestError:
+        actual = as_version(facts.bootloader_version)
+    except InvalidVersionError:
         raise BootloaderTooOldError(
             f"device bootloader version {facts.bootloader_version!r} cannot be compared with "
             f"the required {required}"
@@ -702,7 +699,7 @@ def component_image(package_bytes: bytes, name: str = "app") -> bytes:
 def _check_image_against(
     name: str,
     info: ImageInfo,
-    version: SemVer,
+    version: Version,
     security_counter: int,
     hardware: HardwareCompat,
 ) -> None:
@@ -716,14 +713,12 @@ def _check_image_against(
         raise ImageManifestMismatchError(
             f"app image security counter {info.security_counter}, manifest {security_counter}"
         )
-    core = ImageVersion(version.major, version.minor, version.patch)
-    if (info.version.major, info.version.minor, info.version.revision) != (
-        core.major,
-        core.minor,
-        core.revision,
-    ):
+    expected = image_version_of(version)
+    if info.version != expected:
         raise ImageManifestMismatchError(
-            f"app image version {info.version}, manifest version {version}"
+            f"app image header version {info.version}, but release {version} is carried as "
+            f"{expected} (docs/packages.md, 'Versions'); sign the image with "
+            f"`imgtool sign --version {expected}`"
         )
 
 
@@ -740,7 +735,7 @@ def verify_release(
     # The same code path and the same bytes a BMS sees: host and device cannot disagree.
     manifest, chain = _verify_header_bytes(encode_header(header), trust, facts, now)
     _check_members(pkg, manifest, signed=True)
-    semver = parse_semver(manifest.version)
+    release_version = parse_version(manifest.version)
     decoded = _stream_components(data, pkg, header, manifest)
     images: dict[str, bytes] = {}
     payloads: dict[str, bytes] = {}
@@ -766,7 +761,9 @@ def verify_release(
                 else check_image_integrity(payload)
             )
             images[comp.name] = payload
-        _check_image_against(comp.name, info, semver, manifest.security_counter, manifest.hardware)
+        _check_image_against(
+            comp.name, info, release_version, manifest.security_counter, manifest.hardware
+        )
         infos[comp.name] = info
     return VerifiedRelease(
         manifest=manifest,

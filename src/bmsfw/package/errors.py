@@ -34,6 +34,7 @@ __all__ = [
     "ImageManifestMismatchError",
     "IncompatibleHardwareError",
     "InvalidManifestError",
+    "InvalidVersionError",
     "KeyFileError",
     "KeyHashNotTrustedError",
     "MalformedImageError",
@@ -49,6 +50,7 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "UnsupportedImageError",
     "UntrustedSignerError",
+    "VersionNotCarriedError",
 ]
 
 
@@ -149,6 +151,27 @@ class RevocationListError(PackageError):
     code = "BMSFW-E116"
     diagnosis = "A revocation list is malformed or not signed by a trusted CA."
     remedy = "Use the revocation list produced by `bmsfw keys revoke` with the vendor's CA."
+
+
+class InvalidVersionError(InvalidManifestError, ValueError):
+    code = "BMSFW-E117"
+    diagnosis = (
+        "A version is neither a semantic version (MAJOR.MINOR.PATCH[-PRE][+BUILD]) "
+        "nor an MCUboot header version (MAJOR.MINOR.REVISION+BUILD)."
+    )
+    remedy = "Write the version as a semantic version, e.g. 1.4.0, 1.4.0-rc.2 or 1.4.0+17."
+
+
+class VersionNotCarriedError(InvalidVersionError):
+    code = "BMSFW-E118"
+    diagnosis = (
+        "The release version cannot be carried in an MCUboot image header version "
+        "(see docs/packages.md, 'Versions')."
+    )
+    remedy = (
+        "Use a pre-release alpha, beta or rc (alone, .N or one digit, e.g. 1.4.0-rc.2), "
+        "a build number up to 4294967295, major/minor up to 255 and patch up to 65535."
+    )
 
 
 # --- MCUboot images ----------------------------------------------------------------
