@@ -182,3 +182,61 @@ def test_build_refuses_a_version_the_header_cannot_carry(
     assert exit_code == 3
     assert code in out + err
     assert not out_path.exists()
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "firmware_inputs" / "data"
+
+
+def test_build_reads_firmware_formats_and_refuses_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bmsfw.package import parse_image
+    from bmsfw.package._release import component_image
+
+    pki = tmp_path / "pki"
+    assert run(capsys, "keys", "init", str(pki))[0] == 0
+    base = ["package", "build", "--product", "demo", "--version", "1.5.0"]
+    base += ["--security-counter", "1", "--hw-model", "BMS-48V", "--hw-revision", "B"]
+    base += ["--pki", str(pki), "--encoding", "raw"]
+    flat = (FIXTURES / "app.bin").read_bytes()
+    for name in ("app.elf", "app.hex", "app.srec", "app.bin"):
+        out_path = tmp_path / f"{name}.bmsfw"
+        code, out, err = run(
+            capsys, *base, "--app", str(FIXTURES / name), "-o", str(out_path), "--json"
+        )
+        assert code == 0, err
+        inputs = json.loads(out)["inputs"]["app"]
+        assert inputs["size"] == len(flat)
+        image = component_image(out_path.read_bytes())
+        header = parse_image(image)
+        body = image[header.header_size : header.header_size + header.payload_size]
+        assert body == flat  # the same bytes objcopy -O binary gives
+
+    readme = tmp_path / "app.hex"
+    readme.write_text("flash this with the vendor tool\n")
+    out_path = tmp_path / "text.bmsfw"
+    code, out, err = run(capsys, *base, "--app", str(readme), "-o", str(out_path))
+    assert code == 3 and "BMSFW-E130" in err and not out_path.exists()
+    code, out, err = run(
+        capsys, *base, "--image", f"app={FIXTURES / 'app.hex'}", "-o", str(out_path)
+    )
+    assert code == 3 and "BMSFW-E121" in err and not out_path.exists()
+
+
+def test_build_fill_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bmsfw.package import parse_image
+    from bmsfw.package._release import component_image
+
+    pki = tmp_path / "pki"
+    assert run(capsys, "keys", "init", str(pki))[0] == 0
+    base = ["package", "build", "--product", "demo", "--version", "1.5.0"]
+    base += ["--security-counter", "1", "--hw-model", "BMS-48V", "--hw-revision", "B"]
+    base += ["--pki", str(pki), "--app", str(FIXTURES / "app.hex")]
+    out_path = tmp_path / "r.bmsfw"
+    code, _, err = run(capsys, *base, "--fill", "0x00", "-o", str(out_path))
+    assert code == 0, err
+    image = component_image(out_path.read_bytes())
+    start = parse_image(image).header_size + 2576  # the gap before .calib
+    assert image[start : start + 1008] == bytes(1008)
+    code, _, err = run(capsys, *base, "--fill", "0x100", "-o", str(tmp_path / "x.bmsfw"))
+    assert code == 2 and "--fill" in err and not (tmp_path / "x.bmsfw").exists()

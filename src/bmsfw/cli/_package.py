@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from bmsfw.cli._keys import read_passphrase
@@ -35,7 +36,9 @@ from bmsfw.package import (
     sign_release,
     verify_release,
 )
+from bmsfw.package._firmware import FirmwareInput, load_firmware
 from bmsfw.package._trust import CertificateSummary, load_certificates_pem
+from bmsfw.package.errors import BadImageMagicError
 
 __all__ = ["package_group", "render_inspection", "render_verified"]
 
@@ -66,6 +69,16 @@ def _named_files(values: Sequence[str], option: str) -> list[tuple[str, Path]]:
     return out
 
 
+def _byte_value(text: str, option: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFF:
+        raise UsageError(f"{option} expects a byte value such as 0xff or 0, got {text!r}")
+    return value
+
+
 _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
@@ -84,9 +97,24 @@ def package_group() -> None:
 @click.option("--safety-class", type=click.Choice(SAFETY_CLASSES), default="standard")
 @click.option("--notes", default="", help="Release notes text.")
 @click.option("--notes-file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--app", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--component", "components", multiple=True, help="NAME=FILE raw firmware.")
-@click.option("--image", "images", multiple=True, help="NAME=FILE already signed MCUboot image.")
+@click.option(
+    "--app",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="App firmware: raw .bin, Intel HEX, S-record or ELF (or an imgtool-signed image).",
+)
+@click.option(
+    "--component", "components", multiple=True, help="NAME=FILE firmware (formats as --app)."
+)
+@click.option(
+    "--image", "images", multiple=True, help="NAME=FILE MCUboot image signed already (imgtool)."
+)
+@click.option(
+    "--fill",
+    default="0xff",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _byte_value(value, "--fill"),
+    help="Byte that fills gaps between HEX/S-record/ELF segments (0xff, 0x00, 255).",
+)
 @click.option("--image-key", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--pki", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False))
@@ -123,6 +151,7 @@ def build_cmd(  # click passes options as keywords
     app: Path | None,
     components: tuple[str, ...],
     images: tuple[str, ...],
+    fill: int,
     image_key: Path | None,
     pki: Path | None,
     passphrase_file: Path | None,
@@ -137,13 +166,21 @@ def build_cmd(  # click passes options as keywords
     from bmsfw.package._encrypt import load_encryption_public_key
     from bmsfw.package._release import component_image
 
+    firmware_files = [("app", app)] if app is not None else []
+    firmware_files += _named_files(components, "--component")
+    inputs: dict[str, FirmwareInput] = {}
     sources: list[ComponentSource] = []
-    if app is not None:
-        sources.append(ComponentSource.firmware("app", _read(app)))
-    sources += [
-        ComponentSource.firmware(n, _read(p)) for n, p in _named_files(components, "--component")
-    ]
-    sources += [ComponentSource.image(n, _read(p)) for n, p in _named_files(images, "--image")]
+    for name, path in firmware_files:
+        inputs[name] = load_firmware(_read(path), fill=fill)
+        sources.append(_source_of(name, inputs[name]))
+    for name, path in _named_files(images, "--image"):
+        inputs[name] = load_firmware(_read(path), fill=fill)
+        if inputs[name].format != "mcuboot":
+            raise BadImageMagicError(
+                f"--image {name}={path} is {inputs[name].format} firmware, not a signed MCUboot "
+                f"image; pass it with --component {name}=FILE (or --app) to have it signed"
+            )
+        sources.append(_source_of(name, inputs[name]))
     if not sources:
         raise UsageError("give at least one of --app, --component or --image")
     key_path = image_key or (PkiPaths(pki).image_key if pki else None)
@@ -168,17 +205,50 @@ def build_cmd(  # click passes options as keywords
         encrypt_to=None if encrypt_to is None else load_encryption_public_key(_read(encrypt_to)),
     )
     _write_atomic(output, package)
-    _report_written(output, package, "built (unsigned)", as_json)
+    if not as_json:
+        for name, fw in inputs.items():
+            console.print(escape(f"{name}: {_describe_input(fw)}"))
+    _report_written(
+        output, package, "built (unsigned)", as_json, {n: i.to_dict() for n, i in inputs.items()}
+    )
 
 
-def _report_written(output: Path, package: bytes, what: str, as_json: bool) -> None:
+def _source_of(name: str, fw: FirmwareInput) -> ComponentSource:
+    if fw.format == "mcuboot":  # already signed (imgtool): kept byte for byte
+        return ComponentSource.image(name, fw.data)
+    return ComponentSource.firmware(name, fw.data)
+
+
+def _describe_input(fw: FirmwareInput) -> str:
+    if fw.format == "mcuboot":
+        inside = f" in {fw.container}" if fw.container else ""
+        return f"signed MCUboot image{inside} ({len(fw.data):,} bytes), kept as signed"
+    if fw.load_address is None:
+        return f"raw binary, {len(fw.data):,} bytes"
+    text = (
+        f"{fw.format}, {len(fw.data):,} bytes from {fw.load_address:#010x} "
+        f"({len(fw.segments)} segment{'s' if len(fw.segments) != 1 else ''}"
+    )
+    return text + (f", {fw.gap_bytes:,} gap bytes filled)" if fw.gap_bytes else ")")
+
+
+def _report_written(
+    output: Path,
+    package: bytes,
+    what: str,
+    as_json: bool,
+    inputs: dict[str, dict[str, object]] | None = None,
+) -> None:
     import hashlib
 
     digest = hashlib.sha256(package).hexdigest()
     if as_json:
-        print_json({"output": str(output), "size": len(package), "sha256": digest})
+        record: dict[str, object] = {"output": str(output), "size": len(package), "sha256": digest}
+        if inputs is not None:
+            record["inputs"] = inputs
+        print_json(record)
     else:
-        console.print(f"{what}: {output} ({len(package):,} bytes, sha256 {digest})")
+        console.print(escape(f"{what}: {output} ({len(package):,} bytes, sha256 {digest})"))
 
 
 @package_group.command("sign")

@@ -29,6 +29,7 @@ __all__ = [
     "DecryptionError",
     "DeltaBaseMismatchError",
     "DeltaPatchError",
+    "FirmwareFormatError",
     "HashMismatchError",
     "ImageHashMismatchError",
     "ImageManifestMismatchError",
@@ -39,6 +40,7 @@ __all__ = [
     "KeyHashNotTrustedError",
     "MalformedImageError",
     "MalformedPackageError",
+    "NotFirmwareError",
     "PkiExistsError",
     "RevocationListError",
     "RevokedSignerError",
@@ -233,6 +235,30 @@ class ImageManifestMismatchError(PackageError):
         "A component image's version, security counter or hardware TLV contradicts the manifest."
     )
     remedy = "Rebuild the release so the images and the manifest agree."
+
+
+class FirmwareFormatError(PackageError):
+    code = "BMSFW-E129"
+    diagnosis = (
+        "The firmware file is Intel HEX, S-record or ELF but cannot be read "
+        "(bad checksum or record, no loadable data, or addresses spread too far apart)."
+    )
+    remedy = (
+        "Export the firmware again from the build (objcopy -O ihex / -O srec, or the linked "
+        "ELF) and check that the app is linked for one flash region."
+    )
+
+
+class NotFirmwareError(PackageError):
+    code = "BMSFW-E130"
+    diagnosis = (
+        "The file cannot be a firmware image: it is empty, text that is not Intel HEX or "
+        "S-record, or a .bmsfw package."
+    )
+    remedy = (
+        "Pass the firmware as a raw .bin, Intel HEX (.hex), Motorola S-record (.srec/.s19) "
+        "or ELF (.elf) file as the build writes it."
+    )
 
 
 # --- encodings ----------------------------------------------------------------------
