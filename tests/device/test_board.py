@@ -29,11 +29,11 @@ def test_telemetry_reflects_soc_and_current(bms: VirtualBms, clock: SimClock) ->
     t = bms.telemetry()
     assert t.soc_pct == pytest.approx(80.0, abs=0.5)
     assert all(3.9 < v < 4.1 for v in t.cell_voltages_v)
-    bms.faults.set_pack_current(100.0)  # 1 C discharge of a 100 Ah pack
+    bms.faults.set_pack_current(-100.0)  # 1 C discharge of a 100 Ah pack
     bms.run_for(360)  # 6 minutes
     t = bms.telemetry()
     assert t.soc_pct == pytest.approx(70.0, abs=0.6)
-    assert t.pack_current_a == 100.0
+    assert t.pack_current_a == -100.0  # documented sign: + = charging
     # Under load the terminal voltage sags below OCV by I*(R0+R1).
     rested = sum(ocv_v(s) for s in bms.battery.state.cell_soc)
     assert t.pack_voltage_v < rested - 16 * 100 * 0.0008
@@ -158,3 +158,12 @@ def test_unreadable_config_falls_back_to_defaults_with_dtc(bms: VirtualBms) -> N
     assert again.config() == DeviceConfig()
     assert again.calibration() == calibration
     assert any(d.name == "CONFIG_DEFAULTED" for d in again.dtcs())
+
+
+def test_charging_current_is_positive_and_raises_soc(bms: VirtualBms) -> None:
+    bms.faults.set_soc(50.0)
+    bms.faults.set_pack_current(50.0)  # 0.5 C charge
+    bms.run_for(360)
+    t = bms.telemetry()
+    assert t.pack_current_a == 50.0
+    assert t.soc_pct == pytest.approx(55.0, abs=0.6)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from bmsfw.device import DeviceConfig, SimClock, VirtualBms
 from bmsfw.device.errors import (
+    DeviceNotRunningError,
     NotConfirmableError,
     RollbackBlockedError,
     UpdateInProgressError,
@@ -221,3 +224,109 @@ def test_reset_config_marker_resets_config_keeps_calibration(
     assert bms.calibration() == calibration
     bms.restore_snapshot(backup)
     assert bms.config_snapshot().checksum == backup.checksum
+
+
+# --------------------------------------------------------------------------- rejected images
+
+
+def _stored_state(bms: VirtualBms) -> tuple[bytes, bytes]:
+    """Flash (boot record, OTP, banks, fault log) and board file, byte for byte."""
+    return (bms.state_dir / "flash.bin").read_bytes(), (bms.state_dir / "board.json").read_bytes()
+
+
+def _revert_by(bms: VirtualBms, vendor: Vendor, how: str) -> None:
+    if how == "self-test":
+        install(bms, vendor.release("2.0.0", 2, behaviour="fail-selftest"))
+    elif how == "watchdog":
+        install(bms, vendor.release("2.0.0", 2, behaviour="never-confirm"))
+        bms.run_for(bms.spec.watchdog_window_s + 1)
+        bms.wait_boot()
+    elif how == "boot-loop":
+        install(bms, vendor.release("2.0.0", 2, behaviour="boot-loop"))
+    else:  # the tester asked for it
+        install(bms, vendor.release("2.0.0", 2))
+        bms.rollback()
+        bms.wait_boot()
+    status = bms.boot_status()
+    assert (status.active_bank, status.running_version) == ("A", "1.0.0")
+
+
+@pytest.mark.parametrize("how", ["self-test", "watchdog", "boot-loop", "rollback request"])
+def test_rejected_image_can_be_neither_confirmed_nor_rolled_back_to(
+    bms: VirtualBms, vendor: Vendor, how: str
+) -> None:
+    _revert_by(bms, vendor, how)
+    assert bms.bank_info("B").state == "rejected"
+    before = _stored_state(bms)
+    with pytest.raises(NotConfirmableError, match="nothing to confirm: the test image on bank B"):
+        bms.confirm()
+    with pytest.raises(RollbackBlockedError, match="nothing to roll back to: bank B"):
+        bms.rollback()
+    assert _stored_state(bms) == before  # refused: nothing written, not even a DTC
+    status = bms.boot_status()
+    assert (status.run_state, status.active_bank, status.running_version) == (
+        "application",
+        "A",
+        "1.0.0",
+    )
+    assert status.security_counter == 1 and bms.contactors_closed
+
+
+def test_rejection_survives_power_cycles(
+    bms: VirtualBms, vendor: Vendor, open_device: Callable[[], VirtualBms]
+) -> None:
+    _revert_by(bms, vendor, "self-test")
+    bms.close()
+    again = open_device()
+    assert again.boot_status().active_bank == "A"
+    with pytest.raises(NotConfirmableError):
+        again.confirm()
+    with pytest.raises(RollbackBlockedError):
+        again.rollback()
+
+
+def test_bootloader_never_falls_back_to_a_rejected_image(bms: VirtualBms, vendor: Vendor) -> None:
+    """The confirmed bank rots: rather than boot the rejected image, stay in recovery mode."""
+    _revert_by(bms, vendor, "self-test")
+    bms.faults.corrupt_bank("A", 0x280)
+    bms.reset()
+    status = bms.wait_boot()
+    assert (status.run_state, status.image_state) == ("bootloader", "none")
+    assert "RECOVERY_MODE" in _dtc_names(bms)
+    install(bms, vendor.release("2.1.0", 2))  # a new verified upgrade request recovers it
+    bms.confirm()
+    assert bms.boot_status().running_version == "2.1.0"
+
+
+def test_a_new_verified_update_lifts_the_rejection(bms: VirtualBms, vendor: Vendor) -> None:
+    _revert_by(bms, vendor, "self-test")
+    install(bms, vendor.release("2.0.1", 1))
+    assert bms.bank_info("B").state == "running"
+    bms.confirm()
+    bms.rollback()  # B was confirmed, A is the previous confirmed image: allowed
+    status = bms.wait_boot()
+    assert (status.active_bank, status.running_version) == ("A", "1.0.0")
+
+
+def test_test_image_without_a_self_test_in_this_boot_cannot_be_confirmed(
+    bms: VirtualBms, vendor: Vendor
+) -> None:
+    release = vendor.release("2.0.0", 2)
+    bms.begin_update(release.header)
+    bms.erase_inactive()
+    bms.write_inactive(0, release.image)
+    bms.verify_inactive()
+    bms.activate()
+    bms.reset()
+    with pytest.raises(DeviceNotRunningError):
+        bms.confirm()  # booting / self-test running: nothing has passed yet
+    bms.wait_boot()
+    assert bms.boot_status().image_state == "test"
+    bms.faults.set_supply(sag_v=10.0)  # 24 V -> 14 V: below the self-test's 18 V
+    bms.reset()  # the same test image boots again; its self-test fails, it reverts
+    status = bms.wait_boot()
+    assert (status.active_bank, status.image_state) == ("A", "reverted")
+    assert "supply_voltage" in status.last_revert_reason
+    with pytest.raises(NotConfirmableError):
+        bms.confirm()
+    assert bms.boot_status().security_counter == 1

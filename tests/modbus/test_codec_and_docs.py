@@ -44,7 +44,7 @@ def test_telemetry_round_trip_with_scaling() -> None:
         cell_voltages_v=(3.3012, 3.2999, 4.1),
         temperatures_c=(-12.3, 45.6),
         supply_voltage_v=24.1,
-        faults=("overtemperature", "sensor"),
+        faults=("overtemperature", "ntc_fault"),
         contactors_closed=False,
     )
     back = codec.decode_telemetry(codec.encode_telemetry(t, map_version=1))

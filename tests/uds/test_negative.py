@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 import time
 from collections.abc import Iterator
@@ -147,7 +148,7 @@ def test_tester_certificates_checked(
     )
     with pytest.raises(err.UdsCertificateRejectedError) as info:
         session.authenticate(signer)
-    assert info.value.nrc == 0x55  # invalid scope
+    assert info.value.nrc == 0x56  # ISO 14229-1:2020 invalidScope
     # a tester certificate from another vendor's PKI does not chain to the fused root
     other = create_pki("ed25519")
     key, cert = issue_tester_certificate(other.intermediate_key, other.intermediate_certificate)
@@ -155,13 +156,27 @@ def test_tester_certificates_checked(
         session.authenticate(
             make_credentials(key, cert, [other.intermediate_certificate, other.root_certificate])
         )
-    assert info.value.nrc == 0x51
+    assert info.value.nrc == 0x52  # invalidChainOfTrust
+    # an expired tester certificate: invalidTimePeriod
+    old_key, old_cert = issue_tester_certificate(
+        pki.intermediate_key,
+        pki.intermediate_certificate,
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(days=30),
+        validity_days=1,
+    )
+    expired = make_credentials(
+        old_key, old_cert, [pki.intermediate_certificate, pki.root_certificate]
+    )
+    with pytest.raises(err.UdsCertificateRejectedError) as info:
+        session.authenticate(expired)
+    assert info.value.nrc == 0x50
     # the right certificate with someone else's key fails proof of possession
     stolen = dataclasses.replace(
         tester, private_key_pem=make_credentials(key, cert, []).private_key_pem
     )
-    with pytest.raises(err.UdsOwnershipVerificationFailedError):
+    with pytest.raises(err.UdsOwnershipVerificationFailedError) as info:
         session.authenticate(stolen)
+    assert info.value.nrc == 0x58  # ownershipVerificationFailed (0x57 is a revoked certificate)
     session.authenticate(tester)  # and the real tester gets in
 
 

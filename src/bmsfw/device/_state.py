@@ -46,7 +46,10 @@ class BootRecord:
 
     ``active`` is the confirmed bank; ``pending`` a bank to try in test mode;
     ``attempts`` how often the pending image was started; ``revert_requested``
-    set by a test image whose self-test failed.
+    set by a test image whose self-test failed. ``rejected`` names the bank whose
+    test image was reverted (self-test, watchdog, boot loop, secure boot, a
+    rollback request): as in MCUboot, that image is never booted, confirmed or
+    rolled back to again; only activating a newly verified image clears it.
     """
 
     active: str = "A"
@@ -55,6 +58,7 @@ class BootRecord:
     revert_requested: str = ""
     last_revert_reason: str = ""
     reverts: int = 0
+    rejected: str | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -66,14 +70,20 @@ class BootRecord:
             record = cls(**data)
         except (ValueError, TypeError) as exc:
             raise BootStateCorruptError(f"boot record unreadable: {exc}") from exc
-        if record.active not in BANKS or record.pending not in (None, *BANKS):
+        if (
+            record.active not in BANKS
+            or record.pending not in (None, *BANKS)
+            or record.rejected not in (None, *BANKS)
+        ):
             raise BootStateCorruptError(f"boot record names unknown banks: {data}")
         return record
 
     def revert(self, reason: str) -> BootRecord:
+        """The pending test image is given up: the confirmed bank boots, the other is rejected."""
         return replace(
             self,
             pending=None,
+            rejected=self.pending if self.pending is not None else self.rejected,
             attempts=0,
             revert_requested="",
             last_revert_reason=reason,

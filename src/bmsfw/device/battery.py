@@ -70,7 +70,7 @@ class BoardState:
     temperatures_c: list[float]
     adc_gain_inherent: list[float]  # per-unit board error, cancelled by calibration
     ntc_offset_inherent_c: list[float]
-    pack_current_a: float = 0.0
+    pack_current_a: float = 0.0  # the model's sign: + = discharge (telemetry: + = charging)
     supply_nominal_v: float = 24.0
     supply_sag_v: float = 0.0
     supply_ripple_v: float = 0.0

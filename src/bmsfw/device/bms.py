@@ -20,6 +20,9 @@ clock:
 Automatic revert of a test image: no confirm within the watchdog window, a
 failed self-test (the test image requests it and resets), a secure-boot
 failure, or a boot loop (``max_boot_attempts`` starts without a confirm).
+A reverted image (or one rolled back on request) stays *rejected*, as in
+MCUboot: it is never booted, confirmed or rolled back to again until a newly
+verified image is activated; confirm and rollback then refuse and change nothing.
 
 Protocol servers drive updates with::
 
@@ -215,6 +218,7 @@ class VirtualBms:
         self.battery = BatteryModel(board)
         self.flash.slow_factor = board.slow_flash_factor
         self._dead = False
+        self._boots = 0
         self._run_state: RunState = "off"
         self._contactors_closed = False
         self._seq: Iterator[float] | None = None
@@ -257,6 +261,12 @@ class VirtualBms:
     @property
     def dead(self) -> bool:
         return self._dead
+
+    @property
+    def boot_epoch(self) -> tuple[int, int]:
+        """Changes whenever the MCU resets (any reset, or a new power-on): protocol
+        servers end sessions and authentication when it does, as a reboot would."""
+        return id(self), self._boots
 
     def close(self) -> None:
         """Switch off cleanly (the pack state is saved; a new VirtualBms powers on again)."""
@@ -327,6 +337,7 @@ class VirtualBms:
         ]
 
     def _start_boot(self, cause: str) -> None:
+        self._boots += 1
         self._seq = self._boot_sequence(cause)
         self._seq_due = self.clock.monotonic()
 
@@ -445,8 +456,13 @@ class VirtualBms:
         duration += spent
         if running is None:
             self._dtc("SECURE_BOOT_FAILED", f"confirmed bank {record.active}: {problem}")
-            fallback, problem2, spent2 = self._secure_boot(other_bank(record.active), test=False)
-            duration += spent2
+            other = other_bank(record.active)
+            # MCUboot never boots a rejected image again: recovery mode instead
+            fallback: _Running | None = None
+            problem2 = f"bank {other} holds a rejected image"
+            if other != record.rejected:
+                fallback, problem2, spent2 = self._secure_boot(other, test=False)
+                duration += spent2
             if fallback is None:
                 self._dtc("RECOVERY_MODE", f"no bootable bank ({problem}; {problem2})")
                 return None, duration
@@ -809,7 +825,8 @@ class VirtualBms:
         return Telemetry(
             soc_pct=round(self.battery.soc_pct(), 2),
             pack_voltage_v=round(sum(cells), 3),
-            pack_current_a=self.battery.effective_current_a(self._contactors_closed),
+            # the model counts discharge positive; the BMS reports + = charging
+            pack_current_a=-self.battery.effective_current_a(self._contactors_closed),
             cell_voltages_v=cells,
             temperatures_c=temps,
             supply_voltage_v=round(self._supply_v(), 3),
@@ -859,6 +876,8 @@ class VirtualBms:
             state = "running"
         elif record.pending == bank:
             state = "test"
+        elif record.rejected == bank:
+            state = "rejected"
         elif record.active == bank:
             state = "confirmed"
         else:
@@ -1168,8 +1187,9 @@ class VirtualBms:
         if self._verified is None or self._verified[0] != staged.bank:
             raise NotVerifiedError("verify the inactive bank before activating it")
         record = self._boot_record()
+        # a newly verified upgrade request: the only thing that lifts a rejection
         self._write_boot_record(
-            replace(record, pending=staged.bank, attempts=0, revert_requested="")
+            replace(record, pending=staged.bank, attempts=0, revert_requested="", rejected=None)
         )
         self._journal(fl.STAGING).write(StagedUpdate.cleared())
         self._verified = None
@@ -1192,9 +1212,19 @@ class VirtualBms:
             raise NotConfirmableError("no application image runs (bootloader recovery mode)")
         running = self._require_app()
         if not running.test:
+            record = self._boot_record()
+            if record.rejected is not None:
+                # the tester means the image it sent: that one was reverted, not confirmed
+                raise NotConfirmableError(
+                    f"nothing to confirm: the test image on bank {record.rejected} was"
+                    f" rejected ({record.last_revert_reason}); bank {running.bank} runs its"
+                    f" confirmed {running.version}. Send the update again to retry it"
+                )
             return  # already confirmed: a repeated confirm (lost response) is harmless
         if self._self_test is None or not self._self_test.passed:
-            raise NotConfirmableError("the running test image has not passed its self-test")
+            raise NotConfirmableError(
+                "the running test image has not passed its self-test in this boot"
+            )
         if running.behaviour == "never-confirm":
             log.warning("firmware acknowledged confirm but did not write the image-ok flag")
             return
@@ -1221,6 +1251,12 @@ class VirtualBms:
             self._dtc("ROLLBACK_REQUESTED", f"test image on bank {running.bank} rolled back")
         else:
             other = other_bank(running.bank)
+            if other == record.rejected:
+                raise RollbackBlockedError(
+                    f"nothing to roll back to: bank {other} holds the image the bootloader"
+                    f" rejected ({record.last_revert_reason}); bank {running.bank} keeps"
+                    f" running its confirmed {running.version}"
+                )
             info, _, problem = self._check_bank(other)
             if info is None:
                 raise RollbackBlockedError(f"bank {other} holds no bootable image ({problem})")
@@ -1289,8 +1325,11 @@ class FaultInjector:
         self._change(fn)
 
     def set_pack_current(self, current_a: float) -> None:
+        """The current the pack's load or charger draws: + = charging (as telemetry reports
+        it), - = discharging; it flows only while the contactors are closed."""
+
         def fn(s: BoardState) -> None:
-            s.pack_current_a = float(current_a)
+            s.pack_current_a = -float(current_a)  # the model counts discharge positive
 
         self._change(fn)
 

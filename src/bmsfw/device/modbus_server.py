@@ -48,6 +48,8 @@ from bmsfw.link.wire import modbus_silence_s
 from bmsfw.package import Component
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
+    AUTH_IDLE_TIMEOUT_S,
+    COMMANDS_NEEDING_AUTH,
     CONFIG_REGISTERS,
     HOLDING,
     IDENTITY_OBJECTS,
@@ -86,16 +88,6 @@ _BROADCAST_FCS = frozenset((0x06, 0x10))
 # can leave tens of ms between them; junk is caught by the frame checks instead.
 MIN_FRAME_GAP_S = 0.25
 CHALLENGE_BYTES = 32
-# Commands that change flash or configuration need an authenticated tester.
-_NEEDS_AUTH = {
-    Command.PREPARE,
-    Command.ERASE,
-    Command.VERIFY,
-    Command.ACTIVATE,
-    Command.CONFIRM,
-    Command.ROLLBACK,
-    Command.WRITE_CONFIG,
-}
 
 
 class NodeBackend(Protocol):
@@ -127,6 +119,7 @@ class NodeBackend(Protocol):
     def root_key_hash(self) -> bytes: ...
     def now(self) -> dt.datetime: ...
     def responsive(self) -> bool: ...
+    def boot_epoch(self) -> object: ...
 
 
 class VirtualBmsBackend:
@@ -222,6 +215,9 @@ class VirtualBmsBackend:
         # Booting, self-testing or dead: a real node is silent on the bus.
         return not self.bms.dead and self.bms.run_state in ("application", "bootloader")
 
+    def boot_epoch(self) -> object:
+        return self.bms.boot_epoch
+
 
 def _error_number(exc: BaseException) -> int:
     code = getattr(exc, "code", "")
@@ -236,11 +232,22 @@ def _error_number(exc: BaseException) -> int:
 class ModbusBmsNode:
     """Register map v1 in front of one BMS; pure request handling, no I/O."""
 
-    def __init__(self, backend: NodeBackend, unit: int) -> None:
+    def __init__(
+        self,
+        backend: NodeBackend,
+        unit: int,
+        *,
+        auth_idle_timeout_s: float = AUTH_IDLE_TIMEOUT_S,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 1 <= unit <= 247:
             raise ValueError(f"unit id {unit} outside 1..247")
         self.backend = backend
         self.unit = unit
+        self.auth_idle_timeout_s = auth_idle_timeout_s
+        self._now = monotonic
+        self._last_request = monotonic()
+        self._boot_epoch: object = None
         self.upload = bytearray((HOLDING.UPLOAD_END - HOLDING.UPLOAD) * 2)
         self.upload_length = 0
         self.window_page = 0
@@ -262,6 +269,37 @@ class ModbusBmsNode:
         self.stream_offset = 0
         self.stream_size = 0
         self._component: Component | None = None  # the staged app component (cache)
+
+    # ------------------------------------------------------------------ session
+
+    def touch(self) -> None:
+        """Every request to this unit (or a broadcast) calls this first.
+
+        Authentication ends, as documented, when the BMS rebooted since the last
+        request (RESET, ROLLBACK, a revert, a power cycle) or after
+        ``auth_idle_timeout_s`` without a request; AUTH_CHALLENGE starts a new one.
+        """
+        now = self._now()
+        epoch = self._epoch()
+        if self.auth != AuthState.NONE:
+            if epoch != self._boot_epoch:
+                self._end_auth("the BMS rebooted")
+            elif now - self._last_request > self.auth_idle_timeout_s:
+                self._end_auth(f"no request for {self.auth_idle_timeout_s:g} s")
+        self._boot_epoch = epoch
+        self._last_request = now
+
+    def _epoch(self) -> object:
+        try:
+            return self.backend.boot_epoch()
+        except BmsfwError:
+            return None
+
+    def _end_auth(self, why: str) -> None:
+        log.info("unit %d: authentication ended (%s)", self.unit, why)
+        self.auth = AuthState.NONE
+        self.challenge = b""
+        self._end_stream()
 
     # ------------------------------------------------------------------ identity
 
@@ -706,7 +744,7 @@ class ModbusBmsNode:
             command = Command(value)
         except ValueError:
             return self._refuse(f"unknown command {value}", 1)
-        if command in _NEEDS_AUTH and self.auth != AuthState.AUTHENTICATED:
+        if command in COMMANDS_NEEDING_AUTH and self.auth != AuthState.AUTHENTICATED:
             return self._refuse(f"{command.name.lower()} needs an authenticated tester", 349)
         self.last_result, self.last_message = 0, ""
         try:
@@ -809,6 +847,7 @@ def build_sim_device(node: ModbusBmsNode) -> Any:
     ) -> ExcCodes | None:
         if not node.backend.responsive():
             return ExcCodes.DEVICE_BUSY
+        node.touch()
         base = address - start_address
         if function_code == 4:
             registers[base : base + count] = node.read_input(address, count)
@@ -846,6 +885,7 @@ def _identity_request_class(nodes: dict[int, ModbusBmsNode]) -> type[Any]:
             node = nodes.get(device_id)
             if node is None:
                 return await super().datastore_update(context, device_id)
+            node.touch()
             control = _Control(node.identity_objects())
             information = DeviceInformationFactory.get(  # type: ignore[no-untyped-call]
                 control, self.read_code, self.object_id

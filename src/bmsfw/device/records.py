@@ -51,7 +51,7 @@ class BankInfo:
     version: str
     security_counter: int
     image_size: int
-    state: str  # "running", "confirmed", "test", "fallback", "empty", "invalid"
+    state: str  # "running", "confirmed", "test", "rejected", "fallback", "empty", "invalid"
     problem: str = ""
 
 

@@ -61,6 +61,7 @@ from bmsfw.protocol.uds._auth import (
 )
 from bmsfw.protocol.uds._codec import (
     AUTH_CERT_VERIFIED_OWNERSHIP_NEEDED,
+    AUTH_CONFIGURATION_APCE,
     AUTH_DEAUTHENTICATED,
     AUTH_OWNERSHIP_VERIFIED,
     CHANNELS,
@@ -165,6 +166,7 @@ class UdsServer:
         self._encoded: EncodedTransfer | None = None  # the decoder of an encoded download
         self._exited = False
         self._last_request = self._now()
+        self._boot_epoch: object = None
         self.after_response: Callable[[], None] | None = None  # e.g. ECUReset
 
     # ------------------------------------------------------------------ state
@@ -190,9 +192,16 @@ class UdsServer:
         self._encoded = None
 
     def check_s3(self) -> None:
-        """Fall back to the default session after S3 without requests."""
+        """Fall back to the default session after S3 without requests, or after a reboot."""
         if self.session != Session.DEFAULT and self._now() - self._last_request > self.config.s3_s:
             self._drop_to_default("S3 timeout")
+        epoch = self.device.boot_epoch()
+        if epoch != self._boot_epoch:
+            # the MCU reset (ECUReset, rollback, a revert, a power cycle): a rebooted
+            # ECU starts in the default session, locked
+            if self._boot_epoch is not None:
+                self._drop_to_default("the BMS rebooted")
+            self._boot_epoch = epoch
 
     # ------------------------------------------------------------------ dispatch
 
@@ -328,7 +337,7 @@ class UdsServer:
             self._challenge = None
             return None if spr else bytes([0x69, 0x00, AUTH_DEAUTHENTICATED])
         if sub == 0x08:  # authenticationConfiguration: APCE
-            return None if spr else bytes([0x69, 0x08, 0x02])
+            return None if spr else bytes([0x69, 0x08, AUTH_CONFIGURATION_APCE])
         if sub == 0x01:  # verifyCertificateUnidirectional
             if len(body) < 5:
                 raise _Negative(NRC.INCORRECT_MESSAGE_LENGTH_OR_FORMAT)
@@ -361,7 +370,7 @@ class UdsServer:
             proof = body[2 : 2 + proof_len]
             challenge, self._challenge = self._challenge, None
             if len(proof) != proof_len or not verify_proof(self._tester_key, challenge, proof):
-                raise _Negative(NRC.OWNERSHIP_VERIFICATION_FAILED)
+                raise _Negative(NRC.OWNERSHIP_VERIFICATION_FAILED, "proof does not verify")
             self.authenticated = True
             return None if spr else bytes([0x69, 0x03, AUTH_OWNERSHIP_VERIFIED, 0x00, 0x00])
         raise _Negative(NRC.SUBFUNCTION_NOT_SUPPORTED, f"authentication task 0x{sub:02X}")
@@ -373,6 +382,9 @@ class UdsServer:
         if did == DID.ACTIVE_SESSION:
             return bytes([self.session])
         if did in _IDENTITY_DIDS:
+            if not dev.is_running():
+                # booting / self-testing: no application runs whose identity could be read
+                raise _Negative(NRC.CONDITIONS_NOT_CORRECT, f"DID 0x{did:04X} while booting")
             text: str = self._device_call("identity", lambda: dev.identity_string(did))
             return text.encode()
         if did == DID.SECURITY_COUNTER:
@@ -741,6 +753,9 @@ class UdsDeviceAdapter:
     # -- state -------------------------------------------------------------------
     def is_running(self) -> bool:
         return self.bms.run_state in ("application", "bootloader")
+
+    def boot_epoch(self) -> object:
+        return None if self.bms.dead else self.bms.boot_epoch
 
     def poll(self) -> None:
         if not self.bms.dead:

@@ -278,14 +278,14 @@ class UdsServiceNotSupportedInSessionError(UdsNegativeResponseError):
 class UdsCertificateRejectedError(UdsNegativeResponseError):
     code = "BMSFW-E357"
     diagnosis = (
-        "The BMS rejected the tester certificate (signature, chain of trust, type, "
-        "format, scope or revoked)."
+        "The BMS rejected the tester certificate (validity period, signature, chain of "
+        "trust, type, format, content, scope or revoked)."
     )
     remedy = (
         "Use a tester certificate issued under the vendor root that this BMS has fused, "
         "and not revoked."
     )
-    nrcs = (0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56)
+    nrcs = (0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57)
 
 
 class UdsOwnershipVerificationFailedError(UdsNegativeResponseError):
@@ -294,7 +294,7 @@ class UdsOwnershipVerificationFailedError(UdsNegativeResponseError):
     remedy = (
         "The private key does not belong to the tester certificate; give the matching key file."
     )
-    nrcs = (0x57, 0x58, 0x59, 0x5A, 0x5B, 0x5C, 0x5D)
+    nrcs = (0x58, 0x59, 0x5A, 0x5B, 0x5C, 0x5D)
 
 
 class UdsTimeoutError(ProtocolError, TimeoutError):

@@ -50,6 +50,7 @@ from bmsfw.protocol.modbus.errors import (
 )
 from bmsfw.protocol.modbus.registers import (
     COMMAND_NAMES,
+    COMMANDS_NEEDING_AUTH,
     CONFIG_REGISTERS,
     HOLDING,
     IDENTITY_OBJECTS,
@@ -57,6 +58,7 @@ from bmsfw.protocol.modbus.registers import (
     MAP_VERSION,
     MAX_READ_REGISTERS,
     MAX_WRITE_REGISTERS,
+    AuthState,
     Command,
     SelfTestState,
 )
@@ -352,6 +354,7 @@ class ModbusSession:
         self.unit = unit
         self._owns_bus = owns_bus
         self._staged: Component | None = None  # app component of the last staged header
+        self._credentials: TesterCredentials | None = None
 
     @property
     def address(self) -> str:
@@ -377,9 +380,23 @@ class ModbusSession:
         return regs[0], text
 
     def command(self, command: Command, arg: int = 0) -> None:
-        """Run one command; raises the matching error when the device refuses it."""
+        """Run one command; raises the matching error when the device refuses it.
+
+        The BMS ends an authentication when it reboots, after an idle time-out and
+        on a new AUTH_CHALLENGE (docs/modbus.md): a command that needs one
+        authenticates again first with the credentials last given to
+        :meth:`authenticate`.
+        """
         name = COMMAND_NAMES[command]
-        seq_before = self._input(INPUT.COMMAND_SEQ, 1)[0]
+        auth_state, _, seq_before = self._input(INPUT.AUTH_STATE, 3)
+        if (
+            command in COMMANDS_NEEDING_AUTH
+            and auth_state != AuthState.AUTHENTICATED
+            and self._credentials is not None
+        ):
+            log.info("unit %d: authentication ended on the BMS; authenticating again", self.unit)
+            self.authenticate(self._credentials)
+            seq_before = self._input(INPUT.COMMAND_SEQ, 1)[0]
         try:
             self.bus.write(self.unit, HOLDING.COMMAND_ARG, [arg, int(command)])
         except ModbusExceptionResponseError:
@@ -560,6 +577,7 @@ class ModbusSession:
             ) from exc
         self._upload(codec.pack_auth_proof(chain_der, signature))
         self.command(Command.AUTH_PROVE)
+        self._credentials = credentials
 
     @property
     def staged_component(self) -> Component | None:

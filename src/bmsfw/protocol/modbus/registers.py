@@ -182,6 +182,22 @@ class Command(enum.IntEnum):
 
 COMMAND_NAMES = {c.value: c.name.lower() for c in Command}
 
+#: Commands that change flash or configuration: they need an authenticated tester.
+COMMANDS_NEEDING_AUTH = frozenset(
+    {
+        Command.PREPARE,
+        Command.ERASE,
+        Command.VERIFY,
+        Command.ACTIVATE,
+        Command.CONFIRM,
+        Command.ROLLBACK,
+        Command.WRITE_CONFIG,
+    }
+)
+
+#: An authentication ends after this long without a request to the unit (or a broadcast).
+AUTH_IDLE_TIMEOUT_S = 60.0
+
 
 class RunStateCode(enum.IntEnum):
     OFF = 0
@@ -218,9 +234,11 @@ IMAGE_STATE_CODES = {"none": 0, "confirmed": 1, "test": 2, "reverted": 3}
 BANK_CODES = {"A": 0, "B": 1}
 
 # Bit positions of INPUT.FAULTS; names match the device core's fault names.
+#: Bits of the ``faults`` register, by the BMS's fault names (bit 31: any other fault,
+#: e.g. ``firmware_integrity``).
 FAULT_BITS: dict[str, int] = {
-    "overvoltage": 0,
-    "undervoltage": 1,
+    "cell_overvoltage": 0,
+    "cell_undervoltage": 1,
     "overcurrent": 2,
     "overtemperature": 3,
     "undertemperature": 4,
@@ -229,7 +247,7 @@ FAULT_BITS: dict[str, int] = {
     "contactor": 7,
     "communication": 8,
     "supply": 9,
-    "sensor": 10,
+    "ntc_fault": 10,
     "other": 31,
 }
 

@@ -8,9 +8,16 @@ clientAuth, so a release-signing certificate cannot open a programming session
 and a tester certificate cannot sign a release.
 
 On the wire (docs/uds.md): ``certificateClient`` is the tester certificate
-followed by its issuers (DER, concatenated, leaf first, root last or omitted);
+followed by its issuers (DER, concatenated, leaf first, ending with the vendor
+root certificate: the BMS holds only the SHA-256 of the root's public key, so
+it needs the root certificate itself to check the issuer's signature);
 ``proofOfOwnershipClient`` is Ed25519 over ``challengeServer`` or ECDSA P-256
-with SHA-256 (DER signature) over it.
+with SHA-256 (DER signature) over it. Negative response codes and
+authenticationReturnParameter values are ISO 14229-1:2020's (0x50 invalid time
+period ... 0x57 invalid certificate, 0x58 ownership verification failed;
+0x11 certificate verified, ownership verification necessary; 0x12 ownership
+verified). :func:`challenge_from_verify_response` and
+:func:`check_proof_response` read the tester's side of the exchange.
 
 Pure: the device checks against the root key hash in its OTP and the revocation
 lists it holds; the only side input is ``now``.
@@ -30,11 +37,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bmsfw.protocol.session import TesterCredentials
-from bmsfw.protocol.uds._codec import NRC, decode_der_chain
+from bmsfw.protocol.uds._codec import (
+    AUTH_CERT_VERIFIED_OWNERSHIP_NEEDED,
+    AUTH_OWNERSHIP_VERIFIED,
+    NRC,
+    decode_der_chain,
+)
 
 __all__ = [
+    "AuthenticationResponseError",
     "TesterCertificateRejected",
     "TesterIdentity",
+    "challenge_from_verify_response",
+    "check_proof_response",
     "issue_tester_certificate",
     "load_tester_credentials",
     "sign_challenge",
@@ -62,6 +77,41 @@ class TesterIdentity:
     subject: str
     serial_number: int
     public_key: PublicKey
+
+
+class AuthenticationResponseError(ValueError):
+    """A positive 0x29 response whose content the tester cannot use."""
+
+
+def challenge_from_verify_response(data: bytes) -> bytes:
+    """``challengeServer`` from a verifyCertificateUnidirectional response (after 0x69).
+
+    ``data`` = subfunction, authenticationReturnParameter (must be 0x11,
+    certificate verified, ownership verification necessary), u16 length,
+    challengeServer, u16 length, ephemeralPublicKeyServer.
+    """
+    if len(data) < 4 or data[0] != 0x01:
+        raise AuthenticationResponseError(f"short verifyCertificate response {data[:8].hex()}")
+    if data[1] != AUTH_CERT_VERIFIED_OWNERSHIP_NEEDED:
+        raise AuthenticationResponseError(
+            f"authenticationReturnParameter 0x{data[1]:02X}, expected 0x11 (certificate"
+            " verified, ownership verification necessary)"
+        )
+    n = int.from_bytes(data[2:4], "big")
+    challenge = data[4 : 4 + n]
+    if not n or len(challenge) != n:
+        raise AuthenticationResponseError(f"challengeServer of {len(challenge)} of {n} bytes")
+    return bytes(challenge)
+
+
+def check_proof_response(data: bytes) -> None:
+    """A proofOfOwnership response (after 0x69) must say 0x12: ownership verified."""
+    if len(data) < 2 or data[0] != 0x03:
+        raise AuthenticationResponseError(f"short proofOfOwnership response {data[:8].hex()}")
+    if data[1] != AUTH_OWNERSHIP_VERIFIED:
+        raise AuthenticationResponseError(
+            f"authenticationReturnParameter 0x{data[1]:02X}, expected 0x12 (ownership verified)"
+        )
 
 
 def _sign(key: PrivateKey, message: bytes) -> bytes:
@@ -224,7 +274,7 @@ def verify_tester_chain(
     for cert in path:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise TesterCertificateRejected(
-                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CONTENT,
+                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TIME_PERIOD,
                 f"{cert.subject.rfc4514_string()} is not valid at {now:%Y-%m-%d %H:%M} UTC",
             )
     for der in revocation_lists_der:

@@ -60,7 +60,13 @@ from bmsfw.protocol.session import (
     TesterCredentials,
     TransferState,
 )
-from bmsfw.protocol.uds._auth import chain_pem_to_der, sign_challenge
+from bmsfw.protocol.uds._auth import (
+    AuthenticationResponseError,
+    chain_pem_to_der,
+    challenge_from_verify_response,
+    check_proof_response,
+    sign_challenge,
+)
 from bmsfw.protocol.uds._codec import (
     CHANNELS,
     DID,
@@ -456,21 +462,25 @@ class UdsSession:
             b"\x01\x00" + struct.pack(">H", len(cert)) + cert + b"\x00\x00",
             what="authentication: verify certificate",
         )
-        if len(data) < 4:
-            raise UdsInvalidResponseError("authentication: short verifyCertificate response")
-        n = struct.unpack(">H", data[2:4])[0]
-        challenge = data[4 : 4 + n]
+        try:
+            challenge = challenge_from_verify_response(data)
+        except AuthenticationResponseError as exc:
+            raise UdsInvalidResponseError(f"authentication: {exc}") from None
         try:
             proof = sign_challenge(credentials.private_key_pem, challenge, credentials.passphrase)
         except (ValueError, TypeError) as exc:
             from bmsfw.errors import UsageError
 
             raise UsageError(f"tester private key unusable: {exc}") from None
-        self.request(
+        answer = self.request(
             0x29,
             b"\x03" + struct.pack(">H", len(proof)) + proof + b"\x00\x00",
             what="authentication: proof of ownership",
         )
+        try:
+            check_proof_response(answer)
+        except AuthenticationResponseError as exc:
+            raise UdsInvalidResponseError(f"authentication: {exc}") from None
         self._authenticated = True
 
     def security_access(self, secret: bytes) -> None:
