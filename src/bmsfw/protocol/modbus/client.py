@@ -624,7 +624,9 @@ class ModbusSession:
         return [i for i, bit in enumerate(bits) if bit]
 
     def block_crcs(self, block_count: int) -> list[int]:
-        return self._input(INPUT.BLOCK_CRC, block_count)
+        """CRC-32 of each transfer block as the BMS holds it (two registers per block)."""
+        regs = self._input(INPUT.BLOCK_CRC, 2 * block_count)
+        return [codec.join_u32(regs[i : i + 2]) for i in range(0, len(regs), 2)]
 
     def erase(self) -> None:
         self.command(Command.ERASE)

@@ -131,7 +131,7 @@ class INPUT:
 
     MISSING_BITMAP = 0x0500  # 1024 registers: bit i of the map = block i missing
     MISSING_BITMAP_REGISTERS = 1024
-    BLOCK_CRC = 0x0A00  # up to 4096 registers: CRC-16/MODBUS of each block as written
+    BLOCK_CRC = 0x0A00  # 4096 registers: CRC-32 of each block as written, 2 per block
     BLOCK_CRC_REGISTERS = 4096
 
     DOC_LENGTH = 0x2000  # u32, length of the selected document in bytes
@@ -566,11 +566,11 @@ REGISTER_TABLE: tuple[Register, ...] = (
         "input",
         INPUT.BLOCK_CRC,
         INPUT.BLOCK_CRC_REGISTERS,
-        "u16",
+        "u32",
         "",
         1,
         "R",
-        "CRC-16/MODBUS of block i as stored",
+        "CRC-32 of block i as stored: registers 2i, 2i+1 (high word first)",
     ),
     Register(
         "doc_length", "input", INPUT.DOC_LENGTH, 2, "u32", "byte", 1, "R", "selected document size"

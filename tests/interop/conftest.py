@@ -1,0 +1,213 @@
+"""The harness of the interop suite: everything a vendor and a bench provide.
+
+The clients (uds_client.py, modbus_client.py) import nothing of bmsfw. This
+harness makes what a BMS team would get from the vendor, through the `bmsfw`
+command line run as a subprocess: the PKI (`bmsfw keys init`), signed packages
+(`bmsfw package build` / `sign`, plain binaries and imgtool-signed images), the
+provisioned virtual BMS (`bmsfw sim provision`) and the running simulator
+(`bmsfw sim can` / `bmsfw sim rs485`). Two things have no command yet, the tester
+certificate and the release header; until `bmsfw keys issue-tester` and `bmsfw
+package header` exist the harness makes them with the library (the CLI is used as
+soon as it offers them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.cli_support import BMSFW, run_bmsfw
+
+from .uds_client import Credentials
+
+TIME_SCALE = "20"
+IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
+MODEL, REVISION = "BMS-16S", "C"
+
+
+@dataclass(frozen=True)
+class Package:
+    path: Path
+    header: bytes  # the release header (docs/uds.md), from the vendor's tools
+    image: bytes  # the app component as the package stores it (raw)
+
+
+@dataclass(frozen=True)
+class Vendor:
+    root: Path
+    pki: Path
+    tester: Credentials
+    packages: dict[str, Package]
+    template: Path  # a provisioned state directory running package "v1"
+
+
+def _has_command(*words: str) -> bool:
+    return run_bmsfw(*words, "--help").returncode == 0
+
+
+def _tester(pki: Path, root: Path) -> Credentials:
+    chain, key = root / "tester-chain.pem", root / "tester.key"
+    if _has_command("keys", "issue-tester"):
+        run_bmsfw(
+            "keys", "issue-tester", "--pki", str(pki), "--cert-out", str(chain),
+            "--key-out", str(key), check=0,
+        )  # fmt: skip
+        return Credentials(chain.read_bytes(), key.read_bytes())
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
+
+    ca_cert = x509.load_pem_x509_certificate((pki / "intermediate-ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "intermediate-ca.key").read_bytes(), None)
+    root_cert = x509.load_pem_x509_certificate((pki / "root-ca.crt").read_bytes())
+    key_obj, cert = issue_tester_certificate(ca_key, ca_cert)  # type: ignore[arg-type]
+    creds = tester_credentials(key_obj, cert, [ca_cert, root_cert])
+    return Credentials(creds.certificate_chain_pem, creds.private_key_pem)
+
+
+def _header(package: Path) -> bytes:
+    if _has_command("package", "header"):
+        out = package.with_suffix(".header")
+        run_bmsfw("package", "header", str(package), "-o", str(out), check=0)
+        return out.read_bytes()
+    from bmsfw.package import release_header
+
+    return release_header(package.read_bytes())
+
+
+def _app_image(package: Path) -> bytes:
+    with zipfile.ZipFile(package) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        (app,) = [c for c in manifest["components"] if c["name"] == "app"]
+        assert app.get("encoding", "raw") == "raw"
+        return archive.read(app["member"] if "member" in app else f"components/{app['name']}.bin")
+
+
+def _build(
+    root: Path, pki: Path, name: str, *, version: str, counter: int, source: list[str]
+) -> Package:
+    unsigned, signed = root / f"{name}-unsigned.bmsfw", root / f"{name}.bmsfw"
+    run_bmsfw(
+        "package", "build", "--product", "demo-bms", "--version", version,
+        "--security-counter", str(counter), "--hw-model", MODEL, "--hw-revision", REVISION,
+        *source, "--pki", str(pki), "--encoding", "raw", "-o", str(unsigned), check=0,
+    )  # fmt: skip
+    run_bmsfw("package", "sign", str(unsigned), "--pki", str(pki), "-o", str(signed), check=0)
+    return Package(signed, _header(signed), _app_image(signed))
+
+
+@pytest.fixture(scope="session")
+def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
+    from bmsfw.device import make_app_payload  # a firmware build: the demo app binary
+
+    root = tmp_path_factory.mktemp("vendor")
+    pki = root / "pki"
+    run_bmsfw("keys", "init", str(pki), check=0)
+    apps = {
+        "v1": ("1.0.0", 1, None),
+        "v2": ("1.1.0", 2, None),
+        "selftest-fails": ("1.1.0", 2, "fail-selftest"),
+    }
+    packages: dict[str, Package] = {}
+    for name, (version, counter, behaviour) in apps.items():
+        binary = root / f"{name}.bin"
+        binary.write_bytes(make_app_payload(version, size=12 * 1024, behaviour=behaviour))
+        packages[name] = _build(
+            root, pki, name, version=version, counter=counter, source=["--app", str(binary)]
+        )
+    # an image signed by imgtool itself (full public key in the image), wrapped as is
+    plain = root / "plain.bin"
+    plain.write_bytes(bytes(range(256)) * 40)
+    signed = root / "imgtool-full.bin"
+    subprocess.run(
+        [
+            IMGTOOL, "sign", "--key", str(pki / "image-signing.key"), "--header-size", "0x200",
+            "--pad-header", "--align", "8", "--version", "1.2.0", "--slot-size", "0x10000",
+            "--security-counter", "2", "--public-key-format", "full", str(plain), str(signed),
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    packages["imgtool-full"] = _build(
+        root, pki, "imgtool-full", version="1.2.0", counter=2, source=["--image", f"app={signed}"]
+    )
+    template = root / "template"
+    run_bmsfw(
+        "sim", "provision", "--state-dir", str(template), "--pki", str(pki),
+        "--package", str(packages["v1"].path), check=0,
+    )  # fmt: skip
+    return Vendor(root, pki, _tester(pki, root), packages, template)
+
+
+class Simulator:
+    """`bmsfw sim can|rs485` in its own process, on a copy of the vendor's template."""
+
+    def __init__(self, vendor: Vendor, work: Path) -> None:
+        self.state = work / "bench"
+        shutil.copytree(vendor.template, self.state)
+        self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def node_dir(self) -> Path:
+        return self.state / "node1"
+
+    def stored(self) -> tuple[bytes, bytes]:
+        """The BMS's flash (boot record, OTP, banks, fault log) and board file."""
+        return (self.node_dir / "flash.bin").read_bytes(), (
+            self.node_dir / "board.json"
+        ).read_bytes()
+
+    def start(self, *args: str) -> dict[str, object]:
+        self.process = subprocess.Popen(
+            [BMSFW, "sim", *args, "--state-dir", str(self.state), "--time-scale", TIME_SCALE,
+             "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, "the simulator did not start"
+        info: dict[str, object] = json.loads(line)
+        return info
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def can_bench(vendor: Vendor, tmp_path: Path) -> Iterator[tuple[Simulator, str, int]]:
+    """A virtual BMS (node 1) on its own udp_multicast bus: (simulator, group, port)."""
+    from bmsfw.device.lab import unique_multicast_link
+
+    link = unique_multicast_link()
+    group, port = link.split(":", 1)[1].split(",")[0], int(link.split("port=")[1])
+    sim = Simulator(vendor, tmp_path)
+    sim.start("can", "--bus", link)
+    try:
+        yield sim, group, port
+    finally:
+        sim.stop()
+
+
+@pytest.fixture
+def rs485_bench(vendor: Vendor, tmp_path: Path) -> Iterator[tuple[Simulator, str]]:
+    """A virtual BMS (unit 1) on a simulated RS485 line: (simulator, pty path)."""
+    sim = Simulator(vendor, tmp_path)
+    info = sim.start("rs485")
+    try:
+        yield sim, str(info["port"])
+    finally:
+        sim.stop()

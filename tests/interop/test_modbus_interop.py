@@ -1,0 +1,78 @@
+"""A stock pymodbus client updates the virtual BMS over RS485, from docs/modbus.md alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import modbus_client as mb
+from .conftest import Simulator, Vendor
+
+
+def _refusal(call: object, *args: object) -> tuple[int, int]:
+    with pytest.raises(mb.Refused) as refused:
+        call(*args)  # type: ignore[operator]
+    return refused.value.exception_code, refused.value.result
+
+
+def test_full_flash_confirm(rs485_bench: tuple[Simulator, str], vendor: Vendor) -> None:
+    _, pty = rs485_bench
+    package = vendor.packages["v2"]
+    client = mb.open_client(pty)
+    try:
+        assert mb.status(client).version == "1.0.0"
+        status = mb.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.version) == ("test", "1.1.0")
+        assert mb.read_input(client, mb.SELFTEST_STATE, 1) == [2]  # passed
+        # the reset ended the authentication (docs/modbus.md): CONFIRM alone is refused
+        assert _refusal(mb.command, client, mb.CONFIRM) == (4, 349)
+        mb.authenticate(client, vendor.tester)
+        mb.command(client, mb.CONFIRM)
+        status = mb.status(client)
+        assert (status.image_state, status.version, status.security_counter) == (
+            "confirmed",
+            "1.1.0",
+            2,
+        )
+    finally:
+        client.close()
+
+
+def test_after_a_revert_confirm_and_rollback_are_refused(
+    rs485_bench: tuple[Simulator, str], vendor: Vendor
+) -> None:
+    sim, pty = rs485_bench
+    package = vendor.packages["selftest-fails"]
+    client = mb.open_client(pty)
+    try:
+        status = mb.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.version) == ("reverted", "1.0.0")
+        assert "self-test failed" in status.revert_reason
+        mb.authenticate(client, vendor.tester)
+        before = sim.stored()
+        assert _refusal(mb.command, client, mb.CONFIRM) == (4, 210)  # nothing to confirm
+        assert _refusal(mb.command, client, mb.ROLLBACK) == (4, 211)  # nothing to roll back to
+        assert sim.stored() == before
+        status = mb.status(client)
+        assert (status.run_state, status.version, status.security_counter) == (
+            "application",
+            "1.0.0",
+            1,
+        )
+    finally:
+        client.close()
+
+
+def test_imgtool_signed_image_over_rs485(
+    rs485_bench: tuple[Simulator, str], vendor: Vendor
+) -> None:
+    _, pty = rs485_bench
+    package = vendor.packages["imgtool-full"]
+    client = mb.open_client(pty)
+    try:
+        status = mb.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.version) == ("test", "1.2.0+0")
+        mb.authenticate(client, vendor.tester)
+        mb.command(client, mb.CONFIRM)
+        assert mb.status(client).image_state == "confirmed"
+    finally:
+        client.close()

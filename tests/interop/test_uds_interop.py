@@ -1,0 +1,119 @@
+"""A stock udsoncan tester updates the virtual BMS over CAN, from docs/uds.md alone."""
+
+from __future__ import annotations
+
+import pytest
+import udsoncan
+from udsoncan.exceptions import NegativeResponseException
+
+from . import uds_client as uds
+from .conftest import Simulator, Vendor
+from .uds_client import Credentials
+
+
+def _nrc(call: object, *args: object) -> int:
+    with pytest.raises(NegativeResponseException) as refused:
+        call(*args)  # type: ignore[operator]
+    return int(refused.value.response.code)
+
+
+def test_full_flash_confirm(can_bench: tuple[Simulator, str, int], vendor: Vendor) -> None:
+    _, group, port = can_bench
+    package = vendor.packages["v2"]
+    with uds.connect(group, port) as client:
+        assert uds.read(client, uds.DID_SOFTWARE_VERSION) == "1.0.0"
+        status = uds.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.bank, status.version) == ("test", "B", "1.1.0")
+        uds.confirm(client, vendor.tester)
+        status = uds.boot_status(client)
+        assert (status.image_state, status.version, status.security_counter) == (
+            "confirmed",
+            "1.1.0",
+            2,
+        )
+        assert uds.read(client, uds.DID_SOFTWARE_VERSION) == "1.1.0"
+
+
+def test_imgtool_signed_image_reports_its_mcuboot_version(
+    can_bench: tuple[Simulator, str, int], vendor: Vendor
+) -> None:
+    """An image from `imgtool sign --version 1.2.0` (no bmsfw descriptor): `1.2.0+0`."""
+    _, group, port = can_bench
+    package = vendor.packages["imgtool-full"]
+    with uds.connect(group, port) as client:
+        status = uds.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.version) == ("test", "1.2.0+0")
+        uds.confirm(client, vendor.tester)
+        assert uds.read(client, uds.DID_SOFTWARE_VERSION) == "1.2.0+0"
+        assert uds.boot_status(client).image_state == "confirmed"
+
+
+def test_after_a_revert_confirm_and_rollback_are_refused(
+    can_bench: tuple[Simulator, str, int], vendor: Vendor
+) -> None:
+    """MCUboot semantics: the rejected image stays rejected, whatever the tester sends."""
+    sim, group, port = can_bench
+    package = vendor.packages["selftest-fails"]
+    with uds.connect(group, port) as client:
+        status = uds.flash(client, vendor.tester, package.header, package.image)
+        assert (status.image_state, status.bank, status.version) == ("reverted", "A", "1.0.0")
+        assert "self-test failed" in status.revert_reason
+        before = sim.stored()
+        assert _nrc(uds.confirm, client, vendor.tester) == 0x22  # conditionsNotCorrect
+        assert _nrc(uds.rollback, client, vendor.tester) == 0x22
+        assert sim.stored() == before  # refused: not a byte of flash or board state changed
+        status = uds.boot_status(client)
+        assert (status.run_state, status.bank, status.version, status.security_counter) == (
+            "application",
+            "A",
+            "1.0.0",
+            1,
+        )
+        assert uds.read(client, uds.DID_SOFTWARE_VERSION) == "1.0.0"
+
+
+def test_authentication_codes_are_iso_14229_2020(
+    can_bench: tuple[Simulator, str, int], vendor: Vendor
+) -> None:
+    _, group, port = can_bench
+    tester = vendor.tester
+    with uds.connect(group, port) as client:
+        client.change_session(0x02)
+        # a wrong proof of possession: ownershipVerificationFailed (0x58), not "revoked"
+        response = client.verify_certificate_unidirectional(0x00, tester.certificate_client, b"")
+        assert response.service_data.return_value == 0x11
+        code = _nrc(client.proof_of_ownership, b"\x00" * 64, b"")
+        assert code == udsoncan.Response.Code.OwnershipVerificationFailed == 0x58
+        # the chain without the root: the BMS holds only the root key's hash
+        leaf_and_intermediate = Credentials(
+            b"".join(tester.chain_pem.split(b"-----END CERTIFICATE-----\n")[i] + b"-----END "
+                     b"CERTIFICATE-----\n" for i in (0, 1)),
+            tester.key_pem,
+        )  # fmt: skip
+        code = _nrc(
+            client.verify_certificate_unidirectional,
+            0x00,
+            leaf_and_intermediate.certificate_client,
+            b"",
+        )
+        assert code == udsoncan.Response.Code.CertificateVerificationFailed_InvalidChainOfTrust
+        uds.authenticate(client, tester, 0x02)  # the full chain gets in
+
+
+def test_software_version_while_booting_is_refused(
+    can_bench: tuple[Simulator, str, int], vendor: Vendor
+) -> None:
+    _, group, port = can_bench
+    with uds.connect(group, port) as client:
+        client.ecu_reset(0x01)
+        seen: set[int] = set()
+        for _ in range(20):  # the boot takes ~0.2 s at the simulator's time scale
+            try:
+                uds.read(client, uds.DID_SOFTWARE_VERSION)
+                break
+            except NegativeResponseException as exc:
+                seen.add(int(exc.response.code))
+            except udsoncan.exceptions.TimeoutException:
+                pass
+        assert seen <= {0x22}
+        assert uds.wait_application(client).version == "1.0.0"
