@@ -75,9 +75,12 @@ def test_trailing_slot_padding_is_ignored(pki: VendorPki) -> None:
 def test_keyhash_only_image_needs_the_public_key(pki: VendorPki) -> None:
     data = _image(pki, public_key_format="hash")
     trusted = [key_hash(pki.image_signing_key)]
-    with pytest.raises(E.KeyHashNotTrustedError) as exc:
+    with pytest.raises(E.ImageKeyNotGivenError) as exc:
         verify_image(data, key_hashes=trusted)
-    assert exc.value.code == "BMSFW-E124"
+    assert exc.value.code == "BMSFW-E131"
+    with pytest.raises(E.KeyHashNotTrustedError) as untrusted:
+        verify_image(data, key_hashes=[bytes(32)])
+    assert untrusted.value.code == "BMSFW-E124"
     info = verify_image(data, key_hashes=trusted, public_keys=[pki.image_signing_key.public_key()])
     assert info.key_hash == trusted[0]
 

@@ -29,7 +29,6 @@ from bmsfw.package import (
     VerifiedRelease,
     build_release,
     inspect_release,
-    key_hash,
     load_certificate_file,
     load_key_file,
     load_signer,
@@ -38,7 +37,7 @@ from bmsfw.package import (
 )
 from bmsfw.package._firmware import FirmwareInput, load_firmware
 from bmsfw.package._trust import CertificateSummary, load_certificates_pem
-from bmsfw.package.errors import BadImageMagicError
+from bmsfw.package.errors import BadImageMagicError, ImageKeyNotGivenError
 
 __all__ = ["package_group", "render_inspection", "render_verified"]
 
@@ -301,6 +300,8 @@ def _trust_from_options(
     root_hashes: Sequence[str],
     crls: Sequence[Path],
     image_key_hashes: Sequence[str],
+    *,
+    image_keys: Sequence[Path] = (),
 ) -> TrustAnchors:
     def hex32(value: str, option: str) -> bytes:
         try:
@@ -314,12 +315,13 @@ def _trust_from_options(
     certs = list(root_certs)
     crl_paths = list(crls)
     image_hashes = [hex32(v, "--image-key-hash") for v in image_key_hashes]
+    image_pubs = [_read(p) for p in image_keys]
     if pki is not None:
         paths = PkiPaths(pki)
         certs.append(paths.root_cert)
         if paths.crl.exists():
             crl_paths.append(paths.crl)
-        image_hashes.append(key_hash(_read(paths.image_pub)))
+        image_pubs.append(_read(paths.image_pub))
     der_roots: tuple[bytes, ...] = ()
     for path in certs:
         der_roots += TrustAnchors.from_root_certificate(_read(path)).root_certificates
@@ -329,7 +331,7 @@ def _trust_from_options(
     trust = TrustAnchors(root_key_hashes=hashes, root_certificates=der_roots)
     for path in crl_paths:
         trust = trust.with_revocation_list(_read(path))
-    return trust.with_image_key_hashes(image_hashes)
+    return trust.with_image_key_hashes(image_hashes).with_image_public_keys(image_pubs)
 
 
 @package_group.command("verify")
@@ -338,7 +340,14 @@ def _trust_from_options(
 @click.option("--root-cert", "root_certs", multiple=True, type=click.Path(path_type=Path))
 @click.option("--root-hash", "root_hashes", multiple=True, help="Fused root key hash (hex).")
 @click.option("--crl", "crls", multiple=True, type=click.Path(path_type=Path))
-@click.option("--image-key-hash", "image_key_hashes", multiple=True)
+@click.option("--image-key-hash", "image_key_hashes", multiple=True, help="Fused image key hash.")
+@click.option(
+    "--image-key",
+    "image_keys",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Image-signing public key (PEM), e.g. the PKI's image-signing.pub.",
+)
 @click.option("--model", help="Device facts: hardware model.")
 @click.option("--hw-revision")
 @click.option("--bootloader", help="Device bootloader version.")
@@ -356,6 +365,7 @@ def verify_cmd(  # click passes options as keywords
     root_hashes: tuple[str, ...],
     crls: tuple[Path, ...],
     image_key_hashes: tuple[str, ...],
+    image_keys: tuple[Path, ...],
     model: str | None,
     hw_revision: str | None,
     bootloader: str | None,
@@ -365,7 +375,9 @@ def verify_cmd(  # click passes options as keywords
     as_json: bool,
 ) -> None:
     """Verify PACKAGE: signature, chain to the vendor root, revocation, hashes, device policy."""
-    trust = _trust_from_options(pki, root_certs, root_hashes, crls, image_key_hashes)
+    trust = _trust_from_options(
+        pki, root_certs, root_hashes, crls, image_key_hashes, image_keys=image_keys
+    )
     facts = None
     given = [model, hw_revision, bootloader, device_counter]
     if any(v is not None for v in given):
@@ -376,6 +388,14 @@ def verify_cmd(  # click passes options as keywords
         facts = DeviceFacts(model, hw_revision, bootloader, device_counter, channel)  # type: ignore[arg-type]
     now = at_time.replace(tzinfo=dt.UTC) if at_time else None
     verified = verify_release(_read(package), trust, facts, now=now)
+    unchecked = sorted(n for n, i in verified.image_info.items() if i.algorithm == "unverified")
+    if unchecked:  # never "OK" for an image whose signature nobody checked
+        raise ImageKeyNotGivenError(
+            f"the signature of image {', '.join(unchecked)} was not checked: it names its "
+            "signing key by hash only and no image-signing key was given"
+        )
+    # verify_release refuses an image key outside trust.image_key_hashes when any are given
+    keys_pinned = bool(trust.image_key_hashes)
     if as_json:
         print_json(
             {
@@ -389,6 +409,7 @@ def verify_cmd(  # click passes options as keywords
                         "digest": info.digest.hex(),
                         "key_hash": info.key_hash.hex(),
                         "algorithm": info.algorithm,
+                        "key_trusted": keys_pinned,
                     }
                     for name, info in verified.image_info.items()
                 },
@@ -396,7 +417,7 @@ def verify_cmd(  # click passes options as keywords
             }
         )
     else:
-        render_verified(verified, device_checked=facts is not None)
+        render_verified(verified, device_checked=facts is not None, image_keys_pinned=keys_pinned)
 
 
 def _manifest_table(manifest: Manifest, title: str) -> Table:
@@ -433,7 +454,9 @@ def _chain_table(chain: Sequence[CertificateSummary]) -> Table:
     return table
 
 
-def render_verified(verified: VerifiedRelease, *, device_checked: bool) -> None:
+def render_verified(
+    verified: VerifiedRelease, *, device_checked: bool, image_keys_pinned: bool = True
+) -> None:
     console.print(_manifest_table(verified.manifest, "verified release"))
     console.print(_chain_table(verified.chain))
     table = Table(title="components")
@@ -462,6 +485,12 @@ def render_verified(verified: VerifiedRelease, *, device_checked: bool) -> None:
     console.print(table)
     scope = "and allowed on this device" if device_checked else "(no device facts given)"
     console.print(f"[bold green]OK[/] signature, chain and hashes verified {scope}")
+    if not image_keys_pinned and verified.image_info:
+        console.print(
+            "[yellow]note[/]: image signatures were checked with the keys the images carry, "
+            "not against the vendor's image key; add --pki DIR, --image-key FILE or "
+            "--image-key-hash HEX to check that the BMS will boot them"
+        )
 
 
 def render_inspection(inspection: ReleaseInspection) -> None:

@@ -44,6 +44,7 @@ from bmsfw.package.errors import (
     BadImageSignatureError,
     BadTlvAreaError,
     ImageHashMismatchError,
+    ImageKeyNotGivenError,
     InvalidManifestError,
     KeyFileError,
     KeyHashNotTrustedError,
@@ -461,9 +462,9 @@ def _resolve_key(
                 raise KeyHashNotTrustedError(
                     f"image key hash {digest.hex()} is not among the trusted key hashes"
                 )
-            raise KeyHashNotTrustedError(
-                f"image carries only KEYHASH {digest.hex()} and no public key with that "
-                "hash was supplied (pass the image-signing public key)"
+            raise ImageKeyNotGivenError(
+                f"image names its signing key only by hash (KEYHASH {digest.hex()[:16]}…, "
+                "imgtool's default) and that public key was not given"
             )
         key = matching[0]
     else:

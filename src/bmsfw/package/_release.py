@@ -756,7 +756,7 @@ def verify_release(
             payloads[comp.name] = payload
         else:
             info = (
-                verify_image(payload, key_hashes=key_hashes)
+                verify_image(payload, key_hashes=key_hashes, public_keys=trust.image_public_keys)
                 if key_hashes
                 else check_image_integrity(payload)
             )

@@ -18,14 +18,20 @@ import datetime as dt
 import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bmsfw.package._crypto import PublicKey, algorithm_of, key_hash
+from bmsfw.package._crypto import (
+    PublicKey,
+    algorithm_of,
+    key_hash,
+    load_public_key,
+    public_key_der,
+)
 from bmsfw.package.errors import (
     CertificateExpiredError,
     CertificateNotYetValidError,
@@ -110,12 +116,16 @@ class TrustAnchors:
     ``image_key_hashes`` optionally pins the MCUboot image-signing keys too (what
     the BMS fuses for secure boot); without them a release's images are checked
     for integrity and vouched for by the signed manifest's SHA-256.
+    ``image_public_keys`` (DER SubjectPublicKeyInfo) are the image-signing keys
+    themselves, trusted like their hashes: needed for images that name their key
+    by hash only (imgtool's default), as MCUboot holds the key in its own code.
     """
 
     root_key_hashes: frozenset[bytes] = frozenset()
     root_certificates: tuple[bytes, ...] = ()  # DER
     revocation_lists: tuple[bytes, ...] = ()  # DER CRLs
     image_key_hashes: frozenset[bytes] = field(default_factory=frozenset)
+    image_public_keys: tuple[bytes, ...] = ()  # DER SubjectPublicKeyInfo
 
     @classmethod
     def from_root_certificate(cls, pem_or_der: bytes) -> TrustAnchors:
@@ -137,19 +147,22 @@ class TrustAnchors:
         """Add a signed revocation list (PEM or DER) made by ``bmsfw keys revoke``."""
         parsed = _load_crl(crl)
         der = parsed.public_bytes(serialization.Encoding.DER)
-        return TrustAnchors(
-            self.root_key_hashes,
-            self.root_certificates,
-            (*self.revocation_lists, der),
-            self.image_key_hashes,
-        )
+        return replace(self, revocation_lists=(*self.revocation_lists, der))
 
     def with_image_key_hashes(self, hashes: Iterable[bytes]) -> TrustAnchors:
-        return TrustAnchors(
-            self.root_key_hashes,
-            self.root_certificates,
-            self.revocation_lists,
-            self.image_key_hashes | frozenset(bytes(h) for h in hashes),
+        return replace(
+            self, image_key_hashes=self.image_key_hashes | frozenset(bytes(h) for h in hashes)
+        )
+
+    def with_image_public_keys(self, keys: Iterable[PublicKey | bytes]) -> TrustAnchors:
+        """Trust these image-signing keys (objects, or PEM/DER public keys)."""
+        ders = tuple(public_key_der(k if not isinstance(k, bytes) else load_public_key(k))
+                     for k in keys)  # fmt: skip
+        fresh = tuple(d for d in dict.fromkeys(ders) if d not in self.image_public_keys)
+        return replace(
+            self,
+            image_key_hashes=self.image_key_hashes | {hashlib.sha256(d).digest() for d in ders},
+            image_public_keys=(*self.image_public_keys, *fresh),
         )
 
     def roots(self) -> list[x509.Certificate]:

@@ -32,6 +32,7 @@ __all__ = [
     "FirmwareFormatError",
     "HashMismatchError",
     "ImageHashMismatchError",
+    "ImageKeyNotGivenError",
     "ImageManifestMismatchError",
     "IncompatibleHardwareError",
     "InvalidManifestError",
@@ -258,6 +259,18 @@ class NotFirmwareError(PackageError):
     remedy = (
         "Pass the firmware as a raw .bin, Intel HEX (.hex), Motorola S-record (.srec/.s19) "
         "or ELF (.elf) file as the build writes it."
+    )
+
+
+class ImageKeyNotGivenError(PackageError):
+    code = "BMSFW-E131"
+    diagnosis = (
+        "The image's signature cannot be checked: the image names its signing key by hash "
+        "only (imgtool's default) and the vendor's image-signing public key was not given."
+    )
+    remedy = (
+        "Give the image-signing public key: `--pki DIR` (its image-signing.pub) or "
+        "`--image-key image-signing.pub`; or sign with `imgtool sign --public-key-format full`."
     )
 
 
