@@ -165,9 +165,40 @@ def test_scan_diagnose_backup_restore_rollback(make_bench: Callable[..., Bench])
     wrong = run_bmsfw("restore", *bench.link_args(2), made[0]["path"], *creds, check=7)
     assert "BMSFW-E505" in wrong.stderr
     run_bmsfw(*bench.update_args("v2", 1), check=0)
-    # After the confirm the fused security counter is 2: the old 1.0.0 (counter 1) may
-    # not boot again, so the BMS refuses a rollback to it and keeps running 2.0.0.
-    refused = run_bmsfw("rollback", *bench.link_args(1), *creds, "--json", check=5)
-    assert "BMSFW-E345" in refused.stderr
+    # 2.0.0 runs confirmed: no test image to roll back. The host never asks the BMS to
+    # boot the other bank as a confirmed image without a self-test.
+    records = ["--backup-dir", str(bench.work / "backups")]
+    refused = run_bmsfw("rollback", *bench.link_args(1), *creds, *records, "--json", check=7)
+    assert json.loads(refused.stdout)["error"]["code"] == "BMSFW-E517"
     info = json.loads(run_bmsfw("info", *bench.link_args(1), "--json", check=0).stdout)
     assert info[0]["boot"]["running_version"] == "2.0.0"
+
+
+def test_rollback_after_a_failed_self_test_keeps_the_old_firmware(
+    make_bench: Callable[..., Bench],
+) -> None:
+    """Issue 12: `rollback` after a self-test failure used to confirm the rejected image."""
+    bench = make_bench()
+    bench.start()
+    failed = run_bmsfw(*bench.update_args("fail-selftest"), "--json", check=4)
+    assert json.loads(failed.stdout)["error"]["code"] == "BMSFW-E511"
+    creds = ["--tester-cert", str(bench.kit.tester_cert), "--tester-key", str(bench.kit.tester_key)]
+    backups = bench.work / "backups"
+    result = run_bmsfw(
+        "rollback", *bench.link_args(), *creds, "--backup-dir", str(backups), check=7
+    )
+    assert "nothing changed" in result.stdout and "BMSFW-E517" in result.stdout, result.stdout
+    assert "runs 1.0.0" in result.stdout
+    info = json.loads(run_bmsfw("info", *bench.link_args(), "--json", check=0).stdout)
+    assert info[0]["boot"]["running_version"] == "1.0.0"
+    assert info[0]["boot"]["image_state"] != "test"
+    assert info[0]["identity"]["security_counter"] == 1
+    audit = run_bmsfw("report", "--audit", str(backups / "audit.jsonl"), "--json", check=0)
+    events = [(r["event"], r["result"]) for r in json.loads(audit.stdout)]
+    assert events == [("update", "rolled-back"), ("rollback", "refused")]
+    bench.stop()
+    bms = bench.offline(1)  # and after a power cycle it still boots the old firmware
+    try:
+        assert bms.boot_status().running_version == "1.0.0"
+    finally:
+        bms.close()

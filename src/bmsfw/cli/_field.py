@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -66,10 +69,11 @@ profile_option = click.option(
 
 
 def _exit_for(reports: list[UpdateReport]) -> None:
+    """Exit with the first failure's code; a run whose record was not written fails too."""
     from bmsfw.cli._main import exit_code_for
 
     for report in reports:
-        if report.exception is not None and not report.ok:
+        if report.exception is not None and (not report.ok or report.record_error):
             sys.exit(exit_code_for(report.exception))
 
 
@@ -527,6 +531,34 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
         yield progress
 
 
+@contextmanager
+def _stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C / SIGTERM ask the update to stop at its next safe point (a second one: now).
+
+    Either way the run ends with its report and audit record written.
+    """
+    requested = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        del frame
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        err_console.print(
+            f"{signal.Signals(signum).name}: stopping at the next safe point "
+            "(the report and audit record are written; again to stop at once)",
+            highlight=False,
+            markup=False,
+        )
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def _ask(item: ManualConfirmation) -> bool:
     return click.confirm(f"Confirm: {item.text}?", default=False, err=True)
 
@@ -601,6 +633,13 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
 @click.option("--no-restore", is_flag=True, help="Report config changes, do not restore them.")
 @click.option("--recovery", is_flag=True, help="Allow flashing a BMS stuck in its bootloader.")
 @click.option("--reinstall", is_flag=True, help="Flash even if this version already runs.")
+@click.option(
+    "--allow-downgrade",
+    "downgrade_reason",
+    default="",
+    metavar="REASON",
+    help="Install a lower version than the BMS runs (recorded in report and audit log).",
+)
 @click.option("--ota", is_flag=True, help="Apply the OTA policy (refuses safety-critical).")
 @click.option(
     "--broadcast",
@@ -639,6 +678,7 @@ def update_command(
     no_restore: bool,
     recovery: bool,
     reinstall: bool,
+    downgrade_reason: str,
     ota: bool,
     broadcast: bool,
     activation: str | None,
@@ -683,6 +723,7 @@ def update_command(
         channel="ota" if ota else "wired",
         recovery=recovery,
         reinstall=reinstall,
+        downgrade_reason=downgrade_reason,
         restore_config=not no_restore,
         audit_log=audit_log or backup_dir / "audit.jsonl",
         report_dir=report_dir or backup_dir / "reports",
@@ -697,7 +738,12 @@ def update_command(
     interactive = sys.stdin.isatty() and not as_json
     ask = _ask if interactive else None
     string: StringReport | None = None
-    with open_sessions(links) as conn, _progress(err_console.is_terminal and not as_json) as prog:
+    with (
+        _stop_on_signals() as stop,
+        open_sessions(links) as conn,
+        _progress(err_console.is_terminal and not as_json) as prog,
+    ):
+        options = dataclasses.replace(options, stop=stop)
         sink = _ProgressSink(prog)
         if broadcast:
             from bmsfw.protocol.modbus import ModbusSession
@@ -782,6 +828,24 @@ def _string_table(string: StringReport) -> Table:
     help="Tester certificate chain (PEM), for commands that write to the BMS.",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--backup-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    envvar="BMSFW_BACKUP_DIR",
+    help="Where the report and audit record go, as for `update` [env BMSFW_BACKUP_DIR].",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the JSON report goes (default: BACKUP_DIR/reports).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
+)
+@click.option("--operator", default="", help="Technician name for the audit log.")
 @click.option("--boot-timeout", "boot_timeout_s", type=float, default=30.0, show_default=True)
 @json_option
 def rollback_command(
@@ -790,26 +854,60 @@ def rollback_command(
     as_json: bool,
     tester_cert: Path | None,
     tester_key: Path | None,
+    backup_dir: Path,
+    report_dir: Path | None,
+    audit_log: Path | None,
+    operator: str,
     **kwargs: Any,
 ) -> None:
-    """Return to the previous firmware bank (a pending test image, or the last stable one)."""
-    out = []
+    """Return from an unconfirmed test image to the confirmed firmware.
+
+    Only a test image is rolled back: an image that failed its self-test, was
+    reverted, or never passed a self-test is never made the running image. With
+    nothing to roll back to, nothing changes (exit 7, BMSFW-E517). Every run
+    writes a report and an audit record, like an update.
+    """
+    from bmsfw.update.pipeline import RecordOptions, run_rollback
+    from bmsfw.update.profile import BootLimits
+
     credentials = _credentials(tester_cert, tester_key)
-    for session in _each_session(kwargs):
-        if credentials is not None:
-            session.authenticate(credentials)
-        before = session.read_boot_status()
-        session.rollback()
-        after = session.wait_boot(boot_timeout_s)
-        out.append({"before": dataclasses.asdict(before), "after": dataclasses.asdict(after)})
-        if not as_json:
-            console.print(
-                f"{session.identify().address}: was {before.running_version} "
-                f"(bank {before.active_bank} {before.image_state}), now runs "
-                f"{after.running_version} (bank {after.active_bank} {after.image_state})"
-            )
+    record = RecordOptions(
+        backup_dir=backup_dir,
+        audit_log=audit_log or backup_dir / "audit.jsonl",
+        report_dir=report_dir or backup_dir / "reports",
+        operator=operator,
+    )
+    profile = dataclasses.replace(
+        UpdateProfile(),
+        boot=BootLimits(boot_timeout_s=boot_timeout_s, revert_timeout_s=boot_timeout_s),
+    )
+    reports = [
+        run_rollback(session, record, credentials=credentials, profile=profile)
+        for session in _each_session(kwargs)
+    ]
     if as_json:
-        print_json(out)
+        _print_reports(reports, True)
+    else:
+        for report in reports:
+            console.print(_rollback_line(report), highlight=False, markup=False)
+    _exit_for(reports)
+
+
+def _rollback_line(report: UpdateReport) -> str:
+    if report.ok:
+        line = f"{report.node}: rolled back: {report.steps[-1].detail}"
+    else:
+        error = report.error
+        line = (
+            f"{report.node}: {'nothing changed' if report.outcome == 'refused' else 'FAILED'}"
+            f" - {error.get('code', '')}: {error.get('message', '')}; the BMS runs "
+            f"{report.running_version or 'unknown'}"
+        )
+    if report.report_path:
+        line += f"\n  report: {report.report_path}"
+    if report.record_error:
+        line += f"\n  RECORD NOT WRITTEN: {report.record_error['message']}"
+    return line
 
 
 # --- diagnose ---------------------------------------------------------------------

@@ -86,10 +86,21 @@ class AuditLog:
             # Normalise to the stored JSON form first, so the hash verifies on read-back.
             record = json.loads(json.dumps(record, ensure_ascii=False, default=str))
             record["hash"] = _record_hash(record)
-            fh.seek(0, os.SEEK_END)
-            fh.write(json.dumps(record, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+            line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str) + "\n"
             fh.flush()
-            os.fsync(fh.fileno())
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                # One write of the whole line; a write that fails half-way (disk full)
+                # is cut off again so the chain never ends in a broken record.
+                data = line.encode("utf-8")
+                written = 0
+                while written < len(data):
+                    written += os.write(fh.fileno(), data[written:])
+                os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fh.fileno(), size)
+                raise
             return str(record["hash"])
 
     def records(self) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ from bmsfw.errors import DeviceError, PreflightError, TransportError, UpdateErro
 __all__ = [
     "ActiveFaultsError",
     "AuditLogTamperedError",
+    "AuditLogUnusableError",
+    "BackupDirUnusableError",
     "BackupIdentityMismatchError",
     "BackupInvalidError",
     "BackupVerifyFailedError",
@@ -25,15 +27,20 @@ __all__ = [
     "CellSpreadHighError",
     "ConfigDriftError",
     "DeviceInBootloaderError",
+    "DiskSpaceLowError",
     "DowngradeError",
     "InactiveBankBusyError",
     "IncompatibleDeviceError",
     "LinkQualityPoorError",
     "LinkSpecInvalidError",
     "ManualConfirmationMissingError",
+    "NoAnswerAfterResetError",
     "NotConfirmedRolledBackError",
+    "NothingToRollBackError",
     "OverrideRefusedError",
     "ProfileInvalidError",
+    "RecordNotWrittenError",
+    "ReportDirUnusableError",
     "ReportUnreadableError",
     "RestoreVerifyFailedError",
     "SelfTestFailedRolledBackError",
@@ -45,6 +52,8 @@ __all__ = [
     "TransferPausedUnsafeError",
     "TransportUnavailableError",
     "UpdateFailedNoRollbackError",
+    "UpdateInterruptedError",
+    "VersionDowngradeError",
 ]
 
 
@@ -162,6 +171,18 @@ class CellSpreadHighError(PreflightError):
     remedy = (
         "Let the BMS balance the pack (or balance it manually) and check the cell "
         "sense wiring; override with a reason only if the spread is understood."
+    )
+
+
+class VersionDowngradeError(PreflightError):
+    code = "BMSFW-E414"
+    diagnosis = (
+        "The release is an older version than the firmware the BMS runs (a downgrade), "
+        "even if its security counter still allows it."
+    )
+    remedy = (
+        "Use the current release; to go back on purpose, run the update again with "
+        "`--allow-downgrade REASON` (the reason goes into the report and the audit log)."
     )
 
 
@@ -287,6 +308,58 @@ class ReportUnreadableError(UpdateError):
     remedy = "Pass the JSON report written by `bmsfw update --report-dir`."
 
 
+class NoAnswerAfterResetError(UpdateError, TimeoutError):
+    code = "BMSFW-E516"
+    diagnosis = (
+        "The BMS did not answer at all after the reset: a power loss, an unplugged cable "
+        "or adapter, not a boot loop. The BMS keeps the new image as a test image or "
+        "reverts by itself; nothing is lost."
+    )
+    remedy = (
+        "Restore power and the link, then run the same `bmsfw update` again: it reads "
+        "the state from the BMS, runs or reads the self-test, and confirms or reports "
+        "the revert without sending the image again."
+    )
+
+
+class NothingToRollBackError(UpdateError):
+    code = "BMSFW-E517"
+    diagnosis = (
+        "There is nothing to roll back to: no unconfirmed test image runs. The other "
+        "bank holds a rejected image or an older release that would run without a "
+        "self-test. Nothing was changed on the BMS."
+    )
+    remedy = (
+        "Nothing to do if the BMS runs the firmware it should (`bmsfw info`); to go back "
+        "to an older release, install it with `bmsfw update OLD.bmsfw --allow-downgrade "
+        "REASON`."
+    )
+
+
+class UpdateInterruptedError(UpdateError):
+    code = "BMSFW-E518"
+    diagnosis = (
+        "The update was stopped by the operator (Ctrl-C) or the system (SIGTERM); it "
+        "stopped at a safe point and the report says what the BMS runs now."
+    )
+    remedy = (
+        "Run the same `bmsfw update` again: it recognises what the BMS holds and "
+        "continues from there."
+    )
+
+
+class RecordNotWrittenError(UpdateError):
+    code = "BMSFW-E519"
+    diagnosis = (
+        "The report or the audit record could not be written at the end (disk full, "
+        "drive removed); the outcome printed above is what happened on the BMS."
+    )
+    remedy = (
+        "Free space or reconnect the drive, keep the printed outcome (or the --json "
+        "output) as the record, and check `bmsfw info`; the BMS itself is not affected."
+    )
+
+
 # --- usage errors of this area (exit 2) -------------------------------------------
 
 
@@ -308,3 +381,42 @@ class TransportUnavailableError(TransportError):
     code = "BMSFW-E522"
     diagnosis = "No session implementation for this link type is installed in this bmsfw."
     remedy = "Install the full bmsfw package, or use another link type (`--can` or `--serial`)."
+
+
+# --- the record: checked before the first byte goes to the BMS (exit 2) -----------
+
+
+class BackupDirUnusableError(UsageError):
+    code = "BMSFW-E530"
+    diagnosis = (
+        "The backup directory cannot be used: a file is in its path, it is read-only, "
+        "or it cannot be created. Nothing was sent to the BMS."
+    )
+    remedy = "Pass a writable directory with `--backup-dir` (an external drive), then run again."
+
+
+class ReportDirUnusableError(UsageError):
+    code = "BMSFW-E531"
+    diagnosis = (
+        "The report directory cannot be used (a file in its path, read-only, cannot be "
+        "created). Nothing was sent to the BMS."
+    )
+    remedy = "Pass a writable directory with `--report-dir` (or fix the backup directory)."
+
+
+class AuditLogUnusableError(UsageError):
+    code = "BMSFW-E532"
+    diagnosis = (
+        "The audit log cannot be appended to (a directory of that name, read-only, or "
+        "its folder cannot be created). Nothing was sent to the BMS."
+    )
+    remedy = "Pass a writable file with `--audit-log`, or fix its permissions, then run again."
+
+
+class DiskSpaceLowError(UsageError):
+    code = "BMSFW-E533"
+    diagnosis = (
+        "Too little free space where the backup, report or audit record go: the record "
+        "of the update could be lost. Nothing was sent to the BMS."
+    )
+    remedy = "Free space on that drive or choose another with `--backup-dir`, then run again."

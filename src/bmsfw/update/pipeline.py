@@ -63,14 +63,38 @@ from bmsfw.protocol.session import (
 )
 from bmsfw.update.audit import AuditLog
 from bmsfw.update.backup import diff_snapshots, load_backup, restore_backup, write_backup
+from bmsfw.update.core import (
+    Action,
+    BootMeaning,
+    BootReading,
+    ConfirmVerdict,
+    PayloadKind,
+    SelfTestVerdict,
+    StartFacts,
+    StartVerdict,
+    choose_payload,
+    decide_after_boot,
+    decide_start,
+    interpret_boot,
+    judge_confirm,
+    judge_self_test,
+    plan_rollback,
+    plan_transfer,
+    same_release,
+)
 from bmsfw.update.errors import (
     BootTimeoutError,
     ManualConfirmationMissingError,
+    NoAnswerAfterResetError,
     NotConfirmedRolledBackError,
+    NothingToRollBackError,
+    RecordNotWrittenError,
     SelfTestFailedRolledBackError,
     TransferInterruptedError,
     TransferPausedUnsafeError,
     UpdateFailedNoRollbackError,
+    UpdateInterruptedError,
+    VersionDowngradeError,
 )
 from bmsfw.update.events import (
     Event,
@@ -84,12 +108,15 @@ from bmsfw.update.events import (
 )
 from bmsfw.update.preflight import ReleaseFacts, run_preflight, validate_overrides
 from bmsfw.update.profile import ManualConfirmation, TransferLimits, UpdateProfile
+from bmsfw.update.record import RecordTargets, check_record_targets
 from bmsfw.update.report import StepRecord, UpdateReport, write_report
 
 __all__ = [
     "AskConfirmation",
+    "RecordOptions",
     "UpdateOptions",
     "release_facts",
+    "run_rollback",
     "run_update",
     "run_updates",
     "stored_bytes",
@@ -167,6 +194,11 @@ class UpdateOptions:
     report_dir: Path | None = None
     operator: str = ""
     now: dt.datetime | None = None  # certificate validity time (tests)
+    # A release lower than what runs is refused unless a reason is given (recorded).
+    downgrade_reason: str = ""
+    # Asked at every safe point before the activation: True stops the run there
+    # (Ctrl-C / SIGTERM in the CLI); the report and audit record are still written.
+    stop: Callable[[], bool] | None = None
 
 
 def release_facts(release: VerifiedRelease) -> ReleaseFacts:
@@ -204,37 +236,39 @@ def transfer_violation(telemetry: Telemetry, limits: TransferLimits) -> str:
     return "; ".join(problems)
 
 
-class _Run:
-    """One node's update; holds the report and the event plumbing."""
+@dataclass(frozen=True)
+class RecordOptions:
+    """Where the record of a run goes, and who ran it."""
+
+    backup_dir: Path
+    audit_log: Path | None = None
+    report_dir: Path | None = None
+    operator: str = ""
+
+
+class _Shell:
+    """The I/O around the decision core for one node: events, steps, report, audit."""
+
+    kind: Literal["update", "rollback"] = "update"
 
     def __init__(
         self,
         session: BmsSession,
-        package: bytes,
-        trust: TrustAnchors,
         profile: UpdateProfile,
-        options: UpdateOptions,
+        record: RecordOptions,
         *,
         sink: EventSink | None,
-        ask: AskConfirmation | None,
         sleep: Callable[[float], None],
         clock: Callable[[], float],
-        delta: bytes | None = None,
     ) -> None:
         self.session = session
-        self.package = package
-        self.delta = delta
-        self.trust = trust
         self.profile = profile
-        self.options = options
+        self.record = record
         self.sink = sink
-        self.ask = ask
         self.sleep = sleep
         self.clock = clock
         self.node = "?"
-        self.report = UpdateReport(node="?", operator=options.operator)
-        # set once the BMS accepted the release header: from then on flash may change
-        self.staged = False
+        self.report = UpdateReport(node="?", operator=record.operator, kind=self.kind)
 
     def emit(self, event: Event) -> None:
         if self.sink is not None:
@@ -265,6 +299,149 @@ class _Run:
             self.report.steps.append(StepRecord(name, ok, started_wall, duration, text))
             self.emit(StepFinished(self.node, name, ok, text, duration))
 
+    def identify(self) -> DeviceIdentity:
+        with self.step("identify") as detail:
+            identity = self.session.identify()
+            self.node = identity.address or identity.serial
+            self.report.node = self.node
+            self.report.device_before = dataclasses.asdict(identity)
+            self.report.running_version = identity.app_version
+            detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
+        return identity
+
+    def check_records(self) -> None:
+        """Nothing goes to the BMS before we know its record can be kept."""
+        check_record_targets(
+            RecordTargets(
+                backup_dir=self.record.backup_dir,
+                report_dir=self.record.report_dir,
+                audit_log=self.record.audit_log,
+            )
+        )
+
+    def wait_after_rollback(self) -> BootStatus:
+        deadline = self.clock() + self.profile.boot.revert_timeout_s
+        while True:
+            try:
+                return self.session.wait_boot(max(0.1, deadline - self.clock()))
+            except BmsfwError as exc:
+                if not isinstance(exc, TimeoutError) or self.clock() >= deadline:
+                    raise UpdateFailedNoRollbackError(
+                        f"the BMS did not come back after the rollback: {exc}"
+                    ) from exc
+
+    def read_boot_status_retrying(self, attempts: int = 3) -> BootStatus:
+        """Read the boot status, retrying a transport failure (never a device refusal).
+
+        Right after a confirm the BMS may still be writing its boot journal, and on a
+        loaded link one read can time out: a lost answer must not turn a confirmed
+        update into a failed one.
+        """
+        for attempt in range(attempts):
+            try:
+                return self.session.read_boot_status()
+            except (TransportError, TimeoutError) as exc:
+                if attempt + 1 == attempts:
+                    raise
+                logger.info("%s: boot status read failed (%s); retrying", self.node, exc)
+                self.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def probe_after_failure(self, fallback_version: str, changed: bool) -> None:
+        """What does the device run now? Ask, but a dead link must not hide the report."""
+        report = self.report
+        try:
+            status = self.session.read_boot_status()
+            report.running_version = status.running_version
+            report.device_now = dataclasses.asdict(status)
+        except BmsfwError as probe:
+            report.warnings.append(f"could not read the boot status afterwards: {probe}")
+            report.running_version = "unknown (BMS not answering)" if changed else fallback_version
+
+    def audit_fields(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "device": {
+                k: report.device_before.get(k)
+                for k in ("model", "hw_revision", "serial", "app_version", "address")
+            },
+            "result": report.outcome,
+            "decisions": report.decisions,
+            "running_version": report.running_version,
+            "failed_step": report.failed_step,
+            "error_code": report.error.get("code", ""),
+        }
+
+    def finish(self) -> UpdateReport:
+        """Write the audit record and the report; a failure to write is reported, not lost."""
+        report = self.report
+        report.finished_at = time.time()
+        if report.ok and not report.device_now:
+            try:
+                report.device_now = dataclasses.asdict(self.read_boot_status_retrying())
+            except BmsfwError as exc:
+                report.warnings.append(f"could not read the boot status afterwards: {exc}")
+        problems: list[str] = []
+        if self.record.audit_log is not None:
+            try:
+                report.audit_hash = AuditLog(self.record.audit_log).append(
+                    self.kind, self.audit_fields(), who=self.record.operator or None
+                )
+            except (OSError, BmsfwError) as exc:
+                problems.append(f"audit record not written to {self.record.audit_log}: {exc}")
+        if self.record.report_dir is not None:
+            try:
+                path = write_report(report, self.record.report_dir)
+                report.report_path = str(path)
+                logger.info("%s: report written to %s", self.node, path)
+            except OSError as exc:
+                problems.append(f"report not written to {self.record.report_dir}: {exc}")
+        if problems:
+            error = RecordNotWrittenError(
+                f"{'; '.join(problems)}; the {self.kind} itself ended {report.outcome}, "
+                f"the BMS runs {report.running_version or 'unknown'}"
+            )
+            report.record_error = error.to_dict()
+            report.warnings.extend(problems)
+            if report.exception is None:
+                report.exception = error
+        self.emit(
+            UpdateFinished(
+                self.node, report.ok, report.error.get("code", ""), report.running_version
+            )
+        )
+        return report
+
+
+class _Run(_Shell):
+    """One node's update: drives the decision core (:mod:`bmsfw.update.core`)."""
+
+    def __init__(
+        self,
+        session: BmsSession,
+        package: bytes,
+        trust: TrustAnchors,
+        profile: UpdateProfile,
+        options: UpdateOptions,
+        *,
+        sink: EventSink | None,
+        ask: AskConfirmation | None,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        delta: bytes | None = None,
+    ) -> None:
+        record = RecordOptions(
+            options.backup_dir, options.audit_log, options.report_dir, options.operator
+        )
+        super().__init__(session, profile, record, sink=sink, sleep=sleep, clock=clock)
+        self.package = package
+        self.delta = delta
+        self.trust = trust
+        self.options = options
+        self.ask = ask
+        # set once the BMS accepted the release header: from then on flash may change
+        self.staged = False
+
     # --- the procedure ------------------------------------------------------------
 
     def run(self) -> UpdateReport:
@@ -274,18 +451,15 @@ class _Run:
         report.package = {"sha256": hashlib.sha256(self.package).hexdigest()}
         if self.delta is not None:
             report.package["delta_sha256"] = hashlib.sha256(self.delta).hexdigest()
+        if self.options.downgrade_reason:
+            report.package["downgrade_reason"] = self.options.downgrade_reason
         step: Step = "identify"
         identity: DeviceIdentity | None = None
         snapshot: ConfigSnapshot | None = None
         try:
             validate_overrides(self.options.overrides)
-            with self.step("identify") as detail:
-                identity = self.session.identify()
-                self.node = identity.address or identity.serial
-                report.node = self.node
-                report.device_before = dataclasses.asdict(identity)
-                report.running_version = identity.app_version
-                detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
+            self.check_records()
+            identity = self.identify()
             step = "verify-package"
             with self.step("verify-package") as detail:
                 facts = DeviceFacts(
@@ -305,16 +479,51 @@ class _Run:
                     signer=[c.subject for c in release.chain],
                 )
                 detail.append(f"{m.product} {m.version} signed by {release.chain[0].subject}")
-                payload = self._choose_payload(release, facts, identity)
-                detail.append(f"sending {report.package['payload_reason']}")
-            if (
-                not self.options.reinstall
-                and identity.app_version == release.manifest.version
-                and self.session.read_boot_status().image_state == "confirmed"
-            ):
+                digest, digest_problem = self._running_digest()
+                start = decide_start(
+                    StartFacts(
+                        release_version=m.version,
+                        release_image_sha256=m.component(self._component(release)).image_sha256,
+                        boot=self.session.read_boot_status(),
+                        running_digest=digest,
+                        reinstall=self.options.reinstall,
+                        downgrade_reason=self.options.downgrade_reason,
+                    )
+                )
+                report.decisions["start"] = start.verdict.value
+                report.decisions["start-reason"] = start.reason
+                if start.downgrade:
+                    report.package["downgrade"] = True
+                if start.warning:
+                    self.warn(start.warning)
+                if start.verdict is StartVerdict.REFUSE_DOWNGRADE:
+                    step = "preflight"
+                    raise VersionDowngradeError(start.reason)
+                if start.downgrade:
+                    self.warn(start.reason)
+                if start.verdict is StartVerdict.START:
+                    payload = self._choose_payload(release, facts, identity, digest, digest_problem)
+                    detail.append(f"sending {report.package['payload_reason']}")
+                else:
+                    detail.append(start.reason)
+            if start.verdict is StartVerdict.ALREADY_INSTALLED:
                 report.outcome = "already-installed"
-                self.warn(f"{release.manifest.version} already runs confirmed; nothing to do")
-                return self._finish()
+                self.warn(start.reason)
+                return self.finish()
+            if start.verdict is StartVerdict.CONTINUE_TEST_IMAGE:
+                # An earlier run of this update was interrupted after the activation:
+                # its self-test decides, nothing is sent again.
+                self.staged = True
+                self.warn(start.reason)
+                step = "self-test"
+                confirmed = self._after_reset("", release)
+                step = "confirm"
+                self._confirm("", release, already=confirmed)
+                self.warn(
+                    "configuration not compared: the backup of the interrupted run holds "
+                    "the values from before (`bmsfw diff BACKUP` compares them)"
+                )
+                return self.finish()
             step = "preflight"
             with self.step("preflight") as detail:
                 pre = run_preflight(
@@ -333,6 +542,7 @@ class _Run:
                         self.warn(f"preflight check {c.name} overridden: {c.override_reason}")
                 detail.append(f"{sum(c.passed for c in pre.checks)}/{len(pre.checks)} passed")
                 pre.raise_if_failed()
+            self._check_stop()
             step = "confirmations"
             with self.step("confirmations"):
                 self._confirmations()
@@ -342,6 +552,7 @@ class _Run:
                 backup = write_backup(self.options.backup_dir, identity, snapshot)
                 report.backup = {"path": str(backup.path), "checksum": snapshot.checksum}
                 detail.append(str(backup.path))
+            self._check_stop()
             step = "authenticate"
             with self.step("authenticate") as detail:
                 if self.options.credentials is not None:
@@ -354,6 +565,7 @@ class _Run:
                 header = release_header(payload.package)
                 self._transfer(header, payload)
                 detail.append(self._payload_text(payload))
+            self._check_stop()
             step = "device-verify"
             with self.step("device-verify") as detail:
                 try:
@@ -368,45 +580,48 @@ class _Run:
                     self._transfer(header, payload, force_full=True)
                     self.session.verify()
                     detail.append("verified after a full re-transfer")
+            self._check_stop()
             step = "activate"
             with self.step("activate"):
                 self.session.activate()
                 self.session.reset()
+            # From here the BMS decides by itself if we go away (the watchdog reverts an
+            # unconfirmed image): a stop request waits for the self-test and confirm.
             step = "self-test"
-            self._boot_and_self_test(identity, release)
+            confirmed = self._after_reset(identity.app_version, release)
             step = "confirm"
-            with self.step("confirm") as detail:
-                self.session.confirm()
-                status = self._read_boot_status()
-                detail.append(f"bank {status.active_bank} {status.image_state}")
-                new_version = release.manifest.version
-                if status.running_version == new_version and status.image_state == "test":
-                    # The firmware acknowledged but did not make itself permanent: do not
-                    # leave the pack on an image the watchdog will throw out later.
-                    self.warn(f"{new_version} did not confirm itself; rolling back now")
-                    self.session.rollback()
-                    after = self._wait_after_rollback()
-                    report.running_version = after.running_version
-                    report.outcome = "rolled-back"
-                    raise NotConfirmedRolledBackError(
-                        f"{new_version} acknowledged the confirm but stayed a test image; "
-                        f"rolled back, the BMS runs {after.running_version}"
-                    )
-                if status.image_state != "confirmed" or status.running_version != new_version:
-                    self._await_revert(identity, "confirm")
-            report.running_version = new_version
-            report.outcome = "updated"
+            self._confirm(identity.app_version, release, already=confirmed)
             step = "config-compare"
             self._compare_config(snapshot)
-        except BmsfwError as exc:
-            self._failed(step, exc, identity)
+        except (BmsfwError, KeyboardInterrupt) as caught:
+            error = (
+                caught
+                if isinstance(caught, BmsfwError)
+                else UpdateInterruptedError(f"stopped during {step} (second Ctrl-C or SIGTERM)")
+            )
+            self._failed(step, error, identity)
             if report.outcome == "rolled-back" and snapshot is not None:
                 # Back on the old firmware: show that the configuration survived too.
                 try:
                     self._compare_config(snapshot)
                 except BmsfwError as compare_error:
                     self.warn(f"configuration not compared after the rollback: {compare_error}")
-        return self._finish()
+        return self.finish()
+
+    def _check_stop(self) -> None:
+        """A safe point: the operator asked to stop (Ctrl-C, SIGTERM) before the activation."""
+        if self.options.stop is not None and self.options.stop():
+            raise UpdateInterruptedError(
+                "stopped by the operator before the activation; the BMS runs its old "
+                "firmware and keeps what it received"
+            )
+
+    def _running_digest(self) -> tuple[bytes | None, str]:
+        """The digest the BMS computes over its running image (None and why when unreadable)."""
+        try:
+            return self.session.read_image_digest(), ""
+        except BmsfwError as exc:
+            return None, f"{exc.code}: {exc.message}"
 
     def _component(self, release: VerifiedRelease) -> str:
         names = [c.name for c in release.manifest.components]
@@ -421,39 +636,36 @@ class _Run:
     # --- what goes on the wire ---------------------------------------------------
 
     def _choose_payload(
-        self, full: VerifiedRelease, facts: DeviceFacts, identity: DeviceIdentity
+        self,
+        full: VerifiedRelease,
+        facts: DeviceFacts,
+        identity: DeviceIdentity,
+        digest: bytes | None,
+        digest_problem: str,
     ) -> _Payload:
         """The delta when the BMS runs its base image exactly, else the full package."""
         name = self._component(full)
         package, release = self.package, full
         report = self.report.package
-        if self.delta is None:
-            report["payload"] = "full"
-            report["payload_reason"] = "full image (no delta package given)"
-        else:
+        delta: VerifiedRelease | None = None
+        base: bytes | None = None
+        if self.delta is not None:
             delta = verify_release(self.delta, self.trust, facts, now=self.options.now)
             base = self._check_delta(full, delta, name).delta_base_sha256
-            try:
-                actual = self.session.read_image_digest()
-            except BmsfwError as exc:
-                actual = b""
-                why = f"could not read the BMS's image digest ({exc.code}: {exc.message})"
-            else:
-                why = (
-                    f"device runs {identity.app_version} with digest {actual.hex()[:16]}…, "
-                    f"delta base is {base.hex()[:16]}…"
-                )
-            if actual == base:
-                package, release = self.delta, delta
-                size = delta.manifest.component(name).stored_size
-                report["payload"] = "delta"
-                report["payload_reason"] = (
-                    f"delta {size} B against base {base.hex()[:16]}…: device runs that base"
-                )
-            else:
-                report["payload"] = "full"
-                report["payload_reason"] = f"fell back to full image: {why}"
-                self.warn(report["payload_reason"])
+        choice = choose_payload(
+            delta_base=base,
+            running_digest=digest,
+            running_version=identity.app_version,
+            digest_problem=digest_problem,
+            delta_size=delta.manifest.component(name).stored_size if delta else 0,
+        )
+        report["payload"] = "delta" if choice.sends_delta else "full"
+        report["payload_reason"] = choice.reason
+        if choice.sends_delta:
+            assert self.delta is not None and delta is not None
+            package, release = self.delta, delta
+        elif choice.kind is PayloadKind.FALLBACK_FULL:
+            self.warn(choice.reason)
         component = release.manifest.component(name)
         report["payload_sha256"] = hashlib.sha256(package).hexdigest()
         report["encoding"] = _encoding_name(component)
@@ -532,21 +744,11 @@ class _Run:
         self.staged = True
         image = payload.data
         total = len(image)
-        start = 0
-        # An encoded stream runs through the BMS's decoder, whose state a reset loses:
-        # it always starts again at byte 0 on an erased bank. Raw resumes to the byte.
-        resumable = (
-            state.erased and state.total_size == total and not force_full and not payload.encoded
-        )
-        if resumable and 0 < state.contiguous_bytes <= total:
-            start = state.contiguous_bytes
-            self.warn(f"resuming the transfer at byte {start} of {total}")
-        else:
-            if payload.encoded and state.erased and state.contiguous_bytes > 0:
-                self.warn(
-                    f"an encoded ({_encoding_name(payload.component)}) transfer cannot "
-                    f"resume: sending all {total} stored bytes again from byte 0"
-                )
+        plan = plan_transfer(state, total, encoded=payload.encoded, force_full=force_full)
+        start = plan.start_offset
+        if plan.reason:
+            self.warn(plan.reason)
+        if plan.erase:
             self.session.erase()
         t = self.report.transfer
         t.update(
@@ -567,6 +769,11 @@ class _Run:
                 for offset in blocks:
                     t["offset"] = offset
                     self.emit(TransferProgress(self.node, offset, total, start))
+                    if self.options.stop is not None and self.options.stop() and offset < total:
+                        raise UpdateInterruptedError(
+                            f"stopped by the operator at byte {offset} of {total}; the BMS "
+                            "keeps what it received and runs its old firmware"
+                        )
                     now = self.clock()
                     if now - last_check >= limits.monitor_interval_s and offset < total:
                         last_check = now
@@ -591,9 +798,6 @@ class _Run:
         duration = max(self.clock() - started, 1e-9)
         t.update(offset=total, bytes_sent=sent, rate_bps=round(sent / duration))
 
-    def _wait_boot(self, timeout_s: float) -> BootStatus:
-        return self.session.wait_boot(timeout_s)
-
     def _read_self_test(self) -> SelfTestResult | None:
         try:
             result = self.session.read_self_test()
@@ -607,101 +811,151 @@ class _Run:
         }
         return result
 
-    def _boot_and_self_test(self, before: DeviceIdentity, release: VerifiedRelease) -> None:
+    def _read_after_reset(self, new_version: str, previous: str, timeout_s: float) -> BootReading:
+        """Wait for the application; when it does not come, ask once whether anyone answers."""
+        try:
+            status: BootStatus | None = self.session.wait_boot(timeout_s)
+            return BootReading(new_version, previous, status)
+        except BmsfwError as exc:
+            if not isinstance(exc, TimeoutError | TransportError):
+                raise
+            logger.info("%s: no application after %g s: %s", self.node, timeout_s, exc)
+        try:
+            status = self.session.read_boot_status()
+        except BmsfwError:
+            return BootReading(new_version, previous, None, answered=False)
+        return BootReading(new_version, previous, status)
+
+    def _after_reset(self, previous: str, release: VerifiedRelease) -> bool:
+        """Read what booted, judge the self-test and act on the core's decision.
+
+        Returns whether the new image already runs confirmed (a confirm whose answer
+        was lost in an earlier run); raises for every outcome but "confirm now".
+        ``previous``: the version that ran before ("" when unknown: a resumed run).
+        """
         new_version = release.manifest.version
+        boot = self.profile.boot
         with self.step("self-test") as detail:
-            try:
-                status = self._wait_boot(self.profile.boot.boot_timeout_s)
-            except BmsfwError as exc:
-                if not isinstance(exc, TimeoutError):
-                    raise
-                self.warn(f"no boot within {self.profile.boot.boot_timeout_s:g} s: {exc}")
-                self._await_revert(before, "boot")
-                raise AssertionError("unreachable") from None  # _await_revert always raises
-            self.report.running_version = status.running_version
-            detail.append(f"booted {status.running_version} ({status.image_state})")
-            result = self._read_self_test()
-            booted_new = status.running_version == new_version and status.image_state == "test"
-            if booted_new and result is not None and result.passed:
-                return
-            if booted_new:
-                # New image runs but failed its self-test: do not wait for the watchdog.
-                failed = ", ".join(c.name for c in result.checks if not c.passed) if result else ""
-                self.warn(f"self-test failed ({failed or 'no record'}); rolling back")
-                self.session.rollback()
-                status = self._wait_after_rollback()
-            self.report.running_version = status.running_version
-            if result is not None and result.version and result.version != new_version:
-                # The bootloader already reverted: this record is the old firmware's.
-                self.report.self_test = {
-                    "passed": False,
-                    "version": new_version,
-                    "checks": [],
-                    "detail": status.last_revert_reason or "reverted by the bootloader",
-                    "after_revert": self.report.self_test,
-                }
-                result = None
-            if status.running_version == before.app_version:
-                failed_checks = (
-                    [c for c in result.checks if not c.passed] if result is not None else []
-                )
-                listed = ", ".join(f"{c.name} {c.value} (limit {c.limit})" for c in failed_checks)
-                reason = status.last_revert_reason
-                self.report.outcome = "rolled-back"
-                if failed_checks or "self" in reason.lower():
-                    raise SelfTestFailedRolledBackError(
-                        f"{new_version} failed its self-test ({listed or reason}); "
-                        f"the BMS runs {status.running_version} again"
+            reading = self._read_after_reset(new_version, previous, boot.boot_timeout_s)
+            meaning = interpret_boot(reading)
+            if meaning is BootMeaning.STILL_BOOTING:
+                # It answers but its application does not start: give the bootloader its
+                # revert window, then judge again.
+                self.warn(f"no application within {boot.boot_timeout_s:g} s; waiting for a revert")
+                reading = self._read_after_reset(new_version, previous, boot.revert_timeout_s)
+                meaning = interpret_boot(reading)
+                if meaning is BootMeaning.STILL_BOOTING:
+                    state = reading.status.run_state if reading.status else "silent"
+                    raise BootTimeoutError(
+                        f"the BMS answers ({state}) but no application started within "
+                        f"{boot.boot_timeout_s + boot.revert_timeout_s:g} s of the reset"
                     )
-                raise NotConfirmedRolledBackError(
-                    f"{new_version} did not stay active ({reason or status.image_state}); "
-                    f"the BMS runs {status.running_version} again"
+            status = reading.status
+            verdict: SelfTestVerdict | None = None
+            if meaning is BootMeaning.NEW_IN_TEST:
+                verdict = judge_self_test(self._read_self_test(), new_version)
+            elif meaning in (BootMeaning.REVERTED, BootMeaning.BOOT_LOOP):
+                self._read_self_test()  # the previous firmware's record, for the report
+            decision = decide_after_boot(meaning, verdict)
+            self.report.decisions["after-boot"] = decision.action.value
+            self.report.decisions["after-boot-reason"] = decision.reason
+            if status is not None:
+                self.report.running_version = status.running_version
+                detail.append(f"booted {status.running_version} ({status.image_state})")
+            detail.append(f"{meaning.value}: {decision.action.value}")
+            if decision.action is Action.CONFIRM:
+                return False
+            if decision.action is Action.REPORT_CONFIRMED:
+                self.warn(f"{new_version} already runs confirmed")
+                return True
+            if decision.action is Action.REPORT_NO_ANSWER:
+                raise NoAnswerAfterResetError(
+                    f"no answer within {boot.boot_timeout_s:g} s of the reset: power loss or "
+                    "lost link (not a boot loop); run the same command again when the BMS is back"
                 )
-            raise UpdateFailedNoRollbackError(
-                f"after the update the BMS runs {status.running_version} "
-                f"({status.run_state}, {status.image_state})"
+            if decision.action is Action.REPORT_STUCK:
+                assert status is not None
+                raise UpdateFailedNoRollbackError(
+                    f"after the update the BMS runs {status.running_version or 'no application'} "
+                    f"({status.run_state}, {status.image_state}): {meaning.value}"
+                )
+            if decision.action is Action.REVERT:
+                failed = ""
+                if verdict is SelfTestVerdict.FAILED:
+                    checks = self.report.self_test.get("checks", [])
+                    failed = ", ".join(c["name"] for c in checks if not c["passed"])
+                self.warn(
+                    f"self-test {verdict.value if verdict else 'not read'}"
+                    f"{f' ({failed})' if failed else ''}; rolling back"
+                )
+                self.session.rollback()
+                status = self.wait_after_rollback()
+                self.report.running_version = status.running_version
+            assert status is not None
+            self._raise_reverted(status, new_version, meaning)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_reverted(self, status: BootStatus, new_version: str, meaning: BootMeaning) -> None:
+        """The BMS is back on its previous image: say why, with the self-test if there is one."""
+        self.report.outcome = "rolled-back"
+        st = self.report.self_test
+        if not st or (st.get("version") and not same_release(new_version, st["version"])):
+            # The bootloader already reverted: this record is the old firmware's.
+            self.report.self_test = {
+                "passed": False,
+                "version": new_version,
+                "checks": [],
+                "detail": status.last_revert_reason or "reverted by the bootloader",
+                "after_revert": st or None,
+            }
+        failed = [c for c in self.report.self_test.get("checks", []) if not c["passed"]]
+        listed = ", ".join(f"{c['name']} {c['value']} (limit {c['limit']})" for c in failed)
+        reason = status.last_revert_reason
+        if failed or "self" in reason.lower():
+            raise SelfTestFailedRolledBackError(
+                f"{new_version} failed its self-test ({listed or reason}); "
+                f"the BMS runs {status.running_version} again"
             )
+        if meaning is BootMeaning.BOOT_LOOP:
+            raise NotConfirmedRolledBackError(
+                f"{new_version} did not start (boot loop: {reason}); "
+                f"the BMS runs {status.running_version} again"
+            )
+        raise NotConfirmedRolledBackError(
+            f"{new_version} did not stay active ({reason or status.image_state}); "
+            f"the BMS runs {status.running_version} again"
+        )
 
-    def _wait_after_rollback(self) -> BootStatus:
-        deadline = self.clock() + self.profile.boot.revert_timeout_s
-        while True:
-            try:
-                return self._wait_boot(max(0.1, deadline - self.clock()))
-            except BmsfwError as exc:
-                if not isinstance(exc, TimeoutError) or self.clock() >= deadline:
-                    raise UpdateFailedNoRollbackError(
-                        f"the BMS did not come back after the rollback: {exc}"
-                    ) from exc
-
-    def _await_revert(self, before: DeviceIdentity, stage: str) -> None:
-        """The new image did not boot or did not stay confirmed: wait for the bootloader."""
-        deadline = self.clock() + self.profile.boot.revert_timeout_s
-        last: BootStatus | None = None
-        while self.clock() < deadline:
-            try:
-                last = self._wait_boot(max(0.1, deadline - self.clock()))
-            except BmsfwError as exc:
-                if not isinstance(exc, TimeoutError):
-                    raise
-                continue
-            self.report.running_version = last.running_version
-            if last.running_version == before.app_version:
-                self._read_self_test()
+    def _confirm(self, previous: str, release: VerifiedRelease, *, already: bool) -> None:
+        new_version = release.manifest.version
+        with self.step("confirm") as detail:
+            if not already:
+                self.session.confirm()
+            status = self.read_boot_status_retrying()
+            detail.append(f"bank {status.active_bank} {status.image_state}")
+            verdict = judge_confirm(status, new_version)
+            if verdict is ConfirmVerdict.STILL_TEST:
+                # The firmware acknowledged but did not make itself permanent: do not
+                # leave the pack on an image the watchdog will throw out later.
+                self.warn(f"{new_version} did not confirm itself; rolling back now")
+                self.session.rollback()
+                after = self.wait_after_rollback()
+                self.report.running_version = after.running_version
                 self.report.outcome = "rolled-back"
                 raise NotConfirmedRolledBackError(
-                    f"the new image was not confirmed ({stage}; "
-                    f"{last.last_revert_reason or last.image_state}); "
-                    f"the BMS runs {last.running_version} again"
+                    f"{new_version} acknowledged the confirm but stayed a test image; "
+                    f"rolled back, the BMS runs {after.running_version}"
                 )
-            self.sleep(min(0.2, self.profile.boot.revert_timeout_s / 10))
-        if last is None:
-            raise BootTimeoutError(
-                f"no answer within {self.profile.boot.boot_timeout_s:g} s after reset "
-                f"and {self.profile.boot.revert_timeout_s:g} s more"
-            )
-        raise UpdateFailedNoRollbackError(
-            f"the BMS runs {last.running_version} ({last.image_state}) and did not revert"
-        )
+            if verdict is ConfirmVerdict.LOST:
+                reading = self._read_after_reset(
+                    new_version, previous, self.profile.boot.revert_timeout_s
+                )
+                if reading.status is None:
+                    raise NoAnswerAfterResetError("the BMS stopped answering after the confirm")
+                self.report.running_version = reading.status.running_version
+                self._raise_reverted(reading.status, new_version, interpret_boot(reading))
+        self.report.running_version = status.running_version
+        self.report.outcome = "updated"
 
     def _compare_config(self, backup_snapshot: ConfigSnapshot) -> None:
         with self.step("config-compare") as detail:
@@ -726,85 +980,129 @@ class _Run:
         report.fail(step, exc, cause)
         if report.outcome != "rolled-back":
             # a release header the BMS refused (delta base, missing key, ...) wrote nothing
-            wrote = self.staged
-            if isinstance(exc, TransferPausedUnsafeError | TransferInterruptedError):
+            if isinstance(
+                exc,
+                TransferPausedUnsafeError
+                | TransferInterruptedError
+                | UpdateInterruptedError
+                | NoAnswerAfterResetError,
+            ):
                 report.outcome = "paused"
-            elif not wrote:
+            elif not self.staged:
                 report.outcome = "refused"
             else:
                 report.outcome = "failed"
         logger.warning("%s: update failed at %s: %s", self.node, step, exc)
-        # What does the device run now? Ask, but a dead link must not hide the report.
         if identity is not None:
-            try:
-                status = self.session.read_boot_status()
-                report.running_version = status.running_version
-                report.device_now = dataclasses.asdict(status)
-            except BmsfwError as probe:
-                report.warnings.append(f"could not read the boot status afterwards: {probe}")
-                if report.outcome in ("refused", "paused"):
-                    report.running_version = identity.app_version
-                else:
-                    report.running_version = "unknown (BMS not answering)"
+            self.probe_after_failure(
+                identity.app_version, changed=report.outcome not in ("refused", "paused")
+            )
 
-    def _read_boot_status(self, attempts: int = 3) -> BootStatus:
-        """Read the boot status, retrying a transport failure (never a device refusal).
-
-        Right after a confirm the BMS may still be writing its boot journal, and on a
-        loaded link one read can time out: a lost answer must not turn a confirmed
-        update into a failed one.
-        """
-        for attempt in range(attempts):
-            try:
-                return self.session.read_boot_status()
-            except (TransportError, TimeoutError) as exc:
-                if attempt + 1 == attempts:
-                    raise
-                logger.info("%s: boot status read failed (%s); retrying", self.node, exc)
-                self.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _final_boot_status(self) -> dict[str, Any]:
-        """What the BMS runs at the end, for the report; never silent when unreadable."""
-        try:
-            return dataclasses.asdict(self._read_boot_status())
-        except BmsfwError as exc:
-            self.report.warnings.append(f"could not read the boot status afterwards: {exc}")
-            return {}
-
-    def _finish(self) -> UpdateReport:
+    def audit_fields(self) -> dict[str, Any]:
         report = self.report
-        report.finished_at = time.time()
-        if report.outcome in ("updated", "already-installed") and not report.device_now:
-            report.device_now = self._final_boot_status()
-        if self.options.audit_log is not None:
-            report.audit_hash = AuditLog(self.options.audit_log).append(
-                "update",
-                {
-                    "device": {
-                        k: report.device_before.get(k)
-                        for k in ("model", "hw_revision", "serial", "app_version", "address")
-                    },
-                    "package": report.package,
-                    "result": report.outcome,
-                    "running_version": report.running_version,
-                    "failed_step": report.failed_step,
-                    "error_code": report.error.get("code", ""),
-                    "overrides": report.overrides,
-                    "confirmations": [c["id"] for c in report.confirmations],
-                    "backup": report.backup.get("path", ""),
-                },
-                who=self.options.operator or None,
+        return {
+            **super().audit_fields(),
+            "package": report.package,
+            "overrides": report.overrides,
+            "confirmations": [c["id"] for c in report.confirmations],
+            "backup": report.backup.get("path", ""),
+        }
+
+
+class _Rollback(_Shell):
+    """``bmsfw rollback`` for one node: the core's :func:`plan_rollback` decides."""
+
+    kind = "rollback"
+
+    def __init__(
+        self,
+        session: BmsSession,
+        profile: UpdateProfile,
+        record: RecordOptions,
+        credentials: TesterCredentials | None,
+        *,
+        sink: EventSink | None,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(session, profile, record, sink=sink, sleep=sleep, clock=clock)
+        self.credentials = credentials
+        self.changed = False
+
+    def run(self) -> UpdateReport:
+        report = self.report
+        step: Step = "identify"
+        identity: DeviceIdentity | None = None
+        try:
+            self.check_records()
+            identity = self.identify()
+            step = "rollback"
+            with self.step("rollback") as detail:
+                before = self.read_boot_status_retrying()
+                plan = plan_rollback(before)
+                report.decisions["rollback"] = plan.action.value
+                report.decisions["rollback-reason"] = plan.reason
+                detail.append(plan.reason)
+                if not plan.changes_device:
+                    raise NothingToRollBackError(plan.reason)
+                if self.credentials is not None:
+                    self.session.authenticate(self.credentials)
+                self.changed = True
+                self.session.rollback()
+                after = self.wait_after_rollback()
+                report.running_version = after.running_version
+                report.device_now = dataclasses.asdict(after)
+                if after.image_state == "test":
+                    raise UpdateFailedNoRollbackError(
+                        f"after the rollback the BMS still runs a test image "
+                        f"({after.running_version})"
+                    )
+                report.outcome = "rolled-back"
+                detail.append(
+                    f"was {before.running_version} (bank {before.active_bank} "
+                    f"{before.image_state}), now runs {after.running_version} "
+                    f"(bank {after.active_bank} {after.image_state})"
+                )
+        except (BmsfwError, KeyboardInterrupt) as caught:
+            error = (
+                caught
+                if isinstance(caught, BmsfwError)
+                else UpdateInterruptedError(f"stopped during {step}")
             )
-        if self.options.report_dir is not None:
-            path = write_report(report, self.options.report_dir)
-            logger.info("%s: report written to %s", self.node, path)
-        self.emit(
-            UpdateFinished(
-                self.node, report.ok, report.error.get("code", ""), report.running_version
-            )
-        )
-        return report
+            cause = error.__cause__ if isinstance(error.__cause__, BaseException) else None
+            report.fail(step, error, cause)
+            report.outcome = "failed" if self.changed else "refused"
+            if identity is not None:
+                self.probe_after_failure(identity.app_version, changed=self.changed)
+        return self.finish()
+
+
+def run_rollback(
+    session: BmsSession,
+    record: RecordOptions,
+    *,
+    credentials: TesterCredentials | None = None,
+    profile: UpdateProfile | None = None,
+    sink: EventSink | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> UpdateReport:
+    """Roll one BMS back as :func:`bmsfw.update.core.plan_rollback` allows; report + audit.
+
+    Only an unconfirmed test image is rolled back (to the confirmed image). Otherwise
+    nothing changes on the BMS and the report carries ``NothingToRollBackError``
+    (outcome "refused"). Either way a report and an audit record are written.
+    """
+    run = _Rollback(
+        session,
+        profile or UpdateProfile(),
+        record,
+        credentials,
+        sink=sink,
+        sleep=sleep,
+        clock=clock,
+    )
+    return run.run()
 
 
 def run_update(

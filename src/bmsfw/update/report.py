@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from bmsfw.errors import BmsfwError
 from bmsfw.update.errors import ReportUnreadableError
+from bmsfw.update.record import write_atomic
 
 __all__ = [
     "REPORT_FORMAT",
@@ -46,6 +47,7 @@ class UpdateReport:
     """Everything one node's update did. Mutable while the pipeline runs."""
 
     node: str
+    kind: Literal["update", "rollback"] = "update"
     outcome: Outcome = "failed"
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
@@ -69,11 +71,20 @@ class UpdateReport:
     error: dict[str, str] = field(default_factory=dict)
     cause: dict[str, str] = field(default_factory=dict)
     audit_hash: str = ""
+    report_path: str = ""
+    # What the decision core (bmsfw.update.core) decided: "start", "after-boot", "rollback"
+    # -> the verdict, and "<name>-reason" -> why.
+    decisions: dict[str, str] = field(default_factory=dict)
+    # The report or audit record could not be written (the outcome above still holds).
+    record_error: dict[str, str] = field(default_factory=dict)
     # The exception itself, for the CLI's exit code; not serialised.
     exception: BmsfwError | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
+        """The run did what was asked (an update installed, a rollback rolled back)."""
+        if self.kind == "rollback":
+            return self.outcome == "rolled-back"
         return self.outcome in ("updated", "already-installed")
 
     def fail(self, step: str, error: BmsfwError, cause: BaseException | None = None) -> None:
@@ -112,8 +123,8 @@ def write_report(report: UpdateReport, directory: str | Path) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(report.started_at))
     serial = str(report.device_before.get("serial", "unknown"))
     safe = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{serial}_{stamp}")
-    path = folder / f"update_{safe}.json"
-    path.write_text(report.to_json(), encoding="utf-8")
+    path = folder / f"{report.kind}_{safe}.json"
+    write_atomic(path, report.to_json())
     return path
 
 
@@ -139,6 +150,15 @@ _HEADLINE: dict[str, str] = {
 }
 
 
+def _headline(report: UpdateReport) -> str:
+    if report.kind == "rollback":
+        return {
+            "rolled-back": "ROLLED BACK to the confirmed firmware",
+            "refused": "NOTHING CHANGED",
+        }.get(report.outcome, report.outcome.upper())
+    return _HEADLINE.get(report.outcome, report.outcome)
+
+
 def _lines_for_checks(checks: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
     for c in checks:
@@ -155,8 +175,8 @@ def render_text(report: UpdateReport) -> str:
     dev = report.device_before
     pkg = report.package
     lines = [
-        f"bmsfw update report - {report.node}",
-        f"  result:          {_HEADLINE.get(report.outcome, report.outcome)}",
+        f"bmsfw {report.kind} report - {report.node}",
+        f"  result:          {_headline(report)}",
         f"  device:          {dev.get('model', '?')} rev {dev.get('hw_revision', '?')} "
         f"serial {dev.get('serial', '?')}",
         f"  firmware before: {dev.get('app_version', '?')}",
@@ -164,6 +184,13 @@ def render_text(report: UpdateReport) -> str:
         f"(security counter {pkg.get('security_counter', '?')})",
         f"  device runs now: {report.running_version or 'unknown'}",
     ]
+    for name in ("start", "after-boot", "rollback"):
+        if name in report.decisions:
+            why = report.decisions.get(f"{name}-reason", "")
+            lines.append(
+                f"  decision:        {name}: {report.decisions[name]}"
+                + (f" ({why})" if why else "")
+            )
     if pkg.get("payload_reason"):
         lines.append(f"  sent:            {pkg['payload_reason']}")
     if report.operator:
@@ -223,4 +250,6 @@ def render_text(report: UpdateReport) -> str:
         lines.append(f"  warning:         {warning}")
     if report.audit_hash:
         lines.append(f"  audit record:    {report.audit_hash[:16]}…")
+    if report.record_error:
+        lines.append(f"  RECORD NOT WRITTEN: {report.record_error['message']}")
     return "\n".join(lines) + "\n"

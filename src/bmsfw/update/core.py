@@ -1,0 +1,463 @@
+"""The decision core of an update: every safety decision, and nothing else.
+
+Pure and I/O-free (in the style of python-tuf's ``trusted_metadata_set.py``
+beside its ``updater.py``): each function takes frozen records the I/O shell
+read from the BMS (:class:`~bmsfw.protocol.session.BootStatus`,
+:class:`~bmsfw.protocol.session.SelfTestResult`, ...) and returns a frozen
+decision with the reason a report can quote. The shell
+(:mod:`bmsfw.update.pipeline` for ``bmsfw update``, ``bmsfw rollback``, the
+RS485 string and the fleet agent) does what the decision says and nothing it
+does not say. A second copy of any rule below elsewhere is a defect.
+
+Decisions, in the order of an update:
+
+* :func:`decide_start` - may we start, is the release already installed, is a
+  test image on the BMS ours (then the run continues with its self-test instead
+  of sending again), is it a downgrade;
+* :func:`choose_payload` - full package, delta, or fall back to full;
+* :func:`plan_transfer` - what a resumed transfer may skip;
+* :func:`interpret_boot` - what the boot status after the reset means (new image
+  in test, reverted, boot loop, no answer = power loss or lost link);
+* :func:`judge_self_test` - pass or fail of the new image's self-test;
+* :func:`decide_after_boot` - confirm, revert, or report;
+* :func:`judge_confirm` - did the confirm make the image permanent;
+* :func:`plan_rollback` - what ``bmsfw rollback`` may do from each state.
+
+Every version comparison goes through :func:`compare_versions` /
+:func:`same_release` (the manifest's semver against the MCUboot
+``major.minor.revision+build`` the BMS reports: ``1.5.0`` is ``1.5.0+0``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from bmsfw.protocol.session import BootStatus, SelfTestResult, TransferState
+
+__all__ = [
+    "Action",
+    "AfterBoot",
+    "BootMeaning",
+    "BootReading",
+    "ConfirmVerdict",
+    "PayloadChoice",
+    "PayloadKind",
+    "RollbackAction",
+    "RollbackPlan",
+    "SelfTestVerdict",
+    "StartDecision",
+    "StartFacts",
+    "StartVerdict",
+    "TransferPlan",
+    "choose_payload",
+    "compare_versions",
+    "decide_after_boot",
+    "decide_start",
+    "interpret_boot",
+    "judge_confirm",
+    "judge_self_test",
+    "plan_rollback",
+    "plan_transfer",
+    "same_release",
+]
+
+# --- versions -----------------------------------------------------------------------
+
+_VERSION = re.compile(
+    r"^\s*v?(?P<major>\d+)(?:\.(?P<minor>\d+))?(?:\.(?P<patch>\d+))?"
+    r"(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+(?P<build>[0-9A-Za-z.-]+))?\s*$"
+)
+
+
+def _key(text: str) -> tuple[int, int, int, int, int]:
+    """(major, minor, patch, release-or-pre, build) of a semver or MCUboot version.
+
+    The MCUboot header carries ``major.minor.revision+build`` (build 0 when the
+    manifest names none); a pre-release sorts below its release. Text that is not a
+    version (an empty string from a BMS in its bootloader) sorts below every version.
+    """
+    match = _VERSION.match(text)
+    if match is None:
+        return (-1, -1, -1, -1, -1)
+    build = match["build"] or "0"
+    return (
+        int(match["major"]),
+        int(match["minor"] or 0),
+        int(match["patch"] or 0),
+        0 if match["pre"] else 1,
+        int(build) if build.isdigit() else 0,
+    )
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version ``a`` is lower than, equal to or higher than ``b``.
+
+    The one version comparison of the update procedure (``"1.5.0" == "1.5.0+0"``).
+    """
+    ka, kb = _key(a), _key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def same_release(release_version: str, reported_version: str) -> bool:
+    """Whether a BMS reporting ``reported_version`` runs the release ``release_version``."""
+    if not release_version or not reported_version:
+        return False
+    return compare_versions(release_version, reported_version) == 0
+
+
+# --- may we start ---------------------------------------------------------------------
+
+
+class StartVerdict(enum.StrEnum):
+    START = "start"  # send the release
+    ALREADY_INSTALLED = "already-installed"  # nothing to do
+    CONTINUE_TEST_IMAGE = "continue-test-image"  # our release runs as a test image: self-test
+    REFUSE_DOWNGRADE = "refuse-downgrade"  # lower than what runs, not explicitly allowed
+
+
+@dataclass(frozen=True)
+class StartFacts:
+    """What the shell read before anything is written."""
+
+    release_version: str
+    release_image_sha256: bytes  # the image the release produces
+    boot: BootStatus
+    running_digest: bytes | None  # SHA-256 of the running image; None when unreadable
+    reinstall: bool = False
+    downgrade_reason: str = ""  # "" unless the operator explicitly allowed a downgrade
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    verdict: StartVerdict
+    reason: str
+    downgrade: bool = False  # the release is lower than what runs (allowed: reason given)
+    warning: str = ""  # something the report must say (e.g. the digest was not readable)
+
+
+def _ours(facts: StartFacts) -> tuple[bool, str]:
+    """Whether the BMS runs exactly this release: version and, where readable, digest."""
+    boot = facts.boot
+    if not same_release(facts.release_version, boot.running_version):
+        return False, ""
+    if facts.running_digest is None:
+        return True, (
+            f"the BMS reports {boot.running_version}; its image digest is not readable, "
+            "so this rests on the version it reports"
+        )
+    if facts.running_digest != facts.release_image_sha256:
+        return False, (
+            f"the BMS reports {boot.running_version} but its image digest "
+            f"{facts.running_digest.hex()[:16]}… is not this release's "
+            f"{facts.release_image_sha256.hex()[:16]}…"
+        )
+    return True, ""
+
+
+def decide_start(facts: StartFacts) -> StartDecision:
+    """May the update start, and from where."""
+    boot = facts.boot
+    running = boot.running_version
+    ours, note = _ours(facts)
+    if ours and boot.run_state == "application" and boot.image_state == "test":
+        return StartDecision(
+            StartVerdict.CONTINUE_TEST_IMAGE,
+            f"{running} runs as a test image from an earlier, interrupted run of this "
+            "update: its self-test decides confirm or revert (nothing is sent again)",
+            warning=note,
+        )
+    if ours and not facts.reinstall and boot.image_state == "confirmed":
+        return StartDecision(
+            StartVerdict.ALREADY_INSTALLED,
+            f"{running} already runs confirmed; nothing to do",
+            warning=note,
+        )
+    order = compare_versions(facts.release_version, running) if running else 1
+    if order < 0:
+        if not facts.downgrade_reason.strip():
+            return StartDecision(
+                StartVerdict.REFUSE_DOWNGRADE,
+                f"{facts.release_version} is lower than {running}, which the BMS runs",
+                downgrade=True,
+            )
+        return StartDecision(
+            StartVerdict.START,
+            f"downgrade {running} -> {facts.release_version} allowed: "
+            f"{facts.downgrade_reason.strip()}",
+            downgrade=True,
+            warning=note,
+        )
+    why = "reinstall asked" if ours else f"{running or 'no application'} -> {facts.release_version}"
+    return StartDecision(StartVerdict.START, why, warning=note)
+
+
+# --- what to send ---------------------------------------------------------------------
+
+
+class PayloadKind(enum.StrEnum):
+    FULL = "full"  # no delta given
+    DELTA = "delta"  # the BMS runs the delta's base exactly
+    FALLBACK_FULL = "fallback-full"  # a delta was given but does not fit this BMS
+
+
+@dataclass(frozen=True)
+class PayloadChoice:
+    kind: PayloadKind
+    reason: str
+
+    @property
+    def sends_delta(self) -> bool:
+        return self.kind is PayloadKind.DELTA
+
+
+def choose_payload(
+    *,
+    delta_base: bytes | None,
+    running_digest: bytes | None,
+    running_version: str,
+    digest_problem: str = "",
+    delta_size: int = 0,
+) -> PayloadChoice:
+    """The delta only when the BMS runs exactly its base image; otherwise the full package.
+
+    ``delta_base``: the base digest the delta names (None: no delta given);
+    ``running_digest``: what the BMS computes over its running image (None: unreadable,
+    ``digest_problem`` says why).
+    """
+    if delta_base is None:
+        return PayloadChoice(PayloadKind.FULL, "full image (no delta package given)")
+    if running_digest is None:
+        why = f"could not read the BMS's image digest ({digest_problem or 'no answer'})"
+    elif running_digest != delta_base:
+        why = (
+            f"device runs {running_version} with digest {running_digest.hex()[:16]}…, "
+            f"delta base is {delta_base.hex()[:16]}…"
+        )
+    else:
+        return PayloadChoice(
+            PayloadKind.DELTA,
+            f"delta {delta_size} B against base {delta_base.hex()[:16]}…: device runs that base",
+        )
+    return PayloadChoice(PayloadKind.FALLBACK_FULL, f"fell back to full image: {why}")
+
+
+# --- what a resume may skip -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    start_offset: int  # first byte to send (== total: the BMS holds every byte)
+    erase: bool  # erase the inactive bank first
+    reason: str
+
+
+def plan_transfer(
+    state: TransferState, total: int, *, encoded: bool, force_full: bool = False
+) -> TransferPlan:
+    """What the BMS already holds of this transfer, and so what is not sent again.
+
+    A raw image resumes to the byte the BMS holds without a gap. An encoded stream
+    runs through the BMS's decoder, whose state a reset loses: it starts again at
+    byte 0 on an erased bank. ``force_full``: a resumed image failed verification
+    (a block half-programmed when the power went): send it whole once.
+    """
+    held = state.contiguous_bytes if state.erased and state.total_size == total else 0
+    if force_full:
+        return TransferPlan(0, True, f"sending all {total} bytes again from byte 0")
+    if encoded:
+        # the BMS counts what it decoded, in image bytes: any progress means a restart
+        if state.erased and state.contiguous_bytes > 0:
+            return TransferPlan(
+                0,
+                True,
+                f"an encoded transfer cannot resume: sending all {total} stored bytes "
+                "again from byte 0",
+            )
+        return TransferPlan(0, True, "")
+    if 0 < held <= total:
+        if held == total:
+            return TransferPlan(total, False, f"the BMS holds all {total} bytes already")
+        return TransferPlan(held, False, f"resuming the transfer at byte {held} of {total}")
+    return TransferPlan(0, True, "")
+
+
+# --- after the reset ------------------------------------------------------------------
+
+
+class BootMeaning(enum.StrEnum):
+    NEW_IN_TEST = "new image runs in test mode"
+    NEW_CONFIRMED = "new image runs confirmed"
+    REVERTED = "the bootloader reverted to the previous image"
+    BOOT_LOOP = "boot loop: the bootloader reverted after repeated failed starts"
+    STILL_BOOTING = "the BMS answers but its application did not start"
+    IN_BOOTLOADER = "no application runs (bootloader)"
+    NO_ANSWER = "no answer: power loss or lost link"
+    OTHER_IMAGE = "an image that is neither the new nor the previous one runs"
+
+
+@dataclass(frozen=True)
+class BootReading:
+    """What the shell saw after the reset; ``status`` None when the BMS never answered."""
+
+    new_version: str
+    previous_version: str
+    status: BootStatus | None
+    answered: bool = True  # False: not a single answer (power loss, cable, adapter)
+
+
+def interpret_boot(reading: BootReading) -> BootMeaning:
+    """What a boot status after the reset means. Tells a power loss from a boot loop."""
+    status = reading.status
+    if status is None:
+        return BootMeaning.NO_ANSWER if not reading.answered else BootMeaning.STILL_BOOTING
+    if status.run_state == "bootloader":
+        return BootMeaning.IN_BOOTLOADER
+    if status.run_state != "application":
+        return BootMeaning.STILL_BOOTING
+    if same_release(reading.new_version, status.running_version):
+        if status.image_state == "test":
+            return BootMeaning.NEW_IN_TEST
+        if status.image_state == "confirmed":
+            return BootMeaning.NEW_CONFIRMED
+        return BootMeaning.OTHER_IMAGE
+    # previous "" (a resumed run does not know it): any other image is the one reverted to
+    if not reading.previous_version or same_release(
+        reading.previous_version, status.running_version
+    ):
+        if "boot loop" in status.last_revert_reason.lower():
+            return BootMeaning.BOOT_LOOP
+        return BootMeaning.REVERTED
+    return BootMeaning.OTHER_IMAGE
+
+
+class SelfTestVerdict(enum.StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    NO_RECORD = "no record"  # unreadable: never a pass
+    STALE = "record of another image"  # e.g. the previous firmware's, after a revert
+
+
+def judge_self_test(result: SelfTestResult | None, new_version: str) -> SelfTestVerdict:
+    """Pass only for a passed record of the new image (read in this boot)."""
+    if result is None:
+        return SelfTestVerdict.NO_RECORD
+    if result.version and not same_release(new_version, result.version):
+        return SelfTestVerdict.STALE
+    return SelfTestVerdict.PASSED if result.passed else SelfTestVerdict.FAILED
+
+
+class Action(enum.StrEnum):
+    CONFIRM = "confirm"  # the new image passed its self-test in this boot
+    REVERT = "revert"  # ask the BMS to return to the confirmed image now
+    AWAIT_REVERT = "await-revert"  # the bootloader will revert by itself: wait and read
+    REPORT_REVERTED = "report-reverted"  # already back on the previous image: say so
+    REPORT_NO_ANSWER = "report-no-answer"  # nothing known: the same command again finishes
+    REPORT_CONFIRMED = "report-confirmed"  # already confirmed (a confirm whose answer was lost)
+    REPORT_STUCK = "report-stuck"  # neither new nor previous runs, or the bootloader: no rollback
+
+
+@dataclass(frozen=True)
+class AfterBoot:
+    action: Action
+    meaning: BootMeaning
+    self_test: SelfTestVerdict | None
+    reason: str
+
+
+def decide_after_boot(meaning: BootMeaning, self_test: SelfTestVerdict | None) -> AfterBoot:
+    """Confirm only a new test image that passed its self-test in this boot."""
+    if meaning is BootMeaning.NEW_IN_TEST:
+        if self_test is SelfTestVerdict.PASSED:
+            return AfterBoot(Action.CONFIRM, meaning, self_test, "self-test passed")
+        return AfterBoot(
+            Action.REVERT,
+            meaning,
+            self_test,
+            f"self-test {self_test.value if self_test else 'not read'}: never confirmed",
+        )
+    if meaning is BootMeaning.NEW_CONFIRMED:
+        return AfterBoot(Action.REPORT_CONFIRMED, meaning, self_test, "already confirmed")
+    if meaning in (BootMeaning.REVERTED, BootMeaning.BOOT_LOOP):
+        return AfterBoot(Action.REPORT_REVERTED, meaning, self_test, meaning.value)
+    if meaning is BootMeaning.STILL_BOOTING:
+        return AfterBoot(Action.AWAIT_REVERT, meaning, self_test, meaning.value)
+    if meaning is BootMeaning.NO_ANSWER:
+        return AfterBoot(Action.REPORT_NO_ANSWER, meaning, self_test, meaning.value)
+    return AfterBoot(Action.REPORT_STUCK, meaning, self_test, meaning.value)
+
+
+class ConfirmVerdict(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    STILL_TEST = "acknowledged but still a test image"  # revert now, not at the watchdog
+    LOST = "the new image no longer runs"  # wait for the bootloader and report
+
+
+def judge_confirm(status: BootStatus, new_version: str) -> ConfirmVerdict:
+    if same_release(new_version, status.running_version) and status.run_state == "application":
+        if status.image_state == "confirmed":
+            return ConfirmVerdict.CONFIRMED
+        if status.image_state == "test":
+            return ConfirmVerdict.STILL_TEST
+    return ConfirmVerdict.LOST
+
+
+# --- rollback -------------------------------------------------------------------------
+
+
+class RollbackAction(enum.StrEnum):
+    REVERT_TEST_IMAGE = "revert-test-image"  # return to the confirmed image
+    NOTHING_TO_ROLL_BACK = "nothing-to-roll-back"  # say so, change nothing
+    NOT_RUNNING = "not-running"  # bootloader or booting: nothing to ask the application
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    action: RollbackAction
+    reason: str
+
+    @property
+    def changes_device(self) -> bool:
+        return self.action is RollbackAction.REVERT_TEST_IMAGE
+
+
+def plan_rollback(status: BootStatus) -> RollbackPlan:
+    """What ``bmsfw rollback`` may do from this boot status.
+
+    Only a test image is rolled back (to the confirmed image it came from). From a
+    confirmed image the other bank holds either a rejected image (failed its
+    self-test, reverted, never confirmed) or an older release that would boot as
+    confirmed without a self-test in this boot: neither may become the running,
+    confirmed image. Going back to an older release is an update to it
+    (``--allow-downgrade``), which self-tests before it confirms.
+    """
+    running = status.running_version
+    if status.run_state == "bootloader":
+        return RollbackPlan(
+            RollbackAction.NOT_RUNNING,
+            "no application runs (bootloader): re-flash with `bmsfw update --recovery`",
+        )
+    if status.run_state != "application":
+        return RollbackPlan(
+            RollbackAction.NOT_RUNNING,
+            f"the BMS is {status.run_state}: wait until it runs its application, then retry",
+        )
+    if status.image_state == "test":
+        return RollbackPlan(
+            RollbackAction.REVERT_TEST_IMAGE,
+            f"{running} runs as an unconfirmed test image: returning to the confirmed image",
+        )
+    if status.image_state == "reverted":
+        why = status.last_revert_reason or "the new image was not confirmed"
+        return RollbackPlan(
+            RollbackAction.NOTHING_TO_ROLL_BACK,
+            f"the BMS already returned to {running} ({why}); the other bank holds the "
+            "rejected image, which is never made the running image again",
+        )
+    return RollbackPlan(
+        RollbackAction.NOTHING_TO_ROLL_BACK,
+        f"{running} runs confirmed and no test image is pending; to go back to an older "
+        "release, install it with `bmsfw update OLD.bmsfw --allow-downgrade REASON` "
+        "(it is self-tested before it is confirmed)",
+    )

@@ -1,0 +1,297 @@
+"""The decision core, table-driven: (image state x self-test result x command) -> decision."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bmsfw.protocol.session import BootStatus, SelfTestCheck, SelfTestResult, TransferState
+from bmsfw.update.core import (
+    Action,
+    BootMeaning,
+    BootReading,
+    ConfirmVerdict,
+    PayloadKind,
+    RollbackAction,
+    SelfTestVerdict,
+    StartFacts,
+    StartVerdict,
+    choose_payload,
+    compare_versions,
+    decide_after_boot,
+    decide_start,
+    interpret_boot,
+    judge_confirm,
+    judge_self_test,
+    plan_rollback,
+    plan_transfer,
+    same_release,
+)
+
+OLD, NEW = "1.5.1", "1.6.0"
+DIGEST = hashlib.sha256(b"release 1.6.0").digest()
+OTHER = hashlib.sha256(b"something else").digest()
+
+
+def boot(
+    version: str = OLD,
+    image: str = "confirmed",
+    run: str = "application",
+    reason: str = "",
+) -> BootStatus:
+    return BootStatus(run, "A", version, image, 1, 1, reason)  # type: ignore[arg-type]
+
+
+def self_test(passed: bool, version: str = NEW) -> SelfTestResult:
+    return SelfTestResult(passed, (SelfTestCheck("cells", passed),), version)
+
+
+# --- versions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "order"),
+    [
+        ("1.5.0", "1.5.0+0", 0),  # a real MCUboot device reports the build number
+        ("1.5.0+3", "1.5.0+3", 0),
+        ("1.5.0+3", "1.5.0+4", -1),
+        ("1.10.0", "1.9.9", 1),  # numbers, not strings
+        ("2.0.0-rc.1", "2.0.0", -1),
+        ("2.0", "2.0.0", 0),
+        ("", "0.0.1", -1),  # no application (bootloader) sorts below every version
+    ],
+)
+def test_compare_versions(a: str, b: str, order: int) -> None:
+    assert compare_versions(a, b) == order
+    assert compare_versions(b, a) == -order
+
+
+def test_same_release_never_matches_an_empty_version() -> None:
+    assert same_release("1.5.0", "1.5.0+0")
+    assert not same_release("", "")
+    assert not same_release("1.5.0", "")
+
+
+versions = st.builds(
+    lambda a, b, c, build: f"{a}.{b}.{c}" + (f"+{build}" if build is not None else ""),
+    st.integers(0, 30),
+    st.integers(0, 30),
+    st.integers(0, 30),
+    st.none() | st.integers(0, 9),
+)
+
+
+@given(versions, versions, versions)
+def test_version_order_is_a_total_order(a: str, b: str, c: str) -> None:
+    assert compare_versions(a, a) == 0
+    assert compare_versions(a, b) == -compare_versions(b, a)
+    if compare_versions(a, b) <= 0 and compare_versions(b, c) <= 0:
+        assert compare_versions(a, c) <= 0
+
+
+# --- may we start ---------------------------------------------------------------------
+
+
+def facts(status: BootStatus, digest: bytes | None = DIGEST, **kw: object) -> StartFacts:
+    return replace(StartFacts(NEW, DIGEST, status, digest), **kw)  # type: ignore[arg-type]
+
+
+START_CASES = [
+    # (boot status, digest, options, verdict)
+    (boot(OLD), OTHER, {}, StartVerdict.START),
+    (boot(NEW), DIGEST, {}, StartVerdict.ALREADY_INSTALLED),
+    (boot(f"{NEW}+0"), DIGEST, {}, StartVerdict.ALREADY_INSTALLED),
+    (boot(NEW), None, {}, StartVerdict.ALREADY_INSTALLED),  # with a warning: see below
+    (boot(NEW), OTHER, {}, StartVerdict.START),  # same version, another image: not ours
+    (boot(NEW), DIGEST, {"reinstall": True}, StartVerdict.START),
+    (boot(NEW, "test"), DIGEST, {}, StartVerdict.CONTINUE_TEST_IMAGE),
+    (boot(NEW, "test"), None, {}, StartVerdict.CONTINUE_TEST_IMAGE),
+    (boot(NEW, "test"), OTHER, {}, StartVerdict.START),  # preflight refuses the pending image
+    (boot("1.7.0"), OTHER, {}, StartVerdict.REFUSE_DOWNGRADE),
+    (boot("1.7.0"), OTHER, {"downgrade_reason": "   "}, StartVerdict.REFUSE_DOWNGRADE),
+    (boot("1.7.0"), OTHER, {"downgrade_reason": "field recall"}, StartVerdict.START),
+    (boot("", "none", "bootloader"), None, {}, StartVerdict.START),
+]
+
+
+@pytest.mark.parametrize(("status", "digest", "options", "verdict"), START_CASES)
+def test_decide_start(
+    status: BootStatus, digest: bytes | None, options: dict[str, object], verdict: StartVerdict
+) -> None:
+    decision = decide_start(facts(status, digest, **options))
+    assert decision.verdict is verdict, decision
+
+
+def test_already_installed_on_the_version_alone_says_so() -> None:
+    decision = decide_start(facts(boot(NEW), None))
+    assert "not readable" in decision.warning
+    assert not decide_start(facts(boot(NEW), DIGEST)).warning
+
+
+def test_allowed_downgrade_is_flagged_with_its_reason() -> None:
+    decision = decide_start(facts(boot("1.7.0"), OTHER, downgrade_reason="field recall"))
+    assert decision.downgrade and "field recall" in decision.reason
+
+
+# --- what to send, what a resume skips -------------------------------------------------
+
+
+def test_choose_payload() -> None:
+    base = OTHER
+    assert choose_payload(delta_base=None, running_digest=base, running_version=OLD).kind is (
+        PayloadKind.FULL
+    )
+    assert choose_payload(delta_base=base, running_digest=base, running_version=OLD).sends_delta
+    wrong = choose_payload(delta_base=base, running_digest=DIGEST, running_version=OLD)
+    assert wrong.kind is PayloadKind.FALLBACK_FULL and "fell back" in wrong.reason
+    unreadable = choose_payload(
+        delta_base=base, running_digest=None, running_version=OLD, digest_problem="E300"
+    )
+    assert unreadable.kind is PayloadKind.FALLBACK_FULL and "E300" in unreadable.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "encoded", "force", "start", "erase"),
+    [
+        (TransferState(1000, 0, False), False, False, 0, True),  # nothing staged
+        (TransferState(1000, 400, True), False, False, 400, False),  # partly written
+        (TransferState(1000, 1000, True), False, False, 1000, False),  # all held: send nothing
+        (TransferState(900, 400, True), False, False, 0, True),  # another stream
+        (TransferState(1000, 400, True), False, True, 0, True),  # resumed image did not verify
+        (TransferState(1000, 400, True), True, False, 0, True),  # encoded: never mid-way
+    ],
+)
+def test_plan_transfer(
+    state: TransferState, encoded: bool, force: bool, start: int, erase: bool
+) -> None:
+    plan = plan_transfer(state, 1000, encoded=encoded, force_full=force)
+    assert (plan.start_offset, plan.erase) == (start, erase)
+
+
+# --- after the reset: (image state x self-test) -> action ------------------------------
+
+BOOT_CASES = [
+    # (status after reset or None, answered, meaning)
+    (boot(NEW, "test"), True, BootMeaning.NEW_IN_TEST),
+    (boot(f"{NEW}+0", "test"), True, BootMeaning.NEW_IN_TEST),
+    (boot(NEW, "confirmed"), True, BootMeaning.NEW_CONFIRMED),
+    (boot(OLD, "reverted", reason="self-test failed: cells"), True, BootMeaning.REVERTED),
+    (boot(OLD, "confirmed", reason="watchdog"), True, BootMeaning.REVERTED),
+    (boot(OLD, "reverted", reason="boot loop: 3 starts"), True, BootMeaning.BOOT_LOOP),
+    (boot("", "none", "booting"), True, BootMeaning.STILL_BOOTING),
+    (boot("", "none", "bootloader"), True, BootMeaning.IN_BOOTLOADER),
+    (None, False, BootMeaning.NO_ANSWER),  # power loss or lost link: not a boot loop
+    (None, True, BootMeaning.STILL_BOOTING),
+    (boot("9.9.9"), True, BootMeaning.OTHER_IMAGE),
+]
+
+
+@pytest.mark.parametrize(("status", "answered", "meaning"), BOOT_CASES)
+def test_interpret_boot(status: BootStatus | None, answered: bool, meaning: BootMeaning) -> None:
+    assert interpret_boot(BootReading(NEW, OLD, status, answered)) is meaning
+
+
+def test_a_resumed_run_takes_any_other_image_for_the_revert() -> None:
+    assert interpret_boot(BootReading(NEW, "", boot("1.2.3"))) is BootMeaning.REVERTED
+
+
+@pytest.mark.parametrize(
+    ("result", "verdict"),
+    [
+        (self_test(True), SelfTestVerdict.PASSED),
+        (self_test(True, f"{NEW}+0"), SelfTestVerdict.PASSED),
+        (self_test(False), SelfTestVerdict.FAILED),
+        (self_test(True, OLD), SelfTestVerdict.STALE),  # the old firmware's pass
+        (None, SelfTestVerdict.NO_RECORD),
+    ],
+)
+def test_judge_self_test(result: SelfTestResult | None, verdict: SelfTestVerdict) -> None:
+    assert judge_self_test(result, NEW) is verdict
+
+
+ALL_VERDICTS = [*SelfTestVerdict, None]
+EXPECTED_ACTION = {
+    BootMeaning.NEW_CONFIRMED: Action.REPORT_CONFIRMED,
+    BootMeaning.REVERTED: Action.REPORT_REVERTED,
+    BootMeaning.BOOT_LOOP: Action.REPORT_REVERTED,
+    BootMeaning.STILL_BOOTING: Action.AWAIT_REVERT,
+    BootMeaning.IN_BOOTLOADER: Action.REPORT_STUCK,
+    BootMeaning.NO_ANSWER: Action.REPORT_NO_ANSWER,
+    BootMeaning.OTHER_IMAGE: Action.REPORT_STUCK,
+}
+
+
+@pytest.mark.parametrize("meaning", list(BootMeaning))
+@pytest.mark.parametrize("verdict", ALL_VERDICTS)
+def test_after_boot_table(meaning: BootMeaning, verdict: SelfTestVerdict | None) -> None:
+    """Every (boot meaning x self-test verdict): confirm only a new test image that passed."""
+    action = decide_after_boot(meaning, verdict).action
+    if meaning is BootMeaning.NEW_IN_TEST:
+        expected = Action.CONFIRM if verdict is SelfTestVerdict.PASSED else Action.REVERT
+    else:
+        expected = EXPECTED_ACTION[meaning]
+    assert action is expected
+
+
+@given(
+    st.sampled_from(list(BootMeaning)),
+    st.sampled_from(ALL_VERDICTS),
+)
+def test_confirm_needs_a_new_test_image_and_a_pass(
+    meaning: BootMeaning, verdict: SelfTestVerdict | None
+) -> None:
+    if decide_after_boot(meaning, verdict).action is Action.CONFIRM:
+        assert meaning is BootMeaning.NEW_IN_TEST and verdict is SelfTestVerdict.PASSED
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [
+        (boot(NEW, "confirmed"), ConfirmVerdict.CONFIRMED),
+        (boot(NEW, "test"), ConfirmVerdict.STILL_TEST),
+        (boot(OLD, "reverted"), ConfirmVerdict.LOST),
+        (boot(NEW, "confirmed", "booting"), ConfirmVerdict.LOST),
+    ],
+)
+def test_judge_confirm(status: BootStatus, verdict: ConfirmVerdict) -> None:
+    assert judge_confirm(status, NEW) is verdict
+
+
+# --- rollback: (image state x self-test x command "rollback") -------------------------
+
+ROLLBACK_CASES = [
+    # a test image (passed, failed or not yet self-tested): back to the confirmed image
+    (boot(NEW, "test"), RollbackAction.REVERT_TEST_IMAGE),
+    # reverted this boot (failed self-test, watchdog, boot loop): the other bank is rejected
+    (boot(OLD, "reverted", reason="self-test failed: cells"), RollbackAction.NOTHING_TO_ROLL_BACK),
+    (boot(OLD, "reverted", reason="boot loop"), RollbackAction.NOTHING_TO_ROLL_BACK),
+    # confirmed (after a revert in an earlier boot, or after a good update): nothing
+    (boot(OLD, "confirmed", reason="self-test failed"), RollbackAction.NOTHING_TO_ROLL_BACK),
+    (boot(NEW, "confirmed"), RollbackAction.NOTHING_TO_ROLL_BACK),
+    (boot("", "none", "bootloader"), RollbackAction.NOT_RUNNING),
+    (boot(NEW, "test", "self-test"), RollbackAction.NOT_RUNNING),
+]
+
+
+@pytest.mark.parametrize(("status", "action"), ROLLBACK_CASES)
+def test_plan_rollback(status: BootStatus, action: RollbackAction) -> None:
+    plan = plan_rollback(status)
+    assert plan.action is action
+    assert plan.changes_device is (action is RollbackAction.REVERT_TEST_IMAGE)
+    assert plan.reason
+
+
+@given(
+    st.sampled_from(["application", "booting", "self-test", "bootloader", "off"]),
+    st.sampled_from(["confirmed", "test", "reverted", "none"]),
+    st.text(max_size=20),
+)
+def test_rollback_changes_the_device_only_from_a_running_test_image(
+    run: str, image: str, reason: str
+) -> None:
+    plan = plan_rollback(boot(NEW, image, run, reason))
+    assert plan.changes_device == (run == "application" and image == "test")
