@@ -16,8 +16,10 @@ from bmsfw.device.direct import DirectSession
 from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult
 from bmsfw.update.audit import verify_audit_log
+from bmsfw.update.errors import ProfileInvalidError
 from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import RecordOptions, UpdateOptions, run_rollback
+from bmsfw.update.profile import SELF_TEST_LIMITS, load_profile
 from bmsfw.update.record import RecordTargets, check_record_targets
 from bmsfw.update.report import UpdateReport, load_report
 
@@ -294,3 +296,39 @@ def test_a_report_that_cannot_be_written_at_the_end_keeps_the_outcome(
     assert "updated" in report.record_error["message"]
     assert bms.boot_status().image_state == "confirmed"
     assert _audit(options) == [("update", "updated")]  # the audit record still went in
+
+
+def test_a_pack_the_self_test_would_reject_is_stopped_by_the_preflight(
+    *,
+    session: DirectSession,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    """One set of limits: 14 V passed the old 9-32 V preflight, then failed the 18-30 V
+    self-test after the image was written and activated."""
+    bms.faults.set_supply(sag_v=10.0)  # 24 V -> 14 V
+    ops = bms.flash_op_count
+    report = _run(session, packages["2.0.0"], vendor, options, clock)
+    assert report.outcome == "refused"
+    assert report.error["code"] == "BMSFW-E403"
+    supply = next(c for c in report.preflight if c["name"] == "supply-stability")
+    assert supply["limit"].startswith(
+        f"{SELF_TEST_LIMITS.supply_min_v:g}–{SELF_TEST_LIMITS.supply_max_v:g} V"
+    )
+    assert bms.flash_op_count == ops and not bms.transfer_status().staged
+
+
+def test_a_profile_cannot_open_the_supply_window_wider_than_the_self_test(
+    tmp_path: Path,
+) -> None:
+    wide = tmp_path / "wide.toml"
+    wide.write_text("[preflight]\nsupply_min_v = 9.0\n")
+    with pytest.raises(ProfileInvalidError, match="wider than the self-test"):
+        load_profile(wide)
+    product = tmp_path / "product.toml"
+    product.write_text("[self_test]\nsupply_min_v = 20.0\nsupply_max_v = 28.0\n")
+    profile = load_profile(product)
+    assert (profile.preflight.supply_min_v, profile.preflight.supply_max_v) == (20.0, 28.0)

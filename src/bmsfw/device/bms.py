@@ -120,6 +120,7 @@ from bmsfw.protocol.session import (
     SelfTestResult,
     Telemetry,
 )
+from bmsfw.update.profile import SELF_TEST_LIMITS
 
 __all__ = ["DTC_CODES", "VirtualBms"]
 
@@ -145,12 +146,12 @@ DTC_CODES = {
     "supply": "B1016",
 }
 
-# Self-test limits (the seed document's numbers where it gives them).
-CELL_CAL_TOLERANCE_PCT = 0.5
-NTC_PLAUSIBLE_C = (-40.0, 85.0)
-NTC_MAX_SPREAD_C = 10.0
-BALANCE_MIN_DROP_V = 0.010
-SUPPLY_RANGE_V = (18.0, 30.0)
+# Self-test limits: the product profile of the host is their one source.
+CELL_CAL_TOLERANCE_PCT = SELF_TEST_LIMITS.cell_cal_tolerance_pct
+NTC_PLAUSIBLE_C = (SELF_TEST_LIMITS.ntc_min_c, SELF_TEST_LIMITS.ntc_max_c)
+NTC_MAX_SPREAD_C = SELF_TEST_LIMITS.ntc_max_spread_c
+BALANCE_MIN_DROP_V = SELF_TEST_LIMITS.balance_min_drop_v
+SUPPLY_RANGE_V = (SELF_TEST_LIMITS.supply_min_v, SELF_TEST_LIMITS.supply_max_v)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -31,9 +31,11 @@ from bmsfw.update.errors import ProfileInvalidError
 
 __all__ = [
     "DEFAULT_CONFIRMATIONS",
+    "SELF_TEST_LIMITS",
     "BootLimits",
     "ManualConfirmation",
     "PreflightLimits",
+    "SelfTestLimits",
     "TransferLimits",
     "UpdateProfile",
     "load_profile",
@@ -47,6 +49,27 @@ class ManualConfirmation:
 
 
 @dataclass(frozen=True)
+class SelfTestLimits:
+    """What the BMS firmware's own self-test demands after an update (the product's numbers).
+
+    The one source of these numbers: the preflight's supply window sits inside them
+    (a pack the self-test will reject is stopped before a byte is written), and the
+    virtual BMS's self-test uses them.
+    """
+
+    supply_min_v: float = 18.0
+    supply_max_v: float = 30.0
+    cell_cal_tolerance_pct: float = 0.5  # measured cell voltage against the reference
+    ntc_min_c: float = -40.0  # a plausible NTC reading
+    ntc_max_c: float = 85.0
+    ntc_max_spread_c: float = 10.0
+    balance_min_drop_v: float = 0.010  # a bleed switch must pull its cell down this much
+
+
+SELF_TEST_LIMITS = SelfTestLimits()
+
+
+@dataclass(frozen=True)
 class PreflightLimits:
     soc_min_pct: float = 20.0
     soc_max_pct: float = 80.0
@@ -54,8 +77,8 @@ class PreflightLimits:
     temp_max_c: float = 45.0
     supply_window_s: float = 2.0
     supply_samples: int = 5
-    supply_min_v: float = 9.0
-    supply_max_v: float = 32.0
+    supply_min_v: float = SELF_TEST_LIMITS.supply_min_v
+    supply_max_v: float = SELF_TEST_LIMITS.supply_max_v
     supply_max_ripple_pct: float = 3.0  # (max - min) / mean over the window
     link_round_trips: int = 5
     link_max_errors: int = 0
@@ -71,8 +94,8 @@ class TransferLimits:
     soc_max_pct: float = 80.0
     temp_min_c: float = 0.0
     temp_max_c: float = 45.0
-    supply_min_v: float = 9.0
-    supply_max_v: float = 32.0
+    supply_min_v: float = SELF_TEST_LIMITS.supply_min_v
+    supply_max_v: float = SELF_TEST_LIMITS.supply_max_v
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,7 @@ class UpdateProfile:
     preflight: PreflightLimits = field(default_factory=PreflightLimits)
     transfer: TransferLimits = field(default_factory=TransferLimits)
     boot: BootLimits = field(default_factory=BootLimits)
+    self_test: SelfTestLimits = SELF_TEST_LIMITS
     confirmations: tuple[ManualConfirmation, ...] = DEFAULT_CONFIRMATIONS
     source: str = ""  # file the profile was loaded from, "" for built-in defaults
 
@@ -139,6 +163,15 @@ def _validate(profile: UpdateProfile) -> None:
         raise ProfileInvalidError("preflight state of charge limits must lie within 0–100 %")
     if p.supply_samples < 2 or p.supply_window_s < 0:
         raise ProfileInvalidError("preflight.supply_samples must be >= 2 and supply_window_s >= 0")
+    st = profile.self_test
+    _check_window(st.supply_min_v, st.supply_max_v, "self-test supply voltage")
+    if p.supply_min_v < st.supply_min_v or p.supply_max_v > st.supply_max_v:
+        raise ProfileInvalidError(
+            f"preflight supply window {p.supply_min_v:g}–{p.supply_max_v:g} V is wider than "
+            f"the self-test's {st.supply_min_v:g}–{st.supply_max_v:g} V: a pack the self-test "
+            "rejects would be written and activated (narrow preflight.supply_min_v/max_v, "
+            "or set [self_test] to the product's numbers)"
+        )
     if p.link_round_trips < 1 or p.link_max_errors < 0:
         raise ProfileInvalidError("preflight.link_round_trips must be >= 1, link_max_errors >= 0")
     t = profile.transfer
@@ -162,7 +195,7 @@ def load_profile(path: str | Path | None) -> UpdateProfile:
         raise ProfileInvalidError(f"cannot read profile {file}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileInvalidError(f"profile {file} is not valid TOML: {exc}") from exc
-    unknown = set(raw) - {"product", "preflight", "transfer", "boot", "confirmation"}
+    unknown = set(raw) - {"product", "preflight", "transfer", "boot", "self_test", "confirmation"}
     if unknown:
         raise ProfileInvalidError(f"unknown section(s) in {file}: {', '.join(sorted(unknown))}")
     product = raw.get("product", {})
@@ -185,7 +218,12 @@ def load_profile(path: str | Path | None) -> UpdateProfile:
         confirmations = tuple(parsed)
     # The transfer window defaults to the preflight window of *this* profile, so a
     # product that narrows preflight also narrows what is watched during the transfer.
-    preflight = _section(PreflightLimits, raw.get("preflight"), "preflight")
+    # The supply window defaults to what this product's self-test demands.
+    self_test = _section(SelfTestLimits, raw.get("self_test"), "self_test")
+    preflight_raw = dict(raw.get("preflight") or {})
+    for key in ("supply_min_v", "supply_max_v"):
+        preflight_raw.setdefault(key, getattr(self_test, key))
+    preflight = _section(PreflightLimits, preflight_raw, "preflight")
     transfer_raw = dict(raw.get("transfer") or {})
     for key in ("soc_min_pct", "soc_max_pct", "temp_min_c", "temp_max_c"):
         transfer_raw.setdefault(key, getattr(preflight, key))
@@ -196,6 +234,7 @@ def load_profile(path: str | Path | None) -> UpdateProfile:
         preflight=preflight,
         transfer=_section(TransferLimits, transfer_raw, "transfer"),
         boot=_section(BootLimits, raw.get("boot"), "boot"),
+        self_test=self_test,
         confirmations=confirmations,
         source=str(file),
     )
