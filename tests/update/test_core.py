@@ -58,10 +58,10 @@ def self_test(passed: bool, version: str = NEW) -> SelfTestResult:
     [
         ("1.5.0", "1.5.0+0", 0),  # a real MCUboot device reports the build number
         ("1.5.0+3", "1.5.0+3", 0),
-        ("1.5.0+3", "1.5.0+4", -1),
+        ("1.5.0+3", "1.5.0+4", 0),  # build metadata has no precedence (semver 10)
         ("1.10.0", "1.9.9", 1),  # numbers, not strings
         ("2.0.0-rc.1", "2.0.0", -1),
-        ("2.0", "2.0.0", 0),
+        ("1.1.1+3900000001", "1.1.1", -1),  # MCUboot form of 1.1.1-rc1
         ("", "0.0.1", -1),  # no application (bootloader) sorts below every version
     ],
 )
@@ -72,6 +72,8 @@ def test_compare_versions(a: str, b: str, order: int) -> None:
 
 def test_same_release_never_matches_an_empty_version() -> None:
     assert same_release("1.5.0", "1.5.0+0")
+    assert same_release("1.1.1-rc1", "1.1.1+3900000001")
+    assert not same_release("1.5.0", "1.5.0+7")  # another build of the image
     assert not same_release("", "")
     assert not same_release("1.5.0", "")
 

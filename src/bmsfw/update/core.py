@@ -24,16 +24,18 @@ Decisions, in the order of an update:
 * :func:`plan_rollback` - what ``bmsfw rollback`` may do from each state.
 
 Every version comparison goes through :func:`compare_versions` /
-:func:`same_release` (the manifest's semver against the MCUboot
-``major.minor.revision+build`` the BMS reports: ``1.5.0`` is ``1.5.0+0``).
+:func:`same_release`, which apply the package layer's one rule
+(:mod:`bmsfw.package.version`: the manifest's semver against the MCUboot
+``major.minor.revision+build`` the BMS reports; ``1.5.0`` is ``1.5.0+0``).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
+from bmsfw.errors import PackageError
+from bmsfw.package.version import Version, as_version, device_runs
 from bmsfw.protocol.session import BootStatus, SelfTestResult, TransferState
 
 __all__ = [
@@ -65,46 +67,35 @@ __all__ = [
 
 # --- versions -----------------------------------------------------------------------
 
-_VERSION = re.compile(
-    r"^\s*v?(?P<major>\d+)(?:\.(?P<minor>\d+))?(?:\.(?P<patch>\d+))?"
-    r"(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+(?P<build>[0-9A-Za-z.-]+))?\s*$"
-)
-
-
-def _key(text: str) -> tuple[int, int, int, int, int]:
-    """(major, minor, patch, release-or-pre, build) of a semver or MCUboot version.
-
-    The MCUboot header carries ``major.minor.revision+build`` (build 0 when the
-    manifest names none); a pre-release sorts below its release. Text that is not a
-    version (an empty string from a BMS in its bootloader) sorts below every version.
-    """
-    match = _VERSION.match(text)
-    if match is None:
-        return (-1, -1, -1, -1, -1)
-    build = match["build"] or "0"
-    return (
-        int(match["major"]),
-        int(match["minor"] or 0),
-        int(match["patch"] or 0),
-        0 if match["pre"] else 1,
-        int(build) if build.isdigit() else 0,
-    )
-
 
 def compare_versions(a: str, b: str) -> int:
     """-1, 0 or 1 as version ``a`` is lower than, equal to or higher than ``b``.
 
-    The one version comparison of the update procedure (``"1.5.0" == "1.5.0+0"``).
+    The one version comparison of the update procedure, by the package layer's rule
+    (:mod:`bmsfw.package.version`: semver precedence, an MCUboot ``1.5.0+0`` is the
+    release ``1.5.0``). Text that is no version (an empty string from a BMS in its
+    bootloader) sorts below every version.
     """
-    ka, kb = _key(a), _key(b)
-    return (ka > kb) - (ka < kb)
+    va, vb = _version_or_none(a), _version_or_none(b)
+    if va is None or vb is None:
+        return (va is not None) - (vb is not None)
+    return (va > vb) - (va < vb)
+
+
+def _version_or_none(text: str) -> Version | None:
+    try:
+        return as_version(text)
+    except PackageError:
+        return None
 
 
 def same_release(release_version: str, reported_version: str) -> bool:
     """Whether a BMS reporting ``reported_version`` runs the release ``release_version``."""
-    if not release_version or not reported_version:
-        return False
-    return compare_versions(release_version, reported_version) == 0
+    try:
+        return device_runs(release_version, reported_version)
+    except PackageError:  # not a release version (e.g. "" or another reported string)
+        va, vb = _version_or_none(release_version), _version_or_none(reported_version)
+        return va is not None and va == vb
 
 
 # --- may we start ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from bmsfw.errors import PreflightError
 from bmsfw.protocol.session import BmsSession, BootStatus, LinkQuality, Telemetry
+from bmsfw.update.core import compare_versions
 from bmsfw.update.errors import (
     ActiveFaultsError,
     CellSpreadHighError,
@@ -56,7 +57,6 @@ __all__ = [
     "run_preflight",
     "sample_supply",
     "validate_overrides",
-    "version_key",
 ]
 
 logger = logging.getLogger(__name__)
@@ -249,21 +249,11 @@ def check_bank(boot: BootStatus, *, recovery: bool = False) -> CheckResult:
     )
 
 
-def version_key(text: str) -> tuple[int, ...]:
-    """Numeric MAJOR.MINOR.PATCH of a version string ("1.4.0+7" -> (1, 4, 0))."""
-    core = text.split("+", 1)[0].split("-", 1)[0]
-    parts: list[int] = []
-    for piece in core.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def check_compatibility(
     model: str, hw_revision: str, bootloader_version: str, release: ReleaseFacts
 ) -> CheckResult:
     hw_ok = model == release.model and hw_revision in release.hw_revisions
-    boot_ok = version_key(bootloader_version) >= version_key(release.min_bootloader_version)
+    boot_ok = compare_versions(bootloader_version, release.min_bootloader_version) >= 0
     return CheckResult(
         "compatibility",
         f"{model} rev {hw_revision}, bootloader {bootloader_version}",
