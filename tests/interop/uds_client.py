@@ -122,6 +122,7 @@ def connect(group: str, port: int, node: int = 1) -> Iterator[Client]:
         params=params,
     )
     config = dict(udsoncan.configs.default_client_config)
+    config["p2_timeout"] = 2.0  # P2 is 50 ms; a loaded bench may answer later
     config["data_identifiers"] = {
         DID_SOFTWARE_VERSION: _Ascii,
         DID_SECURITY_COUNTER: _Raw,
@@ -162,11 +163,12 @@ def wait_application(client: Client, timeout_s: float = 20.0) -> BootStatus:
             status = boot_status(client)
             if status.run_state == "application":
                 return status
-        except (
-            udsoncan.exceptions.TimeoutException,
-            udsoncan.exceptions.NegativeResponseException,
-        ):
-            pass
+        except udsoncan.exceptions.NegativeResponseException:
+            pass  # 0x22 while booting
+        except udsoncan.exceptions.TimeoutException:
+            # a late answer to this request must not be taken for the next one's
+            time.sleep(1.0)
+            client.conn.empty_rxqueue()
         time.sleep(0.1)
     raise TimeoutError("the BMS did not come back into its application")
 
