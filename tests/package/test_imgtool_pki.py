@@ -113,3 +113,31 @@ def test_another_vendors_image_key_is_refused(
         "--image-key", str(other / "image-signing.pub"),
     )  # fmt: skip
     assert code == 3 and "BMSFW-E124" in err
+
+
+@pytest.mark.parametrize(
+    ("counter_args", "code"), [((), "BMSFW-E132"), (("--security-counter", "6"), "BMSFW-E133")]
+)
+def test_build_refuses_an_image_the_bms_would_refuse(
+    vendor: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    counter_args: tuple[str, ...],
+    code: str,
+) -> None:
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(bytes(range(251)) * 12)
+    signed = tmp_path / "signed.bin"
+    imgtool_sign(vendor / "image-signing.key", fw, signed, "--version", "1.2.0", *counter_args)
+    package = tmp_path / "r.bmsfw"
+    exit_code, _, err = run(
+        capsys, "package", "build", "--product", "demo", "--version", "1.2.0",
+        "--security-counter", "7", "--hw-model", "BMS-48V", "--hw-revision", "B",
+        "--app", str(signed), "-o", str(package),
+    )  # fmt: skip
+    assert (
+        exit_code == 3
+        and code in err
+        and "imgtool sign --security-counter" in " ".join(err.split())
+    )
+    assert not package.exists()

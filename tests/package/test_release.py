@@ -372,9 +372,9 @@ def test_forged_revocation_list(ed_pki: VendorPki, ed_signed: bytes) -> None:
 def test_image_manifest_mismatch(ed_pki: VendorPki) -> None:
     image = build_image(b"\x42" * 700, signing_key=ed_pki.image_signing_key, version="1.4.0",
                         security_counter=4)  # fmt: skip
-    with pytest.raises(E.ImageManifestMismatchError) as info:
+    with pytest.raises(E.SecurityCounterMismatchError) as info:
         make_release(ed_pki, b"", components=[ComponentSource.image("app", image)])
-    assert info.value.code == "BMSFW-E128"
+    assert info.value.code == "BMSFW-E133"
 
 
 def test_unpinned_image_key_rejected_when_pinned(ed_pki: VendorPki, ed_signed: bytes) -> None:

@@ -65,7 +65,9 @@ from bmsfw.package.errors import (
     InvalidManifestError,
     InvalidVersionError,
     MalformedPackageError,
+    MissingSecurityCounterError,
     SafetyCriticalOverOtaError,
+    SecurityCounterMismatchError,
     UnsignedPackageError,
 )
 from bmsfw.package.version import Version, as_version, image_version_of, parse_version
@@ -709,8 +711,15 @@ def _check_image_against(
         )
     if name != "app":
         return
-    if info.security_counter is not None and info.security_counter != security_counter:
-        raise ImageManifestMismatchError(
+    # The BMS accepts the app only when its SEC_CNT equals the manifest's counter: refuse
+    # here, before a byte is sent, what it would refuse after the whole transfer.
+    if info.security_counter is None:
+        raise MissingSecurityCounterError(
+            f"app image has no security counter; the release's is {security_counter} "
+            f"(sign it with `imgtool sign --security-counter {security_counter}`)"
+        )
+    if info.security_counter != security_counter:
+        raise SecurityCounterMismatchError(
             f"app image security counter {info.security_counter}, manifest {security_counter}"
         )
     expected = image_version_of(version)

@@ -41,11 +41,13 @@ __all__ = [
     "KeyHashNotTrustedError",
     "MalformedImageError",
     "MalformedPackageError",
+    "MissingSecurityCounterError",
     "NotFirmwareError",
     "PkiExistsError",
     "RevocationListError",
     "RevokedSignerError",
     "SafetyCriticalOverOtaError",
+    "SecurityCounterMismatchError",
     "UnsignedImageError",
     "UnsignedPackageError",
     "UnsupportedAlgorithmError",
@@ -271,6 +273,30 @@ class ImageKeyNotGivenError(PackageError):
     remedy = (
         "Give the image-signing public key: `--pki DIR` (its image-signing.pub) or "
         "`--image-key image-signing.pub`; or sign with `imgtool sign --public-key-format full`."
+    )
+
+
+class MissingSecurityCounterError(ImageManifestMismatchError):
+    code = "BMSFW-E132"
+    diagnosis = (
+        "The app image has no security counter (SEC_CNT TLV); the BMS refuses such an "
+        "image after the transfer, so bmsfw refuses it before."
+    )
+    remedy = (
+        "Sign the image with the release's counter: `imgtool sign --security-counter N` "
+        "(N = the manifest's security_counter), or let `bmsfw package build` wrap the raw firmware."
+    )
+
+
+class SecurityCounterMismatchError(ImageManifestMismatchError):
+    code = "BMSFW-E133"
+    diagnosis = (
+        "The app image's security counter (SEC_CNT TLV) differs from the manifest's "
+        "security_counter; the BMS would refuse it after the transfer."
+    )
+    remedy = (
+        "Re-sign the image with `imgtool sign --security-counter N` for the manifest's N, "
+        "or build the release with `--security-counter` equal to the image's."
     )
 
 
