@@ -240,3 +240,91 @@ def test_build_fill_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert image[start : start + 1008] == bytes(1008)
     code, _, err = run(capsys, *base, "--fill", "0x100", "-o", str(tmp_path / "x.bmsfw"))
     assert code == 2 and "--fill" in err and not (tmp_path / "x.bmsfw").exists()
+
+
+def test_issue_tester_makes_credentials_the_bms_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from bmsfw.package import key_hash, load_certificate_file
+    from bmsfw.protocol.uds._auth import (
+        TesterCertificateRejected,
+        chain_pem_to_der,
+        sign_challenge,
+        verify_proof,
+        verify_tester_chain,
+    )
+
+    pki = tmp_path / "pki"
+    pw = tmp_path / "pw.txt"
+    pw.write_text("s3cret\n")
+    assert run(capsys, "keys", "init", str(pki), "--passphrase-file", str(pw))[0] == 0
+    chain, key = tmp_path / "tester.pem", tmp_path / "tester.key"
+    args = ["keys", "issue-tester", "--pki", str(pki), "--cert-out", str(chain)]
+    args += ["--key-out", str(key), "--validity-days", "30", "--name", "laptop-7"]
+    code, out, err = run(capsys, *args, "--passphrase-file", str(pw), "--json")
+    assert code == 0, err
+    issued = json.loads(out)
+    assert "laptop-7" in issued["subject"] and key.stat().st_mode & 0o077 == 0
+
+    # What the BMS checks: the chain up to the fused root hash, then proof of possession.
+    root_hash = key_hash(load_certificate_file(pki / "root-ca.crt").public_key())
+    now = dt.datetime.now(dt.UTC)
+    identity = verify_tester_chain(
+        chain_pem_to_der(chain.read_bytes()), root_key_hash=root_hash, now=now
+    )
+    assert "laptop-7" in identity.subject
+    assert verify_proof(identity.public_key, b"nonce", sign_challenge(key.read_bytes(), b"nonce"))
+    leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+    assert dt.timedelta(days=29) < leaf.not_valid_after_utc - now <= dt.timedelta(days=30)
+
+    # A lost laptop: revoke its certificate from the chain file; the BMS then refuses it.
+    code, _, err = run(capsys, "keys", "revoke", str(pki), str(chain), "--passphrase-file", str(pw))
+    assert code == 0, err
+    crl = x509.load_der_x509_crl((pki / "revocation.crl").read_bytes())
+    with pytest.raises(TesterCertificateRejected, match="revoked"):
+        verify_tester_chain(
+            chain_pem_to_der(chain.read_bytes()), root_key_hash=root_hash, now=now,
+            revocation_lists_der=[crl.public_bytes(serialization.Encoding.DER)],
+        )  # fmt: skip
+
+    # Nothing is overwritten; a validity beyond the CA's end is refused.
+    code, _, err = run(capsys, *args, "--passphrase-file", str(pw))
+    assert code == 2 and "exists" in err
+    chain.unlink()
+    key.unlink()
+    code, _, err = run(capsys, *args, "--passphrase-file", str(tmp_path / "missing"))
+    assert code == 2 and not chain.exists() and not key.exists()
+
+
+def test_package_header_is_the_release_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+
+    from bmsfw.package import decode_header, release_header
+
+    pki = tmp_path / "pki"
+    assert run(capsys, "keys", "init", str(pki))[0] == 0
+    pkg = tmp_path / "r.bmsfw"
+    build = ["package", "build", "--product", "demo", "--version", "1.5.0"]
+    build += ["--security-counter", "1", "--hw-model", "BMS-48V", "--hw-revision", "B"]
+    build += ["--pki", str(pki), "--app", str(FIXTURES / "app.bin"), "-o", str(pkg)]
+    assert run(capsys, *build)[0] == 0
+    out_path = tmp_path / "header.bin"
+    code, _, err = run(capsys, "package", "header", str(pkg), "-o", str(out_path))
+    assert code == 3 and "BMSFW-E114" in err and not out_path.exists()  # unsigned
+    assert run(capsys, "package", "sign", str(pkg), "--pki", str(pki))[0] == 0
+    code, out, err = run(capsys, "package", "header", str(pkg), "-o", str(out_path), "--json")
+    assert code == 0, err
+    data = out_path.read_bytes()
+    assert data == release_header(pkg.read_bytes())
+    assert json.loads(out)["size"] == len(data)
+    # little-endian, as documented: magic, u16 format 1, u16 section count, u16 tag, u32 length
+    magic, fmt, count, tag, length = struct.unpack_from("<8sHHHI", data)
+    assert (magic, fmt, tag) == (b"BMSFWHDR", 1, 1) and count >= 3
+    assert data[18 : 18 + length] == decode_header(data).manifest

@@ -19,6 +19,7 @@ from bmsfw.package import (
     issue_signer_in_dir,
     key_hash,
     load_certificate_file,
+    load_key_file,
     load_private_key,
     load_public_key,
     revoke_in_dir,
@@ -145,8 +146,19 @@ def issue_signer_cmd(
 def revoke_cmd(
     directory: Path, certificate: Path, passphrase_file: Path | None, as_json: bool
 ) -> None:
-    """Revoke a signer CERTIFICATE: writes DIRECTORY/revocation.crl, signed by the CA."""
-    cert = load_certificate_file(certificate)
+    """Revoke a signer or tester CERTIFICATE: writes DIRECTORY/revocation.crl, signed by the CA.
+
+    CERTIFICATE may be a chain file (a tester's --cert-out): its first certificate is revoked.
+    """
+    from bmsfw.package._trust import load_certificates_pem
+
+    try:
+        certs = load_certificates_pem(certificate.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {certificate}: {exc.strerror}") from None
+    if not certs:
+        raise KeyFileError(f"{certificate} holds no certificate")
+    cert = certs[0]
     crl = revoke_in_dir(directory, cert, passphrase=read_passphrase(passphrase_file))
     crl_path = PkiPaths(directory).crl
     _show(
@@ -226,3 +238,103 @@ def enc_keygen_cmd(directory: Path, scheme: str, name: str, as_json: bool) -> No
         as_json,
         {"scheme": scheme, "private_key": str(private_path), "public_key": str(public_path)},
     )
+
+
+@keys_group.command("issue-tester")
+@click.option(
+    "--pki",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="Vendor PKI directory (`bmsfw keys init`); its release CA issues the certificate.",
+)
+@click.option("--name", default="service-tester", show_default=True, help="Common name (CN).")
+@click.option(
+    "--validity-days",
+    type=click.IntRange(1, 398),
+    default=90,
+    show_default=True,
+    help="Days the certificate is valid (at most 398 and never past the CA's own end).",
+)
+@click.option(
+    "--cert-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="PEM chain to write: tester certificate, release CA, root CA (`--tester-cert`).",
+)
+@click.option(
+    "--key-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Tester private key to write (PKCS#8 PEM, mode 0600; `--tester-key`).",
+)
+@_passphrase_option
+@_json_option
+def issue_tester_cmd(
+    *,
+    directory: Path,
+    name: str,
+    validity_days: int,
+    cert_out: Path,
+    key_out: Path,
+    passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Issue a tester certificate (UDS 0x29 / Modbus authentication) for `update`/`rollback`.
+
+    Whoever holds the PKI's release CA key (intermediate-ca.key) can issue one.
+    """
+    import datetime as dt
+
+    from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
+
+    paths = PkiPaths(directory)
+    for path in (cert_out, key_out):
+        if path.exists():
+            raise UsageError(f"{path} exists; refusing to overwrite it")
+    ca_key = load_key_file(paths.intermediate_key, read_passphrase(passphrase_file))
+    ca_cert = load_certificate_file(paths.intermediate_cert)
+    root_cert = load_certificate_file(paths.root_cert)
+    now = dt.datetime.now(dt.UTC)
+    ca_end = min(ca_cert.not_valid_after_utc, root_cert.not_valid_after_utc)
+    if now + dt.timedelta(days=validity_days) > ca_end:
+        raise UsageError(
+            f"--validity-days {validity_days} reaches past the release CA's end "
+            f"({ca_end:%Y-%m-%d}); choose fewer days or renew the CA"
+        )
+    key, cert = issue_tester_certificate(
+        ca_key,
+        ca_cert,
+        name=name,
+        now=now,
+        validity_days=validity_days,
+    )
+    creds = tester_credentials(key, cert, [ca_cert, root_cert])
+    _write_new(key_out, creds.private_key_pem, mode=0o600)
+    _write_new(cert_out, creds.certificate_chain_pem, mode=0o644)
+    summary = summarize_certificate(cert)
+    _show(
+        [
+            ("tester", summary.subject),
+            ("issuer", summary.issuer),
+            ("serial", summary.serial_number),
+            ("valid from", f"{summary.not_before:%Y-%m-%d %H:%M} UTC"),
+            ("valid until", f"{summary.not_after:%Y-%m-%d %H:%M} UTC"),
+            ("certificate chain", str(cert_out)),
+            ("private key", str(key_out)),
+        ],
+        "tester certificate issued",
+        as_json,
+        {**summary.to_dict(), "certificate_chain": str(cert_out), "private_key": str(key_out)},
+    )
+
+
+def _write_new(path: Path, data: bytes, *, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise UsageError(f"{path} exists; refusing to overwrite it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,10 +33,12 @@ from bmsfw.package import (
     load_certificate_file,
     load_key_file,
     load_signer,
+    release_header,
     sign_release,
     verify_release,
 )
 from bmsfw.package._firmware import FirmwareInput, load_firmware
+from bmsfw.package._header import HEADER_FORMAT_VERSION
 from bmsfw.package._trust import CertificateSummary, load_certificates_pem
 from bmsfw.package.errors import BadImageMagicError, ImageKeyNotGivenError
 
@@ -238,8 +241,6 @@ def _report_written(
     as_json: bool,
     inputs: dict[str, dict[str, object]] | None = None,
 ) -> None:
-    import hashlib
-
     digest = hashlib.sha256(package).hexdigest()
     if as_json:
         record: dict[str, object] = {"output": str(output), "size": len(package), "sha256": digest}
@@ -532,3 +533,29 @@ def inspect_cmd(package: Path, as_json: bool) -> None:
         print_json(data)
     else:
         render_inspection(inspection)
+
+
+@package_group.command("header")
+@click.argument("package", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+    help="Where to write the release header (binary, little-endian; docs/packages.md).",
+)  # fmt: skip
+@_json_option
+def header_cmd(package: Path, output: Path, as_json: bool) -> None:
+    """Write PACKAGE's release header: what a third-party tool stages before the image.
+
+    UDS: routine 0x0201's option record is one channel byte then these bytes;
+    Modbus: the staging registers (docs/uds.md, docs/modbus.md). The package
+    must be signed; the header is not verified here (run `package verify`).
+    """
+    header = release_header(_read(package))
+    _write_atomic(output, header)
+    digest = hashlib.sha256(header).hexdigest()
+    if as_json:
+        record: dict[str, object] = {"output": str(output), "size": len(header)}
+        record |= {"sha256": digest, "byte_order": "little-endian"}
+        print_json({**record, "format_version": HEADER_FORMAT_VERSION})
+    else:
+        text = f"release header: {output} ({len(header):,} bytes, little-endian, sha256 {digest})"
+        console.print(escape(text))
