@@ -141,3 +141,22 @@ def test_build_refuses_an_image_the_bms_would_refuse(
         and "imgtool sign --security-counter" in " ".join(err.split())
     )
     assert not package.exists()
+
+
+def test_build_with_the_pki_refuses_an_image_signed_by_another_key(
+    vendor: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other-pki"
+    assert main_exit(["keys", "init", str(other)]) == 0
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(bytes(range(251)) * 12)
+    signed = tmp_path / "signed.bin"
+    imgtool_sign(other / "image-signing.key", fw, signed, "--version", "1.2.0",
+                 "--security-counter", "7")  # fmt: skip
+    package = tmp_path / "r.bmsfw"
+    code, _, err = run(
+        capsys, "package", "build", "--product", "demo", "--version", "1.2.0",
+        "--security-counter", "7", "--hw-model", "BMS-48V", "--hw-revision", "B",
+        "--image", f"app={signed}", "--pki", str(vendor), "-o", str(package),
+    )  # fmt: skip
+    assert code == 3 and "BMSFW-E124" in err and not package.exists()

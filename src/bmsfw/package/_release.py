@@ -32,7 +32,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bmsfw.package import _encoding
-from bmsfw.package._crypto import PrivateKey, load_public_key, sign_message, verify_message
+from bmsfw.package._crypto import (
+    PrivateKey,
+    key_hash,
+    load_public_key,
+    sign_message,
+    verify_message,
+)
 from bmsfw.package._delta import create_delta
 from bmsfw.package._encrypt import EncPublicKey, enc_scheme_of
 from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
@@ -378,6 +384,14 @@ def build_release(
                     f"component {source.name!r} is encrypted with {encryption}"
                 )
             info = check_encrypted_image(image)
+        elif image_signing_key is not None:
+            # The BMS boots only images signed by the vendor's image key: an image signed
+            # with another key (e.g. an imgtool dev key) is refused here, not after a transfer.
+            info = verify_image(
+                image,
+                key_hashes=[key_hash(image_signing_key)],
+                public_keys=[image_signing_key.public_key()],
+            )
         else:
             info = check_image_integrity(image)
         _check_image_against(source.name, info, release_version, security_counter, hardware)
