@@ -10,16 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms
+from bmsfw.device import SimClock, VirtualBms, provision
 from bmsfw.device.errors import (
     EraseNeededError,
     NoStagedUpdateError,
     NotVerifiedError,
+    ProvisioningError,
     VerifyFailedError,
     WriteOutOfRangeError,
 )
 from bmsfw.errors import BmsfwError
-from bmsfw.package import build_release, decode_header, encode_header, sign_release
+from bmsfw.package import (
+    build_release,
+    decode_header,
+    encode_header,
+    public_key_der,
+    sign_release,
+)
 from bmsfw.package import release_header as header_of
 from bmsfw.package.errors import (
     AntiRollbackError,
@@ -30,7 +37,7 @@ from bmsfw.package.errors import (
     UntrustedSignerError,
 )
 
-from .conftest import Release, Vendor
+from .conftest import Release, Vendor, small_spec
 
 
 def _fingerprint(device_dir: Path, bms: VirtualBms) -> tuple[str, str, int, str]:
@@ -192,3 +199,18 @@ def test_sequence_errors(bms: VirtualBms, release_v2: Release) -> None:
         bms.write_inactive(len(release_v2.image) - 4, b"12345678")
     with pytest.raises(WriteOutOfRangeError):
         bms.write_inactive(-8, b"12345678")
+
+
+def test_provisioning_refuses_an_image_key_that_is_not_the_fused_one(
+    tmp_path: Path, vendor: Vendor, other_vendor: Vendor, release_v1: Release
+) -> None:
+    with pytest.raises(ProvisioningError, match="does not hash to image_key_hash"):
+        provision(
+            tmp_path / "bms",
+            initial_image=release_v1.image,
+            root_key_hash=vendor.root_key_hash,
+            image_key_hash=vendor.image_key_hash,
+            image_public_key=public_key_der(other_vendor.pki.image_signing_key),
+            spec=small_spec(),
+        )
+    assert not (tmp_path / "bms").exists()  # refused before anything was created

@@ -123,21 +123,25 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
         packages[name] = _build(
             root, pki, name, version=version, counter=counter, source=["--app", str(binary)]
         )
-    # an image signed by imgtool itself (full public key in the image), wrapped as is
+    # images signed by imgtool itself, wrapped as they are: its default stores only the
+    # key's hash (the BMS's bootloader holds the public key), or the full public key
     plain = root / "plain.bin"
     plain.write_bytes(bytes(range(256)) * 40)
-    signed = root / "imgtool-full.bin"
-    subprocess.run(
-        [
-            IMGTOOL, "sign", "--key", str(pki / "image-signing.key"), "--header-size", "0x200",
-            "--pad-header", "--align", "8", "--version", "1.2.0", "--slot-size", "0x10000",
-            "--security-counter", "2", "--public-key-format", "full", str(plain), str(signed),
-        ],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    packages["imgtool-full"] = _build(
-        root, pki, "imgtool-full", version="1.2.0", counter=2, source=["--image", f"app={signed}"]
-    )
+    for key_format in ("hash", "full"):
+        signed = root / f"imgtool-{key_format}.bin"
+        subprocess.run(
+            [
+                IMGTOOL, "sign", "--key", str(pki / "image-signing.key"), "--header-size",
+                "0x200", "--pad-header", "--align", "8", "--version", "1.2.0", "--slot-size",
+                "0x10000", "--security-counter", "2", "--public-key-format", key_format,
+                str(plain), str(signed),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        name = f"imgtool-{key_format}"
+        packages[name] = _build(
+            root, pki, name, version="1.2.0", counter=2, source=["--image", f"app={signed}"]
+        )
     template = root / "template"
     run_bmsfw(
         "sim", "provision", "--state-dir", str(template), "--pki", str(pki),

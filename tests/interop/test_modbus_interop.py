@@ -62,11 +62,12 @@ def test_after_a_revert_confirm_and_rollback_are_refused(
         client.close()
 
 
+@pytest.mark.parametrize("key_format", ["hash", "full"])
 def test_imgtool_signed_image_over_rs485(
-    rs485_bench: tuple[Simulator, str], vendor: Vendor
+    rs485_bench: tuple[Simulator, str], vendor: Vendor, key_format: str
 ) -> None:
     _, pty = rs485_bench
-    package = vendor.packages["imgtool-full"]
+    package = vendor.packages[f"imgtool-{key_format}"]
     client = mb.open_client(pty)
     try:
         status = mb.flash(client, vendor.tester, package.header, package.image)

@@ -106,6 +106,7 @@ def provision_command(
             initial_image=release.images["app"],
             root_key_hash=root_key_hash,
             image_key_hash=image_key_hash,
+            image_public_key=image_pub.read_bytes() if image_pub.exists() else None,
             spec=spec,
             serial=serial,
             soc_pct=soc_pct,

@@ -214,6 +214,7 @@ class VirtualBms:
         self.power = power_cut or PowerCutInjector()
         self.flash = Flash(self.state_dir / "flash.bin", self.spec.flash, self.clock, self.power)
         self.otp = Otp(self.flash)
+        self._image_keys = self._bootloader_keys()
         self._journals = {name: Journal(self.flash, name) for name in fl.JOURNAL_REGIONS}
         board = BoardState.from_dict(json.loads((self.state_dir / "board.json").read_text()))
         self.battery = BatteryModel(board)
@@ -247,6 +248,14 @@ class VirtualBms:
                 raise
 
     # ------------------------------------------------------------------ plumbing
+
+    def _bootloader_keys(self) -> tuple[bytes, ...]:
+        """The image-signing public key compiled into the bootloader (trusted only if it
+        hashes to the OTP value, which verify_image_stream checks)."""
+        from bmsfw.device.provision import read_bootloader_key
+
+        key = read_bootloader_key(self.flash.view(fl.BOOTLOADER))
+        return () if key is None else (key,)
 
     def _check_alive(self) -> None:
         if self._dead:
@@ -488,7 +497,9 @@ class VirtualBms:
         """Secure-boot check of one bank: (info, hashed size, problem)."""
         read, size = self._bank_reader(bank)
         try:
-            info = verify_image_stream(read, size, key_hashes=[self.otp.image_key_hash])
+            info = verify_image_stream(
+                read, size, key_hashes=[self.otp.image_key_hash], public_keys=self._image_keys
+            )
             hashed_size = parse_image_stream(read, size).hashed_size
         except PackageError as exc:
             return None, 0, f"{exc.code}: {exc.message}"
@@ -1158,7 +1169,9 @@ class VirtualBms:
                 f" {staged.sha256.hex()[:16]}…; missing ranges {list(status.missing_ranges)[:4]}"
             )
         read, _ = self._bank_reader(staged.bank)
-        info = verify_image_stream(read, staged.size, key_hashes=[self.otp.image_key_hash])
+        info = verify_image_stream(
+            read, staged.size, key_hashes=[self.otp.image_key_hash], public_keys=self._image_keys
+        )
         self.clock.sleep(self.spec.timing.signature_verify_s)
         if info.security_counter != staged.security_counter:
             raise ImageManifestMismatchError(

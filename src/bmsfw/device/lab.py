@@ -49,6 +49,7 @@ from bmsfw.package import (
     create_pki,
     decode_header,
     key_hash,
+    public_key_der,
     release_header,
     sign_release,
     verify_release,
@@ -280,6 +281,7 @@ def provision_nodes(
             initial_image=initial_image,
             root_key_hash=key_hash(pki.root_key),
             image_key_hash=key_hash(pki.image_signing_key),
+            image_public_key=public_key_der(pki.image_signing_key),
             spec=spec,
             serial=serial_format.format(node=node),
         )

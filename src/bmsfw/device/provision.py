@@ -1,6 +1,8 @@
 """Factory provisioning: make a state directory hold a brand-new, end-of-line-tested BMS.
 
-What the factory station does, in order: program the bootloader, fuse OTP
+What the factory station does, in order: program the bootloader (with the
+vendor's image-signing public key compiled in, as MCUboot has it, so images that
+carry only the key's hash can be verified), fuse OTP
 (vendor root-key hash, image-signing key hash, initial security counter, lock),
 program the initial application into bank A and mark it confirmed, write the
 default configuration and the unit's calibration (measured against the
@@ -24,9 +26,24 @@ from bmsfw.device.flash import Flash
 from bmsfw.device.otp import Otp
 from bmsfw.device.spec import DeviceSpec
 from bmsfw.errors import PackageError
-from bmsfw.package import verify_image
+from bmsfw.package import key_hash, load_public_key, public_key_der, verify_image
 
-__all__ = ["factory_calibration", "provision"]
+__all__ = ["BOOTLOADER_KEY_OFFSET", "factory_calibration", "provision", "read_bootloader_key"]
+
+#: Where the bootloader blob keeps the image-signing public key: magic, u16 length, DER.
+BOOTLOADER_KEY_OFFSET = 0x400
+_KEY_MAGIC = b"BMSKEY01"
+
+
+def read_bootloader_key(bootloader: bytes | memoryview) -> bytes | None:
+    """The image-signing public key (DER) compiled into the bootloader, if any."""
+    raw = bytes(bootloader[BOOTLOADER_KEY_OFFSET : BOOTLOADER_KEY_OFFSET + 10])
+    if raw[:8] != _KEY_MAGIC:
+        return None
+    length = int.from_bytes(raw[8:10], "little")
+    start = BOOTLOADER_KEY_OFFSET + 10
+    return bytes(bootloader[start : start + length])
+
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +63,7 @@ def provision(
     initial_image: bytes,
     root_key_hash: bytes,
     image_key_hash: bytes,
+    image_public_key: bytes | None = None,
     security_counter: int | None = None,
     spec: DeviceSpec | None = None,
     serial: str = "BMS0000001",
@@ -57,13 +75,28 @@ def provision(
 
     ``initial_image`` is a signed MCUboot image that must verify against
     ``image_key_hash``; ``security_counter`` defaults to the image's own.
+    ``image_public_key`` (PEM or DER, hashing to ``image_key_hash``) goes into the
+    bootloader, so it can verify images that carry only the key's hash (imgtool's
+    default); without it such images are refused.
     """
     spec = spec or DeviceSpec()
     path = Path(state_dir)
     if path.exists() and any(path.iterdir()):
         raise StateDirectoryError(f"{path} is not empty; refusing to provision over a device")
+    key_der: bytes | None = None
+    if image_public_key is not None:
+        try:
+            key_der = public_key_der(load_public_key(image_public_key))
+        except PackageError as exc:
+            raise ProvisioningError(f"image public key unreadable: {exc}") from exc
+        if key_hash(key_der) != image_key_hash:
+            raise ProvisioningError("the image public key does not hash to image_key_hash")
     try:
-        info = verify_image(initial_image, key_hashes=[image_key_hash])
+        info = verify_image(
+            initial_image,
+            key_hashes=[image_key_hash],
+            public_keys=[key_der] if key_der is not None else (),
+        )
     except PackageError as exc:
         raise ProvisioningError(f"initial image does not pass secure boot: {exc}") from exc
     if len(initial_image) > spec.flash.bank_size:
@@ -82,6 +115,9 @@ def provision(
     try:
         blob = f"BMSFW-BOOTLOADER {spec.bootloader_version} MCUboot-compatible\0".encode()
         flash.program(fl.BOOTLOADER, 0, blob)
+        if key_der is not None:
+            record = _KEY_MAGIC + len(key_der).to_bytes(2, "little") + key_der
+            flash.program(fl.BOOTLOADER, BOOTLOADER_KEY_OFFSET, record)
         Otp(flash).fuse(
             root_key_hash=root_key_hash, image_key_hash=image_key_hash, security_counter=counter
         )
