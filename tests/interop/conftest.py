@@ -215,3 +215,8 @@ def rs485_bench(vendor: Vendor, tmp_path: Path) -> Iterator[tuple[Simulator, str
         yield sim, str(info["port"])
     finally:
         sim.stop()
+
+
+def sim_set(sim: Simulator, *args: str) -> None:
+    """`bmsfw sim set` on the running simulator (what a bench operator types)."""
+    run_bmsfw("sim", "set", "--state-dir", str(sim.state), "--node", "1", *args, check=0)

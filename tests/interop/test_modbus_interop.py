@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from . import modbus_client as mb
-from .conftest import Simulator, Vendor
+from .conftest import Simulator, Vendor, sim_set
 
 
 def _refusal(call: object, *args: object) -> tuple[int, int]:
@@ -75,5 +77,17 @@ def test_imgtool_signed_image_over_rs485(
         mb.authenticate(client, vendor.tester)
         mb.command(client, mb.CONFIRM)
         assert mb.status(client).image_state == "confirmed"
+    finally:
+        client.close()
+
+
+def test_pack_current_sign_and_unit(rs485_bench: tuple[Simulator, str]) -> None:
+    """Input 0x0004: s32, 0.001 A, positive = charging."""
+    sim, pty = rs485_bench
+    client = mb.open_client(pty)
+    try:
+        sim_set(sim, "--current", "-12.5")
+        high, low = mb.read_input(client, mb.PACK_CURRENT, 2)
+        assert struct.unpack(">i", struct.pack(">HH", high, low)) == (-12_500,)
     finally:
         client.close()

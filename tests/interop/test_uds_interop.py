@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import udsoncan
 from udsoncan.exceptions import NegativeResponseException
 
 from . import uds_client as uds
-from .conftest import Simulator, Vendor
+from .conftest import Simulator, Vendor, sim_set
 from .uds_client import Credentials
 
 
@@ -119,3 +121,13 @@ def test_software_version_while_booting_is_refused(
                 pass
         assert seen <= {0x22}
         assert uds.wait_application(client).version == "1.0.0"
+
+
+def test_pack_current_sign_and_unit(can_bench: tuple[Simulator, str, int]) -> None:
+    """DID 0x0112: int32 mA, + = charging."""
+    sim, group, port = can_bench
+    with uds.connect(group, port) as client:
+        sim_set(sim, "--current", "-12.5")  # a 12.5 A discharge
+        assert struct.unpack(">i", uds.read(client, uds.DID_PACK_CURRENT)) == (-12_500,)
+        sim_set(sim, "--current", "40")  # charging
+        assert struct.unpack(">i", uds.read(client, uds.DID_PACK_CURRENT)) == (40_000,)

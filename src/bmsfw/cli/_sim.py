@@ -109,6 +109,12 @@ def sim_can_command(
 @click.option("--node", "-n", type=click.IntRange(1, 247), default=1, show_default=True)
 @click.option("--soc", "soc_pct", type=click.FloatRange(0, 100), help="State of charge, %.")
 @click.option("--temperature", "temperature_c", type=float, help="Every NTC, °C.")
+@click.option(
+    "--current",
+    "pack_current_a",
+    type=click.FloatRange(-2000, 2000),
+    help="Pack current, A: + = charging, - = discharging (flows while contactors are closed).",
+)
 @click.option("--supply-sag", "supply_sag_v", type=click.FloatRange(0), help="Volts below nominal.")
 @click.option(
     "--fault",
@@ -136,6 +142,7 @@ def sim_set_command(
     node: int,
     soc_pct: float | None,
     temperature_c: float | None,
+    pack_current_a: float | None,
     supply_sag_v: float | None,
     faults: tuple[str, ...],
     power_cut_after_ops: int | None,
@@ -158,6 +165,7 @@ def sim_set_command(
             clear=clear,
             soc_pct=soc_pct,
             temperature_c=temperature_c,
+            pack_current_a=pack_current_a,
             supply_sag_v=supply_sag_v,
             faults=faults,
             power_cut_after_ops=power_cut_after_ops,
@@ -165,7 +173,9 @@ def sim_set_command(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if command.empty:
-        raise UsageError("nothing to set: give --soc, --temperature, --supply-sag, --fault, ...")
+        raise UsageError(
+            "nothing to set: give --soc, --temperature, --current, --supply-sag, --fault, ..."
+        )
     directory = node_state_dir(state_dir, node)
     try:
         result = send_command(directory, command, wait_s=wait_s)

@@ -55,13 +55,14 @@ class SimCommand:
     """What to change on one running virtual BMS; ``None`` leaves a value alone.
 
     Applied in this order: ``clear`` (every injected fault and an armed power cut
-    removed; physical state such as SOC stays), SOC, temperatures, supply sag,
-    protection faults, then the power cut.
+    removed; physical state such as SOC stays), SOC, temperatures, pack current,
+    supply sag, protection faults, then the power cut.
     """
 
     clear: bool = False
     soc_pct: float | None = None
     temperature_c: float | None = None  # every NTC
+    pack_current_a: float | None = None  # + = charging, - = discharging (as telemetry)
     supply_sag_v: float | None = None  # volts below nominal; 0 ends the sag
     faults: tuple[str, ...] = ()  # protection faults to raise
     power_cut_after_ops: int | None = None  # power lost during that flash operation from now
@@ -71,6 +72,8 @@ class SimCommand:
             raise ValueError(f"state of charge must be 0..100 %, got {self.soc_pct}")
         if self.temperature_c is not None and not -40.0 <= self.temperature_c <= 125.0:
             raise ValueError(f"temperature must be -40..125 °C, got {self.temperature_c}")
+        if self.pack_current_a is not None and not -2000.0 <= self.pack_current_a <= 2000.0:
+            raise ValueError(f"pack current must be -2000..2000 A, got {self.pack_current_a}")
         if self.supply_sag_v is not None and self.supply_sag_v < 0:
             raise ValueError(f"supply sag must be >= 0 V, got {self.supply_sag_v}")
         unknown = [f for f in self.faults if f not in PROTECTION_FAULTS]
@@ -160,6 +163,9 @@ def apply_command(bms: VirtualBms, command: SimCommand) -> tuple[str, ...]:
     if command.temperature_c is not None:
         faults.set_temperatures(command.temperature_c)
         done.append(f"temperature {command.temperature_c:g} °C")
+    if command.pack_current_a is not None:
+        faults.set_pack_current(command.pack_current_a)
+        done.append(f"pack current {command.pack_current_a:+g} A")
     if command.supply_sag_v is not None:
         faults.set_supply(sag_v=command.supply_sag_v)
         done.append(f"supply sag {command.supply_sag_v:g} V")
