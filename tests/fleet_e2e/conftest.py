@@ -9,53 +9,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec
-from bmsfw.device.lab import lab_pki, signed_package
+from agent_support import Vendor
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
-from bmsfw.package import VendorPki
-
-MODEL = "BMS-16S"  # the virtual BMS's default DeviceSpec
-HW_REV = "C"
-IMAGE_SIZE = 3 * 1024
-
-
-@dataclass(frozen=True)
-class Vendor:
-    pki: VendorPki
-    root_pem: bytes
-
-    def release(
-        self,
-        version: str,
-        counter: int,
-        *,
-        behaviour: str | None = None,
-        safety_class: Literal["standard", "safety-critical"] = "standard",
-    ) -> bytes:
-        return signed_package(
-            self.pki,
-            version,
-            counter,
-            spec=DeviceSpec(model=MODEL, hw_revision=HW_REV),
-            size=IMAGE_SIZE,
-            behaviour=behaviour,
-            safety_class=safety_class,
-        )
 
 
 @pytest.fixture(scope="session")
 def vendor() -> Vendor:
-    pki = lab_pki()
-    return Vendor(pki, pki.root_certificate.public_bytes(serialization.Encoding.PEM))
+    return Vendor.lab()
 
 
 @pytest.fixture(scope="session")

@@ -14,20 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from bmsfw.device import make_app_payload
+from agent_support import foreign_release
 from bmsfw.device.direct import DirectSession
 from bmsfw.errors import PackageError
 from bmsfw.fleet.agent import Agent
 from bmsfw.fleet.errors import SafetyCriticalOtaRefusedError
 from bmsfw.fleet.simfleet import SimBmsProvider, SimBmsSession, SimFleet, SimFleetConfig
-from bmsfw.package import (
-    ComponentSource,
-    HardwareCompat,
-    build_release,
-    create_pki,
-    release_header,
-    sign_release,
-)
+from bmsfw.package import release_header
 from bmsfw.update.connect import Connection
 
 from .conftest import Server, Vendor
@@ -156,20 +149,7 @@ def test_tampered_artifact_refused_and_no_bms_touched(
         c.post(f"campaigns/{campaign_id}/cancel", {"reason": "tampered"})
 
     # b) the server rewrites the record too: a package signed by another vendor's key.
-    attacker = create_pki("ed25519")
-    forged = sign_release(
-        build_release(
-            product="BMS-16S firmware",
-            version="2.1.0",
-            security_counter=3,
-            hardware=HardwareCompat("BMS-16S", ("C",)),
-            min_bootloader_version="2.0.0",
-            components=[ComponentSource("app", make_app_payload("2.1.0", size=3072))],
-            image_signing_key=attacker.image_signing_key,
-            encoding="raw",
-        ),
-        attacker.signer(),
-    )
+    forged = foreign_release("2.1.0", 3)
     release_id, campaign_id = _campaign(server, releases["2.1.0"])
     _swap_artifact(server, release_id, forged)
     agent.run_once()

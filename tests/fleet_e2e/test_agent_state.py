@@ -17,7 +17,7 @@ def _state(tmp_path: Path) -> AgentState:
     job.state, job.install_attempts = "installing", 2
     state.jobs[job.key] = job
     state.outbox.append({"kind": "report", "body": {"device_serial": "BMS-1"}})
-    state.verified_artifacts["ab"] = "ab.bmsfw"
+    state.verified_artifacts["ab" * 32] = "ab" * 32 + ".bmsfw"
     state.save()
     return state
 
@@ -28,7 +28,7 @@ def test_round_trip_and_no_temp_files_left(tmp_path: Path) -> None:
     assert loaded.jobs == saved.jobs
     assert loaded.job(4, "BMS-1").install_attempts == 2  # type: ignore[union-attr]
     assert loaded.outbox == saved.outbox
-    assert loaded.verified_artifacts == {"ab": "ab.bmsfw"}
+    assert loaded.verified_artifacts == {"ab" * 32: "ab" * 32 + ".bmsfw"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from bmsfw.cli._render import console, print_json
-from bmsfw.errors import BmsfwError, UsageError
+from bmsfw.errors import UsageError
 
 __all__ = ["agent_command", "sim_fleet_command"]
 
@@ -39,10 +40,20 @@ def _read_bytes(path: Path, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
-def _client(server: str, token: str, ca: Path | None, insecure: bool) -> Any:
+def _client(
+    server: str, token: str, ca: Path | None, insecure: bool, artifact_origins: tuple[str, ...] = ()
+) -> Any:
     from bmsfw.fleet.client import ClientConfig, FleetClient
 
-    return FleetClient(ClientConfig(server, token, ca_file=ca, allow_insecure_http=insecure))
+    return FleetClient(
+        ClientConfig(
+            server,
+            token,
+            ca_file=ca,
+            allow_insecure_http=insecure,
+            artifact_origins=artifact_origins,
+        )
+    )
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -120,6 +131,20 @@ _INSECURE = click.option(
     show_default=True,
     help="Local floor in bit/s; the higher of this and the campaign's (5 Mbit/s) applies.",
 )
+@click.option(
+    "--artifact-origin",
+    "artifact_origins",
+    multiple=True,
+    help="Another https://HOST[:PORT] the server may name for artifacts (repeat); it gets "
+    "no credential. Default: artifacts only from the server itself.",
+)
+@click.option(
+    "--max-poll-interval",
+    "max_poll_interval_s",
+    type=click.FloatRange(min=0.05),
+    help="Seconds; lowers the cap on the server's poll interval (3600 s) and on the backoff "
+    "(1800 s) after a failed poll (benches, simulations).",
+)
 @click.option("--once", is_flag=True, help="Poll once and exit.")
 @click.option("--max-polls", type=click.IntRange(1), help="Exit after this many polls.")
 @_INSECURE
@@ -145,6 +170,8 @@ def agent_command(
     tester_key: Path | None,
     site: str | None,
     bandwidth_floor_bps: int,
+    artifact_origins: tuple[str, ...],
+    max_poll_interval_s: float | None,
     once: bool,
     max_polls: int | None,
     insecure_http: bool,
@@ -191,10 +218,15 @@ def agent_command(
         confirmed=frozenset(confirmed),
         site=site,
         bandwidth_floor_bps=bandwidth_floor_bps,
+        max_poll_interval_s=max_poll_interval_s,
+        error_retry_interval_s=min(30.0, max_poll_interval_s or 30.0),
     )
     stop = threading.Event()
     _stop_on_signals(stop)
-    with _client(server, token, ca, insecure_http) as client:
+    for origin in artifact_origins:
+        if not origin.startswith("https://") or origin.count("/") != 2:
+            raise UsageError(f"--artifact-origin {origin}: give https://HOST[:PORT], no path")
+    with _client(server, token, ca, insecure_http, artifact_origins) as client:
         # In-process virtual BMS live on a simulated clock; the pipeline waits on it too.
         agent = Agent(config, client, provider, clock=getattr(provider, "clock", None))
         polls = 1 if once else max_polls
@@ -207,27 +239,38 @@ def agent_command(
                     click.echo(json.dumps(dataclasses.asdict(change), sort_keys=True))
                 else:
                     console.print(
-                        f"{change.serial} campaign {change.campaign_id}: [bold]{change.state}"
-                        f"[/bold] {change.error_code} {change.detail}"
+                        Text.assemble(
+                            f"{change.serial} campaign {change.campaign_id}: ",
+                            (change.state, "bold"),
+                            f" {change.error_code} {change.detail}",
+                        )
                     )
             seen = len(agent.history)
 
         count = 0
         while not stop.is_set():
-            interval = agent.config.error_retry_interval_s
-            try:
-                interval = agent.run_once().poll_interval_s
-            except BmsfwError as exc:
-                show_new()
-                if once:
-                    raise
-                # The server or the link is away: the agent keeps its state and retries.
-                console.print(f"[yellow]poll failed[/yellow] {exc}; retry in {interval:g} s")
+            if once:
+                try:
+                    agent.run_once()  # --once: the error ends the command with its code
+                finally:
+                    show_new()
+                break
+            # The daemon: no answer of the server and no error ends it; the agent says
+            # when to poll again (the server's interval, clamped; backoff after a failure).
+            outcome = agent.poll()
             show_new()
+            if outcome.error is not None:
+                # The server's words are text, never markup.
+                console.print(
+                    Text.assemble(
+                        ("poll failed", "yellow"),
+                        f" {outcome.error}; retry in {outcome.wait_s:.1f} s",
+                    )
+                )
             count += 1
             if polls is not None and count >= polls:
                 break
-            stop.wait(interval)
+            stop.wait(outcome.wait_s)
 
 
 def _sim_provider(state_dir: Path, count: int, initial: Path | None, root_pem: bytes) -> Any:

@@ -22,6 +22,14 @@ One poll (:meth:`Agent.run_once`):
 
 Every state change is written to the state file (temp file + ``os.replace``)
 before it is sent, so a crash at any point loses nothing the agent knew.
+
+The server is not trusted to behave (docs/threat-model.md): every answer is
+bounded in size and time and validated (:mod:`bmsfw.fleet.client`); a refused
+answer fails that poll only, is kept as a *problem* with its code and sent with
+the next check-in, and the next poll waits with exponential backoff and jitter.
+The server's poll interval is clamped to :data:`POLL_INTERVAL_RANGE_S`. Artifact
+files are named by a validated digest inside the state directory; artifacts come
+only from the server's origin (or a configured artifact origin).
 The agent talks to its BMS only through :class:`~bmsfw.protocol.session.BmsSession`
 (CAN/UDS, RS485/Modbus, or in-process for the simulated fleet).
 """
@@ -29,6 +37,7 @@ The agent talks to its BMS only through :class:`~bmsfw.protocol.session.BmsSessi
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -40,10 +49,16 @@ from typing import Protocol, runtime_checkable
 
 from bmsfw import __version__
 from bmsfw.errors import BmsfwError, FleetError, PackageError
-from bmsfw.fleet.agent_errors import AgentConfigError, BandwidthBelowFloorError, OfferMismatchError
-from bmsfw.fleet.agent_state import AgentState, Job
+from bmsfw.fleet.agent_errors import (
+    AgentConfigError,
+    AnswerTooSlowError,
+    BandwidthBelowFloorError,
+    MalformedAnswerError,
+    OfferMismatchError,
+)
+from bmsfw.fleet.agent_state import AgentState, Job, is_sha256
 from bmsfw.fleet.campaigns import window_open
-from bmsfw.fleet.client import DownloadResult, FleetClient
+from bmsfw.fleet.client import CheckInAnswer, DownloadResult, FleetClient
 from bmsfw.fleet.errors import (
     DownloadDigestMismatchError,
     DownloadTooLargeError,
@@ -54,10 +69,10 @@ from bmsfw.fleet.errors import (
 )
 from bmsfw.fleet.protocol import (
     TERMINAL_STATES,
+    AgentProblem,
     BackupUpload,
     BmsReport,
     CheckIn,
-    CheckInResponse,
     DeviceState,
     Offer,
     StateReport,
@@ -73,6 +88,7 @@ from bmsfw.update.profile import UpdateProfile
 from bmsfw.update.report import UpdateReport
 
 __all__ = [
+    "POLL_INTERVAL_RANGE_S",
     "Agent",
     "AgentClock",
     "AgentConfig",
@@ -95,6 +111,10 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # The BMS keeps what it has (A/B banks, staged transfer), so the next poll retries and
 # the pipeline resumes.
 _RETRYABLE_CODES = frozenset({"BMSFW-E209", "BMSFW-E501", "BMSFW-E502"})
+# Whatever the server answers, the next poll comes this many seconds later at the
+# earliest / latest (a local AgentConfig.max_poll_interval_s may only lower both).
+POLL_INTERVAL_RANGE_S = (5.0, 3600.0)
+_MAX_PROBLEMS = 16  # distinct refused answers kept for the next check-in
 
 
 def _retryable(code: str) -> bool:
@@ -161,10 +181,16 @@ class AgentConfig:
     tags: tuple[str, ...] | None = None
     # Local floor; the effective floor is the higher of this and the campaign's.
     bandwidth_floor_bps: int = 0
-    bandwidth_probe_bytes: int = 256 * 1024  # bytes to receive before judging the rate
+    # The rate is judged once this many bytes arrived or this many seconds passed.
+    bandwidth_probe_bytes: int = 256 * 1024
+    bandwidth_probe_s: float = 10.0
     max_artifact_bytes: int = 256 * 1024 * 1024
-    max_poll_interval_s: float | None = None  # cap on the server's interval (tests, sims)
-    error_retry_interval_s: float = 30.0  # wait after a failed poll if no interval is known
+    # Local cap on the poll interval below POLL_INTERVAL_RANGE_S's 3600 s (tests, sims).
+    max_poll_interval_s: float | None = None
+    # Backoff after a failed poll: this, doubled per failure up to max_backoff_s (and
+    # max_poll_interval_s), times a random factor in [0.5, 1] so gateways do not align.
+    error_retry_interval_s: float = 30.0
+    max_backoff_s: float = 1800.0
     max_install_attempts: int = 3
     max_preflight_attempts: int = 12
     max_download_failures: int = 2  # digest mismatches before the release is rejected
@@ -182,6 +208,26 @@ class AgentConfig:
             raise AgentConfigError("download limits must be at least 1")
         if self.max_poll_interval_s is not None and self.max_poll_interval_s <= 0:
             raise AgentConfigError("max_poll_interval_s must be > 0")
+        if self.error_retry_interval_s <= 0 or self.max_backoff_s < self.error_retry_interval_s:
+            raise AgentConfigError("error_retry_interval_s must be > 0 and <= max_backoff_s")
+        if self.bandwidth_probe_s <= 0:
+            raise AgentConfigError("bandwidth_probe_s must be > 0")
+
+    def poll_interval_s(self, server_s: float) -> float:
+        """The server's interval clamped to POLL_INTERVAL_RANGE_S (and the local cap)."""
+        low, high = POLL_INTERVAL_RANGE_S
+        if self.max_poll_interval_s is not None:
+            high = min(high, self.max_poll_interval_s)
+        low = min(low, high)
+        return min(max(server_s, low), high)
+
+    def backoff_s(self, failures: int, rng: random.Random) -> float:
+        """Wait after ``failures`` (>= 1) polls in a row failed: exponential, with jitter."""
+        cap = self.max_backoff_s
+        if self.max_poll_interval_s is not None:
+            cap = min(cap, self.max_poll_interval_s)
+        base = min(cap, self.error_retry_interval_s * 2.0 ** min(failures - 1, 30))
+        return base * rng.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -201,6 +247,15 @@ class PollResult:
     devices: int
     offers: int
     changes: tuple[StateChange, ...]
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """What one poll of the daemon loop came to, and how long to wait before the next."""
+
+    result: PollResult | None
+    error: BmsfwError | None
+    wait_s: float
 
 
 @dataclass
@@ -241,26 +296,60 @@ class Agent:
         self._campaign_status: dict[int, str] = {}
         self._changes: list[StateChange] = []
         self._last_offered: dict[str, float] = {}
+        self._failures = 0
+        self._rng = random.Random()
 
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: threading.Event | None = None, *, max_polls: int | None = None) -> None:
-        """Poll until ``stop`` is set (or ``max_polls`` polls ran)."""
+        """Poll until ``stop`` is set (or ``max_polls`` polls ran); never ends on an error."""
         stop = stop or threading.Event()
         polls = 0
         while not stop.is_set():
-            try:
-                interval = self.run_once().poll_interval_s
-            except BmsfwError as exc:
-                interval = self._interval_s or self.config.error_retry_interval_s
-                log.warning("poll failed (%s); next try in %.1f s", exc, interval)
+            outcome = self.poll()
             polls += 1
             if max_polls is not None and polls >= max_polls:
                 return
-            stop.wait(interval)
+            stop.wait(outcome.wait_s)
+
+    def poll(self) -> PollOutcome:
+        """One poll for the daemon loop: whatever happens, it returns when to poll next.
+
+        A refused answer or an unreachable server fails this poll only: the error is kept
+        as a problem for the next check-in and the wait backs off with jitter. An
+        unexpected exception (a bug) is logged with its traceback and treated alike: one
+        bad answer must not stop a site's agent for good.
+        """
+        try:
+            result = self.run_once()
+        except BmsfwError as exc:
+            error: BmsfwError = exc
+        except Exception as exc:
+            log.exception("poll failed on an unexpected error")
+            error = BmsfwError(f"unexpected {type(exc).__name__}: {exc}")
+        else:
+            self._failures = 0
+            return PollOutcome(result, None, result.poll_interval_s)
+        self._failures += 1
+        self.note_problem(error)
+        wait = self.config.backoff_s(self._failures, self._rng)
+        log.warning("poll failed (%s); next try in %.1f s", error, wait)
+        return PollOutcome(None, error, wait)
+
+    def note_problem(self, error: BmsfwError) -> None:
+        """Keep ``error`` to tell the server with the next check-in (bounded, deduplicated)."""
+        detail = error.message[:500]
+        for problem in self.state.problems:
+            if problem["code"] == error.code and problem["detail"] == detail:
+                problem["count"] = int(problem["count"]) + 1
+                break
+        else:
+            self.state.problems.append({"code": error.code, "detail": detail, "count": 1})
+            del self.state.problems[:-_MAX_PROBLEMS]
+        self.state.save()
 
     def run_once(self) -> PollResult:
-        """One poll: outbox, reconcile, check-in, offers. Raises FleetError if unreachable."""
+        """One poll: outbox, reconcile, check-in, offers. Raises the FleetError that stopped it."""
         self._changes = []
         self._flush_outbox()
         connection = self.provider.open()
@@ -271,31 +360,44 @@ class Agent:
                 self._reconciled = True
                 local = self._read_devices(connection.sessions)
             self._flush_outbox()
-            response = self.client.check_in(
+            sent = [dict(p) for p in self.state.problems]
+            answer = self.client.check_in(
                 CheckIn(
                     agent_version=self.config.agent_version,
                     site=self.config.site,
                     tags=list(self.config.tags) if self.config.tags is not None else None,
                     devices=[d.report for d in local.values()],
+                    problems=[AgentProblem.model_validate(p) for p in sent],
                 )
             )
-            self._interval_s = self._interval(response)
-            self._adopt_server_states(response.offers)
+            self._problems_delivered(sent)
+            self._interval_s = self.config.poll_interval_s(answer.poll_interval_s)
+            self._refused_offers(answer)
+            self._adopt_server_states(answer.offers)
             by_release: dict[int, list[Offer]] = {}
-            for offer in response.offers:
+            for offer in answer.offers:
                 by_release.setdefault(offer.release_id, []).append(offer)
             for offers in by_release.values():
                 self._process_release(offers, local)
-            self._prune_artifacts({o.sha256 for o in response.offers})
+            self._prune_artifacts({o.sha256 for o in answer.offers})
         finally:
             connection.close()
-        return PollResult(self._interval_s, len(local), len(response.offers), tuple(self._changes))
+        return PollResult(self._interval_s, len(local), len(answer.offers), tuple(self._changes))
 
-    def _interval(self, response: CheckInResponse) -> float:
-        interval = float(max(response.poll_interval_s, 0))
-        if self.config.max_poll_interval_s is not None:
-            interval = min(interval, self.config.max_poll_interval_s)
-        return interval
+    def _problems_delivered(self, sent: list[dict[str, object]]) -> None:
+        if sent:
+            self.state.problems = [p for p in self.state.problems if p not in sent]
+            self.state.save()
+
+    def _refused_offers(self, answer: CheckInAnswer) -> None:
+        for refused in answer.refused:
+            log.error(
+                "offer for %s (campaign %s) refused: %s",
+                refused.device_serial or "?",
+                refused.campaign_id or "?",
+                refused.error,
+            )
+            self.note_problem(refused.error)
 
     # ------------------------------------------------------------------ devices
 
@@ -488,6 +590,10 @@ class Agent:
         )
 
     def _artifact_path(self, sha256: str) -> Path:
+        # The offer's digest was validated (64 hex digits) when the answer was decoded;
+        # checked again here since it becomes a file name.
+        if not is_sha256(sha256):
+            raise MalformedAnswerError(f"artifact digest {sha256[:80]!r} is not 64 hex digits")
         return self.artifacts_dir / f"{sha256}.bmsfw"
 
     def _fetch_verified(self, offer: Offer, jobs: list[Job]) -> bytes | None:
@@ -540,12 +646,12 @@ class Agent:
         part = path.with_name(path.name + ".part")
         resumed_from = part.stat().st_size if part.exists() else 0
         started = time.monotonic()
-        probe = self.config.bandwidth_probe_bytes
+        probe, probe_s = self.config.bandwidth_probe_bytes, self.config.bandwidth_probe_s
 
         def measure(have: int, _total: int) -> None:
             received = have - resumed_from
             elapsed = time.monotonic() - started
-            if floor and received >= probe and elapsed > 0:
+            if floor and (received >= probe or elapsed >= probe_s) and elapsed > 0:
                 rate = received * 8 / elapsed
                 if rate < floor:
                     raise BandwidthBelowFloorError(
@@ -556,10 +662,17 @@ class Agent:
 
         try:
             result = self.client.download(offer, path, progress=measure)
-        except BandwidthBelowFloorError as exc:
+        except (BandwidthBelowFloorError, AnswerTooSlowError) as exc:
             log.warning("release %d: %s", offer.release_id, exc.message)
             for job in jobs:
                 self._report(job, S.WAITING, exc.code, exc.message)
+            return False
+        except MalformedAnswerError as exc:
+            # Not the documented artifact answer, or a host the agent may not use: the
+            # server decides again on the next poll; this offer is refused.
+            log.error("release %d: %s", offer.release_id, exc.message)
+            for job in jobs:
+                self._report(job, S.REJECTED, exc.code, exc.message)
             return False
         except DownloadTooLargeError as exc:
             for job in jobs:
@@ -575,6 +688,12 @@ class Agent:
             return False
         except (FleetUnreachableError, FleetTimeoutError) as exc:
             log.warning("release %d: download interrupted: %s", offer.release_id, exc)
+            return False
+        except FleetError as exc:
+            # The server refused its own artifact (404, 403, 500...): tried again next poll.
+            log.warning("release %d: download refused: %s", offer.release_id, exc)
+            for job in jobs:
+                self._report(job, S.DOWNLOADING, exc.code, exc.message)
             return False
         self.downloads.append(result)
         log.info(
@@ -753,9 +872,18 @@ class Agent:
                     self._campaign_status[answer.campaign_id] = answer.campaign_status
                 else:
                     self.client.upload_backup(BackupUpload.model_validate(message["body"]))
-            except (FleetUnreachableError, FleetTimeoutError, FleetServerError) as exc:
+            except (
+                FleetUnreachableError,
+                FleetTimeoutError,
+                FleetServerError,
+                MalformedAnswerError,
+            ) as exc:
+                # The server may or may not have the message: it stays queued and is sent
+                # again (the server takes a repeated report as a no-op).
                 log.warning("server not reachable (%s); %d message(s) queued", exc,
                             len(self.state.outbox))  # fmt: skip
+                if isinstance(exc, MalformedAnswerError):
+                    self.note_problem(exc)
                 return
             except InvalidStateTransitionError as exc:
                 # The server moved on (e.g. a restart replayed an old state); its view wins

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +22,18 @@ from typing import Any
 
 from bmsfw.fleet.agent_errors import AgentStateCorruptError
 
-__all__ = ["STATE_FILE", "AgentState", "Job"]
+__all__ = ["STATE_FILE", "AgentState", "Job", "is_sha256"]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "agent-state.json"
 _FORMAT = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: str) -> bool:
+    """64 lowercase hex digits: the only digests the agent turns into file names."""
+    return _SHA256.fullmatch(value) is not None
 
 
 @dataclass
@@ -63,6 +70,8 @@ class AgentState:
     outbox: list[dict[str, Any]] = field(default_factory=list)
     # sha256 -> file name in the artifacts directory, once the signature was verified
     verified_artifacts: dict[str, str] = field(default_factory=dict)
+    # Answers of the server refused since the last good check-in: {"code", "detail", "count"}
+    problems: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def load(cls, state_dir: Path) -> AgentState:
@@ -76,7 +85,12 @@ class AgentState:
                 raise ValueError(f"format {raw.get('format')!r}, expected {_FORMAT}")
             state.jobs = {k: Job(**v) for k, v in raw["jobs"].items()}
             state.outbox = list(raw["outbox"])
-            state.verified_artifacts = dict(raw["verified_artifacts"])
+            state.verified_artifacts = {
+                sha: name
+                for sha, name in dict(raw["verified_artifacts"]).items()
+                if is_sha256(sha) and name == f"{sha}.bmsfw"
+            }
+            state.problems = list(raw.get("problems", []))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise AgentStateCorruptError(f"{path}: {exc}") from exc
         return state
@@ -87,6 +101,7 @@ class AgentState:
             "jobs": {k: asdict(v) for k, v in sorted(self.jobs.items())},
             "outbox": self.outbox,
             "verified_artifacts": self.verified_artifacts,
+            "problems": self.problems,
         }
         text = json.dumps(data, indent=1, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -404,6 +404,18 @@ class _DirectRoute(APIRoute):
         return endpoint
 
 
+def _log_agent_problems(body: CheckIn) -> CheckIn:
+    """Answers of this server the agent refused since its last check-in (docs/agent.md)."""
+    for problem in body.problems:
+        log.warning(
+            "a gateway refused %d answer(s) of this server: %s %r",
+            problem.count,
+            problem.code,
+            problem.detail[:200],
+        )
+    return body
+
+
 def _agent_routes(router: APIRouter) -> None:
     check_in_guard = _Guard(GATEWAY, touch_in_handler=True, resolve_miss_in_handler=True)
 
@@ -443,7 +455,7 @@ def _agent_routes(router: APIRouter) -> None:
 
         def parse() -> CheckIn:
             try:
-                return CheckIn.model_validate_json(raw)
+                return _log_agent_problems(CheckIn.model_validate_json(raw))
             except ValidationError as exc:
                 # FastAPI's own 422 answer, as for every other route's body.
                 raise RequestValidationError(
@@ -454,7 +466,7 @@ def _agent_routes(router: APIRouter) -> None:
             if service.single_statement_check_in:
                 # PostgreSQL: one round trip with the credential read fresh in it.
                 try:
-                    body = CheckIn.model_validate_json(raw)
+                    body = _log_agent_problems(CheckIn.model_validate_json(raw))
                 except ValidationError:
                     pass  # the path below answers 401 or 422, in that order
                 else:

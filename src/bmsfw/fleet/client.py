@@ -9,6 +9,17 @@
   (``If-Range`` on the artifact's ETag, so a changed file restarts from zero),
   never writes more than the announced size, checks the SHA-256 before the file
   gets its final name, and measures the throughput (for the bandwidth floor).
+* Every answer is bounded (:class:`ClientLimits`): its size (answers and error
+  bodies are read as a stream and cut off at the limit, never loaded whole), its
+  overall time (a server that drips bytes is cut off at the deadline, however
+  alive the connection looks), and its form (anything but the documented JSON,
+  a redirect included, is :class:`~bmsfw.fleet.agent_errors.MalformedAnswerError`).
+  An artifact must arrive within ``download_grace_s`` plus its size at
+  ``min_download_rate_bps``.
+* The server picks no host: an artifact URL must resolve to the server's own
+  origin (the bearer token goes only there) or to an origin named in
+  ``ClientConfig.artifact_origins`` (HTTPS, no token sent); redirects are never
+  followed.
 
 The server is not trusted for authenticity: the agent must still verify the
 package signature end to end (``bmsfw.package.verify_release``) before it
@@ -18,20 +29,29 @@ touches a BMS. The digest check here only catches corruption and truncation.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from bmsfw.errors import FleetError
+from bmsfw.fleet.agent_errors import (
+    AnswerTooLargeError,
+    AnswerTooSlowError,
+    ArtifactLocationRefusedError,
+    MalformedAnswerError,
+)
 from bmsfw.fleet.errors import (
     DownloadDigestMismatchError,
     DownloadTooLargeError,
@@ -55,11 +75,34 @@ from bmsfw.fleet.protocol import (
     backup_sha256,
 )
 
-__all__ = ["ClientConfig", "DownloadResult", "FleetClient"]
+__all__ = [
+    "CheckInAnswer",
+    "ClientConfig",
+    "ClientLimits",
+    "DownloadResult",
+    "FleetClient",
+    "RefusedOffer",
+]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 API = "/api/v1"
+_ERROR_BODY_BYTES = 64 * 1024  # an error answer is read this far, the rest is dropped
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Bounds on what one server answer may cost the agent (docs/agent.md, 'Bounds')."""
+
+    max_answer_bytes: int = 2 * 1024 * 1024  # a check-in answer, report answer, ...
+    max_operator_answer_bytes: int = 64 * 1024 * 1024  # listings for an operator's CLI
+    answer_deadline_s: float = 60.0  # first byte sent to last byte received
+    min_download_rate_bps: float = 8_000.0  # artifact: average over the whole attempt
+    download_grace_s: float = 60.0  # allowed on top of size / min rate (TLS, slow start)
+
+    def download_deadline_s(self, remaining_bytes: int) -> float:
+        return self.download_grace_s + remaining_bytes * 8 / self.min_download_rate_bps
 
 
 @dataclass(frozen=True)
@@ -67,8 +110,30 @@ class ClientConfig:
     server_url: str
     token: str
     ca_file: Path | None = None  # None: the system trust store
-    timeout_s: float = 30.0
+    timeout_s: float = 30.0  # connect, and each read: a silent server is cut off after this
     allow_insecure_http: bool = False
+    # Other origins ("https://cdn.example.com") artifacts may come from; no token goes there.
+    artifact_origins: tuple[str, ...] = ()
+    limits: ClientLimits = field(default_factory=ClientLimits)
+
+
+@dataclass(frozen=True)
+class RefusedOffer:
+    """An offer of a check-in answer that failed validation (the others are used)."""
+
+    campaign_id: int | None
+    device_serial: str | None
+    error: MalformedAnswerError
+
+
+@dataclass(frozen=True)
+class CheckInAnswer:
+    """The check-in answer as the agent uses it: valid offers, and the refused ones."""
+
+    poll_interval_s: float
+    offers: tuple[Offer, ...]
+    refused: tuple[RefusedOffer, ...] = ()
+    gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,29 +185,64 @@ class FleetClient:
 
     # ---- plumbing -------------------------------------------------------
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _exchange(
+        self, method: str, path: str, *, max_bytes: int, **kwargs: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One request to the server; the answer's body read within the size and time bounds."""
+        limits = self.config.limits
         headers = {**self._auth, **kwargs.pop("headers", {})}
+        what = f"{method} {path}"
         try:
-            response = self._http.request(method, path, headers=headers, **kwargs)
+            with self._http.stream(method, path, headers=headers, **kwargs) as response:
+                deadline = time.monotonic() + limits.answer_deadline_s
+                if response.status_code >= 400:
+                    body = _read_capped(response, _ERROR_BODY_BYTES, deadline, what, cut=True)
+                    raise _error_from(response, body)
+                body = _read_capped(response, max_bytes, deadline, what)
         except httpx.TimeoutException as exc:
-            raise FleetTimeoutError(f"{method} {path}: no answer in time ({exc})") from exc
+            raise FleetTimeoutError(f"{what}: no answer in time ({exc})") from exc
         except httpx.TransportError as exc:
             raise _transport_error(self.config.server_url, exc) from exc
-        if response.status_code >= 400:
-            raise _error_from(response)
+        if not 200 <= response.status_code < 300:
+            location = _printable(response.headers.get("location", ""), 200)
+            raise MalformedAnswerError(
+                f"{what}: HTTP {response.status_code} {location}".rstrip()
+                + " (the agent follows no redirect)"
+            )
+        return response, body
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response, _ = self._exchange(
+            method, path, max_bytes=self.config.limits.max_answer_bytes, **kwargs
+        )
         return response
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._send(method, path, **kwargs).json()
+    def _json(self, method: str, path: str, *, max_bytes: int | None = None, **kwargs: Any) -> Any:
+        limit = max_bytes or self.config.limits.max_operator_answer_bytes
+        _, body = self._exchange(method, path, max_bytes=limit, **kwargs)
+        return _parse_json(body, f"{method} {path}")
 
     def _model(self, model: type[M], method: str, path: str, body: BaseModel) -> M:
-        data = self._json(method, path, json=body.model_dump(mode="json"))
-        return model.model_validate(data)
+        data = self._json(
+            method,
+            path,
+            max_bytes=self.config.limits.max_answer_bytes,
+            json=body.model_dump(mode="json"),
+        )
+        return _validate(model, data, f"{method} {path}")
 
     # ---- agent ----------------------------------------------------------
 
-    def check_in(self, body: CheckIn) -> CheckInResponse:
-        return self._model(CheckInResponse, "POST", f"{API}/agent/check-in", body)
+    def check_in(self, body: CheckIn) -> CheckInAnswer:
+        """Check in; a malformed answer raises E675, a malformed offer in it is refused alone."""
+        what = f"POST {API}/agent/check-in"
+        data = self._json(
+            "POST",
+            f"{API}/agent/check-in",
+            max_bytes=self.config.limits.max_answer_bytes,
+            json=body.model_dump(mode="json", exclude_defaults=not body.problems),
+        )
+        return _decode_check_in(data, what)
 
     def report_state(self, report: StateReport) -> StateReportResponse:
         return self._model(StateReportResponse, "POST", f"{API}/agent/reports", report)
@@ -172,8 +272,11 @@ class FleetClient:
         return info
 
     def list_device_backups(self, serial: str) -> list[BackupInfo]:
+        what = f"GET {API}/devices/{serial}/backups"
         data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/backups")
-        return [BackupInfo.model_validate(item) for item in data]
+        if not isinstance(data, list):
+            raise MalformedAnswerError(f"{what}: expected a JSON list")
+        return [_validate(BackupInfo, item, what) for item in data]
 
     def get_backup(self, backup_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"{API}/backups/{backup_id}")
@@ -195,6 +298,36 @@ class FleetClient:
             progress=progress,
         )
 
+    def artifact_request(self, url: str, headers: dict[str, str]) -> httpx.Request:
+        """The GET for an artifact ``url``, refused (E678) unless it stays on an allowed origin.
+
+        The server's own origin gets the bearer token; an origin named in
+        ``artifact_origins`` (HTTPS only) gets no credential; anything else is refused
+        before a connection is made.
+        """
+        try:
+            request = self._http.build_request("GET", url, headers=headers)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise MalformedAnswerError(f"artifact URL {_printable(url, 200)!r}: {exc}") from exc
+        target = request.url
+        own = _origin(self._http.base_url)
+        if target.userinfo:
+            raise ArtifactLocationRefusedError(
+                f"artifact URL {_printable(str(target), 200)!r} carries credentials"
+            )
+        if _origin(target) == own and own[1]:
+            request.headers.update(self._auth)
+            return request
+        allowed = {_origin(httpx.URL(o)) for o in self.config.artifact_origins}
+        if target.scheme == "https" and _origin(target) in allowed:
+            return request
+        raise ArtifactLocationRefusedError(
+            f"artifact URL {_printable(str(target), 200)!r} is not on the server's origin "
+            f"{own[0]}://{own[1]}:{own[2]}"
+            + (f" or {', '.join(self.config.artifact_origins)}" if allowed else "")
+            + "; nothing was fetched and no credential sent"
+        )
+
     def download_url(
         self,
         url: str,
@@ -204,6 +337,13 @@ class FleetClient:
         sha256: str,
         progress: Callable[[int, int], None] | None = None,
     ) -> DownloadResult:
+        """Fetch ``url`` (bounded by ``size_bytes`` and its deadline) into ``dest``.
+
+        Resumes from ``dest + '.part'``; the file gets its final name only once the
+        SHA-256 matches.
+        """
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256) or size_bytes < 1:
+            raise MalformedAnswerError(f"artifact digest or size not valid ({size_bytes} bytes)")
         part = dest.with_name(dest.name + ".part")
         have = part.stat().st_size if part.exists() else 0
         if have > size_bytes:
@@ -212,17 +352,25 @@ class FleetClient:
         headers = {}
         if 0 < have < size_bytes:
             headers = {"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'}
+        request = self.artifact_request(url, headers)
+        shown = _printable(str(request.url), 200)
         started = time.monotonic()
+        deadline = started + self.config.limits.download_deadline_s(size_bytes - have)
         resumed_from = have
         transferred = 0
         if have < size_bytes:
             try:
-                with self._http.stream("GET", url, headers={**self._auth, **headers}) as response:
+                response = self._http.send(request, stream=True)
+                try:
                     if response.status_code >= 400:
-                        response.read()
-                        raise _error_from(response)
+                        body = _read_capped(response, _ERROR_BODY_BYTES, deadline, shown, cut=True)
+                        raise _error_from(response, body)
+                    if response.status_code not in (200, 206):
+                        raise MalformedAnswerError(
+                            f"{shown}: HTTP {response.status_code} (the agent follows no redirect)"
+                        )
                     if response.status_code == 200 and have:
-                        log.info("server ignored the range for %s; downloading from 0", url)
+                        log.info("server ignored the range for %s; downloading from 0", shown)
                         have = resumed_from = 0
                     elif response.status_code == 206:
                         _check_content_range(response, have, size_bytes)
@@ -233,7 +381,7 @@ class FleetClient:
                                 handle.close()
                                 part.unlink(missing_ok=True)
                                 raise DownloadTooLargeError(
-                                    f"{url}: server sent more than the announced {size_bytes} "
+                                    f"{shown}: server sent more than the announced {size_bytes} "
                                     "bytes; the partial file was discarded"
                                 )
                             handle.write(chunk)
@@ -241,28 +389,38 @@ class FleetClient:
                             transferred += len(chunk)
                             if progress is not None:
                                 progress(have, size_bytes)
+                            if time.monotonic() > deadline and have < size_bytes:
+                                raise AnswerTooSlowError(
+                                    f"{shown}: {transferred} bytes in "
+                                    f"{time.monotonic() - started:.0f} s, below the minimum "
+                                    f"average of {self.config.limits.min_download_rate_bps:g} "
+                                    f"bit/s; stopped at {have} of {size_bytes} bytes (kept "
+                                    "for resume)"
+                                )
                         handle.flush()
                         os.fsync(handle.fileno())
+                finally:
+                    response.close()
             except httpx.TimeoutException as exc:
                 raise FleetTimeoutError(
-                    f"download of {url} stalled at {have} of {size_bytes} bytes; it resumes "
+                    f"download of {shown} stalled at {have} of {size_bytes} bytes; it resumes "
                     "from there"
                 ) from exc
             except httpx.TransportError as exc:
                 raise FleetUnreachableError(
-                    f"download of {url} broke off at {have} of {size_bytes} bytes ({exc}); "
+                    f"download of {shown} broke off at {have} of {size_bytes} bytes ({exc}); "
                     "it resumes from there"
                 ) from exc
         elapsed = time.monotonic() - started
         if have != size_bytes:
             raise FleetUnreachableError(
-                f"download of {url} ended at {have} of {size_bytes} bytes; it resumes from there"
+                f"download of {shown} ended at {have} of {size_bytes} bytes; it resumes from there"
             )
         digest = _sha256_file(part)
         if digest != sha256:
             part.unlink()
             raise DownloadDigestMismatchError(
-                f"{url}: SHA-256 {digest}, offer announced {sha256}; the file was discarded"
+                f"{shown}: SHA-256 {digest}, offer announced {sha256}; the file was discarded"
             )
         os.replace(part, dest)
         return DownloadResult(dest, size_bytes, digest, resumed_from, transferred, elapsed)
@@ -311,6 +469,107 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    port = url.port or {"https": 443, "http": 80}.get(url.scheme, 0)
+    return (url.scheme, url.host, port)
+
+
+def _printable(text: str, limit: int) -> str:
+    """Server-supplied text for a message or log: no control characters, bounded."""
+    text = _CONTROL.sub("?", text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _read_capped(
+    response: httpx.Response, limit: int, deadline: float, what: str, *, cut: bool = False
+) -> bytes:
+    """The body, streamed, at most ``limit`` bytes and done by ``deadline`` (monotonic).
+
+    More than ``limit`` bytes: E676, or with ``cut`` the first ``limit`` bytes (error
+    bodies: the status already says what happened).
+    """
+    length = response.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit and not cut:
+        raise AnswerTooLargeError(f"{what}: answer of {int(length)} bytes, limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if cut:
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                break
+            raise AnswerTooLargeError(f"{what}: answer longer than the limit of {limit} bytes")
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise AnswerTooSlowError(f"{what}: answer not complete by its deadline ({size} bytes)")
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes, what: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        start = _printable(body[:60].decode("utf-8", "replace"), 60)
+        raise MalformedAnswerError(f"{what}: the answer is not JSON (starts {start!r})") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "answer"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _validate(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedAnswerError(f"{what}: {_printable(_describe(exc), 500)}") from exc
+
+
+def _check_in_body(body: CheckIn) -> dict[str, Any]:
+    data = body.model_dump(mode="json")
+    if not data["problems"]:
+        del data["problems"]  # a server from before the field would refuse the check-in
+    return data
+
+
+def _decode_check_in(data: Any, what: str) -> CheckInAnswer:
+    """The check-in answer; each offer validated on its own, so one bad offer stops no other."""
+    if not isinstance(data, dict):
+        raise MalformedAnswerError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    raw_offers = data.get("offers")
+    if not isinstance(raw_offers, list):
+        raise MalformedAnswerError(f"{what}: offers: expected a list")
+    if len(raw_offers) > 4096:
+        raise MalformedAnswerError(f"{what}: {len(raw_offers)} offers, at most 4096")
+    interval: Any = data.get("poll_interval_s")
+    number = isinstance(interval, int | float) and not isinstance(interval, bool)
+    if number and math.isfinite(interval):
+        # Any finite number is an interval (the agent clamps it to its documented range).
+        interval = int(min(max(interval, 0), 10**9))
+    head = _validate(CheckInResponse, {**data, "offers": [], "poll_interval_s": interval}, what)
+    offers: list[Offer] = []
+    refused: list[RefusedOffer] = []
+    for index, item in enumerate(raw_offers):
+        try:
+            offers.append(_validate(Offer, item, f"{what}: offers.{index}"))
+        except MalformedAnswerError as exc:
+            campaign = item.get("campaign_id") if isinstance(item, dict) else None
+            serial = item.get("device_serial") if isinstance(item, dict) else None
+            refused.append(
+                RefusedOffer(
+                    campaign if type(campaign) is int and campaign > 0 else None,
+                    _printable(serial, 120) if isinstance(serial, str) and serial else None,
+                    exc,
+                )
+            )
+    return CheckInAnswer(float(head.poll_interval_s), tuple(offers), tuple(refused), head.gateway)
+
+
 def _transport_error(url: str, exc: httpx.TransportError) -> FleetError:
     text = str(exc)
     cause = exc.__cause__ or exc.__context__
@@ -319,19 +578,20 @@ def _transport_error(url: str, exc: httpx.TransportError) -> FleetError:
     return FleetUnreachableError(f"{url}: {text or type(exc).__name__}")
 
 
-def _error_from(response: httpx.Response) -> FleetError:
+def _error_from(response: httpx.Response, body: bytes) -> FleetError:
     try:
-        error = response.json().get("error", {})
-    except ValueError:
+        error = json.loads(body).get("error", {})
+    except (ValueError, AttributeError, RecursionError):
         error = {}
     code = str(error.get("code", "")) if isinstance(error, dict) else ""
-    message = str(error.get("message", "")) if isinstance(error, dict) else ""
-    if not code:
-        detail = response.text[:300]
+    message = _printable(str(error.get("message", "")), 1000) if isinstance(error, dict) else ""
+    if not re.fullmatch(r"BMSFW-E\d{3}", code):
+        detail = _printable(body[:300].decode("utf-8", "replace"), 300)
         return FleetServerError(f"HTTP {response.status_code} from {response.url}: {detail}")
     cls = fleet_error_for_code(code)
     if cls is ReleaseRejectedError:
-        return ReleaseRejectedError(message, package_code=str(error.get("package_code", "")))
+        package_code = _printable(str(error.get("package_code", "")), 20)
+        return ReleaseRejectedError(message, package_code=package_code)
     if cls is None:
         return FleetServerError(f"HTTP {response.status_code}: {code}: {message}")
     return cls(message)

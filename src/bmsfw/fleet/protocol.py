@@ -9,6 +9,13 @@ docs/fleet.md describes the exchange; in short, a gateway's agent
 3. ``POST /api/v1/agent/reports`` on every state change of a device;
 4. ``POST /api/v1/agent/backups`` with each configuration backup it takes.
 
+Requests the server reads are strict (``extra="forbid"``). Answers the agent reads
+(:class:`CheckInResponse`, :class:`Offer`, ...) ignore fields they do not know, so a
+newer server can add fields without breaking deployed agents; every field the agent
+uses is bounded here (a digest is 64 hex digits, a size at least 1 byte, a time zone
+one that exists), and the agent turns an answer that fails this into BMSFW-E675
+(docs/agent.md).
+
 A technician's laptop (an operator token) files backups taken on site with
 ``POST /api/v1/devices/{serial}/backups`` (:class:`OperatorBackupUpload`).
 """
@@ -21,14 +28,17 @@ import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "INT32_MAX",
     "INT64_MAX",
+    "SHA256_PATTERN",
     "TERMINAL_STATES",
     "UINT32_MAX",
+    "AgentProblem",
     "BackupInfo",
     "BackupUpload",
     "BmsReport",
@@ -47,6 +57,7 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class DeviceState(StrEnum):
@@ -110,6 +121,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class _Answer(BaseModel):
+    """An answer the agent reads: unknown fields are ignored (a newer server may add some);
+    every field the agent uses is bounded."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
 class _Request(_Model):
     """A request body: refused (422) when any text in it holds NUL or a lone surrogate,
     or any number is not finite (:func:`refuse_unsafe_values`)."""
@@ -137,15 +155,24 @@ class BmsReport(_Model):
     tags: list[str] = Field(default_factory=list, max_length=32)
 
 
+class AgentProblem(_Model):
+    """An answer of the server the agent refused since its last good check-in (E675..E685)."""
+
+    code: str = Field(pattern=r"^BMSFW-E\d{3}$")
+    detail: str = Field(default="", max_length=500)
+    count: int = Field(default=1, ge=1, le=INT32_MAX)
+
+
 class CheckIn(_Request):
     protocol_version: int = PROTOCOL_VERSION
     agent_version: str = Field(default="", max_length=64)
     site: str | None = Field(default=None, max_length=120)
     tags: list[str] | None = Field(default=None, max_length=32)
     devices: list[BmsReport] = Field(default_factory=list, max_length=512)
+    problems: list[AgentProblem] = Field(default_factory=list, max_length=32)
 
 
-class MaintenanceWindow(_Model):
+class MaintenanceWindow(_Answer):
     """Installs may start on ``days`` (0 = Monday) from ``start`` to ``end`` local time.
 
     A window whose end is before its start runs over midnight into the next day.
@@ -158,33 +185,42 @@ class MaintenanceWindow(_Model):
     end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
 
 
-class OfferPolicy(_Model):
-    bandwidth_floor_bps: int
-    maintenance_timezone: str = "UTC"
-    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list)
+class OfferPolicy(_Answer):
+    bandwidth_floor_bps: int = Field(ge=0)
+    maintenance_timezone: str = Field(default="UTC", max_length=64)
+    maintenance_windows: list[MaintenanceWindow] = Field(default_factory=list, max_length=64)
     install_allowed_now: bool = True
 
+    @field_validator("maintenance_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            raise ValueError(f"unknown time zone {value[:64]!r}") from exc
+        return value
 
-class Offer(_Model):
-    campaign_id: int
-    release_id: int
-    device_serial: str
+
+class Offer(_Answer):
+    campaign_id: DbId
+    release_id: DbId
+    device_serial: str = Field(min_length=1, max_length=120)
     state: DeviceState
-    product: str
-    version: str
-    security_counter: int
-    artifact_url: str
-    size_bytes: int
-    sha256: str
+    product: str = Field(max_length=200)
+    version: str = Field(min_length=1, max_length=64)
+    security_counter: SecurityCounter
+    artifact_url: str = Field(min_length=1, max_length=2048)
+    size_bytes: int = Field(ge=1, le=INT64_MAX)
+    sha256: str = Field(pattern=SHA256_PATTERN)
     policy: OfferPolicy
 
 
-class CheckInResponse(_Model):
+class CheckInResponse(_Answer):
     protocol_version: int = PROTOCOL_VERSION
-    gateway: str
+    gateway: str = Field(max_length=200)
     server_time: datetime
-    poll_interval_s: int
-    offers: list[Offer]
+    poll_interval_s: int  # the agent clamps it to its own documented range
+    offers: list[Offer] = Field(max_length=4096)
     unknown_serials: list[str] = Field(default_factory=list)
     # Serials this check-in named that belong to another gateway: nothing about them
     # was applied, the devices are flagged for the operator (``foreign_check_in``).
@@ -203,7 +239,7 @@ class StateReport(_Request):
     firmware_version: str | None = Field(default=None, min_length=1, max_length=64)
 
 
-class StateReportResponse(_Model):
+class StateReportResponse(_Answer):
     device_serial: str
     campaign_id: int
     state: DeviceState
@@ -234,7 +270,7 @@ class OperatorBackupUpload(_Request):
     config: dict[str, Any]
 
 
-class BackupInfo(_Model):
+class BackupInfo(_Answer):
     id: int
     device_serial: str
     created_at: datetime
