@@ -5,7 +5,6 @@ ends ``--once`` with its code at a bounded peak memory, and no traceback is prin
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -31,7 +30,15 @@ class _ServerExtraBlocked:
         return None
 
 sys.meta_path.insert(0, _ServerExtraBlocked())
-sys.argv = ["bmsfw", *sys.argv[1:]]
+
+def _write_peak(path=sys.argv[1]):
+    # VmHWM: this process's own peak resident set since exec (not the forking parent's).
+    with open("/proc/self/status") as status, open(path, "w") as out:
+        out.write(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+import atexit
+atexit.register(_write_peak)
+sys.argv = ["bmsfw", *sys.argv[2:]]
 from bmsfw.cli import main
 main()
 """
@@ -57,8 +64,9 @@ def run_agent(
     release.write_bytes(releases["1.0.0"])
 
     def run(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+        peak_file = tmp_path / "peak-kib"
         command = [
-            sys.executable, "-c", _BLOCK_SERVER_EXTRA, "agent",
+            sys.executable, "-c", _BLOCK_SERVER_EXTRA, str(peak_file), "agent",
             "--server", server.url, "--token-file", str(token), "--ca", str(tls.ca),
             "--trust-root", str(root), "--state-dir", str(tmp_path / "state"),
             "--sim", "1", "--sim-initial", str(release), *args,
@@ -70,29 +78,10 @@ def run_agent(
             stdout, stderr = process.communicate(timeout=120)
         finally:
             process.kill()
-        peak = _PEAKS.pop(process.pid, 0)  # recorded when communicate() reaped the child
+        peak = int(peak_file.read_text()) if peak_file.exists() else 0
         return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), peak
 
     return run
-
-
-_PEAKS: dict[int, int] = {}
-
-
-@pytest.fixture(autouse=True)
-def _record_child_peaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Reap children with os.wait4 so each one's own peak RSS is known."""
-    real_waitpid = os.waitpid
-
-    def waitpid(pid: int, options: int) -> tuple[int, int]:
-        if pid <= 0:
-            return real_waitpid(pid, options)
-        reaped, status, usage = os.wait4(pid, options)
-        if reaped:
-            _PEAKS[reaped] = usage.ru_maxrss
-        return reaped, status
-
-    monkeypatch.setattr(os, "waitpid", waitpid)
 
 
 def test_the_daemon_survives_a_captive_portal(server: HostileServer, run_agent: AgentRun) -> None:

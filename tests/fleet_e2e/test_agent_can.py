@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from agent_support import HW_REV, MODEL
 from bmsfw.device import DeviceSpec, FlashSpec, provision
 from bmsfw.device.sim_can import SimCanProcess, node_state_dir
 from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
@@ -18,7 +19,7 @@ from bmsfw.protocol import uds
 from bmsfw.update.connect import parse_links
 from bmsfw.update.profile import PreflightLimits, UpdateProfile
 
-from .conftest import HW_REV, MODEL, Server, Vendor
+from .conftest import Server, Vendor
 
 _ports = itertools.count(0)
 

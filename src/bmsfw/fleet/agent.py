@@ -338,7 +338,8 @@ class Agent:
 
     def note_problem(self, error: BmsfwError) -> None:
         """Keep ``error`` to tell the server with the next check-in (bounded, deduplicated)."""
-        detail = error.message[:500]
+        # Printable text only (it may quote the server); the server refuses NUL in a body.
+        detail = "".join(c if c.isprintable() else "?" for c in error.message[:500])
         for problem in self.state.problems:
             if problem["code"] == error.code and problem["detail"] == detail:
                 problem["count"] = int(problem["count"]) + 1
