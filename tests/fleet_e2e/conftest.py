@@ -19,6 +19,7 @@ from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
+from bmsfw.fleet.tuf_repo import TufSettings
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +79,9 @@ def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callabl
     """Start fleet servers (real uvicorn, HTTPS, SQLite); all stopped at the end."""
     running: list[tuple[_ThreadedUvicorn, threading.Thread]] = []
 
-    def start(name: str = "fleet", *, poll_interval_s: int = 1) -> Server:
+    def start(
+        name: str = "fleet", *, poll_interval_s: int = 1, tuf: TufSettings | None = None
+    ) -> Server:
         db_url = f"sqlite:///{tmp_path / (name + '.db')}"
         admin = init_database(db_url)
         assert admin is not None
@@ -89,6 +92,7 @@ def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callabl
             poll_interval_s=poll_interval_s,
             tick_interval_s=0.2,
             migrate=False,
+            tuf=tuf,
         )
         port = _free_port()
         server = _ThreadedUvicorn(

@@ -91,6 +91,13 @@ _INSECURE = click.option(
     help="Vendor root certificate; every package must verify against it (not the server).",
 )
 @click.option(
+    "--tuf-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The fleet server's TUF root.json (from its offline root ceremony): no offer is "
+    "trusted before the server's signed metadata verifies. Without it, freshness is not "
+    "checked (not for production).",
+)
+@click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
@@ -155,6 +162,7 @@ def agent_command(
     token_file: Path,
     ca: Path | None,
     trust_root: Path,
+    tuf_root: Path | None,
     state_dir: Path,
     can: str | None,
     nodes: tuple[int, ...],
@@ -220,6 +228,7 @@ def agent_command(
         bandwidth_floor_bps=bandwidth_floor_bps,
         max_poll_interval_s=max_poll_interval_s,
         error_retry_interval_s=min(30.0, max_poll_interval_s or 30.0),
+        tuf_root=_read_bytes(tuf_root, "TUF root") if tuf_root is not None else None,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -96,6 +96,17 @@ def fleet_group() -> None:
 )
 @click.option("--poll-interval-s", default=60, show_default=True, type=int)
 @click.option("--tick-interval-s", default=15.0, show_default=True, type=float)
+@click.option(
+    "--tuf-root-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Publish TUF metadata for the agents: the 1.root.json, 2.root.json... of the "
+    "offline root ceremony (docs/agent.md).",
+)
+@click.option(
+    "--tuf-online-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The online key (Ed25519 PEM) root.json names for targets, snapshot, timestamp.",
+)
 def serve_command(  # noqa: PLR0917 - one parameter per click option
     db_url: str,
     artifacts: Path,
@@ -107,6 +118,8 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     workers: int,
     poll_interval_s: int,
     tick_interval_s: float,
+    tuf_root_dir: Path | None,
+    tuf_online_key: Path | None,
 ) -> None:
     """Migrate the database and serve the HTTP(S) API."""
     from bmsfw.fleet.server import ServeOptions, serve
@@ -125,6 +138,8 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             tls_key=tls_key,
             poll_interval_s=poll_interval_s,
             tick_interval_s=tick_interval_s,
+            tuf_root_dir=tuf_root_dir,
+            tuf_online_key=tuf_online_key,
         )
     )
 

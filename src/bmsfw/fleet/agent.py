@@ -55,8 +55,10 @@ from bmsfw.fleet.agent_errors import (
     BandwidthBelowFloorError,
     MalformedAnswerError,
     OfferMismatchError,
+    TufOfferNotSignedError,
 )
 from bmsfw.fleet.agent_state import AgentState, Job, is_sha256
+from bmsfw.fleet.agent_tuf import TufTrust
 from bmsfw.fleet.campaigns import window_open
 from bmsfw.fleet.client import CheckInAnswer, DownloadResult, FleetClient
 from bmsfw.fleet.errors import (
@@ -191,6 +193,9 @@ class AgentConfig:
     # max_poll_interval_s), times a random factor in [0.5, 1] so gateways do not align.
     error_retry_interval_s: float = 30.0
     max_backoff_s: float = 1800.0
+    # The server's TUF root.json (provisioned like the CA); None: TUF off (not for production).
+    tuf_root: bytes | None = None
+    tuf_refresh_s: float = 300.0  # refreshed at least this often, and before any offer
     max_install_attempts: int = 3
     max_preflight_attempts: int = 12
     max_download_failures: int = 2  # digest mismatches before the release is rejected
@@ -298,6 +303,15 @@ class Agent:
         self._last_offered: dict[str, float] = {}
         self._failures = 0
         self._rng = random.Random()
+        self.tuf: TufTrust | None = None
+        self._tuf_checked_at: float | None = None
+        if config.tuf_root is not None:
+            self.tuf = TufTrust(config.tuf_root, config.state_dir / "tuf", client)
+        else:
+            log.warning(
+                "no TUF root configured (--tuf-root): offers are not checked against signed "
+                "metadata, and a frozen or replaying server is not detected"
+            )
 
     # ------------------------------------------------------------------ loop
 
@@ -375,15 +389,32 @@ class Agent:
             self._interval_s = self.config.poll_interval_s(answer.poll_interval_s)
             self._refused_offers(answer)
             self._adopt_server_states(answer.offers)
-            by_release: dict[int, list[Offer]] = {}
+            self._refresh_tuf(bool(answer.offers))
+            # One download per artifact: offers are grouped by everything that names it
+            # (a server that gives two devices different digests under one release id
+            # gets two downloads, each checked on its own).
+            by_release: dict[tuple[object, ...], list[Offer]] = {}
             for offer in answer.offers:
-                by_release.setdefault(offer.release_id, []).append(offer)
+                by_release.setdefault(_artifact_identity(offer), []).append(offer)
             for offers in by_release.values():
                 self._process_release(offers, local)
             self._prune_artifacts({o.sha256 for o in answer.offers})
         finally:
             connection.close()
         return PollResult(self._interval_s, len(local), len(answer.offers), tuple(self._changes))
+
+    def _refresh_tuf(self, offered: bool) -> None:
+        """Refresh the signed metadata before offers are trusted, and every
+        ``tuf_refresh_s`` anyway (a frozen server is noticed without offers too)."""
+        if self.tuf is None:
+            return
+        now = time.monotonic()
+        due = (
+            self._tuf_checked_at is None or now - self._tuf_checked_at >= self.config.tuf_refresh_s
+        )
+        if offered or due:
+            self.tuf.refresh()  # raises the TufError that fails this poll
+            self._tuf_checked_at = now
 
     def _problems_delivered(self, sent: list[dict[str, object]]) -> None:
         if sent:
@@ -562,6 +593,14 @@ class Agent:
             return
         first = work[0][0]
         jobs = [job for _, job, _ in work]
+        if self.tuf is not None:
+            try:
+                self.tuf.check_offer(first)
+            except TufOfferNotSignedError as exc:
+                log.error("release %d refused: %s", first.release_id, exc.message)
+                for job in jobs:
+                    self._report(job, S.REJECTED, exc.code, exc.message)
+                return
         data = self._fetch_verified(first, jobs)
         if data is None:
             return
@@ -912,3 +951,15 @@ class Agent:
             del self.state.verified_artifacts[sha]
         if dropped:
             self.state.save()
+
+
+def _artifact_identity(offer: Offer) -> tuple[object, ...]:
+    return (
+        offer.release_id,
+        offer.sha256,
+        offer.size_bytes,
+        offer.product,
+        offer.version,
+        offer.security_counter,
+        offer.artifact_url,
+    )

@@ -37,6 +37,7 @@ from bmsfw.fleet.db import make_engine, make_session_factory, upgrade_database
 from bmsfw.fleet.errors import (
     CredentialMissingError,
     FleetConfigError,
+    FleetNotFoundError,
     InvalidCredentialError,
     ReleaseRejectedError,
     RequestInvalidError,
@@ -62,6 +63,7 @@ from bmsfw.fleet.schemas import (
     TokenCreate,
 )
 from bmsfw.fleet.service import FleetService, ServiceSettings
+from bmsfw.fleet.tuf_repo import TufRepository, TufSettings, tuf_releases
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -103,6 +105,8 @@ class ServerConfig:
     credential_cache_ttl_s: float = 5.0
     migrate: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # TUF metadata for the agents (/api/v1/tuf/...): None publishes none.
+    tuf: TufSettings | None = None
 
 
 class _Guard:
@@ -305,6 +309,8 @@ def create_app(
     router = app.router
     _agent_routes(router)
     _release_routes(router, config)
+    if config.tuf is not None:
+        _tuf_routes(router, TufRepository(config.tuf))
     _campaign_routes(router)
     _inventory_routes(router)
     _admin_routes(router, app)
@@ -491,6 +497,17 @@ def _agent_routes(router: APIRouter) -> None:
     def backup(request: Request, body: BackupUpload) -> BackupInfo:
         """A configuration backup the agent took before touching a device."""
         return _service(request).store_backup(_principal(request), body)
+
+
+def _tuf_routes(router: APIRouter, repository: TufRepository) -> None:
+    @_route(router, "GET", "/tuf/{name}", VIEWER | GATEWAY)
+    def tuf_metadata(request: Request, name: str) -> Response:
+        """Signed TUF metadata of the releases served (root, timestamp, snapshot, targets)."""
+        service = _service(request)
+        data = repository.file(name, lambda: tuf_releases(service.list_releases()))
+        if data is None:
+            raise FleetNotFoundError(f"no TUF metadata named {name[:64]!r}")
+        return Response(data, media_type="application/json")
 
 
 def _release_routes(router: APIRouter, config: ServerConfig) -> None:

@@ -36,7 +36,7 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -327,6 +327,45 @@ class FleetClient:
             + (f" or {', '.join(self.config.artifact_origins)}" if allowed else "")
             + "; nothing was fetched and no credential sent"
         )
+
+    def absolute_url(self, path: str) -> str:
+        """``path`` on the server, as requests resolve it (the server URL's path kept)."""
+        return str(self._http.build_request("GET", path).url)
+
+    def open_stream(self, url: str) -> tuple[int, Iterator[bytes]]:
+        """GET ``url`` on the server's own origin (or an artifact origin) as a stream.
+
+        Returns the status and the body's chunks, read within the answer deadline
+        (E677 when exceeded); the caller bounds the size (python-tuf's fetcher does).
+        Any status but 200 returns no chunks.
+        """
+        request = self.artifact_request(url, {})
+        deadline = time.monotonic() + self.config.limits.answer_deadline_s
+        shown = _printable(str(request.url), 200)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise FleetTimeoutError(f"GET {shown}: no answer in time ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise _transport_error(self.config.server_url, exc) from exc
+        if response.status_code != 200:
+            response.close()
+            return response.status_code, iter(())
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for chunk in response.iter_bytes():
+                    yield chunk
+                    if time.monotonic() > deadline:
+                        raise AnswerTooSlowError(f"GET {shown}: not complete by its deadline")
+            except httpx.TimeoutException as exc:
+                raise FleetTimeoutError(f"GET {shown}: stalled ({exc})") from exc
+            except httpx.TransportError as exc:
+                raise _transport_error(self.config.server_url, exc) from exc
+            finally:
+                response.close()
+
+        return response.status_code, chunks()
 
     def download_url(
         self,

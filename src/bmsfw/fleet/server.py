@@ -21,6 +21,7 @@ from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.db import make_engine, upgrade_database
 from bmsfw.fleet.errors import FleetConfigError
 from bmsfw.fleet.releases import TrustRoot
+from bmsfw.fleet.tuf_repo import TufRepository, TufSettings
 
 __all__ = ["ServeOptions", "app_from_env", "serve"]
 
@@ -41,6 +42,9 @@ class ServeOptions:
     poll_interval_s: int = 60
     tick_interval_s: float = 15.0
     log_level: str = "warning"
+    # TUF metadata for the agents: the root history made offline and the online key.
+    tuf_root_dir: Path | None = None
+    tuf_online_key: Path | None = None
 
     def validate(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -50,6 +54,17 @@ class ServeOptions:
                 raise FleetConfigError(f"file not found: {path}")
         if self.workers < 1:
             raise FleetConfigError("--workers must be at least 1")
+        if (self.tuf_root_dir is None) != (self.tuf_online_key is None):
+            raise FleetConfigError("--tuf-root-dir and --tuf-online-key go together")
+
+    def tuf(self) -> TufSettings | None:
+        return _tuf_settings(str(self.tuf_root_dir or ""), str(self.tuf_online_key or ""))
+
+
+def _tuf_settings(root_dir: str, online_key: str) -> TufSettings | None:
+    if not root_dir or not online_key:
+        return None
+    return TufSettings.load(Path(root_dir), Path(online_key))
 
 
 def _settings_json(options: ServeOptions) -> str:
@@ -60,6 +75,8 @@ def _settings_json(options: ServeOptions) -> str:
             "trust_root": str(options.trust_root),
             "poll_interval_s": options.poll_interval_s,
             "tick_interval_s": options.tick_interval_s,
+            "tuf_root_dir": str(options.tuf_root_dir or ""),
+            "tuf_online_key": str(options.tuf_online_key or ""),
         }
     )
 
@@ -78,6 +95,7 @@ def app_from_env() -> FastAPI:
         poll_interval_s=int(settings["poll_interval_s"]),
         tick_interval_s=float(settings["tick_interval_s"]),
         migrate=False,  # the parent did it
+        tuf=_tuf_settings(settings["tuf_root_dir"], settings["tuf_online_key"]),
     )
     return create_app(config, trust=TrustRoot(trust_pem))
 
@@ -87,6 +105,9 @@ def serve(options: ServeOptions) -> None:
 
     options.validate()
     TrustRoot(options.trust_root.read_bytes())  # fail here, not in every worker
+    tuf = options.tuf()
+    if tuf is not None:
+        TufRepository(tuf)  # the online key must be the root's: fail here too
     engine = make_engine(options.db_url)
     try:
         upgrade_database(engine)
