@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bmsfw.fleet.agent import Agent
+from bmsfw.fleet.errors import FleetConfigError
 from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.tuf_repo import (
     TufRelease,
@@ -197,7 +198,44 @@ def test_metadata_is_deterministic_and_versions_only_grow() -> None:
 
 def test_the_online_key_must_be_the_roots() -> None:
     ceremony = Ceremony.run()
-    from bmsfw.fleet.errors import FleetConfigError
-
     with pytest.raises(FleetConfigError, match="online key"):
         TufRepository(TufSettings(tuple(ceremony.roots), generate_key()))
+
+
+def test_the_root_ceremony_commands(tmp_path: Path) -> None:
+    """tuf-keygen and tuf-root as documented in docs/agent.md, then a rotation; the server
+    settings load from their output; a rotation without the old keys is refused."""
+    from click.testing import CliRunner
+
+    from bmsfw.cli._fleet import fleet_group
+
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(fleet_group, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    for name in ("root-1", "root-2", "root-3", "online", "online-2"):
+        run("tuf-keygen", str(tmp_path / f"{name}.pem"))
+    assert (tmp_path / "root-1.pem").stat().st_mode & 0o777 == 0o600
+    keys = [str(tmp_path / f"root-{n}.pem") for n in (1, 2, 3)]
+    out = str(tmp_path / "tuf")
+    run("tuf-root", *(a for k in keys for a in ("--root-key", k)), "--threshold", "2",
+        "--online-key", str(tmp_path / "online.pem"), "--out", out)  # fmt: skip
+    refused = runner.invoke(
+        fleet_group,
+        ["tuf-root", "--previous", f"{out}/1.root.json", "--previous-key", keys[0],
+         "--root-key", keys[1], "--threshold", "1", "--online-key",
+         str(tmp_path / "online-2.pem"), "--out", out],
+    )  # fmt: skip
+    assert refused.exit_code != 0 and not (tmp_path / "tuf" / "2.root.json").exists()
+    run("tuf-root", "--previous", f"{out}/1.root.json", "--previous-key", keys[0],
+        "--previous-key", keys[1], "--root-key", keys[1], "--root-key", keys[2],
+        "--threshold", "2", "--online-key", str(tmp_path / "online-2.pem"),
+        "--out", out)  # fmt: skip
+    settings = TufSettings.load(tmp_path / "tuf", tmp_path / "online-2.pem")
+    assert len(settings.roots) == 2
+    TufRepository(settings)  # the online key is the latest root's
+    with pytest.raises(FleetConfigError, match="online key"):
+        TufRepository(TufSettings.load(tmp_path / "tuf", tmp_path / "online.pem"))

@@ -385,3 +385,13 @@ def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  paused: {campaign['pause_reason']}")
     states = ", ".join(f"{k} {v}" for k, v in campaign["states"].items() if v)
     click.echo(f"  states: {states}")
+
+
+def _add_tuf_commands() -> None:
+    from bmsfw.cli._tuf import tuf_keygen_command, tuf_root_command
+
+    fleet_group.add_command(tuf_keygen_command)
+    fleet_group.add_command(tuf_root_command)
+
+
+_add_tuf_commands()

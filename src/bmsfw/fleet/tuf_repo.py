@@ -57,6 +57,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.serialization.json import JSONSerializer
 
 from bmsfw.fleet.errors import FleetConfigError
@@ -127,6 +128,14 @@ def new_root(
     metadata = Metadata(root)
     for signer in [*signers, *(_signer(pem) for pem in previous_keys)]:
         metadata.sign(signer, append=True)
+    # What an agent checks: a threshold of the new keys, and for a rotation of the old.
+    trusted = [root] if previous is None else [Metadata[Root].from_bytes(previous).signed, root]
+    for delegator in trusted:
+        try:
+            delegator.verify_delegate("root", metadata.signed_bytes, metadata.signatures)
+        except UnsignedMetadataError as exc:
+            which = "the current root's" if delegator is not root else "the new root's"
+            raise FleetConfigError(f"not signed by a threshold of {which} keys: {exc}") from exc
     return metadata.to_bytes(_SERIALIZER)
 
 
