@@ -141,12 +141,15 @@ class Site:
         outcome = self.agent.poll()
         assert outcome.error is None, outcome.error
 
-    def assert_refused(self, server: HostileServer, state: str, code: str) -> None:
-        """Every BMS was reported in ``state`` with ``code``, and none was touched."""
+    def assert_refused(
+        self, server: HostileServer, state: str, code: str, *, valid_package: bool = False
+    ) -> None:
+        """Every BMS was reported in ``state`` with ``code``, and none was touched; a
+        rejected artifact is not kept (unless it is a valid package refused for these BMS)."""
         for path in self.paths:
             assert (state, code) in reported(server)[path.name], reported(server)
         self.assert_bms_untouched()
-        if state == "rejected":
+        if state == "rejected" and not valid_package:
             assert not list((self.state_dir / "artifacts").iterdir())
 
 

@@ -106,8 +106,10 @@ log = logging.getLogger(__name__)
 S = DeviceState
 _IN_FLIGHT = frozenset({S.INSTALLING.value, S.VERIFYING.value})
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
-# Preflight refusals that no amount of waiting fixes: the device is not a target.
-_PERMANENT_PREFLIGHT = frozenset({"BMSFW-E407", "BMSFW-E408", "BMSFW-E410"})
+# Preflight refusals that no amount of waiting fixes: the device is not a target
+# (incompatible, counter downgrade, override refused, version downgrade: the update
+# core's rules; the agent only maps their codes to the campaign state).
+_PERMANENT_PREFLIGHT = frozenset({"BMSFW-E407", "BMSFW-E408", "BMSFW-E410", "BMSFW-E414"})
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # Failures that say nothing about the firmware: the link or the BMS's power went away.
 # The BMS keeps what it has (A/B banks, staged transfer), so the next poll retries and

@@ -47,6 +47,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
+from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (
     Metadata,
     MetaFile,
@@ -57,7 +58,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.serialization.json import JSONSerializer
 
 from bmsfw.fleet.errors import FleetConfigError
