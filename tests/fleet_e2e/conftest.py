@@ -18,6 +18,7 @@ from agent_support import Vendor
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
+from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from bmsfw.fleet.tuf_repo import TufSettings
 
@@ -134,3 +135,21 @@ def wait_for(
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+
+
+def one_gateway_fleet(tmp_path: Path, vendor: Vendor, initial: bytes, server: Server) -> SimFleet:
+    """One registered gateway with two virtual BMS running ``initial`` (close it after)."""
+    fleet = SimFleet(
+        SimFleetConfig(
+            server_url=server.url,
+            state_dir=tmp_path / "sim",
+            trust_root_pem=vendor.root_pem,
+            initial_release=initial,
+            gateways=1,
+            bms_per_gateway=2,
+            ca_file=server.ca,
+        )
+    )
+    with server.client() as admin:
+        fleet.build(fleet.register(admin))
+    return fleet

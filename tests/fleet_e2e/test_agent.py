@@ -19,11 +19,11 @@ from bmsfw.device.direct import DirectSession
 from bmsfw.errors import PackageError
 from bmsfw.fleet.agent import Agent
 from bmsfw.fleet.errors import SafetyCriticalOtaRefusedError
-from bmsfw.fleet.simfleet import SimBmsProvider, SimBmsSession, SimFleet, SimFleetConfig
+from bmsfw.fleet.simfleet import SimBmsProvider, SimBmsSession, SimFleet
 from bmsfw.package import release_header
 from bmsfw.update.connect import Connection
 
-from .conftest import Server, Vendor
+from .conftest import Server, Vendor, one_gateway_fleet
 
 ALL = [{"name": "all", "percent": 100, "soak_s": 0, "success_threshold_pct": 100}]
 
@@ -36,19 +36,7 @@ def setup(
     server_factory: Callable[..., Server],
 ) -> Iterator[tuple[Server, SimFleet]]:
     server = server_factory()
-    fleet = SimFleet(
-        SimFleetConfig(
-            server_url=server.url,
-            state_dir=tmp_path / "sim",
-            trust_root_pem=vendor.root_pem,
-            initial_release=releases["1.0.0"],
-            gateways=1,
-            bms_per_gateway=2,
-            ca_file=server.ca,
-        )
-    )
-    with server.client() as admin:
-        fleet.build(fleet.register(admin))
+    fleet = one_gateway_fleet(tmp_path, vendor, releases["1.0.0"], server)
     fleet.gateways[0].agent.run_once()  # first check-in: the inventory
     try:
         yield server, fleet

@@ -61,6 +61,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from bmsfw.fleet.errors import FleetConfigError
+from bmsfw.fleet.releases import ReleaseFacts
 
 __all__ = [
     "TufRelease",
@@ -170,15 +171,11 @@ class TufRelease:
     """What the targets metadata says about one release."""
 
     id: int
-    sha256: str
-    size_bytes: int
-    product: str
-    version: str
-    security_counter: int
-    hw_model: str
-    hw_revisions: tuple[str, ...]
-    min_bootloader: str
-    ota_allowed: bool
+    facts: ReleaseFacts  # as the server verified it at upload (sha256 and size included)
+
+    @property
+    def ota_allowed(self) -> bool:
+        return self.facts.safety_class == "standard"
 
 
 class TufRepository:
@@ -270,22 +267,23 @@ class TufRepository:
         )
         for release in releases:
             if release.ota_allowed and release.id <= top:
-                path = f"releases/{release.sha256}.bmsfw"
+                facts = release.facts
+                path = f"releases/{facts.sha256}.bmsfw"
                 targets.targets[path] = TargetFile(
-                    release.size_bytes,
-                    {"sha256": release.sha256},
+                    facts.size_bytes,
+                    {"sha256": facts.sha256},
                     path,
                     {
                         "custom": {
                             "release_id": release.id,
-                            "product": release.product,
-                            "version": release.version,
-                            "security_counter": release.security_counter,
+                            "product": facts.product,
+                            "version": facts.version,
+                            "security_counter": facts.security_counter,
                             "hardware": {
-                                "model": release.hw_model,
-                                "revisions": list(release.hw_revisions),
+                                "model": facts.hw_model,
+                                "revisions": list(facts.hw_revisions),
                             },
-                            "min_bootloader": release.min_bootloader,
+                            "min_bootloader": facts.min_bootloader,
                         }
                     },
                 )
@@ -310,16 +308,20 @@ def tuf_releases(records: Sequence[Mapping[str, Any]]) -> list[TufRelease]:
     """The releases as the targets metadata needs them, from the server's release records."""
     return [
         TufRelease(
-            id=int(r["id"]),
-            sha256=str(r["sha256"]),
-            size_bytes=int(r["size_bytes"]),
-            product=str(r["product"]),
-            version=str(r["version"]),
-            security_counter=int(r["security_counter"]),
-            hw_model=str(r["hw_model"]),
-            hw_revisions=tuple(str(v) for v in r["hw_revisions"]),
-            min_bootloader=str(r["min_bootloader"]),
-            ota_allowed=bool(r["ota_allowed"]),
+            int(r["id"]),
+            ReleaseFacts(
+                product=str(r["product"]),
+                version=str(r["version"]),
+                security_counter=int(r["security_counter"]),
+                hw_model=str(r["hw_model"]),
+                hw_revisions=tuple(str(v) for v in r["hw_revisions"]),
+                min_bootloader=str(r["min_bootloader"]),
+                safety_class=str(r["safety_class"]),
+                components=tuple(r["components"]),
+                release_notes=str(r["release_notes"]),
+                sha256=str(r["sha256"]),
+                size_bytes=int(r["size_bytes"]),
+            ),
         )
         for r in records
     ]
