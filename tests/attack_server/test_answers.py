@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bmsfw.fleet.agent import POLL_INTERVAL_RANGE_S, AgentConfig, PollOutcome
+from bmsfw.fleet.agent_errors import MalformedAnswerError
 
 from .conftest import Site
 from .hostile import HostileServer, Reply, Seen, drip, endless
@@ -227,3 +228,25 @@ def test_silent_server_hits_the_read_timeout(
     outcome = site.agent.poll()
     assert outcome.error is not None and outcome.error.code == "BMSFW-E618", outcome.error
     assert time.monotonic() - started < 2.0 + 1.0  # the read timeout of the suite
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        Reply.json({"detail": [{"loc": ["body", "problems"], "msg": "extra"}]}, 422),
+        Reply.json({"error": {"code": "BMSFW-E630", "message": "problems: extra"}}, 422),
+    ],
+    ids=["fastapi-422", "bmsfw-E630"],
+)
+def test_a_server_from_before_problems_still_gets_check_ins(
+    refusal: Reply, server: HostileServer, site_factory: Callable[..., Site]
+) -> None:
+    """An older server refuses the unknown ``problems`` field: the agent checks in without
+    it (and drops them) instead of failing every poll from then on."""
+    site = site_factory()
+    server.script["check-in"] = lambda seen: refusal if "problems" in (seen.body or {}) else None
+    site.agent.note_problem(MalformedAnswerError("an earlier captive portal"))
+    outcome = site.agent.poll()
+    assert outcome.error is None, outcome.error
+    assert ["problems" in body for body in server.check_ins()] == [True, False]
+    assert site.agent.state.problems == []

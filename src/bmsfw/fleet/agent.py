@@ -68,6 +68,7 @@ from bmsfw.fleet.errors import (
     FleetTimeoutError,
     FleetUnreachableError,
     InvalidStateTransitionError,
+    RequestInvalidError,
 )
 from bmsfw.fleet.protocol import (
     TERMINAL_STATES,
@@ -377,17 +378,7 @@ class Agent:
                 self._reconciled = True
                 local = self._read_devices(connection.sessions)
             self._flush_outbox()
-            sent = [dict(p) for p in self.state.problems]
-            answer = self.client.check_in(
-                CheckIn(
-                    agent_version=self.config.agent_version,
-                    site=self.config.site,
-                    tags=list(self.config.tags) if self.config.tags is not None else None,
-                    devices=[d.report for d in local.values()],
-                    problems=[AgentProblem.model_validate(p) for p in sent],
-                )
-            )
-            self._problems_delivered(sent)
+            answer = self._check_in([d.report for d in local.values()])
             self._interval_s = self.config.poll_interval_s(answer.poll_interval_s)
             self._refused_offers(answer)
             self._adopt_server_states(answer.offers)
@@ -418,10 +409,29 @@ class Agent:
             self.tuf.refresh()  # raises the TufError that fails this poll
             self._tuf_checked_at = now
 
-    def _problems_delivered(self, sent: list[dict[str, object]]) -> None:
+    def _check_in(self, devices: list[BmsReport]) -> CheckInAnswer:
+        """Check in, with the problems kept since the last good check-in."""
+        sent = [dict(p) for p in self.state.problems]
+        body = CheckIn(
+            agent_version=self.config.agent_version,
+            site=self.config.site,
+            tags=list(self.config.tags) if self.config.tags is not None else None,
+            devices=devices,
+            problems=[AgentProblem.model_validate(p) for p in sent],
+        )
+        try:
+            answer = self.client.check_in(body)
+        except (RequestInvalidError, FleetServerError):
+            if not sent:
+                raise
+            # A server from before the "problems" field refuses it (422): check in
+            # without them rather than never again; they stay in the log.
+            answer = self.client.check_in(body.model_copy(update={"problems": []}))
+            log.warning("the server refused the problems field; %d dropped", len(sent))
         if sent:
             self.state.problems = [p for p in self.state.problems if p not in sent]
             self.state.save()
+        return answer
 
     def _refused_offers(self, answer: CheckInAnswer) -> None:
         for refused in answer.refused:
