@@ -1,12 +1,15 @@
 # Two entry points that work on a fresh machine with Python 3.11+:
 #   make demo   - the main job on the embedded default (virtual BMS, SQLite)
 #   make test   - the whole test suite, plus lint and type checks
+#   make compliance - docs/compliance.md from the results `make test` recorded
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# every test's outcome and requirement ids, written by `make test` (tests/conftest.py)
+TEST_RESULTS := build/test-results.json
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench compliance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,13 @@ demo: $(STAMP)
 	$(BIN)/bmsfw demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --req-results $(TEST_RESULTS)
+
+# Reads the results of the last `make test` (runs it when there are none): the
+# suite runs once in CI. Fails when a requirement lacks a passing test.
+compliance: $(STAMP)
+	@test -f $(TEST_RESULTS) || $(MAKE) test
+	$(BIN)/python -m bmsfw.evidence.compliance --results $(TEST_RESULTS) --out docs/compliance.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

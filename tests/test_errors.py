@@ -3,6 +3,8 @@
 import importlib
 import pkgutil
 
+import pytest
+
 import bmsfw
 from bmsfw.errors import BmsfwError, all_error_classes
 
@@ -12,6 +14,7 @@ def _import_everything() -> None:
         importlib.import_module(info.name)
 
 
+@pytest.mark.req("SEED-TROUBLESHOOTING")
 def test_error_codes_are_unique_and_documented() -> None:
     _import_everything()
     classes = all_error_classes()

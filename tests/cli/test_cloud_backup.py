@@ -103,6 +103,7 @@ def _register(cloud: CloudServer, serial: str) -> None:
         )
 
 
+@pytest.mark.req("SEED-CONFIG-BACKUP")
 def test_backup_goes_to_the_drive_and_the_server_with_the_same_sha256(
     make_bench: Callable[..., Bench], cloud: CloudServer, tmp_path: Path
 ) -> None:

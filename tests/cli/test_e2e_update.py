@@ -6,6 +6,8 @@ import json
 import subprocess
 from collections.abc import Callable
 
+import pytest
+
 from bmsfw.device import VirtualBms
 
 from .conftest import BMSFW, Bench, run_bmsfw
@@ -87,6 +89,7 @@ def test_preflight_command_reports_value_and_limit(make_bench: Callable[..., Ben
     assert "BMSFW-E401" in result.stderr
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK", "R156-SAFE-STATE", "R156-INFORM-AFTER")
 def test_self_test_failure_and_never_confirm_end_on_old_firmware(
     make_bench: Callable[..., Bench],
 ) -> None:
@@ -106,6 +109,7 @@ def test_self_test_failure_and_never_confirm_end_on_old_firmware(
         assert entry["identity"]["security_counter"] == 1
 
 
+@pytest.mark.req("SEED-PROGRESS-LOG", "SEED-INTERRUPTION")
 def test_power_cut_during_transfer_then_update_again(make_bench: Callable[..., Bench]) -> None:
     bench = make_bench()
     bench.start()

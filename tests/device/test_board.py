@@ -39,6 +39,7 @@ def test_telemetry_reflects_soc_and_current(bms: VirtualBms, clock: SimClock) ->
     assert t.pack_voltage_v < rested - 16 * 100 * 0.0008
 
 
+@pytest.mark.req("SEED-REBOOT-SEQUENCE")
 def test_reset_opens_contactors_until_self_test_passes(bms: VirtualBms, clock: SimClock) -> None:
     assert bms.contactors_closed
     bms.reset()
@@ -52,6 +53,7 @@ def test_reset_opens_contactors_until_self_test_passes(bms: VirtualBms, clock: S
     assert bms.contactors_closed
 
 
+@pytest.mark.req("SEED-SELFTEST-VOLTAGE")
 def test_cell_calibration_check(bms: VirtualBms) -> None:
     bms.faults.adc_gain_error(5, 0.008)  # 0.8 % > 0.5 %
     _reboot(bms)
@@ -62,6 +64,7 @@ def test_cell_calibration_check(bms: VirtualBms) -> None:
     assert bms.self_test().passed
 
 
+@pytest.mark.req("SEED-SELFTEST-VOLTAGE")
 def test_lost_calibration_fails_self_test(bms: VirtualBms) -> None:
     """The board's ADC errors (up to ±1.2 %) only pass ±0.5 % with the unit's calibration."""
     cal = bms.calibration()
@@ -73,6 +76,7 @@ def test_lost_calibration_fails_self_test(bms: VirtualBms) -> None:
     assert bms.self_test().passed
 
 
+@pytest.mark.req("SEED-SELFTEST-TEMP-SENSORS", "SEED-SELFTEST-COMMS", "SEED-SELFTEST-BALANCING")
 @pytest.mark.parametrize(
     ("inject", "expected"),
     [
@@ -116,6 +120,7 @@ def test_protection_fault_opens_contactors_and_logs_dtc(bms: VirtualBms) -> None
     assert bms.telemetry().contactors_closed
 
 
+@pytest.mark.req("SEED-SELFTEST-BALANCING")
 def test_balancing_bleeds_high_cells(bms: VirtualBms, clock: SimClock) -> None:
     bms.faults.set_soc(85.0)
     soc = bms.battery.state.cell_soc

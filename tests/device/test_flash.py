@@ -95,6 +95,7 @@ def test_journal_survives_a_cut_at_every_operation(tmp_path: Path) -> None:
             assert value is not None and (value.startswith((b"value-199", b"next-")))
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
 def test_otp_counter_is_monotonic_and_cannot_be_erased(flash: Flash) -> None:
     otp = Otp(flash)
     otp.fuse(root_key_hash=b"\1" * 32, image_key_hash=b"\2" * 32, security_counter=3)

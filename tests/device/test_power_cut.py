@@ -63,6 +63,7 @@ def base_device(
     return path
 
 
+@pytest.mark.req("SEED-DUAL-BANK", "SEED-INTERRUPTION", "R156-SAFE-STATE", "NIST800-193-RECOVER")
 def test_exhaustive_power_cut_during_update(
     tmp_path: Path, base_device: Path, releases: tuple[Release, Release]
 ) -> None:

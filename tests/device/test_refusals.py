@@ -125,12 +125,14 @@ def test_device_refuses_header(
     _assert_untouched_after_power_cycle(device_dir, bms, before)
 
 
+@pytest.mark.req("SEED-OTA-NOT-SAFETY-CRITICAL", "IEC61508-SAFETY-UPDATE")
 def test_safety_critical_is_accepted_wired(bms: VirtualBms, vendor: Vendor) -> None:
     release = vendor.release("2.0.0", 2, safety_class="safety-critical")
     status = bms.begin_update(release.header, channel="wired")
     assert status.staged and status.total_size == len(release.image)
 
 
+@pytest.mark.req("SEED-SECURE-BOOT", "IEC62443-EDR3.10", "NIST800-193-PROTECT")
 def test_image_signed_with_unfused_key_is_refused_at_verify(
     bms: VirtualBms, device_dir: Path, vendor: Vendor, other_vendor: Vendor
 ) -> None:

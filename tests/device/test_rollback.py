@@ -32,6 +32,7 @@ def _assert_back_on_a(bms: VirtualBms, reason_part: str) -> None:
     assert "REVERTED" in _dtc_names(bms) or "ROLLBACK_REQUESTED" in _dtc_names(bms)
 
 
+@pytest.mark.req("SEED-DUAL-BANK", "SEED-ANTI-ROLLBACK")
 def test_successful_update_confirms_and_raises_counter(bms: VirtualBms, vendor: Vendor) -> None:
     release = vendor.release("2.0.0", 5)
     install(bms, release)
@@ -50,6 +51,7 @@ def test_successful_update_confirms_and_raises_counter(bms: VirtualBms, vendor: 
     assert (old.valid, old.state) == (False, "invalid") and "E112" in old.problem
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK")
 def test_failed_self_test_reverts(bms: VirtualBms, vendor: Vendor) -> None:
     install(bms, vendor.release("2.0.0", 2, behaviour="fail-selftest"))
     _assert_back_on_a(bms, "self-test failed: application")
@@ -67,6 +69,7 @@ def test_real_self_test_failure_of_the_board_reverts(bms: VirtualBms, vendor: Ve
     assert status.security_counter == 1
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK")
 def test_unconfirmed_image_reverts_after_watchdog_window(
     bms: VirtualBms, vendor: Vendor, clock: SimClock
 ) -> None:
@@ -89,11 +92,13 @@ def test_never_confirm_marker_reverts_despite_confirm(bms: VirtualBms, vendor: V
     _assert_back_on_a(bms, "watchdog")
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK", "NIST800-193-RECOVER")
 def test_boot_loop_reverts_via_boot_counter(bms: VirtualBms, vendor: Vendor) -> None:
     install(bms, vendor.release("2.0.0", 2, behaviour="boot-loop"))
     _assert_back_on_a(bms, "boot loop: 3 starts")
 
 
+@pytest.mark.req("SEED-SECURE-BOOT", "IEC62443-CR3.14", "NIST800-193-DETECT", "NIST800-193-RECOVER")
 def test_secure_boot_failure_reverts(bms: VirtualBms, vendor: Vendor) -> None:
     """The bank verified, then a bit flipped before the reset: the bootloader refuses it."""
     release = vendor.release("2.0.0", 2)
@@ -137,6 +142,7 @@ def test_rollback_of_confirmed_image_with_same_counter(bms: VirtualBms, vendor: 
     assert status.security_counter == 1
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
 def test_rollback_blocked_by_anti_rollback(bms: VirtualBms, vendor: Vendor) -> None:
     install(bms, vendor.release("2.0.0", 2))
     bms.confirm()
@@ -173,6 +179,7 @@ def test_confirm_refused_after_failed_self_test_of_confirmed_image(bms: VirtualB
     assert bms.boot_status().image_state == "confirmed"
 
 
+@pytest.mark.req("SEED-RUNTIME-INTEGRITY", "NIST800-193-DETECT", "NIST800-193-RECOVER")
 def test_integrity_fault_then_fallback_on_next_boot(bms: VirtualBms, vendor: Vendor) -> None:
     install(bms, vendor.release("1.1.0", 1, behaviour="integrity-fault"))
     bms.confirm()
@@ -192,6 +199,7 @@ def test_integrity_fault_then_fallback_on_next_boot(bms: VirtualBms, vendor: Ven
     assert "BOOT_FALLBACK" in _dtc_names(bms)
 
 
+@pytest.mark.req("SEED-RECOVERY-REFLASH", "NIST800-193-RECOVER")
 def test_no_bootable_image_stays_in_bootloader_and_accepts_recovery(
     bms: VirtualBms, vendor: Vendor
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from fastapi.routing import APIRoute
 
 from bmsfw.fleet.auth import ALL_ROLES
@@ -25,6 +26,7 @@ def _api_routes(fleet: Fleet) -> list[tuple[str, str, frozenset[str]]]:
     return routes
 
 
+@pytest.mark.req("IEC62443-CR1.1", "IEC62443-CR1.2", "IEC62443-CR2.1")
 def test_every_route_refuses_missing_bad_and_wrong_role_credentials(fleet: Fleet) -> None:
     fleet.add_gateway("gw", "site")
     routes = _api_routes(fleet)
@@ -65,6 +67,7 @@ def test_openapi_spec_is_served_to_viewers_only_and_names_roles(fleet: Fleet) ->
     assert upload["x-bmsfw-roles"] == ["admin", "release_manager"]
 
 
+@pytest.mark.req("SEED-ACCESS-REVIEW")
 def test_revoked_token_is_refused_and_access_review_lists_everyone(fleet: Fleet) -> None:
     created = fleet.call("POST", "/api/v1/tokens", json={"name": "alice", "role": "operator"})
     alice = {"Authorization": f"Bearer {created['token']}"}
@@ -84,6 +87,7 @@ def test_revoked_token_is_refused_and_access_review_lists_everyone(fleet: Fleet)
     assert all(len(str(r["token_prefix"])) < 20 for r in review)  # no clear token leaks
 
 
+@pytest.mark.req("IEC62443-CR1.5")
 def test_tokens_are_stored_hashed(fleet: Fleet) -> None:
     from sqlalchemy import create_engine, select
 
@@ -97,6 +101,7 @@ def test_tokens_are_stored_hashed(fleet: Fleet) -> None:
     assert token not in hashes and all(len(h) == 64 for h in hashes)
 
 
+@pytest.mark.req("IEC62443-CR2.8")
 def test_changes_are_audited(fleet: Fleet) -> None:
     fleet.add_gateway("gw", "site")
     fleet.check_in("gw", [bms("S1")])

@@ -179,6 +179,7 @@ def test_error_threshold_pauses_and_stops_offers(fleet: Fleet, pki) -> None:
     assert len(_poll_all(fleet, owner)) == 20
 
 
+@pytest.mark.req("SEED-OTA-NOT-SAFETY-CRITICAL", "IEC61508-SAFETY-UPDATE")
 def test_safety_critical_release_is_refused_for_ota(fleet: Fleet, pki) -> None:
     _site(fleet, gateways=1)
     release = fleet.upload(make_release(pki, "1.2.0", safety_class="safety-critical"))

@@ -180,6 +180,7 @@ def test_gateway_gets_only_offered_artifacts(fleet: Fleet, pki) -> None:
     assert response.status_code == 403 and response.json()["error"]["code"] == "BMSFW-E613"
 
 
+@pytest.mark.req("IEC62443-CR3.4")
 def test_artifact_tampered_on_server_disk_is_detected(fleet: Fleet, pki, tmp_path) -> None:
     data, offer, agent = _offer_setup(fleet, pki)
     (stored,) = _artifact_files(fleet, tmp_path)

@@ -100,6 +100,7 @@ def https_server(tmp_path: Path, root_pem: bytes) -> Iterator[tuple[str, Path, s
             proc.wait()
 
 
+@pytest.mark.req("SEED-OTA-ENCRYPTION")
 def test_https_server_end_to_end(https_server, tmp_path: Path, pki) -> None:
     url, ca, admin = https_server
     with FleetClient(ClientConfig(url, admin, ca_file=ca)) as operator:
@@ -136,6 +137,7 @@ def test_https_server_end_to_end(https_server, tmp_path: Path, pki) -> None:
         FleetClient(ClientConfig(url.replace("https", "http"), admin))
 
 
+@pytest.mark.req("SEED-ACCESS-REVIEW")
 def test_cli_bootstrap_token_and_access_review(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     first = _run_cli(["fleet", "init", "--db", db])

@@ -82,6 +82,7 @@ def _swap_artifact(server: Server, release_id: int, data: bytes, **columns: Any)
     engine.dispose()
 
 
+@pytest.mark.req("SEED-OTA-NOT-SAFETY-CRITICAL", "IEC61508-SAFETY-UPDATE")
 def test_safety_critical_release_refused_by_server_agent_and_device(
     setup: tuple[Server, SimFleet], releases: dict[str, bytes], vendor: Vendor
 ) -> None:
@@ -113,6 +114,7 @@ def test_safety_critical_release_refused_by_server_agent_and_device(
     assert not bms.transfer_status().staged
 
 
+@pytest.mark.req("IEC62443-CR3.4")
 def test_tampered_artifact_refused_and_no_bms_touched(
     setup: tuple[Server, SimFleet], releases: dict[str, bytes]
 ) -> None:
@@ -170,6 +172,7 @@ def test_interrupted_download_resumes_with_range(
         assert fleet.device(serial).boot_status().running_version == "2.0.0"
 
 
+@pytest.mark.req("SEED-OTA-BANDWIDTH")
 def test_slow_link_defers_the_download(
     setup: tuple[Server, SimFleet], releases: dict[str, bytes]
 ) -> None:
@@ -242,6 +245,7 @@ def test_agent_restart_mid_campaign_reports_true_state(
     assert _states(server, campaign_id)[other]["state"] == "succeeded"
 
 
+@pytest.mark.req("SEED-RUNTIME-INTEGRITY", "NIST800-193-DETECT")
 def test_integrity_fault_and_firmware_hash_reach_the_server(
     setup: tuple[Server, SimFleet], vendor: Vendor
 ) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 
 from .conftest import Server, Vendor, wait_for
@@ -30,6 +32,7 @@ def _campaign(server: Server, campaign_id: int) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.req("SEED-OTA-AUTO-ROLLBACK")
 def test_phased_campaign_then_selftest_failures_pause_and_roll_back(
     tmp_path: Path,
     vendor: Vendor,

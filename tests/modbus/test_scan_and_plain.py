@@ -11,6 +11,7 @@ from bmsfw.protocol.modbus.client import serial_url
 from bmsfw.protocol.modbus.errors import ModbusFrameError, ModbusNoReplyError
 
 
+@pytest.mark.req("SEED-BAUD-MATCH")
 def test_wrong_baud_is_detected_and_reported(string_of_one: SimRs485Process) -> None:
     # The technician's adapter is at 9600; the BMS runs 115200: nothing sensible comes back.
     with (

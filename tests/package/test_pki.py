@@ -56,6 +56,7 @@ def test_key_hash_is_imgtool_keyhash(pki: VendorPki) -> None:
     assert key_hash(public_key_der(pki.root_key)) == key_hash(pki.root_certificate.public_key())  # type: ignore[arg-type]
 
 
+@pytest.mark.req("IEC62443-CR1.5")
 def test_init_writes_private_keys_0600(tmp_path: Path) -> None:
     init_pki_dir(tmp_path / "pki", "ecdsa-p256", now=NOW)
     paths = PkiPaths(tmp_path / "pki")

@@ -226,6 +226,7 @@ def test_non_canonical_manifest(ed_pki: VendorPki, ed_signed: bytes) -> None:
     _expect(E.InvalidManifestError, "BMSFW-E103", package, trust_for(ed_pki))
 
 
+@pytest.mark.req("SEED-CHECKSUM")
 def test_hash_mismatch(ed_pki: VendorPki, ed_signed: bytes) -> None:
     manifest, comps = _manifest_of(ed_signed)
     name, data = comps[0]
@@ -235,6 +236,7 @@ def test_hash_mismatch(ed_pki: VendorPki, ed_signed: bytes) -> None:
     _expect(E.HashMismatchError, "BMSFW-E104", package, trust_for(ed_pki))
 
 
+@pytest.mark.req("SEED-SIGNATURE")
 def test_bad_signature(ed_pki: VendorPki, ed_signed: bytes) -> None:
     header = decode_header(release_header(ed_signed))
     _manifest, comps = _manifest_of(ed_signed)
@@ -253,6 +255,7 @@ def test_manifest_altered_after_signing(ed_pki: VendorPki, ed_signed: bytes) -> 
     _expect(E.BadSignatureError, "BMSFW-E105", package, trust_for(ed_pki))
 
 
+@pytest.mark.req("SEED-SIGNATURE", "IEC62443-CR1.9")
 def test_untrusted_signer(ed_pki: VendorPki, ed_signed: bytes) -> None:
     other = create_pki("ed25519", now=NOW - dt.timedelta(days=10))
     _expect(E.UntrustedSignerError, "BMSFW-E106", ed_signed, trust_for(other))
@@ -273,6 +276,7 @@ def test_signer_from_foreign_ca_with_trusted_root_appended(
     _expect(E.UntrustedSignerError, "BMSFW-E106", package, trust_for(ed_pki))
 
 
+@pytest.mark.req("IEC62443-CR1.9")
 def test_expired_and_not_yet_valid(ed_pki: VendorPki, ed_signed: bytes) -> None:
     trust = trust_for(ed_pki)
     _expect(E.CertificateExpiredError, "BMSFW-E107", ed_signed, trust, now=NOW.replace(year=2040))
@@ -291,6 +295,7 @@ def _revoked_crl(pki: VendorPki) -> bytes:
     )
 
 
+@pytest.mark.req("SEED-SIGNATURE", "IEC62443-CR1.9")
 def test_revoked_signer_via_trust(ed_pki: VendorPki, ed_signed: bytes) -> None:
     trust = trust_for(ed_pki).with_revocation_list(_revoked_crl(ed_pki))
     _expect(E.RevokedSignerError, "BMSFW-E109", ed_signed, trust)
@@ -316,6 +321,7 @@ def test_new_signer_after_revocation_is_accepted(ed_pki: VendorPki, firmware: by
     assert verify_release(package, trust, FACTS, now=NOW).chain[0].subject.startswith("CN=signer-2")
 
 
+@pytest.mark.req("SEED-HW-COMPAT", "SEED-ANTI-ROLLBACK")
 @pytest.mark.parametrize(
     ("facts", "error", "code"),
     [
@@ -338,6 +344,7 @@ def test_equal_security_counter_and_ota_standard_allowed(
     assert verify_release(ed_signed, trust_for(ed_pki), facts, now=NOW).manifest.version == "1.4.0"
 
 
+@pytest.mark.req("SEED-OTA-NOT-SAFETY-CRITICAL", "IEC61508-SAFETY-UPDATE")
 def test_safety_critical_over_ota(ed_pki: VendorPki, firmware: bytes) -> None:
     package = sign_release(make_release(ed_pki, firmware, safety_class="safety-critical"),
                            ed_pki.signer())  # fmt: skip
@@ -346,10 +353,12 @@ def test_safety_critical_over_ota(ed_pki: VendorPki, firmware: bytes) -> None:
     assert verify_release(package, trust_for(ed_pki), FACTS, now=NOW)  # wired is fine
 
 
+@pytest.mark.req("SEED-SIGNATURE")
 def test_unsigned(ed_pki: VendorPki, firmware: bytes) -> None:
     _expect(E.UnsignedPackageError, "BMSFW-E114", make_release(ed_pki, firmware), trust_for(ed_pki))
 
 
+@pytest.mark.req("IEC62443-CR1.9")
 def test_ca_certificate_as_signer_is_policy_error(ed_pki: VendorPki, ed_signed: bytes) -> None:
     manifest, comps = _manifest_of(ed_signed)
     signer = SignerCredentials(ed_pki.intermediate_key, ed_pki.intermediate_certificate,
@@ -408,6 +417,7 @@ def test_zstd_decode_error(ed_pki: VendorPki, ed_signed: bytes) -> None:
 # --- tampering -------------------------------------------------------------------------
 
 
+@pytest.mark.req("SEED-CHECKSUM", "IEC62443-CR3.4")
 def test_every_tampered_byte_is_rejected(ed_pki: VendorPki, ed_signed: bytes) -> None:
     """Flip one bit at sampled positions everywhere: the trust-relevant parts (manifest,
     signature, certificates, zip structure) densely, the component body with a stride."""

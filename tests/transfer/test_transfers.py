@@ -213,6 +213,7 @@ def test_delta_power_cut_exhaustive(vendor: Vendor, v1: Release, tmp_path: Path)
     assert booted["1.0.0"] > 0 and booted["1.0.1"] > 0
 
 
+@pytest.mark.req("SEED-OTA-ENCRYPTION")
 def test_encrypted_update_end_to_end_and_wrong_key(vendor: Vendor, device_dir: Path) -> None:
     device_key = generate_encryption_key("ecies-x25519")
     release = vendor.release("1.2.0", 2, encrypt_to=device_key.public_key(), encoding="zstd")

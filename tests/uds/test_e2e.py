@@ -16,6 +16,7 @@ from bmsfw.protocol.uds import discover_nodes, flash_node, flash_nodes, open_uds
 from .conftest import Release, provision_nodes, unique_link
 
 
+@pytest.mark.req("IEC62443-CR3.10")
 def test_signed_release_flashed_and_confirmed_over_multicast(
     tmp_path: Path, state_dir: Path, tester: Credentials, release_v2: Release
 ) -> None:

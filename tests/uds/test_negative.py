@@ -50,6 +50,7 @@ def programming(session: UdsSession, tester: Credentials) -> None:
     session.authenticate(tester)
 
 
+@pytest.mark.req("SEED-TESTER-AUTH")
 def test_programming_services_need_session_and_authentication(
     session: UdsSession, tester: Credentials
 ) -> None:
@@ -118,6 +119,7 @@ def test_block_counter_wraps_past_0xff(
         session.verify()  # the bytes landed in order across both wraps
 
 
+@pytest.mark.req("IEC62443-CR1.11")
 def test_seed_key_attempts_lockout_and_unlock(session: UdsSession) -> None:
     with pytest.raises(err.UdsServiceNotSupportedInSessionError):
         session.request(0x27, b"\x11", what="seed in default session")
@@ -139,6 +141,7 @@ def test_seed_key_attempts_lockout_and_unlock(session: UdsSession) -> None:
     assert session.read_transfer_state().total_size == 0  # unlocked: reads still fine
 
 
+@pytest.mark.req("SEED-TESTER-AUTH", "IEC62443-CR1.2")
 def test_tester_certificates_checked(
     session: UdsSession, pki: VendorPki, tester: Credentials
 ) -> None:

@@ -6,12 +6,15 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import pytest
+
 import bmsfw
 from bmsfw.errors import all_error_classes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+@pytest.mark.req("SEED-TROUBLESHOOTING")
 def test_troubleshooting_lists_every_error_code() -> None:
     for info in pkgutil.walk_packages(bmsfw.__path__, "bmsfw."):
         importlib.import_module(info.name)

@@ -21,6 +21,13 @@ from .conftest import Vendor
 from .conftest import run_on_sim_time as _run
 
 
+@pytest.mark.req(
+    "SEED-PROGRESS-LOG",
+    "SEED-APPROVED-OR-FALLBACK",
+    "IEC62443-CR2.8",
+    "R156-UPDATE-RECORD",
+    "R156-INFORM-AFTER",
+)
 def test_successful_update_confirms_reports_and_audits(
     *,
     session: DirectSession,
@@ -59,6 +66,7 @@ def test_successful_update_confirms_reports_and_audits(
     assert backup["firmware_version"] == "1.0.0"
 
 
+@pytest.mark.req("SEED-SOC-RANGE", "SEED-TEMP-RANGE", "SEED-STABLE-SUPPLY", "R156-ENERGY")
 @pytest.mark.parametrize(
     ("inject", "code", "check"),
     [
@@ -103,6 +111,7 @@ def test_preflight_failure_writes_nothing(
     assert not report.backup  # type: ignore[attr-defined]
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK", "R156-SAFE-STATE")
 def test_self_test_failure_rolls_back(
     *,
     session: DirectSession,
@@ -140,6 +149,7 @@ def test_never_confirming_image_rolls_back(
     assert bms.otp.security_counter == 1
 
 
+@pytest.mark.req("SEED-INTERRUPTION", "R156-SAFE-STATE")
 @pytest.mark.parametrize("cut_at", [4, 10, 12], ids=["early", "late", "last-block"])
 def test_power_cut_during_transfer_then_update_again_resumes(
     *,
@@ -169,6 +179,7 @@ def test_power_cut_during_transfer_then_update_again_resumes(
     assert bms.boot_status().running_version == "2.0.0"
 
 
+@pytest.mark.req("SEED-STABLE-SUPPLY", "R156-ENERGY", "R156-SAFE-STATE")
 def test_transfer_stops_at_safe_point_when_supply_leaves_limits(
     *,
     session: DirectSession,
@@ -207,6 +218,7 @@ def test_transfer_stops_at_safe_point_when_supply_leaves_limits(
     assert again.transfer["resumed_from"] == status.contiguous_bytes
 
 
+@pytest.mark.req("SEED-HW-COMPAT")
 def test_incompatible_package_is_refused_before_preflight(
     *,
     session: DirectSession,
@@ -223,6 +235,7 @@ def test_incompatible_package_is_refused_before_preflight(
     assert not bms.transfer_status().staged
 
 
+@pytest.mark.req("SEED-FLAMMABLES")
 def test_missing_confirmation_stops_before_backup(
     *,
     session: DirectSession,

@@ -40,6 +40,7 @@ def _telemetry(soc: float = 50.0, temps: tuple[float, ...] = (25.0,)) -> Telemet
     return Telemetry(soc, 52.0, 0.0, (3.3, 3.31), temps, 24.0)
 
 
+@pytest.mark.req("SEED-SOC-RANGE")
 @pytest.mark.parametrize(
     ("soc", "passed"), [(19.9, False), (20.0, True), (50.0, True), (80.0, True), (80.1, False)]
 )
@@ -49,6 +50,7 @@ def test_soc_window_edges(soc: float, passed: bool) -> None:
     assert result.limit == "20–80 %"
 
 
+@pytest.mark.req("SEED-TEMP-RANGE")
 @pytest.mark.parametrize(
     ("temps", "passed"),
     [((-0.1, 20.0), False), ((0.0, 45.0), True), ((25.0, 45.1), False), ((), False)],
@@ -57,6 +59,7 @@ def test_temperature_uses_every_sensor(temps: tuple[float, ...], passed: bool) -
     assert check_temperature(_telemetry(temps=temps), PreflightLimits()).passed is passed
 
 
+@pytest.mark.req("SEED-STABLE-SUPPLY")
 def test_supply_ripple_and_range() -> None:
     limits = PreflightLimits()
     assert check_supply((24.0, 24.1, 23.95, 24.0), limits).passed
@@ -65,6 +68,7 @@ def test_supply_ripple_and_range() -> None:
     assert not check_supply((24.0,), limits).passed
 
 
+@pytest.mark.req("SEED-LINE-TEST")
 def test_link_and_bank_checks() -> None:
     good = LinkQuality(True, 5, 0, "500000 bit/s CAN", True, 3.0)
     assert check_link(good, PreflightLimits()).passed
@@ -103,6 +107,7 @@ def test_profile_defaults_are_the_seed_and_toml_overrides(tmp_path: Path) -> Non
             load_profile(path)
 
 
+@pytest.mark.req("IEC62443-CR3.9", "R156-UPDATE-RECORD")
 def test_audit_chain_detects_change_and_removal(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     for n in range(3):
@@ -126,6 +131,7 @@ def _snapshot(overcurrent: float = 200.0) -> ConfigSnapshot:
     return ConfigSnapshot(1, config, calibration, snapshot_checksum(config, calibration))
 
 
+@pytest.mark.req("SEED-CONFIG-BACKUP")
 def test_backup_roundtrip_diff_and_damage(tmp_path: Path) -> None:
     identity = DeviceIdentity("V", "M", "C", "S1", "2.1.0", "1.0.0", 1, "A")
     backup = write_backup(tmp_path, identity, _snapshot())
