@@ -52,6 +52,7 @@ from bmsfw.update.report import UpdateReport, load_report, render_text
 from bmsfw.update.string import StringReport
 
 if TYPE_CHECKING:
+    from bmsfw.evidence.collect import EvidenceCollector
     from bmsfw.fleet.client import FleetClient
 
 __all__ = ["FIELD_COMMANDS"]
@@ -613,6 +614,13 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
 )
 @click.option(
+    "--evidence",
+    "evidence_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write one evidence bundle per BMS here (report, audit record, preflight, "
+    "configuration before/after, bus trace); check it with `bmsfw evidence verify`.",
+)
+@click.option(
     "--confirm",
     "confirmed",
     multiple=True,
@@ -669,6 +677,7 @@ def update_command(
     backup_dir: Path,
     report_dir: Path | None,
     audit_log: Path | None,
+    evidence_dir: Path | None,
     confirmed: tuple[str, ...],
     overrides: tuple[str, ...],
     override_reason: str,
@@ -745,6 +754,7 @@ def update_command(
     ):
         options = dataclasses.replace(options, stop=stop)
         sink = _ProgressSink(prog)
+        evidence = _evidence_collector(conn.sessions, links) if evidence_dir else None
         if broadcast:
             from bmsfw.protocol.modbus import ModbusSession
             from bmsfw.update.string import StringPolicy, run_string_update
@@ -784,6 +794,8 @@ def update_command(
             reports = run_updates(
                 conn.sessions, package, trust, options, profile=profile, sink=sink, ask=ask
             )
+        if evidence is not None and evidence_dir is not None:
+            _write_evidence(evidence, evidence_dir, reports, options.audit_log)
     if string is not None:
         if as_json:
             print_json(string.to_dict())
@@ -794,6 +806,22 @@ def update_command(
     else:
         _print_reports(reports, as_json)
     _exit_for(reports)
+
+
+def _evidence_collector(sessions: list[BmsSession], links: list[Any]) -> EvidenceCollector:
+    from bmsfw.evidence.collect import EvidenceCollector
+
+    return EvidenceCollector(sessions, link=", ".join(str(link) for link in links))
+
+
+def _write_evidence(
+    collector: EvidenceCollector, directory: Path, reports: list[UpdateReport], audit: Path | None
+) -> None:
+    import hashlib
+
+    for path in collector.write(directory, reports, audit_log=audit):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        err_console.print(f"evidence: {path} (sha256 {digest})", highlight=False, markup=False)
 
 
 def _string_table(string: StringReport) -> Table:

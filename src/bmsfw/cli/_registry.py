@@ -9,6 +9,7 @@ def register_all(root: click.Group) -> None:
     """Add every subcommand family to the root group (idempotent)."""
     from bmsfw.cli._agent import agent_command, sim_fleet_command
     from bmsfw.cli._demo import demo_command
+    from bmsfw.cli._evidence import evidence_group
     from bmsfw.cli._field import FIELD_COMMANDS
     from bmsfw.cli._fleet import fleet_group
     from bmsfw.cli._keys import keys_group
@@ -26,6 +27,7 @@ def register_all(root: click.Group) -> None:
     # Service technician: scan, info, preflight, backup, restore, diff, update, rollback, ...
     for command in FIELD_COMMANDS:
         root.add_command(command)
+    root.add_command(evidence_group)
     # Fleet operator: server and gateway agent.
     root.add_command(fleet_group)
     root.add_command(agent_command)

@@ -17,7 +17,10 @@ bus it
   given sequence of frames), bus-off (``send`` raises :class:`BusOffError`,
   nothing is received), silence (frames vanish both ways, no error);
 * optionally suppresses its own echo (``udp_multicast`` loops every frame back
-  to its sender; a real CAN controller does not report its own frames).
+  to its sender; a real CAN controller does not report its own frames);
+* calls its listeners (:meth:`WireBus.add_listener`, e.g. a
+  :class:`~bmsfw.link.tap.CanFrameRecorder`) with every frame it puts on the bus
+  and every frame it delivers to its reader.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import can
 
@@ -46,6 +49,10 @@ FRAME_LOG_LEVEL = 5
 
 #: How long a sent frame's fingerprint waits for its multicast echo.
 _ECHO_EXPIRY_S = 2.0
+
+
+class FrameListener(Protocol):
+    def __call__(self, msg: can.Message, *, received: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class WireBus(can.BusABC):
         self._tx_error: BaseException | None = None
         self._scheduler: threading.Thread | None = None
         self._closed = False
+        self._listeners: tuple[FrameListener, ...] = ()
         super().__init__(channel=inner.channel_info, **kwargs)
 
     # -- configuration at run time -------------------------------------------------
@@ -172,6 +180,20 @@ class WireBus(can.BusABC):
 
     def stats(self) -> WireStats:
         return self._counter.snapshot()
+
+    def add_listener(self, listener: FrameListener) -> None:
+        """Call ``listener(msg, received=...)`` for each frame sent on or received from the bus."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: FrameListener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def _tell(self, msg: can.Message, *, received: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(msg, received=received)
+            except Exception:  # a broken recorder must not break the link
+                logger.exception("frame listener failed on %s", self.channel_info)
 
     def reset_stats(self) -> None:
         self._counter.reset()
@@ -261,6 +283,8 @@ class WireBus(can.BusABC):
             self.inner.send(msg)
         except can.CanError as exc:
             raise CanSendError(f"{self.channel_info}: {exc}") from exc
+        if self._listeners:
+            self._tell(msg, received=False)
 
     def _wait_for_fifo_room(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -381,6 +405,8 @@ class WireBus(can.BusABC):
                 with self._rng_lock:
                     msg = _corrupted_copy(msg, self._rng)
         logger.log(FRAME_LOG_LEVEL, "rx %s", msg)
+        if self._listeners:
+            self._tell(msg, received=True)
         return msg
 
     # -- lifecycle ------------------------------------------------------------------

@@ -167,10 +167,13 @@ def _prompt_serial_client() -> Any:
         # Counted here, not in trace_packet: the transaction traces its whole receive
         # buffer after every recv, so a reply arriving in pieces would count twice.
         received_bytes = 0
+        on_receive: Any = None  # ModbusBus._received: bytes read, for bus taps
 
         def recv(self, size: int | None) -> bytes:
             data = self._recv(size)
             self.received_bytes += len(data)
+            if data and self.on_receive is not None:
+                self.on_receive(data)
             return data
 
         def _recv(self, size: int | None) -> bytes:
@@ -214,10 +217,35 @@ class ModbusBus:
             raise ModbusPortError(f"cannot open {settings.port}: {exc}") from exc
         if not connected:
             raise ModbusPortError(f"cannot open serial port {settings.port}")
+        self._listeners: tuple[Any, ...] = ()
+        self._client.on_receive = self._received
+
+    def add_listener(self, listener: Any) -> None:
+        """Call ``listener(data, received=...)`` with each frame written and chunk read.
+
+        A bus tap (:class:`bmsfw.link.tap.SerialFrameRecorder`); never changes the bytes.
+        """
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Any) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def _tell(self, data: bytes, received: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(bytes(data), received=received)
+            except Exception:  # a broken recorder must not break the link
+                log.exception("serial frame listener failed")
+
+    def _received(self, data: bytes) -> None:
+        if self._listeners:
+            self._tell(data, True)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self.bytes_tx += len(data)
+            if self._listeners:
+                self._tell(data, False)
         return data
 
     @property
