@@ -74,9 +74,15 @@ def test_a_bundle_holds_every_record_and_verifies() -> None:
     verified = verify_bundle(bundle)
     names = [f["name"] for f in verified.manifest["files"]]
     assert names == [
-        "report.json", "report.txt", "audit-record.json", "package.json", "preflight.json",
-        "config-before.json", "config-after.json", "bus.blf",
-    ]  # fmt: skip
+        "report.json",
+        "report.txt",
+        "audit-record.json",
+        "package.json",
+        "preflight.json",
+        "config-before.json",
+        "config-after.json",
+        "bus.blf",
+    ]  # fmt: skip  (no notice given: no notice.txt)
     assert verified.json("audit-record.json")["position"] == 3
     assert verified.json("package.json")["verification"]["result"] == "verified"
     assert verified.json("preflight.json")["checks"][0]["limit"] == "20–80 %"
@@ -180,7 +186,7 @@ def _routines(frames: list[can.Message]) -> list[int]:
     ]
 
 
-@pytest.mark.req("R156-UPDATE-RECORD")
+@pytest.mark.req("R156-UPDATE-RECORD", "R156-INFORM-BEFORE", "R156-INFORM-AFTER")
 def test_can_update_writes_a_bundle_with_the_whole_flash_sequence_in_blf(
     make_bench: Callable[..., object], tmp_path: Path
 ) -> None:
@@ -200,6 +206,13 @@ def test_can_update_writes_a_bundle_with_the_whole_flash_sequence_in_blf(
     assert (manifest["outcome"], manifest["running_version"]) == ("updated", "2.0.0")
     assert manifest["device"]["serial"] == "SIM0000001"
     assert bundle.json("report.json") == report
+    # what the person on site was told before and after (stderr), kept in the bundle
+    told = result.stderr.replace("\r", "")
+    plan_at = told.index("What will happen (before the update):")
+    assert "on 1 BMS over CAN 500 kbit/s" in told and "OUT OF SERVICE" in told
+    assert plan_at < told.index("After the update: SIM0000001: runs 2.0.0, confirmed;")
+    notice = bundle.files["notice.txt"].decode()
+    assert notice.startswith("What will happen") and "the pack was out of service for" in notice
     # the audit record and its place in the chain
     records = verify_audit_log(bench.work / "backups" / "audit.jsonl")  # type: ignore[attr-defined]
     audit = bundle.json("audit-record.json")

@@ -1,18 +1,83 @@
-"""`bmsfw evidence verify BUNDLE`: check an update's evidence bundle."""
+"""`bmsfw evidence verify BUNDLE`, and what `bmsfw update` adds for evidence: the
+notice before and after the update (UN R156) and the bundles of `--evidence DIR`."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from bmsfw.cli._render import console, print_json
-from bmsfw.evidence.bundle import verify_bundle
+from bmsfw.cli._render import console, err_console, print_json
 from bmsfw.evidence.errors import EvidenceBundleUnreadableError
 
-__all__ = ["evidence_group"]
+if TYPE_CHECKING:
+    from bmsfw.evidence.collect import EvidenceCollector
+    from bmsfw.evidence.notice import UpdateNotice
+    from bmsfw.protocol.session import BmsSession
+    from bmsfw.update.profile import UpdateProfile
+    from bmsfw.update.report import UpdateReport
+
+__all__ = ["evidence_group", "start_evidence", "tell_after", "tell_before", "write_evidence"]
+
+
+def tell_before(
+    package: bytes, links: Sequence[Any], profile: UpdateProfile, *, broadcast: bool, delta: bool
+) -> UpdateNotice | None:
+    """Print what will happen and how long each pack is out of service (stderr)."""
+    from bmsfw.errors import BmsfwError
+    from bmsfw.evidence.notice import plan_notice
+    from bmsfw.package import inspect_release
+    from bmsfw.update.connect import CanLink, SerialLink
+
+    try:
+        manifest = inspect_release(package).manifest
+    except BmsfwError:
+        return None  # the update refuses the package itself, with its own error code
+    first = links[0]
+    on_serial = isinstance(first, SerialLink)
+    notice = plan_notice(
+        manifest,
+        profile,
+        link="serial" if on_serial else "can",
+        rate=first.baud if isinstance(first, SerialLink) else first.bitrate_bps,
+        parity=first.parity if isinstance(first, SerialLink) else "E",
+        packs=len(links),
+        one_after_another=(on_serial and not broadcast) or (delta and isinstance(first, CanLink)),
+    )
+    err_console.print(notice.text(), highlight=False, markup=False, end="")
+    return notice
+
+
+def tell_after(reports: Sequence[UpdateReport]) -> None:
+    """Print, per pack, what happened and how long it was out of service (stderr)."""
+    from bmsfw.evidence.notice import after_text
+
+    for report in reports:
+        err_console.print(after_text(report), highlight=False, markup=False, end="")
+
+
+def start_evidence(sessions: Sequence[BmsSession], links: Sequence[Any]) -> EvidenceCollector:
+    """Start recording the bus of every session (``--evidence``)."""
+    from bmsfw.evidence.collect import EvidenceCollector
+
+    return EvidenceCollector(sessions, link=", ".join(str(link) for link in links))
+
+
+def write_evidence(
+    collector: EvidenceCollector,
+    directory: Path,
+    reports: Sequence[UpdateReport],
+    audit: Path | None,
+    notice: UpdateNotice | None,
+) -> None:
+    """One bundle per BMS; prints each path with its SHA-256 (keep it to pin the bundle)."""
+    for path in collector.write(directory, reports, audit_log=audit, notice=notice):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        err_console.print(f"evidence: {path} (sha256 {digest})", highlight=False, markup=False)
 
 
 @click.group("evidence")
@@ -25,6 +90,8 @@ def evidence_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_command(*, bundle: Path, as_json: bool) -> None:
     """Check BUNDLE against its manifest; exit 7 (BMSFW-E544) when one byte changed."""
+    from bmsfw.evidence.bundle import verify_bundle  # imports python-can: not at CLI start
+
     try:
         data = bundle.read_bytes()
     except OSError as exc:

@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from bmsfw.cli._evidence import start_evidence, tell_after, tell_before, write_evidence
 from bmsfw.cli._link import connect, link_options, links_from, load_trust, trust_options
 from bmsfw.cli._render import console, err_console, print_json
 from bmsfw.errors import BmsfwError, TransportError, UsageError
@@ -52,7 +53,6 @@ from bmsfw.update.report import UpdateReport, load_report, render_text
 from bmsfw.update.string import StringReport
 
 if TYPE_CHECKING:
-    from bmsfw.evidence.collect import EvidenceCollector
     from bmsfw.fleet.client import FleetClient
 
 __all__ = ["FIELD_COMMANDS"]
@@ -747,6 +747,7 @@ def update_command(
     interactive = sys.stdin.isatty() and not as_json
     ask = _ask if interactive else None
     string: StringReport | None = None
+    notice = tell_before(package, links, profile, broadcast=broadcast, delta=delta is not None)
     with (
         _stop_on_signals() as stop,
         open_sessions(links) as conn,
@@ -754,7 +755,7 @@ def update_command(
     ):
         options = dataclasses.replace(options, stop=stop)
         sink = _ProgressSink(prog)
-        evidence = _evidence_collector(conn.sessions, links) if evidence_dir else None
+        evidence = start_evidence(conn.sessions, links) if evidence_dir else None
         if broadcast:
             from bmsfw.protocol.modbus import ModbusSession
             from bmsfw.update.string import StringPolicy, run_string_update
@@ -795,7 +796,7 @@ def update_command(
                 conn.sessions, package, trust, options, profile=profile, sink=sink, ask=ask
             )
         if evidence is not None and evidence_dir is not None:
-            _write_evidence(evidence, evidence_dir, reports, options.audit_log)
+            write_evidence(evidence, evidence_dir, reports, options.audit_log, notice)
     if string is not None:
         if as_json:
             print_json(string.to_dict())
@@ -805,23 +806,8 @@ def update_command(
             console.print(string.summary(), highlight=False, markup=False)
     else:
         _print_reports(reports, as_json)
+    tell_after(reports)  # UN R156: what happened, how long the pack was down
     _exit_for(reports)
-
-
-def _evidence_collector(sessions: list[BmsSession], links: list[Any]) -> EvidenceCollector:
-    from bmsfw.evidence.collect import EvidenceCollector
-
-    return EvidenceCollector(sessions, link=", ".join(str(link) for link in links))
-
-
-def _write_evidence(
-    collector: EvidenceCollector, directory: Path, reports: list[UpdateReport], audit: Path | None
-) -> None:
-    import hashlib
-
-    for path in collector.write(directory, reports, audit_log=audit):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        err_console.print(f"evidence: {path} (sha256 {digest})", highlight=False, markup=False)
 
 
 def _string_table(string: StringReport) -> Table:

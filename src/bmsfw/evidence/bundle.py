@@ -14,6 +14,7 @@ package.json        the package digests and the verification result
 preflight.json      every preflight check: measured value, limit, verdict
 config-before.json  the configuration backup taken before the update
 config-after.json   the configuration read back after the update (or why not)
+notice.txt          what the person on site was told before and after the update
 bus.blf             CAN: every frame of the session, Vector BLF (python-can writer)
 bus-frames.log      RS485/serial: every frame written and every chunk read, timestamped
 ==================  ===============================================================
@@ -98,6 +99,8 @@ class EvidenceInputs:
     config_after_problem: str = ""  # why the configuration was not read back
     trace: BusTrace | None = None
     link: str = ""  # the link as named on the command line
+    notice_before: str = ""  # what the person on site was told before the update
+    notice_after: str = ""  # and after it
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,8 @@ def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
         ("config-before.json", _json(before)),
         ("config-after.json", _json({**after, "changes": report.config_changes})),
     ]
+    if inputs.notice_before or inputs.notice_after:
+        files.append(("notice.txt", (inputs.notice_before + inputs.notice_after).encode()))
     if inputs.trace is not None:
         files.append((inputs.trace.name, inputs.trace.data))
     return files

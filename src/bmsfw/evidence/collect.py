@@ -26,6 +26,7 @@ from bmsfw.evidence.bundle import (
     build_bundle,
     bundle_name,
 )
+from bmsfw.evidence.notice import UpdateNotice, after_text
 from bmsfw.link.tap import CanFrameRecorder, SerialFrameRecorder
 from bmsfw.link.wirebus import WireBus
 from bmsfw.protocol.session import BmsSession
@@ -111,6 +112,7 @@ class EvidenceCollector:
         report: UpdateReport,
         recorder: Recorder | None,
         audit_log: Path | None,
+        notice: UpdateNotice | None = None,
     ) -> EvidenceInputs:
         from bmsfw import __version__
 
@@ -143,10 +145,17 @@ class EvidenceCollector:
             config_after_problem=after_problem,
             trace=self._trace(recorder),
             link=self.link,
+            notice_before=notice.text() if notice is not None else "",
+            notice_after=after_text(report),
         )
 
     def write(
-        self, directory: Path, reports: Sequence[UpdateReport], *, audit_log: Path | None
+        self,
+        directory: Path,
+        reports: Sequence[UpdateReport],
+        *,
+        audit_log: Path | None,
+        notice: UpdateNotice | None = None,
     ) -> list[Path]:
         """One bundle per device, in the order of the sessions (reports in the same order)."""
         self.close()  # the update is over: what follows is not part of its record
@@ -159,7 +168,7 @@ class EvidenceCollector:
                 len(self.sessions),
             )
         for session, report, recorder in zip(self.sessions, reports, self._recorders, strict=False):
-            data = build_bundle(self.inputs(session, report, recorder, audit_log))
+            data = build_bundle(self.inputs(session, report, recorder, audit_log, notice))
             path = directory / bundle_name(report)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)
