@@ -16,6 +16,7 @@ def _refusal(call: object, *args: object) -> tuple[int, int]:
     return refused.value.exception_code, refused.value.result
 
 
+@pytest.mark.req("IEC62443-CR3.10")
 def test_full_flash_confirm(rs485_bench: tuple[Simulator, str], vendor: Vendor) -> None:
     _, pty = rs485_bench
     package = vendor.packages["v2"]

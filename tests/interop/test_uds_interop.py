@@ -19,6 +19,7 @@ def _nrc(call: object, *args: object) -> int:
     return int(refused.value.response.code)
 
 
+@pytest.mark.req("IEC62443-CR3.10")
 def test_full_flash_confirm(can_bench: tuple[Simulator, str, int], vendor: Vendor) -> None:
     _, group, port = can_bench
     package = vendor.packages["v2"]
