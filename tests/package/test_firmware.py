@@ -73,6 +73,8 @@ def test_intel_hex_from_another_writer() -> None:
     [
         (b"", "empty"),
         (b"# My firmware\nSee README for how to flash.\n", "text"),
+        (b"Fixes [/] and [bold]x[/]\x1b[31m red\n", "text"),
+        ("Ünïcode notes: flash with the vendor tool\n".encode(), "text"),
         (b"S3 is not a record\n", "cannot be read"),
     ],
 )

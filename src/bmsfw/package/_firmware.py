@@ -40,7 +40,6 @@ __all__ = [
 FirmwareFormat = Literal["bin", "ihex", "srec", "elf", "mcuboot"]
 MAX_FIRMWARE_SPAN = 64 * 1024 * 1024
 _MCUBOOT_MAGIC = struct.pack("<I", 0x96F3B83D)
-_TEXT_BYTES = frozenset(b"\t\n\r\x0c" + bytes(range(0x20, 0x7F)))
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -73,9 +72,20 @@ class FirmwareInput:
 
 
 def _is_text(data: bytes) -> bool:
-    # A firmware binary starts with a vector table or code: zero and high bytes within
-    # the first few bytes. 4 KiB of printable ASCII is text.
-    return all(b in _TEXT_BYTES for b in data[:4096])
+    # A firmware binary starts with a vector table or code: NUL and non-UTF-8 bytes
+    # within the first few bytes. UTF-8 without NUL, mostly printable, is text (a README,
+    # a HEX file, a log with colour escapes).
+    sample = data[:4096]
+    if b"\x00" in sample:
+        return False
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(sample) - 3:  # not just a character cut at the sample's end
+            return False
+        text = sample[: exc.start].decode("utf-8")
+    printable = sum(1 for c in text if c.isprintable() or c in "\t\n\r\x0c")
+    return printable >= 0.9 * len(text)
 
 
 def _first_line(data: bytes) -> bytes:
