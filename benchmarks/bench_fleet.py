@@ -161,6 +161,9 @@ def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[An
             str(workers),
             "--poll-interval-s",
             "60",
+            # The access log costs what it costs in production: one line per request.
+            "--access-log",
+            str(workdir / "access.log"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

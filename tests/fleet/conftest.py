@@ -183,7 +183,15 @@ def bms(serial: str, version: str = "1.0.0", **kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fleet(db_url: str, tmp_path: Path, root_pem: bytes) -> Iterator[Fleet]:
+def config_overrides() -> dict[str, Any]:
+    """ServerConfig fields a test module overrides (by defining this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def fleet(
+    db_url: str, tmp_path: Path, root_pem: bytes, config_overrides: dict[str, Any]
+) -> Iterator[Fleet]:
     clock = FakeClock(START)
     admin = init_database(db_url, clock=clock)
     assert admin is not None
@@ -198,6 +206,9 @@ def fleet(db_url: str, tmp_path: Path, root_pem: bytes) -> Iterator[Fleet]:
         trust_root_pem=root_pem,
         tick_interval_s=0,
         db_pool_size=4,
+        # Tests poll and fail on purpose far faster than agents: the limits have tests
+        # of their own (test_limits.py).
+        **{"check_ins_per_s": 0, "auth_failures_per_min": 0, **config_overrides},
     )
     app = create_app(config, clock=clock)
     with TestClient(app) as client:

@@ -107,6 +107,13 @@ def fleet_group() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The online key (Ed25519 PEM) root.json names for targets, snapshot, timestamp.",
 )
+@click.option(
+    "--access-log",
+    default="-",
+    show_default=True,
+    help="Where the access log (one JSON line per request) goes: a file, '-' for stderr, "
+    "'' for none.",
+)
 def serve_command(  # noqa: PLR0917 - one parameter per click option
     db_url: str,
     artifacts: Path,
@@ -120,6 +127,7 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     tick_interval_s: float,
     tuf_root_dir: Path | None,
     tuf_online_key: Path | None,
+    access_log: str,
 ) -> None:
     """Migrate the database and serve the HTTP(S) API."""
     from bmsfw.fleet.server import ServeOptions, serve
@@ -140,6 +148,7 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             tick_interval_s=tick_interval_s,
             tuf_root_dir=tuf_root_dir,
             tuf_online_key=tuf_online_key,
+            access_log=access_log,
         )
     )
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,20 +29,33 @@ from fastapi.routing import APIRoute, APIRouter
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from bmsfw.errors import FleetError
 from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.auth import GATEWAY_ROLE, Principal, hash_token, roles_at_least
 from bmsfw.fleet.clock import Clock, SystemClock
 from bmsfw.fleet.db import make_engine, make_session_factory, upgrade_database
+from bmsfw.fleet.edge import (
+    BodyTooLargeError,
+    EdgeMiddleware,
+    RateLimiter,
+    Refusal,
+    RefusalLog,
+    address_of,
+    route_of,
+    too_large_response,
+)
 from bmsfw.fleet.errors import (
     CredentialMissingError,
     FleetConfigError,
     FleetNotFoundError,
     InvalidCredentialError,
+    RateLimitedError,
     ReleaseRejectedError,
     RequestInvalidError,
+    RequestTooLargeError,
     RoleNotAllowedError,
     http_status_for,
 )
@@ -97,8 +112,20 @@ class ServerConfig:
     # How often each process re-evaluates running campaigns (soak times end
     # without any device report); 0 disables it (tests drive ``service.tick()``).
     tick_interval_s: float = 15.0
-    max_upload_bytes: int = 256 * 1024 * 1024
+    # Body limits per route, enforced while reading (413 before the body is buffered).
+    # A release upload streams to a temporary file; a BMS package is a few hundred KiB.
+    max_upload_bytes: int = 32 * 1024 * 1024
+    # A backup's config (canonical JSON); its request may be up to twice that.
     max_backup_bytes: int = 1024 * 1024
+    max_check_in_bytes: int = 512 * 1024  # 512 devices of ~400 bytes each, with room
+    max_body_bytes: int = 1024 * 1024  # every other route
+    # Per credential and process: check-ins (an agent polls every poll_interval_s),
+    # and failed authentications (per credential and per source address).
+    check_ins_per_s: float = 5.0
+    check_in_burst: float = 30.0
+    auth_failures_per_min: float = 30.0
+    # How often refused requests counted in memory are written to the audit log.
+    refusal_flush_interval_s: float = 5.0
     db_pool_size: int = 10
     # How long a process reuses a resolved token without reading it again: the
     # bound on how late a revocation made through another process takes effect.
@@ -107,6 +134,96 @@ class ServerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # TUF metadata for the agents (/api/v1/tuf/...): None publishes none.
     tuf: TufSettings | None = None
+
+    def body_limit(self, method: str, path: str) -> int:
+        """The body limit of the route ``method path`` (docs/fleet.md, "Limits")."""
+        if method == "POST":
+            if path == f"{API}/agent/check-in":
+                return self.max_check_in_bytes
+            if path == f"{API}/releases":
+                return self.max_upload_bytes
+            if path == f"{API}/agent/backups" or (
+                path.startswith(f"{API}/devices/") and path.endswith("/backups")
+            ):
+                return 2 * self.max_backup_bytes
+        return self.max_body_bytes
+
+
+class _Edge:
+    """This app's limits and refusal bookkeeping (the mechanisms are in :mod:`.edge`)."""
+
+    def __init__(self, config: ServerConfig, service: FleetService) -> None:
+        self.service = service
+        self.check_ins = RateLimiter(config.check_ins_per_s, config.check_in_burst)
+        self.failures = RateLimiter(
+            config.auth_failures_per_min / 60.0, config.auth_failures_per_min
+        )
+        self.refusals = RefusalLog()
+        self.routes: list[BaseRoute] = []  # the app's, for refusals before routing
+
+    def refuse_if_failing(self, request: Request, token_hash: str | None) -> None:
+        """429 for a source address (``token_hash`` None) or a presented token that
+        failed authentication more than the limit allows."""
+        if not self.failures.enabled:
+            return
+        key = f"tok:{token_hash}" if token_hash else f"addr:{address_of(request.scope)}"
+        wait = self.failures.wait_s(key)
+        if wait > 0:
+            raise RateLimitedError(
+                f"too many failed authentications from this "
+                f"{'credential' if token_hash else 'address'}; retry in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+
+    def limit_check_in(self, token_hash: str) -> None:
+        wait = self.check_ins.take(token_hash)
+        if wait > 0:
+            raise RateLimitedError(
+                f"more check-ins than this credential may send; retry in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+
+    def refused(self, scope: Scope, status: int, code: str) -> None:
+        """Count one refused request (written to the audit log by :meth:`flush`); a 401 or
+        403 also spends a failed-authentication token of its source and credential."""
+        state = scope.get("state") or {}
+        principal: Principal | None = state.get("principal")
+        token_hash = _bearer_hash(scope)
+        if principal is None and token_hash is not None:
+            principal = self.service.cached_principal(token_hash)
+        address = address_of(scope)
+        if status in (401, 403) and self.failures.enabled:
+            self.failures.take(f"addr:{address}")
+            if token_hash is not None:
+                self.failures.take(f"tok:{token_hash}")
+        self.refusals.record(
+            Refusal(
+                credential_id=principal.credential_id if principal else None,
+                credential=principal.label if principal else ("unknown" if token_hash else "none"),
+                route=route_of(scope, self.routes),
+                address=address,
+                reason=code,
+                status=status,
+            ),
+            self.service.clock.now(),
+        )
+
+    def flush(self) -> int:
+        """Write the refusals counted so far to the audit log; returns how many entries."""
+        entries, overflow = self.refusals.drain()
+        if entries or overflow:
+            self.service.record_refusals(entries, overflow)
+        return len(entries) + (1 if overflow else 0)
+
+
+def _bearer_hash(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return hash_token(token.strip())
+            return None
+    return None
 
 
 class _Guard:
@@ -135,14 +252,19 @@ class _Guard:
 
     @staticmethod
     def token_hash(request: Request) -> str:
-        """The hash of the request's bearer token; refuses a missing or malformed header."""
+        """The hash of the request's bearer token; refuses a missing or malformed header,
+        and a source or token that failed authentication too often (429)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
+        edge: _Edge = request.app.state.edge
+        edge.refuse_if_failing(request, None)
         if not header:
             raise CredentialMissingError(f"{request.method} {request.url.path} needs a credential")
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidCredentialError("the Authorization header is not 'Bearer TOKEN'")
-        return hash_token(token.strip())
+        token_hash = hash_token(token.strip())
+        edge.refuse_if_failing(request, token_hash)
+        return token_hash
 
     async def __call__(self, request: Request) -> Principal | None:
         service: FleetService = request.app.state.service
@@ -169,6 +291,7 @@ class _Guard:
         if principal is None:
             raise InvalidCredentialError("the token is unknown or revoked")
         if principal.role not in self.roles:
+            request.state.principal = principal  # the refusal is recorded against it
             raise RoleNotAllowedError(
                 f"role {principal.role!r} may not use {request.method} {request.url.path}; "
                 f"allowed: {', '.join(sorted(self.roles))}"
@@ -240,6 +363,7 @@ def create_app(
         ),
     )
 
+    edge = _Edge(config, service)
     # The check-in's own threads (as many as database connections): a plain executor
     # hand-off costs less than anyio's (capacity limiter, cancel scope, checkpoints).
     check_in_threads = ThreadPoolExecutor(
@@ -252,16 +376,22 @@ def create_app(
         # only queue for the pool, and dozens of threads convoy on the GIL.
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(1, config.db_pool_size)
-        ticker = None
+        tasks = []
         if config.tick_interval_s > 0:
-            ticker = asyncio.create_task(_tick_forever(service, config.tick_interval_s))
+            tasks.append(asyncio.create_task(_tick_forever(service, config.tick_interval_s)))
+        if config.refusal_flush_interval_s > 0:
+            tasks.append(asyncio.create_task(_flush_forever(edge, config.refusal_flush_interval_s)))
         try:
             yield
         finally:
-            if ticker is not None:
-                ticker.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
+                    await task
+            try:
+                await run_in_threadpool(edge.flush)
+            except Exception:  # shutting down: log it, but let the rest close
+                log.exception("writing refused requests to the audit log failed")
             check_in_threads.shutdown(wait=True)
             engine.dispose()
 
@@ -278,10 +408,17 @@ def create_app(
     app.state.config = config
     app.state.trust = trust
     app.state.check_in_threads = check_in_threads
+    app.state.edge = edge
+    edge.routes = app.router.routes
 
     @app.exception_handler(FleetError)
-    async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if http_status_for(exc) == 401 else None
+    async def _fleet_error(request: Request, exc: FleetError) -> JSONResponse:
+        status = http_status_for(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, RateLimitedError):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        if status in (401, 403, 429):
+            edge.refused(request.scope, status, exc.code)
         body = exc.to_dict()
         if isinstance(exc, ReleaseRejectedError) and exc.package_code:
             body["package_code"] = exc.package_code
@@ -293,6 +430,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        if isinstance(exc, BodyTooLargeError):
+            return too_large_response(exc.limit)
         if exc.status_code == 400:
             # FastAPI answers 400 for a JSON body it cannot decode (not UTF-8): to a
             # client that is the same mistake as any other invalid body.
@@ -302,7 +441,17 @@ def create_app(
             {"detail": _short(exc.detail)}, status_code=exc.status_code, headers=exc.headers
         )
 
-    app.add_middleware(RefuseNulMiddleware)
+    app.add_middleware(
+        EdgeMiddleware,
+        body_limit=config.body_limit,
+        on_oversized=lambda scope, _limit: edge.refused(scope, 413, RequestTooLargeError.code),
+        on_nul=lambda: JSONResponse(
+            invalid_request_body(
+                [{"loc": ["path"], "msg": "NUL character in path or query", "type": "nul"}]
+            ),
+            status_code=422,
+        ),
+    )
 
     # Routes go straight onto the app's router (no include_router), so app.routes lists
     # every APIRoute with its guard: the auth test walks exactly what is served.
@@ -316,26 +465,6 @@ def create_app(
     _admin_routes(router, app)
     _document_check_in_body(app)
     return app
-
-
-class RefuseNulMiddleware:
-    """Answer 422 to a request whose path or query holds a NUL character (``%00``): no
-    route parameter may carry one into a query (PostgreSQL cannot store or compare it)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            "\x00" in scope["path"]
-            or b"%00" in scope["query_string"]
-            or b"\x00" in scope["query_string"]
-        ):
-            problem = [{"loc": ["path"], "msg": "NUL character in path or query", "type": "nul"}]
-            response = JSONResponse(invalid_request_body(problem), status_code=422)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _short(value: object) -> str:
@@ -378,6 +507,15 @@ def _document_check_in_body(app: FastAPI) -> None:
         return cached
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _flush_forever(edge: _Edge, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await run_in_threadpool(edge.flush)
+        except Exception:  # the next flush writes what this one could not
+            log.exception("writing refused requests to the audit log failed")
 
 
 async def _tick_forever(service: FleetService, interval_s: float) -> None:
@@ -440,12 +578,14 @@ def _agent_routes(router: APIRouter) -> None:
         # A _DirectRoute: FastAPI does not call the guard for us.
         service = _service(request)
         state = request.state
+        edge: _Edge = request.app.state.edge
         if service.single_statement_check_in:
             # The statement reads the credential itself; admit() checks it below.
             state.token_hash = check_in_guard.token_hash(request)
             state.principal = None
         else:
             await check_in_guard(request)
+        edge.limit_check_in(state.token_hash)
         # The hottest route: everything after the token check runs in ONE
         # hop to a worker thread of its own executor (credential read on a cache miss,
         # body validation from the raw bytes, the transaction, serialisation), and the
@@ -516,10 +656,20 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         request: Request, filename: Annotated[str, Query(max_length=255)] = "release.bmsfw"
     ) -> JSONResponse:
         """Upload a `.bmsfw` as the raw request body; verified against the trust root."""
-        data = await _read_bounded(request, config.max_upload_bytes)
         service = _service(request)
         principal = _principal(request)
         trust: TrustRoot = request.app.state.trust
+        # Streamed to a temporary file while it arrives (the edge stops it at
+        # max_upload_bytes, 413): a body is never buffered in memory while it is
+        # received. Once complete and within the limit it is read back once: the
+        # package verifier works on the bytes.
+        with tempfile.TemporaryFile(prefix="bmsfw-upload-") as spool:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                await run_in_threadpool(spool.write, chunk)
+            spool.seek(0)
+            data = await run_in_threadpool(spool.read)
         try:
             facts = await run_in_threadpool(verify_upload, data, trust, now=service.clock.now())
         except ReleaseRejectedError as exc:
@@ -551,20 +701,6 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
             headers={"ETag": f'"{release.sha256}"', "X-Content-SHA256": release.sha256},
             stat_result=None,
         )
-
-
-async def _read_bounded(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ReleaseRejectedError(f"upload of {declared} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ReleaseRejectedError(f"upload exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _campaign_routes(router: APIRouter) -> None:
@@ -701,7 +837,9 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
 
     @_route(router, "GET", "/access-review", ADMIN)
     def access_review(request: Request) -> list[dict[str, object]]:
-        """Every credential: role, creation, last use, revocation (IEC 62443 access review)."""
+        """Every credential: role, creation, last use, revocation, expiry, failed attempts
+        (IEC 62443 access review)."""
+        request.app.state.edge.flush()
         return _service(request).access_review()
 
     @_route(router, "GET", "/audit", ADMIN)
@@ -710,6 +848,7 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         before_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     ) -> list[dict[str, Any]]:
+        request.app.state.edge.flush()  # refusals counted so far are in the answer
         return _service(request).audit_log(limit, before_id)
 
     @_route(router, "GET", "/openapi.json", VIEWER, include_in_schema=False)

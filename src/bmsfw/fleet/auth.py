@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bmsfw.fleet.models import Credential
+from bmsfw.fleet.models import AuditEntry, Credential
 
 __all__ = [
     "GATEWAY_ROLE",
@@ -171,8 +171,18 @@ def issue_token(
 
 
 def access_review(session: Session) -> list[dict[str, object]]:
-    """Every credential with role, creation, last use and revocation (IEC 62443 access review)."""
+    """Every credential with role, creation, last use, revocation and its refused requests
+    (failed attempts: 401/403/413/429 recorded against it) (IEC 62443 access review)."""
     rows: Iterable[Credential] = session.scalars(select(Credential).order_by(Credential.id))
+    failed: dict[int, int] = {}
+    last_failed: dict[int, str] = {}
+    for actor_id, detail in session.execute(
+        select(AuditEntry.actor_id, AuditEntry.detail).where(
+            AuditEntry.action == "access.refused", AuditEntry.actor_id.is_not(None)
+        )
+    ):
+        failed[actor_id] = failed.get(actor_id, 0) + int(detail.get("count", 1))
+        last_failed[actor_id] = max(last_failed.get(actor_id, ""), str(detail.get("last_at", "")))
     return [
         {
             "id": c.id,
@@ -186,6 +196,8 @@ def access_review(session: Session) -> list[dict[str, object]]:
             "last_used_at": c.last_used_at.isoformat() if c.last_used_at else None,
             "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
             "active": c.revoked_at is None,
+            "failed_attempts": failed.get(c.id, 0),
+            "last_failed_at": last_failed.get(c.id),
         }
         for c in rows
     ]

@@ -240,6 +240,10 @@ class RateLimitedError(FleetError):
     )
     remedy = "Wait the number of seconds in the Retry-After header, then retry; check the token."
 
+    def __init__(self, message: str | None = None, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls

@@ -19,11 +19,12 @@ from fastapi import FastAPI
 
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.db import make_engine, upgrade_database
+from bmsfw.fleet.edge import ACCESS_LOG
 from bmsfw.fleet.errors import FleetConfigError
 from bmsfw.fleet.releases import TrustRoot
 from bmsfw.fleet.tuf_repo import TufRepository, TufSettings
 
-__all__ = ["ServeOptions", "app_from_env", "serve"]
+__all__ = ["ServeOptions", "app_from_env", "configure_access_log", "serve"]
 
 log = logging.getLogger(__name__)
 _ENV = "BMSFW_FLEET_SERVER_SETTINGS"
@@ -45,6 +46,8 @@ class ServeOptions:
     # TUF metadata for the agents: the root history made offline and the online key.
     tuf_root_dir: Path | None = None
     tuf_online_key: Path | None = None
+    # The access log (one JSON line per request): a file, "-" for stderr, "" for none.
+    access_log: str = "-"
 
     def validate(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -77,6 +80,7 @@ def _settings_json(options: ServeOptions) -> str:
             "tick_interval_s": options.tick_interval_s,
             "tuf_root_dir": str(options.tuf_root_dir or ""),
             "tuf_online_key": str(options.tuf_online_key or ""),
+            "access_log": options.access_log,
         }
     )
 
@@ -87,6 +91,7 @@ def app_from_env() -> FastAPI:
     if not raw:
         raise FleetConfigError(f"{_ENV} is not set; start the server with `bmsfw fleet serve`")
     settings = json.loads(raw)
+    configure_access_log(settings.get("access_log", "-"))
     trust_pem = Path(settings["trust_root"]).read_bytes()
     config = ServerConfig(
         db_url=settings["db_url"],
@@ -98,6 +103,24 @@ def app_from_env() -> FastAPI:
         tuf=_tuf_settings(settings["tuf_root_dir"], settings["tuf_online_key"]),
     )
     return create_app(config, trust=TrustRoot(trust_pem))
+
+
+def configure_access_log(target: str) -> None:
+    """Send the access log (logger ``bmsfw.fleet.access``) to ``target``: a file
+    (appended), ``-`` for stderr, ``""`` for nowhere."""
+    logger = ACCESS_LOG
+    logger.propagate = False
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    if not target:
+        logger.setLevel(logging.WARNING)  # the INFO lines are not even formatted
+        return
+    handler: logging.Handler = (
+        logging.StreamHandler() if target == "-" else logging.FileHandler(target)
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def serve(options: ServeOptions) -> None:

@@ -57,6 +57,7 @@ from bmsfw.fleet.campaigns import (
 )
 from bmsfw.fleet.clock import Clock
 from bmsfw.fleet.db import read_only_engine
+from bmsfw.fleet.edge import Refusal
 from bmsfw.fleet.errors import (
     BackupRejectedError,
     CampaignStateError,
@@ -488,6 +489,42 @@ class FleetService:
 
         with self.sessions() as session:
             return access_review(session)
+
+    def record_refusals(
+        self, entries: list[tuple[Refusal, int, datetime, datetime]], overflow: int
+    ) -> None:
+        """Write refused requests counted in memory: one ``access.refused`` entry per
+        (credential, route, address, reason) with its count, first and last time."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            for refusal, count, first, last in entries:
+                session.add(
+                    AuditEntry(
+                        at=last,
+                        actor_id=refusal.credential_id,
+                        actor_name=refusal.credential,
+                        action="access.refused",
+                        target=refusal.route,
+                        detail={
+                            "address": refusal.address,
+                            "reason": refusal.reason,
+                            "status": refusal.status,
+                            "count": count,
+                            "first_at": first.isoformat(),
+                            "last_at": last.isoformat(),
+                        },
+                    )
+                )
+            if overflow:
+                audit(
+                    session,
+                    None,
+                    "access.refused",
+                    "*",
+                    now,
+                    count=overflow,
+                    note="refusals beyond the distinct keys held between two flushes",
+                )
 
     def audit_log(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
         with self.sessions() as session:
