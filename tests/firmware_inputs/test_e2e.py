@@ -34,6 +34,7 @@ def _update(
     return result.returncode, json.loads(result.stdout)
 
 
+@pytest.mark.req("SEED-SECURE-BOOT", "SEED-TESTER-AUTH")
 @pytest.mark.parametrize("name", list(UPDATES))
 def test_update_confirmed(vendor: Vendor, bench: Bench, name: str, tmp_path: Path) -> None:
     code, report = _update(vendor, bench, name, tmp_path)
@@ -43,6 +44,7 @@ def test_update_confirmed(vendor: Vendor, bench: Bench, name: str, tmp_path: Pat
     assert report["device_now"]["image_state"] == "confirmed", report["device_now"]
 
 
+@pytest.mark.req("SEED-HW-COMPAT", "SEED-ANTI-ROLLBACK", "SEED-TROUBLESHOOTING")
 @pytest.mark.parametrize("name", list(REFUSALS))
 def test_refused_before_any_byte(vendor: Vendor, bench: Bench, name: str, tmp_path: Path) -> None:
     flash_before = bench.sim.flash(NODES[name])

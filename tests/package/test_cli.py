@@ -242,6 +242,7 @@ def test_build_fill_byte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2 and "--fill" in err and not (tmp_path / "x.bmsfw").exists()
 
 
+@pytest.mark.req("SEED-TESTER-AUTH")
 def test_issue_tester_makes_credentials_the_bms_accepts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -75,6 +75,7 @@ def _package(
     return package
 
 
+@pytest.mark.req("SEED-SIGNATURE", "SEED-SECURE-BOOT")
 @pytest.mark.parametrize("key_format", ["hash", "full"])
 def test_verify_with_the_pki_image_key(
     vendor: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key_format: str
@@ -101,6 +102,7 @@ def test_verify_with_the_pki_image_key(
         assert code == 0 and "OK" in out and "vendor's image key" in " ".join(out.split())
 
 
+@pytest.mark.req("SEED-SECURE-BOOT")
 @pytest.mark.parametrize("key_format", ["hash", "full"])
 def test_another_vendors_image_key_is_refused(
     vendor: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key_format: str

@@ -81,6 +81,7 @@ from bmsfw.fleet.protocol import (
     StateReport,
 )
 from bmsfw.package import DeviceFacts, TrustAnchors, verify_release
+from bmsfw.package.version import device_runs
 from bmsfw.protocol.session import BmsSession, DeviceIdentity, TesterCredentials
 from bmsfw.update.backup import load_backup
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions
@@ -506,16 +507,19 @@ class Agent:
             session = local[job.serial].session
             try:
                 status = session.read_boot_status()
-                if status.running_version == job.version and status.image_state == "confirmed":
+                runs_job = device_runs(job.version, status.running_version)
+                if runs_job and status.image_state == "confirmed":
                     self._report(
                         job,
                         S.SUCCEEDED,
                         detail=f"after restart: runs {job.version}",
                         firmware_version=job.version,
                     )
-                elif status.running_version == job.version and status.image_state == "test":
+                elif runs_job and status.image_state == "test":
                     result = session.read_self_test()
-                    if result.passed and result.version in ("", job.version):
+                    if result.passed and (
+                        not result.version or device_runs(job.version, result.version)
+                    ):
                         session.confirm()
                         after = session.read_boot_status()
                         if after.image_state == "confirmed":
@@ -534,7 +538,7 @@ class Agent:
                         SelfTestFailedRolledBackError.code,
                         f"after restart: test image not confirmable; runs {after.running_version}",
                     )
-                elif status.running_version != job.version and (
+                elif not runs_job and (
                     status.image_state == "reverted" or status.last_revert_reason
                 ):
                     self._report(
