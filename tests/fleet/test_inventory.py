@@ -124,3 +124,22 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
         assert diff == []
     finally:
         engine.dispose()
+
+
+def test_hash_check_knows_a_release_by_its_mcuboot_header_version(fleet: Fleet, pki) -> None:
+    # A BMS running a plain MCUboot image reports the header version (docs/packages.md,
+    # "Versions"): 1.1.0+0 is release 1.1.0, so its hash is checked against that release.
+    release = fleet.upload(make_release(pki))
+    app_sha = release["components"][0]["sha256"]
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("H1"), bms("H2")])
+    fleet.check_in(
+        "gw",
+        [
+            bms("H1", "1.1.0+0", firmware_sha256="ab" * 32),
+            bms("H2", "1.1.0+0", firmware_sha256=app_sha),
+        ],
+    )
+    flags = {(f["device_serial"], f["kind"]) for f in fleet.call("GET", "/api/v1/flags")}
+    assert ("H1", "unexpected_hash") in flags
+    assert ("H2", "unexpected_hash") not in flags  # (both changed outside a campaign: flagged)

@@ -959,16 +959,17 @@ class FleetService:
         )
         # Expected: a campaign of ours is installing (or installed) exactly this version,
         # or the device went back to the version it ran before (rollback).
-        expected = session.scalars(
-            select(CampaignDevice.id)
-            .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
-            .join(Release, Release.id == Campaign.release_id)
+        installing = session.scalars(
+            select(Release.version)
+            .join(Campaign, Campaign.release_id == Release.id)
+            .join(CampaignDevice, CampaignDevice.campaign_id == Campaign.id)
             .where(
                 CampaignDevice.device_id == device.id,
-                Release.version == version,
                 CampaignDevice.state.in_(_INSTALL_STATES),
             )
-        ).first()
+        ).all()
+        # A BMS may report the MCUboot header version (1.5.0+0) of release 1.5.0.
+        expected = next((v for v in installing if device_runs(v, version)), None)
         rolled_back = session.scalars(
             select(CampaignDevice.id).where(
                 CampaignDevice.device_id == device.id,
@@ -987,11 +988,11 @@ class FleetService:
     def _check_hash(self, session: Session, device: Device, sha256: str, now: datetime) -> None:
         if not sha256:
             return
-        releases = session.scalars(
-            select(Release).where(
-                Release.hw_model == device.model, Release.version == device.firmware_version
-            )
-        ).all()
+        releases = [
+            r
+            for r in session.scalars(select(Release).where(Release.hw_model == device.model))
+            if device_runs(r.version, device.firmware_version)
+        ]
         known = {c.get("sha256") for r in releases for c in r.components}
         if releases and sha256 not in known:
             self._raise_flag(
