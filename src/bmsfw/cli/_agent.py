@@ -330,6 +330,11 @@ def _sim_provider(state_dir: Path, count: int, initial: Path | None, root_pem: b
 @click.option("--power-loss", type=click.FloatRange(0, 100), default=0.0, help="% of BMS.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-poll-interval", type=click.FloatRange(min=0.05), help="Seconds (cap).")
+@click.option(
+    "--tuf-root",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The server's TUF root.json: every agent verifies the server's signed metadata.",
+)
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @_INSECURE
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -349,6 +354,7 @@ def sim_fleet_command(
     power_loss: float,
     seed: int,
     max_poll_interval: float | None,
+    tuf_root: Path | None,
     duration: float | None,
     insecure_http: bool,
     as_json: bool,
@@ -371,6 +377,7 @@ def sim_fleet_command(
         ca_file=ca,
         allow_insecure_http=insecure_http,
         max_poll_interval_s=max_poll_interval,
+        tuf_root=_read_bytes(tuf_root, "TUF root") if tuf_root is not None else None,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

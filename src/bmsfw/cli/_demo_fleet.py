@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import FleetUnreachableError, SafetyCriticalOtaRefusedError
 from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
+from bmsfw.fleet.tuf_repo import generate_key, new_root, public_key_of
 
 __all__ = ["FleetDemoConfig", "run_fleet_demo"]
 
@@ -76,7 +78,13 @@ def _free_port() -> int:
 
 @contextmanager
 def _fleet_server(
-    config: FleetDemoConfig, base: Path, db_url: str, admin_token: str, tls: TestTlsFiles
+    config: FleetDemoConfig,
+    base: Path,
+    db_url: str,
+    admin_token: str,
+    tls: TestTlsFiles,
+    *,
+    tuf: tuple[Path, Path],
 ) -> Iterator[str]:
     """``bmsfw fleet serve`` in its own process until the block ends; yields its URL."""
     trust_root = base / "vendor-root.pem"
@@ -108,6 +116,10 @@ def _fleet_server(
         "1",
         "--tick-interval-s",
         str(config.server_tick_interval_s),
+        "--tuf-root-dir",
+        str(tuf[0]),
+        "--tuf-online-key",
+        str(tuf[1]),
     ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
@@ -189,6 +201,23 @@ class FleetDemoResult:
     audit_entries: int
 
 
+def _tuf_ceremony(base: Path) -> tuple[Path, Path, bytes]:
+    """The offline root ceremony, done here for the demo (docs/agent.md): three root keys,
+    threshold 2, and the server's online key. Returns the root directory, the online key
+    file and root.json for the agents."""
+    keys = base / "tuf-keys"
+    keys.mkdir(exist_ok=True)
+    root_keys = [generate_key() for _ in range(3)]
+    online = generate_key()
+    online_file = keys / "online.pem"
+    online_file.write_bytes(online)
+    root = new_root(root_keys, 2, public_key_of(online), datetime.now(UTC) + timedelta(days=365))
+    root_dir = base / "tuf"
+    root_dir.mkdir(exist_ok=True)
+    (root_dir / "1.root.json").write_bytes(root)
+    return root_dir, online_file, root
+
+
 def run_fleet_demo(config: FleetDemoConfig) -> FleetDemoResult:
     """Run the fleet part and print it; everything it started is stopped on return."""
     base = config.workdir / "fleet"
@@ -200,10 +229,12 @@ def run_fleet_demo(config: FleetDemoConfig) -> FleetDemoResult:
         raise BmsfwError(
             f"demo: {base / 'fleet.db'} already has an admin token; use an empty --output directory"
         )
-    with _fleet_server(config, base, db_url, admin_token, tls) as url:
+    tuf_dir, online_key, tuf_root = _tuf_ceremony(base)
+    with _fleet_server(config, base, db_url, admin_token, tls, tuf=(tuf_dir, online_key)) as url:
         console.print(
             f"fleet server: bmsfw fleet serve on {url} (HTTPS, certificate from a demo CA), "
-            f"SQLite {base / 'fleet.db'}",
+            f"SQLite {base / 'fleet.db'}; TUF metadata signed online, root 2-of-3 "
+            f"({tuf_dir / '1.root.json'})",
             highlight=False,
         )
         sim = SimFleet(
@@ -217,6 +248,7 @@ def run_fleet_demo(config: FleetDemoConfig) -> FleetDemoResult:
                 ca_file=tls.ca,
                 max_poll_interval_s=config.agent_poll_interval_s,
                 name_prefix="demo",
+                tuf_root=tuf_root,
             )
         )
         with (

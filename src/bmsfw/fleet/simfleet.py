@@ -273,6 +273,7 @@ class SimFleetConfig:
     bandwidth_floor_bps: int = 0
     max_preflight_attempts: int = 3
     name_prefix: str = "sim"
+    tuf_root: bytes | None = None  # the server's TUF root.json: agents verify its metadata
 
     def validate(self) -> None:
         if self.gateways < 1 or self.bms_per_gateway < 1:
@@ -371,6 +372,7 @@ class SimFleet:
                     bandwidth_floor_bps=cfg.bandwidth_floor_bps,
                     max_preflight_attempts=cfg.max_preflight_attempts,
                     agent_version="sim",
+                    tuf_root=cfg.tuf_root,
                 ),
                 client,
                 provider,
