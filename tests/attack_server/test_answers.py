@@ -4,6 +4,7 @@ the agent polls on (with backoff)."""
 
 from __future__ import annotations
 
+import gzip
 import random
 import time
 import tracemalloc
@@ -250,3 +251,21 @@ def test_a_server_from_before_problems_still_gets_check_ins(
     assert outcome.error is None, outcome.error
     assert ["problems" in body for body in server.check_ins()] == [True, False]
     assert site.agent.state.problems == []
+
+
+def test_compressed_answer_is_refused_unread(
+    server: HostileServer, site_factory: Callable[..., Site]
+) -> None:
+    """A 100 KiB gzip body that inflates to 100 MiB: the agent asked for identity and
+    refuses it without inflating a byte."""
+    site = site_factory()
+    bomb = gzip.compress(b"\0" * (100 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 200 * 1024
+    server.script["check-in"] = _once(Reply(200, bomb, {"Content-Encoding": "gzip"}))
+    outcome, peak = _peak_during(site.agent.poll)
+    assert outcome.error is not None and outcome.error.code == "BMSFW-E675", outcome.error
+    assert "identity" in outcome.error.message
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes"
+    assert server.check_ins()[0]["devices"]  # the request itself went out normally
+    assert server.requests("check-in")[0].headers["accept-encoding"] == "identity"
+    _good_poll_carries(site, server, "BMSFW-E675")

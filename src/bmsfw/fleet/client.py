@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 API = "/api/v1"
 _ERROR_BODY_BYTES = 64 * 1024  # an error answer is read this far, the rest is dropped
+_IDENTITY = {"Accept-Encoding": "identity"}  # no compressed answers (see _raw_chunks)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -190,7 +191,7 @@ class FleetClient:
     ) -> tuple[httpx.Response, bytes]:
         """One request to the server; the answer's body read within the size and time bounds."""
         limits = self.config.limits
-        headers = {**self._auth, **kwargs.pop("headers", {})}
+        headers = {**self._auth, **_IDENTITY, **kwargs.pop("headers", {})}
         what = f"{method} {path}"
         try:
             with self._http.stream(method, path, headers=headers, **kwargs) as response:
@@ -306,7 +307,7 @@ class FleetClient:
         before a connection is made.
         """
         try:
-            request = self._http.build_request("GET", url, headers=headers)
+            request = self._http.build_request("GET", url, headers={**_IDENTITY, **headers})
         except (httpx.InvalidURL, ValueError) as exc:
             raise MalformedAnswerError(f"artifact URL {_printable(url, 200)!r}: {exc}") from exc
         target = request.url
@@ -354,7 +355,7 @@ class FleetClient:
 
         def chunks() -> Iterator[bytes]:
             try:
-                for chunk in response.iter_bytes():
+                for chunk in _raw_chunks(response, shown):
                     yield chunk
                     if time.monotonic() > deadline:
                         raise AnswerTooSlowError(f"GET {shown}: not complete by its deadline")
@@ -415,7 +416,8 @@ class FleetClient:
                         _check_content_range(response, have, size_bytes)
                     mode = "ab" if have else "wb"
                     with part.open(mode) as handle:
-                        for chunk in response.iter_bytes():  # as it arrives: a break keeps it
+                        # As it arrives (a break keeps it), as sent: never decompressed.
+                        for chunk in _raw_chunks(response, shown):
                             if have + len(chunk) > size_bytes:
                                 handle.close()
                                 part.unlink(missing_ok=True)
@@ -532,7 +534,7 @@ def _read_capped(
         raise AnswerTooLargeError(f"{what}: answer of {int(length)} bytes, limit {limit}")
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    for chunk in _raw_chunks(response, what):
         size += len(chunk)
         if size > limit:
             if cut:
@@ -543,6 +545,17 @@ def _read_capped(
         if time.monotonic() > deadline:
             raise AnswerTooSlowError(f"{what}: answer not complete by its deadline ({size} bytes)")
     return b"".join(chunks)
+
+
+def _raw_chunks(response: httpx.Response, what: str) -> Iterator[bytes]:
+    """The body as sent. The agent asks for ``identity``: a compressed body is refused
+    unread (decompressing is how a small answer becomes a gigabyte)."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MalformedAnswerError(
+            f"{what}: a {_printable(encoding, 40)!r}-encoded answer; the agent asks for identity"
+        )
+    return response.iter_raw()
 
 
 def _parse_json(body: bytes, what: str) -> Any:
