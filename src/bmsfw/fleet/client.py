@@ -555,6 +555,8 @@ def _raw_chunks(response: httpx.Response, what: str) -> Iterator[bytes]:
         raise MalformedAnswerError(
             f"{what}: a {_printable(encoding, 40)!r}-encoded answer; the agent asks for identity"
         )
+    if response.is_stream_consumed:  # built in memory (a mock transport), not streamed
+        return iter((response.content,))
     return response.iter_raw()
 
 
