@@ -451,3 +451,13 @@ def test_inspect_needs_no_trust(signed: bytes) -> None:
     assert data["manifest"]["version"] == "1.4.0"  # type: ignore[index]
     assert summarize_certificate  # re-exported helper used by the CLI
     assert Manifest.from_json_bytes(inspection.manifest.to_json_bytes()) == inspection.manifest
+
+
+def test_device_image_key_hash_checked_before_transfer(ed_pki: VendorPki, ed_signed: bytes) -> None:
+    # Only the manifest's root is trusted; the BMS reports the image key hash it has fused.
+    trust = TrustAnchors.from_key_hashes([key_hash(ed_pki.root_key)])
+    fused = key_hash(ed_pki.image_signing_key)
+    ok = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hash=fused)
+    assert verify_release(ed_signed, trust, ok, now=NOW).image_info["app"].key_hash == fused
+    other = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hash=bytes(32))
+    _expect(E.KeyHashNotTrustedError, "BMSFW-E124", ed_signed, trust, other)

@@ -44,3 +44,6 @@ class DeviceFacts:
     bootloader_version: str
     security_counter: int
     channel: Literal["wired", "ota"] = "wired"
+    # The image-signing key hash the BMS has fused for secure boot, when it reports it:
+    # an image signed by another key is then refused before the transfer.
+    image_key_hash: bytes | None = None

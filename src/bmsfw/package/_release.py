@@ -70,6 +70,7 @@ from bmsfw.package.errors import (
     IncompatibleHardwareError,
     InvalidManifestError,
     InvalidVersionError,
+    KeyHashNotTrustedError,
     MalformedPackageError,
     MissingSecurityCounterError,
     SafetyCriticalOverOtaError,
@@ -745,6 +746,15 @@ def _check_image_against(
         )
 
 
+def _check_device_image_key(name: str, info: ImageInfo, fused: bytes) -> None:
+    # MCUboot first matches the image's KEYHASH (or PUBKEY's hash) with its key hash.
+    if info.key_hash != fused:
+        raise KeyHashNotTrustedError(
+            f"component {name!r} is signed by key {info.key_hash.hex()[:16]}…, the BMS "
+            f"boots only images signed by key {fused.hex()[:16]}…"
+        )
+
+
 def verify_release(
     data: bytes,
     trust: TrustAnchors,
@@ -787,6 +797,8 @@ def verify_release(
         _check_image_against(
             comp.name, info, release_version, manifest.security_counter, manifest.hardware
         )
+        if facts is not None and facts.image_key_hash is not None:
+            _check_device_image_key(comp.name, info, facts.image_key_hash)
         infos[comp.name] = info
     return VerifiedRelease(
         manifest=manifest,
