@@ -52,3 +52,33 @@ def test_units_updated_in_turn_each_get_a_bundle_with_the_bus_frame_log(
         # the transfer window writes (function 0x10) to this unit are in the record
         assert sum(1 for b in sent if b[0] == unit and b[1] == 0x10) > 6
         assert any(f[1] == "RX" for f in frames)
+
+
+@pytest.mark.req("R156-UPDATE-RECORD")
+def test_a_broadcast_string_update_leaves_a_bundle_per_unit_also_for_the_refused_one(
+    make_string: Callable[..., object], tmp_path: Path
+) -> None:
+    bench = make_string((1, 2))
+    bench.prepare(2, lambda b: b.faults.set_soc(15.0))  # type: ignore[attr-defined]
+    bench.start()  # type: ignore[attr-defined]
+    evidence = tmp_path / "evidence"
+    args = [*bench.update_args("v2"), "--broadcast", "--evidence", str(evidence), "--json"]  # type: ignore[attr-defined]
+    run_bmsfw(*args, check=6)  # the first failure's exit code: unit 2's preflight
+    bundles = {p.name.split("_")[1]: p for p in evidence.glob("evidence_*.zip")}
+    updated = verify_bundle(bundles["RS40000001"].read_bytes())
+    refused = verify_bundle(bundles["RS40000002"].read_bytes())
+    assert updated.manifest["outcome"] == "updated"
+    assert refused.manifest["outcome"] == "refused"
+    soc = next(
+        c for c in refused.json("preflight.json")["checks"] if c["name"] == "state-of-charge"
+    )
+    assert not soc["passed"] and soc["limit"] == "20–80 %" and soc["measured"].startswith("15")
+    # the image went out once, to unit 0 (Modbus broadcast): in the frame log
+    lines = updated.files["bus-frames.log"].decode().splitlines()[1:]
+    sent = [bytes.fromhex(line.split(maxsplit=3)[3]) for line in lines if " TX " in line]
+    assert sum(1 for b in sent if b[0] == 0 and b[1] == 0x10) > 3
+    # `bmsfw evidence verify --json`: the manifest, for a machine
+    checked = json.loads(
+        run_bmsfw("evidence", "verify", str(bundles["RS40000002"]), "--json", check=0).stdout
+    )
+    assert checked["ok"] and checked["manifest"]["device"]["serial"] == "RS40000002"
