@@ -76,6 +76,7 @@ def _good_poll_carries(site: Site, server: HostileServer, code: str) -> None:
     assert "problems" not in server.check_ins()[-1]
 
 
+@pytest.mark.req("IEC62443-CR3.5")
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_check_in_answer(
     name: str, server: HostileServer, site_factory: Callable[..., Site]

@@ -40,6 +40,7 @@ HOSTILE_FIELDS: dict[str, dict[str, Any]] = {
 }
 
 
+@pytest.mark.req("IEC62443-CR3.5")
 @pytest.mark.parametrize("name", sorted(HOSTILE_FIELDS))
 def test_hostile_offer_fields_are_refused(
     name: str,
@@ -199,6 +200,7 @@ def test_arbitrary_package_signed_by_another_key(
     assert hashlib.sha256(forged).hexdigest() not in site.agent.state.verified_artifacts
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
 def test_downgrade_at_equal_security_counter_is_refused(
     server: HostileServer, site_factory: Callable[..., Site], releases: dict[str, bytes]
 ) -> None:

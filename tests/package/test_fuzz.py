@@ -81,6 +81,7 @@ def test_header_parsers(data: bytes) -> None:
     _only_bmsfw_errors(verify_header, data, _TRUST, FACTS, now=NOW)
 
 
+@pytest.mark.req("IEC62443-CR3.5")
 @_SETTINGS
 @given(mutated(_PACKAGE))
 def test_mutated_packages_are_rejected(data: bytes) -> None:
@@ -92,6 +93,7 @@ def test_mutated_packages_are_rejected(data: bytes) -> None:
     _only_bmsfw_errors(release_header, data)
 
 
+@pytest.mark.req("IEC62443-CR3.5")
 @_SETTINGS
 @given(st.binary(max_size=4096))
 def test_random_packages(data: bytes) -> None:

@@ -186,6 +186,7 @@ def test_downgrade_needs_an_explicit_reason_which_is_recorded(
     assert last["package"]["downgrade_reason"] == "field recall R-17"
 
 
+@pytest.mark.req("SEED-INTERRUPTION", "R156-SAFE-STATE")
 def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(
     *,
     session: DirectSession,
