@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bmsfw.device import SimClock, VirtualBms, provision
-from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend
+from bmsfw.device.modbus_server import ModbusBmsNode
 from bmsfw.package import VendorPki, key_hash
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
@@ -72,7 +72,7 @@ def _refused_for_auth(node: ModbusBmsNode, command: Command) -> bool:
 
 
 def test_reset_ends_the_authentication(bms: VirtualBms, tester: Credentials) -> None:
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
+    node = ModbusBmsNode(bms, 1)
     _authenticate(node, tester)
     assert _command(node, Command.RESET)
     bms.wait_boot()
@@ -85,7 +85,7 @@ def test_reset_ends_the_authentication(bms: VirtualBms, tester: Credentials) -> 
 def test_a_reboot_the_tester_did_not_ask_for_ends_it_too(
     bms: VirtualBms, tester: Credentials
 ) -> None:
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
+    node = ModbusBmsNode(bms, 1)
     _authenticate(node, tester)
     bms.reset()  # e.g. a watchdog; the node only sees the BMS rebooted
     bms.wait_boot()
@@ -94,7 +94,7 @@ def test_a_reboot_the_tester_did_not_ask_for_ends_it_too(
 
 def test_idle_timeout_ends_the_authentication(bms: VirtualBms, tester: Credentials) -> None:
     clock = _Clock()
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1, monotonic=clock)
+    node = ModbusBmsNode(bms, 1, monotonic=clock)
     _authenticate(node, tester)
     clock.t += AUTH_IDLE_TIMEOUT_S - 1
     node.touch()  # any request keeps it alive
@@ -106,7 +106,7 @@ def test_idle_timeout_ends_the_authentication(bms: VirtualBms, tester: Credentia
 
 
 def test_a_new_challenge_starts_a_new_session(bms: VirtualBms, tester: Credentials) -> None:
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
+    node = ModbusBmsNode(bms, 1)
     _authenticate(node, tester)
     assert _command(node, Command.AUTH_CHALLENGE)
     assert _refused_for_auth(node, Command.ROLLBACK)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bmsfw.device import SimClock, VirtualBms, provision
-from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend
+from bmsfw.device.modbus_server import ModbusBmsNode
 from bmsfw.package import (
     Manifest,
     VendorPki,
@@ -37,7 +37,7 @@ def node(tmp_path: Path, pki: VendorPki, release_v1: Release) -> ModbusBmsNode:
     )
     bms = VirtualBms(tmp_path / "bms", clock=SimClock())
     bms.wait_boot()
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
+    node = ModbusBmsNode(bms, 1)
     node.auth = AuthState.AUTHENTICATED  # the proof itself is tested end to end
     return node
 
@@ -103,7 +103,7 @@ def test_stream_decodes_in_order_and_verifies(node: ModbusBmsNode, zstd_release:
     assert node.write_holding(HOLDING.TRANSFER_ENCODING, [encoding])
     _stream(node, stored)
     assert _command(node, Command.VERIFY), node.last_message
-    assert node.backend.transfer_status().verified
+    assert node.device.transfer_status().verified
 
 
 def test_corrupt_stream_is_refused_and_never_verifies(
@@ -125,8 +125,8 @@ def test_corrupt_stream_is_refused_and_never_verifies(
     _stream(node, bytes(bad))
     assert not _command(node, Command.VERIFY)
     assert node.last_result == 104 and "stored bytes differ" in node.last_message
-    assert not node.backend.transfer_status().verified
-    assert node.backend.boot_status().running_version == "1.0.0"
+    assert not node.device.transfer_status().verified
+    assert node.device.boot_status().running_version == "1.0.0"
 
 
 def test_delta_for_another_base_is_refused_at_prepare(node: ModbusBmsNode, pki: VendorPki) -> None:
@@ -139,4 +139,4 @@ def test_delta_for_another_base_is_refused_at_prepare(node: ModbusBmsNode, pki: 
     node.write_holding(HOLDING.UPLOAD_LENGTH, codec.split_u32(len(header)))
     assert not _command(node, Command.PREPARE)
     assert node.last_result == 142
-    assert not node.backend.transfer_status().staged
+    assert not node.device.transfer_status().staged

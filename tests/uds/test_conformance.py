@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.uds_server import UdsDeviceAdapter, UdsServer
+from bmsfw.device.uds_server import UdsServer
+from bmsfw.link import node_address
 from bmsfw.package import VendorPki
 from bmsfw.protocol.uds._auth import AuthenticationResponseError, challenge_from_verify_response
 
@@ -23,7 +24,7 @@ def bms(tmp_path: Path, pki: VendorPki, release_v1: Release) -> VirtualBms:
 
 
 def _server(bms: VirtualBms) -> UdsServer:
-    return UdsServer(UdsDeviceAdapter(bms, node=1, request_id=0x7E0, response_id=0x7E8))
+    return UdsServer(bms, node_address(1))
 
 
 def test_software_version_while_booting_is_conditions_not_correct(bms: VirtualBms) -> None:

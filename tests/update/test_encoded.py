@@ -187,16 +187,17 @@ def test_every_device_side_reports_the_same_image_digest(
     *, bms: VirtualBms, vendor: Vendor, packages: dict[str, bytes]
 ) -> None:
     """DirectSession, UDS DID 0x0102 and Modbus ``image_sha256`` agree with the base digest."""
-    from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend
-    from bmsfw.device.uds_server import UdsDeviceAdapter, UdsServer
+    from bmsfw.device.modbus_server import ModbusBmsNode
+    from bmsfw.device.uds_server import UdsServer
+    from bmsfw.link import node_address
     from bmsfw.protocol.modbus import codec
     from bmsfw.protocol.modbus.registers import INPUT
 
     expected = hashlib.sha256(verify_release(packages["1.0.0"], vendor.trust()).image("app"))
     assert DirectSession(bms).read_image_digest() == expected.digest()
-    uds = UdsServer(UdsDeviceAdapter(bms, node=1, request_id=0x7E0, response_id=0x7E8))
+    uds = UdsServer(bms, node_address(1))
     assert uds.handle(b"\x22\x01\x02") == b"\x62\x01\x02" + expected.digest()
-    node = ModbusBmsNode(VirtualBmsBackend(bms), 1)
+    node = ModbusBmsNode(bms, 1)
     regs = node.read_input(INPUT.IMAGE_SHA256, 16)
     assert codec.registers_to_bytes(regs) == expected.digest()
 

@@ -4,8 +4,8 @@ Dual-bank flash with MCU timing and power-cut injection, OTP key hashes and
 anti-rollback counter, an MCUboot-semantics bootloader (test boot, confirm,
 automatic revert), self-test, runtime integrity, an equivalent-circuit battery
 model and fault injection, all persisted in a state directory and driven by a
-caller-controlled clock. Protocol servers (UDS, Modbus) sit on
-:class:`VirtualBms`. See docs/virtual-bms.md.
+caller-controlled clock. Protocol servers (UDS, Modbus) call :class:`VirtualBms`
+through one device-side interface, :class:`BmsDevice`. See docs/virtual-bms.md.
 """
 
 from bmsfw.device._state import BootRecord
@@ -15,6 +15,7 @@ from bmsfw.device.clock import Clock, RealClock, SimClock
 from bmsfw.device.config import CONFIG_SCHEMA_VERSION, Calibration, DeviceConfig
 from bmsfw.device.flash import FlashSpec, FlashTiming, PowerCutInjector
 from bmsfw.device.images import BEHAVIOURS, AppDescriptor, find_app_descriptor, make_app_payload
+from bmsfw.device.interface import BmsDevice
 from bmsfw.device.provision import factory_calibration, provision
 from bmsfw.device.records import BankInfo, DtcRecord, TransferStatus
 from bmsfw.device.spec import BootTiming, DeviceSpec
@@ -26,6 +27,7 @@ __all__ = [
     "AppDescriptor",
     "BankInfo",
     "BatteryModel",
+    "BmsDevice",
     "BoardState",
     "BootRecord",
     "BootTiming",

@@ -49,7 +49,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from bmsfw.device import flash as fl
 from bmsfw.device._journal import Journal
@@ -98,6 +98,7 @@ from bmsfw.device.records import BankInfo, DtcRecord, TransferStatus
 from bmsfw.device.spec import DeviceSpec
 from bmsfw.errors import PackageError
 from bmsfw.package import (
+    Component,
     DeviceFacts,
     ImageInfo,
     Manifest,
@@ -121,6 +122,11 @@ from bmsfw.protocol.session import (
     Telemetry,
 )
 from bmsfw.update.profile import SELF_TEST_LIMITS
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from bmsfw.device._stream_decode import EncodedTransfer
 
 __all__ = ["DTC_CODES", "VirtualBms"]
 
@@ -1288,6 +1294,43 @@ class VirtualBms:
         self._save_board()
         self._start_boot("software")
         self._advance()
+
+    # ------------------------------------------------------------------ for protocol servers
+    # (the rest of bmsfw.device.interface.BmsDevice is the API above)
+
+    def responsive(self) -> bool:
+        return not self._dead and self._run_state in ("application", "bootloader")
+
+    def now(self) -> dt.datetime:
+        return self.clock.now()
+
+    def root_key_hash(self) -> bytes:
+        return self.otp.root_key_hash
+
+    def image_digest(self) -> bytes:
+        from bmsfw.device._stream_decode import active_image_digest
+
+        return active_image_digest(self)
+
+    def check_release(self, header: bytes) -> None:
+        from bmsfw.device._stream_decode import check_release
+
+        check_release(self, header)
+
+    def staged_component(self) -> Component | None:
+        from bmsfw.device._stream_decode import staged_component
+
+        return staged_component(self) if self.responsive() else None
+
+    def bank_blank(self) -> bool:
+        from bmsfw.device._stream_decode import staged_bank_blank
+
+        return staged_bank_blank(self)
+
+    def begin_encoded(self) -> EncodedTransfer:
+        from bmsfw.device._stream_decode import EncodedTransfer
+
+        return EncodedTransfer(self)
 
     @property
     def flash_op_count(self) -> int:

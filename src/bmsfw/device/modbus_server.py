@@ -1,10 +1,11 @@
 """Modbus RTU server for the virtual BMS: register map v1 (docs/modbus.md) over pymodbus.
 
 One :class:`ModbusBmsNode` per BMS translates register accesses into calls on
-the device core; :func:`serve_node` runs it as a pymodbus ``ModbusSerialServer``
-on its own serial port (on the simulated RS485 bus each node owns one device-side
-attachment, so the nodes share the wire like real ones: a node answers only its
-own unit id, executes broadcasts silently, and two talkers would garble).
+the BMS's device interface (:class:`~bmsfw.device.interface.BmsDevice`);
+:func:`serve_node` runs it as a pymodbus ``ModbusSerialServer`` on its own serial
+port (on the simulated RS485 bus each node owns one device-side attachment, so the
+nodes share the wire like real ones: a node answers only its own unit id, executes
+broadcasts silently, and two talkers would garble).
 
 Written against pymodbus's ``SimDevice`` API (the 4.0 datastore): the register
 blocks live in a ``SimDevice`` and an async ``action`` fills reads from the
@@ -25,24 +26,18 @@ after ``ERASE``. Broadcasts never enter or feed an encoded stream.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal
 
-from bmsfw.device._stream_decode import (
-    EncodedTransfer,
-    active_image_digest,
-    check_release,
-    staged_bank_blank,
-    staged_component,
-)
-from bmsfw.device.bms import VirtualBms
+from bmsfw.device._stream_decode import EncodedTransfer
+from bmsfw.device.config import snapshot_checksum
 from bmsfw.device.errors import NotVerifiedError
+from bmsfw.device.interface import BmsDevice
 from bmsfw.errors import BmsfwError
 from bmsfw.link.wire import modbus_silence_s
 from bmsfw.package import Component
@@ -61,18 +56,10 @@ from bmsfw.protocol.modbus.registers import (
     SelfTestState,
     TransferStateCode,
 )
-from bmsfw.protocol.session import (
-    BootStatus,
-    ConfigSnapshot,
-    DeviceIdentity,
-    SelfTestResult,
-    Telemetry,
-)
+from bmsfw.protocol.session import ConfigSnapshot, SelfTestResult
 
 __all__ = [
     "ModbusBmsNode",
-    "NodeBackend",
-    "VirtualBmsBackend",
     "build_sim_device",
     "serve_node",
 ]
@@ -90,135 +77,6 @@ MIN_FRAME_GAP_S = 0.25
 CHALLENGE_BYTES = 32
 
 
-class NodeBackend(Protocol):
-    """What the Modbus server needs from the device core (``VirtualBms`` provides it)."""
-
-    def identity(self) -> DeviceIdentity: ...
-    def telemetry(self) -> Telemetry: ...
-    def boot_status(self) -> BootStatus: ...
-    def self_test_result(self) -> SelfTestResult | None: ...
-    def read_config(self) -> ConfigSnapshot: ...
-    def write_config(self, snapshot: ConfigSnapshot) -> None: ...
-    def begin_update(self, header: bytes, channel: str) -> Any: ...
-    def erase_inactive(self) -> None: ...
-    def write_inactive(self, offset: int, data: bytes) -> None: ...
-    def transfer_status(self) -> Any: ...
-    def staged_size(self) -> int | None: ...
-    def block_crcs(self) -> tuple[int, ...]: ...
-    def verify_inactive(self) -> None: ...
-    def activate(self) -> None: ...
-    def reset(self) -> None: ...
-    def confirm(self) -> None: ...
-    def rollback(self) -> None: ...
-    def abort_update(self) -> None: ...
-    def check_release(self, header: bytes) -> None: ...
-    def staged_component(self) -> Component | None: ...
-    def bank_blank(self) -> bool: ...
-    def begin_encoded(self) -> EncodedTransfer: ...
-    def image_digest(self) -> bytes: ...
-    def root_key_hash(self) -> bytes: ...
-    def now(self) -> dt.datetime: ...
-    def responsive(self) -> bool: ...
-    def boot_epoch(self) -> object: ...
-
-
-class VirtualBmsBackend:
-    """:class:`NodeBackend` over the device core's :class:`~bmsfw.device.bms.VirtualBms`."""
-
-    def __init__(self, bms: VirtualBms) -> None:
-        self.bms = bms
-
-    def identity(self) -> DeviceIdentity:
-        return self.bms.identity()
-
-    def telemetry(self) -> Telemetry:
-        return self.bms.telemetry()
-
-    def boot_status(self) -> BootStatus:
-        return self.bms.boot_status()
-
-    def self_test_result(self) -> SelfTestResult | None:
-        try:
-            return self.bms.self_test()
-        except BmsfwError:
-            return None  # none completed since the last reset
-
-    def read_config(self) -> ConfigSnapshot:
-        return self.bms.config_snapshot()
-
-    def write_config(self, snapshot: ConfigSnapshot) -> None:
-        from bmsfw.device.config import snapshot_checksum
-
-        checksum = snapshot.checksum or snapshot_checksum(snapshot.config, snapshot.calibration)
-        self.bms.restore_snapshot(
-            ConfigSnapshot(snapshot.schema_version, snapshot.config, snapshot.calibration, checksum)
-        )
-
-    def begin_update(self, header: bytes, channel: str) -> Any:
-        return self.bms.begin_update(header, channel="ota" if channel == "ota" else "wired")
-
-    def erase_inactive(self) -> None:
-        self.bms.erase_inactive()
-
-    def write_inactive(self, offset: int, data: bytes) -> None:
-        self.bms.write_inactive(offset, data)
-
-    def transfer_status(self) -> Any:
-        return self.bms.transfer_status()
-
-    def staged_size(self) -> int | None:
-        return self.bms.staged_size()
-
-    def block_crcs(self) -> tuple[int, ...]:
-        return self.bms.block_crcs()
-
-    def verify_inactive(self) -> None:
-        self.bms.verify_inactive()
-
-    def activate(self) -> None:
-        self.bms.activate()
-
-    def reset(self) -> None:
-        self.bms.reset()
-
-    def confirm(self) -> None:
-        self.bms.confirm()
-
-    def rollback(self) -> None:
-        self.bms.rollback()
-
-    def abort_update(self) -> None:
-        self.bms.abort_update()
-
-    def check_release(self, header: bytes) -> None:
-        check_release(self.bms, header)
-
-    def staged_component(self) -> Component | None:
-        return staged_component(self.bms)
-
-    def bank_blank(self) -> bool:
-        return staged_bank_blank(self.bms)
-
-    def begin_encoded(self) -> EncodedTransfer:
-        return EncodedTransfer(self.bms)
-
-    def image_digest(self) -> bytes:
-        return active_image_digest(self.bms)
-
-    def root_key_hash(self) -> bytes:
-        return self.bms.otp.root_key_hash
-
-    def now(self) -> dt.datetime:
-        return self.bms.clock.now()
-
-    def responsive(self) -> bool:
-        # Booting, self-testing or dead: a real node is silent on the bus.
-        return not self.bms.dead and self.bms.run_state in ("application", "bootloader")
-
-    def boot_epoch(self) -> object:
-        return self.bms.boot_epoch
-
-
 def _error_number(exc: BaseException) -> int:
     code = getattr(exc, "code", "")
     if isinstance(code, str) and code.startswith("BMSFW-E"):
@@ -234,7 +92,7 @@ class ModbusBmsNode:
 
     def __init__(
         self,
-        backend: NodeBackend,
+        device: BmsDevice,
         unit: int,
         *,
         auth_idle_timeout_s: float = AUTH_IDLE_TIMEOUT_S,
@@ -242,7 +100,7 @@ class ModbusBmsNode:
     ) -> None:
         if not 1 <= unit <= 247:
             raise ValueError(f"unit id {unit} outside 1..247")
-        self.backend = backend
+        self.device = device
         self.unit = unit
         self.auth_idle_timeout_s = auth_idle_timeout_s
         self._now = monotonic
@@ -289,9 +147,22 @@ class ModbusBmsNode:
         self._boot_epoch = epoch
         self._last_request = now
 
+    def _self_test(self) -> SelfTestResult | None:
+        try:
+            return self.device.self_test()
+        except BmsfwError:
+            return None  # none completed since the last reset
+
+    def _write_config(self, snapshot: ConfigSnapshot) -> None:
+        """Register writes carry no checksum: the node computes it over what it writes."""
+        checksum = snapshot.checksum or snapshot_checksum(snapshot.config, snapshot.calibration)
+        self.device.restore_snapshot(
+            ConfigSnapshot(snapshot.schema_version, snapshot.config, snapshot.calibration, checksum)
+        )
+
     def _epoch(self) -> object:
         try:
-            return self.backend.boot_epoch()
+            return None if self.device.dead else self.device.boot_epoch
         except BmsfwError:
             return None
 
@@ -304,7 +175,7 @@ class ModbusBmsNode:
     # ------------------------------------------------------------------ identity
 
     def identity_objects(self) -> dict[int, bytes]:
-        ident = self.backend.identity()
+        ident = self.device.identity()
         values = {
             "vendor": ident.vendor,
             "product_code": ident.model,
@@ -346,12 +217,12 @@ class ModbusBmsNode:
             regs = self._block(
                 cache,
                 "telemetry",
-                lambda: codec.encode_telemetry(self.backend.telemetry(), map_version=MAP_VERSION),
+                lambda: codec.encode_telemetry(self.device.telemetry(), map_version=MAP_VERSION),
             )
             return regs[addr - start]
         if INPUT.RUN_STATE <= addr < INPUT.BOOT_BLOCK_END:
             regs = self._block(
-                cache, "boot", lambda: codec.encode_boot_status(self.backend.boot_status())
+                cache, "boot", lambda: codec.encode_boot_status(self.device.boot_status())
             )
             return regs[addr - INPUT.RUN_STATE]
         if INPUT.IMAGE_SHA256 <= addr < INPUT.IMAGE_SHA256_END:
@@ -386,17 +257,17 @@ class ModbusBmsNode:
 
     def _digest_block(self) -> list[int]:
         try:
-            digest = self.backend.image_digest()
+            digest = self.device.image_digest()
         except BmsfwError as exc:
             log.info("unit %d: no active image digest: %s", self.unit, exc)
             digest = bytes(32)  # all zero: no valid image in the active bank
         return codec.bytes_to_registers(digest)
 
     def _selftest_block(self) -> list[int]:
-        result = self.backend.self_test_result()
+        result = self._self_test()
         regs = [0] * (INPUT.SELFTEST_BLOCK_END - INPUT.SELFTEST_STATE)
         if result is None:
-            status = self.backend.boot_status()
+            status = self.device.boot_status()
             running = status.run_state in ("self-test", "booting")
             regs[0] = SelfTestState.RUNNING if running else SelfTestState.NONE
             return regs
@@ -411,7 +282,7 @@ class ModbusBmsNode:
         return regs
 
     def _status(self) -> Any:
-        return self.backend.transfer_status()
+        return self.device.transfer_status()
 
     def _xfer_block(self) -> list[int]:
         regs = [0] * (INPUT.XFER_BLOCK_END - INPUT.XFER_STATE)
@@ -457,7 +328,7 @@ class ModbusBmsNode:
     def _block_crcs(self) -> list[int]:
         if not getattr(self._status(), "staged", False):
             return []
-        return list(self.backend.block_crcs())
+        return list(self.device.block_crcs())
 
     def read_holding(self, address: int, count: int) -> list[int]:
         out = []
@@ -465,7 +336,7 @@ class ModbusBmsNode:
         for addr in range(address, address + count):
             if HOLDING.CONFIG <= addr < HOLDING.CONFIG_END:
                 if config is None:
-                    config = dict(self.backend.read_config().config)
+                    config = dict(self.device.config_snapshot().config)
                 out.append(self._config_value(addr, config))
             elif addr == HOLDING.DOC_SELECT:
                 out.append(self.doc_select)
@@ -529,7 +400,7 @@ class ModbusBmsNode:
         return ok
 
     def _config_write(self, address: int, values: list[int]) -> bool:
-        snapshot = self.backend.read_config()
+        snapshot = self.device.config_snapshot()
         config = dict(snapshot.config)
         by_addr = {spec.address: spec for spec in CONFIG_REGISTERS}
         for addr, raw in zip(range(address, address + len(values)), values, strict=True):
@@ -540,7 +411,7 @@ class ModbusBmsNode:
             value: float = signed * spec.scale
             config[spec.key] = round(value) if isinstance(config[spec.key], int) else value
         try:
-            self.backend.write_config(
+            self._write_config(
                 ConfigSnapshot(
                     schema_version=snapshot.schema_version,
                     config=config,
@@ -556,7 +427,7 @@ class ModbusBmsNode:
     def _select_document(self, doc: int) -> bool:
         self.doc_select = doc
         if doc == DOC_CONFIG:
-            snap = self.backend.read_config()
+            snap = self.device.config_snapshot()
             self.document = json.dumps(
                 {
                     "schema_version": snap.schema_version,
@@ -569,7 +440,7 @@ class ModbusBmsNode:
             ).encode()
             return True
         if doc == DOC_SELFTEST:
-            result = self.backend.self_test_result()
+            result = self._self_test()
             checks = (
                 []
                 if result is None
@@ -593,7 +464,7 @@ class ModbusBmsNode:
         if address + len(values) > HOLDING.TRANSFER_WINDOW_END:
             return False
         # The hot path of every transfer: the staged size only, not the whole status.
-        total = self.backend.staged_size()
+        total = self.device.staged_size()
         if self.auth != AuthState.AUTHENTICATED or total is None:
             # A node that is not part of this update ignores the string's broadcast.
             return (
@@ -621,7 +492,7 @@ class ModbusBmsNode:
         if not data:
             return broadcast or self._refuse(f"offset {offset} beyond image size {total}", 204)
         try:
-            self.backend.write_inactive(offset, data)
+            self.device.write_inactive(offset, data)
         except BmsfwError as exc:
             # A repair frame may overlap bytes a broadcast frame already programmed
             # (flash cannot be programmed twice): write only what is still missing.
@@ -636,7 +507,7 @@ class ModbusBmsNode:
 
     def _staged_component(self) -> Component | None:
         if self._component is None:
-            self._component = self.backend.staged_component()
+            self._component = self.device.staged_component()
         return self._component
 
     def _end_stream(self) -> None:
@@ -667,11 +538,11 @@ class ModbusBmsNode:
                 f"encryption {component.encryption})",
                 1,
             )
-        if not self.backend.bank_blank():
+        if not self.device.bank_blank():
             return self._refuse("an encoded transfer starts on an erased bank: ERASE first", 203)
         self._end_stream()
         try:
-            self.encoded = self.backend.begin_encoded()
+            self.encoded = self.device.begin_encoded()
         except BmsfwError as exc:
             return self._refuse(exc.message, _error_number(exc))
         self.stream_encoding = value
@@ -723,7 +594,7 @@ class ModbusBmsNode:
             lo, hi = max(offset, gap_start), min(end, gap_start + gap_len)
             if lo < hi:
                 try:
-                    self.backend.write_inactive(lo, data[lo - offset : hi - offset])
+                    self.device.write_inactive(lo, data[lo - offset : hi - offset])
                 except BmsfwError:
                     return False
                 wrote = True
@@ -761,7 +632,7 @@ class ModbusBmsNode:
         return bytes(self.upload[: self.upload_length])
 
     def _execute(self, command: Command) -> None:
-        backend = self.backend
+        device = self.device
         if command == Command.AUTH_CHALLENGE:
             self.challenge = os.urandom(CHALLENGE_BYTES)
             self.auth = AuthState.CHALLENGED
@@ -771,30 +642,30 @@ class ModbusBmsNode:
             self.xfer_failed = False
             self._end_stream()
             self._component = None
-            channel = "ota" if self.command_arg == 1 else "wired"
+            channel: Literal["wired", "ota"] = "ota" if self.command_arg == 1 else "wired"
             header = self._upload_bytes()
             # a delta for another base, or an image for a key this BMS lacks, is
             # refused here: before the erase, before any byte is written
-            backend.check_release(header)
-            backend.begin_update(header, channel)
+            device.check_release(header)
+            device.begin_update(header, channel=channel)
             self.window_page = 0
         elif command == Command.ERASE:
             self._end_stream()
-            backend.erase_inactive()
+            device.erase_inactive()
         elif command == Command.VERIFY:
             self._finish_stream()
-            backend.verify_inactive()
+            device.verify_inactive()
         elif command == Command.ACTIVATE:
-            backend.activate()
+            device.activate()
         elif command == Command.RESET:
-            backend.reset()
+            device.reset()
         elif command == Command.CONFIRM:
-            backend.confirm()
+            device.confirm()
         elif command == Command.ROLLBACK:
-            backend.rollback()
+            device.rollback()
         elif command == Command.WRITE_CONFIG:
             doc = json.loads(self._upload_bytes())
-            backend.write_config(
+            self._write_config(
                 ConfigSnapshot(
                     schema_version=int(doc["schema_version"]),
                     config=doc["config"],
@@ -805,7 +676,7 @@ class ModbusBmsNode:
         elif command == Command.ABORT:
             self._end_stream()
             self._component = None
-            backend.abort_update()
+            device.abort_update()
             self.xfer_failed = False
 
     def _prove(self, blob: bytes) -> None:
@@ -822,7 +693,7 @@ class ModbusBmsNode:
         chain, signature = codec.unpack_auth_proof(blob)
         try:
             tester = verify_tester_chain(
-                chain, root_key_hash=self.backend.root_key_hash(), now=self.backend.now()
+                chain, root_key_hash=self.device.root_key_hash(), now=self.device.now()
             )
         except TesterCertificateRejected as exc:
             raise ValueError(f"tester certificate rejected: {exc.reason}") from None
@@ -845,7 +716,7 @@ def build_sim_device(node: ModbusBmsNode) -> Any:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        if not node.backend.responsive():
+        if not node.device.responsive():
             return ExcCodes.DEVICE_BUSY
         node.touch()
         base = address - start_address
@@ -1013,7 +884,7 @@ def _install_request_filter(server: Any, nodes: list[ModbusBmsNode], gap_s: floa
             broadcast = not pdu.dev_id
             if not broadcast and pdu.dev_id not in units:
                 return
-            if not broadcast and not by_unit[pdu.dev_id].backend.responsive():
+            if not broadcast and not by_unit[pdu.dev_id].device.responsive():
                 return  # rebooting: silent
             if broadcast and pdu.function_code not in (0x05, 0x06, 0x0F, 0x10):
                 return  # broadcast is for writes only (Modbus over serial line 2.1)

@@ -39,7 +39,6 @@ from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
 from bmsfw.device.sim_control import poll_commands
 from bmsfw.device.uds_server import (
-    UdsDeviceAdapter,
     UdsNodeRunner,
     UdsServer,
     UdsServerConfig,
@@ -170,10 +169,8 @@ class CanSimulator:
             functional = FunctionalListener(functional_address())
             notifier.add_listener(functional)
             physical.start()
-            adapter = UdsDeviceAdapter(
-                bms, node=node, request_id=request_id, response_id=response_id
-            )
-            runner = UdsNodeRunner(UdsServer(adapter, self.config.server), physical, functional)
+            server = UdsServer(bms, address, self.config.server)
+            runner = UdsNodeRunner(server, physical, functional)
             runner.start()
             self.devices[node] = bms
             self.buses[node] = bus

@@ -30,7 +30,7 @@ from typing import Any
 from bmsfw.device._simprocess import SimProcess
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.clock import Clock, RealClock
-from bmsfw.device.modbus_server import ModbusBmsNode, VirtualBmsBackend, serve_node
+from bmsfw.device.modbus_server import ModbusBmsNode, serve_node
 from bmsfw.device.sim_can import ScaledClock, node_state_dir
 from bmsfw.device.sim_control import poll_commands
 from bmsfw.link.serialbus import RS485Bus
@@ -114,7 +114,7 @@ class NodeServers:
             for unit in units:
                 bms = VirtualBms(node_state_dir(self.state_dir, unit), clock=self._clock())
                 self.devices[unit] = bms
-                self.nodes[unit] = ModbusBmsNode(VirtualBmsBackend(bms), unit)
+                self.nodes[unit] = ModbusBmsNode(bms, unit)
         ready = threading.Event()
         failure: list[BaseException] = []
 

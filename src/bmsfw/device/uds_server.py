@@ -1,6 +1,7 @@
-"""The UDS server of the virtual BMS (ISO 14229-1 over ISO-TP), translating to the device API.
+"""The UDS server of the virtual BMS (ISO 14229-1 over ISO-TP), on its device interface.
 
-One :class:`UdsServer` per BMS node. :meth:`UdsServer.handle` is the protocol core:
+One :class:`UdsServer` per BMS node, calling the BMS through
+:class:`~bmsfw.device.interface.BmsDevice` only. :meth:`UdsServer.handle` is the protocol core:
 request bytes in, response bytes out (or ``None`` when the positive response is
 suppressed), all session/security/transfer state in the server object.
 :class:`UdsNodeRunner` puts it on ISO-TP: it reads requests from a physical and a
@@ -19,20 +20,13 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bmsfw.device._stream_decode import (
-    EncodedTransfer,
-    active_image_digest,
-    check_release,
-    staged_bank_blank,
-    staged_component,
-)
-from bmsfw.device.bms import VirtualBms
+from bmsfw.device._stream_decode import EncodedTransfer
 from bmsfw.device.errors import (
     ConfigChecksumError,
     ConfigSchemaError,
@@ -45,15 +39,12 @@ from bmsfw.device.errors import (
     VerifyFailedError,
     WriteOutOfRangeError,
 )
+from bmsfw.device.interface import BmsDevice
+from bmsfw.device.records import DtcRecord
 from bmsfw.errors import BmsfwError, PackageError
+from bmsfw.link import NodeAddress
 from bmsfw.package import Component
-from bmsfw.protocol.session import (
-    BootStatus,
-    ConfigSnapshot,
-    SelfTestResult,
-    Telemetry,
-    TransferState,
-)
+from bmsfw.protocol.session import DeviceIdentity, TransferState
 from bmsfw.protocol.uds._auth import (
     TesterCertificateRejected,
     verify_proof,
@@ -89,11 +80,11 @@ from bmsfw.protocol.uds._codec import (
 
 __all__ = [
     "DEV_SEED_KEY_SECRET",
-    "UdsDeviceAdapter",
     "UdsNodeRunner",
     "UdsServer",
     "UdsServerConfig",
     "dtc_number",
+    "nrc_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,12 +137,14 @@ class UdsServer:
 
     def __init__(
         self,
-        device: UdsDeviceAdapter,
+        device: BmsDevice,
+        address: NodeAddress,
         config: UdsServerConfig | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
+        self.address = address
         self.config = config or UdsServerConfig()
         self._now = monotonic
         self.session = Session.DEFAULT
@@ -177,7 +170,7 @@ class UdsServer:
 
     def _drop_to_default(self, why: str) -> None:
         if self.session != Session.DEFAULT or self.access_granted:
-            log.info("node %s: back to default session (%s)", self.device.node, why)
+            log.info("node %s: back to default session (%s)", self.address.node, why)
         self.session = Session.DEFAULT
         self.security_unlocked = False
         self.authenticated = False
@@ -195,7 +188,7 @@ class UdsServer:
         """Fall back to the default session after S3 without requests, or after a reboot."""
         if self.session != Session.DEFAULT and self._now() - self._last_request > self.config.s3_s:
             self._drop_to_default("S3 timeout")
-        epoch = self.device.boot_epoch()
+        epoch = None if self.device.dead else self.device.boot_epoch
         if epoch != self._boot_epoch:
             # the MCU reset (ECUReset, rollback, a revert, a power cycle): a rebooted
             # ECU starts in the default session, locked
@@ -218,11 +211,11 @@ class UdsServer:
                 raise _Negative(NRC.SERVICE_NOT_SUPPORTED, f"service 0x{sid:02X}")
             response = handler(self, request)
         except PowerCutError:
-            log.warning("node %s lost power: silent from now on", self.device.node)
+            log.warning("node %s lost power: silent from now on", self.address.node)
             return None
         except _Negative as neg:
             log.info(
-                "node %s: NRC 0x%02X for 0x%02X: %s", self.device.node, neg.nrc, sid, neg.reason
+                "node %s: NRC 0x%02X for 0x%02X: %s", self.address.node, neg.nrc, sid, neg.reason
             )
             if functional and neg.nrc in (0x11, 0x12, 0x31, 0x7E, 0x7F):
                 return None  # ISO 14229-1 7.5: no such NRC on functional requests
@@ -255,7 +248,7 @@ class UdsServer:
         except PowerCutError:
             raise
         except BmsfwError as exc:
-            raise _Negative(self.device.nrc_for(exc), f"{what}: {exc}") from None
+            raise _Negative(nrc_for(exc), f"{what}: {exc}") from None
 
     # ------------------------------------------------------------------ 0x10 / 0x3E / 0x11
 
@@ -267,7 +260,7 @@ class UdsServer:
             target = Session(sub)
         except ValueError:
             raise _Negative(NRC.SUBFUNCTION_NOT_SUPPORTED, f"session 0x{sub:02X}") from None
-        if target == Session.PROGRAMMING and not self.device.is_running():
+        if target == Session.PROGRAMMING and not self.device.responsive():
             raise _Negative(NRC.CONDITIONS_NOT_CORRECT, "device not running")
         if target != self.session:
             # ISO 14229-1 9.2: any session change re-locks security
@@ -350,14 +343,14 @@ class UdsServer:
                     cert,
                     root_key_hash=self.device.root_key_hash(),
                     now=self.device.now(),
-                    revocation_lists_der=self.device.revocation_lists(),
+                    revocation_lists_der=(),  # tester revocation comes with release trust data
                 )
             except TesterCertificateRejected as exc:
                 raise _Negative(exc.nrc, exc.reason) from None
             self.authenticated = False
             self._tester_key = tester.public_key
             self._challenge = os.urandom(32)
-            log.info("node %s: tester certificate %s accepted", self.device.node, tester.subject)
+            log.info("node %s: tester certificate %s accepted", self.address.node, tester.subject)
             return bytes([0x69, 0x01, AUTH_CERT_VERIFIED_OWNERSHIP_NEEDED]) + (
                 struct.pack(">H", 32) + self._challenge + struct.pack(">H", 0)
             )
@@ -382,15 +375,17 @@ class UdsServer:
         if did == DID.ACTIVE_SESSION:
             return bytes([self.session])
         if did in _IDENTITY_DIDS:
-            if not dev.is_running():
+            if not dev.responsive():
                 # booting / self-testing: no application runs whose identity could be read
                 raise _Negative(NRC.CONDITIONS_NOT_CORRECT, f"DID 0x{did:04X} while booting")
-            text: str = self._device_call("identity", lambda: dev.identity_string(did))
+            ident = self._device_call("identity", dev.identity)
+            text = _identity_string(ident, did)
             return text.encode()
         if did == DID.SECURITY_COUNTER:
-            return struct.pack(">I", self._device_call("counter", dev.security_counter))
+            ident = self._device_call("counter", dev.identity)
+            return struct.pack(">I", ident.security_counter)
         if did == DID.ACTIVE_BANK:
-            return str(self._device_call("bank", dev.active_bank)).encode()
+            return str(self._device_call("bank", dev.identity).active_bank).encode()
         if did == DID.ACTIVE_IMAGE_SHA256:
             return bytes(self._device_call("image digest", dev.image_digest))
         if did in TELEMETRY_DIDS:
@@ -399,13 +394,15 @@ class UdsServer:
         if did == DID.BOOT_STATUS:
             return encode_boot_status(self._device_call("boot status", dev.boot_status))
         if did == DID.SELF_TEST_RESULT:
-            return encode_self_test(self._device_call("self-test", dev.self_test_result))
+            return encode_self_test(self._device_call("self-test", dev.self_test))
         if did == DID.TRANSFER_STATE:
-            return encode_transfer_state(self._device_call("transfer state", dev.transfer_state))
+            state = self._device_call("transfer state", lambda: _reported_state(dev))
+            return encode_transfer_state(state)
         if did == DID.CONFIGURATION:
-            return encode_config(self._device_call("config", dev.read_config))
+            return encode_config(self._device_call("config", dev.config_snapshot))
         if did == DID.NODE_ADDRESS:
-            return struct.pack(">BII", dev.node, dev.request_id, dev.response_id)
+            address = self.address
+            return struct.pack(">BII", address.node, address.request_id, address.response_id)
         raise _Negative(NRC.REQUEST_OUT_OF_RANGE, f"DID 0x{did:04X}")
 
     def _read_data(self, request: bytes) -> bytes:
@@ -432,7 +429,7 @@ class UdsServer:
             snapshot = decode_config(request[3:])
         except ValueError as exc:
             raise _Negative(NRC.REQUEST_OUT_OF_RANGE, str(exc)) from None
-        self._device_call("write config", lambda: self.device.write_config(snapshot))
+        self._device_call("write config", lambda: self.device.restore_snapshot(snapshot))
         return bytes([0x6E]) + request[1:3]
 
     # ------------------------------------------------------------------ 0x31
@@ -449,10 +446,11 @@ class UdsServer:
             raise _Negative(NRC.REQUEST_OUT_OF_RANGE, f"routine 0x{rid:04X}") from None
         dev = self.device
         if routine == ROUTINE.CHECK_PRECONDITIONS:
-            problems = self._device_call("preconditions", dev.precondition_problems)
+            problems = self._device_call("preconditions", lambda: _precondition_problems(dev))
             status = _status_record(ROUTINE_FAILED if problems else ROUTINE_OK, "; ".join(problems))
         elif routine == ROUTINE.SELF_TEST:
-            status = encode_self_test(self._device_call("self-test", dev.run_self_test))
+            # the self-test runs at every boot; the routine reports that record
+            status = encode_self_test(self._device_call("self-test", dev.self_test))
         else:
             if self.session == Session.DEFAULT:
                 raise _Negative(NRC.SERVICE_NOT_SUPPORTED_IN_ACTIVE_SESSION, routine.name)
@@ -480,11 +478,12 @@ class UdsServer:
                 # a delta for another base, or an image for a key this BMS lacks, is
                 # refused here: before the erase, before any byte is written
                 dev.check_release(option[1:])
-                state = dev.begin_update(option[1:], channel)
+                dev.begin_update(option[1:], channel=channel)
+                state = _reported_state(dev)
             except PackageError as exc:  # content refused: report it, the routine ran
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)
             except BmsfwError as exc:
-                raise _Negative(dev.nrc_for(exc), str(exc)) from None
+                raise _Negative(nrc_for(exc), str(exc)) from None
             return bytes([ROUTINE_OK]) + encode_transfer_state(state)
         if routine == ROUTINE.ERASE_MEMORY:
             self._device_call("erase", dev.erase_inactive)
@@ -495,9 +494,9 @@ class UdsServer:
             except PackageError as exc:
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)
             except BmsfwError as exc:
-                if dev.is_verify_failure(exc):
+                if isinstance(exc, VerifyFailedError):
                     return _status_record(ROUTINE_FAILED, exc.code, exc.message)
-                raise _Negative(dev.nrc_for(exc), str(exc)) from None
+                raise _Negative(nrc_for(exc), str(exc)) from None
             return bytes([ROUTINE_OK])
         if routine == ROUTINE.ACTIVATE:
             self._device_call("activate", dev.activate)
@@ -534,7 +533,9 @@ class UdsServer:
             )
         # DFI 0x00: the decoded image (raw releases, or the image a compressed/delta
         # release decodes to), written where it belongs; resumable to the byte
-        state = self._device_call("transfer state", self.device.raw_transfer_state)
+        state = self._device_call(
+            "transfer state", lambda: self.device.transfer_status().to_session()
+        )
         if size == 0 or address + size > state.total_size:
             raise _Negative(
                 NRC.REQUEST_OUT_OF_RANGE, f"{address}+{size} exceeds image size {state.total_size}"
@@ -630,7 +631,7 @@ class UdsServer:
             raise _Negative(NRC.GENERAL_PROGRAMMING_FAILURE, f"{exc.code}: {exc.message}") from None
         except BmsfwError as exc:
             self._end_download()
-            raise _Negative(self.device.nrc_for(exc), f"encoded write: {exc}") from None
+            raise _Negative(nrc_for(exc), f"encoded write: {exc}") from None
 
     def _transfer_exit(self, request: bytes) -> bytes:
         self._require_programming("RequestTransferExit")
@@ -655,7 +656,7 @@ class UdsServer:
                     NRC.GENERAL_PROGRAMMING_FAILURE, f"{exc.code}: {exc.message}"
                 ) from None
             except BmsfwError as exc:
-                raise _Negative(self.device.nrc_for(exc), f"finish: {exc}") from None
+                raise _Negative(nrc_for(exc), f"finish: {exc}") from None
         self._exited = True
         return b"\x77"
 
@@ -672,7 +673,7 @@ class UdsServer:
         mask = request[2]
         dtcs = [
             (code, status)
-            for code, status in self._device_call("dtc", self.device.dtcs)
+            for code, status in self._device_call("dtc", lambda: _uds_dtcs(self.device.dtcs()))
             if status & mask
         ]
         if sub == 0x01:
@@ -741,195 +742,81 @@ def dtc_number(code: str) -> int:
     return ((first << 12) | int(code[2:], 16)) << 8
 
 
-class UdsDeviceAdapter:
-    """What the UDS server needs from a :class:`~bmsfw.device.bms.VirtualBms`, by UDS name."""
+def _identity_string(ident: DeviceIdentity, did: int) -> str:
+    """The text of a standard identification DID (docs/uds.md)."""
+    return {
+        DID.BOOT_SOFTWARE_ID: f"MCUboot-compatible {ident.bootloader_version}",
+        DID.SPARE_PART_NUMBER: ident.model,
+        DID.ECU_SOFTWARE_NUMBER: ident.app_version,
+        DID.SOFTWARE_VERSION: ident.app_version,
+        DID.SUPPLIER_ID: ident.vendor,
+        DID.SERIAL_NUMBER: ident.serial,
+        DID.HARDWARE_NUMBER: ident.model,
+        DID.HARDWARE_VERSION: ident.hw_revision,
+        DID.SUPPLIER_SOFTWARE_VERSION: ident.bootloader_version,
+        DID.SYSTEM_NAME: f"{ident.vendor} {ident.model} BMS",
+    }[DID(did)]
 
-    def __init__(self, bms: VirtualBms, *, node: int, request_id: int, response_id: int) -> None:
-        self.bms = bms
-        self.node = node
-        self.request_id = request_id
-        self.response_id = response_id
 
-    # -- state -------------------------------------------------------------------
-    def is_running(self) -> bool:
-        return self.bms.run_state in ("application", "bootloader")
+def _reported_state(device: BmsDevice) -> TransferState:
+    """The transfer state a tester sees (DID 0x0140, stage routine).
 
-    def boot_epoch(self) -> object:
-        return None if self.bms.dead else self.bms.boot_epoch
+    In image bytes, except for a delta or encrypted release, which can only be
+    sent as its stored stream (the host has no base image / no key): then it
+    counts that stream, which cannot resume mid-way: total = stored size, 0 bytes
+    held, ``erased`` only while the bank is blank, so a tester erases and starts
+    at 0. (A compressed release may be sent either way; a tester sending its
+    stored bytes sees ``total_size`` differ from their length.)
+    """
+    raw = device.transfer_status().to_session()
+    component = device.staged_component()
+    if component is None or raw.total_size == 0:
+        return raw
+    if not component.is_delta and component.encryption == "none":
+        return raw
+    return TransferState(
+        total_size=component.stored_size,
+        contiguous_bytes=0,
+        erased=raw.erased and device.bank_blank(),
+        missing_ranges=((0, component.stored_size),),
+    )
 
-    def poll(self) -> None:
-        if not self.bms.dead:
-            self.bms.poll()
 
-    def now(self) -> Any:
-        return self.bms.clock.now()
+def _uds_dtcs(records: Iterable[DtcRecord]) -> list[tuple[int, int]]:
+    out = []
+    for record in records:
+        try:
+            number = dtc_number(record.code)
+        except ValueError:
+            continue
+        # testFailed | confirmedDTC while active, confirmedDTC once it went away
+        out.append((number, 0x09 if record.active else 0x08))
+    return out
 
-    def root_key_hash(self) -> bytes:
-        return self.bms.otp.root_key_hash
 
-    def revocation_lists(self) -> tuple[bytes, ...]:
-        return ()  # revocation of tester certificates comes with release trust data
+def _precondition_problems(device: BmsDevice) -> list[str]:
+    if not device.responsive():
+        return [f"BMS is {device.run_state}"]
+    problems: list[str] = []
+    if device.boot_status().image_state == "test":
+        problems.append("a test image runs unconfirmed")
+    problems.extend(f"protection fault {f}" for f in device.telemetry().faults)
+    return problems
 
-    # -- reads -------------------------------------------------------------------
-    def identity_string(self, did: int) -> str:
-        ident = self.bms.identity()
-        return {
-            DID.BOOT_SOFTWARE_ID: f"MCUboot-compatible {ident.bootloader_version}",
-            DID.SPARE_PART_NUMBER: ident.model,
-            DID.ECU_SOFTWARE_NUMBER: ident.app_version,
-            DID.SOFTWARE_VERSION: ident.app_version,
-            DID.SUPPLIER_ID: ident.vendor,
-            DID.SERIAL_NUMBER: ident.serial,
-            DID.HARDWARE_NUMBER: ident.model,
-            DID.HARDWARE_VERSION: ident.hw_revision,
-            DID.SUPPLIER_SOFTWARE_VERSION: ident.bootloader_version,
-            DID.SYSTEM_NAME: f"{ident.vendor} {ident.model} BMS",
-        }[DID(did)]
 
-    def security_counter(self) -> int:
-        return self.bms.identity().security_counter
-
-    def active_bank(self) -> str:
-        return self.bms.identity().active_bank
-
-    def image_digest(self) -> bytes:
-        """SHA-256 of the image in the active bank (what a delta names as its base)."""
-        return active_image_digest(self.bms)
-
-    def telemetry(self) -> Telemetry:
-        return self.bms.telemetry()
-
-    def boot_status(self) -> BootStatus:
-        return self.bms.boot_status()
-
-    def self_test_result(self) -> SelfTestResult:
-        return self.bms.self_test()
-
-    def run_self_test(self) -> SelfTestResult:
-        # the self-test runs at every boot; the routine reports that record
-        return self.bms.self_test()
-
-    def raw_transfer_state(self) -> TransferState:
-        """What the bank holds, in image bytes (the resumable DFI 0x00 path)."""
-        return self.bms.transfer_status().to_session()
-
-    def transfer_state(self) -> TransferState:
-        """The transfer state a tester sees (DID 0x0140, stage routine).
-
-        In image bytes, except for a delta or encrypted release, which can only be
-        sent as its stored stream (the host has no base image / no key): then it
-        counts that stream, which cannot resume mid-way: total = stored size,
-        0 bytes held, ``erased`` only while the bank is blank, so a tester erases
-        and starts at 0. (A compressed release may be sent either way; a tester
-        sending its stored bytes sees ``total_size`` differ from their length.)
-        """
-        return self._reported(self.raw_transfer_state())
-
-    def _reported(self, raw: TransferState) -> TransferState:
-        component = self.staged_component()
-        if component is None or raw.total_size == 0:
-            return raw
-        if not component.is_delta and component.encryption == "none":
-            return raw
-        blank = raw.erased and self.bank_blank()
-        return TransferState(
-            total_size=component.stored_size,
-            contiguous_bytes=0,
-            erased=blank,
-            missing_ranges=((0, component.stored_size),),
-        )
-
-    def staged_component(self) -> Component | None:
-        """The app component of the staged (already verified) release header, if any."""
-        return staged_component(self.bms) if self.is_running() else None
-
-    def bank_blank(self) -> bool:
-        return staged_bank_blank(self.bms)
-
-    def check_release(self, header: bytes) -> None:
-        """Refusals that must come before any write: delta base, decryption key."""
-        check_release(self.bms, header)
-
-    def begin_encoded(self) -> EncodedTransfer:
-        return EncodedTransfer(self.bms)
-
-    def read_config(self) -> ConfigSnapshot:
-        return self.bms.config_snapshot()
-
-    def write_config(self, snapshot: ConfigSnapshot) -> None:
-        self.bms.restore_snapshot(snapshot)
-
-    def dtcs(self) -> list[tuple[int, int]]:
-        out = []
-        for record in self.bms.dtcs():
-            try:
-                number = dtc_number(record.code)
-            except ValueError:
-                continue
-            # testFailed | confirmedDTC while active, confirmedDTC once it went away
-            out.append((number, 0x09 if record.active else 0x08))
-        return out
-
-    def clear_dtcs(self) -> None:
-        self.bms.clear_dtcs()
-
-    def precondition_problems(self) -> list[str]:
-        problems: list[str] = []
-        if not self.is_running():
-            problems.append(f"BMS is {self.bms.run_state}")
-            return problems
-        status = self.bms.boot_status()
-        if status.image_state == "test":
-            problems.append("a test image runs unconfirmed")
-        telemetry = self.bms.telemetry()
-        problems.extend(f"protection fault {f}" for f in telemetry.faults)
-        return problems
-
-    # -- update ------------------------------------------------------------------
-    def begin_update(self, header: bytes, channel: Literal["wired", "ota"]) -> TransferState:
-        return self._reported(self.bms.begin_update(header, channel=channel).to_session())
-
-    def erase_inactive(self) -> None:
-        self.bms.erase_inactive()
-
-    def write_inactive(self, offset: int, data: bytes) -> None:
-        self.bms.write_inactive(offset, data)
-
-    def verify_inactive(self) -> None:
-        self.bms.verify_inactive()
-
-    def activate(self) -> None:
-        self.bms.activate()
-
-    def reset(self) -> None:
-        self.bms.reset()
-
-    def confirm(self) -> None:
-        self.bms.confirm()
-
-    def rollback(self) -> None:
-        self.bms.rollback()
-
-    # -- error translation ---------------------------------------------------------
-    @staticmethod
-    def is_verify_failure(exc: BmsfwError) -> bool:
-        return isinstance(exc, VerifyFailedError | PackageError)
-
-    @staticmethod
-    def nrc_for(exc: BmsfwError) -> NRC:
-        if isinstance(exc, NoStagedUpdateError | NotVerifiedError | EraseNeededError):
-            return NRC.REQUEST_SEQUENCE_ERROR
-        if isinstance(exc, WriteOutOfRangeError | ConfigSchemaError | ConfigValueError):
-            return NRC.REQUEST_OUT_OF_RANGE
-        if isinstance(exc, ConfigChecksumError):
-            return NRC.REQUEST_OUT_OF_RANGE
-        if isinstance(exc, FlashProgramError):
-            return NRC.GENERAL_PROGRAMMING_FAILURE
-        if isinstance(exc, VerifyFailedError):
-            return NRC.GENERAL_PROGRAMMING_FAILURE
-        if isinstance(exc, PackageError):
-            return NRC.REQUEST_OUT_OF_RANGE
-        return NRC.CONDITIONS_NOT_CORRECT
+def nrc_for(exc: BmsfwError) -> NRC:
+    """The negative response code for a device refusal (docs/uds.md, "Negative responses")."""
+    if isinstance(exc, NoStagedUpdateError | NotVerifiedError | EraseNeededError):
+        return NRC.REQUEST_SEQUENCE_ERROR
+    if isinstance(exc, WriteOutOfRangeError | ConfigSchemaError | ConfigValueError):
+        return NRC.REQUEST_OUT_OF_RANGE
+    if isinstance(exc, ConfigChecksumError):
+        return NRC.REQUEST_OUT_OF_RANGE
+    if isinstance(exc, FlashProgramError | VerifyFailedError):
+        return NRC.GENERAL_PROGRAMMING_FAILURE
+    if isinstance(exc, PackageError):
+        return NRC.REQUEST_OUT_OF_RANGE
+    return NRC.CONDITIONS_NOT_CORRECT
 
 
 class UdsNodeRunner:
@@ -941,7 +828,7 @@ class UdsNodeRunner:
         self.functional = functional
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one request at a time per node, like an ECU
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"uds-node{server.device.node}")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"uds-node{server.address.node}")
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -951,7 +838,7 @@ class UdsNodeRunner:
             thread = threading.Thread(
                 target=self._loop,
                 args=(stack, functional),
-                name=f"uds-node{self.server.device.node}-{'func' if functional else 'phys'}",
+                name=f"uds-node{self.server.address.node}-{'func' if functional else 'phys'}",
                 daemon=True,
             )
             thread.start()
@@ -978,12 +865,13 @@ class UdsNodeRunner:
 
     def _poll_device(self) -> None:
         try:
-            self.server.device.poll()
+            if not self.server.device.dead:
+                self.server.device.poll()
         except BmsfwError as exc:
-            log.debug("node %s poll: %s", self.server.device.node, exc)
+            log.debug("node %s poll: %s", self.server.address.node, exc)
 
     def _serve_one(self, request: bytes, functional: bool) -> None:
-        log.log(5, "node %s rx %s", self.server.device.node, request[:16].hex())
+        log.log(5, "node %s rx %s", self.server.address.node, request[:16].hex())
         future: Future[bytes | None] = self._worker.submit(
             self.server.handle, request, functional=functional
         )
@@ -998,7 +886,7 @@ class UdsNodeRunner:
                 wait_s = self.server.config.pending_interval_s
             except Exception:
                 log.exception(
-                    "node %s: internal error serving 0x%02X", self.server.device.node, request[0]
+                    "node %s: internal error serving 0x%02X", self.server.address.node, request[0]
                 )
                 response = bytes([SID.NEGATIVE_RESPONSE, request[0], NRC.GENERAL_REJECT])
                 break
