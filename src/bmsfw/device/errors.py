@@ -96,13 +96,22 @@ class PowerCutError(DeviceError):
 
 class NotConfirmableError(DeviceError):
     code = "BMSFW-E210"
-    diagnosis = "There is no image in test mode to confirm, or its self-test did not pass."
-    remedy = "Read the boot status and self-test record; confirm only a passed test image."
+    diagnosis = (
+        "Nothing to confirm: no image runs in test mode, its self-test has not passed in this"
+        " boot, or the BMS rejected (reverted) the test image it was sent."
+    )
+    remedy = (
+        "Read the boot status and self-test record; confirm only a test image whose self-test"
+        " passed. After a revert the old firmware stays: fix the cause and run the update again."
+    )
 
 
 class RollbackBlockedError(DeviceError):
     code = "BMSFW-E211"
-    diagnosis = "Rolling back is not possible: no valid previous image, or anti-rollback blocks it."
+    diagnosis = (
+        "Nothing to roll back to: the other bank holds a rejected (reverted) image, no valid"
+        " image, or one that anti-rollback blocks; the running firmware stays."
+    )
     remedy = (
         "Install the wanted version as a new signed release with a sufficient security counter."
     )
