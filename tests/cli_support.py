@@ -4,6 +4,7 @@ as a user would (a subprocess)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -144,3 +145,48 @@ def run_bmsfw(
             f"bmsfw {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+class SimProcess:
+    """`bmsfw sim can|rs485` in its own process, on a copy of a provisioned state directory
+    (from `bmsfw sim provision`); `start` returns the simulator's JSON description."""
+
+    def __init__(self, template: Path, work: Path, *, time_scale: str = "20") -> None:
+        self.state = work / "bench"
+        shutil.copytree(template, self.state)
+        self.time_scale = time_scale
+        self.process: subprocess.Popen[str] | None = None
+
+    def node_path(self, node: int) -> Path:
+        return self.state / f"node{node}"
+
+    @property
+    def node_dir(self) -> Path:
+        return self.node_path(1)
+
+    def stored(self, node: int = 1) -> tuple[bytes, bytes]:
+        """The BMS's flash (boot record, OTP, banks, fault log) and board file."""
+        path = self.node_path(node)
+        return (path / "flash.bin").read_bytes(), (path / "board.json").read_bytes()
+
+    def start(self, *args: str) -> dict[str, object]:
+        self.process = subprocess.Popen(
+            [BMSFW, "sim", *args, "--state-dir", str(self.state), "--time-scale",
+             self.time_scale, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line, "the simulator did not start"
+        info: dict[str, object] = json.loads(line)
+        return info
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None

@@ -17,8 +17,6 @@ builder would: a correctly signed manifest around such an image.
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from tests.cli_support import BMSFW, run_bmsfw
+from tests.cli_support import SimProcess, run_bmsfw
 
 DATA = Path(__file__).resolve().parent / "data"
 IMGTOOL = str(Path(sys.executable).with_name("imgtool"))
@@ -157,43 +155,9 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
     return Vendor(root, pki, chain, key, packages, template, profile)
 
 
-class Simulator:
-    """`bmsfw sim can|rs485` in its own process, on a fresh copy of the vendor's BMS."""
-
-    def __init__(self, vendor: Vendor, work: Path) -> None:
-        self.state = work / "bench"
-        shutil.copytree(vendor.template, self.state)
-        self.process: subprocess.Popen[str] | None = None
-
-    def flash(self, node: int) -> bytes:
-        return (self.state / f"node{node}" / "flash.bin").read_bytes()
-
-    def start(self, *args: str) -> dict[str, object]:
-        self.process = subprocess.Popen(
-            [BMSFW, "sim", *args, "--state-dir", str(self.state), "--nodes", str(len(NODES)),
-             "--time-scale", TIME_SCALE, "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line, "the simulator did not start"
-        info: dict[str, object] = json.loads(line)
-        return info
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-
 @dataclass(frozen=True)
 class Bench:
-    sim: Simulator
+    sim: SimProcess
     link: tuple[str, ...]  # e.g. ("--can", LINK) or ("--serial", PTY)
     node_option: str  # "--node" or "--unit"
 
@@ -204,13 +168,15 @@ def bench(
 ) -> Iterator[Bench]:
     from bmsfw.device.lab import unique_multicast_link
 
-    sim = Simulator(vendor, tmp_path_factory.mktemp(f"bench-{request.param}"))
+    sim = SimProcess(vendor.template, tmp_path_factory.mktemp(f"bench-{request.param}"),
+                     time_scale=TIME_SCALE)  # fmt: skip
+    nodes = ("--nodes", str(len(NODES)))
     if request.param == "can":
         link = unique_multicast_link()
-        sim.start("can", "--bus", link)
+        sim.start("can", "--bus", link, *nodes)
         bench = Bench(sim, ("--can", link), "--node")
     else:
-        info = sim.start("rs485")
+        info = sim.start("rs485", *nodes)
         bench = Bench(sim, ("--serial", str(info["port"])), "--unit")
     try:
         yield bench

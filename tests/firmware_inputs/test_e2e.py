@@ -47,13 +47,13 @@ def test_update_confirmed(vendor: Vendor, bench: Bench, name: str, tmp_path: Pat
 @pytest.mark.req("SEED-HW-COMPAT", "SEED-ANTI-ROLLBACK", "SEED-TROUBLESHOOTING")
 @pytest.mark.parametrize("name", list(REFUSALS))
 def test_refused_before_any_byte(vendor: Vendor, bench: Bench, name: str, tmp_path: Path) -> None:
-    flash_before = bench.sim.flash(NODES[name])
+    stored_before = bench.sim.stored(NODES[name])
     code, report = _update(vendor, bench, name, tmp_path)
     assert code == 3, report
     assert report["error"]["code"] == REFUSALS[name]
     assert report["error"]["remedy"]
     assert report["failed_step"] == "verify-package"
-    assert bench.sim.flash(NODES[name]) == flash_before  # inactive bank (and all else) unchanged
+    assert bench.sim.stored(NODES[name]) == stored_before  # flash (banks, OTP, ...) and board
 
     # The remedy the error names works on the same BMS.
     code, report = _update(vendor, bench, REMEDIES[name], tmp_path, node=NODES[name])

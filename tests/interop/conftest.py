@@ -14,7 +14,6 @@ soon as it offers them).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.cli_support import BMSFW, run_bmsfw
+from tests.cli_support import SimProcess, run_bmsfw
 
 from .uds_client import Credentials
 
@@ -150,45 +149,11 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
     return Vendor(root, pki, _tester(pki, root), packages, template)
 
 
-class Simulator:
+class Simulator(SimProcess):
     """`bmsfw sim can|rs485` in its own process, on a copy of the vendor's template."""
 
     def __init__(self, vendor: Vendor, work: Path) -> None:
-        self.state = work / "bench"
-        shutil.copytree(vendor.template, self.state)
-        self.process: subprocess.Popen[str] | None = None
-
-    @property
-    def node_dir(self) -> Path:
-        return self.state / "node1"
-
-    def stored(self) -> tuple[bytes, bytes]:
-        """The BMS's flash (boot record, OTP, banks, fault log) and board file."""
-        return (self.node_dir / "flash.bin").read_bytes(), (
-            self.node_dir / "board.json"
-        ).read_bytes()
-
-    def start(self, *args: str) -> dict[str, object]:
-        self.process = subprocess.Popen(
-            [BMSFW, "sim", *args, "--state-dir", str(self.state), "--time-scale", TIME_SCALE,
-             "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line, "the simulator did not start"
-        info: dict[str, object] = json.loads(line)
-        return info
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        super().__init__(vendor.template, work, time_scale=TIME_SCALE)
 
 
 @pytest.fixture

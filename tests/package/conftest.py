@@ -69,3 +69,16 @@ def signed(pki: VendorPki, firmware: bytes) -> bytes:
 @pytest.fixture(scope="session")
 def ed_signed(ed_pki: VendorPki, firmware: bytes) -> bytes:
     return sign_release(make_release(ed_pki, firmware, encoding="raw"), ed_pki.signer())
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`bmsfw ARGV` through the real entry point in this process: (exit code, stdout, stderr)."""
+    from bmsfw.cli import main
+
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

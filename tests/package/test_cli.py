@@ -7,17 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from package.conftest import run_cli as run
 
 
 def test_keys_and_package_workflow(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

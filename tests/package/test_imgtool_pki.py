@@ -16,18 +16,9 @@ from pathlib import Path
 import pytest
 
 from bmsfw.cli import main
+from package.conftest import run_cli as run
 
 IMGTOOL = Path(sys.executable).with_name("imgtool")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def imgtool_sign(key: Path, src: Path, dst: Path, *extra: str) -> None:
