@@ -338,3 +338,12 @@ def test_test_image_without_a_self_test_in_this_boot_cannot_be_confirmed(
     with pytest.raises(NotConfirmableError):
         bms.confirm()
     assert bms.boot_status().security_counter == 1
+
+
+def test_rollback_of_a_factory_fresh_bms_is_refused_and_changes_nothing(bms: VirtualBms) -> None:
+    """Bank B was never written: nothing to roll back to."""
+    before = _stored_state(bms)
+    with pytest.raises(RollbackBlockedError, match="bank B holds no bootable image"):
+        bms.rollback()
+    assert _stored_state(bms) == before
+    assert bms.boot_status().running_version == "1.0.0" and bms.contactors_closed

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,18 +111,15 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
     root = tmp_path_factory.mktemp("vendor")
     pki = root / "pki"
     run_bmsfw("keys", "init", str(pki), check=0)
-    apps = {
-        "v1": ("1.0.0", 1, None),
-        "v2": ("1.1.0", 2, None),
-        "selftest-fails": ("1.1.0", 2, "fail-selftest"),
-    }
-    packages: dict[str, Package] = {}
-    for name, (version, counter, behaviour) in apps.items():
+    sources: dict[str, tuple[str, int, list[str]]] = {}
+    for name, version, counter, behaviour in (
+        ("v1", "1.0.0", 1, None),
+        ("v2", "1.1.0", 2, None),
+        ("selftest-fails", "1.1.0", 2, "fail-selftest"),
+    ):
         binary = root / f"{name}.bin"
         binary.write_bytes(make_app_payload(version, size=12 * 1024, behaviour=behaviour))
-        packages[name] = _build(
-            root, pki, name, version=version, counter=counter, source=["--app", str(binary)]
-        )
+        sources[name] = (version, counter, ["--app", str(binary)])
     # images signed by imgtool itself, wrapped as they are: its default stores only the
     # key's hash (the BMS's bootloader holds the public key), or the full public key
     plain = root / "plain.bin"
@@ -137,16 +135,21 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
             ],
             check=True, capture_output=True,
         )  # fmt: skip
-        name = f"imgtool-{key_format}"
-        packages[name] = _build(
-            root, pki, name, version="1.2.0", counter=2, source=["--image", f"app={signed}"]
-        )
+        sources[f"imgtool-{key_format}"] = ("1.2.0", 2, ["--image", f"app={signed}"])
+    # the CLI runs are independent: build the packages side by side
+    with ThreadPoolExecutor(4) as pool:
+        futures = {
+            name: pool.submit(_build, root, pki, name, version=v, counter=c, source=src)
+            for name, (v, c, src) in sources.items()
+        }
+        tester = pool.submit(_tester, pki, root)
+        packages = {name: future.result() for name, future in futures.items()}
     template = root / "template"
     run_bmsfw(
         "sim", "provision", "--state-dir", str(template), "--pki", str(pki),
         "--package", str(packages["v1"].path), check=0,
     )  # fmt: skip
-    return Vendor(root, pki, _tester(pki, root), packages, template)
+    return Vendor(root, pki, tester.result(), packages, template)
 
 
 class Simulator(SimProcess):
