@@ -128,9 +128,7 @@ def _seed(url: str, workdir: Path, devices: int) -> tuple[str, list[tuple[str, s
     assert admin is not None
     engine = make_engine(url)
     upgrade_database(engine)
-    service = FleetService(
-        make_session_factory(engine), ArtifactStore(workdir / "artifacts"), SystemClock()
-    )
+    service = FleetService(make_session_factory(engine), ArtifactStore(engine), SystemClock())
     bench = Principal(0, "bench", "operator", "admin", None)
     gateways = []
     for i in range(devices):

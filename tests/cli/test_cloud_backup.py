@@ -55,7 +55,6 @@ def cloud(tmp_path: Path, kit: Kit) -> Iterator[CloudServer]:
     token_file.write_text(operator + "\n")
     config = ServerConfig(
         db_url=db_url,
-        artifacts_dir=tmp_path / "artifacts",
         trust_root_pem=kit.trust.read_bytes(),
         tick_interval_s=0,
         migrate=False,

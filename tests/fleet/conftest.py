@@ -202,7 +202,6 @@ def fleet(
         )
     config = ServerConfig(
         db_url=db_url,
-        artifacts_dir=tmp_path / "artifacts",
         trust_root_pem=root_pem,
         tick_interval_s=0,
         db_pool_size=4,

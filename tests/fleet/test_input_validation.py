@@ -11,7 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import create_engine, func, select
 
-from bmsfw.fleet.models import ConfigBackup, Device, Release
+from bmsfw.fleet.models import ArtifactChunk, ConfigBackup, Device, Release
 
 from .conftest import Fleet, bms, make_release
 
@@ -204,13 +204,21 @@ def test_content_disposition_file_name_is_sanitised(fleet: Fleet, pki: Any) -> N
 def test_a_failed_upload_leaves_no_artifact_behind(
     fleet: Fleet, pki: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = fleet.service.store
-    data = make_release(pki, "1.7.0")
+    import bmsfw.fleet.service as service_module
 
     def fail(*_args: Any, **_kw: Any) -> Any:
-        raise RuntimeError("database gone")
+        raise RuntimeError("the database went away mid-upload")
 
-    monkeypatch.setattr(fleet.service, "_add_release_record", fail)
+    # The release row is written, then the transaction fails before it commits.
+    monkeypatch.setattr(service_module, "_release_dict", fail)
     with pytest.raises(RuntimeError):
-        fleet.client.post("/api/v1/releases", headers=fleet.h("release_manager"), content=data)
-    assert not [p for p in store.root.rglob("*") if p.is_file()]
+        fleet.client.post(
+            "/api/v1/releases", headers=fleet.h("release_manager"), content=make_release(pki)
+        )
+    engine = create_engine(fleet.db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(ArtifactChunk)).scalar_one() == 0
+    finally:
+        engine.dispose()
+    assert _counts(fleet)[2] == 0  # no release row either

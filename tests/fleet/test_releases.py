@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, select
 
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import (
@@ -19,7 +20,9 @@ from bmsfw.fleet.errors import (
     ReleaseRejectedError,
     RoleNotAllowedError,
 )
+from bmsfw.fleet.models import ArtifactChunk
 from bmsfw.fleet.protocol import CheckIn
+from bmsfw.fleet.testing import flip_artifact_byte
 
 from .conftest import Fleet, bms, make_release
 
@@ -37,8 +40,14 @@ def _tamper(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def _artifact_files(fleet: Fleet, tmp_path: Path) -> list[Path]:
-    return [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+def _artifacts(fleet: Fleet) -> list[str]:
+    """SHA-256 of every file in the artifact store (the database)."""
+    engine = create_engine(fleet.db_url)
+    try:
+        with engine.connect() as conn:
+            return sorted(set(conn.execute(select(ArtifactChunk.sha256)).scalars()))
+    finally:
+        engine.dispose()
 
 
 def test_tampered_release_is_refused_with_the_package_code(fleet: Fleet, pki, tmp_path) -> None:
@@ -50,7 +59,7 @@ def test_tampered_release_is_refused_with_the_package_code(fleet: Fleet, pki, tm
     assert error["code"] == "BMSFW-E605"
     assert error["package_code"] == "BMSFW-E104"  # component hash mismatch
     assert fleet.call("GET", "/api/v1/releases", "viewer") == []
-    assert _artifact_files(fleet, tmp_path) == []  # nothing stored
+    assert _artifacts(fleet) == []  # nothing stored
     audit = fleet.call("GET", "/api/v1/audit")
     assert audit[0]["action"] == "release.rejected" and audit[0]["detail"]["code"] == "BMSFW-E104"
 
@@ -183,7 +192,7 @@ def test_gateway_gets_only_offered_artifacts(fleet: Fleet, pki) -> None:
 @pytest.mark.req("IEC62443-CR3.4")
 def test_artifact_tampered_on_server_disk_is_detected(fleet: Fleet, pki, tmp_path) -> None:
     data, offer, agent = _offer_setup(fleet, pki)
-    (stored,) = _artifact_files(fleet, tmp_path)
-    stored.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, other bytes
+    (stored,) = _artifacts(fleet)
+    flip_artifact_byte(fleet.db_url, stored, len(data) - 1)  # same size, other bytes
     with pytest.raises(DownloadDigestMismatchError):
         agent.download(offer, tmp_path / "r.bmsfw")

@@ -56,7 +56,6 @@ def _free_port() -> int:
 class Server:
     url: str
     db_url: str
-    artifacts_dir: Path
     admin_token: str
     ca: Path
 
@@ -88,7 +87,6 @@ def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callabl
         assert admin is not None
         config = ServerConfig(
             db_url=db_url,
-            artifacts_dir=tmp_path / f"{name}-artifacts",
             trust_root_pem=vendor.root_pem,
             poll_interval_s=poll_interval_s,
             tick_interval_s=0.2,
@@ -115,7 +113,7 @@ def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callabl
             assert thread.is_alive(), "uvicorn stopped during start-up"
             time.sleep(0.02)
         running.append((server, thread))
-        return Server(f"https://127.0.0.1:{port}", db_url, config.artifacts_dir, admin, tls.ca)
+        return Server(f"https://127.0.0.1:{port}", db_url, admin, tls.ca)
 
     yield start
     for server, thread in running:

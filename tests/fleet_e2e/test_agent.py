@@ -20,6 +20,7 @@ from bmsfw.errors import PackageError
 from bmsfw.fleet.agent import Agent
 from bmsfw.fleet.errors import SafetyCriticalOtaRefusedError
 from bmsfw.fleet.simfleet import SimBmsProvider, SimBmsSession, SimFleet
+from bmsfw.fleet.testing import flip_artifact_byte, store_artifact
 from bmsfw.package import release_header
 from bmsfw.update.connect import Connection
 
@@ -66,10 +67,7 @@ def _untouched(fleet: SimFleet, flash_ops: dict[str, int]) -> None:
 
 def _swap_artifact(server: Server, release_id: int, data: bytes, **columns: Any) -> None:
     """What a compromised server does: new bytes in the store, the release row rewritten."""
-    sha = hashlib.sha256(data).hexdigest()
-    path = server.artifacts_dir / "sha256" / sha[:2] / sha
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    sha = store_artifact(server.db_url, data)
     engine = create_engine(server.db_url)
     sets = {"sha256": sha, "size_bytes": len(data), **columns}
     with engine.begin() as conn:
@@ -124,10 +122,7 @@ def test_tampered_artifact_refused_and_no_bms_touched(
     # a) bit flip in the stored file: the offer's SHA-256 no longer matches.
     release_id, campaign_id = _campaign(server, releases["2.0.0"])
     sha = hashlib.sha256(releases["2.0.0"]).hexdigest()
-    stored = server.artifacts_dir / "sha256" / sha[:2] / sha
-    blob = bytearray(stored.read_bytes())
-    blob[len(blob) // 2] ^= 0x40
-    stored.write_bytes(bytes(blob))
+    flip_artifact_byte(server.db_url, sha, len(releases["2.0.0"]) // 2)
     agent.run_once()
     assert {d["state"] for d in _states(server, campaign_id).values()} == {"downloading"}
     agent.run_once()  # a second mismatch: the release is rejected

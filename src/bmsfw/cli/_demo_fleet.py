@@ -100,8 +100,6 @@ def _fleet_server(
         "serve",
         "--db",
         db_url,
-        "--artifacts",
-        str(base / "artifacts"),
         "--trust-root",
         str(trust_root),
         "--tls-cert",

@@ -386,10 +386,11 @@ def _cloud_backup_client(
         raise UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
     if not token:
         raise UsageError(f"token file {token_file} is empty")
+    # Plain HTTP only to this machine (a local test server), as `bmsfw fleet` does.
+    from bmsfw.cli._fleet import loopback_url
     from bmsfw.fleet.client import ClientConfig, FleetClient
 
-    # Plain HTTP only to this machine (a local test server), as `bmsfw fleet` does.
-    loopback = server.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
+    loopback = server.lower().startswith("http://") and loopback_url(server)
     return FleetClient(ClientConfig(server, token, ca_file=ca, allow_insecure_http=loopback))
 
 

@@ -8,8 +8,10 @@ BMSFW_FLEET_TOKEN, BMSFW_FLEET_CA).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from rich.table import Table
@@ -30,7 +32,37 @@ _DB = click.option(
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def loopback_url(url: str) -> bool:
+    """True when ``url``'s host is this machine (``localhost``, 127.0.0.0/8, ``::1``),
+    parsed as a URL: ``http://127.0.0.1.example.com`` or ``http://localhost@host`` is not."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _insecure_http(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta["bmsfw_fleet_insecure_http"] = value
+    return value
+
+
 def _server_options(fn: Any) -> Any:
+    fn = click.option(
+        "--insecure-http",
+        is_flag=True,
+        expose_value=False,
+        callback=_insecure_http,
+        help="Allow a plain http:// URL to a host other than this machine (the token then "
+        "crosses the network in clear text). Without it such a URL is refused.",
+    )(fn)
     fn = click.option(
         "--ca",
         type=click.Path(dir_okay=False, path_type=Path),
@@ -50,15 +82,23 @@ def _server_options(fn: Any) -> Any:
 
 
 def _client(server: str, token: str, ca: Path | None) -> Any:
+    """A client for the operator commands: plain HTTP only to this machine, or anywhere
+    with ``--insecure-http`` (an operator token must not cross a network in clear)."""
     from bmsfw.fleet.client import ClientConfig, FleetClient
 
+    insecure = bool(click.get_current_context().meta.get("bmsfw_fleet_insecure_http"))
+    if server.lower().startswith("http://") and not (insecure or loopback_url(server)):
+        raise UsageError(
+            f"refusing to send the operator token to {server} over plain HTTP: use https:// "
+            "(with --ca for the server's CA), or --insecure-http if you accept that the "
+            "token crosses the network in clear text"
+        )
     return FleetClient(
         ClientConfig(
             server_url=server,
             token=token,
             ca_file=ca,
-            allow_insecure_http=server.startswith("http://127.0.0.1")
-            or server.startswith("http://localhost"),
+            allow_insecure_http=server.lower().startswith("http://"),
         )
     )
 
@@ -73,9 +113,9 @@ def fleet_group() -> None:
 @click.option(
     "--artifacts",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("artifacts"),
-    show_default=True,
-    help="Artifact store directory.",
+    default=None,
+    help="An older server's artifact directory: release files missing from the database "
+    "are copied in at start (release files live in the database).",
 )
 @click.option(
     "--trust-root",
@@ -116,7 +156,7 @@ def fleet_group() -> None:
 )
 def serve_command(  # noqa: PLR0917 - one parameter per click option
     db_url: str,
-    artifacts: Path,
+    artifacts: Path | None,
     trust_root: Path,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -178,16 +218,27 @@ def token_group() -> None:
     "--role", type=click.Choice(["viewer", "operator", "release_manager", "admin"]), required=True
 )
 @click.option("--name", required=True, help="Who holds it (for the access review).")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, 3650),
+    default=None,
+    help="Refuse the token after this many days (default: no expiry).",
+)
 @_JSON
-def token_create(db_url: str, role: str, name: str, as_json: bool) -> None:
+def token_create(
+    db_url: str, role: str, name: str, expires_days: int | None, as_json: bool
+) -> None:
     """Create an operator token; the clear text is printed once."""
     from bmsfw.fleet.bootstrap import create_token
 
-    result = create_token(db_url, role=role, name=name)
+    result = create_token(db_url, role=role, name=name, expires_in_days=expires_days)
     if as_json:
         print_json(result)
     else:
-        click.echo(f"{role} token for {name} (id {result['id']}, shown once):\n{result['token']}")
+        expiry = f", expires {result['expires_at']}" if result["expires_at"] else ""
+        click.echo(
+            f"{role} token for {name} (id {result['id']}{expiry}, shown once):\n{result['token']}"
+        )
 
 
 @fleet_group.command("access-review")
@@ -202,7 +253,7 @@ def access_review_command(db_url: str, as_json: bool) -> None:
         print_json(rows)
         return
     table = Table(title="fleet credentials")
-    for column in (
+    columns = (
         "id",
         "name",
         "kind",
@@ -211,24 +262,14 @@ def access_review_command(db_url: str, as_json: bool) -> None:
         "created_by",
         "last_used_at",
         "revoked_at",
-    ):
+        "expires_at",
+        "failed_attempts",
+        "last_failed_at",
+    )
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(
-            *(
-                str(row[c] or "-")
-                for c in (
-                    "id",
-                    "name",
-                    "kind",
-                    "role",
-                    "created_at",
-                    "created_by",
-                    "last_used_at",
-                    "revoked_at",
-                )
-            )
-        )
+        table.add_row(*("-" if row.get(c) is None else str(row[c]) for c in columns))
     console.print(table)
 
 

@@ -24,19 +24,27 @@ import anyio.to_thread
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute, APIRouter
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from bmsfw.errors import FleetError
-from bmsfw.fleet.artifacts import ArtifactStore
+from bmsfw.fleet.artifacts import ArtifactStore, parse_range
 from bmsfw.fleet.auth import GATEWAY_ROLE, Principal, hash_token, roles_at_least
 from bmsfw.fleet.clock import Clock, SystemClock
-from bmsfw.fleet.db import make_engine, make_session_factory, upgrade_database
+from bmsfw.fleet.db import (
+    head_revision,
+    make_engine,
+    make_session_factory,
+    read_only_engine,
+    upgrade_database,
+)
 from bmsfw.fleet.edge import (
     BodyTooLargeError,
     EdgeMiddleware,
@@ -106,7 +114,6 @@ _MAX_ERROR_TEXT = 200
 @dataclass(frozen=True)
 class ServerConfig:
     db_url: str
-    artifacts_dir: FilePath
     trust_root_pem: bytes
     poll_interval_s: int = 60
     # How often each process re-evaluates running campaigns (soak times end
@@ -353,7 +360,7 @@ def create_app(
         upgrade_database(engine)
     service = FleetService(
         make_session_factory(engine),
-        ArtifactStore(config.artifacts_dir),
+        ArtifactStore(engine),
         clock,
         ServiceSettings(
             poll_interval_s=config.poll_interval_s,
@@ -463,6 +470,7 @@ def create_app(
     _campaign_routes(router)
     _inventory_routes(router)
     _admin_routes(router, app)
+    _health_routes(router, engine)
     _document_check_in_body(app)
     return app
 
@@ -693,13 +701,30 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
     @_route(router, "GET", "/releases/{release_id}/artifact", VIEWER | GATEWAY)
     def download(request: Request, release_id: IdPath) -> Response:
         """The `.bmsfw` file; supports `Range: bytes=N-` to resume and `If-Range` with the ETag."""
-        release, path = _service(request).artifact_for(_principal(request), release_id)
-        return FileResponse(
-            path,
+        service = _service(request)
+        release = service.artifact_for(_principal(request), release_id)
+        etag = f'"{release.sha256}"'
+        size = release.size_bytes
+        part = parse_range(
+            request.headers.get("range"), request.headers.get("if-range"), etag, size
+        )
+        headers = {
+            "ETag": etag,
+            "X-Content-SHA256": release.sha256,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'attachment; filename="{safe_filename(release.filename)}"',
+        }
+        if part.status == 416:
+            headers["Content-Range"] = f"bytes */{size}"
+            return Response(status_code=416, headers=headers)
+        if part.status == 206:
+            headers["Content-Range"] = f"bytes {part.start}-{part.end}/{size}"
+        headers["Content-Length"] = str(part.end - part.start + 1)
+        return StreamingResponse(
+            service.store.read(release.sha256, part.start, part.end),
+            status_code=part.status,
+            headers=headers,
             media_type="application/octet-stream",
-            filename=safe_filename(release.filename),
-            headers={"ETag": f'"{release.sha256}"', "X-Content-SHA256": release.sha256},
-            stat_result=None,
         )
 
 
@@ -829,7 +854,9 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
     @_route(router, "POST", "/tokens", ADMIN, status_code=201)
     def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
         """A new operator API token; the clear text is in this answer only."""
-        return _service(request).create_operator_token(_principal(request), body.name, body.role)
+        return _service(request).create_operator_token(
+            _principal(request), body.name, body.role, body.expires_in_days
+        )
 
     @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN)
     def revoke_token(request: Request, credential_id: IdPath) -> dict[str, Any]:
@@ -859,6 +886,48 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
     def docs(request: Request) -> HTMLResponse:
         # The browser must send the token itself (e.g. via an extension or a proxy).
         return get_swagger_ui_html(openapi_url=f"{API}/openapi.json", title="bmsfw fleet API")
+
+
+class Health(BaseModel):
+    status: str
+    schema_revision: str | None = None
+    detail: str = ""
+
+
+def _health_routes(router: APIRouter, engine: Engine) -> None:
+    """``/healthz`` and ``/readyz`` for a load balancer: no credential, no side effect
+    (the only anonymous routes; they say nothing but up/ready and the schema revision)."""
+    head = head_revision()
+    reader = read_only_engine(engine)
+    anonymous = {"x-bmsfw-roles": [], "x-bmsfw-anonymous": True, "security": []}
+
+    @router.get("/healthz", response_model=Health, openapi_extra=anonymous)
+    async def healthz() -> Health:
+        """Liveness: the process answers (no database access)."""
+        return Health(status="alive")
+
+    @router.get(
+        "/readyz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "database unreachable or not migrated"}},
+        openapi_extra=anonymous,
+    )
+    def readyz() -> Response:
+        """Readiness: the database answers and its schema is at this server's revision."""
+        try:
+            with reader.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError as exc:
+            detail = f"database unreachable: {type(exc).__name__}"
+            return JSONResponse(Health(status="not ready", detail=detail).model_dump(), 503)
+        if current != head:
+            health = Health(
+                status="not ready",
+                schema_revision=current,
+                detail=f"schema at {current}, this server needs {head}",
+            )
+            return JSONResponse(health.model_dump(), 503)
+        return JSONResponse(Health(status="ready", schema_revision=current).model_dump())
 
 
 def load_trust_root(path: FilePath) -> TrustRoot:

@@ -54,6 +54,10 @@ class Principal:
     kind: str  # "operator" | "gateway"
     role: str
     gateway_id: int | None
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     @property
     def label(self) -> str:
@@ -95,7 +99,7 @@ class CredentialCache:
             return None
         principal, checked_at = entry
         # A negative age (the clock went back) counts as expired, never as fresh.
-        if not timedelta(0) <= now - checked_at < self.ttl:
+        if not timedelta(0) <= now - checked_at < self.ttl or principal.expired(now):
             self._entries.pop(token_hash, None)
             return None
         return principal
@@ -145,6 +149,7 @@ def issue_token(
     created_by: str,
     now: datetime,
     gateway_id: int | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[Credential, str]:
     """Create a credential row; returns it with the clear-text token (shown once)."""
     if role not in ALL_ROLES:
@@ -164,13 +169,14 @@ def issue_token(
         created_by=created_by,
         last_used_at=None,
         revoked_at=None,
+        expires_at=expires_at,
     )
     session.add(credential)
     session.flush()
     return credential, token
 
 
-def access_review(session: Session) -> list[dict[str, object]]:
+def access_review(session: Session, now: datetime) -> list[dict[str, object]]:
     """Every credential with role, creation, last use, revocation and its refused requests
     (failed attempts: 401/403/413/429 recorded against it) (IEC 62443 access review)."""
     rows: Iterable[Credential] = session.scalars(select(Credential).order_by(Credential.id))
@@ -195,7 +201,8 @@ def access_review(session: Session) -> list[dict[str, object]]:
             "created_by": c.created_by,
             "last_used_at": c.last_used_at.isoformat() if c.last_used_at else None,
             "revoked_at": c.revoked_at.isoformat() if c.revoked_at else None,
-            "active": c.revoked_at is None,
+            "expires_at": c.expires_at.isoformat() if c.expires_at else None,
+            "active": c.revoked_at is None and (c.expires_at is None or c.expires_at > now),
             "failed_attempts": failed.get(c.id, 0),
             "last_failed_at": last_failed.get(c.id),
         }

@@ -7,6 +7,7 @@ bootstrap trust anchor for the API's own credentials.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -49,7 +50,12 @@ def init_database(
 
 
 def create_token(
-    db_url: str, *, role: str, name: str, clock: Clock | None = None
+    db_url: str,
+    *,
+    role: str,
+    name: str,
+    clock: Clock | None = None,
+    expires_in_days: int | None = None,
 ) -> dict[str, Any]:
     """Create an operator token directly in the database (bootstrap or lost admin token)."""
     if role not in OPERATOR_ROLES:
@@ -59,9 +65,16 @@ def create_token(
         upgrade_database(engine)
         with make_session_factory(engine)() as session, session.begin():
             now = (clock or SystemClock()).now()
+            expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
             credential, token = issue_token(
-                session, name=name, role=role, created_by="cli (database access)", now=now
+                session,
+                name=name,
+                role=role,
+                created_by="cli (database access)",
+                now=now,
+                expires_at=expires_at,
             )
+            expiry = expires_at.isoformat() if expires_at else None
             audit(
                 session,
                 None,
@@ -70,8 +83,15 @@ def create_token(
                 now,
                 role=role,
                 via="cli",
+                expires_at=expiry,
             )
-            return {"id": credential.id, "name": name, "role": role, "token": token}
+            return {
+                "id": credential.id,
+                "name": name,
+                "role": role,
+                "token": token,
+                "expires_at": expiry,
+            }
     finally:
         engine.dispose()
 
@@ -81,6 +101,6 @@ def access_review_report(db_url: str) -> list[dict[str, object]]:
     try:
         upgrade_database(engine)
         with make_session_factory(engine)() as session:
-            return access_review(session)
+            return access_review(session, SystemClock().now())
     finally:
         engine.dispose()

@@ -26,6 +26,7 @@ from bmsfw.fleet.errors import MigrationError
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "head_revision",
     "is_postgres",
     "make_engine",
     "make_session_factory",
@@ -135,6 +136,13 @@ def upgrade_database(engine: Engine, revision: str = "head") -> None:
     except SQLAlchemyError as exc:
         raise MigrationError(f"migrating {engine.url.render_as_string()} failed: {exc}") from exc
     log.info("fleet database at revision %s", schema_revision(engine))
+
+
+def head_revision() -> str | None:
+    """The revision this code's migrations end at (read from the migration scripts)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def schema_revision(engine: Engine) -> str | None:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -28,6 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "ArtifactChunk",
     "AuditEntry",
     "Base",
     "Campaign",
@@ -90,6 +92,8 @@ class Credential(Base):
     created_by: Mapped[str] = mapped_column(String(120))
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # After this instant the token is refused like a revoked one (None: no expiry).
+    expires_at: Mapped[datetime | None]
 
 
 class Gateway(Base):
@@ -256,3 +260,13 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]]
+
+
+class ArtifactChunk(Base):
+    """One piece of a release file, stored in the database (see :mod:`.artifacts`)."""
+
+    __tablename__ = "artifact_chunks"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

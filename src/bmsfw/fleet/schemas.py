@@ -102,6 +102,8 @@ class GatewayCreate(_Model):
 class TokenCreate(_Model):
     name: str = Field(min_length=1, max_length=120)
     role: str = Field(pattern=r"^(viewer|operator|release_manager|admin)$")
+    # The token is refused after this many days (None: it does not expire).
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class DeviceMove(_Model):

@@ -3,7 +3,7 @@
 The parent process migrates the database once, then uvicorn starts
 ``workers`` processes, each building its app from the same settings (passed in
 the environment, as uvicorn workers import the app by name). The processes
-share nothing but the database and the artifact directory, so more can run on
+share nothing but the database (release files included), so more can run on
 other hosts behind a load balancer.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from bmsfw.fleet.app import ServerConfig, create_app
+from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.db import make_engine, upgrade_database
 from bmsfw.fleet.edge import ACCESS_LOG
 from bmsfw.fleet.errors import FleetConfigError
@@ -33,8 +34,10 @@ _ENV = "BMSFW_FLEET_SERVER_SETTINGS"
 @dataclass(frozen=True)
 class ServeOptions:
     db_url: str
-    artifacts_dir: Path
     trust_root: Path
+    # An older server's --artifacts directory: its files are copied into the database
+    # at start (release files live in the database since schema revision 0004).
+    artifacts_dir: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8443
     workers: int = 1
@@ -74,7 +77,6 @@ def _settings_json(options: ServeOptions) -> str:
     return json.dumps(
         {
             "db_url": options.db_url,
-            "artifacts_dir": str(options.artifacts_dir),
             "trust_root": str(options.trust_root),
             "poll_interval_s": options.poll_interval_s,
             "tick_interval_s": options.tick_interval_s,
@@ -95,7 +97,6 @@ def app_from_env() -> FastAPI:
     trust_pem = Path(settings["trust_root"]).read_bytes()
     config = ServerConfig(
         db_url=settings["db_url"],
-        artifacts_dir=Path(settings["artifacts_dir"]),
         trust_root_pem=trust_pem,
         poll_interval_s=int(settings["poll_interval_s"]),
         tick_interval_s=float(settings["tick_interval_s"]),
@@ -134,9 +135,12 @@ def serve(options: ServeOptions) -> None:
     engine = make_engine(options.db_url)
     try:
         upgrade_database(engine)
+        if options.artifacts_dir is not None and options.artifacts_dir.is_dir():
+            imported = ArtifactStore(engine).import_directory(options.artifacts_dir)
+            if imported:
+                log.warning("imported %d release file(s) from %s", imported, options.artifacts_dir)
     finally:
         engine.dispose()
-    options.artifacts_dir.mkdir(parents=True, exist_ok=True)
     os.environ[_ENV] = _settings_json(options)
     scheme = "https" if options.tls_cert else "http"
     log.warning(

@@ -154,6 +154,7 @@ _CREDENTIAL_BY_HASH = select(
     _T_CREDENTIALS.c.gateway_id,
     _T_CREDENTIALS.c.last_used_at,
     _T_CREDENTIALS.c.revoked_at,
+    _T_CREDENTIALS.c.expires_at,
 ).where(_T_CREDENTIALS.c.token_hash == bindparam("b_hash"))
 _GATEWAY_SEEN = (
     update(_T_GATEWAYS)
@@ -269,12 +270,14 @@ def _single_statement_check_in() -> Any:
             c.gateway_id.label("cred_gateway_id"),
             c.last_used_at.label("cred_last_used_at"),
             c.revoked_at.label("cred_revoked_at"),
+            c.expires_at.label("cred_expires_at"),
         )
         .where(c.token_hash == bindparam("b_hash"))
         .cte("cred")
     )
     admitted = select(cred.c.cred_id, cred.c.cred_gateway_id).where(
         cred.c.cred_revoked_at.is_(None),
+        or_(cred.c.cred_expires_at.is_(None), cred.c.cred_expires_at > bindparam("b_now")),
         cred.c.cred_role == func.any(bindparam("b_roles", type_=ARRAY(String))),
     )
     g = _T_GATEWAYS.c
@@ -432,10 +435,13 @@ class FleetService:
             # SQLite, the write lock that BEGIN IMMEDIATE would take).
             with self._reader.connect() as own:
                 row = own.execute(_CREDENTIAL_BY_HASH, {"b_hash": token_hash}).one_or_none()
+        now = self.clock.now()
         if row is None or row.revoked_at is not None:
             return None
-        principal = Principal(row.id, row.name, row.kind, row.role, row.gateway_id)
-        self.credentials.put(token_hash, principal, self.clock.now(), row.last_used_at)
+        principal = Principal(row.id, row.name, row.kind, row.role, row.gateway_id, row.expires_at)
+        if principal.expired(now):
+            return None  # refused like a revoked token (and not cached)
+        self.credentials.put(token_hash, principal, now, row.last_used_at)
         return principal
 
     def claim_last_use(self, principal: Principal) -> bool:
@@ -461,14 +467,36 @@ class FleetService:
         with self.engine.begin() as own:
             own.execute(statement)
 
-    def create_operator_token(self, principal: Principal, name: str, role: str) -> dict[str, Any]:
+    def create_operator_token(
+        self, principal: Principal, name: str, role: str, expires_in_days: int | None = None
+    ) -> dict[str, Any]:
         now = self.clock.now()
+        expires_at = now + timedelta(days=expires_in_days) if expires_in_days else None
         with self.sessions() as session, session.begin():
             credential, token = issue_token(
-                session, name=name, role=role, created_by=principal.label, now=now
+                session,
+                name=name,
+                role=role,
+                created_by=principal.label,
+                now=now,
+                expires_at=expires_at,
             )
-            audit(session, principal, "token.create", f"credential:{credential.id}", now, role=role)
-            return {"id": credential.id, "name": name, "role": role, "token": token}
+            audit(
+                session,
+                principal,
+                "token.create",
+                f"credential:{credential.id}",
+                now,
+                role=role,
+                expires_at=_iso(expires_at),
+            )
+            return {
+                "id": credential.id,
+                "name": name,
+                "role": role,
+                "token": token,
+                "expires_at": _iso(expires_at),
+            }
 
     def revoke_token(self, principal: Principal, credential_id: int) -> dict[str, Any]:
         now = self.clock.now()
@@ -488,7 +516,7 @@ class FleetService:
         from bmsfw.fleet.auth import access_review
 
         with self.sessions() as session:
-            return access_review(session)
+            return access_review(session, self.clock.now())
 
     def record_refusals(
         self, entries: list[tuple[Refusal, int, datetime, datetime]], overflow: int
@@ -704,8 +732,12 @@ class FleetService:
                     head.cred_kind,
                     head.cred_role,
                     head.cred_gateway_id,
+                    head.cred_expires_at,
                 )
-                self.credentials.put(token_hash, principal, now, head.cred_last_used_at)
+                if principal.expired(now):
+                    principal = None  # refused like a revoked token; the statement wrote nothing
+                else:
+                    self.credentials.put(token_hash, principal, now, head.cred_last_used_at)
             admit(principal)  # raises for unknown, revoked or wrong-role credentials
             assert head is not None and principal is not None
             assert principal.gateway_id is not None  # a gateway role has its gateway
@@ -1360,25 +1392,14 @@ class FleetService:
     ) -> tuple[dict[str, Any], bool]:
         """Store a verified release; returns (release, created). Uploading twice is idempotent."""
         now = self.clock.now()
-        stored_before = self.store.exists(facts.sha256)
-        digest = self.store.put(data)
-        assert digest == facts.sha256
-        try:
-            return self._add_release_record(principal, facts, filename, now)
-        except BaseException:
-            if not stored_before:  # a failed upload leaves no artifact behind
-                self.store.remove(digest)
-            raise
-
-    def _add_release_record(
-        self, principal: Principal, facts: ReleaseFacts, filename: str, now: datetime
-    ) -> tuple[dict[str, Any], bool]:
         with self.sessions() as session, session.begin():
             existing = session.scalars(
                 select(Release).where(Release.sha256 == facts.sha256)
             ).one_or_none()
             if existing is not None:
                 return _release_dict(existing), False
+            # The file and its release row commit together, or neither does.
+            self.store.put(session.connection(), facts.sha256, data)
             release = Release(
                 product=facts.product,
                 version=facts.version,
@@ -1426,7 +1447,8 @@ class FleetService:
                 raise FleetNotFoundError(f"no release with id {release_id}")
             return _release_dict(release)
 
-    def artifact_for(self, principal: Principal, release_id: int) -> tuple[Release, Any]:
+    def artifact_for(self, principal: Principal, release_id: int) -> Release:
+        """The release whose file ``principal`` may download (checked present and whole)."""
         with self.sessions() as session:
             release = session.get(Release, release_id)
             if release is None:
@@ -1448,7 +1470,8 @@ class FleetService:
                         f"release {release_id} was not offered to any device of gateway "
                         f"{principal.name}"
                     )
-            return release, self.store.open_checked(release.sha256, release.size_bytes)
+        self.store.check(release.sha256, release.size_bytes)
+        return release
 
     # ---- campaigns ------------------------------------------------------
 

@@ -11,6 +11,7 @@ anything but tests: the keys are written unencrypted.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["TestTlsFiles", "write_test_ca_and_server"]
+__all__ = [
+    "TestTlsFiles",
+    "flip_artifact_byte",
+    "store_artifact",
+    "write_test_ca_and_server",
+]
 
 # Backdated so a host clock a little behind the signer's does not reject a fresh cert.
 _NOT_BEFORE_SLACK = dt.timedelta(minutes=5)
@@ -90,3 +96,39 @@ def write_test_ca_and_server(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return files
+
+
+def store_artifact(db_url: str, data: bytes) -> str:
+    """Put ``data`` into the fleet database's artifact store directly (what a compromised
+    server or database does); returns its SHA-256. For tests of the agent's checks."""
+    from sqlalchemy import create_engine
+
+    from bmsfw.fleet.artifacts import ArtifactStore
+
+    sha256 = hashlib.sha256(data).hexdigest()
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            ArtifactStore.put(conn, sha256, data)
+    finally:
+        engine.dispose()
+    return sha256
+
+
+def flip_artifact_byte(db_url: str, sha256: str, offset: int) -> None:
+    """Flip one bit of a stored release file in place (same size, other bytes)."""
+    from sqlalchemy import create_engine, select, update
+
+    from bmsfw.fleet.artifacts import CHUNK_BYTES
+    from bmsfw.fleet.models import ArtifactChunk
+
+    seq, at = divmod(offset, CHUNK_BYTES)
+    engine = create_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            where = (ArtifactChunk.sha256 == sha256, ArtifactChunk.seq == seq)
+            chunk = bytearray(conn.execute(select(ArtifactChunk.data).where(*where)).scalar_one())
+            chunk[at] ^= 0x40
+            conn.execute(update(ArtifactChunk).where(*where).values(data=bytes(chunk)))
+    finally:
+        engine.dispose()
