@@ -102,6 +102,7 @@ from bmsfw.package import (
     DeviceFacts,
     ImageInfo,
     Manifest,
+    McubootImage,
     TrustAnchors,
     parse_image_stream,
     verify_header,
@@ -906,6 +907,21 @@ class VirtualBms:
         version = desc.version if desc else str(info.version)
         return BankInfo(bank, True, version, info.security_counter or 0, info.total_size, state)
 
+    @_api
+    def bank_image(self, bank: str) -> McubootImage | None:
+        """The MCUboot header and TLVs of a bank's image, parsed but not verified.
+
+        What an MCUmgr image list shows (version, SHA256 TLV); None for an erased
+        bank or bytes that are no MCUboot image."""
+        if bank not in ("A", "B"):
+            raise WrongStateError(f"bank {bank!r} is not A or B")
+        if self.flash.is_erased(bank_region(bank), 0, 32):
+            return None
+        try:
+            return parse_image_stream(*self._bank_reader(bank))
+        except PackageError:
+            return None
+
     # ------------------------------------------------------------------ public: config
 
     @_api
@@ -1037,6 +1053,67 @@ class VirtualBms:
         self._verified = None
         log.info("staged release %s for bank %s (%d bytes)", manifest.version, bank, staged.size)
         return self._transfer_status(staged)
+
+    @_api
+    def begin_image_upload(self, size: int, sha256: bytes, version: str) -> TransferStatus:
+        """Stage a bare MCUboot image upload (MCUmgr SMP: no release header).
+
+        What a stock MCUmgr device knows at the first chunk: the image's length,
+        its SHA-256 and the version in its MCUboot header. The image itself is
+        checked by :meth:`verify_inactive` (signature against the fused key,
+        security counter, hardware) as for a release. Starting the same upload
+        again (same size and SHA-256) keeps what was already written (resume).
+        """
+        self._require_updatable()
+        if size > self.spec.flash.bank_size:
+            raise WriteOutOfRangeError(
+                f"image of {size} bytes does not fit the {self.spec.flash.bank_size}-byte bank"
+            )
+        staged = self._staged()
+        if (
+            staged is not None
+            and not staged.header
+            and (staged.size, staged.sha256)
+            == (
+                size,
+                sha256,
+            )
+        ):
+            return self._transfer_status(staged)
+        staged = StagedUpdate(
+            bank=self._inactive_bank(),
+            size=size,
+            sha256=bytes(sha256),
+            version=version,
+            security_counter=-1,  # the image's own SEC_CNT (no manifest names one)
+            channel="wired",
+            erased=False,
+            header=b"",
+        )
+        self._journal(fl.STAGING).write(staged.encode())
+        self._written = None
+        self._verified = None
+        log.info("staged a %d-byte image upload for bank %s", size, staged.bank)
+        return self._transfer_status(staged)
+
+    @_api
+    def erase_unused_bank(self) -> None:
+        """MCUmgr image erase: forget any staged update and erase the bank that does not run.
+
+        Refused while that bank waits for its test boot (activated, not yet reset)."""
+        self._require_updatable()
+        bank = self._inactive_bank()
+        if self._boot_record().pending == bank:
+            raise WrongStateError(f"bank {bank} is pending a test boot: reset or roll back first")
+        if self._journal(fl.STAGING).read() not in (None, StagedUpdate.cleared()):
+            self._journal(fl.STAGING).write(StagedUpdate.cleared())
+        region = bank_region(bank)
+        r = self.spec.flash.region(region)
+        for index in range(r.sector_count):
+            if not self.flash.is_erased(region, index * r.sector_size, r.sector_size):
+                self.flash.erase_sector(region, index)
+        self._written = None
+        self._verified = None
 
     @_api
     def abort_update(self) -> None:
@@ -1179,7 +1256,7 @@ class VirtualBms:
             read, staged.size, key_hashes=[self.otp.image_key_hash], public_keys=self._image_keys
         )
         self.clock.sleep(self.spec.timing.signature_verify_s)
-        if info.security_counter != staged.security_counter:
+        if staged.security_counter >= 0 and info.security_counter != staged.security_counter:
             raise ImageManifestMismatchError(
                 f"image security counter {info.security_counter}, manifest says"
                 f" {staged.security_counter}"

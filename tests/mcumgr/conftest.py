@@ -1,0 +1,90 @@
+"""Device side of the SMP tests: a vendor PKI, signed releases, virtual BMS serving SMP.
+
+Everything here is the *device's* side (the vendor's firmware and the simulated
+BMS). The interop tests' client side uses only stock smpclient/smpmgr.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bmsfw.device import DeviceSpec, FlashSpec
+from bmsfw.device.lab import LabRelease, lab_pki, provision_nodes, signed_release
+from bmsfw.device.sim_can import node_state_dir
+from bmsfw.device.smp_server import SimSmpProcess, loopback_udp_address
+from bmsfw.package import VendorPki
+
+SPEC = DeviceSpec(
+    flash=FlashSpec.small(bank_size=64 * 1024, sector_size=4096),
+    transfer_block_size=512,
+    watchdog_window_s=600.0,
+)
+TIME_SCALE = 10.0  # boots and self-tests run 10x faster than on the bench
+
+
+@dataclass(frozen=True)
+class SmpBench:
+    pki: VendorPki
+    releases: dict[str, LabRelease]
+    template: Path
+
+
+@pytest.fixture(scope="session")
+def smp_bench(tmp_path_factory: pytest.TempPathFactory) -> SmpBench:
+    pki = lab_pki()
+    releases = {
+        "1.0.0": signed_release(pki, "1.0.0", 1, spec=SPEC, size=12_000),
+        "2.0.0": signed_release(pki, "2.0.0", 2, spec=SPEC, size=20_000),
+        "fail-selftest": signed_release(
+            pki, "2.1.0", 2, spec=SPEC, size=20_000, behaviour="fail-selftest"
+        ),
+    }
+    template = tmp_path_factory.mktemp("smp-template")
+    provision_nodes(template, pki, releases["1.0.0"].image, spec=SPEC)
+    return SmpBench(pki, releases, node_state_dir(template, 1))
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path, smp_bench: SmpBench) -> Path:
+    target = tmp_path / "bms"
+    shutil.copytree(smp_bench.template, target)
+    return target
+
+
+def start_device(
+    device_dir: Path, *, serial: bool = False, udp: bool = False, **kwargs: object
+) -> SimSmpProcess:
+    process = SimSmpProcess(
+        device_dir,
+        serial=serial,
+        udp=loopback_udp_address() if udp else None,
+        time_scale=TIME_SCALE,
+        log_file=device_dir.parent / "smp-device.log",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    process.start()
+    return process
+
+
+@pytest.fixture
+def smp_device(device_dir: Path) -> Iterator[SimSmpProcess]:
+    """A virtual BMS serving SMP on a pty and on UDP port 1337 of a loopback address."""
+    process = start_device(device_dir, serial=True, udp=True)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def stock_images(tmp_path: Path, smp_bench: SmpBench) -> dict[str, Path]:
+    """The vendor's signed MCUboot images as files, as a stock tool would get them."""
+    files = {}
+    for name, release in smp_bench.releases.items():
+        path = tmp_path / f"{name}.signed.bin"
+        path.write_bytes(release.image)
+        files[name] = path
+    return files
