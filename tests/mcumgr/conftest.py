@@ -14,10 +14,21 @@ from pathlib import Path
 import pytest
 
 from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import LabRelease, lab_pki, provision_nodes, signed_release
+from bmsfw.device.lab import (
+    LabRelease,
+    lab_pki,
+    provision_nodes,
+    signed_release,
+    tester_for,
+    trust_anchors,
+)
 from bmsfw.device.sim_can import node_state_dir
 from bmsfw.device.smp_server import SimSmpProcess, loopback_udp_address
 from bmsfw.package import VendorPki
+from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.update.pipeline import UpdateOptions, run_update
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
+from bmsfw.update.report import UpdateReport
 
 SPEC = DeviceSpec(
     flash=FlashSpec.small(bank_size=64 * 1024, sector_size=4096),
@@ -88,3 +99,35 @@ def stock_images(tmp_path: Path, smp_bench: SmpBench) -> dict[str, Path]:
         path.write_bytes(release.image)
         files[name] = path
     return files
+
+
+@pytest.fixture
+def tester(smp_bench: SmpBench) -> TesterCredentials:
+    return tester_for(smp_bench.pki)
+
+
+def update_options(tmp_path: Path, tester: TesterCredentials) -> UpdateOptions:
+    return UpdateOptions(
+        backup_dir=tmp_path / "backups",
+        credentials=tester,
+        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+        audit_log=tmp_path / "backups" / "audit.jsonl",
+        report_dir=tmp_path / "backups" / "reports",
+        operator="tester",
+    )
+
+
+#: Preflight sampling shortened (the default 2 s window is for the bench, not the tests).
+FAST_PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, supply_samples=3))
+
+
+def run_smp_update(
+    session: BmsSession, smp_bench: SmpBench, name: str, tmp_path: Path, tester: TesterCredentials
+) -> UpdateReport:
+    return run_update(
+        session,
+        smp_bench.releases[name].package,
+        trust_anchors(smp_bench.pki),
+        update_options(tmp_path, tester),
+        profile=FAST_PROFILE,
+    )

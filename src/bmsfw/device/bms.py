@@ -1223,6 +1223,7 @@ class VirtualBms:
             missing_ranges=tuple(missing),
             version=staged.version,
             security_counter=staged.security_counter,
+            sha256=staged.sha256,
         )
 
     @_api

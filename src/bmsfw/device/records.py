@@ -34,6 +34,7 @@ class TransferStatus:
     missing_ranges: tuple[tuple[int, int], ...]  # (offset, length)
     version: str = ""
     security_counter: int = 0
+    sha256: bytes = b""  # of the whole staged image (an MCUmgr upload's ``sha``)
 
     def to_session(self) -> TransferState:
         return TransferState(

@@ -220,6 +220,7 @@ class SmpBmsServer:
             (BMS_GROUP, BmsCommand.AUTH, False): self._auth_prove,
             (BMS_GROUP, BmsCommand.ROLLBACK, False): self._rollback,
             (BMS_GROUP, BmsCommand.IMAGE_DIGEST, True): self._image_digest,
+            (BMS_GROUP, BmsCommand.UPLOAD_STATUS, True): self._upload_status,
         }
         handler = handlers.get((group, command, read))
         if handler is None:
@@ -494,10 +495,10 @@ class SmpBmsServer:
         try:
             result = self.bms.self_test()
         except BmsfwError:
-            return {"state": "none", "version": "", "checks": []}
+            return {"state": "none", "firmware": "", "checks": []}
         return {
             "state": "passed" if result.passed else "failed",
-            "version": result.version,
+            "firmware": result.version,
             "checks": [
                 {
                     "name": c.name,
@@ -559,6 +560,19 @@ class SmpBmsServer:
 
     def _image_digest(self, _: dict[Any, Any]) -> dict[str, Any]:
         return {"sha256": active_image_digest(self.bms)}
+
+    def _upload_status(self, _: dict[Any, Any]) -> dict[str, Any]:
+        status = self.bms.transfer_status()
+        if not status.staged or not status.erased:
+            return {"len": 0, "off": 0, "sha": b"", "image_version": ""}
+        upload = self._upload
+        off = upload.offset if upload is not None else status.contiguous_bytes
+        return {
+            "len": status.total_size,
+            "off": off,
+            "sha": status.sha256,
+            "image_version": status.version,
+        }
 
 
 # ---------------------------------------------------------------------- transports

@@ -63,3 +63,4 @@ class BmsCommand(IntEnum):
     AUTH = 5  # R: a fresh challenge; W: certificate chain + signature over it
     ROLLBACK = 6  # W: revert a test image now / go back to the other bank, then reset
     IMAGE_DIGEST = 7  # R: SHA-256 of the running image up to the end of its TLVs
+    UPLOAD_STATUS = 8  # R: the staged upload: len, sha, off (bytes held from 0 without a gap)

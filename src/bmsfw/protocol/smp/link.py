@@ -1,0 +1,85 @@
+"""How a technician names an SMP link: ``serial:PORT``, ``udp:HOST[:PORT]``, ``ble:DEVICE``.
+
+``--smp serial:/dev/ttyACM0`` (a USB CDC-ACM or UART console; ``@BAUD`` sets the
+baud rate, default 115200), ``--smp udp:192.0.2.5:1337`` (MCUmgr's UDP port
+1337 by default; IPv6 in brackets, ``udp:[2001:db8::5]:1337``) and
+``--smp ble:F0:11:22:33:44:55`` or ``--smp ble:BMS-0001`` (an address or the
+advertised name; ``@HCI`` names the bumble HCI transport of the Bluetooth
+controller, default ``usb:0``, e.g. ``ble:BMS-0001@tcp-client:127.0.0.1:9001``).
+Pure code: parsing only, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bmsfw.errors import UsageError
+
+__all__ = ["DEFAULT_HCI", "SMP_UDP_PORT", "SmpLink", "SmpLinkSpecError", "parse_smp_link"]
+
+SMP_UDP_PORT = 1337
+DEFAULT_HCI = "usb:0"
+SmpKind = Literal["serial", "udp", "ble"]
+
+
+class SmpLinkSpecError(UsageError):
+    code = "BMSFW-E396"
+    diagnosis = "The --smp link is not written as serial:PORT, udp:HOST[:PORT] or ble:DEVICE."
+    remedy = (
+        "Name the link like --smp serial:/dev/ttyACM0, --smp udp:192.0.2.5:1337 or "
+        "--smp ble:BMS-0001 (docs/smp.md)."
+    )
+
+
+@dataclass(frozen=True)
+class SmpLink:
+    kind: SmpKind
+    target: str  # port path, host, or BLE address / name
+    port: int = SMP_UDP_PORT
+    baud: int = 115_200
+    hci: str = DEFAULT_HCI
+    timeout_s: float = 2.0
+
+    def __str__(self) -> str:
+        if self.kind == "serial":
+            return f"smp:serial:{self.target}@{self.baud}"
+        if self.kind == "udp":
+            host = f"[{self.target}]" if ":" in self.target else self.target
+            return f"smp:udp:{host}:{self.port}"
+        return f"smp:ble:{self.target}@{self.hci}"
+
+
+def parse_smp_link(text: str, *, timeout_s: float | None = None) -> SmpLink:
+    """Parse the ``--smp`` value; raises :class:`SmpLinkSpecError` with the accepted forms."""
+    kind, sep, rest = text.partition(":")
+    timeout = timeout_s if timeout_s is not None else 2.0
+    if not sep or not rest:
+        raise SmpLinkSpecError(
+            f"--smp {text!r}: expected serial:PORT, udp:HOST[:PORT] or ble:DEVICE"
+        )
+    if kind == "serial":
+        path, at, baud_text = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if at and (not baud_text.isdigit() or int(baud_text) <= 0):
+            raise SmpLinkSpecError(f"--smp {text!r}: baud {baud_text!r} is not a positive number")
+        return SmpLink("serial", path, baud=int(baud_text) if at else 115_200, timeout_s=timeout)
+    if kind == "udp":
+        host, port, port_text = rest, SMP_UDP_PORT, ""
+        if rest.startswith("["):
+            host, _, tail = rest[1:].partition("]")
+            port_text = tail[1:] if tail.startswith(":") else ""
+        elif rest.count(":") == 1:
+            host, _, port_text = rest.partition(":")
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65_536:
+                raise SmpLinkSpecError(f"--smp {text!r}: UDP port {port_text!r} is not 1..65535")
+            port = int(port_text)
+        if not host:
+            raise SmpLinkSpecError(f"--smp {text!r}: no host")
+        return SmpLink("udp", host, port=port, timeout_s=timeout)
+    if kind == "ble":
+        device, at, hci = rest.partition("@")
+        if not device:
+            raise SmpLinkSpecError(f"--smp {text!r}: no Bluetooth address or name")
+        return SmpLink("ble", device, hci=hci if at and hci else DEFAULT_HCI, timeout_s=timeout)
+    raise SmpLinkSpecError(f"--smp {text!r}: unknown link kind {kind!r} (serial, udp or ble)")

@@ -1,0 +1,476 @@
+"""``BmsSession`` over MCUmgr SMP (smpclient), for Zephyr/MCUboot BMS controllers.
+
+The session drives the standard groups the way MCUboot devices expect, and the
+BMS vendor group for what SMP has no standard for (docs/smp.md):
+
+=================  ==========================================================
+BmsSession         SMP
+=================  ==========================================================
+identify           vendor IDENTITY (model, serial, versions, OTP security counter)
+read_telemetry     vendor TELEMETRY
+read_boot_status   vendor BOOT_STATUS
+read_image_digest  vendor IMAGE_DIGEST
+link_check         OS echo, round trips timed
+read/write_config  settings ``bms/backup`` (the backup document, JSON)
+authenticate       vendor AUTH: challenge, then certificate chain + signature
+prepare            vendor UPLOAD_STATUS: what the BMS holds of *this* image (len + sha)
+erase              image erase (the slot that does not run)
+write              image upload (smpclient's; offset-based, the BMS resumes at its offset)
+verify             image state write, ``confirm=false`` + the image's SHA256 TLV: the
+                   BMS checks signature, security counter and hardware, then marks the
+                   slot pending (MCUboot "test")
+activate           image state read: the slot must be pending
+reset              OS reset
+wait_boot          vendor BOOT_STATUS until the application runs (silent while booting)
+read_self_test     vendor SELF_TEST
+confirm            image state write ``confirm=true`` (the running image)
+rollback           vendor ROLLBACK
+=================  ==========================================================
+
+smpclient is asyncio; the session runs one event loop in a thread of its own
+and calls into it, so the update pipeline stays synchronous like the other
+sessions. The release header is not sent: a stock MCUboot device verifies the
+image itself (signature against its fused key, security counter, hardware TLV);
+the host has verified the release before (package signature, policy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from bmsfw.errors import BmsfwError
+from bmsfw.package import Component, Manifest, decode_header, parse_image
+from bmsfw.protocol.errors import (
+    DeviceActivateFailedError,
+    DeviceBootTimeoutError,
+    DeviceVerifyFailedError,
+)
+from bmsfw.protocol.session import (
+    BootStatus,
+    Channel,
+    ConfigSnapshot,
+    DeviceIdentity,
+    ImageState,
+    LinkQuality,
+    RunState,
+    SelfTestCheck,
+    SelfTestResult,
+    Telemetry,
+    TesterCredentials,
+    TransferState,
+)
+from bmsfw.protocol.smp import _vendor as vendor
+from bmsfw.protocol.smp.errors import (
+    SmpAuthRejectedError,
+    SmpLinkError,
+    SmpNoResponseError,
+    SmpProtocolError,
+    SmpRefusedError,
+    SmpTransferError,
+)
+from bmsfw.protocol.smp.groups import CONFIG_SETTING
+from bmsfw.protocol.smp.link import SmpLink
+
+__all__ = ["SmpSession", "open_smp_session"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TLV_SHA256 = 0x10
+EACCESSDENIED = 11
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread; ``run`` waits for one coroutine's result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="smp-io", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+async def _next(generator: AsyncGenerator[int, None]) -> int:
+    return await generator.__anext__()
+
+
+def _transport(link: SmpLink) -> Any:
+    """The smpclient transport for ``link`` (imported lazily: optional drivers)."""
+    if link.kind == "serial":
+        from smpclient.transport.serial import SMPSerialTransport
+
+        return SMPSerialTransport(baudrate=link.baud)
+    if link.kind == "udp":
+        from smpclient.transport.udp import SMPUDPTransport
+
+        port = link.port
+
+        class PortTransport(SMPUDPTransport):
+            async def connect(self, address: str, timeout_s: float, port: int = port) -> None:
+                await super().connect(address, timeout_s, port)
+
+        return PortTransport()
+    from smpclient.transport.bumble import SMPBumbleTransport
+
+    return SMPBumbleTransport(hci=link.hci)
+
+
+class SmpSession:
+    """A connection to one BMS over MCUmgr SMP (implements ``BmsSession``)."""
+
+    #: SMP carries images only: an encoded component is decoded by the host first.
+    accepts_stored = False
+
+    def __init__(self, link: SmpLink, *, upload_timeout_s: float = 10.0) -> None:
+        from smpclient import SMPClient
+
+        self.link = link
+        self.upload_timeout_s = upload_timeout_s
+        self._io = _LoopThread()
+        self._client = SMPClient(_transport(link), link.target, timeout_s=link.timeout_s)
+        self._image: bytes | None = None
+        self._component: Component | None = None
+        self._credentials: TesterCredentials | None = None
+        try:
+            self._io.run(self._client.connect(max(link.timeout_s, 5.0)))
+        except BaseException as exc:
+            self._io.close()
+            raise SmpLinkError(f"cannot open {link}: {exc or type(exc).__name__}") from exc
+
+    @property
+    def address(self) -> str:
+        return str(self.link)
+
+    # ------------------------------------------------------------------ requests
+
+    def _request(self, request: Any, what: str, *, timeout_s: float | None = None) -> Any:
+        from smpclient.exceptions import SMPBadSequence, SMPClientException
+        from smpclient.generics import error
+        from smpclient.transport import SMPTransportDisconnected
+
+        timeout = timeout_s if timeout_s is not None else self.link.timeout_s
+        try:
+            response = self._io.run(self._client.request(request, timeout))
+        except TimeoutError as exc:
+            raise SmpNoResponseError(
+                f"{self.address}: no answer to {what} within {timeout:g} s"
+            ) from exc
+        except SMPTransportDisconnected as exc:
+            raise SmpNoResponseError(f"{self.address}: link lost during {what}: {exc}") from exc
+        except (SMPBadSequence, SMPClientException, ValueError) as exc:
+            raise SmpProtocolError(f"{self.address}: {what}: {exc}") from exc
+        if error(response):
+            raise self._refusal(what, response)
+        return response
+
+    def _refusal(self, what: str, response: Any) -> SmpRefusedError:
+        rc = int(response.rc if hasattr(response, "rc") else response.err.rc)
+        code, text = "", ""
+        try:
+            last = self._request(vendor.LastErrorRead(), "last error")
+            code, text = str(last.code), str(last.text)
+        except BmsfwError:
+            pass
+        message = f"{what} refused (SMP rc {rc}" + (f", {code})" if code else ")")
+        if text:
+            message += f": {text}"
+        return SmpRefusedError(message, device_code=code, rc=rc)
+
+    # ------------------------------------------------------------------ BmsSession
+
+    def identify(self) -> DeviceIdentity:
+        r = self._request(vendor.IdentityRead(), "identity")
+        return DeviceIdentity(
+            vendor=r.vendor,
+            model=r.model,
+            hw_revision=r.hw_revision,
+            serial=r.serial,
+            bootloader_version=r.bootloader_version,
+            app_version=r.app_version,
+            security_counter=r.security_counter,
+            active_bank=r.active_bank,
+            address=self.address,
+        )
+
+    def read_telemetry(self) -> Telemetry:
+        r = self._request(vendor.TelemetryRead(), "telemetry")
+        return Telemetry(
+            soc_pct=r.soc_pct,
+            pack_voltage_v=r.pack_voltage_v,
+            pack_current_a=r.pack_current_a,
+            cell_voltages_v=tuple(r.cell_voltages_v),
+            temperatures_c=tuple(r.temperatures_c),
+            supply_voltage_v=r.supply_voltage_v,
+            faults=tuple(r.faults),
+            contactors_closed=r.contactors_closed,
+        )
+
+    def read_boot_status(self, *, timeout_s: float | None = None) -> BootStatus:
+        r = self._request(vendor.BootStatusRead(), "boot status", timeout_s=timeout_s)
+        run_state: RunState = r.run_state
+        image_state: ImageState = r.image_state
+        return BootStatus(
+            run_state=run_state,
+            active_bank=r.active_bank,
+            running_version=r.running_version,
+            image_state=image_state,
+            boot_count=r.boot_count,
+            security_counter=r.security_counter,
+            last_revert_reason=r.last_revert_reason,
+        )
+
+    def read_image_digest(self) -> bytes:
+        return bytes(self._request(vendor.ImageDigestRead(), "image digest").sha256)
+
+    def link_check(self, round_trips: int = 5) -> LinkQuality:
+        from smpclient.requests.os_management import EchoWrite
+
+        errors = 0
+        times: list[float] = []
+        for n in range(round_trips):
+            text = f"bmsfw link check {n}"
+            started = time.perf_counter()
+            try:
+                ok = self._request(EchoWrite(d=text), "echo").r == text
+            except BmsfwError:
+                ok = False
+            if ok:
+                times.append(time.perf_counter() - started)
+            else:
+                errors += 1
+        return LinkQuality(
+            echo_ok=bool(times) and errors == 0,
+            round_trips=round_trips,
+            errors=errors,
+            rate=self._rate(),
+            rate_matches=True,  # SMP frames carry their own length and CRC (or UDP/ATT's)
+            round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
+        )
+
+    def _rate(self) -> str:
+        if self.link.kind == "serial":
+            return f"SMP serial {self.link.baud} baud"
+        if self.link.kind == "udp":
+            return "SMP UDP"
+        return f"SMP BLE, {self.max_unencoded_size} B per SMP frame"
+
+    @property
+    def max_unencoded_size(self) -> int:
+        """The largest SMP message the transport sends (the device's buffer or the MTU)."""
+        return int(self._client._transport.max_unencoded_size)
+
+    def read_config(self) -> ConfigSnapshot:
+        from smpclient.requests.settings_management import ReadSetting
+
+        r = self._request(ReadSetting(name=CONFIG_SETTING), "settings read")
+        try:
+            doc = json.loads(bytes(r.val))
+            return ConfigSnapshot(
+                schema_version=int(doc["schema_version"]),
+                config=doc["config"],
+                calibration=doc["calibration"],
+                checksum=str(doc["checksum"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SmpProtocolError(f"{CONFIG_SETTING} is not a backup document: {exc}") from exc
+
+    def write_config(self, snapshot: ConfigSnapshot) -> None:
+        from smpclient.requests.settings_management import WriteSetting
+
+        doc = {
+            "schema_version": snapshot.schema_version,
+            "config": dict(snapshot.config),
+            "calibration": dict(snapshot.calibration),
+            "checksum": snapshot.checksum,
+        }
+        value = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        self._request(WriteSetting(name=CONFIG_SETTING, val=value), "settings write")
+
+    def authenticate(self, credentials: TesterCredentials) -> None:
+        from bmsfw.protocol.uds._auth import chain_pem_to_der, sign_challenge
+
+        challenge = bytes(self._request(vendor.AuthChallengeRead(), "auth challenge").challenge)
+        try:
+            chain = chain_pem_to_der(credentials.certificate_chain_pem)
+            signature = sign_challenge(
+                credentials.private_key_pem, challenge, credentials.passphrase
+            )
+        except ValueError as exc:
+            raise SmpAuthRejectedError(f"tester credentials unusable: {exc}") from exc
+        try:
+            self._request(vendor.AuthProveWrite(chain=chain, signature=signature), "auth proof")
+        except SmpRefusedError as exc:
+            raise SmpAuthRejectedError(exc.message) from exc
+        # A reset ends the tester's authentication (the BMS keeps it in RAM): wait_boot
+        # proves possession again with a fresh challenge.
+        self._credentials = credentials
+
+    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+        """Read what the BMS holds of the release's image (SMP has no header to stage)."""
+        self._image = None
+        self._component = Manifest.from_json_bytes(decode_header(header).manifest).component("app")
+        return self.transfer_state()
+
+    def transfer_state(self) -> TransferState:
+        component = self._component
+        status = self._request(vendor.UploadStatusRead(), "upload status")
+        size = component.image_size if component else status.len
+        same = component is None or (
+            status.len == component.image_size and bytes(status.sha) == component.image_sha256
+        )
+        if not same or status.len == 0:
+            return TransferState(total_size=size, contiguous_bytes=0, erased=False)
+        return TransferState(total_size=size, contiguous_bytes=status.off, erased=True)
+
+    def erase(self) -> None:
+        from smpclient.requests.image_management import ImageErase
+
+        self._request(ImageErase(slot=1), "image erase", timeout_s=self.upload_timeout_s)
+
+    def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
+        """smpclient's upload: the first request names ``len`` and ``sha``; a BMS holding
+        part of this image answers with its offset and the upload goes on from there
+        (``start_offset`` is only what ``prepare`` reported)."""
+        from smpclient.exceptions import SMPUploadError
+        from smpclient.transport import SMPTransportDisconnected
+
+        self._image = bytes(image)
+        upload: AsyncGenerator[int, None] = self._client.upload(  # type: ignore[assignment]
+            self._image,
+            first_timeout_s=self.upload_timeout_s,
+            subsequent_timeout_s=self.upload_timeout_s,
+        )
+        offset = start_offset
+        try:
+            while True:
+                try:
+                    offset = self._io.run(_next(upload))
+                except StopAsyncIteration:
+                    return
+                except TimeoutError as exc:
+                    raise SmpTransferError(
+                        f"{self.address}: no answer to the upload chunk after byte {offset}"
+                    ) from exc
+                except SMPTransportDisconnected as exc:
+                    raise SmpTransferError(
+                        f"{self.address}: link lost after byte {offset}: {exc}"
+                    ) from exc
+                except SMPUploadError as exc:
+                    raise self._refusal(f"upload at byte {offset}", exc.args[0]) from exc
+                yield offset
+        finally:
+            try:
+                self._io.run(upload.aclose())
+            except Exception as exc:  # a generator stopped mid-request: nothing to keep
+                log.debug("closing the upload: %s", exc)
+
+    def _image_hash(self) -> bytes:
+        if self._image is None:
+            raise DeviceVerifyFailedError("nothing was uploaded in this session")
+        tlv = parse_image(self._image).tlv(TLV_SHA256)
+        if tlv is None:
+            raise DeviceVerifyFailedError("the image has no SHA256 TLV: MCUboot cannot test it")
+        return tlv.value
+
+    def verify(self) -> None:
+        from smpclient.requests.image_management import ImageStatesWrite
+
+        digest = self._image_hash()
+        try:
+            self._request(
+                ImageStatesWrite(hash=digest, confirm=False),
+                "image test",
+                timeout_s=self.upload_timeout_s,
+            )
+        except SmpRefusedError as exc:
+            raise DeviceVerifyFailedError(exc.message) from exc
+
+    def _images(self) -> list[Any]:
+        from smpclient.requests.image_management import ImageStatesRead
+
+        return list(self._request(ImageStatesRead(), "image list").images)
+
+    def activate(self) -> None:
+        digest = self._image_hash()
+        if not any(i.hash == digest and i.pending for i in self._images()):
+            raise DeviceActivateFailedError(
+                f"{self.address}: the uploaded image is not pending for a test boot"
+            )
+
+    def reset(self) -> None:
+        from smpclient.requests.os_management import ResetWrite
+
+        self._request(ResetWrite(), "reset")
+
+    def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
+        deadline = time.monotonic() + timeout_s
+        last: BootStatus | None = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.read_boot_status(timeout_s=min(0.5, self.link.timeout_s))
+            except (SmpNoResponseError, SmpProtocolError):
+                last = None  # rebooting: silent (or a late answer to an earlier poll)
+            if last is not None and last.run_state == "application":
+                if self._credentials is not None:
+                    self.authenticate(self._credentials)
+                return last
+            time.sleep(poll_s)
+        state = last.run_state if last else "silent"
+        raise DeviceBootTimeoutError(
+            f"{self.address}: not back in the application after {timeout_s:g} s (state: {state})"
+        )
+
+    def read_self_test(self) -> SelfTestResult:
+        r = self._request(vendor.SelfTestRead(), "self-test")
+        checks = tuple(
+            SelfTestCheck(
+                name=str(c.get("name", "")),
+                passed=bool(c.get("passed", False)),
+                value=str(c.get("value", "")),
+                limit=str(c.get("limit", "")),
+                detail=str(c.get("detail", "")),
+            )
+            for c in r.checks
+        )
+        return SelfTestResult(passed=r.state == "passed", checks=checks, version=r.firmware)
+
+    def confirm(self) -> None:
+        from smpclient.requests.image_management import ImageStatesWrite
+
+        self._request(ImageStatesWrite(confirm=True), "image confirm")
+
+    def rollback(self) -> None:
+        self._request(vendor.RollbackWrite(), "rollback")
+
+    def close(self) -> None:
+        try:
+            self._io.run(asyncio.wait_for(self._client.disconnect(), 5.0))
+        except Exception:  # closing must not mask the update's own result
+            log.debug("SMP disconnect failed", exc_info=True)
+        self._io.close()
+
+    def __enter__(self) -> SmpSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_smp_session(link: SmpLink | str, **kwargs: Any) -> SmpSession:
+    """A ``BmsSession`` over SMP; ``link`` as ``--smp`` names it (``serial:/dev/ttyACM0``)."""
+    from bmsfw.protocol.smp.link import parse_smp_link
+
+    return SmpSession(parse_smp_link(link) if isinstance(link, str) else link, **kwargs)
