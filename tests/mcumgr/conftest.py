@@ -68,12 +68,18 @@ def device_dir(tmp_path: Path, smp_bench: SmpBench) -> Path:
 
 
 def start_device(
-    device_dir: Path, *, serial: bool = False, udp: bool = False, **kwargs: object
+    device_dir: Path,
+    *,
+    serial: bool = False,
+    udp: bool = False,
+    ble: bool = False,
+    **kwargs: object,
 ) -> SimSmpProcess:
     process = SimSmpProcess(
         device_dir,
         serial=serial,
         udp=loopback_udp_address() if udp else None,
+        ble=ble,
         time_scale=TIME_SCALE,
         log_file=device_dir.parent / "smp-device.log",
         **kwargs,  # type: ignore[arg-type]

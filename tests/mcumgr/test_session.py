@@ -24,15 +24,23 @@ from .conftest import FAST_PROFILE, SmpBench, run_smp_update, start_device, upda
 def smp_link(process: SimSmpProcess, kind: str) -> str:
     if kind == "serial":
         return f"serial:{process.info['serial_port']}"
+    if kind == "ble":
+        # the updater's own bumble host on the second virtual controller (in place of
+        # a USB dongle), reaching the BMS by its advertised name
+        return f"ble:{process.info['ble_name']}@{process.info['ble_hci']}"
     return f"udp:{process.info['udp']}"
 
 
-@pytest.mark.parametrize("kind", ["serial", "udp"])
+@pytest.mark.parametrize("kind", ["serial", "udp", "ble"])
 def test_update_confirmed(
     kind: str, device_dir: Path, smp_bench: SmpBench, tester: TesterCredentials, tmp_path: Path
 ) -> None:
     process = start_device(
-        device_dir, serial=kind == "serial", udp=kind == "udp", require_auth=True
+        device_dir,
+        serial=kind == "serial",
+        udp=kind == "udp",
+        ble=kind == "ble",
+        require_auth=True,
     )
     try:
         with open_smp_session(smp_link(process, kind)) as session:

@@ -73,8 +73,8 @@ def flatten_units(values: Any) -> tuple[int, ...]:
 
 
 def link_options(func: F) -> F:
-    """--can IF:CH --node N… | --serial PORT --unit N… --baud B [--frame-gap G], plus
-    --bitrate/--timeout."""
+    """--can IF:CH --node N… | --serial PORT --unit N… --baud B [--frame-gap G] |
+    --smp LINK, plus --bitrate/--timeout."""
     options = [
         click.option(
             "--can",
@@ -101,6 +101,12 @@ def link_options(func: F) -> F:
             help="Modbus unit id(s) on RS485: 5, a range 1-8 or a list 1,3,5 (repeatable).",
         ),
         click.option("--baud", type=int, default=115_200, show_default=True, help="Serial baud."),
+        click.option(
+            "--smp",
+            metavar="LINK",
+            help="MCUmgr SMP link to a Zephyr/MCUboot BMS: serial:/dev/ttyACM0, "
+            "udp:192.0.2.5:1337 or ble:<address or name>[@HCI] (docs/smp.md).",
+        ),
         frame_gap_option,
         click.option(
             "--timeout",
@@ -126,6 +132,7 @@ def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
         baud=kwargs.pop("baud"),
         timeout_s=kwargs.pop("timeout_s"),
         frame_gap=kwargs.pop("frame_gap"),
+        smp=kwargs.pop("smp"),
     )
 
 

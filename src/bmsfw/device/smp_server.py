@@ -26,8 +26,9 @@ every command that changes flash, configuration or the boot state needs a
 tester authenticated through the vendor group first (a stock MCUmgr device has
 no such check: the option is off by default).
 
-Transports: :func:`serve_udp` (one datagram per frame) and :class:`SerialConsole`
-(SMP console framing on a pty, optionally paced at a baud rate). ``python -m
+Transports: :func:`serve_udp` (one datagram per frame), :class:`SerialConsole`
+(SMP console framing on a pty, optionally paced at a baud rate) and
+:mod:`bmsfw.device.smp_ble` (the SMP GATT service on bumble virtual controllers). ``python -m
 bmsfw.device.smp_server`` runs one BMS with any of them in its own process and
 prints ``READY {json}``.
 """
@@ -762,6 +763,12 @@ async def _serve(args: argparse.Namespace) -> None:
         transport, port = await serve_udp(server, args.udp_host, args.udp)
         info["udp"] = f"{args.udp_host}:{port}"
         closers.append(transport.close)
+    if args.ble:
+        from bmsfw.device.smp_ble import serve_ble
+
+        ble = await serve_ble(server, name=args.ble_name or f"BMS-{bms.serial}")
+        info.update(ble.info)
+        closers.append(ble.close)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -783,6 +790,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baud", type=int, default=0, help="pace the pty at this baud (8N1)")
     parser.add_argument("--udp", type=int, default=None, metavar="PORT", help="0: any port")
     parser.add_argument("--udp-host", default="127.0.0.1", help="address to serve UDP on")
+    parser.add_argument("--ble", action="store_true", help="advertise the SMP GATT service")
+    parser.add_argument("--ble-name", default="", help="default: BMS-<serial>")
     parser.add_argument("--require-auth", action="store_true")
     parser.add_argument("--buf-size", type=int, default=DEFAULT_BUF_SIZE)
     parser.add_argument("--time-scale", type=float, default=1.0)
@@ -824,6 +833,7 @@ class SimSmpProcess(SimProcess):
         *,
         serial: bool = False,
         udp: str | None = None,
+        ble: bool = False,
         baud_bps: int = 0,
         require_auth: bool = False,
         time_scale: float = 1.0,
@@ -836,6 +846,8 @@ class SimSmpProcess(SimProcess):
         if udp:
             host, _, port = udp.rpartition(":")
             args += ["--udp-host", host or "127.0.0.1", "--udp", port]
+        if ble:
+            args += ["--ble"]
         if require_auth:
             args += ["--require-auth"]
         args += ["--time-scale", str(time_scale), *(extra or [])]

@@ -2,6 +2,7 @@
 
 CAN:    ``--can udp_multicast:239.74.163.2 --node 3 [--node 4] [--bitrate 500000]``
 RS485:  ``--serial /dev/ttyUSB0 --unit 5 [--unit 6] --baud 115200``
+SMP:    ``--smp serial:/dev/ttyACM0 | udp:192.0.2.5:1337 | ble:BMS-0001[@usb:0]`` (one BMS)
 
 The CAN text is ``INTERFACE:CHANNEL`` with a python-can interface name
 (``socketcan:can0``, ``pcan:PCAN_USBBUS1``, ``udp_multicast:239.74.163.2``,
@@ -21,6 +22,7 @@ from typing import Any
 
 from bmsfw.link.wire import FRAME_GAPS
 from bmsfw.protocol.session import BmsSession
+from bmsfw.protocol.smp.link import SmpLink, parse_smp_link
 from bmsfw.update.errors import LinkSpecInvalidError, TransportUnavailableError
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Connection",
     "LinkSpec",
     "SerialLink",
+    "SmpLink",
     "open_sessions",
     "parse_links",
 ]
@@ -65,7 +68,7 @@ class SerialLink:
         return f"serial:{self.port}@{self.baud}/unit {self.unit}"
 
 
-LinkSpec = CanLink | SerialLink
+LinkSpec = CanLink | SerialLink | SmpLink
 
 
 def parse_links(
@@ -78,11 +81,18 @@ def parse_links(
     baud: int = 115_200,
     timeout_s: float | None = None,
     frame_gap: str = "spec",
+    smp: str | None = None,
 ) -> list[LinkSpec]:
     """The links named on a command line (one per node/unit), validated."""
+    if smp is not None:
+        if can is not None or serial is not None or nodes or units:
+            raise LinkSpecInvalidError(
+                "--smp names one BMS by itself: drop --can/--serial/--node/--unit"
+            )
+        return [parse_smp_link(smp, timeout_s=timeout_s)]
     if (can is None) == (serial is None):
         raise LinkSpecInvalidError(
-            "name exactly one link: --can INTERFACE:CHANNEL or --serial PORT"
+            "name exactly one link: --can INTERFACE:CHANNEL, --serial PORT or --smp LINK"
         )
     if can is not None:
         if units:
@@ -205,6 +215,11 @@ def _open_can(links: Sequence[CanLink]) -> Connection:
     return Connection(sessions, [])
 
 
+def _open_smp(link: SmpLink) -> Connection:
+    smp = _import("bmsfw.protocol.smp.session", "MCUmgr SMP (the 'smp' extra)")
+    return Connection([smp.SmpSession(link)], [])
+
+
 def open_sessions(links: Sequence[LinkSpec]) -> Connection:
     """Open one session per named BMS (all on the same link); raises ``BmsfwError``."""
     if not links:
@@ -214,4 +229,6 @@ def open_sessions(links: Sequence[LinkSpec]) -> Connection:
         return _open_serial([link for link in links if isinstance(link, SerialLink)])
     if all(isinstance(link, CanLink) for link in links):
         return _open_can([link for link in links if isinstance(link, CanLink)])
+    if len(links) == 1 and isinstance(links[0], SmpLink):
+        return _open_smp(links[0])
     raise LinkSpecInvalidError("all BMS of one command must be on the same link")

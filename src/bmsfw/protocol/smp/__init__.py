@@ -4,14 +4,19 @@
 ``ble:DEVICE[@HCI]``) gives an :class:`SmpSession` (a ``BmsSession``) on
 smpclient's transports; the groups and the BMS vendor group are in
 :mod:`bmsfw.protocol.smp.groups` and documented in docs/smp.md. Importing this
-package needs the ``smp`` extra (smp, smpclient, bumble).
+session needs the ``smp`` extra (smp, smpclient, bumble); the link names and
+group ids do not, so ``bmsfw --help`` works without it.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from bmsfw.protocol.smp.groups import BMS_GROUP, CONFIG_SETTING, BmsCommand
 from bmsfw.protocol.smp.link import SmpLink, parse_smp_link
-from bmsfw.protocol.smp.session import SmpSession, open_smp_session
+
+if TYPE_CHECKING:
+    from bmsfw.protocol.smp.session import SmpSession, open_smp_session
 
 __all__ = [
     "BMS_GROUP",
@@ -22,3 +27,12 @@ __all__ = [
     "open_smp_session",
     "parse_smp_link",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The session imports smpclient: only when it is asked for (optional extra).
+    if name in ("SmpSession", "open_smp_session"):
+        from bmsfw.protocol.smp import session
+
+        return getattr(session, name)
+    raise AttributeError(name)
