@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -78,6 +79,8 @@ from bmsfw.protocol.smp.groups import (
     ImageCommand,
     OsCommand,
     SettingsCommand,
+    backup_document,
+    snapshot_from_document,
 )
 
 __all__ = [
@@ -424,29 +427,14 @@ class SmpBmsServer:
     def _setting_read(self, body: dict[Any, Any]) -> dict[str, Any]:
         if str(body.get("name")) != CONFIG_SETTING:
             raise _Refused(ENOENT, f"no setting {body.get('name')!r}")
-        snapshot = self.bms.config_snapshot()
-        doc = {
-            "schema_version": snapshot.schema_version,
-            "config": dict(snapshot.config),
-            "calibration": dict(snapshot.calibration),
-            "checksum": snapshot.checksum,
-        }
-        return {"val": json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()}
+        return {"val": backup_document(self.bms.config_snapshot())}
 
     def _setting_write(self, body: dict[Any, Any]) -> dict[str, Any]:
-        from bmsfw.protocol.session import ConfigSnapshot
-
         self._need_auth("settings write")
         if str(body.get("name")) != CONFIG_SETTING:
             raise _Refused(ENOENT, f"no setting {body.get('name')!r}")
         try:
-            doc = json.loads(bytes(body["val"]))
-            snapshot = ConfigSnapshot(
-                schema_version=int(doc["schema_version"]),
-                config=dict(doc["config"]),
-                calibration=dict(doc["calibration"]),
-                checksum=str(doc["checksum"]),
-            )
+            snapshot = snapshot_from_document(bytes(body["val"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise _Refused(EINVAL, f"{CONFIG_SETTING}: not a backup document ({exc})") from exc
         self.bms.restore_snapshot(snapshot)
@@ -500,16 +488,7 @@ class SmpBmsServer:
         return {
             "state": "passed" if result.passed else "failed",
             "firmware": result.version,
-            "checks": [
-                {
-                    "name": c.name,
-                    "passed": c.passed,
-                    "value": c.value,
-                    "limit": c.limit,
-                    "detail": c.detail,
-                }
-                for c in result.checks
-            ],
+            "checks": [dataclasses.asdict(c) for c in result.checks],
         }
 
     def _last_error(self, _: dict[Any, Any]) -> dict[str, Any]:

@@ -9,8 +9,11 @@ these numbers from here: the SMP session (client) and the virtual BMS (server).
 
 from __future__ import annotations
 
+import json
 from enum import IntEnum
 from typing import Final
+
+from bmsfw.protocol.session import ConfigSnapshot
 
 __all__ = [
     "BMS_GROUP",
@@ -20,6 +23,8 @@ __all__ = [
     "ImageCommand",
     "OsCommand",
     "SettingsCommand",
+    "backup_document",
+    "snapshot_from_document",
 ]
 
 #: The BMS vendor group id (user range: 64 and up; 64 itself is Intercreate's).
@@ -64,3 +69,25 @@ class BmsCommand(IntEnum):
     ROLLBACK = 6  # W: revert a test image now / go back to the other bank, then reset
     IMAGE_DIGEST = 7  # R: SHA-256 of the running image up to the end of its TLVs
     UPLOAD_STATUS = 8  # R: the staged upload: len, sha, off (bytes held from 0 without a gap)
+
+
+def backup_document(snapshot: ConfigSnapshot) -> bytes:
+    """The value of the ``bms/backup`` setting: the snapshot as canonical JSON."""
+    doc = {
+        "schema_version": snapshot.schema_version,
+        "config": dict(snapshot.config),
+        "calibration": dict(snapshot.calibration),
+        "checksum": snapshot.checksum,
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def snapshot_from_document(raw: bytes) -> ConfigSnapshot:
+    """Parse a ``bms/backup`` value; raises ValueError, KeyError or TypeError when malformed."""
+    doc = json.loads(raw)
+    return ConfigSnapshot(
+        schema_version=int(doc["schema_version"]),
+        config=dict(doc["config"]),
+        calibration=dict(doc["calibration"]),
+        checksum=str(doc["checksum"]),
+    )

@@ -37,7 +37,6 @@ the host has verified the release before (package signature, policy).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -74,7 +73,7 @@ from bmsfw.protocol.smp.errors import (
     SmpRefusedError,
     SmpTransferError,
 )
-from bmsfw.protocol.smp.groups import CONFIG_SETTING
+from bmsfw.protocol.smp.groups import CONFIG_SETTING, backup_document, snapshot_from_document
 from bmsfw.protocol.smp.link import SmpLink
 
 __all__ = ["SmpSession", "open_smp_session"]
@@ -277,26 +276,14 @@ class SmpSession:
 
         r = self._request(ReadSetting(name=CONFIG_SETTING), "settings read")
         try:
-            doc = json.loads(bytes(r.val))
-            return ConfigSnapshot(
-                schema_version=int(doc["schema_version"]),
-                config=doc["config"],
-                calibration=doc["calibration"],
-                checksum=str(doc["checksum"]),
-            )
+            return snapshot_from_document(bytes(r.val))
         except (ValueError, KeyError, TypeError) as exc:
             raise SmpProtocolError(f"{CONFIG_SETTING} is not a backup document: {exc}") from exc
 
     def write_config(self, snapshot: ConfigSnapshot) -> None:
         from smpclient.requests.settings_management import WriteSetting
 
-        doc = {
-            "schema_version": snapshot.schema_version,
-            "config": dict(snapshot.config),
-            "calibration": dict(snapshot.calibration),
-            "checksum": snapshot.checksum,
-        }
-        value = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        value = backup_document(snapshot)
         self._request(WriteSetting(name=CONFIG_SETTING, val=value), "settings write")
 
     def authenticate(self, credentials: TesterCredentials) -> None:
