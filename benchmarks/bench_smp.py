@@ -84,16 +84,19 @@ def main(argv: list[str]) -> int:
     print(__doc__.split("\n\n")[0])
     print(f"image {len(image)} bytes; serial line {BAUD} baud 8N1 = {line_bps:.0f} B/s raw;")
     print(f"console framing cap {FRAMING_CAP_PCT:.1f} % of the line\n")
-    header = (
-        f"{'upload':<38} {'bytes':>8} {'wall s':>8} {'KiB/s':>9} {'of line':>9} {'frame B':>7}"
-    )
+    header = f"{'upload':<38} {'bytes':>8} {'wall s':>8} {'KiB/s':>9} {'of line':>9} {'frame B':>7}"
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         state = provision_nodes(Path(tmp) / "bms", pki, first.image, spec=SPEC)
         device = node_state_dir(state, 1)
         process = SimSmpProcess(
-            device, serial=True, baud_bps=BAUD, ble=True, time_scale=20.0, log_file=Path(tmp) / "log"
+            device,
+            serial=True,
+            baud_bps=BAUD,
+            ble=True,
+            time_scale=20.0,
+            log_file=Path(tmp) / "log",
         )
         info = process.start()
         try:

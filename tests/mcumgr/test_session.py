@@ -52,6 +52,11 @@ def test_update_confirmed(
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")
             assert session.identify().security_counter == 2
+            link = session.link_check()
+            assert link.echo_ok and link.errors == 0, link
+            if kind == "ble":
+                # bumble's virtual controller has no RSSI to give
+                assert "ATT MTU 247" in link.rate and "RSSI n/a" in link.rate, link.rate
     finally:
         process.stop()
 

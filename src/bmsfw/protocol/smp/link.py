@@ -5,7 +5,8 @@ baud rate, default 115200), ``--smp udp:192.0.2.5:1337`` (MCUmgr's UDP port
 1337 by default; IPv6 in brackets, ``udp:[2001:db8::5]:1337``) and
 ``--smp ble:F0:11:22:33:44:55`` or ``--smp ble:BMS-0001`` (an address or the
 advertised name; ``@HCI`` names the bumble HCI transport of the Bluetooth
-controller, default ``usb:0``, e.g. ``ble:BMS-0001@tcp-client:127.0.0.1:9001``).
+controller, default ``usb:0``, e.g. ``ble:BMS-0001@tcp-client:127.0.0.1:9001``;
+``@os`` uses the operating system's adapter through bleak instead of bumble).
 Pure code: parsing only, no I/O.
 """
 
@@ -16,10 +17,19 @@ from typing import Literal
 
 from bmsfw.errors import UsageError
 
-__all__ = ["DEFAULT_HCI", "SMP_UDP_PORT", "SmpLink", "SmpLinkSpecError", "parse_smp_link"]
+__all__ = [
+    "DEFAULT_HCI",
+    "OS_ADAPTER",
+    "SMP_UDP_PORT",
+    "SmpLink",
+    "SmpLinkSpecError",
+    "parse_smp_link",
+]
 
 SMP_UDP_PORT = 1337
 DEFAULT_HCI = "usb:0"
+#: ``ble:DEVICE@os``: the operating system's Bluetooth adapter through bleak (smpclient).
+OS_ADAPTER = "os"
 SmpKind = Literal["serial", "udp", "ble"]
 
 

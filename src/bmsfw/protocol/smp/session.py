@@ -74,7 +74,7 @@ from bmsfw.protocol.smp.errors import (
     SmpTransferError,
 )
 from bmsfw.protocol.smp.groups import CONFIG_SETTING, backup_document, snapshot_from_document
-from bmsfw.protocol.smp.link import SmpLink
+from bmsfw.protocol.smp.link import OS_ADAPTER, SmpLink
 
 __all__ = ["SmpSession", "open_smp_session"]
 
@@ -122,6 +122,11 @@ def _transport(link: SmpLink) -> Any:
                 await super().connect(address, timeout_s, port)
 
         return PortTransport()
+    if link.hci == OS_ADAPTER:
+        # The operating system's Bluetooth (BlueZ, CoreBluetooth, WinRT) through bleak.
+        from smpclient.transport.ble import SMPBLETransport
+
+        return SMPBLETransport()
     from smpclient.transport.bumble import SMPBumbleTransport
 
     return SMPBumbleTransport(hci=link.hci)
@@ -133,11 +138,14 @@ class SmpSession:
     #: SMP carries images only: an encoded component is decoded by the host first.
     accepts_stored = False
 
-    def __init__(self, link: SmpLink, *, upload_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, link: SmpLink, *, upload_timeout_s: float = 10.0, upload_window: int = 2
+    ) -> None:
         from smpclient import SMPClient
 
         self.link = link
         self.upload_timeout_s = upload_timeout_s
+        self.upload_window = upload_window  # chunks in flight (the BMS announces buf_count)
         self._io = _LoopThread()
         self._client = SMPClient(_transport(link), link.target, timeout_s=link.timeout_s)
         self._image: bytes | None = None
@@ -264,7 +272,36 @@ class SmpSession:
             return f"SMP serial {self.link.baud} baud"
         if self.link.kind == "udp":
             return "SMP UDP"
-        return f"SMP BLE, {self.max_unencoded_size} B per SMP frame"
+        return "SMP BLE, " + ", ".join(
+            f"{k} {v}"
+            for k, v in {**self.ble_link(), "SMP frame B": self.max_unencoded_size}.items()
+        )
+
+    def ble_link(self) -> dict[str, str]:
+        """ATT MTU, connection interval and RSSI of the BLE connection (bumble only).
+
+        RSSI comes from the controller (HCI Read RSSI); a controller that does not
+        support it (bumble's virtual one) gives "n/a"."""
+        connection = getattr(getattr(self._client._transport, "_state", None), "connection", None)
+        if connection is None:
+            return {}
+
+        async def rssi() -> str:
+            from bumble.hci import HCI_Read_RSSI_Command
+
+            try:
+                response = await connection.device.send_command(
+                    HCI_Read_RSSI_Command(handle=connection.handle)
+                )
+                return f"{response.return_parameters.rssi} dBm"
+            except Exception:  # not supported by this controller
+                return "n/a"
+
+        return {
+            "ATT MTU": str(connection.att_mtu),
+            "interval ms": f"{connection.parameters.connection_interval:g}",
+            "RSSI": self._io.run(rssi()),
+        }
 
     @property
     def max_unencoded_size(self) -> int:
@@ -328,17 +365,18 @@ class SmpSession:
         self._request(ImageErase(slot=1), "image erase", timeout_s=self.upload_timeout_s)
 
     def write(self, image: bytes, *, start_offset: int = 0) -> Iterator[int]:
-        """smpclient's upload: the first request names ``len`` and ``sha``; a BMS holding
-        part of this image answers with its offset and the upload goes on from there
-        (``start_offset`` is only what ``prepare`` reported)."""
-        from smpclient.exceptions import SMPUploadError
+        """Upload ``image``; the first request names ``len`` and ``sha``, and a BMS holding
+        part of this image answers with its offset: the upload goes on from there
+        (``start_offset`` is only what ``prepare`` reported). Then ``upload_window``
+        chunks are in flight (:mod:`bmsfw.protocol.smp._upload`)."""
+        from smpclient.exceptions import SMPBadSequence, SMPUploadError
         from smpclient.transport import SMPTransportDisconnected
 
+        from bmsfw.protocol.smp._upload import windowed_upload
+
         self._image = bytes(image)
-        upload: AsyncGenerator[int, None] = self._client.upload(  # type: ignore[assignment]
-            self._image,
-            first_timeout_s=self.upload_timeout_s,
-            subsequent_timeout_s=self.upload_timeout_s,
+        upload = windowed_upload(
+            self._client, self._image, window=self.upload_window, timeout_s=self.upload_timeout_s
         )
         offset = start_offset
         try:
@@ -355,7 +393,13 @@ class SmpSession:
                     raise SmpTransferError(
                         f"{self.address}: link lost after byte {offset}: {exc}"
                     ) from exc
+                except SMPBadSequence as exc:
+                    raise SmpTransferError(
+                        f"{self.address}: upload after byte {offset}: {exc}"
+                    ) from exc
                 except SMPUploadError as exc:
+                    if isinstance(exc.args[0], str):
+                        raise SmpProtocolError(f"{self.address}: {exc.args[0]}") from exc
                     raise self._refusal(f"upload at byte {offset}", exc.args[0]) from exc
                 yield offset
         finally:
