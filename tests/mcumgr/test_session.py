@@ -114,9 +114,12 @@ def test_cut_link_resumes_the_upload_at_the_device_offset(
             second = run_smp_update(session, smp_bench, "2.0.0", tmp_path / "second", tester)
         assert second.outcome == "updated", second.error
         resumed = second.transfer["resumed_from"]
-        # the BMS counts what it holds from 0 without a gap; the block being written at
-        # the cut may have to be sent again
-        assert 0 < resumed <= reached
+        # The BMS counts what it holds from 0 without a gap. It may hold up to the two
+        # chunks that were in flight beyond the last answer the host saw, and after the
+        # power cut it re-counts conservatively: the block being programmed at the cut
+        # (512 B here) is sent again.
+        assert reached - 1024 <= resumed <= reached + 2 * 2048, (reached, resumed)
+        assert resumed < total
         assert second.transfer["bytes_sent"] == total - resumed
     finally:
         process.stop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -27,22 +28,50 @@ from smpclient.exceptions import SMPBadSequence, SMPUploadError
 from smpclient.generics import error
 from smpclient.requests.image_management import ImageUploadWrite
 
-__all__ = ["windowed_upload"]
+__all__ = ["exchange", "windowed_upload"]
+
+log = logging.getLogger(__name__)
+
+#: Late answers (to requests that timed out) dropped while waiting for one answer.
+MAX_STALE_ANSWERS = 8
 
 
 def _parse(request: Any, frame: bytes) -> Any:
     """Like ``SMPClient.request``: the response, or the error the request names."""
     from pydantic import ValidationError
 
-    header = smpheader.Header.loads(frame[: smpheader.Header.SIZE])
-    if header.sequence != request.header.sequence:
-        raise SMPBadSequence(f"sequence {header.sequence}, expected {request.header.sequence}")
     for kind in (request._Response, request._ErrorV1, request._ErrorV2):
         try:
             return kind.loads(frame)
         except ValidationError:
             continue
-    raise SMPUploadError(f"answer to the upload chunk at {request.off} is no SMP upload answer")
+    raise SMPUploadError(
+        f"answer to {type(request).__name__} is not one of its answer types: {frame.hex()}"
+    )
+
+
+async def receive_answer(transport: Any, request: Any) -> Any:
+    """The answer to ``request``: frames with another sequence number are late answers to
+    requests given up on (a time-out), dropped; smpclient would fail on them instead."""
+    for _ in range(MAX_STALE_ANSWERS + 1):
+        frame = await transport.receive()
+        sequence = smpheader.Header.loads(frame[: smpheader.Header.SIZE]).sequence
+        if sequence == request.header.sequence:
+            return _parse(request, frame)
+        log.info(
+            "dropping a late SMP answer (sequence %d, waiting for %d)",
+            sequence,
+            request.header.sequence,
+        )
+    raise SMPBadSequence(f"no answer with sequence {request.header.sequence}")
+
+
+async def exchange(client: SMPClient, request: Any, timeout_s: float) -> Any:
+    """Send ``request`` and return its answer (or the error it names) within ``timeout_s``."""
+    transport: Any = client._transport
+    async with asyncio.timeout(timeout_s):
+        await transport.send(request.BYTES)
+        return await receive_answer(transport, request)
 
 
 def _chunk(client: SMPClient, image: bytes, offset: int) -> ImageUploadWrite:
@@ -61,7 +90,7 @@ async def windowed_upload(
         ),
         image,
     )
-    response = await client.request(first, timeout_s=timeout_s)
+    response = await exchange(client, first, timeout_s)
     if error(response) or response.off is None:
         raise SMPUploadError(response)
     offset = response.off
@@ -75,7 +104,7 @@ async def windowed_upload(
             sent_to += len(chunk.data)
             in_flight.append((chunk, sent_to))
         chunk, end = in_flight.popleft()
-        response = _parse(chunk, await asyncio.wait_for(transport.receive(), timeout_s))
+        response = await asyncio.wait_for(receive_answer(transport, chunk), timeout_s)
         if error(response):
             raise SMPUploadError(response)
         offset = int(response.off)
@@ -83,6 +112,6 @@ async def windowed_upload(
         if offset != end:
             # The BMS wants another offset: drop the answers to the chunks still in flight.
             for stale, _ in in_flight:
-                _parse(stale, await asyncio.wait_for(transport.receive(), timeout_s))
+                await asyncio.wait_for(receive_answer(transport, stale), timeout_s)
             in_flight.clear()
             sent_to = offset

@@ -168,16 +168,18 @@ class SmpSession:
         from smpclient.generics import error
         from smpclient.transport import SMPTransportDisconnected
 
+        from bmsfw.protocol.smp._upload import exchange
+
         timeout = timeout_s if timeout_s is not None else self.link.timeout_s
         try:
-            response = self._io.run(self._client.request(request, timeout))
+            response = self._io.run(exchange(self._client, request, timeout))
         except TimeoutError as exc:
             raise SmpNoResponseError(
                 f"{self.address}: no answer to {what} within {timeout:g} s"
             ) from exc
         except SMPTransportDisconnected as exc:
             raise SmpNoResponseError(f"{self.address}: link lost during {what}: {exc}") from exc
-        except (SMPBadSequence, SMPClientException, ValueError) as exc:
+        except (SMPBadSequence, SMPClientException, ValueError, IndexError) as exc:
             raise SmpProtocolError(f"{self.address}: {what}: {exc}") from exc
         if error(response):
             raise self._refusal(what, response)
