@@ -31,20 +31,22 @@ def tell_before(
     from bmsfw.errors import BmsfwError
     from bmsfw.evidence.notice import plan_notice
     from bmsfw.package import inspect_release
-    from bmsfw.update.connect import CanLink, SerialLink
+    from bmsfw.update.connect import CanLink, SerialLink, SmpLink
 
     try:
         manifest = inspect_release(package).manifest
     except BmsfwError:
         return None  # the update refuses the package itself, with its own error code
     first = links[0]
-    on_serial = isinstance(first, SerialLink)
+    if isinstance(first, SmpLink) and first.kind != "serial":
+        return None  # SMP over UDP/BLE: no wire-rate model to estimate the transfer from
+    on_serial = isinstance(first, SerialLink | SmpLink)
     notice = plan_notice(
         manifest,
         profile,
         link="serial" if on_serial else "can",
-        rate=first.baud if isinstance(first, SerialLink) else first.bitrate_bps,
-        parity=first.parity if isinstance(first, SerialLink) else "E",
+        rate=first.bitrate_bps if isinstance(first, CanLink) else first.baud,
+        parity=first.parity if isinstance(first, SerialLink) else "N" if on_serial else "E",
         packs=len(links),
         one_after_another=(on_serial and not broadcast) or (delta and isinstance(first, CanLink)),
     )
