@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.text import Text
 
-from bmsfw.cli._render import console, print_json
+from bmsfw.cli._render import console, line, print_json
 from bmsfw.errors import UsageError
 
 __all__ = ["agent_command", "sim_fleet_command"]
@@ -248,7 +247,7 @@ def agent_command(
                     click.echo(json.dumps(dataclasses.asdict(change), sort_keys=True))
                 else:
                     console.print(
-                        Text.assemble(
+                        line(
                             f"{change.serial} campaign {change.campaign_id}: ",
                             (change.state, "bold"),
                             f" {change.error_code} {change.detail}",
@@ -271,7 +270,7 @@ def agent_command(
             if outcome.error is not None:
                 # The server's words are text, never markup.
                 console.print(
-                    Text.assemble(
+                    line(
                         ("poll failed", "yellow"),
                         f" {outcome.error}; retry in {outcome.wait_s:.1f} s",
                     )

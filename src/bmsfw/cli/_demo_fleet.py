@@ -27,9 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
-from bmsfw.cli._render import console
+from bmsfw.cli._render import Table, console
 from bmsfw.errors import BmsfwError
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
 
-from bmsfw.cli._render import console, err_console, print_json
+from bmsfw.cli._render import Table, clean, console, err_console, print_json
 from bmsfw.evidence.errors import EvidenceBundleUnreadableError
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def tell_after(reports: Sequence[UpdateReport]) -> None:
     from bmsfw.evidence.notice import after_text
 
     for report in reports:
-        err_console.print(after_text(report), highlight=False, markup=False, end="")
+        err_console.print(after_text(clean(report)), end="")  # device text on one line each
 
 
 def start_evidence(sessions: Sequence[BmsSession], links: Sequence[Any]) -> EvidenceCollector:

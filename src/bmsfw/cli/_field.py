@@ -26,16 +26,16 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
+from bmsfw.cli._errors import TesterCredentialsRequiredError
 from bmsfw.cli._evidence import start_evidence, tell_after, tell_before, write_evidence
 from bmsfw.cli._link import connect, link_options, links_from, load_trust, trust_options
-from bmsfw.cli._render import console, err_console, print_json
+from bmsfw.cli._render import Table, clean, console, err_console, line, one_line, print_json, styled
 from bmsfw.errors import BmsfwError, TransportError, UsageError
 from bmsfw.protocol.session import BmsSession, TesterCredentials
 from bmsfw.update.audit import verify_audit_log
 from bmsfw.update.backup import diff_snapshots, load_backup, restore_backup, write_backup
-from bmsfw.update.errors import ConfigDriftError
+from bmsfw.update.errors import ConfigDriftError, ReportUnreadableError
 from bmsfw.update.events import (
     CheckEvaluated,
     Event,
@@ -204,11 +204,11 @@ def _checks_table(title: str, checks: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     for c in checks:
         if c["passed"]:
-            verdict = "[green]pass[/]"
+            verdict = styled("pass", "green")
         elif c.get("overridden"):
-            verdict = f"[yellow]overridden[/] ({c['override_reason']})"
+            verdict = line(("overridden", "yellow"), f" ({c['override_reason']})")
         else:
-            verdict = "[bold red]FAIL[/]"
+            verdict = styled("FAIL", "bold red")
         safety = "" if c.get("safety", True) else " *"
         table.add_row(c["name"] + safety, c["measured"], c["limit"], verdict)
     return table
@@ -350,9 +350,10 @@ def backup_command(
                 record["server_error"] = exc.to_dict()
                 upload_failure = upload_failure or exc
                 err_console.print(
-                    f"[bold]the local backup is safe at {backup.path}[/] (written and read "
-                    f"back); only the server copy failed: {exc}",
-                    highlight=False,
+                    line(
+                        (f"the local backup is safe at {backup.path}", "bold"),
+                        f" (written and read back); only the server copy failed: {exc}",
+                    )
                 )
                 continue
             if not as_json:
@@ -411,7 +412,7 @@ def _upload_backup(fleet: FleetClient, path: Path, reason: str) -> dict[str, Any
 @click.option(
     "--tester-cert",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Tester certificate chain (PEM), for commands that write to the BMS.",
+    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
@@ -429,11 +430,10 @@ def restore_command(
     **kwargs: Any,
 ) -> None:
     """Write a configuration backup to the BMS and read it back."""
-    backup = load_backup(backup_file)
     credentials = _credentials(tester_cert, tester_key)
+    backup = load_backup(backup_file)
     for session in _each_session(kwargs):
-        if credentials is not None:
-            session.authenticate(credentials)
+        session.authenticate(credentials)
         now = restore_backup(session, backup, allow_other_device=other_device)
         if as_json:
             print_json({"restored": str(backup_file), "checksum": now.checksum})
@@ -503,7 +503,7 @@ class _ProgressSink:
                 f"{node}: preflight {event.name} {event.measured} (limit {event.limit}) {mark}"
             )
         elif isinstance(event, WarningRaised):
-            self.progress.console.print(f"[yellow]{node}: {event.message}[/]")
+            self.progress.console.print(styled(f"{node}: {event.message}", "yellow"))
         elif isinstance(event, UpdateFinished):
             label = "done" if event.ok else f"stopped {event.error_code}"
             self.progress.update(self._task(node, label), description=f"{node} {label}")
@@ -522,7 +522,7 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
         yield None
         return
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -562,12 +562,16 @@ def _stop_on_signals() -> Iterator[Callable[[], bool]]:
 
 
 def _ask(item: ManualConfirmation) -> bool:
-    return click.confirm(f"Confirm: {item.text}?", default=False, err=True)
+    return click.confirm(f"Confirm: {one_line(item.text)}?", default=False, err=True)
 
 
-def _credentials(cert: Path | None, key: Path | None) -> TesterCredentials | None:
+def _credentials(cert: Path | None, key: Path | None) -> TesterCredentials:
+    """The tester certificate and key every command that writes to a BMS needs; refused
+    before the link is opened when missing, so nothing is read or written first."""
     if cert is None and key is None:
-        return None
+        raise TesterCredentialsRequiredError(
+            "this command writes to the BMS: give --tester-cert and --tester-key"
+        )
     if cert is None or key is None:
         raise UsageError("--tester-cert and --tester-key go together")
     try:
@@ -582,8 +586,8 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
         return
     for report in reports:
         colour = "green" if report.ok else "bold red"
-        console.print(f"[{colour}]{'-' * 72}[/]", highlight=False)
-        console.print(render_text(report), highlight=False, markup=False, end="")
+        console.print(styled("-" * 72, colour))
+        console.print(_report_text(report), end="")
 
 
 @click.command("update")
@@ -636,7 +640,11 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     help="Override a failed non-safety check (link-quality, cell-spread); needs a reason.",
 )
 @click.option("--override-reason", default="", help="Why the override is acceptable (recorded).")
-@click.option("--tester-cert", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--tester-cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
+)
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--operator", default="", help="Technician name for the audit log.")
 @click.option("--no-restore", is_flag=True, help="Report config changes, do not restore them.")
@@ -817,7 +825,7 @@ def _string_table(string: StringReport) -> Table:
         table.add_column(col)
     for row in string.rows:
         colour = {"updated": "green", "already-installed": "green", "skipped": "yellow"}
-        result = f"[{colour.get(row.outcome, 'bold red')}]{row.outcome}[/]"
+        result = styled(row.outcome, colour.get(row.outcome, "bold red"))
         table.add_row(
             str(row.unit),
             row.serial,
@@ -840,7 +848,7 @@ def _string_table(string: StringReport) -> Table:
 @click.option(
     "--tester-cert",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Tester certificate chain (PEM), for commands that write to the BMS.",
+    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -987,7 +995,7 @@ def diagnose_command(
         table.add_column("result")
         table.add_column("detail")
         for item in result.items:
-            verdict = "[green]ok[/]" if item.ok else "[bold red]problem[/]"
+            verdict = styled("ok", "green") if item.ok else styled("problem", "bold red")
             table.add_row(item.name, verdict, item.detail)
         console.print(table)
 
@@ -1020,11 +1028,11 @@ def _scan_serial_link(kwargs: dict[str, Any], as_json: bool) -> tuple[dict[str, 
             rates.add_column(col)
         for st in report.settings:
             if st.units:
-                answer = f"[green]units {_ranges(st.units)}[/]"
+                answer = styled(f"units {_ranges(st.units)}", "green")
             elif st.garbled:
-                answer = f"[yellow]garbage from {st.garbled} request(s): wrong setting[/]"
+                answer = styled(f"garbage from {st.garbled} request(s): wrong setting", "yellow")
             else:
-                answer = "silent"
+                answer = styled("silent", "")
             mark = " (--baud)" if st.baud_bps == baud else ""
             rates.add_row(f"{st.rate}{mark}", answer)
         console.print(rates)
@@ -1074,7 +1082,7 @@ def _ranges(units: Any) -> str:
 
 
 @click.command("report")
-@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--audit", is_flag=True, help="PATH is an audit log: verify its chain and list it.")
 @json_option
 def report_command(*, path: Path, audit: bool, as_json: bool) -> None:
@@ -1088,16 +1096,14 @@ def report_command(*, path: Path, audit: bool, as_json: bool) -> None:
         for col in ("seq", "time", "who", "device", "package", "result", "error"):
             table.add_column(col)
         for r in records:
-            dev = r.get("device", {})
-            pkg = r.get("package", {})
             table.add_row(
-                str(r["seq"]),
-                r["time"],
-                r["who"],
-                f"{dev.get('model', '')} {dev.get('serial', '')}",
-                f"{pkg.get('version', '')}",
-                r.get("result", ""),
-                r.get("error_code", ""),
+                _audit_field(r, "seq"),
+                _audit_field(r, "time"),
+                _audit_field(r, "who"),
+                f"{_audit_field(r, 'device', 'model')} {_audit_field(r, 'device', 'serial')}",
+                _audit_field(r, "package", "version"),
+                _audit_field(r, "result"),
+                _audit_field(r, "error_code"),
             )
         console.print(table)
         return
@@ -1105,7 +1111,28 @@ def report_command(*, path: Path, audit: bool, as_json: bool) -> None:
     if as_json:
         print_json(report.to_dict())
     else:
-        console.print(render_text(report), highlight=False, markup=False, end="")
+        console.print(_report_text(report), end="")
+
+
+def _report_text(report: UpdateReport) -> str:
+    """The report as text, every string in it one line and safe (a serial cannot forge a
+    line); a report file whose fields have another shape is refused with its code."""
+    try:
+        return render_text(clean(report))
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise ReportUnreadableError(
+            f"its fields do not have the shape of a bmsfw update report "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _audit_field(record: dict[str, Any], *keys: str) -> str:
+    """One value of an audit record as one line of text ('' where the record has none:
+    an intact chain says nothing about the fields a writer put in)."""
+    value: Any = record
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return "" if value is None else one_line(value)
 
 
 FIELD_COMMANDS = (

@@ -14,9 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from rich.table import Table
 
-from bmsfw.cli._render import console, print_json
+from bmsfw.cli._render import Table, console, one_line, print_json
 from bmsfw.errors import UsageError
 
 __all__ = ["fleet_group"]
@@ -312,7 +311,7 @@ def release_upload(server: str, token: str, ca: Path | None, package: Path, as_j
     if as_json:
         print_json(result)
     else:
-        click.echo(
+        console.print(  # the server's answer: shown as text, never as markup or controls
             f"release {result['id']}: {result['product']} {result['version']} "
             f"({result['safety_class']}, sha256 {result['sha256'][:16]}...)"
         )
@@ -426,15 +425,15 @@ def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(campaign)
         return
-    click.echo(
+    console.print(  # the server's answer: shown as text, never as markup or controls
         f"campaign {campaign['id']} {campaign['name']!r}: {campaign['status']}, "
         f"phase {campaign['current_phase'] + 1}/{len(campaign['phases'])} "
         f"({campaign['phase_name']}), {campaign['targets']} devices"
     )
     if campaign["pause_reason"]:
-        click.echo(f"  paused: {campaign['pause_reason']}")
+        console.print(f"  paused: {one_line(campaign['pause_reason'])}")
     states = ", ".join(f"{k} {v}" for k, v in campaign["states"].items() if v)
-    click.echo(f"  states: {states}")
+    console.print(f"  states: {states}")
 
 
 def _add_tuf_commands() -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
-from bmsfw.cli._render import console, print_json
+from bmsfw.cli._render import Table, console, print_json
 from bmsfw.errors import UsageError
 from bmsfw.package import (
     ALGORITHMS,

@@ -42,8 +42,12 @@ def exit_code_for(error: BmsfwError) -> int:
 @click.option("-v", "--verbose", count=True, help="-v: info log, -vv: debug and frame log.")
 def cli(verbose: int) -> None:
     """Safe firmware updates for smart battery management systems."""
+    from bmsfw.cli._render import SafeLogFormatter
+
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # stderr; log lines carry device text too
+    handler.setFormatter(SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _register_subcommands() -> None:
@@ -53,18 +57,48 @@ def _register_subcommands() -> None:
     _registry.register_all(cli)
 
 
+def _wants_json(args: list[str]) -> bool:
+    """``--json`` among the options (before a ``--``): errors then print JSON too."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. Every error ends here, as one coded error (docs/troubleshooting.md)
+    with its exit code (docs/cli.md); with ``--json`` also as a JSON document on stdout
+    unless the command printed its own document already."""
+    from bmsfw.cli._errors import BadArgumentValueError, from_click
+    from bmsfw.cli._render import json_written, print_error, print_error_json, reset_output_state
+
     _register_subcommands()
+    reset_output_state()
+    args = sys.argv[1:] if argv is None else list(argv)
+    error: BmsfwError
     try:
-        cli.main(args=argv, prog_name="bmsfw", standalone_mode=False)
+        for arg in args:  # no shell passes a NUL; os calls would raise ValueError
+            if "\x00" in arg:
+                raise BadArgumentValueError(f"the argument {arg!r} contains a NUL character")
+        cli.main(args=args, prog_name="bmsfw", standalone_mode=False)
+        return
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # `bmsfw` or `bmsfw GROUP` alone: the help text, not an error
         sys.exit(2)
+    except click.ClickException as exc:
+        error = from_click(exc)
     except BmsfwError as exc:
-        from bmsfw.cli._render import print_error
-
-        print_error(exc)
-        sys.exit(exit_code_for(exc))
+        error = exc
+    except Exception as exc:  # a bug: still a coded error, the traceback with -v
+        logging.getLogger("bmsfw.cli").info("internal error", exc_info=True)
+        error = BmsfwError(f"internal error {type(exc).__name__}: {exc}")
+    code = exit_code_for(error)
+    print_error(error)
+    if _wants_json(args) and not json_written():
+        print_error_json(error, code)
+    sys.exit(code)

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from bmsfw.cli._keys import read_passphrase
-from bmsfw.cli._render import console, print_json
+from bmsfw.cli._render import Table, console, line, paragraph, print_json
 from bmsfw.errors import UsageError
 from bmsfw.package import (
     ENCODINGS,
@@ -209,7 +207,7 @@ def build_cmd(  # click passes options as keywords
     _write_atomic(output, package)
     if not as_json:
         for name, fw in inputs.items():
-            console.print(escape(f"{name}: {_describe_input(fw)}"))
+            console.print(f"{name}: {_describe_input(fw)}")
     _report_written(
         output, package, "built (unsigned)", as_json, {n: i.to_dict() for n, i in inputs.items()}
     )
@@ -248,7 +246,7 @@ def _report_written(
             record["inputs"] = inputs
         print_json(record)
     else:
-        console.print(escape(f"{what}: {output} ({len(package):,} bytes, sha256 {digest})"))
+        console.print(f"{what}: {output} ({len(package):,} bytes, sha256 {digest})")
 
 
 @package_group.command("sign")
@@ -434,7 +432,7 @@ def _manifest_table(manifest: Manifest, title: str) -> Table:
     table.add_row("min bootloader", manifest.min_bootloader_version)
     table.add_row("safety class", manifest.safety_class)
     table.add_row("created", manifest.created_at)
-    table.add_row("release notes", manifest.release_notes or "-")
+    table.add_row("release notes", paragraph(manifest.release_notes or "-"))
     return table
 
 
@@ -485,12 +483,15 @@ def render_verified(
         )
     console.print(table)
     scope = "and allowed on this device" if device_checked else "(no device facts given)"
-    console.print(f"[bold green]OK[/] signature, chain and hashes verified {scope}")
+    console.print(line(("OK", "bold green"), f" signature, chain and hashes verified {scope}"))
     if not image_keys_pinned and verified.image_info:
         console.print(
-            "[yellow]note[/]: image signatures were checked with the keys the images carry, "
-            "not against the vendor's image key; add --pki DIR, --image-key FILE or "
-            "--image-key-hash HEX to check that the BMS will boot them"
+            line(
+                ("note", "yellow"),
+                ": image signatures were checked with the keys the images carry, "
+                "not against the vendor's image key; add --pki DIR, --image-key FILE or "
+                "--image-key-hash HEX to check that the BMS will boot them",
+            )
         )
 
 
@@ -499,7 +500,7 @@ def render_inspection(inspection: ReleaseInspection) -> None:
     if inspection.chain:
         console.print(_chain_table(inspection.chain))
     else:
-        console.print("[yellow]unsigned[/]: no signer chain")
+        console.print(line(("unsigned", "yellow"), ": no signer chain"))
     table = Table(title="components")
     for col in ("name", "encoding", "stored", "image", "version", "sec cnt", "TLVs", "problem"):
         table.add_column(col, overflow="fold")
@@ -558,4 +559,4 @@ def header_cmd(package: Path, output: Path, as_json: bool) -> None:
         print_json({**record, "format_version": HEADER_FORMAT_VERSION})
     else:
         text = f"release header: {output} ({len(header):,} bytes, little-endian, sha256 {digest})"
-        console.print(escape(text))
+        console.print(text)

@@ -18,6 +18,7 @@ that interface is opened; a missing driver becomes :class:`CanDriverMissingError
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import threading
@@ -240,6 +241,34 @@ def _backend_kwargs(spec: CanLinkSpec) -> dict[str, Any]:
     return kwargs
 
 
+def _missing_adapter(spec: CanLinkSpec, exc: BaseException) -> str | None:
+    """What to install or check when ``exc`` says the adapter, its driver or its kernel
+    support is absent (rather than present but unable to open the bus); else None."""
+    hint = _DRIVER_HINTS.get(spec.interface, "install the driver for this adapter")
+    seen: BaseException | None = exc
+    while seen is not None:
+        number = getattr(seen, "errno", None) or getattr(seen, "error_code", None)
+        if number in (errno.ENODEV, errno.ENXIO):
+            if spec.interface == "socketcan":
+                return (
+                    f"this machine has no CAN interface {spec.channel!r}: check `ip link show`; "
+                    f"a virtual one is made with `sudo modprobe vcan && sudo ip link add dev "
+                    f"{spec.channel} type vcan && sudo ip link set up {spec.channel}`"
+                )
+            return f"no adapter answers as channel {spec.channel!r} ({seen}); {hint}"
+        if number in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+            return (
+                f"this kernel has no SocketCAN support ({seen}): load it with "
+                "`sudo modprobe can_raw` (Linux only), or use `udp_multicast` without hardware"
+            )
+        if isinstance(seen, FileNotFoundError) or (
+            isinstance(seen, OSError) and number is None and "librar" in str(seen).lower()
+        ):
+            return f"{str(seen).rstrip('.')}; {hint}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def open_can_bus(
     spec: CanLinkSpec | str,
     *,
@@ -268,6 +297,9 @@ def open_can_bus(
             f"cannot load the {spec.interface!r} CAN driver for {spec}: {exc}; {hint}"
         ) from exc
     except (can.CanError, OSError, ValueError, TypeError) as exc:
+        missing = _missing_adapter(spec, exc)
+        if missing is not None:
+            raise CanDriverMissingError(f"cannot open CAN link {spec}: {missing}") from exc
         raise CanBusOpenError(f"cannot open CAN link {spec}: {exc}") from exc
     return WireBus(
         inner,

@@ -48,10 +48,15 @@ class CanDriverMissingError(TransportError):
     """The python-can backend or its vendor driver/library is not installed."""
 
     code = "BMSFW-E303"
-    diagnosis = "The driver for this CAN adapter is not installed or cannot be loaded."
+    diagnosis = (
+        "The driver or library for this CAN adapter is not installed or cannot be loaded, "
+        "or the adapter or interface named does not exist on this machine."
+    )
     remedy = (
-        "Install the adapter vendor's driver/library (e.g. PCAN-Basic, Kvaser CANlib, "
-        "Vector XL) and its Python package, or use `virtual`/`udp_multicast` without hardware."
+        "Do what the message says for this adapter: install the vendor's driver/library "
+        "(e.g. PCAN-Basic, Kvaser CANlib, Vector XL) and its Python package, or create and "
+        "bring up the interface (`ip link show` for socketcan); without hardware use "
+        "`virtual` or `udp_multicast`."
     )
 
 

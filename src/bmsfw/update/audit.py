@@ -114,12 +114,18 @@ def verify_audit_log(path: str | Path) -> list[dict[str, Any]]:
         return []
     records: list[dict[str, Any]] = []
     prev = GENESIS_HASH
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AuditLogTamperedError(f"{file} is not UTF-8 text (at byte {exc.start})") from exc
+    # Records end at "\n" only: splitlines() would also split at U+0085 or U+2028 that
+    # a device string in a record may carry (JSON leaves them unescaped).
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
             raise AuditLogTamperedError(f"{file}:{number} is not a JSON record") from exc
         if not isinstance(record, dict):
             raise AuditLogTamperedError(f"{file}:{number} is not a JSON object")

@@ -133,8 +133,8 @@ def load_report(path: str | Path) -> UpdateReport:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ReportUnreadableError(f"cannot read {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ReportUnreadableError(f"{path} is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise ReportUnreadableError(f"{path} is not a JSON text: {exc}") from exc
     if not isinstance(data, dict):
         raise ReportUnreadableError(f"{path} is not a JSON object")
     return UpdateReport.from_dict(data)
