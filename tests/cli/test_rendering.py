@@ -487,12 +487,12 @@ def test_device_strings(
     with virtual_bms(work, image, lab, serial=f"SN{text}") as link:
         for args in (
             ("info", "--can", link, "--node", "1"),
-            ("scan", "--can", link, "--last", "1"),
+            ("scan", "--can", link, "--last", "1", "--timeout", "5"),
         ):
             shown = run(capsys, *args)
             assert shown.code == 0
+            assert one_line(f"SN{text}") in shown.out, shown  # shown, as text
             assert_safe(shown, text)
-            assert one_line(f"SN{text}") in shown.out  # shown, as text
             as_json = run(capsys, *args, "--json")
             assert_safe(as_json, text)
             assert f"SN{text}" in _strings(as_json.json())  # the device's bytes, exactly

@@ -171,7 +171,7 @@ def test_update_without_tester_credentials_touches_nothing(
     error = expect(args, "BMSFW-E004", 2, "--tester-cert")
     assert "bmsfw keys issue-tester" in error.error["remedy"]
     assert not (bench.work / "backups").exists()
-    rollback = ["rollback", *bench.link_args()]
+    rollback = ["rollback", *bench.link_args(), "--backup-dir", str(bench.work / "backups")]
     assert "keys issue-tester" in expect(rollback, "BMSFW-E004", 2).error["remedy"]
     restore = ["restore", *bench.link_args(), str(bench.work / "backup.json")]
     expect(restore, "BMSFW-E004", 2)
