@@ -306,6 +306,45 @@ class _Guard:
         return service.claim_last_use(principal)
 
 
+class ErrorInfo(BaseModel):
+    code: str
+    type: str
+    message: str
+    diagnosis: str
+    remedy: str
+    package_code: str | None = None  # a refused release: the package's own error code
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``error``; a 422 also lists the problems in ``detail``."""
+
+    error: ErrorInfo
+    detail: list[dict[str, Any]] | None = None
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+def _error_responses(method: str, path: str) -> dict[int | str, dict[str, Any]]:
+    """The error statuses a guarded route can answer (declared in the OpenAPI document)."""
+    responses: dict[int | str, dict[str, Any]] = {
+        401: _error("no credential, or an unknown, revoked or expired one (E601, E602)"),
+        403: _error("the credential's role may not use this route, or not for this object"),
+        413: _error("the request body exceeds this route's limit (E631)"),
+        422: _error("invalid path, query or body (E630; E605, E609, E610, E614 by route)"),
+        429: _error("rate limited (E632); see Retry-After"),
+    }
+    if "{" in path or method in ("POST", "PUT"):
+        responses[404] = _error("a release, campaign, device, gateway, backup or flag named "
+                                "does not exist (E604)")  # fmt: skip
+    if method in ("POST", "PUT"):
+        responses[409] = _error("conflicts with the current state (E606, E607, E608, E612)")
+    if path.endswith("/artifact"):
+        responses[500] = _error("the stored file is missing or damaged (E611)")
+    return responses
+
+
 def _route(
     router: APIRouter,
     method: str,
@@ -321,6 +360,8 @@ def _route(
     guard = guard or _Guard(roles, touch_in_handler=touch_in_handler)
     assert guard.roles == roles
 
+    responses = {**_error_responses(method, path), **kwargs.pop("responses", {})}
+
     def register(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         router.add_api_route(
             API + path,
@@ -329,6 +370,7 @@ def _route(
             dependencies=[Depends(guard)],
             openapi_extra={**(openapi_extra or {}), "x-bmsfw-roles": sorted(roles)},
             route_class_override=route_class,
+            responses=responses,
             **kwargs,
         )
         return endpoint
@@ -535,6 +577,17 @@ async def _tick_forever(service: FleetService, interval_s: float) -> None:
             log.exception("campaign tick failed")
 
 
+# The upload's body is the .bmsfw file itself, read by the endpoint as a stream.
+_UPLOAD_BODY = {
+    "required": True,
+    "description": "the signed .bmsfw release file",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+_FILE = {
+    "description": "the .bmsfw file",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
 # The check-in's body is parsed by the endpoint itself (see below), so its schema is
 # named here for the OpenAPI document; the models are added to its components.
 _CHECK_IN_BODY = {
@@ -659,7 +712,18 @@ def _tuf_routes(router: APIRouter, repository: TufRepository) -> None:
 
 
 def _release_routes(router: APIRouter, config: ServerConfig) -> None:
-    @_route(router, "POST", "/releases", RELEASE_MANAGER, status_code=201)
+    @_route(
+        router,
+        "POST",
+        "/releases",
+        RELEASE_MANAGER,
+        status_code=201,
+        openapi_extra={"requestBody": _UPLOAD_BODY},
+        responses={
+            200: {"description": "the same file was uploaded before: that release"},
+            201: {"description": "the release, verified and stored"},
+        },
+    )
     async def upload_release(
         request: Request, filename: Annotated[str, Query(max_length=255)] = "release.bmsfw"
     ) -> JSONResponse:
@@ -698,7 +762,18 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
     def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
         return _service(request).get_release(release_id)
 
-    @_route(router, "GET", "/releases/{release_id}/artifact", VIEWER | GATEWAY)
+    @_route(
+        router,
+        "GET",
+        "/releases/{release_id}/artifact",
+        VIEWER | GATEWAY,
+        response_class=Response,
+        responses={
+            200: _FILE,
+            206: {**_FILE, "description": "the part named by Range"},
+            416: {"description": "Range starts at or past the end of the file"},
+        },
+    )
     def download(request: Request, release_id: IdPath) -> Response:
         """The `.bmsfw` file; supports `Range: bytes=N-` to resume and `If-Range` with the ETag."""
         service = _service(request)
