@@ -122,6 +122,10 @@ def test_device_runs_the_release() -> None:
     assert not device_runs("1.1.1-rc1", "1.1.1+0")  # the release, not its candidate
     assert not device_runs("1.1.1", "1.1.1+3900000001")
     assert not device_runs("1.5.0", "1.4.0+0")
+    assert device_runs("1.1.1-rc1", "1.1.1.3900000001")  # MCUmgr's image list
+    assert device_runs("1.4.0+17", "1.4.0.17")
+    assert not device_runs("1.4.0+17", "1.4.0.18")
+    assert compare_versions("1.1.1.3900000001", "1.1.1") == -1
     assert not device_runs("1.5.0", "garbage [/]")
     assert not device_runs("1.5.0", "")
     with pytest.raises(InvalidVersionError):

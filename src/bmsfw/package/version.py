@@ -62,9 +62,10 @@ _SEMVER = re.compile(
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?"
     r"(?:\+([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?$"
 )
-# The MCUboot form as devices and imgtool print it: a decimal build number is required
-# (``1.5.0+0``); without ``+BUILD`` a string is read as a semver.
-_IMAGE_FORM = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,5})\+(\d{1,10})$")
+# The MCUboot form as devices and imgtool print it, a decimal build number required
+# (``1.5.0+0``), or as Zephyr's MCUmgr image list does (``1.5.0.7``: ``.BUILD``, left out
+# when 0); without a build a string is read as a semver.
+_IMAGE_FORM = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,5})[+.](\d{1,10})$")
 _MAX_TEXT = 256
 
 _STAGES = ("alpha", "beta", "rc")  # codes 1, 2, 3
@@ -259,8 +260,8 @@ def as_version(text: str) -> Version:
     """A version string in either form, as the release version it denotes.
 
     ``MAJOR.MINOR.REVISION+BUILD`` with a decimal build (what an MCUboot device
-    reports) is read as a header version and mapped back by the rule; anything
-    else must be a semver.
+    reports), or ``MAJOR.MINOR.REVISION.BUILD`` (MCUmgr's image list), is read as
+    a header version and mapped back by the rule; anything else must be a semver.
     """
     image = _reported_image_version(_check_text(text, "version"))
     return version_of_image(image) if image is not None else parse_version(text)
@@ -269,8 +270,9 @@ def as_version(text: str) -> Version:
 def device_runs(release_version: str, reported: str) -> bool:
     """Does a device that reports ``reported`` run the release ``release_version``?
 
-    ``reported`` is either the MCUboot header version (``1.5.0+0``; it must be
-    exactly the header version the rule gives for the release, build included)
+    ``reported`` is either the MCUboot header version (``1.5.0+0``, or MCUmgr's
+    ``1.5.0.7``; it must be exactly the header version the rule gives for the
+    release, build included)
     or a semver from the application's descriptor (equal precedence: build
     metadata ignored). An unreadable report runs no release (False).
     """
