@@ -35,6 +35,7 @@ from bmsfw.fleet.errors import FleetUnreachableError, SafetyCriticalOtaRefusedEr
 from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from bmsfw.fleet.tuf_repo import generate_key, new_root, public_key_of
+from bmsfw.package.version import device_runs
 
 __all__ = ["FleetDemoConfig", "run_fleet_demo"]
 
@@ -294,7 +295,7 @@ def _operate(config: FleetDemoConfig, admin: FleetClient, sim: SimFleet) -> Flee
     # The inventory shows the new version after each BMS's next check-in.
     def inventory() -> dict[str, str] | None:
         versions = {d["serial"]: str(d["firmware_version"]) for d in admin.get("devices")}
-        done = all(v == config.target_version for v in versions.values())
+        done = all(device_runs(config.target_version, v) for v in versions.values())
         return versions if done else None
 
     versions = _wait("the inventory to show the new version", inventory, timeout_s=10.0)
