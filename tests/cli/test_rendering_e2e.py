@@ -219,3 +219,11 @@ def test_socketcan_errors_from_the_kernel(
     monkeypatch.setattr(can, "Bus", bus)
     with pytest.raises(CanDriverMissingError, match=what.replace(" ", ".")):
         open_can_bus("socketcan:vcan9")
+
+
+def test_a_token_file_that_is_not_text(kit: Kit, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\x00\xff\xfe")
+    state = ["--state-dir", str(tmp_path / "agent"), "--sim", "1", "--once"]
+    agent = ["agent", "--server", "http://127.0.0.1:9", "--token-file", str(token)]
+    expect([*agent, "--trust-root", str(kit.trust), *state], "BMSFW-E001", 2, "not a text file")

@@ -16,20 +16,11 @@ from typing import Any
 
 import click
 
+from bmsfw.cli._link import read_secret
 from bmsfw.cli._render import console, line, print_json
 from bmsfw.errors import UsageError
 
 __all__ = ["agent_command", "sim_fleet_command"]
-
-
-def _read_secret(path: Path, what: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if not value:
-        raise UsageError(f"{what} {path} is empty")
-    return value
 
 
 def _read_bytes(path: Path, what: str) -> bytes:
@@ -190,7 +181,7 @@ def agent_command(
     from bmsfw.update.connect import parse_links
     from bmsfw.update.profile import load_profile
 
-    token = _read_secret(token_file, "token file")
+    token = read_secret(token_file, "token file")
     root_pem = _read_bytes(trust_root, "trust root")
     chosen = [name for name, given in (("--can", can), ("--serial", serial_port),
                                         ("--sim", sim_count)) if given]  # fmt: skip
@@ -381,7 +372,7 @@ def sim_fleet_command(
     stop = threading.Event()
     _stop_on_signals(stop)
     with SimFleet(config) as fleet:
-        with _client(server, _read_secret(token_file, "token file"), ca, insecure_http) as admin:
+        with _client(server, read_secret(token_file, "token file"), ca, insecure_http) as admin:
             fleet.build(fleet.register(admin))
         fleet.start()
         started = time.monotonic()

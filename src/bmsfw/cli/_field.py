@@ -29,7 +29,14 @@ from rich.progress import (
 
 from bmsfw.cli._errors import TesterCredentialsRequiredError
 from bmsfw.cli._evidence import start_evidence, tell_after, tell_before, write_evidence
-from bmsfw.cli._link import connect, link_options, links_from, load_trust, trust_options
+from bmsfw.cli._link import (
+    connect,
+    link_options,
+    links_from,
+    load_trust,
+    read_secret,
+    trust_options,
+)
 from bmsfw.cli._render import Table, clean, console, err_console, line, one_line, print_json, styled
 from bmsfw.errors import BmsfwError, TransportError, UsageError
 from bmsfw.protocol.session import BmsSession, TesterCredentials
@@ -381,12 +388,7 @@ def _cloud_backup_client(
         return None
     if token_file is None:
         raise UsageError("--server needs --token-file (a file holding your operator token)")
-    try:
-        token = token_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read token file {token_file}: {exc.strerror}") from exc
-    if not token:
-        raise UsageError(f"token file {token_file} is empty")
+    token = read_secret(token_file, "token file")
     # Plain HTTP only to this machine (a local test server), as `bmsfw fleet` does.
     from bmsfw.cli._fleet import loopback_url
     from bmsfw.fleet.client import ClientConfig, FleetClient

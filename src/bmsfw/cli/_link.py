@@ -20,6 +20,7 @@ __all__ = [
     "link_options",
     "links_from",
     "load_trust",
+    "read_secret",
     "trust_options",
 ]
 
@@ -168,3 +169,17 @@ def load_trust(trust_path: Path, crl_paths: tuple[Path, ...] = ()) -> Any:
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     return trust
+
+
+def read_secret(path: Path, what: str) -> str:
+    """A token kept in a file (one line of text); a usage error if it cannot be read,
+    is not UTF-8 text, or is empty."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path} is not a text file (byte {exc.start})") from exc
+    if not value:
+        raise UsageError(f"{what} {path} is empty")
+    return value
