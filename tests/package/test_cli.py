@@ -319,3 +319,25 @@ def test_package_header_is_the_release_header(
     magic, fmt, count, tag, length = struct.unpack_from("<8sHHHI", data)
     assert (magic, fmt, tag) == (b"BMSFWHDR", 1, 1) and count >= 3
     assert data[18 : 18 + length] == decode_header(data).manifest
+
+
+def test_inspect_and_verify_name_the_release_a_header_version_denotes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert run(capsys, "keys", "init", str(pki))[0] == 0
+    pkg = tmp_path / "rc.bmsfw"
+    build = ["package", "build", "--product", "demo", "--version", "1.4.0-rc1"]
+    build += ["--security-counter", "1", "--hw-model", "BMS-48V", "--hw-revision", "B"]
+    build += ["--pki", str(pki), "--app", str(FIXTURES / "app.bin"), "-o", str(pkg)]
+    assert run(capsys, *build)[0] == 0
+    assert run(capsys, "package", "sign", str(pkg), "--pki", str(pki))[0] == 0
+    code, out, err = run(capsys, "package", "verify", str(pkg), "--pki", str(pki), "--json")
+    assert code == 0, err
+    app = json.loads(out)["images"]["app"]
+    assert (app["version"], app["release_version"]) == ("1.4.0+3900000001", "1.4.0-rc1")
+    from bmsfw.cli._package import _image_version_text
+    from bmsfw.package.version import ImageVersion
+
+    assert _image_version_text(ImageVersion(1, 4, 0, 3900000001)) == "1.4.0+3900000001 (1.4.0-rc1)"
+    assert _image_version_text(ImageVersion(1, 5, 0, 17)) == "1.5.0+17"

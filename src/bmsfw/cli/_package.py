@@ -39,6 +39,7 @@ from bmsfw.package._firmware import FirmwareInput, load_firmware
 from bmsfw.package._header import HEADER_FORMAT_VERSION
 from bmsfw.package._trust import CertificateSummary, load_certificates_pem
 from bmsfw.package.errors import BadImageMagicError, ImageKeyNotGivenError
+from bmsfw.package.version import ImageVersion, version_of_image
 
 __all__ = ["package_group", "render_inspection", "render_verified"]
 
@@ -404,6 +405,7 @@ def verify_cmd(  # click passes options as keywords
                 "images": {
                     name: {
                         "version": str(info.version),
+                        "release_version": str(version_of_image(info.version)),
                         "security_counter": info.security_counter,
                         "digest": info.digest.hex(),
                         "key_hash": info.key_hash.hex(),
@@ -453,6 +455,12 @@ def _chain_table(chain: Sequence[CertificateSummary]) -> Table:
     return table
 
 
+def _image_version_text(version: ImageVersion) -> str:
+    """``1.4.0+3900000001 (1.4.0-rc1)``: a pre-release code named as the release it denotes."""
+    release = version_of_image(version)
+    return f"{version} ({release})" if release.prerelease else str(version)
+
+
 def render_verified(
     verified: VerifiedRelease, *, device_checked: bool, image_keys_pinned: bool = True
 ) -> None:
@@ -475,7 +483,7 @@ def render_verified(
             continue
         table.add_row(
             comp.name,
-            str(info.version),
+            _image_version_text(info.version),
             str(info.security_counter),
             f"{comp.image_size:,}",
             comp.image_sha256.hex()[:16] + "…",
@@ -511,7 +519,7 @@ def render_inspection(inspection: ReleaseInspection) -> None:
             comp.encoding,
             f"{comp.stored_size:,}",
             f"{comp.image_size:,}",
-            str(image.version) if image else "-",
+            _image_version_text(image.version) if image else "-",
             str(image.security_counter) if image else "-",
             " ".join(t.name for t in image.unprotected_tlvs) if image else "-",
             item.problem or "",
