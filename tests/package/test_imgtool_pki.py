@@ -153,3 +153,29 @@ def test_build_with_the_pki_refuses_an_image_signed_by_another_key(
         "--image", f"app={signed}", "--pki", str(vendor), "-o", str(package),
     )  # fmt: skip
     assert code == 3 and "BMSFW-E124" in err and not package.exists()
+
+
+def test_imgtool_hex_output_is_kept_as_the_signed_image(
+    vendor: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bmsfw.package import parse_image
+    from bmsfw.package._firmware import load_firmware
+    from bmsfw.package._release import component_image
+
+    fw = tmp_path / "fw.bin"
+    fw.write_bytes(bytes(range(251)) * 12)
+    signed_hex = tmp_path / "signed.hex"  # imgtool writes Intel HEX for a .hex output
+    imgtool_sign(vendor / "image-signing.key", fw, signed_hex, "--version", "1.2.0",
+                 "--security-counter", "7", "--hex-addr", "0x08020000")  # fmt: skip
+    loaded = load_firmware(signed_hex.read_bytes())
+    assert (loaded.format, loaded.container, loaded.load_address) == ("mcuboot", "ihex", 0x08020000)
+    package = tmp_path / "r.bmsfw"
+    code, out, err = run(
+        capsys, "package", "build", "--product", "demo", "--version", "1.2.0",
+        "--security-counter", "7", "--hw-model", "BMS-48V", "--hw-revision", "B",
+        "--app", str(signed_hex), "--pki", str(vendor), "-o", str(package), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["inputs"]["app"]["format"] == "mcuboot"
+    image = component_image(package.read_bytes())
+    assert image == loaded.data and parse_image(image).security_counter == 7
