@@ -496,3 +496,20 @@ def test_device_strings(
             as_json = run(capsys, *args, "--json")
             assert_safe(as_json, text)
             assert f"SN{text}" in _strings(as_json.json())  # the device's bytes, exactly
+
+
+def test_device_strings_in_the_other_field_commands(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, lab: Lab, image: bytes
+) -> None:
+    """preflight, diagnose and backup of a BMS whose serial carries markup and escapes."""
+    serial = "SN[/][bold]\x1b]0;title\x07\x1b[2J\rUPDATED OK"
+    with virtual_bms(tmp_path / "bms", image, lab, serial=serial) as link:
+        for args in (
+            ("preflight", "--can", link, "--node", "1"),
+            ("diagnose", "--can", link, "--node", "1", "--samples", "2", "--window", "0.2"),
+            ("backup", "--can", link, "--node", "1", "--to", str(tmp_path / "backups")),
+        ):
+            assert_safe(run(capsys, *args))  # (not every one shows the serial)
+            as_json = run(capsys, *args, "--json")
+            assert_safe(as_json)
+            as_json.json()
