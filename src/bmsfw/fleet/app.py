@@ -87,6 +87,23 @@ from bmsfw.fleet.schemas import (
 )
 from bmsfw.fleet.service import FleetService, ServiceSettings
 from bmsfw.fleet.tuf_repo import TufRepository, TufSettings, tuf_releases
+from bmsfw.fleet.views import (
+    AccessReviewEntry,
+    AuditEntryView,
+    BackupContent,
+    CampaignDeviceView,
+    CampaignView,
+    DeviceDetail,
+    DeviceView,
+    FlagView,
+    GatewayCreated,
+    GatewayView,
+    ReleaseView,
+    SiteView,
+    TokenCreated,
+    TokenRevoked,
+    WhoAmI,
+)
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -720,8 +737,8 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         status_code=201,
         openapi_extra={"requestBody": _UPLOAD_BODY},
         responses={
-            200: {"description": "the same file was uploaded before: that release"},
-            201: {"description": "the release, verified and stored"},
+            200: {"model": ReleaseView, "description": "uploaded before: that release"},
+            201: {"model": ReleaseView, "description": "the release, verified and stored"},
         },
     )
     async def upload_release(
@@ -754,11 +771,11 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         )
         return JSONResponse(release, status_code=201 if created else 200)
 
-    @_route(router, "GET", "/releases", VIEWER)
+    @_route(router, "GET", "/releases", VIEWER, response_model=list[ReleaseView])
     def list_releases(request: Request) -> list[dict[str, Any]]:
         return _service(request).list_releases()
 
-    @_route(router, "GET", "/releases/{release_id}", VIEWER)
+    @_route(router, "GET", "/releases/{release_id}", VIEWER, response_model=ReleaseView)
     def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
         return _service(request).get_release(release_id)
 
@@ -804,60 +821,72 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
 
 
 def _campaign_routes(router: APIRouter) -> None:
-    @_route(router, "POST", "/campaigns", OPERATOR, status_code=201)
+    @_route(router, "POST", "/campaigns", OPERATOR, status_code=201, response_model=CampaignView)
     def create_campaign(request: Request, spec: CampaignSpec) -> dict[str, Any]:
         """Start a phased campaign; safety-critical releases are refused (BMSFW-E606)."""
         return _service(request).create_campaign(_principal(request), spec)
 
-    @_route(router, "GET", "/campaigns", VIEWER)
+    @_route(router, "GET", "/campaigns", VIEWER, response_model=list[CampaignView])
     def list_campaigns(request: Request) -> list[dict[str, Any]]:
         return _service(request).list_campaigns()
 
-    @_route(router, "GET", "/campaigns/{campaign_id}", VIEWER)
+    @_route(router, "GET", "/campaigns/{campaign_id}", VIEWER, response_model=CampaignView)
     def get_campaign(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         return _service(request).get_campaign(campaign_id)
 
-    @_route(router, "GET", "/campaigns/{campaign_id}/devices", VIEWER)
+    @_route(
+        router,
+        "GET",
+        "/campaigns/{campaign_id}/devices",
+        VIEWER,
+        response_model=list[CampaignDeviceView],
+    )
     def campaign_devices(request: Request, campaign_id: IdPath) -> list[dict[str, Any]]:
         """Every target device with its state, error code and timestamped history."""
         return _service(request).campaign_devices(campaign_id)
 
-    @_route(router, "POST", "/campaigns/{campaign_id}/pause", OPERATOR)
+    @_route(router, "POST", "/campaigns/{campaign_id}/pause", OPERATOR, response_model=CampaignView)
     def pause(
         request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).pause(_principal(request), campaign_id, reason)
 
-    @_route(router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR)
+    @_route(
+        router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR, response_model=CampaignView
+    )
     def resume(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         """Resume; failures seen so far count as reviewed for the error threshold."""
         return _service(request).resume(_principal(request), campaign_id)
 
-    @_route(router, "POST", "/campaigns/{campaign_id}/cancel", OPERATOR)
+    @_route(
+        router, "POST", "/campaigns/{campaign_id}/cancel", OPERATOR, response_model=CampaignView
+    )
     def cancel(
         request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).cancel(_principal(request), campaign_id, reason)
 
-    @_route(router, "POST", "/campaigns/{campaign_id}/evaluate", OPERATOR)
+    @_route(
+        router, "POST", "/campaigns/{campaign_id}/evaluate", OPERATOR, response_model=CampaignView
+    )
     def evaluate(request: Request, campaign_id: IdPath) -> dict[str, Any]:
         """Apply the progression rules now (the server also does this periodically)."""
         return _service(request).evaluate(campaign_id)
 
 
 def _inventory_routes(router: APIRouter) -> None:
-    @_route(router, "GET", "/gateways", VIEWER)
+    @_route(router, "GET", "/gateways", VIEWER, response_model=list[GatewayView])
     def list_gateways(request: Request) -> list[dict[str, Any]]:
         return _service(request).list_gateways()
 
-    @_route(router, "POST", "/gateways", ADMIN, status_code=201)
+    @_route(router, "POST", "/gateways", ADMIN, status_code=201, response_model=GatewayCreated)
     def create_gateway(request: Request, body: GatewayCreate) -> dict[str, Any]:
         """Register a gateway; the answer holds its token, shown only this once."""
         return _service(request).create_gateway(
             _principal(request), body.name, body.site, body.tags
         )
 
-    @_route(router, "GET", "/devices", VIEWER)
+    @_route(router, "GET", "/devices", VIEWER, response_model=list[DeviceView])
     def list_devices(
         request: Request,
         site: Annotated[str | None, Query(max_length=120)] = None,
@@ -866,11 +895,11 @@ def _inventory_routes(router: APIRouter) -> None:
     ) -> list[dict[str, Any]]:
         return _service(request).list_devices(site=site, model=model, flagged=flagged)
 
-    @_route(router, "GET", "/devices/{serial}", VIEWER)
+    @_route(router, "GET", "/devices/{serial}", VIEWER, response_model=DeviceDetail)
     def get_device(request: Request, serial: SerialPath) -> dict[str, Any]:
         return _service(request).get_device(serial)
 
-    @_route(router, "GET", "/devices/{serial}/backups", OPERATOR)
+    @_route(router, "GET", "/devices/{serial}/backups", OPERATOR, response_model=list[BackupInfo])
     def list_backups(request: Request, serial: SerialPath) -> list[BackupInfo]:
         return _service(request).list_backups(serial)
 
@@ -889,31 +918,31 @@ def _inventory_routes(router: APIRouter) -> None:
         in the inventory. The answer names the uploading credential and the SHA-256."""
         return _service(request).store_operator_backup(_principal(request), serial, body)
 
-    @_route(router, "POST", "/devices/{serial}/move", OPERATOR)
+    @_route(router, "POST", "/devices/{serial}/move", OPERATOR, response_model=DeviceView)
     def move_device(request: Request, serial: SerialPath, body: DeviceMove) -> dict[str, Any]:
         """Move a device to another gateway (a check-in naming another gateway's device is
         refused and flagged, never a move)."""
         return _service(request).move_device(_principal(request), serial, body.gateway)
 
-    @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY)
+    @_route(router, "GET", "/backups/{backup_id}", OPERATOR | GATEWAY, response_model=BackupContent)
     def get_backup(request: Request, backup_id: IdPath) -> dict[str, Any]:
         """One backup with its JSON content (a gateway may read its own devices' backups)."""
         return _service(request).get_backup(_principal(request), backup_id)
 
-    @_route(router, "GET", "/sites", VIEWER)
+    @_route(router, "GET", "/sites", VIEWER, response_model=list[SiteView])
     def list_sites(request: Request) -> list[dict[str, Any]]:
         return _service(request).list_sites()
 
-    @_route(router, "PUT", "/sites/{site}/maintenance-windows", OPERATOR)
+    @_route(router, "PUT", "/sites/{site}/maintenance-windows", OPERATOR, response_model=SiteView)
     def set_windows(request: Request, site: SitePath, body: SiteWindowSpec) -> dict[str, Any]:
         return _service(request).set_site_windows(_principal(request), site, body)
 
-    @_route(router, "GET", "/flags", VIEWER)
+    @_route(router, "GET", "/flags", VIEWER, response_model=list[FlagView])
     def list_flags(request: Request, include_acknowledged: bool = False) -> list[dict[str, Any]]:
         """Devices flagged for integrity faults, unexpected firmware hash or version."""
         return _service(request).list_flags(include_acknowledged=include_acknowledged)
 
-    @_route(router, "POST", "/flags/{flag_id}/acknowledge", OPERATOR)
+    @_route(router, "POST", "/flags/{flag_id}/acknowledge", OPERATOR, response_model=FlagView)
     def acknowledge(
         request: Request, flag_id: IdPath, note: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
@@ -921,30 +950,30 @@ def _inventory_routes(router: APIRouter) -> None:
 
 
 def _admin_routes(router: APIRouter, app: FastAPI) -> None:
-    @_route(router, "GET", "/whoami", VIEWER | GATEWAY)
+    @_route(router, "GET", "/whoami", VIEWER | GATEWAY, response_model=WhoAmI)
     def whoami(request: Request) -> dict[str, Any]:
         p = _principal(request)
         return {"name": p.name, "kind": p.kind, "role": p.role, "gateway_id": p.gateway_id}
 
-    @_route(router, "POST", "/tokens", ADMIN, status_code=201)
+    @_route(router, "POST", "/tokens", ADMIN, status_code=201, response_model=TokenCreated)
     def create_token(request: Request, body: TokenCreate) -> dict[str, Any]:
         """A new operator API token; the clear text is in this answer only."""
         return _service(request).create_operator_token(
             _principal(request), body.name, body.role, body.expires_in_days
         )
 
-    @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN)
+    @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN, response_model=TokenRevoked)
     def revoke_token(request: Request, credential_id: IdPath) -> dict[str, Any]:
         return _service(request).revoke_token(_principal(request), credential_id)
 
-    @_route(router, "GET", "/access-review", ADMIN)
+    @_route(router, "GET", "/access-review", ADMIN, response_model=list[AccessReviewEntry])
     def access_review(request: Request) -> list[dict[str, object]]:
         """Every credential: role, creation, last use, revocation, expiry, failed attempts
         (IEC 62443 access review)."""
         request.app.state.edge.flush()
         return _service(request).access_review()
 
-    @_route(router, "GET", "/audit", ADMIN)
+    @_route(router, "GET", "/audit", ADMIN, response_model=list[AuditEntryView])
     def audit_log(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
