@@ -227,3 +227,15 @@ def test_a_token_file_that_is_not_text(kit: Kit, tmp_path: Path) -> None:
     state = ["--state-dir", str(tmp_path / "agent"), "--sim", "1", "--once"]
     agent = ["agent", "--server", "http://127.0.0.1:9", "--token-file", str(token)]
     expect([*agent, "--trust-root", str(kit.trust), *state], "BMSFW-E001", 2, "not a text file")
+
+
+def test_json_of_several_nodes_is_one_document(make_bench: Callable[..., Bench]) -> None:
+    """`diff --json` over two BMS: one JSON list on stdout (was one document per node)."""
+    bench = make_bench((1, 2))
+    bench.start()
+    backup_dir = bench.work / "manual"
+    made = json.loads(bmsfw("backup", *bench.link_args(1), "--to", str(backup_dir), "--json").out)
+    diff = bmsfw("diff", *bench.link_args(1, 2), made[0]["path"], "--json")
+    assert diff.code == 0, diff
+    documents = json.loads(diff.out)
+    assert [d["backup"] for d in documents] == [made[0]["path"]] * 2

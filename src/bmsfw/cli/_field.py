@@ -434,15 +434,17 @@ def restore_command(
     """Write a configuration backup to the BMS and read it back."""
     credentials = _credentials(tester_cert, tester_key)
     backup = load_backup(backup_file)
+    documents = []
     for session in _each_session(kwargs):
         session.authenticate(credentials)
         now = restore_backup(session, backup, allow_other_device=other_device)
-        if as_json:
-            print_json({"restored": str(backup_file), "checksum": now.checksum})
-        else:
+        documents.append({"restored": str(backup_file), "checksum": now.checksum})
+        if not as_json:
             console.print(
                 f"restored {backup_file} and read it back (checksum {now.checksum[:16]}…)"
             )
+    if as_json:
+        _print_json_per_node(documents)
 
 
 @click.command("diff")
@@ -454,17 +456,16 @@ def diff_command(*, backup_file: Path, check: bool, as_json: bool, **kwargs: Any
     """Compare the BMS configuration and calibration with a backup."""
     backup = load_backup(backup_file)
     all_changes = []
+    documents = []
     for session in _each_session(kwargs):
         changes = diff_snapshots(backup.snapshot, session.read_config())
         all_changes.extend(changes)
+        documents.append(
+            {"backup": str(backup_file), "changes": [dataclasses.asdict(c) for c in changes]}
+        )
         if as_json:
-            print_json(
-                {
-                    "backup": str(backup_file),
-                    "changes": [dataclasses.asdict(c) for c in changes],
-                }
-            )
-        elif not changes:
+            continue
+        if not changes:
             console.print(f"no changes: the BMS matches {backup_file}")
         else:
             table = Table(title=f"{len(changes)} value(s) differ from {backup_file.name}")
@@ -473,6 +474,8 @@ def diff_command(*, backup_file: Path, check: bool, as_json: bool, **kwargs: Any
             for c in changes:
                 table.add_row(c.path, repr(c.before), repr(c.after))
             console.print(table)
+    if as_json:
+        _print_json_per_node(documents)
     if check and all_changes:
         raise ConfigDriftError(f"{len(all_changes)} value(s) differ from {backup_file}")
 
@@ -582,9 +585,15 @@ def _credentials(cert: Path | None, key: Path | None) -> TesterCredentials:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
 
 
+def _print_json_per_node(documents: list[dict[str, Any]]) -> None:
+    """``--json`` of a command run on one or more BMS: one document on stdout, that of the
+    one BMS or a list of them in the order given."""
+    print_json(documents[0] if len(documents) == 1 else documents)
+
+
 def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     if as_json:
-        print_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict())
+        _print_json_per_node([r.to_dict() for r in reports])
         return
     for report in reports:
         colour = "green" if report.ok else "bold red"
