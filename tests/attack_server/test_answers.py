@@ -270,3 +270,26 @@ def test_compressed_answer_is_refused_unread(
     assert server.check_ins()[0]["devices"]  # the request itself went out normally
     assert server.requests("check-in")[0].headers["accept-encoding"] == "identity"
     _good_poll_carries(site, server, "BMSFW-E675")
+
+
+def test_an_unexpected_error_does_not_end_the_daemon(
+    server: HostileServer, site_factory: Callable[..., Site], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (here: the BMS link layer raising a plain RuntimeError) fails one poll, is
+    logged and reported like a refused answer, and the next poll runs."""
+    site = site_factory()
+    real_open = site.provider.open
+    calls: list[int] = []
+
+    def broken_once() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("driver bug")
+        return real_open()
+
+    monkeypatch.setattr(site.provider, "open", broken_once)
+    outcome = site.agent.poll()
+    assert outcome.error is not None and "RuntimeError: driver bug" in outcome.error.message
+    assert site.agent.poll().error is None
+    (problem,) = server.check_ins()[-1]["problems"]
+    assert problem["code"] == "BMSFW-E000"

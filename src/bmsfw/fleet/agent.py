@@ -365,7 +365,10 @@ class Agent:
         else:
             self.state.problems.append({"code": error.code, "detail": detail, "count": 1})
             del self.state.problems[:-_MAX_PROBLEMS]
-        self.state.save()
+        try:
+            self.state.save()
+        except OSError as exc:  # a full disk must not end the daemon either
+            log.error("cannot save the agent state: %s", exc)
 
     def run_once(self) -> PollResult:
         """One poll: outbox, reconcile, check-in, offers. Raises the FleetError that stopped it."""
