@@ -177,6 +177,7 @@ def test_artifact_redirect_is_not_followed(
     site.assert_refused(server, "rejected", "BMSFW-E675")
 
 
+@pytest.mark.req("IEC62443-CR3.4")
 def test_mix_and_match_offer_names_one_release_and_serves_another(
     server: HostileServer, site_factory: Callable[..., Site], releases: dict[str, bytes]
 ) -> None:
@@ -186,6 +187,7 @@ def test_mix_and_match_offer_names_one_release_and_serves_another(
     site.assert_refused(server, "rejected", "BMSFW-E672")
 
 
+@pytest.mark.req("IEC62443-CR3.4", "SEED-SIGNATURE")
 def test_arbitrary_package_signed_by_another_key(
     server: HostileServer, site_factory: Callable[..., Site]
 ) -> None:

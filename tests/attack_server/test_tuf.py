@@ -150,6 +150,7 @@ def test_endless_and_slow_metadata(
     )
 
 
+@pytest.mark.req("IEC62443-CR3.4")
 @pytest.mark.parametrize(
     ("signed_as", "offered_as"),
     [
