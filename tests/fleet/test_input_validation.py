@@ -204,7 +204,7 @@ def test_content_disposition_file_name_is_sanitised(fleet: Fleet, pki: Any) -> N
 def test_a_failed_upload_leaves_no_artifact_behind(
     fleet: Fleet, pki: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bmsfw.fleet.service as service_module
+    import bmsfw.fleet.service.releases as service_module
 
     def fail(*_args: Any, **_kw: Any) -> Any:
         raise RuntimeError("the database went away mid-upload")

@@ -1,0 +1,140 @@
+"""Inventory and flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    select,
+)
+
+from bmsfw.fleet.auth import Principal
+from bmsfw.fleet.errors import (
+    FleetNotFoundError,
+)
+from bmsfw.fleet.models import (
+    CampaignDevice,
+    Device,
+    DeviceFlag,
+    Gateway,
+)
+from bmsfw.fleet.service._base import (
+    ServiceBase,
+    _device_dict,
+    _flag_dict,
+    audit,
+)
+
+
+class InventoryOps(ServiceBase):
+    def list_devices(
+        self, *, site: str | None = None, model: str | None = None, flagged: bool = False
+    ) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(Device, Gateway.name).join(Gateway, Gateway.id == Device.gateway_id)
+            if site:
+                query = query.where(Device.site == site)
+            if model:
+                query = query.where(Device.model == model)
+            open_flags: dict[int, list[str]] = {}
+            for device_id, kind in session.execute(
+                select(DeviceFlag.device_id, DeviceFlag.kind).where(
+                    DeviceFlag.acknowledged_at.is_(None)
+                )
+            ):
+                open_flags.setdefault(device_id, []).append(kind)
+            result = []
+            for device, gateway_name in session.execute(query.order_by(Device.serial)):
+                if flagged and device.id not in open_flags:
+                    continue
+                result.append(_device_dict(device, gateway_name, open_flags.get(device.id, [])))
+            return result
+
+    def get_device(self, serial: str) -> dict[str, Any]:
+        with self.sessions() as session:
+            device = self._device(session, serial)
+            gateway = session.get(Gateway, device.gateway_id)
+            flags = [
+                f.kind
+                for f in session.scalars(
+                    select(DeviceFlag).where(
+                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
+                    )
+                )
+            ]
+            info = _device_dict(device, gateway.name if gateway else "", flags)
+            info["campaigns"] = [
+                {"campaign_id": cd.campaign_id, "state": cd.state, "error_code": cd.error_code}
+                for cd in session.scalars(
+                    select(CampaignDevice)
+                    .where(CampaignDevice.device_id == device.id)
+                    .order_by(CampaignDevice.id)
+                )
+            ]
+            return info
+
+    def move_device(self, principal: Principal, serial: str, gateway_name: str) -> dict[str, Any]:
+        """Move a device to another gateway (an operator action; check-ins never move one)."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            device = self._device(session, serial)
+            target = session.scalars(
+                select(Gateway).where(Gateway.name == gateway_name)
+            ).one_or_none()
+            if target is None:
+                raise FleetNotFoundError(f"no gateway named {gateway_name!r}")
+            source = session.get(Gateway, device.gateway_id)
+            if device.gateway_id != target.id:
+                audit(
+                    session,
+                    principal,
+                    "device.move",
+                    f"device:{serial}",
+                    now,
+                    from_gateway=source.name if source else None,
+                    to_gateway=target.name,
+                )
+                device.gateway_id, device.site = target.id, target.site
+            session.flush()
+            flags = [
+                f.kind
+                for f in session.scalars(
+                    select(DeviceFlag).where(
+                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
+                    )
+                )
+            ]
+            return _device_dict(device, target.name, flags)
+
+    def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            query = select(DeviceFlag, Device.serial).join(
+                Device, Device.id == DeviceFlag.device_id
+            )
+            if not include_acknowledged:
+                query = query.where(DeviceFlag.acknowledged_at.is_(None))
+            return [
+                _flag_dict(flag, serial)
+                for flag, serial in session.execute(query.order_by(DeviceFlag.id))
+            ]
+
+    def acknowledge_flag(self, principal: Principal, flag_id: int, note: str) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            flag = session.get(DeviceFlag, flag_id)
+            if flag is None:
+                raise FleetNotFoundError(f"no flag with id {flag_id}")
+            if flag.acknowledged_at is None:
+                flag.acknowledged_at, flag.acknowledged_by = now, principal.label
+            device = session.get(Device, flag.device_id)
+            serial = device.serial if device else "?"
+            audit(
+                session,
+                principal,
+                "flag.acknowledge",
+                f"flag:{flag_id}",
+                now,
+                device=serial,
+                note=note,
+            )
+            return _flag_dict(flag, serial)

@@ -1,0 +1,116 @@
+"""Releases and their files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    select,
+)
+
+from bmsfw.fleet.auth import Principal
+from bmsfw.fleet.errors import (
+    DeviceNotOnGatewayError,
+    FleetNotFoundError,
+)
+from bmsfw.fleet.models import (
+    Campaign,
+    CampaignDevice,
+    Device,
+    Release,
+)
+from bmsfw.fleet.releases import ReleaseFacts
+from bmsfw.fleet.service._base import (
+    S,
+    ServiceBase,
+    _release_dict,
+    audit,
+)
+
+
+class ReleaseOps(ServiceBase):
+    def add_release(
+        self, principal: Principal, facts: ReleaseFacts, data: bytes, filename: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a verified release; returns (release, created). Uploading twice is idempotent."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            existing = session.scalars(
+                select(Release).where(Release.sha256 == facts.sha256)
+            ).one_or_none()
+            if existing is not None:
+                return _release_dict(existing), False
+            # The file and its release row commit together, or neither does.
+            self.store.put(session.connection(), facts.sha256, data)
+            release = Release(
+                product=facts.product,
+                version=facts.version,
+                security_counter=facts.security_counter,
+                hw_model=facts.hw_model,
+                hw_revisions=list(facts.hw_revisions),
+                min_bootloader=facts.min_bootloader,
+                safety_class=facts.safety_class,
+                components=list(facts.components),
+                release_notes=facts.release_notes,
+                sha256=facts.sha256,
+                size_bytes=facts.size_bytes,
+                filename=filename,
+                uploaded_at=now,
+                uploaded_by=principal.label,
+            )
+            session.add(release)
+            session.flush()
+            audit(
+                session,
+                principal,
+                "release.upload",
+                f"release:{release.id}",
+                now,
+                product=facts.product,
+                version=facts.version,
+                sha256=facts.sha256,
+                safety_class=facts.safety_class,
+            )
+            return _release_dict(release), True
+
+    def audit_rejected_upload(self, principal: Principal, filename: str, code: str) -> None:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            audit(session, principal, "release.rejected", f"file:{filename}", now, code=code)
+
+    def list_releases(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [_release_dict(r) for r in session.scalars(select(Release).order_by(Release.id))]
+
+    def get_release(self, release_id: int) -> dict[str, Any]:
+        with self.sessions() as session:
+            release = session.get(Release, release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {release_id}")
+            return _release_dict(release)
+
+    def artifact_for(self, principal: Principal, release_id: int) -> Release:
+        """The release whose file ``principal`` may download (checked present and whole)."""
+        with self.sessions() as session:
+            release = session.get(Release, release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {release_id}")
+            if principal.kind == "gateway":
+                # A gateway gets only what was offered to one of its devices.
+                offered = session.scalars(
+                    select(CampaignDevice.id)
+                    .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+                    .join(Device, Device.id == CampaignDevice.device_id)
+                    .where(
+                        Campaign.release_id == release_id,
+                        Device.gateway_id == principal.gateway_id,
+                        CampaignDevice.state != S.PENDING.value,
+                    )
+                ).first()
+                if offered is None:
+                    raise DeviceNotOnGatewayError(
+                        f"release {release_id} was not offered to any device of gateway "
+                        f"{principal.name}"
+                    )
+        self.store.check(release.sha256, release.size_bytes)
+        return release

@@ -1,0 +1,107 @@
+"""Gateways and sites (maintenance windows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    func,
+    select,
+)
+
+from bmsfw.fleet.auth import Principal, issue_token
+from bmsfw.fleet.errors import (
+    FleetConflictError,
+    InvalidCampaignSpecError,
+)
+from bmsfw.fleet.models import (
+    Device,
+    Gateway,
+    SiteWindow,
+)
+from bmsfw.fleet.schemas import SiteWindowSpec
+from bmsfw.fleet.service._base import (
+    ServiceBase,
+    audit,
+)
+
+
+class GatewayOps(ServiceBase):
+    def create_gateway(
+        self, principal: Principal, name: str, site: str, tags: list[str]
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            if session.scalars(select(Gateway.id).where(Gateway.name == name)).first():
+                raise FleetConflictError(f"a gateway named {name!r} exists already")
+            gateway = Gateway(
+                name=name, site=site, tags=tags, agent_version="", created_at=now, last_seen_at=None
+            )
+            session.add(gateway)
+            session.flush()
+            _, token = issue_token(
+                session,
+                name=f"gateway:{name}",
+                role="gateway",
+                created_by=principal.label,
+                now=now,
+                gateway_id=gateway.id,
+            )
+            audit(session, principal, "gateway.create", f"gateway:{name}", now, site=site)
+            return {"id": gateway.id, "name": name, "site": site, "token": token}
+
+    def list_gateways(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            counts = dict(
+                session.execute(
+                    select(Device.gateway_id, func.count()).group_by(Device.gateway_id)
+                ).all()
+            )
+            return [
+                {
+                    "id": g.id,
+                    "name": g.name,
+                    "site": g.site,
+                    "tags": g.tags,
+                    "agent_version": g.agent_version,
+                    "devices": counts.get(g.id, 0),
+                    "last_seen_at": g.last_seen_at.isoformat() if g.last_seen_at else None,
+                }
+                for g in session.scalars(select(Gateway).order_by(Gateway.name))
+            ]
+
+    def set_site_windows(
+        self, principal: Principal, site: str, spec: SiteWindowSpec
+    ) -> dict[str, Any]:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(spec.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise InvalidCampaignSpecError(f"unknown time zone {spec.timezone!r}") from exc
+        now = self.clock.now()
+        windows = [w.model_dump() for w in spec.windows]
+        with self.sessions() as session, session.begin():
+            row = session.get(SiteWindow, site)
+            if row is None:
+                session.add(
+                    SiteWindow(site=site, timezone=spec.timezone, windows=windows, updated_at=now)
+                )
+            else:
+                row.timezone, row.windows, row.updated_at = spec.timezone, windows, now
+            audit(session, principal, "site.windows", f"site:{site}", now, windows=windows)
+        return {"site": site, "timezone": spec.timezone, "windows": windows}
+
+    def list_sites(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            sites = set(session.scalars(select(Gateway.site).distinct()))
+            windows = {w.site: w for w in session.scalars(select(SiteWindow))}
+            sites |= set(windows)
+            return [
+                {
+                    "site": site,
+                    "timezone": windows[site].timezone if site in windows else "UTC",
+                    "windows": windows[site].windows if site in windows else [],
+                }
+                for site in sorted(sites)
+            ]
