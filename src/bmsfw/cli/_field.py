@@ -199,6 +199,8 @@ def _fmt(value: Any) -> str:
         return f"{value:.3f}".rstrip("0").rstrip(".")
     if isinstance(value, list | tuple):
         return ", ".join(_fmt(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) or "-"
     return str(value)
 
 

@@ -146,9 +146,13 @@ class SmpBmsServer:
         *,
         require_auth: bool = False,
         buf_size: int = DEFAULT_BUF_SIZE,
+        vendor_telemetry: bool = True,
     ) -> None:
         self.bms = bms
         self.require_auth = require_auth
+        # False: TELEMETRY is not implemented (ENOTSUP), like a BMS whose state is only
+        # on its CAN broadcast (docs/smp.md, DBC telemetry)
+        self.vendor_telemetry = vendor_telemetry
         self.buf_size = buf_size
         self._lock = threading.Lock()
         self._upload: _Upload | None = None
@@ -456,6 +460,8 @@ class SmpBmsServer:
         }
 
     def _telemetry(self, _: dict[Any, Any]) -> dict[str, Any]:
+        if not self.vendor_telemetry:
+            raise _Refused(ENOTSUP, "this BMS broadcasts its telemetry on CAN only")
         t = self.bms.telemetry()
         return {
             "soc_pct": t.soc_pct,
@@ -722,6 +728,67 @@ class _FirmwareTicker(threading.Thread):
                 log.debug("poll", exc_info=True)
 
 
+class _CanBroadcaster(threading.Thread):
+    """Broadcasts the BMS's state on CAN every ``period_s``, encoded with the example DBC
+    (what most BMS do; the updater can read its preflight values from these frames)."""
+
+    def __init__(self, bms: VirtualBms, can_link: str, period_s: float = 0.1) -> None:
+        super().__init__(name="bms-can-broadcast", daemon=True)
+        import cantools
+
+        from bmsfw.link.canlink import open_can_bus
+        from bmsfw.protocol.smp.dbc import EXAMPLE_DBC, EXAMPLE_MAP
+
+        self.bms = bms
+        self.period_s = period_s
+        database = cantools.database.load_file(str(EXAMPLE_DBC))
+        assert isinstance(database, cantools.database.can.Database)
+        self.database = database
+        self.mapping = EXAMPLE_MAP
+        self.bus = open_can_bus(can_link)
+        self.stopped = threading.Event()
+
+    def _signals(self) -> dict[str, float]:
+        t = self.bms.telemetry()
+        m = self.mapping
+        values = {
+            m.soc_pct: t.soc_pct,
+            m.pack_voltage_v: t.pack_voltage_v,
+            m.pack_current_a: t.pack_current_a,
+            m.supply_voltage_v: min(t.supply_voltage_v, 51.0),
+            m.contactors_closed: float(t.contactors_closed),
+        }
+        values.update(zip(m.cell_voltages_v, t.cell_voltages_v, strict=False))
+        values.update(zip(m.temperatures_c, t.temperatures_c, strict=False))
+        values.update({signal: float(name in t.faults) for signal, name in m.faults})
+        return values
+
+    def run(self) -> None:
+        import can
+
+        while not self.stopped.wait(self.period_s):
+            if self.bms.run_state != "application":
+                continue  # rebooting: no broadcast
+            try:
+                values = self._signals()
+            except BmsfwError:
+                continue
+            for message in self.database.messages:
+                data = {
+                    signal.name: values.get(f"{message.name}.{signal.name}", 0.0)
+                    for signal in message.signals
+                }
+                payload = message.encode(data, strict=False)
+                self.bus.send(
+                    can.Message(arbitration_id=message.frame_id, data=payload, is_extended_id=False)
+                )
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.join(2)
+        self.bus.shutdown()
+
+
 def _clock(time_scale: float) -> Clock:
     return RealClock() if time_scale == 1.0 else ScaledClock(time_scale)
 
@@ -729,7 +796,12 @@ def _clock(time_scale: float) -> Clock:
 async def _serve(args: argparse.Namespace) -> None:
     bms = VirtualBms(args.state_dir, clock=_clock(args.time_scale))
     await asyncio.to_thread(bms.wait_boot, 120.0)  # READY means the BMS answers
-    server = SmpBmsServer(bms, require_auth=args.require_auth, buf_size=args.buf_size)
+    server = SmpBmsServer(
+        bms,
+        require_auth=args.require_auth,
+        buf_size=args.buf_size,
+        vendor_telemetry=not args.no_vendor_telemetry,
+    )
     ticker = _FirmwareTicker(bms)
     ticker.start()
     info: dict[str, Any] = {"serial": bms.serial}
@@ -742,6 +814,11 @@ async def _serve(args: argparse.Namespace) -> None:
         transport, port = await serve_udp(server, args.udp_host, args.udp)
         info["udp"] = f"{args.udp_host}:{port}"
         closers.append(transport.close)
+    if args.can_broadcast:
+        broadcaster = _CanBroadcaster(bms, args.can_broadcast)
+        broadcaster.start()
+        info["can_broadcast"] = args.can_broadcast
+        closers.append(broadcaster.close)
     if args.ble:
         from bmsfw.device.smp_ble import serve_ble
 
@@ -772,6 +849,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ble", action="store_true", help="advertise the SMP GATT service")
     parser.add_argument("--ble-name", default="", help="default: BMS-<serial>")
     parser.add_argument("--require-auth", action="store_true")
+    parser.add_argument(
+        "--can-broadcast", default="", metavar="LINK", help="broadcast telemetry frames (DBC)"
+    )
+    parser.add_argument(
+        "--no-vendor-telemetry", action="store_true", help="TELEMETRY answers ENOTSUP"
+    )
     parser.add_argument("--buf-size", type=int, default=DEFAULT_BUF_SIZE)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--log-level", default="INFO")

@@ -60,6 +60,9 @@ class Telemetry:
     supply_voltage_v: float
     faults: tuple[str, ...] = ()
     contactors_closed: bool = True
+    # Where each value came from, by field name, when a session reads more than one
+    # source (e.g. "dbc:BMS_Status.SOC" from a CAN broadcast); empty: the session's protocol.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,25 @@ def check_anti_rollback(device_counter: int, release: ReleaseFacts) -> CheckResu
     )
 
 
+_TELEMETRY_FIELD = {
+    "state-of-charge": "soc_pct",
+    "temperature": "temperatures_c",
+    "supply-stability": "supply_voltage_v",
+    "active-faults": "faults",
+    "cell-spread": "cell_voltages_v",
+}
+
+
+def _with_sources(checks: list[CheckResult], telemetry: Telemetry) -> list[CheckResult]:
+    """Name the source of each telemetry value in its check's detail (when the session says)."""
+    out = []
+    for check in checks:
+        source = telemetry.sources.get(_TELEMETRY_FIELD.get(check.name, ""), "")
+        detail = "; ".join(p for p in (check.detail, f"source {source}" if source else "") if p)
+        out.append(replace(check, detail=detail) if source else check)
+    return out
+
+
 def _apply_overrides(checks: list[CheckResult], overrides: Mapping[str, str]) -> list[CheckResult]:
     out: list[CheckResult] = []
     for check in checks:
@@ -350,7 +369,7 @@ def run_preflight(
         checks.append(check_anti_rollback(identity.security_counter, release))
     checks.append(check_link(link, limits))
     checks.append(check_cell_spread(telemetry, limits))
-    checks = _apply_overrides(checks, overrides)
+    checks = _apply_overrides(_with_sources(checks, telemetry), overrides)
     for check in checks:
         logger.info(
             "%s preflight %s: %s (limit %s) %s",

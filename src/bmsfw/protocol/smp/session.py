@@ -37,6 +37,7 @@ the host has verified the release before (package signature, policy).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -65,6 +66,7 @@ from bmsfw.protocol.session import (
     TransferState,
 )
 from bmsfw.protocol.smp import _vendor as vendor
+from bmsfw.protocol.smp.dbc import DbcTelemetrySource
 from bmsfw.protocol.smp.errors import (
     SmpAuthRejectedError,
     SmpLinkError,
@@ -82,7 +84,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TLV_SHA256 = 0x10
-EACCESSDENIED = 11
+ENOTSUP = 8
 
 
 class _LoopThread:
@@ -139,11 +141,18 @@ class SmpSession:
     accepts_stored = False
 
     def __init__(
-        self, link: SmpLink, *, upload_timeout_s: float = 10.0, upload_window: int = 2
+        self,
+        link: SmpLink,
+        *,
+        upload_timeout_s: float = 10.0,
+        upload_window: int = 2,
+        telemetry_source: DbcTelemetrySource | None = None,
     ) -> None:
         from smpclient import SMPClient
 
         self.link = link
+        # Where telemetry comes from when the BMS has no vendor TELEMETRY (CAN + DBC)
+        self.telemetry_source = telemetry_source
         self.upload_timeout_s = upload_timeout_s
         self.upload_window = upload_window  # chunks in flight (the BMS announces buf_count)
         self._io = _LoopThread()
@@ -215,7 +224,15 @@ class SmpSession:
         )
 
     def read_telemetry(self) -> Telemetry:
-        r = self._request(vendor.TelemetryRead(), "telemetry")
+        """The vendor group's TELEMETRY; a BMS without it (ENOTSUP) is read from its CAN
+        broadcast with ``telemetry_source``. ``Telemetry.sources`` says which it was."""
+        try:
+            r = self._request(vendor.TelemetryRead(), "telemetry")
+        except SmpRefusedError as exc:
+            if exc.rc != ENOTSUP or self.telemetry_source is None:
+                raise
+            decoded = self.telemetry_source.read()
+            return dataclasses.replace(decoded.telemetry, sources=decoded.sources)
         return Telemetry(
             soc_pct=r.soc_pct,
             pack_voltage_v=r.pack_voltage_v,
