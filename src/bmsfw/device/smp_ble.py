@@ -91,27 +91,33 @@ async def serve_ble(server: SmpBmsServer, *, name: str) -> BleSmpServer:
     Controller("updater", host_source=hci.source, host_sink=hci.sink, link=link)
 
     buffers: dict[int, bytearray] = {}
+    sending: set[asyncio.Task[None]] = set()
+    notify_lock = asyncio.Lock()
     characteristic: Characteristic[bytes]
 
     def on_write(connection: Connection, value: bytes) -> None:
         buffer = buffers.setdefault(connection.handle, bytearray())
         buffer += value
-        if len(buffer) < _SMP_HEADER.size:
-            return
-        length = _SMP_HEADER.unpack_from(buffer)[2] + _SMP_HEADER.size
-        if len(buffer) < length:
-            return
-        frame, buffers[connection.handle] = bytes(buffer[:length]), bytearray(buffer[length:])
-        answer = server.handle(frame)
-        if answer is not None:
-            asyncio.get_running_loop().create_task(_notify(connection, answer))
+        while len(buffer) >= _SMP_HEADER.size:
+            length = _SMP_HEADER.unpack_from(buffer)[2] + _SMP_HEADER.size
+            if len(buffer) < length:
+                return
+            frame = bytes(buffer[:length])
+            del buffer[:length]
+            answer = server.handle(frame)
+            if answer is not None:
+                # Keep a reference until it ran (the loop holds tasks only weakly); the
+                # lock sends the answers in the order of their requests, never interleaved.
+                task = asyncio.get_running_loop().create_task(_notify(connection, answer))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
 
     async def _notify(connection: Connection, answer: bytes) -> None:
         piece = max(20, connection.att_mtu - 3)
-        for start in range(0, len(answer), piece):
-            await device.notify_subscriber(
-                connection, characteristic, answer[start : start + piece]
-            )
+        async with notify_lock:
+            for start in range(0, len(answer), piece):
+                chunk = answer[start : start + piece]
+                await device.notify_subscriber(connection, characteristic, chunk)
 
     characteristic = Characteristic(
         SMP_CHARACTERISTIC_UUID,
