@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute, APIRouter
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +37,7 @@ from starlette.types import Scope
 from bmsfw.errors import FleetError
 from bmsfw.fleet.artifacts import ArtifactStore, parse_range
 from bmsfw.fleet.auth import GATEWAY_ROLE, Principal, hash_token, roles_at_least
+from bmsfw.fleet.check_in_route import CHECK_IN_BODY, CheckInEndpoint, DirectRoute
 from bmsfw.fleet.clock import Clock, SystemClock
 from bmsfw.fleet.db import (
     head_revision,
@@ -256,23 +257,13 @@ class _Guard:
     Async, so that a token this process resolved within the credential cache's TTL
     costs no thread hop and no database round trip; a miss reads the credential
     by its hash (one indexed query) in the thread pool. When last use is due (once
-    a minute per credential and process) it is written: by the check-in inside its
-    own transaction (``touch_in_handler``), by any other route here.
+    a minute per credential and process) it is written here. The check-in does not
+    call the guard as a dependency: its endpoint (:mod:`.check_in_route`) uses
+    :meth:`token_hash` and :meth:`admit`, and writes last use in its own statement.
     """
 
-    def __init__(
-        self,
-        roles: frozenset[str],
-        *,
-        touch_in_handler: bool = False,
-        resolve_miss_in_handler: bool = False,
-    ) -> None:
+    def __init__(self, roles: frozenset[str]) -> None:
         self.roles = roles
-        self.touch_in_handler = touch_in_handler
-        # The check-in resolves a token this process has not cached in the same
-        # worker-thread hop as its transaction (one hop instead of two); the guard
-        # then leaves ``request.state.principal`` None and the hash in ``token_hash``.
-        self.resolve_miss_in_handler = resolve_miss_in_handler
 
     @staticmethod
     def token_hash(request: Request) -> str:
@@ -290,24 +281,17 @@ class _Guard:
         edge.refuse_if_failing(request, token_hash)
         return token_hash
 
-    async def __call__(self, request: Request) -> Principal | None:
+    async def __call__(self, request: Request) -> Principal:
         service: FleetService = request.app.state.service
         token_hash = self.token_hash(request)
         principal = service.cached_principal(token_hash)
-        request.state.token_hash = token_hash
-        if principal is None and self.resolve_miss_in_handler:
-            request.state.principal = None
-            request.state.touch_last_used = False
-            return None
         if principal is None:
             principal = await run_in_threadpool(service.load_principal, token_hash)
         touch = self.admit(service, principal, request)
         assert principal is not None  # admit refused None
-        if touch and not self.touch_in_handler:
+        if touch:
             await run_in_threadpool(service.touch_last_used, principal)
-            touch = False
         request.state.principal = principal
-        request.state.touch_last_used = touch
         return principal
 
     def admit(self, service: FleetService, principal: Principal | None, request: Request) -> bool:
@@ -368,13 +352,12 @@ def _route(
     path: str,
     roles: frozenset[str],
     *,
-    touch_in_handler: bool = False,
     guard: _Guard | None = None,
     openapi_extra: dict[str, Any] | None = None,
     route_class: type[APIRoute] | None = None,
     **kwargs: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    guard = guard or _Guard(roles, touch_in_handler=touch_in_handler)
+    guard = guard or _Guard(roles)
     assert guard.roles == roles
 
     responses = {**_error_responses(method, path), **kwargs.pop("responses", {})}
@@ -605,106 +588,23 @@ _FILE = {
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 
-# The check-in's body is parsed by the endpoint itself (see below), so its schema is
-# named here for the OpenAPI document; the models are added to its components.
-_CHECK_IN_BODY = {
-    "required": True,
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CheckIn"}}},
-}
-
-
-class _DirectRoute(APIRoute):
-    """A route whose endpoint is called with the request as it is: no dependency solving,
-    no body parsing, no response validation by FastAPI (the check-in's per-request cost).
-
-    Its endpoint MUST call its guard itself; the guard is still declared as the route's
-    dependency (OpenAPI, and the auth test checks the route refuses bad credentials).
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-        return endpoint
-
-
-def _log_agent_problems(body: CheckIn) -> CheckIn:
-    """Answers of this server the agent refused since its last check-in (docs/agent.md)."""
-    for problem in body.problems:
-        log.warning(
-            "a gateway refused %d answer(s) of this server: %s %r",
-            problem.count,
-            problem.code,
-            problem.detail[:200],
-        )
-    return body
-
 
 def _agent_routes(router: APIRouter) -> None:
-    check_in_guard = _Guard(GATEWAY, touch_in_handler=True, resolve_miss_in_handler=True)
-
-    @_route(
+    check_in_guard = _Guard(GATEWAY)
+    check_in = CheckInEndpoint(check_in_guard)
+    _route(
         router,
         "POST",
         "/agent/check-in",
         GATEWAY,
         guard=check_in_guard,
-        route_class=_DirectRoute,
+        route_class=DirectRoute,
         response_model=CheckInResponse,
-        openapi_extra={"requestBody": _CHECK_IN_BODY},
-    )
-    async def check_in(request: Request) -> Response:
-        """Gateway inventory, telemetry and integrity report; answers with offers."""
-        # A _DirectRoute: FastAPI does not call the guard for us.
-        service = _service(request)
-        state = request.state
-        edge: _Edge = request.app.state.edge
-        if service.single_statement_check_in:
-            # The statement reads the credential itself; admit() checks it below.
-            state.token_hash = check_in_guard.token_hash(request)
-            state.principal = None
-        else:
-            await check_in_guard(request)
-        edge.limit_check_in(state.token_hash)
-        # The hottest route: everything after the token check runs in ONE
-        # hop to a worker thread of its own executor (credential read on a cache miss,
-        # body validation from the raw bytes, the transaction, serialisation), and the
-        # answer is encoded once by pydantic instead of validated and encoded again.
-        raw = await request.body()
-
-        def admit(principal: Principal | None) -> bool:
-            if state.principal is not None:  # the guard admitted the cached principal
-                return bool(state.touch_last_used)
-            touch = check_in_guard.admit(service, principal, request)
-            state.principal = principal
-            return touch
-
-        def parse() -> CheckIn:
-            try:
-                return _log_agent_problems(CheckIn.model_validate_json(raw))
-            except ValidationError as exc:
-                # FastAPI's own 422 answer, as for every other route's body.
-                raise RequestValidationError(
-                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-                ) from exc
-
-        def work() -> bytes:
-            if service.single_statement_check_in:
-                # PostgreSQL: one round trip with the credential read fresh in it.
-                try:
-                    body = _log_agent_problems(CheckIn.model_validate_json(raw))
-                except ValidationError:
-                    pass  # the path below answers 401 or 422, in that order
-                else:
-                    answer = service.check_in_one_statement(
-                        state.token_hash, check_in_guard.roles, admit, body
-                    )
-                    return answer.model_dump_json().encode()
-            # A token not cached here is read inside the check-in's own transaction.
-            answer = service.check_in_by_token(state.principal, state.token_hash, admit, parse)
-            return answer.model_dump_json().encode()
-
-        threads: ThreadPoolExecutor = request.app.state.check_in_threads
-        answer = await asyncio.get_running_loop().run_in_executor(threads, work)
-        return Response(answer, media_type="application/json")
+        openapi_extra={"requestBody": CHECK_IN_BODY},
+        summary="Check In",
+        description="Gateway inventory, telemetry and integrity report; answers with offers.",
+        name="check_in",
+    )(check_in.__call__)
 
     @_route(router, "POST", "/agent/reports", GATEWAY, response_model=StateReportResponse)
     def report(request: Request, body: StateReport) -> StateReportResponse:
