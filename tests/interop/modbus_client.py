@@ -69,8 +69,11 @@ def ascii_of(regs: list[int]) -> str:
 
 def open_client(pty: str) -> ModbusSerialClient:
     client = ModbusSerialClient(pty, baudrate=115200, bytesize=8, parity="N", stopbits=1, timeout=1)
-    assert client.connect(), f"cannot open {pty}"
-    return client
+    for _ in range(20):  # a pty shared by a busy machine: give the open a few tries
+        if client.connect():
+            return client
+        time.sleep(0.1)
+    raise AssertionError(f"cannot open {pty}")
 
 
 def read_input(client: ModbusSerialClient, address: int, count: int) -> list[int]:
