@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from bmsfw.device import lab
 from bmsfw.device.config import snapshot_checksum
-from bmsfw.device.lab import lab_pki, tester_for
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.smp import open_smp_session
 from bmsfw.protocol.smp.errors import SmpAuthRejectedError, SmpRefusedError
@@ -41,7 +41,7 @@ def test_without_tester_authentication_nothing_is_written(
 
             # a certificate the BMS's root did not issue is rejected (E394)
             with pytest.raises(SmpAuthRejectedError):
-                session.authenticate(tester_for(lab_pki()))
+                session.authenticate(lab.tester_for(lab.lab_pki()))
             session.authenticate(tester)
             # a document whose checksum does not match is refused and changes nothing
             with pytest.raises(SmpRefusedError) as bad:
