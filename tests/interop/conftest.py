@@ -2,13 +2,13 @@
 
 The clients (uds_client.py, modbus_client.py) import nothing of bmsfw. This
 harness makes what a BMS team would get from the vendor, through the `bmsfw`
-command line run as a subprocess: the PKI (`bmsfw keys init`), signed packages
-(`bmsfw package build` / `sign`, plain binaries and imgtool-signed images), the
-provisioned virtual BMS (`bmsfw sim provision`) and the running simulator
-(`bmsfw sim can` / `bmsfw sim rs485`). Two things have no command yet, the tester
-certificate and the release header; until `bmsfw keys issue-tester` and `bmsfw
-package header` exist the harness makes them with the library (the CLI is used as
-soon as it offers them).
+command line run as a subprocess: the PKI (`bmsfw keys init`), the tester
+certificate (`bmsfw keys issue-tester`), signed packages (`bmsfw package build` /
+`sign`, from a plain binary and from imgtool-signed images), their release headers
+(`bmsfw package header`), the provisioned virtual BMS (`bmsfw sim provision`) and
+the running simulator (`bmsfw sim can` / `bmsfw sim rs485`). The only library
+calls are the demo firmware binary (what a firmware build would produce) and a
+free multicast group for the CAN bus.
 """
 
 from __future__ import annotations
@@ -48,39 +48,21 @@ class Vendor:
     template: Path  # a provisioned state directory running package "v1"
 
 
-def _has_command(*words: str) -> bool:
-    return run_bmsfw(*words, "--help").returncode == 0
-
-
 def _tester(pki: Path, root: Path) -> Credentials:
+    """`bmsfw keys issue-tester`: the chain (tester, release CA, root) and the key, PEM."""
     chain, key = root / "tester-chain.pem", root / "tester.key"
-    if _has_command("keys", "issue-tester"):
-        run_bmsfw(
-            "keys", "issue-tester", "--pki", str(pki), "--cert-out", str(chain),
-            "--key-out", str(key), check=0,
-        )  # fmt: skip
-        return Credentials(chain.read_bytes(), key.read_bytes())
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    from bmsfw.protocol.uds import issue_tester_certificate, tester_credentials
-
-    ca_cert = x509.load_pem_x509_certificate((pki / "intermediate-ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((pki / "intermediate-ca.key").read_bytes(), None)
-    root_cert = x509.load_pem_x509_certificate((pki / "root-ca.crt").read_bytes())
-    key_obj, cert = issue_tester_certificate(ca_key, ca_cert)  # type: ignore[arg-type]
-    creds = tester_credentials(key_obj, cert, [ca_cert, root_cert])
-    return Credentials(creds.certificate_chain_pem, creds.private_key_pem)
+    run_bmsfw(
+        "keys", "issue-tester", "--pki", str(pki), "--cert-out", str(chain),
+        "--key-out", str(key), check=0,
+    )  # fmt: skip
+    return Credentials(chain.read_bytes(), key.read_bytes())
 
 
 def _header(package: Path) -> bytes:
-    if _has_command("package", "header"):
-        out = package.with_suffix(".header")
-        run_bmsfw("package", "header", str(package), "-o", str(out), check=0)
-        return out.read_bytes()
-    from bmsfw.package import release_header
-
-    return release_header(package.read_bytes())
+    """`bmsfw package header`: what a third-party tool stages before the image."""
+    out = package.with_suffix(".header")
+    run_bmsfw("package", "header", str(package), "-o", str(out), check=0)
+    return out.read_bytes()
 
 
 def _app_image(package: Path) -> bytes:
