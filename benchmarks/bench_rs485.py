@@ -2,14 +2,16 @@
 
 For 115200 and 921600 baud, a 256 KiB image:
 
-* single node: addressed function-0x10 writes of 123 registers into the
+* single node, updated by the procedure ``bmsfw update`` runs (``run_updates``):
+  the transfer phase's addressed function-0x10 writes of 123 registers into the
   transfer window; wire time (characters + t3.5 silences + turnaround, from
   the bus's own counters) and wall time; payload rate as a percentage of the raw
   character rate (baud / 11 for 8E1);
-* broadcast phase of a 16-node string: the image once to unit 0, no replies;
-* the whole update (prepare .. confirm) of 16 nodes by broadcast against one
-  node, and against 16 × one node (one by one, extrapolated from the measured
-  single-node update, not run: it would take 16 times as long).
+* a 16-node string updated by what ``bmsfw update --broadcast`` runs
+  (``run_string_update``: every node's whole procedure, the image once to unit 0);
+* the whole update (identify, preflight, backup .. confirm, report) of 16 nodes by
+  broadcast against one node, and against 16 × one node (one by one, extrapolated
+  from the measured single-node update, not run: it would take 16 times as long).
 
 Each at 115200 8E1 with the Modbus spec's t3.5 (1.75 ms above 19,200 baud), and at
 921600 8E1 with it and with t3.5 = 3.5 characters (``frame_gap="chars"``).
@@ -24,14 +26,24 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
+from bmsfw.device import SimClock, VirtualBms
 from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import lab_pki, provision_nodes, signed_release, tester_for
-from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator
+from bmsfw.device.lab import LabRelease, lab_pki, provision_nodes, signed_release, tester_for
+from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator, node_state_dir
 from bmsfw.device.spec import DeviceSpec
-from bmsfw.package import VendorPki
-from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_bus
+from bmsfw.package import TrustAnchors, VendorPki
+from bmsfw.protocol.modbus import open_modbus_bus
+from bmsfw.protocol.session import TesterCredentials
+from bmsfw.update.events import Event, StepFinished, TransferProgress
+from bmsfw.update.pipeline import UpdateOptions, run_updates
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
+from bmsfw.update.string import StringPolicy, run_string_update
 
 KIB = 1024
 SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=4 * KIB))
@@ -46,13 +58,51 @@ NODES_PER_PORT = 4
 NODE_PROCESSES = 2
 
 
-def make_release(pki: VendorPki, version: str, counter: int, size: int) -> tuple[bytes, bytes]:
-    release = signed_release(pki, version, counter, spec=SPEC, size=size)
-    return release.header, release.image
+def make_release(pki: VendorPki, version: str, counter: int, size: int) -> LabRelease:
+    return signed_release(pki, version, counter, spec=SPEC, size=size)
 
 
-def provision_string(state: Path, pki: VendorPki, image: bytes, units: range) -> None:
+def provision_string(
+    state: Path, pki: VendorPki, image: bytes, units: range, *, baud: int, frame_gap: str
+) -> None:
+    """Nodes set to the line the host uses (the preflight's link test checks both)."""
     provision_nodes(state, pki, image, units, spec=SPEC)
+    for unit in units:
+        bms = VirtualBms(node_state_dir(state, unit), clock=SimClock())
+        try:
+            bms.wait_boot()
+            gap = 1 if frame_gap == "chars" else 0
+            bms.write_config(replace(bms.config(), rs485_baud=baud, rs485_char_timed_gap=gap))
+        finally:
+            bms.close()
+
+
+class _Marks:
+    """Times and bus counters at the procedure's events (the sink of the update)."""
+
+    def __init__(self, sim: Rs485Simulator) -> None:
+        self.sim = sim
+        self.at: dict[str, tuple[float, Any]] = {}
+
+    def _mark(self, name: str, *, first: bool = False) -> None:
+        if first and name in self.at:
+            return
+        assert self.sim.bus is not None
+        self.at[name] = (time.perf_counter(), self.sim.bus.stats())
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TransferProgress) and event.offset > event.resumed_from:
+            self._mark("sending", first=True)
+        elif isinstance(event, StepFinished) and event.step == "transfer":
+            self._mark("transferred")
+        elif isinstance(event, StepFinished) and event.step == "device-verify":
+            self._mark("verified")
+
+    def time(self, name: str) -> float:
+        return float(self.at[name][0])
+
+    def wire_tx_s(self, name: str) -> float:
+        return float(self.at[name][1].wire_time_tx_s)
 
 
 def run(
@@ -60,20 +110,33 @@ def run(
     nodes: int,
     image_size: int,
     pki: VendorPki,
-    tester: object,
+    tester: TesterCredentials,
     *,
     frame_gap: str = "spec",
     nodes_per_port: int = 1,
     node_processes: int = 0,
 ) -> dict[str, float]:
-    _, v1_image = make_release(pki, "1.0.0", 1, 16 * KIB)
-    header, image = make_release(pki, "2.0.0", 2, image_size)
+    """One node by ``bmsfw update``'s procedure, then ``nodes`` by ``--broadcast``'s."""
+    v1 = make_release(pki, "1.0.0", 1, 16 * KIB)
+    v2 = make_release(pki, "2.0.0", 2, image_size)
+    image = v2.image
     raw_rate = baud / CHAR_BITS_8E1
     out: dict[str, float] = {"baud": baud, "image": len(image)}
+    trust = TrustAnchors.from_root_certificate(
+        pki.root_certificate.public_bytes(serialization.Encoding.PEM)
+    )
     with tempfile.TemporaryDirectory() as tmp:
+        options = UpdateOptions(
+            backup_dir=Path(tmp) / "backups",
+            credentials=tester,
+            confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+            audit_log=Path(tmp) / "backups" / "audit.jsonl",
+            report_dir=Path(tmp) / "backups" / "reports",
+            operator="bench",
+        )
 
         def string(name: str, count: int) -> Rs485SimConfig:
-            provision_string(Path(tmp) / name, pki, v1_image, range(1, count + 1))
+            provision_string(Path(tmp) / name, pki, v1.image, range(1, count + 1), baud, frame_gap)
             return Rs485SimConfig(
                 nodes=tuple(range(1, count + 1)),
                 state_dir=str(Path(tmp) / name),
@@ -85,78 +148,54 @@ def run(
                 node_processes=node_processes,
             )
 
-        config = string("one", 1)
         with (
-            Rs485Simulator(config) as sim,
+            Rs485Simulator(string("one", 1)) as sim,
             open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,
         ):
-            assert sim.bus is not None
-            session = bus.session(1)
+            marks = _Marks(sim)
             t0 = time.perf_counter()
-            session.authenticate(tester)  # type: ignore[arg-type]
-            session.prepare(header)
-            session.erase()
-            before = sim.bus.stats()
-            t1 = time.perf_counter()
-            for _ in session.write(image):
-                pass
-            t2 = time.perf_counter()
-            after = sim.bus.stats()
-            session.verify()
-            session.activate()
-            session.reset()
-            session.wait_boot(60)
-            assert session.read_self_test().passed
-            session.confirm()
-            t3 = time.perf_counter()
-        wire = after.wire_time_tx_s - before.wire_time_tx_s
+            (report,) = run_updates([bus.session(1)], v2.package, trust, options, sink=marks)
+            t_end = time.perf_counter()
+        assert report.outcome == "updated", report.error
+        wire = marks.wire_tx_s("transferred") - marks.wire_tx_s("sending")
+        wall = marks.time("transferred") - marks.time("sending")
         out["single_wire_s"] = wire
-        out["single_wall_s"] = t2 - t1
+        out["single_wall_s"] = wall
         out["single_wire_pct"] = 100 * len(image) / (wire * raw_rate)
-        out["single_wall_pct"] = 100 * len(image) / ((t2 - t1) * raw_rate)
-        out["single_update_s"] = t3 - t0
+        out["single_wall_pct"] = 100 * len(image) / (wall * raw_rate)
+        out["single_update_s"] = t_end - t0
 
-        config = string("many", nodes)
         with (
-            Rs485Simulator(config) as sim,
+            Rs485Simulator(string("many", nodes)) as sim,
             open_modbus_bus(sim.host_path, baud, frame_gap=frame_gap) as bus,
         ):
-            assert sim.bus is not None
-            marks: dict[str, object] = {}
-
-            def progress(what: str, _n: int) -> None:
-                assert sim.bus is not None
-                marks[what] = (time.perf_counter(), sim.bus.stats())
-
+            marks = _Marks(sim)
             t0 = time.perf_counter()
-            report = broadcast_update(
-                bus,
-                range(1, nodes + 1),
-                header,
-                image,
-                tester,  # type: ignore[arg-type]
-                policy=BroadcastPolicy(activation="all", boot_timeout_s=120),
-                progress=progress,
+            result = run_string_update(
+                [bus.session(u) for u in range(1, nodes + 1)],
+                v2.package,
+                trust,
+                options,
+                policy=StringPolicy(activation="all"),
+                sink=marks,
             )
             t_all = time.perf_counter() - t0
-        assert report.ok, report.summary()
-        (_, s_prep), (_, s_bc) = marks["prepared"], marks["broadcast"]  # type: ignore[misc]
+        assert result.ok and result.transfer["mode"] == "broadcast", result.summary()
         # The bus counts a t3.5 silence only where the line really went idle; a
         # talker streaming broadcast frames back to back never idles it, so the
         # wire time of the phase is computed from the frames sent (chars + t3.5).
-        out["bcast_link_s"] = s_bc.wire_time_tx_s - s_prep.wire_time_tx_s
-        wire_bc = report.broadcast_wire_s
-        out["bcast_wire_s"] = wire_bc
-        out["bcast_wall_s"] = report.broadcast_s
-        out["bcast_wire_pct"] = 100 * len(image) / (wire_bc * raw_rate)
-        out["bcast_wall_pct"] = 100 * len(image) / (report.broadcast_s * raw_rate)
+        t = result.transfer
+        out["bcast_link_s"] = marks.wire_tx_s("transferred") - marks.wire_tx_s("sending")
+        out["bcast_wire_s"] = t["wire_time_s"]
+        out["bcast_wall_s"] = t["duration_s"]
+        out["bcast_wire_pct"] = 100 * len(image) / (t["wire_time_s"] * raw_rate)
+        out["bcast_wall_pct"] = 100 * len(image) / (t["duration_s"] * raw_rate)
         out["string_update_s"] = t_all
-        out["repair_frames"] = report.repair_frames
-        phases = dict(report.timeline)
-        out["phase_prepare_s"] = phases["prepared"]
-        out["phase_broadcast_s"] = phases["broadcast"] - phases["prepared"]
-        out["phase_verify_s"] = phases["verified"] - phases["broadcast"]
-        out["phase_activate_s"] = report.total_s - phases["verified"]
+        out["repair_frames"] = t["repair_frames"]
+        out["phase_prepare_s"] = marks.time("sending") - t0
+        out["phase_broadcast_s"] = marks.time("transferred") - marks.time("sending")
+        out["phase_verify_s"] = marks.time("verified") - marks.time("transferred")
+        out["phase_activate_s"] = t0 + t_all - marks.time("verified")
     return out
 
 
@@ -213,7 +252,7 @@ def main(argv: list[str]) -> int:
     print(f"{'':36}{head}")
     line("one node s", "single_update_s", ".1f")
     line(f"{nodes} by broadcast s", "string_update_s", ".1f")
-    line("  identify/auth/prepare/erase s", "phase_prepare_s", ".1f")
+    line("  identify/preflight/backup/prepare s", "phase_prepare_s", ".1f")
     line("  broadcast s", "phase_broadcast_s", ".1f")
     line("  repair check/verify/activate s", "phase_verify_s", ".1f")
     line("  reset/boot/self-test/confirm s", "phase_activate_s", ".1f")

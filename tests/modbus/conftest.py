@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.flash import FlashSpec
 from bmsfw.device.lab import LabRelease, provision_nodes, signed_release, tester_for
 from bmsfw.device.sim_rs485 import SimRs485Process, node_state_dir
 from bmsfw.device.spec import DeviceSpec
-from bmsfw.package import VendorPki, create_pki
+from bmsfw.package import TrustAnchors, VendorPki, create_pki
+from bmsfw.protocol.modbus import ModbusBus
 from bmsfw.protocol.session import TesterCredentials
+from bmsfw.update.pipeline import UpdateOptions
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
+from bmsfw.update.string import StringPolicy, StringReport, run_string_update
 
 KIB = 1024
 IMAGE_SIZE = 16 * KIB
@@ -65,6 +71,17 @@ def provision_string(
     return provision_nodes(state_dir, pki, initial.image, units, spec=SPEC)
 
 
+def set_line(state_dir: Path, unit: int, baud: int, *, char_timed_gap: bool) -> None:
+    """Set a node's RS485 line settings (the preflight's link test compares them)."""
+    bms = VirtualBms(node_state_dir(state_dir, unit))
+    try:
+        bms.wait_boot()
+        gap = 1 if char_timed_gap else 0
+        bms.write_config(replace(bms.config(), rs485_baud=baud, rs485_char_timed_gap=gap))
+    finally:
+        bms.close()
+
+
 def break_cell_sensor(state_dir: Path, unit: int) -> None:
     """Make one node's cell-voltage self-test fail (ADC gain error beyond ±0.5 %)."""
     bms = VirtualBms(node_state_dir(state_dir, unit))
@@ -90,3 +107,32 @@ def string_of_eight(
     break_cell_sensor(state, 5)
     with SimRs485Process(state, units, time_scale=TIME_SCALE, log_file=tmp_path / "sim.log") as sim:
         yield sim
+
+
+def update_string(
+    bus: ModbusBus,
+    units: Sequence[int],
+    package: bytes,
+    pki: VendorPki,
+    tester: TesterCredentials,
+    *,
+    records: Path,
+) -> StringReport:
+    """What `bmsfw update --broadcast` runs: every unit's whole procedure, one broadcast."""
+    trust = TrustAnchors.from_root_certificate(
+        pki.root_certificate.public_bytes(serialization.Encoding.PEM)
+    )
+    options = UpdateOptions(
+        backup_dir=records,
+        credentials=tester,
+        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+        audit_log=records / "audit.jsonl",
+        report_dir=records / "reports",
+    )
+    return run_string_update(
+        [bus.session(u) for u in units],
+        package,
+        trust,
+        options,
+        policy=StringPolicy(activation="all"),
+    )

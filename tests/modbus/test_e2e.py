@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bmsfw.device.sim_control import SimCommand, send_command
 from bmsfw.device.sim_rs485 import SimRs485Process
+from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
-from bmsfw.protocol.modbus import (
-    BroadcastPolicy,
-    broadcast_update,
-    open_modbus_bus,
-    open_modbus_session,
-)
+from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
 
-from .conftest import Release
+from .conftest import Release, update_string
 
 
 def test_single_node_update(
@@ -45,27 +43,24 @@ def test_single_node_update(
 
 
 def test_string_of_eight_by_broadcast_one_rolls_back(
-    string_of_eight: SimRs485Process, release_v2: Release, tester: bms_session.TesterCredentials
+    string_of_eight: SimRs485Process,
+    release_v2: Release,
+    pki: VendorPki,
+    tester: bms_session.TesterCredentials,
+    tmp_path: Path,
 ) -> None:
-    with open_modbus_bus(string_of_eight.port, timeout_s=0.2, retries=1) as bus:
-        report = broadcast_update(
-            bus,
-            range(1, 9),
-            release_v2.header,
-            release_v2.image,
-            tester,
-            policy=BroadcastPolicy(activation="all", boot_timeout_s=30),
-        )
-        by_unit = {n.unit: n for n in report.nodes}
+    with open_modbus_bus(string_of_eight.port) as bus:  # the CLI's default timing
+        string = update_string(bus, range(1, 9), release_v2.package, pki, tester, records=tmp_path)
+        by_unit = {row.unit: row for row in string.rows}
         assert sorted(by_unit) == list(range(1, 9))
-        assert by_unit[5].result == "rolled-back", by_unit[5]
-        assert by_unit[5].running_version == "1.0.0"
-        assert "self-test" in by_unit[5].revert_reason
+        assert by_unit[5].outcome == "rolled-back", by_unit[5]
+        assert by_unit[5].now == "1.0.0" and by_unit[5].error_code == "BMSFW-E511"
         for unit in (1, 2, 3, 4, 6, 7, 8):
-            assert by_unit[unit].result == "confirmed", by_unit[unit]
-            assert by_unit[unit].running_version == "1.1.0"
+            assert by_unit[unit].outcome == "updated", by_unit[unit]
+            assert by_unit[unit].now == "1.1.0"
         # the image went over the wire once: one frame per 244 data bytes
-        assert report.broadcast_frames <= len(release_v2.image) // 244 + 1
+        assert string.transfer["mode"] == "broadcast"
+        assert string.transfer["frames"] <= len(release_v2.image) // 244 + 1
         # every node reads back what it runs now
         for unit in range(1, 9):
             ident = bus.session(unit).identify()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
-
 from bmsfw.device.images import APP_DESCRIPTOR_OFFSET, make_app_payload
 from bmsfw.device.lab import signed_package, trust_anchors
 from bmsfw.device.sim_rs485 import SimRs485Process
@@ -18,13 +16,12 @@ from bmsfw.package import (
     verify_release,
 )
 from bmsfw.protocol import session as bms_session
-from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_session
-from bmsfw.protocol.modbus.errors import ModbusBroadcastEncodedError
+from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
 from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
 
-from .conftest import IMAGE_SIZE, SPEC
+from .conftest import IMAGE_SIZE, SPEC, update_string
 
 PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, link_round_trips=2))
 
@@ -126,25 +123,26 @@ def test_pipeline_sends_compressed_then_delta_over_rs485(
         assert session.read_boot_status().image_state == "confirmed"
 
 
-def test_broadcast_refuses_delta_and_stored_bytes_before_touching_a_node(
-    pki: VendorPki, release_v1: object, tester: bms_session.TesterCredentials
+def test_broadcast_refuses_a_delta_before_touching_a_node(
+    string_of_one: SimRs485Process,
+    pki: VendorPki,
+    release_v1: object,
+    tester: bms_session.TesterCredentials,
+    tmp_path: Path,
 ) -> None:
+    """One broadcast carries one decoded image: a delta release is refused by the
+    procedure `bmsfw update --broadcast` runs, before anything is written."""
     image = release_v1.image  # type: ignore[attr-defined]
     delta = _release(pki, "1.0.1", 1, _payload("1.0.1", "1.0.0"), delta_from=image)
-    compressed = _release(pki, "1.1.0", 2, _payload("1.1.0"), encoding="lz4")
-    stored = b"\0" * _stored_size(compressed)
-    # no bus is needed: the refusal comes before anything is opened or sent
-    with pytest.raises(ModbusBroadcastEncodedError, match="delta patch"):
-        broadcast_update(None, [1], release_header(delta), image, tester)  # type: ignore[arg-type]
-    with pytest.raises(ModbusBroadcastEncodedError, match="decoded image"):
-        broadcast_update(
-            None,  # type: ignore[arg-type]
-            [1],
-            release_header(compressed),
-            stored,
-            tester,
-            policy=BroadcastPolicy(),
-        )
+    with open_modbus_bus(string_of_one.port) as bus:
+        string = update_string(bus, [1], delta, pki, tester, records=tmp_path)
+        (report,) = string.reports
+        assert report.outcome == "refused", report.error
+        assert report.error["code"] == "BMSFW-E534"
+        assert "only the BMS can decode it" in report.error["message"]
+        assert not any(s.step == "transfer" for s in report.steps)
+        assert string.transfer["mode"] == "none"
+        assert bus.session(1).transfer_state().total_size == 0
 
 
 def test_cli_update_with_delta_over_rs485(

@@ -9,9 +9,16 @@ from pathlib import Path
 from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
-from bmsfw.protocol.modbus import BroadcastPolicy, broadcast_update, open_modbus_bus
+from bmsfw.protocol.modbus import open_modbus_bus
 
-from .conftest import TIME_SCALE, Release, break_cell_sensor, provision_string
+from .conftest import (
+    TIME_SCALE,
+    Release,
+    break_cell_sensor,
+    provision_string,
+    set_line,
+    update_string,
+)
 
 BAUD = 921_600
 
@@ -26,6 +33,8 @@ def test_string_on_a_fast_line_with_node_processes(
     units = (1, 2, 3, 4, 5)
     state = provision_string(tmp_path / "sim", pki, release_v1, units)
     break_cell_sensor(state, 3)
+    for unit in units:
+        set_line(state, unit, BAUD, char_timed_gap=True)
     with (
         SimRs485Process(
             state,
@@ -54,19 +63,14 @@ def test_string_on_a_fast_line_with_node_processes(
         assert session.wait_boot(30).image_state == "test"
         assert session.read_self_test().passed
         session.confirm()
-        report = broadcast_update(
-            bus,
-            (1, 2, 3, 4),
-            release_v2.header,
-            release_v2.image,
-            tester,
-            policy=BroadcastPolicy(activation="all", boot_timeout_s=30),
+        string = update_string(
+            bus, (1, 2, 3, 4), release_v2.package, pki, tester, records=tmp_path / "r"
         )
-        assert "3.5-character frame gap" in report.rate
-        by_unit = {n.unit: n for n in report.nodes}
-        assert by_unit[3].result == "rolled-back" and by_unit[3].running_version == "1.0.0"
+        assert "3.5-character frame gap" in string.rate
+        by_unit = {row.unit: row for row in string.rows}
+        assert by_unit[3].outcome == "rolled-back" and by_unit[3].now == "1.0.0"
         for unit in (1, 2, 4):
-            assert by_unit[unit].result == "confirmed", by_unit[unit]
+            assert by_unit[unit].outcome == "updated", by_unit[unit]
         # Each node answers for itself, whichever tap and process serves it.
         for unit in units:
             ident = bus.session(unit).identify()

@@ -127,7 +127,7 @@ def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(
     assert again.outcome == "updated", again.error
     assert again.decisions["start"] == "continue-test-image"
     steps = [e.step for e in events if isinstance(e, StepFinished)]
-    assert steps == ["identify", "verify-package", "self-test", "confirm"]
+    assert steps == ["identify", "verify-package", "authenticate", "self-test", "confirm"]
     assert not [e for e in events if isinstance(e, TransferProgress)]  # nothing re-sent
     status = bms.boot_status()
     assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")

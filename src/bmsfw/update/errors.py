@@ -38,6 +38,7 @@ __all__ = [
     "NotConfirmedRolledBackError",
     "NothingToRollBackError",
     "OverrideRefusedError",
+    "PayloadNotSendableError",
     "ProfileInvalidError",
     "RecordNotWrittenError",
     "ReportDirUnusableError",
@@ -420,3 +421,16 @@ class DiskSpaceLowError(UsageError):
         "of the update could be lost. Nothing was sent to the BMS."
     )
     remedy = "Free space on that drive or choose another with `--backup-dir`, then run again."
+
+
+class PayloadNotSendableError(UsageError):
+    code = "BMSFW-E534"
+    diagnosis = (
+        "This link cannot carry the release as packaged: a delta or encrypted component "
+        "only the BMS can decode, and a broadcast (or this session) sends decoded images "
+        "only. Nothing was written to the BMS."
+    )
+    remedy = (
+        "Broadcast the full, unencrypted release (a compressed one is decoded by the "
+        "updater), or update the units one by one without `--broadcast`."
+    )

@@ -88,6 +88,7 @@ from bmsfw.update.errors import (
     NoAnswerAfterResetError,
     NotConfirmedRolledBackError,
     NothingToRollBackError,
+    PayloadNotSendableError,
     RecordNotWrittenError,
     SelfTestFailedRolledBackError,
     TransferInterruptedError,
@@ -515,6 +516,8 @@ class _Run(_Shell):
                 # its self-test decides, nothing is sent again.
                 self.staged = True
                 self.warn(start.reason)
+                step = "authenticate"
+                self._authenticate()
                 step = "self-test"
                 confirmed = self._after_reset("", release)
                 step = "confirm"
@@ -554,12 +557,7 @@ class _Run(_Shell):
                 detail.append(str(backup.path))
             self._check_stop()
             step = "authenticate"
-            with self.step("authenticate") as detail:
-                if self.options.credentials is not None:
-                    self.session.authenticate(self.options.credentials)
-                    detail.append("tester certificate accepted")
-                else:
-                    detail.append("no tester credentials given; the session's own access")
+            self._authenticate()
             step = "transfer"
             with self.step("transfer") as detail:
                 header = release_header(payload.package)
@@ -607,6 +605,14 @@ class _Run(_Shell):
                 except BmsfwError as compare_error:
                     self.warn(f"configuration not compared after the rollback: {compare_error}")
         return self.finish()
+
+    def _authenticate(self) -> None:
+        with self.step("authenticate") as detail:
+            if self.options.credentials is not None:
+                self.session.authenticate(self.options.credentials)
+                detail.append("tester certificate accepted")
+            else:
+                detail.append("no tester credentials given; the session's own access")
 
     def _check_stop(self) -> None:
         """A safe point: the operator asked to stop (Ctrl-C, SIGTERM) before the activation."""
@@ -681,7 +687,7 @@ class _Run(_Shell):
             # a session that cannot take stored bytes gets the image the host decoded
             report["encoding"] = "raw (decoded by the updater)"
             return _Payload(package, release, component, release.image(name), encoded=False)
-        raise UpdateFailedNoRollbackError(
+        raise PayloadNotSendableError(
             f"component {name!r} is stored {_encoding_name(component)}: only the BMS can "
             f"decode it, and this session ({type(self.session).__name__}) cannot send "
             "stored bytes; use the full, unencrypted package"

@@ -11,7 +11,6 @@ from __future__ import annotations
 from bmsfw.errors import DeviceError, TransportError, UpdateError, UsageError
 
 __all__ = [
-    "ModbusBroadcastEncodedError",
     "ModbusBusyError",
     "ModbusCommandRefusedError",
     "ModbusExceptionResponseError",
@@ -119,20 +118,4 @@ class ModbusRepairError(UpdateError):
     remedy = (
         "The link drops frames to this unit: check wiring and termination, lower the baud "
         "rate, then run the update again (blocks already written are kept)."
-    )
-
-
-class ModbusBroadcastEncodedError(UsageError):
-    """A broadcast was asked to carry a delta or encrypted component, or stored bytes."""
-
-    code = "BMSFW-E380"
-    diagnosis = (
-        "A broadcast carries the decoded image only: a delta patch or an encrypted image "
-        "can only be decoded by each BMS from an unbroken stream, which a broadcast with "
-        "per-node repair of lost frames cannot guarantee."
-    )
-    remedy = (
-        "Broadcast the full, unencrypted release (a compressed one is decoded by the updater "
-        "first), or update the nodes one by one (`bmsfw update` per unit) with the delta or "
-        "encrypted release."
     )
