@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from bmsfw.device.bms import VirtualBms
 from bmsfw.device.flash import FlashSpec
 from bmsfw.device.lab import LabRelease, provision_nodes, signed_release, tester_for
 from bmsfw.device.sim_rs485 import SimRs485Process, node_state_dir
 from bmsfw.device.spec import DeviceSpec
-from bmsfw.package import TrustAnchors, VendorPki, create_pki
-from bmsfw.protocol.modbus import ModbusBus
+from bmsfw.package import VendorPki, create_pki
 from bmsfw.protocol.session import TesterCredentials
-from bmsfw.update.pipeline import UpdateOptions
-from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
-from bmsfw.update.string import StringPolicy, StringReport, run_string_update
 
 KIB = 1024
 IMAGE_SIZE = 16 * KIB
@@ -107,32 +102,3 @@ def string_of_eight(
     break_cell_sensor(state, 5)
     with SimRs485Process(state, units, time_scale=TIME_SCALE, log_file=tmp_path / "sim.log") as sim:
         yield sim
-
-
-def update_string(
-    bus: ModbusBus,
-    units: Sequence[int],
-    package: bytes,
-    pki: VendorPki,
-    tester: TesterCredentials,
-    *,
-    records: Path,
-) -> StringReport:
-    """What `bmsfw update --broadcast` runs: every unit's whole procedure, one broadcast."""
-    trust = TrustAnchors.from_root_certificate(
-        pki.root_certificate.public_bytes(serialization.Encoding.PEM)
-    )
-    options = UpdateOptions(
-        backup_dir=records,
-        credentials=tester,
-        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
-        audit_log=records / "audit.jsonl",
-        report_dir=records / "reports",
-    )
-    return run_string_update(
-        [bus.session(u) for u in units],
-        package,
-        trust,
-        options,
-        policy=StringPolicy(activation="all"),
-    )

@@ -9,8 +9,9 @@ from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
+from pipeline_support import update_string
 
-from .conftest import Release, update_string
+from .conftest import Release
 
 
 def test_single_node_update(

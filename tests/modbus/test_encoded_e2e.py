@@ -20,8 +20,9 @@ from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
 from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
+from pipeline_support import update_string
 
-from .conftest import IMAGE_SIZE, SPEC, update_string
+from .conftest import IMAGE_SIZE, SPEC
 
 PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, link_round_trips=2))
 

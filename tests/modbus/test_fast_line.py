@@ -10,6 +10,7 @@ from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import open_modbus_bus
+from pipeline_support import update_string
 
 from .conftest import (
     TIME_SCALE,
@@ -17,7 +18,6 @@ from .conftest import (
     break_cell_sensor,
     provision_string,
     set_line,
-    update_string,
 )
 
 BAUD = 921_600

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bmsfw.device.sim_can import SimCanProcess
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
-from bmsfw.protocol.errors import UdsTransferInterruptedError
 from bmsfw.protocol.session import TesterCredentials as Credentials
-from bmsfw.protocol.uds import discover_nodes, flash_node, flash_nodes, open_uds_session
+from bmsfw.protocol.uds import discover_nodes, open_uds_session
+from pipeline_support import update_node, update_nodes
 
 from .conftest import Release, provision_nodes, unique_link
 
 
 @pytest.mark.req("IEC62443-CR3.10")
 def test_signed_release_flashed_and_confirmed_over_multicast(
-    tmp_path: Path, state_dir: Path, tester: Credentials, release_v2: Release
+    tmp_path: Path, state_dir: Path, pki: VendorPki, tester: Credentials, release_v2: Release
 ) -> None:
     link = unique_link()
     with (
@@ -28,15 +26,16 @@ def test_signed_release_flashed_and_confirmed_over_multicast(
         before = session.identify()
         assert before.app_version == "1.0.0"
         offsets: list[int] = []
-        result = flash_node(
+        report = update_node(
             session,
-            release_v2.header,
-            release_v2.image,
+            release_v2.package,
+            pki,
             tester,
-            node=1,
-            progress=lambda _n, off, _t: offsets.append(off),
+            records=tmp_path / "records",
+            on_progress=offsets.append,
         )
-        assert result.ok and result.resumed_from == 0
+        assert report.outcome == "updated", report.error
+        assert report.transfer["resumed_from"] == 0
         assert offsets == sorted(offsets) and offsets[-1] == len(release_v2.image)
         status = session.read_boot_status()
         assert (status.running_version, status.image_state) == ("1.1.0", "confirmed")
@@ -49,37 +48,43 @@ def test_signed_release_flashed_and_confirmed_over_multicast(
 
 
 def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
-    tmp_path: Path, state_dir: Path, tester: Credentials, release_v2: Release
+    tmp_path: Path, state_dir: Path, pki: VendorPki, tester: Credentials, release_v2: Release
 ) -> None:
     link = unique_link()
     with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
         with open_uds_session(link, 1) as session:
             half = len(release_v2.image) // 2
 
-            def cut_when_half_sent(_node: int, offset: int, _total: int) -> None:
+            def cut_when_half_sent(offset: int) -> None:
                 if offset >= half:
                     session.bus.faults = CanFaults(silent=True)  # cable pulled
 
-            with pytest.raises(UdsTransferInterruptedError) as info:
-                flash_node(
-                    session,
-                    release_v2.header,
-                    release_v2.image,
-                    tester,
-                    node=1,
-                    progress=cut_when_half_sent,
-                )
-            assert info.value.code == "BMSFW-E362"
-            assert half <= info.value.offset < len(release_v2.image)
-            assert "got no answer" in str(info.value)
+            report = update_node(
+                session,
+                release_v2.package,
+                pki,
+                tester,
+                records=tmp_path / "records",
+                on_progress=cut_when_half_sent,
+            )
+            assert report.outcome == "paused" and report.failed_step == "transfer"
+            assert report.error["code"] == "BMSFW-E501"
+            assert report.cause["code"] == "BMSFW-E362"
+            assert "got no answer" in report.cause["message"]
+            assert half <= report.transfer["offset"] < len(release_v2.image)
 
         # cable back: a new session finds the old firmware running, then resumes
         with open_uds_session(link, 1) as session:
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("1.0.0", "confirmed")
-            result = flash_node(session, release_v2.header, release_v2.image, tester, node=1)
-            assert result.resumed_from >= half
-            assert result.bytes_sent == len(release_v2.image) - result.resumed_from
+            again = update_node(
+                session, release_v2.package, pki, tester, records=tmp_path / "records"
+            )
+            assert again.outcome == "updated", again.error
+            assert again.transfer["resumed_from"] >= half
+            assert again.transfer["bytes_sent"] == (
+                len(release_v2.image) - again.transfer["resumed_from"]
+            )
             assert session.identify().app_version == "1.1.0"
 
 
@@ -94,13 +99,10 @@ def test_two_nodes_discovered_and_updated_concurrently(
     link = unique_link()
     with SimCanProcess(link, state, (1, 2), time_scale=20, log_file=tmp_path / "sim.log"):
         assert discover_nodes(link) == [1, 2]
-        results = flash_nodes(
-            lambda node: open_uds_session(link, node),
-            [1, 2],
-            release_v2.header,
-            release_v2.image,
-            tester,
-        )
-        assert [r.node for r in results] == [1, 2]
-        assert all(r.ok for r in results), [r.summary() for r in results]
-        assert {r.new_version for r in results} == {"1.1.0"}
+        with open_uds_session(link, 1) as one, open_uds_session(link, 2) as two:
+            reports = update_nodes(
+                [one, two], release_v2.package, pki, tester, records=tmp_path / "records"
+            )
+        assert len({r.device_before["serial"] for r in reports}) == 2
+        assert all(r.outcome == "updated" for r in reports), [r.error for r in reports]
+        assert {r.running_version for r in reports} == {"1.1.0"}

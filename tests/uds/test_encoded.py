@@ -18,7 +18,8 @@ from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import Component, Manifest, VendorPki, decode_header
 from bmsfw.protocol import errors as err
 from bmsfw.protocol.session import TesterCredentials as Credentials
-from bmsfw.protocol.uds import flash_node, open_uds_session, transfer_dfi
+from bmsfw.protocol.uds import open_uds_session, transfer_dfi
+from pipeline_support import update_node
 
 from .conftest import IMAGE_SIZE, Release, make_release, unique_link
 
@@ -39,13 +40,15 @@ def _patched(base_payload: bytes, version: str) -> bytes:
 
 
 def _flash_and_count(
-    link: str, release: Release, tester: Credentials, *, payload: bytes
+    link: str, release: Release, pki: VendorPki, tester: Credentials, records: Path
 ) -> tuple[int, int]:
-    """Flash ``payload``; return (TransferData bytes on the wire, the DFI used)."""
+    """`bmsfw update` with ``release``; (bytes on the wire for the whole update, the DFI)."""
     with open_uds_session(link, 1) as session:
         session.bus.reset_stats()
-        result = flash_node(session, release.header, payload, tester, node=1)
-        assert result.ok and result.new_version == release.version, result.summary()
+        report = update_node(session, release.package, pki, tester, records=records)
+        assert report.outcome == "updated", report.error
+        assert report.running_version == release.version
+        assert report.transfer["bytes_sent"] == len(release.stored)  # the stored bytes
         status = session.read_boot_status()
         assert (status.running_version, status.image_state) == (release.version, "confirmed")
         return session.bus.stats().bytes_tx, session.last_dfi
@@ -64,7 +67,7 @@ def test_zstd_and_delta_releases_send_fewer_bytes_and_confirm(
     link = unique_link()
     with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
         # the whole session (identify .. confirm) moves fewer bytes than the raw image
-        wire, dfi = _flash_and_count(link, zstd, tester, payload=zstd.stored)
+        wire, dfi = _flash_and_count(link, zstd, pki, tester, tmp_path / "records")
         assert dfi == 0x10 == transfer_dfi(_component(zstd))
         assert wire < raw_size, (wire, raw_size)
 
@@ -73,7 +76,7 @@ def test_zstd_and_delta_releases_send_fewer_bytes_and_confirm(
             state = session.prepare(delta.header)
             # a delta is only ever sent as its stored patch: the state counts that stream
             assert (state.total_size, state.contiguous_bytes) == (len(delta.stored), 0)
-        wire, dfi = _flash_and_count(link, delta, tester, payload=delta.stored)
+        wire, dfi = _flash_and_count(link, delta, pki, tester, tmp_path / "records")
         assert dfi == 0x80
         assert wire < raw_size // 4, (wire, raw_size)
 
@@ -114,21 +117,25 @@ def test_wrong_dfi_refused_and_interrupted_encoded_transfer_restarts_from_zero(
 
             half = size // 2
 
-            def cut(_node: int, offset: int, _total: int) -> None:
+            def cut(offset: int) -> None:
                 if offset >= half:
                     session.bus.faults = CanFaults(silent=True)
 
-            with pytest.raises(err.UdsTransferInterruptedError):
-                flash_node(session, hs.header, hs.stored, tester, node=1, progress=cut)
+            records = tmp_path / "records"
+            cut_off = update_node(
+                session, hs.package, pki, tester, records=records, on_progress=cut
+            )
+            assert cut_off.outcome == "paused" and cut_off.cause["code"] == "BMSFW-E362"
         with open_uds_session(link, 1) as session:
             assert session.identify().app_version == "1.0.0"  # the old firmware runs
             session.authenticate(tester)
             state = session.prepare(hs.header)
             # the decoder had written part of the image (resumable only as decoded bytes)
             assert 0 < state.contiguous_bytes < len(hs.image)
-            result = flash_node(session, hs.header, hs.stored, tester, node=1)
-            assert result.ok and result.resumed_from == 0
-            assert result.bytes_sent == len(hs.stored)
+            again = update_node(session, hs.package, pki, tester, records=records)
+            assert again.outcome == "updated", again.error
+            assert again.transfer["resumed_from"] == 0
+            assert again.transfer["bytes_sent"] == len(hs.stored)
             assert session.identify().app_version == "1.2.0"
 
 
@@ -140,6 +147,6 @@ def test_lzma2_thumb_release_over_uds_announces_its_dfi_and_confirms(
     assert len(release.stored) < len(release.image)
     link = unique_link()
     with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
-        wire, dfi = _flash_and_count(link, release, tester, payload=release.stored)
+        wire, dfi = _flash_and_count(link, release, pki, tester, tmp_path / "records")
     assert dfi == 0x40 == transfer_dfi(_component(release))
     assert wire < len(release.image), (wire, len(release.image))

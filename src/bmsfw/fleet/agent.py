@@ -81,10 +81,20 @@ from bmsfw.fleet.protocol import (
     StateReport,
 )
 from bmsfw.package import DeviceFacts, TrustAnchors, verify_release
-from bmsfw.package.version import device_runs
 from bmsfw.protocol.session import BmsSession, DeviceIdentity, TesterCredentials
 from bmsfw.update.backup import load_backup
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions
+from bmsfw.update.core import (
+    Action,
+    BootMeaning,
+    BootReading,
+    ConfirmVerdict,
+    decide_after_boot,
+    interpret_boot,
+    judge_confirm,
+    judge_self_test,
+    same_release,
+)
 from bmsfw.update.errors import NotConfirmedRolledBackError, SelfTestFailedRolledBackError
 from bmsfw.update.events import Event, StepStarted
 from bmsfw.update.pipeline import UpdateOptions, run_update
@@ -510,22 +520,21 @@ class Agent:
             session = local[job.serial].session
             try:
                 status = session.read_boot_status()
-                runs_job = device_runs(job.version, status.running_version)
-                if runs_job and status.image_state == "confirmed":
+                # The decisions are the update core's (bmsfw.update.core), as in run_update.
+                meaning = interpret_boot(BootReading(job.version, "", status))
+                if meaning is BootMeaning.NEW_CONFIRMED:
                     self._report(
                         job,
                         S.SUCCEEDED,
                         detail=f"after restart: runs {job.version}",
                         firmware_version=job.version,
                     )
-                elif runs_job and status.image_state == "test":
-                    result = session.read_self_test()
-                    if result.passed and (
-                        not result.version or device_runs(job.version, result.version)
-                    ):
+                elif meaning is BootMeaning.NEW_IN_TEST:
+                    verdict = judge_self_test(session.read_self_test(), job.version)
+                    if decide_after_boot(meaning, verdict).action is Action.CONFIRM:
                         session.confirm()
                         after = session.read_boot_status()
-                        if after.image_state == "confirmed":
+                        if judge_confirm(after, job.version) is ConfirmVerdict.CONFIRMED:
                             self._report(
                                 job,
                                 S.SUCCEEDED,
@@ -541,7 +550,7 @@ class Agent:
                         SelfTestFailedRolledBackError.code,
                         f"after restart: test image not confirmable; runs {after.running_version}",
                     )
-                elif not runs_job and (
+                elif not same_release(job.version, status.running_version) and (
                     status.image_state == "reverted" or status.last_revert_reason
                 ):
                     self._report(

@@ -18,20 +18,16 @@ from bmsfw.protocol.uds._codec import DID, NRC, ROUTINE, Session, is_encoded, tr
 from bmsfw.protocol.uds._open import discover_nodes, open_uds_session
 from bmsfw.protocol.uds._payload import stored_component
 from bmsfw.protocol.uds.client import RoutineResult, UdsClientConfig, UdsSession
-from bmsfw.protocol.uds.multi import NodeResult, flash_node, flash_nodes
 
 __all__ = [
     "DID",
     "NRC",
     "ROUTINE",
-    "NodeResult",
     "RoutineResult",
     "Session",
     "UdsClientConfig",
     "UdsSession",
     "discover_nodes",
-    "flash_node",
-    "flash_nodes",
     "is_encoded",
     "issue_tester_certificate",
     "load_tester_credentials",

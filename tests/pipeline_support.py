@@ -1,0 +1,80 @@
+"""The update procedure as `bmsfw update` runs it, for library-level tests of a protocol
+(tests/uds, tests/modbus): the lab's trust anchors, the default confirmations given,
+report and audit record written under a records directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bmsfw.device.lab import trust_anchors
+from bmsfw.package import VendorPki
+from bmsfw.protocol.modbus import ModbusBus
+from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.update.events import Event, TransferProgress
+from bmsfw.update.pipeline import UpdateOptions, run_update, run_updates
+from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
+from bmsfw.update.report import UpdateReport
+from bmsfw.update.string import StringPolicy, StringReport, run_string_update
+
+__all__ = ["lab_options", "update_node", "update_nodes", "update_string"]
+
+
+def lab_options(records: Path, tester: TesterCredentials) -> UpdateOptions:
+    return UpdateOptions(
+        backup_dir=records,
+        credentials=tester,
+        confirmed=frozenset(c.id for c in DEFAULT_CONFIRMATIONS),
+        audit_log=records / "audit.jsonl",
+        report_dir=records / "reports",
+    )
+
+
+def update_node(
+    session: BmsSession,
+    package: bytes,
+    pki: VendorPki,
+    tester: TesterCredentials,
+    *,
+    records: Path,
+    on_progress: Callable[[int], None] | None = None,
+) -> UpdateReport:
+    """`bmsfw update` on one BMS; ``on_progress`` gets each transfer offset."""
+
+    def sink(event: Event) -> None:
+        if on_progress is not None and isinstance(event, TransferProgress):
+            on_progress(event.offset)
+
+    options = lab_options(records, tester)
+    return run_update(session, package, trust_anchors(pki), options, sink=sink)
+
+
+def update_nodes(
+    sessions: Sequence[BmsSession],
+    package: bytes,
+    pki: VendorPki,
+    tester: TesterCredentials,
+    *,
+    records: Path,
+) -> list[UpdateReport]:
+    """`bmsfw update` on several BMS at once (one session and thread each)."""
+    return run_updates(sessions, package, trust_anchors(pki), lab_options(records, tester))
+
+
+def update_string(
+    bus: ModbusBus,
+    units: Sequence[int],
+    package: bytes,
+    pki: VendorPki,
+    tester: TesterCredentials,
+    *,
+    records: Path,
+) -> StringReport:
+    """What `bmsfw update --broadcast` runs: every unit's whole procedure, one broadcast."""
+    return run_string_update(
+        [bus.session(u) for u in units],
+        package,
+        trust_anchors(pki),
+        lab_options(records, tester),
+        policy=StringPolicy(activation="all"),
+    )
