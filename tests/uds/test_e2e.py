@@ -26,13 +26,9 @@ def test_signed_release_flashed_and_confirmed_over_multicast(
         before = session.identify()
         assert before.app_version == "1.0.0"
         offsets: list[int] = []
+        package, records = release_v2.package, tmp_path / "records"
         report = update_node(
-            session,
-            release_v2.package,
-            pki,
-            tester,
-            records=tmp_path / "records",
-            on_progress=offsets.append,
+            session, package, pki, tester, records=records, on_progress=offsets.append
         )
         assert report.outcome == "updated", report.error
         assert report.transfer["resumed_from"] == 0
@@ -59,13 +55,10 @@ def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
                 if offset >= half:
                     session.bus.faults = CanFaults(silent=True)  # cable pulled
 
+            records = tmp_path / "records"
+            cut = cut_when_half_sent
             report = update_node(
-                session,
-                release_v2.package,
-                pki,
-                tester,
-                records=tmp_path / "records",
-                on_progress=cut_when_half_sent,
+                session, release_v2.package, pki, tester, records=records, on_progress=cut
             )
             assert report.outcome == "paused" and report.failed_step == "transfer"
             assert report.error["code"] == "BMSFW-E501"
