@@ -204,3 +204,30 @@ def test_update_on_a_fast_line_with_three_and_a_half_character_gaps(
     assert report["device_now"]["image_state"] == "confirmed"
     refused = run_bmsfw("info", *bench.link_args(), "--frame-gap", "fast", check=2)
     assert "frame-gap" in refused.stderr
+
+
+def test_rollback_after_a_failed_self_test_keeps_the_old_firmware(
+    make_string: Callable[..., StringBench],
+) -> None:
+    """Issue 12 over RS485: `rollback` after a self-test failure changes nothing."""
+    bench = make_string((1,))
+    bench.prepare(1, lambda b: b.faults.adc_gain_error(0, 0.03))  # the new self-test fails
+    bench.start()
+    failed = json.loads(run_bmsfw(*bench.update_args("v2"), "--json", check=4).stdout)
+    assert failed["error"]["code"] == "BMSFW-E511" and failed["running_version"] == "1.0.0"
+    backups = bench.work / "backups"
+    creds = ["--tester-cert", str(bench.kit.tester_cert), "--tester-key", str(bench.kit.tester_key)]
+    rollback = run_bmsfw(
+        "rollback", *bench.link_args(), *creds, "--backup-dir", str(backups), "--json", check=7
+    )
+    report = json.loads(rollback.stdout)
+    assert report["kind"] == "rollback" and report["outcome"] == "refused"
+    assert report["error"]["code"] == "BMSFW-E517"
+    assert report["decisions"]["rollback"] == "nothing-to-roll-back"
+    info = json.loads(run_bmsfw("info", *bench.link_args(), "--json", check=0).stdout)
+    assert info[0]["boot"]["running_version"] == "1.0.0"
+    assert info[0]["boot"]["image_state"] != "test"
+    assert info[0]["identity"]["security_counter"] == 1
+    audit = run_bmsfw("report", "--audit", str(backups / "audit.jsonl"), "--json", check=0)
+    events = [(r["event"], r["result"]) for r in json.loads(audit.stdout)]
+    assert events == [("update", "rolled-back"), ("rollback", "refused")]
