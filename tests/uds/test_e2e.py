@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bmsfw.device.sim_can import SimCanProcess
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
