@@ -20,7 +20,10 @@ Decisions, in the order of an update:
   in test, reverted, boot loop, no answer = power loss or lost link);
 * :func:`judge_self_test` - pass or fail of the new image's self-test;
 * :func:`decide_after_boot` - confirm, revert, or report;
-* :func:`judge_confirm` - did the confirm make the image permanent;
+* :func:`judge_confirm` - did the confirm make the image permanent (also after
+  a confirm the BMS refused: E210);
+* :func:`rollback_took_effect` - does the new image no longer run after a rollback
+  the BMS acknowledged (only then is the outcome "rolled-back");
 * :func:`plan_rollback` - what ``bmsfw rollback`` may do from each state.
 
 Every version comparison goes through :func:`compare_versions` /
@@ -62,6 +65,7 @@ __all__ = [
     "judge_self_test",
     "plan_rollback",
     "plan_transfer",
+    "rollback_took_effect",
     "same_release",
 ]
 
@@ -392,6 +396,18 @@ def judge_confirm(status: BootStatus, new_version: str) -> ConfirmVerdict:
         if status.image_state == "test":
             return ConfirmVerdict.STILL_TEST
     return ConfirmVerdict.LOST
+
+
+def rollback_took_effect(status: BootStatus, new_version: str) -> bool:
+    """Whether the BMS, after acknowledging a rollback, no longer runs the new image.
+
+    An acknowledged rollback proves nothing: only a boot status read afterwards that
+    shows the application running another image makes the outcome "rolled-back". A
+    BMS still running ``new_version`` (in test or confirmed) was not rolled back.
+    """
+    return status.run_state == "application" and not same_release(
+        new_version, status.running_version
+    )
 
 
 # --- rollback -------------------------------------------------------------------------

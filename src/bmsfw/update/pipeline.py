@@ -80,6 +80,7 @@ from bmsfw.update.core import (
     judge_self_test,
     plan_rollback,
     plan_transfer,
+    rollback_took_effect,
     same_release,
 )
 from bmsfw.update.errors import (
@@ -894,9 +895,7 @@ class _Run(_Shell):
                     f"self-test {verdict.value if verdict else 'not read'}"
                     f"{f' ({failed})' if failed else ''}; rolling back"
                 )
-                self.session.rollback()
-                status = self.wait_after_rollback()
-                self.report.running_version = status.running_version
+                status = self._roll_back(new_version)
             assert status is not None
             self._raise_reverted(status, new_version, meaning)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -932,21 +931,48 @@ class _Run(_Shell):
             f"the BMS runs {status.running_version} again"
         )
 
+    def _roll_back(self, new_version: str) -> BootStatus:
+        """Ask for the rollback, wait, and believe it only when the new image is gone."""
+        self.session.rollback()
+        after = self.wait_after_rollback()
+        self.report.running_version = after.running_version
+        if not rollback_took_effect(after, new_version):
+            raise UpdateFailedNoRollbackError(
+                f"the BMS acknowledged the rollback but still runs {after.running_version} "
+                f"({after.run_state}, {after.image_state}); it was not rolled back"
+            )
+        return after
+
     def _confirm(self, previous: str, release: VerifiedRelease, *, already: bool) -> None:
         new_version = release.manifest.version
         with self.step("confirm") as detail:
+            refused: DeviceError | None = None
             if not already:
-                self.session.confirm()
+                try:
+                    self.session.confirm()
+                except DeviceError as exc:  # E210: the BMS refused; its status decides
+                    refused = exc
             status = self.read_boot_status_retrying()
             detail.append(f"bank {status.active_bank} {status.image_state}")
             verdict = judge_confirm(status, new_version)
+            if refused is not None and verdict is not ConfirmVerdict.LOST:
+                if verdict is ConfirmVerdict.CONFIRMED:
+                    # Refused, yet "confirmed": the BMS contradicts itself. Nothing more
+                    # is written to it; the report says failed, never updated.
+                    self.warn(
+                        f"the BMS refused the confirm ({refused.code}) but reports "
+                        f"{status.running_version} confirmed: not believed"
+                    )
+                    raise refused
+                self.warn(f"the BMS refused the confirm ({refused.code}); rolling back now")
+                self._roll_back(new_version)
+                self.report.outcome = "rolled-back"
+                raise refused
             if verdict is ConfirmVerdict.STILL_TEST:
                 # The firmware acknowledged but did not make itself permanent: do not
                 # leave the pack on an image the watchdog will throw out later.
                 self.warn(f"{new_version} did not confirm itself; rolling back now")
-                self.session.rollback()
-                after = self.wait_after_rollback()
-                self.report.running_version = after.running_version
+                after = self._roll_back(new_version)
                 self.report.outcome = "rolled-back"
                 raise NotConfirmedRolledBackError(
                     f"{new_version} acknowledged the confirm but stayed a test image; "

@@ -462,10 +462,14 @@ class ModbusSession:
             message += f" ({device_code})"
         if text:
             message += f": {text}"
+        from bmsfw.device.errors import NotConfirmableError, RollbackBlockedError
+
         error_class: type[BmsfwError] | None = {
             Command.PREPARE: DeviceHeaderRejectedError,
             Command.VERIFY: DeviceVerifyFailedError,
             Command.ACTIVATE: DeviceActivateFailedError,
+            Command.CONFIRM: NotConfirmableError,
+            Command.ROLLBACK: RollbackBlockedError,
         }.get(command)
         if error_class is not None:
             raise error_class(message)

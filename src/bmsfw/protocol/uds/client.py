@@ -153,8 +153,13 @@ def _app_component(header: bytes) -> Component | None:
 
 
 def _parse_status(record: bytes) -> RoutineResult:
+    """A routine's status record: status byte (00 done, else refused), then str8 texts.
+
+    The status is part of the result: a routine that answers without one is an
+    invalid response, never a success.
+    """
     if not record:
-        return RoutineResult(True, "", "", b"")
+        raise UdsInvalidResponseError("routine answered without its status byte")
     ok = record[0] == ROUTINE_OK
     texts: list[str] = []
     pos = 1
@@ -677,12 +682,26 @@ class UdsSession:
         return self._decode("self-test", lambda: decode_self_test(data[3:]))
 
     def confirm(self) -> None:
+        """Make the running test image permanent; a refusal (status != 00) raises E210."""
         self._ensure_access(Session.EXTENDED)
-        self.routine(ROUTINE.CONFIRM, what="confirm image")
+        result = self.routine(ROUTINE.CONFIRM, what="confirm image")
+        if not result.ok:
+            from bmsfw.device.errors import NotConfirmableError
+
+            raise NotConfirmableError(
+                f"BMS {self.address} refused the confirm: {result.code} {result.message}".strip()
+            )
 
     def rollback(self) -> None:
+        """Return to the confirmed image; a refusal (status != 00) raises E211."""
         self._ensure_access(Session.EXTENDED)
-        self.routine(ROUTINE.ROLLBACK, what="rollback")
+        result = self.routine(ROUTINE.ROLLBACK, what="rollback")
+        if not result.ok:
+            from bmsfw.device.errors import RollbackBlockedError
+
+            raise RollbackBlockedError(
+                f"BMS {self.address} refused the rollback: {result.code} {result.message}".strip()
+            )
 
     def check_preconditions(self) -> RoutineResult:
         return self.routine(ROUTINE.CHECK_PRECONDITIONS, what="check preconditions")
