@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,26 @@ class StringBench(BenchBase):
         )
         self.process.start()
         return str(self.process.port)
+
+    def wait_answering(self, baud_bps: int, timeout_s: float = 20.0) -> None:
+        """Wait until every unit answers at ``baud_bps`` (a BMS still booting is silent, as a
+        real one is, and a scan made in that moment would rightly miss it)."""
+        from bmsfw.errors import BmsfwError
+        from bmsfw.protocol.modbus.client import ModbusBus, SerialSettings
+
+        assert self.process is not None
+        settings = SerialSettings(port=str(self.process.port), baud_bps=baud_bps, timeout_s=0.2)
+        deadline = time.monotonic() + timeout_s
+        with ModbusBus(settings) as bus:
+            for unit in self.ids:
+                while True:
+                    try:
+                        bus.session(unit).identify()
+                        break
+                    except BmsfwError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
 
     def link_args(self, *units: int, baud: int = 115_200) -> list[str]:
         assert self.process is not None

@@ -97,7 +97,10 @@ def test_diagnose_finds_the_string_at_another_baud_rate(
     for unit in (1, 2):  # the BMS are set to 38400; the technician assumes 115200
         bench.prepare(unit, lambda b: b.write_config(replace(b.config(), rs485_baud=38_400)))
     bench.start(baud_bps=38_400)
-    wrong = run_bmsfw("diagnose", *bench.link_args(baud=115_200), "--json", check=5)
+    bench.wait_answering(38_400)
+    # the scan's 50 ms per probe is for a quiet line; a loaded test machine answers later
+    slow = ("--timeout", "0.25")
+    wrong = run_bmsfw("diagnose", *bench.link_args(baud=115_200), *slow, "--json", check=5)
     assert "BMSFW-E373" in wrong.stderr
     assert "use --baud 38400" in wrong.stderr
     scan = json.loads(wrong.stdout)["scan"]
@@ -109,7 +112,7 @@ def test_diagnose_finds_the_string_at_another_baud_rate(
     assert by_rate["115200 8E1"]["units"] == []
     assert by_rate["38400 8E1"]["units"] == [1, 2]
     # human output: the rate table, where the units are, and what to do
-    text = run_bmsfw("diagnose", *bench.link_args(baud=115_200), check=5)
+    text = run_bmsfw("diagnose", *bench.link_args(baud=115_200), *slow, check=5)
     assert "38400 8E1" in text.stdout and "units 1-2" in text.stdout
     assert "RS40000002" in text.stdout
     assert "remedy" in text.stderr.lower()
