@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/bmsfw demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --req-results $(TEST_RESULTS)
+	$(BIN)/python -m pytest -q --req-results=$(TEST_RESULTS)
 
 # Reads the results of the last `make test` (runs it when there are none): the
 # suite runs once in CI. Fails when a requirement lacks a passing test.
