@@ -6,6 +6,7 @@ import re
 
 import pytest
 from fastapi.routing import APIRoute
+from starlette.routing import Mount
 
 from bmsfw.fleet.auth import ALL_ROLES
 
@@ -15,6 +16,8 @@ from .conftest import Fleet, bms
 def _api_routes(fleet: Fleet) -> list[tuple[str, str, frozenset[str]]]:
     routes = []
     for route in fleet.app.routes:
+        if isinstance(route, Mount) and route.path == "/ui":
+            continue  # the dashboard: session cookies, not bearer tokens (tests/web)
         # Anything that is not one of our guarded API routes (e.g. FastAPI's stock
         # /docs or /openapi.json) would be an anonymous endpoint: fail loudly.
         assert isinstance(route, APIRoute), f"unguarded route {route.path}"

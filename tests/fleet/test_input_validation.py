@@ -39,6 +39,8 @@ def test_ids_beyond_the_database_integers_are_422_on_every_route(fleet: Fleet) -
     fleet.add_gateway("gw", "site")
     tried = 0
     for route in fleet.app.routes:
+        if getattr(route, "path", "") == "/ui":
+            continue  # the dashboard (tests/web)
         assert isinstance(route, APIRoute)
         names = re.findall(r"\{(\w+_id)\}", route.path)
         if not names:

@@ -105,6 +105,7 @@ from bmsfw.fleet.views import (
     TokenRevoked,
     WhoAmI,
 )
+from bmsfw.fleet.web import PREFIX, create_dashboard
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -514,6 +515,7 @@ def create_app(
     _admin_routes(router, app)
     _health_routes(router, engine)
     _document_check_in_body(app)
+    app.mount(PREFIX, create_dashboard(service, edge, online_after_s=3 * config.poll_interval_s))
     return app
 
 

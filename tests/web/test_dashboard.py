@@ -1,0 +1,189 @@
+"""The dashboard in a real headless Chromium against a real uvicorn server (HTTPS)."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import BrowserContext, Page, expect
+
+from bmsfw.fleet.web.catalogue import explain
+
+from .conftest import FAILED_CODE, MARKUP_SERIAL, SHOTS, Dashboard
+
+SHOTS_TMP = Path(tempfile.gettempdir()) / "bmsfw-dashboard-shots"
+
+
+def _session_cookie(context: BrowserContext) -> dict[str, object]:
+    cookies = [c for c in context.cookies() if c["name"] == "__Host-bmsfw_session"]
+    assert len(cookies) == 1, cookies
+    return dict(cookies[0])
+
+
+def test_operator_signs_in_and_sees_overview_and_a_failed_device(
+    dashboard: Dashboard, page: Page, context: BrowserContext
+) -> None:
+    dashboard.sign_in(page, "operator")
+    expect(page.get_by_test_id("who")).to_have_text("operator-1 (operator)")
+    expect(page.get_by_test_id("total")).to_have_text("42")
+    expect(page.locator("main")).to_contain_text("North 1.1.0")
+    expect(page.locator("main")).to_contain_text("BMS-NORTH-FAULT")  # flagged
+    cookie = _session_cookie(context)
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+
+    page.goto(f"{dashboard.url}/ui/devices/{dashboard.failed_serial}")
+    expect(page.get_by_test_id("serial")).to_have_text(dashboard.failed_serial)
+    explanation = explain(FAILED_CODE)
+    assert explanation is not None
+    history = page.locator("main table").first
+    expect(history).to_contain_text(FAILED_CODE)
+    expect(history).to_contain_text("SoC 12 % < 30 %")
+    expect(history).to_contain_text(explanation.diagnosis)
+    expect(history).to_contain_text(explanation.remedy)
+
+
+def test_devices_are_filtered_and_paged(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "viewer")
+    page.goto(f"{dashboard.url}/ui/devices?size=10")
+    expect(page.get_by_test_id("count")).to_have_text("42 device(s); page 1 of 5")
+    expect(page.locator("main tbody tr")).to_have_count(10)
+    page.click("a[rel=next]")
+    expect(page.get_by_test_id("count")).to_contain_text("page 2 of 5")
+    # A page size above the maximum is cut to it; filters combine.
+    page.goto(f"{dashboard.url}/ui/devices?size=100000&site=south&model=BMS-24V")
+    expect(page.get_by_test_id("count")).to_have_text("4 device(s); page 1 of 1")
+    page.goto(f"{dashboard.url}/ui/devices?flagged=1")
+    expect(page.get_by_test_id("count")).to_have_text("1 device(s); page 1 of 1")
+    page.goto(f"{dashboard.url}/ui/devices?online=no")  # the south gateway went quiet
+    expect(page.get_by_test_id("count")).to_have_text("20 device(s); page 1 of 1")
+
+
+def test_screenshots_of_the_main_pages(dashboard: Dashboard, page: Page) -> None:
+    """The pictures in docs/fleet.md (written there with BMSFW_WRITE_SCREENSHOTS=1)."""
+    out = SHOTS if os.environ.get("BMSFW_WRITE_SCREENSHOTS") == "1" else SHOTS_TMP
+    out.mkdir(parents=True, exist_ok=True)
+    dashboard.sign_in(page, "operator")
+    pages = {
+        "dashboard-overview": "/ui/",
+        "dashboard-devices": "/ui/devices?size=12",
+        "dashboard-device": f"/ui/devices/{dashboard.failed_serial}",
+        "dashboard-campaign": f"/ui/campaigns/{dashboard.campaign_id}?state=failed",
+    }
+    for name, path in pages.items():
+        page.goto(dashboard.url + path)
+        expect(page.locator("h1")).to_be_visible()
+        png = page.screenshot(full_page=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, (name, len(png))
+        (out / f"{name}.png").write_bytes(png)
+
+
+def test_gateway_credential_cannot_sign_in(
+    dashboard: Dashboard, page: Page, context: BrowserContext
+) -> None:
+    page.goto(f"{dashboard.url}/ui/login")
+    page.fill("input[name=token]", dashboard.extra["gateways"]["gw-north"])
+    page.click("button[type=submit]")
+    expect(page.get_by_test_id("error")).to_contain_text("BMSFW-E603")
+    assert not [c for c in context.cookies() if c["name"] == "__Host-bmsfw_session"]
+    page.goto(f"{dashboard.url}/ui/")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+
+
+def test_unknown_token_refused(dashboard: Dashboard, page: Page) -> None:
+    page.goto(f"{dashboard.url}/ui/login")
+    page.fill("input[name=token]", "bmsfw_op_not-a-real-token")
+    page.click("button[type=submit]")
+    expect(page.get_by_test_id("error")).to_contain_text("BMSFW-E602")
+
+
+def _status(dashboard: Dashboard) -> str:
+    return str(dashboard.call("GET", f"/campaigns/{dashboard.campaign_id}")["status"])
+
+
+def test_pause_and_resume_from_the_campaign_page(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "operator")
+    page.goto(f"{dashboard.url}/ui/campaigns/{dashboard.campaign_id}")
+    status = page.get_by_test_id("campaign-status")
+    expect(status).to_have_text("running")
+    page.fill("form[action$='/pause'] input[name=reason]", "battery <b>check</b>")
+    page.get_by_test_id("pause").click()
+    expect(status).to_have_text("paused")
+    assert _status(dashboard) == "paused"
+    expect(page.locator("main")).to_contain_text("(battery <b>check</b>)")  # as text
+    page.get_by_test_id("resume").click()
+    expect(status).to_have_text("running")
+    assert _status(dashboard) == "running"
+    # The failed canary device shows its code, diagnosis and remedy.
+    explanation = explain(FAILED_CODE)
+    assert explanation is not None
+    expect(page.locator("#live")).to_contain_text(explanation.remedy)
+
+
+def test_campaign_page_updates_by_itself(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "viewer")
+    page.goto(f"{dashboard.url}/ui/campaigns/{dashboard.campaign_id}")
+    status = page.get_by_test_id("campaign-status")
+    expect(status).to_have_text("running")
+    expect(page.get_by_test_id("pause")).to_have_count(0)  # a viewer gets no forms
+    try:
+        dashboard.call("POST", f"/campaigns/{dashboard.campaign_id}/pause", json={"reason": "x"})
+        expect(status).to_have_text("paused")  # no reload: the live region polled
+    finally:
+        dashboard.call("POST", f"/campaigns/{dashboard.campaign_id}/resume")
+    expect(status).to_have_text("running")
+
+
+def test_form_without_or_with_a_wrong_csrf_token_is_refused(
+    dashboard: Dashboard, page: Page
+) -> None:
+    dashboard.sign_in(page, "operator")
+    url = f"{dashboard.url}/ui/campaigns/{dashboard.campaign_id}"
+    for tamper in (
+        "f => f.querySelector('input[name=csrf]').remove()",
+        "f => { f.querySelector('input[name=csrf]').value = 'forged'; }",
+    ):
+        page.goto(url)
+        page.eval_on_selector("form[action$='/pause']", tamper)
+        page.get_by_test_id("pause").click()
+        expect(page.get_by_test_id("error")).to_contain_text("BMSFW-E640")
+        assert _status(dashboard) == "running"  # nothing was done
+
+
+def test_expired_session_goes_back_to_sign_in(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "viewer")
+    page.goto(f"{dashboard.url}/ui/devices")
+    expect(page.get_by_test_id("who")).to_contain_text("viewer")
+    dashboard.clock.advance(31 * 60)  # idle longer than the 30 min the session allows
+    page.goto(f"{dashboard.url}/ui/devices")
+    expect(page).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fdevices"))
+    # Signing in again returns to the page asked for.
+    page.fill("input[name=token]", dashboard.tokens["viewer"])
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/ui/devices$"))
+
+
+def test_sign_out_ends_the_session(
+    dashboard: Dashboard, page: Page, context: BrowserContext
+) -> None:
+    dashboard.sign_in(page, "admin")
+    old = _session_cookie(context)
+    page.click("text=Sign out")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+    # The old session id is dead on the server, not only forgotten by the browser.
+    context.add_cookies([{**old, "name": "__Host-bmsfw_session"}])  # type: ignore[list-item]
+    page.goto(f"{dashboard.url}/ui/")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+
+
+def test_markup_in_a_serial_is_shown_as_text(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "viewer")
+    page.goto(f"{dashboard.url}/ui/devices?site=north&size=100")
+    link = page.get_by_role("link", name=MARKUP_SERIAL)
+    expect(link).to_have_count(1)
+    expect(page.locator("main img")).to_have_count(0)
+    link.click()
+    expect(page.get_by_test_id("serial")).to_have_text(MARKUP_SERIAL)
+    expect(page.locator("main img")).to_have_count(0)
+    assert page.evaluate("window.__pwned") is None
