@@ -84,7 +84,9 @@ def test_gateway_credential_cannot_sign_in(
 ) -> None:
     page.goto(f"{dashboard.url}/ui/login")
     page.fill("input[name=token]", dashboard.extra["gateways"]["gw-north"])
-    page.click("button[type=submit]")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.click("button[type=submit]")
+    assert answer.value.status == 403
     expect(page.get_by_test_id("error")).to_contain_text("BMSFW-E603")
     assert not [c for c in context.cookies() if c["name"] == "__Host-bmsfw_session"]
     page.goto(f"{dashboard.url}/ui/")
@@ -146,7 +148,9 @@ def test_form_without_or_with_a_wrong_csrf_token_is_refused(
     ):
         page.goto(url)
         page.eval_on_selector("form[action$='/pause']", tamper)
-        page.get_by_test_id("pause").click()
+        with page.expect_response(lambda r: r.request.method == "POST") as answer:
+            page.get_by_test_id("pause").click()
+        assert answer.value.status == 403
         expect(page.get_by_test_id("error")).to_contain_text("BMSFW-E640")
         assert _status(dashboard) == "running"  # nothing was done
 

@@ -11,6 +11,7 @@ __all__ = ["CsrfRefusedError", "SessionEndedError"]
 
 class CsrfRefusedError(FleetError):
     code = "BMSFW-E640"
+    http_status = 403
     diagnosis = (
         "A dashboard form arrived without the CSRF token of the signed-in session (or with "
         "another one): it was not sent by a page this server rendered for this session."
@@ -23,6 +24,7 @@ class CsrfRefusedError(FleetError):
 
 class SessionEndedError(FleetError):
     code = "BMSFW-E641"
+    http_status = 401
     diagnosis = (
         "The dashboard session is missing, expired, signed out, or its credential was "
         "revoked or expired."

@@ -1,0 +1,117 @@
+"""Every dashboard route, without a browser: nothing answers without a session, forms
+need the operator role and the session's CSRF token, refusals are audited."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
+
+from bmsfw.package import VendorPki
+from fleet import conftest as fleet_fixtures
+from fleet.conftest import Fleet, bms, make_release
+
+# The in-process fleet fixtures of tests/fleet, used here as they are.
+fleet = fleet_fixtures.fleet
+db_url = fleet_fixtures.db_url
+pki = fleet_fixtures.pki
+root_pem = fleet_fixtures.root_pem
+config_overrides = fleet_fixtures.config_overrides
+
+
+def _dashboard_routes(fleet: Fleet) -> list[tuple[str, str]]:
+    mounts = [r for r in fleet.app.routes if isinstance(r, Mount) and r.path == "/ui"]
+    assert len(mounts) == 1
+    routes = []
+    for route in mounts[0].routes:
+        if isinstance(route, Mount):
+            assert route.path == "/static", route.path  # the stylesheet and script only
+            continue
+        assert isinstance(route, APIRoute), route
+        path = re.sub(r"\{campaign_id\}", "1", route.path)
+        path = re.sub(r"\{[^}]+\}", "x", path)
+        routes.extend((method, "/ui" + path) for method in route.methods)
+    return routes
+
+
+def _sign_in(fleet: Fleet, role: str) -> str:
+    """Sign in through the form; returns the session's CSRF token."""
+    fleet.client.cookies.clear()
+    page = fleet.client.get("/ui/login")
+    nonce = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert nonce
+    signed = fleet.client.post(
+        "/ui/login", data={"csrf": nonce.group(1), "token": fleet.tokens[role]}
+    )
+    assert signed.status_code == 200, signed.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', signed.text)
+    assert csrf
+    return csrf.group(1)
+
+
+@pytest.fixture
+def https_fleet(fleet: Fleet) -> Fleet:
+    # The session cookie is Secure: the in-process client must speak "https".
+    fleet.client.base_url = "https://testserver"  # type: ignore[assignment]
+    return fleet
+
+
+def test_no_dashboard_route_answers_without_a_session(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    routes = _dashboard_routes(fleet)
+    assert len(routes) >= 12
+    for method, path in routes:
+        if path == "/ui/login":
+            continue
+        response = fleet.client.request(method, path, follow_redirects=False)
+        assert response.status_code == 303, (method, path, response.status_code)
+        assert response.headers["location"].startswith("/ui/login"), (method, path)
+        fragment = fleet.client.request(
+            method, path, headers={"X-Bmsfw-Fragment": "1"}, follow_redirects=False
+        )
+        assert fragment.status_code == 401, (method, path)  # the script reloads the page
+        # An API bearer token is not a dashboard session.
+        bearer = fleet.client.request(
+            method, path, headers=fleet.h("admin"), follow_redirects=False
+        )
+        assert bearer.status_code == 303, (method, path)
+
+
+def test_a_viewer_cannot_pause_even_with_a_valid_csrf_token(
+    https_fleet: Fleet, pki: VendorPki
+) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN1")])
+    release = fleet.upload(make_release(pki))
+    campaign = fleet.call(
+        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
+    )
+    csrf = _sign_in(fleet, "viewer")
+    refused = fleet.client.post(f"/ui/campaigns/{campaign['id']}/pause", data={"csrf": csrf})
+    assert refused.status_code == 403 and "BMSFW-E603" in refused.text
+    assert fleet.call("GET", f"/api/v1/campaigns/{campaign['id']}")["status"] == "running"
+    csrf = _sign_in(fleet, "operator")
+    paused = fleet.client.post(f"/ui/campaigns/{campaign['id']}/pause", data={"csrf": csrf})
+    assert paused.status_code == 200 and "paused" in paused.text
+    assert fleet.call("GET", f"/api/v1/campaigns/{campaign['id']}")["status"] == "paused"
+
+
+def test_failed_sign_ins_are_audited_and_security_headers_set(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    fleet.client.cookies.clear()
+    page = fleet.client.get("/ui/login")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    nonce = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert nonce
+    bad = fleet.client.post("/ui/login", data={"csrf": nonce.group(1), "token": "bmsfw_op_nope"})
+    assert bad.status_code == 401 and "BMSFW-E602" in bad.text
+    no_csrf = fleet.client.post("/ui/login", data={"token": fleet.tokens["admin"]})
+    assert no_csrf.status_code == 403 and "BMSFW-E640" in no_csrf.text
+    assert "__Host-bmsfw_session" not in fleet.client.cookies
+    entries = fleet.call("GET", "/api/v1/audit")
+    refused = [e for e in entries if e["action"] == "access.refused"]
+    assert any(e["detail"].get("reason") == "BMSFW-E602" for e in refused), refused
