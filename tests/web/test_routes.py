@@ -115,3 +115,25 @@ def test_failed_sign_ins_are_audited_and_security_headers_set(https_fleet: Fleet
     entries = fleet.call("GET", "/api/v1/audit")
     refused = [e for e in entries if e["action"] == "access.refused"]
     assert any(e["detail"].get("reason") == "BMSFW-E602" for e in refused), refused
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "release_manager", "admin"])
+def test_each_role_sees_what_it_may_do(https_fleet: Fleet, pki: VendorPki, role: str) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN1")])
+    release = fleet.upload(make_release(pki))
+    campaign = fleet.call(
+        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
+    )
+    _sign_in(fleet, role)
+    may_operate = role != "viewer"
+    page = fleet.client.get(f"/ui/campaigns/{campaign['id']}")
+    assert page.status_code == 200
+    assert ('data-testid="pause"' in page.text) is may_operate
+    assert ('data-testid="cancel"' in page.text) is may_operate
+    device = fleet.client.get("/ui/devices/SN1")
+    assert device.status_code == 200
+    assert ("Backups are shown to operators" in device.text) is not may_operate
+    for path in ("/ui/", "/ui/devices", "/ui/campaigns", "/ui/releases"):
+        assert fleet.client.get(path, follow_redirects=False).status_code == 200, (role, path)
