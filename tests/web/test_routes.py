@@ -137,3 +137,51 @@ def test_each_role_sees_what_it_may_do(https_fleet: Fleet, pki: VendorPki, role:
     assert ("Backups are shown to operators" in device.text) is not may_operate
     for path in ("/ui/", "/ui/devices", "/ui/campaigns", "/ui/releases"):
         assert fleet.client.get(path, follow_redirects=False).status_code == 200, (role, path)
+
+
+def test_flags_are_acknowledged_from_the_page_and_audited(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN<1>")])
+    fleet.check_in("gw", [bms("SN<1>", "1.0.9")])  # changed outside any campaign
+    (flag,) = fleet.call("GET", "/api/v1/flags")
+    csrf = _sign_in(fleet, "viewer")
+    page = fleet.client.get("/ui/flags")
+    assert "1 flag(s)" in page.text and "SN&lt;1&gt;" in page.text
+    assert f'data-testid="ack-{flag["id"]}"' not in page.text  # a viewer only looks
+    refused = fleet.client.post(f"/ui/flags/{flag['id']}/acknowledge", data={"csrf": csrf})
+    assert refused.status_code == 403 and "BMSFW-E603" in refused.text
+    csrf = _sign_in(fleet, "operator")
+    forged = fleet.client.post(f"/ui/flags/{flag['id']}/acknowledge", data={"csrf": "x"})
+    assert forged.status_code == 403 and "BMSFW-E640" in forged.text
+    assert fleet.call("GET", "/api/v1/flags")  # still open
+    done = fleet.client.post(
+        f"/ui/flags/{flag['id']}/acknowledge", data={"csrf": csrf, "note": "re-flashed on site"}
+    )
+    assert done.status_code == 200 and "0 flag(s)" in done.text
+    assert fleet.call("GET", "/api/v1/flags") == []
+    entries = fleet.call("GET", "/api/v1/audit")
+    ack = [e for e in entries if e["action"] == "flag.acknowledge"]
+    assert ack and ack[0]["detail"]["note"] == "re-flashed on site"
+    assert ack[0]["actor"].endswith("operator")
+
+
+def test_audit_and_access_review_are_for_admins(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    for role in ("viewer", "operator", "release_manager"):
+        _sign_in(fleet, role)
+        for path in ("/ui/audit", "/ui/access"):
+            response = fleet.client.get(path)
+            assert response.status_code == 403 and "BMSFW-E603" in response.text, (role, path)
+        assert 'href="/ui/audit"' not in fleet.client.get("/ui/").text
+    _sign_in(fleet, "admin")
+    audit = fleet.client.get("/ui/audit")
+    assert audit.status_code == 200
+    # The refusals just counted are in the log already (flushed before the page).
+    assert "access.refused" in audit.text
+    filtered = fleet.client.get("/ui/audit?action=token.")
+    assert "access.refused" not in filtered.text
+    access = fleet.client.get("/ui/access")
+    assert access.status_code == 200
+    for role in ("viewer", "operator", "release_manager", "admin"):
+        assert f"<td>{role}</td>" in access.text

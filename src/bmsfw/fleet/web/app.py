@@ -43,6 +43,7 @@ from bmsfw.fleet.web.queries import (
     DeviceFilter,
     FleetQueries,
 )
+from bmsfw.fleet.web.review import add_review_routes
 from bmsfw.fleet.web.sessions import SessionPolicy, SessionStore, WebSession
 
 __all__ = ["PREFIX", "SESSION_COOKIE", "create_dashboard"]
@@ -72,6 +73,8 @@ class Edge(Protocol):
     def refuse_if_failing(self, request: Request, token_hash: str | None) -> None: ...
 
     def refused(self, scope: Scope, status: int, code: str) -> None: ...
+
+    def flush(self) -> int: ...
 
 
 def _environment() -> jinja2.Environment:
@@ -103,6 +106,7 @@ class _Pages:
         self.queries = FleetQueries(service.sessions, online_window)
         self.sessions = SessionStore(policy)
         self.env = _environment()
+        self.prefix = PREFIX
 
     def now(self) -> datetime:
         return self.service.clock.now()
@@ -165,10 +169,14 @@ class _Pages:
         return HTMLResponse(html, status_code=status)
 
     def view(
-        self, request: Request, template: str, build: Callable[[Principal], dict[str, Any]]
+        self,
+        request: Request,
+        template: str,
+        build: Callable[[Principal], dict[str, Any]],
+        minimum: str = "viewer",
     ) -> HTMLResponse:
-        """A page for a signed-in viewer or above: ``build`` makes its context."""
-        principal, session = self.signed_in(request)
+        """A page for a signed-in ``minimum`` role or above: ``build`` makes its context."""
+        principal, session = self.signed_in(request, minimum)
         return self.render(
             request, template, principal=principal, session=session, **build(principal)
         )
@@ -247,6 +255,7 @@ def create_dashboard(
     _sign_in_routes(web, pages)
     _fleet_routes(web, pages)
     _campaign_routes(web, pages)
+    add_review_routes(web, pages)
     return web
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "CampaignProgress",
     "DeviceFilter",
     "DeviceRow",
+    "FlagRow",
     "FleetQueries",
     "Overview",
     "Page",
@@ -143,6 +144,17 @@ class UpdateRecord:
     changed_at: datetime
     explanation: Explanation | None
     history: Sequence[tuple[str, datetime, str]]  # state, at, error code
+
+
+@dataclass(frozen=True)
+class FlagRow:
+    id: int
+    serial: str
+    kind: str
+    detail: str
+    raised_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str
 
 
 @dataclass(frozen=True)
@@ -403,6 +415,39 @@ class FleetQueries:
                     explanation=explain(cd.error_code) if cd.error_code else None,
                 )
                 for cd, serial in rows
+            ],
+            total=total,
+            page=page,
+            size=size,
+        )
+
+    def flags(self, include_acknowledged: bool, page: int, size: int) -> Page[FlagRow]:
+        """Flags, newest first (open ones only unless ``include_acknowledged``)."""
+        size = max(1, min(size, MAX_PAGE_SIZE))
+        page = max(1, page)
+        conditions = [] if include_acknowledged else [DeviceFlag.acknowledged_at.is_(None)]
+        with self.sessions() as s:
+            total = s.scalar(select(func.count()).select_from(DeviceFlag).where(*conditions)) or 0
+            rows = s.execute(
+                select(DeviceFlag, Device.serial)
+                .join(Device, Device.id == DeviceFlag.device_id)
+                .where(*conditions)
+                .order_by(DeviceFlag.id.desc())
+                .limit(size)
+                .offset((page - 1) * size)
+            ).all()
+        return Page(
+            rows=[
+                FlagRow(
+                    f.id,
+                    serial,
+                    f.kind,
+                    f.detail,
+                    f.raised_at,
+                    f.acknowledged_at,
+                    f.acknowledged_by,
+                )
+                for f, serial in rows
             ],
             total=total,
             page=page,
