@@ -185,3 +185,41 @@ def test_audit_and_access_review_are_for_admins(https_fleet: Fleet) -> None:
     assert access.status_code == 200
     for role in ("viewer", "operator", "release_manager", "admin"):
         assert f"<td>{role}</td>" in access.text
+
+
+def test_backups_are_downloaded_and_compared(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN1"), bms("SN2")])
+    made = []
+    for serial, config in (
+        ("SN1", {"cells": 16, "ov_mv": 3650, "note": "<script>x()</script>"}),
+        ("SN1", {"cells": 16, "ov_mv": 3600, "note": "<script>x()</script>"}),
+        ("SN2", {"cells": 8}),
+    ):
+        made.append(
+            fleet.call(
+                "POST", f"/api/v1/devices/{serial}/backups", "operator", json={"config": config}
+            )["id"]
+        )
+    _sign_in(fleet, "viewer")
+    assert fleet.client.get(f"/ui/backups/{made[0]}/download").status_code == 403
+    _sign_in(fleet, "operator")
+    device = fleet.client.get("/ui/devices/SN1")
+    assert f"/ui/backups/{made[0]}/download" in device.text and "Compare" in device.text
+    download = fleet.client.get(f"/ui/backups/{made[0]}/download")
+    assert download.status_code == 200
+    assert (
+        download.headers["content-disposition"] == f'attachment; filename="backup-{made[0]}.json"'
+    )
+    assert download.json() == {"cells": 16, "ov_mv": 3650, "note": "<script>x()</script>"}
+    diff = fleet.client.get(f"/ui/devices/SN1/backups/diff?a={made[0]}&b={made[1]}")
+    assert diff.status_code == 200
+    assert '<span class="del">-  &#34;ov_mv&#34;: 3650</span>' in diff.text
+    assert '<span class="add">+  &#34;ov_mv&#34;: 3600</span>' in diff.text
+    assert "<script>" not in diff.text.split("<main>")[1]
+    same = fleet.client.get(f"/ui/devices/SN1/backups/diff?a={made[0]}&b={made[0]}")
+    assert "identical" in same.text
+    # A backup of another device is not compared under this one's name.
+    other = fleet.client.get(f"/ui/devices/SN1/backups/diff?a={made[0]}&b={made[2]}")
+    assert other.status_code == 404 and "BMSFW-E604" in other.text

@@ -35,6 +35,7 @@ from bmsfw.fleet.errors import (
     http_status_for,
 )
 from bmsfw.fleet.service import FleetService
+from bmsfw.fleet.web.backups import add_backup_routes
 from bmsfw.fleet.web.errors import CsrfRefusedError, SessionEndedError
 from bmsfw.fleet.web.queries import (
     DEFAULT_PAGE_SIZE,
@@ -256,6 +257,7 @@ def create_dashboard(
     _fleet_routes(web, pages)
     _campaign_routes(web, pages)
     add_review_routes(web, pages)
+    add_backup_routes(web, pages)
     return web
 
 
