@@ -256,6 +256,7 @@ def create_dashboard(
     _sign_in_routes(web, pages)
     _fleet_routes(web, pages)
     _campaign_routes(web, pages)
+    _release_page(web, pages)
     add_review_routes(web, pages)
     add_backup_routes(web, pages)
     return web
@@ -374,10 +375,9 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
 
     @web.get("/devices/{serial}")
     def device(request: Request, serial: str) -> Response:
-        if not 0 < len(serial) <= 120:
-            raise FleetNotFoundError("no device with such a serial")
-
         def build(principal: Principal) -> dict[str, Any]:
+            if not 0 < len(serial) <= 120:
+                raise FleetNotFoundError("no device with such a serial")
             info = pages.service.get_device(serial)
             operator = principal.role in roles_at_least("operator")
             last_seen = datetime.fromisoformat(info["last_seen_at"])
@@ -398,6 +398,19 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
         )
 
 
+def _release_page(web: FastAPI, pages: _Pages) -> None:
+    @web.get("/releases/{release_id}")
+    def release(request: Request, release_id: str) -> Response:
+        def build(_principal: Principal) -> dict[str, Any]:
+            number = _id(release_id, "release")
+            return {
+                "r": pages.service.get_release(number),
+                "campaigns": pages.queries.release_campaigns(number),
+            }
+
+        return pages.view(request, "release.html", build)
+
+
 def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
     @web.get("/campaigns")
     def campaigns(request: Request) -> Response:
@@ -415,11 +428,11 @@ def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
         """The campaign page, or (``_campaign_live.html``) the part of it that refreshes."""
 
         def handler(request: Request, campaign_id: str) -> Response:
-            number = _id(campaign_id)
             state = request.query_params.get("state", "")[:16]
             page = _page_number(request)
 
             def build(_principal: Principal) -> dict[str, Any]:
+                number = _id(campaign_id)
                 progress = pages.queries.campaign_progress(number)
                 if progress is None:
                     raise FleetNotFoundError(f"no campaign with id {number}")
@@ -462,8 +475,8 @@ def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
         return RedirectResponse(f"{PREFIX}/campaigns/{number}", status_code=303)
 
 
-def _id(text: str) -> int:
-    """A campaign id from the path; anything but 1..2^31-1 is simply not found."""
+def _id(text: str, what: str = "campaign") -> int:
+    """An id from the path; anything but 1..2^31-1 is simply not found."""
     if not (text.isdigit() and len(text) < 11 and 0 < int(text) < 2**31):
-        raise FleetNotFoundError(f"no campaign with id {text[:20]!r}")
+        raise FleetNotFoundError(f"no {what} with id {text[:20]!r}")
     return int(text)

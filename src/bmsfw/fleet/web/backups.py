@@ -56,10 +56,9 @@ def add_backup_routes(web: FastAPI, pages: _Pages) -> None:
 
     @web.get("/devices/{serial}/backups/diff")
     def diff(request: Request, serial: str) -> Response:
-        first = _backup_id(request.query_params.get("a", ""))
-        second = _backup_id(request.query_params.get("b", ""))
-
         def build(principal: Principal) -> dict[str, Any]:
+            first = _backup_id(request.query_params.get("a", ""))
+            second = _backup_id(request.query_params.get("b", ""))
             a = pages.service.get_backup(principal, first)
             b = pages.service.get_backup(principal, second)
             for backup in (a, b):

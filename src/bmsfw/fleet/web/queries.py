@@ -282,6 +282,11 @@ class FleetQueries:
         with self.sessions() as s:
             return self._progress(s, select(Campaign))
 
+    def release_campaigns(self, release_id: int) -> list[CampaignProgress]:
+        """The latest campaigns (at most one page) that roll out this release."""
+        with self.sessions() as s:
+            return self._progress(s, select(Campaign).where(Campaign.release_id == release_id))
+
     def campaign_progress(self, campaign_id: int) -> CampaignProgress | None:
         with self.sessions() as s:
             found = self._progress(s, select(Campaign).where(Campaign.id == campaign_id))
