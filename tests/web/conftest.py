@@ -149,6 +149,14 @@ def _seed(d: Dashboard, pki: Any) -> None:
     report(offered[3], "downloading")
     report(offered[3], "failed", error_code=FAILED_CODE, detail="SoC 12 % < 30 %")
     report(offered[4], "downloading")
+    for reason, ov_mv in (("before 1.1.0", 3650), ("after service visit", 3600)):
+        config = {"cells": 16, "ov_mv": ov_mv, "uv_mv": 2800, "balancing": True}
+        d.call(
+            "POST",
+            f"/devices/{d.failed_serial}/backups",
+            "operator",
+            json={"reason": reason, "config": config},
+        )
 
 
 @pytest.fixture(scope="module")
