@@ -63,9 +63,13 @@ class Behaviour:
     confirm_status: bytes = b"\x00"  # the routine status record of CONFIRM
     confirm_makes_confirmed: bool = True  # the boot status after a confirm says "confirmed"
     rollback_works: bool = True  # an acknowledged rollback really returns to the old image
+    counter_frozen: bool = False  # the security counter never moves (anti-rollback not raised)
+    new_counter: int = 2  # what a confirm raises the counter to (the test release's)
     block_length: int = 1026  # maxNumberOfBlockLength in the RequestDownload answer
     isotp_block_size: int = 0
     isotp_stmin: int = 0
+    did_override: dict[int, bytes] = field(default_factory=dict)  # raw answers per DID
+    nrc_dids: frozenset[int] = frozenset()  # DIDs answered requestOutOfRange
 
 
 @dataclass
@@ -178,6 +182,10 @@ class HostileUdsBms:
 
     def did(self, did: int) -> bytes | None:
         b, s = self.b, self.s
+        if did in b.nrc_dids:
+            return None
+        if did in b.did_override:
+            return b.did_override[did]
         if did == 0xF18C:
             self.identifies += 1
             drifted = b.serial_later and self.identifies > 1
@@ -268,6 +276,8 @@ class HostileUdsBms:
         if rid == RID_CONFIRM:
             if self.b.confirm_makes_confirmed:
                 s.image_state = "confirmed"
+                if not self.b.counter_frozen:
+                    s.counter = max(s.counter, self.b.new_counter)
             return head + self.b.confirm_status
         if rid == RID_ROLLBACK:
             if self.b.rollback_works and s.old[0]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from .conftest import Attack
 from .hostile_can import Behaviour
 
@@ -27,6 +29,7 @@ def test_refused_confirm_is_e210_and_never_updated(attack: Callable[..., Attack]
     assert result.seconds < 10
 
 
+@pytest.mark.req("SEED-APPROVED-OR-FALLBACK")
 def test_refused_confirm_left_in_test_is_rolled_back_for_real(
     attack: Callable[..., Attack],
 ) -> None:

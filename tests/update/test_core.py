@@ -107,7 +107,7 @@ START_CASES = [
     (boot(OLD), OTHER, {}, StartVerdict.START),
     (boot(NEW), DIGEST, {}, StartVerdict.ALREADY_INSTALLED),
     (boot(f"{NEW}+0"), DIGEST, {}, StartVerdict.ALREADY_INSTALLED),
-    (boot(NEW), None, {}, StartVerdict.ALREADY_INSTALLED),  # with a warning: see below
+    (boot(NEW), None, {}, StartVerdict.START),  # never "installed" on the version alone
     (boot(NEW), OTHER, {}, StartVerdict.START),  # same version, another image: not ours
     (boot(NEW), DIGEST, {"reinstall": True}, StartVerdict.START),
     (boot(NEW, "test"), DIGEST, {}, StartVerdict.CONTINUE_TEST_IMAGE),
@@ -128,9 +128,10 @@ def test_decide_start(
     assert decision.verdict is verdict, decision
 
 
-def test_already_installed_on_the_version_alone_says_so() -> None:
+def test_already_installed_rests_on_the_digest_not_the_version() -> None:
     decision = decide_start(facts(boot(NEW), None))
-    assert "not readable" in decision.warning
+    assert decision.verdict is StartVerdict.START
+    assert "not readable" in decision.reason and "not readable" in decision.warning
     assert not decide_start(facts(boot(NEW), DIGEST)).warning
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "DeviceHeaderRejectedError",
     "DeviceRolledBackError",
     "DeviceSelfTestFailedError",
+    "DeviceValueImplausibleError",
     "DeviceVerifyFailedError",
     "ProtocolError",
     "UdsAuthenticationRequiredError",
@@ -333,6 +334,22 @@ class UdsInvalidResponseError(ProtocolError):
     code = "BMSFW-E363"
     diagnosis = "The BMS answered with a malformed or unexpected UDS response."
     remedy = "Check that only one node uses this CAN id pair; run with -vv for the frame log."
+
+
+class DeviceValueImplausibleError(ProtocolError):
+    """A well-formed answer carrying a value no battery can have (either protocol)."""
+
+    code = "BMSFW-E365"
+    diagnosis = (
+        "The BMS reported a physically impossible value (a cell above 5 V, a state of"
+        " charge above 100 %, a temperature outside -55..150 °C, a NaN): its measurements"
+        " cannot be trusted, so nothing is updated on the strength of them."
+    )
+    remedy = (
+        "Do not update this BMS; check its sensor wiring and measurement firmware (the"
+        " message names the value). A reading of exactly 6.5535 V or 655.35 % is a"
+        " register the BMS never filled."
+    )
 
 
 class UdsNoNodeAnsweredError(ProtocolError, TimeoutError):

@@ -24,6 +24,11 @@ Decisions, in the order of an update:
   a confirm the BMS refused: E210);
 * :func:`rollback_took_effect` - does the new image no longer run after a rollback
   the BMS acknowledged (only then is the outcome "rolled-back");
+* :func:`identity_drift` - is the BMS still the one identified first (serial, model,
+  vendor, hardware revision; the active bank until the reset);
+* :func:`judge_installed` - may the outcome be "updated": the BMS's digest of its
+  active image equals the release image's and its security counter reached the
+  release's.
 * :func:`plan_rollback` - what ``bmsfw rollback`` may do from each state.
 
 Every version comparison goes through :func:`compare_versions` /
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 
 from bmsfw.errors import PackageError
 from bmsfw.package.version import Version, as_version, device_runs
-from bmsfw.protocol.session import BootStatus, SelfTestResult, TransferState
+from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult, TransferState
 
 __all__ = [
     "Action",
@@ -47,6 +52,8 @@ __all__ = [
     "BootMeaning",
     "BootReading",
     "ConfirmVerdict",
+    "InstalledCheck",
+    "InstalledVerdict",
     "PayloadChoice",
     "PayloadKind",
     "RollbackAction",
@@ -60,8 +67,10 @@ __all__ = [
     "compare_versions",
     "decide_after_boot",
     "decide_start",
+    "identity_drift",
     "interpret_boot",
     "judge_confirm",
+    "judge_installed",
     "judge_self_test",
     "plan_rollback",
     "plan_transfer",
@@ -164,6 +173,15 @@ def decide_start(facts: StartFacts) -> StartDecision:
             warning=note,
         )
     if ours and not facts.reinstall and boot.image_state == "confirmed":
+        if facts.running_digest is None:
+            # "already installed" rests on the BMS's digest of its active image, never
+            # on the version it reports: without the digest the release is sent again.
+            return StartDecision(
+                StartVerdict.START,
+                f"the BMS reports {running} but its image digest is not readable: "
+                "installing the release again",
+                warning=note,
+            )
         return StartDecision(
             StartVerdict.ALREADY_INSTALLED,
             f"{running} already runs confirmed; nothing to do",
@@ -407,6 +425,90 @@ def rollback_took_effect(status: BootStatus, new_version: str) -> bool:
     """
     return status.run_state == "application" and not same_release(
         new_version, status.running_version
+    )
+
+
+# --- is it still the same BMS, and did the release arrive -----------------------------
+
+#: identity fields that never change on one BMS, whatever runs on it
+IDENTITY_FIELDS = ("vendor", "model", "hw_revision", "serial")
+
+
+def identity_drift(first: DeviceIdentity, now: DeviceIdentity, *, after_reset: bool) -> str:
+    """What changed between the first identify and a later one ("" when nothing did).
+
+    A different vendor, model, hardware revision or serial is another BMS (a second
+    node answering, a swapped cable, a lying BMS). Before the reset the active bank
+    must not change either (the bank layout the transfer was planned for); after it
+    the new image runs from the other bank, which the boot status judges.
+    """
+    fields = IDENTITY_FIELDS if after_reset else (*IDENTITY_FIELDS, "active_bank")
+    return "; ".join(
+        f"{name} {getattr(first, name)!r} is now {getattr(now, name)!r}"
+        for name in fields
+        if getattr(first, name) != getattr(now, name)
+    )
+
+
+class InstalledVerdict(enum.StrEnum):
+    INSTALLED = "installed"
+    DIGEST_UNREADABLE = "digest unreadable"
+    DIGEST_MISMATCH = "digest mismatch"
+    COUNTER_NOT_RAISED = "security counter not raised"
+
+
+@dataclass(frozen=True)
+class InstalledCheck:
+    verdict: InstalledVerdict
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is InstalledVerdict.INSTALLED
+
+
+def judge_installed(
+    *,
+    release_image_sha256: bytes | None,
+    running_digest: bytes | None,
+    release_counter: int,
+    counter_before: int,
+    counter_after: int,
+) -> InstalledCheck:
+    """Whether a confirmed update may be reported "updated".
+
+    Only when the BMS's own digest of its active image equals the release image's,
+    and its security counter, read after the confirm, reached the release's (the BMS
+    raises it at the confirm) and did not go down. ``release_image_sha256`` None: the
+    release names no digest the BMS can report (an encrypted image is kept encrypted
+    in its bank, so the BMS's digest covers the ciphertext); the counter still counts
+    and the reason says the digest was not compared.
+    """
+    unchecked = ""
+    if release_image_sha256 is None:
+        unchecked = " (digest not compared: the image is stored encrypted)"
+    elif running_digest is None:
+        return InstalledCheck(
+            InstalledVerdict.DIGEST_UNREADABLE,
+            "the BMS did not report the digest of its active image after the confirm",
+        )
+    elif running_digest != release_image_sha256:
+        return InstalledCheck(
+            InstalledVerdict.DIGEST_MISMATCH,
+            f"the BMS's active image has digest {running_digest.hex()[:16]}…, the release "
+            f"image {release_image_sha256.hex()[:16]}…",
+        )
+    if counter_after < max(release_counter, counter_before):
+        return InstalledCheck(
+            InstalledVerdict.COUNTER_NOT_RAISED,
+            f"security counter {counter_before} before, {counter_after} after the confirm; "
+            f"the release carries {release_counter}",
+        )
+    return InstalledCheck(
+        InstalledVerdict.INSTALLED,
+        f"active image digest matches; security counter {counter_before} -> {counter_after}"
+        if not unchecked
+        else f"security counter {counter_before} -> {counter_after}{unchecked}",
     )
 
 

@@ -26,11 +26,13 @@ __all__ = [
     "BootTimeoutError",
     "CellSpreadHighError",
     "ConfigDriftError",
+    "DeviceIdentityChangedError",
     "DeviceInBootloaderError",
     "DiskSpaceLowError",
     "DowngradeError",
     "InactiveBankBusyError",
     "IncompatibleDeviceError",
+    "InstalledImageMismatchError",
     "LinkQualityPoorError",
     "LinkSpecInvalidError",
     "ManualConfirmationMissingError",
@@ -44,6 +46,7 @@ __all__ = [
     "ReportDirUnusableError",
     "ReportUnreadableError",
     "RestoreVerifyFailedError",
+    "SecurityCounterNotRaisedError",
     "SelfTestFailedRolledBackError",
     "SocOutOfRangeError",
     "SupplyUnstableError",
@@ -250,6 +253,45 @@ class ConfigDriftError(UpdateError):
     remedy = (
         "Review the differences with `bmsfw diff BACKUP`; restore them with "
         "`bmsfw restore BACKUP` if they were not intended by the release."
+    )
+
+
+class DeviceIdentityChangedError(UpdateError):
+    code = "BMSFW-E508"
+    diagnosis = (
+        "The BMS answered with another identity than at the start (serial, model, vendor,"
+        " hardware revision, or the active bank before the reset): another node answers,"
+        " the cable was moved, or the BMS misreports itself. Nothing more was written."
+    )
+    remedy = (
+        "Check that one BMS is connected and its node address is unique (`bmsfw scan`),"
+        " then run the update again; the report names what changed."
+    )
+
+
+class InstalledImageMismatchError(UpdateError):
+    code = "BMSFW-E509"
+    diagnosis = (
+        "After the confirm, the BMS's digest of its active image is not the release"
+        " image's (or it did not report one): the update is not proven, so it is not"
+        " reported as updated."
+    )
+    remedy = (
+        "Read the BMS with `bmsfw info`; run the update again. If it repeats, the BMS"
+        " runs an image it was not sent: take it out of service and report it."
+    )
+
+
+class SecurityCounterNotRaisedError(UpdateError):
+    code = "BMSFW-E523"
+    diagnosis = (
+        "After the confirm, the BMS's security counter is below the release's (it did not"
+        " move): the anti-rollback protection was not raised, so older firmware could"
+        " still be installed."
+    )
+    remedy = (
+        "Read `bmsfw info`; run the update again. If the counter still does not move,"
+        " the BMS's bootloader does not enforce anti-rollback: report it to the vendor."
     )
 
 

@@ -68,6 +68,7 @@ from bmsfw.update.core import (
     BootMeaning,
     BootReading,
     ConfirmVerdict,
+    InstalledVerdict,
     PayloadKind,
     SelfTestVerdict,
     StartFacts,
@@ -75,8 +76,10 @@ from bmsfw.update.core import (
     choose_payload,
     decide_after_boot,
     decide_start,
+    identity_drift,
     interpret_boot,
     judge_confirm,
+    judge_installed,
     judge_self_test,
     plan_rollback,
     plan_transfer,
@@ -85,12 +88,15 @@ from bmsfw.update.core import (
 )
 from bmsfw.update.errors import (
     BootTimeoutError,
+    DeviceIdentityChangedError,
+    InstalledImageMismatchError,
     ManualConfirmationMissingError,
     NoAnswerAfterResetError,
     NotConfirmedRolledBackError,
     NothingToRollBackError,
     PayloadNotSendableError,
     RecordNotWrittenError,
+    SecurityCounterNotRaisedError,
     SelfTestFailedRolledBackError,
     TransferInterruptedError,
     TransferPausedUnsafeError,
@@ -443,6 +449,7 @@ class _Run(_Shell):
         self.ask = ask
         # set once the BMS accepted the release header: from then on flash may change
         self.staged = False
+        self.first_identity: DeviceIdentity | None = None  # the BMS as identified first
 
     # --- the procedure ------------------------------------------------------------
 
@@ -462,6 +469,7 @@ class _Run(_Shell):
             validate_overrides(self.options.overrides)
             self.check_records()
             identity = self.identify()
+            self.first_identity = identity
             step = "verify-package"
             with self.step("verify-package") as detail:
                 facts = DeviceFacts(
@@ -546,6 +554,7 @@ class _Run(_Shell):
                         self.warn(f"preflight check {c.name} overridden: {c.override_reason}")
                 detail.append(f"{sum(c.passed for c in pre.checks)}/{len(pre.checks)} passed")
                 pre.raise_if_failed()
+                self._same_bms()
             self._check_stop()
             step = "confirmations"
             with self.step("confirmations"):
@@ -561,6 +570,7 @@ class _Run(_Shell):
             self._authenticate()
             step = "transfer"
             with self.step("transfer") as detail:
+                self._same_bms()
                 header = release_header(payload.package)
                 self._transfer(header, payload)
                 detail.append(self._payload_text(payload))
@@ -582,6 +592,7 @@ class _Run(_Shell):
             self._check_stop()
             step = "activate"
             with self.step("activate"):
+                self._same_bms()
                 self.session.activate()
                 self.session.reset()
             # From here the BMS decides by itself if we go away (the watchdog reverts an
@@ -931,6 +942,18 @@ class _Run(_Shell):
             f"the BMS runs {status.running_version} again"
         )
 
+    def _same_bms(self, *, after_reset: bool = False) -> None:
+        """Re-read the identity: another serial, model or bank layout stops the run here."""
+        assert self.first_identity is not None
+        drift = identity_drift(
+            self.first_identity, self.session.identify(), after_reset=after_reset
+        )
+        if drift:
+            raise DeviceIdentityChangedError(
+                f"the BMS is not the one identified at the start ({drift}); nothing more "
+                "is written to it"
+            )
+
     def _roll_back(self, new_version: str) -> BootStatus:
         """Ask for the rollback, wait, and believe it only when the new image is gone."""
         self.session.rollback()
@@ -947,6 +970,7 @@ class _Run(_Shell):
         new_version = release.manifest.version
         with self.step("confirm") as detail:
             refused: DeviceError | None = None
+            self._same_bms(after_reset=True)
             if not already:
                 try:
                     self.session.confirm()
@@ -986,8 +1010,37 @@ class _Run(_Shell):
                     raise NoAnswerAfterResetError("the BMS stopped answering after the confirm")
                 self.report.running_version = reading.status.running_version
                 self._raise_reverted(reading.status, new_version, interpret_boot(reading))
-        self.report.running_version = status.running_version
+            self.report.running_version = status.running_version
+            self._judge_installed(release, status)
+            detail.append(self.report.decisions["installed-reason"])
         self.report.outcome = "updated"
+
+    def _judge_installed(self, release: VerifiedRelease, status: BootStatus) -> None:
+        """ "updated" only on the BMS's digest of its active image and a raised counter."""
+        assert self.first_identity is not None
+        m = release.manifest
+        digest, problem = self._running_digest()
+        before = self.first_identity.security_counter
+        component = m.component(self._component(release))
+        check = judge_installed(
+            release_image_sha256=(
+                component.image_sha256 if component.encryption == "none" else None
+            ),
+            running_digest=digest,
+            release_counter=m.security_counter,
+            counter_before=before,
+            counter_after=status.security_counter,
+        )
+        self.report.decisions["installed"] = check.verdict.value
+        self.report.decisions["installed-reason"] = check.reason
+        self.report.decisions["security-counter"] = f"{before} -> {status.security_counter}"
+        if not check.ok:
+            error = (
+                SecurityCounterNotRaisedError
+                if check.verdict is InstalledVerdict.COUNTER_NOT_RAISED
+                else InstalledImageMismatchError
+            )
+            raise error(f"{check.reason}{f' ({problem})' if problem else ''}; not reported updated")
 
     def _compare_config(self, backup_snapshot: ConfigSnapshot) -> None:
         with self.step("config-compare") as detail:

@@ -23,13 +23,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bmsfw.errors import BmsfwError
 from bmsfw.link.wire import FRAME_GAPS, modbus_silence_s, serial_char_bits
 from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.protocol.bounds import (
+    counter_value,
+    decode_config_document,
+    decoded,
+    device_text,
+    strict_json,
+)
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
@@ -42,6 +49,7 @@ from bmsfw.protocol.modbus.errors import (
     ModbusCommandRefusedError,
     ModbusExceptionResponseError,
     ModbusFrameError,
+    ModbusInvalidResponseError,
     ModbusMapVersionError,
     ModbusNoReplyError,
     ModbusPortError,
@@ -86,6 +94,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 COMMON_BAUDS: tuple[int, ...] = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 DOC_CONFIG = 1
@@ -368,6 +377,27 @@ def _app_component(header: bytes) -> Component | None:
         return None
 
 
+def _self_test_checks(raw: bytes) -> tuple[SelfTestCheck, ...]:
+    """The self-test document: a JSON list of {name, passed, value, limit, detail}."""
+    detail = strict_json(raw, "self-test document")
+    if not isinstance(detail, list):
+        raise ValueError("not a JSON list")
+    checks = []
+    for c in detail:
+        if not isinstance(c, dict) or not isinstance(c.get("passed"), bool):
+            raise ValueError("a check is not an object with a true/false 'passed'")
+        checks.append(
+            SelfTestCheck(
+                name=str(c["name"]),
+                passed=c["passed"],
+                value=str(c.get("value", "")),
+                limit=str(c.get("limit", "")),
+                detail=str(c.get("detail", "")),
+            )
+        )
+    return tuple(checks)
+
+
 class ModbusSession:
     """A connection to one BMS on a Modbus RTU string (implements ``BmsSession``)."""
 
@@ -475,9 +505,19 @@ class ModbusSession:
             raise error_class(message)
         raise ModbusCommandRefusedError(message, device_code=device_code, command=command.name)
 
+    def _decode(self, what: str, fn: Callable[[], _T]) -> _T:
+        """Run a decoder: a value outside physics is E365, any other refusal E381."""
+        return decoded(f"unit {self.unit}: {what}", fn, ModbusInvalidResponseError)
+
     def _read_document(self, doc: int) -> bytes:
         self.bus.write(self.unit, HOLDING.DOC_SELECT, [doc])
         length = codec.join_u32(self._input(INPUT.DOC_LENGTH, 2))
+        window = 2 * INPUT.DOC_DATA_REGISTERS
+        if length > window:
+            raise ModbusInvalidResponseError(
+                f"unit {self.unit}: document {doc} of {length} bytes does not fit its "
+                f"{window}-byte window"
+            )
         regs = self._input(INPUT.DOC_DATA, (length + 1) // 2)
         return codec.registers_to_bytes(regs)[:length]
 
@@ -487,7 +527,8 @@ class ModbusSession:
         info = self.bus.read_device_information(self.unit)
 
         def text(key: str) -> str:
-            return info.get(IDENTITY_OBJECTS[key], b"").decode("utf-8", "replace")
+            raw = info.get(IDENTITY_OBJECTS[key], b"")
+            return self._decode(f"identity object {key}", lambda: device_text(raw, key))
 
         map_version = text("map_version")
         if map_version and map_version != str(MAP_VERSION):
@@ -502,7 +543,10 @@ class ModbusSession:
             serial=text("serial"),
             bootloader_version=text("bootloader_version"),
             app_version=text("app_version") or text("revision"),
-            security_counter=int(text("security_counter") or 0),
+            security_counter=self._decode(
+                "identity object security_counter",
+                lambda: counter_value(text("security_counter") or "0"),
+            ),
             active_bank=text("active_bank"),
             address=self.address,
         )
@@ -515,7 +559,7 @@ class ModbusSession:
                 f"unit {self.unit} publishes register map version {regs[0]}, "
                 f"this client speaks {MAP_VERSION}"
             )
-        return codec.decode_telemetry(regs)
+        return self._decode("telemetry", lambda: codec.decode_telemetry(regs))
 
     def read_boot_status(self) -> BootStatus:
         return codec.decode_boot_status(
@@ -572,13 +616,8 @@ class ModbusSession:
         )
 
     def read_config(self) -> ConfigSnapshot:
-        doc = json.loads(self._read_document(DOC_CONFIG))
-        return ConfigSnapshot(
-            schema_version=int(doc["schema_version"]),
-            config=doc["config"],
-            calibration=doc["calibration"],
-            checksum=str(doc["checksum"]),
-        )
+        raw = self._read_document(DOC_CONFIG)
+        return self._decode("configuration", lambda: decode_config_document(raw))
 
     def write_config(self, snapshot: ConfigSnapshot) -> None:
         doc = {
@@ -739,17 +778,8 @@ class ModbusSession:
         version = codec.registers_to_ascii(regs[INPUT.SELFTEST_VERSION - INPUT.SELFTEST_STATE :])
         checks: tuple[SelfTestCheck, ...] = ()
         if state in (SelfTestState.PASSED, SelfTestState.FAILED):
-            detail = json.loads(self._read_document(DOC_SELFTEST) or b"[]")
-            checks = tuple(
-                SelfTestCheck(
-                    name=str(c["name"]),
-                    passed=bool(c["passed"]),
-                    value=str(c.get("value", "")),
-                    limit=str(c.get("limit", "")),
-                    detail=str(c.get("detail", "")),
-                )
-                for c in detail
-            )
+            raw = self._read_document(DOC_SELFTEST) or b"[]"
+            checks = self._decode("self-test document", lambda: _self_test_checks(raw))
         return SelfTestResult(passed=state == SelfTestState.PASSED, checks=checks, version=version)
 
     def confirm(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from bmsfw.package import Component
 from bmsfw.package._encoding import dfi_for
+from bmsfw.protocol.bounds import physical_telemetry
 from bmsfw.protocol.modbus.registers import (
     BANK_CODES,
     FAULT_BITS,
@@ -217,11 +218,23 @@ def encode_telemetry(telemetry: Telemetry, *, map_version: int) -> list[int]:
 
 
 def decode_telemetry(regs: Sequence[int]) -> Telemetry:
-    """Inverse of :func:`encode_telemetry` (registers from address 0)."""
+    """Inverse of :func:`encode_telemetry` (registers from address 0).
+
+    Counts beyond the register windows and values outside physics raise ValueError
+    (:func:`bmsfw.protocol.bounds.physical_telemetry`).
+    """
     mask = join_u32(regs[INPUT.FAULTS : INPUT.FAULTS + 2])
     faults = tuple(name for name, bit in FAULT_BITS.items() if mask >> bit & 1)
-    ncells = min(regs[INPUT.CELL_COUNT], INPUT.CELL_VOLTAGES_MAX)
-    ntemps = min(regs[INPUT.TEMP_COUNT], INPUT.TEMPERATURES_MAX)
+    ncells, ntemps = regs[INPUT.CELL_COUNT], regs[INPUT.TEMP_COUNT]
+    if ncells > INPUT.CELL_VOLTAGES_MAX or ntemps > INPUT.TEMPERATURES_MAX:
+        raise ValueError(
+            f"{ncells} cells / {ntemps} temperature sensors: the map holds at most "
+            f"{INPUT.CELL_VOLTAGES_MAX} / {INPUT.TEMPERATURES_MAX}"
+        )
+    return physical_telemetry(_telemetry(regs, faults, ncells, ntemps))
+
+
+def _telemetry(regs: Sequence[int], faults: tuple[str, ...], ncells: int, ntemps: int) -> Telemetry:
     return Telemetry(
         soc_pct=regs[INPUT.SOC] / 100,
         pack_voltage_v=join_u32(regs[INPUT.PACK_VOLTAGE : INPUT.PACK_VOLTAGE + 2]) / 1000,

@@ -15,6 +15,7 @@ __all__ = [
     "ModbusCommandRefusedError",
     "ModbusExceptionResponseError",
     "ModbusFrameError",
+    "ModbusInvalidResponseError",
     "ModbusMapVersionError",
     "ModbusNoReplyError",
     "ModbusPortError",
@@ -118,4 +119,19 @@ class ModbusRepairError(UpdateError):
     remedy = (
         "The link drops frames to this unit: check wiring and termination, lower the baud "
         "rate, then run the update again (blocks already written are kept)."
+    )
+
+
+class ModbusInvalidResponseError(TransportError):
+    """An answer that is a valid Modbus frame but not what the register map documents."""
+
+    code = "BMSFW-E381"
+    diagnosis = (
+        "The BMS answered with values the register map does not allow (an identity object"
+        " that is not a number, a document longer than its window, a JSON document that is"
+        " not the documented one)."
+    )
+    remedy = (
+        "Check that the BMS firmware implements the register map of docs/modbus.md;"
+        " run with -vv for the frame log."
     )

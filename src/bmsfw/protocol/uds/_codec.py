@@ -20,6 +20,7 @@ from typing import Any
 
 from bmsfw.package import Component
 from bmsfw.package._encoding import dfi_for
+from bmsfw.protocol.bounds import decode_config_document, physical_telemetry
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -354,17 +355,35 @@ TELEMETRY_DIDS: tuple[DID, ...] = (
 )
 
 
+def _scalar(parts: Mapping[int, bytes], did: DID, fmt: str) -> int:
+    """One fixed-width telemetry DID: exactly its width, or ValueError naming it."""
+    data = parts[did]
+    if len(data) != struct.calcsize(fmt):
+        raise ValueError(f"DID 0x{did:04X}: {len(data)} bytes, not {struct.calcsize(fmt)}")
+    value: int = struct.unpack(fmt, data)[0]
+    return value
+
+
 def decode_telemetry_parts(parts: Mapping[int, bytes]) -> Telemetry:
-    """A :class:`Telemetry` from the payloads of every DID in ``TELEMETRY_DIDS``."""
-    return Telemetry(
-        soc_pct=struct.unpack(">H", parts[DID.STATE_OF_CHARGE][:2])[0] / 100,
-        pack_voltage_v=struct.unpack(">I", parts[DID.PACK_VOLTAGE][:4])[0] / 1000,
-        pack_current_a=struct.unpack(">i", parts[DID.PACK_CURRENT][:4])[0] / 1000,
-        supply_voltage_v=struct.unpack(">H", parts[DID.SUPPLY_VOLTAGE][:2])[0] / 1000,
-        cell_voltages_v=decode_u16_list(parts[DID.CELL_VOLTAGES], 10_000),
-        temperatures_c=decode_u16_list(parts[DID.TEMPERATURES], 10, signed=True),
-        faults=decode_strings(parts[DID.ACTIVE_FAULTS]),
-        contactors_closed=bool(parts[DID.CONTACTORS][:1] == b"\x01"),
+    """A :class:`Telemetry` from the payloads of every DID in ``TELEMETRY_DIDS``.
+
+    Every DID has its exact documented width; the values must be physically possible
+    (:func:`bmsfw.protocol.bounds.physical_telemetry`, raises ``ImplausibleValue``).
+    """
+    contactors = _scalar(parts, DID.CONTACTORS, ">B")
+    if contactors > 1:
+        raise ValueError(f"DID 0x{DID.CONTACTORS:04X}: contactor state {contactors}, not 0 or 1")
+    return physical_telemetry(
+        Telemetry(
+            soc_pct=_scalar(parts, DID.STATE_OF_CHARGE, ">H") / 100,
+            pack_voltage_v=_scalar(parts, DID.PACK_VOLTAGE, ">I") / 1000,
+            pack_current_a=_scalar(parts, DID.PACK_CURRENT, ">i") / 1000,
+            supply_voltage_v=_scalar(parts, DID.SUPPLY_VOLTAGE, ">H") / 1000,
+            cell_voltages_v=decode_u16_list(parts[DID.CELL_VOLTAGES], 10_000),
+            temperatures_c=decode_u16_list(parts[DID.TEMPERATURES], 10, signed=True),
+            faults=decode_strings(parts[DID.ACTIVE_FAULTS]),
+            contactors_closed=contactors == 1,
+        )
     )
 
 
@@ -452,6 +471,11 @@ def decode_transfer_state(data: bytes) -> TransferState:
     total, contiguous, erased, n = reader.unpack(">IIBH", "header")
     ranges = tuple(reader.unpack(">II", "range") for _ in range(n))
     reader.done()
+    if contiguous > total or any(o + ln > total for o, ln in ranges):
+        raise ValueError(
+            f"transfer state DID 0x0140: {contiguous} contiguous bytes or a missing range "
+            f"beyond the {total} bytes staged"
+        )
     return TransferState(
         total_size=total,
         contiguous_bytes=contiguous,
@@ -487,17 +511,8 @@ def encode_config(snapshot: ConfigSnapshot) -> bytes:
 
 
 def decode_config(data: bytes) -> ConfigSnapshot:
-    try:
-        doc = json.loads(data.decode("utf-8"))
-        snapshot = ConfigSnapshot(
-            schema_version=int(doc["schema_version"]),
-            config=dict(doc["config"]),
-            calibration=dict(doc["calibration"]),
-            checksum=str(doc.get("checksum", "")),
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"configuration DID 0x0150 is not the documented JSON: {exc}") from exc
-    return snapshot
+    """The configuration DID: bounded, finite JSON (:func:`bmsfw.protocol.bounds.strict_json`)."""
+    return decode_config_document(data, "configuration DID 0x0150")
 
 
 # --------------------------------------------------------------------------- certificates

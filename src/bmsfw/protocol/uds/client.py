@@ -38,6 +38,7 @@ from udsoncan.Request import Request
 
 from bmsfw.errors import BmsfwError
 from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.protocol.bounds import counter_value, decoded, device_text
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
@@ -326,7 +327,8 @@ class UdsSession:
         return data[2:]
 
     def _read_text(self, did: int) -> str:
-        return self.read_did(did).decode("utf-8", errors="replace")
+        raw = self.read_did(did)
+        return self._decode(f"DID 0x{did:04X}", lambda: device_text(raw, f"DID 0x{did:04X}"))
 
     def routine(
         self, rid: int, option: bytes = b"", *, what: str, step_timeout_s: float | None = None
@@ -353,20 +355,24 @@ class UdsSession:
     # ------------------------------------------------------------------ identity & status
 
     def identify(self) -> DeviceIdentity:
-        try:
-            return DeviceIdentity(
-                vendor=self._read_text(DID.SUPPLIER_ID),
-                model=self._read_text(DID.SPARE_PART_NUMBER),
-                hw_revision=self._read_text(DID.HARDWARE_VERSION),
-                serial=self._read_text(DID.SERIAL_NUMBER),
-                bootloader_version=self._read_text(DID.SUPPLIER_SOFTWARE_VERSION),
-                app_version=self._read_text(DID.SOFTWARE_VERSION),
-                security_counter=struct.unpack(">I", self.read_did(DID.SECURITY_COUNTER)[:4])[0],
-                active_bank=self._read_text(DID.ACTIVE_BANK),
-                address=self.address,
-            )
-        except struct.error as exc:
-            raise UdsInvalidResponseError(f"identify: {exc}") from None
+        return DeviceIdentity(
+            vendor=self._read_text(DID.SUPPLIER_ID),
+            model=self._read_text(DID.SPARE_PART_NUMBER),
+            hw_revision=self._read_text(DID.HARDWARE_VERSION),
+            serial=self._read_text(DID.SERIAL_NUMBER),
+            bootloader_version=self._read_text(DID.SUPPLIER_SOFTWARE_VERSION),
+            app_version=self._read_text(DID.SOFTWARE_VERSION),
+            security_counter=self._read_counter(),
+            active_bank=self._read_text(DID.ACTIVE_BANK),
+            address=self.address,
+        )
+
+    def _read_counter(self) -> int:
+        """DID 0x0100: exactly a big-endian uint32."""
+        raw = self.read_did(DID.SECURITY_COUNTER)
+        if len(raw) != 4:
+            raise UdsInvalidResponseError(f"security counter DID 0x0100: {len(raw)} bytes, not 4")
+        return counter_value(int.from_bytes(raw, "big"))
 
     def read_telemetry(self) -> Telemetry:
         parts: dict[int, bytes] = {did: self.read_did(did) for did in TELEMETRY_DIDS}
@@ -391,12 +397,9 @@ class UdsSession:
         raw = self.read_did(DID.SELF_TEST_RESULT)
         return self._decode("self-test", lambda: decode_self_test(raw))
 
-    @staticmethod
-    def _decode(what: str, fn: Callable[[], _T]) -> _T:
-        try:
-            return fn()
-        except (ValueError, KeyError, struct.error) as exc:
-            raise UdsInvalidResponseError(f"{what}: {exc}") from None
+    def _decode(self, what: str, fn: Callable[[], _T]) -> _T:
+        """Run a decoder: a value outside physics is E365, any other refusal E363."""
+        return decoded(f"BMS {self.address}: {what}", fn, UdsInvalidResponseError)
 
     def link_check(self, round_trips: int = 5) -> LinkQuality:
         times: list[float] = []

@@ -1,0 +1,66 @@
+"""The hostile BMS on RS485 (own Modbus RTU framer on a pty) against the real host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bmsfw.errors import BmsfwError
+from bmsfw.protocol.modbus import open_modbus_session
+from bmsfw.protocol.modbus.registers import IDENTITY_OBJECTS, INPUT, MAP_VERSION
+
+from .hostile_rtu import HostileRtuBms
+
+IDENTITY = {
+    "vendor": b"ACME",
+    "model": b"BMS-16S",
+    "serial": b"RS-0001",
+    "hw_revision": b"C",
+    "bootloader_version": b"2.1.0",
+    "app_version": b"1.0.0+0",
+    "security_counter": b"1",
+    "active_bank": b"A",
+    "map_version": str(MAP_VERSION).encode(),
+}
+
+
+@pytest.fixture
+def rtu() -> Iterator[HostileRtuBms]:
+    with HostileRtuBms() as bms:
+        bms.identity = {IDENTITY_OBJECTS[k]: v for k, v in IDENTITY.items()}
+        yield bms
+
+
+def _error(call: object) -> BmsfwError:
+    with pytest.raises(BmsfwError) as caught:
+        call()  # type: ignore[operator]
+    return caught.value
+
+
+def test_the_fake_identifies(rtu: HostileRtuBms) -> None:
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        assert session.identify().serial == "RS-0001"
+
+
+@pytest.mark.req("IEC62443-CR3.5")
+@pytest.mark.parametrize("counter", [b"one", b"-1", b"99999999999", b"1e3", b"\xff"])
+def test_identity_object_that_is_not_a_number(rtu: HostileRtuBms, counter: bytes) -> None:
+    rtu.identity[IDENTITY_OBJECTS["security_counter"]] = counter
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        error = _error(session.identify)
+    assert error.code == "BMSFW-E381"
+    assert rtu.writes == []
+
+
+@pytest.mark.req("IEC62443-CR3.5")
+def test_document_length_of_4_gib(rtu: HostileRtuBms) -> None:
+    """A document length of 0xFFFFFFFF: E381 at once, no 2-billion-register read."""
+    rtu.input[INPUT.DOC_LENGTH] = 0xFFFF
+    rtu.input[INPUT.DOC_LENGTH + 1] = 0xFFFF
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        started = time.monotonic()
+        error = _error(session.read_config)
+    assert error.code == "BMSFW-E381"
+    assert time.monotonic() - started < 2
