@@ -191,3 +191,43 @@ def test_markup_in_a_serial_is_shown_as_text(dashboard: Dashboard, page: Page) -
     expect(page.get_by_test_id("serial")).to_have_text(MARKUP_SERIAL)
     expect(page.locator("main img")).to_have_count(0)
     assert page.evaluate("window.__pwned") is None
+
+
+def test_create_a_campaign_and_watch_it_reach_100_percent(dashboard: Dashboard, page: Page) -> None:
+    dashboard.sign_in(page, "operator")
+    page.goto(f"{dashboard.url}/ui/campaigns")
+    page.get_by_test_id("new-campaign").click()
+    page.fill("input[name=name]", "South 1.1.0")
+    page.fill("input[name=sites]", "south")
+    page.fill("input[name=models]", "BMS-48V")
+    page.fill("input[name=canary]", "2")
+    page.fill("input[name=percents]", "100")
+    page.fill("input[name=soak_s]", "0")
+    page.get_by_test_id("create").click()
+    expect(page.locator("h1")).to_contain_text("South 1.1.0")
+    expect(page.get_by_test_id("campaign-status")).to_have_text("running")
+    expect(page.get_by_test_id("campaign-percent")).to_have_text("0 %")
+    campaign_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    # The south gateway's agent checks in and installs what it is offered, phase by
+    # phase; the open page follows by itself (no reload).
+    page.evaluate("window.__same_page = true")  # gone if the page were reloaded
+    token = dashboard.extra["gateways"]["gw-south"]
+    auth = {"Authorization": f"Bearer {token}"}
+    for _ in range(10):
+        response = dashboard.api.post(
+            "/api/v1/agent/check-in", headers=auth, json={"devices": dashboard.extra["gw-south"]}
+        )
+        offers = response.json()["offers"]
+        if not offers:
+            break
+        for offer in offers:
+            serial = offer["device_serial"]
+            for state in ("downloading", "downloaded", "installing", "succeeded"):
+                body = {"device_serial": serial, "campaign_id": campaign_id, "state": state}
+                if state == "succeeded":
+                    body["firmware_version"] = "1.1.0"
+                answer = dashboard.api.post("/api/v1/agent/reports", headers=auth, json=body)
+                assert answer.status_code == 200, answer.text
+    expect(page.get_by_test_id("campaign-percent")).to_have_text("100 %", timeout=15_000)
+    expect(page.get_by_test_id("campaign-status")).to_have_text("completed")
+    assert page.evaluate("window.__same_page") is True  # never reloaded

@@ -229,3 +229,43 @@ def test_backups_are_downloaded_and_compared(https_fleet: Fleet) -> None:
     # A backup of another device is not compared under this one's name.
     other = fleet.client.get(f"/ui/devices/SN1/backups/diff?a={made[0]}&b={made[2]}")
     assert other.status_code == 404 and "BMSFW-E604" in other.text
+
+
+def test_a_campaign_is_created_from_the_form(https_fleet: Fleet, pki: VendorPki) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms(f"SN{i}") for i in range(4)])
+    release = fleet.upload(make_release(pki))
+    critical = fleet.upload(make_release(pki, "1.2.0", safety_class="safety-critical"))
+    csrf = _sign_in(fleet, "viewer")
+    assert fleet.client.get("/ui/campaigns/new").status_code == 403
+    csrf = _sign_in(fleet, "operator")
+    form = fleet.client.get("/ui/campaigns/new").text
+    assert f'value="{release["id"]}"' in form
+    assert f'value="{critical["id"]}"' not in form  # not offered: no OTA for it
+    body = {
+        "csrf": csrf,
+        "name": "harbour <1.1>",
+        "release_id": str(release["id"]),
+        "sites": "harbour",
+        "canary": "1",
+        "percents": "50, 100",
+        "soak_s": "0",
+        "error_threshold_pct": "25",
+    }
+    for bad, code in (
+        ({"percents": "50, lots"}, "BMSFW-E609"),
+        ({"error_threshold_pct": "0"}, "BMSFW-E609"),
+        ({"release_id": str(critical["id"])}, "BMSFW-E606"),
+        ({"csrf": "forged"}, "BMSFW-E640"),
+    ):
+        refused = fleet.client.post("/ui/campaigns/new", data={**body, **bad})
+        assert refused.status_code in (403, 409, 422) and code in refused.text, (bad, refused.text)
+    assert fleet.call("GET", "/api/v1/campaigns") == []  # nothing was created
+    made = fleet.client.post("/ui/campaigns/new", data=body)
+    assert made.status_code == 200 and "harbour &lt;1.1&gt;" in made.text
+    (campaign,) = fleet.call("GET", "/api/v1/campaigns")
+    assert campaign["status"] == "running" and campaign["targets"] == 4
+    assert [p["name"] for p in campaign["phases"]] == ["canary", "50%", "100%"]
+    assert campaign["error_threshold_pct"] == 25
+    assert campaign["created_by"].endswith("operator")

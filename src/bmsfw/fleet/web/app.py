@@ -36,6 +36,7 @@ from bmsfw.fleet.errors import (
 )
 from bmsfw.fleet.service import FleetService
 from bmsfw.fleet.web.backups import add_backup_routes
+from bmsfw.fleet.web.create import add_create_routes
 from bmsfw.fleet.web.errors import CsrfRefusedError, SessionEndedError
 from bmsfw.fleet.web.queries import (
     DEFAULT_PAGE_SIZE,
@@ -423,6 +424,8 @@ def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
         return pages.view(
             request, "_campaign_bars.html", lambda _p: {"campaigns": pages.queries.campaigns()}
         )
+
+    add_create_routes(web, pages)  # /campaigns/new before /campaigns/{campaign_id}
 
     def campaign_view(template: str) -> Callable[[Request, str], Response]:
         """The campaign page, or (``_campaign_live.html``) the part of it that refreshes."""
