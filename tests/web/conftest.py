@@ -185,6 +185,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         httpx.Client(base_url=url, verify=str(tls.ca), timeout=30) as api,
     ):
         d = Dashboard(url, clock, tokens, 0, "", api)
+        d.extra["pki"] = pki
         _seed(d, pki)
         yield d
 

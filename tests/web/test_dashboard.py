@@ -10,6 +10,7 @@ from pathlib import Path
 from playwright.sync_api import BrowserContext, Page, expect
 
 from bmsfw.fleet.web.catalogue import explain
+from fleet.conftest import make_release
 
 from .conftest import FAILED_CODE, MARKUP_SERIAL, SHOTS, Dashboard
 
@@ -231,3 +232,49 @@ def test_create_a_campaign_and_watch_it_reach_100_percent(dashboard: Dashboard, 
     expect(page.get_by_test_id("campaign-percent")).to_have_text("100 %", timeout=15_000)
     expect(page.get_by_test_id("campaign-status")).to_have_text("completed")
     assert page.evaluate("window.__same_page") is True  # never reloaded
+
+
+def test_a_failing_release_pauses_at_the_threshold_and_shows_why(
+    dashboard: Dashboard, page: Page
+) -> None:
+    # A release for the BMS-24V packs of the south site (4 of them), 25 % error threshold.
+    release = dashboard.api.post(
+        "/api/v1/releases",
+        headers={"Authorization": f"Bearer {dashboard.tokens['release_manager']}"},
+        content=make_release(dashboard.extra["pki"], "2.0.0", model="BMS-24V"),
+        params={"filename": "bms24-2.0.0.bmsfw"},
+    ).json()
+    dashboard.sign_in(page, "operator")
+    page.goto(f"{dashboard.url}/ui/campaigns/new")
+    page.fill("input[name=name]", "BMS-24V 2.0.0")
+    page.select_option("select[name=release_id]", str(release["id"]))
+    page.fill("input[name=sites]", "south")
+    page.fill("input[name=models]", "BMS-24V")
+    page.fill("input[name=canary]", "2")
+    page.fill("input[name=percents]", "100")
+    page.fill("input[name=error_threshold_pct]", "25")
+    page.get_by_test_id("create").click()
+    expect(page.get_by_test_id("campaign-status")).to_have_text("running")
+    campaign_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    auth = {"Authorization": f"Bearer {dashboard.extra['gateways']['gw-south']}"}
+    offers = dashboard.api.post(
+        "/api/v1/agent/check-in", headers=auth, json={"devices": dashboard.extra["gw-south"]}
+    ).json()["offers"]
+    failing = offers[0]["device_serial"]
+    for state, code in (("downloading", ""), ("failed", "BMSFW-E402")):
+        body = {"device_serial": failing, "campaign_id": campaign_id, "state": state}
+        answer = dashboard.api.post(
+            "/api/v1/agent/reports",
+            headers=auth,
+            json={**body, "error_code": code, "detail": "cell 7 at 52 °C" if code else ""},
+        )
+        assert answer.status_code == 200, answer.text
+    # The server paused the campaign by itself; the open page shows it and why.
+    expect(page.get_by_test_id("campaign-status")).to_have_text("paused", timeout=15_000)
+    live = page.locator("#live")
+    expect(live).to_contain_text(failing)
+    expect(live).to_contain_text("BMSFW-E402")
+    explanation = explain("BMSFW-E402")
+    assert explanation is not None
+    expect(live).to_contain_text(explanation.remedy)
+    expect(page.get_by_test_id("resume")).to_be_visible()
