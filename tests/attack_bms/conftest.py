@@ -4,6 +4,7 @@ virtual bus) in front of :class:`~.hostile_can.HostileUdsBms`."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -19,7 +20,12 @@ from bmsfw.device.lab import lab_pki, signed_package, tester_for
 from bmsfw.package import TrustAnchors, VendorPki
 from bmsfw.protocol.uds import UdsClientConfig, open_uds_session
 from bmsfw.update.pipeline import UpdateOptions, run_update
-from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, BootLimits, UpdateProfile
+from bmsfw.update.profile import (
+    DEFAULT_CONFIRMATIONS,
+    BootLimits,
+    TransferLimits,
+    UpdateProfile,
+)
 from bmsfw.update.report import UpdateReport
 
 from .hostile_can import Behaviour, HostileUdsBms
@@ -74,7 +80,12 @@ def attack(pki: VendorPki, package: bytes, tmp_path: Path) -> Callable[..., Atta
         operator="attack-suite",
     )
 
-    def run(behaviour: Behaviour, *, pkg: bytes | None = None) -> Attack:
+    def run(
+        behaviour: Behaviour,
+        *,
+        pkg: bytes | None = None,
+        profile_transfer: dict[str, float] | None = None,
+    ) -> Attack:
         channel = f"hostile-bms-{next(_channels)}"
         with HostileUdsBms(channel, behaviour) as bms:
             bms.new_version = NEW_VERSION + "+0"
@@ -83,7 +94,14 @@ def attack(pki: VendorPki, package: bytes, tmp_path: Path) -> Callable[..., Atta
             started = time.monotonic()
             try:
                 report = run_update(
-                    session, pkg or package, trust, options, profile=PROFILE, sleep=lambda s: None
+                    session,
+                    pkg or package,
+                    trust,
+                    options,
+                    profile=dataclasses.replace(
+                        PROFILE, transfer=TransferLimits(**(profile_transfer or {}))
+                    ),
+                    sleep=lambda s: None,
                 )
             finally:
                 session.close()

@@ -68,6 +68,7 @@ class Behaviour:
     block_length: int = 1026  # maxNumberOfBlockLength in the RequestDownload answer
     isotp_block_size: int = 0
     isotp_stmin: int = 0
+    slow_from_download: bool = False  # the flow control above only once the download starts
     did_override: dict[int, bytes] = field(default_factory=dict)  # raw answers per DID
     nrc_dids: frozenset[int] = frozenset()  # DIDs answered requestOutOfRange
 
@@ -101,9 +102,10 @@ class HostileUdsBms:
         self.hooks: dict[int, Callable[[bytes], bytes | None]] = {}  # sid -> raw answer
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._notifier = can.Notifier(self._bus, [], timeout=0.05)
+        slow_now = not behaviour.slow_from_download
         params = {
-            "blocksize": behaviour.isotp_block_size,
-            "stmin": behaviour.isotp_stmin,
+            "blocksize": behaviour.isotp_block_size if slow_now else 0,
+            "stmin": behaviour.isotp_stmin if slow_now else 0,
             "tx_padding": 0xCC,
             "max_frame_size": 1 << 20,
         }
@@ -154,7 +156,7 @@ class HostileUdsBms:
             0x27: lambda: bytes([0x67, req[1]]) + (b"\x00" * 4 if req[1] % 2 else b""),
             0x29: lambda: self._auth(req),
             0x31: lambda: self._routine(req),
-            0x34: lambda: b"\x74\x20" + struct.pack(">H", self.b.block_length),
+            0x34: self._download,
             0x36: lambda: self._transfer(req),
             0x37: lambda: b"\x77",
             0x11: lambda: self._reset(req),
@@ -287,6 +289,12 @@ class HostileUdsBms:
         if rid == RID_ACTIVATE:
             s.activated = True
         return head + b"\x00"
+
+    def _download(self) -> bytes:
+        if self.b.slow_from_download:  # from now on, ask the tester for tiny bursts
+            self._stack.params.blocksize = self.b.isotp_block_size
+            self._stack.params.stmin = self.b.isotp_stmin
+        return b"\x74\x20" + struct.pack(">H", self.b.block_length)
 
     def _transfer(self, req: bytes) -> bytes:
         self.s.received += req[2:]

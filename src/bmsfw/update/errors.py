@@ -54,6 +54,7 @@ __all__ = [
     "TemperatureOutOfRangeError",
     "TransferInterruptedError",
     "TransferPausedUnsafeError",
+    "TransferTooSlowError",
     "TransportUnavailableError",
     "UpdateFailedNoRollbackError",
     "UpdateInterruptedError",
@@ -202,6 +203,21 @@ class TransferInterruptedError(UpdateError, TimeoutError):
     remedy = (
         "Check power, cables and bitrate/baud synchronisation, then run the same "
         "`bmsfw update` again: it resumes where the transfer stopped."
+    )
+
+
+class TransferTooSlowError(TransferInterruptedError):
+    code = "BMSFW-E524"
+    diagnosis = (
+        "The BMS took the image more slowly than the product profile's floor for this link"
+        " (transfer.min_rate_*_bps, averaged after transfer.rate_grace_s): a BMS that asks"
+        " for tiny ISO-TP blocks and long gaps, or a failing link. The old firmware still"
+        " runs and keeps what it received."
+    )
+    remedy = (
+        "Check the link (bitrate, termination, bus load); run the same `bmsfw update`"
+        " again, it resumes. If the BMS keeps asking for block size 1 and a long STmin,"
+        " report its firmware; a profile may lower the floor for a known slow link."
     )
 
 

@@ -100,6 +100,7 @@ from bmsfw.update.errors import (
     SelfTestFailedRolledBackError,
     TransferInterruptedError,
     TransferPausedUnsafeError,
+    TransferTooSlowError,
     UpdateFailedNoRollbackError,
     UpdateInterruptedError,
     VersionDowngradeError,
@@ -779,6 +780,7 @@ class _Run(_Shell):
         )
         self.emit(TransferProgress(self.node, start, total, start))
         limits = self.profile.transfer
+        floor = limits.min_rate_bps(getattr(self.session, "address", ""))
         started = last_check = self.clock()
         offset = start
         if start < total:
@@ -793,6 +795,14 @@ class _Run(_Shell):
                             "keeps what it received and runs its old firmware"
                         )
                     now = self.clock()
+                    elapsed = now - started
+                    if floor and elapsed >= limits.rate_grace_s and offset < total:
+                        rate = (offset - start) / elapsed
+                        if rate < floor:
+                            raise TransferTooSlowError(
+                                f"{rate:.0f} B/s over {elapsed:.1f} s at byte {offset} of "
+                                f"{total}, below the floor of {floor:g} B/s for this link"
+                            )
                     if now - last_check >= limits.monitor_interval_s and offset < total:
                         last_check = now
                         why = transfer_violation(self.session.read_telemetry(), limits)

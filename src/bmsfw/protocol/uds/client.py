@@ -111,6 +111,9 @@ class UdsClientConfig:
     block_retries: int = 1  # resend a timed-out TransferData block once with the same counter
     request_retries: int = 2  # repeat idempotent short requests (reads, session, download)
     min_block_data: int = 62  # adaptive block size never goes below this many data bytes
+    # a BMS's maxNumberOfBlockLength is capped here: one block (one ISO-TP message) is
+    # what a slow BMS can stretch before the pipeline's rate floor is judged again
+    max_block_length: int = 4095
     boot_poll_interval_s: float = 0.2
 
     def __post_init__(self) -> None:
@@ -595,7 +598,7 @@ class UdsSession:
             raise UdsInvalidResponseError(f"request download: maxNumberOfBlockLength {max_block}")
         # SID and counter count too; after an interruption blocks get smaller, since a
         # lossy link loses long ISO-TP messages far more often than short ones
-        chunk = max_block - 2
+        chunk = min(max_block, self.config.max_block_length) - 2
         if self._chunk_limit is not None:
             chunk = min(chunk, self._chunk_limit)
         offset = start_offset
