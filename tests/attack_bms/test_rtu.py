@@ -64,3 +64,18 @@ def test_document_length_of_4_gib(rtu: HostileRtuBms) -> None:
         error = _error(session.read_config)
     assert error.code == "BMSFW-E381"
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.req("IEC62443-CR3.5")
+def test_cli_info_on_a_non_numeric_counter_exits_with_the_code(rtu: HostileRtuBms) -> None:
+    """`bmsfw info` (the real CLI, its own process): E381 and its exit code, no traceback."""
+    from cli_support import run_bmsfw
+
+    rtu.identity[IDENTITY_OBJECTS["security_counter"]] = b"one"
+    started = time.monotonic()
+    result = run_bmsfw("info", "--serial", rtu.port, "--unit", "1", "--baud", "115200")
+    assert result.returncode == 5, result.stderr  # transport (E3xx), docs/troubleshooting.md
+    assert "BMSFW-E381" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert rtu.writes == []
+    assert time.monotonic() - started < 30
