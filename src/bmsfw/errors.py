@@ -33,6 +33,7 @@ __all__ = [
     "UpdateError",
     "UsageError",
     "all_error_classes",
+    "retry_helps_for",
 ]
 
 
@@ -42,6 +43,10 @@ class BmsfwError(Exception):
     code: ClassVar[str] = "BMSFW-E000"
     diagnosis: ClassVar[str] = "An unexpected error occurred."
     remedy: ClassVar[str] = "Run again with -v and report the log to the bmsfw maintainers."
+    #: Running the same command again, unchanged, can finish the job (a lost link, a
+    #: power cut, an interruption); False: something must change first (the package,
+    #: the pack's state, a setting). Callers ask this instead of matching codes.
+    retry_helps: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or self.diagnosis
@@ -89,6 +94,7 @@ class TransportError(BmsfwError):
     """The link to the BMS failed (timeouts, bus errors, protocol violations)."""
 
     code = "BMSFW-E300"
+    retry_helps = True
     diagnosis = "Communication with the BMS failed."
     remedy = "Check cables, termination and that bitrate/baud rate match; run `bmsfw diagnose`."
 
@@ -115,6 +121,15 @@ class FleetError(BmsfwError):
     code = "BMSFW-E600"
     diagnosis = "The fleet server or agent reported an error."
     remedy = "Check the server log and the agent's connection settings."
+
+
+def retry_helps_for(code: str) -> bool:
+    """Whether running the same command again can help after the error ``code``
+    (as recorded in a report or sent by an agent); unknown codes: False."""
+    for cls in all_error_classes():
+        if cls.code == code:
+            return cls.retry_helps
+    return False
 
 
 def all_error_classes() -> list[type[BmsfwError]]:

@@ -13,6 +13,7 @@ import pytest
 
 from bmsfw.device import SimClock, VirtualBms
 from bmsfw.device.direct import DirectSession
+from bmsfw.errors import retry_helps_for
 from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult
 from bmsfw.update.audit import verify_audit_log
@@ -21,7 +22,7 @@ from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import RecordOptions, UpdateOptions, run_rollback
 from bmsfw.update.profile import SELF_TEST_LIMITS, load_profile
 from bmsfw.update.record import RecordTargets, check_record_targets
-from bmsfw.update.report import UpdateReport, load_report
+from bmsfw.update.report import UpdateReport, load_report, render_text
 
 from .conftest import Vendor
 from .conftest import run_on_sim_time as _run
@@ -333,3 +334,37 @@ def test_a_profile_cannot_open_the_supply_window_wider_than_the_self_test(
     product.write_text("[self_test]\nsupply_min_v = 20.0\nsupply_max_v = 28.0\n")
     profile = load_profile(product)
     assert (profile.preflight.supply_min_v, profile.preflight.supply_max_v) == (20.0, 28.0)
+
+
+@pytest.mark.parametrize(
+    ("code", "helps"),
+    [
+        ("BMSFW-E501", True),  # transfer interrupted: resumes
+        ("BMSFW-E516", True),  # no answer after the reset: continues the test image
+        ("BMSFW-E518", True),  # stopped by the operator
+        ("BMSFW-E360", True),  # a transport time-out
+        ("BMSFW-E209", True),  # power cut during a flash operation
+        ("BMSFW-E401", False),  # state of charge: the pack must change first
+        ("BMSFW-E511", False),  # self-test failed: the release must change
+        ("BMSFW-E517", False),  # nothing to roll back to
+        ("BMSFW-E999", False),  # unknown
+    ],
+)
+def test_errors_say_whether_running_the_same_command_again_helps(code: str, helps: bool) -> None:
+    import bmsfw.device.errors  # noqa: F401 - E209 lives there
+
+    assert retry_helps_for(code) is helps
+
+
+def test_the_report_says_whether_to_run_it_again(
+    *,
+    bms: VirtualBms,
+    vendor: Vendor,
+    packages: dict[str, bytes],
+    options: UpdateOptions,
+    clock: SimClock,
+) -> None:
+    report = _run(LinkLostAfterReset(bms), packages["2.0.0"], vendor, options, clock)
+    assert "run it again:    yes" in render_text(report)
+    refused = _rollback(DirectSession(bms), options, clock)
+    assert "run it again:    not until" in render_text(refused)

@@ -90,6 +90,7 @@ class FlashProgramError(DeviceError):
 
 class PowerCutError(DeviceError):
     code = "BMSFW-E209"
+    retry_helps = True
     diagnosis = "The BMS lost power; this instance is dead until the power comes back."
     remedy = "Power the BMS again (open a new device on the same state directory) and resume."
 

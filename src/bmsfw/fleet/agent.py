@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bmsfw import __version__
-from bmsfw.errors import BmsfwError, FleetError, PackageError
+from bmsfw.errors import BmsfwError, FleetError, PackageError, retry_helps_for
 from bmsfw.fleet.agent_errors import (
     AgentConfigError,
     AnswerTooSlowError,
@@ -124,17 +124,12 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 _PERMANENT_PREFLIGHT = frozenset({"BMSFW-E407", "BMSFW-E408", "BMSFW-E410", "BMSFW-E414"})
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # Failures that say nothing about the firmware: the link or the BMS's power went away.
-# The BMS keeps what it has (A/B banks, staged transfer), so the next poll retries and
-# the pipeline resumes.
-_RETRYABLE_CODES = frozenset({"BMSFW-E209", "BMSFW-E501", "BMSFW-E502"})
+# Whether the next poll should retry is the error's own declaration (retry_helps):
+# the BMS keeps what it has (A/B banks, staged transfer) and the pipeline resumes.
 # Whatever the server answers, the next poll comes this many seconds later at the
 # earliest / latest (a local AgentConfig.max_poll_interval_s may only lower both).
 POLL_INTERVAL_RANGE_S = (5.0, 3600.0)
 _MAX_PROBLEMS = 16  # distinct refused answers kept for the next check-in
-
-
-def _retryable(code: str) -> bool:
-    return code in _RETRYABLE_CODES or code.startswith("BMSFW-E3")
 
 
 class AgentClock(Protocol):
@@ -862,7 +857,7 @@ class Agent:
                 self._report(job, S(job.state), code, f"waiting for preflight: {detail}")
             else:
                 self._report(job, S.WAITING, code, f"waiting for preflight: {detail}")
-        elif (outcome == "paused" or _retryable(code)) and (
+        elif (outcome == "paused" or retry_helps_for(code)) and (
             job.install_attempts < self.config.max_install_attempts
         ):
             # The transfer stopped between blocks (link or power lost, pack left the

@@ -27,6 +27,7 @@ __all__ = [
     "LinkQuality",
     "SelfTestCheck",
     "SelfTestResult",
+    "StoredBytesWriter",
     "Telemetry",
     "TesterCredentials",
     "TransferState",
@@ -188,3 +189,13 @@ class BmsSession(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class StoredBytesWriter(Protocol):
+    """Declared capability: ``write`` takes a component's *stored* bytes (compressed,
+    delta patch, ciphertext) and the BMS decodes them. A session without it (or with
+    ``accepts_stored = False``, e.g. a broadcast string member) gets decoded images only.
+    """
+
+    accepts_stored: bool

@@ -196,6 +196,7 @@ class VersionDowngradeError(PreflightError):
 
 class TransferInterruptedError(UpdateError, TimeoutError):
     code = "BMSFW-E501"
+    retry_helps = True
     diagnosis = (
         "The transfer stopped: the BMS stopped answering (time-out, cable, "
         "bitrate/baud mismatch or power loss). The old firmware still runs."
@@ -223,6 +224,7 @@ class TransferTooSlowError(TransferInterruptedError):
 
 class TransferPausedUnsafeError(UpdateError):
     code = "BMSFW-E502"
+    retry_helps = True
     diagnosis = (
         "A watched value (supply, temperature or state of charge) left its limits during "
         "the transfer; writing stopped at a safe point. The old firmware still runs."
@@ -369,6 +371,7 @@ class ReportUnreadableError(UpdateError):
 
 class NoAnswerAfterResetError(UpdateError, TimeoutError):
     code = "BMSFW-E516"
+    retry_helps = True
     diagnosis = (
         "The BMS did not answer at all after the reset: a power loss, an unplugged cable "
         "or adapter, not a boot loop. The BMS keeps the new image as a test image or "
@@ -397,6 +400,7 @@ class NothingToRollBackError(UpdateError):
 
 class UpdateInterruptedError(UpdateError):
     code = "BMSFW-E518"
+    retry_helps = True
     diagnosis = (
         "The update was stopped by the operator (Ctrl-C) or the system (SIGTERM); it "
         "stopped at a safe point and the report says what the BMS runs now."

@@ -58,6 +58,7 @@ from bmsfw.protocol.session import (
     ConfigSnapshot,
     DeviceIdentity,
     SelfTestResult,
+    StoredBytesWriter,
     Telemetry,
     TesterCredentials,
 )
@@ -693,7 +694,7 @@ class _Run(_Shell):
         logger.info("%s: %s", self.node, report["payload_reason"])
         if not _is_encoded(component):
             return _Payload(package, release, component, release.image(name), encoded=False)
-        if getattr(self.session, "accepts_stored", False):
+        if isinstance(self.session, StoredBytesWriter) and self.session.accepts_stored:
             data = stored_bytes(package, component)
             return _Payload(package, release, component, data, encoded=True)
         if name in release.images:

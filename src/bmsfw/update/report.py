@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bmsfw.errors import BmsfwError
+from bmsfw.errors import BmsfwError, retry_helps_for
 from bmsfw.update.errors import ReportUnreadableError
 from bmsfw.update.record import write_atomic
 
@@ -150,6 +150,12 @@ _HEADLINE: dict[str, str] = {
 }
 
 
+def _retry_text(code: str) -> str:
+    if retry_helps_for(code):
+        return "yes - the same command continues from what the BMS holds"
+    return "not until the cause above is fixed"
+
+
 def _headline(report: UpdateReport) -> str:
     if report.kind == "rollback":
         return {
@@ -201,6 +207,7 @@ def render_text(report: UpdateReport) -> str:
             f"  error:           {report.error['code']}: {report.error['message']}",
             f"  diagnosis:       {report.error['diagnosis']}",
             f"  remedy:          {report.error['remedy']}",
+            f"  run it again:    {_retry_text(report.error['code'])}",
         ]
         if report.cause:
             lines.append(f"  cause:           {report.cause['code']}: {report.cause['message']}")
