@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import bmsfw
@@ -475,6 +475,7 @@ def virtual_bms(work: Path, image: bytes, lab: Lab, *, serial: str) -> Iterator[
 )
 @example(text="x[/]\x1b[2J\x1b]0;title\x07\rUPDATED OK\x7f")
 @example(text="[bold][link=https://evil.example]SN[/link]:warning:")
+@example(text="\x00")  # trailing NUL: padding of a fixed-width field
 @given(text=hostile_ascii)
 def test_device_strings(
     capsys: pytest.CaptureFixture[str],
@@ -483,19 +484,24 @@ def test_device_strings(
     image: bytes,
     text: str,
 ) -> None:
+    serial = f"SN{text}"
+    # identity strings are at most 64 characters (longer ones are refused, E363) and a
+    # fixed-width field's trailing NULs are padding, not text (bmsfw.protocol.bounds)
+    assume(len(serial) <= 64)
+    shown_serial = serial.rstrip("\x00")
     work = tmp_path_factory.mktemp("bms")
-    with virtual_bms(work, image, lab, serial=f"SN{text}") as link:
+    with virtual_bms(work, image, lab, serial=serial) as link:
         for args in (
             ("info", "--can", link, "--node", "1"),
             ("scan", "--can", link, "--last", "1", "--timeout", "5"),
         ):
             shown = run(capsys, *args)
             assert shown.code == 0
-            assert one_line(f"SN{text}") in shown.out, shown  # shown, as text
+            assert one_line(shown_serial) in shown.out, shown  # shown, as text
             assert_safe(shown, text)
             as_json = run(capsys, *args, "--json")
             assert_safe(as_json, text)
-            assert f"SN{text}" in _strings(as_json.json())  # the device's bytes, exactly
+            assert shown_serial in _strings(as_json.json())  # the device's bytes, exactly
 
 
 def test_device_strings_in_the_other_field_commands(
