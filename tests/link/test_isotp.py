@@ -123,7 +123,7 @@ def test_node_of_response_id_inverts_the_plan() -> None:
 
 
 def test_multicast_defaults_grant_a_bounded_block_size() -> None:
-    # 16: what the BMS grants there too (FIELD-NOTES: 8-16 clean)
+    # 16: what the BMS grants there too (measured: 8-16 clean; docs/dev/guide.md)
     assert default_isotp_params(parse_can_link("udp_multicast:239.74.163.2")).block_size == 16
     assert default_isotp_params(parse_can_link("udp_multicast,throttle")).block_size == 0
     assert default_isotp_params(parse_can_link("virtual:x,fd")).tx_data_length == 64

@@ -9,7 +9,7 @@ the benchmarks all build their stacks and ids here.
 
 Block size, the known trap: ``udp_multicast`` has no flow control, so a receiver
 that grants block size 0 lets the sender blast a whole 4 KiB message and the
-socket buffer of the other process overflows (FIELD-NOTES: ~20 % frames lost).
+socket buffer of the other process overflows (~20 % of frames lost; docs/dev/guide.md).
 :func:`default_isotp_params` therefore grants a bounded block size
 (:data:`MULTICAST_BLOCK_SIZE` = 16, measured clean) on an unthrottled
 ``udp_multicast`` link; throttled links are paced at the bus rate and grant 0
@@ -64,7 +64,7 @@ FUNCTIONAL_ID_29BIT = 0x18DB33F1
 TESTER_ADDRESS = 0xF1
 MAX_NODES_11BIT = 8
 MAX_NODE_29BIT = 0xEF
-#: Block size granted on unthrottled udp_multicast (FIELD-NOTES: 8-16 clean, 16 faster).
+#: Block size granted on unthrottled udp_multicast (8-16 clean, 16 faster: docs/dev/guide.md).
 MULTICAST_BLOCK_SIZE = 16
 _REQUEST_BASE_11BIT = 0x7E0
 _RESPONSE_BASE_11BIT = 0x7E8
@@ -121,7 +121,7 @@ class IsoTpParams:
             "bitrate_switch": self.fd and self.bitrate_switch,
             "blocking_send": self.blocking_send,
             "wftmax": 0,
-            # Pace in the wire model instead: can-isotp's limiter stalled here (FIELD-NOTES).
+            # Pace in the wire model instead: can-isotp's limiter stalled here (docs/dev/guide.md).
             "rate_limit_enable": False,
         }
         if self.override_receiver_stmin_s is not None:

@@ -23,7 +23,7 @@ __all__ = ["SerialParams", "uart_transcode"]
 
 @dataclass(frozen=True)
 class SerialParams:
-    """Serial line settings. Modbus RTU's default is 8E1 (DESIGN.md)."""
+    """Serial line settings. Modbus RTU's default is 8E1 (Modbus over serial line V1.02)."""
 
     baud_bps: int = 19_200
     parity: str = "E"

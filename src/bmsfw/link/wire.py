@@ -1,4 +1,4 @@
-"""The wire-time model (DESIGN.md decision 7): bits on the wire, counters, pacing.
+"""The wire-time model (docs/links.md): bits on the wire, counters, pacing.
 
 Pure formulas first (no I/O, pinned by table tests), then the two stateful pieces
 every link shares: :class:`WireCounter` (thread-safe counters, snapshot as the

@@ -44,7 +44,7 @@ __all__ = ["CanFaults", "WireBus"]
 
 logger = logging.getLogger(__name__)
 
-# Frames are logged below DEBUG (STYLE.md 7): python-can uses 9 for the same purpose.
+# Frames are logged below DEBUG (docs/dev/guide.md): python-can uses 9 for the same purpose.
 FRAME_LOG_LEVEL = 5
 
 #: How long a sent frame's fingerprint waits for its multicast echo.

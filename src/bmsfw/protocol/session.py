@@ -6,7 +6,7 @@ nothing above ``bmsfw.protocol`` knows which one it holds. The records below are
 the client's view of the device, decoded from DIDs or registers; they are plain
 frozen dataclasses so reports can serialise them with ``dataclasses.asdict``.
 
-Sequence the pipeline drives (DESIGN.md, "The update, step by step")::
+Sequence the pipeline drives (docs/update-procedure.md)::
 
     identify -> read_telemetry / link_check -> read_config -> authenticate
     -> prepare(header) -> erase (unless resuming) -> write(...)* -> verify
