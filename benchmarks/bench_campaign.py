@@ -26,11 +26,11 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import make_app_payload
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
-from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.package import ComponentSource, HardwareCompat, build_release, create_pki, sign_release
+from bmsfw.sim import make_app_payload
+from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
 API = "/api/v1"
 

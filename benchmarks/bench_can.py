@@ -48,21 +48,21 @@ from cryptography.hazmat.primitives import serialization
 from udsoncan.client import Client
 from udsoncan.connections import PythonIsoTpConnection
 
-from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import (
+from bmsfw.link import open_can_bus, parse_can_link
+from bmsfw.package import VendorPki
+from bmsfw.protocol.session import TesterCredentials
+from bmsfw.protocol.uds import open_uds_session
+from bmsfw.sim.flash import FlashSpec
+from bmsfw.sim.lab import (
     lab_pki,
     provision_nodes,
     signed_release,
     tester_for,
     unique_multicast_link,
 )
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator, SimCanProcess
-from bmsfw.device.spec import DeviceSpec
-from bmsfw.device.uds_server import UdsServerConfig
-from bmsfw.link import open_can_bus, parse_can_link
-from bmsfw.package import VendorPki
-from bmsfw.protocol.session import TesterCredentials
-from bmsfw.protocol.uds import open_uds_session
+from bmsfw.sim.sim_can import CanSimConfig, CanSimulator, SimCanProcess
+from bmsfw.sim.spec import DeviceSpec
+from bmsfw.sim.uds_server import UdsServerConfig
 
 KIB = 1024
 SPEC = DeviceSpec(flash=FlashSpec.small(bank_size=320 * KIB, sector_size=16 * KIB))

@@ -28,7 +28,6 @@ from typing import Any
 
 import can
 
-from bmsfw.device.lab import unique_multicast_link
 from bmsfw.link import (
     IsoTpTimeoutError,
     default_isotp_params,
@@ -39,6 +38,7 @@ from bmsfw.link import (
     open_can_bus,
     parse_can_link,
 )
+from bmsfw.sim.lab import unique_multicast_link
 
 MESSAGE_BYTES = 4095
 

@@ -32,14 +32,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import LabRelease, lab_pki, provision_nodes, signed_release, tester_for
-from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator, node_state_dir
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.package import TrustAnchors, VendorPki
 from bmsfw.protocol.modbus import open_modbus_bus
 from bmsfw.protocol.session import TesterCredentials
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim.flash import FlashSpec
+from bmsfw.sim.lab import LabRelease, lab_pki, provision_nodes, signed_release, tester_for
+from bmsfw.sim.sim_rs485 import Rs485SimConfig, Rs485Simulator, node_state_dir
+from bmsfw.sim.spec import DeviceSpec
 from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions, run_updates
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS

@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import lab_pki, provision_nodes, signed_release
-from bmsfw.device.sim_can import node_state_dir
-from bmsfw.device.smp_server import SimSmpProcess
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.protocol.smp import SmpLink, SmpSession
+from bmsfw.sim.flash import FlashSpec
+from bmsfw.sim.lab import lab_pki, provision_nodes, signed_release
+from bmsfw.sim.sim_can import node_state_dir
+from bmsfw.sim.smp_server import SimSmpProcess
+from bmsfw.sim.spec import DeviceSpec
 
 KIB = 1024
 BAUD = 115_200

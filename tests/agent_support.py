@@ -9,8 +9,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, make_app_payload
-from bmsfw.device.lab import lab_pki, signed_package
 from bmsfw.package import (
     ComponentSource,
     HardwareCompat,
@@ -19,6 +17,8 @@ from bmsfw.package import (
     create_pki,
     sign_release,
 )
+from bmsfw.sim import DeviceSpec, make_app_payload
+from bmsfw.sim.lab import lab_pki, signed_package
 
 MODEL = "BMS-16S"  # the virtual BMS's default DeviceSpec
 HW_REV = "C"

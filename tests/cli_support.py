@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmsfw.device import DeviceSpec, SimClock, VirtualBms
-from bmsfw.device.lab import lab_pki, provision_nodes, signed_release, write_tester_files
-from bmsfw.device.sim_can import node_state_dir
+from bmsfw.sim import DeviceSpec, SimClock, VirtualBms
+from bmsfw.sim.lab import lab_pki, provision_nodes, signed_release, write_tester_files
+from bmsfw.sim.sim_can import node_state_dir
 
 BMSFW = str(Path(sys.executable).with_name("bmsfw"))
 CONFIRM = ["--confirm", "flammables-removed", "--confirm", "stable-power"]

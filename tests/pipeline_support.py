@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bmsfw.device.lab import trust_anchors
 from bmsfw.package import VendorPki
 from bmsfw.protocol.modbus import ModbusBus
 from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.sim.lab import trust_anchors
 from bmsfw.update.events import Event, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions, run_update, run_updates
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS

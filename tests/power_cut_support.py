@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import unique_multicast_link
-from bmsfw.device.sim_can import SimCanProcess
-from bmsfw.device.sim_rs485 import SimRs485Process
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim.lab import unique_multicast_link
+from bmsfw.sim.sim_can import SimCanProcess
+from bmsfw.sim.sim_rs485 import SimRs485Process
 from cli_support import BMSFW, CONFIRM, Kit, copy_template, make_kit, run_bmsfw
 
 __all__ = ["CutResult", "Site", "make_power_cut_kit"]

@@ -15,10 +15,10 @@ import can
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import lab_pki, signed_package, tester_for
 from bmsfw.package import TrustAnchors, VendorPki
 from bmsfw.protocol.uds import UdsClientConfig, open_uds_session
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim.lab import lab_pki, signed_package, tester_for
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import (
     DEFAULT_CONFIRMATIONS,

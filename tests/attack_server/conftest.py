@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from agent_support import Vendor
-from bmsfw.device import SimClock
 from bmsfw.fleet.agent import Agent, AgentConfig
 from bmsfw.fleet.client import ClientConfig, ClientLimits, FleetClient
-from bmsfw.fleet.simfleet import SimBmsProvider, provision_sim_bms
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
+from bmsfw.sim import SimClock
+from bmsfw.sim.fleet import SimBmsProvider, provision_sim_bms
 from bmsfw.update.profile import UpdateProfile
 
 from .hostile import API, HostileServer

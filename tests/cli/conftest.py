@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import unique_multicast_link
-from bmsfw.device.sim_can import SimCanProcess
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim.lab import unique_multicast_link
+from bmsfw.sim.sim_can import SimCanProcess
 from cli_support import BMSFW, BenchBase, Kit, copy_template, make_kit, run_bmsfw
 
 __all__ = ["BMSFW", "HW_REV", "MODEL", "Bench", "Kit", "run_bmsfw"]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bmsfw.device import VirtualBms
+from bmsfw.sim import VirtualBms
 
 from .conftest import BMSFW, Bench, run_bmsfw
 

@@ -35,10 +35,10 @@ from hypothesis import strategies as st
 import bmsfw
 from bmsfw.cli import main
 from bmsfw.cli._render import SafeConsole, SafeLogFormatter, line, one_line, print_error
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import lab_pki, provision_nodes, signed_package, write_tester_files
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator
 from bmsfw.errors import BmsfwError, all_error_classes
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim.lab import lab_pki, provision_nodes, signed_package, write_tester_files
+from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
 from bmsfw.update.audit import AuditLog
 from bmsfw.update.report import StepRecord, UpdateReport
 
@@ -435,7 +435,7 @@ def image(lab: Lab) -> bytes:
     from bmsfw.package import verify_release
 
     package = signed_package(lab.pki, "1.0.0", 1, spec=SPEC, size=2048)  # type: ignore[arg-type]
-    from bmsfw.device.lab import trust_anchors
+    from bmsfw.sim.lab import trust_anchors
 
     return verify_release(package, trust_anchors(lab.pki), None).images["app"]  # type: ignore[arg-type]
 

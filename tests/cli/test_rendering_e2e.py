@@ -18,11 +18,11 @@ from typing import Any
 import can
 import pytest
 
-from bmsfw.device.lab import lab_pki, write_tester_files
 from bmsfw.link.canlink import open_can_bus
 from bmsfw.link.errors import CanDriverMissingError
 from bmsfw.package import HardwareCompat, build_release, sign_release
 from bmsfw.package._release import ComponentSource
+from bmsfw.sim.lab import lab_pki, write_tester_files
 from cli_support import BMSFW
 
 from .conftest import HW_REV, MODEL, Bench, Kit

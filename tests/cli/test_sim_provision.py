@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsfw.device.sim_can import SimCanProcess
+from bmsfw.sim.sim_can import SimCanProcess
 
 
 def bmsfw(*args: str) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device._state import bank_region
-from bmsfw.device.sim_rs485 import SimRs485Process
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim._state import bank_region
+from bmsfw.sim.sim_rs485 import SimRs485Process
 from cli_support import BenchBase, Kit, copy_template, make_kit, run_bmsfw
 
 __all__ = ["Kit", "StringBench", "run_bmsfw"]

@@ -106,7 +106,7 @@ def forge_app(package: Path, image: bytes, pki: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
-    from bmsfw.device import make_app_payload  # the factory firmware: the demo app
+    from bmsfw.sim import make_app_payload  # the factory firmware: the demo app
 
     root = tmp_path_factory.mktemp("firmware-inputs")
     pki = root / "pki"
@@ -166,7 +166,7 @@ class Bench:
 def bench(
     request: pytest.FixtureRequest, vendor: Vendor, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bench]:
-    from bmsfw.device.lab import unique_multicast_link
+    from bmsfw.sim.lab import unique_multicast_link
 
     sim = SimProcess(vendor.template, tmp_path_factory.mktemp(f"bench-{request.param}"),
                      time_scale=TIME_SCALE)  # fmt: skip

@@ -18,9 +18,9 @@ from agent_support import Vendor
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
-from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from bmsfw.fleet.tuf_repo import TufSettings
+from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
 
 @pytest.fixture(scope="session")

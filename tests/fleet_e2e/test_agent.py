@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from agent_support import foreign_release
-from bmsfw.device.direct import DirectSession
 from bmsfw.errors import PackageError
 from bmsfw.fleet.agent import Agent
 from bmsfw.fleet.errors import SafetyCriticalOtaRefusedError
-from bmsfw.fleet.simfleet import SimBmsProvider, SimBmsSession, SimFleet
 from bmsfw.fleet.testing import flip_artifact_byte, store_artifact
 from bmsfw.package import release_header
+from bmsfw.sim.direct import DirectSession
+from bmsfw.sim.fleet import SimBmsProvider, SimBmsSession, SimFleet
 from bmsfw.update.connect import Connection
 
 from .conftest import Server, Vendor, one_gateway_fleet

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent_support import HW_REV, MODEL
-from bmsfw.device import DeviceSpec, FlashSpec, provision
-from bmsfw.device.sim_can import SimCanProcess, node_state_dir
 from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
 from bmsfw.package import TrustAnchors, key_hash, verify_release
 from bmsfw.protocol import uds
+from bmsfw.sim import DeviceSpec, FlashSpec, provision
+from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
 from bmsfw.update.connect import parse_links
 from bmsfw.update.profile import PreflightLimits, UpdateProfile
 

@@ -23,7 +23,6 @@ from tuf.api.metadata import Metadata, Root
 from bmsfw.fleet.agent import Agent
 from bmsfw.fleet.errors import FleetConfigError
 from bmsfw.fleet.releases import ReleaseFacts
-from bmsfw.fleet.simfleet import SimFleet
 from bmsfw.fleet.tuf_repo import (
     TufRelease,
     TufRepository,
@@ -32,6 +31,7 @@ from bmsfw.fleet.tuf_repo import (
     new_root,
     public_key_of,
 )
+from bmsfw.sim.fleet import SimFleet
 
 from .conftest import Server, Vendor, one_gateway_fleet
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
+from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
 from .conftest import Server, Vendor, wait_for
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bmsfw.cli._main import cli
 from bmsfw.cli._registry import register_all
-from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
+from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
 from .conftest import Server, Vendor, wait_for
 

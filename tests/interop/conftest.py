@@ -88,7 +88,7 @@ def _build(
 
 @pytest.fixture(scope="session")
 def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
-    from bmsfw.device import make_app_payload  # a firmware build: the demo app binary
+    from bmsfw.sim import make_app_payload  # a firmware build: the demo app binary
 
     root = tmp_path_factory.mktemp("vendor")
     pki = root / "pki"
@@ -144,7 +144,7 @@ class Simulator(SimProcess):
 @pytest.fixture
 def can_bench(vendor: Vendor, tmp_path: Path) -> Iterator[tuple[Simulator, str, int]]:
     """A virtual BMS (node 1) on its own udp_multicast bus: (simulator, group, port)."""
-    from bmsfw.device.lab import unique_multicast_link
+    from bmsfw.sim.lab import unique_multicast_link
 
     link = unique_multicast_link()
     group, port = link.split(":", 1)[1].split(",")[0], int(link.split("port=")[1])

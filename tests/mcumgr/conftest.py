@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import DeviceSpec, FlashSpec
-from bmsfw.device.lab import (
+from bmsfw.package import VendorPki
+from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim.lab import (
     LabRelease,
     lab_pki,
     provision_nodes,
@@ -22,10 +24,8 @@ from bmsfw.device.lab import (
     tester_for,
     trust_anchors,
 )
-from bmsfw.device.sim_can import node_state_dir
-from bmsfw.device.smp_server import SimSmpProcess, loopback_udp_address
-from bmsfw.package import VendorPki
-from bmsfw.protocol.session import BmsSession, TesterCredentials
+from bmsfw.sim.sim_can import node_state_dir
+from bmsfw.sim.smp_server import SimSmpProcess, loopback_udp_address
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
 from bmsfw.update.report import UpdateReport

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bmsfw.device.lab import write_tester_files
+from bmsfw.sim.lab import write_tester_files
 from cli_support import CONFIRM, run_bmsfw
 
 from .conftest import SmpBench, start_device

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.lab import unique_multicast_link
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.smp import open_smp_session
 from bmsfw.protocol.smp.dbc import EXAMPLE_DBC, EXAMPLE_MAP, DbcTelemetrySource, decode_telemetry
 from bmsfw.protocol.smp.errors import SmpRefusedError
+from bmsfw.sim.lab import unique_multicast_link
 
 from .conftest import SmpBench, run_smp_update, start_device
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import lab
-from bmsfw.device.config import snapshot_checksum
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.smp import open_smp_session
 from bmsfw.protocol.smp.errors import SmpAuthRejectedError, SmpRefusedError
+from bmsfw.sim import lab
+from bmsfw.sim.config import snapshot_checksum
 
 from .conftest import SmpBench, start_device
 

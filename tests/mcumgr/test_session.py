@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.lab import trust_anchors
-from bmsfw.device.smp_server import SimSmpProcess
 from bmsfw.protocol.session import BmsSession, TesterCredentials
 from bmsfw.protocol.smp import open_smp_session
+from bmsfw.sim.lab import trust_anchors
+from bmsfw.sim.smp_server import SimSmpProcess
 from bmsfw.update.events import Event, TransferProgress
 from bmsfw.update.pipeline import run_update
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.bms import VirtualBms
-from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import LabRelease, provision_nodes, signed_release, tester_for
-from bmsfw.device.sim_rs485 import SimRs485Process, node_state_dir
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.package import VendorPki, create_pki
 from bmsfw.protocol.session import TesterCredentials
+from bmsfw.sim.bms import VirtualBms
+from bmsfw.sim.flash import FlashSpec
+from bmsfw.sim.lab import LabRelease, provision_nodes, signed_release, tester_for
+from bmsfw.sim.sim_rs485 import SimRs485Process, node_state_dir
+from bmsfw.sim.spec import DeviceSpec
 
 KIB = 1024
 IMAGE_SIZE = 16 * KIB

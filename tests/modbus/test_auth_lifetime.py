@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms, provision
-from bmsfw.device.modbus_server import ModbusBmsNode
 from bmsfw.package import VendorPki, key_hash
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
@@ -20,6 +18,8 @@ from bmsfw.protocol.modbus.registers import (
 )
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds._auth import chain_pem_to_der, sign_challenge
+from bmsfw.sim import SimClock, VirtualBms, provision
+from bmsfw.sim.modbus_server import ModbusBmsNode
 
 from .conftest import SPEC, Release
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bmsfw.device.sim_control import SimCommand, send_command
-from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
+from bmsfw.sim.sim_control import SimCommand, send_command
+from bmsfw.sim.sim_rs485 import SimRs485Process
 from pipeline_support import update_string
 
 from .conftest import Release

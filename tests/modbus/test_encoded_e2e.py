@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bmsfw.device.images import APP_DESCRIPTOR_OFFSET, make_app_payload
-from bmsfw.device.lab import signed_package, trust_anchors
-from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import (
     Manifest,
     VendorPki,
@@ -17,6 +14,9 @@ from bmsfw.package import (
 )
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import open_modbus_bus, open_modbus_session
+from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET, make_app_payload
+from bmsfw.sim.lab import signed_package, trust_anchors
+from bmsfw.sim.sim_rs485 import SimRs485Process
 from bmsfw.update.events import Event, StepFinished, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms, provision
-from bmsfw.device.modbus_server import ModbusBmsNode
 from bmsfw.package import (
     Manifest,
     VendorPki,
@@ -20,6 +18,8 @@ from bmsfw.package import (
 from bmsfw.package._release import component_image
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import HOLDING, INPUT, AuthState, Command
+from bmsfw.sim import SimClock, VirtualBms, provision
+from bmsfw.sim.modbus_server import ModbusBmsNode
 
 from .conftest import SPEC, Release
 from .test_encoded_e2e import _payload, _release

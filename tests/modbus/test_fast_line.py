@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.package import VendorPki
 from bmsfw.protocol import session as bms_session
 from bmsfw.protocol.modbus import open_modbus_bus
+from bmsfw.sim.sim_rs485 import SimRs485Process
 from pipeline_support import update_string
 
 from .conftest import (

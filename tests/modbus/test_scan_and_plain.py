@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pymodbus.client import ModbusSerialClient
 
-from bmsfw.device.sim_rs485 import SimRs485Process
 from bmsfw.protocol.modbus import open_modbus_session, scan_serial
 from bmsfw.protocol.modbus.client import serial_url
 from bmsfw.protocol.modbus.errors import ModbusFrameError, ModbusNoReplyError
+from bmsfw.sim.sim_rs485 import SimRs485Process
 
 
 @pytest.mark.req("SEED-BAUD-MATCH")

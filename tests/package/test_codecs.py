@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bmsfw.device import make_app_payload
 from bmsfw.package import ENCODINGS
 from bmsfw.package._encoding import decode, encode
 from bmsfw.package.errors import ComponentDecodeError
+from bmsfw.sim import make_app_payload
 
 FIRMWARE = make_app_payload("3.1.4", size=20_000)
 CODECS = sorted(name for name in ENCODINGS if name != "raw")

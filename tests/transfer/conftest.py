@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
-from bmsfw.device.images import APP_DESCRIPTOR_OFFSET
-from bmsfw.device.lab import LabRelease, lab_pki, signed_release
 from bmsfw.package import (
     VendorPki,
     key_hash,
 )
 from bmsfw.package._encrypt import EncPublicKey
+from bmsfw.sim import DeviceSpec, FlashSpec, SimClock, VirtualBms, make_app_payload, provision
+from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET
+from bmsfw.sim.lab import LabRelease, lab_pki, signed_release
 
 MODEL, HW_REV = "BMS-16S", "C"
 IMAGE_SIZE = 4096

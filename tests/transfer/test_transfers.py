@@ -11,14 +11,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device._stream_decode import (
-    EncodedTransfer,
-    check_delta_base,
-    fuse_encryption_key,
-    install_encoded,
-)
-from bmsfw.device.errors import NotVerifiedError, PowerCutError, VerifyFailedError
 from bmsfw.package import TrustAnchors, _release, key_hash, verify_release
 from bmsfw.package._encrypt import generate_encryption_key
 from bmsfw.package._release import component_image
@@ -27,6 +19,14 @@ from bmsfw.package.errors import (
     DeltaBaseMismatchError,
     DeltaPatchError,
     HashMismatchError,
+)
+from bmsfw.protocol.device_errors import NotVerifiedError, PowerCutError, VerifyFailedError
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim._stream_decode import (
+    EncodedTransfer,
+    check_delta_base,
+    fuse_encryption_key,
+    install_encoded,
 )
 
 from .conftest import Release, Vendor, patch_release_payload, power_on
@@ -150,7 +150,7 @@ def test_corrupted_patch_is_caught_before_activation(
 
 def test_delta_power_cut_exhaustive(vendor: Vendor, v1: Release, tmp_path: Path) -> None:
     """MCUboot-simulator style: cut the power at every flash operation of a delta update."""
-    from bmsfw.device import provision
+    from bmsfw.sim import provision
 
     delta = vendor.release(
         "1.0.1",
@@ -257,7 +257,7 @@ def test_encrypted_images_interoperate_with_imgtool(
             serialization.NoEncryption(),
         )
     )
-    from bmsfw.device import make_app_payload
+    from bmsfw.sim import make_app_payload
 
     firmware = tmp_path / "fw.bin"
     firmware.write_bytes(make_app_payload("1.3.0", size=4096))

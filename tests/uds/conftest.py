@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.flash import FlashSpec
-from bmsfw.device.lab import LabRelease, signed_release, tester_for, unique_multicast_link
-from bmsfw.device.lab import provision_nodes as _provision_nodes
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.package import VendorPki, create_pki
 from bmsfw.protocol.session import TesterCredentials as Credentials
+from bmsfw.sim.flash import FlashSpec
+from bmsfw.sim.lab import LabRelease, signed_release, tester_for, unique_multicast_link
+from bmsfw.sim.lab import provision_nodes as _provision_nodes
+from bmsfw.sim.spec import DeviceSpec
 
 KIB = 1024
 IMAGE_SIZE = 32 * KIB

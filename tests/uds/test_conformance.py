@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.uds_server import UdsServer
 from bmsfw.link import node_address
 from bmsfw.package import VendorPki
 from bmsfw.protocol.uds._auth import AuthenticationResponseError, challenge_from_verify_response
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim.uds_server import UdsServer
 
 from .conftest import Release, provision_nodes
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.sim_can import SimCanProcess
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import discover_nodes, open_uds_session
+from bmsfw.sim.sim_can import SimCanProcess
 from pipeline_support import update_node, update_nodes
 
 from .conftest import Release, provision_nodes, unique_link

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.images import APP_DESCRIPTOR_OFFSET, make_app_payload
-from bmsfw.device.sim_can import SimCanProcess
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import Component, Manifest, VendorPki, decode_header
 from bmsfw.protocol import errors as err
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import open_uds_session, transfer_dfi
+from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET, make_app_payload
+from bmsfw.sim.sim_can import SimCanProcess
 from pipeline_support import update_node
 
 from .conftest import IMAGE_SIZE, Release, make_release, unique_link

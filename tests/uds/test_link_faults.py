@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator
 from bmsfw.link import IsoTpParams
 from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
 from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import UdsClientConfig, open_uds_session
+from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
 
 from .conftest import make_release
 

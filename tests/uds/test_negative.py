@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device.sim_can import CanSimConfig, CanSimulator
-from bmsfw.device.uds_server import DEV_SEED_KEY_SECRET, UdsServerConfig
 from bmsfw.package import VendorPki, create_pki
 from bmsfw.protocol import errors as err
 from bmsfw.protocol.session import TesterCredentials as Credentials
@@ -26,6 +24,8 @@ from bmsfw.protocol.uds import (
     tester_credentials as make_credentials,
 )
 from bmsfw.protocol.uds._codec import DID, ROUTINE, Session
+from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
+from bmsfw.sim.uds_server import DEV_SEED_KEY_SECRET, UdsServerConfig
 
 from .conftest import Release
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device.sim_can import SimCanProcess, node_state_dir
-from bmsfw.device.sim_control import SimCommand, send_command
 from bmsfw.package import TrustAnchors, VendorPki
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import open_uds_session
+from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
+from bmsfw.sim.sim_control import SimCommand, send_command
 from bmsfw.update import TransferProgress, UpdateOptions, UpdateProfile, run_update
 from bmsfw.update.events import Event
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
-from bmsfw.device.direct import DirectSession
-from bmsfw.device.lab import lab_pki, signed_package
 from bmsfw.package import (
     TrustAnchors,
     VendorPki,
     key_hash,
     verify_release,
 )
+from bmsfw.sim import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
+from bmsfw.sim.direct import DirectSession
+from bmsfw.sim.lab import lab_pki, signed_package
 from bmsfw.update.events import Event
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms, make_app_payload
-from bmsfw.device.direct import DirectSession
-from bmsfw.device.images import APP_DESCRIPTOR_OFFSET
 from bmsfw.package import Component, Manifest, decode_header, release_header, verify_release
+from bmsfw.sim import SimClock, VirtualBms, make_app_payload
+from bmsfw.sim.direct import DirectSession
+from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET
 from bmsfw.update.events import Event, TransferProgress
 from bmsfw.update.pipeline import UpdateOptions
 from bmsfw.update.report import render_text
@@ -187,11 +187,11 @@ def test_every_device_side_reports_the_same_image_digest(
     *, bms: VirtualBms, vendor: Vendor, packages: dict[str, bytes]
 ) -> None:
     """DirectSession, UDS DID 0x0102 and Modbus ``image_sha256`` agree with the base digest."""
-    from bmsfw.device.modbus_server import ModbusBmsNode
-    from bmsfw.device.uds_server import UdsServer
     from bmsfw.link import node_address
     from bmsfw.protocol.modbus import codec
     from bmsfw.protocol.modbus.registers import INPUT
+    from bmsfw.sim.modbus_server import ModbusBmsNode
+    from bmsfw.sim.uds_server import UdsServer
 
     expected = hashlib.sha256(verify_release(packages["1.0.0"], vendor.trust()).image("app"))
     assert DirectSession(bms).read_image_digest() == expected.digest()
@@ -210,8 +210,8 @@ def test_encrypted_release_goes_over_as_ciphertext_and_runs(
     options: UpdateOptions,
     clock: SimClock,
 ) -> None:
-    from bmsfw.device._stream_decode import fuse_encryption_key
     from bmsfw.package._encrypt import generate_encryption_key
+    from bmsfw.sim._stream_decode import fuse_encryption_key
 
     device_key = generate_encryption_key("ecies-x25519")
     package = vendor.release("2.0.0", 2, encoding="zstd", encrypt_to=device_key.public_key())

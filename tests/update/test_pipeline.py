@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.direct import DirectSession
 from bmsfw.protocol.errors import UdsTimeoutError
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim.direct import DirectSession
 from bmsfw.update.audit import verify_audit_log
 from bmsfw.update.events import Event, StepFinished, TransferProgress, UpdateFinished
 from bmsfw.update.pipeline import UpdateOptions, run_update, run_updates

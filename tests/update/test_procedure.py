@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.direct import DirectSession
 from bmsfw.errors import retry_helps_for
 from bmsfw.protocol.errors import UdsTimeoutError
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim.direct import DirectSession
 from bmsfw.update.audit import verify_audit_log
 from bmsfw.update.errors import ProfileInvalidError
 from bmsfw.update.events import Event, StepFinished, TransferProgress
@@ -351,7 +351,7 @@ def test_a_profile_cannot_open_the_supply_window_wider_than_the_self_test(
     ],
 )
 def test_errors_say_whether_running_the_same_command_again_helps(code: str, helps: bool) -> None:
-    import bmsfw.device.errors  # noqa: F401 - E209 lives there
+    import bmsfw.protocol.device_errors  # noqa: F401 - E209 lives there
 
     assert retry_helps_for(code) is helps
 

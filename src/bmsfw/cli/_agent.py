@@ -273,8 +273,8 @@ def agent_command(
 
 
 def _sim_provider(state_dir: Path, count: int, initial: Path | None, root_pem: bytes) -> Any:
-    from bmsfw.device import SimClock
-    from bmsfw.fleet.simfleet import SimBmsProvider, provision_sim_bms
+    from bmsfw.sim import SimClock
+    from bmsfw.sim.fleet import SimBmsProvider, provision_sim_bms
 
     sim_dir = state_dir / "sim"
     serials = [f"SIM{n:04d}" for n in range(1, count + 1)]
@@ -350,7 +350,7 @@ def sim_fleet_command(
     as_json: bool,
 ) -> None:
     """Run GATEWAYS agents with BMS-PER-GATEWAY in-process virtual BMS each."""
-    from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
+    from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
     config = SimFleetConfig(
         server_url=server,

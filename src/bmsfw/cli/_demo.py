@@ -72,8 +72,6 @@ def _pem(cert: object) -> bytes:
 
 
 def _run(workdir: Path, time_scale: float, *, fleet: bool) -> None:
-    from bmsfw.device import DeviceSpec, FlashSpec, make_app_payload, provision
-    from bmsfw.device.sim_can import SimCanProcess, node_state_dir
     from bmsfw.package import (
         ComponentSource,
         HardwareCompat,
@@ -87,6 +85,8 @@ def _run(workdir: Path, time_scale: float, *, fleet: bool) -> None:
     )
     from bmsfw.protocol.session import TesterCredentials
     from bmsfw.protocol.uds import issue_tester_certificate
+    from bmsfw.sim import DeviceSpec, FlashSpec, make_app_payload, provision
+    from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
     from bmsfw.update.audit import verify_audit_log
     from bmsfw.update.connect import open_sessions, parse_links
     from bmsfw.update.pipeline import UpdateOptions, run_update

@@ -3,7 +3,7 @@
 A demo CA issues the server's TLS certificate; ``bmsfw fleet serve`` runs in its
 own process (uvicorn, SQLite and an artifact directory under the demo's
 directory, HTTPS on 127.0.0.1); one gateway agent with three virtual BMS behind
-it (:class:`~bmsfw.fleet.simfleet.SimFleet`, the same code as ``bmsfw sim
+it (:class:`~bmsfw.sim.fleet.SimFleet`, the same code as ``bmsfw sim
 fleet``) polls it. The good release is uploaded (the server verifies it against
 the vendor root), a phased campaign (canary of one device, then 100 %) runs to
 completion, and the campaign table and the size of the server's audit trail are
@@ -32,10 +32,10 @@ from bmsfw.errors import BmsfwError
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import FleetUnreachableError, SafetyCriticalOtaRefusedError
-from bmsfw.fleet.simfleet import SimFleet, SimFleetConfig
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from bmsfw.fleet.tuf_repo import generate_key, new_root, public_key_of
 from bmsfw.package.version import device_runs
+from bmsfw.sim.fleet import SimFleet, SimFleetConfig
 
 __all__ = ["FleetDemoConfig", "run_fleet_demo"]
 

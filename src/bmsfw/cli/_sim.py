@@ -56,9 +56,9 @@ def sim_can_command(
     as_json: bool,
 ) -> None:
     """Run NODES virtual BMS serving UDS on a CAN bus and print how to reach them."""
-    from bmsfw.device.sim_can import CanSimConfig, CanSimulator
-    from bmsfw.device.uds_server import UdsServerConfig
     from bmsfw.link import parse_can_link
+    from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
+    from bmsfw.sim.uds_server import UdsServerConfig
 
     spec = parse_can_link(link)
     if throttle:
@@ -156,9 +156,9 @@ def sim_set_command(
     within 100 ms through the device's fault API. Exit code 1 when no
     simulator applied it in time (it stays queued) or it was refused.
     """
-    from bmsfw.device.sim_can import node_state_dir
-    from bmsfw.device.sim_control import SimCommand, send_command
     from bmsfw.errors import UsageError
+    from bmsfw.sim.sim_can import node_state_dir
+    from bmsfw.sim.sim_control import SimCommand, send_command
 
     try:
         command = SimCommand(

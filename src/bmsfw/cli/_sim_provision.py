@@ -60,8 +60,6 @@ def provision_command(
     as_json: bool,
 ) -> None:
     """Create NODES factory-fresh virtual BMS that trust PKI and run PACKAGE."""
-    from bmsfw.device import DeviceSpec, FlashSpec, provision
-    from bmsfw.device.sim_can import node_state_dir
     from bmsfw.package import (
         PkiPaths,
         TrustAnchors,
@@ -70,6 +68,8 @@ def provision_command(
         load_key_file,
         verify_release,
     )
+    from bmsfw.sim import DeviceSpec, FlashSpec, provision
+    from bmsfw.sim.sim_can import node_state_dir
 
     paths = PkiPaths(pki_dir)
     root_cert = load_certificate_file(paths.root_cert)

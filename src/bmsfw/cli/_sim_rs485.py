@@ -59,7 +59,7 @@ def sim_rs485_command(
     as_json: bool,
 ) -> None:
     """Run NODES virtual BMS on one simulated RS485 bus and print the pty to open."""
-    from bmsfw.device.sim_rs485 import Rs485SimConfig, Rs485Simulator
+    from bmsfw.sim.sim_rs485 import Rs485SimConfig, Rs485Simulator
 
     sim = Rs485Simulator(
         Rs485SimConfig(

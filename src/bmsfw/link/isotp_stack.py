@@ -4,7 +4,7 @@
 udsoncan's ``PythonIsoTpConnection.open()`` starts it, or call ``stack.start()``).
 
 This module is the one place for CAN ids and ISO-TP stacks: the UDS tester
-(:mod:`bmsfw.protocol.uds`), the virtual BMS (:mod:`bmsfw.device.sim_can`) and
+(:mod:`bmsfw.protocol.uds`), the virtual BMS (:mod:`bmsfw.sim.sim_can`) and
 the benchmarks all build their stacks and ids here.
 
 Block size, the known trap: ``udp_multicast`` has no flow control, so a receiver

@@ -17,7 +17,7 @@ __all__ = ["Explanation", "explain"]
 # Every module that defines error classes (the catalogue is what is imported).
 _ERROR_MODULES = (
     "bmsfw.package.errors",
-    "bmsfw.device.errors",
+    "bmsfw.protocol.device_errors",
     "bmsfw.link.errors",
     "bmsfw.protocol.errors",
     "bmsfw.update.errors",

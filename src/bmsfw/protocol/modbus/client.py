@@ -492,7 +492,7 @@ class ModbusSession:
             message += f" ({device_code})"
         if text:
             message += f": {text}"
-        from bmsfw.device.errors import NotConfirmableError, RollbackBlockedError
+        from bmsfw.protocol.device_errors import NotConfirmableError, RollbackBlockedError
 
         error_class: type[BmsfwError] | None = {
             Command.PREPARE: DeviceHeaderRejectedError,

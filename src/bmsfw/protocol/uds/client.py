@@ -692,7 +692,7 @@ class UdsSession:
         self._ensure_access(Session.EXTENDED)
         result = self.routine(ROUTINE.CONFIRM, what="confirm image")
         if not result.ok:
-            from bmsfw.device.errors import NotConfirmableError
+            from bmsfw.protocol.device_errors import NotConfirmableError
 
             raise NotConfirmableError(
                 f"BMS {self.address} refused the confirm: {result.code} {result.message}".strip()
@@ -703,7 +703,7 @@ class UdsSession:
         self._ensure_access(Session.EXTENDED)
         result = self.routine(ROUTINE.ROLLBACK, what="rollback")
         if not result.ok:
-            from bmsfw.device.errors import RollbackBlockedError
+            from bmsfw.protocol.device_errors import RollbackBlockedError
 
             raise RollbackBlockedError(
                 f"BMS {self.address} refused the rollback: {result.code} {result.message}".strip()

@@ -20,8 +20,8 @@ old and the new one, never a lower one. Capacity: 4096 steps.
 
 from __future__ import annotations
 
-from bmsfw.device.errors import ProvisioningError
-from bmsfw.device.flash import OTP, Flash
+from bmsfw.protocol.device_errors import ProvisioningError
+from bmsfw.sim.flash import OTP, Flash
 
 __all__ = ["Otp"]
 

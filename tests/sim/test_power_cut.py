@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import DeviceConfig, SimClock, VirtualBms
-from bmsfw.device.errors import PowerCutError
+from bmsfw.protocol.device_errors import PowerCutError
+from bmsfw.sim import DeviceConfig, SimClock, VirtualBms
 
 from .conftest import Release, Vendor, install
 

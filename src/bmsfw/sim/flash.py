@@ -11,7 +11,7 @@ directory. Every erase and program passes through :meth:`Flash._commit`, which
 * applies a *power cut* when the injector says so: only a prefix of the
   operation reaches the flash (a partially erased sector, a partially
   programmed run), the file is left like that, and the flash goes dead
-  (every further call raises :class:`~bmsfw.device.errors.PowerCutError`).
+  (every further call raises :class:`~bmsfw.protocol.device_errors.PowerCutError`).
 
 Programming rules follow NOR flash as a careful bootloader uses it: in the
 main array a byte can only be programmed if it is erased (0xFF) or already
@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bmsfw.device.clock import Clock
-from bmsfw.device.errors import EraseNeededError, FlashProgramError, PowerCutError
+from bmsfw.protocol.device_errors import EraseNeededError, FlashProgramError, PowerCutError
+from bmsfw.sim.clock import Clock
 
 __all__ = [
     "Flash",

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import FlashSpec, SimClock, VirtualBms, find_app_descriptor, make_app_payload
-from bmsfw.device._journal import Journal
-from bmsfw.device.errors import EraseNeededError, FlashProgramError, PowerCutError
-from bmsfw.device.flash import Flash, PowerCutInjector
-from bmsfw.device.otp import Otp
+from bmsfw.protocol.device_errors import EraseNeededError, FlashProgramError, PowerCutError
+from bmsfw.sim import FlashSpec, SimClock, VirtualBms, find_app_descriptor, make_app_payload
+from bmsfw.sim._journal import Journal
+from bmsfw.sim.flash import Flash, PowerCutInjector
+from bmsfw.sim.otp import Otp
 
 from .conftest import Release
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from bmsfw.device.errors import ConfigChecksumError, ConfigSchemaError, ConfigValueError
+from bmsfw.protocol.device_errors import ConfigChecksumError, ConfigSchemaError, ConfigValueError
 
 __all__ = [
     "CAN_BITRATES_BPS",

@@ -10,7 +10,7 @@ in the device's OTP, and the tester must sign a fresh challenge with its key
 
 Encoded transfers go the way the protocol servers take them: :meth:`write`
 given the staged component's *stored* bytes (compressed, delta patch,
-ciphertext) feeds them to :class:`~bmsfw.device._stream_decode.EncodedTransfer`
+ciphertext) feeds them to :class:`~bmsfw.sim._stream_decode.EncodedTransfer`
 and finishes the stream (sizes, digests, delta applied) after the last block;
 a delta for another base or an encrypted image without the device key is
 refused in :meth:`prepare`, before anything is erased.
@@ -22,15 +22,9 @@ import os
 from collections.abc import Iterator
 from typing import Literal
 
-from bmsfw.device._stream_decode import (
-    EncodedTransfer,
-    active_image_digest,
-    check_release,
-)
-from bmsfw.device.bms import VirtualBms
-from bmsfw.device.errors import DeviceNotRunningError, PowerCutError
 from bmsfw.errors import TransportError
 from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.protocol.device_errors import DeviceNotRunningError, PowerCutError
 from bmsfw.protocol.errors import DeviceBootTimeoutError, UdsCertificateRejectedError
 from bmsfw.protocol.session import (
     BootStatus,
@@ -42,6 +36,12 @@ from bmsfw.protocol.session import (
     TesterCredentials,
     TransferState,
 )
+from bmsfw.sim._stream_decode import (
+    EncodedTransfer,
+    active_image_digest,
+    check_release,
+)
+from bmsfw.sim.bms import VirtualBms
 
 __all__ = ["DirectSession"]
 

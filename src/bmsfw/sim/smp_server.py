@@ -28,8 +28,8 @@ no such check: the option is off by default).
 
 Transports: :func:`serve_udp` (one datagram per frame), :class:`SerialConsole`
 (SMP console framing on a pty, optionally paced at a baud rate) and
-:mod:`bmsfw.device.smp_ble` (the SMP GATT service on bumble virtual controllers). ``python -m
-bmsfw.device.smp_server`` runs one BMS with any of them in its own process and
+:mod:`bmsfw.sim.smp_ble` (the SMP GATT service on bumble virtual controllers). ``python -m
+bmsfw.sim.smp_server`` runs one BMS with any of them in its own process and
 prints ``READY {json}``.
 """
 
@@ -56,11 +56,9 @@ from typing import Any, Final, cast
 
 import cbor2
 
-from bmsfw.device._simprocess import SimProcess
-from bmsfw.device._stream_decode import active_image_digest
-from bmsfw.device.bms import VirtualBms
-from bmsfw.device.clock import Clock, RealClock
-from bmsfw.device.errors import (
+from bmsfw.errors import BmsfwError, PackageError
+from bmsfw.package.errors import AntiRollbackError, IncompatibleHardwareError
+from bmsfw.protocol.device_errors import (
     DeviceNotRunningError,
     NotConfirmableError,
     NotVerifiedError,
@@ -68,9 +66,6 @@ from bmsfw.device.errors import (
     VerifyFailedError,
     WriteOutOfRangeError,
 )
-from bmsfw.device.sim_can import ScaledClock
-from bmsfw.errors import BmsfwError, PackageError
-from bmsfw.package.errors import AntiRollbackError, IncompatibleHardwareError
 from bmsfw.protocol.smp.groups import (
     BMS_GROUP,
     CONFIG_SETTING,
@@ -82,6 +77,11 @@ from bmsfw.protocol.smp.groups import (
     backup_document,
     snapshot_from_document,
 )
+from bmsfw.sim._simprocess import SimProcess
+from bmsfw.sim._stream_decode import active_image_digest
+from bmsfw.sim.bms import VirtualBms
+from bmsfw.sim.clock import Clock, RealClock
+from bmsfw.sim.sim_can import ScaledClock
 
 __all__ = [
     "SerialConsole",
@@ -820,7 +820,7 @@ async def _serve(args: argparse.Namespace) -> None:
         info["can_broadcast"] = args.can_broadcast
         closers.append(broadcaster.close)
     if args.ble:
-        from bmsfw.device.smp_ble import serve_ble
+        from bmsfw.sim.smp_ble import serve_ble
 
         ble = await serve_ble(server, name=args.ble_name or f"BMS-{bms.serial}")
         info.update(ble.info)
@@ -880,7 +880,7 @@ def loopback_udp_address(port: int = 1337) -> str:
 
 
 class SimSmpProcess(SimProcess):
-    """``python -m bmsfw.device.smp_server`` in its own process (SIGKILL = power loss).
+    """``python -m bmsfw.sim.smp_server`` in its own process (SIGKILL = power loss).
 
     ``udp`` is ``HOST:PORT`` to serve on (port 0: any). Stock MCUmgr clients reach
     UDP port 1337 only; :func:`loopback_udp_address` gives each simulator a
@@ -902,7 +902,7 @@ class SimSmpProcess(SimProcess):
         log_file: str | Path | None = None,
         extra: list[str] | None = None,
     ) -> None:
-        args = [sys.executable, "-m", "bmsfw.device.smp_server", "--state-dir", str(state_dir)]
+        args = [sys.executable, "-m", "bmsfw.sim.smp_server", "--state-dir", str(state_dir)]
         if serial:
             args += ["--serial", "--baud", str(baud_bps)]
         if udp:

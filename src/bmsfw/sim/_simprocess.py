@@ -18,7 +18,7 @@ __all__ = ["SimProcess"]
 
 
 class SimProcess:
-    """Start ``args`` (a ``python -m bmsfw.device.sim_*`` command line) and wait for READY."""
+    """Start ``args`` (a ``python -m bmsfw.sim.sim_*`` command line) and wait for READY."""
 
     what = "virtual BMS process"
 

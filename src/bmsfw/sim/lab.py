@@ -34,10 +34,6 @@ from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device.images import make_app_payload
-from bmsfw.device.provision import provision
-from bmsfw.device.sim_can import node_state_dir
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.package import (
     Algorithm,
     ComponentSource,
@@ -57,6 +53,10 @@ from bmsfw.package import (
 from bmsfw.package._encrypt import EncPublicKey
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.uds import issue_tester_certificate, stored_component, tester_credentials
+from bmsfw.sim.images import make_app_payload
+from bmsfw.sim.provision import provision
+from bmsfw.sim.sim_can import node_state_dir
+from bmsfw.sim.spec import DeviceSpec
 
 __all__ = [
     "DEFAULT_SERIAL_FORMAT",
@@ -178,7 +178,7 @@ def signed_package(
     """A signed ``.bmsfw`` package with one ``app`` component, for ``spec``'s hardware.
 
     The app is ``payload`` if given, else a generated firmware of ``size`` bytes that
-    reports ``version`` and acts out ``behaviour`` (see :data:`bmsfw.device.BEHAVIOURS`);
+    reports ``version`` and acts out ``behaviour`` (see :data:`bmsfw.sim.BEHAVIOURS`);
     ``image`` instead ships an already-built MCUboot image. ``delta_from`` (a base
     image) stores the app as a patch against it; ``encrypt_to`` encrypts it for one
     device key. ``revisions`` defaults to ``spec.hw_revision`` alone, ``product`` to

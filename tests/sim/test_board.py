@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bmsfw.device import Calibration, DeviceConfig, SimClock, VirtualBms
-from bmsfw.device.battery import ocv_v
-from bmsfw.device.errors import ConfigChecksumError, ConfigValueError, DeviceNotRunningError
+from bmsfw.protocol.device_errors import (
+    ConfigChecksumError,
+    ConfigValueError,
+    DeviceNotRunningError,
+)
 from bmsfw.protocol.session import ConfigSnapshot
+from bmsfw.sim import Calibration, DeviceConfig, SimClock, VirtualBms
+from bmsfw.sim.battery import ocv_v
 
 
 def _failed(bms: VirtualBms) -> set[str]:

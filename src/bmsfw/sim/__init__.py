@@ -8,17 +8,17 @@ caller-controlled clock. Protocol servers (UDS, Modbus) call :class:`VirtualBms`
 through one device-side interface, :class:`BmsDevice`. See docs/virtual-bms.md.
 """
 
-from bmsfw.device._state import BootRecord
-from bmsfw.device.battery import BatteryModel, BoardState
-from bmsfw.device.bms import DTC_CODES, FaultInjector, VirtualBms
-from bmsfw.device.clock import Clock, RealClock, SimClock
-from bmsfw.device.config import CONFIG_SCHEMA_VERSION, Calibration, DeviceConfig
-from bmsfw.device.flash import FlashSpec, FlashTiming, PowerCutInjector
-from bmsfw.device.images import BEHAVIOURS, AppDescriptor, find_app_descriptor, make_app_payload
-from bmsfw.device.interface import BmsDevice
-from bmsfw.device.provision import factory_calibration, provision
-from bmsfw.device.records import BankInfo, DtcRecord, TransferStatus
-from bmsfw.device.spec import BootTiming, DeviceSpec
+from bmsfw.sim._state import BootRecord
+from bmsfw.sim.battery import BatteryModel, BoardState
+from bmsfw.sim.bms import DTC_CODES, FaultInjector, VirtualBms
+from bmsfw.sim.clock import Clock, RealClock, SimClock
+from bmsfw.sim.config import CONFIG_SCHEMA_VERSION, Calibration, DeviceConfig
+from bmsfw.sim.flash import FlashSpec, FlashTiming, PowerCutInjector
+from bmsfw.sim.images import BEHAVIOURS, AppDescriptor, find_app_descriptor, make_app_payload
+from bmsfw.sim.interface import BmsDevice
+from bmsfw.sim.provision import factory_calibration, provision
+from bmsfw.sim.records import BankInfo, DtcRecord, TransferStatus
+from bmsfw.sim.spec import BootTiming, DeviceSpec
 
 __all__ = [
     "BEHAVIOURS",

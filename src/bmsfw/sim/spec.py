@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bmsfw.device.flash import FlashSpec
+from bmsfw.sim.flash import FlashSpec
 
 __all__ = ["BootTiming", "DeviceSpec"]
 

@@ -3,13 +3,13 @@
 Each gateway is a real :class:`~bmsfw.fleet.agent.Agent` with its own
 credential, state directory and HTTP client (TLS verified against the CA when
 one is given), polling in its own thread. Its BMS are real
-:class:`~bmsfw.device.VirtualBms` devices (flash, OTP, bootloader and
+:class:`~bmsfw.sim.VirtualBms` devices (flash, OTP, bootloader and
 self-test, file-backed), reached **in process** through
-:class:`SimBmsSession` (a :class:`~bmsfw.device.direct.DirectSession`), not over
+:class:`SimBmsSession` (a :class:`~bmsfw.sim.direct.DirectSession`), not over
 CAN or RS485: the simulated fleet exercises the server, the agent and the update
 pipeline at scale, while the CAN/RS485 paths have their own end-to-end tests
 (and ``bmsfw agent --can ...`` drives real links). Device time runs on one
-:class:`~bmsfw.device.SimClock` per gateway, so boots, self-tests and preflight
+:class:`~bmsfw.sim.SimClock` per gateway, so boots, self-tests and preflight
 sampling windows cost no wall time.
 
 Faults, each a share of the devices (or of the requests for ``drop``), picked
@@ -40,16 +40,16 @@ from pathlib import Path
 
 import httpx
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
-from bmsfw.device.direct import DirectSession
-from bmsfw.device.errors import PowerCutError
-from bmsfw.device.flash import BANK_A, BANK_B
 from bmsfw.errors import BmsfwError, PackageError
 from bmsfw.fleet.agent import Agent, AgentConfig
 from bmsfw.fleet.agent_errors import AgentConfigError
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.package import TrustAnchors, key_hash, parse_image, verify_release
 from bmsfw.package._image import TLV_KEYHASH
+from bmsfw.protocol.device_errors import PowerCutError
+from bmsfw.sim import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
+from bmsfw.sim.direct import DirectSession
+from bmsfw.sim.flash import BANK_A, BANK_B
 from bmsfw.update.connect import Connection
 from bmsfw.update.profile import UpdateProfile
 

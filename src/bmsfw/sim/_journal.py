@@ -15,8 +15,8 @@ from __future__ import annotations
 import struct
 import zlib
 
-from bmsfw.device.errors import FlashProgramError
-from bmsfw.device.flash import Flash
+from bmsfw.protocol.device_errors import FlashProgramError
+from bmsfw.sim.flash import Flash
 
 _MAGIC = b"BREC"
 _HEAD = struct.Struct("<4sII")  # magic, seq, payload length

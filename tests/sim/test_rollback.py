@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import pytest
 
-from bmsfw.device import DeviceConfig, SimClock, VirtualBms
-from bmsfw.device.errors import (
+from bmsfw.protocol.device_errors import (
     DeviceNotRunningError,
     NotConfirmableError,
     RollbackBlockedError,
     UpdateInProgressError,
 )
+from bmsfw.sim import DeviceConfig, SimClock, VirtualBms
 
 from .conftest import Vendor, install
 

@@ -1,7 +1,7 @@
 """Modbus RTU server for the virtual BMS: register map v1 (docs/modbus.md) over pymodbus.
 
 One :class:`ModbusBmsNode` per BMS translates register accesses into calls on
-the BMS's device interface (:class:`~bmsfw.device.interface.BmsDevice`);
+the BMS's device interface (:class:`~bmsfw.sim.interface.BmsDevice`);
 :func:`serve_node` runs it as a pymodbus ``ModbusSerialServer`` on its own serial
 port (on the simulated RS485 bus each node owns one device-side attachment, so the
 nodes share the wire like real ones: a node answers only its own unit id, executes
@@ -18,7 +18,7 @@ Encoded transfers (docs/modbus.md, "Encoded transfers"): writing a non-zero
 component's *stored* bytes (compressed, delta patch, ciphertext). The value
 must be the staged manifest's (``codec.transfer_encoding``) and the bank must
 be blank; the node then feeds window writes, strictly in order, to
-:class:`~bmsfw.device._stream_decode.EncodedTransfer` and finishes the stream
+:class:`~bmsfw.sim._stream_decode.EncodedTransfer` and finishes the stream
 (sizes, digests, a delta applied active -> inactive) at ``VERIFY``. A decoder
 cannot resume mid-stream: an interrupted encoded transfer starts again at 0
 after ``ERASE``. Broadcasts never enter or feed an encoded stream.
@@ -34,13 +34,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from bmsfw.device._stream_decode import EncodedTransfer
-from bmsfw.device.config import snapshot_checksum
-from bmsfw.device.errors import NotVerifiedError
-from bmsfw.device.interface import BmsDevice
 from bmsfw.errors import BmsfwError
 from bmsfw.link.wire import modbus_silence_s
 from bmsfw.package import Component
+from bmsfw.protocol.device_errors import NotVerifiedError
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.registers import (
     AUTH_IDLE_TIMEOUT_S,
@@ -57,6 +54,9 @@ from bmsfw.protocol.modbus.registers import (
     TransferStateCode,
 )
 from bmsfw.protocol.session import ConfigSnapshot, SelfTestResult
+from bmsfw.sim._stream_decode import EncodedTransfer
+from bmsfw.sim.config import snapshot_checksum
+from bmsfw.sim.interface import BmsDevice
 
 __all__ = [
     "ModbusBmsNode",

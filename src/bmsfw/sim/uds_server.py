@@ -1,7 +1,7 @@
 """The UDS server of the virtual BMS (ISO 14229-1 over ISO-TP), on its device interface.
 
 One :class:`UdsServer` per BMS node, calling the BMS through
-:class:`~bmsfw.device.interface.BmsDevice` only. :meth:`UdsServer.handle` is the protocol core:
+:class:`~bmsfw.sim.interface.BmsDevice` only. :meth:`UdsServer.handle` is the protocol core:
 request bytes in, response bytes out (or ``None`` when the positive response is
 suppressed), all session/security/transfer state in the server object.
 :class:`UdsNodeRunner` puts it on ISO-TP: it reads requests from a physical and a
@@ -26,8 +26,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bmsfw.device._stream_decode import EncodedTransfer
-from bmsfw.device.errors import (
+from bmsfw.errors import BmsfwError, PackageError
+from bmsfw.link import NodeAddress
+from bmsfw.package import Component
+from bmsfw.protocol.device_errors import (
     ConfigChecksumError,
     ConfigSchemaError,
     ConfigValueError,
@@ -39,11 +41,6 @@ from bmsfw.device.errors import (
     VerifyFailedError,
     WriteOutOfRangeError,
 )
-from bmsfw.device.interface import BmsDevice
-from bmsfw.device.records import DtcRecord
-from bmsfw.errors import BmsfwError, PackageError
-from bmsfw.link import NodeAddress
-from bmsfw.package import Component
 from bmsfw.protocol.session import DeviceIdentity, TransferState
 from bmsfw.protocol.uds._auth import (
     TesterCertificateRejected,
@@ -77,6 +74,9 @@ from bmsfw.protocol.uds._codec import (
     seed_key,
     transfer_dfi,
 )
+from bmsfw.sim._stream_decode import EncodedTransfer
+from bmsfw.sim.interface import BmsDevice
+from bmsfw.sim.records import DtcRecord
 
 __all__ = [
     "DEV_SEED_KEY_SECRET",

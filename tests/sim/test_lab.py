@@ -1,4 +1,4 @@
-"""bmsfw.device.lab: the bench helpers make things a real BMS and tester accept."""
+"""bmsfw.sim.lab: the bench helpers make things a real BMS and tester accept."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms
-from bmsfw.device.lab import (
+from bmsfw.link import parse_can_link
+from bmsfw.package import TrustAnchors, VendorPki, verify_release
+from bmsfw.sim import SimClock, VirtualBms
+from bmsfw.sim.lab import (
     lab_pki,
     provision_nodes,
     signed_release,
     unique_multicast_link,
     write_tester_files,
 )
-from bmsfw.device.sim_can import node_state_dir
-from bmsfw.link import parse_can_link
-from bmsfw.package import TrustAnchors, VendorPki, verify_release
+from bmsfw.sim.sim_can import node_state_dir
 
 from .conftest import small_spec
 

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bmsfw.device._journal import Journal
-from bmsfw.device.errors import BootStateCorruptError
-from bmsfw.device.records import DtcRecord
+from bmsfw.protocol.device_errors import BootStateCorruptError
+from bmsfw.sim._journal import Journal
+from bmsfw.sim.records import DtcRecord
 
 BANKS = ("A", "B")
 DTC_LOG_MAX = 16

@@ -3,7 +3,7 @@
 ``bmsfw sim set --state-dir DIR --node N --supply-sag 16`` (or
 :func:`send_command`) drops one JSON command file into
 ``DIR/node<N>/control/``; the simulator process serving that node
-(:class:`~bmsfw.device.sim_can.CanSimulator`) polls the directory every
+(:class:`~bmsfw.sim.sim_can.CanSimulator`) polls the directory every
 100 ms, applies each command through the device's fault API
 (``VirtualBms.faults``) in the order written, then deletes the file and
 records the outcome in ``control/last-result.json``. A deleted command file is
@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmsfw.device.battery import PROTECTION_FAULTS
+from bmsfw.sim.battery import PROTECTION_FAULTS
 
 if TYPE_CHECKING:
-    from bmsfw.device.bms import VirtualBms
+    from bmsfw.sim.bms import VirtualBms
 
 __all__ = [
     "CONTROL_DIR",

@@ -31,8 +31,6 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bmsfw.device import flash as fl
-from bmsfw.device._state import StagedUpdate, bank_region, other_bank
 from bmsfw.package import (
     Manifest,
     TrustAnchors,
@@ -59,9 +57,11 @@ from bmsfw.package.errors import (
     DeltaPatchError,
     HashMismatchError,
 )
+from bmsfw.sim import flash as fl
+from bmsfw.sim._state import StagedUpdate, bank_region, other_bank
 
 if TYPE_CHECKING:
-    from bmsfw.device.bms import VirtualBms
+    from bmsfw.sim.bms import VirtualBms
 
 __all__ = [
     "EncodedTransfer",

@@ -10,15 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.device import SimClock, VirtualBms, provision
-from bmsfw.device.errors import (
-    EraseNeededError,
-    NoStagedUpdateError,
-    NotVerifiedError,
-    ProvisioningError,
-    VerifyFailedError,
-    WriteOutOfRangeError,
-)
 from bmsfw.errors import BmsfwError
 from bmsfw.package import (
     build_release,
@@ -36,6 +27,15 @@ from bmsfw.package.errors import (
     SafetyCriticalOverOtaError,
     UntrustedSignerError,
 )
+from bmsfw.protocol.device_errors import (
+    EraseNeededError,
+    NoStagedUpdateError,
+    NotVerifiedError,
+    ProvisioningError,
+    VerifyFailedError,
+    WriteOutOfRangeError,
+)
+from bmsfw.sim import SimClock, VirtualBms, provision
 
 from .conftest import Release, Vendor, small_spec
 
@@ -137,8 +137,8 @@ def test_image_signed_with_unfused_key_is_refused_at_verify(
     bms: VirtualBms, device_dir: Path, vendor: Vendor, other_vendor: Vendor
 ) -> None:
     """Manifest by the right vendor, MCUboot image signed with a key not fused in OTP."""
-    from bmsfw.device import make_app_payload
     from bmsfw.package import ComponentSource, HardwareCompat, verify_release
+    from bmsfw.sim import make_app_payload
 
     unsigned = build_release(
         product="BMS-16S firmware",

@@ -35,7 +35,7 @@ from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
-from bmsfw.device.smp_server import SmpBmsServer
+from bmsfw.sim.smp_server import SmpBmsServer
 
 __all__ = ["SMP_CHARACTERISTIC_UUID", "SMP_SERVICE_UUID", "BleSmpServer", "serve_ble"]
 

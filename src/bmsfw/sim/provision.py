@@ -15,18 +15,18 @@ import json
 import logging
 from pathlib import Path
 
-from bmsfw.device import flash as fl
-from bmsfw.device._journal import Journal
-from bmsfw.device._state import BootRecord, atomic_write, write_json
-from bmsfw.device.battery import BoardState
-from bmsfw.device.clock import SimClock
-from bmsfw.device.config import Calibration, DeviceConfig, encode_record
-from bmsfw.device.errors import ProvisioningError, StateDirectoryError
-from bmsfw.device.flash import Flash
-from bmsfw.device.otp import Otp
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.errors import PackageError
 from bmsfw.package import key_hash, load_public_key, public_key_der, verify_image
+from bmsfw.protocol.device_errors import ProvisioningError, StateDirectoryError
+from bmsfw.sim import flash as fl
+from bmsfw.sim._journal import Journal
+from bmsfw.sim._state import BootRecord, atomic_write, write_json
+from bmsfw.sim.battery import BoardState
+from bmsfw.sim.clock import SimClock
+from bmsfw.sim.config import Calibration, DeviceConfig, encode_record
+from bmsfw.sim.flash import Flash
+from bmsfw.sim.otp import Otp
+from bmsfw.sim.spec import DeviceSpec
 
 __all__ = ["BOOTLOADER_KEY_OFFSET", "factory_calibration", "provision", "read_bootloader_key"]
 

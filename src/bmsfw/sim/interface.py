@@ -1,9 +1,9 @@
 """The device-side interface of the virtual BMS: what its protocol servers call.
 
-The UDS server (:mod:`bmsfw.device.uds_server`), the Modbus RTU server
-(:mod:`bmsfw.device.modbus_server`) and any further server of the virtual BMS
+The UDS server (:mod:`bmsfw.sim.uds_server`), the Modbus RTU server
+(:mod:`bmsfw.sim.modbus_server`) and any further server of the virtual BMS
 (an MCUmgr SMP server, for one) talk to the BMS through :class:`BmsDevice` and
-nothing else; :class:`~bmsfw.device.bms.VirtualBms` implements it. A server keeps
+nothing else; :class:`~bmsfw.sim.bms.VirtualBms` implements it. A server keeps
 only what belongs to its protocol (sessions, security access, the transfer window,
 its wire encoding and its error codes); every fact about the firmware and every
 decision about it (what may be confirmed, what a rollback may do, whether a
@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from bmsfw.device.records import DtcRecord, TransferStatus
 from bmsfw.package import Component, ImageInfo
 from bmsfw.protocol.session import (
     BootStatus,
@@ -30,9 +29,10 @@ from bmsfw.protocol.session import (
     SelfTestResult,
     Telemetry,
 )
+from bmsfw.sim.records import DtcRecord, TransferStatus
 
 if TYPE_CHECKING:
-    from bmsfw.device._stream_decode import EncodedTransfer
+    from bmsfw.sim._stream_decode import EncodedTransfer
 
 __all__ = ["BmsDevice"]
 

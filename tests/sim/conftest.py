@@ -11,13 +11,13 @@ from typing import Literal
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from bmsfw.device import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
-from bmsfw.device.lab import LabRelease, lab_pki, signed_release
 from bmsfw.package import (
     TrustAnchors,
     VendorPki,
     key_hash,
 )
+from bmsfw.sim import DeviceSpec, FlashSpec, SimClock, VirtualBms, provision
+from bmsfw.sim.lab import LabRelease, lab_pki, signed_release
 
 MODEL = "BMS-16S"
 HW_REV = "C"

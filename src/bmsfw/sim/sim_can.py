@@ -4,7 +4,7 @@ In-process: :class:`CanSimulator` (``start()`` / ``stop()``) opens one bus per
 node (like one CAN controller per BMS) and serves node ``n`` from
 ``STATE_DIR/node<n>``. In its own process (what tests and ``bmsfw sim can`` use,
 so killing it is a power loss): :class:`SimCanProcess` runs
-``python -m bmsfw.device.sim_can`` and waits for its ``READY`` line.
+``python -m bmsfw.sim.sim_can`` and waits for its ``READY`` line.
 
 The device clock: wall time by default (a 128 KiB sector erase really takes
 ~1 s, so the server sends 0x78); ``time_scale`` > 1 runs the device's flash,
@@ -12,7 +12,7 @@ boot and self-test timing that many times faster (tests use 20).
 
 Live fault injection: every ``control_poll_s`` (100 ms) the simulator applies the
 commands queued in ``STATE_DIR/node<n>/control/`` (``bmsfw sim set``,
-:mod:`bmsfw.device.sim_control`) through the device's fault API.
+:mod:`bmsfw.sim.sim_control`) through the device's fault API.
 """
 
 from __future__ import annotations
@@ -34,15 +34,6 @@ from typing import Any
 
 import can
 
-from bmsfw.device._simprocess import SimProcess
-from bmsfw.device.bms import VirtualBms
-from bmsfw.device.clock import Clock, RealClock
-from bmsfw.device.sim_control import poll_commands
-from bmsfw.device.uds_server import (
-    UdsNodeRunner,
-    UdsServer,
-    UdsServerConfig,
-)
 from bmsfw.link.canlink import CanLinkSpec, open_can_bus, parse_can_link
 from bmsfw.link.isotp_stack import (
     IsoTpParams,
@@ -50,6 +41,15 @@ from bmsfw.link.isotp_stack import (
     functional_address,
     make_isotp_stack,
     node_address,
+)
+from bmsfw.sim._simprocess import SimProcess
+from bmsfw.sim.bms import VirtualBms
+from bmsfw.sim.clock import Clock, RealClock
+from bmsfw.sim.sim_control import poll_commands
+from bmsfw.sim.uds_server import (
+    UdsNodeRunner,
+    UdsServer,
+    UdsServerConfig,
 )
 
 __all__ = ["CanSimConfig", "CanSimulator", "ScaledClock", "SimCanProcess", "node_state_dir"]
@@ -252,7 +252,7 @@ class CanSimulator:
 
 
 class SimCanProcess(SimProcess):
-    """The simulator in its own process (``python -m bmsfw.device.sim_can``)."""
+    """The simulator in its own process (``python -m bmsfw.sim.sim_can``)."""
 
     def __init__(
         self,
@@ -269,7 +269,7 @@ class SimCanProcess(SimProcess):
         args = [
             sys.executable,
             "-m",
-            "bmsfw.device.sim_can",
+            "bmsfw.sim.sim_can",
             "--link",
             link,
             "--state-dir",

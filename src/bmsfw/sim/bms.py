@@ -1,7 +1,7 @@
 """The virtual BMS: bootloader, application firmware and board in one object.
 
 A :class:`VirtualBms` is one powered-on BMS whose whole state lives in a state
-directory (see :func:`bmsfw.device.provision.provision`). Creating the object is
+directory (see :func:`bmsfw.sim.provision.provision`). Creating the object is
 switching the power on; it then boots like the real thing, on the caller's
 clock:
 
@@ -51,51 +51,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar
 
-from bmsfw.device import flash as fl
-from bmsfw.device._journal import Journal
-from bmsfw.device._state import (
-    BootRecord,
-    StagedUpdate,
-    append_dtc,
-    bank_region,
-    other_bank,
-    read_dtcs,
-    write_json,
-)
-from bmsfw.device.battery import PROTECTION_FAULTS, BatteryModel, BoardState
-from bmsfw.device.clock import Clock, RealClock
-from bmsfw.device.config import (
-    CAN_BITRATES_BPS,
-    CONFIG_SCHEMA_VERSION,
-    RS485_BAUDS,
-    Calibration,
-    DeviceConfig,
-    check_snapshot,
-    decode_record,
-    encode_record,
-    snapshot_checksum,
-)
-from bmsfw.device.errors import (
-    ConfigSchemaError,
-    ConfigValueError,
-    DeviceNotRunningError,
-    EraseNeededError,
-    NoStagedUpdateError,
-    NotConfirmableError,
-    NotVerifiedError,
-    PowerCutError,
-    RollbackBlockedError,
-    StateDirectoryError,
-    UpdateInProgressError,
-    VerifyFailedError,
-    WriteOutOfRangeError,
-    WrongStateError,
-)
-from bmsfw.device.flash import Flash, PowerCutInjector
-from bmsfw.device.images import AppDescriptor, find_app_descriptor
-from bmsfw.device.otp import Otp
-from bmsfw.device.records import BankInfo, DtcRecord, TransferStatus
-from bmsfw.device.spec import DeviceSpec
 from bmsfw.errors import PackageError
 from bmsfw.package import (
     Component,
@@ -114,6 +69,22 @@ from bmsfw.package.errors import (
     IncompatibleHardwareError,
     InvalidManifestError,
 )
+from bmsfw.protocol.device_errors import (
+    ConfigSchemaError,
+    ConfigValueError,
+    DeviceNotRunningError,
+    EraseNeededError,
+    NoStagedUpdateError,
+    NotConfirmableError,
+    NotVerifiedError,
+    PowerCutError,
+    RollbackBlockedError,
+    StateDirectoryError,
+    UpdateInProgressError,
+    VerifyFailedError,
+    WriteOutOfRangeError,
+    WrongStateError,
+)
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -122,12 +93,41 @@ from bmsfw.protocol.session import (
     SelfTestResult,
     Telemetry,
 )
+from bmsfw.sim import flash as fl
+from bmsfw.sim._journal import Journal
+from bmsfw.sim._state import (
+    BootRecord,
+    StagedUpdate,
+    append_dtc,
+    bank_region,
+    other_bank,
+    read_dtcs,
+    write_json,
+)
+from bmsfw.sim.battery import PROTECTION_FAULTS, BatteryModel, BoardState
+from bmsfw.sim.clock import Clock, RealClock
+from bmsfw.sim.config import (
+    CAN_BITRATES_BPS,
+    CONFIG_SCHEMA_VERSION,
+    RS485_BAUDS,
+    Calibration,
+    DeviceConfig,
+    check_snapshot,
+    decode_record,
+    encode_record,
+    snapshot_checksum,
+)
+from bmsfw.sim.flash import Flash, PowerCutInjector
+from bmsfw.sim.images import AppDescriptor, find_app_descriptor
+from bmsfw.sim.otp import Otp
+from bmsfw.sim.records import BankInfo, DtcRecord, TransferStatus
+from bmsfw.sim.spec import DeviceSpec
 from bmsfw.update.profile import SELF_TEST_LIMITS
 
 if TYPE_CHECKING:
     import datetime as dt
 
-    from bmsfw.device._stream_decode import EncodedTransfer
+    from bmsfw.sim._stream_decode import EncodedTransfer
 
 __all__ = ["DTC_CODES", "VirtualBms"]
 
@@ -259,7 +259,7 @@ class VirtualBms:
     def _bootloader_keys(self) -> tuple[bytes, ...]:
         """The image-signing public key compiled into the bootloader (trusted only if it
         hashes to the OTP value, which verify_image_stream checks)."""
-        from bmsfw.device.provision import read_bootloader_key
+        from bmsfw.sim.provision import read_bootloader_key
 
         key = read_bootloader_key(self.flash.view(fl.BOOTLOADER))
         return () if key is None else (key,)
@@ -1374,7 +1374,7 @@ class VirtualBms:
         self._advance()
 
     # ------------------------------------------------------------------ for protocol servers
-    # (the rest of bmsfw.device.interface.BmsDevice is the API above)
+    # (the rest of bmsfw.sim.interface.BmsDevice is the API above)
 
     def responsive(self) -> bool:
         return not self._dead and self._run_state in ("application", "bootloader")
@@ -1386,27 +1386,27 @@ class VirtualBms:
         return self.otp.root_key_hash
 
     def image_digest(self) -> bytes:
-        from bmsfw.device._stream_decode import active_image_digest
+        from bmsfw.sim._stream_decode import active_image_digest
 
         return active_image_digest(self)
 
     def check_release(self, header: bytes) -> None:
-        from bmsfw.device._stream_decode import check_release
+        from bmsfw.sim._stream_decode import check_release
 
         check_release(self, header)
 
     def staged_component(self) -> Component | None:
-        from bmsfw.device._stream_decode import staged_component
+        from bmsfw.sim._stream_decode import staged_component
 
         return staged_component(self) if self.responsive() else None
 
     def bank_blank(self) -> bool:
-        from bmsfw.device._stream_decode import staged_bank_blank
+        from bmsfw.sim._stream_decode import staged_bank_blank
 
         return staged_bank_blank(self)
 
     def begin_encoded(self) -> EncodedTransfer:
-        from bmsfw.device._stream_decode import EncodedTransfer
+        from bmsfw.sim._stream_decode import EncodedTransfer
 
         return EncodedTransfer(self)
 

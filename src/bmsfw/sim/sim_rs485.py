@@ -7,7 +7,7 @@ thread that lets the devices' firmware catch up with the clock (boots and
 self-tests run concurrently, as on real hardware). Node ``n`` has unit id ``n``
 and its state in ``STATE_DIR/node<n>``. In its own process (what tests and
 ``bmsfw sim rs485`` use, so killing it is a power loss): :class:`SimRs485Process`
-runs ``python -m bmsfw.device.sim_rs485`` and reads its ``READY {json}`` line,
+runs ``python -m bmsfw.sim.sim_rs485`` and reads its ``READY {json}`` line,
 which carries the host pty path.
 """
 
@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmsfw.device._simprocess import SimProcess
-from bmsfw.device.bms import VirtualBms
-from bmsfw.device.clock import Clock, RealClock
-from bmsfw.device.modbus_server import ModbusBmsNode, serve_node
-from bmsfw.device.sim_can import ScaledClock, node_state_dir
-from bmsfw.device.sim_control import poll_commands
 from bmsfw.link.serialbus import RS485Bus
 from bmsfw.link.uart import SerialParams
 from bmsfw.link.wire import FRAME_GAPS
+from bmsfw.sim._simprocess import SimProcess
+from bmsfw.sim.bms import VirtualBms
+from bmsfw.sim.clock import Clock, RealClock
+from bmsfw.sim.modbus_server import ModbusBmsNode, serve_node
+from bmsfw.sim.sim_can import ScaledClock, node_state_dir
+from bmsfw.sim.sim_control import poll_commands
 
 __all__ = ["Rs485SimConfig", "Rs485Simulator", "SimRs485Process", "node_state_dir"]
 
@@ -291,7 +291,7 @@ class _NodeProcess(SimProcess):
             [
                 sys.executable,
                 "-m",
-                "bmsfw.device.sim_rs485",
+                "bmsfw.sim.sim_rs485",
                 "--state-dir",
                 config.state_dir,
                 "--baud",
@@ -309,7 +309,7 @@ class _NodeProcess(SimProcess):
 
 
 class SimRs485Process(SimProcess):
-    """The string in its own process (``python -m bmsfw.device.sim_rs485``)."""
+    """The string in its own process (``python -m bmsfw.sim.sim_rs485``)."""
 
     what = "RS485 simulator"
 
@@ -331,7 +331,7 @@ class SimRs485Process(SimProcess):
         args = [
             sys.executable,
             "-m",
-            "bmsfw.device.sim_rs485",
+            "bmsfw.sim.sim_rs485",
             "--state-dir",
             str(state_dir),
             "--nodes",
