@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import create_token, init_database
@@ -24,6 +20,7 @@ from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.protocol import BmsReport, CheckIn
 from bmsfw.fleet.testing import write_test_ca_and_server
 from bmsfw.update.backup import load_backup
+from server_support import serve_https
 
 from .conftest import HW_REV, MODEL, Bench, Kit, run_bmsfw
 
@@ -37,11 +34,6 @@ class CloudServer:
 
     def client(self, token: str) -> FleetClient:
         return FleetClient(ClientConfig(self.url, token, ca_file=self.ca))
-
-
-class _ThreadedUvicorn(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns the signals
-        pass
 
 
 @pytest.fixture
@@ -59,31 +51,8 @@ def cloud(tmp_path: Path, kit: Kit) -> Iterator[CloudServer]:
         tick_interval_s=0,
         migrate=False,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = _ThreadedUvicorn(
-        uvicorn.Config(
-            create_app(config),
-            host="127.0.0.1",
-            port=port,
-            ssl_certfile=str(tls.cert),
-            ssl_keyfile=str(tls.key),
-            log_level="warning",
-            access_log=False,
-        )
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn-cloud-backup", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield CloudServer(f"https://127.0.0.1:{port}", tls.ca, admin, token_file)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_https(create_app(config), tls, "cloud-backup") as url:
+        yield CloudServer(url, tls.ca, admin, token_file)
 
 
 def _register(cloud: CloudServer, serial: str) -> None:

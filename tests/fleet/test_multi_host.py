@@ -5,11 +5,6 @@ uploaded through one is downloaded, with Range, through the other."""
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,54 +13,9 @@ import httpx
 import pytest
 
 from bmsfw.fleet.bootstrap import init_database
+from server_support import serve_process
 
 from .conftest import make_release
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(db_url: str, workdir: Path, root: Path) -> tuple[subprocess.Popen[bytes], str]:
-    workdir.mkdir()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from bmsfw.cli import main; main()",
-            "fleet",
-            "serve",
-            "--db",
-            db_url,
-            "--trust-root",
-            str(root),
-            "--port",
-            str(port),
-            "--access-log",
-            "",
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def _wait_up(proc: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server at {url} did not start")
 
 
 @pytest.fixture
@@ -76,24 +26,12 @@ def two_hosts(
     assert admin is not None
     root = tmp_path / "root.pem"
     root.write_bytes(root_pem)
-    procs = []
-    try:
-        a, url_a = _serve(db_url, tmp_path / "host-a", root)
-        procs.append(a)
-        b, url_b = _serve(db_url, tmp_path / "host-b", root)
-        procs.append(b)
-        _wait_up(a, url_a)
-        _wait_up(b, url_b)
-        yield url_a, url_b, admin, tmp_path / "host-a", tmp_path / "host-b"
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    args = ["--db", db_url, "--trust-root", str(root), "--access-log", ""]
+    dir_a, dir_b = tmp_path / "host-a", tmp_path / "host-b"
+    dir_a.mkdir()
+    dir_b.mkdir()
+    with serve_process(args, cwd=dir_a) as a, serve_process(args, cwd=dir_b) as b:
+        yield a.url, b.url, admin, dir_a, dir_b
 
 
 def test_upload_through_one_process_download_with_range_through_another(

@@ -3,11 +3,6 @@ two worker processes on one database; the client verifies the server against the
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +14,8 @@ from bmsfw.cli._registry import register_all
 from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.errors import FleetConfigError, TlsVerificationError
 from bmsfw.fleet.protocol import CheckIn
-from bmsfw.fleet.testing import write_test_ca_and_server
+from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
+from server_support import serve_process
 
 from .conftest import bms, make_release
 
@@ -29,12 +25,6 @@ def _write_ca_and_server(directory: Path, label: str) -> tuple[Path, Path, Path]
         directory, prefix=f"{label}-", ca_name=f"{label} fleet test CA"
     )
     return files.ca, files.cert, files.key
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_cli(args: list[str]) -> str:
@@ -50,54 +40,11 @@ def https_server(tmp_path: Path, root_pem: bytes) -> Iterator[tuple[str, Path, s
     (tmp_path / "root.pem").write_bytes(root_pem)
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     admin = _run_cli(["fleet", "init", "--db", db]).strip().splitlines()[-1]
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from bmsfw.cli import main; main()",
-            "fleet",
-            "serve",
-            "--db",
-            db,
-            "--artifacts",
-            str(tmp_path / "artifacts"),
-            "--trust-root",
-            str(tmp_path / "root.pem"),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ},
-    )
-    url = f"https://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with FleetClient(ClientConfig(url, admin, ca_file=ca, timeout_s=2)) as c:
-                    c.whoami()
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.stdout.read().decode() if proc.stdout else ""
-                    raise AssertionError(f"server did not come up:\n{out}") from None
-                time.sleep(0.2)
-        yield url, ca, admin
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["--db", db, "--trust-root", str(tmp_path / "root.pem"), "--workers", "2"]
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    with serve_process(args, cwd=workdir, tls=TestTlsFiles(ca, cert, key)) as server:
+        yield server.url, ca, admin
 
 
 @pytest.mark.req("SEED-OTA-ENCRYPTION")

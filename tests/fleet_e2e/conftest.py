@@ -3,8 +3,7 @@ fleet server under uvicorn (HTTPS, in a thread, on a free port) with an admin to
 
 from __future__ import annotations
 
-import socket
-import threading
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from agent_support import Vendor
 from bmsfw.fleet.app import ServerConfig, create_app
@@ -21,6 +19,7 @@ from bmsfw.fleet.client import ClientConfig, FleetClient
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from bmsfw.fleet.tuf_repo import TufSettings
 from bmsfw.sim.fleet import SimFleet, SimFleetConfig
+from server_support import serve_https
 
 
 @pytest.fixture(scope="session")
@@ -46,12 +45,6 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     return write_test_ca_and_server(tmp_path_factory.mktemp("tls"), ca_name="bmsfw e2e test CA")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
@@ -69,56 +62,29 @@ class Server:
             return c.post(path, body)
 
 
-class _ThreadedUvicorn(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns the signals
-        pass
-
-
 @pytest.fixture
 def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callable[..., Server]]:
     """Start fleet servers (real uvicorn, HTTPS, SQLite); all stopped at the end."""
-    running: list[tuple[_ThreadedUvicorn, threading.Thread]] = []
+    with contextlib.ExitStack() as running:
 
-    def start(
-        name: str = "fleet", *, poll_interval_s: int = 1, tuf: TufSettings | None = None
-    ) -> Server:
-        db_url = f"sqlite:///{tmp_path / (name + '.db')}"
-        admin = init_database(db_url)
-        assert admin is not None
-        config = ServerConfig(
-            db_url=db_url,
-            trust_root_pem=vendor.root_pem,
-            poll_interval_s=poll_interval_s,
-            tick_interval_s=0.2,
-            migrate=False,
-            tuf=tuf,
-        )
-        port = _free_port()
-        server = _ThreadedUvicorn(
-            uvicorn.Config(
-                create_app(config),
-                host="127.0.0.1",
-                port=port,
-                ssl_certfile=str(tls.cert),
-                ssl_keyfile=str(tls.key),
-                log_level="warning",
-                access_log=False,
+        def start(
+            name: str = "fleet", *, poll_interval_s: int = 1, tuf: TufSettings | None = None
+        ) -> Server:
+            db_url = f"sqlite:///{tmp_path / (name + '.db')}"
+            admin = init_database(db_url)
+            assert admin is not None
+            config = ServerConfig(
+                db_url=db_url,
+                trust_root_pem=vendor.root_pem,
+                poll_interval_s=poll_interval_s,
+                tick_interval_s=0.2,
+                migrate=False,
+                tuf=tuf,
             )
-        )
-        thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            assert thread.is_alive(), "uvicorn stopped during start-up"
-            time.sleep(0.02)
-        running.append((server, thread))
-        return Server(f"https://127.0.0.1:{port}", db_url, admin, tls.ca)
+            url = running.enter_context(serve_https(create_app(config), tls, name))
+            return Server(url, db_url, admin, tls.ca)
 
-    yield start
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(10)
+        yield start
 
 
 def wait_for(

@@ -9,6 +9,7 @@ from sqlalchemy import (
 )
 
 from bmsfw.fleet.auth import Principal
+from bmsfw.fleet.device_query import devices_with_gateway, has_open_flag, open_flag_kinds
 from bmsfw.fleet.errors import (
     FleetNotFoundError,
 )
@@ -31,37 +32,22 @@ class InventoryOps(ServiceBase):
         self, *, site: str | None = None, model: str | None = None, flagged: bool = False
     ) -> list[dict[str, Any]]:
         with self.sessions() as session:
-            query = select(Device, Gateway.name).join(Gateway, Gateway.id == Device.gateway_id)
+            query = devices_with_gateway()
             if site:
                 query = query.where(Device.site == site)
             if model:
                 query = query.where(Device.model == model)
-            open_flags: dict[int, list[str]] = {}
-            for device_id, kind in session.execute(
-                select(DeviceFlag.device_id, DeviceFlag.kind).where(
-                    DeviceFlag.acknowledged_at.is_(None)
-                )
-            ):
-                open_flags.setdefault(device_id, []).append(kind)
-            result = []
-            for device, gateway_name in session.execute(query.order_by(Device.serial)):
-                if flagged and device.id not in open_flags:
-                    continue
-                result.append(_device_dict(device, gateway_name, open_flags.get(device.id, [])))
-            return result
+            if flagged:
+                query = query.where(has_open_flag())
+            flags = open_flag_kinds(session, None)  # the whole inventory: every open flag
+            rows = session.execute(query.order_by(Device.serial)).all()
+            return [_device_dict(d, gateway, flags.get(d.id, [])) for d, gateway in rows]
 
     def get_device(self, serial: str) -> dict[str, Any]:
         with self.sessions() as session:
             device = self._device(session, serial)
             gateway = session.get(Gateway, device.gateway_id)
-            flags = [
-                f.kind
-                for f in session.scalars(
-                    select(DeviceFlag).where(
-                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
-                    )
-                )
-            ]
+            flags = open_flag_kinds(session, [device.id]).get(device.id, [])
             info = _device_dict(device, gateway.name if gateway else "", flags)
             info["campaigns"] = [
                 {"campaign_id": cd.campaign_id, "state": cd.state, "error_code": cd.error_code}
@@ -96,14 +82,7 @@ class InventoryOps(ServiceBase):
                 )
                 device.gateway_id, device.site = target.id, target.site
             session.flush()
-            flags = [
-                f.kind
-                for f in session.scalars(
-                    select(DeviceFlag).where(
-                        DeviceFlag.device_id == device.id, DeviceFlag.acknowledged_at.is_(None)
-                    )
-                )
-            ]
+            flags = open_flag_kinds(session, [device.id]).get(device.id, [])
             return _device_dict(device, target.name, flags)
 
     def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, case, desc, exists, func, select
+from sqlalchemy import Select, case, desc, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from bmsfw.fleet.device_query import devices_with_gateway, has_open_flag, open_flag_kinds
 from bmsfw.fleet.models import (
     Campaign,
     CampaignDevice,
     Device,
     DeviceFlag,
     DeviceStateEvent,
-    Gateway,
     Release,
 )
 from bmsfw.fleet.web.catalogue import Explanation, explain
@@ -296,7 +296,7 @@ class FleetQueries:
         size = max(1, min(size, MAX_PAGE_SIZE))
         page = max(1, page)
         since = self._online_since(now)
-        query = select(Device, Gateway.name).join(Gateway, Gateway.id == Device.gateway_id)
+        query = devices_with_gateway()
         conditions = []
         if f.model:
             conditions.append(Device.model == f.model)
@@ -305,11 +305,7 @@ class FleetQueries:
         if f.site:
             conditions.append(Device.site == f.site)
         if f.flagged:
-            conditions.append(
-                exists().where(
-                    DeviceFlag.device_id == Device.id, DeviceFlag.acknowledged_at.is_(None)
-                )
-            )
+            conditions.append(has_open_flag())
         if f.online == "yes":
             conditions.append(Device.last_seen_at >= since)
         elif f.online == "no":
@@ -321,14 +317,7 @@ class FleetQueries:
             rows = s.execute(
                 query.where(*conditions).order_by(*order).limit(size).offset((page - 1) * size)
             ).all()
-            flags: dict[int, list[str]] = {}
-            for device_id, kind in s.execute(
-                select(DeviceFlag.device_id, DeviceFlag.kind).where(
-                    DeviceFlag.device_id.in_([d.id for d, _ in rows]),
-                    DeviceFlag.acknowledged_at.is_(None),
-                )
-            ):
-                flags.setdefault(device_id, []).append(kind)
+            flags = open_flag_kinds(s, [d.id for d, _ in rows])
         return Page(
             rows=[
                 DeviceRow(
