@@ -28,6 +28,7 @@ SECURITY_COUNTER, RUNNING_VERSION, REVERT_REASON = 0x0104, 0x0106, 0x0116
 SELFTEST_STATE, LAST_RESULT, AUTH_STATE, LAST_MESSAGE = 0x0200, 0x0301, 0x0309, 0x0310
 BLOCK_SIZE, BLOCK_COUNT = 0x0306, 0x0307
 CHALLENGE, CHALLENGE_LENGTH, BLOCK_CRC = 0x0400, 0x0420, 0x0A00
+IMAGE_KEY_COUNT, IMAGE_KEY_HASHES = 0x0150, 0x0151
 # holding registers
 COMMAND_ARG, UPLOAD_LENGTH, UPLOAD, TRANSFER_WINDOW = 0x1000, 0x1002, 0x2000, 0x8000
 # commands
@@ -80,6 +81,13 @@ def read_input(client: ModbusSerialClient, address: int, count: int) -> list[int
     response = client.read_input_registers(address, count=count, device_id=UNIT)
     assert not response.isError(), response
     return list(response.registers)
+
+
+def image_keys(client: ModbusSerialClient) -> list[bytes]:
+    """docs/modbus.md "Image keys": image_key_count, then 16 registers per SHA-256."""
+    (count,) = read_input(client, IMAGE_KEY_COUNT, 1)
+    raw = regs_to_bytes(read_input(client, IMAGE_KEY_HASHES, 16 * count)) if count else b""
+    return [raw[32 * i : 32 * i + 32] for i in range(count)]
 
 
 def status(client: ModbusSerialClient) -> Status:

@@ -8,6 +8,7 @@ import pytest
 
 from . import modbus_client as mb
 from .conftest import Simulator, Vendor, sim_set
+from .uds_client import key_hash
 
 
 def _refusal(call: object, *args: object) -> tuple[int, int]:
@@ -90,5 +91,17 @@ def test_pack_current_sign_and_unit(rs485_bench: tuple[Simulator, str]) -> None:
         sim_set(sim, "--current", "-12.5")
         high, low = mb.read_input(client, mb.PACK_CURRENT, 2)
         assert struct.unpack(">i", struct.pack(">HH", high, low)) == (-12_500,)
+    finally:
+        client.close()
+
+
+@pytest.mark.req("SEED-SECURE-BOOT")
+def test_fused_image_key_is_readable(rs485_bench: tuple[Simulator, str], vendor: Vendor) -> None:
+    """Input registers image_key_count / image_key_hashes (docs/modbus.md "Image keys")."""
+    _, pty = rs485_bench
+    expected = key_hash((vendor.pki / "image-signing.pub").read_bytes())
+    client = mb.open_client(pty)
+    try:
+        assert mb.image_keys(client) == [expected]
     finally:
         client.close()

@@ -132,3 +132,13 @@ def test_pack_current_sign_and_unit(can_bench: tuple[Simulator, str, int]) -> No
         assert struct.unpack(">i", uds.read(client, uds.DID_PACK_CURRENT)) == (-12_500,)
         sim_set(sim, "--current", "40")  # charging
         assert struct.unpack(">i", uds.read(client, uds.DID_PACK_CURRENT)) == (40_000,)
+
+
+@pytest.mark.req("SEED-SECURE-BOOT")
+def test_fused_image_key_is_readable(can_bench: tuple[Simulator, str, int], vendor: Vendor) -> None:
+    """DID 0x0103: the hash of the vendor's image-signing key, as imgtool's KEYHASH names
+    it, so a tool can refuse a foreign-key image before it sends a byte."""
+    _, group, port = can_bench
+    expected = uds.key_hash((vendor.pki / "image-signing.pub").read_bytes())
+    with uds.connect(group, port) as client:
+        assert uds.image_keys(client) == [expected]

@@ -8,6 +8,7 @@ tester would be.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ DID_SOFTWARE_VERSION = 0xF189
 DID_SECURITY_COUNTER = 0x0100
 DID_PACK_CURRENT = 0x0112
 DID_BOOT_STATUS = 0x0120
+DID_IMAGE_KEYS = 0x0103
 RID_ERASE, RID_CHECK = 0xFF00, 0xFF01
 RID_STAGE, RID_ACTIVATE, RID_CONFIRM, RID_ROLLBACK = 0x0201, 0x0202, 0x0203, 0x0204
 RUN_STATES = ("application", "booting", "self-test", "bootloader", "off")
@@ -128,6 +130,7 @@ def connect(group: str, port: int, node: int = 1) -> Iterator[Client]:
         DID_SECURITY_COUNTER: _Raw,
         DID_PACK_CURRENT: _Raw,
         DID_BOOT_STATUS: _Raw,
+        DID_IMAGE_KEYS: _Raw,
     }
     try:
         with Client(PythonIsoTpConnection(stack), config=config) as client:  # type: ignore[arg-type]
@@ -143,6 +146,22 @@ def read(client: Client, did: int) -> Any:
 
 def boot_status(client: Client) -> BootStatus:
     return BootStatus.decode(read(client, DID_BOOT_STATUS))
+
+
+def image_keys(client: Client) -> list[bytes]:
+    """DID 0x0103: uint8 n, then n SHA-256 values of the fused image-verification keys."""
+    data = read(client, DID_IMAGE_KEYS)
+    assert len(data) == 1 + 32 * data[0], data
+    return [data[1 + 32 * i : 33 + 32 * i] for i in range(data[0])]
+
+
+def key_hash(public_key_pem: bytes) -> bytes:
+    """docs/uds.md: SHA-256 of the key's DER SubjectPublicKeyInfo (imgtool's KEYHASH)."""
+    key = serialization.load_pem_public_key(public_key_pem)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).digest()
 
 
 def authenticate(client: Client, tester: Credentials, session: int) -> None:

@@ -17,6 +17,8 @@ so each rule exists once:
   are not JSON and are refused), UTF-8.
 * :func:`counter_value`, :func:`device_text` - a security counter is a number in
   0..2^32-1; identity texts are bounded and decoded, never interpreted.
+* :func:`image_key_hashes` - the fused image-key hashes a BMS reports: at most
+  ``MAX_IMAGE_KEYS`` SHA-256 values (32 bytes each), not all zero or all 0xFF.
 
 Every function raises :class:`ValueError` with the field it refused; the client
 turns that into its protocol's own error (UDS E363, Modbus E381) or, for values
@@ -41,6 +43,7 @@ __all__ = [
     "CELL_V_MAX",
     "CURRENT_A_MAX",
     "MAX_DOCUMENT_BYTES",
+    "MAX_IMAGE_KEYS",
     "MAX_JSON_DEPTH",
     "MAX_TEXT_CHARS",
     "PACK_V_MAX",
@@ -52,6 +55,7 @@ __all__ = [
     "decode_config_document",
     "decoded",
     "device_text",
+    "image_key_hashes",
     "physical_telemetry",
     "strict_json",
 ]
@@ -71,6 +75,8 @@ MAX_JSON_DEPTH = 16
 #: identity strings (vendor, model, serial, versions)
 MAX_TEXT_CHARS = 64
 COUNTER_MAX = 0xFFFF_FFFF
+#: image-verification keys a BMS may report (MCUboot builds hold one, rarely two)
+MAX_IMAGE_KEYS = 4
 
 
 class ImplausibleValue(ValueError):  # noqa: N818 - a verdict the client maps to E365
@@ -160,6 +166,23 @@ def device_text(raw: object, what: str) -> str:
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"{what}: {len(text)} characters, more than {MAX_TEXT_CHARS}")
     return text
+
+
+def image_key_hashes(hashes: list[bytes], what: str) -> tuple[str, ...]:
+    """Fused image-key hashes as lower-case hex: each 32 bytes, at most ``MAX_IMAGE_KEYS``.
+
+    An erased (all 0xFF) or blank (all zero) value is no key: refused, never a match.
+    """
+    if len(hashes) > MAX_IMAGE_KEYS:
+        raise ValueError(f"{what}: {len(hashes)} image keys, more than {MAX_IMAGE_KEYS}")
+    out: list[str] = []
+    for i, raw in enumerate(hashes):
+        if not isinstance(raw, bytes | bytearray) or len(raw) != 32:
+            raise ValueError(f"{what}: key hash {i} is not 32 bytes")
+        if raw in (bytes(32), b"\xff" * 32):
+            raise ValueError(f"{what}: key hash {i} is blank (no key fused)")
+        out.append(bytes(raw).hex())
+    return tuple(out)
 
 
 def decoded(what: str, fn: Callable[[], _T], invalid: Callable[[str], BmsfwError]) -> _T:

@@ -49,6 +49,10 @@ class DeviceIdentity:
     security_counter: int
     active_bank: str
     address: str = ""  # how this session reaches it, e.g. "can:udp_multicast/node 3"
+    # Lower-case hex SHA-256 of each image-verification key the BMS's bootloader holds
+    # (its fused MCUboot key hashes: UDS DID 0x0103, Modbus input registers 0x0150,
+    # SMP identity). Empty: the BMS does not report them; only the BMS checks the key.
+    image_key_hashes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

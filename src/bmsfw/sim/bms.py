@@ -833,6 +833,8 @@ class VirtualBms:
             app_version=running.version if running else "",
             security_counter=self.otp.security_counter,
             active_bank=running.bank if running else "",
+            # the bootloader's one image key, once fused (MCUboot: its KEYHASH)
+            image_key_hashes=(self.otp.image_key_hash.hex(),) if self.otp.locked else (),
         )
 
     @_api

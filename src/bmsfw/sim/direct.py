@@ -18,6 +18,7 @@ refused in :meth:`prepare`, before anything is erased.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Literal
@@ -67,18 +68,7 @@ class DirectSession:
         return f"direct:{self.bms.serial}"
 
     def identify(self) -> DeviceIdentity:
-        ident = self.bms.identity()
-        return DeviceIdentity(
-            vendor=ident.vendor,
-            model=ident.model,
-            hw_revision=ident.hw_revision,
-            serial=ident.serial,
-            bootloader_version=ident.bootloader_version,
-            app_version=ident.app_version,
-            security_counter=ident.security_counter,
-            active_bank=ident.active_bank,
-            address=self.address,
-        )
+        return dataclasses.replace(self.bms.identity(), address=self.address)
 
     def read_telemetry(self) -> Telemetry:
         return self.bms.telemetry()

@@ -228,6 +228,13 @@ class ModbusBmsNode:
         if INPUT.IMAGE_SHA256 <= addr < INPUT.IMAGE_SHA256_END:
             regs = self._block(cache, "digest", self._digest_block)
             return regs[addr - INPUT.IMAGE_SHA256]
+        if INPUT.IMAGE_KEY_COUNT <= addr < INPUT.IMAGE_KEY_HASHES_END:
+            regs = self._block(
+                cache,
+                "keys",
+                lambda: codec.encode_image_keys(self.device.identity().image_key_hashes),
+            )
+            return regs[addr - INPUT.IMAGE_KEY_COUNT]
         if INPUT.SELFTEST_STATE <= addr < INPUT.SELFTEST_BLOCK_END:
             regs = self._block(cache, "selftest", self._selftest_block)
             return regs[addr - INPUT.SELFTEST_STATE]

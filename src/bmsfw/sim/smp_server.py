@@ -457,6 +457,7 @@ class SmpBmsServer:
             "app_version": i.app_version,
             "security_counter": i.security_counter,
             "active_bank": i.active_bank,
+            "image_key_hashes": [bytes.fromhex(h) for h in i.image_key_hashes],
         }
 
     def _telemetry(self, _: dict[Any, Any]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from bmsfw.protocol.uds._codec import (
     decode_config,
     encode_boot_status,
     encode_config,
+    encode_image_key_hashes,
     encode_self_test,
     encode_telemetry_did,
     encode_transfer_state,
@@ -388,6 +389,9 @@ class UdsServer:
             return str(self._device_call("bank", dev.identity).active_bank).encode()
         if did == DID.ACTIVE_IMAGE_SHA256:
             return bytes(self._device_call("image digest", dev.image_digest))
+        if did == DID.IMAGE_KEY_HASHES:
+            keys = self._device_call("image keys", dev.identity).image_key_hashes
+            return encode_image_key_hashes(keys)
         if did in TELEMETRY_DIDS:
             telemetry = self._device_call("telemetry", dev.telemetry)
             return encode_telemetry_did(did, telemetry)

@@ -232,7 +232,10 @@ def load_backup(path: str | Path) -> ConfigBackup:
             calibration=snap["calibration"],
             checksum=str(snap["checksum"]),
         )
-        identity = DeviceIdentity(**data["identity"])
+        fields = dict(data["identity"])
+        # JSON has no tuples: the key hashes come back as a list
+        fields["image_key_hashes"] = tuple(str(h) for h in fields.get("image_key_hashes", ()))
+        identity = DeviceIdentity(**fields)
         created = str(data["created"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BackupInvalidError(f"{file} lacks a field: {exc}") from exc

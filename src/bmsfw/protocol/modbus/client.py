@@ -549,7 +549,21 @@ class ModbusSession:
             ),
             active_bank=text("active_bank"),
             address=self.address,
+            image_key_hashes=self._read_image_keys(),
         )
+
+    def _read_image_keys(self) -> tuple[str, ...]:
+        """Input registers ``image_key_count`` / ``image_key_hashes``; 0 keys: not reported.
+
+        A BMS whose map lacks them answers an exception: it reports none either, and
+        only its bootloader checks the image key (as before the registers existed).
+        """
+        count = INPUT.IMAGE_KEY_HASHES_END - INPUT.IMAGE_KEY_COUNT
+        try:
+            regs = self._input(INPUT.IMAGE_KEY_COUNT, count)
+        except ModbusExceptionResponseError:
+            return ()
+        return self._decode("image keys", lambda: codec.decode_image_keys(regs))
 
     def read_telemetry(self) -> Telemetry:
         start, end = codec.TELEMETRY_BLOCK

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bmsfw.package import Component
 from bmsfw.package._encoding import dfi_for
-from bmsfw.protocol.bounds import physical_telemetry
+from bmsfw.protocol.bounds import MAX_IMAGE_KEYS, image_key_hashes, physical_telemetry
 from bmsfw.protocol.modbus.registers import (
     BANK_CODES,
     FAULT_BITS,
@@ -278,6 +278,27 @@ def decode_boot_status(regs: Sequence[int]) -> BootStatus:
         security_counter=join_u32(at(INPUT.SECURITY_COUNTER, 2)),
         last_revert_reason=registers_to_ascii(at(INPUT.REVERT_REASON, 32)),
     )
+
+
+def encode_image_keys(hashes: tuple[str, ...]) -> list[int]:
+    """Registers ``INPUT.IMAGE_KEY_COUNT .. INPUT.IMAGE_KEY_HASHES_END``."""
+    raw = b"".join(bytes.fromhex(h) for h in hashes[:MAX_IMAGE_KEYS])
+    regs = [
+        min(len(hashes), MAX_IMAGE_KEYS),
+        *bytes_to_registers(raw.ljust(32 * MAX_IMAGE_KEYS, b"\0")),
+    ]
+    assert len(regs) == INPUT.IMAGE_KEY_HASHES_END - INPUT.IMAGE_KEY_COUNT
+    return regs
+
+
+def decode_image_keys(regs: Sequence[int]) -> tuple[str, ...]:
+    """The fused image-key hashes; a count of 0 (or no such registers) reports none."""
+    what = "image_key_hashes registers"
+    count = regs[0]
+    if count > MAX_IMAGE_KEYS or len(regs) < 1 + 16 * count:
+        raise ValueError(f"{what}: image_key_count {count} outside 0..{MAX_IMAGE_KEYS}")
+    raw = registers_to_bytes(regs[1 : 1 + 16 * count])
+    return image_key_hashes([raw[32 * i : 32 * i + 32] for i in range(count)], what)
 
 
 _PROOF_MAGIC = b"BMA1"

@@ -104,6 +104,9 @@ class INPUT:
     BOOT_BLOCK_END = 0x0136
     IMAGE_SHA256 = 0x0140  # 16 registers: SHA-256 of the active image (all zero: none valid)
     IMAGE_SHA256_END = 0x0150
+    IMAGE_KEY_COUNT = 0x0150  # fused image-verification keys reported (0: not reported)
+    IMAGE_KEY_HASHES = 0x0151  # 16 registers per key: SHA-256 of each, up to 4 keys
+    IMAGE_KEY_HASHES_END = 0x0191
 
     SELFTEST_STATE = 0x0200
     SELFTEST_CHECKS = 0x0201
@@ -428,6 +431,28 @@ REGISTER_TABLE: tuple[Register, ...] = (
         1,
         "R",
         "SHA-256 of the image in the active bank (all zero: no valid image)",
+    ),
+    Register(
+        "image_key_count",
+        "input",
+        INPUT.IMAGE_KEY_COUNT,
+        1,
+        "u16",
+        "",
+        1,
+        "R",
+        "image-verification keys the bootloader holds (0: not reported)",
+    ),
+    Register(
+        "image_key_hashes",
+        "input",
+        INPUT.IMAGE_KEY_HASHES,
+        64,
+        "bytes",
+        "",
+        1,
+        "R",
+        "SHA-256 of each fused image key, 16 registers each, image_key_count valid",
     ),
     Register(
         "selftest_state", "input", INPUT.SELFTEST_STATE, 1, "enum", "", 1, "R", "SelfTestState"

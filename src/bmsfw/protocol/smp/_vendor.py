@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import Any
 
+from pydantic import Field
 from smp import error as smperr
 from smp import message as smpmsg
 
@@ -72,6 +73,8 @@ class IdentityResponse(_ReadResponse):
     app_version: str
     security_counter: int
     active_bank: str
+    # SHA-256 of each fused image key (docs/smp.md); a BMS without the field reports none
+    image_key_hashes: list[bytes] = Field(default_factory=list)
 
 
 class IdentityRead(_Read):

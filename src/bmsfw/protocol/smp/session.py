@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from bmsfw.errors import BmsfwError
 from bmsfw.package import Component, Manifest, decode_header, parse_image
+from bmsfw.protocol.bounds import image_key_hashes
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
@@ -221,7 +222,14 @@ class SmpSession:
             security_counter=r.security_counter,
             active_bank=r.active_bank,
             address=self.address,
+            image_key_hashes=self._decode_keys(r.image_key_hashes),
         )
+
+    def _decode_keys(self, hashes: list[bytes]) -> tuple[str, ...]:
+        try:
+            return image_key_hashes(hashes, "identity image_key_hashes")
+        except ValueError as exc:
+            raise SmpProtocolError(f"{self.address}: {exc}") from None
 
     def read_telemetry(self) -> Telemetry:
         """The vendor group's TELEMETRY; a BMS without it (ENOTSUP) is read from its CAN

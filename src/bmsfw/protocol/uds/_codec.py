@@ -20,7 +20,7 @@ from typing import Any
 
 from bmsfw.package import Component
 from bmsfw.package._encoding import dfi_for
-from bmsfw.protocol.bounds import decode_config_document, physical_telemetry
+from bmsfw.protocol.bounds import decode_config_document, image_key_hashes, physical_telemetry
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
@@ -44,11 +44,13 @@ __all__ = [
     "decode_boot_status",
     "decode_config",
     "decode_der_chain",
+    "decode_image_key_hashes",
     "decode_self_test",
     "decode_telemetry_parts",
     "decode_transfer_state",
     "encode_boot_status",
     "encode_config",
+    "encode_image_key_hashes",
     "encode_self_test",
     "encode_transfer_state",
     "is_encoded",
@@ -176,6 +178,7 @@ class DID(IntEnum):
     SECURITY_COUNTER = 0x0100  # uint32
     ACTIVE_BANK = 0x0101  # ASCII "A" or "B"
     ACTIVE_IMAGE_SHA256 = 0x0102  # 32 bytes: SHA-256 of the active image (delta base check)
+    IMAGE_KEY_HASHES = 0x0103  # uint8 n, n x 32 bytes: SHA-256 of each fused image key
     STATE_OF_CHARGE = 0x0110  # uint16, 0.01 %
     PACK_VOLTAGE = 0x0111  # uint32, mV
     PACK_CURRENT = 0x0112  # int32, mA, + = charging
@@ -453,6 +456,21 @@ def decode_self_test(data: bytes) -> SelfTestResult:
         checks.append(SelfTestCheck(name, check_passed, value, limit, detail))
     reader.done()
     return SelfTestResult(passed=passed, checks=tuple(checks), version=version)
+
+
+# --------------------------------------------------------------------------- image keys
+
+
+def encode_image_key_hashes(hashes: tuple[str, ...]) -> bytes:
+    """DID 0x0103: uint8 n, then n SHA-256 values (32 bytes each)."""
+    return bytes([len(hashes)]) + b"".join(bytes.fromhex(h) for h in hashes)
+
+
+def decode_image_key_hashes(data: bytes) -> tuple[str, ...]:
+    what = "image keys DID 0x0103"
+    if not data or len(data) != 1 + 32 * data[0]:
+        raise ValueError(f"{what}: {len(data)} bytes do not hold the count they announce")
+    return image_key_hashes([data[1 + 32 * i : 33 + 32 * i] for i in range(data[0])], what)
 
 
 # --------------------------------------------------------------------------- transfer state

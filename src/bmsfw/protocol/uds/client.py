@@ -45,6 +45,7 @@ from bmsfw.protocol.errors import (
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
     UdsInvalidResponseError,
+    UdsRequestOutOfRangeError,
     UdsStepTimeoutError,
     UdsTimeoutError,
     UdsTransferInterruptedError,
@@ -80,6 +81,7 @@ from bmsfw.protocol.uds._codec import (
     SessionTiming,
     decode_boot_status,
     decode_config,
+    decode_image_key_hashes,
     decode_self_test,
     decode_telemetry_parts,
     decode_transfer_state,
@@ -368,7 +370,16 @@ class UdsSession:
             security_counter=self._read_counter(),
             active_bank=self._read_text(DID.ACTIVE_BANK),
             address=self.address,
+            image_key_hashes=self._read_image_keys(),
         )
+
+    def _read_image_keys(self) -> tuple[str, ...]:
+        """DID 0x0103; a BMS without it (NRC 0x31) reports none: its bootloader alone checks."""
+        try:
+            raw = self.read_did(DID.IMAGE_KEY_HASHES)
+        except UdsRequestOutOfRangeError:
+            return ()
+        return self._decode("image keys", lambda: decode_image_key_hashes(raw))
 
     def _read_counter(self) -> int:
         """DID 0x0100: exactly a big-endian uint32."""
