@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, insert, select, text
 
+from bmsfw.fleet.artifacts import CHUNK_BYTES, ArtifactStore
 from bmsfw.fleet.client import ClientConfig, FleetClient
+from bmsfw.fleet.db import make_engine
 from bmsfw.fleet.errors import (
     DownloadDigestMismatchError,
     DownloadTooLargeError,
@@ -20,8 +24,9 @@ from bmsfw.fleet.errors import (
     ReleaseRejectedError,
     RoleNotAllowedError,
 )
-from bmsfw.fleet.models import ArtifactChunk
+from bmsfw.fleet.models import ArtifactChunk, Release
 from bmsfw.fleet.protocol import CheckIn
+from bmsfw.fleet.releases import TrustRoot, verify_upload
 from bmsfw.fleet.testing import flip_artifact_byte
 
 from .conftest import Fleet, bms, make_release
@@ -196,3 +201,99 @@ def test_artifact_tampered_on_server_disk_is_detected(fleet: Fleet, pki, tmp_pat
     flip_artifact_byte(fleet.db_url, stored, len(data) - 1)  # same size, other bytes
     with pytest.raises(DownloadDigestMismatchError):
         agent.download(offer, tmp_path / "r.bmsfw")
+
+
+def _blocked_on_a_lock(db_url: str) -> bool:
+    """PostgreSQL: another session of this database waits for a row lock."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        return bool(waiting)
+    finally:
+        engine.dispose()
+
+
+def test_the_loser_of_two_concurrent_uploads_of_one_file_stores_nothing(
+    fleet: Fleet, pki: Any, root_pem: bytes
+) -> None:
+    """Another server process uploads the same file: its chunks and release row are
+    written but not committed when this upload reaches the database. On PostgreSQL this
+    upload waits on the unique key and loses: 409 E633 naming the winner; SQLite
+    serialises writers, so it waits and then finds the winner: 200. Never a 500, and no
+    chunk, row or audit entry of the loser is left."""
+    data = make_release(pki, "4.2.0")
+    facts = verify_upload(data, TrustRoot(root_pem), now=fleet.clock.now())
+    postgres = fleet.db_url.startswith("postgresql")
+    engine = make_engine(fleet.db_url)  # BEGIN IMMEDIATE on SQLite, as a server's
+    try:
+        with engine.connect() as other, ThreadPoolExecutor(1) as pool:
+            in_flight = other.begin()
+            ArtifactStore.put(other, facts.sha256, data)
+            winner = other.execute(
+                insert(Release)
+                .values(
+                    product=facts.product,
+                    version=facts.version,
+                    security_counter=facts.security_counter,
+                    hw_model=facts.hw_model,
+                    hw_revisions=list(facts.hw_revisions),
+                    min_bootloader=facts.min_bootloader,
+                    safety_class=facts.safety_class,
+                    components=list(facts.components),
+                    release_notes=facts.release_notes,
+                    sha256=facts.sha256,
+                    size_bytes=facts.size_bytes,
+                    filename="other.bmsfw",
+                    uploaded_at=fleet.clock.now(),
+                    uploaded_by="token:other-process",
+                )
+                .returning(Release.id)
+            ).scalar_one()
+            answer = pool.submit(
+                fleet.client.post,
+                "/api/v1/releases",
+                headers=fleet.h("release_manager"),
+                content=data,
+                params={"filename": "r.bmsfw"},
+            )
+            deadline = time.monotonic() + 20
+            while postgres and not _blocked_on_a_lock(fleet.db_url):
+                assert time.monotonic() < deadline and not answer.done(), answer
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert not answer.done()  # it waits for the other upload's transaction
+            in_flight.commit()
+            response = answer.result(60)
+    finally:
+        engine.dispose()
+
+    if postgres:
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "BMSFW-E633"
+        assert f"release {winner} " in error["message"]
+    else:
+        assert response.status_code == 200, response.text
+        assert response.json()["id"] == winner
+    [release] = fleet.call("GET", "/api/v1/releases", "viewer")
+    assert release["id"] == winner and release["filename"] == "other.bmsfw"
+    engine = create_engine(fleet.db_url)
+    try:
+        with engine.connect() as conn:
+            chunks = conn.execute(
+                select(func.count(), func.sum(func.length(ArtifactChunk.data)))
+            ).one()
+    finally:
+        engine.dispose()
+    assert tuple(chunks) == (-(-len(data) // CHUNK_BYTES), len(data))
+    actions = [e["action"] for e in fleet.call("GET", "/api/v1/audit", params={"limit": 1000})]
+    assert "release.upload" not in actions
+    # Sent again, it is the stored release: 200.
+    again = fleet.client.post("/api/v1/releases", headers=fleet.h("release_manager"), content=data)
+    assert again.status_code == 200 and again.json()["id"] == winner

@@ -341,7 +341,9 @@ def _error_responses(method: str, path: str) -> dict[int | str, dict[str, Any]]:
         responses[404] = _error("a release, campaign, device, gateway, backup or flag named "
                                 "does not exist (E604)")  # fmt: skip
     if method in ("POST", "PUT"):
-        responses[409] = _error("conflicts with the current state (E606, E607, E608, E612)")
+        responses[409] = _error(
+            "conflicts with the current state (E606, E607, E608, E612; E633 an upload)"
+        )
     if path.endswith("/artifact"):
         responses[500] = _error("the stored file is missing or damaged (E611)")
     return responses

@@ -245,6 +245,19 @@ class RateLimitedError(FleetError):
         self.retry_after_s = retry_after_s
 
 
+class UploadConflictError(FleetError):
+    code = "BMSFW-E633"
+    http_status = 409
+    diagnosis = (
+        "Another upload of the same release file was stored while this one was being "
+        "verified; this upload stored nothing."
+    )
+    remedy = (
+        "Nothing to repair: the release named in the message is the file you sent "
+        "(`GET /api/v1/releases/ID`). Uploading it again answers 200 with that release."
+    )
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -273,6 +286,7 @@ _BY_CODE: dict[str, type[FleetError]] = {
         RequestInvalidError,
         RequestTooLargeError,
         RateLimitedError,
+        UploadConflictError,
     )
 }
 

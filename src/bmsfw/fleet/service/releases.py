@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import (
     DeviceNotOnGatewayError,
     FleetNotFoundError,
+    UploadConflictError,
 )
 from bmsfw.fleet.models import (
     Campaign,
@@ -34,6 +35,27 @@ class ReleaseOps(ServiceBase):
     ) -> tuple[dict[str, Any], bool]:
         """Store a verified release; returns (release, created). Uploading twice is idempotent."""
         now = self.clock.now()
+        try:
+            return self._store_release(principal, facts, data, filename, now)
+        except IntegrityError:
+            # A concurrent upload of the same file committed its chunks and row first
+            # (PostgreSQL: the unique keys on the SHA-256 refuse this insert; SQLite
+            # serialises writers, so the second upload finds the first). This
+            # transaction rolled back whole: nothing of this upload is left.
+            with self.sessions() as session:
+                winner = session.scalars(
+                    select(Release.id).where(Release.sha256 == facts.sha256)
+                ).first()
+            if winner is None:
+                raise
+            raise UploadConflictError(
+                f"release {winner} with SHA-256 {facts.sha256} was stored by a concurrent "
+                f"upload of the same file; this upload stored nothing"
+            ) from None
+
+    def _store_release(
+        self, principal: Principal, facts: ReleaseFacts, data: bytes, filename: str, now: datetime
+    ) -> tuple[dict[str, Any], bool]:
         with self.sessions() as session, session.begin():
             existing = session.scalars(
                 select(Release).where(Release.sha256 == facts.sha256)
