@@ -36,6 +36,7 @@ __all__ = [
     "CampaignDevice",
     "ConfigBackup",
     "Credential",
+    "DashboardSession",
     "Device",
     "DeviceFlag",
     "DeviceStateEvent",
@@ -94,6 +95,19 @@ class Credential(Base):
     revoked_at: Mapped[datetime | None]
     # After this instant the token is refused like a revoked one (None: no expiry).
     expires_at: Mapped[datetime | None]
+
+
+class DashboardSession(Base):
+    """A dashboard sign-in (see :mod:`bmsfw.fleet.web.sessions`): only the SHA-256 of the
+    session id the browser holds is kept, with the hash of the credential that signed in."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # created_at + the absolute limit
 
 
 class Gateway(Base):

@@ -106,7 +106,7 @@ class _Pages:
         self.service = service
         self.edge = edge
         self.queries = FleetQueries(service.sessions, online_window)
-        self.sessions = SessionStore(policy)
+        self.sessions = SessionStore(service.sessions, policy)
         self.env = _environment()
         self.prefix = PREFIX
 
@@ -118,7 +118,8 @@ class _Pages:
     def signed_in(self, request: Request, minimum: str = "viewer") -> tuple[Principal, WebSession]:
         """The session's principal, if it may see this page; refuses otherwise."""
         session_id = request.cookies.get(SESSION_COOKIE, "")
-        session = self.sessions.get(session_id, self.now()) if session_id else None
+        valid = 0 < len(session_id) <= 100
+        session = self.sessions.get(session_id, self.now()) if valid else None
         if session is None:
             raise SessionEndedError("sign in to use the dashboard")
         principal = self.service.cached_principal(
@@ -294,7 +295,7 @@ def _sign_in_routes(web: FastAPI, pages: _Pages) -> None:
             raise RoleNotAllowedError(
                 "a gateway credential cannot sign in to the dashboard; use an operator token"
             )
-        session_id, _ = pages.sessions.create(token_hash, pages.now())
+        session_id, _ = await _run(pages.sessions.create, token_hash, pages.now())
         response = RedirectResponse(_safe_next(form.get("next", "")), status_code=303)
         _set_cookie(response, SESSION_COOKIE, session_id, max_age=None)
         response.delete_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True)
@@ -305,7 +306,7 @@ def _sign_in_routes(web: FastAPI, pages: _Pages) -> None:
         form = pages.form(request, await request.body())
         _principal, session = await _run(pages.signed_in, request)
         pages.check_csrf(session, form)
-        pages.sessions.end(request.cookies.get(SESSION_COOKIE, ""))
+        await _run(pages.sessions.end, request.cookies.get(SESSION_COOKIE, ""))
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True)
         return response
