@@ -457,7 +457,12 @@ def test_device_image_key_hash_checked_before_transfer(ed_pki: VendorPki, ed_sig
     # Only the manifest's root is trusted; the BMS reports the image key hash it has fused.
     trust = TrustAnchors.from_key_hashes([key_hash(ed_pki.root_key)])
     fused = key_hash(ed_pki.image_signing_key)
-    ok = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hash=fused)
+    ok = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hashes=(fused,))
     assert verify_release(ed_signed, trust, ok, now=NOW).image_info["app"].key_hash == fused
-    other = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hash=bytes(32))
-    _expect(E.KeyHashNotTrustedError, "BMSFW-E124", ed_signed, trust, other)
+    two = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hashes=(bytes(32), fused))
+    assert verify_release(ed_signed, trust, two, now=NOW).image_info["app"].key_hash == fused
+    other = DeviceFacts("BMS-48V", "B", "1.2.0", 4, image_key_hashes=(b"\1" * 32,))
+    _expect(E.ImageKeyNotFusedError, "BMSFW-E134", ed_signed, trust, other)
+    # a BMS that reports no keys leaves the check to its secure boot
+    silent = DeviceFacts("BMS-48V", "B", "1.2.0", 4)
+    assert verify_release(ed_signed, trust, silent, now=NOW).image_info["app"].key_hash == fused

@@ -140,6 +140,71 @@ def test_allowed_downgrade_is_flagged_with_its_reason() -> None:
     assert decision.downgrade and "field recall" in decision.reason
 
 
+VENDOR_KEY = hashlib.sha256(b"vendor image key").digest()
+FOREIGN_KEY = hashlib.sha256(b"another image key").digest()
+SECOND_KEY = hashlib.sha256(b"second fused key").digest()
+
+KEY_CASES = [
+    # (image key per component, keys the BMS reports, options, verdict, key check begins)
+    ({"app": VENDOR_KEY}, (VENDOR_KEY,), {}, StartVerdict.START, "signed by key"),
+    ({"app": VENDOR_KEY}, (SECOND_KEY, VENDOR_KEY), {}, StartVerdict.START, "signed by key"),
+    ({"app": FOREIGN_KEY}, (VENDOR_KEY,), {}, StartVerdict.REFUSE_IMAGE_KEY, ""),
+    (
+        {"app": VENDOR_KEY, "bms-fw2": FOREIGN_KEY},
+        (VENDOR_KEY,),
+        {},
+        StartVerdict.REFUSE_IMAGE_KEY,
+        "",
+    ),
+    ({"app": FOREIGN_KEY}, (), {}, StartVerdict.START, "left to the BMS"),  # not reported
+    ({}, (VENDOR_KEY,), {}, StartVerdict.START, "left to the BMS"),  # no image key known
+    # an allowed downgrade still may not send an image the BMS cannot boot
+    (
+        {"app": FOREIGN_KEY},
+        (VENDOR_KEY,),
+        {"downgrade_reason": "recall"},
+        StartVerdict.REFUSE_IMAGE_KEY,
+        "",
+    ),
+]
+
+
+@pytest.mark.req("SEED-SECURE-BOOT")
+@pytest.mark.parametrize(("images", "fused", "options", "verdict", "check"), KEY_CASES)
+def test_image_key_decides_before_the_transfer(
+    images: dict[str, bytes],
+    fused: tuple[bytes, ...],
+    options: dict[str, object],
+    verdict: StartVerdict,
+    check: str,
+) -> None:
+    status = boot("1.7.0") if options else boot(OLD)
+    decision = decide_start(
+        facts(
+            status,
+            OTHER,
+            image_key_hashes=tuple(images.items()),
+            device_key_hashes=fused,
+            **options,
+        )
+    )
+    assert decision.verdict is verdict, decision
+    assert decision.key_check.startswith(check)
+    assert decision.key_left_to_device is (check == "left to the BMS")
+    if verdict is StartVerdict.REFUSE_IMAGE_KEY:
+        assert (
+            FOREIGN_KEY.hex()[:16] in decision.reason and VENDOR_KEY.hex()[:16] in decision.reason
+        )
+
+
+def test_image_key_is_not_judged_when_nothing_is_sent() -> None:
+    """Already installed, or our test image pending: no transfer, nothing to refuse."""
+    keys = {"image_key_hashes": (("app", FOREIGN_KEY),), "device_key_hashes": (VENDOR_KEY,)}
+    assert decide_start(facts(boot(NEW), DIGEST, **keys)).verdict is StartVerdict.ALREADY_INSTALLED
+    test_image = decide_start(facts(boot(NEW, "test"), DIGEST, **keys))
+    assert test_image.verdict is StartVerdict.CONTINUE_TEST_IMAGE
+
+
 # --- what to send, what a resume skips -------------------------------------------------
 
 

@@ -294,6 +294,16 @@ def sign_cmd(  # click passes options as keywords
     _report_written(target, signed, "signed", as_json)
 
 
+def _hex32(value: str, option: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise UsageError(f"{option} expects 64 hex digits, got {value!r}")
+    return raw
+
+
 def _trust_from_options(
     pki: Path | None,
     root_certs: Sequence[Path],
@@ -303,18 +313,9 @@ def _trust_from_options(
     *,
     image_keys: Sequence[Path] = (),
 ) -> TrustAnchors:
-    def hex32(value: str, option: str) -> bytes:
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
-            raise UsageError(f"{option} expects 64 hex digits, got {value!r}")
-        return raw
-
     certs = list(root_certs)
     crl_paths = list(crls)
-    image_hashes = [hex32(v, "--image-key-hash") for v in image_key_hashes]
+    image_hashes = [_hex32(v, "--image-key-hash") for v in image_key_hashes]
     image_pubs = [_read(p) for p in image_keys]
     if pki is not None:
         paths = PkiPaths(pki)
@@ -325,7 +326,7 @@ def _trust_from_options(
     der_roots: tuple[bytes, ...] = ()
     for path in certs:
         der_roots += TrustAnchors.from_root_certificate(_read(path)).root_certificates
-    hashes = frozenset(hex32(v, "--root-hash") for v in root_hashes)
+    hashes = frozenset(_hex32(v, "--root-hash") for v in root_hashes)
     if not der_roots and not hashes:
         raise UsageError("give a trust anchor: --pki DIR, --root-cert FILE or --root-hash HEX")
     trust = TrustAnchors(root_key_hashes=hashes, root_certificates=der_roots)
@@ -354,6 +355,12 @@ def _trust_from_options(
 @click.option(
     "--device-counter", type=click.IntRange(0, 0xFFFFFFFF), help="Device security counter."
 )
+@click.option(
+    "--device-image-key-hash",
+    "device_key_hashes",
+    multiple=True,
+    help="Device facts: an image-key hash the BMS reports fused (`bmsfw info`; repeat for each).",
+)
 @click.option("--channel", type=click.Choice(["wired", "ota"]), default="wired")
 @click.option("--at", "at_time", type=click.DateTime(), help="Verify as of this UTC time.")
 @_json_option
@@ -370,6 +377,7 @@ def verify_cmd(  # click passes options as keywords
     hw_revision: str | None,
     bootloader: str | None,
     device_counter: int | None,
+    device_key_hashes: tuple[str, ...],
     channel: str,
     at_time: dt.datetime | None,
     as_json: bool,
@@ -379,13 +387,20 @@ def verify_cmd(  # click passes options as keywords
         pki, root_certs, root_hashes, crls, image_key_hashes, image_keys=image_keys
     )
     facts = None
-    given = [model, hw_revision, bootloader, device_counter]
+    given = [model, hw_revision, bootloader, device_counter, *device_key_hashes]
     if any(v is not None for v in given):
         if model is None or hw_revision is None or bootloader is None or device_counter is None:
             raise UsageError(
                 "device facts need all of --model, --hw-revision, --bootloader, --device-counter"
             )
-        facts = DeviceFacts(model, hw_revision, bootloader, device_counter, channel)  # type: ignore[arg-type]
+        facts = DeviceFacts(
+            model,
+            hw_revision,
+            bootloader,
+            device_counter,
+            channel,  # type: ignore[arg-type]
+            image_key_hashes=tuple(_hex32(v, "--device-image-key-hash") for v in device_key_hashes),
+        )
     now = at_time.replace(tzinfo=dt.UTC) if at_time else None
     verified = verify_release(_read(package), trust, facts, now=now)
     unchecked = sorted(n for n, i in verified.image_info.items() if i.algorithm == "unverified")
@@ -396,6 +411,12 @@ def verify_cmd(  # click passes options as keywords
         )
     # verify_release refuses an image key outside trust.image_key_hashes when any are given
     keys_pinned = bool(trust.image_key_hashes)
+    # ... and outside the keys the device facts say the BMS holds (E134)
+    key_check = (
+        "signed by a key the BMS holds (--device-image-key-hash)"
+        if facts is not None and facts.image_key_hashes
+        else "not checked against the BMS: give --device-image-key-hash (`bmsfw info` shows it)"
+    )
     if as_json:
         print_json(
             {
@@ -415,10 +436,12 @@ def verify_cmd(  # click passes options as keywords
                     for name, info in verified.image_info.items()
                 },
                 "device_checked": facts is not None,
+                "device_image_key": key_check,
             }
         )
     else:
         render_verified(verified, device_checked=facts is not None, image_keys_pinned=keys_pinned)
+        console.print(line(("image key", "bold"), f": {key_check}"))
 
 
 def _manifest_table(manifest: Manifest, title: str) -> Table:

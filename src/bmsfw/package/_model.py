@@ -44,6 +44,7 @@ class DeviceFacts:
     bootloader_version: str
     security_counter: int
     channel: Literal["wired", "ota"] = "wired"
-    # The image-signing key hash the BMS has fused for secure boot, when it reports it:
-    # an image signed by another key is then refused before the transfer.
-    image_key_hash: bytes | None = None
+    # The image-verification key hashes the BMS reports fused for secure boot (MCUboot
+    # KEYHASH values); empty: not reported. An image signed by another key is then refused
+    # before the transfer (:func:`bmsfw.package.image_key_refusal`).
+    image_key_hashes: tuple[bytes, ...] = ()

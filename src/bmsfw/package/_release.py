@@ -24,7 +24,7 @@ import logging
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -66,11 +66,11 @@ from bmsfw.package.errors import (
     BootloaderTooOldError,
     ComponentDecodeError,
     HashMismatchError,
+    ImageKeyNotFusedError,
     ImageManifestMismatchError,
     IncompatibleHardwareError,
     InvalidManifestError,
     InvalidVersionError,
-    KeyHashNotTrustedError,
     MalformedPackageError,
     MissingSecurityCounterError,
     SafetyCriticalOverOtaError,
@@ -85,6 +85,7 @@ __all__ = [
     "VerifiedRelease",
     "build_release",
     "component_image",
+    "image_key_refusal",
     "inspect_release",
     "release_header",
     "sign_release",
@@ -746,13 +747,22 @@ def _check_image_against(
         )
 
 
-def _check_device_image_key(name: str, info: ImageInfo, fused: bytes) -> None:
-    # MCUboot first matches the image's KEYHASH (or PUBKEY's hash) with its key hash.
-    if info.key_hash != fused:
-        raise KeyHashNotTrustedError(
-            f"component {name!r} is signed by key {info.key_hash.hex()[:16]}…, the BMS "
-            f"boots only images signed by key {fused.hex()[:16]}…"
-        )
+def image_key_refusal(image_keys: Mapping[str, bytes], fused: Collection[bytes]) -> str:
+    """Why a BMS whose secure boot holds the ``fused`` key hashes would refuse these images
+    ("" when it would not): MCUboot first matches an image's KEYHASH (or the hash of its
+    PUBKEY) against its own keys. ``image_keys``: component name -> the key hash its image
+    names. The one place this rule lives: ``package verify`` with device facts and the
+    update's decision core (:func:`bmsfw.update.core.decide_start`) both ask it.
+    """
+    fused = frozenset(bytes(h) for h in fused)
+    foreign = {name: key for name, key in image_keys.items() if key not in fused}
+    if not fused or not foreign:
+        return ""
+    keys = ", ".join(f"{h.hex()[:16]}…" for h in sorted(fused))
+    signed = "; ".join(
+        f"component {n!r} is signed by key {k.hex()[:16]}…" for n, k in foreign.items()
+    )
+    return f"{signed}; the BMS boots only images signed by key {keys}"
 
 
 def verify_release(
@@ -797,9 +807,13 @@ def verify_release(
         _check_image_against(
             comp.name, info, release_version, manifest.security_counter, manifest.hardware
         )
-        if facts is not None and facts.image_key_hash is not None:
-            _check_device_image_key(comp.name, info, facts.image_key_hash)
         infos[comp.name] = info
+    if facts is not None:
+        refusal = image_key_refusal(
+            {name: info.key_hash for name, info in infos.items()}, facts.image_key_hashes
+        )
+        if refusal:
+            raise ImageKeyNotFusedError(refusal)
     return VerifiedRelease(
         manifest=manifest,
         chain=tuple(summarize_certificate(c) for c in chain),

@@ -32,6 +32,7 @@ __all__ = [
     "FirmwareFormatError",
     "HashMismatchError",
     "ImageHashMismatchError",
+    "ImageKeyNotFusedError",
     "ImageKeyNotGivenError",
     "ImageManifestMismatchError",
     "IncompatibleHardwareError",
@@ -285,6 +286,20 @@ class MissingSecurityCounterError(ImageManifestMismatchError):
     remedy = (
         "Sign the image with the release's counter: `imgtool sign --security-counter N` "
         "(N = the manifest's security_counter), or let `bmsfw package build` wrap the raw firmware."
+    )
+
+
+class ImageKeyNotFusedError(KeyHashNotTrustedError):
+    code = "BMSFW-E134"
+    diagnosis = (
+        "The BMS reports the image-verification keys it has fused, and the release's image "
+        "is signed by none of them: its secure boot would refuse the image after the whole "
+        "transfer, so bmsfw refuses it before the first byte."
+    )
+    remedy = (
+        "Install a release whose image is signed by the image-signing key this BMS holds "
+        "(`bmsfw info` lists its key hashes, `bmsfw keys hash image-signing.pub` a key's); "
+        "a release signed by another key generation or another vendor is not for this BMS."
     )
 
 

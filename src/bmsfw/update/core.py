@@ -13,7 +13,8 @@ Decisions, in the order of an update:
 
 * :func:`decide_start` - may we start, is the release already installed, is a
   test image on the BMS ours (then the run continues with its self-test instead
-  of sending again), is it a downgrade;
+  of sending again), is it a downgrade, is its image signed by a key the BMS
+  reports fused (the package layer's one rule, :func:`bmsfw.package.image_key_refusal`);
 * :func:`choose_payload` - full package, delta, or fall back to full;
 * :func:`plan_transfer` - what a resumed transfer may skip;
 * :func:`interpret_boot` - what the boot status after the reset means (new image
@@ -40,9 +41,10 @@ Every version comparison goes through :func:`compare_versions` /
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bmsfw.errors import PackageError
+from bmsfw.package import image_key_refusal
 from bmsfw.package.version import Version, as_version, device_runs
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult, TransferState
 
@@ -119,6 +121,7 @@ class StartVerdict(enum.StrEnum):
     ALREADY_INSTALLED = "already-installed"  # nothing to do
     CONTINUE_TEST_IMAGE = "continue-test-image"  # our release runs as a test image: self-test
     REFUSE_DOWNGRADE = "refuse-downgrade"  # lower than what runs, not explicitly allowed
+    REFUSE_IMAGE_KEY = "refuse-image-key"  # signed by a key the BMS reports it does not hold
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,10 @@ class StartFacts:
     running_digest: bytes | None  # SHA-256 of the running image; None when unreadable
     reinstall: bool = False
     downgrade_reason: str = ""  # "" unless the operator explicitly allowed a downgrade
+    # (component, key hash its image names) for each release image known before the transfer
+    image_key_hashes: tuple[tuple[str, bytes], ...] = ()
+    # the image-verification key hashes the BMS reports fused; empty: it does not report them
+    device_key_hashes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,16 @@ class StartDecision:
     reason: str
     downgrade: bool = False  # the release is lower than what runs (allowed: reason given)
     warning: str = ""  # something the report must say (e.g. the digest was not readable)
+    # for a START: how the image's signing key was checked, or that only the BMS checks it
+    key_check: str = ""
+
+    @property
+    def key_left_to_device(self) -> bool:
+        return self.key_check.startswith(_LEFT_TO_DEVICE)
+
+
+#: how ``StartDecision.key_check`` begins when bmsfw could not check the image's key
+_LEFT_TO_DEVICE = "left to the BMS"
 
 
 def _ours(facts: StartFacts) -> tuple[bool, str]:
@@ -161,7 +178,36 @@ def _ours(facts: StartFacts) -> tuple[bool, str]:
 
 
 def decide_start(facts: StartFacts) -> StartDecision:
-    """May the update start, and from where."""
+    """May the update start, and from where.
+
+    A release that would be sent is refused (``REFUSE_IMAGE_KEY``) when the BMS reports
+    the keys its secure boot holds and an image is signed by none of them: the BMS would
+    refuse it only after the whole transfer. A BMS that does not report them leaves the
+    check to its bootloader, and ``key_check`` says so.
+    """
+    decision = _decide_start(facts)
+    if decision.verdict is not StartVerdict.START:
+        return decision
+    images = dict(facts.image_key_hashes)
+    if not facts.device_key_hashes:
+        return replace(
+            decision,
+            key_check=f"{_LEFT_TO_DEVICE}: it does not report its image keys, so its "
+            "secure boot checks the image's signing key after the transfer",
+        )
+    if not images:
+        return replace(
+            decision,
+            key_check=f"{_LEFT_TO_DEVICE}: no release image's key is known before the transfer",
+        )
+    refusal = image_key_refusal(images, facts.device_key_hashes)
+    if refusal:
+        return StartDecision(StartVerdict.REFUSE_IMAGE_KEY, refusal, downgrade=decision.downgrade)
+    keys = ", ".join(sorted({k.hex()[:16] + "…" for k in images.values()}))
+    return replace(decision, key_check=f"signed by key {keys}, which the BMS reports fused")
+
+
+def _decide_start(facts: StartFacts) -> StartDecision:
     boot = facts.boot
     running = boot.running_version
     ours, note = _ours(facts)

@@ -51,7 +51,7 @@ from bmsfw.package import (
     release_header,
     verify_release,
 )
-from bmsfw.package.errors import HashMismatchError, MalformedPackageError
+from bmsfw.package.errors import HashMismatchError, ImageKeyNotFusedError, MalformedPackageError
 from bmsfw.protocol.session import (
     BmsSession,
     BootStatus,
@@ -474,6 +474,7 @@ class _Run(_Shell):
             self.first_identity = identity
             step = "verify-package"
             with self.step("verify-package") as detail:
+                # the BMS's image keys are judged by decide_start below, not here
                 facts = DeviceFacts(
                     identity.model,
                     identity.hw_revision,
@@ -500,10 +501,22 @@ class _Run(_Shell):
                         running_digest=digest,
                         reinstall=self.options.reinstall,
                         downgrade_reason=self.options.downgrade_reason,
+                        image_key_hashes=tuple(
+                            (name, info.key_hash) for name, info in release.image_info.items()
+                        ),
+                        device_key_hashes=tuple(
+                            bytes.fromhex(h) for h in identity.image_key_hashes
+                        ),
                     )
                 )
                 report.decisions["start"] = start.verdict.value
                 report.decisions["start-reason"] = start.reason
+                if start.key_check:
+                    report.decisions["image-key"] = start.key_check
+                if start.key_left_to_device:
+                    self.warn(f"image key check {start.key_check}")
+                if start.verdict is StartVerdict.REFUSE_IMAGE_KEY:
+                    raise ImageKeyNotFusedError(start.reason)
                 if start.downgrade:
                     report.package["downgrade"] = True
                 if start.warning:
