@@ -326,10 +326,20 @@ class UdsSession:
                 self._lock.release()
 
     def read_did(self, did: int) -> bytes:
-        data = self.request(0x22, struct.pack(">H", did), what=f"read DID 0x{did:04X}")
-        if len(data) < 2 or struct.unpack(">H", data[:2])[0] != did:
-            raise UdsInvalidResponseError(f"read DID 0x{did:04X}: response names another DID")
-        return data[2:]
+        """Read one data identifier.
+
+        An answer that names another DID is most often a late answer to an earlier read
+        that timed out (a loaded gateway, a slow bus): reading is idempotent, so the read
+        is repeated, at most ``request_retries`` times, before the answer is refused.
+        """
+        what = f"read DID 0x{did:04X}"
+        for attempt in range(self.config.request_retries + 1):
+            data = self.request(0x22, struct.pack(">H", did), what=what)
+            if len(data) >= 2 and struct.unpack(">H", data[:2])[0] == did:
+                return data[2:]
+            if attempt < self.config.request_retries:
+                log.info("%s: answer names another DID (a late answer?); reading again", what)
+        raise UdsInvalidResponseError(f"{what}: response names another DID")
 
     def _read_text(self, did: int) -> str:
         raw = self.read_did(did)
