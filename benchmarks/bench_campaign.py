@@ -107,7 +107,7 @@ def run(gateways: int, per_gateway: int, image_size: int) -> dict[str, float]:
             provision_s = time.perf_counter() - started
             fleet.start()
             total = gateways * per_gateway
-            while len(admin.get("devices")) < total:
+            while len(admin.get_all("devices")) < total:
                 time.sleep(0.5)
             release = admin.upload_release(v2, "2.0.0.bmsfw")["id"]
             started = time.perf_counter()

@@ -266,7 +266,7 @@ def _operate(config: FleetDemoConfig, admin: FleetClient, sim: SimFleet) -> Flee
     )
     _wait(
         f"{config.bms_count} devices in the server's inventory",
-        lambda: len(admin.get("devices")) == config.bms_count,
+        lambda: len(admin.get_all("devices")) == config.bms_count,
         timeout_s=config.campaign_timeout_s,
     )
 
@@ -294,7 +294,7 @@ def _operate(config: FleetDemoConfig, admin: FleetClient, sim: SimFleet) -> Flee
 
     # The inventory shows the new version after each BMS's next check-in.
     def inventory() -> dict[str, str] | None:
-        versions = {d["serial"]: str(d["firmware_version"]) for d in admin.get("devices")}
+        versions = {d["serial"]: str(d["firmware_version"]) for d in admin.get_all("devices")}
         done = all(device_runs(config.target_version, v) for v in versions.values())
         return versions if done else None
 

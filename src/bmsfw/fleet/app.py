@@ -46,6 +46,7 @@ from bmsfw.fleet.db import (
     read_only_engine,
     upgrade_database,
 )
+from bmsfw.fleet.device_query import DeviceFilter
 from bmsfw.fleet.edge import (
     BodyTooLargeError,
     EdgeMiddleware,
@@ -68,6 +69,7 @@ from bmsfw.fleet.errors import (
     RoleNotAllowedError,
     http_status_for,
 )
+from bmsfw.fleet.paging import Listing, PageRequest, decode_cursor, encode_cursor
 from bmsfw.fleet.protocol import (
     INT32_MAX,
     BackupInfo,
@@ -80,9 +82,13 @@ from bmsfw.fleet.protocol import (
 )
 from bmsfw.fleet.releases import TrustRoot, safe_filename, verify_upload
 from bmsfw.fleet.schemas import (
+    AuditQuery,
     CampaignSpec,
     DeviceMove,
+    DeviceQuery,
+    FlagQuery,
     GatewayCreate,
+    PageQuery,
     SiteWindowSpec,
     TokenCreate,
 )
@@ -391,6 +397,40 @@ def _service(request: Request) -> FleetService:
     return service
 
 
+# The 200 answer of a list route: the page as a JSON array, the next page in headers.
+_PAGED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "one page (a JSON array); more follow when the headers name the next",
+        "headers": {
+            "Link": {
+                "description": 'the next page: `<PATH?...&cursor=C>; rel="next"` (RFC 8288); '
+                "absent on the last page",
+                "schema": {"type": "string"},
+            },
+            "X-Next-Cursor": {
+                "description": "the cursor of the next page; absent on the last page",
+                "schema": {"type": "string"},
+            },
+        },
+    }
+}
+
+
+def _page(query: PageQuery, kind: str, key_type: type[int] | type[str]) -> PageRequest:
+    after = None if query.cursor is None else decode_cursor(kind, query.cursor, key_type)
+    return PageRequest(limit=query.limit, after=after)
+
+
+def _paged(request: Request, response: Response, kind: str, page: Listing) -> list[dict[str, Any]]:
+    """The page's rows; the next page's cursor in ``Link`` and ``X-Next-Cursor``."""
+    if page.next_after is not None:
+        cursor = encode_cursor(kind, page.next_after)
+        url = request.url.include_query_params(cursor=cursor)
+        response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        response.headers["X-Next-Cursor"] = cursor
+    return page.items
+
+
 def create_app(
     config: ServerConfig,
     *,
@@ -412,6 +452,7 @@ def create_app(
             max_backup_bytes=config.max_backup_bytes,
             artifact_url_prefix=f"{API}/releases",
             credential_cache_ttl_s=config.credential_cache_ttl_s,
+            online_after_s=3.0 * config.poll_interval_s,
         ),
     )
 
@@ -675,9 +716,13 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         )
         return JSONResponse(release, status_code=201 if created else 200)
 
-    @_route(router, "GET", "/releases", VIEWER, response_model=list[ReleaseView])
-    def list_releases(request: Request) -> list[dict[str, Any]]:
-        return _service(request).list_releases()
+    @_route(router, "GET", "/releases", VIEWER, response_model=list[ReleaseView], responses=_PAGED)
+    def list_releases(
+        request: Request, response: Response, query: Annotated[PageQuery, Query()]
+    ) -> list[dict[str, Any]]:
+        """Releases in upload order, one page."""
+        listing = _service(request).release_page(_page(query, "releases", int))
+        return _paged(request, response, "releases", listing)
 
     @_route(router, "GET", "/releases/{release_id}", VIEWER, response_model=ReleaseView)
     def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
@@ -730,9 +775,15 @@ def _campaign_routes(router: APIRouter) -> None:
         """Start a phased campaign; safety-critical releases are refused (BMSFW-E606)."""
         return _service(request).create_campaign(_principal(request), spec)
 
-    @_route(router, "GET", "/campaigns", VIEWER, response_model=list[CampaignView])
-    def list_campaigns(request: Request) -> list[dict[str, Any]]:
-        return _service(request).list_campaigns()
+    @_route(
+        router, "GET", "/campaigns", VIEWER, response_model=list[CampaignView], responses=_PAGED
+    )
+    def list_campaigns(
+        request: Request, response: Response, query: Annotated[PageQuery, Query()]
+    ) -> list[dict[str, Any]]:
+        """Campaigns in creation order, one page."""
+        listing = _service(request).campaign_page(_page(query, "campaigns", int))
+        return _paged(request, response, "campaigns", listing)
 
     @_route(router, "GET", "/campaigns/{campaign_id}", VIEWER, response_model=CampaignView)
     def get_campaign(request: Request, campaign_id: IdPath) -> dict[str, Any]:
@@ -779,9 +830,13 @@ def _campaign_routes(router: APIRouter) -> None:
 
 
 def _inventory_routes(router: APIRouter) -> None:
-    @_route(router, "GET", "/gateways", VIEWER, response_model=list[GatewayView])
-    def list_gateways(request: Request) -> list[dict[str, Any]]:
-        return _service(request).list_gateways()
+    @_route(router, "GET", "/gateways", VIEWER, response_model=list[GatewayView], responses=_PAGED)
+    def list_gateways(
+        request: Request, response: Response, query: Annotated[PageQuery, Query()]
+    ) -> list[dict[str, Any]]:
+        """Gateways by name, one page."""
+        listing = _service(request).gateway_page(_page(query, "gateways", str))
+        return _paged(request, response, "gateways", listing)
 
     @_route(router, "POST", "/gateways", ADMIN, status_code=201, response_model=GatewayCreated)
     def create_gateway(request: Request, body: GatewayCreate) -> dict[str, Any]:
@@ -790,14 +845,23 @@ def _inventory_routes(router: APIRouter) -> None:
             _principal(request), body.name, body.site, body.tags
         )
 
-    @_route(router, "GET", "/devices", VIEWER, response_model=list[DeviceView])
+    @_route(router, "GET", "/devices", VIEWER, response_model=list[DeviceView], responses=_PAGED)
     def list_devices(
-        request: Request,
-        site: Annotated[str | None, Query(max_length=120)] = None,
-        model: Annotated[str | None, Query(max_length=120)] = None,
-        flagged: bool = False,
+        request: Request, response: Response, query: Annotated[DeviceQuery, Query()]
     ) -> list[dict[str, Any]]:
-        return _service(request).list_devices(site=site, model=model, flagged=flagged)
+        """Devices in serial order, one page; every filter given must match (exact values;
+        `online`: checked in within three poll intervals; `flagged`: an open flag)."""
+        selection = DeviceFilter(
+            model=query.model,
+            hw_revision=query.revision,
+            firmware_version=query.version,
+            site=query.site,
+            tag=query.tag,
+            flagged=query.flagged,
+            online=query.online,
+        )
+        listing = _service(request).device_page(selection, _page(query, "devices", str))
+        return _paged(request, response, "devices", listing)
 
     @_route(router, "GET", "/devices/{serial}", VIEWER, response_model=DeviceDetail)
     def get_device(request: Request, serial: SerialPath) -> dict[str, Any]:
@@ -841,10 +905,16 @@ def _inventory_routes(router: APIRouter) -> None:
     def set_windows(request: Request, site: SitePath, body: SiteWindowSpec) -> dict[str, Any]:
         return _service(request).set_site_windows(_principal(request), site, body)
 
-    @_route(router, "GET", "/flags", VIEWER, response_model=list[FlagView])
-    def list_flags(request: Request, include_acknowledged: bool = False) -> list[dict[str, Any]]:
-        """Devices flagged for integrity faults, unexpected firmware hash or version."""
-        return _service(request).list_flags(include_acknowledged=include_acknowledged)
+    @_route(router, "GET", "/flags", VIEWER, response_model=list[FlagView], responses=_PAGED)
+    def list_flags(
+        request: Request, response: Response, query: Annotated[FlagQuery, Query()]
+    ) -> list[dict[str, Any]]:
+        """Devices flagged for integrity faults, unexpected firmware hash or version (open
+        ones unless `include_acknowledged`), in the order raised, one page."""
+        listing = _service(request).flag_page(
+            include_acknowledged=query.include_acknowledged, page=_page(query, "flags", int)
+        )
+        return _paged(request, response, "flags", listing)
 
     @_route(router, "POST", "/flags/{flag_id}/acknowledge", OPERATOR, response_model=FlagView)
     def acknowledge(
@@ -877,14 +947,16 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
         request.app.state.edge.flush()
         return _service(request).access_review()
 
-    @_route(router, "GET", "/audit", ADMIN, response_model=list[AuditEntryView])
+    @_route(router, "GET", "/audit", ADMIN, response_model=list[AuditEntryView], responses=_PAGED)
     def audit_log(
-        request: Request,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before_id: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
+        request: Request, response: Response, query: Annotated[AuditQuery, Query()]
     ) -> list[dict[str, Any]]:
+        """The audit log, newest first, one page (`before_id` is the older form of `cursor`)."""
         request.app.state.edge.flush()  # refusals counted so far are in the answer
-        return _service(request).audit_log(limit, before_id)
+        page = _page(query, "audit", int)
+        if query.cursor is None and query.before_id is not None:
+            page = PageRequest(limit=query.limit, after=query.before_id)
+        return _paged(request, response, "audit", _service(request).audit_page(page))
 
     @_route(router, "GET", "/openapi.json", VIEWER, include_in_schema=False)
     def openapi(request: Request) -> dict[str, Any]:

@@ -486,6 +486,30 @@ class FleetClient:
         """GET ``/api/v1/<path>`` (operator reads: campaigns, devices, flags, audit...)."""
         return self._json("GET", f"{API}/{path.lstrip('/')}", params=params or None)
 
+    def get_page(self, path: str, **params: Any) -> tuple[list[Any], str | None]:
+        """One page of the list route ``path`` and the cursor of the next (None: the last)."""
+        what = f"GET {API}/{path.lstrip('/')}"
+        response, body = self._exchange(
+            "GET",
+            f"{API}/{path.lstrip('/')}",
+            max_bytes=self.config.limits.max_operator_answer_bytes,
+            params=params or None,
+        )
+        rows = _parse_json(body, what)
+        if not isinstance(rows, list):
+            raise MalformedAnswerError(f"{what}: expected a JSON list")
+        cursor = response.headers.get("x-next-cursor")
+        return rows, (_printable(cursor, 1024) if cursor else None)
+
+    def get_all(self, path: str, **params: Any) -> list[Any]:
+        """Every row of the list route ``path``, page after page (``limit`` rows each)."""
+        params = {"limit": 1000, **params}
+        rows, cursor = self.get_page(path, **params)
+        while cursor is not None:
+            page, cursor = self.get_page(path, **params, cursor=cursor)
+            rows.extend(page)
+        return rows
+
     def post(self, path: str, body: Any = None) -> Any:
         return self._json("POST", f"{API}/{path.lstrip('/')}", json=body)
 

@@ -5,13 +5,22 @@ its open (unacknowledged) flags."""
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy import ColumnElement, Select, exists, func, literal_column, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from bmsfw.fleet.models import Device, DeviceFlag, Gateway
 
-__all__ = ["devices_with_gateway", "has_open_flag", "open_flag_kinds"]
+__all__ = [
+    "DeviceFilter",
+    "device_conditions",
+    "devices_with_gateway",
+    "has_open_flag",
+    "open_flag_kinds",
+]
 
 
 def devices_with_gateway() -> Select[Device, str]:
@@ -38,3 +47,46 @@ def open_flag_kinds(session: Session, device_ids: Collection[int] | None) -> dic
     for device_id, kind in session.execute(query.order_by(DeviceFlag.id)):
         kinds.setdefault(device_id, []).append(kind)
     return kinds
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """Which devices a listing shows; empty fields match everything (all must match)."""
+
+    model: str = ""
+    hw_revision: str = ""
+    firmware_version: str = ""
+    site: str = ""
+    tag: str = ""
+    flagged: bool | None = None  # True: with an open flag; False: without one
+    online: bool | None = None  # True: checked in at or after ``online_since``
+
+
+def device_conditions(
+    session: Session, f: DeviceFilter, online_since: datetime
+) -> list[ColumnElement[bool]]:
+    """The WHERE conditions on :class:`Device` of ``f`` (one query, any fleet size)."""
+    conditions: list[ColumnElement[bool]] = []
+    for column, value in (
+        (Device.model, f.model),
+        (Device.hw_revision, f.hw_revision),
+        (Device.firmware_version, f.firmware_version),
+        (Device.site, f.site),
+    ):
+        if value:
+            conditions.append(column == value)
+    if f.tag:  # tags are a JSON list: containment, written per dialect
+        if session.get_bind().dialect.name == "postgresql":
+            conditions.append(Device.tags.cast(JSONB).contains([f.tag]))
+        else:
+            each = func.json_each(Device.tags).table_valued("value")
+            conditions.append(
+                exists(select(literal_column("1")).select_from(each).where(each.c.value == f.tag))
+            )
+    if f.flagged is not None:
+        conditions.append(has_open_flag() if f.flagged else ~has_open_flag())
+    if f.online is not None:
+        conditions.append(
+            Device.last_seen_at >= online_since if f.online else Device.last_seen_at < online_since
+        )
+    return conditions

@@ -27,6 +27,7 @@ __all__ = [
     "FleetUnreachableError",
     "InvalidCampaignSpecError",
     "InvalidCredentialError",
+    "InvalidCursorError",
     "InvalidStateTransitionError",
     "MigrationError",
     "NoTargetDevicesError",
@@ -258,6 +259,19 @@ class UploadConflictError(FleetError):
     )
 
 
+class InvalidCursorError(FleetError):
+    code = "BMSFW-E642"
+    http_status = 422
+    diagnosis = (
+        "The paging cursor is not one this server handed out for this list (cut short, "
+        "edited, or taken from another list's answer)."
+    )
+    remedy = (
+        "Ask for the first page again without --cursor (API: without 'cursor') and follow "
+        "the next cursors the answers give."
+    )
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -287,6 +301,7 @@ _BY_CODE: dict[str, type[FleetError]] = {
         RequestTooLargeError,
         RateLimitedError,
         UploadConflictError,
+        InvalidCursorError,
     )
 }
 

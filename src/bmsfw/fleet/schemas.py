@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bmsfw.fleet.paging import DEFAULT_PAGE_SIZE, MAX_CURSOR_CHARS, MAX_PAGE_SIZE
 from bmsfw.fleet.protocol import (
     INT32_MAX,
     INT64_MAX,
@@ -18,9 +19,13 @@ Name = Annotated[str, Field(min_length=1, max_length=120)]
 
 __all__ = [
     "DEFAULT_PHASES",
+    "AuditQuery",
     "CampaignSpec",
     "DeviceMove",
+    "DeviceQuery",
+    "FlagQuery",
     "GatewayCreate",
+    "PageQuery",
     "PhaseSpec",
     "Selector",
     "SiteWindowSpec",
@@ -110,3 +115,37 @@ class DeviceMove(_Model):
     """``POST /devices/{serial}/move``: the gateway the device is behind from now on."""
 
     gateway: str = Field(min_length=1, max_length=120)
+
+
+# Query parameters of the list routes, as models: typed, bounded like the columns they
+# filter, and an unknown parameter is a 422 (a misspelt filter must not list everything).
+
+
+class PageQuery(_Model):
+    """``limit`` rows after ``cursor`` (docs/fleet.md, "Paging")."""
+
+    limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=MAX_CURSOR_CHARS, pattern=r"^[A-Za-z0-9_-]+$"
+    )
+
+
+class DeviceQuery(PageQuery):
+    """Filters of ``GET /devices`` (all given ones must match; exact values)."""
+
+    model: str = Field(default="", max_length=120)
+    revision: str = Field(default="", max_length=64)
+    version: str = Field(default="", max_length=64)
+    site: str = Field(default="", max_length=120)
+    tag: str = Field(default="", max_length=120)
+    flagged: bool | None = None
+    online: bool | None = None
+
+
+class FlagQuery(PageQuery):
+    include_acknowledged: bool = False
+
+
+class AuditQuery(PageQuery):
+    # The page before this entry id (the older form of the cursor, still accepted).
+    before_id: int | None = Field(default=None, ge=1, le=INT32_MAX)

@@ -141,6 +141,8 @@ class ServiceSettings:
     # again: the bound on how late a revocation made by another process takes
     # effect here. 0 looks every token up on every request.
     credential_cache_ttl_s: float = 5.0
+    # A device counts as online when its gateway checked it in this recently.
+    online_after_s: float = 180.0
 
 
 def audit(

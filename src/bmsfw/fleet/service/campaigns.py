@@ -30,6 +30,7 @@ from bmsfw.fleet.models import (
     DeviceStateEvent,
     Release,
 )
+from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.schemas import CampaignSpec
 from bmsfw.fleet.service._base import (
     _ACTIVE_CAMPAIGN,
@@ -252,12 +253,16 @@ class CampaignOps(ServiceBase):
             self.evaluate(campaign_id)
         return ids
 
-    def list_campaigns(self) -> list[dict[str, Any]]:
+    def campaign_page(self, page: PageRequest = EVERYTHING) -> Listing:
+        """Campaigns in creation order, one page."""
         with self.sessions() as session:
-            return [
-                self._campaign_dict(session, c)
-                for c in session.scalars(select(Campaign).order_by(Campaign.id))
-            ]
+            rows = session.scalars(keyset(select(Campaign), Campaign.id, page)).all()
+            return listing(
+                rows, page, lambda c: int(c.id), lambda c: self._campaign_dict(session, c)
+            )
+
+    def list_campaigns(self) -> list[dict[str, Any]]:
+        return self.campaign_page().items
 
     def get_campaign(self, campaign_id: int) -> dict[str, Any]:
         with self.sessions() as session:

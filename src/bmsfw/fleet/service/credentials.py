@@ -18,6 +18,7 @@ from bmsfw.fleet.models import (
     AuditEntry,
     Credential,
 )
+from bmsfw.fleet.paging import Listing, PageRequest, keyset, listing
 from bmsfw.fleet.service._base import (
     ServiceBase,
     _iso,
@@ -124,13 +125,17 @@ class CredentialOps(ServiceBase):
                     note="refusals beyond the distinct keys held between two flushes",
                 )
 
-    def audit_log(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+    def audit_page(self, page: PageRequest) -> Listing:
+        """The audit log, newest first, one page."""
         with self.sessions() as session:
-            query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
-            if before_id is not None:
-                query = query.where(AuditEntry.id < before_id)
-            return [
-                {
+            rows = session.scalars(
+                keyset(select(AuditEntry), AuditEntry.id, page, descending=True)
+            ).all()
+            return listing(
+                rows,
+                page,
+                lambda e: int(e.id),
+                lambda e: {
                     "id": e.id,
                     "at": e.at.isoformat(),
                     "actor_id": e.actor_id,
@@ -138,6 +143,9 @@ class CredentialOps(ServiceBase):
                     "action": e.action,
                     "target": e.target,
                     "detail": e.detail,
-                }
-                for e in session.scalars(query)
-            ]
+                },
+            )
+
+    def audit_log(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        """The ``limit`` newest entries older than ``before_id`` (the dashboard's pages)."""
+        return self.audit_page(PageRequest(limit=limit, after=before_id)).items

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -9,7 +10,12 @@ from sqlalchemy import (
 )
 
 from bmsfw.fleet.auth import Principal
-from bmsfw.fleet.device_query import devices_with_gateway, has_open_flag, open_flag_kinds
+from bmsfw.fleet.device_query import (
+    DeviceFilter,
+    device_conditions,
+    devices_with_gateway,
+    open_flag_kinds,
+)
 from bmsfw.fleet.errors import (
     FleetNotFoundError,
 )
@@ -19,6 +25,7 @@ from bmsfw.fleet.models import (
     DeviceFlag,
     Gateway,
 )
+from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.service._base import (
     ServiceBase,
     _device_dict,
@@ -28,20 +35,27 @@ from bmsfw.fleet.service._base import (
 
 
 class InventoryOps(ServiceBase):
+    def device_page(self, f: DeviceFilter, page: PageRequest = EVERYTHING) -> Listing:
+        """Devices matching ``f`` in serial order, one page, each with its open flags."""
+        online_since = self.clock.now() - timedelta(seconds=self.settings.online_after_s)
+        with self.sessions() as session:
+            query = devices_with_gateway().where(*device_conditions(session, f, online_since))
+            rows = session.execute(keyset(query, Device.serial, page)).all()
+            shown = rows if page.limit is None else rows[: page.limit]
+            flags = open_flag_kinds(session, [d.id for d, _ in shown])
+            return listing(
+                rows,
+                page,
+                lambda row: str(row[0].serial),
+                lambda row: _device_dict(row[0], row[1], flags.get(row[0].id, [])),
+            )
+
     def list_devices(
         self, *, site: str | None = None, model: str | None = None, flagged: bool = False
     ) -> list[dict[str, Any]]:
-        with self.sessions() as session:
-            query = devices_with_gateway()
-            if site:
-                query = query.where(Device.site == site)
-            if model:
-                query = query.where(Device.model == model)
-            if flagged:
-                query = query.where(has_open_flag())
-            flags = open_flag_kinds(session, None)  # the whole inventory: every open flag
-            rows = session.execute(query.order_by(Device.serial)).all()
-            return [_device_dict(d, gateway, flags.get(d.id, [])) for d, gateway in rows]
+        """Every matching device (inside the server; the API pages with :meth:`device_page`)."""
+        f = DeviceFilter(model=model or "", site=site or "", flagged=True if flagged else None)
+        return self.device_page(f).items
 
     def get_device(self, serial: str) -> dict[str, Any]:
         with self.sessions() as session:
@@ -85,17 +99,19 @@ class InventoryOps(ServiceBase):
             flags = open_flag_kinds(session, [device.id]).get(device.id, [])
             return _device_dict(device, target.name, flags)
 
-    def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+    def flag_page(self, *, include_acknowledged: bool, page: PageRequest = EVERYTHING) -> Listing:
+        """Flags in the order they were raised (open ones only unless asked), one page."""
         with self.sessions() as session:
             query = select(DeviceFlag, Device.serial).join(
                 Device, Device.id == DeviceFlag.device_id
             )
             if not include_acknowledged:
                 query = query.where(DeviceFlag.acknowledged_at.is_(None))
-            return [
-                _flag_dict(flag, serial)
-                for flag, serial in session.execute(query.order_by(DeviceFlag.id))
-            ]
+            rows = session.execute(keyset(query, DeviceFlag.id, page)).all()
+            return listing(rows, page, lambda r: int(r[0].id), lambda r: _flag_dict(r[0], r[1]))
+
+    def list_flags(self, *, include_acknowledged: bool = False) -> list[dict[str, Any]]:
+        return self.flag_page(include_acknowledged=include_acknowledged).items
 
     def acknowledge_flag(self, principal: Principal, flag_id: int, note: str) -> dict[str, Any]:
         now = self.clock.now()

@@ -20,6 +20,7 @@ from bmsfw.fleet.models import (
     Device,
     Release,
 )
+from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.releases import ReleaseFacts
 from bmsfw.fleet.service._base import (
     S,
@@ -100,9 +101,14 @@ class ReleaseOps(ServiceBase):
         with self.sessions() as session, session.begin():
             audit(session, principal, "release.rejected", f"file:{filename}", now, code=code)
 
-    def list_releases(self) -> list[dict[str, Any]]:
+    def release_page(self, page: PageRequest = EVERYTHING) -> Listing:
+        """Releases in upload order, one page."""
         with self.sessions() as session:
-            return [_release_dict(r) for r in session.scalars(select(Release).order_by(Release.id))]
+            rows = session.scalars(keyset(select(Release), Release.id, page)).all()
+            return listing(rows, page, lambda r: int(r.id), _release_dict)
+
+    def list_releases(self) -> list[dict[str, Any]]:
+        return self.release_page().items
 
     def get_release(self, release_id: int) -> dict[str, Any]:
         with self.sessions() as session:

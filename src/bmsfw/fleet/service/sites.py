@@ -19,6 +19,7 @@ from bmsfw.fleet.models import (
     Gateway,
     SiteWindow,
 )
+from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.schemas import SiteWindowSpec
 from bmsfw.fleet.service._base import (
     ServiceBase,
@@ -50,15 +51,22 @@ class GatewayOps(ServiceBase):
             audit(session, principal, "gateway.create", f"gateway:{name}", now, site=site)
             return {"id": gateway.id, "name": name, "site": site, "token": token}
 
-    def list_gateways(self) -> list[dict[str, Any]]:
+    def gateway_page(self, page: PageRequest = EVERYTHING) -> Listing:
+        """Gateways by name, one page, each with its device count."""
         with self.sessions() as session:
+            rows = session.scalars(keyset(select(Gateway), Gateway.name, page)).all()
             counts = dict(
                 session.execute(
-                    select(Device.gateway_id, func.count()).group_by(Device.gateway_id)
+                    select(Device.gateway_id, func.count())
+                    .where(Device.gateway_id.in_([g.id for g in rows]))
+                    .group_by(Device.gateway_id)
                 ).all()
             )
-            return [
-                {
+            return listing(
+                rows,
+                page,
+                lambda g: str(g.name),
+                lambda g: {
                     "id": g.id,
                     "name": g.name,
                     "site": g.site,
@@ -66,9 +74,11 @@ class GatewayOps(ServiceBase):
                     "agent_version": g.agent_version,
                     "devices": counts.get(g.id, 0),
                     "last_seen_at": g.last_seen_at.isoformat() if g.last_seen_at else None,
-                }
-                for g in session.scalars(select(Gateway).order_by(Gateway.name))
-            ]
+                },
+            )
+
+    def list_gateways(self) -> list[dict[str, Any]]:
+        return self.gateway_page().items
 
     def set_site_windows(
         self, principal: Principal, site: str, spec: SiteWindowSpec
