@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import uuid
@@ -165,6 +166,54 @@ class Fleet:
         return self.call(
             "POST", "/api/v1/releases", role, content=data, params={"filename": "r.bmsfw"}
         )
+
+
+class StreamedBody:
+    """A request body sent in chunks straight to the app's ASGI interface (the test
+    client would read it whole first), counting how much of it the server pulled: the
+    chunks of ``data``, or ``total`` bytes of spaces made one chunk at a time."""
+
+    def __init__(self, total: int, chunk: int = 256 * 1024, data: bytes | None = None) -> None:
+        self.total = len(data) if data is not None else total
+        self.chunk, self.pulled, self.data = chunk, 0, data
+
+    def post(
+        self, app: Any, path: str, headers: dict[str, str], query: bytes = b""
+    ) -> tuple[int, bytes]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("testclient", 50000),
+            "server": ("testserver", 80),
+            "state": {},
+        }
+        answer: dict[str, Any] = {"status": 0, "body": b""}
+
+        async def receive() -> dict[str, Any]:
+            start, self.pulled = self.pulled, min(self.total, self.pulled + self.chunk)
+            part = (
+                b" " * (self.pulled - start)
+                if self.data is None
+                else self.data[start : self.pulled]
+            )
+            return {"type": "http.request", "body": part, "more_body": self.pulled < self.total}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["body"] += message.get("body", b"")
+
+        asyncio.run(app(scope, receive, send))
+        return answer["status"], answer["body"]
 
 
 def bms(serial: str, version: str = "1.0.0", **kw: Any) -> dict[str, Any]:

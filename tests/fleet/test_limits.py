@@ -4,14 +4,13 @@ audited (batched) and every request access-logged."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
 
 import pytest
 
-from .conftest import Fleet, bms, make_release
+from .conftest import Fleet, StreamedBody, bms, make_release
 
 MIB = 1024 * 1024
 
@@ -26,49 +25,6 @@ def config_overrides() -> dict[str, Any]:
         "check_in_burst": 3,
         "auth_failures_per_min": 6,
     }
-
-
-class _Body:
-    """A request body sent in chunks straight to the app's ASGI interface (the test
-    client would read it whole first), counting how much of it the server pulled."""
-
-    def __init__(self, total: int, chunk: int = 256 * 1024) -> None:
-        self.total, self.chunk, self.pulled = total, chunk, 0
-
-    def post(self, app: Any, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-            "client": ("testclient", 50000),
-            "server": ("testserver", 80),
-            "state": {},
-        }
-        answer: dict[str, Any] = {"status": 0, "body": b""}
-
-        async def receive() -> dict[str, Any]:
-            self.pulled += self.chunk
-            return {
-                "type": "http.request",
-                "body": b" " * self.chunk,
-                "more_body": self.pulled < self.total,
-            }
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-            elif message["type"] == "http.response.body":
-                answer["body"] += message.get("body", b"")
-
-        asyncio.run(app(scope, receive, send))
-        return answer["status"], answer["body"]
 
 
 def _too_large(status: int, body: bytes) -> None:
@@ -99,11 +55,11 @@ def test_oversized_bodies_are_413_before_they_are_read(
     fleet.check_in("gw", [bms("S1")])
     headers = {**fleet.h(who), "content-type": "application/json"}
     # Declared: refused before a single byte of the 86 MB body is pulled.
-    declared = _Body(86 * MIB)
+    declared = StreamedBody(86 * MIB)
     _too_large(*declared.post(fleet.app, path, {**headers, "content-length": str(86 * MIB)}))
     assert declared.pulled == 0
     # Chunked (no length): reading stops at the first chunk past the limit.
-    chunked = _Body(86 * MIB)
+    chunked = StreamedBody(86 * MIB)
     _too_large(*chunked.post(fleet.app, path, headers))
     assert chunked.pulled <= limit + chunked.chunk
     refused = [e for e in _refusals(fleet) if e["detail"]["reason"] == "BMSFW-E631"]

@@ -228,7 +228,7 @@ def test_the_loser_of_two_concurrent_uploads_of_one_file_stores_nothing(
     serialises writers, so it waits and then finds the winner: 200. Never a 500, and no
     chunk, row or audit entry of the loser is left."""
     data = make_release(pki, "4.2.0")
-    facts = verify_upload(data, TrustRoot(root_pem), now=fleet.clock.now())
+    facts = verify_upload(io.BytesIO(data), TrustRoot(root_pem), now=fleet.clock.now())
     postgres = fleet.db_url.startswith("postgresql")
     engine = make_engine(fleet.db_url)  # BEGIN IMMEDIATE on SQLite, as a server's
     try:

@@ -694,26 +694,23 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         principal = _principal(request)
         trust: TrustRoot = request.app.state.trust
         # Streamed to a temporary file while it arrives (the edge stops it at
-        # max_upload_bytes, 413): a body is never buffered in memory while it is
-        # received. Once complete and within the limit it is read back once: the
-        # package verifier works on the bytes.
+        # max_upload_bytes, 413), then hashed, verified and copied into the database
+        # from that file a chunk at a time: the upload is never whole in memory.
         with tempfile.TemporaryFile(prefix="bmsfw-upload-") as spool:
-            size = 0
             async for chunk in request.stream():
-                size += len(chunk)
                 await run_in_threadpool(spool.write, chunk)
-            spool.seek(0)
-            data = await run_in_threadpool(spool.read)
-        try:
-            facts = await run_in_threadpool(verify_upload, data, trust, now=service.clock.now())
-        except ReleaseRejectedError as exc:
-            await run_in_threadpool(
-                service.audit_rejected_upload, principal, filename, exc.package_code
+            try:
+                facts = await run_in_threadpool(
+                    verify_upload, spool, trust, now=service.clock.now()
+                )
+            except ReleaseRejectedError as exc:
+                await run_in_threadpool(
+                    service.audit_rejected_upload, principal, filename, exc.package_code
+                )
+                raise
+            release, created = await run_in_threadpool(
+                service.add_release, principal, facts, spool, safe_filename(filename)
             )
-            raise
-        release, created = await run_in_threadpool(
-            service.add_release, principal, facts, data, safe_filename(filename)
-        )
         return JSONResponse(release, status_code=201 if created else 200)
 
     @_route(router, "GET", "/releases", VIEWER, response_model=list[ReleaseView], responses=_PAGED)

@@ -12,9 +12,10 @@ A BMS package is a few hundred KiB; the upload limit (32 MiB by default) bounds 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import IO, cast
 
 from sqlalchemy import Connection, Engine, Table, func, select
 
@@ -34,23 +35,26 @@ class ArtifactStore:
         self.engine = engine
 
     @staticmethod
-    def put(conn: Connection, sha256: str, data: bytes) -> None:
-        """Store ``data`` under ``sha256`` inside ``conn``'s transaction (idempotent)."""
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise ArtifactStoreError(f"artifact bytes do not hash to {sha256}")
+    def put(conn: Connection, sha256: str, source: bytes | IO[bytes]) -> None:
+        """Store the file ``source`` (bytes, or a seekable file read a chunk at a time)
+        under ``sha256`` inside ``conn``'s transaction (idempotent). Bytes that do not
+        hash to ``sha256`` raise ArtifactStoreError: the caller's transaction, rolled
+        back, keeps none of the chunks already inserted."""
         present = conn.execute(
             select(func.count()).select_from(_T).where(_T.c.sha256 == sha256)
         ).scalar_one()
         if present:
             return
-        view = memoryview(data)
-        conn.execute(
-            _T.insert(),
-            [
-                {"sha256": sha256, "seq": seq, "data": bytes(view[start : start + CHUNK_BYTES])}
-                for seq, start in enumerate(range(0, len(data), CHUNK_BYTES))
-            ],
-        )
+        file = io.BytesIO(source) if isinstance(source, bytes) else source
+        file.seek(0)
+        digest = hashlib.sha256()
+        seq = 0
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+            conn.execute(_T.insert(), {"sha256": sha256, "seq": seq, "data": chunk})
+            seq += 1
+        if digest.hexdigest() != sha256:
+            raise ArtifactStoreError(f"artifact bytes do not hash to {sha256}")
 
     def check(self, sha256: str, size_bytes: int) -> None:
         """Refuse (E611) a file that is missing or whose stored size differs from its record."""
@@ -96,10 +100,11 @@ class ArtifactStore:
                 path = root / "sha256" / sha256[:2] / sha256
                 if not path.is_file() or path.stat().st_size != size:
                     continue
-                data = path.read_bytes()
-                if hashlib.sha256(data).hexdigest() == sha256:
-                    self.put(conn, sha256, data)
-                    imported += 1
+                with path.open("rb") as file:
+                    digest = hashlib.file_digest(file, "sha256").hexdigest()
+                    if digest == sha256:
+                        self.put(conn, sha256, file)
+                        imported += 1
         return imported
 
 

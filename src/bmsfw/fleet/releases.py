@@ -14,7 +14,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 from bmsfw.errors import PackageError
 from bmsfw.fleet.errors import FleetConfigError, ReleaseRejectedError
@@ -25,6 +25,7 @@ __all__ = ["ReleaseFacts", "TrustRoot", "safe_filename", "verify_upload"]
 
 _UNSAFE_FILENAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 DEFAULT_FILENAME = "release.bmsfw"
+_HASH_CHUNK = 256 * 1024
 # Column widths of the releases table: a signed package whose fields do not fit is
 # refused (422), never a database error.
 _FIELD_WIDTHS = {"product": 120, "version": 64, "hw_model": 120, "min_bootloader": 64}
@@ -69,15 +70,26 @@ class TrustRoot:
         self.root_pem = root_pem
 
 
-def verify_upload(data: bytes, trust: TrustRoot, *, now: datetime | None = None) -> ReleaseFacts:
-    """Verify ``data`` as a ``.bmsfw`` release; raises ReleaseRejectedError with the cause.
+def verify_upload(
+    source: IO[bytes], trust: TrustRoot, *, now: datetime | None = None
+) -> ReleaseFacts:
+    """Verify the seekable file ``source`` as a ``.bmsfw`` release; raises
+    ReleaseRejectedError with the cause.
 
     No device facts: compatibility and anti-rollback are the device's (and the
     campaign selector's) business; signature, chain, revocation and every
-    component hash are checked here.
+    component hash are checked here. The file is hashed and verified a chunk at a
+    time (never read whole); the decoded component images the signed manifest
+    declares are what stays in memory while it is verified.
     """
+    digest = hashlib.sha256()
+    source.seek(0)
+    while chunk := source.read(_HASH_CHUNK):
+        digest.update(chunk)
+    size = source.tell()
+    source.seek(0)
     try:
-        verified = verify_release(data, trust.anchors, None, now=now)
+        verified = verify_release(source, trust.anchors, None, now=now)
     except PackageError as exc:
         raise ReleaseRejectedError(
             f"release rejected: {exc.code}: {exc.message}", package_code=exc.code
@@ -101,8 +113,8 @@ def verify_upload(data: bytes, trust: TrustRoot, *, now: datetime | None = None)
             for c in manifest.components
         ),
         release_notes=manifest.release_notes,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
+        sha256=digest.hexdigest(),
+        size_bytes=size,
     )
     _check_storable(facts)
     return facts

@@ -207,12 +207,20 @@ class ReleaseInspection:
 # --- zip handling ---------------------------------------------------------------------
 
 
+PackageSource = bytes | IO[bytes]
+"""A package's bytes, or a seekable binary file holding them (read in chunks, never whole)."""
+
+
+def _as_file(source: PackageSource) -> IO[bytes]:
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
 class _Package:
     """The members of a .bmsfw zip, read defensively (sizes bounded before reading)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, source: PackageSource) -> None:
         try:
-            self._zip = zipfile.ZipFile(io.BytesIO(data))
+            self._zip = zipfile.ZipFile(_as_file(source))
             infos = self._zip.infolist()
         except _ZIP_ERRORS as exc:
             raise MalformedPackageError(f"not a readable .bmsfw zip: {exc}") from None
@@ -582,12 +590,14 @@ def _check_payload(comp: Component, payload: bytes | bytearray) -> None:
 
 
 class _CompareSink(io.RawIOBase):
-    """A seekable file that checks what zipfile writes against ``expected``, without
-    keeping a copy: member data is compared as it is written; headers (small, and
-    rewritten after the data by zipfile) are kept until :meth:`check`."""
+    """A seekable file that checks what zipfile writes against ``expected`` (a seekable
+    file: read back at the written offsets, a chunk at a time), without keeping a copy:
+    member data is compared as it is written; headers (small, and rewritten after the
+    data by zipfile) are kept until :meth:`check`."""
 
-    def __init__(self, expected: bytes) -> None:
-        self._expected = memoryview(expected)
+    def __init__(self, expected: IO[bytes]) -> None:
+        self._expected = expected
+        self._size = expected.seek(0, io.SEEK_END)
         self._pos = 0
         self._end = 0
         self._headers: dict[int, bytes] = {}
@@ -611,7 +621,7 @@ class _CompareSink(io.RawIOBase):
     def write(self, data: bytes) -> int:  # type: ignore[override]
         size = len(data)
         if self.data_mode:
-            if self._expected[self._pos : self._pos + size] != data:
+            if self._read_at(self._pos, size) != data:
                 self.mismatch = True
         else:
             self._headers[self._pos] = bytes(data)
@@ -619,19 +629,22 @@ class _CompareSink(io.RawIOBase):
         self._end = max(self._end, self._pos)
         return size
 
+    def _read_at(self, offset: int, size: int) -> bytes:
+        # zipfile re-seeks its own reads of the same file (zipfile._SharedFile).
+        self._expected.seek(offset)
+        return self._expected.read(size)
+
     def check(self) -> bool:
-        if self.mismatch or self._end != len(self._expected):
+        if self.mismatch or self._end != self._size:
             return False
-        return all(
-            self._expected[off : off + len(chunk)] == chunk for off, chunk in self._headers.items()
-        )
+        return all(self._read_at(off, len(chunk)) == chunk for off, chunk in self._headers.items())
 
 
 _STREAM_CHUNK = 64 * 1024
 
 
 def _stream_components(
-    data: bytes, pkg: _Package, header: ReleaseHeader, manifest: Manifest
+    source: IO[bytes], pkg: _Package, header: ReleaseHeader, manifest: Manifest
 ) -> dict[str, bytes]:
     """One pass over the package: re-serialise it canonically against the input (no copy),
     hash each component's stored bytes and decode them in a stream.
@@ -639,9 +652,10 @@ def _stream_components(
     Only bmsfw writes packages, deterministically: the canonical form of the
     verified members must be the input byte for byte. This rejects changes to
     bytes zip readers ignore (timestamps, attributes, comments, extra fields).
-    Memory: the decoded payloads (one copy) plus a chunk.
+    Memory: the decoded payloads (one copy) plus a chunk; the package itself is read
+    from ``source`` a chunk at a time.
     """
-    sink = _CompareSink(data)
+    sink = _CompareSink(source)
     payloads: dict[str, bytes] = {}
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as zf:
         for name, blob in [(MANIFEST_NAME, header.manifest), *_trust_members(header)]:
@@ -766,20 +780,25 @@ def image_key_refusal(image_keys: Mapping[str, bytes], fused: Collection[bytes])
 
 
 def verify_release(
-    data: bytes,
+    data: PackageSource,
     trust: TrustAnchors,
     facts: DeviceFacts | None = None,
     *,
     now: dt.datetime | None = None,
 ) -> VerifiedRelease:
-    """Verify a whole package (pure): header via :func:`verify_header`, then each component."""
-    pkg = _Package(data)
+    """Verify a whole package (pure): header via :func:`verify_header`, then each component.
+
+    ``data`` is the package's bytes or a seekable binary file (a server's spooled upload):
+    a file is read a chunk at a time, never whole; what stays in memory is the decoded
+    component images the signed manifest declares (a BMS image is a few hundred KiB)."""
+    source = _as_file(data)
+    pkg = _Package(source)
     header = _header_of(pkg)
     # The same code path and the same bytes a BMS sees: host and device cannot disagree.
     manifest, chain = _verify_header_bytes(encode_header(header), trust, facts, now)
     _check_members(pkg, manifest, signed=True)
     release_version = parse_version(manifest.version)
-    decoded = _stream_components(data, pkg, header, manifest)
+    decoded = _stream_components(source, pkg, header, manifest)
     images: dict[str, bytes] = {}
     payloads: dict[str, bytes] = {}
     infos: dict[str, ImageInfo] = {}

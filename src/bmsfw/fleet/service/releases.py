@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -32,12 +32,14 @@ from bmsfw.fleet.service._base import (
 
 class ReleaseOps(ServiceBase):
     def add_release(
-        self, principal: Principal, facts: ReleaseFacts, data: bytes, filename: str
+        self, principal: Principal, facts: ReleaseFacts, source: IO[bytes], filename: str
     ) -> tuple[dict[str, Any], bool]:
-        """Store a verified release; returns (release, created). Uploading twice is idempotent."""
+        """Store a verified release from the seekable file ``source`` (copied into the
+        database a chunk at a time); returns (release, created). Uploading twice is
+        idempotent."""
         now = self.clock.now()
         try:
-            return self._store_release(principal, facts, data, filename, now)
+            return self._store_release(principal, facts, source, filename, now)
         except IntegrityError:
             # A concurrent upload of the same file committed its chunks and row first
             # (PostgreSQL: the unique keys on the SHA-256 refuse this insert; SQLite
@@ -55,7 +57,12 @@ class ReleaseOps(ServiceBase):
             ) from None
 
     def _store_release(
-        self, principal: Principal, facts: ReleaseFacts, data: bytes, filename: str, now: datetime
+        self,
+        principal: Principal,
+        facts: ReleaseFacts,
+        source: IO[bytes],
+        filename: str,
+        now: datetime,
     ) -> tuple[dict[str, Any], bool]:
         with self.sessions() as session, session.begin():
             existing = session.scalars(
@@ -64,7 +71,7 @@ class ReleaseOps(ServiceBase):
             if existing is not None:
                 return _release_dict(existing), False
             # The file and its release row commit together, or neither does.
-            self.store.put(session.connection(), facts.sha256, data)
+            self.store.put(session.connection(), facts.sha256, source)
             release = Release(
                 product=facts.product,
                 version=facts.version,
