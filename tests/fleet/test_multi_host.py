@@ -87,7 +87,7 @@ def test_health_and_readiness_need_no_credential_and_change_nothing(fleet: Any) 
     ready = fleet.client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "schema_revision": "0006",
+        "schema_revision": "0007",
         "detail": "",
     }
     assert snapshot() == before

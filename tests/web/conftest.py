@@ -8,6 +8,7 @@ Playwright's own browser download is never used: the browser is /usr/bin/chromiu
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,6 +96,22 @@ def _seed(d: Dashboard, pki: Any) -> None:
         assert response.status_code == 200, response.text
         d.extra[name] = devices
     d.extra["gateways"] = gateways
+    # Three hours of north check-ins every 10 minutes (the packs discharge and charge),
+    # each sampled into the telemetry history as the server's tick does.
+    north = {"Authorization": f"Bearer {gateways['gw-north']}"}
+    for step in range(18):
+        d.clock.advance(600)
+        moved = [
+            {
+                **b,
+                "soc_pct": round(50 + 30 * math.sin(step / 4 + i), 1),
+                "temperature_c": round(22 + 6 * math.cos(step / 5 + i), 1),
+            }
+            for i, b in enumerate(d.extra["gw-north"])
+        ]
+        response = d.api.post("/api/v1/agent/check-in", headers=north, json={"devices": moved})
+        assert response.status_code == 200, response.text
+        d.extra["telemetry"].sample(d.clock.now())
     release = d.api.post(
         "/api/v1/releases",
         headers={"Authorization": f"Bearer {d.tokens['release_manager']}"},
@@ -180,12 +197,14 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
         auth_failures_per_min=0,
         migrate=False,
     )
+    app = create_app(config, clock=clock)
     with (
-        serve_https(create_app(config, clock=clock), tls, "web") as url,
+        serve_https(app, tls, "web") as url,
         httpx.Client(base_url=url, verify=str(tls.ca), timeout=30) as api,
     ):
         d = Dashboard(url, clock, tokens, 0, "", api)
         d.extra["pki"] = pki
+        d.extra["telemetry"] = app.state.telemetry
         _seed(d, pki)
         yield d
 

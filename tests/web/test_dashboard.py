@@ -43,6 +43,13 @@ def test_operator_signs_in_and_sees_overview_and_a_failed_device(
     expect(history).to_contain_text("SoC 12 % < 30 %")
     expect(history).to_contain_text(explanation.diagnosis)
     expect(history).to_contain_text(explanation.remedy)
+    # Three hours of samples drawn as SVG by the server (CSP strict: no script needed).
+    soc = page.get_by_test_id("chart-soc")
+    expect(soc).to_contain_text("18 sample(s)")
+    line = soc.locator("polyline.series")
+    expect(line).to_have_count(1)
+    box = line.bounding_box()
+    assert box is not None and box["width"] > 50 and box["height"] > 20, box
 
 
 def test_devices_are_filtered_and_paged(dashboard: Dashboard, page: Page) -> None:

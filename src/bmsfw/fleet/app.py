@@ -93,6 +93,7 @@ from bmsfw.fleet.schemas import (
     TokenCreate,
 )
 from bmsfw.fleet.service import FleetService, ServiceSettings
+from bmsfw.fleet.telemetry import TelemetryHistory
 from bmsfw.fleet.tuf_repo import TufRepository, TufSettings, tuf_releases
 from bmsfw.fleet.views import (
     AccessReviewEntry,
@@ -457,6 +458,7 @@ def create_app(
     )
 
     edge = _Edge(config, service)
+    telemetry = TelemetryHistory(engine)  # sampled by the tick, drawn by the dashboard
     # The check-in's own threads (as many as database connections): a plain executor
     # hand-off costs less than anyio's (capacity limiter, cancel scope, checkpoints).
     check_in_threads = ThreadPoolExecutor(
@@ -471,7 +473,9 @@ def create_app(
         limiter.total_tokens = max(1, config.db_pool_size)
         tasks = []
         if config.tick_interval_s > 0:
-            tasks.append(asyncio.create_task(_tick_forever(service, config.tick_interval_s)))
+            tasks.append(
+                asyncio.create_task(_tick_forever(service, telemetry, config.tick_interval_s))
+            )
         if config.refusal_flush_interval_s > 0:
             tasks.append(asyncio.create_task(_flush_forever(edge, config.refusal_flush_interval_s)))
         try:
@@ -558,7 +562,13 @@ def create_app(
     _admin_routes(router, app)
     _health_routes(router, engine)
     _document_check_in_body(app)
-    app.mount(PREFIX, create_dashboard(service, edge, online_after_s=3 * config.poll_interval_s))
+    app.state.telemetry = telemetry
+    app.mount(
+        PREFIX,
+        create_dashboard(
+            service, edge, online_after_s=3 * config.poll_interval_s, telemetry=telemetry
+        ),
+    )
     return app
 
 
@@ -613,13 +623,19 @@ async def _flush_forever(edge: _Edge, interval_s: float) -> None:
             log.exception("writing refused requests to the audit log failed")
 
 
-async def _tick_forever(service: FleetService, interval_s: float) -> None:
+async def _tick_forever(
+    service: FleetService, telemetry: TelemetryHistory, interval_s: float
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
             await run_in_threadpool(service.tick)
         except Exception:  # a failed tick must not stop later ones
             log.exception("campaign tick failed")
+        try:
+            await run_in_threadpool(telemetry.sample_if_due, service.clock.now())
+        except Exception:
+            log.exception("telemetry sampling failed")
 
 
 # The upload's body is the .bmsfw file itself, read by the endpoint as a stream.

@@ -43,6 +43,7 @@ __all__ = [
     "Gateway",
     "Release",
     "SiteWindow",
+    "TelemetrySample",
     "UtcDateTime",
 ]
 
@@ -233,6 +234,21 @@ class SiteWindow(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     windows: Mapped[list[Any]]
     updated_at: Mapped[datetime]
+
+
+class TelemetrySample(Base):
+    """A device's state of charge and temperature at one time (see :mod:`.telemetry`)."""
+
+    __tablename__ = "telemetry_samples"
+    __table_args__ = (Index("ix_telemetry_samples_device_at", "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    at: Mapped[datetime] = mapped_column(index=True)
+    soc_pct: Mapped[float | None] = mapped_column(Float, nullable=True)
+    temperature_c: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DeviceFlag(Base):

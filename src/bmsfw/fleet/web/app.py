@@ -35,7 +35,9 @@ from bmsfw.fleet.errors import (
     http_status_for,
 )
 from bmsfw.fleet.service import FleetService
+from bmsfw.fleet.telemetry import TelemetryHistory
 from bmsfw.fleet.web.backups import add_backup_routes
+from bmsfw.fleet.web.chart import CHART_HOURS, device_charts
 from bmsfw.fleet.web.create import add_create_routes
 from bmsfw.fleet.web.errors import CsrfRefusedError, SessionEndedError
 from bmsfw.fleet.web.queries import (
@@ -102,8 +104,10 @@ class _Pages:
         edge: Edge,
         online_window: timedelta,
         policy: SessionPolicy,
+        telemetry: TelemetryHistory,
     ) -> None:
         self.service = service
+        self.telemetry = telemetry
         self.edge = edge
         self.queries = FleetQueries(service.sessions, online_window)
         self.sessions = SessionStore(service.sessions, policy)
@@ -209,6 +213,11 @@ def _page_size(request: Request) -> int:
     return max(1, min(size, MAX_PAGE_SIZE))
 
 
+def _chart_hours(request: Request) -> int:
+    raw = request.query_params.get("hours", "")
+    return int(raw) if raw.isdigit() and int(raw) in CHART_HOURS else CHART_HOURS[0]
+
+
 def _safe_next(value: str) -> str:
     """Only a path of this dashboard (never another site) after signing in."""
     ok = value.startswith(PREFIX + "/") and "//" not in value and "\\" not in value
@@ -233,13 +242,15 @@ def create_dashboard(
     *,
     online_after_s: float,
     policy: SessionPolicy | None = None,
+    telemetry: TelemetryHistory | None = None,
 ) -> FastAPI:
     """The dashboard app, to mount at :data:`PREFIX` of the fleet app.
 
     ``online_after_s``: a device that checked in less than this long ago is online.
     """
     policy = policy or SessionPolicy()
-    pages = _Pages(service, edge, timedelta(seconds=online_after_s), policy)
+    telemetry = telemetry or TelemetryHistory(service.engine)
+    pages = _Pages(service, edge, timedelta(seconds=online_after_s), policy, telemetry)
     web = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     web.state.pages = pages
     web.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
@@ -383,7 +394,11 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
             info = pages.service.get_device(serial)
             operator = principal.role in roles_at_least("operator")
             last_seen = datetime.fromisoformat(info["last_seen_at"])
+            hours = _chart_hours(request)
             return {
+                "charts": device_charts(pages.telemetry, serial, pages.now(), hours),
+                "hours": hours,
+                "chart_hours": CHART_HOURS,
                 "d": info,
                 "online": pages.queries.is_online(last_seen, pages.now()),
                 "last_seen": last_seen,
