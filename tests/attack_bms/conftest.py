@@ -85,12 +85,13 @@ def attack(pki: VendorPki, package: bytes, tmp_path: Path) -> Callable[..., Atta
         *,
         pkg: bytes | None = None,
         profile_transfer: dict[str, float] | None = None,
+        client: UdsClientConfig = CLIENT,
     ) -> Attack:
         channel = f"hostile-bms-{next(_channels)}"
         with HostileUdsBms(channel, behaviour) as bms:
             bms.new_version = NEW_VERSION + "+0"
             bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
-            session = open_uds_session(f"virtual:{channel}", 1, config=CLIENT, bus=bus)
+            session = open_uds_session(f"virtual:{channel}", 1, config=client, bus=bus)
             started = time.monotonic()
             try:
                 report = run_update(

@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,13 @@ class Behaviour:
     slow_from_download: bool = False  # the flow control above only once the download starts
     did_override: dict[int, bytes] = field(default_factory=dict)  # raw answers per DID
     nrc_dids: frozenset[int] = frozenset()  # DIDs answered requestOutOfRange
+    # a slow BMS: requests starting with ``stall_prefix`` are answered 0x78 (response
+    # pending) every ``pending_interval_s`` for ``stall_s`` seconds (inf: for ever)
+    # before the real answer; with ``stall_after_reset`` only once a reset was asked for
+    stall_prefix: bytes = b"\xff"
+    stall_s: float = 0.0
+    pending_interval_s: float = 0.3
+    stall_after_reset: bool = False
 
 
 @dataclass
@@ -99,6 +107,9 @@ class HostileUdsBms:
         )
         self.writes: list[str] = []  # one line per request that changes the device
         self.identifies = 0
+        self.resets = 0
+        self.stalled = 0  # requests answered 0x78 first
+        self.pending_sent = 0
         self.hooks: dict[int, Callable[[bytes], bytes | None]] = {}  # sid -> raw answer
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._notifier = can.Notifier(self._bus, [], timeout=0.05)
@@ -135,13 +146,47 @@ class HostileUdsBms:
     # ------------------------------------------------------------------ serving
 
     def _serve(self) -> None:
+        request: bytes | None = None
         while not self._stop.is_set():
-            request = self._stack.recv(block=True, timeout=0.05)
-            if not request:
-                continue
-            answer = self.answer(bytes(request))
+            if request is None:
+                got = self._stack.recv(block=True, timeout=0.05)
+                if not got:
+                    continue
+                request = bytes(got)
+            if self._stalls(request):
+                request = self._stall(request)  # a new request ends the stall
+                if request is not None:
+                    continue
+            else:
+                answer = self.answer(request)
+                if answer is not None:
+                    self._stack.send(answer)
+            request = None
+
+    def _stalls(self, request: bytes) -> bool:
+        b = self.b
+        return (
+            b.stall_s > 0
+            and request.startswith(b.stall_prefix)
+            and (not b.stall_after_reset or self.resets > 0)
+        )
+
+    def _stall(self, request: bytes) -> bytes | None:
+        """Answer 0x78 until ``stall_s`` passed; return a new request that cut it short."""
+        self.stalled += 1
+        until = time.monotonic() + self.b.stall_s
+        pending = bytes([0x7F, request[0], 0x78])
+        while time.monotonic() < until and not self._stop.is_set():
+            self._stack.send(pending)
+            self.pending_sent += 1
+            got = self._stack.recv(block=True, timeout=self.b.pending_interval_s)
+            if got:
+                return bytes(got)
+        if not self._stop.is_set():
+            answer = self.answer(request)
             if answer is not None:
                 self._stack.send(answer)
+        return None
 
     def answer(self, req: bytes) -> bytes | None:
         sid = req[0]
@@ -302,6 +347,7 @@ class HostileUdsBms:
 
     def _reset(self, req: bytes) -> bytes:
         s = self.s
+        self.resets += 1
         if s.activated and self.new_version:
             s.old = (s.version, s.bank, s.digest)
             s.version, s.bank = self.new_version, "B" if s.bank == "A" else "A"

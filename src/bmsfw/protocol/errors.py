@@ -26,6 +26,7 @@ __all__ = [
     "DeviceValueImplausibleError",
     "DeviceVerifyFailedError",
     "ProtocolError",
+    "StepDeadlineError",
     "UdsAuthenticationRequiredError",
     "UdsBusyRepeatRequestError",
     "UdsCertificateRejectedError",
@@ -41,6 +42,7 @@ __all__ = [
     "UdsRequestOutOfRangeError",
     "UdsRequestSequenceError",
     "UdsRequiredTimeDelayNotExpiredError",
+    "UdsResponsePendingLimitError",
     "UdsSecurityAccessDeniedError",
     "UdsServiceNotSupportedError",
     "UdsServiceNotSupportedInSessionError",
@@ -316,6 +318,21 @@ class UdsStepTimeoutError(UdsTimeoutError):
     )
 
 
+class UdsResponsePendingLimitError(UdsStepTimeoutError):
+    """udsoncan has no limit on 0x78 answers; the session counts them (``nrc78_callback``)."""
+
+    code = "BMSFW-E367"
+    diagnosis = (
+        "The BMS answered one request with 'response pending' (NRC 0x78) more often than"
+        " the documented limit (UdsClientConfig.max_response_pending, 100 by default)"
+        " without ever giving the final answer."
+    )
+    remedy = (
+        "The BMS is stuck or hostile: power-cycle it (the old firmware still runs) and run"
+        " again; if it happens again, do not update this BMS and send it for service."
+    )
+
+
 class UdsTransferInterruptedError(UdsTimeoutError):
     code = "BMSFW-E362"
     diagnosis = "The transfer stopped: a data block got no answer, even after one retry."
@@ -349,6 +366,21 @@ class DeviceValueImplausibleError(ProtocolError):
         "Do not update this BMS; check its sensor wiring and measurement firmware (the"
         " message names the value). A reading of exactly 6.5535 V or 655.35 % is a"
         " register the BMS never filled."
+    )
+
+
+class StepDeadlineError(ProtocolError, TimeoutError):
+    """A session step (several requests, repeats included) ran past its bound (either protocol)."""
+
+    code = "BMSFW-E366"
+    diagnosis = (
+        "A step of the session with the BMS (identify, authentication, release header,"
+        " erase, verify, activate, reset, self-test, confirm, configuration read) took longer"
+        " than its documented bound: the BMS kept answering, but too slowly to finish."
+    )
+    remedy = (
+        "Check the link quality (`bmsfw diagnose`) and that nothing else loads the BMS; run"
+        " again (the old firmware still runs). A BMS that is always this slow needs service."
     )
 
 

@@ -6,8 +6,14 @@ udsoncan is configured the way flashing tools learned the hard way:
   ``[p2_min_s, p2_max_s]`` (a 50 ms P2 is the server's processing budget; the
   tester must add bus and scheduling latency), P2* into ``[p2_star_s, p2_star_max_s]``;
 * a ``0x78`` responsePending re-arms the wait with P2* (udsoncan does this);
-* no overall request timeout that fires while ``0x78`` keeps coming: each step
-  (erase, verify, ...) is bounded by its own timer instead;
+* each request has an overall budget (``step_timeout_s``, erase/verify longer) that
+  fires even while ``0x78`` keeps coming (E361), and at most ``max_response_pending``
+  ``0x78`` answers (counted with udsoncan's ``nrc78_callback``; E367);
+* every step (identify, authentication, release header, erase, verify, activate,
+  reset, self-test, confirm, rollback, configuration, status reads) runs under a
+  :class:`~bmsfw.protocol.deadline.StepClock` deadline from
+  :class:`~bmsfw.protocol.deadline.StepBudgets`: repeats included, each request waits
+  at most until the step's deadline (E366);
 * TesterPresent (suppressed response) keeps a non-default session alive between steps;
 * a TransferData block that times out is sent once more with the *same* block
   sequence counter (the server accepts a repeated block), then the transfer stops
@@ -22,7 +28,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from isotp.errors import BlockingSendFailure
@@ -39,13 +45,16 @@ from udsoncan.Request import Request
 from bmsfw.errors import BmsfwError
 from bmsfw.package import Component, Manifest, decode_header
 from bmsfw.protocol.bounds import counter_value, decoded, device_text
+from bmsfw.protocol.deadline import StepBudgets, StepClock, session_step
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
+    StepDeadlineError,
     UdsInvalidResponseError,
     UdsRequestOutOfRangeError,
+    UdsResponsePendingLimitError,
     UdsStepTimeoutError,
     UdsTimeoutError,
     UdsTransferInterruptedError,
@@ -117,12 +126,22 @@ class UdsClientConfig:
     # what a slow BMS can stretch before the pipeline's rate floor is judged again
     max_block_length: int = 4095
     boot_poll_interval_s: float = 0.2
+    # 0x78 answers to one request before it is cut off (E367); a real erase answers
+    # one every ~2 s (P2* is 5 s), so 100 covers minutes of honest work
+    max_response_pending: int = 100
+    budgets: StepBudgets = field(default_factory=StepBudgets)  # per-step deadlines (E366)
 
     def __post_init__(self) -> None:
+        if self.max_response_pending < 1:
+            raise ValueError("need max_response_pending >= 1")
         if not 0 < self.p2_min_s <= self.p2_max_s:
             raise ValueError("need 0 < p2_min_s <= p2_max_s")
         if not 0 < self.p2_star_s <= self.p2_star_max_s:
             raise ValueError("need 0 < p2_star_s <= p2_star_max_s")
+
+
+class _PendingLimitError(Exception):
+    """Raised inside udsoncan's wait loop to end it (see ``_on_response_pending``)."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +241,15 @@ class UdsSession:
         self._staged: Component | None = None  # app component of the last staged header
         self.last_dfi = 0x00  # dataFormatIdentifier of the last RequestDownload
         self.bus: Any = None  # the WireBus when opened by open_uds_session (stats, faults)
+        self.steps = StepClock()
+        self._pending = 0  # 0x78 answers to the request in flight
+        self._client.set_config("nrc78_callback", self._on_response_pending)
 
     # ------------------------------------------------------------------ plumbing
+
+    @property
+    def step_budgets(self) -> StepBudgets:
+        return self.config.budgets
 
     def _apply_timing(self, p2_s: float, p2_star_s: float) -> None:
         c = self.config
@@ -255,6 +281,7 @@ class UdsSession:
             except UdsTimeoutError:
                 if attempt == retries:
                     raise
+                self.steps.check(what)
                 log.info("%s timed out; repeating (%d of %d)", what, attempt + 1, retries)
         raise AssertionError("unreachable")
 
@@ -276,16 +303,31 @@ class UdsSession:
         else:
             req = Request(service=service, data=data or None)
         timeout = step_timeout_s if step_timeout_s is not None else self.config.step_timeout_s
+        left = self.steps.remaining_s()
+        if left is not None and left <= 0:
+            raise self.steps.expired(what)
+        # the step's deadline comes first when it is nearer than this request's budget
+        clipped = left is not None and left < timeout
+        if left is not None:
+            timeout = min(timeout, left)
         with self._lock:
-            # the overall limit is the step's own budget, generous against P2*: it only
+            # the overall limit is the request's own budget, generous against P2*: it
             # bounds a device that keeps answering 0x78 forever
             self._client.set_config("request_timeout", timeout)
+            self._pending = 0
             try:
                 response = self._client.send_request(req)
+            except _PendingLimitError:
+                raise UdsResponsePendingLimitError(
+                    f"{what}: BMS {self.address} answered 'response pending' "
+                    f"{self._pending} times without a final answer"
+                ) from None
             except NegativeResponseException as exc:
                 raise uds_error_for_nrc(sid, exc.response.code or 0, what) from None
             except TimeoutException as exc:
                 text = str(exc)
+                if "Global request timeout" in text and clipped:
+                    raise self.steps.expired(what) from None
                 if "Global request timeout" in text:
                     raise UdsStepTimeoutError(
                         f"{what}: no final answer within {timeout:.0f} s "
@@ -307,6 +349,12 @@ class UdsSession:
             return b""
         payload = response.original_payload or b""
         return bytes(payload[1:])
+
+    def _on_response_pending(self) -> None:
+        """udsoncan's ``nrc78_callback``: count 0x78 answers; past the limit, stop waiting."""
+        self._pending += 1
+        if self._pending > self.config.max_response_pending:
+            raise _PendingLimitError
 
     def _tester_present_loop(self) -> None:
         interval = self.config.tester_present_interval_s
@@ -369,6 +417,7 @@ class UdsSession:
 
     # ------------------------------------------------------------------ identity & status
 
+    @session_step("identify", "identify_s")
     def identify(self) -> DeviceIdentity:
         return DeviceIdentity(
             vendor=self._read_text(DID.SUPPLIER_ID),
@@ -398,14 +447,17 @@ class UdsSession:
             raise UdsInvalidResponseError(f"security counter DID 0x0100: {len(raw)} bytes, not 4")
         return counter_value(int.from_bytes(raw, "big"))
 
+    @session_step("read telemetry", "read_s")
     def read_telemetry(self) -> Telemetry:
         parts: dict[int, bytes] = {did: self.read_did(did) for did in TELEMETRY_DIDS}
         return self._decode("telemetry", lambda: decode_telemetry_parts(parts))
 
+    @session_step("read boot status", "read_s")
     def read_boot_status(self) -> BootStatus:
         raw = self.read_did(DID.BOOT_STATUS)
         return self._decode("boot status", lambda: decode_boot_status(raw))
 
+    @session_step("read image digest", "read_s")
     def read_image_digest(self) -> bytes:
         """SHA-256 of the image in the active bank (DID 0x0102)."""
         raw = self.read_did(DID.ACTIVE_IMAGE_SHA256)
@@ -413,10 +465,12 @@ class UdsSession:
             raise UdsInvalidResponseError(f"image digest: {len(raw)} bytes, not 32")
         return raw
 
+    @session_step("read transfer state", "read_s")
     def read_transfer_state(self) -> TransferState:
         raw = self.read_did(DID.TRANSFER_STATE)
         return self._decode("transfer state", lambda: decode_transfer_state(raw))
 
+    @session_step("read self-test", "read_s")
     def read_self_test(self) -> SelfTestResult:
         raw = self.read_did(DID.SELF_TEST_RESULT)
         return self._decode("self-test", lambda: decode_self_test(raw))
@@ -425,6 +479,7 @@ class UdsSession:
         """Run a decoder: a value outside physics is E365, any other refusal E363."""
         return decoded(f"BMS {self.address}: {what}", fn, UdsInvalidResponseError)
 
+    @session_step("link check", "read_s")
     def link_check(self, round_trips: int = 5) -> LinkQuality:
         times: list[float] = []
         errors = 0
@@ -435,6 +490,8 @@ class UdsSession:
                 if data[:1] != b"\x00":
                     errors += 1
                     continue
+            except StepDeadlineError:
+                raise
             except BmsfwError:
                 errors += 1
                 continue
@@ -449,6 +506,7 @@ class UdsSession:
             round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
         )
 
+    @session_step("read DTCs", "read_s")
     def read_dtcs(self, status_mask: int = 0xFF) -> list[tuple[int, int]]:
         data = self.request(0x19, bytes([0x02, status_mask]), what="read DTCs")
         return [
@@ -456,15 +514,18 @@ class UdsSession:
             for i in range(2, len(data) - 3, 4)
         ]
 
+    @session_step("clear DTCs", "read_s")
     def clear_dtcs(self) -> None:
         self.request(0x14, b"\xff\xff\xff", what="clear DTCs")
 
     # ------------------------------------------------------------------ config
 
+    @session_step("read configuration", "config_s")
     def read_config(self) -> ConfigSnapshot:
         raw = self.read_did(DID.CONFIGURATION)
         return self._decode("configuration", lambda: decode_config(raw))
 
+    @session_step("write configuration", "config_s")
     def write_config(self, snapshot: ConfigSnapshot) -> None:
         self._ensure_access(Session.EXTENDED)
         self.request(
@@ -475,6 +536,7 @@ class UdsSession:
 
     # ------------------------------------------------------------------ security
 
+    @session_step("authenticate", "authenticate_s")
     def authenticate(self, credentials: TesterCredentials) -> None:
         """Programming session, then 0x29 certificate exchange and proof of possession."""
         self._credentials = credentials
@@ -515,6 +577,7 @@ class UdsSession:
             raise UdsInvalidResponseError(f"authentication: {exc}") from None
         self._authenticated = True
 
+    @session_step("security access", "authenticate_s")
     def security_access(self, secret: bytes) -> None:
         """Unlock with 0x27 seed/key (HMAC-SHA256 of the seed, see docs/uds.md)."""
         if self._session == Session.DEFAULT:
@@ -547,6 +610,7 @@ class UdsSession:
         """The app component of the header last staged with :meth:`prepare`."""
         return self._staged
 
+    @session_step("stage release header", "prepare_s")
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
         self._ensure_access(Session.PROGRAMMING)
         result = self.routine(
@@ -562,6 +626,7 @@ class UdsSession:
         self._staged = _app_component(header)
         return self._decode("transfer state", lambda: decode_transfer_state(result.record))
 
+    @session_step("erase", "erase_s")
     def erase(self) -> None:
         self._ensure_access(Session.PROGRAMMING)
         result = self.routine(
@@ -657,6 +722,7 @@ class UdsSession:
                 )
             return
 
+    @session_step("verify", "verify_s")
     def verify(self) -> None:
         self._ensure_access(Session.PROGRAMMING)
         result = self.routine(
@@ -667,12 +733,14 @@ class UdsSession:
         if not result.ok:
             raise DeviceVerifyFailedError(f"BMS {self.address}: {result.code} {result.message}")
 
+    @session_step("activate", "activate_s")
     def activate(self) -> None:
         self._ensure_access(Session.PROGRAMMING)
         result = self.routine(ROUTINE.ACTIVATE, what="activate")
         if not result.ok:
             raise DeviceActivateFailedError(f"BMS {self.address}: {result.code} {result.message}")
 
+    @session_step("reset", "reset_s")
     def reset(self) -> None:
         self.request(0x11, bytes([HARD_RESET]), what="ECU reset")
         # the node reboots into the default session with security locked
@@ -683,21 +751,25 @@ class UdsSession:
         """Poll the boot status until the application runs (self-test finished)."""
         deadline = time.monotonic() + timeout_s
         last: BootStatus | None = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.read_boot_status()
-                if last.run_state == "application":
-                    return last
-            except UdsTimeoutError:
-                pass  # rebooting: silent, as real hardware is
-            except BmsfwError as exc:
-                log.debug("waiting for boot: %s", exc)
-            time.sleep(self.config.boot_poll_interval_s)
+        with self.steps.step("wait for boot", timeout_s):
+            while time.monotonic() < deadline:
+                try:
+                    last = self.read_boot_status()
+                    if last.run_state == "application":
+                        return last
+                except StepDeadlineError:
+                    break  # each poll waits at most until the boot deadline
+                except UdsTimeoutError:
+                    pass  # rebooting: silent, as real hardware is
+                except BmsfwError as exc:
+                    log.debug("waiting for boot: %s", exc)
+                time.sleep(self.config.boot_poll_interval_s)
         state = last.run_state if last else "silent"
         raise DeviceBootTimeoutError(
             f"BMS {self.address} not running after {timeout_s:.0f} s (state: {state})"
         )
 
+    @session_step("self-test", "self_test_s")
     def run_self_test(self) -> SelfTestResult:
         data = self.request(
             0x31,
@@ -708,6 +780,7 @@ class UdsSession:
         # this routine's status record is the self-test record itself (DID 0x0130 layout)
         return self._decode("self-test", lambda: decode_self_test(data[3:]))
 
+    @session_step("confirm", "confirm_s")
     def confirm(self) -> None:
         """Make the running test image permanent; a refusal (status != 00) raises E210."""
         self._ensure_access(Session.EXTENDED)
@@ -719,6 +792,7 @@ class UdsSession:
                 f"BMS {self.address} refused the confirm: {result.code} {result.message}".strip()
             )
 
+    @session_step("rollback", "rollback_s")
     def rollback(self) -> None:
         """Return to the confirmed image; a refusal (status != 00) raises E211."""
         self._ensure_access(Session.EXTENDED)
@@ -730,6 +804,7 @@ class UdsSession:
                 f"BMS {self.address} refused the rollback: {result.code} {result.message}".strip()
             )
 
+    @session_step("check preconditions", "read_s")
     def check_preconditions(self) -> RoutineResult:
         return self.routine(ROUTINE.CHECK_PRECONDITIONS, what="check preconditions")
 
