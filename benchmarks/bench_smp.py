@@ -109,11 +109,24 @@ def main(argv: list[str]) -> int:
             seconds, frame = _bmsfw_upload(SmpLink("serial", port, baud=BAUD), image)
             print(_row("serial: bmsfw SmpSession.write", len(image), seconds, line_bps, frame))
 
+            from smpclient.transport.bumble.keystore import InMemory
+            from smpclient.transport.bumble.pairing import KeyboardOnly
+
+            # Both pair with the BMS's passkey (LE Secure Connections) before the upload.
+            passkey = int(info["ble_passkey"])
+
+            async def typed() -> int:
+                return passkey
+
             hci = info["ble_hci"]
-            ble = SMPBumbleTransport(hci=hci)
+            ble = SMPBumbleTransport(
+                hci=hci, keystore=InMemory(), pair_on_connect=KeyboardOnly(typed), settle_s=0.1
+            )
             seconds, frame = asyncio.run(_smpclient_upload(ble, info["ble_address"], image))
             print(_row("BLE virtual: smpclient upload", len(image), seconds, None, frame))
-            link = SmpLink("ble", info["ble_address"], hci=hci, timeout_s=5.0)
+            link = SmpLink(
+                "ble", info["ble_address"], hci=hci, timeout_s=5.0, passkey=lambda: passkey
+            )
             seconds, frame = _bmsfw_upload(link, image)
             print(_row("BLE virtual: bmsfw SmpSession.write", len(image), seconds, None, frame))
             print(

@@ -133,10 +133,14 @@ class BenchBase:
 
 
 def run_bmsfw(
-    *args: str, timeout_s: float = 90.0, check: int | None = None
+    *args: str,
+    timeout_s: float = 90.0,
+    check: int | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `bmsfw ARGS` as a user would; ``check`` asserts the exit code."""
-    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1")
+    """Run `bmsfw ARGS` as a user would; ``check`` asserts the exit code; ``env_extra``
+    adds environment variables."""
+    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1", **(env_extra or {}))
     result = subprocess.run(
         [BMSFW, *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bmsfw.protocol.session import BmsSession, TesterCredentials
-from bmsfw.protocol.smp import open_smp_session
+from bmsfw.protocol.smp import SmpLink, open_smp_session, parse_smp_link
 from bmsfw.sim.lab import trust_anchors
 from bmsfw.sim.smp_server import SimSmpProcess
 from bmsfw.update.events import Event, TransferProgress
@@ -21,14 +21,18 @@ from bmsfw.update.pipeline import run_update
 from .conftest import FAST_PROFILE, SmpBench, run_smp_update, start_device, update_options
 
 
-def smp_link(process: SimSmpProcess, kind: str) -> str:
+def smp_link(process: SimSmpProcess, kind: str) -> SmpLink:
     if kind == "serial":
-        return f"serial:{process.info['serial_port']}"
+        return parse_smp_link(f"serial:{process.info['serial_port']}")
     if kind == "ble":
         # the updater's own bumble host on the second virtual controller (in place of
-        # a USB dongle), reaching the BMS by its advertised name
-        return f"ble:{process.info['ble_name']}@{process.info['ble_hci']}"
-    return f"udp:{process.info['udp']}"
+        # a USB dongle), reaching the BMS by its advertised name; it pairs with the
+        # passkey the BMS shows (LE Secure Connections)
+        passkey = int(process.info["ble_passkey"])
+        return parse_smp_link(
+            f"ble:{process.info['ble_name']}@{process.info['ble_hci']}", passkey=lambda: passkey
+        )
+    return parse_smp_link(f"udp:{process.info['udp']}")
 
 
 @pytest.mark.parametrize("kind", ["serial", "udp", "ble"])
@@ -57,6 +61,7 @@ def test_update_confirmed(
             if kind == "ble":
                 # bumble's virtual controller has no RSSI to give
                 assert "ATT MTU 247" in link.rate and "RSSI n/a" in link.rate, link.rate
+                assert link.ble is not None and link.ble.mitm and link.ble.secure_connections
     finally:
         process.stop()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,10 +12,13 @@ import click
 
 from bmsfw.errors import UsageError
 from bmsfw.link.wire import FRAME_GAPS
+from bmsfw.protocol.smp.link import BlePasskeyFormatError, PasskeyProvider, parse_passkey
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions, parse_links
 
 __all__ = [
+    "BLE_PASSKEY_ENV",
     "UNIT_IDS",
+    "ble_passkey_provider",
     "connect",
     "flatten_units",
     "frame_gap_option",
@@ -25,6 +30,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The BMS's Bluetooth passkey, when not in a file or typed at the prompt.
+BLE_PASSKEY_ENV = "BMSFW_BLE_PASSKEY"
 
 #: ``--frame-gap``: the Modbus t3.5 of an RS485 line (both ends must agree, like the baud).
 frame_gap_option = click.option(
@@ -108,6 +116,14 @@ def link_options(func: F) -> F:
             help="MCUmgr SMP link to a Zephyr/MCUboot BMS: serial:/dev/ttyACM0, "
             "udp:192.0.2.5:1337 or ble:<address or name>[@HCI] (docs/smp.md).",
         ),
+        click.option(
+            "--ble-passkey-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help=f"File holding the 6-digit passkey the BMS shows, for Bluetooth pairing "
+            f"(or set {BLE_PASSKEY_ENV}; otherwise bmsfw asks on the terminal). Never give "
+            "the passkey itself as an argument: other users see arguments in ps.",
+        ),
         frame_gap_option,
         click.option(
             "--timeout",
@@ -122,8 +138,35 @@ def link_options(func: F) -> F:
     return func
 
 
+def ble_passkey_provider(path: Path | None) -> PasskeyProvider:
+    """Where the Bluetooth passkey comes from: ``--ble-passkey-file``, ``BMSFW_BLE_PASSKEY``,
+    or a hidden prompt on a terminal (asked only when the BMS pairs). A file or the
+    environment is checked at once (E397 before anything is opened)."""
+    if path is not None:
+        value = parse_passkey(read_secret(path, "BLE passkey file"), where=str(path))
+        return lambda: value
+    if os.environ.get(BLE_PASSKEY_ENV):
+        value = parse_passkey(os.environ[BLE_PASSKEY_ENV], where=BLE_PASSKEY_ENV)
+        return lambda: value
+
+    def prompt() -> int | None:
+        if not sys.stdin.isatty():
+            return None
+        text = click.prompt("Bluetooth passkey the BMS shows (6 digits)", hide_input=True, err=True)
+        try:
+            return parse_passkey(str(text), where="the passkey typed")
+        except BlePasskeyFormatError as exc:
+            click.echo(f"{exc.code}: {exc}", err=True)
+            return None  # the pairing fails: E313
+
+    return prompt
+
+
 def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
     """Pop the link options out of a command's kwargs and parse them."""
+    passkey_file = kwargs.pop("ble_passkey_file")
+    smp = kwargs.get("smp")
+    passkey = ble_passkey_provider(passkey_file) if smp and smp.startswith("ble:") else None
     return parse_links(
         can=kwargs.pop("can"),
         nodes=kwargs.pop("nodes"),
@@ -134,6 +177,7 @@ def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
         timeout_s=kwargs.pop("timeout_s"),
         frame_gap=kwargs.pop("frame_gap"),
         smp=kwargs.pop("smp"),
+        ble_passkey=passkey,
     )
 
 

@@ -48,6 +48,11 @@ def cli(verbose: int) -> None:
     handler = logging.StreamHandler()  # stderr; log lines carry device text too
     handler.setFormatter(SafeLogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    if verbose < 2:
+        # smpclient and bumble log a failed connect or pairing with a traceback; bmsfw
+        # reports it as its own code (E313, E391) with diagnosis and remedy. -vv shows them.
+        for noisy in ("smpclient", "bumble"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def _register_subcommands() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "BleLinkFacts",
     "BmsSession",
     "BootStatus",
     "ConfigSnapshot",
@@ -98,6 +99,21 @@ class SelfTestResult:
 
 
 @dataclass(frozen=True)
+class BleLinkFacts:
+    """What a Bluetooth LE connection is, as the host stack sees it (SMP over BLE).
+
+    The preflight judges them against the product profile's ``[ble]`` limits
+    (:func:`bmsfw.update.core.judge_ble_link`)."""
+
+    att_mtu: int  # negotiated ATT MTU (an ATT write carries att_mtu - 3 bytes)
+    interval_ms: float  # connection interval
+    rssi_dbm: int | None  # None: the controller does not report it
+    encrypted: bool
+    secure_connections: bool  # LE Secure Connections (not legacy pairing)
+    mitm: bool  # the key comes from an authenticated pairing (passkey or numeric comparison)
+
+
+@dataclass(frozen=True)
 class LinkQuality:
     echo_ok: bool
     round_trips: int
@@ -105,6 +121,7 @@ class LinkQuality:
     rate: str  # "500000 bit/s CAN", "115200 8E1"
     rate_matches: bool
     round_trip_ms: float = 0.0
+    ble: BleLinkFacts | None = None  # a Bluetooth LE link's facts (None on a wire)
 
 
 @dataclass(frozen=True)

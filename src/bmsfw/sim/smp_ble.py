@@ -13,6 +13,14 @@ BMS through that port exactly as through a USB HCI dongle (bumble transport
 ``tcp-client:127.0.0.1:PORT`` instead of ``usb:0``): scanning, connecting,
 MTU exchange, GATT discovery and notifications all run through real bumble
 host stacks and the controllers' link layer.
+
+Pairing: by default the BMS accepts SMP writes only on a link encrypted with a
+key from an authenticated LE Secure Connections pairing (like Zephyr with
+``CONFIG_BT_SMP_SC_ONLY`` and ``CONFIG_MCUMGR_TRANSPORT_BT_PERM_RW_AUTHEN``): it
+pairs as a display with a fixed 6-digit passkey (its label), and drops SMP
+frames written on any other link (write without response has no error to
+answer with). ``passkey=None`` serves an open BMS (no pairing asked, Just Works
+accepted), like a stock MCUmgr sample.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.hci import Address
 from bumble.host import Host
+from bumble.keys import PairingKeys
 from bumble.link import LocalLink
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import AsyncPipeSink
 from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
@@ -76,13 +86,50 @@ class BleSmpServer:
             await transport.close()
 
 
-async def serve_ble(server: SmpBmsServer, *, name: str) -> BleSmpServer:
-    """Advertise ``name`` with the SMP service on a virtual link; serve SMP over GATT."""
+class _FixedPasskey(PairingDelegate):
+    """The BMS's side of passkey entry: it 'displays' its fixed passkey (its label)."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.DISPLAY_OUTPUT_ONLY)
+        self.passkey = passkey
+
+    async def generate_passkey(self) -> int:
+        return self.passkey
+
+    async def display_number(self, number: int, digits: int) -> None:
+        log.info("BLE pairing: the BMS shows its passkey")
+
+
+async def serve_ble(server: SmpBmsServer, *, name: str, passkey: int | None) -> BleSmpServer:
+    """Advertise ``name`` with the SMP service on a virtual link; serve SMP over GATT.
+
+    With ``passkey`` the BMS requires an authenticated LE Secure Connections pairing
+    with that passkey before it takes SMP frames; ``None``: an open BMS."""
     link = LocalLink()  # type: ignore[no-untyped-call]
     bms_controller = Controller("BMS", link=link)
     host = Host(bms_controller, AsyncPipeSink(bms_controller))
     address = ble_address(server.bms.serial)
     device = Device(name=name, address=Address(address), host=host)
+    secure: set[int] = set()  # connection handles paired with SC + passkey
+    if passkey is not None:
+        delegate = _FixedPasskey(passkey)
+        device.pairing_config_factory = lambda _connection: PairingConfig(
+            sc=True, mitm=True, bonding=True, delegate=delegate
+        )
+
+    def on_connection(connection: Connection) -> None:
+        def on_pairing(keys: PairingKeys) -> None:
+            mitm = keys.ltk is not None and keys.ltk.authenticated
+            if connection.sc and mitm:
+                secure.add(connection.handle)
+            log.info("BLE paired: SC %s, authenticated %s", connection.sc, mitm)
+
+        connection.on(Connection.EVENT_PAIRING, on_pairing)
+        connection.on(
+            Connection.EVENT_DISCONNECTION, lambda _reason: secure.discard(connection.handle)
+        )
+
+    device.on(Device.EVENT_CONNECTION, on_connection)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -96,6 +143,9 @@ async def serve_ble(server: SmpBmsServer, *, name: str) -> BleSmpServer:
     characteristic: Characteristic[bytes]
 
     def on_write(connection: Connection, value: bytes) -> None:
+        if passkey is not None and not (connection.is_encrypted and connection.handle in secure):
+            log.warning("SMP write on a link without LE Secure Connections pairing dropped")
+            return
         buffer = buffers.setdefault(connection.handle, bytearray())
         buffer += value
         while len(buffer) >= _SMP_HEADER.size:

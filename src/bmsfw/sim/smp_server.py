@@ -823,8 +823,11 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.ble:
         from bmsfw.sim.smp_ble import serve_ble
 
-        ble = await serve_ble(server, name=args.ble_name or f"BMS-{bms.serial}")
+        passkey = None if args.ble_open else _ble_passkey(args.ble_passkey_file)
+        ble = await serve_ble(server, name=args.ble_name or f"BMS-{bms.serial}", passkey=passkey)
         info.update(ble.info)
+        if passkey is not None:
+            info["ble_passkey"] = f"{passkey:06d}"  # what the BMS's label / display shows
         closers.append(ble.close)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -840,6 +843,18 @@ async def _serve(args: argparse.Namespace) -> None:
     bms.close()
 
 
+def _ble_passkey(path: Path | None) -> int:
+    """The BMS's fixed passkey: from a file (a provisioned label), else a new random one."""
+    import secrets
+
+    if path is None:
+        return secrets.randbelow(1_000_000)
+    text = path.read_text(encoding="ascii").strip()
+    if len(text) != 6 or not text.isdigit():
+        raise SystemExit(f"{path}: a BLE passkey is 6 digits")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A virtual BMS serving MCUmgr SMP")
     parser.add_argument("--state-dir", required=True, type=Path)
@@ -849,6 +864,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--udp-host", default="127.0.0.1", help="address to serve UDP on")
     parser.add_argument("--ble", action="store_true", help="advertise the SMP GATT service")
     parser.add_argument("--ble-name", default="", help="default: BMS-<serial>")
+    parser.add_argument(
+        "--ble-passkey-file",
+        type=Path,
+        default=None,
+        help="the BMS's fixed 6-digit passkey (default: a random one, shown in READY)",
+    )
+    parser.add_argument(
+        "--ble-open",
+        action="store_true",
+        help="no pairing required (a stock MCUmgr sample); default: LE Secure Connections",
+    )
     parser.add_argument("--require-auth", action="store_true")
     parser.add_argument(
         "--can-broadcast", default="", metavar="LINK", help="broadcast telemetry frames (DBC)"
@@ -897,6 +923,7 @@ class SimSmpProcess(SimProcess):
         serial: bool = False,
         udp: str | None = None,
         ble: bool = False,
+        ble_open: bool = False,
         baud_bps: int = 0,
         require_auth: bool = False,
         time_scale: float = 1.0,
@@ -910,7 +937,7 @@ class SimSmpProcess(SimProcess):
             host, _, port = udp.rpartition(":")
             args += ["--udp-host", host or "127.0.0.1", "--udp", port]
         if ble:
-            args += ["--ble"]
+            args += ["--ble", *(["--ble-open"] if ble_open else [])]
         if require_auth:
             args += ["--require-auth"]
         args += ["--time-scale", str(time_scale), *(extra or [])]

@@ -22,7 +22,7 @@ from typing import Any
 
 from bmsfw.link.wire import FRAME_GAPS
 from bmsfw.protocol.session import BmsSession
-from bmsfw.protocol.smp.link import SmpLink, parse_smp_link
+from bmsfw.protocol.smp.link import PasskeyProvider, SmpLink, parse_smp_link
 from bmsfw.update.errors import LinkSpecInvalidError, TransportUnavailableError
 
 __all__ = [
@@ -82,6 +82,7 @@ def parse_links(
     timeout_s: float | None = None,
     frame_gap: str = "spec",
     smp: str | None = None,
+    ble_passkey: PasskeyProvider | None = None,
 ) -> list[LinkSpec]:
     """The links named on a command line (one per node/unit), validated."""
     if smp is not None:
@@ -89,7 +90,7 @@ def parse_links(
             raise LinkSpecInvalidError(
                 "--smp names one BMS by itself: drop --can/--serial/--node/--unit"
             )
-        return [parse_smp_link(smp, timeout_s=timeout_s)]
+        return [parse_smp_link(smp, timeout_s=timeout_s, passkey=ble_passkey)]
     if (can is None) == (serial is None):
         raise LinkSpecInvalidError(
             "name exactly one link: --can INTERFACE:CHANNEL, --serial PORT or --smp LINK"

@@ -1,6 +1,8 @@
 """Errors of the MCUmgr SMP session (``BMSFW-E390`` to ``E399``; Modbus uses E370–E380).
 
-E396 (a malformed ``--smp`` link) is in :mod:`bmsfw.protocol.smp.link`.
+E396 (a malformed ``--smp`` link) and E397 (a malformed passkey) are in
+:mod:`bmsfw.protocol.smp.link`. Bluetooth link security is E313 (pairing failed)
+and E314 (the link is not encrypted with an authenticated LE Secure Connections key).
 
 Split by cause like the other protocols: the link or the device did not answer
 (:class:`SmpNoResponseError`, a ``TimeoutError``), the link could not be opened
@@ -14,6 +16,8 @@ from __future__ import annotations
 from bmsfw.errors import DeviceError, TransportError
 
 __all__ = [
+    "BleLinkInsecureError",
+    "BlePairingFailedError",
     "SmpAuthRejectedError",
     "SmpLinkError",
     "SmpNoResponseError",
@@ -95,4 +99,37 @@ class SmpTransferError(TransportError):
     remedy = (
         "Restore the link and run the update again: the BMS keeps what it received and "
         "the upload resumes at the device's offset."
+    )
+
+
+class BlePairingFailedError(TransportError):
+    """Bluetooth LE pairing with the BMS failed (wrong or missing passkey, or refused)."""
+
+    code = "BMSFW-E313"
+    retry_helps = False  # the same passkey fails the same way
+    diagnosis = (
+        "Bluetooth pairing with the BMS failed: the passkey was wrong or not given, or the "
+        "BMS refused to pair. Nothing was sent to the BMS."
+    )
+    remedy = (
+        "Read the 6-digit passkey the BMS shows (or its label) again and give it in "
+        "BMSFW_BLE_PASSKEY, with --ble-passkey-file FILE, or at the prompt; then run again. "
+        "Some BMS accept pairing only for a while after a button press (docs/ble-howto.md)."
+    )
+
+
+class BleLinkInsecureError(TransportError):
+    """The Bluetooth link is not encrypted with an authenticated LE Secure Connections key."""
+
+    code = "BMSFW-E314"
+    retry_helps = False
+    diagnosis = (
+        "The Bluetooth link to the BMS is not encrypted with a key from an authenticated "
+        "LE Secure Connections pairing (passkey); bmsfw sends nothing over such a link."
+    )
+    remedy = (
+        "Use a BMS whose SMP service requires LE Secure Connections with a passkey "
+        "(Zephyr: CONFIG_BT_SMP_SC_ONLY and a fixed or displayed passkey) and pair through a "
+        "Bluetooth dongle bumble drives (--smp ble:DEVICE@usb:0); the operating system's "
+        "adapter (@os) does not show bmsfw how the link is secured (docs/ble-howto.md)."
     )

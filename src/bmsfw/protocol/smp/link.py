@@ -8,11 +8,18 @@ advertised name; ``@HCI`` names the bumble HCI transport of the Bluetooth
 controller, default ``usb:0``, e.g. ``ble:BMS-0001@tcp-client:127.0.0.1:9001``;
 ``@os`` uses the operating system's adapter through bleak instead of bumble).
 Pure code: parsing only, no I/O.
+
+Bluetooth pairing: bmsfw's own Bluetooth link pairs with LE Secure Connections and
+passkey entry (the BMS shows or carries a 6-digit passkey; the technician types
+it). The passkey never travels on the command line (``ps`` would show it): it comes
+from ``BMSFW_BLE_PASSKEY``, a file named with ``--ble-passkey-file``, or a prompt.
+:attr:`SmpLink.passkey` is the callable that gives it when the BMS asks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bmsfw.errors import UsageError
@@ -21,8 +28,11 @@ __all__ = [
     "DEFAULT_HCI",
     "OS_ADAPTER",
     "SMP_UDP_PORT",
+    "BlePasskeyFormatError",
+    "PasskeyProvider",
     "SmpLink",
     "SmpLinkSpecError",
+    "parse_passkey",
     "parse_smp_link",
 ]
 
@@ -31,6 +41,8 @@ DEFAULT_HCI = "usb:0"
 #: ``ble:DEVICE@os``: the operating system's Bluetooth adapter through bleak (smpclient).
 OS_ADAPTER = "os"
 SmpKind = Literal["serial", "udp", "ble"]
+#: Gives the BMS's 6-digit passkey when the pairing asks for it (None: none known).
+PasskeyProvider = Callable[[], int | None]
 
 
 class SmpLinkSpecError(UsageError):
@@ -42,6 +54,23 @@ class SmpLinkSpecError(UsageError):
     )
 
 
+class BlePasskeyFormatError(UsageError):
+    code = "BMSFW-E397"
+    diagnosis = "The Bluetooth passkey given is not 6 decimal digits."
+    remedy = (
+        "Give the 6-digit passkey the BMS shows or carries on its label (e.g. 012345) in "
+        "BMSFW_BLE_PASSKEY, in the file named with --ble-passkey-file, or at the prompt."
+    )
+
+
+def parse_passkey(text: str, *, where: str = "passkey") -> int:
+    """The passkey as an int; exactly 6 decimal digits (leading zeros kept by the BMS)."""
+    value = text.strip()
+    if len(value) != 6 or not value.isascii() or not value.isdigit():
+        raise BlePasskeyFormatError(f"{where}: expected 6 digits, got {len(value)} characters")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SmpLink:
     kind: SmpKind
@@ -50,6 +79,8 @@ class SmpLink:
     baud: int = 115_200
     hci: str = DEFAULT_HCI
     timeout_s: float = 2.0
+    # Asked only when a Bluetooth pairing needs it; never part of the link's name.
+    passkey: PasskeyProvider | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         if self.kind == "serial":
@@ -60,7 +91,9 @@ class SmpLink:
         return f"smp:ble:{self.target}@{self.hci}"
 
 
-def parse_smp_link(text: str, *, timeout_s: float | None = None) -> SmpLink:
+def parse_smp_link(
+    text: str, *, timeout_s: float | None = None, passkey: PasskeyProvider | None = None
+) -> SmpLink:
     """Parse the ``--smp`` value; raises :class:`SmpLinkSpecError` with the accepted forms."""
     kind, sep, rest = text.partition(":")
     timeout = timeout_s if timeout_s is not None else 2.0
@@ -91,5 +124,11 @@ def parse_smp_link(text: str, *, timeout_s: float | None = None) -> SmpLink:
         device, at, hci = rest.partition("@")
         if not device:
             raise SmpLinkSpecError(f"--smp {text!r}: no Bluetooth address or name")
-        return SmpLink("ble", device, hci=hci if at and hci else DEFAULT_HCI, timeout_s=timeout)
+        return SmpLink(
+            "ble",
+            device,
+            hci=hci if at and hci else DEFAULT_HCI,
+            timeout_s=timeout,
+            passkey=passkey,
+        )
     raise SmpLinkSpecError(f"--smp {text!r}: unknown link kind {kind!r} (serial, udp or ble)")

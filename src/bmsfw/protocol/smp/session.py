@@ -53,6 +53,7 @@ from bmsfw.protocol.errors import (
     DeviceVerifyFailedError,
 )
 from bmsfw.protocol.session import (
+    BleLinkFacts,
     BootStatus,
     Channel,
     ConfigSnapshot,
@@ -69,6 +70,8 @@ from bmsfw.protocol.session import (
 from bmsfw.protocol.smp import _vendor as vendor
 from bmsfw.protocol.smp.dbc import DbcTelemetrySource
 from bmsfw.protocol.smp.errors import (
+    BleLinkInsecureError,
+    BlePairingFailedError,
     SmpAuthRejectedError,
     SmpLinkError,
     SmpNoResponseError,
@@ -131,8 +134,36 @@ def _transport(link: SmpLink) -> Any:
 
         return SMPBLETransport()
     from smpclient.transport.bumble import SMPBumbleTransport
+    from smpclient.transport.bumble.keystore import InMemory
 
-    return SMPBumbleTransport(hci=link.hci)
+    from bmsfw.protocol.smp._ble import passkey_entry
+
+    # Pair (LE Secure Connections, passkey entry) right after connecting, before GATT
+    # discovery; bonds only in memory: every run pairs again, nothing stays on the laptop.
+    return SMPBumbleTransport(
+        hci=link.hci,
+        keystore=InMemory(),
+        pair_on_connect=passkey_entry(link.passkey),
+        pair_timeout_s=30.0,
+        settle_s=0.1,
+    )
+
+
+def ble_link_text(facts: BleLinkFacts | None) -> dict[str, str]:
+    """The BLE link facts as the link check and ``bmsfw info`` show them."""
+    if facts is None:
+        return {}
+    security = (
+        "LE Secure Connections, passkey"
+        if facts.mitm and facts.secure_connections
+        else ("encrypted" if facts.encrypted else "NOT encrypted")
+    )
+    return {
+        "ATT MTU": str(facts.att_mtu),
+        "interval ms": f"{facts.interval_ms:g}",
+        "RSSI": "n/a" if facts.rssi_dbm is None else f"{facts.rssi_dbm} dBm",
+        "security": security,
+    }
 
 
 class SmpSession:
@@ -165,7 +196,29 @@ class SmpSession:
             self._io.run(self._client.connect(max(link.timeout_s, 5.0)))
         except BaseException as exc:
             self._io.close()
+            if "pair_on_connect" in str(exc):
+                raise BlePairingFailedError(f"{link}: {exc}") from exc
             raise SmpLinkError(f"cannot open {link}: {exc or type(exc).__name__}") from exc
+        self._ble_security_checked = False
+        if link.kind == "ble":
+            self._refuse_insecure_link()
+
+    def _refuse_insecure_link(self) -> None:
+        """bmsfw sends nothing over a Bluetooth link that is not encrypted with a key from an
+        authenticated LE Secure Connections pairing (the operating system's adapter does not
+        tell how it secured the link: refused as well)."""
+        from bmsfw.protocol.smp._ble import insecure_reason
+
+        facts = self.ble_facts()
+        reason = (
+            "the operating system's adapter (@os) does not show how the link is secured"
+            if facts is None
+            else insecure_reason(facts)
+        )
+        if reason:
+            self.close()
+            raise BleLinkInsecureError(f"{self.link}: {reason}; nothing was sent")
+        self._ble_security_checked = True
 
     @property
     def address(self) -> str:
@@ -285,49 +338,57 @@ class SmpSession:
                 times.append(time.perf_counter() - started)
             else:
                 errors += 1
+        ble = self.ble_facts() if self.link.kind == "ble" else None
         return LinkQuality(
             echo_ok=bool(times) and errors == 0,
             round_trips=round_trips,
             errors=errors,
-            rate=self._rate(),
+            rate=self._rate(ble),
             rate_matches=True,  # SMP frames carry their own length and CRC (or UDP/ATT's)
             round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
+            ble=ble,
         )
 
-    def _rate(self) -> str:
+    def _rate(self, ble: BleLinkFacts | None) -> str:
         if self.link.kind == "serial":
             return f"SMP serial {self.link.baud} baud"
         if self.link.kind == "udp":
             return "SMP UDP"
         return "SMP BLE, " + ", ".join(
             f"{k} {v}"
-            for k, v in {**self.ble_link(), "SMP frame B": self.max_unencoded_size}.items()
+            for k, v in {**ble_link_text(ble), "SMP frame B": self.max_unencoded_size}.items()
         )
 
-    def ble_link(self) -> dict[str, str]:
-        """ATT MTU, connection interval and RSSI of the BLE connection (bumble only).
+    def ble_facts(self) -> BleLinkFacts | None:
+        """ATT MTU, connection interval, RSSI and security of the BLE connection (bumble
+        only; None otherwise). RSSI comes from the controller (HCI Read RSSI); a
+        controller that does not support it (bumble's virtual one) gives None."""
+        from bmsfw.protocol.smp._ble import link_facts, rssi_dbm
 
-        RSSI comes from the controller (HCI Read RSSI); a controller that does not
-        support it (bumble's virtual one) gives "n/a"."""
         connection = getattr(getattr(self._client._transport, "_state", None), "connection", None)
         if connection is None:
+            return None
+
+        async def read() -> BleLinkFacts:
+            return await link_facts(connection, await rssi_dbm(connection))
+
+        return self._io.run(read())
+
+    def ble_link(self) -> dict[str, str]:
+        """The BLE link facts as text for the link check (empty off BLE)."""
+        facts = self.ble_facts()
+        if facts is None:
             return {}
-
-        async def rssi() -> str:
-            from bumble.hci import HCI_Read_RSSI_Command
-
-            try:
-                response = await connection.device.send_command(
-                    HCI_Read_RSSI_Command(handle=connection.handle)
-                )
-                return f"{response.return_parameters.rssi} dBm"
-            except Exception:  # not supported by this controller
-                return "n/a"
-
+        security = (
+            "LE Secure Connections, passkey"
+            if facts.mitm and facts.secure_connections
+            else ("encrypted" if facts.encrypted else "NOT encrypted")
+        )
         return {
-            "ATT MTU": str(connection.att_mtu),
-            "interval ms": f"{connection.parameters.connection_interval:g}",
-            "RSSI": self._io.run(rssi()),
+            "ATT MTU": str(facts.att_mtu),
+            "interval ms": f"{facts.interval_ms:g}",
+            "RSSI": "n/a" if facts.rssi_dbm is None else f"{facts.rssi_dbm} dBm",
+            "security": security,
         }
 
     @property
