@@ -182,3 +182,24 @@ def bench(
         yield bench
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="module", params=["can", "rs485"])
+def fresh_bms(
+    request: pytest.FixtureRequest, vendor: Vendor, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SimProcess, tuple[str, ...]]]:
+    """One factory-fresh BMS (node/unit 1 of the vendor's template) on its own link."""
+    from bmsfw.sim.lab import unique_multicast_link
+
+    sim = SimProcess(vendor.template, tmp_path_factory.mktemp(f"fresh-{request.param}"),
+                     time_scale=TIME_SCALE)  # fmt: skip
+    if request.param == "can":
+        link = unique_multicast_link()
+        sim.start("can", "--bus", link)
+        args: tuple[str, ...] = ("--can", link, "--node", "1")
+    else:
+        args = ("--serial", str(sim.start("rs485")["port"]), "--unit", "1")
+    try:
+        yield sim, args
+    finally:
+        sim.stop()

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.cli_support import CONFIRM, SimProcess, run_bmsfw
 
-from .conftest import DATA, TIME_SCALE, Vendor, build
+from .conftest import DATA, Vendor, build
 
 FOREIGN = "BMSFW-E134"
 
@@ -34,27 +33,6 @@ def rotated(vendor: Vendor, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("image-signing.key", "image-signing.pub"):
         shutil.copyfile(fresh / name, pki / name)
     return build(root, pki, "rotated-key", "1.6.0", 2, "--app", str(DATA / "app.bin"))
-
-
-@pytest.fixture(scope="module", params=["can", "rs485"])
-def fresh_bms(
-    request: pytest.FixtureRequest, vendor: Vendor, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[SimProcess, tuple[str, ...]]]:
-    """One factory-fresh BMS (node/unit 1 of the vendor's template) on its own link."""
-    from bmsfw.sim.lab import unique_multicast_link
-
-    sim = SimProcess(vendor.template, tmp_path_factory.mktemp(f"fresh-{request.param}"),
-                     time_scale=TIME_SCALE)  # fmt: skip
-    if request.param == "can":
-        link = unique_multicast_link()
-        sim.start("can", "--bus", link)
-        args: tuple[str, ...] = ("--can", link, "--node", "1")
-    else:
-        args = ("--serial", str(sim.start("rs485")["port"]), "--unit", "1")
-    try:
-        yield sim, args
-    finally:
-        sim.stop()
 
 
 def _update(

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from bmsfw.cli._keys import tester_credentials_from_files, tester_passphrase_option
 from bmsfw.cli._link import read_secret
 from bmsfw.cli._render import console, line, print_json
 from bmsfw.errors import UsageError
@@ -119,6 +120,7 @@ _INSECURE = click.option(
 )
 @click.option("--tester-cert", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--tester-key", type=click.Path(dir_okay=False, path_type=Path))
+@tester_passphrase_option
 @click.option("--site", help="Report this site for the gateway (default: the server's).")
 @click.option(
     "--bandwidth-floor",
@@ -166,6 +168,7 @@ def agent_command(
     confirmed: tuple[str, ...],
     tester_cert: Path | None,
     tester_key: Path | None,
+    tester_key_passphrase_file: Path | None,
     site: str | None,
     bandwidth_floor_bps: int,
     artifact_origins: tuple[str, ...],
@@ -177,7 +180,6 @@ def agent_command(
 ) -> None:
     """Run the gateway agent: poll the fleet server and update the local BMS."""
     from bmsfw.fleet.agent import Agent, AgentConfig, BmsProvider, LinkProvider
-    from bmsfw.protocol.session import TesterCredentials
     from bmsfw.update.connect import parse_links
     from bmsfw.update.profile import load_profile
 
@@ -199,8 +201,8 @@ def agent_command(
         raise UsageError("--tester-cert and --tester-key go together")
     credentials = None
     if tester_cert is not None and tester_key is not None:
-        credentials = TesterCredentials(
-            _read_bytes(tester_cert, "tester certificate"), _read_bytes(tester_key, "tester key")
+        credentials = tester_credentials_from_files(
+            tester_cert, tester_key, tester_key_passphrase_file
         )
     chosen_profile = load_profile(profile)
     known = {c.id for c in chosen_profile.confirmations}

@@ -29,6 +29,7 @@ from rich.progress import (
 
 from bmsfw.cli._errors import TesterCredentialsRequiredError
 from bmsfw.cli._evidence import start_evidence, tell_after, tell_before, write_evidence
+from bmsfw.cli._keys import tester_credentials_from_files, tester_passphrase_option
 from bmsfw.cli._link import (
     connect,
     link_options,
@@ -419,6 +420,7 @@ def _upload_backup(fleet: FleetClient, path: Path, reason: str) -> dict[str, Any
     help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
+@tester_passphrase_option
 @click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--other-device", is_flag=True, help="Allow a backup taken from another BMS (serial differs)."
@@ -431,10 +433,11 @@ def restore_command(
     as_json: bool,
     tester_cert: Path | None,
     tester_key: Path | None,
+    tester_key_passphrase_file: Path | None,
     **kwargs: Any,
 ) -> None:
     """Write a configuration backup to the BMS and read it back."""
-    credentials = _credentials(tester_cert, tester_key)
+    credentials = _credentials(tester_cert, tester_key, tester_key_passphrase_file)
     backup = load_backup(backup_file)
     documents = []
     for session in _each_session(kwargs):
@@ -572,19 +575,18 @@ def _ask(item: ManualConfirmation) -> bool:
     return click.confirm(f"Confirm: {one_line(item.text)}?", default=False, err=True)
 
 
-def _credentials(cert: Path | None, key: Path | None) -> TesterCredentials:
+def _credentials(
+    cert: Path | None, key: Path | None, passphrase_file: Path | None = None
+) -> TesterCredentials:
     """The tester certificate and key every command that writes to a BMS needs; refused
-    before the link is opened when missing, so nothing is read or written first."""
+    before the link is opened when missing or locked, so nothing is read or written first."""
     if cert is None and key is None:
         raise TesterCredentialsRequiredError(
             "this command writes to the BMS: give --tester-cert and --tester-key"
         )
     if cert is None or key is None:
         raise UsageError("--tester-cert and --tester-key go together")
-    try:
-        return TesterCredentials(cert.read_bytes(), key.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return tester_credentials_from_files(cert, key, passphrase_file)
 
 
 def _print_json_per_node(documents: list[dict[str, Any]]) -> None:
@@ -659,6 +661,7 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
+@tester_passphrase_option
 @click.option("--operator", default="", help="Technician name for the audit log.")
 @click.option("--no-restore", is_flag=True, help="Report config changes, do not restore them.")
 @click.option("--recovery", is_flag=True, help="Allow flashing a BMS stuck in its bootloader.")
@@ -705,6 +708,7 @@ def update_command(
     override_reason: str,
     tester_cert: Path | None,
     tester_key: Path | None,
+    tester_key_passphrase_file: Path | None,
     operator: str,
     no_restore: bool,
     recovery: bool,
@@ -748,7 +752,7 @@ def update_command(
         raise UsageError("--override needs --override-reason TEXT (it goes into the audit log)")
     options = UpdateOptions(
         backup_dir=backup_dir,
-        credentials=_credentials(tester_cert, tester_key),
+        credentials=_credentials(tester_cert, tester_key, tester_key_passphrase_file),
         confirmed=frozenset(confirmed),
         overrides=dict.fromkeys(overrides, override_reason),
         channel="ota" if ota else "wired",
@@ -864,6 +868,7 @@ def _string_table(string: StringReport) -> Table:
     help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
 )
 @click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
+@tester_passphrase_option
 @click.option(
     "--backup-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -890,6 +895,7 @@ def rollback_command(
     as_json: bool,
     tester_cert: Path | None,
     tester_key: Path | None,
+    tester_key_passphrase_file: Path | None,
     backup_dir: Path,
     report_dir: Path | None,
     audit_log: Path | None,
@@ -906,7 +912,7 @@ def rollback_command(
     from bmsfw.update.pipeline import RecordOptions, run_rollback
     from bmsfw.update.profile import BootLimits
 
-    credentials = _credentials(tester_cert, tester_key)
+    credentials = _credentials(tester_cert, tester_key, tester_key_passphrase_file)
     record = RecordOptions(
         backup_dir=backup_dir,
         audit_log=audit_log or backup_dir / "audit.jsonl",

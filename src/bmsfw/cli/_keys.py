@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,26 @@ from bmsfw.package import (
     load_key_file,
     load_private_key,
     load_public_key,
+    private_key_encrypted,
+    private_key_pem,
     revoke_in_dir,
     summarize_certificate,
+    unlock_private_key,
 )
 from bmsfw.package.errors import KeyFileError
+from bmsfw.protocol.session import TesterCredentials
 
-__all__ = ["keys_group", "read_passphrase"]
+__all__ = [
+    "TESTER_PASSPHRASE_ENV",
+    "keys_group",
+    "read_passphrase",
+    "tester_credentials_from_files",
+    "tester_passphrase_option",
+]
+
+#: the environment variable that may hold the tester key's passphrase (never an argument:
+#: a command line is visible to every user in `ps`)
+TESTER_PASSPHRASE_ENV = "BMSFW_TESTER_KEY_PASSPHRASE"  # noqa: S105 - a name, not a secret
 
 
 def read_passphrase(path: Path | None) -> bytes | None:
@@ -41,6 +56,43 @@ def read_passphrase(path: Path | None) -> bytes | None:
         raise UsageError(f"passphrase file {path} is empty")
     return text[0]
 
+
+def _tester_passphrase(file: Path | None, *, ask: str, confirm: bool = False) -> bytes | None:
+    """The tester key's passphrase: FILE's first line, else $BMSFW_TESTER_KEY_PASSPHRASE,
+    else asked on the terminal (hidden); None when none of them is available."""
+    if file is not None:
+        return read_passphrase(file)
+    value = os.environ.get(TESTER_PASSPHRASE_ENV, "")
+    if value:
+        return value.encode()
+    if sys.stdin.isatty():
+        answer: str = click.prompt(ask, hide_input=True, confirmation_prompt=confirm, err=True)
+        return answer.encode() or None
+    return None
+
+
+def tester_credentials_from_files(
+    cert: Path, key: Path, passphrase_file: Path | None
+) -> TesterCredentials:
+    """The tester chain and key, the key unlocked now: an encrypted key without its
+    passphrase (E135) or with a wrong one (E136) is refused before any link is opened."""
+    try:
+        chain, key_pem = cert.read_bytes(), key.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    passphrase = None
+    if private_key_encrypted(key_pem):
+        passphrase = _tester_passphrase(passphrase_file, ask=f"Passphrase of {key}")
+    return TesterCredentials(chain, key_pem, unlock_private_key(key_pem, passphrase, what=str(key)))
+
+
+tester_passphrase_option = click.option(
+    "--tester-key-passphrase-file",
+    "tester_key_passphrase_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"File whose first line is the passphrase of an encrypted --tester-key (else "
+    f"${TESTER_PASSPHRASE_ENV}, else asked on a terminal).",
+)
 
 _passphrase_option = click.option(
     "--passphrase-file",
@@ -267,6 +319,17 @@ def enc_keygen_cmd(directory: Path, scheme: str, name: str, as_json: bool) -> No
     required=True,
     help="Tester private key to write (PKCS#8 PEM, mode 0600; `--tester-key`).",
 )
+@click.option(
+    "--encrypt-key",
+    is_flag=True,
+    help=f"Encrypt the tester key (PKCS#8, AES-256) with a passphrase from "
+    f"--key-passphrase-file, else ${TESTER_PASSPHRASE_ENV}, else asked twice on the terminal.",
+)
+@click.option(
+    "--key-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File whose first line is the passphrase for the tester key (implies --encrypt-key).",
+)
 @_passphrase_option
 @_json_option
 def issue_tester_cmd(
@@ -276,6 +339,8 @@ def issue_tester_cmd(
     validity_days: int,
     cert_out: Path,
     key_out: Path,
+    encrypt_key: bool,
+    key_passphrase_file: Path | None,
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -291,6 +356,16 @@ def issue_tester_cmd(
     for path in (cert_out, key_out):
         if path.exists():
             raise UsageError(f"{path} exists; refusing to overwrite it")
+    key_passphrase = None
+    if encrypt_key or key_passphrase_file is not None:
+        key_passphrase = _tester_passphrase(
+            key_passphrase_file, ask="Passphrase for the tester key", confirm=True
+        )
+        if not key_passphrase:
+            raise UsageError(
+                f"--encrypt-key needs a passphrase: --key-passphrase-file FILE, "
+                f"${TESTER_PASSPHRASE_ENV}, or a terminal to type it on"
+            )
     ca_key = load_key_file(paths.intermediate_key, read_passphrase(passphrase_file))
     ca_cert = load_certificate_file(paths.intermediate_cert)
     root_cert = load_certificate_file(paths.root_cert)
@@ -309,7 +384,8 @@ def issue_tester_cmd(
         validity_days=validity_days,
     )
     creds = tester_credentials(key, cert, [ca_cert, root_cert])
-    _write_new(key_out, creds.private_key_pem, mode=0o600)
+    key_pem = private_key_pem(key, key_passphrase) if key_passphrase else creds.private_key_pem
+    _write_new(key_out, key_pem, mode=0o600)
     _write_new(cert_out, creds.certificate_chain_pem, mode=0o644)
     summary = summarize_certificate(cert)
     _show(
@@ -321,10 +397,16 @@ def issue_tester_cmd(
             ("valid until", f"{summary.not_after:%Y-%m-%d %H:%M} UTC"),
             ("certificate chain", str(cert_out)),
             ("private key", str(key_out)),
+            ("key protection", "passphrase (PKCS#8, AES-256)" if key_passphrase else "none"),
         ],
         "tester certificate issued",
         as_json,
-        {**summary.to_dict(), "certificate_chain": str(cert_out), "private_key": str(key_out)},
+        {
+            **summary.to_dict(),
+            "certificate_chain": str(cert_out),
+            "private_key": str(key_out),
+            "private_key_encrypted": key_passphrase is not None,
+        },
     )
 
 

@@ -41,7 +41,9 @@ from bmsfw.package._keystore import (
     load_certificate_file,
     load_key_file,
     load_signer,
+    private_key_encrypted,
     revoke_in_dir,
+    unlock_private_key,
 )
 from bmsfw.package._manifest import FORMAT_VERSION, SAFETY_CLASSES, Component, Manifest
 from bmsfw.package._model import DeviceFacts, HardwareCompat
@@ -135,6 +137,7 @@ __all__ = [
     "parse_image_stream",
     "parse_image_version",
     "parse_version",
+    "private_key_encrypted",
     "private_key_pem",
     "public_key_der",
     "public_key_pem",
@@ -142,6 +145,7 @@ __all__ = [
     "revoke_in_dir",
     "sign_release",
     "summarize_certificate",
+    "unlock_private_key",
     "verify_header",
     "verify_image",
     "verify_image_stream",

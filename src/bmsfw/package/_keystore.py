@@ -41,9 +41,22 @@ from bmsfw.package._pki import (
     issue_signer,
 )
 from bmsfw.package._trust import load_certificates_pem
-from bmsfw.package.errors import KeyFileError, PkiExistsError
+from bmsfw.package.errors import (
+    KeyFileError,
+    KeyPassphraseMissingError,
+    KeyPassphraseWrongError,
+    PkiExistsError,
+)
 
-__all__ = ["PkiPaths", "init_pki_dir", "issue_signer_in_dir", "load_signer", "revoke_in_dir"]
+__all__ = [
+    "PkiPaths",
+    "init_pki_dir",
+    "issue_signer_in_dir",
+    "load_signer",
+    "private_key_encrypted",
+    "revoke_in_dir",
+    "unlock_private_key",
+]
 
 _SIGNER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -171,6 +184,30 @@ def load_key_file(path: Path, passphrase: bytes | None = None) -> PrivateKey:
         return load_private_key(read_file(path), passphrase)
     except KeyFileError as exc:
         raise KeyFileError(f"{path}: {exc.message}") from None
+
+
+def private_key_encrypted(data: bytes) -> bool:
+    """Whether a PEM private key is passphrase-protected (PKCS#8 or OpenSSL's old form)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
+def unlock_private_key(data: bytes, passphrase: bytes | None, *, what: str) -> bytes | None:
+    """Check that ``passphrase`` opens the PEM private key ``data``; return the passphrase
+    the key needs (None: the key is not encrypted, whatever was given).
+
+    Refuses before anything else happens: an encrypted key without a passphrase (E135),
+    a passphrase that does not decrypt it (E136), an unreadable key (E150).
+    """
+    if not private_key_encrypted(data):
+        load_private_key(data, None)  # E150 when it is no key at all
+        return None
+    if not passphrase:
+        raise KeyPassphraseMissingError(f"{what} is encrypted; no passphrase was given")
+    try:
+        load_private_key(data, passphrase)
+    except KeyFileError:
+        raise KeyPassphraseWrongError(f"the passphrase does not decrypt {what}") from None
+    return passphrase
 
 
 def load_certificate_file(path: Path) -> x509.Certificate:

@@ -40,6 +40,8 @@ __all__ = [
     "InvalidVersionError",
     "KeyFileError",
     "KeyHashNotTrustedError",
+    "KeyPassphraseMissingError",
+    "KeyPassphraseWrongError",
     "MalformedImageError",
     "MalformedPackageError",
     "MissingSecurityCounterError",
@@ -300,6 +302,25 @@ class ImageKeyNotFusedError(KeyHashNotTrustedError):
         "Install a release whose image is signed by the image-signing key this BMS holds "
         "(`bmsfw info` lists its key hashes, `bmsfw keys hash image-signing.pub` a key's); "
         "a release signed by another key generation or another vendor is not for this BMS."
+    )
+
+
+class KeyPassphraseMissingError(PackageError):
+    code = "BMSFW-E135"
+    diagnosis = "The private key is encrypted with a passphrase and none was given."
+    remedy = (
+        "Give the passphrase: `--tester-key-passphrase-file FILE` (first line), the "
+        "environment variable BMSFW_TESTER_KEY_PASSPHRASE, or run on a terminal to be asked."
+    )
+
+
+class KeyPassphraseWrongError(PackageError):
+    code = "BMSFW-E136"
+    diagnosis = "The passphrase given does not decrypt the private key; nothing was done."
+    remedy = (
+        "Check which passphrase file or BMSFW_TESTER_KEY_PASSPHRASE value is used. A lost "
+        "passphrase cannot be recovered: issue a new tester certificate (`bmsfw keys "
+        "issue-tester`) and revoke the old one (`bmsfw keys revoke`)."
     )
 
 
