@@ -1,10 +1,10 @@
 """The fleet server's HTTP API (FastAPI): thin over :class:`~bmsfw.fleet.service.FleetService`.
 
 Every route is registered through :func:`_route`, which attaches the role guard
-and records the admitted roles in the OpenAPI spec (``x-bmsfw-roles``). There is
-no anonymous route: the OpenAPI document and the interactive docs need a viewer
-token too. A test walks ``app.routes`` and checks every one refuses missing and
-wrong-role credentials.
+and records the admitted roles in the OpenAPI spec (``x-bmsfw-roles``). Anonymous are
+only ``/healthz``, ``/readyz``, the OpenAPI document and its Swagger UI page (with the
+page's own script and style). A test walks ``app.routes`` and checks every other one
+refuses missing and wrong-role credentials.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute, APIRouter
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -378,7 +379,11 @@ def _route(
             endpoint,
             methods=[method],
             dependencies=[Depends(guard)],
-            openapi_extra={**(openapi_extra or {}), "x-bmsfw-roles": sorted(roles)},
+            openapi_extra={
+                "security": [{"bearer": []}],
+                **(openapi_extra or {}),
+                "x-bmsfw-roles": sorted(roles),
+            },
             route_class_override=route_class,
             responses=responses,
             **kwargs,
@@ -561,6 +566,7 @@ def create_app(
     _inventory_routes(router)
     _admin_routes(router, app)
     _health_routes(router, engine)
+    _docs_routes(router, app)
     _document_check_in_body(app)
     app.state.telemetry = telemetry
     app.mount(
@@ -607,6 +613,14 @@ def _document_check_in_body(app: FastAPI) -> None:
             for name, definition in schema.pop("$defs", {}).items():
                 components.setdefault(name, definition)
             components["CheckIn"] = schema
+            # Swagger UI's Authorize button: one bearer token for every guarded route.
+            spec["components"]["securitySchemes"] = {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an operator API token or a gateway's token",
+                }
+            }
         cached = app.openapi_schema
         assert cached is not None
         return cached
@@ -971,14 +985,50 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
             page = PageRequest(limit=query.limit, after=query.before_id)
         return _paged(request, response, "audit", _service(request).audit_page(page))
 
-    @_route(router, "GET", "/openapi.json", VIEWER, include_in_schema=False)
-    def openapi(request: Request) -> dict[str, Any]:
+
+def _docs_routes(router: APIRouter, app: FastAPI) -> None:
+    """The API description and its Swagger UI page, without a credential (every API call
+    made from the page still needs one: its Authorize button takes the token).
+
+    The page's script and style are served from this server (``DOCS_ASSETS``, the Swagger
+    UI build the fastapi-offline package ships): no CDN, so it loads where the server has
+    no internet, and nothing else may load into it (the Content-Security-Policy)."""
+    anonymous = {"x-bmsfw-roles": [], "x-bmsfw-anonymous": True, "security": []}
+
+    @router.get(f"{API}/openapi.json", include_in_schema=False, openapi_extra=anonymous)
+    async def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    @_route(router, "GET", "/docs", VIEWER, include_in_schema=False)
-    def docs(request: Request) -> HTMLResponse:
-        # The browser must send the token itself (e.g. via an extension or a proxy).
-        return get_swagger_ui_html(openapi_url=f"{API}/openapi.json", title="bmsfw fleet API")
+    @router.get(f"{API}/docs", include_in_schema=False, openapi_extra=anonymous)
+    async def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=f"{API}/openapi.json",
+            title="bmsfw fleet API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": False},
+        )
+        page.headers["Content-Security-Policy"] = _DOCS_CSP
+        page.headers["X-Content-Type-Options"] = "nosniff"
+        return page
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_ui_files())), name="docs-assets")
+
+
+DOCS_ASSETS = f"{API}/docs/assets"
+# Swagger UI starts from one inline script; everything else comes from this origin.
+_DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
+
+
+def _swagger_ui_files() -> FilePath:
+    import fastapi_offline
+
+    return FilePath(fastapi_offline.__file__).parent / "static"
 
 
 class Health(BaseModel):
