@@ -18,21 +18,31 @@ from typing import Any
 import pytest
 from tests.cli_support import CONFIRM, SimProcess, run_bmsfw
 
-from .conftest import DATA, Vendor, build
+from .conftest import DATA, Vendor, build, imgtool_sign
 
 FOREIGN = "BMSFW-E134"
 
 
 @pytest.fixture(scope="module")
-def rotated(vendor: Vendor, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The vendor's PKI with a new image-signing key, and a release built with it."""
+def rotated(vendor: Vendor, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The vendor's PKI with a new image-signing key, and releases whose image it signs:
+    wrapped by `package build` (KEYHASH and PUBKEY TLVs) and by `imgtool sign` with its
+    default key format (KEYHASH only)."""
     root = tmp_path_factory.mktemp("rotated")
     pki, fresh = root / "pki", root / "fresh"
     shutil.copytree(vendor.pki, pki)
     run_bmsfw("keys", "init", str(fresh), check=0)
     for name in ("image-signing.key", "image-signing.pub"):
         shutil.copyfile(fresh / name, pki / name)
-    return build(root, pki, "rotated-key", "1.6.0", 2, "--app", str(DATA / "app.bin"))
+    signed = root / "imgtool-keyhash.bin"
+    imgtool_sign(pki / "image-signing.key", DATA / "app.bin", signed, "--version", "1.6.0+0",
+                 "--security-counter", "2")  # fmt: skip
+    return {
+        "bmsfw-wrapped": build(root, pki, "rotated", "1.6.0", 2, "--app", str(DATA / "app.bin")),
+        "imgtool-keyhash": build(
+            root, pki, "rotated-imgtool", "1.6.0", 2, "--image", f"app={signed}"
+        ),
+    }
 
 
 def _update(
@@ -48,13 +58,18 @@ def _update(
 
 
 @pytest.mark.req("SEED-SECURE-BOOT", "SEED-TROUBLESHOOTING")
+@pytest.mark.parametrize("form", ["bmsfw-wrapped", "imgtool-keyhash"])
 def test_foreign_image_key_refused_before_any_byte(
-    vendor: Vendor, rotated: Path, fresh_bms: tuple[SimProcess, tuple[str, ...]], tmp_path: Path
+    vendor: Vendor,
+    rotated: dict[str, Path],
+    fresh_bms: tuple[SimProcess, tuple[str, ...]],
+    tmp_path: Path,
+    form: str,
 ) -> None:
     sim, link = fresh_bms
     stored_before = sim.stored()
     backups = tmp_path / "backups"
-    code, report = _update(vendor, link, rotated, backups)
+    code, report = _update(vendor, link, rotated[form], backups)
     assert code == 3, report
     assert report["error"]["code"] == FOREIGN, report["error"]
     assert report["failed_step"] == "verify-package"
@@ -64,23 +79,29 @@ def test_foreign_image_key_refused_before_any_byte(
     assert sim.stored() == stored_before  # not one image byte: banks, OTP, journals, board
     assert not list(backups.glob("**/*backup*")), "no backup is taken for a refused release"
 
-    # the remedy: the release signed by the key the BMS holds goes in on the same BMS
-    code, report = _update(vendor, link, vendor.packages["bin"], backups)
+
+def test_the_remedy_installs(
+    vendor: Vendor, fresh_bms: tuple[SimProcess, tuple[str, ...]], tmp_path: Path
+) -> None:
+    """E134's remedy: the release signed by the key the BMS holds goes in, same BMS."""
+    _, link = fresh_bms
+    code, report = _update(vendor, link, vendor.packages["bin"], tmp_path / "backups")
     assert code == 0, report.get("error")
     assert report["decisions"]["image-key"].startswith("signed by key")
     assert report["device_now"]["image_state"] == "confirmed"
 
 
 @pytest.mark.req("SEED-SECURE-BOOT")
-def test_package_verify_with_the_devices_key(vendor: Vendor, rotated: Path) -> None:
+def test_package_verify_with_the_devices_key(vendor: Vendor, rotated: dict[str, Path]) -> None:
     """`package verify` with device facts: the key hash `bmsfw info` shows decides too."""
     fused = run_bmsfw("keys", "hash", str(vendor.pki / "image-signing.pub"), check=0).stdout.strip()
     facts = ("--model", "BMS-16S", "--hw-revision", "C", "--bootloader", "1.0.0",
              "--device-counter", "1", "--root-cert", str(vendor.pki / "root-ca.crt"),
              "--device-image-key-hash", fused, "--json")  # fmt: skip
-    refused = run_bmsfw("package", "verify", str(rotated), *facts)
-    assert refused.returncode == 3, refused.stdout
-    assert json.loads(refused.stdout)["error"]["code"] == FOREIGN
+    for package in rotated.values():
+        refused = run_bmsfw("package", "verify", str(package), *facts)
+        assert refused.returncode == 3, refused.stdout
+        assert json.loads(refused.stdout)["error"]["code"] == FOREIGN
     ok = json.loads(
         run_bmsfw("package", "verify", str(vendor.packages["bin"]), *facts, check=0).stdout
     )
