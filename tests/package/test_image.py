@@ -187,3 +187,24 @@ def test_build_rejects_bad_arguments(pki: VendorPki) -> None:
         _image(pki, align=3)
     with pytest.raises(E.MalformedImageError):
         _image(pki, security_counter=2**32)
+
+
+def test_decrypted_digest_is_optional_and_only_on_encrypted_components() -> None:
+    """``decrypted_sha256`` (what a BMS reports once it decrypted the image into its bank)
+    is optional in a v2 manifest, 64 hex digits, and only on an encrypted component."""
+    from bmsfw.package._manifest import Component, _component_from_dict
+
+    digest, decrypted = b"\x01" * 32, b"\x02" * 32
+    enc = Component("app", 64, digest, "raw", 64, digest, encryption="ecies-x25519", enc_key=b"k")
+    named = Component(**{**enc.__dict__, "decrypted_sha256": decrypted})
+    raw = named.to_dict(2)
+    assert raw["decrypted_sha256"] == decrypted.hex()
+    assert _component_from_dict(raw, 2) == named
+    assert "decrypted_sha256" not in enc.to_dict(2)  # absent when unknown: older readers
+    assert _component_from_dict(enc.to_dict(2), 2) == enc
+    for bad in ("02", "zz" * 32, 5, "02" * 32 + "0"):
+        with pytest.raises(E.InvalidManifestError):
+            _component_from_dict({**raw, "decrypted_sha256": bad}, 2)
+    clear = Component("app", 64, digest, "raw", 64, digest).to_dict(2)
+    with pytest.raises(E.InvalidManifestError):
+        _component_from_dict({**clear, "decrypted_sha256": decrypted.hex()}, 2)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bmsfw.package import Component
 from bmsfw.protocol.session import BootStatus, SelfTestCheck, SelfTestResult, TransferState
 from bmsfw.update.core import (
     Action,
@@ -20,12 +21,14 @@ from bmsfw.update.core import (
     SelfTestVerdict,
     StartFacts,
     StartVerdict,
+    active_digest_of,
     choose_payload,
     compare_versions,
     decide_after_boot,
     decide_start,
     interpret_boot,
     judge_confirm,
+    judge_installed,
     judge_self_test,
     plan_rollback,
     plan_transfer,
@@ -133,6 +136,49 @@ def test_already_installed_rests_on_the_digest_not_the_version() -> None:
     assert decision.verdict is StartVerdict.START
     assert "not readable" in decision.reason and "not readable" in decision.warning
     assert not decide_start(facts(boot(NEW), DIGEST)).warning
+
+
+def _component(encryption: str = "none", decrypted: bytes = b"") -> Component:
+    cipher = hashlib.sha256(b"ciphertext image").digest()
+    return Component(
+        "app",
+        4096,
+        DIGEST if encryption == "none" else cipher,
+        "raw",
+        4096,
+        DIGEST if encryption == "none" else cipher,
+        encryption=encryption,
+        enc_key=b"k" if encryption != "none" else b"",
+        decrypted_sha256=decrypted,
+    )
+
+
+def test_the_digest_a_bms_reports_for_an_encrypted_image_is_the_decrypted_ones() -> None:
+    """An encrypted image is decrypted into the bank: the ciphertext digest is never what
+    the BMS reports, the signed decrypted digest is; without it nothing is compared."""
+    assert active_digest_of(_component()) == DIGEST
+    assert active_digest_of(_component("ecies-x25519", DIGEST)) == DIGEST
+    assert active_digest_of(_component("ecies-x25519")) is None
+
+    def installed(release: bytes | None, running: bytes) -> str:
+        return judge_installed(
+            release_image_sha256=release,
+            running_digest=running,
+            release_counter=2,
+            counter_before=1,
+            counter_after=2,
+        ).verdict.value
+
+    encrypted = active_digest_of(_component("ecies-x25519", DIGEST))
+    assert installed(encrypted, DIGEST) == "installed"
+    assert installed(encrypted, OTHER) == "digest mismatch"
+    # already installed: an encrypted release without the decrypted digest is sent again
+    unnamed = StartFacts(NEW, None, boot(NEW), DIGEST)
+    decision = decide_start(unnamed)
+    assert decision.verdict is StartVerdict.START and "encrypted" in decision.warning
+    assert decide_start(replace(unnamed, release_image_sha256=encrypted)).verdict is (
+        StartVerdict.ALREADY_INSTALLED
+    )
 
 
 def test_allowed_downgrade_is_flagged_with_its_reason() -> None:

@@ -226,6 +226,11 @@ def test_encrypted_release_goes_over_as_ciphertext_and_runs(
     fuse_encryption_key(bms, device_key)
     report = _update(session, package, vendor, options, clock)
     assert report.outcome == "updated", report.error
+    # the BMS decrypted into its bank: its digest is the manifest's signed decrypted one
+    component = _app(package)
+    assert component.decrypted_sha256 and component.decrypted_sha256 != component.image_sha256
+    assert bms.image_digest() == component.decrypted_sha256
+    assert report.decisions["installed-reason"].startswith("active image digest matches")
     assert report.transfer["encoding"] == "zstd+encrypted ecies-x25519"
     assert report.transfer["bytes_sent"] == _app(package).stored_size
     assert bms.boot_status().running_version == "2.0.0"

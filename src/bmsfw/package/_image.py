@@ -62,6 +62,7 @@ __all__ = [
     "McubootImage",
     "Tlv",
     "build_image",
+    "build_image_and_bank_digest",
     "parse_image",
     "parse_image_stream",
     "verify_image",
@@ -255,6 +256,43 @@ def build_image(
 ) -> bytes:
     """Wrap raw firmware into a signed MCUboot image (what imgtool sign does).
 
+    See :func:`build_image_and_bank_digest` for the parameters.
+    """
+    return build_image_and_bank_digest(
+        payload,
+        signing_key=signing_key,
+        version=version,
+        security_counter=security_counter,
+        hardware=hardware,
+        header_size=header_size,
+        align=align,
+        load_addr=load_addr,
+        public_key_format=public_key_format,
+        encrypt_to=encrypt_to,
+    )[0]
+
+
+def build_image_and_bank_digest(
+    payload: bytes,
+    *,
+    signing_key: PrivateKey,
+    version: str,
+    security_counter: int,
+    hardware: HardwareCompat | None = None,
+    header_size: int = 0x200,
+    align: int = 8,
+    load_addr: int = 0,
+    public_key_format: Literal["hash", "full", "both"] = "both",
+    encrypt_to: EncPublicKey | None = None,
+) -> tuple[bytes, bytes]:
+    """A signed MCUboot image and the SHA-256 of what a BMS holds once it is installed.
+
+    The second value is what a BMS reports as its active image digest (DID 0x0102: the
+    bank up to the end of the TLVs). For a clear image it is the image's own SHA-256;
+    for an encrypted one the BMS decrypts the body into its bank, so it is the digest
+    of the image with the *plaintext* body, which only the builder can compute (a
+    gateway or a fleet server never sees the plaintext).
+
     The body is padded with 0xff (erased flash) to a multiple of ``align`` so the
     TLV area starts on a flash write boundary. With ``encrypt_to`` (a device-class
     X25519 or P-256 public key) the body is encrypted as ``imgtool sign --encrypt``
@@ -322,13 +360,16 @@ def build_image(
                 _encrypt.wrap_key(encrypt_to, plainkey),
             )
         )
+    tlvs = _pack_tlvs(TLV_INFO_MAGIC, entries)
+    bank_sha256 = hashlib.sha256(bytes(out) + tlvs).digest()  # the plaintext body
+    if encrypt_to is not None:
         body_end = header_size + body_size
         out[header_size:body_end] = _encrypt.encrypt_body(
             plainkey, bytes(out[header_size:body_end])
         )
-    out += _pack_tlvs(TLV_INFO_MAGIC, entries)
+    out += tlvs
     log.debug("built MCUboot image %s, %d bytes, key %s", image_version, len(out), algorithm)
-    return bytes(out)
+    return bytes(out), bank_sha256
 
 
 def _read_exact(read: ReadFn, size: int, offset: int, length: int, what: str) -> bytes:

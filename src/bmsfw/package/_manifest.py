@@ -64,6 +64,10 @@ class Component:
     # a BMS can decrypt while it writes instead of waiting for the TLV at the end.
     encryption: str = "none"
     enc_key: bytes = b""
+    # format_version 2, encrypted only (optional): SHA-256 of the image as the BMS holds
+    # it after decrypting (header, plaintext body, TLVs), i.e. the active-image digest it
+    # reports once this runs; b"": not known (an image encrypted by another tool).
+    decrypted_sha256: bytes = b""
 
     @property
     def is_delta(self) -> bool:
@@ -99,6 +103,8 @@ class Component:
             out["patch_size"] = self.delta_payload_size
             out["encryption"] = self.encryption
             out["enc_key"] = self.enc_key.hex()
+            if self.decrypted_sha256:
+                out["decrypted_sha256"] = self.decrypted_sha256.hex()
         return out
 
 
@@ -273,6 +279,9 @@ _V2_COMPONENT_KEYS = _V1_COMPONENT_KEYS | {
 def _component_from_dict(raw: Any, format_version: int) -> Component:
     if not isinstance(raw, dict):
         raise InvalidManifestError("each component must be an object")
+    decrypted_hex = raw.get("decrypted_sha256", "") if format_version >= 2 else ""
+    if "decrypted_sha256" in raw and format_version >= 2:
+        raw = {k: v for k, v in raw.items() if k != "decrypted_sha256"}  # optional
     _exact_keys(raw, _V2_COMPONENT_KEYS if format_version >= 2 else _V1_COMPONENT_KEYS, "component")
     name = _typed(raw, "name", str)
     if not _COMPONENT_NAME_RE.match(name):
@@ -311,6 +320,13 @@ def _component_from_dict(raw: Any, format_version: int) -> Component:
             raise InvalidManifestError(f"component {name}: enc_key and encryption disagree")
         if delta_base and encryption != "none":
             raise InvalidManifestError(f"component {name}: a delta cannot also be encrypted")
+        if not isinstance(decrypted_hex, str) or (
+            decrypted_hex and (encryption == "none" or not _HEX64_RE.match(decrypted_hex))
+        ):
+            raise InvalidManifestError(
+                f"component {name}: decrypted_sha256 must be 64 hex digits, on an encrypted "
+                "component only"
+            )
     return Component(
         name=name,
         image_size=sizes[0],
@@ -322,4 +338,5 @@ def _component_from_dict(raw: Any, format_version: int) -> Component:
         delta_payload_size=patch_size,
         encryption=encryption,
         enc_key=enc_key,
+        decrypted_sha256=bytes.fromhex(decrypted_hex),
     )

@@ -45,7 +45,7 @@ from bmsfw.package._header import ReleaseHeader, decode_header, encode_header
 from bmsfw.package._image import (
     ImageInfo,
     McubootImage,
-    build_image,
+    build_image_and_bank_digest,
     check_encrypted_image,
     check_image_integrity,
     parse_image,
@@ -367,7 +367,7 @@ def build_release(
                 raise InvalidManifestError(
                     f"component {source.name!r} is raw firmware; an image-signing key is needed"
                 )
-            image = build_image(
+            image, bank_sha256 = build_image_and_bank_digest(
                 source.data,
                 signing_key=image_signing_key,
                 version=str(header_version),
@@ -378,7 +378,7 @@ def build_release(
                 encrypt_to=encrypt_to,
             )
         else:
-            image = source.data
+            image, bank_sha256 = source.data, b""  # encrypted elsewhere: plaintext unknown
         parsed = parse_image(image)
         encryption, enc_key = "none", b""
         if parsed.encrypted:
@@ -430,6 +430,7 @@ def build_release(
             delta_payload_size=len(payload) if base is not None else 0,
             encryption=encryption,
             enc_key=enc_key,
+            decrypted_sha256=bank_sha256 if parsed.encrypted else b"",
         )
         records.append(record)
         stored_members.append((record.member, stored))

@@ -44,7 +44,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from bmsfw.errors import PackageError
-from bmsfw.package import image_key_refusal
+from bmsfw.package import Component, image_key_refusal
 from bmsfw.package.version import Version, as_version, device_runs
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult, TransferState
 
@@ -65,6 +65,7 @@ __all__ = [
     "StartFacts",
     "StartVerdict",
     "TransferPlan",
+    "active_digest_of",
     "choose_payload",
     "compare_versions",
     "decide_after_boot",
@@ -129,7 +130,9 @@ class StartFacts:
     """What the shell read before anything is written."""
 
     release_version: str
-    release_image_sha256: bytes  # the image the release produces
+    # what the BMS reports as its active image digest once the release runs
+    # (active_digest_of); None: the release does not name it
+    release_image_sha256: bytes | None
     boot: BootStatus
     running_digest: bytes | None  # SHA-256 of the running image; None when unreadable
     reinstall: bool = False
@@ -163,6 +166,11 @@ def _ours(facts: StartFacts) -> tuple[bool, str]:
     boot = facts.boot
     if not same_release(facts.release_version, boot.running_version):
         return False, ""
+    if facts.release_image_sha256 is None:
+        return False, (
+            f"the BMS reports {boot.running_version}, but the release does not name the "
+            "digest of its decrypted image (encrypted by another tool): sending it again"
+        )
     if facts.running_digest is None:
         return True, (
             f"the BMS reports {boot.running_version}; its image digest is not readable, "
@@ -513,6 +521,19 @@ class InstalledCheck:
         return self.verdict is InstalledVerdict.INSTALLED
 
 
+def active_digest_of(component: Component) -> bytes | None:
+    """The SHA-256 a BMS reports for its active image (DID 0x0102) once ``component`` runs.
+
+    A clear image lands in the bank as it is: its own ``image_sha256``. An encrypted one
+    is decrypted into the bank, so the BMS's digest covers the plaintext: the manifest's
+    signed ``decrypted_sha256``, computed by the builder that encrypted it; None when the
+    release does not carry it (an image encrypted by another tool, e.g. imgtool).
+    """
+    if component.encryption == "none":
+        return component.image_sha256
+    return component.decrypted_sha256 or None
+
+
 def judge_installed(
     *,
     release_image_sha256: bytes | None,
@@ -525,14 +546,18 @@ def judge_installed(
 
     Only when the BMS's own digest of its active image equals the release image's,
     and its security counter, read after the confirm, reached the release's (the BMS
-    raises it at the confirm) and did not go down. ``release_image_sha256`` None: the
-    release names no digest the BMS can report (an encrypted image is kept encrypted
-    in its bank, so the BMS's digest covers the ciphertext); the counter still counts
-    and the reason says the digest was not compared.
+    raises it at the confirm) and did not go down. ``release_image_sha256`` is
+    :func:`active_digest_of` the release's component; None: the release names no digest
+    the BMS can report (an image encrypted by another tool: the BMS's digest covers the
+    plaintext nobody but the BMS has); the counter still counts and the reason says
+    the digest was not compared.
     """
     unchecked = ""
     if release_image_sha256 is None:
-        unchecked = " (digest not compared: the image is stored encrypted)"
+        unchecked = (
+            " (digest not compared: the image was encrypted without the digest of its"
+            " decrypted form in the manifest)"
+        )
     elif running_digest is None:
         return InstalledCheck(
             InstalledVerdict.DIGEST_UNREADABLE,

@@ -74,6 +74,7 @@ from bmsfw.update.core import (
     SelfTestVerdict,
     StartFacts,
     StartVerdict,
+    active_digest_of,
     choose_payload,
     decide_after_boot,
     decide_start,
@@ -496,7 +497,9 @@ class _Run(_Shell):
                 start = decide_start(
                     StartFacts(
                         release_version=m.version,
-                        release_image_sha256=m.component(self._component(release)).image_sha256,
+                        release_image_sha256=active_digest_of(
+                            m.component(self._component(release))
+                        ),
                         boot=self.session.read_boot_status(),
                         running_digest=digest,
                         reinstall=self.options.reinstall,
@@ -1047,9 +1050,7 @@ class _Run(_Shell):
         before = self.first_identity.security_counter
         component = m.component(self._component(release))
         check = judge_installed(
-            release_image_sha256=(
-                component.image_sha256 if component.encryption == "none" else None
-            ),
+            release_image_sha256=active_digest_of(component),
             running_digest=digest,
             release_counter=m.security_counter,
             counter_before=before,
