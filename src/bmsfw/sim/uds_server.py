@@ -486,6 +486,8 @@ class UdsServer:
                 state = _reported_state(dev)
             except PackageError as exc:  # content refused: report it, the routine ran
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)
+            except PowerCutError:
+                raise  # a BMS without power answers nothing
             except BmsfwError as exc:
                 raise _Negative(nrc_for(exc), str(exc)) from None
             return bytes([ROUTINE_OK]) + encode_transfer_state(state)
@@ -497,6 +499,8 @@ class UdsServer:
                 dev.verify_inactive()
             except PackageError as exc:
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)
+            except PowerCutError:
+                raise
             except BmsfwError as exc:
                 if isinstance(exc, VerifyFailedError):
                     return _status_record(ROUTINE_FAILED, exc.code, exc.message)

@@ -776,7 +776,15 @@ class _Run(_Shell):
             )
 
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
-        state = self.session.prepare(header, channel=self.options.channel)
+        try:
+            state = self.session.prepare(header, channel=self.options.channel)
+        except TransportError as exc:
+            # No answer to the staging request: the BMS may have staged it (power loss,
+            # lost link). Nothing is running differently; the same command continues.
+            self.staged = True
+            raise TransferInterruptedError(
+                f"no answer while staging the release: {exc.code}: {exc.message}"
+            ) from exc
         self.staged = True
         image = payload.data
         total = len(image)
@@ -785,7 +793,12 @@ class _Run(_Shell):
         if plan.reason:
             self.warn(plan.reason)
         if plan.erase:
-            self.session.erase()
+            try:
+                self.session.erase()
+            except TransportError as exc:
+                raise TransferInterruptedError(
+                    f"no answer while erasing the inactive bank: {exc.code}: {exc.message}"
+                ) from exc
         t = self.report.transfer
         t.update(
             total=total,
