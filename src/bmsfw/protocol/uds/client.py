@@ -52,9 +52,12 @@ from bmsfw.protocol.errors import (
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
     StepDeadlineError,
+    UdsAuthenticationRequiredError,
     UdsInvalidResponseError,
     UdsRequestOutOfRangeError,
     UdsResponsePendingLimitError,
+    UdsSecurityAccessDeniedError,
+    UdsServiceNotSupportedInSessionError,
     UdsStepTimeoutError,
     UdsTimeoutError,
     UdsTransferInterruptedError,
@@ -105,6 +108,14 @@ __all__ = ["RoutineResult", "UdsClientConfig", "UdsSession", "make_udsoncan_clie
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _IDEMPOTENT = frozenset({0x10, 0x22, 0x34, 0x37, 0x3E})
+# What a BMS answers when the session or the access it granted is gone: it rebooted on
+# its own (a watchdog revert, a power cut: it starts again in the default session,
+# locked) or its S3 timer ran out.
+_ACCESS_LOST = (
+    UdsServiceNotSupportedInSessionError,
+    UdsSecurityAccessDeniedError,
+    UdsAuthenticationRequiredError,
+)
 
 
 @dataclass(frozen=True)
@@ -527,11 +538,9 @@ class UdsSession:
 
     @session_step("write configuration", "config_s")
     def write_config(self, snapshot: ConfigSnapshot) -> None:
-        self._ensure_access(Session.EXTENDED)
-        self.request(
-            0x2E,
-            struct.pack(">H", DID.CONFIGURATION) + encode_config(snapshot),
-            what="write configuration",
+        data = struct.pack(">H", DID.CONFIGURATION) + encode_config(snapshot)
+        self._with_access(
+            Session.EXTENDED, lambda: self.request(0x2E, data, what="write configuration")
         )
 
     # ------------------------------------------------------------------ security
@@ -596,12 +605,32 @@ class UdsSession:
             self.change_session(session)
         if not self._authenticated:
             if self._credentials is None:
-                from bmsfw.protocol.errors import UdsSecurityAccessDeniedError
-
                 raise UdsSecurityAccessDeniedError(
                     "call authenticate() with tester credentials first"
                 )
             self._authenticate_now(self._credentials)
+
+    def _forget_access(self, why: str) -> None:
+        """The BMS is back in its default session, locked: the next step starts again."""
+        if self._session != Session.DEFAULT or self._authenticated:
+            log.info("BMS %s: %s; entering the session and authenticating again", self.address, why)
+        self._session = Session.DEFAULT
+        self._authenticated = False
+
+    def _with_access(self, session: Session, step: Callable[[], _T]) -> _T:
+        """Run ``step`` in ``session``, authenticated. When the BMS answers that the session
+        or the access is gone (it rebooted on its own, or S3 ran out), enter the session,
+        authenticate again with the credentials given before and repeat ``step`` once: a
+        refused request changed nothing on the BMS."""
+        self._ensure_access(session)
+        try:
+            return step()
+        except _ACCESS_LOST as exc:
+            if self._credentials is None:
+                raise
+            self._forget_access(f"it no longer grants the session ({exc.code})")
+        self._ensure_access(session)
+        return step()
 
     # ------------------------------------------------------------------ update steps
 
@@ -612,12 +641,14 @@ class UdsSession:
 
     @session_step("stage release header", "prepare_s")
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
-        self._ensure_access(Session.PROGRAMMING)
-        result = self.routine(
-            ROUTINE.STAGE_RELEASE_HEADER,
-            bytes([CHANNELS[channel]]) + header,
-            what="stage release header",
-            step_timeout_s=self.config.verify_timeout_s,
+        result = self._with_access(
+            Session.PROGRAMMING,
+            lambda: self.routine(
+                ROUTINE.STAGE_RELEASE_HEADER,
+                bytes([CHANNELS[channel]]) + header,
+                what="stage release header",
+                step_timeout_s=self.config.verify_timeout_s,
+            ),
         )
         if not result.ok:
             raise DeviceHeaderRejectedError(
@@ -628,11 +659,13 @@ class UdsSession:
 
     @session_step("erase", "erase_s")
     def erase(self) -> None:
-        self._ensure_access(Session.PROGRAMMING)
-        result = self.routine(
-            ROUTINE.ERASE_MEMORY,
-            what="erase inactive bank",
-            step_timeout_s=self.config.erase_timeout_s,
+        result = self._with_access(
+            Session.PROGRAMMING,
+            lambda: self.routine(
+                ROUTINE.ERASE_MEMORY,
+                what="erase inactive bank",
+                step_timeout_s=self.config.erase_timeout_s,
+            ),
         )
         if not result.ok:
             from bmsfw.protocol.errors import UdsGeneralProgrammingFailureError
@@ -651,7 +684,6 @@ class UdsSession:
         at 0 on an erased bank. ``encoded=None`` decides from the staged manifest: a
         component stored encoded and ``len(image) == stored_size`` means stored bytes.
         """
-        self._ensure_access(Session.PROGRAMMING)
         total = len(image)
         if not 0 <= start_offset < total:
             raise ValueError(f"start_offset {start_offset} outside image of {total} bytes")
@@ -670,10 +702,10 @@ class UdsSession:
             dfi = 0x00
         size = total - start_offset
         # ALFID 0x44: 4-byte size, 4-byte address
-        data = self.request(
-            0x34,
-            bytes([dfi, 0x44]) + struct.pack(">II", start_offset, size),
-            what=f"request download (DFI 0x{dfi:02X})",
+        request = bytes([dfi, 0x44]) + struct.pack(">II", start_offset, size)
+        data = self._with_access(
+            Session.PROGRAMMING,
+            lambda: self.request(0x34, request, what=f"request download (DFI 0x{dfi:02X})"),
         )
         self.last_dfi = dfi
         if len(data) < 2:
@@ -724,19 +756,22 @@ class UdsSession:
 
     @session_step("verify", "verify_s")
     def verify(self) -> None:
-        self._ensure_access(Session.PROGRAMMING)
-        result = self.routine(
-            ROUTINE.CHECK_PROGRAMMING_DEPENDENCIES,
-            what="check programming dependencies",
-            step_timeout_s=self.config.verify_timeout_s,
+        result = self._with_access(
+            Session.PROGRAMMING,
+            lambda: self.routine(
+                ROUTINE.CHECK_PROGRAMMING_DEPENDENCIES,
+                what="check programming dependencies",
+                step_timeout_s=self.config.verify_timeout_s,
+            ),
         )
         if not result.ok:
             raise DeviceVerifyFailedError(f"BMS {self.address}: {result.code} {result.message}")
 
     @session_step("activate", "activate_s")
     def activate(self) -> None:
-        self._ensure_access(Session.PROGRAMMING)
-        result = self.routine(ROUTINE.ACTIVATE, what="activate")
+        result = self._with_access(
+            Session.PROGRAMMING, lambda: self.routine(ROUTINE.ACTIVATE, what="activate")
+        )
         if not result.ok:
             raise DeviceActivateFailedError(f"BMS {self.address}: {result.code} {result.message}")
 
@@ -744,8 +779,7 @@ class UdsSession:
     def reset(self) -> None:
         self.request(0x11, bytes([HARD_RESET]), what="ECU reset")
         # the node reboots into the default session with security locked
-        self._session = Session.DEFAULT
-        self._authenticated = False
+        self._forget_access("ECU reset")
 
     def wait_boot(self, timeout_s: float) -> BootStatus:
         """Poll the boot status until the application runs (self-test finished)."""
@@ -783,8 +817,9 @@ class UdsSession:
     @session_step("confirm", "confirm_s")
     def confirm(self) -> None:
         """Make the running test image permanent; a refusal (status != 00) raises E210."""
-        self._ensure_access(Session.EXTENDED)
-        result = self.routine(ROUTINE.CONFIRM, what="confirm image")
+        result = self._with_access(
+            Session.EXTENDED, lambda: self.routine(ROUTINE.CONFIRM, what="confirm image")
+        )
         if not result.ok:
             from bmsfw.protocol.device_errors import NotConfirmableError
 
@@ -795,14 +830,17 @@ class UdsSession:
     @session_step("rollback", "rollback_s")
     def rollback(self) -> None:
         """Return to the confirmed image; a refusal (status != 00) raises E211."""
-        self._ensure_access(Session.EXTENDED)
-        result = self.routine(ROUTINE.ROLLBACK, what="rollback")
+        result = self._with_access(
+            Session.EXTENDED, lambda: self.routine(ROUTINE.ROLLBACK, what="rollback")
+        )
         if not result.ok:
             from bmsfw.protocol.device_errors import RollbackBlockedError
 
             raise RollbackBlockedError(
                 f"BMS {self.address} refused the rollback: {result.code} {result.message}".strip()
             )
+        # the BMS reboots into the confirmed image: default session, locked
+        self._forget_access("rollback (the BMS reboots)")
 
     @session_step("check preconditions", "read_s")
     def check_preconditions(self) -> RoutineResult:
