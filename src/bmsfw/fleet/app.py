@@ -164,6 +164,9 @@ class ServerConfig:
     # How long a process reuses a resolved token without reading it again: the
     # bound on how late a revocation made through another process takes effect.
     credential_cache_ttl_s: float = 5.0
+    # Four eyes: campaigns of more devices than this wait for a second person's approval
+    # (None: never; 0: every campaign). docs/fleet.md, "Four eyes".
+    approval_above_devices: int | None = None
     migrate: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     # TUF metadata for the agents (/api/v1/tuf/...): None publishes none.
@@ -459,6 +462,7 @@ def create_app(
             artifact_url_prefix=f"{API}/releases",
             credential_cache_ttl_s=config.credential_cache_ttl_s,
             online_after_s=3.0 * config.poll_interval_s,
+            approval_above_devices=config.approval_above_devices,
         ),
     )
 
@@ -832,6 +836,13 @@ def _campaign_routes(router: APIRouter) -> None:
         request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).pause(_principal(request), campaign_id, reason)
+
+    @_route(
+        router, "POST", "/campaigns/{campaign_id}/approve", OPERATOR, response_model=CampaignView
+    )
+    def approve(request: Request, campaign_id: IdPath) -> dict[str, Any]:
+        """Four eyes: start a campaign waiting for approval (not by whoever created it: E650)."""
+        return _service(request).approve(_principal(request), campaign_id)
 
     @_route(
         router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR, response_model=CampaignView

@@ -272,6 +272,19 @@ class InvalidCursorError(FleetError):
     )
 
 
+class SelfApprovalError(FleetError):
+    code = "BMSFW-E650"
+    http_status = 403
+    diagnosis = (
+        "Four eyes: a campaign waiting for approval was approved with the credential that "
+        "created it (or another credential of the same name). It stays unapproved."
+    )
+    remedy = (
+        "Ask a second person with the operator role or above to approve it with their own "
+        "token (dashboard campaign page, or POST /api/v1/campaigns/ID/approve)."
+    )
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -302,6 +315,7 @@ _BY_CODE: dict[str, type[FleetError]] = {
         RateLimitedError,
         UploadConflictError,
         InvalidCursorError,
+        SelfApprovalError,
     )
 }
 

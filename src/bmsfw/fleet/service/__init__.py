@@ -10,6 +10,7 @@ releases (:mod:`.releases`), campaigns (:mod:`.campaigns`), inventory and flags
 from __future__ import annotations
 
 from bmsfw.fleet.service._base import ALLOWED_TRANSITIONS, ServiceSettings, audit
+from bmsfw.fleet.service.approvals import ApprovalOps
 from bmsfw.fleet.service.backups import BackupOps
 from bmsfw.fleet.service.campaigns import CampaignOps
 from bmsfw.fleet.service.check_in import CheckInOps
@@ -30,6 +31,7 @@ class FleetService(
     BackupOps,
     ReleaseOps,
     CampaignOps,
+    ApprovalOps,
     InventoryOps,
 ):
     """Every operation of the fleet server (see the module text for the parts)."""

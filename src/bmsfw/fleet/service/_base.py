@@ -92,7 +92,8 @@ ALLOWED_TRANSITIONS: dict[DeviceState, frozenset[DeviceState]] = {
 }
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATES)
 _FAILURE_VALUES = tuple(s.value for s in FAILURE_STATES)
-_ACTIVE_CAMPAIGN = ("running", "paused")
+# needs_approval (four eyes, service/approvals.py): claims its devices, offers nothing.
+_ACTIVE_CAMPAIGN = ("running", "paused", "needs_approval")
 # States in which the device may legitimately come back with the release's version.
 _INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
 # States after which the device may be back on (or still on) its previous firmware.
@@ -141,6 +142,9 @@ class ServiceSettings:
     # again: the bound on how late a revocation made by another process takes
     # effect here. 0 looks every token up on every request.
     credential_cache_ttl_s: float = 5.0
+    # Four eyes: a campaign of more devices than this waits for a second person's
+    # approval (service/approvals.py); None: never, 0: every campaign.
+    approval_above_devices: int | None = None
     # A device counts as online when its gateway checked it in this recently.
     online_after_s: float = 180.0
 

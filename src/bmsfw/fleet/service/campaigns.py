@@ -42,6 +42,7 @@ from bmsfw.fleet.service._base import (
     _locking,
     audit,
 )
+from bmsfw.fleet.service.approvals import NEEDS_APPROVAL, needs_approval
 from bmsfw.package.version import VersionRange, device_runs
 
 
@@ -102,7 +103,11 @@ class CampaignOps(ServiceBase):
                 phases=phases,
                 error_threshold_pct=spec.error_threshold_pct,
                 bandwidth_floor_bps=spec.bandwidth_floor_bps,
-                status="running",
+                status=(
+                    NEEDS_APPROVAL
+                    if needs_approval(self.settings.approval_above_devices, len(targets))
+                    else "running"
+                ),
                 current_phase=0,
                 phase_started_at=now,
                 phase_threshold_met_at=None,
@@ -141,6 +146,7 @@ class CampaignOps(ServiceBase):
                 release=release.id,
                 targets=len(targets),
                 phases=phases,
+                status=campaign.status,
             )
             session.flush()
             return self._campaign_dict(session, campaign)

@@ -67,7 +67,7 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_CAMPAIGN_ACTIONS = ("pause", "resume", "cancel")
+_CAMPAIGN_ACTIONS = ("pause", "resume", "cancel", "approve")
 
 
 class Edge(Protocol):
@@ -488,6 +488,8 @@ def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
         service = pages.service
         if action == "resume":
             await _run(service.resume, principal, number)
+        elif action == "approve":
+            await _run(service.approve, principal, number)
         else:
             method = service.pause if action == "pause" else service.cancel
             await _run(method, principal, number, reason)

@@ -46,7 +46,7 @@ __all__ = [
 T = TypeVar("T")
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 25
-ACTIVE_CAMPAIGN_STATES = ("running", "paused")
+ACTIVE_CAMPAIGN_STATES = ("needs_approval", "running", "paused")
 DEVICE_SORTS = {
     "serial": Device.serial,
     "model": Device.model,
