@@ -115,7 +115,7 @@ def test_migrations_match_the_models_and_are_idempotent(db_url: str) -> None:
     try:
         upgrade_database(engine)
         upgrade_database(engine)  # a second process starting later
-        assert schema_revision(engine) == "0007"
+        assert schema_revision(engine) == "0008"
         with engine.connect() as connection:
             diff = compare_metadata(
                 MigrationContext.configure(connection, opts={"compare_type": True}),

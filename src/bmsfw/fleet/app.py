@@ -90,6 +90,7 @@ from bmsfw.fleet.schemas import (
     FlagQuery,
     GatewayCreate,
     PageQuery,
+    Retirement,
     SiteWindowSpec,
     TokenCreate,
 )
@@ -132,6 +133,7 @@ GATEWAY = frozenset({GATEWAY_ROLE})
 IdPath = Annotated[int, Path(ge=1, le=INT32_MAX)]
 SerialPath = Annotated[str, Path(min_length=1, max_length=120)]
 SitePath = Annotated[str, Path(min_length=1, max_length=120)]
+GatewayNamePath = Annotated[str, Path(min_length=1, max_length=120)]
 # At most this many validation errors, each location part and message cut short, are
 # answered: a 422 never echoes the (possibly huge) input back.
 _MAX_REPORTED_ERRORS = 20
@@ -701,7 +703,13 @@ def _tuf_routes(router: APIRouter, repository: TufRepository) -> None:
     def tuf_metadata(request: Request, name: str) -> Response:
         """Signed TUF metadata of the releases served (root, timestamp, snapshot, targets)."""
         service = _service(request)
-        data = repository.file(name, lambda: tuf_releases(service.list_releases()))
+        # A pulled release leaves the signed targets: an agent then refuses its offers.
+        data = repository.file(
+            name,
+            lambda: tuf_releases(
+                [r for r in service.list_releases() if r["deactivated_at"] is None]
+            ),
+        )
         if data is None:
             raise FleetNotFoundError(f"no TUF metadata named {name[:64]!r}")
         return Response(data, media_type="application/json")
@@ -754,6 +762,21 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         """Releases in upload order, one page."""
         listing = _service(request).release_page(_page(query, "releases", int))
         return _paged(request, response, "releases", listing)
+
+    @_route(
+        router,
+        "POST",
+        "/releases/{release_id}/deactivate",
+        RELEASE_MANAGER,
+        response_model=ReleaseView,
+    )
+    def deactivate_release(
+        request: Request, release_id: IdPath, body: Retirement | None = None
+    ) -> dict[str, Any]:
+        """Pull a release: no new campaign may use it, its running and paused campaigns are
+        cancelled (no further offer), gateways can no longer download it; audited."""
+        reason = body.reason if body else ""
+        return _service(request).deactivate_release(_principal(request), release_id, reason)
 
     @_route(router, "GET", "/releases/{release_id}", VIEWER, response_model=ReleaseView)
     def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
@@ -876,6 +899,15 @@ def _inventory_routes(router: APIRouter) -> None:
         listing = _service(request).gateway_page(_page(query, "gateways", str))
         return _paged(request, response, "gateways", listing)
 
+    @_route(router, "POST", "/gateways/{name}/decommission", ADMIN, response_model=GatewayView)
+    def decommission_gateway(
+        request: Request, name: GatewayNamePath, body: Retirement | None = None
+    ) -> dict[str, Any]:
+        """Retire a gateway: its credentials revoked, its devices and history kept (move
+        them to another gateway); audited."""
+        reason = body.reason if body else ""
+        return _service(request).decommission_gateway(_principal(request), name, reason)
+
     @_route(router, "POST", "/gateways", ADMIN, status_code=201, response_model=GatewayCreated)
     def create_gateway(request: Request, body: GatewayCreate) -> dict[str, Any]:
         """Register a gateway; the answer holds its token, shown only this once."""
@@ -923,6 +955,15 @@ def _inventory_routes(router: APIRouter) -> None:
         """A backup a technician took on site (`bmsfw backup --server`); the device must be
         in the inventory. The answer names the uploading credential and the SHA-256."""
         return _service(request).store_operator_backup(_principal(request), serial, body)
+
+    @_route(router, "POST", "/devices/{serial}/decommission", OPERATOR, response_model=DeviceView)
+    def decommission_device(
+        request: Request, serial: SerialPath, body: Retirement | None = None
+    ) -> dict[str, Any]:
+        """Retire a device: in no new campaign, its history kept; refused (E645) while it
+        has open work in a running or paused campaign; audited."""
+        reason = body.reason if body else ""
+        return _service(request).decommission_device(_principal(request), serial, reason)
 
     @_route(router, "POST", "/devices/{serial}/move", OPERATOR, response_model=DeviceView)
     def move_device(request: Request, serial: SerialPath, body: DeviceMove) -> dict[str, Any]:

@@ -15,6 +15,8 @@ __all__ = [
     "BackupRejectedError",
     "CampaignStateError",
     "CredentialMissingError",
+    "DecommissionedError",
+    "DeviceBusyError",
     "DeviceNotOnGatewayError",
     "DownloadDigestMismatchError",
     "DownloadTooLargeError",
@@ -32,6 +34,7 @@ __all__ = [
     "MigrationError",
     "NoTargetDevicesError",
     "RateLimitedError",
+    "ReleaseDeactivatedError",
     "ReleaseRejectedError",
     "RequestInvalidError",
     "RequestTooLargeError",
@@ -285,6 +288,43 @@ class SelfApprovalError(FleetError):
     )
 
 
+class ReleaseDeactivatedError(FleetError):
+    code = "BMSFW-E643"
+    http_status = 409
+    diagnosis = (
+        "The release was deactivated (pulled): no campaign may use it and gateways may no "
+        "longer download it."
+    )
+    remedy = (
+        "Pick an active release (`bmsfw fleet releases`); a pulled release cannot be "
+        "activated again, upload a fixed one."
+    )
+
+
+class DecommissionedError(FleetError):
+    code = "BMSFW-E644"
+    http_status = 409
+    diagnosis = "The gateway or device was decommissioned; it takes part in nothing new."
+    remedy = (
+        "Register a new gateway (`bmsfw fleet gateway-add`) and move the devices to it "
+        "(`bmsfw fleet device move SERIAL --gateway NAME`); a decommissioned device stays "
+        "in the history only."
+    )
+
+
+class DeviceBusyError(FleetError):
+    code = "BMSFW-E645"
+    http_status = 409
+    diagnosis = (
+        "The device has open work in a running or paused campaign; decommissioning it now "
+        "would leave that campaign waiting for it."
+    )
+    remedy = (
+        "Wait until its campaign ends, or cancel it (`bmsfw fleet campaign ID cancel`), then "
+        "decommission the device again. Nothing was changed."
+    )
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -316,6 +356,9 @@ _BY_CODE: dict[str, type[FleetError]] = {
         UploadConflictError,
         InvalidCursorError,
         SelfApprovalError,
+        ReleaseDeactivatedError,
+        DecommissionedError,
+        DeviceBusyError,
     )
 }
 

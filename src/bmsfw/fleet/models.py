@@ -121,6 +121,8 @@ class Gateway(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
+    # Retired: its credentials revoked, its devices and history kept (None: in service).
+    decommissioned_at: Mapped[datetime | None]
 
 
 class Device(Base):
@@ -145,6 +147,8 @@ class Device(Base):
     integrity_detail: Mapped[str] = mapped_column(Text, default="")
     first_seen_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+    # Retired: in no new campaign, history kept (None: in service).
+    decommissioned_at: Mapped[datetime | None]
 
 
 class Release(Base):
@@ -165,6 +169,9 @@ class Release(Base):
     filename: Mapped[str] = mapped_column(String(255))
     uploaded_at: Mapped[datetime]
     uploaded_by: Mapped[str] = mapped_column(String(120))
+    # Pulled: no campaign may use it, its campaigns were cancelled (None: active).
+    deactivated_at: Mapped[datetime | None]
+    deactivated_by: Mapped[str] = mapped_column(String(120), default="", server_default="")
 
 
 class Campaign(Base):

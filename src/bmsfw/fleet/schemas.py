@@ -27,6 +27,7 @@ __all__ = [
     "GatewayCreate",
     "PageQuery",
     "PhaseSpec",
+    "Retirement",
     "Selector",
     "SiteWindowSpec",
     "TokenCreate",
@@ -149,3 +150,9 @@ class FlagQuery(PageQuery):
 class AuditQuery(PageQuery):
     # The page before this entry id (the older form of the cursor, still accepted).
     before_id: int | None = Field(default=None, ge=1, le=INT32_MAX)
+
+
+class Retirement(_Model):
+    """Body of a deactivation or decommissioning: why (kept in the audit log)."""
+
+    reason: str = Field(default="", max_length=500)

@@ -50,6 +50,8 @@ class ReleaseView(BaseModel):
     filename: str
     uploaded_at: str
     uploaded_by: str
+    deactivated_at: str | None  # pulled (POST /releases/{id}/deactivate); None: active
+    deactivated_by: str
 
 
 class CampaignView(BaseModel):
@@ -98,6 +100,7 @@ class GatewayView(BaseModel):
     agent_version: str
     devices: int
     last_seen_at: str | None
+    decommissioned_at: str | None  # its credentials revoked; None: in service
 
 
 class GatewayCreated(BaseModel):
@@ -124,6 +127,7 @@ class DeviceView(BaseModel):
     integrity_detail: str
     first_seen_at: str
     last_seen_at: str
+    decommissioned_at: str | None  # in no new campaign; None: in service
     flags: list[str]
 
 

@@ -381,6 +381,19 @@ class ServiceBase:
         return device
 
 
+def _gateway_dict(gateway: Gateway, devices: int) -> dict[str, Any]:
+    return {
+        "id": gateway.id,
+        "name": gateway.name,
+        "site": gateway.site,
+        "tags": gateway.tags,
+        "agent_version": gateway.agent_version,
+        "devices": devices,
+        "last_seen_at": _iso(gateway.last_seen_at),
+        "decommissioned_at": _iso(gateway.decommissioned_at),
+    }
+
+
 def _phase_spec(stored: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in stored.items() if k != "cumulative_devices"}
 
@@ -419,6 +432,8 @@ def _release_dict(release: Release) -> dict[str, Any]:
         "filename": release.filename,
         "uploaded_at": release.uploaded_at.isoformat(),
         "uploaded_by": release.uploaded_by,
+        "deactivated_at": _iso(release.deactivated_at),
+        "deactivated_by": release.deactivated_by,
     }
 
 
@@ -440,6 +455,7 @@ def _device_dict(device: Device, gateway_name: str, flags: list[str]) -> dict[st
         "integrity_detail": device.integrity_detail,
         "first_seen_at": device.first_seen_at.isoformat(),
         "last_seen_at": device.last_seen_at.isoformat(),
+        "decommissioned_at": _iso(device.decommissioned_at),
         "flags": flags,
     }
 

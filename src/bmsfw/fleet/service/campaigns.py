@@ -21,6 +21,7 @@ from bmsfw.fleet.errors import (
     FleetNotFoundError,
     InvalidCampaignSpecError,
     NoTargetDevicesError,
+    ReleaseDeactivatedError,
     SafetyCriticalOtaRefusedError,
 )
 from bmsfw.fleet.models import (
@@ -82,9 +83,14 @@ class CampaignOps(ServiceBase):
                 # snapshot (each would claim the device). Held until this one commits.
                 # SQLite's BEGIN IMMEDIATE already serialises every writer.
                 session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
-            release = session.get(Release, spec.release_id)
+            release = session.get(Release, spec.release_id, with_for_update=_locking(session))
             if release is None:
                 raise FleetNotFoundError(f"no release with id {spec.release_id}")
+            if release.deactivated_at is not None:
+                raise ReleaseDeactivatedError(
+                    f"release {release.id} ({release.product} {release.version}) was "
+                    f"deactivated on {release.deactivated_at.isoformat()}"
+                )
             targets = self._resolve_targets(session, release, spec, range_)
             if not targets:
                 raise NoTargetDevicesError(
@@ -167,7 +173,9 @@ class CampaignOps(ServiceBase):
         if sel.hw_revisions:
             revisions &= set(sel.hw_revisions)
         query = select(Device).where(
-            Device.model == release.hw_model, Device.hw_revision.in_(sorted(revisions))
+            Device.model == release.hw_model,
+            Device.hw_revision.in_(sorted(revisions)),
+            Device.decommissioned_at.is_(None),
         )
         if sel.sites:
             query = query.where(Device.site.in_(sel.sites))

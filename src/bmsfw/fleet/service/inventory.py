@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
+    func,
     select,
 )
 
@@ -17,9 +18,12 @@ from bmsfw.fleet.device_query import (
     open_flag_kinds,
 )
 from bmsfw.fleet.errors import (
+    DecommissionedError,
+    DeviceBusyError,
     FleetNotFoundError,
 )
 from bmsfw.fleet.models import (
+    Campaign,
     CampaignDevice,
     Device,
     DeviceFlag,
@@ -27,9 +31,13 @@ from bmsfw.fleet.models import (
 )
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.service._base import (
+    _ACTIVE_CAMPAIGN,
+    _CAMPAIGN_CREATION_LOCK,
+    _TERMINAL_VALUES,
     ServiceBase,
     _device_dict,
     _flag_dict,
+    _locking,
     audit,
 )
 
@@ -49,6 +57,43 @@ class InventoryOps(ServiceBase):
                 lambda row: str(row[0].serial),
                 lambda row: _device_dict(row[0], row[1], flags.get(row[0].id, [])),
             )
+
+    def decommission_device(self, principal: Principal, serial: str, reason: str) -> dict[str, Any]:
+        """Retire a device: in no new campaign, its history kept. Refused (E645, nothing
+        changed) while it has open work in a running or paused campaign. Idempotent."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            if _locking(session):
+                # Not while a campaign creation resolves its targets (it could pick the
+                # device after our check); SQLite's BEGIN IMMEDIATE serialises anyway.
+                session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
+            device = self._device(session, serial)
+            if device.decommissioned_at is None:
+                busy = session.execute(
+                    select(Campaign.id, CampaignDevice.state)
+                    .join(CampaignDevice, CampaignDevice.campaign_id == Campaign.id)
+                    .where(
+                        CampaignDevice.device_id == device.id,
+                        Campaign.status.in_(_ACTIVE_CAMPAIGN),
+                        CampaignDevice.state.not_in(_TERMINAL_VALUES),
+                    )
+                ).first()
+                if busy is not None:
+                    raise DeviceBusyError(
+                        f"device {serial!r} is {busy.state} in campaign {busy.id}"
+                    )
+                device.decommissioned_at = now
+                audit(
+                    session,
+                    principal,
+                    "device.decommission",
+                    f"device:{serial}",
+                    now,
+                    reason=reason,
+                )
+            gateway = session.get(Gateway, device.gateway_id)
+            flags = open_flag_kinds(session, [device.id]).get(device.id, [])
+            return _device_dict(device, gateway.name if gateway else "", flags)
 
     def list_devices(
         self, *, site: str | None = None, model: str | None = None, flagged: bool = False
@@ -83,6 +128,13 @@ class InventoryOps(ServiceBase):
             ).one_or_none()
             if target is None:
                 raise FleetNotFoundError(f"no gateway named {gateway_name!r}")
+            if target.decommissioned_at is not None:
+                raise DecommissionedError(
+                    f"gateway {gateway_name!r} was decommissioned on "
+                    f"{target.decommissioned_at.isoformat()}; move the device to another"
+                )
+            if device.decommissioned_at is not None:
+                raise DecommissionedError(f"device {serial!r} was decommissioned")
             source = session.get(Gateway, device.gateway_id)
             if device.gateway_id != target.id:
                 audit(

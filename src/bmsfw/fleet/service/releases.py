@@ -12,6 +12,7 @@ from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import (
     DeviceNotOnGatewayError,
     FleetNotFoundError,
+    ReleaseDeactivatedError,
     UploadConflictError,
 )
 from bmsfw.fleet.models import (
@@ -23,8 +24,10 @@ from bmsfw.fleet.models import (
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.releases import ReleaseFacts
 from bmsfw.fleet.service._base import (
+    _ACTIVE_CAMPAIGN,
     S,
     ServiceBase,
+    _locking,
     _release_dict,
     audit,
 )
@@ -124,6 +127,54 @@ class ReleaseOps(ServiceBase):
                 raise FleetNotFoundError(f"no release with id {release_id}")
             return _release_dict(release)
 
+    def deactivate_release(
+        self, principal: Principal, release_id: int, reason: str
+    ) -> dict[str, Any]:
+        """Pull a release: no campaign may use it from now on, its running and paused
+        campaigns are cancelled (no further offer), gateways may no longer download it.
+        The release and its history stay. Idempotent."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            # Release row, then its campaigns' rows (a creation locks the release row
+            # too, so it either sees the deactivation or finishes before it).
+            query = select(Release).where(Release.id == release_id)
+            if _locking(session):
+                query = query.with_for_update()
+            release = session.scalars(query).one_or_none()
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {release_id}")
+            if release.deactivated_at is None:
+                release.deactivated_at, release.deactivated_by = now, principal.label
+                campaigns = select(Campaign).where(
+                    Campaign.release_id == release_id, Campaign.status.in_(_ACTIVE_CAMPAIGN)
+                )
+                if _locking(session):
+                    campaigns = campaigns.with_for_update()
+                cancelled = []
+                why = f"release {release_id} deactivated" + (f": {reason}" if reason else "")
+                for campaign in session.scalars(campaigns.order_by(Campaign.id)):
+                    campaign.status, campaign.pause_reason = "cancelled", why
+                    campaign.finished_at = campaign.updated_at = now
+                    cancelled.append(campaign.id)
+                    audit(
+                        session,
+                        principal,
+                        "campaign.cancel",
+                        f"campaign:{campaign.id}",
+                        now,
+                        reason=why,
+                    )
+                audit(
+                    session,
+                    principal,
+                    "release.deactivate",
+                    f"release:{release_id}",
+                    now,
+                    reason=reason,
+                    cancelled_campaigns=cancelled,
+                )
+            return _release_dict(release)
+
     def artifact_for(self, principal: Principal, release_id: int) -> Release:
         """The release whose file ``principal`` may download (checked present and whole)."""
         with self.sessions() as session:
@@ -131,6 +182,8 @@ class ReleaseOps(ServiceBase):
             if release is None:
                 raise FleetNotFoundError(f"no release with id {release_id}")
             if principal.kind == "gateway":
+                if release.deactivated_at is not None:
+                    raise ReleaseDeactivatedError(f"release {release_id} was pulled")
                 # A gateway gets only what was offered to one of its devices.
                 offered = session.scalars(
                     select(CampaignDevice.id)

@@ -12,9 +12,11 @@ from sqlalchemy import (
 from bmsfw.fleet.auth import Principal, issue_token
 from bmsfw.fleet.errors import (
     FleetConflictError,
+    FleetNotFoundError,
     InvalidCampaignSpecError,
 )
 from bmsfw.fleet.models import (
+    Credential,
     Device,
     Gateway,
     SiteWindow,
@@ -23,6 +25,8 @@ from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.schemas import SiteWindowSpec
 from bmsfw.fleet.service._base import (
     ServiceBase,
+    _gateway_dict,
+    _locking,
     audit,
 )
 
@@ -63,19 +67,47 @@ class GatewayOps(ServiceBase):
                 ).all()
             )
             return listing(
-                rows,
-                page,
-                lambda g: str(g.name),
-                lambda g: {
-                    "id": g.id,
-                    "name": g.name,
-                    "site": g.site,
-                    "tags": g.tags,
-                    "agent_version": g.agent_version,
-                    "devices": counts.get(g.id, 0),
-                    "last_seen_at": g.last_seen_at.isoformat() if g.last_seen_at else None,
-                },
+                rows, page, lambda g: str(g.name), lambda g: _gateway_dict(g, counts.get(g.id, 0))
             )
+
+    def decommission_gateway(self, principal: Principal, name: str, reason: str) -> dict[str, Any]:
+        """Retire a gateway: its credentials revoked (in this process at once, elsewhere
+        within the credential cache's TTL), its devices and history kept. Idempotent."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            query = select(Gateway).where(Gateway.name == name)
+            if _locking(session):
+                query = query.with_for_update()
+            gateway = session.scalars(query).one_or_none()
+            if gateway is None:
+                raise FleetNotFoundError(f"no gateway named {name!r}")
+            devices = (
+                session.scalar(select(func.count()).where(Device.gateway_id == gateway.id)) or 0
+            )
+            revoked: list[int] = []
+            if gateway.decommissioned_at is None:
+                gateway.decommissioned_at = now
+                for credential in session.scalars(
+                    select(Credential).where(
+                        Credential.gateway_id == gateway.id, Credential.revoked_at.is_(None)
+                    )
+                ):
+                    credential.revoked_at = now
+                    revoked.append(credential.id)
+                audit(
+                    session,
+                    principal,
+                    "gateway.decommission",
+                    f"gateway:{name}",
+                    now,
+                    reason=reason,
+                    revoked_credentials=revoked,
+                    devices=devices,
+                )
+            answer = _gateway_dict(gateway, devices)
+        for credential_id in revoked:
+            self.credentials.invalidate(credential_id)
+        return answer
 
     def list_gateways(self) -> list[dict[str, Any]]:
         return self.gateway_page().items
