@@ -151,7 +151,7 @@ def test_error_threshold_pauses_and_stops_offers(fleet: Fleet, pki) -> None:
                 serial,
                 cid,
                 "rolled_back",
-                error_code="BMSFW-E251",
+                error_code="BMSFW-E511",
                 detail="self-test failed",
             )
         else:
@@ -169,7 +169,7 @@ def test_error_threshold_pauses_and_stops_offers(fleet: Fleet, pki) -> None:
         for d in fleet.call("GET", f"/api/v1/campaigns/{cid}/devices", "viewer")
         if d["state"] == "rolled_back"
     ]
-    assert {d["error_code"] for d in failed} == {"BMSFW-E251"}
+    assert {d["error_code"] for d in failed} == {"BMSFW-E511"}
     assert all(d["finished_at"] for d in failed)
 
     # Resume: the two known failures are acknowledged, the campaign carries on.

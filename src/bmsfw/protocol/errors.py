@@ -21,8 +21,6 @@ __all__ = [
     "DeviceActivateFailedError",
     "DeviceBootTimeoutError",
     "DeviceHeaderRejectedError",
-    "DeviceRolledBackError",
-    "DeviceSelfTestFailedError",
     "DeviceValueImplausibleError",
     "DeviceVerifyFailedError",
     "ProtocolError",
@@ -67,24 +65,6 @@ class DeviceVerifyFailedError(DeviceError):
     remedy = (
         "Nothing was activated; the old firmware still runs. Check the package with "
         "`bmsfw package verify` and run the update again."
-    )
-
-
-class DeviceSelfTestFailedError(DeviceError):
-    code = "BMSFW-E251"
-    diagnosis = "The new firmware booted but its self-test failed."
-    remedy = (
-        "Do not confirm; roll back with `bmsfw rollback` (the bootloader reverts by "
-        "itself at the watchdog) and report the self-test record."
-    )
-
-
-class DeviceRolledBackError(DeviceError):
-    code = "BMSFW-E252"
-    diagnosis = "The BMS reverted to the previous firmware bank."
-    remedy = (
-        "Read the revert reason with `bmsfw info`; the previous firmware runs and the "
-        "pack is usable."
     )
 
 
