@@ -455,9 +455,10 @@ class _StringMember:
     def close(self) -> None:
         """The string owns the bus; the caller closes it."""
 
-    def __getattr__(self, name: str) -> Any:
-        # Session features the pipeline may use beyond BmsSession go straight through.
-        return getattr(self.session, name)
+    @property
+    def address(self) -> str:
+        """How the node is reached (the pipeline's transfer-rate floor depends on the link)."""
+        return self.session.address
 
 
 # --- entry points --------------------------------------------------------------------
