@@ -122,3 +122,24 @@ def test_update_with_an_encrypted_tester_key(
     code, report = _update(vendor, link, locked, backups)
     assert code == 0, report.get("error")
     assert report["device_now"]["image_state"] == "confirmed"
+
+
+@pytest.mark.req("IEC62443-CR1.5")
+def test_agent_with_a_wrong_passphrase_sets_up_nothing(
+    vendor: Vendor, locked: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway agent unlocks the key before its state directory or any BMS is touched."""
+    monkeypatch.delenv(ENV, raising=False)
+    chain, key = locked
+    token, wrong, state = tmp_path / "token", tmp_path / "wrong.txt", tmp_path / "agent-state"
+    token.write_text("not-used\n")
+    wrong.write_text("not the passphrase\n")
+    result = run_bmsfw(
+        "agent", "--server", "https://127.0.0.1:9", "--token-file", str(token),
+        "--trust-root", str(vendor.pki / "root-ca.crt"), "--state-dir", str(state),
+        "--sim", "1", "--sim-initial", str(vendor.packages["factory"]),
+        "--tester-cert", str(chain), "--tester-key", str(key),
+        "--tester-key-passphrase-file", str(wrong), "--once", "--json",
+    )  # fmt: skip
+    assert json.loads(result.stdout)["error"]["code"] == "BMSFW-E136", result.stdout
+    assert not state.exists()

@@ -189,6 +189,14 @@ def agent_command(
                                         ("--sim", sim_count)) if given]  # fmt: skip
     if len(chosen) != 1:
         raise UsageError("name exactly one of --can, --serial or --sim")
+    # the tester key is unlocked before anything is set up (E135/E136 change nothing)
+    if (tester_cert is None) != (tester_key is None):
+        raise UsageError("--tester-cert and --tester-key go together")
+    credentials = None
+    if tester_cert is not None and tester_key is not None:
+        credentials = tester_credentials_from_files(
+            tester_cert, tester_key, tester_key_passphrase_file
+        )
     provider: BmsProvider
     if sim_count is not None:
         provider = _sim_provider(state_dir, sim_count, sim_initial, root_pem)
@@ -197,13 +205,6 @@ def agent_command(
             can=can, nodes=nodes, bitrate_bps=bitrate, serial=serial_port, units=units, baud=baud
         )
         provider = LinkProvider(tuple(links))
-    if (tester_cert is None) != (tester_key is None):
-        raise UsageError("--tester-cert and --tester-key go together")
-    credentials = None
-    if tester_cert is not None and tester_key is not None:
-        credentials = tester_credentials_from_files(
-            tester_cert, tester_key, tester_key_passphrase_file
-        )
     chosen_profile = load_profile(profile)
     known = {c.id for c in chosen_profile.confirmations}
     unknown = set(confirmed) - known
