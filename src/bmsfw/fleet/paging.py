@@ -20,12 +20,13 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from sqlalchemy import Select
-from sqlalchemy.orm import QueryableAttribute
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bmsfw.fleet.errors import InvalidCursorError
+
+if TYPE_CHECKING:  # types only: the agent imports the page bounds (schemas) without SQLAlchemy
+    from sqlalchemy import Select
+    from sqlalchemy.orm import QueryableAttribute
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -49,7 +50,7 @@ MAX_CURSOR_CHARS = 1024
 
 Key = int | str
 T = TypeVar("T")
-Q = TypeVar("Q", bound=Select[*tuple[Any, ...]])
+Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclass(frozen=True)
