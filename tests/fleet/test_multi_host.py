@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from bmsfw.fleet.bootstrap import init_database
+from bmsfw.fleet.db import head_revision
 from server_support import serve_process
 
 from .conftest import make_release
@@ -87,7 +88,7 @@ def test_health_and_readiness_need_no_credential_and_change_nothing(fleet: Any) 
     ready = fleet.client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {
         "status": "ready",
-        "schema_revision": "0007",
+        "schema_revision": head_revision(),
         "detail": "",
     }
     assert snapshot() == before

@@ -64,13 +64,18 @@ class Server:
 
 @pytest.fixture
 def server_factory(tmp_path: Path, vendor: Vendor, tls: Tls) -> Iterator[Callable[..., Server]]:
-    """Start fleet servers (real uvicorn, HTTPS, SQLite); all stopped at the end."""
+    """Start fleet servers (real uvicorn, HTTPS; SQLite unless ``db_url`` names another
+    database); all stopped at the end."""
     with contextlib.ExitStack() as running:
 
         def start(
-            name: str = "fleet", *, poll_interval_s: int = 1, tuf: TufSettings | None = None
+            name: str = "fleet",
+            *,
+            poll_interval_s: int = 1,
+            tuf: TufSettings | None = None,
+            db_url: str | None = None,
         ) -> Server:
-            db_url = f"sqlite:///{tmp_path / (name + '.db')}"
+            db_url = db_url or f"sqlite:///{tmp_path / (name + '.db')}"
             admin = init_database(db_url)
             assert admin is not None
             config = ServerConfig(

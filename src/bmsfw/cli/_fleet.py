@@ -444,3 +444,12 @@ def _add_tuf_commands() -> None:
 
 
 _add_tuf_commands()
+
+
+def _add_evidence_command() -> None:
+    from bmsfw.cli._fleet_evidence import fleet_evidence_command
+
+    fleet_group.add_command(fleet_evidence_command(_server_options, _client))
+
+
+_add_evidence_command()

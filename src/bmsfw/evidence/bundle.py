@@ -261,8 +261,19 @@ def verify_bundle(data: bytes) -> VerifiedBundle:
         raise EvidenceBundleUnreadableError("not a zip archive")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+            # A bundle's entries are stored, so together they are never larger than the
+            # archive: anything else (a compressed entry, a size that lies) is refused
+            # before a byte is inflated (a small upload must not become gigabytes).
+            packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise EvidenceBundleTamperedError(f"compressed entries {packed[:5]}")
+            if sum(i.file_size for i in infos) > len(data):
+                raise EvidenceBundleTamperedError("the entries are larger than the archive")
             names = archive.namelist()
             contents = {name: archive.read(name) for name in names}
+    except EvidenceBundleTamperedError:
+        raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
         raise EvidenceBundleTamperedError(f"the archive is damaged: {exc}") from exc
     except Exception as exc:  # zlib/struct errors from a damaged header
@@ -271,8 +282,8 @@ def verify_bundle(data: bytes) -> VerifiedBundle:
         raise EvidenceBundleTamperedError(f"the first entry is not {MANIFEST}")
     try:
         manifest = json.loads(contents[MANIFEST])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvidenceBundleTamperedError(f"{MANIFEST} is not JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EvidenceBundleTamperedError(f"{MANIFEST} is not JSON: {str(exc)[:200]}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise EvidenceBundleTamperedError(f"{MANIFEST} is not a {BUNDLE_FORMAT} manifest")
     listed = manifest.get("files")

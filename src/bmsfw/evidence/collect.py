@@ -149,6 +149,19 @@ class EvidenceCollector:
             notice_after=after_text(report),
         )
 
+    def bundle(
+        self,
+        index: int,
+        report: UpdateReport,
+        *,
+        audit_log: Path | None,
+        notice: UpdateNotice | None = None,
+    ) -> bytes:
+        """The bundle of session ``index`` (stops recording: the update is over)."""
+        self.close()
+        session, recorder = self.sessions[index], self._recorders[index]
+        return build_bundle(self.inputs(session, report, recorder, audit_log, notice))
+
     def write(
         self,
         directory: Path,
@@ -167,8 +180,8 @@ class EvidenceCollector:
                 len(reports),
                 len(self.sessions),
             )
-        for session, report, recorder in zip(self.sessions, reports, self._recorders, strict=False):
-            data = build_bundle(self.inputs(session, report, recorder, audit_log, notice))
+        for index, report in enumerate(reports[: len(self.sessions)]):
+            data = self.bundle(index, report, audit_log=audit_log, notice=notice)
             path = directory / bundle_name(report)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)

@@ -18,7 +18,9 @@ One poll (:meth:`Agent.run_once`):
    refused over OTA by the package policy, and again by the BMS), then, inside
    the maintenance window, run the update pipeline on each targeted BMS
    (preflight, backup uploaded to the server, transfer, self-test, confirm or
-   roll back) and report every state change with the error code.
+   roll back) and report every state change with the error code; then upload
+   the run's evidence bundle (:mod:`bmsfw.evidence`), which the server keeps as
+   the device's update record.
 
 Every state change is written to the state file (temp file + ``os.replace``)
 before it is sent, so a crash at any point loses nothing the agent knew.
@@ -49,6 +51,8 @@ from typing import Protocol, runtime_checkable
 
 from bmsfw import __version__
 from bmsfw.errors import BmsfwError, FleetError, PackageError, retry_helps_for
+from bmsfw.evidence.bundle import bundle_name
+from bmsfw.evidence.collect import EvidenceCollector
 from bmsfw.fleet.agent_errors import (
     AgentConfigError,
     AnswerTooSlowError,
@@ -212,6 +216,9 @@ class AgentConfig:
     # campaign offer it to the gateway's other BMS.
     artifact_keep_s: float = 6 * 3600.0
     agent_version: str = __version__
+    # An evidence bundle per update (bus trace, audit record, configuration before and
+    # after), uploaded to the server, which keeps it as the device's update record.
+    evidence: bool = True
 
     def validate(self) -> None:
         if self.bandwidth_floor_bps < 0 or self.bandwidth_probe_bytes < 1:
@@ -812,17 +819,53 @@ class Agent:
             operator=f"agent campaign {offer.campaign_id}",
             now=self.clock.now(),
         )
-        report = run_update(
-            device.session,
-            data,
-            self.trust,
-            options,
-            profile=self.config.profile,
-            sink=sink,
-            sleep=self.clock.sleep,
-            clock=self.clock.monotonic,
-        )
+        collector = EvidenceCollector([device.session]) if self.config.evidence else None
+        try:
+            report = run_update(
+                device.session,
+                data,
+                self.trust,
+                options,
+                profile=self.config.profile,
+                sink=sink,
+                sleep=self.clock.sleep,
+                clock=self.clock.monotonic,
+            )
+        finally:
+            if collector is not None:
+                collector.close()
         self._conclude(job, report)
+        if collector is not None:
+            self._file_evidence(job, report, collector, options.audit_log)
+
+    def _file_evidence(
+        self,
+        job: Job,
+        report: UpdateReport,
+        collector: EvidenceCollector,
+        audit_log: Path | None,
+    ) -> None:
+        """Write this update's evidence bundle and queue it for the server.
+
+        Every run that touched the BMS, or ended the device's part in the campaign,
+        leaves one; a preflight refusal the next poll tries again does not (its state
+        report says why it waits).
+        """
+        waiting = report.outcome == "refused" and report.failed_step == "preflight"
+        if waiting and job.state not in _TERMINAL:
+            return
+        try:
+            data = collector.bundle(0, report, audit_log=audit_log)
+        except (BmsfwError, OSError) as exc:
+            log.error("%s: no evidence bundle for this update: %s", job.serial, exc)
+            return
+        directory = self.config.state_dir / "evidence"
+        directory.mkdir(exist_ok=True)
+        path = directory / bundle_name(report)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        self._send({"kind": "evidence", "file": path.name, "campaign_id": job.campaign_id})
 
     def _conclude(self, job: Job, report: UpdateReport) -> None:
         code = report.error.get("code", "")
@@ -933,6 +976,8 @@ class Agent:
                     report = StateReport.model_validate(message["body"])
                     answer = self.client.report_state(report)
                     self._campaign_status[answer.campaign_id] = answer.campaign_status
+                elif message["kind"] == "evidence":
+                    self._upload_evidence(message)
                 else:
                     self.client.upload_backup(BackupUpload.model_validate(message["body"]))
             except (
@@ -956,6 +1001,20 @@ class Agent:
                 log.error("server refused %s: %s", message["kind"], exc)
             self.state.outbox.pop(0)
             self.state.save()
+
+    def _upload_evidence(self, message: dict[str, object]) -> None:
+        """Send one queued bundle; the server has it once this returns (the file goes)."""
+        name = _SAFE_NAME.sub("_", str(message.get("file", "")))
+        path = self.config.state_dir / "evidence" / name
+        if not name or not path.is_file():
+            log.error("evidence bundle %s is gone; not uploaded", name)
+            return
+        campaign = message.get("campaign_id")
+        info = self.client.upload_evidence(
+            path.read_bytes(), campaign if isinstance(campaign, int) else None
+        )
+        log.info("evidence %s stored by the server as %d", name, info.id)
+        path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ housekeeping
 

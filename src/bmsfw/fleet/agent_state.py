@@ -66,7 +66,8 @@ def job_key(campaign_id: int, serial: str) -> str:
 class AgentState:
     path: Path
     jobs: dict[str, Job] = field(default_factory=dict)
-    # Messages the server has not acknowledged, in order: {"kind": "report"|"backup", "body": ...}
+    # Messages the server has not acknowledged, in order: {"kind": "report"|"backup", "body":
+    # ...}, or {"kind": "evidence", "file": NAME, "campaign_id": N} (a bundle in evidence/)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     # sha256 -> file name in the artifacts directory, once the signature was verified
     verified_artifacts: dict[str, str] = field(default_factory=dict)

@@ -154,6 +154,8 @@ class ServerConfig:
     # A backup's config (canonical JSON); its request may be up to twice that.
     max_backup_bytes: int = 1024 * 1024
     max_check_in_bytes: int = 512 * 1024  # 512 devices of ~400 bytes each, with room
+    # One update's evidence bundle (CAN bus trace included; docs/fleet.md, "Evidence").
+    max_evidence_bytes: int = 16 * 1024 * 1024
     max_body_bytes: int = 1024 * 1024  # every other route
     # Per credential and process: check-ins (an agent polls every poll_interval_s),
     # and failed authentications (per credential and per source address).
@@ -185,6 +187,8 @@ class ServerConfig:
                 path.startswith(f"{API}/devices/") and path.endswith("/backups")
             ):
                 return 2 * self.max_backup_bytes
+            if path == f"{API}/agent/evidence":
+                return self.max_evidence_bytes
         return self.max_body_bytes
 
 
@@ -461,6 +465,7 @@ def create_app(
         ServiceSettings(
             poll_interval_s=config.poll_interval_s,
             max_backup_bytes=config.max_backup_bytes,
+            max_evidence_bytes=config.max_evidence_bytes,
             artifact_url_prefix=f"{API}/releases",
             credential_cache_ttl_s=config.credential_cache_ttl_s,
             online_after_s=3.0 * config.poll_interval_s,
@@ -570,6 +575,9 @@ def create_app(
         _tuf_routes(router, TufRepository(config.tuf))
     _campaign_routes(router)
     _inventory_routes(router)
+    from bmsfw.fleet.evidence_routes import evidence_routes  # it imports this module
+
+    evidence_routes(router)
     _admin_routes(router, app)
     _health_routes(router, engine)
     _docs_routes(router, app)

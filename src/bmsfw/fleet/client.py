@@ -63,6 +63,7 @@ from bmsfw.fleet.errors import (
     TlsVerificationError,
     fleet_error_for_code,
 )
+from bmsfw.fleet.evidence import EvidenceInfo
 from bmsfw.fleet.protocol import (
     BackupInfo,
     BackupUpload,
@@ -282,6 +283,49 @@ class FleetClient:
     def get_backup(self, backup_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"{API}/backups/{backup_id}")
         return result
+
+    # ---- evidence bundles (bmsfw.fleet.evidence) -------------------------------
+
+    def upload_evidence(self, data: bytes, campaign_id: int | None = None) -> EvidenceInfo:
+        """File one update's evidence bundle (gateway token); the server verifies it (E690)."""
+        what = f"POST {API}/agent/evidence"
+        answer = self._json(
+            "POST",
+            f"{API}/agent/evidence",
+            max_bytes=self.config.limits.max_answer_bytes,
+            content=data,
+            params={"campaign_id": campaign_id} if campaign_id is not None else None,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        info = _validate(EvidenceInfo, answer, what)
+        sent = hashlib.sha256(data).hexdigest()
+        if info.sha256 != sent:
+            raise FleetServerError(
+                f"server stored evidence {info.id} with sha256 {info.sha256}, sent {sent}"
+            )
+        return info
+
+    def list_device_evidence(self, serial: str) -> list[EvidenceInfo]:
+        """A device's evidence bundles, newest first (operator token)."""
+        what = f"GET {API}/devices/{serial}/evidence"
+        data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/evidence")
+        if not isinstance(data, list):
+            raise MalformedAnswerError(f"{what}: expected a JSON list")
+        return [_validate(EvidenceInfo, item, what) for item in data]
+
+    def download_evidence(self, evidence_id: int) -> bytes:
+        """One bundle's bytes, checked against the SHA-256 the server announces (E621)."""
+        path = f"{API}/evidence/{evidence_id}"
+        response, body = self._exchange(
+            "GET", path, max_bytes=self.config.limits.max_operator_answer_bytes
+        )
+        announced = response.headers.get("x-content-sha256", "")
+        digest = hashlib.sha256(body).hexdigest()
+        if digest != announced:
+            raise DownloadDigestMismatchError(
+                f"GET {path}: SHA-256 {digest}, server announced {_printable(announced, 80)!r}"
+            )
+        return body
 
     def download(
         self,

@@ -20,6 +20,7 @@ __all__ = [
     "DeviceNotOnGatewayError",
     "DownloadDigestMismatchError",
     "DownloadTooLargeError",
+    "EvidenceRejectedError",
     "FleetConfigError",
     "FleetConflictError",
     "FleetError",
@@ -325,6 +326,23 @@ class DeviceBusyError(FleetError):
     )
 
 
+class EvidenceRejectedError(FleetError):
+    code = "BMSFW-E690"
+    http_status = 422
+    diagnosis = (
+        "The uploaded evidence bundle fails verification: not a bundle (E543), or a file "
+        "in it differs from its manifest (E544); nothing was stored."
+    )
+    remedy = (
+        "Check the file with `bmsfw evidence verify BUNDLE`; upload the bundle the update "
+        "wrote, unchanged."
+    )
+
+    def __init__(self, message: str | None = None, *, evidence_code: str = "") -> None:
+        super().__init__(message)
+        self.evidence_code = evidence_code
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -359,6 +377,7 @@ _BY_CODE: dict[str, type[FleetError]] = {
         ReleaseDeactivatedError,
         DecommissionedError,
         DeviceBusyError,
+        EvidenceRejectedError,
     )
 }
 

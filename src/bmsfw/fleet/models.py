@@ -40,6 +40,7 @@ __all__ = [
     "Device",
     "DeviceFlag",
     "DeviceStateEvent",
+    "EvidenceBundle",
     "Gateway",
     "Release",
     "SiteWindow",
@@ -306,4 +307,25 @@ class ArtifactChunk(Base):
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EvidenceBundle(Base):
+    """The evidence bundle of one update on one device, as its gateway uploaded it
+    (verified first; see :mod:`bmsfw.fleet.evidence`). The bytes are kept as received."""
+
+    __tablename__ = "evidence_bundles"
+    __table_args__ = (UniqueConstraint("device_id", "sha256", name="uq_evidence_device_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    gateway_id: Mapped[int | None] = mapped_column(ForeignKey("gateways.id"), nullable=True)
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"), nullable=True)
+    uploaded_by: Mapped[str] = mapped_column(String(120), default="")  # credential name
+    received_at: Mapped[datetime]
+    created_at: Mapped[datetime | None]  # the bundle's own creation time (its manifest)
+    outcome: Mapped[str] = mapped_column(String(120))
+    running_version: Mapped[str] = mapped_column(String(120), default="")
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)

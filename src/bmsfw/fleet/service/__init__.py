@@ -3,8 +3,9 @@
 :class:`FleetService` is assembled from one part per concern, each in its own module:
 credentials (:mod:`.credentials`), gateways and sites (:mod:`.sites`), the agent's
 check-in (:mod:`.check_in`), state reports (:mod:`.reports`), backups (:mod:`.backups`),
-releases (:mod:`.releases`), campaigns (:mod:`.campaigns`), inventory and flags
-(:mod:`.inventory`); what they share is in :mod:`._base` (locking order included).
+evidence bundles (:mod:`.evidence`), releases (:mod:`.releases`), campaigns
+(:mod:`.campaigns`), inventory and flags (:mod:`.inventory`); what they share is in
+:mod:`._base` (locking order included).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from bmsfw.fleet.service.backups import BackupOps
 from bmsfw.fleet.service.campaigns import CampaignOps
 from bmsfw.fleet.service.check_in import CheckInOps
 from bmsfw.fleet.service.credentials import CredentialOps
+from bmsfw.fleet.service.evidence import EvidenceOps
 from bmsfw.fleet.service.inventory import InventoryOps
 from bmsfw.fleet.service.releases import ReleaseOps
 from bmsfw.fleet.service.reports import ReportOps
@@ -29,6 +31,7 @@ class FleetService(
     CheckInOps,
     ReportOps,
     BackupOps,
+    EvidenceOps,
     ReleaseOps,
     CampaignOps,
     ApprovalOps,

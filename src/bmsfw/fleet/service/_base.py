@@ -137,6 +137,7 @@ class _RefusedReportError(Exception):
 class ServiceSettings:
     poll_interval_s: int = 60
     max_backup_bytes: int = 1 << 20
+    max_evidence_bytes: int = 16 << 20  # one update's evidence bundle (bus trace included)
     artifact_url_prefix: str = "/api/v1/releases"
     # How long a process trusts a token it resolved without asking the database
     # again: the bound on how late a revocation made by another process takes

@@ -1,0 +1,168 @@
+"""The fleet server keeps every update's evidence bundle per device (UN R156's update
+record per system): the agent updates a virtual BMS in its own process over CAN, builds
+the bundle (BLF bus trace included) and uploads it; the server (real uvicorn, HTTPS, on
+SQLite and on PostgreSQL) verifies and stores it; an operator downloads it with
+`bmsfw fleet evidence` and `bmsfw evidence verify` accepts the downloaded file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import can
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from agent_support import HW_REV, MODEL
+from bmsfw.evidence.bundle import verify_bundle
+from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
+from bmsfw.fleet.models import EvidenceBundle
+from bmsfw.package import TrustAnchors, key_hash, verify_release
+from bmsfw.protocol import uds
+from bmsfw.sim import DeviceSpec, FlashSpec, provision
+from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
+from bmsfw.update.connect import parse_links
+from bmsfw.update.profile import PreflightLimits, UpdateProfile
+from cli_support import run_bmsfw
+from fleet.conftest import db_url  # noqa: F401  (SQLite, and PostgreSQL when configured)
+
+from .conftest import Server, Vendor
+from .test_agent_can import _unique_link
+
+REQUEST_ID = 0x7E0  # node 1 (docs/uds.md)
+
+
+def _request_sids(frames: list[can.Message]) -> list[int]:
+    """The service id of every request the host sent (ISO-TP single and first frames)."""
+    sids = []
+    for frame in frames:
+        if frame.arbitration_id != REQUEST_ID or frame.is_rx:
+            continue
+        kind = frame.data[0] >> 4
+        if kind == 0:
+            sids.append(frame.data[1])
+        elif kind == 1:
+            sids.append(frame.data[2])
+    return sids
+
+
+def _stored(db: str) -> int:
+    engine = create_engine(db)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(EvidenceBundle)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.req("R156-FLEET-RECORD", "R156-UPDATE-RECORD")
+def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
+    tmp_path: Path,
+    vendor: Vendor,
+    releases: dict[str, bytes],
+    server_factory: Callable[..., Server],
+    db_url: str,  # noqa: F811
+) -> None:
+    server = server_factory(db_url=db_url)
+    pki = vendor.pki
+    trust = TrustAnchors.from_root_certificate(vendor.root_pem)
+    state_dir = tmp_path / "can-sim"
+    provision(
+        node_state_dir(state_dir, 1),
+        initial_image=verify_release(releases["1.0.0"], trust).image("app"),
+        root_key_hash=key_hash(pki.root_key),
+        image_key_hash=key_hash(pki.image_signing_key),
+        spec=DeviceSpec(
+            model=MODEL, hw_revision=HW_REV, flash=FlashSpec.small(bank_size=16 * 1024)
+        ),
+        serial="CANBMS0001",
+    )
+    key, cert = uds.issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
+    credentials = uds.tester_credentials(
+        key, cert, [pki.intermediate_certificate, pki.root_certificate]
+    )
+    with server.client() as admin:
+        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
+        operator = admin.post("tokens", {"name": "auditor", "role": "operator"})["token"]
+    link = _unique_link()
+    profile = UpdateProfile()
+    profile = dataclasses.replace(
+        profile, preflight=dataclasses.replace(PreflightLimits(), supply_window_s=0.2)
+    )
+    agent_dir = tmp_path / "agent"
+    with (
+        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
+        server.client(token) as client,
+    ):
+        agent = Agent(
+            AgentConfig(
+                state_dir=agent_dir,
+                trust_root_pem=vendor.root_pem,
+                credentials=credentials,
+                profile=profile,
+                confirmed=frozenset(c.id for c in profile.confirmations),
+            ),
+            client,
+            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
+        )
+        agent.run_once()
+        with server.client() as admin:
+            release = admin.upload_release(releases["2.0.0"], "2.0.0.bmsfw")["id"]
+            campaign = admin.post(
+                "campaigns",
+                {
+                    "name": "over CAN",
+                    "release_id": release,
+                    "phases": [{"name": "all", "percent": 100, "soak_s": 0}],
+                },
+            )["id"]
+        agent.run_once()
+        assert [c.state for c in agent.history][-1] == "succeeded", agent.history
+    # The agent's outbox is empty and its copy is gone: the server acknowledged it.
+    assert not agent.state.outbox
+    assert not list((agent_dir / "evidence").glob("*.zip"))
+    assert _stored(server.db_url) == 1
+
+    # The operator lists the device's update record and downloads the bundle.
+    common = ["--server", server.url, "--token", operator, "--ca", str(server.ca)]
+    listed = json.loads(run_bmsfw("fleet", "evidence", "CANBMS0001", *common, "--json").stdout)
+    assert len(listed) == 1
+    (record,) = listed
+    assert (record["outcome"], record["running_version"]) == ("updated", "2.0.0")
+    assert (record["campaign_id"], record["uploaded_by"]) == (campaign, "gateway:can-gw")
+    out = tmp_path / "downloaded"
+    fetched = json.loads(
+        run_bmsfw("fleet", "evidence", "CANBMS0001", *common, "--out", str(out), "--json").stdout
+    )
+    path = Path(fetched[0]["file"])
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == record["sha256"]
+    # Something we did not write of this download accepts it: the verify command, and
+    # python-can's BLF reader on the bus trace of the whole flash sequence.
+    verified = json.loads(run_bmsfw("evidence", "verify", str(path), "--json").stdout)
+    assert verified["ok"] and verified["sha256"] == record["sha256"]
+    assert verified["manifest"]["device"]["serial"] == "CANBMS0001"
+    bundle = verify_bundle(data)
+    report = bundle.json("report.json")
+    assert (report["outcome"], report["running_version"]) == ("updated", "2.0.0")
+    audit = bundle.json("audit-record.json")
+    assert audit["chain_intact"] and audit["record"]["hash"] == report["audit_hash"]
+    blf = tmp_path / "bus.blf"
+    blf.write_bytes(bundle.files["bus.blf"])
+    frames = list(can.BLFReader(str(blf)))
+    assert len(frames) == bundle.manifest["bus_trace"]["frames"] > 50
+    sids = _request_sids(frames)
+    assert 0x34 in sids and 0x37 in sids  # RequestDownload ... RequestTransferExit
+    assert sids.index(0x34) < sids.index(0x36) < sids.index(0x37) < len(sids)
+    assert 0x11 in sids[sids.index(0x37) :]  # ECUReset after the download
+
+    # One changed byte in the downloaded file: verify refuses it (exit 7, E544).
+    tampered = tmp_path / "tampered.zip"
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0x01
+    tampered.write_bytes(bytes(changed))
+    refused = run_bmsfw("evidence", "verify", str(tampered), check=7)
+    assert "BMSFW-E544" in refused.stderr
