@@ -147,6 +147,14 @@ def fleet_group() -> None:
     help="The online key (Ed25519 PEM) root.json names for targets, snapshot, timestamp.",
 )
 @click.option(
+    "--metrics",
+    type=click.Choice(["token", "open", "off"]),
+    default="token",
+    show_default=True,
+    help="GET /metrics (Prometheus): needs a viewer token, answers anyone (only behind a "
+    "network boundary you control), or is not served.",
+)
+@click.option(
     "--access-log",
     default="-",
     show_default=True,
@@ -166,6 +174,7 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     tick_interval_s: float,
     tuf_root_dir: Path | None,
     tuf_online_key: Path | None,
+    metrics: str,
     access_log: str,
 ) -> None:
     """Migrate the database and serve the HTTP(S) API."""
@@ -188,6 +197,7 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             tuf_root_dir=tuf_root_dir,
             tuf_online_key=tuf_online_key,
             access_log=access_log,
+            metrics=metrics,
         )
     )
 

@@ -70,6 +70,7 @@ from bmsfw.fleet.errors import (
     RoleNotAllowedError,
     http_status_for,
 )
+from bmsfw.fleet.metrics import CONTENT_TYPE, FleetMetrics, MetricsMiddleware
 from bmsfw.fleet.paging import Listing, PageRequest, decode_cursor, encode_cursor
 from bmsfw.fleet.protocol import (
     INT32_MAX,
@@ -172,6 +173,10 @@ class ServerConfig:
     # (None: never; 0: every campaign). docs/fleet.md, "Four eyes".
     approval_above_devices: int | None = None
     migrate: bool = True
+    # GET /metrics (Prometheus): "token" needs a viewer token or above (Prometheus sends
+    # it with `authorization: {credentials_file: ...}`), "open" answers anyone (only
+    # behind a network boundary you control), "off" serves none.
+    metrics: str = "token"
     extra: dict[str, Any] = field(default_factory=dict)
     # TUF metadata for the agents (/api/v1/tuf/...): None publishes none.
     tuf: TufSettings | None = None
@@ -203,6 +208,7 @@ class _Edge:
         )
         self.refusals = RefusalLog()
         self.routes: list[BaseRoute] = []  # the app's, for refusals before routing
+        self.metrics: FleetMetrics | None = None
 
     def refuse_if_failing(self, request: Request, token_hash: str | None) -> None:
         """429 for a source address (``token_hash`` None) or a presented token that
@@ -239,6 +245,8 @@ class _Edge:
             self.failures.take(f"addr:{address}")
             if token_hash is not None:
                 self.failures.take(f"tok:{token_hash}")
+        if self.metrics is not None:
+            self.metrics.count_refusal(status, code)
         self.refusals.record(
             Refusal(
                 credential_id=principal.credential_id if principal else None,
@@ -474,6 +482,10 @@ def create_app(
     )
 
     edge = _Edge(config, service)
+    if config.metrics not in ("token", "open", "off"):
+        raise FleetConfigError(f"metrics must be token, open or off, not {config.metrics!r}")
+    metrics = FleetMetrics(service.sessions, clock, 3.0 * config.poll_interval_s)
+    edge.metrics = metrics
     telemetry = TelemetryHistory(engine)  # sampled by the tick, drawn by the dashboard
     # The check-in's own threads (as many as database connections): a plain executor
     # hand-off costs less than anyio's (capacity limiter, cancel scope, checkpoints).
@@ -565,6 +577,7 @@ def create_app(
             status_code=422,
         ),
     )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     # Routes go straight onto the app's router (no include_router), so app.routes lists
     # every APIRoute with its guard: the auth test walks exactly what is served.
@@ -581,6 +594,8 @@ def create_app(
     _admin_routes(router, app)
     _health_routes(router, engine)
     _docs_routes(router, app)
+    if config.metrics != "off":
+        _metrics_route(router, metrics, anonymous=config.metrics == "open")
     _document_check_in_body(app)
     app.state.telemetry = telemetry
     app.mount(
@@ -1074,6 +1089,28 @@ def _docs_routes(router: APIRouter, app: FastAPI) -> None:
         return page
 
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_ui_files())), name="docs-assets")
+
+
+def _metrics_route(router: APIRouter, metrics: FleetMetrics, *, anonymous: bool) -> None:
+    """``GET /metrics`` in the Prometheus text format (docs/fleet.md, "Metrics")."""
+
+    def scrape() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if anonymous:
+        extra = {"x-bmsfw-roles": [], "x-bmsfw-anonymous": True, "security": []}
+        router.add_api_route(
+            "/metrics", scrape, methods=["GET"], include_in_schema=False, openapi_extra=extra
+        )
+        return
+    router.add_api_route(
+        "/metrics",
+        scrape,
+        methods=["GET"],
+        include_in_schema=False,
+        dependencies=[Depends(_Guard(VIEWER))],
+        openapi_extra={"x-bmsfw-roles": sorted(VIEWER)},
+    )
 
 
 DOCS_ASSETS = f"{API}/docs/assets"

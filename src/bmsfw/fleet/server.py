@@ -51,6 +51,8 @@ class ServeOptions:
     tuf_online_key: Path | None = None
     # The access log (one JSON line per request): a file, "-" for stderr, "" for none.
     access_log: str = "-"
+    # GET /metrics: "token" (viewer token or above), "open" (anyone), "off".
+    metrics: str = "token"
 
     def validate(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -83,6 +85,7 @@ def _settings_json(options: ServeOptions) -> str:
             "tuf_root_dir": str(options.tuf_root_dir or ""),
             "tuf_online_key": str(options.tuf_online_key or ""),
             "access_log": options.access_log,
+            "metrics": options.metrics,
         }
     )
 
@@ -102,6 +105,7 @@ def app_from_env() -> FastAPI:
         tick_interval_s=float(settings["tick_interval_s"]),
         migrate=False,  # the parent did it
         tuf=_tuf_settings(settings["tuf_root_dir"], settings["tuf_online_key"]),
+        metrics=settings.get("metrics", "token"),
     )
     return create_app(config, trust=TrustRoot(trust_pem))
 
