@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -143,6 +146,66 @@ def test_campaign_page_updates_by_itself(dashboard: Dashboard, page: Page) -> No
     finally:
         dashboard.call("POST", f"/campaigns/{dashboard.campaign_id}/resume")
     expect(status).to_have_text("running")
+
+
+def test_pushed_updates_arrive_over_the_event_stream(dashboard: Dashboard, page: Page) -> None:
+    """With the event stream open the page polls only every 30 s: a change shown within
+    a few seconds was pushed."""
+    dashboard.sign_in(page, "viewer")
+    page.goto(f"{dashboard.url}/ui/campaigns/{dashboard.campaign_id}")
+    expect(page.locator("html")).to_have_attribute("data-live", "sse")
+    page.wait_for_timeout(2500)  # the one poll scheduled before the stream opened is over
+    status = page.get_by_test_id("campaign-status")
+    expect(status).to_have_text("running")
+    try:
+        dashboard.call("POST", f"/campaigns/{dashboard.campaign_id}/pause", json={"reason": "x"})
+        expect(status).to_have_text("paused", timeout=6000)
+    finally:
+        dashboard.call("POST", f"/campaigns/{dashboard.campaign_id}/resume")
+    expect(status).to_have_text("running", timeout=6000)
+
+
+def _read_events(lines: Iterator[str], want: Callable[[str, dict[str, Any]], bool]) -> str:
+    """Reads SSE lines until an event ``want`` accepts; returns its id."""
+    kind, ident = "", ""
+    for line in lines:
+        if line.startswith("id: "):
+            ident = line[4:]
+        elif line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: ") and want(kind, json.loads(line[6:])):
+            return ident
+    raise AssertionError("the stream ended")
+
+
+def test_the_event_stream_for_integrators(dashboard: Dashboard) -> None:
+    api = dashboard.api
+    assert api.get("/api/v1/events").status_code == 401
+    gateway = {"Authorization": f"Bearer {dashboard.extra['gateways']['gw-north']}"}
+    assert api.get("/api/v1/events", headers=gateway).status_code == 403
+    viewer = {"Authorization": f"Bearer {dashboard.tokens['viewer']}"}
+    wrong = api.get("/api/v1/events", headers=viewer)  # Accept: */* (one answer expected)
+    assert wrong.status_code == 406 and wrong.json()["error"]["code"] == "BMSFW-E651"
+    viewer["Accept"] = "text/event-stream"
+    number = dashboard.campaign_id
+    with api.stream("GET", "/api/v1/events", headers=viewer) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        try:
+            dashboard.call("POST", f"/campaigns/{number}/pause", json={"reason": "<b>x</b>"})
+            after = _read_events(
+                lines,
+                lambda k, d: (
+                    k == "campaign" and (d["campaign_id"], d["status"]) == (number, "paused")
+                ),
+            )
+        finally:
+            dashboard.call("POST", f"/campaigns/{number}/resume")
+        _read_events(lines, lambda k, d: k == "campaign" and d["status"] == "running")
+    # Reconnecting with Last-Event-ID continues after that event: the resume comes again.
+    with api.stream("GET", "/api/v1/events", headers={**viewer, "Last-Event-ID": after}) as again:
+        _read_events(again.iter_lines(), lambda k, d: k == "campaign" and d["status"] == "running")
 
 
 def test_form_without_or_with_a_wrong_csrf_token_is_refused(

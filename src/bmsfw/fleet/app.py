@@ -70,6 +70,7 @@ from bmsfw.fleet.errors import (
     RoleNotAllowedError,
     http_status_for,
 )
+from bmsfw.fleet.events import FleetEvents, event_stream_response
 from bmsfw.fleet.metrics import CONTENT_TYPE, FleetMetrics, MetricsMiddleware
 from bmsfw.fleet.paging import Listing, PageRequest, decode_cursor, encode_cursor
 from bmsfw.fleet.protocol import (
@@ -598,10 +599,15 @@ def create_app(
         _metrics_route(router, metrics, anonymous=config.metrics == "open")
     _document_check_in_body(app)
     app.state.telemetry = telemetry
+    app.state.events = FleetEvents(engine, clock)
     app.mount(
         PREFIX,
         create_dashboard(
-            service, edge, online_after_s=3 * config.poll_interval_s, telemetry=telemetry
+            service,
+            edge,
+            online_after_s=3 * config.poll_interval_s,
+            telemetry=telemetry,
+            events=app.state.events,
         ),
     )
     return app
@@ -882,6 +888,25 @@ def _campaign_routes(router: APIRouter) -> None:
         request: Request, campaign_id: IdPath, reason: Annotated[str, Body(embed=True)] = ""
     ) -> dict[str, Any]:
         return _service(request).pause(_principal(request), campaign_id, reason)
+
+    @_route(
+        router,
+        "GET",
+        "/events",
+        VIEWER,
+        response_class=StreamingResponse,
+        include_in_schema=False,  # a stream, not a JSON answer: docs/fleet.md, "Event stream"
+    )
+    async def fleet_events(request: Request) -> StreamingResponse:
+        """Server-Sent Events of campaign and device state changes (bmsfw.fleet.events)."""
+        service = _service(request)
+        token_hash = _bearer_hash(request.scope) or ""
+
+        def allowed() -> bool:
+            p = service.load_principal(token_hash)
+            return p is not None and not p.expired(service.clock.now()) and p.role in VIEWER
+
+        return await event_stream_response(request, request.app.state.events, allowed)
 
     @_route(
         router, "POST", "/campaigns/{campaign_id}/approve", OPERATOR, response_model=CampaignView

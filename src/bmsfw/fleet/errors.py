@@ -343,6 +343,19 @@ class EvidenceRejectedError(FleetError):
         self.evidence_code = evidence_code
 
 
+class EventStreamNotAcceptedError(FleetError):
+    code = "BMSFW-E651"
+    http_status = 406
+    diagnosis = (
+        "The fleet event stream answers only requests that accept text/event-stream "
+        "(Server-Sent Events); this one did not say so in its Accept header."
+    )
+    remedy = (
+        "Send 'Accept: text/event-stream' (a browser's EventSource does; with curl: "
+        "curl -N -H 'Accept: text/event-stream' -H 'Authorization: Bearer TOKEN' URL)."
+    )
+
+
 _BY_CODE: dict[str, type[FleetError]] = {
     cls.code: cls
     for cls in (
@@ -378,6 +391,7 @@ _BY_CODE: dict[str, type[FleetError]] = {
         DecommissionedError,
         DeviceBusyError,
         EvidenceRejectedError,
+        EventStreamNotAcceptedError,
     )
 }
 

@@ -34,6 +34,7 @@ from bmsfw.fleet.errors import (
     RoleNotAllowedError,
     http_status_for,
 )
+from bmsfw.fleet.events import FleetEvents, event_stream_response
 from bmsfw.fleet.service import FleetService
 from bmsfw.fleet.telemetry import TelemetryHistory
 from bmsfw.fleet.web.backups import add_backup_routes
@@ -104,10 +105,13 @@ class _Pages:
         edge: Edge,
         online_window: timedelta,
         policy: SessionPolicy,
+        *,
         telemetry: TelemetryHistory,
+        events: FleetEvents,
     ) -> None:
         self.service = service
         self.telemetry = telemetry
+        self.events = events
         self.edge = edge
         self.queries = FleetQueries(service.sessions, online_window)
         self.sessions = SessionStore(service.sessions, policy)
@@ -119,11 +123,13 @@ class _Pages:
 
     # ---- sessions --------------------------------------------------------
 
-    def signed_in(self, request: Request, minimum: str = "viewer") -> tuple[Principal, WebSession]:
+    def signed_in(
+        self, request: Request, minimum: str = "viewer", *, touch: bool = True
+    ) -> tuple[Principal, WebSession]:
         """The session's principal, if it may see this page; refuses otherwise."""
         session_id = request.cookies.get(SESSION_COOKIE, "")
         valid = 0 < len(session_id) <= 100
-        session = self.sessions.get(session_id, self.now()) if valid else None
+        session = self.sessions.get(session_id, self.now(), touch=touch) if valid else None
         if session is None:
             raise SessionEndedError("sign in to use the dashboard")
         principal = self.service.cached_principal(
@@ -243,6 +249,7 @@ def create_dashboard(
     online_after_s: float,
     policy: SessionPolicy | None = None,
     telemetry: TelemetryHistory | None = None,
+    events: FleetEvents | None = None,
 ) -> FastAPI:
     """The dashboard app, to mount at :data:`PREFIX` of the fleet app.
 
@@ -250,7 +257,10 @@ def create_dashboard(
     """
     policy = policy or SessionPolicy()
     telemetry = telemetry or TelemetryHistory(service.engine)
-    pages = _Pages(service, edge, timedelta(seconds=online_after_s), policy, telemetry)
+    events = events or FleetEvents(service.engine, service.clock)
+    pages = _Pages(
+        service, edge, timedelta(seconds=online_after_s), policy, telemetry=telemetry, events=events
+    )
     web = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     web.state.pages = pages
     web.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
@@ -348,6 +358,21 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
         return pages.view(
             request, "overview.html", lambda _p: {"o": pages.queries.overview(pages.now())}
         )
+
+    @web.get("/events")
+    async def events(request: Request) -> Response:
+        """The fleet event stream for this session's pages (the script refreshes the live
+        parts when something happens); ends with the session."""
+        await _run(pages.signed_in, request)
+
+        def allowed() -> bool:
+            try:
+                pages.signed_in(request, touch=False)
+            except FleetError:
+                return False
+            return True
+
+        return await event_stream_response(request, pages.events, allowed)
 
     @web.get("/overview/live")
     def overview_live(request: Request) -> Response:

@@ -114,8 +114,9 @@ class SessionStore:
             )
         return session_id, WebSession(token_hash, _csrf(session_id), now, now)
 
-    def get(self, session_id: str, now: datetime) -> WebSession | None:
-        """The live session (its idle timer restarted), or None (an ended one is deleted)."""
+    def get(self, session_id: str, now: datetime, *, touch: bool = True) -> WebSession | None:
+        """The live session (its idle timer restarted unless ``touch`` is off: an open event
+        stream does not keep a session alive), or None (an ended one is deleted)."""
         key = _key(session_id)
         with self._reader.connect() as conn:  # a page view reads; it writes only now and then
             row = conn.execute(_BY_KEY, {"b_key": key}).one_or_none()
@@ -125,7 +126,7 @@ class SessionStore:
             self.end(session_id)
             return None
         last_seen = row.last_seen_at
-        if now - last_seen >= self.policy.touch_every:
+        if touch and now - last_seen >= self.policy.touch_every:
             with self._db.begin() as db:
                 db.execute(update(_T).where(_T.c.id_hash == key).values(last_seen_at=now))
             last_seen = now
