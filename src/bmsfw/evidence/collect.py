@@ -2,8 +2,9 @@
 
 The I/O shell around :mod:`bmsfw.evidence.bundle`: attaches a recorder to the
 bus of every open session (``session.bus``: a WireBus on CAN, a ModbusBus on
-RS485), and after the update reads what each bundle holds — the backup file,
-the audit log, the configuration as the BMS has it now — and writes one bundle
+RS485; ``session.frame_tap`` on SMP: every SMP message), and after the update
+reads what each bundle holds — the backup file, the audit log, the configuration
+as the BMS has it now — and writes one bundle
 per device. Nothing here decides anything about the update itself.
 """
 
@@ -74,7 +75,8 @@ class EvidenceCollector:
         self._attached: list[tuple[Any, Recorder]] = []
         by_bus: dict[int, Recorder] = {}  # RS485 units share one bus and one record
         for session in self.sessions:
-            bus = getattr(session, "bus", None)
+            # The link's tap: a WireBus (CAN), a ModbusBus (RS485), or an SMP transport's
+            bus = getattr(session, "frame_tap", None) or getattr(session, "bus", None)
             recorder: Recorder | None = by_bus.get(id(bus))
             if recorder is None and isinstance(bus, WireBus):
                 recorder = CanFrameRecorder()

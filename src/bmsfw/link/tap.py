@@ -11,18 +11,25 @@ frame, and a recorder that fails is logged and otherwise ignored by the link.
 * :class:`SerialFrameRecorder` — for byte links (RS485/Modbus, USB serial):
   the link calls it with each request frame it writes and each chunk of bytes
   it reads; :meth:`~SerialFrameRecorder.lines` is a timestamped frame log.
+* :class:`MessageTap` — puts the same listener interface on a message transport
+  with ``async send(data)`` / ``async receive()`` (smpclient's SMP transports over
+  serial, UDP and BLE): every whole SMP message sent and received.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import can
 
-__all__ = ["CanFrameRecorder", "SerialFrame", "SerialFrameRecorder"]
+__all__ = ["CanFrameRecorder", "MessageTap", "SerialFrame", "SerialFrameRecorder"]
+
+log = logging.getLogger(__name__)
 
 
 class _Clock:
@@ -130,3 +137,42 @@ class SerialFrameRecorder:
     def __len__(self) -> int:
         with self._lock:
             return len(self._frames)
+
+
+class MessageTap:
+    """Listeners on a transport of whole messages: ``listener(data, received=...)`` for
+    each message the transport sends and each one it receives, as sent and as received.
+
+    Wraps ``transport.send`` and ``transport.receive`` on that one instance (every
+    other way the transport's client talks, such as ``send_and_receive``, goes through
+    them); a listener that fails is logged and otherwise ignored.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._listeners: tuple[Callable[..., None], ...] = ()
+        send, receive = transport.send, transport.receive
+
+        async def tapped_send(data: bytes) -> None:
+            self._tell(data, received=False)
+            await send(data)
+
+        async def tapped_receive() -> bytes:
+            data: bytes = await receive()
+            self._tell(data, received=True)
+            return data
+
+        transport.send = tapped_send
+        transport.receive = tapped_receive
+
+    def add_listener(self, listener: Callable[..., None]) -> None:
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[..., None]) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def _tell(self, data: bytes, *, received: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(bytes(data), received=received)
+            except Exception:  # a broken recorder must not break the link
+                log.exception("message listener failed")

@@ -45,6 +45,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from bmsfw.errors import BmsfwError
+from bmsfw.link.tap import MessageTap
 from bmsfw.package import Component, Manifest, decode_header, parse_image
 from bmsfw.protocol.bounds import image_key_hashes
 from bmsfw.protocol.errors import (
@@ -188,7 +189,10 @@ class SmpSession:
         self.upload_timeout_s = upload_timeout_s
         self.upload_window = upload_window  # chunks in flight (the BMS announces buf_count)
         self._io = _LoopThread()
-        self._client = SMPClient(_transport(link), link.target, timeout_s=link.timeout_s)
+        transport = _transport(link)
+        # Every SMP message sent and received, for the evidence of an update (docs/evidence.md)
+        self.frame_tap = MessageTap(transport)
+        self._client = SMPClient(transport, link.target, timeout_s=link.timeout_s)
         self._image: bytes | None = None
         self._component: Component | None = None
         self._credentials: TesterCredentials | None = None
