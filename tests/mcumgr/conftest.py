@@ -6,10 +6,12 @@ BMS). The interop tests' client side uses only stock smpclient/smpmgr.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,9 @@ def smp_bench(tmp_path_factory: pytest.TempPathFactory) -> SmpBench:
         "2.0.0": signed_release(pki, "2.0.0", 2, spec=SPEC, size=20_000),
         "fail-selftest": signed_release(
             pki, "2.1.0", 2, spec=SPEC, size=20_000, behaviour="fail-selftest"
+        ),
+        "safety-critical": signed_release(
+            pki, "2.0.1", 2, spec=SPEC, size=20_000, safety_class="safety-critical"
         ),
     }
     template = tmp_path_factory.mktemp("smp-template")
@@ -125,15 +130,27 @@ def update_options(tmp_path: Path, tester: TesterCredentials) -> UpdateOptions:
 
 #: Preflight sampling shortened (the default 2 s window is for the bench, not the tests).
 FAST_PROFILE = UpdateProfile(preflight=PreflightLimits(supply_window_s=0.2, supply_samples=3))
+#: A product serviced over Bluetooth by design: the OTA bandwidth floor does not stop it.
+BLE_SERVICE_PROFILE = UpdateProfile(
+    name="serviced over BLE",
+    preflight=PreflightLimits(supply_window_s=0.2, supply_samples=3, ble_service_link=True),
+)
 
 
 def run_smp_update(
-    session: BmsSession, smp_bench: SmpBench, name: str, tmp_path: Path, tester: TesterCredentials
+    session: BmsSession,
+    smp_bench: SmpBench,
+    name: str,
+    tmp_path: Path,
+    tester: TesterCredentials,
+    *,
+    profile: UpdateProfile = FAST_PROFILE,
+    **options: Any,
 ) -> UpdateReport:
     return run_update(
         session,
         smp_bench.releases[name].package,
         trust_anchors(smp_bench.pki),
-        update_options(tmp_path, tester),
-        profile=FAST_PROFILE,
+        dataclasses.replace(update_options(tmp_path, tester), **options),
+        profile=profile,
     )

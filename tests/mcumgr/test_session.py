@@ -18,7 +18,14 @@ from bmsfw.sim.smp_server import SimSmpProcess
 from bmsfw.update.events import Event, TransferProgress
 from bmsfw.update.pipeline import run_update
 
-from .conftest import FAST_PROFILE, SmpBench, run_smp_update, start_device, update_options
+from .conftest import (
+    BLE_SERVICE_PROFILE,
+    FAST_PROFILE,
+    SmpBench,
+    run_smp_update,
+    start_device,
+    update_options,
+)
 
 
 def smp_link(process: SimSmpProcess, kind: str) -> SmpLink:
@@ -49,9 +56,12 @@ def test_update_confirmed(
     try:
         with open_smp_session(smp_link(process, kind)) as session:
             assert isinstance(session, BmsSession)
-            report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester)
+            # over BLE: a product the profile declares serviced over Bluetooth
+            profile = BLE_SERVICE_PROFILE if kind == "ble" else FAST_PROFILE
+            report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester, profile=profile)
             assert report.outcome == "updated", report.error
             assert report.running_version == "2.0.0"
+            assert report.decisions["channel"] == ("ota" if kind == "ble" else "wired")
             assert report.self_test and report.self_test["passed"]
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")

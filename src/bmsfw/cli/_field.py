@@ -652,7 +652,8 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     "overrides",
     multiple=True,
     metavar="CHECK",
-    help="Override a failed non-safety check (link-quality, cell-spread); needs a reason.",
+    help="Override a failed non-safety check (link-quality, cell-spread, ble-link, "
+    "ota-bandwidth); needs a reason.",
 )
 @click.option("--override-reason", default="", help="Why the override is acceptable (recorded).")
 @click.option(

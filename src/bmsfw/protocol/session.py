@@ -26,6 +26,7 @@ __all__ = [
     "ConfigSnapshot",
     "DeviceIdentity",
     "LinkQuality",
+    "RadioLink",
     "SelfTestCheck",
     "SelfTestResult",
     "StoredBytesWriter",
@@ -210,6 +211,15 @@ class BmsSession(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RadioLink(Protocol):
+    """Declared capability: the session may run over a radio (SMP over Bluetooth LE);
+    ``wireless`` says whether this one does. The update procedure then treats it as an
+    over-the-air channel (``bmsfw.update.core.channel_for_link``)."""
+
+    wireless: bool
 
 
 @runtime_checkable

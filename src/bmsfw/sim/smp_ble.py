@@ -154,7 +154,9 @@ async def serve_ble(server: SmpBmsServer, *, name: str, passkey: int | None) -> 
                 return
             frame = bytes(buffer[:length])
             del buffer[:length]
+            log.log(9, "SMP frame in: %d bytes, sequence %d", length, frame[6])
             answer = server.handle(frame)
+            log.log(9, "SMP answer: %s", "none" if answer is None else f"{len(answer)} bytes")
             if answer is not None:
                 # Keep a reference until it ran (the loop holds tasks only weakly); the
                 # lock sends the answers in the order of their requests, never interleaved.
@@ -165,6 +167,7 @@ async def serve_ble(server: SmpBmsServer, *, name: str, passkey: int | None) -> 
     async def _notify(connection: Connection, answer: bytes) -> None:
         piece = max(20, connection.att_mtu - 3)
         async with notify_lock:
+            log.log(9, "SMP answer out: sequence %d, %d bytes", answer[6], len(answer))
             for start in range(0, len(answer), piece):
                 chunk = answer[start : start + piece]
                 await device.notify_subscriber(connection, characteristic, chunk)

@@ -886,7 +886,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    level = int(args.log_level) if args.log_level.isdigit() else args.log_level
+    logging.basicConfig(level=level, stream=sys.stderr)
     asyncio.run(_serve(args))
 
 

@@ -31,6 +31,15 @@ Decisions, in the order of an update:
   active image equals the release image's and its security counter reached the
   release's.
 * :func:`plan_rollback` - what ``bmsfw rollback`` may do from each state.
+* :func:`channel_for_link` - a radio link (SMP over Bluetooth LE) is an over-the-air
+  channel: the package's OTA policy applies (a safety-critical release is refused);
+* :func:`judge_ble_link` - the Bluetooth link's ATT MTU, connection interval and RSSI
+  against the product profile, and the throughput they allow;
+* :func:`judge_ota_bandwidth` - the field guide's rule that an over-the-air update needs
+  more than 5 Mbit/s, applied to a radio link (BLE carries far less): allowed only when
+  the product profile declares Bluetooth the product's service link, or by an explicit
+  operator override with a reason (a non-safety preflight check: the report and the
+  audit log keep the reason).
 
 Every version comparison goes through :func:`compare_versions` /
 :func:`same_release`, which apply the package layer's one rule
@@ -46,16 +55,27 @@ from dataclasses import dataclass, replace
 from bmsfw.errors import PackageError
 from bmsfw.package import Component, image_key_refusal
 from bmsfw.package.version import Version, as_version, device_runs
-from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestResult, TransferState
+from bmsfw.protocol.session import (
+    BleLinkFacts,
+    BootStatus,
+    Channel,
+    DeviceIdentity,
+    SelfTestResult,
+    TransferState,
+)
+from bmsfw.update.profile import PreflightLimits
 
 __all__ = [
+    "OTA_MIN_BANDWIDTH_BPS",
     "Action",
     "AfterBoot",
+    "BleLinkJudgement",
     "BootMeaning",
     "BootReading",
     "ConfirmVerdict",
     "InstalledCheck",
     "InstalledVerdict",
+    "OtaBandwidthJudgement",
     "PayloadChoice",
     "PayloadKind",
     "RollbackAction",
@@ -66,14 +86,18 @@ __all__ = [
     "StartVerdict",
     "TransferPlan",
     "active_digest_of",
+    "channel_for_link",
     "choose_payload",
     "compare_versions",
     "decide_after_boot",
     "decide_start",
+    "estimate_ble_throughput_bps",
     "identity_drift",
     "interpret_boot",
+    "judge_ble_link",
     "judge_confirm",
     "judge_installed",
+    "judge_ota_bandwidth",
     "judge_self_test",
     "plan_rollback",
     "plan_transfer",
@@ -640,4 +664,105 @@ def plan_rollback(status: BootStatus) -> RollbackPlan:
         f"{running} runs confirmed and no test image is pending; to go back to an older "
         "release, install it with `bmsfw update OLD.bmsfw --allow-downgrade REASON` "
         "(it is self-tested before it is confirmed)",
+    )
+
+
+# --- radio links (SMP over Bluetooth LE) ----------------------------------------------
+
+#: The field guide: an over-the-air update needs a link of more than 5 Mbit/s.
+OTA_MIN_BANDWIDTH_BPS = 5_000_000.0
+
+
+def channel_for_link(wireless: bool, requested: Channel) -> Channel:
+    """A radio link is an over-the-air channel whatever was asked: the package's OTA
+    policy (never a safety-critical release) applies to Bluetooth as to the fleet."""
+    return "ota" if wireless else requested
+
+
+def estimate_ble_throughput_bps(att_mtu: int, interval_ms: float, packets_per_event: int) -> float:
+    """What a BLE link can carry at most: ``packets_per_event`` ATT writes of
+    ``att_mtu - 3`` bytes per connection interval (the controller and phone decide the
+    real number per event; the product profile names what its BMS achieves)."""
+    if interval_ms <= 0 or att_mtu <= 3 or packets_per_event <= 0:
+        return 0.0
+    return packets_per_event * (att_mtu - 3) * 8 / (interval_ms / 1000.0)
+
+
+@dataclass(frozen=True)
+class BleLinkJudgement:
+    passed: bool
+    measured: str
+    limit: str
+    expected_bps: float  # the profile's number, or the estimate from MTU and interval
+    problems: tuple[str, ...] = ()
+
+
+def judge_ble_link(facts: BleLinkFacts, limits: PreflightLimits) -> BleLinkJudgement:
+    """The Bluetooth link against the profile's ``ble_*`` limits."""
+    expected = limits.ble_expected_throughput_bps or estimate_ble_throughput_bps(
+        facts.att_mtu, facts.interval_ms, limits.ble_packets_per_event
+    )
+    problems = []
+    if facts.att_mtu < limits.ble_att_mtu_min:
+        problems.append(f"ATT MTU {facts.att_mtu} below {limits.ble_att_mtu_min}")
+    if facts.interval_ms > limits.ble_interval_max_ms:
+        problems.append(
+            f"connection interval {facts.interval_ms:g} ms above {limits.ble_interval_max_ms:g} ms"
+        )
+    if facts.rssi_dbm is not None and facts.rssi_dbm < limits.ble_rssi_min_dbm:
+        problems.append(f"RSSI {facts.rssi_dbm} dBm below {limits.ble_rssi_min_dbm:g} dBm")
+    rssi = "n/a" if facts.rssi_dbm is None else f"{facts.rssi_dbm} dBm"
+    source = "profile" if limits.ble_expected_throughput_bps else "estimated"
+    return BleLinkJudgement(
+        passed=not problems,
+        measured=(
+            f"ATT MTU {facts.att_mtu}, interval {facts.interval_ms:g} ms, RSSI {rssi}, "
+            f"{expected / 1e6:.2f} Mbit/s ({source})"
+        ),
+        limit=(
+            f"MTU ≥ {limits.ble_att_mtu_min}, interval ≤ {limits.ble_interval_max_ms:g} ms, "
+            f"RSSI ≥ {limits.ble_rssi_min_dbm:g} dBm"
+        ),
+        expected_bps=expected,
+        problems=tuple(problems),
+    )
+
+
+@dataclass(frozen=True)
+class OtaBandwidthJudgement:
+    passed: bool
+    measured: str
+    limit: str
+    reason: str
+
+
+def judge_ota_bandwidth(expected_bps: float, limits: PreflightLimits) -> OtaBandwidthJudgement:
+    """May an update go over a radio link that carries ``expected_bps``?
+
+    The field guide allows an over-the-air update only above 5 Mbit/s (a slow link keeps
+    the pack in the update for long, and an interruption is likelier). Bluetooth LE
+    carries well under 2 Mbit/s, so it passes only when the product profile declares
+    Bluetooth the product's own service link (``ble_service_link``: a pack serviced at
+    hand over BLE by design, the technician beside it) - otherwise only by an explicit
+    operator override with a reason. A safety-critical release never goes over a radio
+    link at all (:func:`channel_for_link`, the package's OTA policy)."""
+    floor = limits.ota_min_bandwidth_bps
+    measured = f"{expected_bps / 1e6:.2f} Mbit/s (radio link)"
+    limit = f"> {floor / 1e6:g} Mbit/s (field guide's OTA rule), or profile ble_service_link"
+    if expected_bps > floor:
+        return OtaBandwidthJudgement(True, measured, limit, "the link is above the OTA floor")
+    if limits.ble_service_link:
+        return OtaBandwidthJudgement(
+            True,
+            measured,
+            limit,
+            "the product profile declares Bluetooth the product's service link "
+            "(ble_service_link): the OTA floor does not apply to a technician at the pack",
+        )
+    return OtaBandwidthJudgement(
+        False,
+        measured,
+        limit,
+        f"{expected_bps / 1e6:.2f} Mbit/s is below the {floor / 1e6:g} Mbit/s an "
+        "over-the-air update needs",
     )

@@ -110,6 +110,34 @@ class LinkQualityPoorError(PreflightError):
     )
 
 
+class BleLinkLimitsError(PreflightError):
+    code = "BMSFW-E316"
+    diagnosis = (
+        "The Bluetooth link to the BMS is below the product profile's limits (ATT MTU, "
+        "connection interval or signal strength)."
+    )
+    remedy = (
+        "Move the laptop close to the pack with a clear line of sight, use a dongle that "
+        "negotiates a larger MTU and a short connection interval, or a wired link; override "
+        "with a reason (--override ble-link) only if the slower link is understood."
+    )
+
+
+class OtaBandwidthTooLowError(PreflightError):
+    code = "BMSFW-E315"
+    diagnosis = (
+        "The field guide allows an over-the-air update only above 5 Mbit/s; a Bluetooth LE "
+        "link carries far less, and the product profile does not declare Bluetooth the "
+        "product's service link."
+    )
+    remedy = (
+        "Update over a wired link (serial, UDP or CAN), use a profile that declares "
+        "ble_service_link = true for a product serviced over Bluetooth by design, or take "
+        "responsibility with --override ota-bandwidth --override-reason TEXT (kept in the "
+        "report and the audit log). Safety-critical releases never go over Bluetooth."
+    )
+
+
 class InactiveBankBusyError(PreflightError):
     code = "BMSFW-E406"
     diagnosis = "The inactive flash bank is not free: an image is waiting to be confirmed."

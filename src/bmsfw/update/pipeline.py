@@ -55,8 +55,10 @@ from bmsfw.package.errors import HashMismatchError, ImageKeyNotFusedError, Malfo
 from bmsfw.protocol.session import (
     BmsSession,
     BootStatus,
+    Channel,
     ConfigSnapshot,
     DeviceIdentity,
+    RadioLink,
     SelfTestResult,
     StoredBytesWriter,
     Telemetry,
@@ -75,6 +77,7 @@ from bmsfw.update.core import (
     StartFacts,
     StartVerdict,
     active_digest_of,
+    channel_for_link,
     choose_payload,
     decide_after_boot,
     decide_start,
@@ -481,7 +484,7 @@ class _Run(_Shell):
                     identity.hw_revision,
                     identity.bootloader_version,
                     identity.security_counter,
-                    self.options.channel,
+                    self._channel(),
                 )
                 release = verify_release(self.package, self.trust, facts, now=self.options.now)
                 m = release.manifest
@@ -752,6 +755,13 @@ class _Run(_Shell):
             )
         return component
 
+    def _channel(self) -> Channel:
+        """The channel the package's policy judges: a radio link is over the air."""
+        wireless = isinstance(self.session, RadioLink) and self.session.wireless
+        channel = channel_for_link(wireless, self.options.channel)
+        self.report.decisions["channel"] = channel
+        return channel
+
     @staticmethod
     def _payload_text(payload: _Payload) -> str:
         c = payload.component
@@ -777,7 +787,7 @@ class _Run(_Shell):
 
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         try:
-            state = self.session.prepare(header, channel=self.options.channel)
+            state = self.session.prepare(header, channel=self._channel())
         except TransportError as exc:
             # No answer to the staging request: the BMS may have staged it (power loss,
             # lost link). Nothing is running differently; the same command continues.

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field, replace
 
 from bmsfw.errors import PreflightError
 from bmsfw.protocol.session import BmsSession, BootStatus, LinkQuality, Telemetry
-from bmsfw.update.core import compare_versions
+from bmsfw.update.core import compare_versions, judge_ble_link, judge_ota_bandwidth
 from bmsfw.update.errors import (
     ActiveFaultsError,
+    BleLinkLimitsError,
     CellSpreadHighError,
     DeviceInBootloaderError,
     DowngradeError,
     InactiveBankBusyError,
     IncompatibleDeviceError,
     LinkQualityPoorError,
+    OtaBandwidthTooLowError,
     OverrideRefusedError,
     SocOutOfRangeError,
     SupplyUnstableError,
@@ -47,6 +49,7 @@ __all__ = [
     "ReleaseFacts",
     "check_anti_rollback",
     "check_bank",
+    "check_ble_link",
     "check_cell_spread",
     "check_compatibility",
     "check_faults",
@@ -71,6 +74,8 @@ CHECK_ERRORS: dict[str, type[PreflightError]] = {
     "free-bank": InactiveBankBusyError,
     "link-quality": LinkQualityPoorError,
     "cell-spread": CellSpreadHighError,
+    "ble-link": BleLinkLimitsError,
+    "ota-bandwidth": OtaBandwidthTooLowError,
 }
 SAFETY_CHECKS = frozenset(
     {
@@ -232,6 +237,21 @@ def check_link(link: LinkQuality, limits: PreflightLimits) -> CheckResult:
     )
 
 
+def check_ble_link(link: LinkQuality, limits: PreflightLimits) -> list[CheckResult]:
+    """A Bluetooth link's limits and the OTA bandwidth rule (the decisions are the core's);
+    nothing on a wired link."""
+    if link.ble is None:
+        return []
+    ble = judge_ble_link(link.ble, limits)
+    ota = judge_ota_bandwidth(ble.expected_bps, limits)
+    return [
+        CheckResult(
+            "ble-link", ble.measured, ble.limit, ble.passed, False, "; ".join(ble.problems)
+        ),
+        CheckResult("ota-bandwidth", ota.measured, ota.limit, ota.passed, False, ota.reason),
+    ]
+
+
 def check_bank(boot: BootStatus, *, recovery: bool = False) -> CheckResult:
     measured = f"{boot.run_state}, bank {boot.active_bank} {boot.image_state}"
     if boot.run_state == "bootloader":
@@ -368,6 +388,7 @@ def run_preflight(
         )
         checks.append(check_anti_rollback(identity.security_counter, release))
     checks.append(check_link(link, limits))
+    checks.extend(check_ble_link(link, limits))
     checks.append(check_cell_spread(telemetry, limits))
     checks = _apply_overrides(_with_sources(checks, telemetry), overrides)
     for check in checks:

@@ -83,6 +83,17 @@ class PreflightLimits:
     link_round_trips: int = 5
     link_max_errors: int = 0
     cell_spread_max_mv: float = 150.0
+    # A Bluetooth LE link (SMP over BLE): what the product's link must reach.
+    ble_att_mtu_min: int = 65  # below this an SMP frame of 2 KiB takes 35+ ATT writes
+    ble_interval_max_ms: float = 50.0
+    ble_rssi_min_dbm: float = -85.0  # judged only when the controller reports RSSI
+    ble_packets_per_event: int = 4  # ATT writes per connection event, for the estimate
+    ble_expected_throughput_bps: float = 0.0  # the product's measured rate; 0: estimate
+    # The product is serviced over Bluetooth by design (technician at the pack): the
+    # field guide's OTA bandwidth floor does not stop a standard release over BLE.
+    ble_service_link: bool = False
+    # The field guide's rule for an over-the-air update; a profile may raise it, not lower it.
+    ota_min_bandwidth_bps: float = 5_000_000.0
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,12 @@ def _section(cls: type[Any], raw: Any, where: str) -> Any:
                 f"unknown key {where}.{key} (known: {', '.join(sorted(known))})"
             )
         default = getattr(cls(), key)
-        if isinstance(default, bool) or not isinstance(value, int | float):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ProfileInvalidError(f"{where}.{key} must be true or false, got {value!r}")
+            values[key] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ProfileInvalidError(f"{where}.{key} must be a number, got {value!r}")
         if isinstance(default, int) and not isinstance(default, bool):
             if not isinstance(value, int):
@@ -191,6 +207,19 @@ def _validate(profile: UpdateProfile) -> None:
         )
     if p.link_round_trips < 1 or p.link_max_errors < 0:
         raise ProfileInvalidError("preflight.link_round_trips must be >= 1, link_max_errors >= 0")
+    if p.ota_min_bandwidth_bps < PreflightLimits.ota_min_bandwidth_bps:
+        raise ProfileInvalidError(
+            f"preflight.ota_min_bandwidth_bps {p.ota_min_bandwidth_bps:g} is below the field "
+            f"guide's {PreflightLimits.ota_min_bandwidth_bps:g} bit/s: a profile may raise it, "
+            "not lower it (declare ble_service_link for a product serviced over Bluetooth)"
+        )
+    if p.ble_att_mtu_min < 23 or p.ble_interval_max_ms < 7.5 or p.ble_packets_per_event < 1:
+        raise ProfileInvalidError(
+            "preflight.ble_att_mtu_min must be >= 23, ble_interval_max_ms >= 7.5, "
+            "ble_packets_per_event >= 1 (the Bluetooth LE minimums)"
+        )
+    if p.ble_expected_throughput_bps < 0:
+        raise ProfileInvalidError("preflight.ble_expected_throughput_bps must be >= 0")
     t = profile.transfer
     _check_window(t.soc_min_pct, t.soc_max_pct, "transfer state of charge")
     _check_window(t.temp_min_c, t.temp_max_c, "transfer temperature")

@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Any
 
 from smp import header as smpheader
@@ -28,12 +30,40 @@ from smpclient.exceptions import SMPBadSequence, SMPUploadError
 from smpclient.generics import error
 from smpclient.requests.image_management import ImageUploadWrite
 
-__all__ = ["exchange", "windowed_upload"]
+__all__ = ["exchange", "receive_answer", "send_request", "windowed_upload"]
 
 log = logging.getLogger(__name__)
 
-#: Late answers (to requests that timed out) dropped while waiting for one answer.
+#: Answers to other requests read while waiting for one answer (kept for their request).
 MAX_STALE_ANSWERS = 8
+
+
+# Answers read off a transport that belong to another request than the one being
+# waited for, by sequence number. With upload chunks in flight the pipeline still
+# asks other things between two chunks (the telemetry watch during the transfer): the
+# chunk's answer may arrive first and must wait for the upload, not be thrown away
+# (that was a lost answer and an E395 after 10 s, more often the busier the machine).
+# Answers to requests given up on (a time-out) are dropped when they come.
+@dataclass
+class _Answers:
+    kept: dict[int, bytes] = field(default_factory=dict)
+    abandoned: set[int] = field(default_factory=set)
+
+
+_ANSWERS: weakref.WeakKeyDictionary[Any, _Answers] = weakref.WeakKeyDictionary()
+
+
+def _answers(transport: Any) -> _Answers:
+    return _ANSWERS.setdefault(transport, _Answers())
+
+
+async def send_request(transport: Any, request: Any) -> None:
+    """Send ``request``; whatever was kept under its (8-bit, wrapping) sequence number is
+    from an older request and no longer wanted."""
+    answers = _answers(transport)
+    answers.kept.pop(request.header.sequence, None)
+    answers.abandoned.discard(request.header.sequence)
+    await transport.send(request.BYTES)
 
 
 def _parse(request: Any, frame: bytes) -> Any:
@@ -51,26 +81,38 @@ def _parse(request: Any, frame: bytes) -> Any:
 
 
 async def receive_answer(transport: Any, request: Any) -> Any:
-    """The answer to ``request``: frames with another sequence number are late answers to
-    requests given up on (a time-out), dropped; smpclient would fail on them instead."""
-    for _ in range(MAX_STALE_ANSWERS + 1):
-        frame = await transport.receive()
-        sequence = smpheader.Header.loads(frame[: smpheader.Header.SIZE]).sequence
-        if sequence == request.header.sequence:
-            return _parse(request, frame)
-        log.info(
-            "dropping a late SMP answer (sequence %d, waiting for %d)",
-            sequence,
-            request.header.sequence,
-        )
-    raise SMPBadSequence(f"no answer with sequence {request.header.sequence}")
+    """The answer to ``request``, matched by sequence number. A frame with another sequence
+    number is kept for its own request (an upload chunk still in flight), unless that
+    request was given up on; smpclient would fail on either."""
+    answers = _answers(transport)
+    want = request.header.sequence
+    if want in answers.kept:
+        return _parse(request, answers.kept.pop(want))
+    try:
+        for _ in range(MAX_STALE_ANSWERS + 1):
+            frame = await transport.receive()
+            sequence = smpheader.Header.loads(frame[: smpheader.Header.SIZE]).sequence
+            if sequence == want:
+                return _parse(request, frame)
+            if sequence in answers.abandoned:
+                log.info("dropping a late SMP answer (sequence %d)", sequence)
+                answers.abandoned.discard(sequence)
+                continue
+            log.info("keeping SMP answer %d for its request (waiting for %d)", sequence, want)
+            answers.kept[sequence] = frame
+            while len(answers.kept) > MAX_STALE_ANSWERS:
+                del answers.kept[next(iter(answers.kept))]
+    except asyncio.CancelledError:  # timed out: its answer, if it comes, is not wanted
+        answers.abandoned.add(want)
+        raise
+    raise SMPBadSequence(f"no answer with sequence {want}")
 
 
 async def exchange(client: SMPClient, request: Any, timeout_s: float) -> Any:
     """Send ``request`` and return its answer (or the error it names) within ``timeout_s``."""
     transport: Any = client._transport
     async with asyncio.timeout(timeout_s):
-        await transport.send(request.BYTES)
+        await send_request(transport, request)
         return await receive_answer(transport, request)
 
 
@@ -100,7 +142,7 @@ async def windowed_upload(
     while offset < len(image):
         while len(in_flight) < window and sent_to < len(image):
             chunk = _chunk(client, image, sent_to)
-            await transport.send(chunk.BYTES)
+            await send_request(transport, chunk)
             sent_to += len(chunk.data)
             in_flight.append((chunk, sent_to))
         chunk, end = in_flight.popleft()

@@ -184,6 +184,7 @@ class SmpSession:
         from smpclient import SMPClient
 
         self.link = link
+        self.wireless = link.kind == "ble"  # RadioLink: Bluetooth is an over-the-air channel
         # Where telemetry comes from when the BMS has no vendor TELEMETRY (CAN + DBC)
         self.telemetry_source = telemetry_source
         self.upload_timeout_s = upload_timeout_s
