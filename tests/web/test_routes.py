@@ -269,3 +269,34 @@ def test_a_campaign_is_created_from_the_form(https_fleet: Fleet, pki: VendorPki)
     assert [p["name"] for p in campaign["phases"]] == ["canary", "50%", "100%"]
     assert campaign["error_threshold_pct"] == 25
     assert campaign["created_by"].endswith("operator")
+
+
+@pytest.mark.req("R156-FLEET-RECORD")
+def test_the_device_page_shows_its_update_record_and_serves_each_bundle(
+    https_fleet: Fleet,
+) -> None:
+    from fleet.test_evidence_store import _bundle
+
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("EV-1")])
+    data = _bundle("EV-1")
+    stored = fleet.client.post(
+        "/api/v1/agent/evidence",
+        headers={**fleet.h("gw"), "Content-Type": "application/octet-stream"},
+        content=data,
+    )
+    assert stored.status_code == 201, stored.text
+    number = stored.json()["id"]
+    _sign_in(fleet, "viewer")
+    page = fleet.client.get("/ui/devices/EV-1")
+    assert "Update record" in page.text and f"/ui/evidence/{number}/download" not in page.text
+    assert fleet.client.get(f"/ui/evidence/{number}/download").status_code == 403
+    _sign_in(fleet, "operator")
+    page = fleet.client.get("/ui/devices/EV-1")
+    assert f"/ui/evidence/{number}/download" in page.text and "<td>updated</td>" in page.text
+    download = fleet.client.get(f"/ui/evidence/{number}/download")
+    assert download.status_code == 200 and download.content == data
+    assert download.headers["content-type"] == "application/zip"
+    assert fleet.client.get("/ui/evidence/99999/download").status_code == 404
+    assert fleet.client.get("/ui/evidence/x/download").status_code == 404

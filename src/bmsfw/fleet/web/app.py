@@ -41,6 +41,7 @@ from bmsfw.fleet.web.backups import add_backup_routes
 from bmsfw.fleet.web.chart import CHART_HOURS, device_charts
 from bmsfw.fleet.web.create import add_create_routes
 from bmsfw.fleet.web.errors import CsrfRefusedError, SessionEndedError
+from bmsfw.fleet.web.evidence import add_evidence_routes
 from bmsfw.fleet.web.queries import (
     DEFAULT_PAGE_SIZE,
     DEVICE_SORTS,
@@ -282,6 +283,7 @@ def create_dashboard(
     _release_page(web, pages)
     add_review_routes(web, pages)
     add_backup_routes(web, pages)
+    add_evidence_routes(web, pages)
     return web
 
 
@@ -429,6 +431,7 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
                 "last_seen": last_seen,
                 "history": pages.queries.update_history(serial),
                 "backups": pages.service.list_backups(serial) if operator else None,
+                "evidence": pages.service.list_evidence(serial) if operator else None,
             }
 
         return pages.view(request, "device.html", build)
