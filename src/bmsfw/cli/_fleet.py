@@ -2,12 +2,15 @@
 
 Commands that take ``--db`` work on the database directly (bootstrap: there is
 no admin token yet, or it was lost); the others talk to a running server with
-``--server URL --token TOKEN [--ca CA.pem]`` (also from BMSFW_FLEET_SERVER,
-BMSFW_FLEET_TOKEN, BMSFW_FLEET_CA).
+``--server URL --token-file FILE [--ca CA.pem]`` (also from BMSFW_FLEET_SERVER,
+BMSFW_FLEET_TOKEN_FILE or BMSFW_FLEET_TOKEN, BMSFW_FLEET_CA). A token given as
+``--token VALUE`` still works, with a warning: other users of the machine can read
+a command line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from bmsfw.cli._render import Table, console, one_line, print_json
+from bmsfw.cli._render import Table, console, err_console, one_line, print_json
 from bmsfw.errors import UsageError
 
 __all__ = ["fleet_group"]
@@ -53,6 +56,11 @@ def _insecure_http(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     return value
 
 
+def _token_file(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    ctx.meta["bmsfw_fleet_token_file"] = value
+    return value
+
+
 def _server_options(fn: Any) -> Any:
     fn = click.option(
         "--insecure-http",
@@ -66,25 +74,75 @@ def _server_options(fn: Any) -> Any:
         "--ca",
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="BMSFW_FLEET_CA",
+        show_envvar=True,
         help="CA bundle that issued the server cert.",
     )(fn)
     fn = click.option(
-        "--token", envvar="BMSFW_FLEET_TOKEN", required=True, help="Operator API token."
+        "--token",
+        envvar="BMSFW_FLEET_TOKEN",
+        show_envvar=True,
+        default=None,
+        help="The operator API token itself, from env BMSFW_FLEET_TOKEN (on the command "
+        "line it is visible to other users of this machine: prefer --token-file).",
+    )(fn)
+    fn = click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="BMSFW_FLEET_TOKEN_FILE",
+        show_envvar=True,
+        expose_value=False,
+        callback=_token_file,
+        help="File whose first line is the operator API token (env BMSFW_FLEET_TOKEN_FILE); "
+        "keep it readable by you only.",
     )(fn)
     fn = click.option(
         "--server",
         envvar="BMSFW_FLEET_SERVER",
+        show_envvar=True,
         required=True,
         help="Server URL, e.g. https://fleet.example:8443",
     )(fn)
     return fn
 
 
-def _client(server: str, token: str, ca: Path | None) -> Any:
+def resolve_token(token: str | None) -> str:
+    """The operator token: from ``--token-file`` / BMSFW_FLEET_TOKEN_FILE, else from
+    BMSFW_FLEET_TOKEN or ``--token`` (warned about on the command line)."""
+    ctx = click.get_current_context()
+    path: Path | None = ctx.meta.get("bmsfw_fleet_token_file")
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the token file {path}: {exc}") from None
+        lines = text.strip().splitlines()
+        if not lines or not lines[0].strip():
+            raise UsageError(f"the token file {path} is empty")
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                err_console.print(
+                    f"warning: the token file {path} is readable by others (chmod 600 it)"
+                )
+        return lines[0].strip()
+    if token:
+        if ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE:
+            err_console.print(
+                "warning: a token on the command line is visible to other users of this "
+                "machine; use --token-file FILE or BMSFW_FLEET_TOKEN_FILE"
+            )
+        return token
+    raise UsageError(
+        "no operator token: give --token-file FILE (or set BMSFW_FLEET_TOKEN_FILE, or "
+        "BMSFW_FLEET_TOKEN); an admin creates one with `bmsfw fleet token create`"
+    )
+
+
+def _client(server: str, token: str | None, ca: Path | None) -> Any:
     """A client for the operator commands: plain HTTP only to this machine, or anywhere
     with ``--insecure-http`` (an operator token must not cross a network in clear)."""
     from bmsfw.fleet.client import ClientConfig, FleetClient
 
+    token = resolve_token(token)
     insecure = bool(click.get_current_context().meta.get("bmsfw_fleet_insecure_http"))
     if server.lower().startswith("http://") and not (insecure or loopback_url(server)):
         raise UsageError(
@@ -218,7 +276,7 @@ def init_command(db_url: str, admin_name: str) -> None:
 
 @fleet_group.group("token")
 def token_group() -> None:
-    """Operator API tokens (direct database access)."""
+    """Operator API tokens: create (direct database access), revoke (through the server)."""
 
 
 @token_group.command("create")
@@ -290,7 +348,7 @@ def access_review_command(db_url: str, as_json: bool) -> None:
 @_JSON
 def gateway_add(  # noqa: PLR0917 - one parameter per click option
     server: str,
-    token: str,
+    token: str | None,
     ca: Path | None,
     name: str,
     site: str,
@@ -310,7 +368,9 @@ def gateway_add(  # noqa: PLR0917 - one parameter per click option
 @_server_options
 @click.argument("package", type=click.Path(dir_okay=False, path_type=Path))
 @_JSON
-def release_upload(server: str, token: str, ca: Path | None, package: Path, as_json: bool) -> None:
+def release_upload(
+    server: str, token: str | None, ca: Path | None, package: Path, as_json: bool
+) -> None:
     """Upload a .bmsfw release (release_manager); the server verifies it first."""
     try:
         data = package.read_bytes()
@@ -370,7 +430,7 @@ def _parse_phases(text: str, soak_s: float, success_pct: float) -> list[dict[str
 @_JSON
 def campaign_create(  # noqa: PLR0917 - one parameter per click option
     server: str,
-    token: str,
+    token: str | None,
     ca: Path | None,
     name: str,
     release_id: int,
@@ -408,24 +468,34 @@ def campaign_create(  # noqa: PLR0917 - one parameter per click option
 @fleet_group.command("campaign")
 @_server_options
 @click.argument("campaign_id", type=int)
-@click.argument("action", type=click.Choice(["show", "pause", "resume", "cancel"]), default="show")
+@click.argument(
+    "action",
+    type=click.Choice(["show", "devices", "approve", "pause", "resume", "cancel"]),
+    default="show",
+)
 @click.option("--reason", default="")
 @_JSON
 def campaign_command(  # noqa: PLR0917 - one parameter per click option
     server: str,
-    token: str,
+    token: str | None,
     ca: Path | None,
     campaign_id: int,
     action: str,
     reason: str,
     as_json: bool,
 ) -> None:
-    """Show, pause, resume or cancel a campaign."""
+    """Show a campaign, list its devices (state, error code), approve it (four eyes: not
+    its creator), pause, resume or cancel it."""
     with _client(server, token, ca) as client:
+        if action == "devices":
+            from bmsfw.cli._fleet_ops import render_campaign_devices
+
+            render_campaign_devices(client.get(f"campaigns/{campaign_id}/devices"), as_json)
+            return
         if action == "show":
             result = client.get(f"campaigns/{campaign_id}")
-        elif action == "resume":
-            result = client.post(f"campaigns/{campaign_id}/resume")
+        elif action in ("resume", "approve"):
+            result = client.post(f"campaigns/{campaign_id}/{action}")
         else:
             result = client.post(f"campaigns/{campaign_id}/{action}", {"reason": reason})
     _render_campaign(result, as_json)
@@ -463,3 +533,12 @@ def _add_evidence_command() -> None:
 
 
 _add_evidence_command()
+
+
+def _add_operator_commands() -> None:
+    from bmsfw.cli._fleet_ops import add_operator_commands
+
+    add_operator_commands(fleet_group, _server_options, _client)
+
+
+_add_operator_commands()

@@ -40,7 +40,7 @@ def fleet_evidence_command(
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def command(  # noqa: PLR0917 - one parameter per click option
         server: str,
-        token: str,
+        token: str | None,
         ca: Path | None,
         serial: str,
         out: Path | None,

@@ -73,7 +73,10 @@ class FleetNotFoundError(FleetError):
     code = "BMSFW-E604"
     http_status = 404
     diagnosis = "The release, campaign, device, gateway or backup named does not exist."
-    remedy = "List what exists (`GET /api/v1/...`) and check the id."
+    remedy = (
+        "List what exists (`bmsfw fleet releases`, `campaigns`, `devices`, `gateways` or "
+        "`flags`) and check the id or name."
+    )
 
 
 class ReleaseRejectedError(FleetError):
@@ -109,7 +112,7 @@ class CampaignStateError(FleetError):
     http_status = 409
     diagnosis = "The campaign is not in a state that allows this action."
     remedy = (
-        "Read the campaign status (`GET /api/v1/campaigns/ID`); cancelled or completed is final."
+        "Read the campaign status (`bmsfw fleet campaign ID`); cancelled or completed is final."
     )
 
 
@@ -124,7 +127,9 @@ class NoTargetDevicesError(FleetError):
     code = "BMSFW-E610"
     http_status = 422
     diagnosis = "No device matches the selector and the release's hardware compatibility."
-    remedy = "Check the inventory (`GET /api/v1/devices`) and widen the selector."
+    remedy = (
+        "Check the inventory (`bmsfw fleet devices --model M --site S ...`) and widen the selector."
+    )
 
 
 class ArtifactStoreError(FleetError):
@@ -259,7 +264,7 @@ class UploadConflictError(FleetError):
     )
     remedy = (
         "Nothing to repair: the release named in the message is the file you sent "
-        "(`GET /api/v1/releases/ID`). Uploading it again answers 200 with that release."
+        "(`bmsfw fleet releases`). Uploading it again answers 200 with that release."
     )
 
 
@@ -285,7 +290,7 @@ class SelfApprovalError(FleetError):
     )
     remedy = (
         "Ask a second person with the operator role or above to approve it with their own "
-        "token (dashboard campaign page, or POST /api/v1/campaigns/ID/approve)."
+        "token (dashboard campaign page, or `bmsfw fleet campaign ID approve`)."
     )
 
 

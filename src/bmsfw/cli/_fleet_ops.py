@@ -1,0 +1,496 @@
+"""``bmsfw fleet releases / devices / gateways / campaigns / flags / audit`` (lists, one
+page or ``--all``) and the operator actions that change things: ``token revoke``,
+``site windows``, ``release deactivate``, ``gateway decommission``, ``device
+decommission`` and ``device move``; ``campaign ID devices`` shows each device's state.
+
+Thin over the HTTP API: every command is one or a few requests with the operator's
+token (``--token-file``); the server decides and audits. Tables on a terminal,
+``--json`` for scripts (the rows as the API answers them); exit codes in docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from bmsfw.cli._render import Table, console, err_console, print_json
+from bmsfw.errors import UsageError
+
+__all__ = ["add_operator_commands"]
+
+ServerOptions = Callable[[Any], Any]
+ClientFactory = Callable[[str, str | None, Path | None], Any]
+
+
+@dataclass(frozen=True)
+class _ListSpec:
+    """One list command: its API path, title and table columns (API field names)."""
+
+    name: str
+    path: str
+    title: str
+    columns: tuple[str, ...]
+    help: str
+
+
+_LISTS = (
+    _ListSpec(
+        "releases",
+        "releases",
+        "releases",
+        (
+            "id",
+            "product",
+            "version",
+            "hw_model",
+            "safety_class",
+            "ota_allowed",
+            "uploaded_at",
+            "deactivated_at",
+        ),
+        "Releases in upload order (deactivated ones show when they were pulled).",
+    ),
+    _ListSpec(
+        "gateways",
+        "gateways",
+        "gateways",
+        ("id", "name", "site", "devices", "agent_version", "last_seen_at", "decommissioned_at"),
+        "Gateways by name, with their device count and last check-in.",
+    ),
+    _ListSpec(
+        "campaigns",
+        "campaigns",
+        "campaigns",
+        (
+            "id",
+            "name",
+            "release_id",
+            "status",
+            "current_phase",
+            "targets",
+            "progress",
+            "created_by",
+        ),
+        "Campaigns in creation order, with progress (succeeded/failed of all targets).",
+    ),
+    _ListSpec(
+        "audit",
+        "audit",
+        "audit log (newest first)",
+        ("id", "at", "actor", "action", "target", "detail"),
+        "The audit log, newest first (admin).",
+    ),
+)
+_DEVICE_COLUMNS = (
+    "serial", "gateway", "site", "model", "hw_revision", "firmware_version", "soc_pct",
+    "temperature_c", "last_seen_at", "flags",
+)  # fmt: skip
+_FLAG_COLUMNS = ("id", "device_serial", "kind", "detail", "raised_at", "acknowledged_at")
+_CAMPAIGN_DEVICE_COLUMNS = (
+    "device_serial", "phase", "state", "error_code", "detail", "state_changed_at",
+)  # fmt: skip
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    if column == "progress":
+        states = row.get("states", {})
+        failed = sum(states.get(s, 0) for s in ("failed", "rolled_back", "rejected"))
+        return f"{states.get('succeeded', 0)} ok, {failed} failed / {row.get('targets', 0)}"
+    value = row.get(column)
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())[:80] or "-"
+    return str(value)
+
+
+def _table(title: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row, c) for c in columns))
+    console.print(table)
+
+
+def _paging_options(fn: Any) -> Any:
+    fn = click.option(
+        "--all", "all_pages", is_flag=True, help="Follow every page (the whole list)."
+    )(fn)
+    fn = click.option(
+        "--cursor",
+        default=None,
+        help="Start after this position (the cursor the previous page named).",
+    )(fn)
+    fn = click.option(
+        "--limit",
+        type=click.IntRange(1, 1000),
+        default=100,
+        show_default=True,
+        help="Rows per page (the server's maximum is 1000).",
+    )(fn)
+    return fn
+
+
+def _fetch(  # noqa: PLR0917 - the paging options as given
+    client: Any, path: str, params: dict[str, Any], limit: int, cursor: str | None, every: bool
+) -> list[dict[str, Any]]:
+    """One page (with a hint on stderr when more follow) or, with ``every``, all pages."""
+    query = {k: v for k, v in params.items() if v not in (None, "")}
+    if every:
+        rows: list[dict[str, Any]] = client.get_all(path, **query, limit=limit)
+        return rows
+    if cursor:
+        query["cursor"] = cursor
+    rows, following = client.get_page(path, **query, limit=limit)
+    if following:
+        err_console.print(f"more rows follow: add --cursor {following} (or --all)")
+    return rows
+
+
+def add_operator_commands(
+    group: click.Group,
+    server_options: ServerOptions,
+    client: ClientFactory,
+) -> None:
+    """Register the list and operator commands on the ``fleet`` group."""
+    for spec in _LISTS:
+        group.add_command(_list_command(spec, server_options, client))
+    group.add_command(_devices_command(server_options, client))
+    group.add_command(_flags_command(server_options, client))
+    group.add_command(_release_group(server_options, client))
+    group.add_command(_gateway_group(server_options, client))
+    group.add_command(_device_group(server_options, client))
+    group.add_command(_site_group(server_options, client))
+    token = group.commands.get("token")
+    assert isinstance(token, click.Group)
+    token.add_command(_token_revoke(server_options, client))
+
+
+def _list_command(spec: _ListSpec, server_options: ServerOptions, client: ClientFactory) -> Any:
+    @click.command(spec.name, help=spec.help)
+    @server_options
+    @_paging_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def command(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        limit: int,
+        cursor: str | None,
+        all_pages: bool,
+        as_json: bool,
+    ) -> None:
+        with client(server, token, ca) as c:
+            rows = _fetch(c, spec.path, {}, limit, cursor, all_pages)
+        if as_json:
+            print_json(rows)
+        else:
+            _table(spec.title, spec.columns, rows)
+
+    return command
+
+
+def _devices_command(server_options: ServerOptions, client: ClientFactory) -> Any:
+    @click.command("devices")
+    @server_options
+    @click.option("--model", default="", help="Only this model (exact).")
+    @click.option("--revision", default="", help="Only this hardware revision.")
+    @click.option("--version", "firmware_version", default="", help="Only this firmware version.")
+    @click.option("--site", default="", help="Only this site.")
+    @click.option("--tag", default="", help="Only devices with this tag.")
+    @click.option(
+        "--flagged/--not-flagged", default=None, help="Only devices with (or without) open flags."
+    )
+    @click.option(
+        "--online/--offline",
+        default=None,
+        help="Only devices checked in within three poll intervals (or not).",
+    )
+    @_paging_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def devices(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        model: str,
+        revision: str,
+        firmware_version: str,
+        site: str,
+        tag: str,
+        flagged: bool | None,
+        online: bool | None,
+        limit: int,
+        cursor: str | None,
+        all_pages: bool,
+        as_json: bool,
+    ) -> None:
+        """Devices by serial; every filter given must match."""
+        params = {
+            "model": model,
+            "revision": revision,
+            "version": firmware_version,
+            "site": site,
+            "tag": tag,
+            "flagged": None if flagged is None else str(flagged).lower(),
+            "online": None if online is None else str(online).lower(),
+        }
+        with client(server, token, ca) as c:
+            rows = _fetch(c, "devices", params, limit, cursor, all_pages)
+        if as_json:
+            print_json(rows)
+        else:
+            _table("devices", _DEVICE_COLUMNS, rows)
+
+    return devices
+
+
+def _flags_command(server_options: ServerOptions, client: ClientFactory) -> Any:
+    @click.command("flags")
+    @server_options
+    @click.option(
+        "--include-acknowledged", is_flag=True, help="Also flags an operator acknowledged."
+    )
+    @_paging_options
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def flags(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        include_acknowledged: bool,
+        limit: int,
+        cursor: str | None,
+        all_pages: bool,
+        as_json: bool,
+    ) -> None:
+        """Devices flagged for integrity faults, unexpected firmware hash or version."""
+        params = {"include_acknowledged": "true" if include_acknowledged else None}
+        with client(server, token, ca) as c:
+            rows = _fetch(c, "flags", params, limit, cursor, all_pages)
+        if as_json:
+            print_json(rows)
+        else:
+            _table("flags", _FLAG_COLUMNS, rows)
+
+    return flags
+
+
+def _retire_command(  # noqa: PLR0917 - what differs between the retiring commands
+    name: str,
+    argument: str,
+    path: Callable[[str], str],
+    help_text: str,
+    render: Callable[[dict[str, Any]], str],
+    server_options: ServerOptions,
+    client: ClientFactory,
+) -> Any:
+    @click.command(name, help=help_text)
+    @server_options
+    @click.argument(argument)
+    @click.option("--reason", default="", help="Why (kept in the audit log).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def command(
+        server: str, token: str | None, ca: Path | None, reason: str, as_json: bool, **kw: str
+    ) -> None:
+        with client(server, token, ca) as c:
+            result = c.post(path(kw[argument.lower()]), {"reason": reason})
+        if as_json:
+            print_json(result)
+        else:
+            console.print(render(result))
+
+    return command
+
+
+def _release_group(server_options: ServerOptions, client: ClientFactory) -> click.Group:
+    @click.group("release")
+    def release() -> None:
+        """One release: pull it from service."""
+
+    release.add_command(
+        _retire_command(
+            "deactivate",
+            "RELEASE_ID",
+            lambda rid: f"releases/{_positive_id(rid)}/deactivate",
+            "Pull a release (release_manager): no new campaign may use it, its running and "
+            "paused campaigns are cancelled, gateways can no longer download it.",
+            lambda r: (
+                f"release {r['id']} ({r['product']} {r['version']}) deactivated at "
+                f"{r['deactivated_at']}"
+            ),
+            server_options,
+            client,
+        )
+    )
+    return release
+
+
+def _gateway_group(server_options: ServerOptions, client: ClientFactory) -> click.Group:
+    @click.group("gateway")
+    def gateway() -> None:
+        """One gateway: decommission it."""
+
+    gateway.add_command(
+        _retire_command(
+            "decommission",
+            "NAME",
+            lambda name: f"gateways/{quote(name, safe='')}/decommission",
+            "Decommission a gateway (admin): every credential of it is revoked; its devices "
+            "and their history stay (move them with `bmsfw fleet device move`).",
+            lambda g: (
+                f"gateway {g['name']} decommissioned at {g['decommissioned_at']} "
+                f"({g['devices']} devices still behind it)"
+            ),
+            server_options,
+            client,
+        )
+    )
+    return gateway
+
+
+def _device_group(server_options: ServerOptions, client: ClientFactory) -> click.Group:
+    @click.group("device")
+    def device() -> None:
+        """One device: decommission it, or move it to another gateway."""
+
+    device.add_command(
+        _retire_command(
+            "decommission",
+            "SERIAL",
+            lambda serial: f"devices/{quote(serial, safe='')}/decommission",
+            "Decommission a device (operator): it takes part in no new campaign; its history "
+            "stays. Refused while it has open work in a campaign.",
+            lambda d: f"device {d['serial']} decommissioned at {d['decommissioned_at']}",
+            server_options,
+            client,
+        )
+    )
+
+    @device.command("move")
+    @server_options
+    @click.argument("serial")
+    @click.option("--gateway", "gateway_name", required=True, help="The gateway it is behind now.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def move(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        serial: str,
+        gateway_name: str,
+        as_json: bool,
+    ) -> None:
+        """Move a device to another gateway (operator)."""
+        with client(server, token, ca) as c:
+            result = c.post(f"devices/{quote(serial, safe='')}/move", {"gateway": gateway_name})
+        if as_json:
+            print_json(result)
+        else:
+            console.print(f"device {result['serial']} is behind gateway {result['gateway']}")
+
+    return device
+
+
+_WINDOW = re.compile(r"^(?:(?P<days>[0-6](?:,[0-6])*)\s+)?(?P<start>\d\d:\d\d)-(?P<end>\d\d:\d\d)$")
+
+
+def _parse_window(text: str) -> dict[str, Any]:
+    match = _WINDOW.match(text.strip())
+    if match is None:
+        raise UsageError(
+            f"bad window {text!r}: use 'HH:MM-HH:MM' (every day) or 'D,D HH:MM-HH:MM' "
+            "with days 0 (Monday) to 6"
+        )
+    window: dict[str, Any] = {"start": match["start"], "end": match["end"]}
+    if match["days"]:
+        window["days"] = sorted({int(d) for d in match["days"].split(",")})
+    return window
+
+
+def _site_group(server_options: ServerOptions, client: ClientFactory) -> click.Group:
+    @click.group("site")
+    def site() -> None:
+        """One site: its maintenance windows."""
+
+    @site.command("windows")
+    @server_options
+    @click.argument("site_name", metavar="SITE")
+    @click.option(
+        "--window",
+        "windows",
+        multiple=True,
+        help="When installs may start, local time: 'HH:MM-HH:MM' or '5,6 01:00-05:00' "
+        "(days 0=Monday..6); repeat for several. None given: installs at any time.",
+    )
+    @click.option("--timezone", default="UTC", show_default=True, help="e.g. Europe/Amsterdam")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def windows_command(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        site_name: str,
+        windows: tuple[str, ...],
+        timezone: str,
+        as_json: bool,
+    ) -> None:
+        """Set a site's maintenance windows (operator); downloads run at any time."""
+        body = {"timezone": timezone, "windows": [_parse_window(w) for w in windows]}
+        with client(server, token, ca) as c:
+            result = c.put(f"sites/{quote(site_name, safe='')}/maintenance-windows", body)
+        if as_json:
+            print_json(result)
+            return
+        shown = [
+            f"{','.join(str(d) for d in w.get('days', range(7)))} {w['start']}-{w['end']}"
+            for w in result["windows"]
+        ]
+        console.print(
+            f"site {result['site']} ({result['timezone']}): "
+            + ("; ".join(shown) if shown else "installs at any time")
+        )
+
+    return site
+
+
+def _token_revoke(server_options: ServerOptions, client: ClientFactory) -> Any:
+    @click.command("revoke")
+    @server_options
+    @click.argument("credential_id", type=click.IntRange(min=1))
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def revoke(
+        server: str, token: str | None, ca: Path | None, credential_id: int, as_json: bool
+    ) -> None:
+        """Revoke an operator token by its id (admin; ids in `bmsfw fleet access-review`)."""
+        with client(server, token, ca) as c:
+            result = c.post(f"tokens/{credential_id}/revoke")
+        if as_json:
+            print_json(result)
+        else:
+            console.print(f"credential {result['id']} revoked at {result['revoked_at']}")
+
+    return revoke
+
+
+def _positive_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value < 1 << 31:
+        raise UsageError(f"{text!r} is not a release id (a whole number from 1)")
+    return value
+
+
+def render_campaign_devices(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """``campaign ID devices``: each target with its state and error code."""
+    if as_json:
+        print_json(rows)
+    else:
+        _table("campaign devices", _CAMPAIGN_DEVICE_COLUMNS, rows)
