@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import uuid
@@ -28,6 +29,7 @@ from bmsfw.package import (
     create_pki,
     sign_release,
 )
+from server_support import serve_process
 
 POSTGRES_URL = os.environ.get("BMSFW_TEST_POSTGRES_URL", "")
 START = dt.datetime(2025, 1, 6, 12, 0, tzinfo=dt.UTC)  # a Monday
@@ -214,6 +216,25 @@ class StreamedBody:
 
         asyncio.run(app(scope, receive, send))
         return answer["status"], answer["body"]
+
+
+@contextlib.contextmanager
+def serve_two_processes(
+    db_url: str, tmp_path: Path, root_pem: bytes, *extra_args: str
+) -> Iterator[tuple[str, str, str]]:
+    """Two `bmsfw fleet serve` processes on one database, each in a working directory of
+    its own (``host-a``, ``host-b`` under ``tmp_path``); yields both URLs and an admin
+    token."""
+    admin = init_database(db_url)
+    assert admin is not None
+    root = tmp_path / "root.pem"
+    root.write_bytes(root_pem)
+    args = ["--db", db_url, "--trust-root", str(root), "--access-log", "", *extra_args]
+    dir_a, dir_b = tmp_path / "host-a", tmp_path / "host-b"
+    dir_a.mkdir()
+    dir_b.mkdir()
+    with serve_process(args, cwd=dir_a) as a, serve_process(args, cwd=dir_b) as b:
+        yield a.url, b.url, admin
 
 
 def bms(serial: str, version: str = "1.0.0", **kw: Any) -> dict[str, Any]:

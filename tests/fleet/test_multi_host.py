@@ -12,27 +12,17 @@ from typing import Any
 import httpx
 import pytest
 
-from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.db import head_revision
-from server_support import serve_process
 
-from .conftest import make_release
+from .conftest import make_release, serve_two_processes
 
 
 @pytest.fixture
 def two_hosts(
     db_url: str, tmp_path: Path, root_pem: bytes
 ) -> Iterator[tuple[str, str, str, Path, Path]]:
-    admin = init_database(db_url)
-    assert admin is not None
-    root = tmp_path / "root.pem"
-    root.write_bytes(root_pem)
-    args = ["--db", db_url, "--trust-root", str(root), "--access-log", ""]
-    dir_a, dir_b = tmp_path / "host-a", tmp_path / "host-b"
-    dir_a.mkdir()
-    dir_b.mkdir()
-    with serve_process(args, cwd=dir_a) as a, serve_process(args, cwd=dir_b) as b:
-        yield a.url, b.url, admin, dir_a, dir_b
+    with serve_two_processes(db_url, tmp_path, root_pem) as (url_a, url_b, admin):
+        yield url_a, url_b, admin, tmp_path / "host-a", tmp_path / "host-b"
 
 
 def test_upload_through_one_process_download_with_range_through_another(

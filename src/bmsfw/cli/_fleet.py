@@ -219,6 +219,23 @@ def fleet_group() -> None:
     help="Where the access log (one JSON line per request) goes: a file, '-' for stderr, "
     "'' for none.",
 )
+@click.option(
+    "--check-ins-per-s",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="Check-ins per gateway credential and second, shared by every server process "
+    "on the database (0: no limit).",
+)
+@click.option("--check-in-burst", default=30.0, show_default=True, type=float)
+@click.option(
+    "--auth-failures-per-min",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Failed authentications per source address and per presented token and minute "
+    "before 429 (0: no limit).",
+)
 def serve_command(  # noqa: PLR0917 - one parameter per click option
     db_url: str,
     artifacts: Path | None,
@@ -234,6 +251,9 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     tuf_online_key: Path | None,
     metrics: str,
     access_log: str,
+    check_ins_per_s: float,
+    check_in_burst: float,
+    auth_failures_per_min: float,
 ) -> None:
     """Migrate the database and serve the HTTP(S) API."""
     from bmsfw.fleet.server import ServeOptions, serve
@@ -256,6 +276,9 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             tuf_online_key=tuf_online_key,
             access_log=access_log,
             metrics=metrics,
+            check_ins_per_s=check_ins_per_s,
+            check_in_burst=check_in_burst,
+            auth_failures_per_min=auth_failures_per_min,
         )
     )
 

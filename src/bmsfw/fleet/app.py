@@ -14,6 +14,8 @@ import contextlib
 import logging
 import math
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,6 +85,7 @@ from bmsfw.fleet.protocol import (
     StateReport,
     StateReportResponse,
 )
+from bmsfw.fleet.rate_limits import SharedBuckets
 from bmsfw.fleet.releases import TrustRoot, safe_filename, verify_upload
 from bmsfw.fleet.schemas import (
     AuditQuery,
@@ -139,6 +142,9 @@ GatewayNamePath = Annotated[str, Path(min_length=1, max_length=120)]
 # At most this many validation errors, each location part and message cut short, are
 # answered: a 422 never echoes the (possibly huge) input back.
 _MAX_REPORTED_ERRORS = 20
+# Distinct keys (sources, tokens) whose failed authentications are counted between two
+# flushes for the shared buckets; beyond that only this process's buckets count them.
+_MAX_FAILED_KEYS = 10_000
 _MAX_ERROR_TEXT = 200
 
 
@@ -199,25 +205,37 @@ class ServerConfig:
 
 
 class _Edge:
-    """This app's limits and refusal bookkeeping (the mechanisms are in :mod:`.edge`)."""
+    """This app's limits and refusal bookkeeping (the mechanisms are in :mod:`.edge` and
+    :mod:`.rate_limits`).
 
-    def __init__(self, config: ServerConfig, service: FleetService) -> None:
+    Check-ins per credential: one bucket per credential in the database, taken once
+    per check-in (exact across processes). Failed authentications: counted at once in
+    this process's buckets (a flood is refused here without a database write), and at
+    every :meth:`flush` spent in the database's buckets, whose keys without a token are
+    then read back: a source or token that failed through several processes is refused
+    by all of them within one flush interval.
+    """
+
+    def __init__(self, config: ServerConfig, service: FleetService, engine: Engine) -> None:
         self.service = service
-        self.check_ins = RateLimiter(config.check_ins_per_s, config.check_in_burst)
-        self.failures = RateLimiter(
-            config.auth_failures_per_min / 60.0, config.auth_failures_per_min
-        )
+        self.shared = SharedBuckets(engine)
+        self.check_in_rate = (config.check_ins_per_s, config.check_in_burst)
+        self.failure_rate = (config.auth_failures_per_min / 60.0, config.auth_failures_per_min)
+        self.failures = RateLimiter(*self.failure_rate)
+        self._failed: dict[str, int] = {}  # failures since the last flush, per key
+        self._blocked: dict[str, float] = {}  # key -> until (monotonic), from the database
+        self._lock = threading.Lock()
         self.refusals = RefusalLog()
         self.routes: list[BaseRoute] = []  # the app's, for refusals before routing
         self.metrics: FleetMetrics | None = None
 
     def refuse_if_failing(self, request: Request, token_hash: str | None) -> None:
         """429 for a source address (``token_hash`` None) or a presented token that
-        failed authentication more than the limit allows."""
+        failed authentication more than the limit allows (here or in another process)."""
         if not self.failures.enabled:
             return
         key = f"tok:{token_hash}" if token_hash else f"addr:{address_of(request.scope)}"
-        wait = self.failures.wait_s(key)
+        wait = max(self.failures.wait_s(key), self._blocked.get(key, 0.0) - time.monotonic())
         if wait > 0:
             raise RateLimitedError(
                 f"too many failed authentications from this "
@@ -226,7 +244,12 @@ class _Edge:
             )
 
     def limit_check_in(self, token_hash: str) -> None:
-        wait = self.check_ins.take(token_hash)
+        """Take a check-in token of this credential from the database (blocking I/O: call
+        it from a worker thread)."""
+        rate, burst = self.check_in_rate
+        if rate <= 0:
+            return
+        wait = self.shared.take(f"check-in:{token_hash}", rate, burst)
         if wait > 0:
             raise RateLimitedError(
                 f"more check-ins than this credential may send; retry in {math.ceil(wait)} s",
@@ -243,9 +266,12 @@ class _Edge:
             principal = self.service.cached_principal(token_hash)
         address = address_of(scope)
         if status in (401, 403) and self.failures.enabled:
-            self.failures.take(f"addr:{address}")
-            if token_hash is not None:
-                self.failures.take(f"tok:{token_hash}")
+            keys = [f"addr:{address}"] + ([f"tok:{token_hash}"] if token_hash else [])
+            with self._lock:
+                for key in keys:
+                    self.failures.take(key)
+                    if key in self._failed or len(self._failed) < _MAX_FAILED_KEYS:
+                        self._failed[key] = self._failed.get(key, 0) + 1
         if self.metrics is not None:
             self.metrics.count_refusal(status, code)
         self.refusals.record(
@@ -261,10 +287,22 @@ class _Edge:
         )
 
     def flush(self) -> int:
-        """Write the refusals counted so far to the audit log; returns how many entries."""
+        """Write the refusals counted so far to the audit log and the failed
+        authentications to the shared buckets, and read back which sources and tokens
+        are refused; returns how many audit entries were written."""
         entries, overflow = self.refusals.drain()
         if entries or overflow:
             self.service.record_refusals(entries, overflow)
+        if self.failures.enabled:
+            with self._lock:
+                failed, self._failed = self._failed, {}
+            rate, burst = self.failure_rate
+            self.shared.spend({f"auth-failures:{k}": n for k, n in failed.items()}, rate, burst)
+            now = time.monotonic()
+            self._blocked = {
+                key.removeprefix("auth-failures:"): now + wait
+                for key, wait in self.shared.blocked("auth-failures:", rate, burst).items()
+            }
         return len(entries) + (1 if overflow else 0)
 
 
@@ -482,7 +520,7 @@ def create_app(
         ),
     )
 
-    edge = _Edge(config, service)
+    edge = _Edge(config, service, engine)
     if config.metrics not in ("token", "open", "off"):
         raise FleetConfigError(f"metrics must be token, open or off, not {config.metrics!r}")
     metrics = FleetMetrics(service.sessions, clock, 3.0 * config.poll_interval_s)

@@ -4,10 +4,11 @@ The hottest route does not go through FastAPI's request handling (no dependency
 solving, no body parsing, no response validation): :class:`DirectRoute` hands the
 request to the endpoint as it is. The endpoint then does, in this order:
 
-1. the bearer token's hash and the failed-authentication limit (the shared guard),
-   then the per-credential check-in rate limit;
+1. the bearer token's hash and the failed-authentication limit (the shared guard);
 2. the body, read within its limit by the edge;
-3. in ONE hop to a worker thread of its own executor: the credential resolved by one
+3. in ONE hop to a worker thread of its own executor: the per-credential check-in rate
+   limit (a token bucket in the database, shared by every server process; 429), the
+   credential resolved by one
    of three ways (this process's cache; a read inside the check-in's transaction; on
    PostgreSQL the single statement of :mod:`bmsfw.fleet.service.check_in`, which reads
    it fresh and writes only for a valid one), **admitted in exactly one place**,
@@ -106,16 +107,25 @@ class CheckInEndpoint:
         service: FleetService = request.app.state.service
         limits: CheckInLimits = request.app.state.edge
         token_hash = self.guard.token_hash(request)  # 401 for no/malformed header, 429
-        limits.limit_check_in(token_hash)
         request.state.principal = None
         raw = await request.body()
         threads: ThreadPoolExecutor = request.app.state.check_in_threads
         answer = await asyncio.get_running_loop().run_in_executor(
-            threads, self._work, service, request, token_hash, raw
+            threads, self._work, service, limits, request, token_hash, raw
         )
         return Response(answer, media_type="application/json")
 
-    def _work(self, service: FleetService, request: Request, token_hash: str, raw: bytes) -> bytes:
+    def _work(
+        self,
+        service: FleetService,
+        limits: CheckInLimits,
+        request: Request,
+        token_hash: str,
+        raw: bytes,
+    ) -> bytes:
+        # The credential's check-in rate, shared by every server process (429 first).
+        limits.limit_check_in(token_hash)
+
         def admit(principal: Principal | None) -> bool:
             return self.admit(service, principal, request)
 

@@ -5,9 +5,9 @@
   whose declared ``Content-Length`` exceeds its route's limit, and stops reading one
   that grows past it (chunked): a body is never buffered beyond its limit. It writes
   one structured access-log line per request (logger ``bmsfw.fleet.access``).
-* :class:`RateLimiter`: token buckets per key (check-ins per credential, failed
-  authentications per credential and per source address), in process memory: with N
-  server processes a client gets up to N times the rate (documented).
+* :class:`RateLimiter`: token buckets per key in process memory (a process's own count
+  of failed authentications per credential and per source address); the buckets every
+  server process shares are in :mod:`bmsfw.fleet.rate_limits`.
 * :class:`RefusalLog`: every refused request (401/403, 413, 429) is counted in memory
   by (credential, route, source address, reason) and written to the audit log in
   batches (one ``access.refused`` entry per distinct key and flush, with its count,

@@ -53,6 +53,10 @@ class ServeOptions:
     access_log: str = "-"
     # GET /metrics: "token" (viewer token or above), "open" (anyone), "off".
     metrics: str = "token"
+    # Rate limits shared by every process (docs/fleet.md, "Limits"); 0 switches one off.
+    check_ins_per_s: float = 5.0
+    check_in_burst: float = 30.0
+    auth_failures_per_min: float = 30.0
 
     def validate(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -62,6 +66,11 @@ class ServeOptions:
                 raise FleetConfigError(f"file not found: {path}")
         if self.workers < 1:
             raise FleetConfigError("--workers must be at least 1")
+        if min(self.check_ins_per_s, self.auth_failures_per_min) < 0 or self.check_in_burst < 1:
+            raise FleetConfigError(
+                "--check-ins-per-s and --auth-failures-per-min must be 0 (off) or more, "
+                "--check-in-burst at least 1"
+            )
         if (self.tuf_root_dir is None) != (self.tuf_online_key is None):
             raise FleetConfigError("--tuf-root-dir and --tuf-online-key go together")
 
@@ -86,6 +95,9 @@ def _settings_json(options: ServeOptions) -> str:
             "tuf_online_key": str(options.tuf_online_key or ""),
             "access_log": options.access_log,
             "metrics": options.metrics,
+            "check_ins_per_s": options.check_ins_per_s,
+            "check_in_burst": options.check_in_burst,
+            "auth_failures_per_min": options.auth_failures_per_min,
         }
     )
 
@@ -106,6 +118,9 @@ def app_from_env() -> FastAPI:
         migrate=False,  # the parent did it
         tuf=_tuf_settings(settings["tuf_root_dir"], settings["tuf_online_key"]),
         metrics=settings.get("metrics", "token"),
+        check_ins_per_s=float(settings["check_ins_per_s"]),
+        check_in_burst=float(settings["check_in_burst"]),
+        auth_failures_per_min=float(settings["auth_failures_per_min"]),
     )
     return create_app(config, trust=TrustRoot(trust_pem))
 

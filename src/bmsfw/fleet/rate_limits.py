@@ -1,0 +1,122 @@
+"""Rate limits every server process shares: token buckets in the database.
+
+A bucket (table ``rate_buckets``: key, tokens, time of the last update) holds up to
+``burst`` tokens and refills at ``rate_per_s``; the time is each process's wall clock
+(UNIX seconds; hosts keep NTP time, and a clock behind the stored time refills
+nothing). Every process reads and writes the same rows, so N processes give a client
+the rate once, not N times.
+
+* :meth:`SharedBuckets.take` is one statement (an upsert that refills the bucket and
+  takes a token only when one is there; PostgreSQL in autocommit, SQLite in its own
+  ``BEGIN IMMEDIATE`` transaction): exact across processes. The check-in rate uses it,
+  once per check-in.
+* :meth:`SharedBuckets.spend` takes tokens whatever the level (down to ``-burst``: a
+  debt paid back before the key gets a token again) and :meth:`blocked` lists the keys
+  without a token now. Failed authentications use them in batches (see
+  :mod:`bmsfw.fleet.app`): a flood of refusals costs the database one statement per
+  distinct key and flush, not one per refusal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Engine, Table, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from bmsfw.fleet.db import is_postgres, read_only_engine
+from bmsfw.fleet.models import RateBucket
+
+__all__ = ["SharedBuckets"]
+
+_T = cast(Table, RateBucket.__table__)
+
+
+class SharedBuckets:
+    """Token buckets in the database (see the module text)."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
+        self._postgres = is_postgres(engine)
+        # PostgreSQL: autocommit (one statement, one round trip); SQLite: the engine's
+        # BEGIN IMMEDIATE transactions (a write lock up front, never a failed upgrade).
+        self._writer = read_only_engine(engine) if self._postgres else engine
+        self._reader = read_only_engine(engine)
+        self._clock = clock
+
+    def _least(self, *args: Any) -> ColumnElement[float]:
+        return func.least(*args) if self._postgres else func.min(*args)
+
+    def _greatest(self, *args: Any) -> ColumnElement[float]:
+        return func.greatest(*args) if self._postgres else func.max(*args)
+
+    def _level(self, rate_per_s: float, burst: float, now: float) -> ColumnElement[float]:
+        """The bucket's tokens now: refilled since its last update, at most ``burst``."""
+        elapsed = self._greatest(literal(now) - _T.c.at, 0.0)
+        return self._least(literal(burst), _T.c.tokens + elapsed * rate_per_s)
+
+    def _insert(self) -> Any:
+        return pg_insert(_T) if self._postgres else sqlite_insert(_T)
+
+    def take(self, key: str, rate_per_s: float, burst: float) -> float:
+        """Take one token of ``key``: 0.0 when taken, else the seconds until one is there."""
+        now = self._clock()
+        level = self._level(rate_per_s, burst, now)
+        statement = (
+            self._insert()
+            .values(key=key, tokens=burst - 1.0, at=now)
+            .on_conflict_do_update(
+                index_elements=[_T.c.key],
+                set_={"tokens": level - 1.0, "at": now},
+                where=level >= 1.0,
+            )
+            .returning(_T.c.tokens)
+        )
+        with self._writer.begin() as conn:
+            if conn.execute(statement).first() is not None:
+                return 0.0
+            tokens, at = conn.execute(select(_T.c.tokens, _T.c.at).where(_T.c.key == key)).one()
+        return _wait_s(tokens, at, rate_per_s, burst, now)
+
+    def spend(self, counts: Mapping[str, int], rate_per_s: float, burst: float) -> None:
+        """Take ``count`` tokens of each key whatever its level (at most down to ``-burst``),
+        in one transaction."""
+        if not counts:
+            return
+        now = self._clock()
+        level = self._level(rate_per_s, burst, now)
+        with self._writer.begin() as conn:
+            for key, count in counts.items():
+                conn.execute(
+                    self._insert()
+                    .values(key=key, tokens=max(-burst, burst - count), at=now)
+                    .on_conflict_do_update(
+                        index_elements=[_T.c.key],
+                        set_={"tokens": self._greatest(level - count, -burst), "at": now},
+                    )
+                )
+
+    def blocked(self, prefix: str, rate_per_s: float, burst: float) -> dict[str, float]:
+        """Keys starting with ``prefix`` without a token now, each with the seconds until
+        it has one again; forgets the keys of that prefix whose bucket is full again."""
+        now = self._clock()
+        level = self._level(rate_per_s, burst, now)
+        with self._reader.connect() as conn:
+            rows = conn.execute(
+                select(_T.c.key, _T.c.tokens, _T.c.at).where(
+                    _T.c.key.startswith(prefix, autoescape=True), _T.c.tokens < 1.0
+                )
+            ).all()
+        with self._writer.begin() as conn:
+            conn.execute(
+                delete(_T).where(_T.c.key.startswith(prefix, autoescape=True), level >= burst)
+            )
+        waits = {key: _wait_s(tokens, at, rate_per_s, burst, now) for key, tokens, at in rows}
+        return {key: wait for key, wait in waits.items() if wait > 0}
+
+
+def _wait_s(tokens: float, at: float, rate_per_s: float, burst: float, now: float) -> float:
+    level = min(burst, tokens + max(0.0, now - at) * rate_per_s)
+    return 0.0 if level >= 1.0 else (1.0 - level) / rate_per_s
