@@ -348,3 +348,23 @@ def test_a_failing_release_pauses_at_the_threshold_and_shows_why(
     assert explanation is not None
     expect(live).to_contain_text(explanation.remedy)
     expect(page.get_by_test_id("resume")).to_be_visible()
+
+
+def test_a_release_manager_uploads_a_release_in_the_browser(
+    dashboard: Dashboard, page: Page, tmp_path: Path
+) -> None:
+    file = tmp_path / "bms-3.0.0.bmsfw"
+    file.write_bytes(make_release(dashboard.extra["pki"], "3.0.0", model="BMS-12V"))
+    dashboard.sign_in(page, "release_manager")
+    page.goto(f"{dashboard.url}/ui/releases")
+    page.get_by_test_id("release-file").set_input_files(str(file))
+    page.get_by_test_id("upload").click()
+    expect(page.get_by_test_id("upload-result")).to_have_text("Release 3.0.0 verified and stored")
+    expect(page.get_by_test_id("ota")).to_have_text("allowed")
+    rows = page.get_by_test_id("chain").locator("tbody tr")
+    expect(rows).to_have_count(3)  # signer, intermediate CA, vendor root
+    root = dashboard.extra["pki"].root_certificate.subject.rfc4514_string()
+    expect(rows.last.locator("td").first).to_have_text(root)
+    expect(page.get_by_test_id("verified")).to_contain_text("BMS-12V, revisions A, B")
+    (stored,) = [r for r in dashboard.call("GET", "/releases") if r["version"] == "3.0.0"]
+    assert stored["uploaded_by"].endswith("release_manager-1")

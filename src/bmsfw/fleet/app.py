@@ -86,7 +86,7 @@ from bmsfw.fleet.protocol import (
     StateReportResponse,
 )
 from bmsfw.fleet.rate_limits import SharedBuckets
-from bmsfw.fleet.releases import TrustRoot, safe_filename, verify_upload
+from bmsfw.fleet.releases import TrustRoot, safe_filename
 from bmsfw.fleet.schemas import (
     AuditQuery,
     CampaignSpec,
@@ -195,6 +195,8 @@ class ServerConfig:
                 return self.max_check_in_bytes
             if path == f"{API}/releases":
                 return self.max_upload_bytes
+            if path == "/ui/releases/upload":  # the same file in a form (multipart)
+                return self.max_upload_bytes + 64 * 1024
             if path == f"{API}/agent/backups" or (
                 path.startswith(f"{API}/devices/") and path.endswith("/backups")
             ):
@@ -646,6 +648,7 @@ def create_app(
             online_after_s=3 * config.poll_interval_s,
             telemetry=telemetry,
             events=app.state.events,
+            trust=trust,
         ),
     )
     return app
@@ -808,17 +811,8 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         with tempfile.TemporaryFile(prefix="bmsfw-upload-") as spool:
             async for chunk in request.stream():
                 await run_in_threadpool(spool.write, chunk)
-            try:
-                facts = await run_in_threadpool(
-                    verify_upload, spool, trust, now=service.clock.now()
-                )
-            except ReleaseRejectedError as exc:
-                await run_in_threadpool(
-                    service.audit_rejected_upload, principal, filename, exc.package_code
-                )
-                raise
-            release, created = await run_in_threadpool(
-                service.add_release, principal, facts, spool, safe_filename(filename)
+            release, created, _facts = await run_in_threadpool(
+                service.ingest_release, principal, trust, spool, filename
             )
         return JSONResponse(release, status_code=201 if created else 200)
 

@@ -53,6 +53,9 @@ class ReleaseFacts:
     release_notes: str
     sha256: str
     size_bytes: int
+    # The certificates the signature was verified through, signer first, up to the
+    # trusted root: subject, issuer, serial, validity end, algorithm (shown at upload).
+    signer_chain: tuple[dict[str, str], ...] = ()
 
     @property
     def safety_critical(self) -> bool:
@@ -115,6 +118,16 @@ def verify_upload(
         release_notes=manifest.release_notes,
         sha256=digest.hexdigest(),
         size_bytes=size,
+        signer_chain=tuple(
+            {
+                "subject": c.subject,
+                "issuer": c.issuer,
+                "serial_number": c.serial_number,
+                "not_after": c.not_after.isoformat(),
+                "algorithm": c.algorithm,
+            }
+            for c in verified.chain
+        ),
     )
     _check_storable(facts)
     return facts

@@ -13,6 +13,7 @@ from bmsfw.fleet.errors import (
     DeviceNotOnGatewayError,
     FleetNotFoundError,
     ReleaseDeactivatedError,
+    ReleaseRejectedError,
     UploadConflictError,
 )
 from bmsfw.fleet.models import (
@@ -22,7 +23,7 @@ from bmsfw.fleet.models import (
     Release,
 )
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
-from bmsfw.fleet.releases import ReleaseFacts
+from bmsfw.fleet.releases import ReleaseFacts, TrustRoot, safe_filename, verify_upload
 from bmsfw.fleet.service._base import (
     _ACTIVE_CAMPAIGN,
     S,
@@ -105,6 +106,20 @@ class ReleaseOps(ServiceBase):
                 safety_class=facts.safety_class,
             )
             return _release_dict(release), True
+
+    def ingest_release(
+        self, principal: Principal, trust: TrustRoot, source: IO[bytes], filename: str
+    ) -> tuple[dict[str, Any], bool, ReleaseFacts]:
+        """Verify the seekable file ``source`` against ``trust`` and store it (API and
+        dashboard uploads alike); a rejection is audited and raised (nothing stored).
+        Returns (release, created, what was verified)."""
+        try:
+            facts = verify_upload(source, trust, now=self.clock.now())
+        except ReleaseRejectedError as exc:
+            self.audit_rejected_upload(principal, filename, exc.package_code)
+            raise
+        release, created = self.add_release(principal, facts, source, safe_filename(filename))
+        return release, created, facts
 
     def audit_rejected_upload(self, principal: Principal, filename: str, code: str) -> None:
         now = self.clock.now()

@@ -35,6 +35,7 @@ from bmsfw.fleet.errors import (
     http_status_for,
 )
 from bmsfw.fleet.events import FleetEvents, event_stream_response
+from bmsfw.fleet.releases import TrustRoot
 from bmsfw.fleet.service import FleetService
 from bmsfw.fleet.telemetry import TelemetryHistory
 from bmsfw.fleet.web.backups import add_backup_routes
@@ -51,6 +52,7 @@ from bmsfw.fleet.web.queries import (
 )
 from bmsfw.fleet.web.review import add_review_routes
 from bmsfw.fleet.web.sessions import SessionPolicy, SessionStore, WebSession
+from bmsfw.fleet.web.uploads import add_upload_routes
 
 __all__ = ["PREFIX", "SESSION_COOKIE", "create_dashboard"]
 
@@ -251,6 +253,7 @@ def create_dashboard(
     policy: SessionPolicy | None = None,
     telemetry: TelemetryHistory | None = None,
     events: FleetEvents | None = None,
+    trust: TrustRoot | None = None,
 ) -> FastAPI:
     """The dashboard app, to mount at :data:`PREFIX` of the fleet app.
 
@@ -284,6 +287,8 @@ def create_dashboard(
     add_review_routes(web, pages)
     add_backup_routes(web, pages)
     add_evidence_routes(web, pages)
+    if trust is not None:  # the server's vendor root: releases can be uploaded here
+        add_upload_routes(web, pages, trust)
     return web
 
 
@@ -439,7 +444,12 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
     @web.get("/releases")
     def releases(request: Request) -> Response:
         return pages.view(
-            request, "releases.html", lambda _p: {"releases": pages.service.list_releases()}
+            request,
+            "releases.html",
+            lambda p: {
+                "releases": pages.service.list_releases(),
+                "can_upload": p.role in roles_at_least("release_manager"),
+            },
         )
 
 
