@@ -72,6 +72,10 @@ class Behaviour:
     slow_from_download: bool = False  # the flow control above only once the download starts
     did_override: dict[int, bytes] = field(default_factory=dict)  # raw answers per DID
     nrc_dids: frozenset[int] = frozenset()  # DIDs answered requestOutOfRange
+    # DID 0x0104 (bank size u32, sector size u32, banks u8): b"" not reported (NRC 0x31);
+    # ``flash_layout_later`` is answered from the second identify on (layout drift)
+    flash_layout: bytes = b""
+    flash_layout_later: bytes = b""
     # a slow BMS: requests starting with ``stall_prefix`` are answered 0x78 (response
     # pending) every ``pending_interval_s`` for ``stall_s`` seconds (inf: for ever)
     # before the real answer; with ``stall_after_reset`` only once a reset was asked for
@@ -249,6 +253,9 @@ class HostileUdsBms:
         }
         if did in texts:
             return texts[did].encode()
+        if did == 0x0104:
+            later = b.flash_layout_later and self.identifies > 1
+            return (b.flash_layout_later if later else b.flash_layout) or None
         if did == 0x0100:
             return struct.pack(">I", s.counter)
         if did == 0x0102:

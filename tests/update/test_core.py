@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bmsfw.package import Component
-from bmsfw.protocol.session import BootStatus, SelfTestCheck, SelfTestResult, TransferState
+from bmsfw.protocol.session import (
+    BootStatus,
+    FlashLayout,
+    SelfTestCheck,
+    SelfTestResult,
+    TransferState,
+)
 from bmsfw.update.core import (
     Action,
     BootMeaning,
@@ -30,6 +36,7 @@ from bmsfw.update.core import (
     judge_confirm,
     judge_installed,
     judge_self_test,
+    layout_refusal,
     plan_rollback,
     plan_transfer,
     same_release,
@@ -179,6 +186,27 @@ def test_the_digest_a_bms_reports_for_an_encrypted_image_is_the_decrypted_ones()
     assert decide_start(replace(unnamed, release_image_sha256=encrypted)).verdict is (
         StartVerdict.ALREADY_INSTALLED
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "layout", "refused"),
+    [
+        (4096, None, ""),  # not reported: the BMS judges the fit itself
+        (4096, FlashLayout(4096, 1024, 2), ""),  # exactly one bank
+        (4097, FlashLayout(4096, 1024, 2), "does not fit"),
+        (100, FlashLayout(4096, 1024, 1), "needs two"),
+        (100, FlashLayout(4096, 1000, 2), "not a whole number of sectors"),
+    ],
+)
+def test_layout_refusal(size: int, layout: FlashLayout | None, refused: str) -> None:
+    reason = layout_refusal(size, layout)
+    assert (refused in reason) if refused else reason == ""
+    decision = decide_start(facts(boot(OLD), OTHER, release_image_size=size, flash_layout=layout))
+    expected = StartVerdict.REFUSE_BANK_LAYOUT if refused else StartVerdict.START
+    assert decision.verdict is expected
+    # nothing to send, nothing to fit: an installed release is not refused for its size
+    installed = facts(boot(NEW), DIGEST, release_image_size=size, flash_layout=layout)
+    assert decide_start(installed).verdict is StartVerdict.ALREADY_INSTALLED
 
 
 def test_allowed_downgrade_is_flagged_with_its_reason() -> None:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from bmsfw.errors import BmsfwError
 from bmsfw.protocol.errors import DeviceValueImplausibleError
-from bmsfw.protocol.session import ConfigSnapshot, Telemetry
+from bmsfw.protocol.session import ConfigSnapshot, FlashLayout, Telemetry
 
 _T = TypeVar("_T")
 
@@ -55,6 +55,7 @@ __all__ = [
     "decode_config_document",
     "decoded",
     "device_text",
+    "flash_layout",
     "image_key_hashes",
     "physical_telemetry",
     "strict_json",
@@ -183,6 +184,17 @@ def image_key_hashes(hashes: list[bytes], what: str) -> tuple[str, ...]:
             raise ValueError(f"{what}: key hash {i} is blank (no key fused)")
         out.append(bytes(raw).hex())
     return tuple(out)
+
+
+def flash_layout(bank_size: int, sector_size: int, banks: int, what: str) -> FlashLayout:
+    """A reported bank geometry with no zero in it; whether an image fits is the update
+    core's decision (``core.layout_refusal``), not the decoder's."""
+    if bank_size <= 0 or sector_size <= 0 or banks <= 0:
+        raise ValueError(
+            f"{what}: bank size {bank_size}, sector size {sector_size}, {banks} bank(s): "
+            "a zero is no layout"
+        )
+    return FlashLayout(bank_size, sector_size, banks)
 
 
 def decoded(what: str, fn: Callable[[], _T], invalid: Callable[[str], BmsfwError]) -> _T:

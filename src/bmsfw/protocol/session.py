@@ -25,6 +25,7 @@ __all__ = [
     "BootStatus",
     "ConfigSnapshot",
     "DeviceIdentity",
+    "FlashLayout",
     "LinkQuality",
     "RadioLink",
     "SelfTestCheck",
@@ -38,6 +39,16 @@ __all__ = [
 ImageState = Literal["confirmed", "test", "reverted", "none"]
 RunState = Literal["application", "booting", "self-test", "bootloader", "off"]
 Channel = Literal["wired", "ota"]
+
+
+@dataclass(frozen=True)
+class FlashLayout:
+    """The BMS's image banks as it reports them (UDS DID 0x0104); checked by the host
+    against the release image before anything is written (``core.decide_start``)."""
+
+    bank_size_bytes: int
+    sector_size_bytes: int
+    banks: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,9 @@ class DeviceIdentity:
     # (its fused MCUboot key hashes: UDS DID 0x0103, Modbus input registers 0x0150,
     # SMP identity). Empty: the BMS does not report them; only the BMS checks the key.
     image_key_hashes: tuple[str, ...] = ()
+    # The bank geometry the BMS reports (UDS DID 0x0104); None: not reported, so only
+    # the BMS itself judges whether the image fits (at the release header).
+    flash_layout: FlashLayout | None = None
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
     DeviceIdentity,
+    FlashLayout,
     SelfTestCheck,
     SelfTestResult,
     Telemetry,
@@ -117,7 +118,7 @@ from bmsfw.sim.config import (
     encode_record,
     snapshot_checksum,
 )
-from bmsfw.sim.flash import Flash, PowerCutInjector
+from bmsfw.sim.flash import BANK_A, Flash, PowerCutInjector
 from bmsfw.sim.images import AppDescriptor, find_app_descriptor
 from bmsfw.sim.otp import Otp
 from bmsfw.sim.records import BankInfo, DtcRecord, TransferStatus
@@ -835,6 +836,9 @@ class VirtualBms:
             active_bank=running.bank if running else "",
             # the bootloader's one image key, once fused (MCUboot: its KEYHASH)
             image_key_hashes=(self.otp.image_key_hash.hex(),) if self.otp.locked else (),
+            flash_layout=FlashLayout(
+                self.spec.flash.bank_size, self.spec.flash.region(BANK_A).sector_size, 2
+            ),
         )
 
     @_api

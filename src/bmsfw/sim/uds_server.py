@@ -67,6 +67,7 @@ from bmsfw.protocol.uds._codec import (
     decode_config,
     encode_boot_status,
     encode_config,
+    encode_flash_layout,
     encode_image_key_hashes,
     encode_self_test,
     encode_telemetry_did,
@@ -392,6 +393,11 @@ class UdsServer:
         if did == DID.IMAGE_KEY_HASHES:
             keys = self._device_call("image keys", dev.identity).image_key_hashes
             return encode_image_key_hashes(keys)
+        if did == DID.FLASH_LAYOUT:
+            layout = self._device_call("flash layout", dev.identity).flash_layout
+            if layout is None:
+                raise _Negative(NRC.REQUEST_OUT_OF_RANGE, "flash layout not reported")
+            return encode_flash_layout(layout)
         if did in TELEMETRY_DIDS:
             telemetry = self._device_call("telemetry", dev.telemetry)
             return encode_telemetry_did(did, telemetry)

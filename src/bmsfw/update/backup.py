@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmsfw.protocol.session import BmsSession, ConfigSnapshot, DeviceIdentity
+from bmsfw.protocol.session import BmsSession, ConfigSnapshot, DeviceIdentity, FlashLayout
 from bmsfw.update.errors import (
     BackupIdentityMismatchError,
     BackupInvalidError,
@@ -235,6 +235,8 @@ def load_backup(path: str | Path) -> ConfigBackup:
         fields = dict(data["identity"])
         # JSON has no tuples: the key hashes come back as a list
         fields["image_key_hashes"] = tuple(str(h) for h in fields.get("image_key_hashes", ()))
+        layout = fields.get("flash_layout")
+        fields["flash_layout"] = FlashLayout(**layout) if layout is not None else None
         identity = DeviceIdentity(**fields)
         created = str(data["created"])
     except (KeyError, TypeError, ValueError) as exc:

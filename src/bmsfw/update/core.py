@@ -60,6 +60,7 @@ from bmsfw.protocol.session import (
     BootStatus,
     Channel,
     DeviceIdentity,
+    FlashLayout,
     SelfTestResult,
     TransferState,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "judge_installed",
     "judge_ota_bandwidth",
     "judge_self_test",
+    "layout_refusal",
     "plan_rollback",
     "plan_transfer",
     "rollback_took_effect",
@@ -147,6 +149,7 @@ class StartVerdict(enum.StrEnum):
     CONTINUE_TEST_IMAGE = "continue-test-image"  # our release runs as a test image: self-test
     REFUSE_DOWNGRADE = "refuse-downgrade"  # lower than what runs, not explicitly allowed
     REFUSE_IMAGE_KEY = "refuse-image-key"  # signed by a key the BMS reports it does not hold
+    REFUSE_BANK_LAYOUT = "refuse-bank-layout"  # the image does not fit the banks it reports
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,10 @@ class StartFacts:
     image_key_hashes: tuple[tuple[str, bytes], ...] = ()
     # the image-verification key hashes the BMS reports fused; empty: it does not report them
     device_key_hashes: tuple[bytes, ...] = ()
+    # the size of the image that lands in the bank, and the banks the BMS reports (None:
+    # not reported, the BMS judges the fit itself at the release header)
+    release_image_size: int = 0
+    flash_layout: FlashLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,8 @@ class StartDecision:
     warning: str = ""  # something the report must say (e.g. the digest was not readable)
     # for a START: how the image's signing key was checked, or that only the BMS checks it
     key_check: str = ""
+    # for a START: how the image was fitted to the BMS's banks, or that the BMS does it
+    layout_check: str = ""
 
     @property
     def key_left_to_device(self) -> bool:
@@ -209,6 +218,32 @@ def _ours(facts: StartFacts) -> tuple[bool, str]:
     return True, ""
 
 
+def layout_refusal(image_size: int, layout: FlashLayout | None) -> str:
+    """Why an image of ``image_size`` bytes cannot go into the banks a BMS reports.
+
+    "" when it fits, or when the BMS does not report its layout (then only the BMS
+    judges, at the release header). Refused: fewer than two banks (an A/B update keeps
+    the old image bootable in the other), a bank that is not a whole number of sectors
+    (no flash is built so: the report is wrong), an image larger than one bank.
+    """
+    if layout is None:
+        return ""
+    bank, sector = layout.bank_size_bytes, layout.sector_size_bytes
+    if layout.banks < 2:
+        return (
+            f"the BMS reports {layout.banks} image bank; an A/B update needs two, so the "
+            "old image stays bootable"
+        )
+    if bank % sector:
+        return (
+            f"the BMS reports {bank}-byte banks of {sector}-byte sectors, not a whole number "
+            "of sectors: an impossible layout"
+        )
+    if image_size > bank:
+        return f"the {image_size}-byte image does not fit the BMS's {bank}-byte bank"
+    return ""
+
+
 def decide_start(facts: StartFacts) -> StartDecision:
     """May the update start, and from where.
 
@@ -220,6 +255,19 @@ def decide_start(facts: StartFacts) -> StartDecision:
     decision = _decide_start(facts)
     if decision.verdict is not StartVerdict.START:
         return decision
+    layout = facts.flash_layout
+    refusal = layout_refusal(facts.release_image_size, layout)
+    if refusal:
+        return StartDecision(StartVerdict.REFUSE_BANK_LAYOUT, refusal, downgrade=decision.downgrade)
+    decision = replace(
+        decision,
+        layout_check=(
+            f"the {facts.release_image_size}-byte image fits a {layout.bank_size_bytes}-byte "
+            f"bank ({layout.banks} banks)"
+            if layout is not None
+            else f"{_LEFT_TO_DEVICE}: it does not report its bank layout"
+        ),
+    )
     images = dict(facts.image_key_hashes)
     if not facts.device_key_hashes:
         return replace(
@@ -509,14 +557,14 @@ def rollback_took_effect(status: BootStatus, new_version: str) -> bool:
 # --- is it still the same BMS, and did the release arrive -----------------------------
 
 #: identity fields that never change on one BMS, whatever runs on it
-IDENTITY_FIELDS = ("vendor", "model", "hw_revision", "serial")
+IDENTITY_FIELDS = ("vendor", "model", "hw_revision", "serial", "flash_layout")
 
 
 def identity_drift(first: DeviceIdentity, now: DeviceIdentity, *, after_reset: bool) -> str:
     """What changed between the first identify and a later one ("" when nothing did).
 
-    A different vendor, model, hardware revision or serial is another BMS (a second
-    node answering, a swapped cable, a lying BMS). Before the reset the active bank
+    A different vendor, model, hardware revision, serial or bank layout is another BMS
+    (a second node answering, a swapped cable, a lying BMS). Before the reset the active bank
     must not change either (the bank layout the transfer was planned for); after it
     the new image runs from the other bank, which the boot status judges.
     """

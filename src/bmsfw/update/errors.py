@@ -302,11 +302,29 @@ class ConfigDriftError(UpdateError):
     )
 
 
+class BankLayoutMismatchError(UpdateError):
+    """Refused before anything is written: the decision is ``core.layout_refusal``."""
+
+    code = "BMSFW-E525"
+    diagnosis = (
+        "The BMS reports an image bank layout (UDS DID 0x0104) that cannot take this release:"
+        " the image is larger than a bank, fewer than two banks (no A/B: the old image would"
+        " not stay bootable), or a bank that is not a whole number of sectors. Nothing was"
+        " written."
+    )
+    remedy = (
+        "Check that the release is built for this BMS model and flash size (`bmsfw info`"
+        " shows the layout the BMS reports); a BMS that misreports its layout needs its"
+        " firmware checked before any update."
+    )
+
+
 class DeviceIdentityChangedError(UpdateError):
     code = "BMSFW-E508"
     diagnosis = (
         "The BMS answered with another identity than at the start (serial, model, vendor,"
-        " hardware revision, or the active bank before the reset): another node answers,"
+        " hardware revision, bank layout, or the active bank before the reset): another"
+        " node answers,"
         " the cable was moved, or the BMS misreports itself. Nothing more was written."
     )
     remedy = (

@@ -92,6 +92,7 @@ from bmsfw.update.core import (
     same_release,
 )
 from bmsfw.update.errors import (
+    BankLayoutMismatchError,
     BootTimeoutError,
     DeviceIdentityChangedError,
     InstalledImageMismatchError,
@@ -497,12 +498,11 @@ class _Run(_Shell):
                 )
                 detail.append(f"{m.product} {m.version} signed by {release.chain[0].subject}")
                 digest, digest_problem = self._running_digest()
+                component = m.component(self._component(release))
                 start = decide_start(
                     StartFacts(
                         release_version=m.version,
-                        release_image_sha256=active_digest_of(
-                            m.component(self._component(release))
-                        ),
+                        release_image_sha256=active_digest_of(component),
                         boot=self.session.read_boot_status(),
                         running_digest=digest,
                         reinstall=self.options.reinstall,
@@ -513,6 +513,8 @@ class _Run(_Shell):
                         device_key_hashes=tuple(
                             bytes.fromhex(h) for h in identity.image_key_hashes
                         ),
+                        release_image_size=component.image_size,
+                        flash_layout=identity.flash_layout,
                     )
                 )
                 report.decisions["start"] = start.verdict.value
@@ -521,8 +523,13 @@ class _Run(_Shell):
                     report.decisions["image-key"] = start.key_check
                 if start.key_left_to_device:
                     self.warn(f"image key check {start.key_check}")
+                if start.layout_check:
+                    report.decisions["bank-layout"] = start.layout_check
                 if start.verdict is StartVerdict.REFUSE_IMAGE_KEY:
                     raise ImageKeyNotFusedError(start.reason)
+                if start.verdict is StartVerdict.REFUSE_BANK_LAYOUT:
+                    report.decisions["bank-layout"] = start.reason
+                    raise BankLayoutMismatchError(start.reason)
                 if start.downgrade:
                     report.package["downgrade"] = True
                 if start.warning:

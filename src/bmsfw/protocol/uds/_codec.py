@@ -20,10 +20,16 @@ from typing import Any
 
 from bmsfw.package import Component
 from bmsfw.package._encoding import dfi_for
-from bmsfw.protocol.bounds import decode_config_document, image_key_hashes, physical_telemetry
+from bmsfw.protocol.bounds import (
+    decode_config_document,
+    flash_layout,
+    image_key_hashes,
+    physical_telemetry,
+)
 from bmsfw.protocol.session import (
     BootStatus,
     ConfigSnapshot,
+    FlashLayout,
     ImageState,
     RunState,
     SelfTestCheck,
@@ -44,12 +50,14 @@ __all__ = [
     "decode_boot_status",
     "decode_config",
     "decode_der_chain",
+    "decode_flash_layout",
     "decode_image_key_hashes",
     "decode_self_test",
     "decode_telemetry_parts",
     "decode_transfer_state",
     "encode_boot_status",
     "encode_config",
+    "encode_flash_layout",
     "encode_image_key_hashes",
     "encode_self_test",
     "encode_transfer_state",
@@ -179,6 +187,7 @@ class DID(IntEnum):
     ACTIVE_BANK = 0x0101  # ASCII "A" or "B"
     ACTIVE_IMAGE_SHA256 = 0x0102  # 32 bytes: SHA-256 of the active image (delta base check)
     IMAGE_KEY_HASHES = 0x0103  # uint8 n, n x 32 bytes: SHA-256 of each fused image key
+    FLASH_LAYOUT = 0x0104  # bank size u32, sector size u32, number of banks u8
     STATE_OF_CHARGE = 0x0110  # uint16, 0.01 %
     PACK_VOLTAGE = 0x0111  # uint32, mV
     PACK_CURRENT = 0x0112  # int32, mA, + = charging
@@ -471,6 +480,24 @@ def decode_image_key_hashes(data: bytes) -> tuple[str, ...]:
     if not data or len(data) != 1 + 32 * data[0]:
         raise ValueError(f"{what}: {len(data)} bytes do not hold the count they announce")
     return image_key_hashes([data[1 + 32 * i : 33 + 32 * i] for i in range(data[0])], what)
+
+
+# --------------------------------------------------------------------------- flash layout
+
+_FLASH_LAYOUT = struct.Struct(">IIB")
+
+
+def encode_flash_layout(layout: FlashLayout) -> bytes:
+    """DID 0x0104: bank size u32, sector size u32 (bytes), number of banks u8."""
+    return _FLASH_LAYOUT.pack(layout.bank_size_bytes, layout.sector_size_bytes, layout.banks)
+
+
+def decode_flash_layout(data: bytes) -> FlashLayout:
+    what = "flash layout DID 0x0104"
+    if len(data) != _FLASH_LAYOUT.size:
+        raise ValueError(f"{what}: {len(data)} bytes, not {_FLASH_LAYOUT.size}")
+    bank_size, sector_size, banks = _FLASH_LAYOUT.unpack(data)
+    return flash_layout(bank_size, sector_size, banks, what)
 
 
 # --------------------------------------------------------------------------- transfer state

@@ -68,6 +68,7 @@ from bmsfw.protocol.session import (
     Channel,
     ConfigSnapshot,
     DeviceIdentity,
+    FlashLayout,
     LinkQuality,
     SelfTestResult,
     Telemetry,
@@ -93,6 +94,7 @@ from bmsfw.protocol.uds._codec import (
     SessionTiming,
     decode_boot_status,
     decode_config,
+    decode_flash_layout,
     decode_image_key_hashes,
     decode_self_test,
     decode_telemetry_parts,
@@ -441,6 +443,7 @@ class UdsSession:
             active_bank=self._read_text(DID.ACTIVE_BANK),
             address=self.address,
             image_key_hashes=self._read_image_keys(),
+            flash_layout=self._read_flash_layout(),
         )
 
     def _read_image_keys(self) -> tuple[str, ...]:
@@ -450,6 +453,14 @@ class UdsSession:
         except UdsRequestOutOfRangeError:
             return ()
         return self._decode("image keys", lambda: decode_image_key_hashes(raw))
+
+    def _read_flash_layout(self) -> FlashLayout | None:
+        """DID 0x0104; a BMS without it (NRC 0x31) reports none: it judges the fit itself."""
+        try:
+            raw = self.read_did(DID.FLASH_LAYOUT)
+        except UdsRequestOutOfRangeError:
+            return None
+        return self._decode("flash layout", lambda: decode_flash_layout(raw))
 
     def _read_counter(self) -> int:
         """DID 0x0100: exactly a big-endian uint32."""
