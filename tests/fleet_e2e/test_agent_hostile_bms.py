@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import can
+import pytest
 
 from attack_bms.hostile_can import Behaviour, HostileUdsBms
 from bmsfw.fleet.agent import Agent, AgentConfig
@@ -90,6 +91,7 @@ def test_agent_with_hostile_bms_reports_the_truth_and_updates_the_honest_one(
     vendor: Vendor,
     releases: dict[str, bytes],
     server_factory: Callable[..., Server],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server = server_factory()
     with server.client() as admin:
@@ -117,6 +119,9 @@ def test_agent_with_hostile_bms_reports_the_truth_and_updates_the_honest_one(
         )
         first = agent.run_once()
         assert first.devices == 3  # the garbage one is not reported, the poll goes on
+        # ... and the server was told why, with the check-in
+        told = [r.getMessage() for r in caplog.records if "BMSFW-E686" in r.getMessage()]
+        assert told and "SN-GARBAGE" not in told[0] and "\\x00" in told[0], told
         serials = {d["serial"] for d in server.call("GET", "devices")}
         assert serials == {"SN-LIAR", "SN-SLOW", "SN-GOOD"}
         campaign = campaign_to_all(server, releases["2.0.0"])

@@ -43,6 +43,7 @@ import random
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ from bmsfw.fleet.agent_errors import (
     AgentConfigError,
     AnswerTooSlowError,
     BandwidthBelowFloorError,
+    BmsIdentityNotReportableError,
     MalformedAnswerError,
     OfferMismatchError,
     TufOfferNotSignedError,
@@ -468,6 +470,15 @@ class Agent:
                 identity = session.identify()
             except BmsfwError as exc:
                 log.warning("a BMS did not answer identification: %s", exc)
+                continue
+            unreportable = _control_characters(identity)
+            if unreportable:
+                # one such BMS would make the server refuse the check-in for all of them
+                error = BmsIdentityNotReportableError(
+                    f"BMS at {identity.address or '?'}: {unreportable}; left out of the check-in"
+                )
+                log.warning("%s", error)
+                self.note_problem(error)
                 continue
             soc = temperature = None
             integrity_ok, integrity_detail = True, ""
@@ -1033,6 +1044,18 @@ class Agent:
             del self.state.verified_artifacts[sha]
         if dropped:
             self.state.save()
+
+
+_IDENTITY_TEXT = ("vendor", "model", "hw_revision", "serial", "bootloader_version", "app_version")
+
+
+def _control_characters(identity: DeviceIdentity) -> str:
+    """The identity fields holding a control character, escaped ("" when none do)."""
+    return "; ".join(
+        f"{name} {getattr(identity, name)!r}"
+        for name in _IDENTITY_TEXT
+        if any(unicodedata.category(c) == "Cc" for c in getattr(identity, name))
+    )
 
 
 def _artifact_identity(offer: Offer) -> tuple[object, ...]:

@@ -22,6 +22,7 @@ __all__ = [
     "AnswerTooSlowError",
     "ArtifactLocationRefusedError",
     "BandwidthBelowFloorError",
+    "BmsIdentityNotReportableError",
     "MalformedAnswerError",
     "NoLocalBmsError",
     "OfferMismatchError",
@@ -192,4 +193,19 @@ class TufOfferNotSignedError(TufError):
     remedy = (
         "Do not install it; report the campaign to the operator (the server's release record "
         "or its artifact store was altered)."
+    )
+
+
+class BmsIdentityNotReportableError(FleetError):
+    """A BMS's identity that the check-in cannot carry: that BMS is left out of it."""
+
+    code = "BMSFW-E686"
+    diagnosis = (
+        "A BMS behind this gateway reports an identity string (serial, model, vendor, "
+        "version) with a control character such as NUL: the server would refuse the "
+        "whole check-in for it, so the agent leaves that one BMS out and reports the rest."
+    )
+    remedy = (
+        "Find the BMS by the escaped serial in the message (`bmsfw info` shows it); its "
+        "identity memory is corrupt or its firmware misreports itself: have it serviced."
     )

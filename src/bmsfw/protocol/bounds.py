@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -161,20 +160,12 @@ def counter_value(raw: int | str, what: str = "security counter") -> int:
 
 
 def device_text(raw: object, what: str) -> str:
-    """An identity string: UTF-8 (undecodable bytes shown as U+FFFD), at most 64 characters.
-
-    Trailing NULs are padding; any other control character (an embedded NUL, ESC, a
-    line break) is refused: no serial or version holds one, and one such string would
-    make the fleet server refuse the gateway's whole check-in (every BMS behind it).
-    """
+    """An identity string: UTF-8 (undecodable bytes shown as U+FFFD), at most 64 characters."""
     if not isinstance(raw, bytes | bytearray):
         raise ValueError(f"{what}: {type(raw).__name__}, not a byte string")
     text = bytes(raw).decode("utf-8", errors="replace").rstrip("\x00")
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"{what}: {len(text)} characters, more than {MAX_TEXT_CHARS}")
-    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
-    if bad is not None:
-        raise ValueError(f"{what}: control character U+{ord(bad):04X} in {text[:20]!r}")
     return text
 
 
