@@ -138,6 +138,9 @@ def _seed(url: str, workdir: Path, devices: int) -> tuple[str, list[tuple[str, s
     return admin, gateways
 
 
+SERVE_ARGS: list[str] = []  # --serve-args
+
+
 def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[Any, str]:
     port = _free_port()
     proc = subprocess.Popen(
@@ -162,6 +165,7 @@ def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[An
             # The access log costs what it costs in production: one line per request.
             "--access-log",
             str(workdir / "access.log"),
+            *SERVE_ARGS,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -627,7 +631,14 @@ def main() -> None:
     parser.add_argument(
         "--python-load", action="store_true", help="use the asyncio client even if wrk exists"
     )
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="more `bmsfw fleet serve` options for an A/B, e.g. '--check-ins-per-s 0' (the "
+        "shared check-in rate limit off)",
+    )
     args = parser.parse_args()
+    SERVE_ARGS.extend(args.serve_args.split())
     use_wrk = shutil.which("wrk") is not None and not args.python_load
     if not use_wrk:
         print(

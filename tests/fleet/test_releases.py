@@ -235,26 +235,10 @@ def test_the_loser_of_two_concurrent_uploads_of_one_file_stores_nothing(
         with engine.connect() as other, ThreadPoolExecutor(1) as pool:
             in_flight = other.begin()
             ArtifactStore.put(other, facts.sha256, data)
-            winner = other.execute(
-                insert(Release)
-                .values(
-                    product=facts.product,
-                    version=facts.version,
-                    security_counter=facts.security_counter,
-                    hw_model=facts.hw_model,
-                    hw_revisions=list(facts.hw_revisions),
-                    min_bootloader=facts.min_bootloader,
-                    safety_class=facts.safety_class,
-                    components=list(facts.components),
-                    release_notes=facts.release_notes,
-                    sha256=facts.sha256,
-                    size_bytes=facts.size_bytes,
-                    filename="other.bmsfw",
-                    uploaded_at=fleet.clock.now(),
-                    uploaded_by="token:other-process",
-                )
-                .returning(Release.id)
-            ).scalar_one()
+            row = facts.release_row(
+                filename="other.bmsfw", uploaded_at=fleet.clock.now(), by="token:other-process"
+            )
+            winner = other.execute(insert(Release).values(**row).returning(Release.id)).scalar_one()
             answer = pool.submit(
                 fleet.client.post,
                 "/api/v1/releases",

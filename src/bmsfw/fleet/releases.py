@@ -61,6 +61,25 @@ class ReleaseFacts:
     def safety_critical(self) -> bool:
         return self.safety_class == "safety-critical"
 
+    def release_row(self, *, filename: str, uploaded_at: datetime, by: str) -> dict[str, Any]:
+        """The ``releases`` row of this release (column name -> value)."""
+        return {
+            "product": self.product,
+            "version": self.version,
+            "security_counter": self.security_counter,
+            "hw_model": self.hw_model,
+            "hw_revisions": list(self.hw_revisions),
+            "min_bootloader": self.min_bootloader,
+            "safety_class": self.safety_class,
+            "components": list(self.components),
+            "release_notes": self.release_notes,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "filename": filename,
+            "uploaded_at": uploaded_at,
+            "uploaded_by": by,
+        }
+
 
 class TrustRoot:
     """The vendor root certificate the server verifies uploads against."""

@@ -77,20 +77,7 @@ class ReleaseOps(ServiceBase):
             # The file and its release row commit together, or neither does.
             self.store.put(session.connection(), facts.sha256, source)
             release = Release(
-                product=facts.product,
-                version=facts.version,
-                security_counter=facts.security_counter,
-                hw_model=facts.hw_model,
-                hw_revisions=list(facts.hw_revisions),
-                min_bootloader=facts.min_bootloader,
-                safety_class=facts.safety_class,
-                components=list(facts.components),
-                release_notes=facts.release_notes,
-                sha256=facts.sha256,
-                size_bytes=facts.size_bytes,
-                filename=filename,
-                uploaded_at=now,
-                uploaded_by=principal.label,
+                **facts.release_row(filename=filename, uploaded_at=now, by=principal.label)
             )
             session.add(release)
             session.flush()
