@@ -58,7 +58,7 @@ def _stored(db: str) -> int:
         engine.dispose()
 
 
-@pytest.mark.req("R156-FLEET-RECORD", "R156-UPDATE-RECORD")
+@pytest.mark.req("R156-FLEET-RECORD", "R156-UPDATE-RECORD", "R156-INFORM-BEFORE")
 def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
     tmp_path: Path,
     vendor: Vendor,
@@ -148,6 +148,10 @@ def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
     bundle = verify_bundle(data)
     report = bundle.json("report.json")
     assert (report["outcome"], report["running_version"]) == ("updated", "2.0.0")
+    # what the person on site is told before and after (UN R156), kept with the record
+    notice = bundle.files["notice.txt"].decode()
+    assert notice.startswith("What will happen (before the update):")
+    assert "over CAN" in notice and "the pack was out of service for" in notice
     audit = bundle.json("audit-record.json")
     assert audit["chain_intact"] and audit["record"]["hash"] == report["audit_hash"]
     blf = tmp_path / "bus.blf"

@@ -27,29 +27,11 @@ def tell_before(
     package: bytes, links: Sequence[Any], profile: UpdateProfile, *, broadcast: bool, delta: bool
 ) -> UpdateNotice | None:
     """Print what will happen and how long each pack is out of service (stderr)."""
-    from bmsfw.errors import BmsfwError
-    from bmsfw.evidence.notice import plan_notice
-    from bmsfw.package import inspect_release
-    from bmsfw.update.connect import CanLink, SerialLink, SmpLink
+    from bmsfw.evidence.notice import notice_for_links
 
-    try:
-        manifest = inspect_release(package).manifest
-    except BmsfwError:
-        return None  # the update refuses the package itself, with its own error code
-    first = links[0]
-    if isinstance(first, SmpLink) and first.kind != "serial":
-        return None  # SMP over UDP/BLE: no wire-rate model to estimate the transfer from
-    on_serial = isinstance(first, SerialLink | SmpLink)
-    notice = plan_notice(
-        manifest,
-        profile,
-        link="serial" if on_serial else "can",
-        rate=first.bitrate_bps if isinstance(first, CanLink) else first.baud,
-        parity=first.parity if isinstance(first, SerialLink) else "N" if on_serial else "E",
-        packs=len(links),
-        one_after_another=(on_serial and not broadcast) or (delta and isinstance(first, CanLink)),
-    )
-    err_console.print(notice.text(), highlight=False, markup=False, end="")
+    notice = notice_for_links(package, links, profile, broadcast=broadcast, delta=delta)
+    if notice is not None:
+        err_console.print(notice.text(), highlight=False, markup=False, end="")
     return notice
 
 

@@ -13,6 +13,7 @@ Pure: built from the package's manifest, the link's rate and the profile.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from bmsfw.package import Manifest
 from bmsfw.update.profile import UpdateProfile
 from bmsfw.update.report import UpdateReport
 
-__all__ = ["UpdateNotice", "after_text", "out_of_service_s", "plan_notice"]
+__all__ = ["UpdateNotice", "after_text", "notice_for_links", "out_of_service_s", "plan_notice"]
 
 # The steps during which the pack is out of service: the reset opens the contactors,
 # the self-test's pass closes them again (a confirm follows at once).
@@ -111,6 +112,40 @@ def plan_notice(
         transfer_min_s=chosen.stored_size / bytes_per_s,
         out_of_service_max_s=profile.boot.boot_timeout_s,
         fallback_extra_s=profile.boot.revert_timeout_s,
+    )
+
+
+def notice_for_links(
+    package: bytes,
+    links: Sequence[Any],
+    profile: UpdateProfile,
+    *,
+    broadcast: bool = False,
+    delta: bool = False,
+) -> UpdateNotice | None:
+    """The notice for installing ``package`` over ``links`` (LinkSpecs, one per BMS), or
+    None when there is none to give: a package that does not even parse (the update
+    refuses it with its own code), or SMP over UDP/BLE (no wire-rate model)."""
+    from bmsfw.errors import BmsfwError
+    from bmsfw.package import inspect_release
+    from bmsfw.update.connect import CanLink, SerialLink, SmpLink
+
+    try:
+        manifest = inspect_release(package).manifest
+    except BmsfwError:
+        return None
+    first = links[0]
+    if isinstance(first, SmpLink) and first.kind != "serial":
+        return None
+    on_serial = isinstance(first, SerialLink | SmpLink)
+    return plan_notice(
+        manifest,
+        profile,
+        link="serial" if on_serial else "can",
+        rate=first.bitrate_bps if isinstance(first, CanLink) else first.baud,
+        parity=first.parity if isinstance(first, SerialLink) else "N" if on_serial else "E",
+        packs=len(links),
+        one_after_another=(on_serial and not broadcast) or (delta and isinstance(first, CanLink)),
     )
 
 

@@ -54,6 +54,7 @@ from bmsfw import __version__
 from bmsfw.errors import BmsfwError, FleetError, PackageError, retry_helps_for
 from bmsfw.evidence.bundle import bundle_name
 from bmsfw.evidence.collect import EvidenceCollector
+from bmsfw.evidence.notice import UpdateNotice, notice_for_links
 from bmsfw.fleet.agent_errors import (
     AgentConfigError,
     AnswerTooSlowError,
@@ -847,7 +848,14 @@ class Agent:
                 collector.close()
         self._conclude(job, report)
         if collector is not None:
-            self._file_evidence(job, report, collector, options.audit_log)
+            self._file_evidence(job, report, collector, options.audit_log, self._notice(data))
+
+    def _notice(self, data: bytes) -> UpdateNotice | None:
+        """What will happen and how long the pack is out of service (UN R156), for the
+        bundle; known for BMS on a CAN or serial link (one pack at a time)."""
+        if not isinstance(self.provider, LinkProvider) or not self.provider.links:
+            return None
+        return notice_for_links(data, self.provider.links[:1], self.config.profile)
 
     def _file_evidence(
         self,
@@ -855,6 +863,7 @@ class Agent:
         report: UpdateReport,
         collector: EvidenceCollector,
         audit_log: Path | None,
+        notice: UpdateNotice | None = None,
     ) -> None:
         """Write this update's evidence bundle and queue it for the server.
 
@@ -866,7 +875,7 @@ class Agent:
         if waiting and job.state not in _TERMINAL:
             return
         try:
-            data = collector.bundle(0, report, audit_log=audit_log)
+            data = collector.bundle(0, report, audit_log=audit_log, notice=notice)
         except (BmsfwError, OSError) as exc:
             log.error("%s: no evidence bundle for this update: %s", job.serial, exc)
             return
