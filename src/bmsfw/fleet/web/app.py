@@ -50,6 +50,7 @@ from bmsfw.fleet.web.queries import (
     DeviceFilter,
     FleetQueries,
 )
+from bmsfw.fleet.web.report import add_report_routes
 from bmsfw.fleet.web.review import add_review_routes
 from bmsfw.fleet.web.sessions import SessionPolicy, SessionStore, WebSession
 from bmsfw.fleet.web.uploads import add_upload_routes
@@ -287,6 +288,7 @@ def create_dashboard(
     add_review_routes(web, pages)
     add_backup_routes(web, pages)
     add_evidence_routes(web, pages)
+    add_report_routes(web, pages)  # /evidence/{id} after /evidence/{id}/download
     if trust is not None:  # the server's vendor root: releases can be uploaded here
         add_upload_routes(web, pages, trust)
     return web
