@@ -788,10 +788,17 @@ class Agent:
         return True
 
     def _device_accepts(self, data: bytes, job: Job, device: _Local) -> bool:
-        """This BMS's own facts: compatibility, anti-rollback, OTA policy (safety class)."""
+        """This BMS's own facts: compatibility, anti-rollback, OTA policy (safety class), and
+        the image keys it reports fused (a release signed by another image key is rejected
+        here, before the download is used, instead of failing at install)."""
         ident = device.identity
         facts = DeviceFacts(
-            ident.model, ident.hw_revision, ident.bootloader_version, ident.security_counter, "ota"
+            ident.model,
+            ident.hw_revision,
+            ident.bootloader_version,
+            ident.security_counter,
+            "ota",
+            image_key_hashes=tuple(bytes.fromhex(h) for h in ident.image_key_hashes),
         )
         try:
             verify_release(data, self.trust, facts, now=self.clock.now())
