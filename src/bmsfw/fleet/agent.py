@@ -137,6 +137,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # earliest / latest (a local AgentConfig.max_poll_interval_s may only lower both).
 POLL_INTERVAL_RANGE_S = (5.0, 3600.0)
 _MAX_PROBLEMS = 16  # distinct refused answers kept for the next check-in
+_EVIDENCE_ATTEMPTS = 3  # answers without a stored bundle before the upload is given up
 
 
 class AgentClock(Protocol):
@@ -321,6 +322,7 @@ class Agent:
         self._changes: list[StateChange] = []
         self._last_offered: dict[str, float] = {}
         self._failures = 0
+        self._evidence_later: set[str] = set()  # bundles the server did not take this poll
         self._rng = random.Random()
         self.tuf: TufTrust | None = None
         self._tuf_checked_at: float | None = None
@@ -388,6 +390,7 @@ class Agent:
     def run_once(self) -> PollResult:
         """One poll: outbox, reconcile, check-in, offers. Raises the FleetError that stopped it."""
         self._changes = []
+        self._evidence_later.clear()  # each waiting bundle is tried once per poll
         self._flush_outbox()
         connection = self.provider.open()
         try:
@@ -996,8 +999,12 @@ class Agent:
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
-        while self.state.outbox:
-            message = self.state.outbox[0]
+        index = 0  # messages before it are evidence uploads left for a later poll
+        while index < len(self.state.outbox):
+            message = self.state.outbox[index]
+            if message["kind"] == "evidence" and str(message.get("file")) in self._evidence_later:
+                index += 1
+                continue
             try:
                 if message["kind"] == "report":
                     report = StateReport.model_validate(message["body"])
@@ -1019,15 +1026,47 @@ class Agent:
                             len(self.state.outbox))  # fmt: skip
                 if isinstance(exc, MalformedAnswerError):
                     self.note_problem(exc)
-                return
+                verdict = self._evidence_verdict(message, exc)
+                if verdict == "later":
+                    index += 1
+                    continue
+                if verdict != "drop":
+                    return
             except InvalidStateTransitionError as exc:
                 # The server moved on (e.g. a restart replayed an old state); its view wins
                 # and the next check-in brings it.
                 log.warning("server refused a report: %s", exc)
             except FleetError as exc:
                 log.error("server refused %s: %s", message["kind"], exc)
-            self.state.outbox.pop(0)
+            self.state.outbox.pop(index)
             self.state.save()
+
+    def _evidence_verdict(self, message: dict[str, object], exc: FleetError) -> str:
+        """For an evidence upload the server answered without taking: ``later`` (stays
+        queued, the messages behind it go on) or ``drop``; ``""`` for anything else.
+
+        A server that answers but does not take the bundle (one from before the evidence
+        store answers 404 without a code, E622; a broken proxy, E675) must not hold up
+        the reports queued behind it: they are sent, the bundle is tried again on the next
+        poll, and after :data:`_EVIDENCE_ATTEMPTS` such answers it leaves the outbox (the
+        file stays in ``evidence/``) and the problem goes to the server with the next
+        check-in. An unreachable server is waited for, as for every message.
+        """
+        if message.get("kind") != "evidence" or isinstance(
+            exc, FleetUnreachableError | FleetTimeoutError
+        ):
+            return ""
+        attempts = int(str(message.get("attempts", 0))) + 1
+        message["attempts"] = attempts
+        if attempts < _EVIDENCE_ATTEMPTS:
+            self._evidence_later.add(str(message.get("file")))
+            self.state.save()
+            return "later"
+        log.error("evidence %s not taken by the server %d times; kept in evidence/ (%s)",
+                  message.get("file"), attempts, exc)  # fmt: skip
+        if not isinstance(exc, MalformedAnswerError):  # that one is noted already
+            self.note_problem(exc)
+        return "drop"
 
     def _upload_evidence(self, message: dict[str, object]) -> None:
         """Send one queued bundle; the server has it once this returns (the file goes)."""
