@@ -180,6 +180,8 @@ def test_operator_actions(served: Served) -> None:
 
     busy = served.json("admin", "gateway", "decommission", "gw-south", "--reason", "replaced")
     assert busy["decommissioned_at"] and busy["devices"] == 2
+    again = served.json("admin", "gateway", "remove", "gw-south")  # the same command
+    assert again["decommissioned_at"] == busy["decommissioned_at"]
     moved = served.json("operator", "device", "move", "S1", "--gateway", "gw-north")
     assert moved["gateway"] == "gw-north"
     back = served.run("operator", "device", "move", "S1", "--gateway", "gw-south", check=8)

@@ -338,21 +338,22 @@ def _gateway_group(server_options: ServerOptions, client: ClientFactory) -> clic
     def gateway() -> None:
         """One gateway: decommission it."""
 
-    gateway.add_command(
-        _retire_command(
-            "decommission",
-            "NAME",
-            lambda name: f"gateways/{quote(name, safe='')}/decommission",
-            "Decommission a gateway (admin): every credential of it is revoked; its devices "
-            "and their history stay (move them with `bmsfw fleet device move`).",
-            lambda g: (
-                f"gateway {g['name']} decommissioned at {g['decommissioned_at']} "
-                f"({g['devices']} devices still behind it)"
-            ),
-            server_options,
-            client,
-        )
+    decommission = _retire_command(
+        "decommission",
+        "NAME",
+        lambda name: f"gateways/{quote(name, safe='')}/decommission",
+        "Decommission a gateway (admin): every credential of it is revoked; its devices "
+        "and their history stay (move them with `bmsfw fleet device move`). Also "
+        "`gateway remove`.",
+        lambda g: (
+            f"gateway {g['name']} decommissioned at {g['decommissioned_at']} "
+            f"({g['devices']} devices still behind it)"
+        ),
+        server_options,
+        client,
     )
+    gateway.add_command(decommission)
+    gateway.add_command(decommission, name="remove")  # the same, by the issue's name
     return gateway
 
 
