@@ -86,6 +86,22 @@ def test_approval_from_the_dashboard(https_fleet: Fleet, pki: VendorPki) -> None
         json={"name": "<b>big</b>", "release_id": release["id"]},
     )
     page_path = f"/ui/campaigns/{campaign['id']}"
+    _sign_in(fleet, "viewer")
+    assert fleet.client.get(f"/ui/campaigns/preview?release_id={release['id']}").status_code == 403
+    _sign_in(fleet, "operator")
+    fleet.check_in("gw", [bms(f"SN{i}") for i in range(3, 6)])  # three more, not yet claimed
+    preview = fleet.client.get(
+        "/ui/campaigns/preview", params={"release_id": release["id"], "sites": "site"}
+    )
+    assert (
+        "This targets <strong>3</strong> device(s) in 1 site(s) (site 3); 0 are offline. "
+        "It will wait for a second person's approval (four eyes)."
+    ) in preview.text
+    bad = fleet.client.get(
+        "/ui/campaigns/preview", params={"release_id": release["id"], "version_range": "<<1"}
+    )
+    assert "BMSFW-E609" in bad.text and bad.status_code == 200
+    assert len(fleet.call("GET", "/api/v1/campaigns")) == 1  # a preview creates nothing
     _sign_in(fleet, "operator")
     own = fleet.client.get(page_path)
     assert 'data-testid="approval"' in own.text and "(you created it, so not you)" in own.text

@@ -271,6 +271,10 @@ def test_create_a_campaign_and_watch_it_reach_100_percent(dashboard: Dashboard, 
     page.fill("input[name=name]", "South 1.1.0")
     page.fill("input[name=sites]", "south")
     page.fill("input[name=models]", "BMS-48V")
+    # The live preview follows the selector (the south gateway went quiet: all offline).
+    expect(page.get_by_test_id("preview")).to_have_text(
+        "This targets 16 device(s) in 1 site(s) (south 16); 16 are offline."
+    )
     page.fill("input[name=canary]", "2")
     page.fill("input[name=percents]", "100")
     page.fill("input[name=soak_s]", "0")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -47,15 +49,37 @@ from bmsfw.fleet.service.approvals import NEEDS_APPROVAL, needs_approval
 from bmsfw.package.version import VersionRange, device_runs
 
 
+def _version_range(spec: CampaignSpec) -> VersionRange | None:
+    if not spec.selector.version_range:
+        return None
+    try:
+        return VersionRange.parse(spec.selector.version_range)
+    except ValueError as exc:
+        raise InvalidCampaignSpecError(f"selector.version_range: {exc}") from exc
+
+
 class CampaignOps(ServiceBase):
+    def preview_campaign(self, spec: CampaignSpec) -> dict[str, Any]:
+        """Which devices a campaign of ``spec`` would target now; nothing is created or
+        claimed (the dashboard's live preview). ``sites`` counts targets per site."""
+        range_ = _version_range(spec)
+        now = self.clock.now()
+        online = timedelta(seconds=self.settings.online_after_s)
+        with self.sessions() as session:
+            release = session.get(Release, spec.release_id)
+            if release is None:
+                raise FleetNotFoundError(f"no release with id {spec.release_id}")
+            targets = self._resolve_targets(session, release, spec, range_)
+        return {
+            "targets": len(targets),
+            "sites": dict(sorted(Counter(d.site for d in targets).items())),
+            "offline": sum(1 for d in targets if now - d.last_seen_at >= online),
+            "needs_approval": needs_approval(self.settings.approval_above_devices, len(targets)),
+        }
+
     def create_campaign(self, principal: Principal, spec: CampaignSpec) -> dict[str, Any]:
         now = self.clock.now()
-        range_ = None
-        if spec.selector.version_range:
-            try:
-                range_ = VersionRange.parse(spec.selector.version_range)
-            except ValueError as exc:
-                raise InvalidCampaignSpecError(f"selector.version_range: {exc}") from exc
+        range_ = _version_range(spec)
         refused: SafetyCriticalOtaRefusedError | None = None
         with self.sessions() as session, session.begin():
             release = session.get(Release, spec.release_id)

@@ -17,6 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from bmsfw.errors import FleetError
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import InvalidCampaignSpecError
 from bmsfw.fleet.schemas import CampaignSpec
@@ -78,16 +79,40 @@ def spec_from_form(form: dict[str, str]) -> CampaignSpec:
         raise InvalidCampaignSpecError(f"{where}: {first['msg']}"[:300]) from None
 
 
+_FORM_DEFAULTS = {"canary": "5", "percents": "10, 50, 100"}  # as campaign_new.html fills it
+_PREVIEW_FIELDS = frozenset(
+    {"release_id", "models", "sites", "tags", "version_range", "canary", "percents"}
+)
+
+
+def _preview(pages: _Pages, form: dict[str, str]) -> dict[str, Any]:
+    """``preview`` (targets, sites, offline) or ``preview_problem`` for the form."""
+    try:
+        spec = spec_from_form({**form, "name": "preview"})
+        return {"preview": pages.service.preview_campaign(spec), "preview_problem": None}
+    except FleetError as exc:
+        return {"preview": None, "preview_problem": exc}
+
+
 def add_create_routes(web: FastAPI, pages: _Pages) -> None:
     """Register before ``/campaigns/{campaign_id}`` (``new`` is not an id)."""
 
     @web.get("/campaigns/new")
     def new_campaign(request: Request) -> Response:
         def build(_principal: Principal) -> dict[str, Any]:
-            releases = [r for r in pages.service.list_releases() if r["ota_allowed"]]
-            return {"releases": releases[::-1]}
+            releases = [r for r in pages.service.list_releases() if r["ota_allowed"]][::-1]
+            form = {"release_id": str(releases[0]["id"]), **_FORM_DEFAULTS} if releases else {}
+            return {"releases": releases, **_preview(pages, form)}
 
         return pages.view(request, "campaign_new.html", build, minimum="operator")
+
+    @web.get("/campaigns/preview")
+    def preview(request: Request) -> Response:
+        """The live preview of the form's selector (a fragment the script fetches)."""
+        form = {k: v[:500] for k, v in request.query_params.items() if k in _PREVIEW_FIELDS}
+        return pages.view(
+            request, "_campaign_preview.html", lambda _p: _preview(pages, form), "operator"
+        )
 
     @web.post("/campaigns/new")
     async def create(request: Request) -> Response:

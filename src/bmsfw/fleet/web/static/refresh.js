@@ -56,7 +56,32 @@
     });
   }
 
+  // The new-campaign form: "this targets N devices in M sites; K are offline", fetched
+  // (server-rendered) as the selector changes. The CSRF token never goes into the URL.
+  function preview(box) {
+    var form = box.closest("form");
+    var timer = null;
+    function update() {
+      var query = new URLSearchParams();
+      new FormData(form).forEach(function (value, name) {
+        if (name !== "csrf" && typeof value === "string") { query.append(name, value); }
+      });
+      fetch(box.getAttribute("data-preview") + "?" + query.toString(), {
+        headers: { "X-Bmsfw-Fragment": "1" }, credentials: "same-origin", redirect: "error",
+      })
+        .then(function (r) {
+          if (r.status === 401) { window.location.reload(); return null; }
+          return r.text();
+        })
+        .then(function (html) { if (html !== null) { box.innerHTML = html; } })
+        .catch(function () { /* keep the last preview */ });
+    }
+    form.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(update, 300); });
+    form.addEventListener("change", function () { clearTimeout(timer); timer = setTimeout(update, 100); });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-preview]").forEach(preview);
     regions = Array.prototype.slice.call(document.querySelectorAll("[data-refresh]"));
     regions.forEach(poll);
     if (document.body.hasAttribute("data-events")) { listen(); }
