@@ -559,6 +559,7 @@ def create_app(
             except Exception:  # shutting down: log it, but let the rest close
                 log.exception("writing refused requests to the audit log failed")
             check_in_threads.shutdown(wait=True)
+            edge.shared.dispose()
             engine.dispose()
 
     app = FastAPI(

@@ -23,7 +23,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Engine, Table, delete, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Table,
+    TextClause,
+    create_engine,
+    delete,
+    event,
+    func,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -33,6 +45,22 @@ from bmsfw.fleet.models import RateBucket
 __all__ = ["SharedBuckets"]
 
 _T = cast(Table, RateBucket.__table__)
+_POOL_SIZE = 4  # PostgreSQL connections per process for the buckets (statements are short)
+
+# The check-in's statement, written out once: a SQLAlchemy construct compiled per call
+# (an upsert with expressions) cost 0.6 ms of CPU per check-in; this text costs none.
+_TAKE = """
+INSERT INTO rate_buckets (key, tokens, at) VALUES (:key, :burst - 1.0, :now)
+ON CONFLICT (key) DO UPDATE SET
+  tokens = {least}(:burst, rate_buckets.tokens + {greatest}(:now - rate_buckets.at, 0.0) * :rate)
+           - 1.0,
+  at = :now
+WHERE {least}(:burst, rate_buckets.tokens + {greatest}(:now - rate_buckets.at, 0.0) * :rate)
+      >= 1.0
+RETURNING tokens
+"""
+_TAKE_POSTGRES = text(_TAKE.format(least="LEAST", greatest="GREATEST"))
+_TAKE_SQLITE = text(_TAKE.format(least="MIN", greatest="MAX"))
 
 
 class SharedBuckets:
@@ -40,11 +68,22 @@ class SharedBuckets:
 
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self._postgres = is_postgres(engine)
-        # PostgreSQL: autocommit (one statement, one round trip); SQLite: the engine's
-        # BEGIN IMMEDIATE transactions (a write lock up front, never a failed upgrade).
-        self._writer = read_only_engine(engine) if self._postgres else engine
+        # PostgreSQL: autocommit (one statement, one round trip) on connections of their
+        # own that do not wait for the WAL flush (synchronous_commit off: a crash may
+        # lose the last bucket updates, which only refills a client's tokens early; it
+        # saves the check-in a flush wait). SQLite: the engine's BEGIN IMMEDIATE
+        # transactions (a write lock up front, never a failed upgrade).
+        self._writer = _unflushed(engine) if self._postgres else engine
         self._reader = read_only_engine(engine)
         self._clock = clock
+
+    def dispose(self) -> None:
+        if self._postgres:
+            self._writer.dispose()
+
+    @property
+    def _take_sql(self) -> TextClause:
+        return _TAKE_POSTGRES if self._postgres else _TAKE_SQLITE
 
     def _least(self, *args: Any) -> ColumnElement[float]:
         return func.least(*args) if self._postgres else func.min(*args)
@@ -63,19 +102,9 @@ class SharedBuckets:
     def take(self, key: str, rate_per_s: float, burst: float) -> float:
         """Take one token of ``key``: 0.0 when taken, else the seconds until one is there."""
         now = self._clock()
-        level = self._level(rate_per_s, burst, now)
-        statement = (
-            self._insert()
-            .values(key=key, tokens=burst - 1.0, at=now)
-            .on_conflict_do_update(
-                index_elements=[_T.c.key],
-                set_={"tokens": level - 1.0, "at": now},
-                where=level >= 1.0,
-            )
-            .returning(_T.c.tokens)
-        )
+        params = {"key": key, "rate": rate_per_s, "burst": burst, "now": now}
         with self._writer.begin() as conn:
-            if conn.execute(statement).first() is not None:
+            if conn.execute(self._take_sql, params).first() is not None:
                 return 0.0
             tokens, at = conn.execute(select(_T.c.tokens, _T.c.at).where(_T.c.key == key)).one()
         return _wait_s(tokens, at, rate_per_s, burst, now)
@@ -115,6 +144,26 @@ class SharedBuckets:
             )
         waits = {key: _wait_s(tokens, at, rate_per_s, burst, now) for key, tokens, at in rows}
         return {key: wait for key, wait in waits.items() if wait > 0}
+
+
+def _unflushed(engine: Engine) -> Engine:
+    """A small autocommit pool on ``engine``'s database whose sessions commit without
+    waiting for the WAL flush."""
+    own = create_engine(
+        engine.url,
+        pool_size=_POOL_SIZE,
+        max_overflow=0,
+        pool_timeout=60,
+        isolation_level="AUTOCOMMIT",
+    )
+
+    @event.listens_for(own, "connect")
+    def _no_flush_wait(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO off")  # for the session
+        dbapi_connection.commit()
+
+    return own
 
 
 def _wait_s(tokens: float, at: float, rate_per_s: float, burst: float, now: float) -> float:
