@@ -10,7 +10,7 @@ import pytest
 
 from bmsfw.package import VendorPki
 from fleet import conftest as fleet_fixtures
-from fleet.conftest import Fleet, make_release
+from fleet.conftest import Fleet, bms, make_release
 
 from .test_routes import _sign_in, https_fleet
 
@@ -70,3 +70,34 @@ def test_a_release_manager_uploads_and_sees_what_was_verified(
     assert "refused: a safety-critical release is installed on site only" in critical.text
     empty = fleet.client.post("/ui/releases/upload", data={"csrf": csrf})
     assert empty.status_code == 422 and "BMSFW-E630" in empty.text
+
+
+def test_a_release_manager_deactivates_a_release_from_its_page(
+    https_fleet: Fleet, pki: VendorPki
+) -> None:
+    fleet = https_fleet
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN1")])
+    release = fleet.upload(make_release(pki))
+    campaign = fleet.call(
+        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
+    )
+    path = f"/ui/releases/{release['id']}"
+    csrf = _sign_in(fleet, "operator")
+    assert 'data-testid="deactivate"' not in fleet.client.get(path).text
+    refused = fleet.client.post(f"{path}/deactivate", data={"csrf": csrf, "reason": "x"})
+    assert refused.status_code == 403 and "BMSFW-E603" in refused.text
+    csrf = _sign_in(fleet, "release_manager")
+    assert 'data-testid="deactivate"' in fleet.client.get(path).text
+    forged = fleet.client.post(f"{path}/deactivate", data={"csrf": "forged", "reason": "x"})
+    assert forged.status_code == 403 and "BMSFW-E640" in forged.text
+    assert fleet.call("GET", f"/api/v1/releases/{release['id']}")["deactivated_at"] is None
+    done = fleet.client.post(f"{path}/deactivate", data={"csrf": csrf, "reason": "bad <cells>"})
+    assert done.status_code == 200 and 'data-testid="deactivated"' in done.text
+    assert fleet.call("GET", f"/api/v1/campaigns/{campaign['id']}")["status"] == "cancelled"
+    assert "deactivated</span>" in fleet.client.get("/ui/releases").text
+    assert f'value="{release["id"]}"' not in fleet.client.get("/ui/campaigns/new").text
+    (entry,) = [
+        e for e in fleet.call("GET", "/api/v1/audit") if e["action"] == "release.deactivate"
+    ]
+    assert entry["detail"]["reason"] == "bad <cells>"

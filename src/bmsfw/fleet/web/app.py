@@ -458,14 +458,26 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
 def _release_page(web: FastAPI, pages: _Pages) -> None:
     @web.get("/releases/{release_id}")
     def release(request: Request, release_id: str) -> Response:
-        def build(_principal: Principal) -> dict[str, Any]:
+        def build(principal: Principal) -> dict[str, Any]:
             number = _id(release_id, "release")
             return {
+                "can_deactivate": principal.role in roles_at_least("release_manager"),
                 "r": pages.service.get_release(number),
                 "campaigns": pages.queries.release_campaigns(number),
             }
 
         return pages.view(request, "release.html", build)
+
+    @web.post("/releases/{release_id}/deactivate")
+    async def deactivate(request: Request, release_id: str) -> Response:
+        """Pull a release (release manager and above, as on the API)."""
+        form = pages.form(request, await request.body())
+        principal, session = await _run(pages.signed_in, request, "release_manager")
+        pages.check_csrf(session, form)
+        number = _id(release_id, "release")
+        reason = form.get("reason", "")[:500]
+        await _run(pages.service.deactivate_release, principal, number, reason)
+        return RedirectResponse(f"{PREFIX}/releases/{number}", status_code=303)
 
 
 def _campaign_routes(web: FastAPI, pages: _Pages) -> None:

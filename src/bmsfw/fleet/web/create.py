@@ -100,7 +100,11 @@ def add_create_routes(web: FastAPI, pages: _Pages) -> None:
     @web.get("/campaigns/new")
     def new_campaign(request: Request) -> Response:
         def build(_principal: Principal) -> dict[str, Any]:
-            releases = [r for r in pages.service.list_releases() if r["ota_allowed"]][::-1]
+            releases = [
+                r
+                for r in pages.service.list_releases()
+                if r["ota_allowed"] and not r["deactivated_at"]
+            ][::-1]
             form = {"release_id": str(releases[0]["id"]), **_FORM_DEFAULTS} if releases else {}
             return {"releases": releases, **_preview(pages, form)}
 
