@@ -86,8 +86,8 @@ def _exit_for(reports: list[UpdateReport]) -> None:
             sys.exit(exit_code_for(report.exception))
 
 
-def _each_session(kwargs: dict[str, Any]) -> Iterator[BmsSession]:
-    with connect(kwargs) as conn:
+def _each_session(kwargs: dict[str, Any], profile: Any = None) -> Iterator[BmsSession]:
+    with connect(kwargs, profile) as conn:
         yield from conn.sessions
 
 
@@ -252,7 +252,7 @@ def preflight_command(
         raise UsageError("--package needs --trust ROOT.crt to verify it")
     results: list[dict[str, Any]] = []
     first_error: BmsfwError | None = None
-    for session in _each_session(kwargs):
+    for session in _each_session(kwargs, profile):
         identity = session.identify()
         facts = None
         if package_path is not None and trust_path is not None:
@@ -732,7 +732,8 @@ def update_command(
     """
     from bmsfw.update.connect import SerialLink, open_sessions
 
-    links = links_from(kwargs)
+    profile: UpdateProfile = load_profile(profile_path)
+    links = links_from(kwargs, profile)
     on_serial = all(isinstance(link, SerialLink) for link in links)
     if broadcast and not on_serial:
         raise UsageError("--broadcast updates an RS485 string: name it with --serial PORT --unit …")
@@ -742,7 +743,6 @@ def update_command(
         raise UsageError("--rolling-k needs --activation rolling")
     if broadcast and delta_path is not None:
         raise UsageError("a broadcast carries full images only: drop --delta or --broadcast")
-    profile: UpdateProfile = load_profile(profile_path)
     known = {c.id for c in profile.confirmations}
     unknown = set(confirmed) - known
     if unknown:

@@ -12,7 +12,12 @@ import click
 
 from bmsfw.errors import UsageError
 from bmsfw.link.wire import FRAME_GAPS
-from bmsfw.protocol.smp.link import BlePasskeyFormatError, PasskeyProvider, parse_passkey
+from bmsfw.protocol.smp.link import (
+    BlePasskeyFormatError,
+    PasskeyProvider,
+    parse_passkey,
+    parse_telemetry_spec,
+)
 from bmsfw.update.connect import Connection, LinkSpec, open_sessions, parse_links
 
 __all__ = [
@@ -124,6 +129,15 @@ def link_options(func: F) -> F:
             f"(or set {BLE_PASSKEY_ENV}; otherwise bmsfw asks on the terminal). Never give "
             "the passkey itself as an argument: other users see arguments in ps.",
         ),
+        click.option(
+            "--telemetry",
+            "telemetry_spec",
+            metavar="dbc:FILE@CANLINK|smp",
+            default=None,
+            help="Where an SMP BMS's preflight values come from: its CAN broadcast decoded "
+            "with the vendor's DBC file (dbc:vendor.dbc@socketcan:can0), or smp (its vendor "
+            "group, the default). Overrides the profile's [telemetry].",
+        ),
         frame_gap_option,
         click.option(
             "--timeout",
@@ -162,8 +176,13 @@ def ble_passkey_provider(path: Path | None) -> PasskeyProvider:
     return prompt
 
 
-def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
-    """Pop the link options out of a command's kwargs and parse them."""
+def links_from(kwargs: dict[str, Any], profile: Any = None) -> list[LinkSpec]:
+    """Pop the link options out of a command's kwargs and parse them. An SMP link's
+    telemetry source: ``--telemetry``, else the profile's ``[telemetry]``."""
+    telemetry_text = kwargs.pop("telemetry_spec")
+    telemetry = getattr(profile, "telemetry", None)
+    if telemetry_text is not None:
+        telemetry = parse_telemetry_spec(telemetry_text)
     passkey_file = kwargs.pop("ble_passkey_file")
     smp = kwargs.get("smp")
     passkey = ble_passkey_provider(passkey_file) if smp and smp.startswith("ble:") else None
@@ -178,11 +197,12 @@ def links_from(kwargs: dict[str, Any]) -> list[LinkSpec]:
         frame_gap=kwargs.pop("frame_gap"),
         smp=kwargs.pop("smp"),
         ble_passkey=passkey,
+        telemetry=telemetry,
     )
 
 
-def connect(kwargs: dict[str, Any]) -> Connection:
-    return open_sessions(links_from(kwargs))
+def connect(kwargs: dict[str, Any], profile: Any = None) -> Connection:
+    return open_sessions(links_from(kwargs, profile))
 
 
 def trust_options(func: F) -> F:

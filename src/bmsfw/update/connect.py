@@ -22,7 +22,13 @@ from typing import Any
 
 from bmsfw.link.wire import FRAME_GAPS
 from bmsfw.protocol.session import BmsSession
-from bmsfw.protocol.smp.link import PasskeyProvider, SmpLink, parse_smp_link
+from bmsfw.protocol.smp.link import (
+    DbcTelemetrySpec,
+    PasskeyProvider,
+    SmpLink,
+    TelemetrySpecError,
+    parse_smp_link,
+)
 from bmsfw.update.errors import LinkSpecInvalidError, TransportUnavailableError
 
 __all__ = [
@@ -83,14 +89,22 @@ def parse_links(
     frame_gap: str = "spec",
     smp: str | None = None,
     ble_passkey: PasskeyProvider | None = None,
+    telemetry: DbcTelemetrySpec | None = None,
 ) -> list[LinkSpec]:
-    """The links named on a command line (one per node/unit), validated."""
+    """The links named on a command line (one per node/unit), validated. ``telemetry``
+    (an SMP link's CAN-broadcast source) belongs to ``--smp`` only."""
+    if telemetry is not None and smp is None:
+        raise TelemetrySpecError(
+            f"telemetry {telemetry} ({telemetry.origin}) is for a BMS named with --smp; "
+            "CAN and RS485 sessions read their BMS's telemetry themselves"
+        )
     if smp is not None:
         if can is not None or serial is not None or nodes or units:
             raise LinkSpecInvalidError(
                 "--smp names one BMS by itself: drop --can/--serial/--node/--unit"
             )
-        return [parse_smp_link(smp, timeout_s=timeout_s, passkey=ble_passkey)]
+        link = parse_smp_link(smp, timeout_s=timeout_s, passkey=ble_passkey)
+        return [dataclasses.replace(link, telemetry=telemetry)]
     if (can is None) == (serial is None):
         raise LinkSpecInvalidError(
             "name exactly one link: --can INTERFACE:CHANNEL, --serial PORT or --smp LINK"

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bmsfw.protocol.smp.dbc import EXAMPLE_MAP, DbcSignalMap
+from bmsfw.protocol.smp.link import DbcTelemetrySpec, TelemetrySpecError, parse_telemetry_spec
 from bmsfw.update.errors import ProfileInvalidError
 
 __all__ = [
@@ -148,6 +150,8 @@ class UpdateProfile:
     self_test: SelfTestLimits = SELF_TEST_LIMITS
     confirmations: tuple[ManualConfirmation, ...] = DEFAULT_CONFIRMATIONS
     source: str = ""  # file the profile was loaded from, "" for built-in defaults
+    # A BMS without the SMP vendor TELEMETRY: its CAN broadcast and DBC file ([telemetry]).
+    telemetry: DbcTelemetrySpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,7 +249,15 @@ def load_profile(path: str | Path | None) -> UpdateProfile:
         raise ProfileInvalidError(f"cannot read profile {file}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileInvalidError(f"profile {file} is not valid TOML: {exc}") from exc
-    unknown = set(raw) - {"product", "preflight", "transfer", "boot", "self_test", "confirmation"}
+    unknown = set(raw) - {
+        "product",
+        "preflight",
+        "transfer",
+        "boot",
+        "self_test",
+        "confirmation",
+        "telemetry",
+    }
     if unknown:
         raise ProfileInvalidError(f"unknown section(s) in {file}: {', '.join(sorted(unknown))}")
     product = raw.get("product", {})
@@ -287,6 +299,75 @@ def load_profile(path: str | Path | None) -> UpdateProfile:
         self_test=self_test,
         confirmations=confirmations,
         source=str(file),
+        telemetry=_telemetry(raw.get("telemetry"), file),
     )
     _validate(profile)
     return profile
+
+
+_SIGNAL_KEYS = {f.name for f in dataclasses.fields(DbcSignalMap)}
+
+
+def _telemetry(raw: Any, file: Path) -> DbcTelemetrySpec | None:
+    """``[telemetry]``: ``source = "dbc:FILE@CANLINK"`` (FILE relative to the profile) or
+    ``"smp"``, ``window_s``, and ``[telemetry.signals]`` naming each value's
+    ``MESSAGE.SIGNAL`` (default: the virtual BMS's map, bmsfw.protocol.smp.dbc)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("source"), str):
+        raise ProfileInvalidError('[telemetry] needs source = "dbc:FILE@CANLINK" or "smp"')
+    unknown = set(raw) - {"source", "window_s", "signals"}
+    if unknown:
+        raise ProfileInvalidError(f"unknown key(s) in [telemetry]: {', '.join(sorted(unknown))}")
+    try:
+        spec = parse_telemetry_spec(raw["source"], origin=f"profile {file.name} [telemetry]")
+    except TelemetrySpecError as exc:
+        raise ProfileInvalidError(exc.message) from exc
+    if spec is None:
+        return None
+    window_s = raw.get("window_s", 1.0)
+    if isinstance(window_s, bool) or not isinstance(window_s, int | float) or window_s <= 0:
+        raise ProfileInvalidError(f"telemetry.window_s must be a number > 0, got {window_s!r}")
+    mapping = EXAMPLE_MAP
+    if "signals" in raw:
+        mapping = _signal_map(raw["signals"])
+    path = spec.dbc_path if spec.dbc_path.is_absolute() else file.parent / spec.dbc_path
+    return dataclasses.replace(spec, dbc_path=path, mapping=mapping, window_s=float(window_s))
+
+
+def _signal_map(raw: Any) -> DbcSignalMap:
+    if not isinstance(raw, dict):
+        raise ProfileInvalidError("[telemetry.signals] must be a table")
+    unknown = set(raw) - _SIGNAL_KEYS
+    if unknown:
+        raise ProfileInvalidError(
+            f"unknown key(s) in [telemetry.signals]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(_SIGNAL_KEYS))})"
+        )
+
+    def signal(value: Any, key: str) -> str:
+        if not isinstance(value, str) or value.count(".") != 1:
+            raise ProfileInvalidError(f"telemetry.signals.{key}: expected MESSAGE.SIGNAL")
+        return value
+
+    def many(key: str) -> tuple[str, ...]:
+        value = raw.get(key)
+        if not isinstance(value, list) or not value:
+            raise ProfileInvalidError(f"telemetry.signals.{key}: a list of MESSAGE.SIGNAL")
+        return tuple(signal(v, key) for v in value)
+
+    faults = raw.get("faults", {})
+    if not isinstance(faults, dict):
+        raise ProfileInvalidError("telemetry.signals.faults: a table SIGNAL = fault name")
+    return DbcSignalMap(
+        soc_pct=signal(raw.get("soc_pct"), "soc_pct"),
+        pack_voltage_v=signal(raw.get("pack_voltage_v"), "pack_voltage_v"),
+        pack_current_a=signal(raw.get("pack_current_a"), "pack_current_a"),
+        supply_voltage_v=signal(raw.get("supply_voltage_v"), "supply_voltage_v"),
+        cell_voltages_v=many("cell_voltages_v"),
+        temperatures_c=many("temperatures_c"),
+        faults=tuple((signal(k, "faults"), str(v)) for k, v in faults.items()),
+        contactors_closed=signal(raw["contactors_closed"], "contactors_closed")
+        if "contactors_closed" in raw
+        else "",
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bmsfw.protocol.session import Telemetry
-from bmsfw.protocol.smp.errors import SmpNoResponseError, SmpProtocolError
+from bmsfw.protocol.smp.errors import DbcFileError, SmpNoResponseError
 
 __all__ = ["EXAMPLE_DBC", "EXAMPLE_MAP", "DbcSignalMap", "DbcTelemetry", "DbcTelemetrySource"]
 
@@ -128,9 +128,14 @@ class DbcTelemetrySource:
     ) -> None:
         import cantools
 
-        database = cantools.database.load_file(str(dbc_path))
+        try:
+            database = cantools.database.load_file(str(dbc_path))
+        except OSError as exc:
+            raise DbcFileError(f"cannot read {dbc_path}: {exc.strerror}") from exc
+        except Exception as exc:  # cantools raises its own and parser errors
+            raise DbcFileError(f"{dbc_path} is not a DBC file: {exc}") from exc
         if not isinstance(database, cantools.database.can.Database):
-            raise SmpProtocolError(f"{dbc_path} is not a CAN database (DBC)")
+            raise DbcFileError(f"{dbc_path} is not a CAN database (DBC)")
         self.database = database
         self.can_link = can_link
         self.mapping = mapping
@@ -138,7 +143,7 @@ class DbcTelemetrySource:
         names = {m.name for m in self.database.messages}
         missing = sorted({s.split(".")[0] for s in mapping.signals()} - names)
         if missing:
-            raise SmpProtocolError(f"{dbc_path} has no message(s) {', '.join(missing)}")
+            raise DbcFileError(f"{dbc_path} has no message(s) {', '.join(missing)}")
         self._wanted = {s.split(".")[0] for s in mapping.signals()}
 
     def read(self) -> DbcTelemetry:

@@ -13,11 +13,12 @@ carrying the BMSFW code the BMS gave in its vendor group's ``LAST_ERROR``).
 
 from __future__ import annotations
 
-from bmsfw.errors import DeviceError, TransportError
+from bmsfw.errors import DeviceError, TransportError, UsageError
 
 __all__ = [
     "BleLinkInsecureError",
     "BlePairingFailedError",
+    "DbcFileError",
     "SmpAuthRejectedError",
     "SmpLinkError",
     "SmpNoResponseError",
@@ -132,4 +133,18 @@ class BleLinkInsecureError(TransportError):
         "(Zephyr: CONFIG_BT_SMP_SC_ONLY and a fixed or displayed passkey) and pair through a "
         "Bluetooth dongle bumble drives (--smp ble:DEVICE@usb:0); the operating system's "
         "adapter (@os) does not show bmsfw how the link is secured (docs/ble-howto.md)."
+    )
+
+
+class DbcFileError(UsageError):
+    """The DBC file for the CAN-broadcast telemetry cannot be used."""
+
+    code = "BMSFW-E318"
+    diagnosis = (
+        "The DBC file named for the telemetry cannot be read as a CAN database, or lacks "
+        "the messages the signal map names."
+    )
+    remedy = (
+        "Name the vendor's DBC file of this BMS, and map its signals in the product "
+        "profile's [telemetry.signals] (docs/smp.md, 'Telemetry from CAN broadcast frames')."
     )

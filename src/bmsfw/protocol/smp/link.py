@@ -20,20 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from bmsfw.errors import UsageError
+from bmsfw.protocol.smp.dbc import EXAMPLE_MAP, DbcSignalMap
 
 __all__ = [
     "DEFAULT_HCI",
     "OS_ADAPTER",
     "SMP_UDP_PORT",
     "BlePasskeyFormatError",
+    "DbcTelemetrySpec",
     "PasskeyProvider",
     "SmpLink",
     "SmpLinkSpecError",
+    "TelemetrySpecError",
     "parse_passkey",
     "parse_smp_link",
+    "parse_telemetry_spec",
 ]
 
 SMP_UDP_PORT = 1337
@@ -71,6 +76,49 @@ def parse_passkey(text: str, *, where: str = "passkey") -> int:
     return int(value)
 
 
+class TelemetrySpecError(UsageError):
+    code = "BMSFW-E317"
+    diagnosis = (
+        "The telemetry source is not written as dbc:FILE@CANLINK (or smp), or names it "
+        "for a link that is not --smp."
+    )
+    remedy = (
+        "Write it like --telemetry dbc:vendor.dbc@socketcan:can0 (the vendor's DBC file and "
+        "the CAN link the BMS broadcasts on), or set [telemetry] in the product profile "
+        "(docs/smp.md, 'Telemetry from CAN broadcast frames')."
+    )
+
+
+@dataclass(frozen=True)
+class DbcTelemetrySpec:
+    """Read the preflight's telemetry from the BMS's CAN broadcast, decoded with a DBC file.
+
+    ``origin`` says who chose it (``--telemetry`` or the profile), for the report."""
+
+    dbc_path: Path
+    can_link: str  # a python-can link name, e.g. socketcan:can0 (docs/links.md)
+    mapping: DbcSignalMap = EXAMPLE_MAP
+    window_s: float = 1.0
+    origin: str = "--telemetry"
+
+    def __str__(self) -> str:
+        return f"dbc:{self.dbc_path}@{self.can_link}"
+
+
+def parse_telemetry_spec(text: str, *, origin: str = "--telemetry") -> DbcTelemetrySpec | None:
+    """``dbc:FILE@CANLINK`` -> a spec; ``smp`` -> None (the vendor group's TELEMETRY)."""
+    if text.strip() == "smp":
+        return None
+    kind, sep, rest = text.partition(":")
+    path, at, can_link = rest.rpartition("@")
+    if kind != "dbc" or not sep or not at or not path or ":" not in can_link:
+        raise TelemetrySpecError(
+            f"{origin} {text!r}: expected dbc:FILE@INTERFACE:CHANNEL, e.g. "
+            "dbc:vendor.dbc@socketcan:can0, or smp"
+        )
+    return DbcTelemetrySpec(Path(path), can_link, origin=origin)
+
+
 @dataclass(frozen=True)
 class SmpLink:
     kind: SmpKind
@@ -81,6 +129,8 @@ class SmpLink:
     timeout_s: float = 2.0
     # Asked only when a Bluetooth pairing needs it; never part of the link's name.
     passkey: PasskeyProvider | None = field(default=None, compare=False, repr=False)
+    # Where the preflight's telemetry comes from when not the vendor group's TELEMETRY.
+    telemetry: DbcTelemetrySpec | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         if self.kind == "serial":

@@ -89,7 +89,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TLV_SHA256 = 0x10
-ENOTSUP = 8
+VENDOR_TELEMETRY_FIELDS = (
+    "soc_pct",
+    "pack_voltage_v",
+    "pack_current_a",
+    "cell_voltages_v",
+    "temperatures_c",
+    "supply_voltage_v",
+    "faults",
+    "contactors_closed",
+)
 
 
 class _LoopThread:
@@ -184,6 +193,11 @@ class SmpSession:
         from smpclient import SMPClient
 
         self.link = link
+        if telemetry_source is None and link.telemetry is not None:
+            spec = link.telemetry
+            telemetry_source = DbcTelemetrySource(
+                spec.dbc_path, spec.can_link, spec.mapping, window_s=spec.window_s
+            )
         self.wireless = link.kind == "ble"  # RadioLink: Bluetooth is an over-the-air channel
         # Where telemetry comes from when the BMS has no vendor TELEMETRY (CAN + DBC)
         self.telemetry_source = telemetry_source
@@ -290,15 +304,13 @@ class SmpSession:
             raise SmpProtocolError(f"{self.address}: {exc}") from None
 
     def read_telemetry(self) -> Telemetry:
-        """The vendor group's TELEMETRY; a BMS without it (ENOTSUP) is read from its CAN
-        broadcast with ``telemetry_source``. ``Telemetry.sources`` says which it was."""
-        try:
-            r = self._request(vendor.TelemetryRead(), "telemetry")
-        except SmpRefusedError as exc:
-            if exc.rc != ENOTSUP or self.telemetry_source is None:
-                raise
+        """From the CAN broadcast decoded with the DBC file when a ``telemetry_source`` was
+        chosen, else the vendor group's TELEMETRY. ``Telemetry.sources`` says which, per
+        value (``dbc:MESSAGE.SIGNAL`` or ``smp:TELEMETRY``)."""
+        if self.telemetry_source is not None:
             decoded = self.telemetry_source.read()
             return dataclasses.replace(decoded.telemetry, sources=decoded.sources)
+        r = self._request(vendor.TelemetryRead(), "telemetry")
         return Telemetry(
             soc_pct=r.soc_pct,
             pack_voltage_v=r.pack_voltage_v,
@@ -308,6 +320,7 @@ class SmpSession:
             supply_voltage_v=r.supply_voltage_v,
             faults=tuple(r.faults),
             contactors_closed=r.contactors_closed,
+            sources=dict.fromkeys(VENDOR_TELEMETRY_FIELDS, "smp:TELEMETRY"),
         )
 
     def read_boot_status(self, *, timeout_s: float | None = None) -> BootStatus:
