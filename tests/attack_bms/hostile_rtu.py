@@ -36,6 +36,8 @@ class HostileRtuBms:
         self.holding: dict[int, int] = {}
         self.identity: dict[int, bytes] = {}
         self.writes: list[tuple[int, int]] = []  # (function, address)
+        self.delay_s = 0.0  # a slow BMS: every answer this late (inside the host's time-out)
+        self.answered = 0
         self.master, self.slave = os.openpty()
         tty.setraw(self.master)
         tty.setraw(self.slave)
@@ -63,7 +65,10 @@ class HostileRtuBms:
             if len(buf) >= 4 and crc16(buf[:-2]) == struct.unpack("<H", buf[-2:])[0]:
                 answer = self.answer(buf[:-2])
                 if answer is not None:
+                    if self.delay_s and self._stop.wait(self.delay_s):
+                        return
                     os.write(self.master, frame(answer))
+                    self.answered += 1
             buf = b""
 
     def answer(self, req: bytes) -> bytes | None:

@@ -9,7 +9,7 @@ import pytest
 
 from bmsfw.errors import BmsfwError
 from bmsfw.protocol.modbus import open_modbus_session
-from bmsfw.protocol.modbus.registers import IDENTITY_OBJECTS, INPUT, MAP_VERSION
+from bmsfw.protocol.modbus.registers import HOLDING, IDENTITY_OBJECTS, INPUT, MAP_VERSION
 
 from .hostile_rtu import HostileRtuBms
 
@@ -64,6 +64,27 @@ def test_document_length_of_4_gib(rtu: HostileRtuBms) -> None:
         error = _error(session.read_config)
     assert error.code == "BMSFW-E381"
     assert time.monotonic() - started < 2
+
+
+def test_every_answer_just_inside_the_time_out_still_ends_the_step(rtu: HostileRtuBms) -> None:
+    """A full 32 KiB configuration window read with every answer 0.25 s late (inside the
+    0.5 s time-out): ~130 requests, over half a minute; the step's 2 s bound ends it (E366)."""
+    from bmsfw.protocol.deadline import StepBudgets
+
+    window = 2 * INPUT.DOC_DATA_REGISTERS
+    rtu.input[INPUT.DOC_LENGTH] = window >> 16
+    rtu.input[INPUT.DOC_LENGTH + 1] = window & 0xFFFF
+    rtu.delay_s = 0.25
+    budgets = StepBudgets(config_s=2.0)
+    with open_modbus_session(rtu.port, timeout_s=0.5, retries=0, budgets=budgets) as session:
+        started = time.monotonic()
+        error = _error(session.read_config)
+        seconds = time.monotonic() - started
+    assert error.code == "BMSFW-E366", error
+    assert "read configuration" in str(error)
+    assert 2.0 <= seconds < 3.0
+    assert rtu.answered < 12  # stopped after the bound, not after ~130 answers
+    assert rtu.writes == [(0x10, HOLDING.DOC_SELECT)]  # the document select, nothing more
 
 
 @pytest.mark.req("IEC62443-CR3.5")

@@ -37,11 +37,13 @@ from bmsfw.protocol.bounds import (
     device_text,
     strict_json,
 )
+from bmsfw.protocol.deadline import StepBudgets, StepClock, session_step
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceBootTimeoutError,
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
+    StepDeadlineError,
 )
 from bmsfw.protocol.modbus import codec
 from bmsfw.protocol.modbus.errors import (
@@ -94,6 +96,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_Check = Callable[[str], None]  # raises when the session step's deadline has passed
 _T = TypeVar("_T")
 
 COMMON_BAUDS: tuple[int, ...] = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -276,9 +279,13 @@ class ModbusBus:
 
     # ------------------------------------------------------------------ raw requests
 
-    def _call(self, unit: int, what: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, unit: int, what: str, fn: Any, before: _Check | None = None, **kwargs: Any
+    ) -> Any:
         from pymodbus.exceptions import ModbusException
 
+        if before is not None:
+            before(what)  # the session's step deadline, checked before every request
         rx_before = self.bytes_rx
         with self._lock:
             try:
@@ -304,7 +311,9 @@ class ModbusBus:
         self.frames_ok += 1
         return response
 
-    def read_input(self, unit: int, address: int, count: int) -> list[int]:
+    def read_input(
+        self, unit: int, address: int, count: int, *, before: _Check | None = None
+    ) -> list[int]:
         out: list[int] = []
         while count > 0:
             n = min(count, MAX_READ_REGISTERS)
@@ -312,6 +321,7 @@ class ModbusBus:
                 unit,
                 f"read input registers 0x{address:04X}+{n}",
                 self._client.read_input_registers,
+                before,
                 address=address,
                 count=n,
             )
@@ -320,7 +330,9 @@ class ModbusBus:
             count -= n
         return out
 
-    def read_holding(self, unit: int, address: int, count: int) -> list[int]:
+    def read_holding(
+        self, unit: int, address: int, count: int, *, before: _Check | None = None
+    ) -> list[int]:
         out: list[int] = []
         while count > 0:
             n = min(count, MAX_READ_REGISTERS)
@@ -328,6 +340,7 @@ class ModbusBus:
                 unit,
                 f"read holding registers 0x{address:04X}+{n}",
                 self._client.read_holding_registers,
+                before,
                 address=address,
                 count=n,
             )
@@ -336,7 +349,9 @@ class ModbusBus:
             count -= n
         return out
 
-    def write(self, unit: int, address: int, values: Sequence[int]) -> None:
+    def write(
+        self, unit: int, address: int, values: Sequence[int], *, before: _Check | None = None
+    ) -> None:
         """Function 0x10; unit 0 is a broadcast (sent, no reply awaited)."""
         values = list(values)
         for start in range(0, len(values), MAX_WRITE_REGISTERS):
@@ -345,12 +360,15 @@ class ModbusBus:
                 unit,
                 f"write registers 0x{address + start:04X}+{len(chunk)}",
                 self._client.write_registers,
+                before,
                 address=address + start,
                 values=chunk,
                 no_response_expected=(unit == 0),
             )
 
-    def read_device_information(self, unit: int) -> dict[int, bytes]:
+    def read_device_information(
+        self, unit: int, *, before: _Check | None = None
+    ) -> dict[int, bytes]:
         """All identity objects (extended read 0x03), following "more follows"."""
         info: dict[int, bytes] = {}
         object_id = 0
@@ -359,6 +377,7 @@ class ModbusBus:
                 unit,
                 "read device identification",
                 self._client.read_device_information,
+                before,
                 read_code=0x03,
                 object_id=object_id,
             )
@@ -405,14 +424,27 @@ class ModbusSession:
     #: well as decoded images: the BMS decodes them (docs/modbus.md, encoded transfers).
     accepts_stored = True
 
-    def __init__(self, bus: ModbusBus, unit: int, *, owns_bus: bool = False) -> None:
+    def __init__(
+        self,
+        bus: ModbusBus,
+        unit: int,
+        *,
+        owns_bus: bool = False,
+        budgets: StepBudgets | None = None,
+    ) -> None:
         if not 1 <= unit <= 247:
             raise ModbusUnitIdError(f"unit id {unit} is outside 1..247")
         self.bus = bus
         self.unit = unit
+        self.steps = StepClock()  # per-step deadlines (E366), docs/modbus.md
+        self._budgets = budgets or StepBudgets()
         self._owns_bus = owns_bus
         self._staged: Component | None = None  # app component of the last staged header
         self._credentials: TesterCredentials | None = None
+
+    @property
+    def step_budgets(self) -> StepBudgets:
+        return self._budgets
 
     @property
     def address(self) -> str:
@@ -421,7 +453,7 @@ class ModbusSession:
     # ------------------------------------------------------------------ helpers
 
     def _input(self, address: int, count: int) -> list[int]:
-        return self.bus.read_input(self.unit, address, count)
+        return self.bus.read_input(self.unit, address, count, before=self.steps.check)
 
     def _upload(self, data: bytes) -> None:
         regs = codec.bytes_to_registers(data)
@@ -429,8 +461,10 @@ class ModbusSession:
             raise ModbusCommandRefusedError(
                 f"unit {self.unit}: {len(data)} bytes do not fit the 40 KiB upload buffer"
             )
-        self.bus.write(self.unit, HOLDING.UPLOAD, regs)
-        self.bus.write(self.unit, HOLDING.UPLOAD_LENGTH, codec.split_u32(len(data)))
+        self.bus.write(self.unit, HOLDING.UPLOAD, regs, before=self.steps.check)
+        self.bus.write(
+            self.unit, HOLDING.UPLOAD_LENGTH, codec.split_u32(len(data)), before=self.steps.check
+        )
 
     def _read_result(self) -> tuple[int, str]:
         regs = self._input(INPUT.LAST_RESULT, 1)
@@ -456,7 +490,9 @@ class ModbusSession:
             self.authenticate(self._credentials)
             seq_before = self._input(INPUT.COMMAND_SEQ, 1)[0]
         try:
-            self.bus.write(self.unit, HOLDING.COMMAND_ARG, [arg, int(command)])
+            self.bus.write(
+                self.unit, HOLDING.COMMAND_ARG, [arg, int(command)], before=self.steps.check
+            )
         except ModbusExceptionResponseError:
             self._raise_refusal(command)
         except (ModbusNoReplyError, ModbusFrameError):
@@ -473,7 +509,9 @@ class ModbusSession:
                 continue
             if seq == seq_before:
                 # Never executed: the request itself was lost; send it once more.
-                self.bus.write(self.unit, HOLDING.COMMAND_ARG, [0, int(command)])
+                self.bus.write(
+                    self.unit, HOLDING.COMMAND_ARG, [0, int(command)], before=self.steps.check
+                )
                 return
             result, _ = self._read_result()
             if result:
@@ -510,7 +548,7 @@ class ModbusSession:
         return decoded(f"unit {self.unit}: {what}", fn, ModbusInvalidResponseError)
 
     def _read_document(self, doc: int) -> bytes:
-        self.bus.write(self.unit, HOLDING.DOC_SELECT, [doc])
+        self.bus.write(self.unit, HOLDING.DOC_SELECT, [doc], before=self.steps.check)
         length = codec.join_u32(self._input(INPUT.DOC_LENGTH, 2))
         window = 2 * INPUT.DOC_DATA_REGISTERS
         if length > window:
@@ -523,8 +561,9 @@ class ModbusSession:
 
     # ------------------------------------------------------------------ BmsSession
 
+    @session_step("identify", "identify_s")
     def identify(self) -> DeviceIdentity:
-        info = self.bus.read_device_information(self.unit)
+        info = self.bus.read_device_information(self.unit, before=self.steps.check)
 
         def text(key: str) -> str:
             raw = info.get(IDENTITY_OBJECTS[key], b"")
@@ -565,6 +604,7 @@ class ModbusSession:
             return ()
         return self._decode("image keys", lambda: codec.decode_image_keys(regs))
 
+    @session_step("read telemetry", "read_s")
     def read_telemetry(self) -> Telemetry:
         start, end = codec.TELEMETRY_BLOCK
         regs = self._input(start, end - start)
@@ -575,11 +615,13 @@ class ModbusSession:
             )
         return self._decode("telemetry", lambda: codec.decode_telemetry(regs))
 
+    @session_step("read boot status", "read_s")
     def read_boot_status(self) -> BootStatus:
         return codec.decode_boot_status(
             self._input(INPUT.RUN_STATE, INPUT.BOOT_BLOCK_END - INPUT.RUN_STATE)
         )
 
+    @session_step("read image digest", "read_s")
     def read_image_digest(self) -> bytes:
         """SHA-256 of the image in the active bank (input registers ``image_sha256``)."""
         regs = self._input(INPUT.IMAGE_SHA256, INPUT.IMAGE_SHA256_END - INPUT.IMAGE_SHA256)
@@ -591,6 +633,7 @@ class ModbusSession:
             )
         return digest
 
+    @session_step("link check", "read_s")
     def link_check(self, round_trips: int = 5) -> LinkQuality:
         errors = 0
         times: list[float] = []
@@ -613,7 +656,9 @@ class ModbusSession:
             )
             assert gap.address == baud.address + 1
             try:
-                raw_baud, raw_gap = self.bus.read_holding(self.unit, baud.address, 2)
+                raw_baud, raw_gap = self.bus.read_holding(
+                    self.unit, baud.address, 2, before=self.steps.check
+                )
                 configured = round(raw_baud * baud.scale)
                 # The frame gap matters only where the two settings differ (above 19,200).
                 if settings.baud_bps > 19_200 and bool(raw_gap) != (settings.frame_gap == "chars"):
@@ -629,10 +674,12 @@ class ModbusSession:
             round_trip_ms=1000 * sum(times) / len(times) if times else 0.0,
         )
 
+    @session_step("read configuration", "config_s")
     def read_config(self) -> ConfigSnapshot:
         raw = self._read_document(DOC_CONFIG)
         return self._decode("configuration", lambda: decode_config_document(raw))
 
+    @session_step("write configuration", "config_s")
     def write_config(self, snapshot: ConfigSnapshot) -> None:
         doc = {
             "schema_version": snapshot.schema_version,
@@ -643,6 +690,7 @@ class ModbusSession:
         self._upload(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
         self.command(Command.WRITE_CONFIG)
 
+    @session_step("authenticate", "authenticate_s")
     def authenticate(self, credentials: TesterCredentials) -> None:
         # The same certificate check and proof of possession as UDS 0x29 on CAN
         # (docs/uds.md): DER chain leaf first, signature over the device challenge.
@@ -669,6 +717,7 @@ class ModbusSession:
         """The app component of the header last staged with :meth:`prepare`."""
         return self._staged
 
+    @session_step("stage release header", "prepare_s")
     def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
         self._staged = None
         self._upload(header)
@@ -713,6 +762,7 @@ class ModbusSession:
         regs = self._input(INPUT.BLOCK_CRC, 2 * block_count)
         return [codec.join_u32(regs[i : i + 2]) for i in range(0, len(regs), 2)]
 
+    @session_step("erase", "erase_s")
     def erase(self) -> None:
         self.command(Command.ERASE)
 
@@ -720,7 +770,7 @@ class ModbusSession:
         """Addressed window writes for ``image[start:end]``; yields the offset reached."""
         for frame in codec.window_writes(image, start, end):
             try:
-                self.bus.write(self.unit, frame.address, frame.values)
+                self.bus.write(self.unit, frame.address, frame.values, before=self.steps.check)
             except ModbusExceptionResponseError:
                 result, text = self._read_result()
                 raise ModbusCommandRefusedError(
@@ -751,7 +801,9 @@ class ModbusSession:
 
     def _announce(self, encoding: int) -> None:
         try:
-            self.bus.write(self.unit, HOLDING.TRANSFER_ENCODING, [encoding])
+            self.bus.write(
+                self.unit, HOLDING.TRANSFER_ENCODING, [encoding], before=self.steps.check
+            )
         except ModbusExceptionResponseError:
             result, text = self._read_result()
             raise ModbusCommandRefusedError(
@@ -761,31 +813,38 @@ class ModbusSession:
                 command="TRANSFER_ENCODING",
             ) from None
 
+    @session_step("verify", "verify_s")
     def verify(self) -> None:
         self.command(Command.VERIFY)
 
+    @session_step("activate", "activate_s")
     def activate(self) -> None:
         self.command(Command.ACTIVATE)
 
+    @session_step("reset", "reset_s")
     def reset(self) -> None:
         self.command(Command.RESET)
 
     def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
         deadline = time.monotonic() + timeout_s
         last: BootStatus | None = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.read_boot_status()
-            except (ModbusNoReplyError, ModbusFrameError):
-                last = None  # rebooting nodes are silent
-            if last is not None and last.run_state == "application":
-                return last
-            time.sleep(poll_s)
+        with self.steps.step("wait for boot", timeout_s):
+            while time.monotonic() < deadline:
+                try:
+                    last = self.read_boot_status()
+                except (ModbusNoReplyError, ModbusFrameError):
+                    last = None  # rebooting nodes are silent
+                except StepDeadlineError:
+                    break  # each poll starts before the boot deadline only
+                if last is not None and last.run_state == "application":
+                    return last
+                time.sleep(poll_s)
         state = last.run_state if last else "silent"
         raise DeviceBootTimeoutError(
             f"unit {self.unit} not back in the application after {timeout_s} s (state: {state})"
         )
 
+    @session_step("read self-test", "read_s")
     def read_self_test(self) -> SelfTestResult:
         regs = self._input(INPUT.SELFTEST_STATE, INPUT.SELFTEST_BLOCK_END - INPUT.SELFTEST_STATE)
         state = regs[0]
@@ -796,9 +855,11 @@ class ModbusSession:
             checks = self._decode("self-test document", lambda: _self_test_checks(raw))
         return SelfTestResult(passed=state == SelfTestState.PASSED, checks=checks, version=version)
 
+    @session_step("confirm", "confirm_s")
     def confirm(self) -> None:
         self.command(Command.CONFIRM)
 
+    @session_step("rollback", "rollback_s")
     def rollback(self) -> None:
         self.command(Command.ROLLBACK)
 
@@ -846,9 +907,10 @@ def open_modbus_session(
     *,
     timeout_s: float = 0.5,
     retries: int = 2,
+    budgets: StepBudgets | None = None,
 ) -> ModbusSession:
     """A ``BmsSession`` to one unit; closing the session closes the port."""
     if not 1 <= unit <= 247:
         raise ModbusUnitIdError(f"unit id {unit} is outside 1..247")
     bus = open_modbus_bus(port, baud, parity, stopbits, timeout_s=timeout_s, retries=retries)
-    return ModbusSession(bus, unit, owns_bus=True)
+    return ModbusSession(bus, unit, owns_bus=True, budgets=budgets)
