@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from bmsfw.errors import BmsfwError
 from bmsfw.link.wire import FRAME_GAPS, modbus_silence_s, serial_char_bits
 from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.protocol.boot_wait import wait_for_application
 from bmsfw.protocol.bounds import (
     counter_value,
     decode_config_document,
@@ -40,7 +41,6 @@ from bmsfw.protocol.bounds import (
 from bmsfw.protocol.deadline import StepBudgets, StepClock, session_step
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
-    DeviceBootTimeoutError,
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
     StepDeadlineError,
@@ -826,23 +826,15 @@ class ModbusSession:
         self.command(Command.RESET)
 
     def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
-        deadline = time.monotonic() + timeout_s
-        last: BootStatus | None = None
         with self.steps.step("wait for boot", timeout_s):
-            while time.monotonic() < deadline:
-                try:
-                    last = self.read_boot_status()
-                except (ModbusNoReplyError, ModbusFrameError):
-                    last = None  # rebooting nodes are silent
-                except StepDeadlineError:
-                    break  # each poll starts before the boot deadline only
-                if last is not None and last.run_state == "application":
-                    return last
-                time.sleep(poll_s)
-        state = last.run_state if last else "silent"
-        raise DeviceBootTimeoutError(
-            f"unit {self.unit} not back in the application after {timeout_s} s (state: {state})"
-        )
+            return wait_for_application(
+                self.read_boot_status,
+                timeout_s=timeout_s,
+                poll_s=poll_s,
+                silent=(ModbusNoReplyError, ModbusFrameError),  # rebooting nodes are silent
+                stop=(StepDeadlineError,),  # each poll starts before the boot deadline only
+                who=f"unit {self.unit}",
+            )
 
     @session_step("read self-test", "read_s")
     def read_self_test(self) -> SelfTestResult:

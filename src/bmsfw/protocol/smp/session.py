@@ -47,10 +47,10 @@ from typing import Any, TypeVar
 from bmsfw.errors import BmsfwError
 from bmsfw.link.tap import MessageTap
 from bmsfw.package import Component, Manifest, decode_header, parse_image
+from bmsfw.protocol.boot_wait import wait_for_application
 from bmsfw.protocol.bounds import image_key_hashes
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
-    DeviceBootTimeoutError,
     DeviceVerifyFailedError,
 )
 from bmsfw.protocol.session import (
@@ -553,22 +553,17 @@ class SmpSession:
         self._request(ResetWrite(), "reset")
 
     def wait_boot(self, timeout_s: float, poll_s: float = 0.05) -> BootStatus:
-        deadline = time.monotonic() + timeout_s
-        last: BootStatus | None = None
-        while time.monotonic() < deadline:
-            try:
-                last = self.read_boot_status(timeout_s=min(0.5, self.link.timeout_s))
-            except (SmpNoResponseError, SmpProtocolError):
-                last = None  # rebooting: silent (or a late answer to an earlier poll)
-            if last is not None and last.run_state == "application":
-                if self._credentials is not None:
-                    self.authenticate(self._credentials)
-                return last
-            time.sleep(poll_s)
-        state = last.run_state if last else "silent"
-        raise DeviceBootTimeoutError(
-            f"{self.address}: not back in the application after {timeout_s:g} s (state: {state})"
+        status = wait_for_application(
+            lambda: self.read_boot_status(timeout_s=min(0.5, self.link.timeout_s)),
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            # rebooting: silent (or a late answer to an earlier poll)
+            silent=(SmpNoResponseError, SmpProtocolError),
+            who=f"{self.address}:",
         )
+        if self._credentials is not None:
+            self.authenticate(self._credentials)
+        return status
 
     def read_self_test(self) -> SelfTestResult:
         r = self._request(vendor.SelfTestRead(), "self-test")

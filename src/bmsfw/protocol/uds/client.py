@@ -44,11 +44,11 @@ from udsoncan.Request import Request
 
 from bmsfw.errors import BmsfwError
 from bmsfw.package import Component, Manifest, decode_header
+from bmsfw.protocol.boot_wait import wait_for_application
 from bmsfw.protocol.bounds import counter_value, decoded, device_text
 from bmsfw.protocol.deadline import StepBudgets, StepClock, session_step
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
-    DeviceBootTimeoutError,
     DeviceHeaderRejectedError,
     DeviceVerifyFailedError,
     StepDeadlineError,
@@ -794,25 +794,15 @@ class UdsSession:
 
     def wait_boot(self, timeout_s: float) -> BootStatus:
         """Poll the boot status until the application runs (self-test finished)."""
-        deadline = time.monotonic() + timeout_s
-        last: BootStatus | None = None
         with self.steps.step("wait for boot", timeout_s):
-            while time.monotonic() < deadline:
-                try:
-                    last = self.read_boot_status()
-                    if last.run_state == "application":
-                        return last
-                except StepDeadlineError:
-                    break  # each poll waits at most until the boot deadline
-                except UdsTimeoutError:
-                    pass  # rebooting: silent, as real hardware is
-                except BmsfwError as exc:
-                    log.debug("waiting for boot: %s", exc)
-                time.sleep(self.config.boot_poll_interval_s)
-        state = last.run_state if last else "silent"
-        raise DeviceBootTimeoutError(
-            f"BMS {self.address} not running after {timeout_s:.0f} s (state: {state})"
-        )
+            return wait_for_application(
+                self.read_boot_status,
+                timeout_s=timeout_s,
+                poll_s=self.config.boot_poll_interval_s,
+                silent=(BmsfwError,),  # no answer while it reboots, as real hardware
+                stop=(StepDeadlineError,),  # each poll waits at most until the boot deadline
+                who=f"BMS {self.address}",
+            )
 
     @session_step("self-test", "self_test_s")
     def run_self_test(self) -> SelfTestResult:
