@@ -53,7 +53,7 @@ class Attack:
 
     @property
     def code(self) -> str:
-        return str(self.report.error.get("code", ""))
+        return self.report.error.code if self.report.error else ""
 
 
 @pytest.fixture(scope="session")

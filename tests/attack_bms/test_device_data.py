@@ -46,7 +46,7 @@ def test_impossible_telemetry_is_refused(
     """SOC 250 %, -300 degC, every cell at 6.55 V (spread 0): E365 in preflight, not passed."""
     result = attack(behaviour)
     assert result.code == "BMSFW-E365", result.report.error
-    assert field in result.report.error["message"]
+    assert field in result.report.error.message
     assert result.report.failed_step == "preflight"
     assert result.report.outcome == "refused"
     assert result.bms.writes == []

@@ -15,7 +15,7 @@ def test_identity_drift_stops_before_anything_is_written(attack: Callable[..., A
     """SN-0001 at identify, SN-0002 from the preflight on: E508, nothing written."""
     result = attack(Behaviour(serial="SN-0001", serial_later="SN-0002"))
     assert result.code == "BMSFW-E508", result.report.error
-    assert "SN-0002" in result.report.error["message"]
+    assert "SN-0002" in result.report.error.message
     assert result.report.outcome == "refused"
     assert result.bms.writes == []
     assert result.seconds < 10

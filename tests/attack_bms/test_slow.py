@@ -15,7 +15,7 @@ def test_block_size_1_stmin_127ms_hits_the_rate_floor(attack: Callable[..., Atta
     assert result.code == "BMSFW-E524", result.report.error
     assert result.report.outcome == "paused"
     assert result.report.failed_step == "transfer"
-    assert "below the floor of 1000 B/s" in result.report.error["message"]
+    assert "below the floor of 1000 B/s" in result.report.error.message
     # stopped after the first block that crossed the grace: well under 10 s
     assert result.seconds < 10
     assert not any(w.startswith("31010202") for w in result.bms.writes)  # never activated

@@ -40,7 +40,7 @@ from bmsfw.sim import DeviceSpec, FlashSpec
 from bmsfw.sim.lab import lab_pki, provision_nodes, signed_package, write_tester_files
 from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
 from bmsfw.update.audit import AuditLog
-from bmsfw.update.report import StepRecord, UpdateReport
+from bmsfw.update.report import ErrorRecord, Outcome, StepRecord, UpdateReport
 
 # What an attacker (or an unlucky device) puts in a string: rich markup, emoji codes,
 # ANSI CSI/OSC sequences, BEL, CR and backspace tricks, C1 controls (0x9b is a one-byte
@@ -223,18 +223,22 @@ def test_link_names_and_option_values(capsys: pytest.CaptureFixture[str], text: 
 
 
 def _report(text: str) -> UpdateReport:
-    report = UpdateReport(node=text, outcome="rolled-back", operator=text, running_version=text)
-    report.device_before = {"model": text, "serial": text, "hw_revision": text, "app_version": text}
-    report.package = {"product": text, "version": text, "security_counter": 3}
-    report.steps = [StepRecord("transfer", False, 0.0, 1.5, text)]
-    report.error = {"code": "BMSFW-E511", "message": text, "diagnosis": text, "remedy": text}
-    report.preflight = [
-        {"name": text, "measured": text, "limit": text, "passed": False, "overridden": False}
-    ]
-    report.self_test = {"passed": False, "checks": [{"name": text, "passed": False, "value": text}]}
-    report.config_changes = [{"path": text, "before": text, "after": 1}]
-    report.warnings = [text]
-    return report
+    return UpdateReport(
+        node=text,
+        outcome=Outcome.ROLLED_BACK,
+        operator=text,
+        running_version=text,
+        device_before={"model": text, "serial": text, "hw_revision": text, "app_version": text},
+        package={"product": text, "version": text, "security_counter": 3},
+        steps=(StepRecord("transfer", False, 0.0, 1.5, text),),
+        error=ErrorRecord("BMSFW-E511", "SelfTestFailedRolledBackError", text, text, text),
+        preflight=(
+            {"name": text, "measured": text, "limit": text, "passed": False, "overridden": False},
+        ),
+        self_test={"passed": False, "checks": [{"name": text, "passed": False, "value": text}]},
+        config_changes=({"path": text, "before": text, "after": 1},),
+        warnings=(text,),
+    )
 
 
 @SETTINGS

@@ -85,7 +85,7 @@ def test_failing_self_test_reverts(
             report = run_smp_update(session, smp_bench, "fail-selftest", tmp_path, tester)
             assert report.outcome == "rolled-back", report.error
             assert report.error is not None, report
-            assert report.error["code"] == "BMSFW-E511", report.error  # self-test failed, reverted
+            assert report.error.code == "BMSFW-E511", report.error  # self-test failed, reverted
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) in {
                 ("1.0.0", "confirmed"),
@@ -120,7 +120,7 @@ def test_cut_link_resumes_the_upload_at_the_device_offset(
                 sink=cut_at_half,
             )
         assert first.outcome == "paused" and first.failed_step == "transfer", first.error
-        assert first.error is not None and first.error["code"] == "BMSFW-E501", first.error
+        assert first.error is not None and first.error.code == "BMSFW-E501", first.error
         reached = first.transfer["offset"]
         assert total // 2 <= reached < total
 

@@ -139,8 +139,8 @@ def test_broadcast_refuses_a_delta_before_touching_a_node(
         string = update_string(bus, [1], delta, pki, tester, records=tmp_path)
         (report,) = string.reports
         assert report.outcome == "refused", report.error
-        assert report.error["code"] == "BMSFW-E534"
-        assert "only the BMS can decode it" in report.error["message"]
+        assert report.error.code == "BMSFW-E534"
+        assert "only the BMS can decode it" in report.error.message
         assert not any(s.step == "transfer" for s in report.steps)
         assert string.transfer["mode"] == "none"
         assert bus.session(1).transfer_state().total_size == 0

@@ -205,8 +205,8 @@ def test_power_cut_at_every_flash_operation_of_the_update_procedure(
         # running it again helps.
         assert not first.ok and first.error, where
         assert first.outcome in ("paused", "failed"), (where, first.outcome)
-        assert first.error["code"] not in ("BMSFW-E510", "BMSFW-E513"), (where, first.error)
-        assert retry_helps_for(first.error["code"]), (where, first.error)
+        assert first.error.code not in ("BMSFW-E510", "BMSFW-E513"), (where, first.error)
+        assert retry_helps_for(first.error.code), (where, first.error)
         assert first.report_path and Path(first.report_path).exists(), where
         assert _audit_lines(site.records) == 1, where
         first_outcomes[first.outcome] = first_outcomes.get(first.outcome, 0) + 1

@@ -63,9 +63,9 @@ def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
                 session, release_v2.package, pki, tester, records=records, on_progress=cut
             )
             assert report.outcome == "paused" and report.failed_step == "transfer"
-            assert report.error["code"] == "BMSFW-E501"
-            assert report.cause["code"] == "BMSFW-E362"
-            assert "got no answer" in report.cause["message"]
+            assert report.error.code == "BMSFW-E501"
+            assert report.cause.code == "BMSFW-E362"
+            assert "got no answer" in report.cause.message
             assert half <= report.transfer["offset"] < len(release_v2.image)
 
         # cable back: a new session finds the old firmware running, then resumes

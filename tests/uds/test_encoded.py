@@ -125,7 +125,7 @@ def test_wrong_dfi_refused_and_interrupted_encoded_transfer_restarts_from_zero(
             cut_off = update_node(
                 session, hs.package, pki, tester, records=records, on_progress=cut
             )
-            assert cut_off.outcome == "paused" and cut_off.cause["code"] == "BMSFW-E362"
+            assert cut_off.outcome == "paused" and cut_off.cause.code == "BMSFW-E362"
         with open_uds_session(link, 1) as session:
             assert session.identify().app_version == "1.0.0"  # the old firmware runs
             session.authenticate(tester)

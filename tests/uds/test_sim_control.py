@@ -73,8 +73,8 @@ def test_supply_sag_injected_into_sim_process_pauses_pipeline_then_resume_finish
                 session, release_v2.package, trust, options, profile=profile, sink=sag_at_a_third
             )
             assert report.outcome == "paused", report.error
-            assert report.error is not None and report.error["code"] == "BMSFW-E502"
-            assert "supply" in report.error["message"]
+            assert report.error is not None and report.error.code == "BMSFW-E502"
+            assert "supply" in report.error.message
             held = session.read_transfer_state()
             assert injected[0] <= held.contiguous_bytes < total  # stopped between blocks
             status = session.read_boot_status()

@@ -144,13 +144,13 @@ def test_delta_of_another_release_is_refused_before_anything_is_written(
     report = _update(session, packages["2.0.0"], vendor, options, clock, delta=delta)
     assert report.outcome == "refused"
     assert report.failed_step == "verify-package"
-    assert report.error["code"] == "BMSFW-E001"
-    assert "delta package is BMS-16S firmware 1.0.1" in report.error["message"]
+    assert report.error.code == "BMSFW-E001"
+    assert "delta package is BMS-16S firmware 1.0.1" in report.error.message
     assert bms.flash_op_count == flash_ops
     # and a full package given as the "delta"
     report = _update(session, packages["2.0.0"], vendor, options, clock, delta=packages["2.0.0"])
     assert report.outcome == "refused"
-    assert "not a delta" in report.error["message"]
+    assert "not a delta" in report.error.message
     assert bms.flash_op_count == flash_ops
 
 
@@ -169,7 +169,7 @@ def test_interrupted_encoded_transfer_restarts_from_zero(
     bms.faults.power_cut_at(cut_at)
     report = _update(DirectSession(bms), package, vendor, options, clock)
     assert report.outcome == "paused"
-    assert report.error["code"] == "BMSFW-E501"
+    assert report.error.code == "BMSFW-E501"
     assert 0 < report.transfer["offset"] < stored
 
     bms = open_bms()  # power back: the old image runs, the bank holds part of the new one
@@ -219,7 +219,7 @@ def test_encrypted_release_goes_over_as_ciphertext_and_runs(
     flash_ops = bms.flash_op_count
     report = _update(session, package, vendor, options, clock)
     assert (report.outcome, report.failed_step) == ("refused", "transfer")
-    assert report.error["code"] == "BMSFW-E144"
+    assert report.error.code == "BMSFW-E144"
     assert bms.boot_status().running_version == "1.0.0"
     assert bms.bank_info("B").state == "empty"
     assert bms.flash_op_count == flash_ops

@@ -42,7 +42,7 @@ def test_reported_keys_refuse_before_the_transfer(
 ) -> None:
     stored = bms.flash.path.read_bytes()  # banks, OTP, journals: flash.bin mirrors them
     report = _run(DirectSession(bms), foreign, vendor, options, clock)
-    assert report.error["code"] == "BMSFW-E134", report.error
+    assert report.error.code == "BMSFW-E134", report.error
     assert report.decisions["start"] == "refuse-image-key"
     assert not bms.transfer_status().staged  # not even the release header was sent
     assert bms.flash.path.read_bytes() == stored
@@ -58,7 +58,7 @@ def test_unreported_keys_leave_the_check_to_the_bms(
     # today's behaviour: the whole image went over, the BMS's secure boot refused it
     assert report.outcome != "updated"
     assert report.failed_step == "device-verify"
-    assert report.error["code"] == "BMSFW-E124"  # the BMS's own refusal, after the transfer
+    assert report.error.code == "BMSFW-E124"  # the BMS's own refusal, after the transfer
     assert bms.boot_status().running_version == "1.0.0"
 
 

@@ -45,7 +45,7 @@ def test_successful_update_confirms_reports_and_audits(
     assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")
     assert bms.otp.security_counter == 2
     assert bms.config_snapshot() == config_before
-    assert report.config_changes == []  # type: ignore[attr-defined]
+    assert report.config_changes == ()  # type: ignore[attr-defined]
     steps = [e.step for e in events if isinstance(e, StepFinished)]
     assert steps == [
         "identify", "verify-package", "preflight", "confirmations", "backup",
@@ -99,7 +99,7 @@ def test_preflight_failure_writes_nothing(
     flash_ops = bms.flash_op_count
     report = _run(session, packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "refused"  # type: ignore[attr-defined]
-    assert report.error["code"] == code  # type: ignore[attr-defined]
+    assert report.error.code == code  # type: ignore[attr-defined]
     assert report.failed_step == "preflight"  # type: ignore[attr-defined]
     failed = [c for c in report.preflight if not c["passed"]]  # type: ignore[attr-defined]
     assert check in [c["name"] for c in failed]
@@ -123,7 +123,7 @@ def test_self_test_failure_rolls_back(
 ) -> None:
     report = _run(session, packages["fail-selftest"], vendor, options, clock)
     assert report.outcome == "rolled-back"  # type: ignore[attr-defined]
-    assert report.error["code"] == "BMSFW-E511"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E511"  # type: ignore[attr-defined]
     assert report.failed_step == "self-test"  # type: ignore[attr-defined]
     assert report.running_version == "1.0.0"  # type: ignore[attr-defined]
     assert report.self_test["passed"] is False  # type: ignore[attr-defined]
@@ -143,7 +143,7 @@ def test_never_confirming_image_rolls_back(
 ) -> None:
     report = _run(session, packages["never-confirm"], vendor, options, clock)
     assert report.outcome == "rolled-back"  # type: ignore[attr-defined]
-    assert report.error["code"] == "BMSFW-E512"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E512"  # type: ignore[attr-defined]
     assert report.running_version == "1.0.0"  # type: ignore[attr-defined]
     assert bms.boot_status().running_version == "1.0.0"
     assert bms.otp.security_counter == 1
@@ -164,7 +164,7 @@ def test_power_cut_during_transfer_then_update_again_resumes(
     bms.faults.power_cut_at(cut_at)
     report = _run(DirectSession(bms), packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "paused"  # type: ignore[attr-defined]
-    assert report.error["code"] == "BMSFW-E501"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E501"  # type: ignore[attr-defined]
     assert report.failed_step == "transfer"  # type: ignore[attr-defined]
     assert bms.dead
     reached = report.transfer["offset"]  # type: ignore[attr-defined]
@@ -200,8 +200,8 @@ def test_transfer_stops_at_safe_point_when_supply_leaves_limits(
         sink=sink, sleep=clock.sleep, clock=clock.monotonic,
     )  # fmt: skip
     assert report.outcome == "paused"
-    assert report.error["code"] == "BMSFW-E502"
-    assert "supply" in report.error["message"]
+    assert report.error.code == "BMSFW-E502"
+    assert "supply" in report.error.message
     status = bms.transfer_status()
     assert status.staged and 0 < status.contiguous_bytes < status.total_size
     assert bms.boot_status().running_version == "1.0.0"
@@ -230,7 +230,7 @@ def test_incompatible_package_is_refused_before_preflight(
 ) -> None:
     report = _run(session, packages["rev-z"], vendor, options, clock)
     assert report.outcome == "refused"  # type: ignore[attr-defined]
-    assert report.error["code"] == "BMSFW-E110"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E110"  # type: ignore[attr-defined]
     assert report.failed_step == "verify-package"  # type: ignore[attr-defined]
     assert not bms.transfer_status().staged
 
@@ -247,8 +247,8 @@ def test_missing_confirmation_stops_before_backup(
 ) -> None:
     opts = dataclasses.replace(options, confirmed=frozenset({"stable-power"}))
     report = _run(session, packages["2.0.0"], vendor, opts, clock)
-    assert report.error["code"] == "BMSFW-E409"  # type: ignore[attr-defined]
-    assert "flammables-removed" in report.error["message"]  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E409"  # type: ignore[attr-defined]
+    assert "flammables-removed" in report.error.message  # type: ignore[attr-defined]
     asked: list[str] = []
     report = run_update(
         session, packages["2.0.0"], vendor.trust(), opts,
@@ -271,7 +271,7 @@ def test_safety_check_cannot_be_overridden(
     bms.faults.set_soc(10.0)
     opts = dataclasses.replace(options, overrides={"state-of-charge": "customer insists"})
     report = _run(session, packages["2.0.0"], vendor, opts, clock)
-    assert report.error["code"] == "BMSFW-E410"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E410"  # type: ignore[attr-defined]
     assert not bms.transfer_status().staged
 
 
@@ -383,7 +383,7 @@ def test_a_bms_silent_after_confirm_is_reported_as_unknown_not_guessed(
     report = _run(session, packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "failed"  # type: ignore[attr-defined]
     assert report.failed_step == "confirm"  # type: ignore[attr-defined]
-    assert report.error["code"] == "BMSFW-E360"  # type: ignore[attr-defined]
+    assert report.error.code == "BMSFW-E360"  # type: ignore[attr-defined]
     assert report.running_version == "unknown (BMS not answering)"  # type: ignore[attr-defined]
     assert any(
         "could not read the boot status afterwards" in w

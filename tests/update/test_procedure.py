@@ -81,18 +81,15 @@ def test_rollback_after_a_failed_self_test_changes_nothing_and_is_recorded(
 ) -> None:
     """The defect of issue 12: rollback used to confirm the image the BMS had rejected."""
     report = _run(session, packages["fail-selftest"], vendor, options, clock)
-    assert report.error["code"] == "BMSFW-E511"
+    assert report.error.code == "BMSFW-E511"
     rejected = bms.bank_info("B")
     ops, counter = bms.flash_op_count, bms.otp.security_counter
 
     rollback = _rollback(session, options, clock)
     assert rollback.kind == "rollback" and not rollback.ok
     assert rollback.outcome == "refused"
-    assert rollback.error["code"] == "BMSFW-E517"
-    assert (
-        "rejected image" in rollback.error["message"]
-        or "no test image" in (rollback.error["message"])
-    )
+    assert rollback.error.code == "BMSFW-E517"
+    assert "rejected image" in rollback.error.message or "no test image" in (rollback.error.message)
     status = bms.boot_status()
     assert (status.running_version, status.active_bank) == ("1.0.0", "A")
     assert status.image_state != "test"
@@ -116,8 +113,8 @@ def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(
 ) -> None:
     first = _run(LinkLostAfterReset(bms), packages["2.0.0"], vendor, options, clock)
     assert first.outcome == "paused"
-    assert first.error["code"] == "BMSFW-E516"  # power loss / lost link, not E510
-    assert "not a boot loop" in first.error["message"]
+    assert first.error.code == "BMSFW-E516"  # power loss / lost link, not E510
+    assert "not a boot loop" in first.error.message
     assert first.failed_step == "self-test"
     bms.wait_boot()  # the link comes back; the BMS booted its test image meanwhile
     status = bms.boot_status()
@@ -155,7 +152,7 @@ def test_rollback_of_a_test_image_returns_to_the_confirmed_one(
     assert bms.otp.security_counter == 1
     # and a second rollback has nothing left to do
     second = _rollback(DirectSession(bms), options, clock)
-    assert second.error["code"] == "BMSFW-E517"
+    assert second.error.code == "BMSFW-E517"
     assert bms.boot_status().running_version == "1.0.0"
 
 
@@ -170,7 +167,7 @@ def test_downgrade_needs_an_explicit_reason_which_is_recorded(
     lower = vendor.release("0.9.5", 1)  # the same security counter as what runs
     refused = _run(session, lower, vendor, options, clock)
     assert refused.outcome == "refused"
-    assert refused.error["code"] == "BMSFW-E414"
+    assert refused.error.code == "BMSFW-E414"
     assert not bms.transfer_status().staged
     assert bms.boot_status().running_version == "1.0.0"
 
@@ -214,7 +211,7 @@ def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(
         _Tee(events, on_event),
     )
     assert report.outcome == "paused"
-    assert report.error["code"] == "BMSFW-E518"
+    assert report.error.code == "BMSFW-E518"
     assert 0 < report.transfer["offset"] < report.transfer["total"]
     assert bms.boot_status().running_version == "1.0.0"
     assert _audit(options) == [("update", "paused")]
@@ -261,7 +258,7 @@ def test_an_unusable_record_place_stops_before_the_first_byte(
         code = "BMSFW-E532"
     ops = bms.flash_op_count
     report = _run(session, packages["2.0.0"], vendor, options, clock)
-    assert report.error["code"] == code, report.error
+    assert report.error.code == code, report.error
     assert report.outcome == "refused"
     assert bms.flash_op_count == ops and not bms.transfer_status().staged
     assert bms.boot_status().running_version == "1.0.0"
@@ -293,9 +290,9 @@ def test_a_report_that_cannot_be_written_at_the_end_keeps_the_outcome(
 
     report = _run(session, packages["2.0.0"], vendor, options, clock, DriveRemoved())
     assert report.outcome == "updated" and report.ok
-    assert report.record_error["code"] == "BMSFW-E519"
+    assert report.record_error.code == "BMSFW-E519"
     assert report.exception is not None and report.exception.code == "BMSFW-E519"
-    assert "updated" in report.record_error["message"]
+    assert "updated" in report.record_error.message
     assert bms.boot_status().image_state == "confirmed"
     assert _audit(options) == [("update", "updated")]  # the audit record still went in
 
@@ -315,7 +312,7 @@ def test_a_pack_the_self_test_would_reject_is_stopped_by_the_preflight(
     ops = bms.flash_op_count
     report = _run(session, packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "refused"
-    assert report.error["code"] == "BMSFW-E403"
+    assert report.error.code == "BMSFW-E403"
     supply = next(c for c in report.preflight if c["name"] == "supply-stability")
     assert supply["limit"].startswith(
         f"{SELF_TEST_LIMITS.supply_min_v:g}–{SELF_TEST_LIMITS.supply_max_v:g} V"

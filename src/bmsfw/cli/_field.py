@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.progress import (
@@ -75,6 +75,49 @@ profile_option = click.option(
     envvar="BMSFW_PROFILE",
     help="Product profile (TOML) with thresholds; default: the field guide's values.",
 )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tester_options(func: F) -> F:
+    """--tester-cert, --tester-key and the key's passphrase: who may write to the BMS."""
+    func = tester_passphrase_option(func)
+    func = click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))(func)
+    return click.option(
+        "--tester-cert",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
+    )(func)
+
+
+def record_options(backup_help: str) -> Callable[[F], F]:
+    """--backup-dir, --report-dir, --audit-log, --operator: where the record of a run that
+    changes a BMS goes (`update`, `rollback`), and who ran it."""
+
+    def apply(func: F) -> F:
+        func = click.option("--operator", default="", help="Technician name for the audit log.")(
+            func
+        )
+        func = click.option(
+            "--audit-log",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
+        )(func)
+        func = click.option(
+            "--report-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="Where the JSON report goes (default: BACKUP_DIR/reports).",
+        )(func)
+        return click.option(
+            "--backup-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            required=True,
+            envvar="BMSFW_BACKUP_DIR",
+            help=f"{backup_help} [env BMSFW_BACKUP_DIR].",
+        )(func)
+
+    return apply
 
 
 def _exit_for(reports: list[UpdateReport]) -> None:
@@ -414,13 +457,7 @@ def _upload_backup(fleet: FleetClient, path: Path, reason: str) -> dict[str, Any
 
 @click.command("restore")
 @link_options
-@click.option(
-    "--tester-cert",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
-)
-@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
-@tester_passphrase_option
+@tester_options
 @click.argument("backup_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--other-device", is_flag=True, help="Allow a backup taken from another BMS (serial differs)."
@@ -616,23 +653,7 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
 )
 @trust_options
 @profile_option
-@click.option(
-    "--backup-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    envvar="BMSFW_BACKUP_DIR",
-    help="Where the configuration backup goes (an external drive) [env BMSFW_BACKUP_DIR].",
-)
-@click.option(
-    "--report-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where the JSON report goes (default: BACKUP_DIR/reports).",
-)
-@click.option(
-    "--audit-log",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
-)
+@record_options("Where the configuration backup goes (an external drive)")
 @click.option(
     "--evidence",
     "evidence_dir",
@@ -656,14 +677,7 @@ def _print_reports(reports: list[UpdateReport], as_json: bool) -> None:
     "ota-bandwidth); needs a reason.",
 )
 @click.option("--override-reason", default="", help="Why the override is acceptable (recorded).")
-@click.option(
-    "--tester-cert",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
-)
-@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
-@tester_passphrase_option
-@click.option("--operator", default="", help="Technician name for the audit log.")
+@tester_options
 @click.option("--no-restore", is_flag=True, help="Report config changes, do not restore them.")
 @click.option("--recovery", is_flag=True, help="Allow flashing a BMS stuck in its bootloader.")
 @click.option("--reinstall", is_flag=True, help="Flash even if this version already runs.")
@@ -863,31 +877,8 @@ def _string_table(string: StringReport) -> Table:
 
 @click.command("rollback")
 @link_options
-@click.option(
-    "--tester-cert",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Tester certificate chain (PEM); required (issued with `bmsfw keys issue-tester`).",
-)
-@click.option("--tester-key", type=click.Path(path_type=Path, dir_okay=False))
-@tester_passphrase_option
-@click.option(
-    "--backup-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    envvar="BMSFW_BACKUP_DIR",
-    help="Where the report and audit record go, as for `update` [env BMSFW_BACKUP_DIR].",
-)
-@click.option(
-    "--report-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where the JSON report goes (default: BACKUP_DIR/reports).",
-)
-@click.option(
-    "--audit-log",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Append-only audit log (default: BACKUP_DIR/audit.jsonl).",
-)
-@click.option("--operator", default="", help="Technician name for the audit log.")
+@tester_options
+@record_options("Where the report and audit record go, as for `update`")
 @click.option("--boot-timeout", "boot_timeout_s", type=float, default=30.0, show_default=True)
 @json_option
 def rollback_command(
@@ -940,16 +931,16 @@ def _rollback_line(report: UpdateReport) -> str:
     if report.ok:
         line = f"{report.node}: rolled back: {report.steps[-1].detail}"
     else:
-        error = report.error
+        code, message = (report.error.code, report.error.message) if report.error else ("", "")
         line = (
             f"{report.node}: {'nothing changed' if report.outcome == 'refused' else 'FAILED'}"
-            f" - {error.get('code', '')}: {error.get('message', '')}; the BMS runs "
+            f" - {code}: {message}; the BMS runs "
             f"{report.running_version or 'unknown'}"
         )
     if report.report_path:
         line += f"\n  report: {report.report_path}"
     if report.record_error:
-        line += f"\n  RECORD NOT WRITTEN: {report.record_error['message']}"
+        line += f"\n  RECORD NOT WRITTEN: {report.record_error.message}"
     return line
 
 

@@ -149,7 +149,11 @@ def _package_record(report: UpdateReport) -> dict[str, Any]:
         "verification": {
             "result": result,
             "detail": verified.detail if verified is not None else "",
-            "error": report.error if report.failed_step == "verify-package" else {},
+            "error": (
+                report.error.to_dict()
+                if report.error and report.failed_step == "verify-package"
+                else {}
+            ),
             **{k: report.package[k] for k in keys if k in report.package},
         },
     }

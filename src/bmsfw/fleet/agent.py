@@ -898,8 +898,8 @@ class Agent:
         self._send({"kind": "evidence", "file": path.name, "campaign_id": job.campaign_id})
 
     def _conclude(self, job: Job, report: UpdateReport) -> None:
-        code = report.error.get("code", "")
-        message = report.error.get("message", "")
+        code = report.error.code if report.error else ""
+        message = report.error.message if report.error else ""
         detail = f"{report.failed_step}: {message}" if message else ""
         detail = f"{detail}; runs {report.running_version}".lstrip("; ")
         outcome = report.outcome

@@ -52,6 +52,7 @@ from bmsfw.package import (
     verify_release,
 )
 from bmsfw.package.errors import HashMismatchError, ImageKeyNotFusedError, MalformedPackageError
+from bmsfw.protocol.errors import StepDeadlineError
 from bmsfw.protocol.session import (
     BmsSession,
     BootStatus,
@@ -124,7 +125,14 @@ from bmsfw.update.events import (
 from bmsfw.update.preflight import ReleaseFacts, run_preflight, validate_overrides
 from bmsfw.update.profile import ManualConfirmation, TransferLimits, UpdateProfile
 from bmsfw.update.record import RecordTargets, check_record_targets
-from bmsfw.update.report import StepRecord, UpdateReport, write_report
+from bmsfw.update.report import (
+    ErrorRecord,
+    Outcome,
+    ReportDraft,
+    StepRecord,
+    UpdateReport,
+    write_report,
+)
 
 __all__ = [
     "AskConfirmation",
@@ -283,7 +291,7 @@ class _Shell:
         self.sleep = sleep
         self.clock = clock
         self.node = "?"
-        self.report = UpdateReport(node="?", operator=record.operator, kind=self.kind)
+        self.report = ReportDraft(node="?", operator=record.operator, kind=self.kind)
 
     def emit(self, event: Event) -> None:
         if self.sink is not None:
@@ -384,7 +392,7 @@ class _Shell:
             "decisions": report.decisions,
             "running_version": report.running_version,
             "failed_step": report.failed_step,
-            "error_code": report.error.get("code", ""),
+            "error_code": report.error.code if report.error else "",
         }
 
     def finish(self) -> UpdateReport:
@@ -404,11 +412,11 @@ class _Shell:
                 )
             except (OSError, BmsfwError) as exc:
                 problems.append(f"audit record not written to {self.record.audit_log}: {exc}")
+        report_path = ""
         if self.record.report_dir is not None:
             try:
-                path = write_report(report, self.record.report_dir)
-                report.report_path = str(path)
-                logger.info("%s: report written to %s", self.node, path)
+                report_path = str(write_report(report.freeze(), self.record.report_dir))
+                logger.info("%s: report written to %s", self.node, report_path)
             except OSError as exc:
                 problems.append(f"report not written to {self.record.report_dir}: {exc}")
         if problems:
@@ -416,16 +424,17 @@ class _Shell:
                 f"{'; '.join(problems)}; the {self.kind} itself ended {report.outcome}, "
                 f"the BMS runs {report.running_version or 'unknown'}"
             )
-            report.record_error = error.to_dict()
+            report.record_error = ErrorRecord.of(error)
             report.warnings.extend(problems)
             if report.exception is None:
                 report.exception = error
+        final = report.freeze(report_path=report_path)
         self.emit(
             UpdateFinished(
-                self.node, report.ok, report.error.get("code", ""), report.running_version
+                self.node, final.ok, final.error.code if final.error else "", final.running_version
             )
         )
-        return report
+        return final
 
 
 class _Run(_Shell):
@@ -545,7 +554,7 @@ class _Run(_Shell):
                 else:
                     detail.append(start.reason)
             if start.verdict is StartVerdict.ALREADY_INSTALLED:
-                report.outcome = "already-installed"
+                report.outcome = Outcome.ALREADY_INSTALLED
                 self.warn(start.reason)
                 return self.finish()
             if start.verdict is StartVerdict.CONTINUE_TEST_IMAGE:
@@ -638,7 +647,7 @@ class _Run(_Shell):
                 else UpdateInterruptedError(f"stopped during {step} (second Ctrl-C or SIGTERM)")
             )
             self._failed(step, error, identity)
-            if report.outcome == "rolled-back" and snapshot is not None:
+            if report.outcome == Outcome.ROLLED_BACK and snapshot is not None:
                 # Back on the old firmware: show that the configuration survived too.
                 try:
                     self._compare_config(snapshot)
@@ -795,6 +804,8 @@ class _Run(_Shell):
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         try:
             state = self.session.prepare(header, channel=self._channel())
+        except StepDeadlineError:
+            raise  # it answered, too slowly: not a power loss or a lost link
         except TransportError as exc:
             # No answer to the staging request: the BMS may have staged it (power loss,
             # lost link). Nothing is running differently; the same command continues.
@@ -812,6 +823,8 @@ class _Run(_Shell):
         if plan.erase:
             try:
                 self.session.erase()
+            except StepDeadlineError:
+                raise
             except TransportError as exc:
                 raise TransferInterruptedError(
                     f"no answer while erasing the inactive bank: {exc.code}: {exc.message}"
@@ -970,7 +983,7 @@ class _Run(_Shell):
 
     def _raise_reverted(self, status: BootStatus, new_version: str, meaning: BootMeaning) -> None:
         """The BMS is back on its previous image: say why, with the self-test if there is one."""
-        self.report.outcome = "rolled-back"
+        self.report.outcome = Outcome.ROLLED_BACK
         st = self.report.self_test
         if not st or (st.get("version") and not same_release(new_version, st["version"])):
             # The bootloader already reverted: this record is the old firmware's.
@@ -1047,14 +1060,14 @@ class _Run(_Shell):
                     raise refused
                 self.warn(f"the BMS refused the confirm ({refused.code}); rolling back now")
                 self._roll_back(new_version)
-                self.report.outcome = "rolled-back"
+                self.report.outcome = Outcome.ROLLED_BACK
                 raise refused
             if verdict is ConfirmVerdict.STILL_TEST:
                 # The firmware acknowledged but did not make itself permanent: do not
                 # leave the pack on an image the watchdog will throw out later.
                 self.warn(f"{new_version} did not confirm itself; rolling back now")
                 after = self._roll_back(new_version)
-                self.report.outcome = "rolled-back"
+                self.report.outcome = Outcome.ROLLED_BACK
                 raise NotConfirmedRolledBackError(
                     f"{new_version} acknowledged the confirm but stayed a test image; "
                     f"rolled back, the BMS runs {after.running_version}"
@@ -1070,7 +1083,7 @@ class _Run(_Shell):
             self.report.running_version = status.running_version
             self._judge_installed(release, status)
             detail.append(self.report.decisions["installed-reason"])
-        self.report.outcome = "updated"
+        self.report.outcome = Outcome.UPDATED
 
     def _judge_installed(self, release: VerifiedRelease, status: BootStatus) -> None:
         """ "updated" only on the BMS's digest of its active image and a raised counter."""
@@ -1118,7 +1131,7 @@ class _Run(_Shell):
         report = self.report
         cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else None
         report.fail(step, exc, cause)
-        if report.outcome != "rolled-back":
+        if report.outcome != Outcome.ROLLED_BACK:
             # a release header the BMS refused (delta base, missing key, ...) wrote nothing
             if isinstance(
                 exc,
@@ -1127,15 +1140,16 @@ class _Run(_Shell):
                 | UpdateInterruptedError
                 | NoAnswerAfterResetError,
             ):
-                report.outcome = "paused"
+                report.outcome = Outcome.PAUSED
             elif not self.staged:
-                report.outcome = "refused"
+                report.outcome = Outcome.REFUSED
             else:
-                report.outcome = "failed"
+                report.outcome = Outcome.FAILED
         logger.warning("%s: update failed at %s: %s", self.node, step, exc)
         if identity is not None:
             self.probe_after_failure(
-                identity.app_version, changed=report.outcome not in ("refused", "paused")
+                identity.app_version,
+                changed=report.outcome not in (Outcome.REFUSED, Outcome.PAUSED),
             )
 
     def audit_fields(self) -> dict[str, Any]:
@@ -1197,7 +1211,7 @@ class _Rollback(_Shell):
                         f"after the rollback the BMS still runs a test image "
                         f"({after.running_version})"
                     )
-                report.outcome = "rolled-back"
+                report.outcome = Outcome.ROLLED_BACK
                 detail.append(
                     f"was {before.running_version} (bank {before.active_bank} "
                     f"{before.image_state}), now runs {after.running_version} "
@@ -1211,7 +1225,7 @@ class _Rollback(_Shell):
             )
             cause = error.__cause__ if isinstance(error.__cause__, BaseException) else None
             report.fail(step, error, cause)
-            report.outcome = "failed" if self.changed else "refused"
+            report.outcome = Outcome.FAILED if self.changed else Outcome.REFUSED
             if identity is not None:
                 self.probe_after_failure(identity.app_version, changed=self.changed)
         return self.finish()

@@ -2,16 +2,20 @@
 
 A report always answers the four questions of a failed update: which step
 failed, what the device runs now, the error code, and what to do (diagnosis
-and remedy). It is built while the pipeline runs (:class:`ReportBuilder`) and
-frozen at the end (:class:`UpdateReport`).
+and remedy). The pipeline fills a :class:`ReportDraft` while it runs and hands
+out a frozen :class:`UpdateReport` at the end (its outcome an :class:`Outcome`,
+its errors :class:`ErrorRecord`); the JSON (format ``bmsfw-update-report/1``)
+is the same either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +25,9 @@ from bmsfw.update.record import write_atomic
 
 __all__ = [
     "REPORT_FORMAT",
+    "ErrorRecord",
     "Outcome",
+    "ReportDraft",
     "StepRecord",
     "UpdateReport",
     "load_report",
@@ -30,7 +36,17 @@ __all__ = [
 ]
 
 REPORT_FORMAT = "bmsfw-update-report/1"
-Outcome = Literal["updated", "already-installed", "rolled-back", "paused", "failed", "refused"]
+
+
+class Outcome(StrEnum):
+    """How a run ended; the value is what the JSON report and the audit record say."""
+
+    UPDATED = "updated"
+    ALREADY_INSTALLED = "already-installed"
+    ROLLED_BACK = "rolled-back"
+    PAUSED = "paused"  # stopped at a safe point; the same command resumes
+    FAILED = "failed"
+    REFUSED = "refused"  # nothing written to the BMS
 
 
 @dataclass(frozen=True)
@@ -42,13 +58,174 @@ class StepRecord:
     detail: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A :class:`~bmsfw.errors.BmsfwError` as the report keeps it."""
+
+    code: str
+    type: str
+    message: str
+    diagnosis: str
+    remedy: str
+
+    @classmethod
+    def of(cls, error: BmsfwError) -> ErrorRecord:
+        return cls(**error.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorRecord | None:
+        """``{}`` (no error) is None; a record lacking a field is refused."""
+        if not data:
+            return None
+        try:
+            return cls(**{f.name: str(data[f.name]) for f in dataclasses.fields(cls)})
+        except (KeyError, TypeError) as exc:
+            raise ReportUnreadableError(f"an error record lacks {exc}") from exc
+
+    @property
+    def retry_helps(self) -> bool:
+        """Whether running the same command again can help (by the error's code)."""
+        return retry_helps_for(self.code)
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+_SEQUENCES = ("steps", "preflight", "confirmations", "config_changes", "warnings")
+# The JSON type of each report field (str when not named here).
+_JSON_SHAPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(_SEQUENCES, list),
+    **dict.fromkeys(
+        ("device_before", "device_now", "package", "profile", "overrides", "backup"), dict
+    ),
+    **dict.fromkeys(("transfer", "self_test", "decisions"), dict),
+    **dict.fromkeys(("error", "cause", "record_error"), dict),
+    **dict.fromkeys(("started_at", "finished_at"), (int, float)),
+    "config_restored": bool,
+}
+
+
+def _shape_name(shape: type | tuple[type, ...]) -> str:
+    names = {list: "a list", dict: "an object", bool: "true/false", str: "a text"}
+    return "a number" if isinstance(shape, tuple) else names.get(shape, shape.__name__)
+
+
+def _copied(value: Any) -> Any:
+    """A draft's dict or list copied (the record must not change with the draft)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _error_dict(record: ErrorRecord | None) -> dict[str, str]:
+    return record.to_dict() if record is not None else {}
+
+
+@dataclass(frozen=True)
 class UpdateReport:
-    """Everything one node's update did. Mutable while the pipeline runs."""
+    """Everything one node's update (or rollback) did, as it ended. Read-only."""
 
     node: str
     kind: Literal["update", "rollback"] = "update"
-    outcome: Outcome = "failed"
+    outcome: Outcome = Outcome.FAILED
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+    operator: str = ""
+    device_before: Mapping[str, Any] = field(default_factory=dict)
+    device_now: Mapping[str, Any] = field(default_factory=dict)
+    running_version: str = ""
+    package: Mapping[str, Any] = field(default_factory=dict)
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[StepRecord, ...] = ()
+    preflight: tuple[Mapping[str, Any], ...] = ()
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    confirmations: tuple[Mapping[str, Any], ...] = ()
+    backup: Mapping[str, Any] = field(default_factory=dict)
+    transfer: Mapping[str, Any] = field(default_factory=dict)
+    self_test: Mapping[str, Any] = field(default_factory=dict)
+    config_changes: tuple[Mapping[str, Any], ...] = ()
+    config_restored: bool = False
+    warnings: tuple[str, ...] = ()
+    failed_step: str = ""
+    error: ErrorRecord | None = None
+    cause: ErrorRecord | None = None
+    audit_hash: str = ""
+    report_path: str = ""
+    # What the decision core (bmsfw.update.core) decided: "start", "after-boot", "rollback"
+    # -> the verdict, and "<name>-reason" -> why.
+    decisions: Mapping[str, str] = field(default_factory=dict)
+    # The report or audit record could not be written (the outcome above still holds).
+    record_error: ErrorRecord | None = None
+    # The exception itself, for the CLI's exit code; not serialised.
+    exception: BmsfwError | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # an outcome given as its text is checked; sequences are kept as tuples
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
+        for name in _SEQUENCES:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def ok(self) -> bool:
+        """The run did what was asked (an update installed, a rollback rolled back)."""
+        if self.kind == "rollback":
+            return self.outcome == Outcome.ROLLED_BACK
+        return self.outcome in (Outcome.UPDATED, Outcome.ALREADY_INSTALLED)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "exception"
+        }
+        data.update(
+            outcome=self.outcome.value,
+            steps=[asdict(s) for s in self.steps],
+            error=_error_dict(self.error),
+            cause=_error_dict(self.cause),
+            record_error=_error_dict(self.record_error),
+            format=REPORT_FORMAT,
+            ok=self.ok,
+        )
+        for name in ("device_before", "device_now", "package", "profile", "overrides"):
+            data[name] = dict(data[name])
+        for name in ("backup", "transfer", "self_test", "decisions"):
+            data[name] = dict(data[name])
+        for name in _SEQUENCES[1:]:
+            data[name] = list(data[name])
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpdateReport:
+        if data.get("format") != REPORT_FORMAT:
+            raise ReportUnreadableError(f"format is {data.get('format')!r}, not {REPORT_FORMAT}")
+        known = {f.name for f in dataclasses.fields(cls) if f.name != "exception"}
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            shape = _JSON_SHAPES.get(name, str)
+            if not isinstance(value, shape) or (shape is not bool and isinstance(value, bool)):
+                raise ReportUnreadableError(
+                    f"field {name!r} is {type(value).__name__}, not {_shape_name(shape)}"
+                )
+        try:
+            values["steps"] = tuple(StepRecord(**s) for s in data.get("steps", []))
+            for name in ("error", "cause", "record_error"):
+                values[name] = ErrorRecord.from_dict(data.get(name) or {})
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ReportUnreadableError(f"report fields do not match: {exc}") from exc
+
+
+@dataclass
+class ReportDraft:
+    """The report while the pipeline runs (mutable); :meth:`freeze` gives the record."""
+
+    node: str
+    kind: Literal["update", "rollback"] = "update"
+    outcome: Outcome = Outcome.FAILED
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
     operator: str = ""
@@ -68,53 +245,28 @@ class UpdateReport:
     config_restored: bool = False
     warnings: list[str] = field(default_factory=list)
     failed_step: str = ""
-    error: dict[str, str] = field(default_factory=dict)
-    cause: dict[str, str] = field(default_factory=dict)
+    error: ErrorRecord | None = None
+    cause: ErrorRecord | None = None
     audit_hash: str = ""
-    report_path: str = ""
-    # What the decision core (bmsfw.update.core) decided: "start", "after-boot", "rollback"
-    # -> the verdict, and "<name>-reason" -> why.
     decisions: dict[str, str] = field(default_factory=dict)
-    # The report or audit record could not be written (the outcome above still holds).
-    record_error: dict[str, str] = field(default_factory=dict)
-    # The exception itself, for the CLI's exit code; not serialised.
-    exception: BmsfwError | None = field(default=None, repr=False, compare=False)
+    record_error: ErrorRecord | None = None
+    exception: BmsfwError | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
-        """The run did what was asked (an update installed, a rollback rolled back)."""
-        if self.kind == "rollback":
-            return self.outcome == "rolled-back"
-        return self.outcome in ("updated", "already-installed")
+        return self.freeze().ok
 
     def fail(self, step: str, error: BmsfwError, cause: BaseException | None = None) -> None:
         self.failed_step = step
-        self.error = error.to_dict()
+        self.error = ErrorRecord.of(error)
         self.exception = error
         if isinstance(cause, BmsfwError) and cause is not error:
-            self.cause = cause.to_dict()
+            self.cause = ErrorRecord.of(cause)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "exception"}
-        data["steps"] = [asdict(s) for s in self.steps]
-        data["format"] = REPORT_FORMAT
-        data["ok"] = self.ok
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UpdateReport:
-        if data.get("format") != REPORT_FORMAT:
-            raise ReportUnreadableError(f"format is {data.get('format')!r}, not {REPORT_FORMAT}")
-        known = {f for f in cls.__dataclass_fields__ if f != "exception"}
-        values = {k: v for k, v in data.items() if k in known}
-        try:
-            values["steps"] = [StepRecord(**s) for s in data.get("steps", [])]
-            return cls(**values)
-        except TypeError as exc:
-            raise ReportUnreadableError(f"report fields do not match: {exc}") from exc
+    def freeze(self, *, report_path: str = "") -> UpdateReport:
+        """The record as it stands (copies: later changes to the draft do not reach it)."""
+        values = {f.name: _copied(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return UpdateReport(**values, report_path=report_path)
 
 
 def write_report(report: UpdateReport, directory: str | Path) -> Path:
@@ -204,13 +356,13 @@ def render_text(report: UpdateReport) -> str:
     if report.error:
         lines += [
             f"  failed step:     {report.failed_step}",
-            f"  error:           {report.error['code']}: {report.error['message']}",
-            f"  diagnosis:       {report.error['diagnosis']}",
-            f"  remedy:          {report.error['remedy']}",
-            f"  run it again:    {_retry_text(report.error['code'])}",
+            f"  error:           {report.error.code}: {report.error.message}",
+            f"  diagnosis:       {report.error.diagnosis}",
+            f"  remedy:          {report.error.remedy}",
+            f"  run it again:    {_retry_text(report.error.code)}",
         ]
         if report.cause:
-            lines.append(f"  cause:           {report.cause['code']}: {report.cause['message']}")
+            lines.append(f"  cause:           {report.cause.code}: {report.cause.message}")
     if report.steps:
         lines.append("  steps:")
         for s in report.steps:
@@ -258,5 +410,5 @@ def render_text(report: UpdateReport) -> str:
     if report.audit_hash:
         lines.append(f"  audit record:    {report.audit_hash[:16]}…")
     if report.record_error:
-        lines.append(f"  RECORD NOT WRITTEN: {report.record_error['message']}")
+        lines.append(f"  RECORD NOT WRITTEN: {report.record_error.message}")
     return "\n".join(lines) + "\n"

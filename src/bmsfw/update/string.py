@@ -541,19 +541,25 @@ def run_string_update(
     if missing:
         raise RuntimeError(f"the pipeline of unit(s) {missing} ended without a report")
 
-    ordered = [reports[u] for u in units]
+    ordered: list[UpdateReport] = []
     rows = []
-    for member, report in zip(members, ordered, strict=True):
+    for member in members:
         unit = member.session.unit
+        report = reports[unit]
         repair = rendezvous.repairs.get(unit, {})
         if report.transfer:
-            report.transfer.update(
-                mode=rendezvous.mode if unit in rendezvous.payloads_sent_to else "addressed",
-                activation_group=member.group,
+            # what the string shared with this node: the broadcast, its group, its repair
+            shared_transfer = {
+                **report.transfer,
+                "mode": rendezvous.mode if unit in rendezvous.payloads_sent_to else "addressed",
+                "activation_group": member.group,
                 **repair,
-            )
+            }
+            report = dataclasses.replace(report, transfer=shared_transfer)
         if options.report_dir is not None:
-            write_report(report, options.report_dir)
+            path = write_report(report, options.report_dir)
+            report = dataclasses.replace(report, report_path=str(path))
+        ordered.append(report)
         wrote = any(s.step == "transfer" for s in report.steps)
         rows.append(
             StringRow(
@@ -563,7 +569,7 @@ def run_string_update(
                 now=report.running_version,
                 outcome="skipped" if report.outcome == "refused" and not wrote else report.outcome,
                 failed_step=report.failed_step,
-                error_code=report.error.get("code", ""),
+                error_code=report.error.code if report.error else "",
                 repaired_blocks=repair.get("repaired_blocks", 0),
                 group=member.group,
             )
