@@ -43,7 +43,7 @@ def test_a_layout_that_cannot_take_the_image_is_refused_before_anything_is_writt
 ) -> None:
     result = attack(Behaviour(flash_layout=reported))
     assert result.code == "BMSFW-E525", result.report.error
-    assert why in result.report.error["message"]
+    assert why in result.report.error.message
     assert result.report.outcome == "refused"
     assert result.report.decisions["start"] == "refuse-bank-layout"
     assert result.bms.writes == []  # no header staged, nothing erased or sent
@@ -65,5 +65,5 @@ def test_a_layout_that_changes_after_the_first_identify_is_another_bms(
         Behaviour(flash_layout=layout(BANK, 1024, 2), flash_layout_later=layout(BANK, 2048, 2))
     )
     assert result.code == "BMSFW-E508", result.report.error
-    assert "flash_layout" in result.report.error["message"]
+    assert "flash_layout" in result.report.error.message
     assert result.bms.writes == []

@@ -49,7 +49,7 @@ def test_ble_update_policy(
             # 1. a product not declared as serviced over Bluetooth: the OTA floor stops it
             refused = run_smp_update(session, smp_bench, "2.0.0", tmp_path / "1", tester)
             assert refused.outcome == "refused" and refused.failed_step == "preflight"
-            assert refused.error is not None and refused.error["code"] == "BMSFW-E315"
+            assert refused.error is not None and refused.error.code == "BMSFW-E315"
             checks = {c["name"]: c for c in refused.preflight}
             assert not checks["ota-bandwidth"]["passed"]
             assert "Mbit/s" in checks["ota-bandwidth"]["measured"]
@@ -66,7 +66,7 @@ def test_ble_update_policy(
                 tester,
                 profile=BLE_SERVICE_PROFILE,
             )
-            assert critical.error is not None and critical.error["code"] == "BMSFW-E113"
+            assert critical.error is not None and critical.error.code == "BMSFW-E113"
             untouched()
 
             # 3. the link below the profile's limits (an MTU this link does not reach)
@@ -74,7 +74,7 @@ def test_ble_update_policy(
             limited = run_smp_update(
                 session, smp_bench, "2.0.0", tmp_path / "3", tester, profile=narrow
             )
-            assert limited.error is not None and limited.error["code"] == "BMSFW-E316"
+            assert limited.error is not None and limited.error.code == "BMSFW-E316"
             untouched()
 
             # 4. the operator takes responsibility: the override and its reason are recorded

@@ -7,7 +7,7 @@ from __future__ import annotations
 from bmsfw.evidence.bundle import EvidenceInputs, build_bundle
 from bmsfw.fleet.web.catalogue import explain
 from bmsfw.fleet.web.report import report_view
-from bmsfw.update.report import StepRecord, UpdateReport
+from bmsfw.update.report import ErrorRecord, StepRecord, UpdateReport
 from fleet import conftest as fleet_fixtures
 from fleet.conftest import Fleet, bms
 
@@ -57,12 +57,13 @@ def _failed_update(serial: str) -> bytes:
             },
         ],
         failed_step="preflight",
-        error={
-            "code": "BMSFW-E401",
-            "message": "state of charge 12.0 % outside 20..80 %",
-            "diagnosis": "outside the window",
-            "remedy": "charge it",
-        },
+        error=ErrorRecord(
+            code="BMSFW-E401",
+            type="PreflightFailedError",
+            message="state of charge 12.0 % outside 20..80 %",
+            diagnosis="outside the window",
+            remedy="charge it",
+        ),
     )
     return build_bundle(
         EvidenceInputs(

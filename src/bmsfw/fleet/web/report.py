@@ -98,7 +98,7 @@ def report_view(bundle_bytes: bytes) -> ReportView:
     except (BmsfwError, KeyError, ValueError, TypeError) as exc:
         return _unreadable(f"the report in this bundle cannot be read: {_text(exc, 300)}")
     checks = []
-    for c in report.preflight if isinstance(report.preflight, list) else []:
+    for c in report.preflight:  # the record's shape is checked; each entry's is not
         if isinstance(c, dict):
             checks.append(
                 PreflightRow(
@@ -111,9 +111,8 @@ def report_view(bundle_bytes: bytes) -> ReportView:
                     overridden=c.get("overridden") is True,
                 )
             )
-    error = report.error if isinstance(report.error, dict) else {}
-    code = _text(error.get("code"), 16)
-    package = report.package if isinstance(report.package, dict) else {}
+    code = _text(report.error.code if report.error else "", 16)
+    package = report.package
     return ReportView(
         outcome=_text(report.outcome, 32),
         kind=_text(report.kind, 16),
@@ -133,7 +132,7 @@ def report_view(bundle_bytes: bytes) -> ReportView:
         preflight=tuple(checks),
         failed_step=_text(report.failed_step, 64),
         error_code=code,
-        error_message=_text(error.get("message")),
+        error_message=_text(report.error.message if report.error else ""),
         explanation=explain(code) if code else None,
         warnings=tuple(_text(w) for w in report.warnings if isinstance(w, str)),
         notice=notice,
