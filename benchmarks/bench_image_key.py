@@ -107,7 +107,7 @@ def run(image_size: int, *, reported: bool) -> dict[str, Any]:
     assert identity.image_key_hashes, "the simulated BMS reports its key"
     return {
         "case": "keys reported" if reported else "keys not reported",
-        "code": report.error.get("code", ""),
+        "code": report.error.code if report.error else "",
         "step": report.failed_step,
         "seconds": elapsed,
         "line_kib": line_bytes / KIB,
