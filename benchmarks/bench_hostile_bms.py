@@ -74,7 +74,7 @@ def one(behaviour: Behaviour, client: UdsClientConfig, work: Path) -> tuple[floa
             session.close()
             bus.shutdown()
         seconds = time.monotonic() - started
-        code = str(report.error.get("code", "")) or report.outcome
+        code = (report.error.code if report.error else "") or report.outcome
         return seconds, code, bms.pending_sent
 
 
