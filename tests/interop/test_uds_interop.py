@@ -142,3 +142,13 @@ def test_fused_image_key_is_readable(can_bench: tuple[Simulator, str, int], vend
     expected = uds.key_hash((vendor.pki / "image-signing.pub").read_bytes())
     with uds.connect(group, port) as client:
         assert uds.image_keys(client) == [expected]
+
+
+def test_bank_layout_is_readable(can_bench: tuple[Simulator, str, int]) -> None:
+    """DID 0x0104, read from docs/uds.md alone: two banks of 256 KiB (the simulator's
+    flash), each a whole number of sectors."""
+    _, group, port = can_bench
+    with uds.connect(group, port) as client:
+        bank, sector, banks = uds.flash_layout(client)
+    assert (bank, banks) == (256 * 1024, 2)
+    assert sector in (8 * 1024, 128 * 1024) and bank % sector == 0

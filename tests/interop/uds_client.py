@@ -33,6 +33,7 @@ DID_SECURITY_COUNTER = 0x0100
 DID_PACK_CURRENT = 0x0112
 DID_BOOT_STATUS = 0x0120
 DID_IMAGE_KEYS = 0x0103
+DID_FLASH_LAYOUT = 0x0104
 RID_ERASE, RID_CHECK = 0xFF00, 0xFF01
 RID_STAGE, RID_ACTIVATE, RID_CONFIRM, RID_ROLLBACK = 0x0201, 0x0202, 0x0203, 0x0204
 RUN_STATES = ("application", "booting", "self-test", "bootloader", "off")
@@ -134,6 +135,7 @@ def connect(group: str, port: int, node: int = 1) -> Iterator[Client]:
         DID_PACK_CURRENT: _Raw,
         DID_BOOT_STATUS: _Raw,
         DID_IMAGE_KEYS: _Raw,
+        DID_FLASH_LAYOUT: _Raw,
     }
     try:
         with Client(PythonIsoTpConnection(stack), config=config) as client:  # type: ignore[arg-type]
@@ -156,6 +158,14 @@ def image_keys(client: Client) -> list[bytes]:
     data = read(client, DID_IMAGE_KEYS)
     assert len(data) == 1 + 32 * data[0], data
     return [data[1 + 32 * i : 33 + 32 * i] for i in range(data[0])]
+
+
+def flash_layout(client: Client) -> tuple[int, int, int]:
+    """DID 0x0104: bank size u32, sector size u32 (bytes), number of banks u8."""
+    data = read(client, DID_FLASH_LAYOUT)
+    assert len(data) == 9, data
+    bank, sector, banks = struct.unpack(">IIB", data)
+    return bank, sector, banks
 
 
 def key_hash(public_key_pem: bytes) -> bytes:
