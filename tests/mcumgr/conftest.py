@@ -28,6 +28,7 @@ from bmsfw.sim.lab import (
 )
 from bmsfw.sim.sim_can import node_state_dir
 from bmsfw.sim.smp_server import SimSmpProcess, loopback_udp_address
+from bmsfw.update.events import EventSink
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
 from bmsfw.update.report import UpdateReport
@@ -145,6 +146,7 @@ def run_smp_update(
     tester: TesterCredentials,
     *,
     profile: UpdateProfile = FAST_PROFILE,
+    sink: EventSink | None = None,
     **options: Any,
 ) -> UpdateReport:
     return run_update(
@@ -153,4 +155,5 @@ def run_smp_update(
         trust_anchors(smp_bench.pki),
         dataclasses.replace(update_options(tmp_path, tester), **options),
         profile=profile,
+        sink=sink,
     )
