@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,34 +59,76 @@ class LinkLostAfterReset(DirectSession):
         return super().identify()
 
 
-def _rollback(session: DirectSession, options: UpdateOptions, clock: SimClock) -> UpdateReport:
-    record = RecordOptions(
-        options.backup_dir, options.audit_log, options.report_dir, options.operator
-    )
-    return run_rollback(session, record, sleep=clock.sleep, clock=clock.monotonic)
+@dataclass
+class Bench:
+    """This test's BMS and the procedure as `bmsfw update` / `bmsfw rollback` run it on
+    it: the vendor's trust, the default confirmations, report and audit record in the
+    test's record places, waits on the BMS's simulated clock."""
+
+    bms: VirtualBms
+    vendor: Vendor
+    packages: dict[str, bytes]
+    options: UpdateOptions
+    clock: SimClock
+
+    def update(
+        self,
+        package: str | bytes = "2.0.0",
+        *,
+        session: DirectSession | None = None,
+        options: UpdateOptions | None = None,
+        events: list[Event] | None = None,
+    ) -> UpdateReport:
+        """One run of the update (``package``: a name in ``packages`` or the bytes)."""
+        data = self.packages[package] if isinstance(package, str) else package
+        return _run(
+            session or DirectSession(self.bms),
+            data,
+            self.vendor,
+            options or self.options,
+            self.clock,
+            events,
+        )
+
+    def rollback(self) -> UpdateReport:
+        o = self.options
+        record = RecordOptions(o.backup_dir, o.audit_log, o.report_dir, o.operator)
+        return run_rollback(
+            DirectSession(self.bms), record, sleep=self.clock.sleep, clock=self.clock.monotonic
+        )
+
+    def interrupted_after_reset(self) -> UpdateReport:
+        """An update whose link was lost right after the reset; the link comes back and
+        the BMS runs the new image as its test image."""
+        first = self.update(session=LinkLostAfterReset(self.bms))
+        self.bms.wait_boot()
+        return first
+
+    def audit(self) -> list[tuple[str, str]]:
+        assert self.options.audit_log is not None
+        return [(r["event"], r["result"]) for r in verify_audit_log(self.options.audit_log)]
 
 
-def _audit(options: UpdateOptions) -> list[tuple[str, str]]:
-    assert options.audit_log is not None
-    return [(r["event"], r["result"]) for r in verify_audit_log(options.audit_log)]
-
-
-def test_rollback_after_a_failed_self_test_changes_nothing_and_is_recorded(
-    *,
-    session: DirectSession,
+@pytest.fixture
+def bench(
     bms: VirtualBms,
     vendor: Vendor,
     packages: dict[str, bytes],
     options: UpdateOptions,
     clock: SimClock,
-) -> None:
+) -> Bench:
+    return Bench(bms, vendor, packages, options, clock)
+
+
+def test_rollback_after_a_failed_self_test_changes_nothing_and_is_recorded(bench: Bench) -> None:
     """The defect of issue 12: rollback used to confirm the image the BMS had rejected."""
-    report = _run(session, packages["fail-selftest"], vendor, options, clock)
+    bms = bench.bms
+    report = bench.update("fail-selftest")
     assert report.error.code == "BMSFW-E511"
     rejected = bms.bank_info("B")
     ops, counter = bms.flash_op_count, bms.otp.security_counter
 
-    rollback = _rollback(session, options, clock)
+    rollback = bench.rollback()
     assert rollback.kind == "rollback" and not rollback.ok
     assert rollback.outcome == "refused"
     assert rollback.error.code == "BMSFW-E517"
@@ -98,30 +141,23 @@ def test_rollback_after_a_failed_self_test_changes_nothing_and_is_recorded(
         ops,
         counter,
     )
-    assert _audit(options) == [("update", "rolled-back"), ("rollback", "refused")]
+    assert bench.audit() == [("update", "rolled-back"), ("rollback", "refused")]
     saved = load_report(rollback.report_path)
     assert saved.kind == "rollback" and saved.decisions["rollback"] == "nothing-to-roll-back"
 
 
-def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(
-    *,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
-    first = _run(LinkLostAfterReset(bms), packages["2.0.0"], vendor, options, clock)
+def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(bench: Bench) -> None:
+    bms = bench.bms
+    first = bench.interrupted_after_reset()
     assert first.outcome == "paused"
     assert first.error.code == "BMSFW-E516"  # power loss / lost link, not E510
     assert "not a boot loop" in first.error.message
     assert first.failed_step == "self-test"
-    bms.wait_boot()  # the link comes back; the BMS booted its test image meanwhile
-    status = bms.boot_status()
+    status = bms.boot_status()  # the BMS booted its test image meanwhile
     assert (status.running_version, status.image_state) == ("2.0.0", "test")
 
     events: list[Event] = []
-    again = _run(DirectSession(bms), packages["2.0.0"], vendor, options, clock, events)
+    again = bench.update(events=events)
     assert again.outcome == "updated", again.error
     assert again.decisions["start"] == "continue-test-image"
     steps = [e.step for e in events if isinstance(e, StepFinished)]
@@ -130,49 +166,36 @@ def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(
     status = bms.boot_status()
     assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")
     assert bms.otp.security_counter == 2
-    assert _audit(options) == [("update", "paused"), ("update", "updated")]
+    assert bench.audit() == [("update", "paused"), ("update", "updated")]
 
 
-def test_rollback_of_a_test_image_returns_to_the_confirmed_one(
-    *,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
-    _run(LinkLostAfterReset(bms), packages["2.0.0"], vendor, options, clock)
-    bms.wait_boot()
+def test_rollback_of_a_test_image_returns_to_the_confirmed_one(bench: Bench) -> None:
+    bms = bench.bms
+    bench.interrupted_after_reset()
     assert bms.boot_status().image_state == "test"
-    rollback = _rollback(DirectSession(bms), options, clock)
+    rollback = bench.rollback()
     assert rollback.ok and rollback.outcome == "rolled-back", rollback.error
     assert rollback.decisions["rollback"] == "revert-test-image"
     status = bms.boot_status()
     assert status.running_version == "1.0.0" and status.image_state != "test"
     assert bms.otp.security_counter == 1
     # and a second rollback has nothing left to do
-    second = _rollback(DirectSession(bms), options, clock)
+    second = bench.rollback()
     assert second.error.code == "BMSFW-E517"
     assert bms.boot_status().running_version == "1.0.0"
 
 
-def test_downgrade_needs_an_explicit_reason_which_is_recorded(
-    *,
-    session: DirectSession,
-    bms: VirtualBms,
-    vendor: Vendor,
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
-    lower = vendor.release("0.9.5", 1)  # the same security counter as what runs
-    refused = _run(session, lower, vendor, options, clock)
+def test_downgrade_needs_an_explicit_reason_which_is_recorded(bench: Bench) -> None:
+    bms, options = bench.bms, bench.options
+    lower = bench.vendor.release("0.9.5", 1)  # the same security counter as what runs
+    refused = bench.update(lower)
     assert refused.outcome == "refused"
     assert refused.error.code == "BMSFW-E414"
     assert not bms.transfer_status().staged
     assert bms.boot_status().running_version == "1.0.0"
 
     allowed = dataclasses.replace(options, downgrade_reason="field recall R-17")
-    report = _run(session, lower, vendor, allowed, clock)
+    report = bench.update(lower, options=allowed)
     assert report.outcome == "updated", report.error
     assert bms.boot_status().running_version == "0.9.5"
     assert report.package["downgrade"] and report.package["downgrade_reason"] == (
@@ -185,15 +208,7 @@ def test_downgrade_needs_an_explicit_reason_which_is_recorded(
 
 
 @pytest.mark.req("SEED-INTERRUPTION", "R156-SAFE-STATE")
-def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(
-    *,
-    session: DirectSession,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
+def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(bench: Bench) -> None:
     stop = [False]
 
     def on_event(event: Event) -> None:
@@ -201,22 +216,15 @@ def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(
             stop[0] = True  # Ctrl-C during the transfer
 
     events: list[Event] = []
-    stopping = dataclasses.replace(options, stop=lambda: stop[0])
-    report = _run(
-        session,
-        packages["2.0.0"],
-        vendor,
-        stopping,
-        clock,
-        _Tee(events, on_event),
-    )
+    stopping = dataclasses.replace(bench.options, stop=lambda: stop[0])
+    report = bench.update(options=stopping, events=_Tee(events, on_event))
     assert report.outcome == "paused"
     assert report.error.code == "BMSFW-E518"
     assert 0 < report.transfer["offset"] < report.transfer["total"]
-    assert bms.boot_status().running_version == "1.0.0"
-    assert _audit(options) == [("update", "paused")]
+    assert bench.bms.boot_status().running_version == "1.0.0"
+    assert bench.audit() == [("update", "paused")]
     assert Path(report.report_path).is_file()
-    again = _run(DirectSession(bms), packages["2.0.0"], vendor, options, clock)
+    again = bench.update()
     assert again.outcome == "updated"
     assert again.transfer["resumed_from"] == report.transfer["offset"]
 
@@ -233,16 +241,9 @@ class _Tee(list[Event]):
 
 @pytest.mark.parametrize("where", ["file-in-path", "backup-dir-is-file", "audit-log-is-dir"])
 def test_an_unusable_record_place_stops_before_the_first_byte(
-    *,
-    session: DirectSession,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-    tmp_path: Path,
-    where: str,
+    bench: Bench, tmp_path: Path, where: str
 ) -> None:
+    bms, options = bench.bms, bench.options
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a directory")
     if where == "file-in-path":
@@ -257,7 +258,7 @@ def test_an_unusable_record_place_stops_before_the_first_byte(
         options = dataclasses.replace(options, audit_log=audit)
         code = "BMSFW-E532"
     ops = bms.flash_op_count
-    report = _run(session, packages["2.0.0"], vendor, options, clock)
+    report = bench.update(options=options)
     assert report.error.code == code, report.error
     assert report.outcome == "refused"
     assert bms.flash_op_count == ops and not bms.transfer_status().staged
@@ -270,17 +271,9 @@ def test_too_little_disk_space_is_its_own_error(tmp_path: Path) -> None:
     assert getattr(caught.value, "code", "") == "BMSFW-E533"
 
 
-def test_a_report_that_cannot_be_written_at_the_end_keeps_the_outcome(
-    *,
-    session: DirectSession,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
-    assert options.report_dir is not None
-    report_dir: Path = options.report_dir
+def test_a_report_that_cannot_be_written_at_the_end_keeps_the_outcome(bench: Bench) -> None:
+    assert bench.options.report_dir is not None
+    report_dir: Path = bench.options.report_dir
 
     class DriveRemoved(list[Event]):
         def append(self, event: Event) -> None:
@@ -288,29 +281,22 @@ def test_a_report_that_cannot_be_written_at_the_end_keeps_the_outcome(
                 shutil.rmtree(report_dir)
                 report_dir.write_text("the drive is gone")  # mkdir now fails
 
-    report = _run(session, packages["2.0.0"], vendor, options, clock, DriveRemoved())
+    report = bench.update(events=DriveRemoved())
     assert report.outcome == "updated" and report.ok
     assert report.record_error.code == "BMSFW-E519"
     assert report.exception is not None and report.exception.code == "BMSFW-E519"
     assert "updated" in report.record_error.message
-    assert bms.boot_status().image_state == "confirmed"
-    assert _audit(options) == [("update", "updated")]  # the audit record still went in
+    assert bench.bms.boot_status().image_state == "confirmed"
+    assert bench.audit() == [("update", "updated")]  # the audit record still went in
 
 
-def test_a_pack_the_self_test_would_reject_is_stopped_by_the_preflight(
-    *,
-    session: DirectSession,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
+def test_a_pack_the_self_test_would_reject_is_stopped_by_the_preflight(bench: Bench) -> None:
     """One set of limits: 14 V passed the old 9-32 V preflight, then failed the 18-30 V
     self-test after the image was written and activated."""
+    bms = bench.bms
     bms.faults.set_supply(sag_v=10.0)  # 24 V -> 14 V
     ops = bms.flash_op_count
-    report = _run(session, packages["2.0.0"], vendor, options, clock)
+    report = bench.update()
     assert report.outcome == "refused"
     assert report.error.code == "BMSFW-E403"
     supply = next(c for c in report.preflight if c["name"] == "supply-stability")
@@ -353,15 +339,8 @@ def test_errors_say_whether_running_the_same_command_again_helps(code: str, help
     assert retry_helps_for(code) is helps
 
 
-def test_the_report_says_whether_to_run_it_again(
-    *,
-    bms: VirtualBms,
-    vendor: Vendor,
-    packages: dict[str, bytes],
-    options: UpdateOptions,
-    clock: SimClock,
-) -> None:
-    report = _run(LinkLostAfterReset(bms), packages["2.0.0"], vendor, options, clock)
+def test_the_report_says_whether_to_run_it_again(bench: Bench) -> None:
+    report = bench.update(session=LinkLostAfterReset(bench.bms))
     assert "run it again:    yes" in render_text(report)
-    refused = _rollback(DirectSession(bms), options, clock)
+    refused = bench.rollback()  # the BMS is still booting: nothing to roll back yet
     assert "run it again:    not until" in render_text(refused)
