@@ -300,3 +300,27 @@ def test_the_device_page_shows_its_update_record_and_serves_each_bundle(
     assert download.headers["content-type"] == "application/zip"
     assert fleet.client.get("/ui/evidence/99999/download").status_code == 404
     assert fleet.client.get("/ui/evidence/x/download").status_code == 404
+
+
+def test_an_admin_revokes_a_token_from_the_access_review(https_fleet: Fleet) -> None:
+    fleet = https_fleet
+    who = fleet.call("GET", "/api/v1/access-review", "admin")
+    (operator,) = [c for c in who if c["name"] == "test-operator"]
+    csrf = _sign_in(fleet, "operator")
+    refused = fleet.client.post(f"/ui/access/{operator['id']}/revoke", data={"csrf": csrf})
+    assert refused.status_code == 403 and "BMSFW-E603" in refused.text
+    operator_cookie = fleet.client.cookies.get("__Host-bmsfw_session")
+    csrf = _sign_in(fleet, "admin")
+    page = fleet.client.get("/ui/access")
+    assert f'data-testid="revoke-{operator["id"]}"' in page.text
+    forged = fleet.client.post(f"/ui/access/{operator['id']}/revoke", data={"csrf": "x"})
+    assert forged.status_code == 403 and "BMSFW-E640" in forged.text
+    assert fleet.client.get("/api/v1/whoami", headers=fleet.h("operator")).status_code == 200
+    done = fleet.client.post(f"/ui/access/{operator['id']}/revoke", data={"csrf": csrf})
+    assert done.status_code == 200 and "revoked" in done.text
+    assert fleet.client.get("/api/v1/whoami", headers=fleet.h("operator")).status_code == 401
+    # The operator's open dashboard session ends with its token.
+    fleet.client.cookies.set("__Host-bmsfw_session", str(operator_cookie))
+    assert fleet.client.get("/ui/", follow_redirects=False).status_code == 303
+    entries = fleet.call("GET", "/api/v1/audit")
+    assert any(e["action"] == "token.revoke" and e["actor"].endswith("admin") for e in entries)

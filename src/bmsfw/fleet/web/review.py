@@ -76,3 +76,16 @@ def add_review_routes(web: FastAPI, pages: _Pages) -> None:
             return {"credentials": pages.service.access_review()}
 
         return pages.view(request, "access.html", build, minimum="admin")
+
+    @web.post("/access/{credential_id}/revoke")
+    async def revoke(request: Request, credential_id: str) -> Response:
+        """Revoke a token (admin, as on the API): refused everywhere from now on (other
+        server processes within their credential cache's TTL), audited."""
+        form = pages.form(request, await request.body())
+        principal, session = await run_in_threadpool(pages.signed_in, request, "admin")
+        pages.check_csrf(session, form)
+        ok = credential_id.isdigit() and len(credential_id) < 11 and 0 < int(credential_id) < 2**31
+        if not ok:
+            raise FleetNotFoundError(f"no credential with id {credential_id[:20]!r}")
+        await run_in_threadpool(pages.service.revoke_token, principal, int(credential_id))
+        return RedirectResponse(f"{pages.prefix}/access", status_code=303)
