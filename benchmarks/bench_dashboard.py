@@ -30,11 +30,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, select, text
 
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.clock import FakeClock
+from bmsfw.fleet.models import Device, TelemetrySample
 from bmsfw.package import ComponentSource, HardwareCompat, build_release, create_pki, sign_release
 
 START = dt.datetime(2025, 1, 6, 12, 0, tzinfo=dt.UTC)
@@ -135,6 +136,13 @@ def _run(kind: str, args: argparse.Namespace, release: bytes, root: bytes) -> di
             serial = _seed(client, admin, args.devices, release)
             seeded = time.perf_counter() - started
             _sign_in(client, admin)
+            app = client.app
+            telemetry = app.state.telemetry  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            sampled = telemetry.sample(clock.now())
+            sample_ms = (time.perf_counter() - started) * 1000
+            assert sampled == args.devices, sampled
+            _three_days_of_samples(telemetry.engine, serial, clock.now())
             pages = {
                 "overview /ui/": "/ui/",
                 "devices, page 1": "/ui/devices",
@@ -142,17 +150,49 @@ def _run(kind: str, args: argparse.Namespace, release: bytes, root: bytes) -> di
                 "devices, flagged": "/ui/devices?flagged=1",
                 "devices, by last check-in": "/ui/devices?sort=last_seen&desc=1&size=100",
                 "device page": f"/ui/devices/{serial}",
+                "device page, 72 h charts (432 pts)": f"/ui/devices/{serial}?hours=72",
+                "new campaign: target preview": "/ui/campaigns/preview?release_id=1&sites=site-1",
                 "campaign page": "/ui/campaigns/1",
                 "campaign live fragment": "/ui/campaigns/1/live",
             }
-            result: dict[str, object] = {"seed_s": seeded}
+            result: dict[str, object] = {"seed_s": seeded, "sample_ms": sample_ms}
             for name, path in pages.items():
                 result[name] = _time(client, path, args.repeat, {})
             bearer = {"Authorization": f"Bearer {admin}"}
             result["API GET /devices (whole fleet)"] = _time(
                 client, "/api/v1/devices", max(3, args.repeat // 5), bearer
             )
+            events = app.state.events  # type: ignore[attr-defined]
+            cursor = events.start()
+            polls = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                _batch, cursor = events.poll(cursor)
+                polls.append((time.perf_counter() - started) * 1000)
+            polls.sort()
+            result["event stream: 1 poll, nothing new"] = (
+                statistics.median(polls),
+                polls[int(0.95 * (len(polls) - 1))],
+            )
             return result
+
+
+def _three_days_of_samples(engine: Engine, serial: str, now: dt.datetime) -> None:
+    """The timed device's history, as 3 days of 10-minute samples would leave it."""
+    with engine.begin() as conn:
+        device_id = conn.execute(select(Device.id).where(Device.serial == serial)).scalar_one()
+        conn.execute(
+            TelemetrySample.__table__.insert(),
+            [
+                {
+                    "device_id": device_id,
+                    "at": now - dt.timedelta(minutes=10 * k),
+                    "soc_pct": 50.0 + (k % 30),
+                    "temperature_c": 20.0 + (k % 10),
+                }
+                for k in range(1, 432)
+            ],
+        )
 
 
 def main() -> None:
@@ -184,13 +224,17 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name in next(iter(results.values())):
-        if name == "seed_s":
+        if name in ("seed_s", "sample_ms"):
             continue
         cells = []
         for kind in kinds:
             median, p95 = results[kind][name]  # type: ignore[misc]
             cells.append(f"{median:>12.1f} / {p95:>7.1f}")
         print(f"{name:<34}" + "".join(cells))
+    print(
+        "telemetry sampler, one sample of every device: "
+        + ", ".join(f"{k} {results[k]['sample_ms']:.0f} ms" for k in kinds)
+    )
     print(
         "seeding through the API: " + ", ".join(f"{k} {results[k]['seed_s']:.1f} s" for k in kinds)
     )

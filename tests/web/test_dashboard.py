@@ -81,6 +81,7 @@ def test_screenshots_of_the_main_pages(dashboard: Dashboard, page: Page) -> None
         "dashboard-devices": "/ui/devices?size=12",
         "dashboard-device": f"/ui/devices/{dashboard.failed_serial}",
         "dashboard-campaign": f"/ui/campaigns/{dashboard.campaign_id}?state=failed",
+        "dashboard-new-campaign": "/ui/campaigns/new",
     }
     for name, path in pages.items():
         page.goto(dashboard.url + path)

@@ -9,7 +9,8 @@ per table), whichever process wrote it:
 * ``campaign``: a campaign was created, paused, resumed, cancelled, approved or a
   device of it changed state: ``{"campaign_id", "status", "phase", "states"}`` (device
   count per state);
-* ``check-ins``: devices checked in since the last event: ``{"devices", "at"}``.
+* ``check-ins``: gateways checked in (for their devices) since the last event:
+  ``{"gateways", "at"}``.
 
 Each event's ``id`` is the cursor after it; a client that reconnects with
 ``Last-Event-ID`` continues from there (an unknown cursor starts from now). A
@@ -36,7 +37,14 @@ from starlette.responses import StreamingResponse
 from bmsfw.fleet.clock import Clock
 from bmsfw.fleet.db import read_only_engine
 from bmsfw.fleet.errors import EventStreamNotAcceptedError
-from bmsfw.fleet.models import AuditEntry, Campaign, CampaignDevice, Device, DeviceStateEvent
+from bmsfw.fleet.models import (
+    AuditEntry,
+    Campaign,
+    CampaignDevice,
+    Device,
+    DeviceStateEvent,
+    Gateway,
+)
 
 __all__ = ["Cursor", "FleetEvent", "FleetEvents", "event_stream_response", "sse_stream"]
 
@@ -45,6 +53,7 @@ _CD = cast(Table, CampaignDevice.__table__)
 _DEV = cast(Table, Device.__table__)
 _AUD = cast(Table, AuditEntry.__table__)
 _CAMP = cast(Table, Campaign.__table__)
+_GW = cast(Table, Gateway.__table__)
 MAX_EVENTS_PER_POLL = 500
 
 
@@ -119,9 +128,10 @@ class FleetEvents:
             last_audit = conn.execute(
                 select(func.max(_AUD.c.id)).where(_AUD.c.id > cursor.audit)
             ).scalar_one()
+            # Gateways, not devices: a handful of rows to read every second, not the fleet.
             checked_in = conn.execute(
                 select(func.count()).where(
-                    _DEV.c.last_seen_at > cursor.seen_at, _DEV.c.last_seen_at <= now
+                    _GW.c.last_seen_at > cursor.seen_at, _GW.c.last_seen_at <= now
                 )
             ).scalar_one()
             touched = {r.campaign_id for r in changes}
@@ -154,7 +164,7 @@ class FleetEvents:
         events += [FleetEvent(ident, "campaign", c) for c in campaigns]
         if checked_in:
             events.append(
-                FleetEvent(ident, "check-ins", {"devices": int(checked_in), "at": now.isoformat()})
+                FleetEvent(ident, "check-ins", {"gateways": int(checked_in), "at": now.isoformat()})
             )
         return events, after
 
