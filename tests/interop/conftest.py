@@ -170,3 +170,40 @@ def rs485_bench(vendor: Vendor, tmp_path: Path) -> Iterator[tuple[Simulator, str
 def sim_set(sim: Simulator, *args: str) -> None:
     """`bmsfw sim set` on the running simulator (what a bench operator types)."""
     run_bmsfw("sim", "set", "--state-dir", str(sim.state), "--node", "1", *args, check=0)
+
+
+@dataclass(frozen=True)
+class SmpBench:
+    """A virtual MCUboot BMS serving SMP on a pty and on UDP port 1337 (stock device:
+    no tester check), and the vendor's signed images as files for the stock tools."""
+
+    serial_port: str
+    udp: str  # HOST:1337 on a loopback address of its own
+    images: dict[str, Path]
+
+
+@pytest.fixture
+def smp_bench(vendor: Vendor, tmp_path: Path) -> Iterator[SmpBench]:
+    # the bench's SMP simulator (python -m bmsfw.sim.smp_server) in its own process
+    import shutil
+
+    from bmsfw.sim.smp_server import SimSmpProcess, loopback_udp_address
+
+    state = tmp_path / "bms"
+    shutil.copytree(vendor.template / "node1", state)
+    images = {}
+    for name in ("v1", "v2", "selftest-fails"):
+        images[name] = tmp_path / f"{name}.signed.bin"
+        images[name].write_bytes(vendor.packages[name].image)
+    process = SimSmpProcess(
+        state,
+        serial=True,
+        udp=loopback_udp_address(),
+        time_scale=float(TIME_SCALE),
+        log_file=tmp_path / "smp-device.log",
+    )
+    info = process.start()
+    try:
+        yield SmpBench(str(info["serial_port"]), str(info["udp"]), images)
+    finally:
+        process.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CLIENTS = ("uds_client.py", "modbus_client.py")
+CLIENTS = ("uds_client.py", "modbus_client.py", "smp_client.py")
 
 
 @pytest.mark.parametrize("name", CLIENTS)

@@ -1,14 +1,13 @@
 """Device side of the SMP tests: a vendor PKI, signed releases, virtual BMS serving SMP.
 
 Everything here is the *device's* side (the vendor's firmware and the simulated
-BMS). The interop tests' client side uses only stock smpclient/smpmgr.
+BMS). Stock smpclient/smpmgr against the virtual BMS: tests/interop/test_smp_interop.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,25 +91,6 @@ def start_device(
     )
     process.start()
     return process
-
-
-@pytest.fixture
-def smp_device(device_dir: Path) -> Iterator[SimSmpProcess]:
-    """A virtual BMS serving SMP on a pty and on UDP port 1337 of a loopback address."""
-    process = start_device(device_dir, serial=True, udp=True)
-    yield process
-    process.stop()
-
-
-@pytest.fixture
-def stock_images(tmp_path: Path, smp_bench: SmpBench) -> dict[str, Path]:
-    """The vendor's signed MCUboot images as files, as a stock tool would get them."""
-    files = {}
-    for name, release in smp_bench.releases.items():
-        path = tmp_path / f"{name}.signed.bin"
-        path.write_bytes(release.image)
-        files[name] = path
-    return files
 
 
 @pytest.fixture
