@@ -50,7 +50,10 @@ class CredentialMissingError(FleetError):
     code = "BMSFW-E601"
     http_status = 401
     diagnosis = "The request carried no credential (no 'Authorization: Bearer' header)."
-    remedy = "Send an operator API token or the gateway's token as 'Authorization: Bearer TOKEN'."
+    remedy = (
+        "Give `bmsfw fleet` commands --token-file FILE (or set BMSFW_FLEET_TOKEN_FILE); other "
+        "clients send the operator's or the gateway's token as 'Authorization: Bearer TOKEN'."
+    )
 
 
 class InvalidCredentialError(FleetError):
@@ -66,7 +69,10 @@ class RoleNotAllowedError(FleetError):
     code = "BMSFW-E603"
     http_status = 403
     diagnosis = "The credential is valid but its role may not use this endpoint."
-    remedy = "Use a token with the role named in the message, or ask an admin to grant it."
+    remedy = (
+        "Use a token with a role named in the message; an admin creates one with "
+        "`bmsfw fleet token create --role ROLE`."
+    )
 
 
 class FleetNotFoundError(FleetError):
