@@ -39,6 +39,7 @@ from starlette.types import Scope
 
 from bmsfw.errors import FleetError
 from bmsfw.fleet.artifacts import ArtifactStore, parse_range
+from bmsfw.fleet.audit_chain import seal_audit_log
 from bmsfw.fleet.auth import GATEWAY_ROLE, Principal, hash_token, roles_at_least
 from bmsfw.fleet.check_in_route import CHECK_IN_BODY, CheckInEndpoint, DirectRoute
 from bmsfw.fleet.clock import Clock, SystemClock
@@ -727,6 +728,10 @@ async def _tick_forever(
             await run_in_threadpool(telemetry.sample_if_due, service.clock.now())
         except Exception:
             log.exception("telemetry sampling failed")
+        try:
+            await run_in_threadpool(seal_audit_log, service.engine)
+        except Exception:
+            log.exception("sealing the audit log failed")
 
 
 # The upload's body is the .bmsfw file itself, read by the endpoint as a stream.

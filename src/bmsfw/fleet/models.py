@@ -290,6 +290,7 @@ class ConfigBackup(Base):
 
 class AuditEntry(Base):
     __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("chain_seq", name="uq_audit_log_chain_seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(index=True)
@@ -298,6 +299,9 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]]
+    # The hash chain (fleet/audit_chain.py): set when the entry is sealed, after it was written.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ArtifactChunk(Base):

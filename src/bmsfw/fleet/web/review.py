@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from bmsfw.fleet.audit_chain import seal_audit_log, verify_chain
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import FleetNotFoundError
 
@@ -62,10 +63,12 @@ def add_review_routes(web: FastAPI, pages: _Pages) -> None:
 
         def build(_principal: Principal) -> dict[str, Any]:
             pages.edge.flush()  # the refusals counted so far are in the log
+            seal_audit_log(pages.service.engine)  # then everything written so far is sealed
+            chain = verify_chain(pages.service.engine)
             entries = pages.service.audit_log(AUDIT_PAGE_SIZE, before)
             older = entries[-1]["id"] if len(entries) == AUDIT_PAGE_SIZE else None
             shown = [e for e in entries if not action or e["action"].startswith(action)]
-            return {"entries": shown, "older": older, "action": action}
+            return {"entries": shown, "older": older, "action": action, "chain": chain}
 
         return pages.view(request, "audit.html", build, minimum="admin")
 
