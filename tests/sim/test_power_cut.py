@@ -1,12 +1,13 @@
 """Exhaustive power-cut sweep through the update procedure, in the spirit of MCUboot's simulator.
 
 What is driven is what `bmsfw update` runs: :func:`bmsfw.update.pipeline.run_update`
-over a :class:`~bmsfw.protocol.uds.UdsSession`, to a virtual BMS serving UDS on a
-CAN bus (python-can ``virtual``, in this process so the test can cut the power at an
-exact flash operation). For each payload the procedure sends (the full raw image, a
-compressed stream, a delta patch) the sweep counts the flash operations N of one
-uninterrupted update, then for every k = 1..N runs the update with the power cut
-during operation k (a partial write), and checks:
+over a :class:`~bmsfw.protocol.uds.UdsSession` to a virtual BMS serving UDS on a CAN
+bus (python-can ``virtual``), and over a ``ModbusSession`` to one serving Modbus RTU
+on an RS485 bus (ptys), both in this process so the test can cut the power at an
+exact flash operation. For each payload the procedure sends (over CAN the full raw
+image, a compressed stream, a delta patch; over RS485 the full image) the sweep
+counts the flash operations N of one uninterrupted update, then for every k = 1..N
+runs the update with the power cut during operation k (a partial write), and checks:
 
 * the first run ends with a report and an audit record, and never calls a power
   loss a boot loop;
@@ -19,7 +20,8 @@ during operation k (a partial write), and checks:
 Timing: the device runs on a clock :data:`TIME_SCALE` times faster than wall time and
 the procedure's own waits (supply sampling) are scaled the same way. (A ``SimClock``
 cannot serve here: a real session polls the device over wall time.) Short tester
-timeouts (P2, boot windows) keep a dead BMS from costing seconds per cut.
+timeouts (P2, Modbus reply time-out, boot windows) keep a dead BMS from costing
+seconds per cut.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ import pytest
 from bmsfw.errors import retry_helps_for
 from bmsfw.package._release import component_image
 from bmsfw.protocol.device_errors import PowerCutError
+from bmsfw.protocol.modbus import open_modbus_session
+from bmsfw.protocol.session import BmsSession
 from bmsfw.protocol.uds import open_uds_session
 from bmsfw.protocol.uds.client import UdsClientConfig
 from bmsfw.sim import DeviceConfig, SimClock, VirtualBms, lab
 from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET, make_app_payload
 from bmsfw.sim.lab import provision_nodes, signed_package, trust_anchors
 from bmsfw.sim.sim_can import CanSimConfig, CanSimulator, node_state_dir
+from bmsfw.sim.sim_rs485 import Rs485SimConfig, Rs485Simulator
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, UpdateProfile
 from bmsfw.update.report import UpdateReport
@@ -103,12 +108,13 @@ def payloads(vendor: Vendor) -> dict[str, Payload]:
 
 
 class Bench:
-    """One BMS (node 1) on an in-process CAN bus, its flash, OTP and config in ``state``."""
+    """One BMS (node/unit 1) on an in-process CAN bus (``virtual:...``) or RS485 bus
+    (``rs485``: ptys at 115,200 baud), its flash, OTP and config in ``state``."""
 
     def __init__(self, state: Path, records: Path, vendor: Vendor, link: str) -> None:
         self.state, self.records, self.vendor, self.link = state, records, vendor, link
         self.tester = lab.tester_for(vendor.pki)
-        self.sim: CanSimulator | None = None
+        self.sim: CanSimulator | Rs485Simulator | None = None
 
     @property
     def bms(self) -> VirtualBms:
@@ -117,14 +123,26 @@ class Bench:
 
     @contextlib.contextmanager
     def powered(self) -> Iterator[VirtualBms]:
-        config = CanSimConfig(self.link, (1,), str(self.state), TIME_SCALE, control_poll_s=0)
-        self.sim = CanSimulator(config)
+        if self.link == "rs485":
+            rs485 = Rs485SimConfig((1,), str(self.state), time_scale=TIME_SCALE)
+            self.sim = Rs485Simulator(rs485)
+        else:
+            can = CanSimConfig(self.link, (1,), str(self.state), TIME_SCALE, control_poll_s=0)
+            self.sim = CanSimulator(can)
         self.sim.start()
         try:
+            self.bms.wait_boot(timeout_s=60)  # power-on: bootloader, self-test, application
             yield self.bms
         finally:
             self.sim.stop()  # a BMS that lost its power stays dead until the next start
             self.sim = None
+
+    def _session(self) -> BmsSession:
+        if isinstance(self.sim, Rs485Simulator):
+            # 300 ms and one repeat (the CLI: 500 ms, two): a pty answers within
+            # milliseconds, and each unanswered read of a BMS without power costs less
+            return open_modbus_session(self.sim.host_path, 1, timeout_s=0.3, retries=1)
+        return open_uds_session(self.link, 1, config=TESTER)
 
     def update(self, payload: Payload) -> UpdateReport:
         """`bmsfw update` as the technician runs it: a new session, the whole procedure."""
@@ -136,7 +154,8 @@ class Bench:
             report_dir=self.records / "reports",
             operator="power-cut sweep",
         )
-        with open_uds_session(self.link, 1, config=TESTER) as session:
+        session = self._session()
+        try:
             return run_update(
                 session,
                 payload.package,
@@ -146,6 +165,8 @@ class Bench:
                 sleep=lambda s: time.sleep(s / TIME_SCALE),
                 delta=payload.delta,
             )
+        finally:
+            session.close()
 
 
 @pytest.fixture(scope="module")
@@ -171,12 +192,20 @@ def _audit_lines(records: Path) -> int:
 
 
 @pytest.mark.req("SEED-DUAL-BANK", "SEED-INTERRUPTION", "R156-SAFE-STATE", "NIST800-193-RECOVER")
-@pytest.mark.parametrize("kind", ["full", "compressed", "delta"])
+@pytest.mark.parametrize(
+    ("bus", "kind"), [("can", "full"), ("can", "compressed"), ("can", "delta"), ("rs485", "full")]
+)
 def test_power_cut_at_every_flash_operation_of_the_update_procedure(
-    tmp_path: Path, base_device: Path, vendor: Vendor, payloads: dict[str, Payload], kind: str
+    *,
+    tmp_path: Path,
+    base_device: Path,
+    vendor: Vendor,
+    payloads: dict[str, Payload],
+    bus: str,
+    kind: str,
 ) -> None:
     payload = payloads[kind]
-    link = f"virtual:power-cut-{kind}"
+    link = "rs485" if bus == "rs485" else f"virtual:power-cut-{kind}"
 
     def bench(name: str) -> Bench:
         state = tmp_path / name
@@ -237,7 +266,7 @@ def test_power_cut_at_every_flash_operation_of_the_update_procedure(
         assert _audit_lines(site.records) == 2, where
 
     print(
-        f"\npower-cut sweep ({kind}, run_update over UDS): N={n_ops} flash operations, "
+        f"\npower-cut sweep ({kind}, run_update over {bus}): N={n_ops} flash operations, "
         f"{n_ops} cuts, all recovered by running the update again; first runs ended "
         f"{json.dumps(first_outcomes, sort_keys=True)}; booted old after {booted[OLD]}, "
         f"new after {booted[NEW]}"
