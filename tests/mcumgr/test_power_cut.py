@@ -90,7 +90,7 @@ def test_power_cut_at_each_stage_then_the_same_update_finishes(
         first = _update(process, smp_bench, tmp_path / "first", tester, sink=power_cut)
         assert cuts == [stage], f"the {stage} stage was never reached: {first.error}"
         assert first.outcome != "updated", first
-        assert first.error is not None and first.error["code"] != "BMSFW-E512", first.error
+        assert first.error is not None and first.error.code != "BMSFW-E512", first.error
         if stage == "upload":
             reached = first.transfer["offset"]
 
