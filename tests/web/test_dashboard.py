@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from playwright.sync_api import BrowserContext, Page, expect
 
@@ -373,3 +374,88 @@ def test_a_release_manager_uploads_a_release_in_the_browser(
     expect(page.get_by_test_id("verified")).to_contain_text("BMS-12V, revisions A, B")
     (stored,) = [r for r in dashboard.call("GET", "/releases") if r["version"] == "3.0.0"]
     assert stored["uploaded_by"].endswith("release_manager-1")
+
+
+def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
+    dashboard: Dashboard, page: Page
+) -> None:
+    """An admin walks every page while a gateway has filed a backup and an evidence bundle
+    full of markup for the device whose serial is markup: nothing runs, the
+    Content-Security-Policy is never violated, no script error."""
+    from bmsfw.evidence.bundle import EvidenceInputs, build_bundle
+    from bmsfw.update.report import ErrorRecord, StepRecord, UpdateReport
+
+    hostile = '<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>'
+    gateway = {"Authorization": f"Bearer {dashboard.extra['gateways']['gw-north']}"}
+    for config in ({"note": hostile, "ov_mv": 3650}, {"note": hostile, "ov_mv": 3600}):
+        filed = dashboard.api.post(
+            "/api/v1/agent/backups",
+            headers=gateway,
+            json={"device_serial": MARKUP_SERIAL, "reason": hostile[:100], "config": config},
+        )
+        assert filed.status_code in (200, 201), filed.text
+    report = UpdateReport(
+        node=MARKUP_SERIAL,
+        outcome="failed",
+        device_before={"serial": MARKUP_SERIAL, "model": "BMS-48V", "hw_revision": "A"},
+        steps=(StepRecord("preflight", False, 1.0, 0.5, hostile),),
+        preflight=({"name": hostile, "measured": hostile, "limit": "20..80 %", "passed": False},),
+        failed_step="preflight",
+        error=ErrorRecord("BMSFW-E401", "SocOutOfRangeError", hostile, "", ""),
+    )
+    bundle = build_bundle(
+        EvidenceInputs(report, created_at=2.0, bmsfw_version="t", notice_before=hostile)
+    )
+    evidence = dashboard.api.post(
+        "/api/v1/agent/evidence",
+        headers={**gateway, "Content-Type": "application/zip"},
+        content=bundle,
+    )
+    assert evidence.status_code in (200, 201), evidence.text
+    backups = [
+        b["id"] for b in dashboard.call("GET", f"/devices/{quote(MARKUP_SERIAL, safe='')}/backups")
+    ]
+    problems: list[str] = []
+    # Failed loads are judged by their response below (the browser's own /favicon.ico
+    # request is a 404 that is not ours); every other console error is a problem.
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"{r.status} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
+    )
+    dashboard.sign_in(page, "admin")
+    serial = quote(MARKUP_SERIAL, safe="")
+    paths = [
+        "/ui/",
+        "/ui/devices?site=north&size=100",
+        f"/ui/devices/{serial}?hours=72",
+        f"/ui/devices/{serial}/backups/diff?a={backups[0]}&b={backups[-1]}",
+        f"/ui/evidence/{evidence.json()['id']}",
+        "/ui/flags?all=1",
+        "/ui/campaigns",
+        f"/ui/campaigns/{dashboard.campaign_id}",
+        "/ui/campaigns/new",
+        "/ui/releases",
+        "/ui/releases/1",
+        "/ui/audit",
+        "/ui/access",
+    ]
+    for path in paths:
+        response = page.goto(dashboard.url + path)
+        assert response is not None and response.status == 200, path
+        expect(page.locator("h1")).to_be_visible()
+        assert page.locator("main img, main script").count() == 0, path
+        assert page.evaluate("window.__pwned") is None, path
+    assert problems == [], problems
