@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.routing import APIRoute, APIRouter
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -246,13 +246,13 @@ class _Edge:
                 retry_after_s=wait,
             )
 
-    def limit_check_in(self, token_hash: str) -> None:
-        """Take a check-in token of this credential from the database (blocking I/O: call
-        it from a worker thread)."""
+    def limit_check_in(self, token_hash: str, conn: Connection | None = None) -> None:
+        """Take a check-in token of this credential from the database, in ``conn``'s
+        transaction when given (blocking I/O: call it from a worker thread)."""
         rate, burst = self.check_in_rate
         if rate <= 0:
             return
-        wait = self.shared.take(f"check-in:{token_hash}", rate, burst)
+        wait = self.shared.take(f"check-in:{token_hash}", rate, burst, conn)
         if wait > 0:
             raise RateLimitedError(
                 f"more check-ins than this credential may send; retry in {math.ceil(wait)} s",

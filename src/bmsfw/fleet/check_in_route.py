@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from sqlalchemy import Connection
 
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.protocol import CheckIn
@@ -60,7 +61,7 @@ class Guard(Protocol):
 
 
 class CheckInLimits(Protocol):
-    def limit_check_in(self, token_hash: str) -> None: ...
+    def limit_check_in(self, token_hash: str, conn: Connection | None = None) -> None: ...
 
 
 class DirectRoute(APIRoute):
@@ -123,9 +124,6 @@ class CheckInEndpoint:
         token_hash: str,
         raw: bytes,
     ) -> bytes:
-        # The credential's check-in rate, shared by every server process (429 first).
-        limits.limit_check_in(token_hash)
-
         def admit(principal: Principal | None) -> bool:
             return self.admit(service, principal, request)
 
@@ -139,6 +137,8 @@ class CheckInEndpoint:
                 ) from exc
 
         if service.single_statement_check_in:
+            # The credential's check-in rate, shared by every server process (429 first).
+            limits.limit_check_in(token_hash)
             # PostgreSQL: one round trip with the credential read fresh in it.
             try:
                 body = _log_agent_problems(CheckIn.model_validate_json(raw))
@@ -147,9 +147,20 @@ class CheckInEndpoint:
             else:
                 answer = service.check_in_one_statement(token_hash, self.guard.roles, admit, body)
                 return answer.model_dump_json().encode()
+
         # This process's cached principal, or the credential read inside the check-in's
         # own transaction; admitted by the same admit() either way.
+        # SQLite: the rate limit (429 first) is the first statement of the check-in's
+        # own transaction, which takes the write lock once (PostgreSQL took it above).
+        def limit(conn: Connection) -> None:
+            limits.limit_check_in(token_hash, conn)
+
         cached = service.cached_principal(token_hash)
-        return (
-            service.check_in_by_token(cached, token_hash, admit, parse).model_dump_json().encode()
+        answer = service.check_in_by_token(
+            cached,
+            token_hash,
+            admit,
+            parse,
+            first=None if service.single_statement_check_in else limit,
         )
+        return answer.model_dump_json().encode()

@@ -19,12 +19,14 @@ the rate once, not N times.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     Table,
     TextClause,
@@ -99,11 +101,17 @@ class SharedBuckets:
     def _insert(self) -> Any:
         return pg_insert(_T) if self._postgres else sqlite_insert(_T)
 
-    def take(self, key: str, rate_per_s: float, burst: float) -> float:
-        """Take one token of ``key``: 0.0 when taken, else the seconds until one is there."""
+    def take(
+        self, key: str, rate_per_s: float, burst: float, conn: Connection | None = None
+    ) -> float:
+        """Take one token of ``key``: 0.0 when taken, else the seconds until one is there.
+        In ``conn``'s transaction when given (SQLite: the check-in's own, so the check-in
+        takes the write lock once), else in a transaction of its own."""
         now = self._clock()
         params = {"key": key, "rate": rate_per_s, "burst": burst, "now": now}
-        with self._writer.begin() as conn:
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self._writer.begin())
             if conn.execute(self._take_sql, params).first() is not None:
                 return 0.0
             tokens, at = conn.execute(select(_T.c.tokens, _T.c.at).where(_T.c.key == key)).one()

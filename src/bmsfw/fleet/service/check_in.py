@@ -272,15 +272,19 @@ class CheckInOps(ServiceBase):
         token_hash: str,
         admit: Callable[[Principal | None], bool],
         parse: Callable[[], CheckIn],
+        first: Callable[[Connection], None] | None = None,
     ) -> CheckInResponse:
         """A check-in whose token this process may not have cached yet (the HTTP route).
 
         ``principal`` is the cached one, or None: then the credential is read in the
         check-in's own transaction (no second connection). ``admit`` refuses (raises)
         unknown, revoked or wrong-role credentials and says whether last use is due;
-        ``parse`` validates the body, after the credential check.
+        ``parse`` validates the body, after the credential check. ``first`` runs at the
+        start of the transaction (the route's rate limit; it may refuse by raising).
         """
         with self.engine.begin() as conn:
+            if first is not None:
+                first(conn)
             if principal is None:
                 principal = self.load_principal(token_hash, conn)
             touch = admit(principal)
