@@ -100,3 +100,28 @@ def test_cli_info_on_a_non_numeric_counter_exits_with_the_code(rtu: HostileRtuBm
     assert "Traceback" not in result.stderr
     assert rtu.writes == []
     assert time.monotonic() - started < 30
+
+
+def test_bank_layout_identity_object(rtu: HostileRtuBms) -> None:
+    """Identity object 0x87 ``BANK/SECTOR/BANKS``: read into the identity the update core
+    fits the image to (E525 there); absent: not reported."""
+    from bmsfw.protocol.session import FlashLayout
+
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        assert session.identify().flash_layout is None
+    rtu.identity[IDENTITY_OBJECTS["flash_layout"]] = b"8192/1024/2"
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        assert session.identify().flash_layout == FlashLayout(8192, 1024, 2)
+
+
+@pytest.mark.parametrize(
+    "layout", [b"8192/1024", b"8k/1k/2", b"0/1024/2", b"99999999999/1/2", b"8192/1024/256"]
+)
+def test_bank_layout_that_is_not_one_is_an_invalid_answer(
+    rtu: HostileRtuBms, layout: bytes
+) -> None:
+    rtu.identity[IDENTITY_OBJECTS["flash_layout"]] = layout
+    with open_modbus_session(rtu.port, timeout_s=0.3, retries=0) as session:
+        error = _error(session.identify)
+    assert error.code == "BMSFW-E381", error
+    assert rtu.writes == []

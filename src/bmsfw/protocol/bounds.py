@@ -56,6 +56,7 @@ __all__ = [
     "decoded",
     "device_text",
     "flash_layout",
+    "flash_layout_text",
     "image_key_hashes",
     "physical_telemetry",
     "strict_json",
@@ -184,6 +185,17 @@ def image_key_hashes(hashes: list[bytes], what: str) -> tuple[str, ...]:
             raise ValueError(f"{what}: key hash {i} is blank (no key fused)")
         out.append(bytes(raw).hex())
     return tuple(out)
+
+
+def flash_layout_text(text: str, what: str) -> FlashLayout:
+    """``BANK/SECTOR/BANKS`` in decimal (a Modbus identity object), then :func:`flash_layout`."""
+    parts = text.split("/")
+    if len(parts) != 3 or not all(p.isascii() and p.isdecimal() and len(p) <= 10 for p in parts):
+        raise ValueError(f"{what}: {text[:40]!r} is not BANK/SECTOR/BANKS in decimal")
+    bank, sector, banks = (int(p) for p in parts)
+    if max(bank, sector) > COUNTER_MAX or banks > 255:
+        raise ValueError(f"{what}: {text[:40]!r} outside u32/u32/u8")
+    return flash_layout(bank, sector, banks, what)
 
 
 def flash_layout(bank_size: int, sector_size: int, banks: int, what: str) -> FlashLayout:

@@ -192,6 +192,11 @@ class ModbusBmsNode:
             "active_bank": ident.active_bank,
             "map_version": str(MAP_VERSION),
         }
+        if ident.flash_layout is not None:
+            layout = ident.flash_layout
+            values["flash_layout"] = (
+                f"{layout.bank_size_bytes}/{layout.sector_size_bytes}/{layout.banks}"
+            )
         return {IDENTITY_OBJECTS[k]: v.encode("utf-8") for k, v in values.items()}
 
     # ------------------------------------------------------------------ reads

@@ -36,6 +36,7 @@ from bmsfw.protocol.bounds import (
     decode_config_document,
     decoded,
     device_text,
+    flash_layout_text,
     strict_json,
 )
 from bmsfw.protocol.deadline import StepBudgets, StepClock, session_step
@@ -569,6 +570,7 @@ class ModbusSession:
             raw = info.get(IDENTITY_OBJECTS[key], b"")
             return self._decode(f"identity object {key}", lambda: device_text(raw, key))
 
+        layout = text("flash_layout")
         map_version = text("map_version")
         if map_version and map_version != str(MAP_VERSION):
             raise ModbusMapVersionError(
@@ -588,6 +590,10 @@ class ModbusSession:
             ),
             active_bank=text("active_bank"),
             address=self.address,
+            flash_layout=self._decode(
+                "identity object flash_layout",
+                lambda: flash_layout_text(layout, "flash_layout") if layout else None,
+            ),
             image_key_hashes=self._read_image_keys(),
         )
 

@@ -270,6 +270,7 @@ IDENTITY_OBJECTS: dict[str, int] = {
     "security_counter": 0x84,
     "active_bank": 0x85,
     "map_version": 0x86,
+    "flash_layout": 0x87,
 }
 
 
