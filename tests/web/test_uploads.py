@@ -64,6 +64,10 @@ def test_a_release_manager_uploads_and_sees_what_was_verified(
     root = pki.root_certificate.subject.rfc4514_string()
     rows = re.findall(r"<tr><td>([^<]*)</td>", chain)
     assert rows[0] == signer and rows[-1] == root, rows
+    # The release page shows the same chain later (kept with the release).
+    kept = fleet.client.get(f"/ui/releases/{stored['id']}").text
+    kept_chain = kept.split('data-testid="chain"')[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>([^<]*)</td>", kept_chain) == rows
     again = _upload(fleet, csrf, data)
     assert again.status_code == 200 and "was uploaded before" in again.text
     critical = _upload(fleet, csrf, make_release(pki, "1.2.0", safety_class="safety-critical"))

@@ -170,6 +170,9 @@ class Release(Base):
     filename: Mapped[str] = mapped_column(String(255))
     uploaded_at: Mapped[datetime]
     uploaded_by: Mapped[str] = mapped_column(String(120))
+    # The certificates the signature was verified through at upload, signer first
+    # (subject, issuer, serial_number, not_after, algorithm); empty before revision 0012.
+    signer_chain: Mapped[list[Any]] = mapped_column(JSON, default=list)
     # Pulled: no campaign may use it, its campaigns were cancelled (None: active).
     deactivated_at: Mapped[datetime | None]
     deactivated_by: Mapped[str] = mapped_column(String(120), default="", server_default="")

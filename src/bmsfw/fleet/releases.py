@@ -78,6 +78,7 @@ class ReleaseFacts:
             "filename": filename,
             "uploaded_at": uploaded_at,
             "uploaded_by": by,
+            "signer_chain": list(self.signer_chain),
         }
 
 

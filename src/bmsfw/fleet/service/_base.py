@@ -435,6 +435,7 @@ def _release_dict(release: Release) -> dict[str, Any]:
         "uploaded_by": release.uploaded_by,
         "deactivated_at": _iso(release.deactivated_at),
         "deactivated_by": release.deactivated_by,
+        "signer_chain": release.signer_chain,
     }
 
 
