@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from bmsfw.fleet.auth import Principal, roles_at_least
 from bmsfw.fleet.errors import CampaignStateError, RoleNotAllowedError, SelfApprovalError
-from bmsfw.fleet.models import AuditEntry, Campaign
+from bmsfw.fleet.models import AuditEntry
 from bmsfw.fleet.service._base import ServiceBase, audit
 
 __all__ = ["NEEDS_APPROVAL", "ApprovalOps", "needs_approval"]
@@ -85,13 +85,3 @@ class ApprovalOps(ServiceBase):
                 return self._campaign_dict(session, campaign)
         assert refused is not None
         raise refused
-
-    def approvals_waiting(self) -> list[dict[str, Any]]:
-        """Campaigns waiting for approval, oldest first (the dashboard's and CLI's list)."""
-        with self.sessions() as session:
-            return [
-                self._campaign_dict(session, c)
-                for c in session.scalars(
-                    select(Campaign).where(Campaign.status == NEEDS_APPROVAL).order_by(Campaign.id)
-                )
-            ]
