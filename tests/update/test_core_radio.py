@@ -58,6 +58,7 @@ def test_a_radio_link_is_over_the_air(wireless: bool, requested: str, channel: s
         (23, 50.0, 1, 20 * 8 / 0.05),  # 3.2 kbit/s: BLE's minimum MTU, one packet
         (247, 0.0, 4, 0.0),  # no interval known: nothing assumed
         (3, 7.5, 4, 0.0),
+        (296, 7.5, 16, 2_000_000.0),  # 5 Mbit/s by arithmetic: the 2M PHY caps it
     ],
 )
 def test_throughput_estimate(mtu: int, interval_ms: float, packets: int, bps: float) -> None:

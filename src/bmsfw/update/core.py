@@ -727,13 +727,20 @@ def channel_for_link(wireless: bool, requested: Channel) -> Channel:
     return "ota" if wireless else requested
 
 
+# The fastest Bluetooth LE radio (the LE 2M PHY) sends 2 Mbit/s on air: no choice of
+# MTU, interval and packets per event carries more.
+BLE_PHY_MAX_BPS = 2_000_000.0
+
+
 def estimate_ble_throughput_bps(att_mtu: int, interval_ms: float, packets_per_event: int) -> float:
     """What a BLE link can carry at most: ``packets_per_event`` ATT writes of
     ``att_mtu - 3`` bytes per connection interval (the controller and phone decide the
-    real number per event; the product profile names what its BMS achieves)."""
+    real number per event; the product profile names what its BMS achieves), never
+    more than the radio's :data:`BLE_PHY_MAX_BPS`."""
     if interval_ms <= 0 or att_mtu <= 3 or packets_per_event <= 0:
         return 0.0
-    return packets_per_event * (att_mtu - 3) * 8 / (interval_ms / 1000.0)
+    per_interval = packets_per_event * (att_mtu - 3) * 8 / (interval_ms / 1000.0)
+    return min(per_interval, BLE_PHY_MAX_BPS)
 
 
 @dataclass(frozen=True)
