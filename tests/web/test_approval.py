@@ -90,9 +90,19 @@ def test_approval_from_the_dashboard(https_fleet: Fleet, pki: VendorPki) -> None
     assert fleet.client.get(f"/ui/campaigns/preview?release_id={release['id']}").status_code == 403
     _sign_in(fleet, "operator")
     fleet.check_in("gw", [bms(f"SN{i}") for i in range(3, 6)])  # three more, not yet claimed
+    fleet.call(
+        "PUT",
+        "/api/v1/sites/site/maintenance-windows",
+        "operator",
+        json={
+            "timezone": "Europe/Amsterdam",
+            "windows": [{"days": [0, 1, 2, 3, 4], "start": "22:00", "end": "04:00"}],
+        },
+    )
     preview = fleet.client.get(
         "/ui/campaigns/preview", params={"release_id": release["id"], "sites": "site"}
     )
+    assert "site (Europe/Amsterdam: Mon/Tue/Wed/Thu/Fri 22:00–04:00)" in preview.text
     assert (
         "This targets <strong>3</strong> device(s) in 1 site(s) (site 3); 0 are offline. "
         "It will wait for a second person's approval (four eyes)."

@@ -32,6 +32,7 @@ from bmsfw.fleet.models import (
     Device,
     DeviceStateEvent,
     Release,
+    SiteWindow,
 )
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.schemas import CampaignSpec
@@ -70,9 +71,17 @@ class CampaignOps(ServiceBase):
             if release is None:
                 raise FleetNotFoundError(f"no release with id {spec.release_id}")
             targets = self._resolve_targets(session, release, spec, range_)
+            sites = dict(sorted(Counter(d.site for d in targets).items()))
+            windows = {
+                w.site: {"timezone": w.timezone, "windows": w.windows}
+                for w in session.scalars(select(SiteWindow).where(SiteWindow.site.in_(sites)))
+                if w.windows
+            }
         return {
             "targets": len(targets),
-            "sites": dict(sorted(Counter(d.site for d in targets).items())),
+            "sites": sites,
+            # Sites that only install inside maintenance windows (the others: any time).
+            "windows": dict(sorted(windows.items())),
             "offline": sum(1 for d in targets if now - d.last_seen_at >= online),
             "needs_approval": needs_approval(self.settings.approval_above_devices, len(targets)),
         }
