@@ -90,6 +90,18 @@ def test_screenshots_of_the_main_pages(dashboard: Dashboard, page: Page) -> None
         png = page.screenshot(full_page=True)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, (name, len(png))
         (out / f"{name}.png").write_bytes(png)
+    # What only an admin sees: the audit log with its hash chain verified.
+    page.context.clear_cookies()
+    dashboard.sign_in(page, "admin")
+    for name, path in {
+        "dashboard-audit": "/ui/audit",
+        "dashboard-release": "/ui/releases/1",
+    }.items():
+        page.goto(dashboard.url + path)
+        expect(page.locator("h1")).to_be_visible()
+        png = page.screenshot(full_page=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, (name, len(png))
+        (out / f"{name}.png").write_bytes(png)
 
 
 def test_gateway_credential_cannot_sign_in(
