@@ -50,9 +50,9 @@ def _audit(fleet: Fleet, action: str) -> list[dict[str, Any]]:
     return [e for e in entries if e["action"] == action]
 
 
-def _upload(fleet: Fleet, gateway: str, data: bytes, **params: Any) -> Any:
+def _upload(fleet: Fleet, gateway: str, data: bytes, path: str = UPLOAD, **params: Any) -> Any:
     return fleet.client.post(
-        UPLOAD,
+        path,
         headers={**fleet.h(gateway), "Content-Type": "application/zip"},
         content=data,
         params=params or None,
@@ -155,3 +155,57 @@ def test_a_campaign_named_with_the_bundle_must_target_the_device(site: Fleet) ->
     answer = _upload(site, "gw-a", _bundle(), campaign_id=77)
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "BMSFW-E604"
     assert _stored(site) == 0
+
+
+FILE = "/api/v1/evidence"  # an operator files the bundle of an update done on site
+
+
+def _file(fleet: Fleet, role: str, data: bytes, **params: Any) -> Any:
+    return _upload(fleet, role, data, path=FILE, **params)
+
+
+@pytest.mark.req("R156-FLEET-RECORD", "IEC62443-CR2.1")
+def test_an_operator_files_a_bundle_only_of_a_fleet_device_and_only_with_that_role(
+    site: Fleet,
+) -> None:
+    good = _bundle("EV-1")
+    refusals = (
+        (_file(site, "viewer", good), 403, "BMSFW-E603"),
+        (_file(site, "gw-a", good), 403, "BMSFW-E603"),  # a gateway uploads its own route
+        (_file(site, "operator", good, serial="EV-2"), 422, "BMSFW-E695"),
+        (_file(site, "operator", _bundle("UNKNOWN-9")), 404, "BMSFW-E696"),
+        (_file(site, "operator", good[:-1]), 422, "BMSFW-E690"),
+    )
+    for answer, status, code in refusals:
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["code"] == code
+    assert _stored(site) == 0
+    refused = sorted(e["detail"]["code"] for e in _audit(site, "evidence.refused"))
+    assert refused == ["BMSFW-E690", "BMSFW-E695", "BMSFW-E696"]  # the 403s: at the guard
+    assert not _audit(site, "evidence.store")
+
+
+@pytest.mark.req("R156-FLEET-RECORD", "IEC62443-CR2.8")
+def test_a_filed_bundle_says_which_operator_filed_it_next_to_the_gateways_uploads(
+    site: Fleet,
+) -> None:
+    by_gateway = _upload(site, "gw-a", _bundle("EV-1"))
+    assert by_gateway.status_code == 201, by_gateway.text
+    on_site = _bundle("EV-1", outcome="rolled-back")
+    filed = _file(site, "operator", on_site, serial="EV-1")
+    assert filed.status_code == 201, filed.text
+    assert _file(site, "operator", on_site).json() == filed.json()  # again: that record
+    listed = site.call("GET", "/api/v1/devices/EV-1/evidence", "operator")
+    assert [(r["filed_by"], r["outcome"]) for r in listed] == [
+        ("operator", "rolled-back"),
+        ("gateway", "updated"),
+    ]
+    assert listed[0]["uploaded_by"] != listed[1]["uploaded_by"]
+    assert _stored(site) == 2
+    entries = _audit(site, "evidence.store")
+    assert sorted(e["detail"]["filed_by"] for e in entries) == ["gateway", "operator"]
+    operator_entry = next(e for e in entries if e["detail"]["filed_by"] == "operator")
+    assert operator_entry["actor"] == f"operator:{listed[0]['uploaded_by']}"
+    download = site.client.get(f"/api/v1/evidence/{listed[0]['id']}", headers=site.h("operator"))
+    assert download.content == on_site
+    assert verify_bundle(download.content).manifest["outcome"] == "rolled-back"

@@ -1,5 +1,7 @@
 """``bmsfw fleet evidence SERIAL``: a device's update record on the fleet server (one
-evidence bundle per update its gateway ran), listed or downloaded and checked."""
+evidence bundle per update its gateway ran or an operator filed), listed or downloaded
+and checked; ``bmsfw fleet evidence upload FILE``: file the bundle of an update done on
+site (``bmsfw update --evidence DIR``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,38 @@ from bmsfw.cli._render import Table, console, print_json
 
 __all__ = ["fleet_evidence_command"]
 
+_COLUMNS = ["id", "received_at", "outcome", "running_version", "campaign_id", "filed", "sha256"]
+
+
+class _ListByDefault(click.Group):
+    """``evidence SERIAL ...`` is ``evidence list SERIAL ...`` (the command as it was
+    before ``upload`` came); a device named like a subcommand needs ``list``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+def _row(record: Any) -> dict[str, Any]:
+    row: dict[str, Any] = record.model_dump(mode="json")
+    return row
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        # who filed it: "gateway depot-gw" (its agent) or "operator tech-anna" (by hand)
+        kind = str(row.get("filed_by", ""))
+        name = str(row.get("uploaded_by", "")).removeprefix(f"{kind}:")
+        shown = {**row, "filed": f"{kind} {name}"}
+        cells = ["" if shown.get(c) is None else str(shown[c]) for c in columns]
+        cells[columns.index("sha256")] = cells[columns.index("sha256")][:16] + "…"
+        table.add_row(*cells)
+    return table
+
 
 def _file_name(serial: str, evidence_id: int, sha256: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-." else "-" for c in serial)[:64]
@@ -23,9 +57,14 @@ def _file_name(serial: str, evidence_id: int, sha256: str) -> str:
 def fleet_evidence_command(
     server_options: Callable[[Any], Any], client: Callable[..., Any]
 ) -> click.Command:
-    """The command, wired to the fleet group's server options and client factory."""
+    """The command group, wired to the fleet group's server options and client factory."""
 
-    @click.command("evidence")
+    @click.group("evidence", cls=_ListByDefault, no_args_is_help=True)
+    def group() -> None:
+        """A device's evidence bundles on the fleet server: `evidence SERIAL` lists or
+        downloads them, `evidence upload FILE` files one from an update done on site."""
+
+    @group.command("list")
     @server_options
     @click.argument("serial")
     @click.option(
@@ -56,7 +95,7 @@ def fleet_evidence_command(
                     from bmsfw.fleet.errors import FleetNotFoundError
 
                     raise FleetNotFoundError(f"device {serial!r} has no evidence {evidence_id}")
-            rows = [r.model_dump(mode="json") for r in records]
+            rows = [_row(r) for r in records]
             if out is not None:
                 from bmsfw.evidence.bundle import verify_bundle
 
@@ -78,16 +117,36 @@ def fleet_evidence_command(
         if as_json:
             print_json(rows)
             return
-        table = Table(title=f"evidence of {serial}: {len(rows)} bundle(s)")
-        columns = ["id", "received_at", "outcome", "running_version", "campaign_id", "sha256"]
-        if out is not None:
-            columns.append("file")
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            cells = ["" if row.get(c) is None else str(row[c]) for c in columns]
-            cells[columns.index("sha256")] = cells[columns.index("sha256")][:16] + "…"
-            table.add_row(*cells)
-        console.print(table)
+        columns = [*_COLUMNS, "file"] if out is not None else _COLUMNS
+        console.print(_table(f"evidence of {serial}: {len(rows)} bundle(s)", rows, columns))
 
-    return command
+    @group.command("upload")
+    @server_options
+    @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option(
+        "--serial",
+        default=None,
+        help="The device it must be of (default: the one its manifest names).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def upload(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        bundle: Path,
+        serial: str | None,
+        as_json: bool,
+    ) -> None:
+        """File BUNDLE, written by `bmsfw update --evidence DIR` on site, as the update
+        record of its device (operator token); the server verifies it first."""
+        data = bundle.read_bytes()
+        with client(server, token, ca) as fleet:
+            record = fleet.file_evidence(data, serial)
+        row = _row(record)
+        if as_json:
+            print_json(row)
+            return
+        title = f"evidence of {record.device_serial}: filed as record {record.id}"
+        console.print(_table(title, [row], _COLUMNS))
+
+    return group

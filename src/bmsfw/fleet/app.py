@@ -202,7 +202,7 @@ class ServerConfig:
                 path.startswith(f"{API}/devices/") and path.endswith("/backups")
             ):
                 return 2 * self.max_backup_bytes
-            if path == f"{API}/agent/evidence":
+            if path in {f"{API}/agent/evidence", f"{API}/evidence"}:
                 return self.max_evidence_bytes
         return self.max_body_bytes
 

@@ -288,13 +288,22 @@ class FleetClient:
 
     def upload_evidence(self, data: bytes, campaign_id: int | None = None) -> EvidenceInfo:
         """File one update's evidence bundle (gateway token); the server verifies it (E690)."""
-        what = f"POST {API}/agent/evidence"
+        params = {"campaign_id": campaign_id} if campaign_id is not None else None
+        return self._post_evidence("agent/evidence", data, params)
+
+    def file_evidence(self, data: bytes, serial: str | None = None) -> EvidenceInfo:
+        """File the bundle of an update done on site (operator token): verified as a
+        gateway's upload (E690), of ``serial`` when given (E695), a fleet device (E696)."""
+        return self._post_evidence("evidence", data, {"serial": serial} if serial else None)
+
+    def _post_evidence(self, path: str, data: bytes, params: dict[str, Any] | None) -> EvidenceInfo:
+        what = f"POST {API}/{path}"
         answer = self._json(
             "POST",
-            f"{API}/agent/evidence",
+            f"{API}/{path}",
             max_bytes=self.config.limits.max_answer_bytes,
             content=data,
-            params={"campaign_id": campaign_id} if campaign_id is not None else None,
+            params=params,
             headers={"Content-Type": "application/octet-stream"},
         )
         info = _validate(EvidenceInfo, answer, what)

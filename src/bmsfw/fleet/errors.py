@@ -20,7 +20,9 @@ __all__ = [
     "DeviceNotOnGatewayError",
     "DownloadDigestMismatchError",
     "DownloadTooLargeError",
+    "EvidenceDeviceUnknownError",
     "EvidenceRejectedError",
+    "EvidenceSerialMismatchError",
     "FleetConfigError",
     "FleetConflictError",
     "FleetError",
@@ -352,6 +354,33 @@ class EvidenceRejectedError(FleetError):
     def __init__(self, message: str | None = None, *, evidence_code: str = "") -> None:
         super().__init__(message)
         self.evidence_code = evidence_code
+
+
+class EvidenceSerialMismatchError(FleetError):
+    code = "BMSFW-E695"
+    http_status = 422
+    diagnosis = (
+        "The evidence bundle filed by an operator names another device than the serial "
+        "given with it (--serial); nothing was stored."
+    )
+    remedy = (
+        "Check which pack the bundle is from (`bmsfw evidence verify BUNDLE --json`, "
+        "manifest.device.serial) and file it without --serial or with that serial."
+    )
+
+
+class EvidenceDeviceUnknownError(FleetError):
+    code = "BMSFW-E696"
+    http_status = 404
+    diagnosis = (
+        "The device the evidence bundle names is not in the fleet (no gateway ever "
+        "reported it); the server keeps update records only of its own devices. "
+        "Nothing was stored."
+    )
+    remedy = (
+        "Check the serial with `bmsfw fleet devices`; once the pack's gateway has "
+        "reported it, file the bundle again."
+    )
 
 
 class EventStreamNotAcceptedError(FleetError):

@@ -14,6 +14,13 @@ Operators read them as the device's update record (UN R156 asks the manufacturer
 to keep one per system): ``GET /api/v1/devices/{serial}/evidence`` lists them,
 ``GET /api/v1/evidence/{id}`` returns the bundle as it was uploaded (same bytes,
 same SHA-256), which ``bmsfw evidence verify`` checks again on the operator's side.
+
+A technician who updated a pack on site (``bmsfw update --evidence DIR``) files that
+bundle with an operator token: ``POST /api/v1/evidence?serial=S`` (``bmsfw fleet
+evidence upload FILE``). The same checks apply (E690); the device is again the one the
+manifest names, which must match ``serial`` when given (E695) and be in the fleet
+(E696). Such a record says ``filed_by: "operator"`` and ``uploaded_by`` names the
+operator's token, where a gateway's upload says ``filed_by: "gateway"``.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ class EvidenceInfo(BaseModel):
     running_version: str = ""
     sha256: str
     size_bytes: int
-    uploaded_by: str = ""
+    uploaded_by: str = ""  # the credential's name: a gateway's, or the filing operator's
+    filed_by: str = "gateway"  # "gateway": its agent's upload; "operator": filed by hand
 
 
 @dataclass(frozen=True)
