@@ -709,13 +709,28 @@ class SerialConsole:
 # ---------------------------------------------------------------------- process
 
 
-class _FirmwareTicker(threading.Thread):
-    """Lets the BMS firmware catch up with the clock (boots and self-tests run on their own)."""
+def _exit_process() -> None:
+    log.error("power cut: stopping")
+    os._exit(3)
 
-    def __init__(self, bms: VirtualBms, poll_s: float = 0.02) -> None:
+
+class _FirmwareTicker(threading.Thread):
+    """Lets the BMS firmware catch up with the clock (boots and self-tests run on their own).
+
+    At a power cut it calls ``on_power_cut`` and stops: the BMS's own process exits
+    (the default); an in-process :class:`SmpSimulator` just leaves the BMS dead.
+    """
+
+    def __init__(
+        self,
+        bms: VirtualBms,
+        poll_s: float = 0.02,
+        on_power_cut: Callable[[], None] = _exit_process,
+    ) -> None:
         super().__init__(name="bms-firmware", daemon=True)
         self.bms = bms
         self.poll_s = poll_s
+        self.on_power_cut = on_power_cut
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -723,10 +738,65 @@ class _FirmwareTicker(threading.Thread):
             try:
                 self.bms.poll()
             except PowerCutError:
-                log.error("power cut: stopping")
-                os._exit(3)
+                self.on_power_cut()
+                return
             except BmsfwError:
                 log.debug("poll", exc_info=True)
+
+
+class SmpSimulator:
+    """One virtual BMS serving SMP on the serial console framing (a pty), in this process.
+
+    What :class:`SimSmpProcess` runs, without the process: a test can cut the power
+    at an exact flash operation (``devices.faults.power_cut_at``) and the BMS then
+    stays silent (``handle`` answers nothing) until :meth:`stop` and a new
+    :meth:`start` power it on again from its state directory.
+    """
+
+    def __init__(
+        self, state_dir: str | Path, *, time_scale: float = 1.0, require_auth: bool = False
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.time_scale = time_scale
+        self.require_auth = require_auth
+        self._bms: VirtualBms | None = None
+        self._console: SerialConsole | None = None
+        self._ticker: _FirmwareTicker | None = None
+
+    @property
+    def bms(self) -> VirtualBms:
+        assert self._bms is not None, "the simulator is not started"
+        return self._bms
+
+    @property
+    def port(self) -> str:
+        """The tester's end of the pty (``--smp serial:PORT``)."""
+        assert self._console is not None, "the simulator is not started"
+        return self._console.port
+
+    def start(self, *, wait_boot: bool = True) -> SmpSimulator:
+        """Power on: bootloader, self-test, application (by default wait until it runs)."""
+        self._bms = VirtualBms(self.state_dir, clock=_clock(self.time_scale))
+        if wait_boot:
+            self._bms.wait_boot(120.0)
+        server = SmpBmsServer(self._bms, require_auth=self.require_auth)
+        self._console = SerialConsole(server).start()
+        self._ticker = _FirmwareTicker(
+            self._bms, on_power_cut=lambda: log.error("power cut: the BMS is dead")
+        )
+        self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        """Power off (a BMS that lost its power stays as the cut left it)."""
+        if self._ticker is not None:
+            self._ticker.stopped.set()
+            self._ticker.join(2)
+        if self._console is not None:
+            self._console.stop()
+        if self._bms is not None and not self._bms.dead:
+            self._bms.close()
+        self._bms = self._console = self._ticker = None
 
 
 class _CanBroadcaster(threading.Thread):
