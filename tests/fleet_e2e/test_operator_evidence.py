@@ -111,7 +111,7 @@ def test_a_technician_files_the_evidence_of_an_update_on_site_and_it_joins_the_r
         "fleet", "evidence", "upload", str(bundle_path), "--serial", SERIAL, *as_operator, check=0
     )
     assert f"filed as record {record['id']}" in again.stdout
-    assert "operator tech-anna" in again.stdout
+    assert "filed by operator tech-anna" in again.stdout
     assert _stored(server.db_url) == 1
     (stored,) = _audit(server, "evidence.store")
     assert stored["actor"] == "operator:tech-anna"
@@ -121,7 +121,7 @@ def test_a_technician_files_the_evidence_of_an_update_on_site_and_it_joins_the_r
 
     # The pack's update record lists it; downloaded, `bmsfw evidence verify` accepts it.
     table = run_bmsfw("fleet", "evidence", SERIAL, *as_operator, check=0)
-    assert "operator tech-anna" in table.stdout
+    assert "filed by operator tech-anna" in table.stdout
     out = tmp_path / "downloaded"
     fetched = json.loads(
         run_bmsfw(

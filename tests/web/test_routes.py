@@ -295,6 +295,15 @@ def test_the_device_page_shows_its_update_record_and_serves_each_bundle(
     _sign_in(fleet, "operator")
     page = fleet.client.get("/ui/devices/EV-1")
     assert f"/ui/evidence/{number}/download" in page.text and "<td>updated</td>" in page.text
+    assert "<td>uploaded by gateway gw</td>" in page.text
+    filed = fleet.client.post(  # an update done on site, filed by an operator
+        "/api/v1/evidence",
+        headers={**fleet.h("operator"), "Content-Type": "application/octet-stream"},
+        content=_bundle("EV-1", outcome="rolled-back"),
+    )
+    assert filed.status_code == 201, filed.text
+    page = fleet.client.get("/ui/devices/EV-1")
+    assert f"<td>filed by operator {filed.json()['uploaded_by']}</td>" in page.text
     download = fleet.client.get(f"/ui/evidence/{number}/download")
     assert download.status_code == 200 and download.content == data
     assert download.headers["content-type"] == "application/zip"

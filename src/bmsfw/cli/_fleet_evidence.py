@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bmsfw.cli._render import Table, console, print_json
+
+if TYPE_CHECKING:
+    from bmsfw.fleet.evidence import EvidenceInfo
 
 __all__ = ["fleet_evidence_command"]
 
@@ -34,15 +37,14 @@ def _row(record: Any) -> dict[str, Any]:
     return row
 
 
-def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+def _table(
+    title: str, records: list[EvidenceInfo], rows: list[dict[str, Any]], columns: list[str]
+) -> Table:
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
-    for row in rows:
-        # who filed it: "gateway depot-gw" (its agent) or "operator tech-anna" (by hand)
-        kind = str(row.get("filed_by", ""))
-        name = str(row.get("uploaded_by", "")).removeprefix(f"{kind}:")
-        shown = {**row, "filed": f"{kind} {name}"}
+    for record, row in zip(records, rows, strict=True):
+        shown = {**row, "filed": record.provenance}  # "filed by operator tech-anna", ...
         cells = ["" if shown.get(c) is None else str(shown[c]) for c in columns]
         cells[columns.index("sha256")] = cells[columns.index("sha256")][:16] + "…"
         table.add_row(*cells)
@@ -118,7 +120,9 @@ def fleet_evidence_command(
             print_json(rows)
             return
         columns = [*_COLUMNS, "file"] if out is not None else _COLUMNS
-        console.print(_table(f"evidence of {serial}: {len(rows)} bundle(s)", rows, columns))
+        console.print(
+            _table(f"evidence of {serial}: {len(rows)} bundle(s)", records, rows, columns)
+        )
 
     @group.command("upload")
     @server_options
@@ -147,6 +151,6 @@ def fleet_evidence_command(
             print_json(row)
             return
         title = f"evidence of {record.device_serial}: filed as record {record.id}"
-        console.print(_table(title, [row], _COLUMNS))
+        console.print(_table(title, [record], [row], _COLUMNS))
 
     return group

@@ -58,6 +58,14 @@ class EvidenceInfo(BaseModel):
     uploaded_by: str = ""  # the credential's name: a gateway's, or the filing operator's
     filed_by: str = "gateway"  # "gateway": its agent's upload; "operator": filed by hand
 
+    @property
+    def provenance(self) -> str:
+        """Who put it there, for people: 'uploaded by gateway depot-gw' (its agent, after
+        an update over the air) or 'filed by operator tech-anna' (an update on site)."""
+        name = self.uploaded_by.removeprefix(f"{self.filed_by}:")
+        verb = "filed" if self.filed_by == "operator" else "uploaded"
+        return f"{verb} by {self.filed_by} {name}"
+
 
 @dataclass(frozen=True)
 class CheckedBundle:
