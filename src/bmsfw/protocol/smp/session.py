@@ -394,20 +394,7 @@ class SmpSession:
 
     def ble_link(self) -> dict[str, str]:
         """The BLE link facts as text for the link check (empty off BLE)."""
-        facts = self.ble_facts()
-        if facts is None:
-            return {}
-        security = (
-            "LE Secure Connections, passkey"
-            if facts.mitm and facts.secure_connections
-            else ("encrypted" if facts.encrypted else "NOT encrypted")
-        )
-        return {
-            "ATT MTU": str(facts.att_mtu),
-            "interval ms": f"{facts.interval_ms:g}",
-            "RSSI": "n/a" if facts.rssi_dbm is None else f"{facts.rssi_dbm} dBm",
-            "security": security,
-        }
+        return ble_link_text(self.ble_facts())
 
     @property
     def max_unencoded_size(self) -> int:
