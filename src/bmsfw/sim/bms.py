@@ -313,6 +313,15 @@ class VirtualBms:
 
     # ------------------------------------------------------------------ time
 
+    def _catch_up(self) -> None:
+        """Lock held: refuse when dead, then :meth:`_advance`; a power cut kills the BMS."""
+        self._check_alive()
+        try:
+            self._advance()
+        except PowerCutError:
+            self._die()
+            raise
+
     def _advance(self) -> None:
         """Catch up with the clock: battery, boot sequence, watchdog, integrity, protection."""
         for _ in range(1000):
@@ -750,12 +759,7 @@ class VirtualBms:
         deadline = self.clock.monotonic() + timeout_s
         while True:
             with self._lock:
-                self._check_alive()
-                try:
-                    self._advance()
-                except PowerCutError:
-                    self._die()
-                    raise
+                self._catch_up()
                 if self._seq is None:
                     return self._boot_status()
                 wait = max(0.0, self._seq_due - self.clock.monotonic())
@@ -769,12 +773,7 @@ class VirtualBms:
         end = self.clock.monotonic() + seconds
         while True:
             with self._lock:
-                self._check_alive()
-                try:
-                    self._advance()
-                except PowerCutError:
-                    self._die()
-                    raise
+                self._catch_up()
                 nxt = self._next_event_in()
             left = end - self.clock.monotonic()
             if left <= 0:
