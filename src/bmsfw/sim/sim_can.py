@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import can
 
@@ -288,6 +288,32 @@ class SimCanProcess(SimProcess):
         super().__init__(args, log_file=log_file)
 
 
+class _Simulator(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets (a simulator process's clean shutdown)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def serve_until_stopped(sim: _Simulator, stop: threading.Event) -> int:
+    """Start ``sim``, print ``READY {its description}`` and serve until ``stop`` is set."""
+    sim.start()
+    try:
+        print("READY " + json.dumps(sim.describe()), flush=True)
+        while not stop.wait(0.2):
+            pass
+    finally:
+        sim.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="virtual BMS nodes serving UDS on a CAN link")
     parser.add_argument("--link", required=True)
@@ -326,17 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             server=server,
         )
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sim.start()
-    try:
-        print("READY " + json.dumps(sim.describe()), flush=True)
-        while not stop.wait(0.2):
-            pass
-    finally:
-        sim.stop()
-    return 0
+    return serve_until_stopped(sim, stop_on_signals())
 
 
 if __name__ == "__main__":

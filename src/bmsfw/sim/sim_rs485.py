@@ -34,7 +34,7 @@ from bmsfw.sim._simprocess import SimProcess
 from bmsfw.sim.bms import VirtualBms
 from bmsfw.sim.clock import Clock, RealClock
 from bmsfw.sim.modbus_server import ModbusBmsNode, serve_node
-from bmsfw.sim.sim_can import ScaledClock, node_state_dir
+from bmsfw.sim.sim_can import ScaledClock, node_state_dir, serve_until_stopped, stop_on_signals
 from bmsfw.sim.sim_control import poll_commands
 
 __all__ = ["Rs485SimConfig", "Rs485Simulator", "SimRs485Process", "node_state_dir"]
@@ -416,9 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_on_signals()
     if args.serve:
         return _serve_nodes(args, stop)
     sim = Rs485Simulator(
@@ -435,14 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             node_processes=args.node_processes,
         )
     )
-    sim.start()
-    try:
-        print("READY " + json.dumps(sim.describe()), flush=True)
-        while not stop.wait(0.2):
-            pass
-    finally:
-        sim.stop()
-    return 0
+    return serve_until_stopped(sim, stop)
 
 
 if __name__ == "__main__":
