@@ -7,13 +7,8 @@ process (fake clock): idle and absolute expiry, and the bound per credential."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +21,7 @@ from bmsfw.fleet.bootstrap import create_token, init_database
 from bmsfw.fleet.testing import TestTlsFiles, write_test_ca_and_server
 from fleet import conftest as fleet_fixtures
 from fleet.conftest import Fleet
+from server_support import serve_process
 
 from .test_routes import _sign_in, https_fleet
 
@@ -39,62 +35,13 @@ __all__ = ["https_fleet"]
 COOKIE = "__Host-bmsfw_session"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _server(db: str, workdir: Path, root: Path, tls: TestTlsFiles) -> Iterator[str]:
     """``bmsfw fleet serve`` in its own process, over HTTPS; stopped on exit."""
     workdir.mkdir(exist_ok=True)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from bmsfw.cli import main; main()",
-            "fleet",
-            "serve",
-            "--db",
-            db,
-            "--trust-root",
-            str(root),
-            "--port",
-            str(port),
-            "--tls-cert",
-            str(tls.cert),
-            "--tls-key",
-            str(tls.key),
-            "--access-log",
-            "",
-        ],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    url = f"https://127.0.0.1:{port}"
-    ca = ssl.create_default_context(cafile=str(tls.ca))
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, f"server at {url} did not start"
-            try:
-                if httpx.get(f"{url}/healthz", verify=ca, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["--db", db, "--trust-root", str(root), "--access-log", ""]
+    with serve_process(args, cwd=workdir, tls=tls) as server:
+        yield server.url
 
 
 def _browser(url: str, tls: TestTlsFiles) -> httpx.Client:
