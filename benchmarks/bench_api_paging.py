@@ -13,9 +13,6 @@ flagged device per gateway, a campaign), then times each request in process over
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import logging
-import os
 import statistics
 import tempfile
 import time
@@ -24,17 +21,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
-from benchmarks.bench_dashboard import START, _database, _seed
+from benchmarks.bench_dashboard import START, _database, _seed, fleet_bench_setup
 from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.clock import FakeClock
 from bmsfw.fleet.device_query import DeviceFilter as Everything
 from bmsfw.fleet.paging import encode_cursor
 from bmsfw.fleet.web.queries import DeviceFilter, FleetQueries
-from bmsfw.package import ComponentSource, HardwareCompat, build_release, create_pki, sign_release
 
 
 def _timed(call: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -120,28 +115,7 @@ def _run(kind: str, args: argparse.Namespace, release: bytes, root: bytes) -> di
 
 
 def main() -> None:
-    logging.getLogger("bmsfw").setLevel(logging.ERROR)  # the seeded flags are on purpose
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--postgres", default=os.environ.get("BMSFW_TEST_POSTGRES_URL", ""))
-    args = parser.parse_args()
-    pki = create_pki("ed25519", now=START - dt.timedelta(days=1))
-    root = pki.root_certificate.public_bytes(serialization.Encoding.PEM)
-    release = sign_release(
-        build_release(
-            product="bms-app",
-            version="1.1.0",
-            security_counter=2,
-            hardware=HardwareCompat("BMS-48V", ("A",)),
-            min_bootloader_version="1.0.0",
-            components=[ComponentSource.firmware("app", b"\x00" * 2048)],
-            image_signing_key=pki.image_signing_key,
-            created_at=START,
-        ),
-        pki.signer(),
-    )
-    kinds = ["sqlite"] + (["postgres"] if args.postgres else [])
+    args, release, root, kinds = fleet_bench_setup(__doc__.splitlines()[0])
     results = {kind: _run(kind, args, release, root) for kind in kinds}
     print(f"API list routes with {args.devices} devices; median / p95, ms")
     header = f"{'request':<46}" + "".join(f"{k:>22}" for k in kinds)

@@ -195,9 +195,11 @@ def _three_days_of_samples(engine: Engine, serial: str, now: dt.datetime) -> Non
         )
 
 
-def main() -> None:
+def fleet_bench_setup(description: str) -> tuple[argparse.Namespace, bytes, bytes, list[str]]:
+    """The command line (--devices, --repeat, --postgres), a signed release, the root it
+    chains to, and the databases to run on (SQLite, and PostgreSQL when given)."""
     logging.getLogger("bmsfw").setLevel(logging.ERROR)  # the seeded flags are on purpose
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--postgres", default=os.environ.get("BMSFW_TEST_POSTGRES_URL", ""))
@@ -217,7 +219,11 @@ def main() -> None:
         ),
         pki.signer(),
     )
-    kinds = ["sqlite"] + (["postgres"] if args.postgres else [])
+    return args, release, root, ["sqlite"] + (["postgres"] if args.postgres else [])
+
+
+def main() -> None:
+    args, release, root, kinds = fleet_bench_setup(__doc__.splitlines()[0])
     results = {kind: _run(kind, args, release, root) for kind in kinds}
     print(f"dashboard with {args.devices} devices; median / p95 of {args.repeat} requests, ms")
     header = f"{'page':<34}" + "".join(f"{k:>22}" for k in kinds)
