@@ -14,6 +14,7 @@ from agent_support import HW_REV, MODEL
 from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
 from bmsfw.package import TrustAnchors, key_hash, verify_release
 from bmsfw.protocol import uds
+from bmsfw.protocol.session import TesterCredentials
 from bmsfw.sim import DeviceSpec, FlashSpec, provision
 from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
 from bmsfw.update.connect import parse_links
@@ -30,16 +31,13 @@ def _unique_link() -> str:
     return f"udp_multicast:239.78.{pid % 250}.{n % 250 + 1},port={41000 + (pid * 11 + n) % 20000}"
 
 
-def test_agent_updates_a_bms_in_its_own_process_over_can(
-    tmp_path: Path,
-    vendor: Vendor,
-    releases: dict[str, bytes],
-    server_factory: Callable[..., Server],
-) -> None:
-    server = server_factory()
+def _provision_can_bms(
+    state_dir: Path, vendor: Vendor, releases: dict[str, bytes]
+) -> TesterCredentials:
+    """Node 1 of a CAN simulator under ``state_dir`` (serial CANBMS0001, running 1.0.0,
+    ``vendor``'s keys in its OTP) and tester credentials it accepts."""
     pki = vendor.pki
     trust = TrustAnchors.from_root_certificate(vendor.root_pem)
-    state_dir = tmp_path / "can-sim"
     provision(
         node_state_dir(state_dir, 1),
         initial_image=verify_release(releases["1.0.0"], trust).image("app"),
@@ -51,16 +49,29 @@ def test_agent_updates_a_bms_in_its_own_process_over_can(
         serial="CANBMS0001",
     )
     key, cert = uds.issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    credentials = uds.tester_credentials(
-        key, cert, [pki.intermediate_certificate, pki.root_certificate]
+    return uds.tester_credentials(key, cert, [pki.intermediate_certificate, pki.root_certificate])
+
+
+def _quick_profile() -> UpdateProfile:
+    """The default profile but for a preflight supply-voltage window of 0.2 s."""
+    return dataclasses.replace(
+        UpdateProfile(), preflight=dataclasses.replace(PreflightLimits(), supply_window_s=0.2)
     )
+
+
+def test_agent_updates_a_bms_in_its_own_process_over_can(
+    tmp_path: Path,
+    vendor: Vendor,
+    releases: dict[str, bytes],
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory()
+    state_dir = tmp_path / "can-sim"
+    credentials = _provision_can_bms(state_dir, vendor, releases)
     with server.client() as admin:
         token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
     link = _unique_link()
-    profile = UpdateProfile()
-    profile = dataclasses.replace(
-        profile, preflight=dataclasses.replace(PreflightLimits(), supply_window_s=0.2)
-    )
+    profile = _quick_profile()
     with (
         SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
         server.client(token) as client,

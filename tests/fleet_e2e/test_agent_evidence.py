@@ -6,7 +6,6 @@ SQLite and on PostgreSQL) verifies and stores it; an operator downloads it with
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,21 +15,16 @@ import can
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from agent_support import HW_REV, MODEL
 from bmsfw.evidence.bundle import verify_bundle
 from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
 from bmsfw.fleet.models import EvidenceBundle
-from bmsfw.package import TrustAnchors, key_hash, verify_release
-from bmsfw.protocol import uds
-from bmsfw.sim import DeviceSpec, FlashSpec, provision
-from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
+from bmsfw.sim.sim_can import SimCanProcess
 from bmsfw.update.connect import parse_links
-from bmsfw.update.profile import PreflightLimits, UpdateProfile
 from cli_support import run_bmsfw
 from fleet.conftest import db_url  # noqa: F401  (SQLite, and PostgreSQL when configured)
 
 from .conftest import Server, Vendor
-from .test_agent_can import _unique_link
+from .test_agent_can import _provision_can_bms, _quick_profile, _unique_link
 
 REQUEST_ID = 0x7E0  # node 1 (docs/uds.md)
 
@@ -67,31 +61,13 @@ def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
     db_url: str,  # noqa: F811
 ) -> None:
     server = server_factory(db_url=db_url)
-    pki = vendor.pki
-    trust = TrustAnchors.from_root_certificate(vendor.root_pem)
     state_dir = tmp_path / "can-sim"
-    provision(
-        node_state_dir(state_dir, 1),
-        initial_image=verify_release(releases["1.0.0"], trust).image("app"),
-        root_key_hash=key_hash(pki.root_key),
-        image_key_hash=key_hash(pki.image_signing_key),
-        spec=DeviceSpec(
-            model=MODEL, hw_revision=HW_REV, flash=FlashSpec.small(bank_size=16 * 1024)
-        ),
-        serial="CANBMS0001",
-    )
-    key, cert = uds.issue_tester_certificate(pki.intermediate_key, pki.intermediate_certificate)
-    credentials = uds.tester_credentials(
-        key, cert, [pki.intermediate_certificate, pki.root_certificate]
-    )
+    credentials = _provision_can_bms(state_dir, vendor, releases)
     with server.client() as admin:
         token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
         operator = admin.post("tokens", {"name": "auditor", "role": "operator"})["token"]
     link = _unique_link()
-    profile = UpdateProfile()
-    profile = dataclasses.replace(
-        profile, preflight=dataclasses.replace(PreflightLimits(), supply_window_s=0.2)
-    )
+    profile = _quick_profile()
     agent_dir = tmp_path / "agent"
     with (
         SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
