@@ -23,8 +23,14 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from benchmarks.bench_dashboard import START, _database, _seed, fleet_bench_setup
-from bmsfw.fleet.app import ServerConfig, create_app
+from benchmarks.bench_dashboard import (
+    START,
+    _database,
+    _seed,
+    bench_server_config,
+    fleet_bench_setup,
+)
+from bmsfw.fleet.app import create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.clock import FakeClock
 from bmsfw.fleet.device_query import DeviceFilter as Everything
@@ -53,14 +59,7 @@ def _run(kind: str, args: argparse.Namespace, release: bytes, root: bytes) -> di
         clock = FakeClock(START)
         admin = init_database(url, clock=clock)
         assert admin is not None
-        config = ServerConfig(
-            db_url=url,
-            trust_root_pem=root,
-            tick_interval_s=0,
-            check_ins_per_s=0,
-            auth_failures_per_min=0,
-            refusal_flush_interval_s=0,
-        )
+        config = bench_server_config(url, root)
         app = create_app(config, clock=clock)
         with TestClient(app, base_url="https://bench") as client:
             _seed(client, admin, args.devices, release)

@@ -118,19 +118,24 @@ def _time(client: TestClient, path: str, repeat: int, headers: dict[str, str]) -
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
+def bench_server_config(url: str, root: bytes) -> ServerConfig:
+    """The timed server: tick, check-in and sign-in rate limits, refusal flushing all set to 0."""
+    return ServerConfig(
+        db_url=url,
+        trust_root_pem=root,
+        tick_interval_s=0,
+        check_ins_per_s=0,
+        auth_failures_per_min=0,
+        refusal_flush_interval_s=0,
+    )
+
+
 def _run(kind: str, args: argparse.Namespace, release: bytes, root: bytes) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp, _database(kind, args.postgres, Path(tmp)) as url:
         clock = FakeClock(START)
         admin = init_database(url, clock=clock)
         assert admin is not None
-        config = ServerConfig(
-            db_url=url,
-            trust_root_pem=root,
-            tick_interval_s=0,
-            check_ins_per_s=0,
-            auth_failures_per_min=0,
-            refusal_flush_interval_s=0,
-        )
+        config = bench_server_config(url, root)
         with TestClient(create_app(config, clock=clock), base_url="https://bench") as client:
             started = time.perf_counter()
             serial = _seed(client, admin, args.devices, release)
