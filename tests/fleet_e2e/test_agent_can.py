@@ -59,6 +59,21 @@ def _quick_profile() -> UpdateProfile:
     )
 
 
+def _campaign_to_2_0_0(server: Server, releases: dict[str, bytes]) -> int:
+    """Upload release 2.0.0 and start a campaign of one phase (every device, no soak) with it."""
+    with server.client() as operator:
+        release = operator.upload_release(releases["2.0.0"], "2.0.0.bmsfw")["id"]
+        campaign: int = operator.post(
+            "campaigns",
+            {
+                "name": "over CAN",
+                "release_id": release,
+                "phases": [{"name": "all", "percent": 100, "soak_s": 0}],
+            },
+        )["id"]
+    return campaign
+
+
 def test_agent_updates_a_bms_in_its_own_process_over_can(
     tmp_path: Path,
     vendor: Vendor,
@@ -91,16 +106,7 @@ def test_agent_updates_a_bms_in_its_own_process_over_can(
         assert first.devices == 1
         (device,) = server.call("GET", "devices")
         assert (device["serial"], device["firmware_version"]) == ("CANBMS0001", "1.0.0")
-        with server.client() as operator:
-            release = operator.upload_release(releases["2.0.0"], "2.0.0.bmsfw")["id"]
-            campaign = operator.post(
-                "campaigns",
-                {
-                    "name": "over CAN",
-                    "release_id": release,
-                    "phases": [{"name": "all", "percent": 100, "soak_s": 0}],
-                },
-            )["id"]
+        campaign = _campaign_to_2_0_0(server, releases)
         agent.run_once()
         states = [c.state for c in agent.history]
         assert states == [

@@ -24,7 +24,12 @@ from cli_support import run_bmsfw
 from fleet.conftest import db_url  # noqa: F401  (SQLite, and PostgreSQL when configured)
 
 from .conftest import Server, Vendor
-from .test_agent_can import _provision_can_bms, _quick_profile, _unique_link
+from .test_agent_can import (
+    _campaign_to_2_0_0,
+    _provision_can_bms,
+    _quick_profile,
+    _unique_link,
+)
 
 REQUEST_ID = 0x7E0  # node 1 (docs/uds.md)
 
@@ -85,16 +90,7 @@ def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
             LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
         )
         agent.run_once()
-        with server.client() as admin:
-            release = admin.upload_release(releases["2.0.0"], "2.0.0.bmsfw")["id"]
-            campaign = admin.post(
-                "campaigns",
-                {
-                    "name": "over CAN",
-                    "release_id": release,
-                    "phases": [{"name": "all", "percent": 100, "soak_s": 0}],
-                },
-            )["id"]
+        campaign = _campaign_to_2_0_0(server, releases)
         agent.run_once()
         assert [c.state for c in agent.history][-1] == "succeeded", agent.history
     # The agent's outbox is empty and its copy is gone: the server acknowledged it.
