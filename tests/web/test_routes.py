@@ -4,6 +4,7 @@ need the operator role and the session's CSRF token, refusals are audited."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
@@ -34,6 +35,17 @@ def _dashboard_routes(fleet: Fleet) -> list[tuple[str, str]]:
         path = re.sub(r"\{[^}]+\}", "x", route.path)
         routes.extend((method, "/ui" + path) for method in route.methods)
     return routes
+
+
+def _campaign_on_sn1(fleet: Fleet, pki: VendorPki) -> tuple[Any, Any]:
+    """Gateway gw with device SN1, a release and an operator's campaign "c" of it."""
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("SN1")])
+    release = fleet.upload(make_release(pki))
+    campaign = fleet.call(
+        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
+    )
+    return release, campaign
 
 
 def _sign_in(fleet: Fleet, role: str) -> str:
@@ -83,12 +95,7 @@ def test_a_viewer_cannot_pause_even_with_a_valid_csrf_token(
     https_fleet: Fleet, pki: VendorPki
 ) -> None:
     fleet = https_fleet
-    fleet.add_gateway("gw", "site")
-    fleet.check_in("gw", [bms("SN1")])
-    release = fleet.upload(make_release(pki))
-    campaign = fleet.call(
-        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
-    )
+    _, campaign = _campaign_on_sn1(fleet, pki)
     csrf = _sign_in(fleet, "viewer")
     refused = fleet.client.post(f"/ui/campaigns/{campaign['id']}/pause", data={"csrf": csrf})
     assert refused.status_code == 403 and "BMSFW-E603" in refused.text
@@ -120,12 +127,7 @@ def test_failed_sign_ins_are_audited_and_security_headers_set(https_fleet: Fleet
 @pytest.mark.parametrize("role", ["viewer", "operator", "release_manager", "admin"])
 def test_each_role_sees_what_it_may_do(https_fleet: Fleet, pki: VendorPki, role: str) -> None:
     fleet = https_fleet
-    fleet.add_gateway("gw", "site")
-    fleet.check_in("gw", [bms("SN1")])
-    release = fleet.upload(make_release(pki))
-    campaign = fleet.call(
-        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
-    )
+    release, campaign = _campaign_on_sn1(fleet, pki)
     _sign_in(fleet, role)
     may_operate = role != "viewer"
     page = fleet.client.get(f"/ui/campaigns/{campaign['id']}")

@@ -10,9 +10,9 @@ import pytest
 
 from bmsfw.package import VendorPki
 from fleet import conftest as fleet_fixtures
-from fleet.conftest import Fleet, bms, make_release
+from fleet.conftest import Fleet, make_release
 
-from .test_routes import _sign_in, https_fleet
+from .test_routes import _campaign_on_sn1, _sign_in, https_fleet
 
 fleet = fleet_fixtures.fleet
 db_url = fleet_fixtures.db_url
@@ -80,12 +80,7 @@ def test_a_release_manager_deactivates_a_release_from_its_page(
     https_fleet: Fleet, pki: VendorPki
 ) -> None:
     fleet = https_fleet
-    fleet.add_gateway("gw", "site")
-    fleet.check_in("gw", [bms("SN1")])
-    release = fleet.upload(make_release(pki))
-    campaign = fleet.call(
-        "POST", "/api/v1/campaigns", "operator", json={"name": "c", "release_id": release["id"]}
-    )
+    release, campaign = _campaign_on_sn1(fleet, pki)
     path = f"/ui/releases/{release['id']}"
     csrf = _sign_in(fleet, "operator")
     assert 'data-testid="deactivate"' not in fleet.client.get(path).text
