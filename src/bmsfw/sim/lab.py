@@ -30,7 +30,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from cryptography.hazmat.primitives import serialization
 
@@ -208,46 +208,37 @@ def signed_package(
     return sign_release(unsigned, pki.signer())
 
 
+class PackageOptions(TypedDict, total=False):
+    """The optional keywords of :func:`signed_package` (its signature has their defaults)."""
+
+    size: int
+    behaviour: str | None
+    payload: bytes | None
+    image: bytes | None
+    encoding: str
+    delta_from: bytes | None
+    encrypt_to: EncPublicKey | None
+    revisions: Sequence[str] | None
+    product: str | None
+    min_bootloader_version: str
+    safety_class: Literal["standard", "safety-critical"]
+
+
 def signed_release(
     pki: VendorPki,
     version: str,
     security_counter: int,
     *,
     spec: DeviceSpec,
-    size: int = 4096,
-    behaviour: str | None = None,
-    payload: bytes | None = None,
-    image: bytes | None = None,
-    encoding: str = "raw",
-    delta_from: bytes | None = None,
-    encrypt_to: EncPublicKey | None = None,
-    revisions: Sequence[str] | None = None,
-    product: str | None = None,
-    min_bootloader_version: str = "2.0.0",
-    safety_class: Literal["standard", "safety-critical"] = "standard",
+    **options: Unpack[PackageOptions],
 ) -> LabRelease:
-    """:func:`signed_package`, verified against ``pki`` and split into the bench's views.
+    """:func:`signed_package` (same arguments), verified against ``pki`` and split into
+    the bench's views.
 
     Verification runs the host-side checks a tester runs before any transfer, so a
     release that a bench could not use fails here, not halfway into an update.
     """
-    package = signed_package(
-        pki,
-        version,
-        security_counter,
-        spec=spec,
-        size=size,
-        behaviour=behaviour,
-        payload=payload,
-        image=image,
-        encoding=encoding,
-        delta_from=delta_from,
-        encrypt_to=encrypt_to,
-        revisions=revisions,
-        product=product,
-        min_bootloader_version=min_bootloader_version,
-        safety_class=safety_class,
-    )
+    package = signed_package(pki, version, security_counter, spec=spec, **options)
     verified = verify_release(package, trust_anchors(pki), None)
     return LabRelease(
         version=version,
