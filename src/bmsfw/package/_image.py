@@ -24,7 +24,7 @@ import logging
 import struct
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Required, TypedDict, Unpack
 
 from bmsfw.package import _encrypt
 from bmsfw.package._crypto import (
@@ -241,35 +241,26 @@ def _pack_tlvs(magic: int, entries: list[tuple[int, bytes]]) -> bytes:
     return _TLV.pack(magic, total) + body
 
 
-def build_image(
-    payload: bytes,
-    *,
-    signing_key: PrivateKey,
-    version: str,
-    security_counter: int,
-    hardware: HardwareCompat | None = None,
-    header_size: int = 0x200,
-    align: int = 8,
-    load_addr: int = 0,
-    public_key_format: Literal["hash", "full", "both"] = "both",
-    encrypt_to: EncPublicKey | None = None,
-) -> bytes:
+class ImageOptions(TypedDict, total=False):
+    """The keywords of :func:`build_image_and_bank_digest` (its signature has the defaults)."""
+
+    signing_key: Required[PrivateKey]
+    version: Required[str]
+    security_counter: Required[int]
+    hardware: HardwareCompat | None
+    header_size: int
+    align: int
+    load_addr: int
+    public_key_format: Literal["hash", "full", "both"]
+    encrypt_to: EncPublicKey | None
+
+
+def build_image(payload: bytes, **options: Unpack[ImageOptions]) -> bytes:
     """Wrap raw firmware into a signed MCUboot image (what imgtool sign does).
 
     See :func:`build_image_and_bank_digest` for the parameters.
     """
-    return build_image_and_bank_digest(
-        payload,
-        signing_key=signing_key,
-        version=version,
-        security_counter=security_counter,
-        hardware=hardware,
-        header_size=header_size,
-        align=align,
-        load_addr=load_addr,
-        public_key_format=public_key_format,
-        encrypt_to=encrypt_to,
-    )[0]
+    return build_image_and_bank_digest(payload, **options)[0]
 
 
 def build_image_and_bank_digest(
