@@ -43,19 +43,19 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
+from tests.server_support import ServerProcess, serve_process
 
 from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.auth import Principal
@@ -68,12 +68,6 @@ POSTGRES_URL = os.environ.get(
     "BMSFW_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 API = "/api/v1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _device(serial: str, version: str = "1.0.0") -> dict[str, Any]:
@@ -141,23 +135,15 @@ def _seed(url: str, workdir: Path, devices: int) -> tuple[str, list[tuple[str, s
 SERVE_ARGS: list[str] = []  # --serve-args
 
 
-def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[Any, str]:
-    port = _free_port()
-    proc = subprocess.Popen(
+def _server(url: str, workdir: Path, root: Path, workers: int) -> ContextManager[ServerProcess]:
+    return serve_process(
         [
-            sys.executable,
-            "-c",
-            "from bmsfw.cli import main; main()",
-            "fleet",
-            "serve",
             "--db",
             url,
             "--artifacts",
             str(workdir / "artifacts"),
             "--trust-root",
             str(root),
-            "--port",
-            str(port),
             "--workers",
             str(workers),
             "--poll-interval-s",
@@ -167,20 +153,7 @@ def _start_server(url: str, workdir: Path, root: Path, workers: int) -> tuple[An
             str(workdir / "access.log"),
             *SERVE_ARGS,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{base}{API}/whoami", timeout=1)
-            return proc, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(
-        "server did not start: " + (proc.stderr.read().decode() if proc.stderr else "")
+        cwd=workdir,
     )
 
 
@@ -554,8 +527,8 @@ def run_case(kind: str, args: argparse.Namespace, use_wrk: bool) -> list[dict[st
         try:
             root, package = _release(workdir)
             admin, gateways = _seed(backend.url, workdir, args.devices)
-            proc, base = _start_server(backend.url, workdir, root, args.workers)
-            try:
+            with _server(backend.url, workdir, root, args.workers) as server:
+                base = server.url
                 auth = {"Authorization": f"Bearer {admin}"}
                 with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
                     # Register every device, upload the release, start a canary campaign.
@@ -584,7 +557,7 @@ def run_case(kind: str, args: argparse.Namespace, use_wrk: bool) -> list[dict[st
                     print(f"  {model} load for {args.duration_s:g} s ...", flush=True)
                     row = _measure(
                         base,
-                        proc.pid,
+                        server.pid,
                         gateways,
                         duration_s=args.duration_s,
                         pace_s=pace_s,
@@ -608,9 +581,6 @@ def run_case(kind: str, args: argparse.Namespace, use_wrk: bool) -> list[dict[st
                 )
                 for row in rows:
                     row["campaign_s"] = wall
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
         finally:
             backend.drop()
     return rows
