@@ -465,6 +465,9 @@ class _Run(_Shell):
         self.ask = ask
         # set once the BMS accepted the release header: from then on flash may change
         self.staged = False
+        # set before the activate request goes out: from then on the BMS may boot the new
+        # image by itself, so a BMS that stops answering runs an unknown image, not the old
+        self.activated = False
         self.first_identity: DeviceIdentity | None = None  # the BMS as identified first
 
     # --- the procedure ------------------------------------------------------------
@@ -630,6 +633,7 @@ class _Run(_Shell):
             step = "activate"
             with self.step("activate"):
                 self._same_bms()
+                self.activated = True
                 self.session.activate()
                 self.session.reset()
             # From here the BMS decides by itself if we go away (the watchdog reverts an
@@ -1149,7 +1153,7 @@ class _Run(_Shell):
         if identity is not None:
             self.probe_after_failure(
                 identity.app_version,
-                changed=report.outcome not in (Outcome.REFUSED, Outcome.PAUSED),
+                changed=self.activated or report.outcome not in (Outcome.REFUSED, Outcome.PAUSED),
             )
 
     def audit_fields(self) -> dict[str, Any]:
