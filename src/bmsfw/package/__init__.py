@@ -69,7 +69,15 @@ from bmsfw.package._release import (
     verify_header,
     verify_release,
 )
-from bmsfw.package._trust import CertificateSummary, TrustAnchors, summarize_certificate
+from bmsfw.package._trust import (
+    CertificateSummary,
+    LeafRole,
+    PathFailure,
+    PathRejected,
+    TrustAnchors,
+    summarize_certificate,
+    validate_path,
+)
 from bmsfw.package.version import (
     ImageVersion,
     Version,
@@ -96,8 +104,11 @@ __all__ = [
     "HardwareCompat",
     "ImageInfo",
     "ImageVersion",
+    "LeafRole",
     "Manifest",
     "McubootImage",
+    "PathFailure",
+    "PathRejected",
     "PkiPaths",
     "PrivateKey",
     "PublicKey",
@@ -146,6 +157,7 @@ __all__ = [
     "sign_release",
     "summarize_certificate",
     "unlock_private_key",
+    "validate_path",
     "verify_header",
     "verify_image",
     "verify_image_stream",

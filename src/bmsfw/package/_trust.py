@@ -15,9 +15,10 @@ are ignored. ``next_update`` is not enforced: a BMS cannot fetch fresh CRLs.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from cryptography import x509
@@ -25,6 +26,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from bmsfw.errors import BmsfwError
 from bmsfw.package._crypto import (
     PublicKey,
     algorithm_of,
@@ -44,7 +46,17 @@ from bmsfw.package.errors import (
     UntrustedSignerError,
 )
 
-__all__ = ["CertificateSummary", "TrustAnchors", "summarize_certificate", "validate_chain"]
+__all__ = [
+    "CertificateSummary",
+    "LeafRole",
+    "PathFailure",
+    "PathRejected",
+    "TrustAnchors",
+    "signer_error",
+    "summarize_certificate",
+    "validate_chain",
+    "validate_path",
+]
 
 MAX_CHAIN_LENGTH = 4
 
@@ -202,15 +214,6 @@ def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
         raise CertificatePolicyError(f"bad certificate extensions: {exc}") from None
 
 
-def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:
-        raise CertificatePolicyError(f"bad certificate extensions: {exc}") from None
-
-
 def summarize_certificate(cert: x509.Certificate) -> CertificateSummary:
     key = cert.public_key()
     try:
@@ -249,38 +252,198 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-def _check_signer_role(cert: x509.Certificate) -> None:
-    name = cert.subject.rfc4514_string()
-    bc = _basic_constraints(cert)
-    if bc is None or bc.ca:
-        raise CertificatePolicyError(f"signer {name} must be an end-entity certificate (CA:false)")
-    usage = _key_usage(cert)
-    if usage is None or not usage.digital_signature:
-        raise CertificatePolicyError(f"signer {name} lacks keyUsage digitalSignature")
+class LeafRole(enum.Enum):
+    """What the end-entity certificate of a path is for."""
+
+    SIGNER = "signer"  # release signer: extendedKeyUsage, if present, must allow codeSigning
+    TESTER = "tester"  # UDS tester: extendedKeyUsage clientAuth required
+
+
+class PathFailure(enum.Enum):
+    """What a certificate path walk found wrong (first failure wins)."""
+
+    EMPTY = "empty"  # no certificate at all
+    TOO_LONG = "too-long"  # more than MAX_CHAIN_LENGTH certificates
+    FORMAT = "format"  # a certificate does not parse
+    KEY_TYPE = "key-type"  # key is not Ed25519 or ECDSA P-256
+    NOT_END_ENTITY = "not-end-entity"  # the leaf is a CA (or has no basicConstraints)
+    KEY_USAGE = "key-usage"  # the leaf lacks keyUsage digitalSignature
+    ROLE = "role"  # the leaf's extendedKeyUsage does not allow its role
+    ISSUER = "issuer"  # a certificate is not signed by the next one
+    NOT_CA = "not-a-ca"  # an issuer is not a CA (basicConstraints)
+    PATH_LENGTH = "path-length"  # an issuer's pathLenConstraint is exceeded
+    CA_KEY_USAGE = "ca-key-usage"  # an issuer lacks keyUsage keyCertSign
+    UNTRUSTED_ROOT = "untrusted-root"  # the path does not end at a trusted vendor root
+    NOT_YET_VALID = "not-yet-valid"
+    EXPIRED = "expired"
+    REVOCATION_LIST = "revocation-list"  # a revocation list is unreadable or forged
+    REVOKED = "revoked"
+
+
+class PathRejected(Exception):  # noqa: N818 - a verdict that each caller maps to its own answer
+    """A certificate path failed; ``kind`` says what, ``message`` says where."""
+
+    def __init__(self, kind: PathFailure, message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+
+def _path_key(cert: x509.Certificate) -> PublicKey:
     try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        return _public_key(cert)
+    except CertificatePolicyError as exc:
+        raise PathRejected(PathFailure.KEY_TYPE, exc.message) from None
+
+
+def _path_extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
-        return
-    except ValueError as exc:
-        raise CertificatePolicyError(f"bad certificate extensions: {exc}") from None
-    if ExtendedKeyUsageOID.CODE_SIGNING not in eku:
-        raise CertificatePolicyError(
-            f"signer {name} is not allowed to sign code (extendedKeyUsage)"
+        return None
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise PathRejected(PathFailure.FORMAT, f"bad certificate extensions: {exc}") from None
+
+
+def _check_leaf_role(cert: x509.Certificate, role: LeafRole) -> None:
+    name = f"{role.value} {cert.subject.rfc4514_string()}"
+    bc = _path_extension(cert, x509.BasicConstraints)
+    if not isinstance(bc, x509.BasicConstraints) or bc.ca:
+        raise PathRejected(
+            PathFailure.NOT_END_ENTITY, f"{name} must be an end-entity certificate (CA:false)"
+        )
+    usage = _path_extension(cert, x509.KeyUsage)
+    if not isinstance(usage, x509.KeyUsage) or not usage.digital_signature:
+        raise PathRejected(PathFailure.KEY_USAGE, f"{name} lacks keyUsage digitalSignature")
+    eku = _path_extension(cert, x509.ExtendedKeyUsage)
+    if role is LeafRole.SIGNER:
+        if isinstance(eku, x509.ExtendedKeyUsage) and ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+            raise PathRejected(
+                PathFailure.ROLE, f"{name} is not allowed to sign code (extendedKeyUsage)"
+            )
+    elif not isinstance(eku, x509.ExtendedKeyUsage) or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise PathRejected(
+            PathFailure.ROLE,
+            f"{name} is not a tester certificate (extendedKeyUsage clientAuth missing)",
         )
 
 
 def _check_ca_role(cert: x509.Certificate, cas_below: int) -> None:
     name = cert.subject.rfc4514_string()
-    bc = _basic_constraints(cert)
-    if bc is None or not bc.ca:
-        raise CertificatePolicyError(f"issuer {name} is not a CA (basicConstraints)")
+    bc = _path_extension(cert, x509.BasicConstraints)
+    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
+        raise PathRejected(PathFailure.NOT_CA, f"issuer {name} is not a CA (basicConstraints)")
     if bc.path_length is not None and cas_below > bc.path_length:
-        raise CertificatePolicyError(
-            f"CA {name} allows {bc.path_length} CA(s) below it, the chain has {cas_below}"
+        raise PathRejected(
+            PathFailure.PATH_LENGTH,
+            f"CA {name} allows {bc.path_length} CA(s) below it, the chain has {cas_below}",
         )
-    usage = _key_usage(cert)
-    if usage is None or not usage.key_cert_sign:
-        raise CertificatePolicyError(f"CA {name} lacks keyUsage keyCertSign")
+    usage = _path_extension(cert, x509.KeyUsage)
+    if not isinstance(usage, x509.KeyUsage) or not usage.key_cert_sign:
+        raise PathRejected(PathFailure.CA_KEY_USAGE, f"CA {name} lacks keyUsage keyCertSign")
+
+
+def validate_path(
+    chain_der: Sequence[bytes],
+    *,
+    leaf_role: LeafRole,
+    now: dt.datetime,
+    root_key_hashes: Collection[bytes] = frozenset(),
+    roots: Sequence[x509.Certificate] = (),
+    revocation_lists: Sequence[bytes] = (),
+    forged_lists_fail: bool = True,
+) -> list[x509.Certificate]:
+    """Walk leaf-first ``chain_der`` (DER or PEM each) to a trusted root; return leaf..root.
+
+    The one X.509 path validator for release signers and UDS testers. Trusted
+    roots: a self-signed top whose SubjectPublicKeyInfo SHA-256 is in
+    ``root_key_hashes`` (the fused OTP value), or a top equal to or issued by
+    one of ``roots``. Order of checks (first failure wins): count, format, leaf
+    key type and role, each issuer's signature and CA role, trusted root,
+    validity times, revocation. A revocation list whose issuer is a CA of the
+    path but whose signature is bad fails the path if ``forged_lists_fail``,
+    else it is ignored. Raises :class:`PathRejected` with a :class:`PathFailure`.
+    """
+    if not chain_der:
+        raise PathRejected(PathFailure.EMPTY, "the package carries no signer certificate")
+    if len(chain_der) > MAX_CHAIN_LENGTH:
+        raise PathRejected(
+            PathFailure.TOO_LONG,
+            f"certificate chain of {len(chain_der)} exceeds {MAX_CHAIN_LENGTH}",
+        )
+    try:
+        path = [_load_certificate(der) for der in chain_der]
+    except MalformedPackageError as exc:
+        raise PathRejected(PathFailure.FORMAT, exc.message) from None
+    _path_key(path[0])
+    _check_leaf_role(path[0], leaf_role)
+    for i in range(1, len(path)):
+        if not _issued_by(path[i - 1], path[i]):
+            raise PathRejected(
+                PathFailure.ISSUER,
+                f"{path[i - 1].subject.rfc4514_string()} is not issued by "
+                f"{path[i].subject.rfc4514_string()}",
+            )
+        _check_ca_role(path[i], cas_below=i - 1)
+    top = path[-1]
+    anchored = False
+    if root_key_hashes and _issued_by(top, top):
+        anchored = key_hash(_path_key(top)) in root_key_hashes
+    if not anchored:
+        for root in roots:
+            if _der(root) == _der(top):
+                anchored = True
+                break
+            if _issued_by(top, root):
+                _check_ca_role(root, cas_below=len(path) - 1)
+                path.append(root)
+                anchored = True
+                break
+    if not anchored:
+        raise PathRejected(
+            PathFailure.UNTRUSTED_ROOT,
+            f"chain ends at {top.subject.rfc4514_string()}, which is not a trusted vendor root",
+        )
+    for cert in path:
+        subject = cert.subject.rfc4514_string()
+        if now < cert.not_valid_before_utc:
+            raise PathRejected(
+                PathFailure.NOT_YET_VALID,
+                f"{subject} is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC, "
+                f"now is {now:%Y-%m-%d %H:%M} UTC",
+            )
+        if now > cert.not_valid_after_utc:
+            raise PathRejected(
+                PathFailure.EXPIRED,
+                f"{subject} expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            )
+    _check_revocation(path, revocation_lists, forged_lists_fail)
+    return path
+
+
+_SIGNER_ERRORS: dict[PathFailure, type[BmsfwError]] = {
+    PathFailure.EMPTY: UntrustedSignerError,
+    PathFailure.TOO_LONG: UntrustedSignerError,
+    PathFailure.FORMAT: MalformedPackageError,
+    PathFailure.KEY_TYPE: CertificatePolicyError,
+    PathFailure.NOT_END_ENTITY: CertificatePolicyError,
+    PathFailure.KEY_USAGE: CertificatePolicyError,
+    PathFailure.ROLE: CertificatePolicyError,
+    PathFailure.ISSUER: UntrustedSignerError,
+    PathFailure.NOT_CA: CertificatePolicyError,
+    PathFailure.PATH_LENGTH: CertificatePolicyError,
+    PathFailure.CA_KEY_USAGE: CertificatePolicyError,
+    PathFailure.UNTRUSTED_ROOT: UntrustedSignerError,
+    PathFailure.NOT_YET_VALID: CertificateNotYetValidError,
+    PathFailure.EXPIRED: CertificateExpiredError,
+    PathFailure.REVOCATION_LIST: RevocationListError,
+    PathFailure.REVOKED: RevokedSignerError,
+}
+
+
+def signer_error(failure: PathRejected) -> BmsfwError:
+    """The package error (E106-E109, E115, ...) a release signer's path failure raises."""
+    return _SIGNER_ERRORS[failure.kind](failure.message)
 
 
 def validate_chain(
@@ -295,71 +458,44 @@ def validate_chain(
     Order of checks (first failure wins): structure and signatures up to a
     trusted root (E106, E115), validity times (E107, E108), revocation (E109).
     """
-    if not chain_der:
-        raise UntrustedSignerError("the package carries no signer certificate")
-    if len(chain_der) > MAX_CHAIN_LENGTH:
-        raise UntrustedSignerError(
-            f"certificate chain of {len(chain_der)} exceeds {MAX_CHAIN_LENGTH}"
+    try:
+        return validate_path(
+            chain_der,
+            leaf_role=LeafRole.SIGNER,
+            now=now,
+            root_key_hashes=trust.root_key_hashes,
+            roots=trust.roots(),
+            revocation_lists=[*trust.revocation_lists, *extra_revocation_lists],
         )
-    path = [_load_certificate(der) for der in chain_der]
-    _public_key(path[0])
-    _check_signer_role(path[0])
-    for i in range(1, len(path)):
-        if not _issued_by(path[i - 1], path[i]):
-            raise UntrustedSignerError(
-                f"{path[i - 1].subject.rfc4514_string()} is not issued by "
-                f"{path[i].subject.rfc4514_string()}"
-            )
-        _check_ca_role(path[i], cas_below=i - 1)
-    top = path[-1]
-    anchored = False
-    if trust.root_key_hashes and _issued_by(top, top):
-        anchored = key_hash(_public_key(top)) in trust.root_key_hashes
-    if not anchored:
-        for root in trust.roots():
-            if _der(root) == _der(top):
-                anchored = True
-                break
-            if _issued_by(top, root):
-                _check_ca_role(root, cas_below=len(path) - 1)
-                path.append(root)
-                anchored = True
-                break
-    if not anchored:
-        raise UntrustedSignerError(
-            f"chain ends at {top.subject.rfc4514_string()}, which is not a trusted vendor root"
-        )
-    for cert in path:
-        subject = cert.subject.rfc4514_string()
-        if now < cert.not_valid_before_utc:
-            raise CertificateNotYetValidError(
-                f"{subject} is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC, "
-                f"now is {now:%Y-%m-%d %H:%M} UTC"
-            )
-        if now > cert.not_valid_after_utc:
-            raise CertificateExpiredError(
-                f"{subject} expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-            )
-    _check_revocation(path, [*trust.revocation_lists, *extra_revocation_lists])
-    return path
+    except PathRejected as exc:
+        raise signer_error(exc) from None
 
 
-def _check_revocation(path: list[x509.Certificate], crls_der: Sequence[bytes]) -> None:
+def _check_revocation(
+    path: list[x509.Certificate], crls_der: Sequence[bytes], forged_lists_fail: bool
+) -> None:
     for der in crls_der:
-        crl = _load_crl(der)
+        try:
+            crl = _load_crl(der)
+        except RevocationListError as exc:
+            raise PathRejected(PathFailure.REVOCATION_LIST, exc.message) from None
         for index in range(1, len(path)):
             issuer = path[index]
             if crl.issuer != issuer.subject:
                 continue
             if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-                raise RevocationListError(
+                if not forged_lists_fail:
+                    continue
+                raise PathRejected(
+                    PathFailure.REVOCATION_LIST,
                     f"revocation list claiming issuer {issuer.subject.rfc4514_string()} "
-                    "has an invalid signature"
+                    "has an invalid signature",
                 )
             child = path[index - 1]
             entry = crl.get_revoked_certificate_by_serial_number(child.serial_number)
             if entry is not None:
-                raise RevokedSignerError(
+                raise PathRejected(
+                    PathFailure.REVOKED,
                     f"{child.subject.rfc4514_string()} (serial {child.serial_number:x}) was "
-                    f"revoked on {entry.revocation_date_utc:%Y-%m-%d}"
+                    f"revoked on {entry.revocation_date_utc:%Y-%m-%d}",
                 )

@@ -31,11 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bmsfw.package import LeafRole, PathFailure, PathRejected, validate_path
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.protocol.uds._codec import (
     AUTH_CERT_VERIFIED_OWNERSHIP_NEEDED,
@@ -45,6 +46,7 @@ from bmsfw.protocol.uds._codec import (
 )
 
 __all__ = [
+    "TESTER_NRC",
     "AuthenticationResponseError",
     "TesterCertificateRejected",
     "TesterIdentity",
@@ -54,13 +56,13 @@ __all__ = [
     "load_tester_credentials",
     "sign_challenge",
     "tester_credentials",
+    "tester_rejection",
     "verify_proof",
     "verify_tester_chain",
 ]
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
-MAX_CHAIN = 4
 
 
 class TesterCertificateRejected(Exception):  # noqa: N818 - a verdict, mapped to an NRC, not a BmsfwError
@@ -141,85 +143,37 @@ def verify_proof(public_key: PublicKey, challenge: bytes, proof: bytes) -> bool:
     return True
 
 
-def _spki_hash(key: PublicKey) -> bytes:
-    der = key.public_bytes(
+def _spki_hash(cert: x509.Certificate) -> bytes:
+    der = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).digest()
 
 
-def _public(cert: x509.Certificate) -> PublicKey:
-    key = cert.public_key()
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return key
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return key
-    raise TesterCertificateRejected(
-        NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE,
-        f"{cert.subject.rfc4514_string()}: key type is not Ed25519 or ECDSA P-256",
-    )
+#: The NRC the device answers for each way a tester's certificate path fails.
+TESTER_NRC: dict[PathFailure, NRC] = {
+    PathFailure.EMPTY: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT,
+    PathFailure.TOO_LONG: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT,
+    PathFailure.FORMAT: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT,
+    PathFailure.KEY_TYPE: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE,
+    PathFailure.NOT_END_ENTITY: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE,
+    PathFailure.KEY_USAGE: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
+    PathFailure.ROLE: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
+    PathFailure.ISSUER: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SIGNATURE,
+    PathFailure.NOT_CA: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+    PathFailure.PATH_LENGTH: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+    PathFailure.CA_KEY_USAGE: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+    PathFailure.UNTRUSTED_ROOT: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
+    PathFailure.NOT_YET_VALID: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TIME_PERIOD,
+    PathFailure.EXPIRED: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TIME_PERIOD,
+    PathFailure.REVOCATION_LIST: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CERTIFICATE,
+    PathFailure.REVOKED: NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CERTIFICATE,
+}
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-    except ValueError as exc:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT, f"bad extensions: {exc}"
-        ) from None
-
-
-def _check_tester_role(cert: x509.Certificate) -> None:
-    name = cert.subject.rfc4514_string()
-    bc = _extension(cert, x509.BasicConstraints)
-    if not isinstance(bc, x509.BasicConstraints) or bc.ca:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TYPE, f"{name} is a CA, not a tester"
-        )
-    usage = _extension(cert, x509.KeyUsage)
-    if not isinstance(usage, x509.KeyUsage) or not usage.digital_signature:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
-            f"{name} lacks keyUsage digitalSignature",
-        )
-    eku = _extension(cert, x509.ExtendedKeyUsage)
-    if not isinstance(eku, x509.ExtendedKeyUsage) or ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SCOPE,
-            f"{name} is not a tester certificate (extendedKeyUsage clientAuth missing)",
-        )
-
-
-def _check_ca(cert: x509.Certificate, cas_below: int) -> None:
-    name = cert.subject.rfc4514_string()
-    bc = _extension(cert, x509.BasicConstraints)
-    usage = _extension(cert, x509.KeyUsage)
-    if not isinstance(bc, x509.BasicConstraints) or not bc.ca:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST, f"issuer {name} is not a CA"
-        )
-    if bc.path_length is not None and cas_below > bc.path_length:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
-            f"CA {name} allows {bc.path_length} CA(s) below it",
-        )
-    if not isinstance(usage, x509.KeyUsage) or not usage.key_cert_sign:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
-            f"CA {name} lacks keyCertSign",
-        )
+def tester_rejection(failure: PathRejected) -> TesterCertificateRejected:
+    """The refusal (NRC and reason) for a tester certificate path that failed."""
+    return TesterCertificateRejected(TESTER_NRC[failure.kind], failure.message)
 
 
 def verify_tester_chain(
@@ -234,61 +188,39 @@ def verify_tester_chain(
 
     The chain must end at a self-signed root whose SubjectPublicKeyInfo hashes to
     ``root_key_hash`` (the OTP value), or be issued by ``root_certificate_der``
-    if the device stores the root certificate. Raises
-    :class:`TesterCertificateRejected` carrying the NRC the device answers.
+    if the device stores the root certificate (and its key hashes to the OTP
+    value). The path walk is :func:`bmsfw.package.validate_path` (the one the
+    release signer's chain goes through); revocation lists with a bad signature
+    are ignored. Raises :class:`TesterCertificateRejected` carrying the NRC the
+    device answers.
     """
-    try:
-        path = [x509.load_der_x509_certificate(der) for der in decode_der_chain(certificate_client)]
-    except ValueError as exc:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT, f"not DER certificates: {exc}"
-        ) from None
-    if len(path) > MAX_CHAIN:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_FORMAT,
-            f"chain of {len(path)} certificates exceeds {MAX_CHAIN}",
-        )
-    leaf_key = _public(path[0])
-    _check_tester_role(path[0])
-    for i in range(1, len(path)):
-        if not _issued_by(path[i - 1], path[i]):
-            raise TesterCertificateRejected(
-                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_SIGNATURE,
-                f"{path[i - 1].subject.rfc4514_string()} is not signed by "
-                f"{path[i].subject.rfc4514_string()}",
-            )
-        _check_ca(path[i], cas_below=i - 1)
-    top = path[-1]
-    anchored = _issued_by(top, top) and _spki_hash(_public(top)) == root_key_hash
-    if not anchored and root_certificate_der is not None:
+    roots: list[x509.Certificate] = []
+    if root_certificate_der is not None:
         root = x509.load_der_x509_certificate(root_certificate_der)
-        if _spki_hash(_public(root)) == root_key_hash and _issued_by(top, root):
-            _check_ca(root, cas_below=len(path) - 1)
-            path.append(root)
-            anchored = True
-    if not anchored:
-        raise TesterCertificateRejected(
-            NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CHAIN_OF_TRUST,
-            f"chain ends at {top.subject.rfc4514_string()}, not at the fused vendor root",
+        if _spki_hash(root) == root_key_hash:
+            roots.append(root)
+    try:
+        ders = decode_der_chain(certificate_client)
+    except ValueError as exc:
+        raise tester_rejection(
+            PathRejected(PathFailure.FORMAT, f"not DER certificates: {exc}")
+        ) from None
+    try:
+        path = validate_path(
+            ders,
+            leaf_role=LeafRole.TESTER,
+            now=now,
+            root_key_hashes=frozenset({root_key_hash}),
+            roots=roots,
+            revocation_lists=revocation_lists_der,
+            forged_lists_fail=False,
         )
-    for cert in path:
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise TesterCertificateRejected(
-                NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_TIME_PERIOD,
-                f"{cert.subject.rfc4514_string()} is not valid at {now:%Y-%m-%d %H:%M} UTC",
-            )
-    for der in revocation_lists_der:
-        crl = x509.load_der_x509_crl(der)
-        for index in range(1, len(path)):
-            issuer = path[index]
-            if crl.issuer != issuer.subject or not crl.is_signature_valid(_public(issuer)):
-                continue
-            if crl.get_revoked_certificate_by_serial_number(path[index - 1].serial_number):
-                raise TesterCertificateRejected(
-                    NRC.CERTIFICATE_VERIFICATION_FAILED_INVALID_CERTIFICATE,
-                    f"{path[index - 1].subject.rfc4514_string()} is revoked",
-                )
-    return TesterIdentity(path[0].subject.rfc4514_string(), path[0].serial_number, leaf_key)
+    except PathRejected as exc:
+        raise tester_rejection(exc) from None
+    leaf = path[0]
+    key = leaf.public_key()
+    assert isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey)  # key type checked
+    return TesterIdentity(leaf.subject.rfc4514_string(), leaf.serial_number, key)
 
 
 def issue_tester_certificate(
