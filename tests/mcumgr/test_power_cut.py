@@ -12,7 +12,10 @@ flash, OTP and configuration files stay as they were at that instant. The stages
 
 After power-on the BMS must run an application (old or new: never none), and the
 same update run again must finish with the new image confirmed and the security
-counter raised. A cut upload resumes at the BMS's offset.
+counter raised. A cut upload resumes at the BMS's offset. As MCUboot, a test image
+that had started and was not confirmed is reverted at power-on (before confirm
+always, reset when the cut came after the test boot started): the retry sends it
+again and says why.
 """
 
 from __future__ import annotations
@@ -101,15 +104,26 @@ def test_power_cut_at_each_stage_then_the_same_update_finishes(
             assert status.run_state == "application"  # not bricked
             assert status.running_version in {"1.0.0", "2.0.0"}, status
 
+            after_cut = status
+
         retry = _update(process, smp_bench, tmp_path / "retry", tester)
         assert retry.outcome == "updated", (stage, first.error, retry.error)
         if stage == "upload":
             # the old image still runs; the upload goes on at the BMS's offset
             assert retry.decisions["start"] == "start"
             assert 0 < retry.transfer["resumed_from"] <= reached + 2 * 2048, retry.transfer
+        elif after_cut.image_state == "reverted":
+            # MCUboot: the test image had started and was not confirmed before the power
+            # cycle, so the bootloader reverted it; the retry sends it again and says so
+            assert stage in {"reset", "before-confirm"}, (stage, after_cut)
+            assert after_cut.running_version == "1.0.0", after_cut
+            assert retry.decisions["start"] == "start", retry.decisions
+            assert "reverted its last test image" in retry.decisions["start-reason"]
+            assert retry.transfer["offset"] == total, retry.transfer
         else:
-            # the power cycle booted the marked image for its test: its self-test decides,
-            # nothing is sent again
+            # the power cycle came before the test boot started: the bootloader boots the
+            # marked image for its test, its self-test decides, nothing is sent again
+            assert stage in {"test-mark", "reset"}, (stage, after_cut)
             assert retry.decisions["start"] == "continue-test-image", retry.decisions
             assert not retry.transfer.get("bytes_sent"), retry.transfer
         with open_smp_session(link) as session:

@@ -19,7 +19,12 @@ clock:
 
 Automatic revert of a test image: no confirm within the watchdog window, a
 failed self-test (the test image requests it and resets), a secure-boot
-failure, or a boot loop (``max_boot_attempts`` starts without a confirm).
+failure, or any reset of a test image before it confirmed (power cut, reset,
+crash, watchdog): as MCUboot's swap modes (copy-done set, image-ok unset ->
+swap type REVERT), a test image is booted once (``max_boot_attempts``,
+default 1) and reverted on the next boot. A power cut while the bootloader
+still works on the test image (before the test boot starts) test-boots it
+again on the next start.
 A reverted image (or one rolled back on request) stays *rejected*, as in
 MCUboot: it is never booted, confirmed or rolled back to again until a newly
 verified image is activated; confirm and rollback then refuse and change nothing.
@@ -124,6 +129,9 @@ from bmsfw.sim.otp import Otp
 from bmsfw.sim.records import BankInfo, DtcRecord, TransferStatus
 from bmsfw.sim.spec import DeviceSpec
 from bmsfw.update.profile import SELF_TEST_LIMITS
+
+# starts of a crashing confirmed image before the bootloader gives up (recovery mode)
+_CONFIRMED_CRASHES_BEFORE_RECOVERY = 3
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -395,8 +403,12 @@ class VirtualBms:
             self._reverted_this_boot = False
             self.battery.bleeding = [False] * self.battery.cells
             yield t.contactor_open_s + t.reset_s
-            running, duration = self._bootloader(cause)
+            running, duration, started = self._bootloader(cause)
             yield duration
+            if started is not None:
+                # MCUboot's copy-done: written once the test boot is under way, so a
+                # power cut during the bootloader's work resumes it on the next start
+                self._write_boot_record(started)
             if running is None:
                 self._run_state = "bootloader"
                 log.error("no bootable image: staying in the bootloader (recovery mode)")
@@ -413,7 +425,7 @@ class VirtualBms:
                 crashes += 1
                 cause = "crash"
                 log.warning("firmware on bank %s crashed during start (%d)", running.bank, crashes)
-                if not running.test and crashes >= self.spec.max_boot_attempts:
+                if not running.test and crashes >= _CONFIRMED_CRASHES_BEFORE_RECOVERY:
                     self._dtc("RECOVERY_MODE", f"confirmed image on bank {running.bank} boot-loops")
                     self._running = None
                     self._run_state = "bootloader"
@@ -448,7 +460,9 @@ class VirtualBms:
             self._update_protection()
             return
 
-    def _bootloader(self, cause: str) -> tuple[_Running | None, float]:
+    def _bootloader(self, cause: str) -> tuple[_Running | None, float, BootRecord | None]:
+        """Choose and check the image to boot: (running, time spent, record to write
+        once the test boot is under way, None when booting the confirmed image)."""
         t = self.spec.timing
         duration = t.bootloader_init_s
         record = self._boot_record()
@@ -462,17 +476,25 @@ class VirtualBms:
             elif record.revert_requested:
                 reason = record.revert_requested
             elif record.attempts >= self.spec.max_boot_attempts:
-                reason = (
-                    f"boot loop: {record.attempts} starts of bank {record.pending} without confirm"
-                )
+                # MCUboot swap type REVERT: the test image ran and was not confirmed
+                # before this start, whatever the reset cause (the reset cause register
+                # only names it)
+                if cause == "crash":
+                    reason = (
+                        f"boot loop: {record.attempts} start(s) of bank {record.pending}"
+                        " crashed without confirm"
+                    )
+                else:
+                    reason = (
+                        f"test image on bank {record.pending} not confirmed before the next"
+                        f" start (reset cause: {cause})"
+                    )
             else:
                 pending = record.pending
-                record = replace(record, attempts=record.attempts + 1)
-                self._write_boot_record(record)
                 running, problem, spent = self._secure_boot(pending, test=True)
                 duration += spent
                 if running is not None:
-                    return running, duration
+                    return running, duration, replace(record, attempts=record.attempts + 1)
                 reason = f"secure boot failed on bank {record.pending}: {problem}"
                 self._dtc("SECURE_BOOT_FAILED", reason)
             record = record.revert(reason)
@@ -492,7 +514,7 @@ class VirtualBms:
                 duration += spent2
             if fallback is None:
                 self._dtc("RECOVERY_MODE", f"no bootable bank ({problem}; {problem2})")
-                return None, duration
+                return None, duration, None
             self._write_boot_record(replace(record, active=fallback.bank))
             self._dtc("BOOT_FALLBACK", f"bank {record.active} unbootable, booted {fallback.bank}")
             running = fallback
@@ -500,7 +522,7 @@ class VirtualBms:
         # power cut between confirm and the OTP write).
         if running.info.security_counter is not None:
             self.otp.raise_security_counter(running.info.security_counter)
-        return running, duration
+        return running, duration, None
 
     def _bank_reader(self, bank: str) -> tuple[Callable[[int, int], bytes], int]:
         view = self.flash.view(bank_region(bank))

@@ -40,7 +40,9 @@ class DeviceSpec:
     flash: FlashSpec = field(default_factory=FlashSpec.stm32f4_like)
     timing: BootTiming = field(default_factory=BootTiming)
     watchdog_window_s: float = 300.0  # a test image not confirmed within this is reverted
-    max_boot_attempts: int = 3  # boots of an unconfirmed image before a boot loop is declared
+    # test boots of an unconfirmed image before it is reverted; 1 = MCUboot swap modes
+    # (any reset after the test boot without a confirm reverts it)
+    max_boot_attempts: int = 1
     integrity_period_s: float = 60.0  # runtime re-hash of the running bank
     model_step_s: float = 1.0  # battery model integration step
     transfer_block_size: int = 1024  # granularity of the written bitmap / block CRCs

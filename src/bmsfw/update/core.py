@@ -329,6 +329,11 @@ def _decide_start(facts: StartFacts) -> StartDecision:
             warning=note,
         )
     why = "reinstall asked" if ours else f"{running or 'no application'} -> {facts.release_version}"
+    if boot.image_state == "reverted":
+        # MCUboot reverts a test image reset before its confirm (a power cut too): the
+        # retry of an interrupted update sends the image again, and says why
+        cause = boot.last_revert_reason or "no reason reported"
+        why += f" (sent again: the BMS reverted its last test image: {cause})"
     return StartDecision(StartVerdict.START, why, warning=note)
 
 
