@@ -20,6 +20,7 @@ import click
 
 from bmsfw.cli._render import Table, console, err_console, one_line, print_json
 from bmsfw.errors import UsageError
+from bmsfw.update.profile import OTA_MIN_BANDWIDTH_BPS
 
 __all__ = ["fleet_group"]
 
@@ -444,7 +445,9 @@ def _parse_phases(text: str, soak_s: float, success_pct: float) -> list[dict[str
 @click.option("--soak-s", default=3600.0, show_default=True, type=float)
 @click.option("--success-pct", default=95.0, show_default=True, type=float)
 @click.option("--error-threshold-pct", default=10.0, show_default=True, type=float)
-@click.option("--bandwidth-floor-bps", default=5_000_000, show_default=True, type=int)
+@click.option(
+    "--bandwidth-floor-bps", default=int(OTA_MIN_BANDWIDTH_BPS), show_default=True, type=int
+)
 @click.option("--model", "models", multiple=True)
 @click.option("--hw-revision", "hw_revisions", multiple=True)
 @click.option("--version-range", default="", help='e.g. ">=1.0.0,<1.4.0"')

@@ -14,6 +14,7 @@ from bmsfw.fleet.protocol import (
     MaintenanceWindow,
     refuse_unsafe_values,
 )
+from bmsfw.update.profile import OTA_MIN_BANDWIDTH_BPS
 
 Name = Annotated[str, Field(min_length=1, max_length=120)]
 
@@ -91,7 +92,7 @@ class CampaignSpec(_Model):
         default_factory=lambda: list(DEFAULT_PHASES), min_length=1, max_length=20
     )
     error_threshold_pct: float = Field(default=10.0, gt=0, le=100)
-    bandwidth_floor_bps: int = Field(default=5_000_000, ge=0, le=INT64_MAX)
+    bandwidth_floor_bps: int = Field(default=int(OTA_MIN_BANDWIDTH_BPS), ge=0, le=INT64_MAX)
 
 
 class SiteWindowSpec(_Model):

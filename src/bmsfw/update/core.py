@@ -64,7 +64,7 @@ from bmsfw.protocol.session import (
     SelfTestResult,
     TransferState,
 )
-from bmsfw.update.profile import PreflightLimits
+from bmsfw.update.profile import OTA_MIN_BANDWIDTH_BPS, PreflightLimits
 
 __all__ = [
     "OTA_MIN_BANDWIDTH_BPS",
@@ -721,9 +721,6 @@ def plan_rollback(status: BootStatus) -> RollbackPlan:
 
 
 # --- radio links (SMP over Bluetooth LE) ----------------------------------------------
-
-#: The field guide: an over-the-air update needs a link of more than 5 Mbit/s.
-OTA_MIN_BANDWIDTH_BPS = 5_000_000.0
 
 
 def channel_for_link(wireless: bool, requested: Channel) -> Channel:

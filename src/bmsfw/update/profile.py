@@ -33,6 +33,7 @@ from bmsfw.update.errors import ProfileInvalidError
 
 __all__ = [
     "DEFAULT_CONFIRMATIONS",
+    "OTA_MIN_BANDWIDTH_BPS",
     "SELF_TEST_LIMITS",
     "BootLimits",
     "ManualConfirmation",
@@ -42,6 +43,11 @@ __all__ = [
     "UpdateProfile",
     "load_profile",
 ]
+
+#: The field guide: an over-the-air update needs a link of more than 5 Mbit/s. The one
+#: copy of that number: the decision core, the product profile and the fleet's campaign
+#: default all read it from here.
+OTA_MIN_BANDWIDTH_BPS = 5_000_000.0
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class PreflightLimits:
     # field guide's OTA bandwidth floor does not stop a standard release over BLE.
     ble_service_link: bool = False
     # The field guide's rule for an over-the-air update; a profile may raise it, not lower it.
-    ota_min_bandwidth_bps: float = 5_000_000.0
+    ota_min_bandwidth_bps: float = OTA_MIN_BANDWIDTH_BPS
 
 
 @dataclass(frozen=True)
