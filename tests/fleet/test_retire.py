@@ -109,7 +109,7 @@ def test_gateway_decommission(running: tuple[Fleet, int, int]) -> None:
     gateway = fleet.call("POST", path, "admin", json={"reason": "replaced"})
     assert gateway["decommissioned_at"] and gateway["devices"] == 2
     refused = fleet.check_in_raw("gw2", {"devices": [bms("B1")]})
-    assert refused.status_code == 401 and refused.json()["error"]["code"] == "BMSFW-E602"
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "BMSFW-E660"
     review = {r["name"]: r for r in fleet.call("GET", "/api/v1/access-review")}
     assert review["gateway:gw2"]["revoked_at"] and not review["gateway:gw2"]["active"]
     assert review["gateway:gw1"]["active"]

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from bmsfw.fleet.auth import Principal
+from bmsfw.fleet.errors import GatewayDecommissionedError, InvalidCredentialError
 from bmsfw.fleet.protocol import CheckIn
 from bmsfw.fleet.service import FleetService
 
@@ -112,9 +113,32 @@ class CheckInEndpoint:
         raw = await request.body()
         threads: ThreadPoolExecutor = request.app.state.check_in_threads
         answer = await asyncio.get_running_loop().run_in_executor(
-            threads, self._work, service, limits, request, token_hash, raw
+            threads, self._refusing_retired, service, limits, request, token_hash, raw
         )
         return Response(answer, media_type="application/json")
+
+    def _refusing_retired(
+        self,
+        service: FleetService,
+        limits: CheckInLimits,
+        request: Request,
+        token_hash: str,
+        raw: bytes,
+    ) -> bytes:
+        """:meth:`_work`; a credential refused because its gateway was decommissioned is
+        answered BMSFW-E660 instead, after its devices are flagged (in its own transaction:
+        the check-in's rolled back)."""
+        try:
+            return self._work(service, limits, request, token_hash, raw)
+        except (InvalidCredentialError, GatewayDecommissionedError):
+            try:
+                body: CheckIn | None = CheckIn.model_validate_json(raw)
+            except ValidationError:
+                body = None
+            retired = service.refuse_retired_gateway(token_hash, body)
+            if retired is None:
+                raise
+            raise retired from None
 
     def _work(
         self,

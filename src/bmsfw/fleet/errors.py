@@ -17,6 +17,7 @@ __all__ = [
     "CredentialMissingError",
     "DecommissionedError",
     "DeviceBusyError",
+    "DeviceDecommissionedError",
     "DeviceNotOnGatewayError",
     "DownloadDigestMismatchError",
     "DownloadTooLargeError",
@@ -30,6 +31,7 @@ __all__ = [
     "FleetServerError",
     "FleetTimeoutError",
     "FleetUnreachableError",
+    "GatewayDecommissionedError",
     "InvalidCampaignSpecError",
     "InvalidCredentialError",
     "InvalidCursorError",
@@ -336,6 +338,35 @@ class DeviceBusyError(FleetError):
     remedy = (
         "Wait until its campaign ends, or cancel it (`bmsfw fleet campaign ID cancel`), then "
         "decommission the device again. Nothing was changed."
+    )
+
+
+class GatewayDecommissionedError(FleetError):
+    code = "BMSFW-E660"
+    http_status = 403
+    diagnosis = (
+        "A gateway that was decommissioned still checks in (its credential was revoked "
+        "with it). Nothing it sent was applied; the devices it named that were its own "
+        "are flagged decommissioned_check_in."
+    )
+    remedy = (
+        "Switch the gateway's agent off, or register it again as a new gateway "
+        "(`bmsfw fleet gateway-add`) and move its devices to it "
+        "(`bmsfw fleet device move SERIAL --gateway NAME`); then acknowledge the flags."
+    )
+
+
+class DeviceDecommissionedError(FleetError):
+    code = "BMSFW-E661"
+    http_status = 409
+    diagnosis = (
+        "A gateway's check-in named a device that was decommissioned: nothing about it "
+        "was applied (no telemetry, no firmware, no offer); the device is flagged "
+        "decommissioned_check_in. The check-in answer lists it under 'refusals'."
+    )
+    remedy = (
+        "If the pack is back in service, register it under a new serial or ask the "
+        "vendor; otherwise disconnect it from the gateway, then acknowledge the flag."
     )
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "Offer",
     "OfferPolicy",
     "OperatorBackupUpload",
+    "Refusal",
     "StateReport",
     "StateReportResponse",
     "backup_content",
@@ -215,6 +216,14 @@ class Offer(_Answer):
     policy: OfferPolicy
 
 
+class Refusal(_Answer):
+    """A device a check-in named that the server refused, and why (a stable error code:
+    BMSFW-E613 another gateway's device, BMSFW-E661 a decommissioned device)."""
+
+    serial: str = Field(max_length=120)
+    code: str = Field(pattern=r"^BMSFW-E\d{3}$")
+
+
 class CheckInResponse(_Answer):
     protocol_version: int = PROTOCOL_VERSION
     gateway: str = Field(max_length=200)
@@ -225,6 +234,9 @@ class CheckInResponse(_Answer):
     # Serials this check-in named that belong to another gateway: nothing about them
     # was applied, the devices are flagged for the operator (``foreign_check_in``).
     refused_serials: list[str] = Field(default_factory=list)
+    # The same serials (and decommissioned devices, also in ``refused_serials``), each
+    # with the code of its refusal; the devices are flagged for the operator.
+    refusals: list[Refusal] = Field(default_factory=list, max_length=4096)
 
 
 class StateReport(_Request):

@@ -244,7 +244,9 @@ class ServiceBase:
 
     def _raise_flag(
         self, session: Session, device: Device, kind: str, detail: str, now: datetime
-    ) -> None:
+    ) -> bool:
+        """Flag the device (and audit it) unless it has an open flag of this kind; True
+        when a flag was raised."""
         open_flag = session.scalars(
             select(DeviceFlag.id).where(
                 DeviceFlag.device_id == device.id,
@@ -253,7 +255,7 @@ class ServiceBase:
             )
         ).first()
         if open_flag is not None:
-            return
+            return False
         log.warning("device %s flagged %s: %s", device.serial, kind, detail)
         session.add(
             DeviceFlag(
@@ -268,6 +270,7 @@ class ServiceBase:
         audit(
             session, None, "device.flag", f"device:{device.serial}", now, kind=kind, detail=detail
         )
+        return True
 
     def _own_device(self, session: Session, principal: Principal, serial: str) -> Device:
         device = session.scalars(select(Device).where(Device.serial == serial)).one_or_none()

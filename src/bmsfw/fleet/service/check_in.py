@@ -29,12 +29,16 @@ from bmsfw.fleet.campaigns import (
     window_open,
 )
 from bmsfw.fleet.errors import (
+    DeviceDecommissionedError,
+    DeviceNotOnGatewayError,
     FleetNotFoundError,
+    GatewayDecommissionedError,
     InvalidCampaignSpecError,
 )
 from bmsfw.fleet.models import (
     Campaign,
     CampaignDevice,
+    Credential,
     Device,
     Gateway,
     Release,
@@ -47,6 +51,7 @@ from bmsfw.fleet.protocol import (
     MaintenanceWindow,
     Offer,
     OfferPolicy,
+    Refusal,
 )
 from bmsfw.fleet.service._base import (
     _AUDIT_LIST_CAP,
@@ -81,7 +86,11 @@ _GATEWAY_SEEN = (
         ),
     )
     .returning(
-        _T_GATEWAYS.c.name, _T_GATEWAYS.c.site, _T_GATEWAYS.c.tags, _T_GATEWAYS.c.agent_version
+        _T_GATEWAYS.c.name,
+        _T_GATEWAYS.c.site,
+        _T_GATEWAYS.c.tags,
+        _T_GATEWAYS.c.agent_version,
+        _T_GATEWAYS.c.decommissioned_at,
     )
 )
 # Each reported device with the work open for it in running campaigns (phase
@@ -109,6 +118,7 @@ _DEVICES_WORK = (
         _T_DEVICES.c.tags,
         _T_DEVICES.c.integrity_ok,
         _T_DEVICES.c.integrity_detail,
+        _T_DEVICES.c.decommissioned_at,
         _T_CAMPAIGN_DEVICES.c.id.label("cd_id"),
         _T_CAMPAIGN_DEVICES.c.state.label("cd_state"),
         _T_CAMPAIGNS.c.id.label("campaign_id"),
@@ -206,6 +216,7 @@ def _single_statement_check_in() -> Any:
             g.name.label("gw_name"),
             g.site.label("gw_site"),
             g.tags.label("gw_tags"),
+            g.decommissioned_at.label("gw_decommissioned_at"),
         )
         .cte("gw")
     )
@@ -233,6 +244,7 @@ def _single_statement_check_in() -> Any:
         .where(
             d.serial == reported.c.serial,
             d.gateway_id == select(gw.c.gw_id).scalar_subquery(),
+            d.decommissioned_at.is_(None),  # refused (and flagged) by the full path
         )
         .values(
             soc_pct=reported.c.soc, temperature_c=reported.c.temp, last_seen_at=bindparam("b_now")
@@ -252,6 +264,17 @@ def _single_statement_check_in() -> Any:
 _CHECK_IN_ONE_STATEMENT = _single_statement_check_in()
 
 
+# The flag a decommissioned device (or one of a decommissioned gateway) gets when it is
+# still reported by a check-in.
+DECOMMISSIONED_CHECK_IN = "decommissioned_check_in"
+
+
+def _retired_gateway(name: str, since: datetime) -> GatewayDecommissionedError:
+    return GatewayDecommissionedError(
+        f"gateway {name!r} was decommissioned on {since.isoformat()}; nothing it sent was applied"
+    )
+
+
 class _GatewayRow(NamedTuple):
     name: str
     site: str
@@ -265,6 +288,68 @@ class CheckInOps(ServiceBase):
         """Inventory, telemetry and offers in ONE transaction (all of it or nothing)."""
         with self.engine.begin() as conn:
             return self._check_in(conn, principal, body, touch_credential)
+
+    def refuse_retired_gateway(
+        self, token_hash: str, body: CheckIn | None
+    ) -> GatewayDecommissionedError | None:
+        """A check-in refused for its credential: when that credential is a gateway's
+        that was decommissioned, flag the devices it names that are that gateway's own
+        (``decommissioned_check_in``, once until acknowledged; each new flag audited with
+        one ``gateway.check_in_refused`` entry) and return the refusal to answer
+        (BMSFW-E660). None for any other credential (the caller answers as it would).
+
+        Only devices of the gateway itself are flagged, so a stolen old token can flag
+        nothing else; ``body`` is None for a body that does not validate (flags nothing).
+        """
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            row = session.execute(
+                select(Credential, Gateway)
+                .join(Gateway, Gateway.id == Credential.gateway_id)
+                .where(Credential.token_hash == token_hash, Gateway.decommissioned_at.is_not(None))
+            ).one_or_none()
+            if row is None:
+                return None
+            credential, gateway = row
+            assert gateway.decommissioned_at is not None
+            serials = sorted({d.serial for d in body.devices}) if body is not None else []
+            flagged = [
+                device.serial
+                for device in session.scalars(
+                    select(Device)
+                    .where(Device.gateway_id == gateway.id, Device.serial.in_(serials))
+                    .order_by(Device.serial)
+                )
+                if self._raise_flag(
+                    session,
+                    device,
+                    DECOMMISSIONED_CHECK_IN,
+                    f"its gateway {gateway.name}, decommissioned on "
+                    f"{gateway.decommissioned_at.isoformat()}, still checks in; nothing was "
+                    "applied",
+                    now,
+                )
+            ]
+            if flagged:
+                actor = Principal(
+                    credential.id,
+                    credential.name,
+                    credential.kind,
+                    credential.role,
+                    credential.gateway_id,
+                    credential.expires_at,
+                )
+                audit(
+                    session,
+                    actor,
+                    "gateway.check_in_refused",
+                    f"gateway:{gateway.name}",
+                    now,
+                    reason="gateway decommissioned",
+                    serials=flagged[:_AUDIT_LIST_CAP],
+                    count=len(flagged),
+                )
+            return _retired_gateway(gateway.name, gateway.decommissioned_at)
 
     def check_in_by_token(
         self,
@@ -351,6 +436,8 @@ class CheckInOps(ServiceBase):
             assert principal.gateway_id is not None  # a gateway role has its gateway
             if head.gw_id is None:
                 raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+            if head.gw_decommissioned_at is not None:
+                raise _retired_gateway(head.gw_name, head.gw_decommissioned_at)
             gateway = _GatewayRow(head.gw_name, head.gw_site, head.gw_tags)
             work = [r for r in rows if r.serial is not None]
             known = {r.serial: r for r in work}
@@ -404,10 +491,12 @@ class CheckInOps(ServiceBase):
         gateway_row = gw.one_or_none()
         if gateway_row is None:
             raise FleetNotFoundError(f"gateway of credential {principal.name} was deleted")
+        if gateway_row.decommissioned_at is not None:  # a credential cached before it
+            raise _retired_gateway(gateway_row.name, gateway_row.decommissioned_at)
         devices_work = _DEVICES_WORK_BY_DIALECT[conn.dialect.name]
         rows = conn.execute(devices_work, {"b_serials": serials}).all() if serials else []
         known = {r.serial: r for r in rows}
-        refused: list[str] = []
+        refused: list[Refusal] = []
         gateway_same = (body.site is None or body.site == gateway_row.site) and (
             body.tags is None or body.tags == gateway_row.tags
         )
@@ -447,7 +536,8 @@ class CheckInOps(ServiceBase):
             server_time=now,
             poll_interval_s=self.settings.poll_interval_s,
             offers=offers,
-            refused_serials=refused,
+            refused_serials=[r.serial for r in refused],
+            refusals=refused,
         )
 
     def _update_gateway(
@@ -471,13 +561,14 @@ class CheckInOps(ServiceBase):
 
     def _update_inventory(
         self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
-    ) -> list[str]:
-        """Apply the reported inventory; returns the serials refused as another gateway's.
+    ) -> list[Refusal]:
+        """Apply the reported inventory; returns the devices refused, with the code why.
 
         A device belongs to the gateway that registered it. A check-in naming a device
         of another gateway changes nothing about it (no move, no telemetry): the device
         is flagged ``foreign_check_in`` for the operator and the refusal is audited (one
-        entry per check-in). Moving a device is ``POST /devices/{serial}/move``.
+        entry per check-in). Moving a device is ``POST /devices/{serial}/move``. A
+        decommissioned device is refused the same way (``decommissioned_check_in``).
         """
         serials = [d.serial for d in body.devices]
         if len(set(serials)) != len(serials):
@@ -485,17 +576,30 @@ class CheckInOps(ServiceBase):
         existing = {
             d.serial: d for d in session.scalars(select(Device).where(Device.serial.in_(serials)))
         }
-        refused: list[str] = []
+        refused: list[Refusal] = []
+        retired: list[str] = []
         for report in body.devices:
             device = existing.get(report.serial)
             if device is not None and device.gateway_id != gateway.id:
-                refused.append(report.serial)
+                refused.append(Refusal(serial=report.serial, code=DeviceNotOnGatewayError.code))
                 self._raise_flag(
                     session,
                     device,
                     "foreign_check_in",
                     f"gateway {gateway.name} (id {gateway.id}) reported this device, which "
                     f"belongs to gateway id {device.gateway_id}; nothing was applied",
+                    now,
+                )
+                continue
+            if device is not None and device.decommissioned_at is not None:
+                refused.append(Refusal(serial=report.serial, code=DeviceDecommissionedError.code))
+                retired.append(report.serial)
+                self._raise_flag(
+                    session,
+                    device,
+                    DECOMMISSIONED_CHECK_IN,
+                    f"gateway {gateway.name} reported this device, decommissioned on "
+                    f"{device.decommissioned_at.isoformat()}; nothing was applied",
                     now,
                 )
                 continue
@@ -570,17 +674,22 @@ class CheckInOps(ServiceBase):
                 )
             device.integrity_ok = report.integrity_ok
             device.integrity_detail = report.integrity_detail
-        if refused:
-            audit(
-                session,
-                principal,
-                "device.check_in_refused",
-                f"gateway:{gateway.name}",
-                now,
-                reason="devices of another gateway",
-                serials=refused[:_AUDIT_LIST_CAP],
-                count=len(refused),
-            )
+        foreign = [r.serial for r in refused if r.serial not in retired]
+        for reason, serials in (
+            ("devices of another gateway", foreign),
+            ("decommissioned devices", retired),
+        ):
+            if serials:
+                audit(
+                    session,
+                    principal,
+                    "device.check_in_refused",
+                    f"gateway:{gateway.name}",
+                    now,
+                    reason=reason,
+                    serials=serials[:_AUDIT_LIST_CAP],
+                    count=len(serials),
+                )
         return refused
 
     def _firmware_changed(
