@@ -15,6 +15,7 @@ import struct
 import threading
 import tty
 from dataclasses import dataclass
+from typing import Self
 
 
 def crc16(data: bytes) -> int:
@@ -48,7 +49,7 @@ class HostileRtuBms:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True, name="hostile-rtu")
 
-    def __enter__(self) -> HostileRtuBms:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
