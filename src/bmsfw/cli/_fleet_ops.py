@@ -10,6 +10,7 @@ token (``--token-file``); the server decides and audits. Tables on a terminal,
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -121,7 +122,20 @@ def _table(title: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> No
     console.print(table)
 
 
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _emit(result: Any, as_json: bool, show: Callable[[Any], None]) -> None:
+    """``--json``: the API's answer as it is; otherwise ``show`` renders it for a person."""
+    if as_json:
+        print_json(result)
+    else:
+        show(result)
+
+
 def _paging_options(fn: Any) -> Any:
+    """``--limit``, ``--cursor``, ``--all`` and ``--json``, passed on as one ``listing``."""
+    fn = _json_flag(fn)
     fn = click.option(
         "--all", "all_pages", is_flag=True, help="Follow every page (the whole list)."
     )(fn)
@@ -137,23 +151,40 @@ def _paging_options(fn: Any) -> Any:
         show_default=True,
         help="Rows per page (the server's maximum is 1000).",
     )(fn)
-    return fn
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any, limit: int, cursor: str | None, all_pages: bool, as_json: bool, **kw: Any
+    ) -> Any:
+        return fn(*args, listing=_Listing(limit, cursor, all_pages, as_json), **kw)
+
+    return wrapper
 
 
-def _fetch(  # noqa: PLR0917 - the paging options as given
-    client: Any, path: str, params: dict[str, Any], limit: int, cursor: str | None, every: bool
-) -> list[dict[str, Any]]:
-    """One page (with a hint on stderr when more follow) or, with ``every``, all pages."""
-    query = {k: v for k, v in params.items() if v not in (None, "")}
-    if every:
-        rows: list[dict[str, Any]] = client.get_all(path, **query, limit=limit)
+@dataclass(frozen=True)
+class _Listing:
+    """How a list command was asked to page and print."""
+
+    limit: int
+    cursor: str | None
+    every: bool  # --all
+    as_json: bool
+
+    def fetch(self, client: Any, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One page (with a hint on stderr when more follow) or, with --all, all pages."""
+        query = {k: v for k, v in params.items() if v not in (None, "")}
+        if self.every:
+            rows: list[dict[str, Any]] = client.get_all(path, **query, limit=self.limit)
+            return rows
+        if self.cursor:
+            query["cursor"] = self.cursor
+        rows, following = client.get_page(path, **query, limit=self.limit)
+        if following:
+            err_console.print(f"more rows follow: add --cursor {following} (or --all)")
         return rows
-    if cursor:
-        query["cursor"] = cursor
-    rows, following = client.get_page(path, **query, limit=limit)
-    if following:
-        err_console.print(f"more rows follow: add --cursor {following} (or --all)")
-    return rows
+
+    def show(self, rows: list[dict[str, Any]], title: str, columns: Sequence[str]) -> None:
+        _emit(rows, self.as_json, lambda r: _table(title, columns, r))
 
 
 def add_operator_commands(
@@ -179,22 +210,10 @@ def _list_command(spec: _ListSpec, server_options: ServerOptions, client: Client
     @click.command(spec.name, help=spec.help)
     @server_options
     @_paging_options
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def command(  # noqa: PLR0917 - one parameter per click option
-        server: str,
-        token: str | None,
-        ca: Path | None,
-        limit: int,
-        cursor: str | None,
-        all_pages: bool,
-        as_json: bool,
-    ) -> None:
+    def command(server: str, token: str | None, ca: Path | None, listing: _Listing) -> None:
         with client(server, token, ca) as c:
-            rows = _fetch(c, spec.path, {}, limit, cursor, all_pages)
-        if as_json:
-            print_json(rows)
-        else:
-            _table(spec.title, spec.columns, rows)
+            rows = listing.fetch(c, spec.path, {})
+        listing.show(rows, spec.title, spec.columns)
 
     return command
 
@@ -216,7 +235,6 @@ def _devices_command(server_options: ServerOptions, client: ClientFactory) -> An
         help="Only devices checked in within three poll intervals (or not).",
     )
     @_paging_options
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def devices(  # noqa: PLR0917 - one parameter per click option
         server: str,
         token: str | None,
@@ -228,10 +246,7 @@ def _devices_command(server_options: ServerOptions, client: ClientFactory) -> An
         tag: str,
         flagged: bool | None,
         online: bool | None,
-        limit: int,
-        cursor: str | None,
-        all_pages: bool,
-        as_json: bool,
+        listing: _Listing,
     ) -> None:
         """Devices by serial; every filter given must match."""
         params = {
@@ -244,11 +259,8 @@ def _devices_command(server_options: ServerOptions, client: ClientFactory) -> An
             "online": None if online is None else str(online).lower(),
         }
         with client(server, token, ca) as c:
-            rows = _fetch(c, "devices", params, limit, cursor, all_pages)
-        if as_json:
-            print_json(rows)
-        else:
-            _table("devices", _DEVICE_COLUMNS, rows)
+            rows = listing.fetch(c, "devices", params)
+        listing.show(rows, "devices", _DEVICE_COLUMNS)
 
     return devices
 
@@ -260,25 +272,18 @@ def _flags_command(server_options: ServerOptions, client: ClientFactory) -> Any:
         "--include-acknowledged", is_flag=True, help="Also flags an operator acknowledged."
     )
     @_paging_options
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-    def flags(  # noqa: PLR0917 - one parameter per click option
+    def flags(
         server: str,
         token: str | None,
         ca: Path | None,
         include_acknowledged: bool,
-        limit: int,
-        cursor: str | None,
-        all_pages: bool,
-        as_json: bool,
+        listing: _Listing,
     ) -> None:
         """Devices flagged for integrity faults, unexpected firmware hash or version."""
         params = {"include_acknowledged": "true" if include_acknowledged else None}
         with client(server, token, ca) as c:
-            rows = _fetch(c, "flags", params, limit, cursor, all_pages)
-        if as_json:
-            print_json(rows)
-        else:
-            _table("flags", _FLAG_COLUMNS, rows)
+            rows = listing.fetch(c, "flags", params)
+        listing.show(rows, "flags", _FLAG_COLUMNS)
 
     return flags
 
@@ -296,16 +301,13 @@ def _retire_command(  # noqa: PLR0917 - what differs between the retiring comman
     @server_options
     @click.argument(argument)
     @click.option("--reason", default="", help="Why (kept in the audit log).")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @_json_flag
     def command(
         server: str, token: str | None, ca: Path | None, reason: str, as_json: bool, **kw: str
     ) -> None:
         with client(server, token, ca) as c:
             result = c.post(path(kw[argument.lower()]), {"reason": reason})
-        if as_json:
-            print_json(result)
-        else:
-            console.print(render(result))
+        _emit(result, as_json, lambda r: console.print(render(r)))
 
     return command
 
@@ -379,7 +381,7 @@ def _device_group(server_options: ServerOptions, client: ClientFactory) -> click
     @server_options
     @click.argument("serial")
     @click.option("--gateway", "gateway_name", required=True, help="The gateway it is behind now.")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @_json_flag
     def move(  # noqa: PLR0917 - one parameter per click option
         server: str,
         token: str | None,
@@ -391,10 +393,11 @@ def _device_group(server_options: ServerOptions, client: ClientFactory) -> click
         """Move a device to another gateway (operator)."""
         with client(server, token, ca) as c:
             result = c.post(f"devices/{quote(serial, safe='')}/move", {"gateway": gateway_name})
-        if as_json:
-            print_json(result)
-        else:
-            console.print(f"device {result['serial']} is behind gateway {result['gateway']}")
+        _emit(
+            result,
+            as_json,
+            lambda r: console.print(f"device {r['serial']} is behind gateway {r['gateway']}"),
+        )
 
     return device
 
@@ -431,7 +434,7 @@ def _site_group(server_options: ServerOptions, client: ClientFactory) -> click.G
         "(days 0=Monday..6); repeat for several. None given: installs at any time.",
     )
     @click.option("--timezone", default="UTC", show_default=True, help="e.g. Europe/Amsterdam")
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @_json_flag
     def windows_command(  # noqa: PLR0917 - one parameter per click option
         server: str,
         token: str | None,
@@ -445,36 +448,38 @@ def _site_group(server_options: ServerOptions, client: ClientFactory) -> click.G
         body = {"timezone": timezone, "windows": [_parse_window(w) for w in windows]}
         with client(server, token, ca) as c:
             result = c.put(f"sites/{quote(site_name, safe='')}/maintenance-windows", body)
-        if as_json:
-            print_json(result)
-            return
-        shown = [
-            f"{','.join(str(d) for d in w.get('days', range(7)))} {w['start']}-{w['end']}"
-            for w in result["windows"]
-        ]
-        console.print(
-            f"site {result['site']} ({result['timezone']}): "
-            + ("; ".join(shown) if shown else "installs at any time")
-        )
+        _emit(result, as_json, _print_windows)
 
     return site
+
+
+def _print_windows(site: dict[str, Any]) -> None:
+    shown = [
+        f"{','.join(str(d) for d in w.get('days', range(7)))} {w['start']}-{w['end']}"
+        for w in site["windows"]
+    ]
+    console.print(
+        f"site {site['site']} ({site['timezone']}): "
+        + ("; ".join(shown) if shown else "installs at any time")
+    )
 
 
 def _token_revoke(server_options: ServerOptions, client: ClientFactory) -> Any:
     @click.command("revoke")
     @server_options
     @click.argument("credential_id", type=click.IntRange(min=1))
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @_json_flag
     def revoke(
         server: str, token: str | None, ca: Path | None, credential_id: int, as_json: bool
     ) -> None:
         """Revoke an operator token by its id (admin; ids in `bmsfw fleet access-review`)."""
         with client(server, token, ca) as c:
             result = c.post(f"tokens/{credential_id}/revoke")
-        if as_json:
-            print_json(result)
-        else:
-            console.print(f"credential {result['id']} revoked at {result['revoked_at']}")
+        _emit(
+            result,
+            as_json,
+            lambda r: console.print(f"credential {r['id']} revoked at {r['revoked_at']}"),
+        )
 
     return revoke
 
@@ -491,7 +496,4 @@ def _positive_id(text: str) -> int:
 
 def render_campaign_devices(rows: list[dict[str, Any]], as_json: bool) -> None:
     """``campaign ID devices``: each target with its state and error code."""
-    if as_json:
-        print_json(rows)
-    else:
-        _table("campaign devices", _CAMPAIGN_DEVICE_COLUMNS, rows)
+    _emit(rows, as_json, lambda r: _table("campaign devices", _CAMPAIGN_DEVICE_COLUMNS, r))

@@ -28,6 +28,7 @@ touches a BMS. The digest check here only catches corruption and truncation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -187,6 +188,17 @@ class FleetClient:
 
     # ---- plumbing -------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transport_errors(self, timed_out: str) -> Iterator[None]:
+        """httpx's timeouts as E618 (``timed_out``, the cause appended), its other
+        transport failures as E617/E619 (:func:`_transport_error`)."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise FleetTimeoutError(f"{timed_out} ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise _transport_error(self.config.server_url, exc) from exc
+
     def _exchange(
         self, method: str, path: str, *, max_bytes: int, **kwargs: Any
     ) -> tuple[httpx.Response, bytes]:
@@ -194,17 +206,15 @@ class FleetClient:
         limits = self.config.limits
         headers = {**self._auth, **_IDENTITY, **kwargs.pop("headers", {})}
         what = f"{method} {path}"
-        try:
-            with self._http.stream(method, path, headers=headers, **kwargs) as response:
-                deadline = time.monotonic() + limits.answer_deadline_s
-                if response.status_code >= 400:
-                    body = _read_capped(response, _ERROR_BODY_BYTES, deadline, what, cut=True)
-                    raise _error_from(response, body)
-                body = _read_capped(response, max_bytes, deadline, what)
-        except httpx.TimeoutException as exc:
-            raise FleetTimeoutError(f"{what}: no answer in time ({exc})") from exc
-        except httpx.TransportError as exc:
-            raise _transport_error(self.config.server_url, exc) from exc
+        with (
+            self._transport_errors(f"{what}: no answer in time"),
+            self._http.stream(method, path, headers=headers, **kwargs) as response,
+        ):
+            deadline = time.monotonic() + limits.answer_deadline_s
+            if response.status_code >= 400:
+                body = _read_capped(response, _ERROR_BODY_BYTES, deadline, what, cut=True)
+                raise _error_from(response, body)
+            body = _read_capped(response, max_bytes, deadline, what)
         if not 200 <= response.status_code < 300:
             location = _printable(response.headers.get("location", ""), 200)
             raise MalformedAnswerError(
@@ -273,12 +283,16 @@ class FleetClient:
             )
         return info
 
+    def _models(self, model: type[M], path: str) -> list[M]:
+        """``GET path``: a JSON list, each item validated as ``model`` (E675 otherwise)."""
+        what = f"GET {API}/{path}"
+        return [
+            _validate(model, item, what)
+            for item in _a_list(self._json("GET", f"{API}/{path}"), what)
+        ]
+
     def list_device_backups(self, serial: str) -> list[BackupInfo]:
-        what = f"GET {API}/devices/{serial}/backups"
-        data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/backups")
-        if not isinstance(data, list):
-            raise MalformedAnswerError(f"{what}: expected a JSON list")
-        return [_validate(BackupInfo, item, what) for item in data]
+        return self._models(BackupInfo, f"devices/{quote(serial, safe='')}/backups")
 
     def get_backup(self, backup_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"{API}/backups/{backup_id}")
@@ -316,11 +330,7 @@ class FleetClient:
 
     def list_device_evidence(self, serial: str) -> list[EvidenceInfo]:
         """A device's evidence bundles, newest first (operator token)."""
-        what = f"GET {API}/devices/{serial}/evidence"
-        data = self._json("GET", f"{API}/devices/{quote(serial, safe='')}/evidence")
-        if not isinstance(data, list):
-            raise MalformedAnswerError(f"{what}: expected a JSON list")
-        return [_validate(EvidenceInfo, item, what) for item in data]
+        return self._models(EvidenceInfo, f"devices/{quote(serial, safe='')}/evidence")
 
     def download_evidence(self, evidence_id: int) -> bytes:
         """One bundle's bytes, checked against the SHA-256 the server announces (E621)."""
@@ -396,26 +406,19 @@ class FleetClient:
         request = self.artifact_request(url, {})
         deadline = time.monotonic() + self.config.limits.answer_deadline_s
         shown = _printable(str(request.url), 200)
-        try:
+        with self._transport_errors(f"GET {shown}: no answer in time"):
             response = self._http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise FleetTimeoutError(f"GET {shown}: no answer in time ({exc})") from exc
-        except httpx.TransportError as exc:
-            raise _transport_error(self.config.server_url, exc) from exc
         if response.status_code != 200:
             response.close()
             return response.status_code, iter(())
 
         def chunks() -> Iterator[bytes]:
             try:
-                for chunk in _raw_chunks(response, shown):
-                    yield chunk
-                    if time.monotonic() > deadline:
-                        raise AnswerTooSlowError(f"GET {shown}: not complete by its deadline")
-            except httpx.TimeoutException as exc:
-                raise FleetTimeoutError(f"GET {shown}: stalled ({exc})") from exc
-            except httpx.TransportError as exc:
-                raise _transport_error(self.config.server_url, exc) from exc
+                with self._transport_errors(f"GET {shown}: stalled"):
+                    for chunk in _raw_chunks(response, shown):
+                        yield chunk
+                        if time.monotonic() > deadline:
+                            raise AnswerTooSlowError(f"GET {shown}: not complete by its deadline")
             finally:
                 response.close()
 
@@ -548,9 +551,7 @@ class FleetClient:
             max_bytes=self.config.limits.max_operator_answer_bytes,
             params=params or None,
         )
-        rows = _parse_json(body, what)
-        if not isinstance(rows, list):
-            raise MalformedAnswerError(f"{what}: expected a JSON list")
+        rows = _a_list(_parse_json(body, what), what)
         cursor = response.headers.get("x-next-cursor")
         return rows, (_printable(cursor, 1024) if cursor else None)
 
@@ -568,6 +569,13 @@ class FleetClient:
 
     def put(self, path: str, body: Any = None) -> Any:
         return self._json("PUT", f"{API}/{path.lstrip('/')}", json=body)
+
+
+def _a_list(data: Any, what: str) -> list[Any]:
+    """The answer of a list route (E675 when it is not a JSON list)."""
+    if not isinstance(data, list):
+        raise MalformedAnswerError(f"{what}: expected a JSON list")
+    return data
 
 
 def _check_content_range(response: httpx.Response, start: int, size_bytes: int) -> None:
