@@ -62,6 +62,8 @@ def test_update_confirmed(
             assert report.outcome == "updated", report.error
             assert report.running_version == "2.0.0"
             assert report.decisions["channel"] == ("ota" if kind == "ble" else "wired")
+            # the bank layout of the IDENTITY answer, fitted by the core (test_bank_layout.py)
+            assert "fits a 65536-byte bank (2 banks)" in report.decisions["bank-layout"]
             assert report.self_test and report.self_test["passed"]
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")

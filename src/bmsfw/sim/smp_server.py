@@ -458,6 +458,11 @@ class SmpBmsServer:
             "security_counter": i.security_counter,
             "active_bank": i.active_bank,
             "image_key_hashes": [bytes.fromhex(h) for h in i.image_key_hashes],
+            **(
+                {"flash_layout": [layout.bank_size_bytes, layout.sector_size_bytes, layout.banks]}
+                if (layout := i.flash_layout) is not None
+                else {}
+            ),
         }
 
     def _telemetry(self, _: dict[Any, Any]) -> dict[str, Any]:

@@ -307,7 +307,8 @@ class BankLayoutMismatchError(UpdateError):
 
     code = "BMSFW-E525"
     diagnosis = (
-        "The BMS reports an image bank layout (UDS DID 0x0104) that cannot take this release:"
+        "The BMS reports an image bank layout (UDS DID 0x0104, Modbus identity object 0x87,"
+        " SMP IDENTITY flash_layout) that cannot take this release:"
         " the image is larger than a bank, fewer than two banks (no A/B: the old image would"
         " not stay bootable), or a bank that is not a whole number of sectors. Nothing was"
         " written."

@@ -75,6 +75,9 @@ class IdentityResponse(_ReadResponse):
     active_bank: str
     # SHA-256 of each fused image key (docs/smp.md); a BMS without the field reports none
     image_key_hashes: list[bytes] = Field(default_factory=list)
+    # the image banks [bank size, sector size, banks] in bytes (docs/smp.md); a BMS
+    # without the field does not report them
+    flash_layout: list[int] = Field(default_factory=list)
 
 
 class IdentityRead(_Read):

@@ -48,7 +48,7 @@ from bmsfw.errors import BmsfwError
 from bmsfw.link.tap import MessageTap
 from bmsfw.package import Component, Manifest, decode_header, parse_image
 from bmsfw.protocol.boot_wait import wait_for_application
-from bmsfw.protocol.bounds import image_key_hashes
+from bmsfw.protocol.bounds import flash_layout, image_key_hashes
 from bmsfw.protocol.errors import (
     DeviceActivateFailedError,
     DeviceVerifyFailedError,
@@ -59,6 +59,7 @@ from bmsfw.protocol.session import (
     Channel,
     ConfigSnapshot,
     DeviceIdentity,
+    FlashLayout,
     ImageState,
     LinkQuality,
     RunState,
@@ -295,7 +296,19 @@ class SmpSession:
             active_bank=r.active_bank,
             address=self.address,
             image_key_hashes=self._decode_keys(r.image_key_hashes),
+            flash_layout=self._decode_layout(r.flash_layout),
         )
+
+    def _decode_layout(self, layout: list[int]) -> FlashLayout | None:
+        """``[bank size, sector size, banks]``; empty: not reported (the BMS alone judges)."""
+        if not layout:
+            return None
+        try:
+            if len(layout) != 3:
+                raise ValueError(f"{len(layout)} numbers, not [bank size, sector size, banks]")
+            return flash_layout(*layout, "identity flash_layout")
+        except ValueError as exc:
+            raise SmpProtocolError(f"{self.address}: identity flash_layout: {exc}") from None
 
     def _decode_keys(self, hashes: list[bytes]) -> tuple[str, ...]:
         try:
