@@ -306,7 +306,8 @@ class SmpSession:
         try:
             if len(layout) != 3:
                 raise ValueError(f"{len(layout)} numbers, not [bank size, sector size, banks]")
-            return flash_layout(*layout, "identity flash_layout")
+            bank, sector, banks = layout
+            return flash_layout(bank, sector, banks, "identity flash_layout")
         except ValueError as exc:
             raise SmpProtocolError(f"{self.address}: identity flash_layout: {exc}") from None
 
