@@ -53,7 +53,7 @@ def test_the_sampler_takes_one_sample_per_interval_and_drops_old_ones(
     # After `keep`, the old samples are gone.
     fleet.clock.advance(history.policy.keep.total_seconds() + 1)
     fleet.check_in("gw", [bms("SN1", soc_pct=43.0)])
-    assert history.sample(fleet.clock.now()) == 1
+    assert history.tick(fleet.clock.now()) == (1, 3)  # SN1's two, SN2's one deleted
     assert [s.soc_pct for s in history.series("SN1", START, fleet.clock.now())] == [43.0]
 
 

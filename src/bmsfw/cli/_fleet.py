@@ -20,6 +20,7 @@ import click
 
 from bmsfw.cli._render import Table, console, err_console, one_line, print_json
 from bmsfw.errors import UsageError
+from bmsfw.fleet.ranges import TELEMETRY_INTERVAL_RANGE_S, TELEMETRY_KEEP_RANGE_S
 from bmsfw.update.profile import OTA_MIN_BANDWIDTH_BPS
 
 __all__ = ["fleet_group"]
@@ -195,6 +196,22 @@ def fleet_group() -> None:
 @click.option("--poll-interval-s", default=60, show_default=True, type=int)
 @click.option("--tick-interval-s", default=15.0, show_default=True, type=float)
 @click.option(
+    "--telemetry-interval-s",
+    default=600,
+    show_default=True,
+    type=click.IntRange(*TELEMETRY_INTERVAL_RANGE_S),
+    help="How often each device's state of charge and temperature are kept in its history; "
+    "agents are told to check in at least this often.",
+)
+@click.option(
+    "--telemetry-keep-days",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(TELEMETRY_KEEP_RANGE_S[0] / 86_400, TELEMETRY_KEEP_RANGE_S[1] / 86_400),
+    help="How long telemetry history is kept (older samples are deleted, a bounded batch "
+    "per tick).",
+)
+@click.option(
     "--tuf-root-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Publish TUF metadata for the agents: the 1.root.json, 2.root.json... of the "
@@ -248,6 +265,8 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     workers: int,
     poll_interval_s: int,
     tick_interval_s: float,
+    telemetry_interval_s: int,
+    telemetry_keep_days: float,
     tuf_root_dir: Path | None,
     tuf_online_key: Path | None,
     metrics: str,
@@ -273,6 +292,8 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             tls_key=tls_key,
             poll_interval_s=poll_interval_s,
             tick_interval_s=tick_interval_s,
+            telemetry_interval_s=telemetry_interval_s,
+            telemetry_keep_s=round(telemetry_keep_days * 86_400),
             tuf_root_dir=tuf_root_dir,
             tuf_online_key=tuf_online_key,
             access_log=access_log,

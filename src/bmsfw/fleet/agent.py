@@ -87,6 +87,7 @@ from bmsfw.fleet.protocol import (
     Offer,
     StateReport,
 )
+from bmsfw.fleet.ranges import TELEMETRY_INTERVAL_RANGE_S
 from bmsfw.package import DeviceFacts, TrustAnchors, verify_release
 from bmsfw.protocol.session import BmsSession, DeviceIdentity, TesterCredentials
 from bmsfw.update.backup import load_backup
@@ -238,9 +239,14 @@ class AgentConfig:
         if self.bandwidth_probe_s <= 0:
             raise AgentConfigError("bandwidth_probe_s must be > 0")
 
-    def poll_interval_s(self, server_s: float) -> float:
-        """The server's interval clamped to POLL_INTERVAL_RANGE_S (and the local cap)."""
+    def poll_interval_s(self, server_s: float, telemetry_s: float | None = None) -> float:
+        """The server's interval clamped to POLL_INTERVAL_RANGE_S (and the local cap), and
+        no longer than its telemetry interval clamped to TELEMETRY_INTERVAL_RANGE_S: the
+        server samples each device's telemetry that often and wants a fresh reading."""
         low, high = POLL_INTERVAL_RANGE_S
+        if telemetry_s is not None:
+            t_low, t_high = TELEMETRY_INTERVAL_RANGE_S
+            high = min(high, max(telemetry_s, t_low), t_high)
         if self.max_poll_interval_s is not None:
             high = min(high, self.max_poll_interval_s)
         low = min(low, high)
@@ -401,7 +407,9 @@ class Agent:
                 local = self._read_devices(connection.sessions)
             self._flush_outbox()
             answer = self._check_in([d.report for d in local.values()])
-            self._interval_s = self.config.poll_interval_s(answer.poll_interval_s)
+            self._interval_s = self.config.poll_interval_s(
+                answer.poll_interval_s, answer.telemetry_interval_s
+            )
             self._refused_offers(answer)
             self._adopt_server_states(answer.offers)
             self._refresh_tuf(bool(answer.offers))

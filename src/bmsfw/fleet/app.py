@@ -101,7 +101,7 @@ from bmsfw.fleet.schemas import (
     TokenCreate,
 )
 from bmsfw.fleet.service import FleetService, ServiceSettings
-from bmsfw.fleet.telemetry import TelemetryHistory
+from bmsfw.fleet.telemetry import TelemetryHistory, TelemetryPolicy
 from bmsfw.fleet.tuf_repo import TufRepository, TufSettings, tuf_releases
 from bmsfw.fleet.views import (
     AccessReviewEntry,
@@ -154,6 +154,11 @@ class ServerConfig:
     db_url: str
     trust_root_pem: bytes
     poll_interval_s: int = 60
+    # Telemetry history (docs/fleet.md, "Telemetry history"): how often each device's
+    # latest values are sampled (also sent to the agents, who check in at least that
+    # often) and how long samples are kept; both clamped to their documented ranges.
+    telemetry_interval_s: int = 600
+    telemetry_keep_s: int = 3 * 86_400
     # How often each process re-evaluates running campaigns (soak times end
     # without any device report); 0 disables it (tests drive ``service.tick()``).
     tick_interval_s: float = 15.0
@@ -508,12 +513,14 @@ def create_app(
     engine = make_engine(config.db_url, pool_size=config.db_pool_size)
     if config.migrate:
         upgrade_database(engine)
+    policy = TelemetryPolicy.clamped(config.telemetry_interval_s, config.telemetry_keep_s)
     service = FleetService(
         make_session_factory(engine),
         ArtifactStore(engine),
         clock,
         ServiceSettings(
             poll_interval_s=config.poll_interval_s,
+            telemetry_interval_s=policy.interval_s,
             max_backup_bytes=config.max_backup_bytes,
             max_evidence_bytes=config.max_evidence_bytes,
             artifact_url_prefix=f"{API}/releases",
@@ -528,7 +535,8 @@ def create_app(
         raise FleetConfigError(f"metrics must be token, open or off, not {config.metrics!r}")
     metrics = FleetMetrics(service.sessions, clock, 3.0 * config.poll_interval_s)
     edge.metrics = metrics
-    telemetry = TelemetryHistory(engine)  # sampled by the tick, drawn by the dashboard
+    # Sampled and pruned by the tick, drawn by the dashboard.
+    telemetry = TelemetryHistory(engine, policy)
     # The check-in's own threads (as many as database connections): a plain executor
     # hand-off costs less than anyio's (capacity limiter, cancel scope, checkpoints).
     check_in_threads = ThreadPoolExecutor(
@@ -725,7 +733,7 @@ async def _tick_forever(
         except Exception:  # a failed tick must not stop later ones
             log.exception("campaign tick failed")
         try:
-            await run_in_threadpool(telemetry.sample_if_due, service.clock.now())
+            await run_in_threadpool(telemetry.tick, service.clock.now())
         except Exception:
             log.exception("telemetry sampling failed")
         try:

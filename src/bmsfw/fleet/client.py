@@ -137,6 +137,7 @@ class CheckInAnswer:
     offers: tuple[Offer, ...]
     refused: tuple[RefusedOffer, ...] = ()
     gateway: str = ""
+    telemetry_interval_s: float | None = None  # None: the server named none
 
 
 @dataclass(frozen=True)
@@ -685,12 +686,10 @@ def _decode_check_in(data: Any, what: str) -> CheckInAnswer:
         raise MalformedAnswerError(f"{what}: offers: expected a list")
     if len(raw_offers) > 4096:
         raise MalformedAnswerError(f"{what}: {len(raw_offers)} offers, at most 4096")
-    interval: Any = data.get("poll_interval_s")
-    number = isinstance(interval, int | float) and not isinstance(interval, bool)
-    if number and math.isfinite(interval):
-        # Any finite number is an interval (the agent clamps it to its documented range).
-        interval = int(min(max(interval, 0), 10**9))
-    head = _validate(CheckInResponse, {**data, "offers": [], "poll_interval_s": interval}, what)
+    intervals = {
+        name: _interval(data.get(name)) for name in ("poll_interval_s", "telemetry_interval_s")
+    }
+    head = _validate(CheckInResponse, {**data, "offers": [], **intervals}, what)
     offers: list[Offer] = []
     refused: list[RefusedOffer] = []
     for index, item in enumerate(raw_offers):
@@ -706,7 +705,23 @@ def _decode_check_in(data: Any, what: str) -> CheckInAnswer:
                     exc,
                 )
             )
-    return CheckInAnswer(float(head.poll_interval_s), tuple(offers), tuple(refused), head.gateway)
+    telemetry = head.telemetry_interval_s
+    return CheckInAnswer(
+        float(head.poll_interval_s),
+        tuple(offers),
+        tuple(refused),
+        head.gateway,
+        None if telemetry is None else float(telemetry),
+    )
+
+
+def _interval(value: Any) -> Any:
+    """Any finite number is an interval (the agent clamps it to its documented range);
+    anything else is left for the answer's validation to refuse."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and math.isfinite(value):
+        return int(min(max(value, 0), 10**9))
+    return value
 
 
 def _transport_error(url: str, exc: httpx.TransportError) -> FleetError:

@@ -229,6 +229,10 @@ class CheckInResponse(_Answer):
     gateway: str = Field(max_length=200)
     server_time: datetime
     poll_interval_s: int  # the agent clamps it to its own documented range
+    # How often the server samples telemetry into history: the agent checks in at least
+    # this often (clamped to bmsfw.fleet.ranges.TELEMETRY_INTERVAL_RANGE_S). None: an
+    # older server.
+    telemetry_interval_s: int | None = None
     offers: list[Offer] = Field(max_length=4096)
     unknown_serials: list[str] = Field(default_factory=list)
     # Serials this check-in named that belong to another gateway: nothing about them

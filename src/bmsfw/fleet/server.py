@@ -45,6 +45,8 @@ class ServeOptions:
     tls_key: Path | None = None
     poll_interval_s: int = 60
     tick_interval_s: float = 15.0
+    telemetry_interval_s: int = 600
+    telemetry_keep_s: int = 3 * 86_400
     log_level: str = "warning"
     # TUF metadata for the agents: the root history made offline and the online key.
     tuf_root_dir: Path | None = None
@@ -91,6 +93,8 @@ def _settings_json(options: ServeOptions) -> str:
             "trust_root": str(options.trust_root),
             "poll_interval_s": options.poll_interval_s,
             "tick_interval_s": options.tick_interval_s,
+            "telemetry_interval_s": options.telemetry_interval_s,
+            "telemetry_keep_s": options.telemetry_keep_s,
             "tuf_root_dir": str(options.tuf_root_dir or ""),
             "tuf_online_key": str(options.tuf_online_key or ""),
             "access_log": options.access_log,
@@ -115,6 +119,8 @@ def app_from_env() -> FastAPI:
         trust_root_pem=trust_pem,
         poll_interval_s=int(settings["poll_interval_s"]),
         tick_interval_s=float(settings["tick_interval_s"]),
+        telemetry_interval_s=int(settings.get("telemetry_interval_s", 600)),
+        telemetry_keep_s=int(settings.get("telemetry_keep_s", 3 * 86_400)),
         migrate=False,  # the parent did it
         tuf=_tuf_settings(settings["tuf_root_dir"], settings["tuf_online_key"]),
         metrics=settings.get("metrics", "token"),

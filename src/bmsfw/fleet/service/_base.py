@@ -136,6 +136,7 @@ class _RefusedReportError(Exception):
 @dataclass(frozen=True)
 class ServiceSettings:
     poll_interval_s: int = 60
+    telemetry_interval_s: int | None = None  # told to the agents (bmsfw.fleet.telemetry)
     max_backup_bytes: int = 1 << 20
     max_evidence_bytes: int = 16 << 20  # one update's evidence bundle (bus trace included)
     artifact_url_prefix: str = "/api/v1/releases"

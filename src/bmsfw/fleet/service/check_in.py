@@ -458,6 +458,7 @@ class CheckInOps(ServiceBase):
                     gateway=gateway.name,
                     server_time=now,
                     poll_interval_s=self.settings.poll_interval_s,
+                    telemetry_interval_s=self.settings.telemetry_interval_s,
                     offers=offers,
                 )
         return self.check_in_by_token(principal, token_hash, lambda _p: False, lambda: body)
@@ -535,6 +536,7 @@ class CheckInOps(ServiceBase):
             gateway=gateway_row.name,
             server_time=now,
             poll_interval_s=self.settings.poll_interval_s,
+            telemetry_interval_s=self.settings.telemetry_interval_s,
             offers=offers,
             refused_serials=[r.serial for r in refused],
             refusals=refused,
