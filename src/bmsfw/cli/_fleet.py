@@ -474,6 +474,12 @@ def _parse_phases(text: str, soak_s: float, success_pct: float) -> list[dict[str
 @click.option("--version-range", default="", help='e.g. ">=1.0.0,<1.4.0"')
 @click.option("--site", "sites", multiple=True)
 @click.option("--tag", "tags", multiple=True)
+@click.option(
+    "--dynamic",
+    is_flag=True,
+    help="Devices that match the selector later (new or changed) join the last phase, "
+    "until the campaign is cancelled; it never completes.",
+)
 @_JSON
 def campaign_create(  # noqa: PLR0917 - one parameter per click option
     server: str,
@@ -491,9 +497,10 @@ def campaign_create(  # noqa: PLR0917 - one parameter per click option
     version_range: str,
     sites: tuple[str, ...],
     tags: tuple[str, ...],
+    dynamic: bool,
     as_json: bool,
 ) -> None:
-    """Start a phased campaign (operator)."""
+    """Start a phased campaign (operator); ``--dynamic``: one that later devices join."""
     body = {
         "name": name,
         "release_id": release_id,
@@ -507,6 +514,7 @@ def campaign_create(  # noqa: PLR0917 - one parameter per click option
             "sites": list(sites),
             "tags": list(tags),
         },
+        "dynamic": dynamic,
     }
     with _client(server, token, ca) as client:
         _render_campaign(client.post("campaigns", body), as_json)
@@ -553,7 +561,8 @@ def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:
         print_json(campaign)
         return
     console.print(  # the server's answer: shown as text, never as markup or controls
-        f"campaign {campaign['id']} {campaign['name']!r}: {campaign['status']}, "
+        f"campaign {campaign['id']} {campaign['name']!r}: {campaign['status']}"
+        f"{' (dynamic)' if campaign.get('dynamic') else ''}, "
         f"phase {campaign['current_phase'] + 1}/{len(campaign['phases'])} "
         f"({campaign['phase_name']}), {campaign['targets']} devices"
     )

@@ -138,7 +138,9 @@ class NoTargetDevicesError(FleetError):
     http_status = 422
     diagnosis = "No device matches the selector and the release's hardware compatibility."
     remedy = (
-        "Check the inventory (`bmsfw fleet devices --model M --site S ...`) and widen the selector."
+        "Check the inventory (`bmsfw fleet devices --model M --site S ...`) and widen the "
+        "selector; for devices that are not installed yet, create it with --dynamic (they "
+        "join when they first check in)."
     )
 
 

@@ -6,9 +6,12 @@ per table), whichever process wrote it:
 
 * ``device``: a device changed state in a campaign (``device_state_events``):
   ``{"campaign_id", "serial", "state", "error_code", "at"}``;
-* ``campaign``: a campaign was created, paused, resumed, cancelled, approved or a
-  device of it changed state: ``{"campaign_id", "status", "phase", "states"}`` (device
-  count per state);
+* ``device`` with ``"joined": true``: a device joined a dynamic campaign (audited as
+  ``campaign.join``): ``{"campaign_id", "serial", "state": "pending", "phase",
+  "joined", "at"}``;
+* ``campaign``: a campaign was created, paused, resumed, cancelled, approved, a device
+  joined it or a device of it changed state: ``{"campaign_id", "status", "phase",
+  "states"}`` (device count per state);
 * ``check-ins``: gateways checked in (for their devices) since the last event:
   ``{"gateways", "at"}``.
 
@@ -120,7 +123,7 @@ class FleetEvents:
                 .limit(MAX_EVENTS_PER_POLL)
             ).all()
             audits = conn.execute(
-                select(_AUD.c.id, _AUD.c.target)
+                select(_AUD.c.id, _AUD.c.target, _AUD.c.action, _AUD.c.at, _AUD.c.detail)
                 .where(_AUD.c.id > cursor.audit, _AUD.c.action.like("campaign.%"))
                 .order_by(_AUD.c.id)
                 .limit(MAX_EVENTS_PER_POLL)
@@ -161,12 +164,30 @@ class FleetEvents:
             )
             for r in changes
         ]
+        events += [_joined(ident, a) for a in audits if a.action == "campaign.join"]
         events += [FleetEvent(ident, "campaign", c) for c in campaigns]
         if checked_in:
             events.append(
                 FleetEvent(ident, "check-ins", {"gateways": int(checked_in), "at": now.isoformat()})
             )
         return events, after
+
+
+def _joined(ident: str, entry: Any) -> FleetEvent:
+    """The ``device`` event of a ``campaign.join`` audit entry."""
+    detail = entry.detail or {}
+    return FleetEvent(
+        ident,
+        "device",
+        {
+            "campaign_id": int(str(entry.target).partition(":")[2]),
+            "serial": detail.get("device", ""),
+            "state": "pending",
+            "phase": detail.get("phase"),
+            "joined": True,
+            "at": entry.at.isoformat(),
+        },
+    )
 
 
 def _campaign_states(conn: Any, ids: list[int]) -> list[dict[str, Any]]:

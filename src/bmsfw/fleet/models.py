@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -188,6 +189,8 @@ class Campaign(Base):
     phases: Mapped[list[Any]]
     error_threshold_pct: Mapped[float] = mapped_column(Float)
     bandwidth_floor_bps: Mapped[int] = mapped_column(BigInteger)
+    # Devices that match the selector after the start join the last phase (docs/fleet.md).
+    dynamic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     status: Mapped[str] = mapped_column(String(16), index=True)
     current_phase: Mapped[int] = mapped_column(Integer, default=0)
     phase_started_at: Mapped[datetime]

@@ -93,6 +93,9 @@ class CampaignSpec(_Model):
     )
     error_threshold_pct: float = Field(default=10.0, gt=0, le=100)
     bandwidth_floor_bps: int = Field(default=int(OTA_MIN_BANDWIDTH_BPS), ge=0, le=INT64_MAX)
+    # Dynamic: devices that match the selector after the start (registered or changed)
+    # join the last phase, until the campaign is cancelled; it never completes.
+    dynamic: bool = False
 
 
 class SiteWindowSpec(_Model):

@@ -59,6 +59,8 @@ class CampaignView(BaseModel):
     name: str
     release_id: int
     status: str
+    # Devices that match the selector later join the last phase; it never completes.
+    dynamic: bool
     pause_reason: str
     current_phase: int
     phase_name: str

@@ -41,6 +41,7 @@ from bmsfw.errors import FleetError
 from bmsfw.fleet.artifacts import ArtifactStore
 from bmsfw.fleet.auth import CredentialCache, Principal
 from bmsfw.fleet.campaigns import (
+    JOINABLE_STATUSES,
     CampaignCounts,
     CampaignSnapshot,
     decide,
@@ -93,7 +94,8 @@ ALLOWED_TRANSITIONS: dict[DeviceState, frozenset[DeviceState]] = {
 _TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATES)
 _FAILURE_VALUES = tuple(s.value for s in FAILURE_STATES)
 # needs_approval (four eyes, service/approvals.py): claims its devices, offers nothing.
-_ACTIVE_CAMPAIGN = ("running", "paused", "needs_approval")
+# The same statuses a device may join a dynamic campaign in (campaigns.JOINABLE_STATUSES).
+_ACTIVE_CAMPAIGN = JOINABLE_STATUSES
 # States in which the device may legitimately come back with the release's version.
 _INSTALL_STATES = (S.INSTALLING.value, S.VERIFYING.value, S.SUCCEEDED.value)
 # States after which the device may be back on (or still on) its previous firmware.
@@ -319,6 +321,7 @@ class ServiceBase:
                 error_threshold_pct=campaign.error_threshold_pct,
                 phase_threshold_met_at=campaign.phase_threshold_met_at,
                 acknowledged_failures=campaign.acknowledged_failures,
+                dynamic=campaign.dynamic,
             )
             decision = decide(snapshot, self._counts(session, campaign), now)
             if decision.action == "none":
@@ -364,6 +367,7 @@ class ServiceBase:
             "name": campaign.name,
             "release_id": campaign.release_id,
             "status": campaign.status,
+            "dynamic": campaign.dynamic,
             "pause_reason": campaign.pause_reason,
             "current_phase": campaign.current_phase,
             "phase_name": campaign.phases[campaign.current_phase]["name"],

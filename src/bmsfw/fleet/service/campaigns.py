@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Collection, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -14,8 +16,14 @@ from sqlalchemy.orm import Session
 
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.campaigns import (
+    DeviceFacts,
+    DynamicCampaign,
+    Join,
+    TargetRule,
     assign_phases,
     cumulative_sizes,
+    joins,
+    refusal,
     rollout_order,
 )
 from bmsfw.fleet.errors import (
@@ -35,7 +43,7 @@ from bmsfw.fleet.models import (
     SiteWindow,
 )
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
-from bmsfw.fleet.schemas import CampaignSpec
+from bmsfw.fleet.schemas import CampaignSpec, Selector
 from bmsfw.fleet.service._base import (
     _ACTIVE_CAMPAIGN,
     _CAMPAIGN_CREATION_LOCK,
@@ -47,30 +55,167 @@ from bmsfw.fleet.service._base import (
     audit,
 )
 from bmsfw.fleet.service.approvals import NEEDS_APPROVAL, needs_approval
-from bmsfw.package.version import VersionRange, device_runs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CampaignOps", "hold_for_joins", "join_dynamic_campaigns"]
 
 
-def _version_range(spec: CampaignSpec) -> VersionRange | None:
-    if not spec.selector.version_range:
-        return None
-    try:
-        return VersionRange.parse(spec.selector.version_range)
-    except ValueError as exc:
-        raise InvalidCampaignSpecError(f"selector.version_range: {exc}") from exc
+def _rule(release: Release, spec: CampaignSpec | dict[str, Any]) -> TargetRule:
+    """The target rule of a campaign of ``release`` (``spec``: a new one's, or the stored
+    selector of an existing one)."""
+    selector = spec.selector if isinstance(spec, CampaignSpec) else Selector.model_validate(spec)
+    return TargetRule.build(
+        selector,
+        hw_model=release.hw_model,
+        hw_revisions=release.hw_revisions,
+        version=release.version,
+        security_counter=release.security_counter,
+        active=release.deactivated_at is None,
+        release_id=release.id,
+    )
+
+
+def _facts(device: Device, busy: bool) -> DeviceFacts:
+    return DeviceFacts(
+        serial=device.serial,
+        model=device.model,
+        hw_revision=device.hw_revision,
+        firmware_version=device.firmware_version,
+        security_counter=device.security_counter,
+        site=device.site,
+        tags=frozenset(device.tags),
+        decommissioned=device.decommissioned_at is not None,
+        busy=busy,
+    )
+
+
+def _busy_ids(session: Session, device_ids: Collection[int] | None = None) -> set[int]:
+    """Devices with open work in a campaign that holds its devices (of ``device_ids``;
+    None: of the whole fleet)."""
+    query = (
+        select(CampaignDevice.device_id)
+        .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+        .where(
+            Campaign.status.in_(_ACTIVE_CAMPAIGN),
+            CampaignDevice.state.not_in(_TERMINAL_VALUES),
+        )
+    )
+    if device_ids is not None:
+        query = query.where(CampaignDevice.device_id.in_(device_ids))
+    return set(session.scalars(query))
+
+
+def _open_dynamic(session: Session) -> list[int]:
+    return list(
+        session.scalars(
+            select(Campaign.id)
+            .where(Campaign.dynamic.is_(True), Campaign.status.in_(_ACTIVE_CAMPAIGN))
+            .order_by(Campaign.id)
+        )
+    )
+
+
+def hold_for_joins(session: Session) -> bool:
+    """Before a transaction writes devices that may join a dynamic campaign: True when an
+    open dynamic campaign exists; then, on PostgreSQL, campaign creations (and device
+    decommissioning) wait for this transaction, as they wait for each other, so a device
+    is never claimed twice. Taken before any device row is written (the order those take
+    it in), so it cannot deadlock with them."""
+    if not _open_dynamic(session):
+        return False
+    if _locking(session):
+        session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
+    return True
+
+
+def join_dynamic_campaigns(
+    session: Session, devices: Sequence[Device], now: datetime, cause: str
+) -> list[Join]:
+    """Let ``devices`` (just registered, or whose identity, firmware, site or tags just
+    changed) join the open dynamic campaigns they now match (:func:`~bmsfw.fleet.campaigns.
+    joins`): each in the campaign's last phase, *pending* (offered at its next check-in
+    while the campaign runs). Audited (``campaign.join``, which the event stream sends)."""
+    if not devices:
+        return []
+    campaign_ids = _open_dynamic(session)
+    if not campaign_ids:
+        return []
+    query = (
+        select(Campaign, Release)
+        .join(Release, Release.id == Campaign.release_id)
+        .where(Campaign.id.in_(campaign_ids))
+        .order_by(Campaign.id)
+    )
+    if _locking(session):
+        # As an offer does: a pause or cancel that commits first is seen, a later one waits.
+        query = query.with_for_update(read=True, of=Campaign)
+    open_campaigns = []
+    for campaign, release in session.execute(query):
+        try:
+            rule = _rule(release, campaign.selector)
+        except InvalidCampaignSpecError:  # cannot happen: it was valid when created
+            continue
+        phases = len(campaign.phases)
+        open_campaigns.append(
+            DynamicCampaign(campaign.id, campaign.dynamic, campaign.status, phases, rule)
+        )
+    by_id = {d.id: d for d in devices}
+    busy = _busy_ids(session, list(by_id))
+    members = {
+        (campaign_id, by_id[device_id].serial)
+        for campaign_id, device_id in session.execute(
+            select(CampaignDevice.campaign_id, CampaignDevice.device_id).where(
+                CampaignDevice.campaign_id.in_(campaign_ids),
+                CampaignDevice.device_id.in_(list(by_id)),
+            )
+        )
+    }
+    decided = joins(open_campaigns, [_facts(d, d.id in busy) for d in devices], members)
+    by_serial = {d.serial: d for d in devices}
+    for join in decided:
+        device = by_serial[join.serial]
+        session.add(
+            CampaignDevice(
+                campaign_id=join.campaign_id,
+                device_id=device.id,
+                phase_index=join.phase_index,
+                state=S.PENDING.value,
+                error_code="",
+                detail="",
+                created_at=now,
+                state_changed_at=now,
+                offered_at=None,
+                finished_at=None,
+            )
+        )
+        log.info("device %s joined dynamic campaign %d", join.serial, join.campaign_id)
+        audit(
+            session,
+            None,
+            "campaign.join",
+            f"campaign:{join.campaign_id}",
+            now,
+            device=join.serial,
+            phase=join.phase_index,
+            cause=cause,
+        )
+    if decided:
+        session.flush()
+    return decided
 
 
 class CampaignOps(ServiceBase):
     def preview_campaign(self, spec: CampaignSpec) -> dict[str, Any]:
         """Which devices a campaign of ``spec`` would target now; nothing is created or
         claimed (the dashboard's live preview). ``sites`` counts targets per site."""
-        range_ = _version_range(spec)
         now = self.clock.now()
         online = timedelta(seconds=self.settings.online_after_s)
         with self.sessions() as session:
             release = session.get(Release, spec.release_id)
             if release is None:
                 raise FleetNotFoundError(f"no release with id {spec.release_id}")
-            targets = self._resolve_targets(session, release, spec, range_)
+            targets = self._resolve_targets(session, release, spec)
             sites = dict(sorted(Counter(d.site for d in targets).items()))
             windows = {
                 w.site: {"timezone": w.timezone, "windows": w.windows}
@@ -84,11 +229,11 @@ class CampaignOps(ServiceBase):
             "windows": dict(sorted(windows.items())),
             "offline": sum(1 for d in targets if now - d.last_seen_at >= online),
             "needs_approval": needs_approval(self.settings.approval_above_devices, len(targets)),
+            "dynamic": spec.dynamic,
         }
 
     def create_campaign(self, principal: Principal, spec: CampaignSpec) -> dict[str, Any]:
         now = self.clock.now()
-        range_ = _version_range(spec)
         refused: SafetyCriticalOtaRefusedError | None = None
         with self.sessions() as session, session.begin():
             release = session.get(Release, spec.release_id)
@@ -124,8 +269,8 @@ class CampaignOps(ServiceBase):
                     f"release {release.id} ({release.product} {release.version}) was "
                     f"deactivated on {release.deactivated_at.isoformat()}"
                 )
-            targets = self._resolve_targets(session, release, spec, range_)
-            if not targets:
+            targets = self._resolve_targets(session, release, spec)
+            if not targets and not spec.dynamic:
                 raise NoTargetDevicesError(
                     f"no device matches the selector for release {release.id} "
                     f"({release.hw_model} rev {', '.join(release.hw_revisions)})"
@@ -142,12 +287,15 @@ class CampaignOps(ServiceBase):
                 phases=phases,
                 error_threshold_pct=spec.error_threshold_pct,
                 bandwidth_floor_bps=spec.bandwidth_floor_bps,
+                dynamic=spec.dynamic,
                 status=(
                     NEEDS_APPROVAL
                     if needs_approval(self.settings.approval_above_devices, len(targets))
                     else "running"
                 ),
-                current_phase=0,
+                # A dynamic campaign that matches nobody yet has nothing to try in its
+                # early phases: it starts in the last one, which later devices join.
+                current_phase=0 if targets else len(phases) - 1,
                 phase_started_at=now,
                 phase_threshold_met_at=None,
                 acknowledged_failures=0,
@@ -186,61 +334,32 @@ class CampaignOps(ServiceBase):
                 targets=len(targets),
                 phases=phases,
                 status=campaign.status,
+                dynamic=spec.dynamic,
             )
             session.flush()
             return self._campaign_dict(session, campaign)
 
     def _resolve_targets(
-        self,
-        session: Session,
-        release: Release,
-        spec: CampaignSpec,
-        range_: VersionRange | None,
+        self, session: Session, release: Release, spec: CampaignSpec
     ) -> list[Device]:
-        sel = spec.selector
-        if sel.models and release.hw_model not in sel.models:
-            raise InvalidCampaignSpecError(
-                f"release {release.id} is for {release.hw_model}, not {', '.join(sel.models)}"
-            )
-        revisions = set(release.hw_revisions)
-        if sel.hw_revisions:
-            revisions &= set(sel.hw_revisions)
+        """The devices :func:`~bmsfw.fleet.campaigns.refusal` accepts, in serial order."""
+        rule = _rule(release, spec)
+        # Narrowed in SQL on indexed columns (the rule checks these again, and the rest).
         query = select(Device).where(
-            Device.model == release.hw_model,
-            Device.hw_revision.in_(sorted(revisions)),
+            Device.model == rule.hw_model,
+            Device.hw_revision.in_(sorted(rule.hw_revisions)),
             Device.decommissioned_at.is_(None),
         )
-        if sel.sites:
-            query = query.where(Device.site.in_(sel.sites))
-        if sel.serials:
-            query = query.where(Device.serial.in_(sel.serials))
-        busy = set(
-            session.scalars(
-                select(CampaignDevice.device_id)
-                .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
-                .where(
-                    Campaign.status.in_(_ACTIVE_CAMPAIGN),
-                    CampaignDevice.state.not_in(_TERMINAL_VALUES),
-                )
-            )
-        )
-        wanted_tags = set(sel.tags)
-        targets = []
-        for device in session.scalars(query.order_by(Device.serial)):
-            if device.id in busy or device_runs(release.version, device.firmware_version):
-                continue
-            if device.security_counter > release.security_counter:
-                continue  # anti-rollback would reject it on the device anyway
-            if wanted_tags and not wanted_tags <= set(device.tags):
-                continue
-            if range_ is not None:
-                try:
-                    if not range_.contains(device.firmware_version):
-                        continue
-                except ValueError:
-                    continue
-            targets.append(device)
-        return targets
+        if rule.sites:
+            query = query.where(Device.site.in_(sorted(rule.sites)))
+        if rule.serials:
+            query = query.where(Device.serial.in_(sorted(rule.serials)))
+        busy = _busy_ids(session)
+        return [
+            device
+            for device in session.scalars(query.order_by(Device.serial))
+            if refusal(rule, _facts(device, device.id in busy)) is None
+        ]
 
     def pause(self, principal: Principal, campaign_id: int, reason: str) -> dict[str, Any]:
         return self._set_status(principal, campaign_id, "pause", reason)

@@ -71,6 +71,7 @@ from bmsfw.fleet.service._base import (
     ServiceBase,
     audit,
 )
+from bmsfw.fleet.service.campaigns import hold_for_joins, join_dynamic_campaigns
 from bmsfw.package.version import device_runs
 
 # Prebuilt check-in statements (built once; SQLAlchemy caches their compiled form).
@@ -272,6 +273,23 @@ DECOMMISSIONED_CHECK_IN = "decommissioned_check_in"
 def _retired_gateway(name: str, since: datetime) -> GatewayDecommissionedError:
     return GatewayDecommissionedError(
         f"gateway {name!r} was decommissioned on {since.isoformat()}; nothing it sent was applied"
+    )
+
+
+class _Inventory(NamedTuple):
+    refused: list[Refusal]  # devices refused, with the code why
+    changed: list[Device]  # new, or changed in what a selector reads: may join a campaign
+
+
+def _selected_by(device: Device) -> tuple[str, str, str, int, str, list[str]]:
+    """What campaign selectors and the target rule read of a device."""
+    return (
+        device.model,
+        device.hw_revision,
+        device.firmware_version,
+        device.security_counter,
+        device.site,
+        list(device.tags),
     )
 
 
@@ -524,9 +542,13 @@ class CheckInOps(ServiceBase):
             with Session(bind=conn) as session:
                 gateway = session.get(Gateway, principal.gateway_id)
                 assert gateway is not None
+                joining = hold_for_joins(session)  # before any device row is written
                 self._update_gateway(session, principal, gateway, body, now)
-                refused = self._update_inventory(session, principal, gateway, body, now)
+                inventory = self._update_inventory(session, principal, gateway, body, now)
+                refused = inventory.refused
                 session.flush()
+                if joining:
+                    join_dynamic_campaigns(session, inventory.changed, now, "check-in")
                 site = gateway.site
             rows = conn.execute(devices_work, {"b_serials": serials}).all()
         # Work is offered for this gateway's own devices only.
@@ -563,8 +585,9 @@ class CheckInOps(ServiceBase):
 
     def _update_inventory(
         self, session: Session, principal: Principal, gateway: Gateway, body: CheckIn, now: datetime
-    ) -> list[Refusal]:
-        """Apply the reported inventory; returns the devices refused, with the code why.
+    ) -> _Inventory:
+        """Apply the reported inventory; returns the devices refused, with the code why,
+        and the devices that are new or changed in what a campaign selects them by.
 
         A device belongs to the gateway that registered it. A check-in naming a device
         of another gateway changes nothing about it (no move, no telemetry): the device
@@ -580,6 +603,7 @@ class CheckInOps(ServiceBase):
         }
         refused: list[Refusal] = []
         retired: list[str] = []
+        changed: list[Device] = []
         for report in body.devices:
             device = existing.get(report.serial)
             if device is not None and device.gateway_id != gateway.id:
@@ -638,7 +662,17 @@ class CheckInOps(ServiceBase):
                     firmware_version=report.firmware_version,
                 )
                 self._check_hash(session, device, report.firmware_sha256, now)
+                changed.append(device)
             else:
+                if _selected_by(device) != (
+                    report.model,
+                    report.hw_revision,
+                    report.firmware_version,
+                    report.security_counter,
+                    gateway.site,
+                    tags,
+                ):
+                    changed.append(device)
                 if device.site != gateway.site:
                     device.site = gateway.site
                 if device.tags != tags:
@@ -692,7 +726,7 @@ class CheckInOps(ServiceBase):
                     serials=serials[:_AUDIT_LIST_CAP],
                     count=len(serials),
                 )
-        return refused
+        return _Inventory(refused, changed)
 
     def _firmware_changed(
         self, session: Session, principal: Principal, device: Device, version: str, now: datetime

@@ -40,6 +40,7 @@ from bmsfw.fleet.service._base import (
     _locking,
     audit,
 )
+from bmsfw.fleet.service.campaigns import hold_for_joins, join_dynamic_campaigns
 
 
 class InventoryOps(ServiceBase):
@@ -122,6 +123,7 @@ class InventoryOps(ServiceBase):
         """Move a device to another gateway (an operator action; check-ins never move one)."""
         now = self.clock.now()
         with self.sessions() as session, session.begin():
+            joining = hold_for_joins(session)  # before the device row is written
             device = self._device(session, serial)
             target = session.scalars(
                 select(Gateway).where(Gateway.name == gateway_name)
@@ -146,7 +148,11 @@ class InventoryOps(ServiceBase):
                     from_gateway=source.name if source else None,
                     to_gateway=target.name,
                 )
+                moved_site = device.site != target.site
                 device.gateway_id, device.site = target.id, target.site
+                session.flush()
+                if joining and moved_site:
+                    join_dynamic_campaigns(session, [device], now, "move")
             session.flush()
             flags = open_flag_kinds(session, [device.id]).get(device.id, [])
             return _device_dict(device, target.name, flags)

@@ -71,6 +71,8 @@ def spec_from_form(form: dict[str, str]) -> CampaignSpec:
                     "tags": _names(form.get("tags", "")),
                     "version_range": form.get("version_range", "").strip(),
                 },
+                # A checkbox: present ("on") when ticked, absent otherwise.
+                "dynamic": bool(form.get("dynamic")),
             }
         )
     except ValidationError as exc:
@@ -81,7 +83,7 @@ def spec_from_form(form: dict[str, str]) -> CampaignSpec:
 
 _FORM_DEFAULTS = {"canary": "5", "percents": "10, 50, 100"}  # as campaign_new.html fills it
 _PREVIEW_FIELDS = frozenset(
-    {"release_id", "models", "sites", "tags", "version_range", "canary", "percents"}
+    {"release_id", "models", "sites", "tags", "version_range", "canary", "percents", "dynamic"}
 )
 
 
