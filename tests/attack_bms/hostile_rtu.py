@@ -152,6 +152,10 @@ class RtuBehaviour:
     window_delay_s: float = 0.0  # every transfer-window write answered this late
     last_message: bytes = b"CONFIRM refused: nothing to confirm"  # text of a refusal
     self_test_detail: str = ""  # the self-test document's detail of its one check
+    config_document: bytes | None = None  # None: a valid configuration document
+    doc_length: int | None = None  # the length it claims for a document (None: the real)
+    soc_raw: int = 5000  # 0.01 %
+    temps_raw: tuple[int, int] = (250, 251)  # 0.1 degC, s16 as u16
 
 
 class RtuBms(HostileRtuBms):
@@ -231,10 +235,12 @@ class RtuBms(HostileRtuBms):
         return {k: v.encode() if isinstance(v, str) else v for k, v in texts.items()}
 
     def _registers(self, address: int, count: int) -> dict[int, int]:
-        regs: dict[int, int] = {0x0000: 1, 0x0001: 5000, 0x0006: 24_000, 0x000A: 16, 0x000B: 2}
+        b = self.b
+        regs: dict[int, int] = {0x0000: 1, 0x0001: b.soc_raw, 0x0006: 24_000, 0x000A: 16}
         regs.update(zip(range(0x0002, 0x0004), u32(57_600), strict=True))
         regs.update(dict.fromkeys(range(0x0010, 0x0020), 36_000))
-        regs.update({0x0050: 250, 0x0051: 251})
+        regs[0x000B] = len(b.temps_raw)
+        regs.update(enumerate((t & 0xFFFF for t in b.temps_raw), 0x0050))
         boot = [4, self.bank, IMAGE_STATES[self.image_state], 1, *u32(self.counter)]
         boot += to_registers(self.version, 16)
         regs.update(enumerate(boot, 0x0100))
@@ -250,7 +256,8 @@ class RtuBms(HostileRtuBms):
         regs[0x0420] = len(self.challenge)
         if DOC_LENGTH <= address < DOC_DATA + 0x4000:
             document = self._document()
-            regs.update(zip(range(DOC_LENGTH, DOC_DATA), u32(len(document)), strict=True))
+            length = len(document) if b.doc_length is None else b.doc_length
+            regs.update(zip(range(DOC_LENGTH, DOC_DATA), u32(length), strict=True))
             data = to_registers(document, (len(document) + 1) // 2)
             regs.update(enumerate(data, DOC_DATA))
         return {a: regs.get(a, 0) for a in range(address, address + count)}
@@ -259,6 +266,8 @@ class RtuBms(HostileRtuBms):
         if self.doc == 2:
             check = {"name": "cells", "passed": True, "value": "3.600 V", "limit": "3.0-4.2 V"}
             return json.dumps([{**check, "detail": self.b.self_test_detail}]).encode()
+        if self.b.config_document is not None:
+            return self.b.config_document
         config = {"cell_ov_mv": 3650, "rs485_unit": self.unit}
         calibration = {"current_gain": 1.0}
         body = {"config": config, "calibration": calibration}

@@ -53,3 +53,14 @@ def test_refused_confirm_and_fake_rollback_is_not_rolled_back(
     assert result.report.outcome == "failed"
     assert result.report.running_version.startswith("2.0.0")
     assert result.bms.s.version.startswith("2.0.0")
+
+
+def test_confirm_answered_without_its_status_is_no_success(attack: Callable[..., Attack]) -> None:
+    """The confirm routine answers with no status record at all: an invalid answer (E363),
+    never "updated", and nothing written after it."""
+    result = attack(Behaviour(confirm_status=b""))
+    assert result.code == "BMSFW-E363", result.report.error
+    assert result.report.outcome != "updated"
+    assert not result.report.ok
+    assert result.bms.writes[-1] == "31010203"  # RoutineControl start CONFIRM, the last
+    assert result.seconds < 10

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from cli_support import run_bmsfw
 
 from .conftest import NEW_VERSION, CliAttack
-from .hostile_rtu import COMMAND_REGISTER, CONFIRM, RtuBehaviour
+from .hostile_rtu import COMMAND_REGISTER, CONFIRM, DOC_SELECT, RtuBehaviour, RtuBms
 
 WALL_S = 20  # each run takes ~3 s here; generous for a loaded 2-CPU CI machine
 REFUSED = (0x10, COMMAND_REGISTER)  # the last write: the command the BMS refused or lied on
@@ -159,3 +161,49 @@ def test_device_strings_are_shown_as_text(rtu_update: Callable[..., CliAttack]) 
     assert r"\x1b]0;owned\x07\x1b[2J\x1b[H[green]UPDATED OK[/green]" in shown
     assert r"\x1b[1A\x1b[2K[link=http://x]ok[/link]" in report.stdout
     assert run.seconds < WALL_S
+
+
+# --- the other commands that read device data: `backup` and `info` ------------------------
+
+
+def rtu_link(bms: RtuBms) -> list[str]:
+    return ["--serial", bms.port, "--unit", "1", "--timeout", "0.5"]
+
+
+NAN_CONFIG = b'{"schema_version":1,"config":{"cell_ov_mv":NaN},"calibration":{},"checksum":""}'
+
+
+@pytest.mark.req("IEC62443-CR3.5")
+@pytest.mark.parametrize(
+    "behaviour",
+    [RtuBehaviour(doc_length=0xFFFFFFFF), RtuBehaviour(config_document=NAN_CONFIG)],
+    ids=["document-of-4-gib", "nan"],
+)
+def test_backup_of_a_hostile_configuration_document(
+    behaviour: RtuBehaviour, tmp_path: Path
+) -> None:
+    """`bmsfw backup` (its own process): E381, exit 5, no traceback, no backup file, and
+    nothing written but the document select."""
+    with RtuBms(behaviour) as bms:
+        started = time.monotonic()
+        result = run_bmsfw("backup", *rtu_link(bms), "--to", str(tmp_path / "b"), "--json")
+        seconds = time.monotonic() - started
+    assert result.returncode == 5, result.stderr
+    assert json.loads(result.stdout)["error"]["code"] == "BMSFW-E381"
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / "b").rglob("*.json"))
+    assert bms.writes == [(0x10, DOC_SELECT)]
+    assert seconds < WALL_S
+
+
+def test_info_never_shows_impossible_telemetry() -> None:
+    """SOC 250 % and -300 degC are not printed as values: `bmsfw info` ends with E365, exit
+    5 (a device answer outside physics is a transport-level invalid answer, docs/cli.md)."""
+    with RtuBms(RtuBehaviour(soc_raw=25_000, temps_raw=(250, -3000))) as bms:
+        result = run_bmsfw("info", *rtu_link(bms), "--json")
+    assert "Traceback" not in result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "BMSFW-E365", result.stdout
+    assert "state of charge" in error["message"]
+    assert result.returncode == 5
+    assert bms.writes == []
