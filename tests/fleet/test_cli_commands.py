@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -195,3 +196,25 @@ def _bmsfw() -> list[str]:
     from cli_support import BMSFW
 
     return [BMSFW]
+
+
+def test_a_dynamic_campaign_from_the_command_line(served: Served, pki: Any) -> None:
+    """`campaign-create --dynamic` for a site with no packs yet (one CLI run: they are
+    slow); the first pack installed there joins its last phase."""
+    with served.client("admin") as c:
+        east = c.post("gateways", {"name": "gw-east", "site": "east", "tags": []})["token"]
+    with served.client("release_manager") as c:
+        release = c.upload_release(make_release(pki, "1.4.2"), "r-1.4.2.bmsfw")
+    out = served.run(
+        "operator", "campaign-create", "--name", "east packs", "--release", str(release["id"]),
+        "--phases", "canary:2,100%", "--site", "east", "--dynamic",
+    ).stdout  # fmt: skip
+    shown = re.search(
+        r"campaign (\d+) 'east packs': running \(dynamic\), phase 2/2 .* 0 devices", out
+    )
+    assert shown, out
+    with FleetClient(ClientConfig(served.url, east, ca_file=served.ca)) as gw:
+        gw.post("agent/check-in", {"devices": [bms("E1")]})
+    with served.client("viewer") as c:
+        devices = c.get(f"campaigns/{shown.group(1)}/devices")
+    assert [(d["device_serial"], d["phase"], d["state"]) for d in devices] == [("E1", 1, "offered")]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from playwright.sync_api import BrowserContext, Page, expect
 
 from bmsfw.fleet.web.catalogue import explain
-from fleet.conftest import make_release
+from fleet.conftest import bms, make_release
 
 from .conftest import FAILED_CODE, MARKUP_SERIAL, SHOTS, Dashboard
 
@@ -471,3 +471,44 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
         assert page.locator("main img, main script").count() == 0, path
         assert page.evaluate("window.__pwned") is None, path
     assert problems == [], problems
+
+
+def test_a_pack_joining_a_dynamic_campaign_appears_on_its_page_by_itself(
+    dashboard: Dashboard, page: Page
+) -> None:
+    """A dynamic campaign for a site with no packs yet, made with the form's Dynamic box:
+    the first pack installed there joins, and the open campaign page shows it over the
+    event stream (the page polls only every 30 s while the stream is open)."""
+    east = dashboard.call("POST", "/gateways", json={"name": "gw-east", "site": "east"})
+    release = dashboard.api.post(
+        "/api/v1/releases",
+        headers={"Authorization": f"Bearer {dashboard.tokens['release_manager']}"},
+        content=make_release(dashboard.extra["pki"], "1.4.2"),
+        params={"filename": "bms-1.4.2.bmsfw"},
+    ).json()
+    dashboard.sign_in(page, "operator")
+    page.goto(f"{dashboard.url}/ui/campaigns/new")
+    page.fill("input[name=name]", "East, as packs arrive")
+    page.select_option("select[name=release_id]", str(release["id"]))
+    page.fill("input[name=sites]", "east")
+    page.get_by_test_id("dynamic").check()
+    expect(page.get_by_test_id("preview")).to_have_text(
+        "This targets 0 device(s) in 0 site(s); 0 are offline. Dynamic: devices that match "
+        "later join its last phase until it is cancelled."
+    )
+    page.get_by_test_id("create").click()
+    expect(page.get_by_test_id("dynamic")).to_contain_text("join its last phase (100%)")
+    expect(page.get_by_test_id("campaign-status")).to_have_text("running")
+    expect(page.locator("#live")).to_contain_text("0 device(s)")
+    expect(page.locator("html")).to_have_attribute("data-live", "sse")
+    page.wait_for_timeout(2500)  # the one poll scheduled before the stream opened is over
+    page.evaluate("window.__same_page = true")  # gone if the page were reloaded
+    auth = {"Authorization": f"Bearer {east['token']}"}
+    answer = dashboard.api.post(
+        "/api/v1/agent/check-in", headers=auth, json={"devices": [bms("BMS-EAST-001")]}
+    )
+    assert [o["device_serial"] for o in answer.json()["offers"]] == ["BMS-EAST-001"]
+    row = page.locator("#live tbody tr", has_text="BMS-EAST-001")
+    expect(row).to_contain_text("offered", timeout=6000)
+    expect(row).to_contain_text("100%")  # the last phase
+    assert page.evaluate("window.__same_page") is True
