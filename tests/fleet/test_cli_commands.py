@@ -6,6 +6,7 @@ in a file; tables by default, `--json` for scripts, exit codes as docs/cli.md sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,15 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, pki: Any, root_pem: bytes) -> Iterator[Served]:
+    with _served(tmp_path_factory, pki, root_pem) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def _served(
+    tmp_path_factory: pytest.TempPathFactory, pki: Any, root_pem: bytes, **config: Any
+) -> Iterator[Served]:
+    """A server with two gateways, five devices, release 1 and its campaign on "north"."""
     tmp = tmp_path_factory.mktemp("fleet-cli")
     tls = write_test_ca_and_server(tmp, ca_name="bmsfw fleet cli test CA")
     db_url = f"sqlite:///{tmp / 'fleet.db'}"
@@ -65,10 +75,15 @@ def served(tmp_path_factory: pytest.TempPathFactory, pki: Any, root_pem: bytes) 
         files[role] = tmp / f"{role}.token"
         files[role].write_text(token + "\n")
         files[role].chmod(0o600)
-    config = ServerConfig(
-        db_url=db_url, trust_root_pem=root_pem, tick_interval_s=0, check_ins_per_s=0, migrate=False
+    server = ServerConfig(
+        db_url=db_url,
+        trust_root_pem=root_pem,
+        tick_interval_s=0,
+        check_ins_per_s=0,
+        migrate=False,
+        **config,
     )
-    with serve_https(create_app(config), tls, "fleet-cli") as url:
+    with serve_https(create_app(server), tls, "fleet-cli") as url:
         s = Served(url, tls.ca, files, tokens)
         with s.client("admin") as c:
             gateways = {
@@ -190,6 +205,37 @@ def test_operator_actions(served: Served) -> None:
     gone = served.json("operator", "device", "decommission", "S2")
     assert gone["decommissioned_at"]
     assert [d["serial"] for d in served.json("viewer", "devices", "--site", "south")] == ["S2"]
+
+
+def test_four_eyes_from_the_command_line(
+    tmp_path_factory: pytest.TempPathFactory, pki: Any, root_pem: bytes
+) -> None:
+    with _served(tmp_path_factory, pki, root_pem, four_eyes=True) as served:
+        asked = served.run(
+            "release_manager", "release", "deactivate", "1", "--running", "finish",
+            "--reason", "bad",
+        ).stdout  # fmt: skip
+        asked = " ".join(asked.split())  # the terminal width may wrap it
+        assert "waiting for approval: request 1 (deactivate release 1" in asked
+        assert "`bmsfw fleet approve 1`" in asked
+        table = served.run("viewer", "approvals").stdout
+        assert "release.deactivate" in table and "release_manager" in table
+        own = served.run("release_manager", "approve", "1", check=FLEET_EXIT)
+        assert "BMSFW-E650" in own.stderr
+        with served.client("viewer") as c:
+            (waiting,) = c.get("approvals")
+            assert waiting["running"] == "finish"
+            assert c.get("releases")[0]["deactivated_at"] is None
+        done = " ".join(served.run("admin", "approve", "1").stdout.split())
+        assert "request 1 approved by operator:admin: deactivate release 1" in done
+        with served.client("admin") as c:
+            assert c.get("releases")[0]["deactivated_at"]
+            assert c.get("campaigns")[0]["status"] == "running"  # let finish
+            c.post("tokens/2/revoke")  # waits: request 2
+        (decided,) = served.json("viewer", "approvals", "--status", "approved")
+        assert decided["decided_by"] == "operator:admin"
+        withdrawn = " ".join(served.run("admin", "reject", "2", "--note", "x").stdout.split())
+        assert "request 2 withdrawn by operator:admin" in withdrawn
 
 
 def _bmsfw() -> list[str]:

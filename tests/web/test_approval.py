@@ -62,7 +62,7 @@ def test_a_large_campaign_waits_for_a_second_person(fleet: Fleet, pki: VendorPki
         for e in fleet.call("GET", "/api/v1/audit")
         if e["target"] == f"campaign:{campaign['id']}"
     ]
-    assert ("campaign.approve_refused", "operator:test-operator") in actions
+    assert ("approval.refused", "operator:test-operator") in actions
     assert ("campaign.approve", "operator:test-release_manager") in actions
 
 

@@ -254,6 +254,27 @@ def fleet_group() -> None:
     help="Failed authentications per source address and per presented token and minute "
     "before 429 (0: no limit).",
 )
+@click.option(
+    "--approval-above-devices",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Four eyes: a campaign of more devices than this waits for a second person's "
+    "approval (0: every campaign; default: none).",
+)
+@click.option(
+    "--four-eyes",
+    is_flag=True,
+    help="Four eyes for every other safety-relevant action: release deactivation, token "
+    "revocation, gateway and device decommissioning, resuming after the error threshold "
+    "(docs/fleet.md).",
+)
+@click.option(
+    "--approval-ttl-h",
+    default=24.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Hours an approval request waits before it expires (nothing done).",
+)
 def serve_command(  # noqa: PLR0917 - one parameter per click option
     db_url: str,
     artifacts: Path | None,
@@ -274,6 +295,9 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
     check_ins_per_s: float,
     check_in_burst: float,
     auth_failures_per_min: float,
+    approval_above_devices: int | None,
+    four_eyes: bool,
+    approval_ttl_h: float,
 ) -> None:
     """Migrate the database and serve the HTTP(S) API."""
     from bmsfw.fleet.server import ServeOptions, serve
@@ -301,6 +325,9 @@ def serve_command(  # noqa: PLR0917 - one parameter per click option
             check_ins_per_s=check_ins_per_s,
             check_in_burst=check_in_burst,
             auth_failures_per_min=auth_failures_per_min,
+            approval_above_devices=approval_above_devices,
+            four_eyes=four_eyes,
+            approval_ttl_s=approval_ttl_h * 3600.0,
         )
     )
 
@@ -553,7 +580,12 @@ def campaign_command(  # noqa: PLR0917 - one parameter per click option
             result = client.post(f"campaigns/{campaign_id}/{action}")
         else:
             result = client.post(f"campaigns/{campaign_id}/{action}", {"reason": reason})
-    _render_campaign(result, as_json)
+    from bmsfw.cli._fleet_ops import show_result, waits_for_approval
+
+    if waits_for_approval(result):  # a resume after the error threshold, with four eyes on
+        show_result(result, as_json, str)
+    else:
+        _render_campaign(result, as_json)
 
 
 def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:

@@ -1,7 +1,9 @@
-"""``bmsfw fleet releases / devices / gateways / campaigns / flags / audit`` (lists, one
-page or ``--all``) and the operator actions that change things: ``token revoke``,
-``site windows``, ``release deactivate``, ``gateway decommission``, ``device
-decommission`` and ``device move``; ``campaign ID devices`` shows each device's state.
+"""``bmsfw fleet releases / devices / gateways / campaigns / flags / audit / approvals``
+(lists, one page or ``--all``) and the operator actions that change things: ``token
+revoke``, ``site windows``, ``release deactivate``, ``gateway decommission``, ``device
+decommission`` and ``device move``, ``approve`` and ``reject`` (four eyes); ``campaign ID
+devices`` shows each device's state. With four eyes on, a safety-relevant action answers
+with the approval request it waits on, and the command says so (exit code 0).
 
 Thin over the HTTP API: every command is one or a few requests with the operator's
 token (``--token-file``); the server decides and audits. Tables on a terminal,
@@ -20,10 +22,10 @@ from urllib.parse import quote
 
 import click
 
-from bmsfw.cli._render import Table, console, err_console, print_json
+from bmsfw.cli._render import Table, console, err_console, one_line, print_json
 from bmsfw.errors import UsageError
 
-__all__ = ["add_operator_commands"]
+__all__ = ["add_operator_commands", "show_result", "waits_for_approval"]
 
 ServerOptions = Callable[[Any], Any]
 ClientFactory = Callable[[str, str | None, Path | None], Any]
@@ -92,6 +94,11 @@ _DEVICE_COLUMNS = (
     "serial", "gateway", "site", "model", "hw_revision", "firmware_version", "soc_pct",
     "temperature_c", "last_seen_at", "flags",
 )  # fmt: skip
+_APPROVAL_COLUMNS = (
+    "id", "action", "target", "summary", "min_role", "requested_by", "requested_at",
+    "expires_at", "status",
+)  # fmt: skip
+_APPROVAL_STATES = ("waiting", "approved", "rejected", "withdrawn", "expired", "failed", "all")
 _FLAG_COLUMNS = ("id", "device_serial", "kind", "detail", "raised_at", "acknowledged_at")
 _CAMPAIGN_DEVICE_COLUMNS = (
     "device_serial", "phase", "state", "error_code", "detail", "state_changed_at",
@@ -201,6 +208,9 @@ def add_operator_commands(
     group.add_command(_gateway_group(server_options, client))
     group.add_command(_device_group(server_options, client))
     group.add_command(_site_group(server_options, client))
+    group.add_command(_approvals_command(server_options, client))
+    group.add_command(_decide_command("approve", server_options, client))
+    group.add_command(_decide_command("reject", server_options, client))
     token = group.commands.get("token")
     assert isinstance(token, click.Group)
     token.add_command(_token_revoke(server_options, client))
@@ -307,7 +317,82 @@ def _retire_command(  # noqa: PLR0917 - what differs between the retiring comman
     ) -> None:
         with client(server, token, ca) as c:
             result = c.post(path(kw[argument.lower()]), {"reason": reason})
-        _emit(result, as_json, lambda r: console.print(render(r)))
+        show_result(result, as_json, render)
+
+    return command
+
+
+def waits_for_approval(result: Any) -> bool:
+    """Whether an action's answer is the approval request it waits on (four eyes)."""
+    return isinstance(result, dict) and result.get("status") == "waiting" and "min_role" in result
+
+
+def show_result(result: Any, as_json: bool, render: Callable[[dict[str, Any]], str]) -> None:
+    """An action's answer: done (``render``) or waiting for a second person."""
+
+    def show(r: dict[str, Any]) -> None:
+        if waits_for_approval(r):
+            console.print(
+                f"waiting for approval: request {r['id']} ({one_line(r['summary'])}); "
+                f"a second person with the role {r['min_role']} or above approves it "
+                f"with `bmsfw fleet approve {r['id']}` before {r['expires_at']}"
+            )
+        else:
+            console.print(render(r))
+
+    _emit(result, as_json, show)
+
+
+def _approvals_command(server_options: ServerOptions, client: ClientFactory) -> Any:
+    @click.command("approvals")
+    @server_options
+    @click.option(
+        "--status",
+        type=click.Choice(_APPROVAL_STATES),
+        default="waiting",
+        show_default=True,
+        help="Only requests in this state ('all': every one).",
+    )
+    @_paging_options
+    def approvals(
+        server: str, token: str | None, ca: Path | None, status: str, listing: _Listing
+    ) -> None:
+        """Four eyes: what waits for a second person's approval (or, with --status, what
+        was decided), oldest first. Approve with `bmsfw fleet approve ID`."""
+        with client(server, token, ca) as c:
+            rows = listing.fetch(c, "approvals", {"status": status})
+        listing.show(rows, f"approval requests ({status})", _APPROVAL_COLUMNS)
+
+    return approvals
+
+
+def _decide_command(verb: str, server_options: ServerOptions, client: ClientFactory) -> Any:
+    helps = {
+        "approve": "Approve a waiting request as a second person with the role it names "
+        "(never your own: E650); the action runs now.",
+        "reject": "Reject a waiting request (your own: withdraw it); nothing is done.",
+    }
+
+    @click.command(verb, help=helps[verb])
+    @server_options
+    @click.argument("approval_id", type=click.IntRange(min=1))
+    @click.option("--note", default="", help="Why (reject only; kept in the audit log).")
+    @_json_flag
+    def command(  # noqa: PLR0917 - one parameter per click option
+        server: str, token: str | None, ca: Path | None, approval_id: int, note: str, as_json: bool
+    ) -> None:
+        with client(server, token, ca) as c:
+            body = {"note": note} if verb == "reject" else None
+            result = c.post(f"approvals/{approval_id}/{verb}", body)
+
+        def show(r: dict[str, Any]) -> None:
+            request = r["approval"] if verb == "approve" else r
+            console.print(
+                f"request {request['id']} {request['status']} by {request['decided_by']}: "
+                f"{one_line(request['summary'])}"
+            )
+
+        _emit(result, as_json, show)
 
     return command
 
@@ -317,21 +402,42 @@ def _release_group(server_options: ServerOptions, client: ClientFactory) -> clic
     def release() -> None:
         """One release: pull it from service."""
 
-    release.add_command(
-        _retire_command(
-            "deactivate",
-            "RELEASE_ID",
-            lambda rid: f"releases/{_positive_id(rid)}/deactivate",
-            "Pull a release (release_manager): no new campaign may use it, its running and "
-            "paused campaigns are cancelled, gateways can no longer download it.",
+    @release.command("deactivate")
+    @server_options
+    @click.argument("release_id", metavar="RELEASE_ID")
+    @click.option("--reason", default="", help="Why (kept in the audit log).")
+    @click.option(
+        "--running",
+        type=click.Choice(["stop", "finish"]),
+        default="stop",
+        show_default=True,
+        help="Its running and paused campaigns: 'stop' (cancelled, offers not yet taken "
+        "withdrawn) or 'finish' (they run to their end).",
+    )
+    @_json_flag
+    def deactivate(  # noqa: PLR0917 - one parameter per click option
+        server: str,
+        token: str | None,
+        ca: Path | None,
+        release_id: str,
+        reason: str,
+        running: str,
+        as_json: bool,
+    ) -> None:
+        """Pull a release (release_manager): no new campaign may use it; its running
+        campaigns stop or finish (--running); with four eyes on, it waits for approval."""
+        number = _positive_id(release_id)
+        with client(server, token, ca) as c:
+            result = c.post(f"releases/{number}/deactivate", {"reason": reason, "running": running})
+        show_result(
+            result,
+            as_json,
             lambda r: (
                 f"release {r['id']} ({r['product']} {r['version']}) deactivated at "
-                f"{r['deactivated_at']}"
+                f"{r['deactivated_at']}; running campaigns: {running}"
             ),
-            server_options,
-            client,
         )
-    )
+
     return release
 
 
@@ -475,11 +581,7 @@ def _token_revoke(server_options: ServerOptions, client: ClientFactory) -> Any:
         """Revoke an operator token by its id (admin; ids in `bmsfw fleet access-review`)."""
         with client(server, token, ca) as c:
             result = c.post(f"tokens/{credential_id}/revoke")
-        _emit(
-            result,
-            as_json,
-            lambda r: console.print(f"credential {r['id']} revoked at {r['revoked_at']}"),
-        )
+        show_result(result, as_json, lambda r: f"credential {r['id']} revoked at {r['revoked_at']}")
 
     return revoke
 

@@ -89,8 +89,10 @@ from bmsfw.fleet.protocol import (
 from bmsfw.fleet.rate_limits import SharedBuckets
 from bmsfw.fleet.releases import TrustRoot, safe_filename
 from bmsfw.fleet.schemas import (
+    ApprovalQuery,
     AuditQuery,
     CampaignSpec,
+    Deactivation,
     DeviceMove,
     DeviceQuery,
     FlagQuery,
@@ -101,10 +103,13 @@ from bmsfw.fleet.schemas import (
     TokenCreate,
 )
 from bmsfw.fleet.service import FleetService, ServiceSettings
+from bmsfw.fleet.service.approvals import Outcome, SafetyAction
 from bmsfw.fleet.telemetry import TelemetryHistory, TelemetryPolicy
-from bmsfw.fleet.tuf_repo import TufRepository, TufSettings, tuf_releases
+from bmsfw.fleet.tuf_repo import TufRelease, TufRepository, TufSettings, tuf_releases
 from bmsfw.fleet.views import (
     AccessReviewEntry,
+    ApprovalDecision,
+    ApprovalView,
     AuditEntryView,
     BackupContent,
     CampaignDeviceView,
@@ -185,6 +190,11 @@ class ServerConfig:
     # Four eyes: campaigns of more devices than this wait for a second person's approval
     # (None: never; 0: every campaign). docs/fleet.md, "Four eyes".
     approval_above_devices: int | None = None
+    # Four eyes for every other safety-relevant action (fleet/four_eyes.py): release
+    # deactivation, token revocation, gateway and device decommissioning, resuming a
+    # campaign its error threshold paused. How long a request waits before it expires.
+    four_eyes: bool = False
+    approval_ttl_s: float = 24 * 3600.0
     migrate: bool = True
     # GET /metrics (Prometheus): "token" needs a viewer token or above (Prometheus sends
     # it with `authorization: {credentials_file: ...}`), "open" answers anyone (only
@@ -527,6 +537,8 @@ def create_app(
             credential_cache_ttl_s=config.credential_cache_ttl_s,
             online_after_s=3.0 * config.poll_interval_s,
             approval_above_devices=config.approval_above_devices,
+            four_eyes=config.four_eyes,
+            approval_ttl_s=config.approval_ttl_s,
         ),
     )
 
@@ -638,6 +650,7 @@ def create_app(
     if config.tuf is not None:
         _tuf_routes(router, TufRepository(config.tuf))
     _campaign_routes(router)
+    _approval_routes(router)
     _inventory_routes(router)
     from bmsfw.fleet.evidence_routes import evidence_routes  # it imports this module
 
@@ -787,13 +800,14 @@ def _tuf_routes(router: APIRouter, repository: TufRepository) -> None:
     def tuf_metadata(request: Request, name: str) -> Response:
         """Signed TUF metadata of the releases served (root, timestamp, snapshot, targets)."""
         service = _service(request)
-        # A pulled release leaves the signed targets: an agent then refuses its offers.
-        data = repository.file(
-            name,
-            lambda: tuf_releases(
-                [r for r in service.list_releases() if r["deactivated_at"] is None]
-            ),
-        )
+
+        def served() -> list[TufRelease]:
+            # A pulled release leaves the signed targets (an agent then refuses its
+            # offers), unless its campaigns were let finish and one is still open.
+            ids = service.served_release_ids()
+            return tuf_releases([r for r in service.list_releases() if r["id"] in ids])
+
+        data = repository.file(name, served)
         if data is None:
             raise FleetNotFoundError(f"no TUF metadata named {name[:64]!r}")
         return Response(data, media_type="application/json")
@@ -844,14 +858,18 @@ def _release_routes(router: APIRouter, config: ServerConfig) -> None:
         "/releases/{release_id}/deactivate",
         RELEASE_MANAGER,
         response_model=ReleaseView,
+        responses=_WAITING,
     )
     def deactivate_release(
-        request: Request, release_id: IdPath, body: Retirement | None = None
-    ) -> dict[str, Any]:
-        """Pull a release: no new campaign may use it, its running and paused campaigns are
-        cancelled (no further offer), gateways can no longer download it; audited."""
-        reason = body.reason if body else ""
-        return _service(request).deactivate_release(_principal(request), release_id, reason)
+        request: Request, release_id: IdPath, body: Deactivation | None = None
+    ) -> Any:
+        """Pull a release: no new campaign may use it; its running and paused campaigns
+        stop (`running: "stop"`, the default: cancelled, offers not yet taken withdrawn,
+        gateways can no longer download it) or run to their end (`"finish"`); audited.
+        With four eyes on, answers 202 with the approval request instead."""
+        body = body or Deactivation()
+        action = SafetyAction("release.deactivate", str(release_id), body.reason, body.running)
+        return _done_or_waiting(_service(request).submit(_principal(request), action))
 
     @_route(router, "GET", "/releases/{release_id}", VIEWER, response_model=ReleaseView)
     def get_release(request: Request, release_id: IdPath) -> dict[str, Any]:
@@ -962,11 +980,18 @@ def _campaign_routes(router: APIRouter) -> None:
         return _service(request).approve(_principal(request), campaign_id)
 
     @_route(
-        router, "POST", "/campaigns/{campaign_id}/resume", OPERATOR, response_model=CampaignView
+        router,
+        "POST",
+        "/campaigns/{campaign_id}/resume",
+        OPERATOR,
+        response_model=CampaignView,
+        responses=_WAITING,
     )
-    def resume(request: Request, campaign_id: IdPath) -> dict[str, Any]:
-        """Resume; failures seen so far count as reviewed for the error threshold."""
-        return _service(request).resume(_principal(request), campaign_id)
+    def resume(request: Request, campaign_id: IdPath) -> Any:
+        """Resume; failures seen so far count as reviewed for the error threshold. With
+        four eyes on, a campaign its error threshold paused answers 202 and waits."""
+        outcome = _service(request).resume_or_request(_principal(request), campaign_id)
+        return _done_or_waiting(outcome)
 
     @_route(
         router, "POST", "/campaigns/{campaign_id}/cancel", OPERATOR, response_model=CampaignView
@@ -984,6 +1009,58 @@ def _campaign_routes(router: APIRouter) -> None:
         return _service(request).evaluate(campaign_id)
 
 
+def _approval_routes(router: APIRouter) -> None:
+    @_route(
+        router, "GET", "/approvals", VIEWER, response_model=list[ApprovalView], responses=_PAGED
+    )
+    def list_approvals(
+        request: Request, response: Response, query: Annotated[ApprovalQuery, Query()]
+    ) -> list[dict[str, Any]]:
+        """Four eyes: approval requests in the order asked (default: those waiting)."""
+        status = "" if query.status == "all" else query.status
+        listing = _service(request).approval_page(status, _page(query, "approvals", int))
+        return _paged(request, response, "approvals", listing)
+
+    @_route(router, "GET", "/approvals/{approval_id}", VIEWER, response_model=ApprovalView)
+    def get_approval(request: Request, approval_id: IdPath) -> dict[str, Any]:
+        return _service(request).get_approval(approval_id)
+
+    @_route(
+        router,
+        "POST",
+        "/approvals/{approval_id}/approve",
+        OPERATOR,
+        response_model=ApprovalDecision,
+    )
+    def approve_request(request: Request, approval_id: IdPath) -> dict[str, Any]:
+        """Approve as a second person with the role the action needs (not its requester:
+        E650; a lower role: E654); the action runs now and its answer is `result`."""
+        return _service(request).approve_request(_principal(request), approval_id)
+
+    @_route(
+        router, "POST", "/approvals/{approval_id}/reject", OPERATOR, response_model=ApprovalView
+    )
+    def reject_request(
+        request: Request,
+        approval_id: IdPath,
+        note: Annotated[str, Body(embed=True, max_length=2000)] = "",
+    ) -> dict[str, Any]:
+        """Reject a waiting request (by its requester: withdraw it); nothing is done."""
+        return _service(request).reject_request(_principal(request), approval_id, note)
+
+
+def _done_or_waiting(outcome: Outcome) -> Any:
+    """The action's answer, or 202 with the approval request it waits on."""
+    if outcome.waiting is not None:
+        return JSONResponse(outcome.waiting, status_code=202)
+    return outcome.result
+
+
+_WAITING: dict[int | str, dict[str, Any]] = {
+    202: {"model": ApprovalView, "description": "four eyes: waiting for a second person"}
+}
+
+
 def _inventory_routes(router: APIRouter) -> None:
     @_route(router, "GET", "/gateways", VIEWER, response_model=list[GatewayView], responses=_PAGED)
     def list_gateways(
@@ -993,14 +1070,21 @@ def _inventory_routes(router: APIRouter) -> None:
         listing = _service(request).gateway_page(_page(query, "gateways", str))
         return _paged(request, response, "gateways", listing)
 
-    @_route(router, "POST", "/gateways/{name}/decommission", ADMIN, response_model=GatewayView)
+    @_route(
+        router,
+        "POST",
+        "/gateways/{name}/decommission",
+        ADMIN,
+        response_model=GatewayView,
+        responses=_WAITING,
+    )
     def decommission_gateway(
         request: Request, name: GatewayNamePath, body: Retirement | None = None
-    ) -> dict[str, Any]:
+    ) -> Any:
         """Retire a gateway: its credentials revoked, its devices and history kept (move
         them to another gateway); audited."""
-        reason = body.reason if body else ""
-        return _service(request).decommission_gateway(_principal(request), name, reason)
+        action = SafetyAction("gateway.decommission", name, body.reason if body else "")
+        return _done_or_waiting(_service(request).submit(_principal(request), action))
 
     @_route(router, "POST", "/gateways", ADMIN, status_code=201, response_model=GatewayCreated)
     def create_gateway(request: Request, body: GatewayCreate) -> dict[str, Any]:
@@ -1050,14 +1134,21 @@ def _inventory_routes(router: APIRouter) -> None:
         in the inventory. The answer names the uploading credential and the SHA-256."""
         return _service(request).store_operator_backup(_principal(request), serial, body)
 
-    @_route(router, "POST", "/devices/{serial}/decommission", OPERATOR, response_model=DeviceView)
+    @_route(
+        router,
+        "POST",
+        "/devices/{serial}/decommission",
+        OPERATOR,
+        response_model=DeviceView,
+        responses=_WAITING,
+    )
     def decommission_device(
         request: Request, serial: SerialPath, body: Retirement | None = None
-    ) -> dict[str, Any]:
+    ) -> Any:
         """Retire a device: in no new campaign, its history kept; refused (E645) while it
         has open work in a running or paused campaign; audited."""
-        reason = body.reason if body else ""
-        return _service(request).decommission_device(_principal(request), serial, reason)
+        action = SafetyAction("device.decommission", serial, body.reason if body else "")
+        return _done_or_waiting(_service(request).submit(_principal(request), action))
 
     @_route(router, "POST", "/devices/{serial}/move", OPERATOR, response_model=DeviceView)
     def move_device(request: Request, serial: SerialPath, body: DeviceMove) -> dict[str, Any]:
@@ -1109,9 +1200,18 @@ def _admin_routes(router: APIRouter, app: FastAPI) -> None:
             _principal(request), body.name, body.role, body.expires_in_days
         )
 
-    @_route(router, "POST", "/tokens/{credential_id}/revoke", ADMIN, response_model=TokenRevoked)
-    def revoke_token(request: Request, credential_id: IdPath) -> dict[str, Any]:
-        return _service(request).revoke_token(_principal(request), credential_id)
+    @_route(
+        router,
+        "POST",
+        "/tokens/{credential_id}/revoke",
+        ADMIN,
+        response_model=TokenRevoked,
+        responses=_WAITING,
+    )
+    def revoke_token(request: Request, credential_id: IdPath) -> Any:
+        """Revoke a token (with four eyes on: 202 and the approval request)."""
+        action = SafetyAction("token.revoke", str(credential_id))
+        return _done_or_waiting(_service(request).submit(_principal(request), action))
 
     @_route(router, "GET", "/access-review", ADMIN, response_model=list[AccessReviewEntry])
     def access_review(request: Request) -> list[dict[str, object]]:

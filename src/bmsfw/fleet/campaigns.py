@@ -56,6 +56,7 @@ __all__ = [
     "cumulative_sizes",
     "decide",
     "joins",
+    "paused_by_failures",
     "refusal",
     "rollout_order",
     "window_open",
@@ -280,6 +281,14 @@ class Decision:
     reason: str = ""
 
 
+_ERROR_THRESHOLD_REACHED = "error threshold reached"
+
+
+def paused_by_failures(pause_reason: str) -> bool:
+    """Whether a campaign's pause reason is :func:`decide`'s error-threshold pause."""
+    return pause_reason.startswith(_ERROR_THRESHOLD_REACHED)
+
+
 def decide(snap: CampaignSnapshot, counts: CampaignCounts, now: datetime) -> Decision:
     if snap.status != "running" or counts.released == 0:
         return Decision("none")
@@ -288,7 +297,7 @@ def decide(snap: CampaignSnapshot, counts: CampaignCounts, now: datetime) -> Dec
     if new_failures > 0 and failure_pct >= snap.error_threshold_pct:
         return Decision(
             "pause",
-            f"error threshold reached: {new_failures} of {counts.released} released devices "
+            f"{_ERROR_THRESHOLD_REACHED}: {new_failures} of {counts.released} released devices "
             f"failed ({failure_pct:.1f} % >= {snap.error_threshold_pct:g} %)",
         )
     phase = snap.phases[snap.current_phase]

@@ -11,6 +11,9 @@ from __future__ import annotations
 from bmsfw.errors import FleetError
 
 __all__ = [
+    "ApprovalExpiredError",
+    "ApprovalNotWaitingError",
+    "ApproverRoleError",
     "ArtifactStoreError",
     "BackupRejectedError",
     "CampaignStateError",
@@ -297,12 +300,56 @@ class SelfApprovalError(FleetError):
     code = "BMSFW-E650"
     http_status = 403
     diagnosis = (
-        "Four eyes: a campaign waiting for approval was approved with the credential that "
-        "created it (or another credential of the same name). It stays unapproved."
+        "Four eyes: an action waiting for approval (a campaign, a release deactivation, a "
+        "token revocation, a decommissioning) was approved with the credential that asked "
+        "for it (or another credential of the same name). It stays waiting; the refusal "
+        "is in the audit log."
     )
     remedy = (
-        "Ask a second person with the operator role or above to approve it with their own "
-        "token (dashboard campaign page, or `bmsfw fleet campaign ID approve`)."
+        "Ask a second person with the role the request names to approve it with their own "
+        "token (dashboard Approvals page, or `bmsfw fleet approve ID`)."
+    )
+
+
+class ApprovalNotWaitingError(FleetError):
+    code = "BMSFW-E652"
+    http_status = 409
+    diagnosis = (
+        "The approval request was already decided (approved, rejected, withdrawn, or "
+        "approved and then failed); only a waiting request can be approved or rejected. "
+        "Nothing changed."
+    )
+    remedy = (
+        "Read its status with `bmsfw fleet approvals --status all`; to do the action now, "
+        "ask for it again (a new request)."
+    )
+
+
+class ApprovalExpiredError(FleetError):
+    code = "BMSFW-E653"
+    http_status = 409
+    diagnosis = (
+        "The approval request waited longer than the server's approval time "
+        "(--approval-ttl-h) and has expired: nothing was done, and a campaign waiting for "
+        "it was cancelled (its devices are free again)."
+    )
+    remedy = (
+        "Ask for the action again and have it approved in time (`bmsfw fleet approvals` "
+        "lists what waits)."
+    )
+
+
+class ApproverRoleError(FleetError):
+    code = "BMSFW-E654"
+    http_status = 403
+    diagnosis = (
+        "Four eyes: the approver's role is below the one the action itself needs (a token "
+        "revocation or gateway decommissioning needs an admin, a release deactivation a "
+        "release manager). The request stays waiting."
+    )
+    remedy = (
+        "Ask someone with the role named in the message to approve it; a request can be "
+        "rejected by its requester or by someone who could approve it."
     )
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "ApprovalRequest",
     "ArtifactChunk",
     "AuditEntry",
     "Base",
@@ -308,6 +309,33 @@ class AuditEntry(Base):
     # The hash chain (fleet/audit_chain.py): set when the entry is sealed, after it was written.
     chain_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ApprovalRequest(Base):
+    """Four eyes: a safety-relevant action waiting for a second person (service/approvals.py).
+
+    ``action`` names what runs once approved (``release.deactivate``, ``token.revoke``,
+    ``gateway.decommission``, ``device.decommission``, ``campaign.start``) on ``target``
+    (``release:3``) with ``params``; ``min_role`` is the lowest role that may approve it.
+    """
+
+    __tablename__ = "approval_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200), index=True)
+    params: Mapped[dict[str, Any]]
+    summary: Mapped[str] = mapped_column(Text)
+    min_role: Mapped[str] = mapped_column(String(32))
+    # waiting | approved | rejected | expired | failed | withdrawn
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_at: Mapped[datetime]
+    requested_by: Mapped[str] = mapped_column(String(120))
+    requested_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expires_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by: Mapped[str] = mapped_column(String(120), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
 
 
 class ArtifactChunk(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,8 +20,10 @@ Name = Annotated[str, Field(min_length=1, max_length=120)]
 
 __all__ = [
     "DEFAULT_PHASES",
+    "ApprovalQuery",
     "AuditQuery",
     "CampaignSpec",
+    "Deactivation",
     "DeviceMove",
     "DeviceQuery",
     "FlagQuery",
@@ -160,3 +162,18 @@ class Retirement(_Model):
     """Body of a deactivation or decommissioning: why (kept in the audit log)."""
 
     reason: str = Field(default="", max_length=500)
+
+
+class Deactivation(Retirement):
+    """Body of a release deactivation: why, and what its running and paused campaigns do:
+    ``stop`` (cancelled, offers not yet taken withdrawn) or ``finish`` (run to their end)."""
+
+    running: Literal["stop", "finish"] = "stop"
+
+
+class ApprovalQuery(PageQuery):
+    """``GET /approvals``: requests in one status (default: waiting), or every status."""
+
+    status: Literal["waiting", "approved", "rejected", "withdrawn", "expired", "failed", "all"] = (
+        "waiting"
+    )

@@ -59,6 +59,12 @@ class ServeOptions:
     check_ins_per_s: float = 5.0
     check_in_burst: float = 30.0
     auth_failures_per_min: float = 30.0
+    # Four eyes (docs/fleet.md, "Four eyes"): campaigns above this many devices (None:
+    # none), and with four_eyes every other safety-relevant action, wait for a second
+    # person; a request expires after approval_ttl_s.
+    approval_above_devices: int | None = None
+    four_eyes: bool = False
+    approval_ttl_s: float = 24 * 3600.0
 
     def validate(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -72,6 +78,10 @@ class ServeOptions:
             raise FleetConfigError(
                 "--check-ins-per-s and --auth-failures-per-min must be 0 (off) or more, "
                 "--check-in-burst at least 1"
+            )
+        if (self.approval_above_devices or 0) < 0 or self.approval_ttl_s <= 0:
+            raise FleetConfigError(
+                "--approval-above-devices must be 0 or more, --approval-ttl-h more than 0"
             )
         if (self.tuf_root_dir is None) != (self.tuf_online_key is None):
             raise FleetConfigError("--tuf-root-dir and --tuf-online-key go together")
@@ -102,6 +112,9 @@ def _settings_json(options: ServeOptions) -> str:
             "check_ins_per_s": options.check_ins_per_s,
             "check_in_burst": options.check_in_burst,
             "auth_failures_per_min": options.auth_failures_per_min,
+            "approval_above_devices": options.approval_above_devices,
+            "four_eyes": options.four_eyes,
+            "approval_ttl_s": options.approval_ttl_s,
         }
     )
 
@@ -127,6 +140,9 @@ def app_from_env() -> FastAPI:
         check_ins_per_s=float(settings["check_ins_per_s"]),
         check_in_burst=float(settings["check_in_burst"]),
         auth_failures_per_min=float(settings["auth_failures_per_min"]),
+        approval_above_devices=settings.get("approval_above_devices"),
+        four_eyes=bool(settings.get("four_eyes", False)),
+        approval_ttl_s=float(settings.get("approval_ttl_s", 24 * 3600.0)),
     )
     return create_app(config, trust=TrustRoot(trust_pem))
 

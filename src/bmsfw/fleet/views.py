@@ -14,6 +14,8 @@ from bmsfw.fleet.protocol import BackupInfo
 
 __all__ = [
     "AccessReviewEntry",
+    "ApprovalDecision",
+    "ApprovalView",
     "AuditEntryView",
     "BackupContent",
     "CampaignDeviceView",
@@ -208,3 +210,29 @@ class AuditEntryView(BaseModel):
 
 class BackupContent(BackupInfo):
     config: dict[str, Any]
+
+
+class ApprovalView(BaseModel):
+    """One four-eyes approval request (docs/fleet.md, "Four eyes")."""
+
+    id: int
+    action: str
+    target: str
+    summary: str
+    reason: str
+    running: str
+    min_role: str
+    status: str
+    requested_at: str
+    requested_by: str
+    expires_at: str
+    decided_at: str | None
+    decided_by: str
+    note: str
+
+
+class ApprovalDecision(BaseModel):
+    """An approved request and what the action it held answered."""
+
+    approval: ApprovalView
+    result: dict[str, Any]

@@ -49,6 +49,7 @@ from bmsfw.fleet.campaigns import (
 from bmsfw.fleet.clock import Clock
 from bmsfw.fleet.db import read_only_engine
 from bmsfw.fleet.errors import (
+    DeviceBusyError,
     DeviceNotOnGatewayError,
     FleetNotFoundError,
 )
@@ -149,6 +150,11 @@ class ServiceSettings:
     # Four eyes: a campaign of more devices than this waits for a second person's
     # approval (service/approvals.py); None: never, 0: every campaign.
     approval_above_devices: int | None = None
+    # Four eyes for every other safety-relevant action (fleet/four_eyes.py): asked for,
+    # it waits for a second person with the right role instead of being done.
+    four_eyes: bool = False
+    # How long an approval request waits before it expires (nothing done).
+    approval_ttl_s: float = 24 * 3600.0
     # A device counts as online when its gateway checked it in this recently.
     online_after_s: float = 180.0
 
@@ -282,6 +288,23 @@ class ServiceBase:
                 f"device {serial!r} is not behind gateway {principal.name}; report it in a "
                 "check-in first"
             )
+        return device
+
+    def _check_decommission(self, session: Session, serial: str) -> Device:
+        """The device, if it may be decommissioned now (E645 while it has open work)."""
+        device = self._device(session, serial)
+        if device.decommissioned_at is None:
+            busy = session.execute(
+                select(Campaign.id, CampaignDevice.state)
+                .join(CampaignDevice, CampaignDevice.campaign_id == Campaign.id)
+                .where(
+                    CampaignDevice.device_id == device.id,
+                    Campaign.status.in_(_ACTIVE_CAMPAIGN),
+                    CampaignDevice.state.not_in(_TERMINAL_VALUES),
+                )
+            ).first()
+            if busy is not None:
+                raise DeviceBusyError(f"device {serial!r} is {busy.state} in campaign {busy.id}")
         return device
 
     def _campaign_or_404(self, session: Session, campaign_id: int, *, lock: bool) -> Campaign:

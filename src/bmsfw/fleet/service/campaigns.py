@@ -49,12 +49,11 @@ from bmsfw.fleet.service._base import (
     _CAMPAIGN_CREATION_LOCK,
     _TERMINAL_VALUES,
     S,
-    ServiceBase,
     _iso,
     _locking,
     audit,
 )
-from bmsfw.fleet.service.approvals import NEEDS_APPROVAL, needs_approval
+from bmsfw.fleet.service.approvals import NEEDS_APPROVAL, ApprovalOps, needs_approval
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ def join_dynamic_campaigns(
     return decided
 
 
-class CampaignOps(ServiceBase):
+class CampaignOps(ApprovalOps):
     def preview_campaign(self, spec: CampaignSpec) -> dict[str, Any]:
         """Which devices a campaign of ``spec`` would target now; nothing is created or
         claimed (the dashboard's live preview). ``sites`` counts targets per site."""
@@ -324,6 +323,8 @@ class CampaignOps(ServiceBase):
                         finished_at=None,
                     )
                 )
+            if campaign.status == NEEDS_APPROVAL:
+                self.request_campaign_start(session, principal, campaign, now)
             audit(
                 session,
                 principal,
@@ -389,6 +390,8 @@ class CampaignOps(ServiceBase):
                 campaign.acknowledged_failures = self._counts(session, campaign).failed
                 campaign.status, campaign.pause_reason = "running", ""
             else:
+                if campaign.status == NEEDS_APPROVAL:
+                    self.withdraw_campaign_request(session, campaign_id, now)
                 campaign.status, campaign.pause_reason = "cancelled", reason or "cancelled"
                 campaign.finished_at = now
             campaign.updated_at = now
@@ -404,6 +407,30 @@ class CampaignOps(ServiceBase):
                 self._evaluate_locked(session, campaign, now)
             return self._campaign_dict(session, campaign)
 
+    def start_approved_campaign(self, principal: Principal, campaign_id: int) -> dict[str, Any]:
+        """Start a campaign waiting for approval (its request was just approved)."""
+        now = self.clock.now()
+        with self.sessions() as session, session.begin():
+            campaign = self._campaign_or_404(session, campaign_id, lock=True)
+            if campaign.status != NEEDS_APPROVAL:
+                raise CampaignStateError(
+                    f"campaign {campaign_id} is {campaign.status}; only a campaign waiting "
+                    "for approval can be approved"
+                )
+            campaign.status = "running"
+            campaign.phase_started_at = now
+            campaign.updated_at = now
+            audit(
+                session,
+                principal,
+                "campaign.approve",
+                f"campaign:{campaign_id}",
+                now,
+                created_by=campaign.created_by,
+            )
+            self._evaluate_locked(session, campaign, now)
+            return self._campaign_dict(session, campaign)
+
     def evaluate(self, campaign_id: int) -> dict[str, Any]:
         now = self.clock.now()
         with self.sessions() as session, session.begin():
@@ -412,7 +439,9 @@ class CampaignOps(ServiceBase):
             return self._campaign_dict(session, campaign)
 
     def tick(self) -> list[int]:
-        """Evaluate every running campaign (soak times end without a device report)."""
+        """Evaluate every running campaign (soak times end without a device report) and
+        expire approval requests past their time."""
+        self.expire_approvals()
         with self.sessions() as session:
             ids = list(session.scalars(select(Campaign.id).where(Campaign.status == "running")))
         for campaign_id in ids:

@@ -19,11 +19,9 @@ from bmsfw.fleet.device_query import (
 )
 from bmsfw.fleet.errors import (
     DecommissionedError,
-    DeviceBusyError,
     FleetNotFoundError,
 )
 from bmsfw.fleet.models import (
-    Campaign,
     CampaignDevice,
     Device,
     DeviceFlag,
@@ -31,9 +29,7 @@ from bmsfw.fleet.models import (
 )
 from bmsfw.fleet.paging import EVERYTHING, Listing, PageRequest, keyset, listing
 from bmsfw.fleet.service._base import (
-    _ACTIVE_CAMPAIGN,
     _CAMPAIGN_CREATION_LOCK,
-    _TERMINAL_VALUES,
     ServiceBase,
     _device_dict,
     _flag_dict,
@@ -68,21 +64,8 @@ class InventoryOps(ServiceBase):
                 # Not while a campaign creation resolves its targets (it could pick the
                 # device after our check); SQLite's BEGIN IMMEDIATE serialises anyway.
                 session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
-            device = self._device(session, serial)
+            device = self._check_decommission(session, serial)
             if device.decommissioned_at is None:
-                busy = session.execute(
-                    select(Campaign.id, CampaignDevice.state)
-                    .join(CampaignDevice, CampaignDevice.campaign_id == Campaign.id)
-                    .where(
-                        CampaignDevice.device_id == device.id,
-                        Campaign.status.in_(_ACTIVE_CAMPAIGN),
-                        CampaignDevice.state.not_in(_TERMINAL_VALUES),
-                    )
-                ).first()
-                if busy is not None:
-                    raise DeviceBusyError(
-                        f"device {serial!r} is {busy.state} in campaign {busy.id}"
-                    )
                 device.decommissioned_at = now
                 audit(
                     session,

@@ -7,6 +7,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import (
@@ -27,14 +28,14 @@ from bmsfw.fleet.releases import ReleaseFacts, TrustRoot, safe_filename, verify_
 from bmsfw.fleet.service._base import (
     _ACTIVE_CAMPAIGN,
     S,
-    ServiceBase,
     _locking,
     _release_dict,
     audit,
 )
+from bmsfw.fleet.service.approvals import DEACTIVATION_MODES, NEEDS_APPROVAL, ApprovalOps
 
 
-class ReleaseOps(ServiceBase):
+class ReleaseOps(ApprovalOps):
     def add_release(
         self, principal: Principal, facts: ReleaseFacts, source: IO[bytes], filename: str
     ) -> tuple[dict[str, Any], bool]:
@@ -130,11 +131,15 @@ class ReleaseOps(ServiceBase):
             return _release_dict(release)
 
     def deactivate_release(
-        self, principal: Principal, release_id: int, reason: str
+        self, principal: Principal, release_id: int, reason: str, running: str = "stop"
     ) -> dict[str, Any]:
-        """Pull a release: no campaign may use it from now on, its running and paused
-        campaigns are cancelled (no further offer), gateways may no longer download it.
-        The release and its history stay. Idempotent."""
+        """Pull a release: no new campaign may use it. Its campaigns waiting for approval
+        are cancelled; its running and paused ones too with ``running="stop"`` (offers not
+        yet taken are withdrawn, gateways can no longer download it), or they run to their
+        end with ``running="finish"`` (their devices may still download it; nothing else
+        may). The release and its history stay. Idempotent."""
+        if running not in DEACTIVATION_MODES:
+            raise ValueError(f"running campaigns may 'stop' or 'finish', not {running[:20]!r}")
         now = self.clock.now()
         with self.sessions() as session, session.begin():
             # Release row, then its campaigns' rows (a creation locks the release row
@@ -147,14 +152,17 @@ class ReleaseOps(ServiceBase):
                 raise FleetNotFoundError(f"no release with id {release_id}")
             if release.deactivated_at is None:
                 release.deactivated_at, release.deactivated_by = now, principal.label
+                stopped = _ACTIVE_CAMPAIGN if running == "stop" else (NEEDS_APPROVAL,)
                 campaigns = select(Campaign).where(
-                    Campaign.release_id == release_id, Campaign.status.in_(_ACTIVE_CAMPAIGN)
+                    Campaign.release_id == release_id, Campaign.status.in_(stopped)
                 )
                 if _locking(session):
                     campaigns = campaigns.with_for_update()
                 cancelled = []
                 why = f"release {release_id} deactivated" + (f": {reason}" if reason else "")
                 for campaign in session.scalars(campaigns.order_by(Campaign.id)):
+                    if campaign.status == NEEDS_APPROVAL:
+                        self.withdraw_campaign_request(session, campaign.id, now)
                     campaign.status, campaign.pause_reason = "cancelled", why
                     campaign.finished_at = campaign.updated_at = now
                     cancelled.append(campaign.id)
@@ -173,9 +181,32 @@ class ReleaseOps(ServiceBase):
                     f"release:{release_id}",
                     now,
                     reason=reason,
+                    running=running,
                     cancelled_campaigns=cancelled,
                 )
             return _release_dict(release)
+
+    def served_release_ids(self) -> set[int]:
+        """Releases gateways may still get: active ones, and deactivated ones whose
+        campaigns were let finish while such a campaign is open (TUF targets)."""
+        with self.sessions() as session:
+            active = session.scalars(select(Release.id).where(Release.deactivated_at.is_(None)))
+            finishing = session.scalars(
+                select(Campaign.release_id).where(Campaign.status.in_(("running", "paused")))
+            )
+            return set(active) | set(finishing)
+
+    @staticmethod
+    def _finishing(session: Session, release_id: int) -> bool:
+        """A deactivated release whose campaigns were let finish, one still open."""
+        return (
+            session.scalars(
+                select(Campaign.id).where(
+                    Campaign.release_id == release_id, Campaign.status.in_(("running", "paused"))
+                )
+            ).first()
+            is not None
+        )
 
     def artifact_for(self, principal: Principal, release_id: int) -> Release:
         """The release whose file ``principal`` may download (checked present and whole)."""
@@ -184,7 +215,7 @@ class ReleaseOps(ServiceBase):
             if release is None:
                 raise FleetNotFoundError(f"no release with id {release_id}")
             if principal.kind == "gateway":
-                if release.deactivated_at is not None:
+                if release.deactivated_at is not None and not self._finishing(session, release_id):
                     raise ReleaseDeactivatedError(f"release {release_id} was pulled")
                 # A gateway gets only what was offered to one of its devices.
                 offered = session.scalars(

@@ -35,9 +35,12 @@ from bmsfw.fleet.errors import (
     http_status_for,
 )
 from bmsfw.fleet.events import FleetEvents, event_stream_response
+from bmsfw.fleet.paging import PageRequest
 from bmsfw.fleet.releases import TrustRoot
 from bmsfw.fleet.service import FleetService
+from bmsfw.fleet.service.approvals import SafetyAction
 from bmsfw.fleet.telemetry import TelemetryHistory
+from bmsfw.fleet.web.approvals import add_approval_routes, after_action
 from bmsfw.fleet.web.backups import add_backup_routes
 from bmsfw.fleet.web.chart import CHART_HOURS, device_charts
 from bmsfw.fleet.web.create import add_create_routes
@@ -181,6 +184,8 @@ class _Pages:
             csrf=session.csrf if session else "",
             path=request.url.path,
             can_operate=principal is not None and principal.role in roles_at_least("operator"),
+            # Called by the menu only (full pages), so a fragment costs no count query.
+            waiting_approvals=self.service.waiting_approvals,
             **context,
         )
         return HTMLResponse(html, status_code=status)
@@ -286,6 +291,7 @@ def create_dashboard(
     _campaign_routes(web, pages)
     _release_page(web, pages)
     add_review_routes(web, pages)
+    add_approval_routes(web, pages)
     add_backup_routes(web, pages)
     add_evidence_routes(web, pages)
     add_report_routes(web, pages)  # /evidence/{id} after /evidence/{id}/download
@@ -365,7 +371,12 @@ def _fleet_routes(web: FastAPI, pages: _Pages) -> None:
     @web.get("/")
     def overview(request: Request) -> Response:
         return pages.view(
-            request, "overview.html", lambda _p: {"o": pages.queries.overview(pages.now())}
+            request,
+            "overview.html",
+            lambda _p: {
+                "o": pages.queries.overview(pages.now()),
+                "o_waiting": pages.service.approval_page("waiting", PageRequest(limit=20)).items,
+            },
         )
 
     @web.get("/events")
@@ -470,14 +481,17 @@ def _release_page(web: FastAPI, pages: _Pages) -> None:
 
     @web.post("/releases/{release_id}/deactivate")
     async def deactivate(request: Request, release_id: str) -> Response:
-        """Pull a release (release manager and above, as on the API)."""
+        """Pull a release (release manager and above, as on the API); its running
+        campaigns stop or finish as the form says. With four eyes on, it waits."""
         form = pages.form(request, await request.body())
         principal, session = await _run(pages.signed_in, request, "release_manager")
         pages.check_csrf(session, form)
         number = _id(release_id, "release")
+        running = "finish" if form.get("running") == "finish" else "stop"
         reason = form.get("reason", "")[:500]
-        await _run(pages.service.deactivate_release, principal, number, reason)
-        return RedirectResponse(f"{PREFIX}/releases/{number}", status_code=303)
+        action = SafetyAction("release.deactivate", str(number), reason, running)
+        outcome = await _run(pages.service.submit, principal, action)
+        return after_action(pages, outcome, f"{PREFIX}/releases/{number}")
 
 
 def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
@@ -539,8 +553,9 @@ def _campaign_routes(web: FastAPI, pages: _Pages) -> None:
         reason = form.get("reason", "")[:500] or f"{action}d from the dashboard"
         service = pages.service
         if action == "resume":
-            await _run(service.resume, principal, number)
-        elif action == "approve":
+            outcome = await _run(service.resume_or_request, principal, number)
+            return after_action(pages, outcome, f"{PREFIX}/campaigns/{number}")
+        if action == "approve":
             await _run(service.approve, principal, number)
         else:
             method = service.pause if action == "pause" else service.cancel

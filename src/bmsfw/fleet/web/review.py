@@ -13,6 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from bmsfw.fleet.audit_chain import seal_audit_log, verify_chain
 from bmsfw.fleet.auth import Principal
 from bmsfw.fleet.errors import FleetNotFoundError
+from bmsfw.fleet.service.approvals import SafetyAction
+from bmsfw.fleet.web.approvals import after_action
 
 if TYPE_CHECKING:
     from bmsfw.fleet.web.app import _Pages
@@ -83,12 +85,14 @@ def add_review_routes(web: FastAPI, pages: _Pages) -> None:
     @web.post("/access/{credential_id}/revoke")
     async def revoke(request: Request, credential_id: str) -> Response:
         """Revoke a token (admin, as on the API): refused everywhere from now on (other
-        server processes within their credential cache's TTL), audited."""
+        server processes within their credential cache's TTL), audited. With four eyes
+        on, it waits for a second admin (the approvals page)."""
         form = pages.form(request, await request.body())
         principal, session = await run_in_threadpool(pages.signed_in, request, "admin")
         pages.check_csrf(session, form)
         ok = credential_id.isdigit() and len(credential_id) < 11 and 0 < int(credential_id) < 2**31
         if not ok:
             raise FleetNotFoundError(f"no credential with id {credential_id[:20]!r}")
-        await run_in_threadpool(pages.service.revoke_token, principal, int(credential_id))
-        return RedirectResponse(f"{pages.prefix}/access", status_code=303)
+        action = SafetyAction("token.revoke", str(int(credential_id)))
+        outcome = await run_in_threadpool(pages.service.submit, principal, action)
+        return after_action(pages, outcome, f"{pages.prefix}/access")
