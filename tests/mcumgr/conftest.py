@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from bmsfw.package import VendorPki
 from bmsfw.protocol.session import BmsSession, TesterCredentials
-from bmsfw.sim import DeviceSpec, FlashSpec
+from bmsfw.sim import DeviceSpec, FlashSpec, SimClock, VirtualBms
 from bmsfw.sim.lab import (
     LabRelease,
     lab_pki,
@@ -26,7 +28,12 @@ from bmsfw.sim.lab import (
     trust_anchors,
 )
 from bmsfw.sim.sim_can import node_state_dir
-from bmsfw.sim.smp_server import SimSmpProcess, loopback_udp_address
+from bmsfw.sim.smp_server import (
+    SerialConsole,
+    SimSmpProcess,
+    SmpBmsServer,
+    loopback_udp_address,
+)
 from bmsfw.update.events import EventSink
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import DEFAULT_CONFIRMATIONS, PreflightLimits, UpdateProfile
@@ -137,3 +144,25 @@ def run_smp_update(
         profile=profile,
         sink=sink,
     )
+
+
+S = TypeVar("S", bound=SmpBmsServer)
+
+
+@contextmanager
+def serving(
+    device_dir: Path, server: Callable[..., S], **behaviour: object
+) -> Iterator[tuple[S, str]]:
+    """A virtual BMS served in this process by ``server(bms, **behaviour)`` (the SMP
+    server, or a test's subclass that lies) on the SMP console framing over a pty; yields
+    the server and the ``--smp`` link. Nothing ticks its firmware: the BMS does not boot
+    again after a reset (for the tests that end before one)."""
+    bms = VirtualBms(device_dir, clock=SimClock())
+    bms.wait_boot(30)
+    handler = server(bms, **behaviour)
+    console = SerialConsole(handler).start()
+    try:
+        yield handler, f"serial:{console.port}"
+    finally:
+        console.stop()
+        bms.close()

@@ -9,8 +9,6 @@ in this process on the SMP console framing over a pty."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,10 @@ import pytest
 from bmsfw.errors import BmsfwError
 from bmsfw.protocol.session import FlashLayout, TesterCredentials
 from bmsfw.protocol.smp import open_smp_session, parse_smp_link
-from bmsfw.sim import SimClock, VirtualBms
-from bmsfw.sim.smp_server import OP_WRITE, SerialConsole, SmpBmsServer
+from bmsfw.sim import VirtualBms
+from bmsfw.sim.smp_server import OP_WRITE, SmpBmsServer
 
-from .conftest import SPEC, SmpBench, run_smp_update
+from .conftest import SPEC, SmpBench, run_smp_update, serving
 
 LAYOUT = FlashLayout(SPEC.flash.bank_size, 4096, 2)
 
@@ -55,26 +53,13 @@ class LayingBms(SmpBmsServer):
         return answer
 
 
-@contextmanager
-def serving(device_dir: Path, **lies: object) -> Iterator[tuple[LayingBms, str]]:
-    bms = VirtualBms(device_dir, clock=SimClock())
-    bms.wait_boot(30)
-    server = LayingBms(bms, **lies)
-    console = SerialConsole(server).start()
-    try:
-        yield server, f"serial:{console.port}"
-    finally:
-        console.stop()
-        bms.close()
-
-
 def test_a_layout_that_changes_mid_update_stops_it(
     device_dir: Path, smp_bench: SmpBench, tmp_path: Path, tester: TesterCredentials
 ) -> None:
     """After the authentication (a write) the BMS reports 8 KiB sectors: E508 at the start
     of the transfer, and not one write request more (no erase, no upload, no image state);
     the BMS still runs its old image, confirmed."""
-    with serving(device_dir, after_auth=[SPEC.flash.bank_size, 8192, 2]) as (bms, link):
+    with serving(device_dir, LayingBms, after_auth=[SPEC.flash.bank_size, 8192, 2]) as (bms, link):
         with open_smp_session(parse_smp_link(link, timeout_s=1.0)) as session:
             assert session.identify().flash_layout == LAYOUT
             report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester)
@@ -91,7 +76,7 @@ def test_a_layout_the_image_does_not_fit_is_refused_before_anything_is_written(
     device_dir: Path, smp_bench: SmpBench, tmp_path: Path, tester: TesterCredentials
 ) -> None:
     with (
-        serving(device_dir, reported=[16384, 4096, 2]) as (bms, link),
+        serving(device_dir, LayingBms, reported=[16384, 4096, 2]) as (bms, link),
         open_smp_session(parse_smp_link(link, timeout_s=1.0)) as session,
     ):
         report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester)
@@ -108,7 +93,7 @@ def test_a_layout_the_image_does_not_fit_is_refused_before_anything_is_written(
 )
 def test_a_layout_that_is_not_one_is_an_invalid_answer(device_dir: Path, reported: object) -> None:
     with (
-        serving(device_dir, reported=reported) as (bms, link),
+        serving(device_dir, LayingBms, reported=reported) as (bms, link),
         open_smp_session(parse_smp_link(link, timeout_s=1.0)) as session,
         pytest.raises(BmsfwError) as caught,
     ):

@@ -119,18 +119,24 @@ class TransferLimits:
     # block once rate_grace_s has passed: a BMS asking for ISO-TP block size 1 and
     # STmin 127 ms (~55 B/s) is stopped (E524, resumable) instead of holding the host
     # for hours. So the transfer step ends within rate_grace_s + size / floor, plus
-    # one block (at most 4 KiB on CAN). 0 = no floor (in-process sessions).
+    # one block (at most 4 KiB on CAN). SMP (serial console, UDP, Bluetooth LE) gets
+    # the RS485 floor: the slowest link a BMS is serviced over. 0 = no floor
+    # (in-process sessions).
     min_rate_can_bps: float = 1000.0
     min_rate_rs485_bps: float = 100.0
+    min_rate_smp_bps: float = 100.0
     min_rate_other_bps: float = 0.0
     rate_grace_s: float = 10.0
 
     def min_rate_bps(self, address: str) -> float:
-        """The floor for a session reached at ``address`` ("can:…", "modbus:…", other)."""
+        """The floor for a session reached at ``address`` ("can:…", "modbus:…", "smp:…",
+        other)."""
         if address.startswith("can:"):
             return self.min_rate_can_bps
         if address.startswith("modbus:"):
             return self.min_rate_rs485_bps
+        if address.startswith("smp:"):
+            return self.min_rate_smp_bps
         return self.min_rate_other_bps
 
 
@@ -236,7 +242,7 @@ def _validate(profile: UpdateProfile) -> None:
     _check_window(t.supply_min_v, t.supply_max_v, "transfer supply voltage")
     if t.monitor_interval_s <= 0:
         raise ProfileInvalidError("transfer.monitor_interval_s must be > 0")
-    if min(t.min_rate_can_bps, t.min_rate_rs485_bps, t.min_rate_other_bps) < 0:
+    if min(t.min_rate_can_bps, t.min_rate_rs485_bps, t.min_rate_smp_bps, t.min_rate_other_bps) < 0:
         raise ProfileInvalidError("transfer.min_rate_*_bps must be >= 0")
     if t.rate_grace_s <= 0:
         raise ProfileInvalidError("transfer.rate_grace_s must be > 0")
