@@ -97,6 +97,18 @@ def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
     assert not agent.state.outbox
     assert not list((agent_dir / "evidence").glob("*.zip"))
     assert _stored(server.db_url) == 1
+    # The update report went with the result too (steps, preflight, no error), typed.
+    with server.client(operator) as reader:
+        (run,) = reader.get("devices/CANBMS0001/updates")
+    sent = run["report"]
+    assert (run["state"], sent["outcome"], sent["running_version"]) == (
+        "succeeded",
+        "updated",
+        "2.0.0",
+    )
+    assert "verify-package" in [s["step"] for s in sent["steps"]]
+    assert all(s["ok"] for s in sent["steps"]) and sent["error_code"] == ""
+    assert sent["preflight"] and any(c["measured"] and c["limit"] for c in sent["preflight"])
 
     # The operator lists the device's update record and downloads the bundle.
     common = ["--server", server.url, "--token", operator, "--ca", str(server.ca)]

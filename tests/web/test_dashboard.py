@@ -395,6 +395,7 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
     full of markup for the device whose serial is markup: nothing runs, the
     Content-Security-Policy is never violated, no script error."""
     from bmsfw.evidence.bundle import EvidenceInputs, build_bundle
+    from bmsfw.fleet.protocol import UpdateSummary
     from bmsfw.update.report import ErrorRecord, StepRecord, UpdateReport
 
     hostile = '<img src=x onerror="window.__pwned=2"><script>window.__pwned=3</script>'
@@ -424,6 +425,21 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
         content=bundle,
     )
     assert evidence.status_code in (200, 201), evidence.text
+    # The failed device's agent sends the same report with its (repeated) result: the
+    # device page shows it, steps and preflight and error, with no bundle behind it.
+    repeated = dashboard.api.post(
+        "/api/v1/agent/reports",
+        headers=gateway,
+        json={
+            "device_serial": dashboard.failed_serial,
+            "campaign_id": dashboard.campaign_id,
+            "state": "failed",
+            "error_code": "BMSFW-E401",
+            "detail": hostile,
+            "update": UpdateSummary.from_report_json(report.to_dict()).model_dump(mode="json"),
+        },
+    )
+    assert repeated.status_code == 200, repeated.text
     backups = [
         b["id"] for b in dashboard.call("GET", f"/devices/{quote(MARKUP_SERIAL, safe='')}/backups")
     ]
@@ -455,6 +471,7 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
         f"/ui/devices/{serial}?hours=72",
         f"/ui/devices/{serial}/backups/diff?a={backups[0]}&b={backups[-1]}",
         f"/ui/evidence/{evidence.json()['id']}",
+        f"/ui/devices/{quote(dashboard.failed_serial, safe='')}",
         "/ui/flags?all=1",
         "/ui/campaigns",
         f"/ui/campaigns/{dashboard.campaign_id}",
@@ -470,6 +487,12 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
         expect(page.locator("h1")).to_be_visible()
         assert page.locator("main img, main script").count() == 0, path
         assert page.evaluate("window.__pwned") is None, path
+    # The report the agent sent is there, its markup as text.
+    page.goto(f"{dashboard.url}/ui/devices/{quote(dashboard.failed_serial, safe='')}")
+    sent = page.get_by_test_id("update-report").first
+    expect(sent.get_by_test_id("steps")).to_contain_text(hostile)
+    expect(sent.get_by_test_id("preflight")).to_contain_text("20..80 %")
+    expect(sent.get_by_test_id("error")).to_contain_text("BMSFW-E401")
     assert problems == [], problems
 
 

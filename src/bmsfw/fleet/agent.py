@@ -38,6 +38,7 @@ The agent talks to its BMS only through :class:`~bmsfw.protocol.session.BmsSessi
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -86,6 +87,7 @@ from bmsfw.fleet.protocol import (
     DeviceState,
     Offer,
     StateReport,
+    UpdateSummary,
 )
 from bmsfw.fleet.ranges import TELEMETRY_INTERVAL_RANGE_S
 from bmsfw.package import DeviceFacts, TrustAnchors, verify_release
@@ -911,9 +913,12 @@ class Agent:
         detail = f"{report.failed_step}: {message}" if message else ""
         detail = f"{detail}; runs {report.running_version}".lstrip("; ")
         outcome = report.outcome
+        # What the server keeps of the report (its JSON form: the stable format).
+        summary = UpdateSummary.from_report_json(report.to_dict())
+        report_state = functools.partial(self._report, update=summary)
         if outcome in ("updated", "already-installed"):
             self._ensure_installing(job)
-            self._report(
+            report_state(
                 job,
                 S.SUCCEEDED,
                 detail=f"{outcome}; runs {report.running_version}",
@@ -921,32 +926,32 @@ class Agent:
             )
         elif outcome == "rolled-back":
             self._ensure_installing(job)
-            self._report(
+            report_state(
                 job, S.ROLLED_BACK, code, detail, firmware_version=report.running_version or None
             )
         elif outcome == "refused" and report.failed_step == "verify-package":
-            self._report(job, S.REJECTED, code, detail)
+            report_state(job, S.REJECTED, code, detail)
         elif outcome == "refused" and report.failed_step == "preflight":
             if code in _PERMANENT_PREFLIGHT:
-                self._report(job, S.REJECTED, code, detail)
+                report_state(job, S.REJECTED, code, detail)
                 return
             job.preflight_attempts += 1
             if job.preflight_attempts >= self.config.max_preflight_attempts:
-                self._report(job, S.FAILED, code, f"preflight failed {job.preflight_attempts}x; "
+                report_state(job, S.FAILED, code, f"preflight failed {job.preflight_attempts}x; "
                              f"{detail}")  # fmt: skip
             elif job.state in _IN_FLIGHT:
-                self._report(job, S(job.state), code, f"waiting for preflight: {detail}")
+                report_state(job, S(job.state), code, f"waiting for preflight: {detail}")
             else:
-                self._report(job, S.WAITING, code, f"waiting for preflight: {detail}")
+                report_state(job, S.WAITING, code, f"waiting for preflight: {detail}")
         elif (outcome == "paused" or retry_helps_for(code)) and (
             job.install_attempts < self.config.max_install_attempts
         ):
             # The transfer stopped between blocks (link or power lost, pack left the
             # window): the BMS keeps what it has and the next poll resumes.
             state = S(job.state) if job.state in _IN_FLIGHT else S.WAITING
-            self._report(job, state, code, f"interrupted, resumes next poll: {detail}")
+            report_state(job, state, code, f"interrupted, resumes next poll: {detail}")
         else:
-            self._report(job, S.FAILED, code, detail or f"update {outcome}")
+            report_state(job, S.FAILED, code, detail or f"update {outcome}")
 
     def _ensure_installing(self, job: Job) -> None:
         if job.state not in _IN_FLIGHT:
@@ -983,6 +988,7 @@ class Agent:
         detail: str = "",
         *,
         firmware_version: str | None = None,
+        update: UpdateSummary | None = None,
     ) -> None:
         job.state, job.error_code, job.detail = state.value, code, detail[:4000]
         change = StateChange(job.serial, job.campaign_id, state.value, code, job.detail)
@@ -997,6 +1003,7 @@ class Agent:
             error_code=code,
             detail=job.detail,
             firmware_version=firmware_version,
+            update=update,
         )
         self._send({"kind": "report", "body": body.model_dump(mode="json")})
 

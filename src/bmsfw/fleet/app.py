@@ -115,6 +115,7 @@ from bmsfw.fleet.views import (
     CampaignDeviceView,
     CampaignView,
     DeviceDetail,
+    DeviceUpdate,
     DeviceView,
     FlagView,
     GatewayCreated,
@@ -1114,6 +1115,18 @@ def _inventory_routes(router: APIRouter) -> None:
     @_route(router, "GET", "/devices/{serial}", VIEWER, response_model=DeviceDetail)
     def get_device(request: Request, serial: SerialPath) -> dict[str, Any]:
         return _service(request).get_device(serial)
+
+    @_route(router, "GET", "/devices/{serial}/updates", VIEWER, response_model=list[DeviceUpdate])
+    def device_updates(
+        request: Request,
+        response: Response,
+        serial: SerialPath,
+        query: Annotated[PageQuery, Query()],
+    ) -> list[dict[str, Any]]:
+        """The device's runs in campaigns, newest first, one page: state, error code and
+        the update report its agent sent with the result (steps, preflight, error)."""
+        listing = _service(request).device_update_page(serial, _page(query, "updates", int))
+        return _paged(request, response, "updates", listing)
 
     @_route(router, "GET", "/devices/{serial}/backups", OPERATOR, response_model=list[BackupInfo])
     def list_backups(request: Request, serial: SerialPath) -> list[BackupInfo]:

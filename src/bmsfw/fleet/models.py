@@ -47,6 +47,7 @@ __all__ = [
     "Release",
     "SiteWindow",
     "TelemetrySample",
+    "UpdateReportRecord",
     "UtcDateTime",
 ]
 
@@ -367,6 +368,30 @@ class EvidenceBundle(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UpdateReportRecord(Base):
+    """The latest update report of one device's run in one campaign, as its agent sent it
+    with a state report (:class:`bmsfw.fleet.protocol.UpdateSummary`, stored typed): the
+    outcome and error in columns, the steps, preflight checks and warnings as JSON lists
+    of their records. One row per campaign device, replaced by a later report."""
+
+    __tablename__ = "update_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_device_id: Mapped[int] = mapped_column(ForeignKey("campaign_devices.id"), unique=True)
+    received_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(32))  # the state report it came with
+    outcome: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    failed_step: Mapped[str] = mapped_column(String(64))
+    error_code: Mapped[str] = mapped_column(String(16))
+    error_message: Mapped[str] = mapped_column(Text)
+    running_version: Mapped[str] = mapped_column(String(64))
+    package_version: Mapped[str] = mapped_column(String(64))
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    preflight: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    warnings: Mapped[list[str]] = mapped_column(JSON)
 
 
 class RateBucket(Base):

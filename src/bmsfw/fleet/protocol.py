@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -50,8 +52,11 @@ __all__ = [
     "OfferPolicy",
     "OperatorBackupUpload",
     "Refusal",
+    "ReportCheck",
+    "ReportStep",
     "StateReport",
     "StateReportResponse",
+    "UpdateSummary",
     "backup_content",
     "backup_sha256",
     "refuse_unsafe_values",
@@ -243,6 +248,108 @@ class CheckInResponse(_Answer):
     refusals: list[Refusal] = Field(default_factory=list, max_length=4096)
 
 
+def _cut(value: Any, limit: int) -> str:
+    """``value`` as text the server stores: cut to ``limit``, NUL and lone surrogates
+    replaced (:func:`refuse_unsafe_values` would refuse the whole report for them)."""
+    text = str(value if value is not None else "")[:limit]
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+class ReportStep(_Request):
+    """One step of an update as its report recorded it."""
+
+    step: str = Field(max_length=64)
+    ok: bool
+    duration_s: float = Field(ge=0, le=1e7)
+    detail: str = Field(default="", max_length=2000)
+
+
+class ReportCheck(_Request):
+    """One preflight check: what was measured, against which limit, and the verdict."""
+
+    name: str = Field(max_length=120)
+    measured: str = Field(default="", max_length=200)
+    limit: str = Field(default="", max_length=200)
+    passed: bool
+    safety: bool = False
+    overridden: bool = False
+    detail: str = Field(default="", max_length=2000)
+
+
+class UpdateSummary(_Request):
+    """The parts of one update's report (:class:`bmsfw.update.report.UpdateReport`) the
+    server keeps with the state report that ends or pauses the run: its steps, every
+    preflight check with value and limit, and the error. The server stores it typed (one
+    per device and campaign, the latest); the dashboard and CLI show it as text."""
+
+    outcome: str = Field(max_length=32)
+    kind: str = Field(default="update", max_length=16)
+    failed_step: str = Field(default="", max_length=64)
+    error_code: str = Field(default="", pattern=r"^(BMSFW-E\d{3})?$")
+    error_message: str = Field(default="", max_length=2000)
+    running_version: str = Field(default="", max_length=64)
+    package_version: str = Field(default="", max_length=64)
+    steps: list[ReportStep] = Field(default_factory=list, max_length=64)
+    preflight: list[ReportCheck] = Field(default_factory=list, max_length=128)
+    warnings: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list, max_length=32
+    )
+
+    @classmethod
+    def from_report_json(cls, data: Mapping[str, Any]) -> UpdateSummary:
+        """From an update report's JSON form (``UpdateReport.to_dict()``, its stable
+        format), cut to this record's bounds: the agent never fails on its own report."""
+
+        def items(name: str, most: int) -> list[Mapping[str, Any]]:
+            value = data.get(name)
+            seq = value if isinstance(value, list | tuple) else []
+            return [x for x in seq if isinstance(x, Mapping)][:most]
+
+        def seconds(value: Any) -> float:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            return min(max(float(value), 0.0), 1e7) if number and math.isfinite(value) else 0.0
+
+        def mapping(name: str) -> Mapping[str, Any]:
+            value = data.get(name)
+            return value if isinstance(value, Mapping) else {}
+
+        error, package = mapping("error"), mapping("package")
+        code = _cut(error.get("code"), 16)
+        listed = data.get("warnings")
+        warnings = [w for w in listed if isinstance(w, str)] if isinstance(listed, list) else []
+        return cls(
+            outcome=_cut(data.get("outcome"), 32),
+            kind=_cut(data.get("kind") or "update", 16),
+            failed_step=_cut(data.get("failed_step"), 64),
+            error_code=code if re.fullmatch(r"BMSFW-E\d{3}", code) else "",
+            error_message=_cut(error.get("message"), 2000),
+            running_version=_cut(data.get("running_version"), 64),
+            package_version=_cut(package.get("version"), 64),
+            steps=[
+                ReportStep(
+                    step=_cut(s.get("step"), 64),
+                    ok=s.get("ok") is True,
+                    duration_s=seconds(s.get("duration_s")),
+                    detail=_cut(s.get("detail"), 2000),
+                )
+                for s in items("steps", 64)
+            ],
+            preflight=[
+                ReportCheck(
+                    name=_cut(c.get("name"), 120),
+                    measured=_cut(c.get("measured"), 200),
+                    limit=_cut(c.get("limit"), 200),
+                    passed=c.get("passed") is True,
+                    safety=c.get("safety") is True,
+                    overridden=c.get("overridden") is True,
+                    detail=_cut(c.get("detail"), 2000),
+                )
+                for c in items("preflight", 128)
+            ],
+            warnings=[_cut(w, 2000) for w in warnings[:32]],
+        )
+
+
 class StateReport(_Request):
     device_serial: str = Field(min_length=1, max_length=120)
     campaign_id: DbId
@@ -253,6 +360,9 @@ class StateReport(_Request):
     # ``succeeded`` report must name the release's version (the server refuses and
     # flags one that does not), a ``rolled_back`` one must not.
     firmware_version: str | None = Field(default=None, min_length=1, max_length=64)
+    # The update report of the run this state ends or pauses (None: no run, e.g.
+    # downloading): kept by the server, shown on the device page and by the CLI.
+    update: UpdateSummary | None = None
 
 
 class StateReportResponse(_Answer):

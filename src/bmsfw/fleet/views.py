@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bmsfw.fleet.protocol import BackupInfo
+from bmsfw.fleet.protocol import BackupInfo, UpdateSummary
 
 __all__ = [
     "AccessReviewEntry",
@@ -22,6 +22,7 @@ __all__ = [
     "CampaignView",
     "DeviceCampaign",
     "DeviceDetail",
+    "DeviceUpdate",
     "DeviceView",
     "FlagView",
     "GatewayCreated",
@@ -139,6 +140,21 @@ class DeviceCampaign(BaseModel):
     campaign_id: int
     state: str
     error_code: str
+
+
+class DeviceUpdate(BaseModel):
+    """One run of a device in a campaign (``GET /devices/{serial}/updates``)."""
+
+    campaign_id: int
+    campaign_name: str
+    release_version: str
+    state: str
+    error_code: str
+    detail: str
+    state_changed_at: str | None
+    finished_at: str | None
+    # The update report the agent sent with its result (None: none sent yet).
+    report: UpdateSummary | None
 
 
 class DeviceDetail(DeviceView):

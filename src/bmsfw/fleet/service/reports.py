@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+
 from sqlalchemy import (
     select,
 )
@@ -18,17 +21,23 @@ from bmsfw.fleet.models import (
     CampaignDevice,
     DeviceStateEvent,
     Release,
+    UpdateReportRecord,
 )
+from bmsfw.fleet.paging import Listing, PageRequest, keyset, listing
 from bmsfw.fleet.protocol import (
     TERMINAL_STATES,
     DeviceState,
+    ReportCheck,
+    ReportStep,
     StateReport,
     StateReportResponse,
+    UpdateSummary,
 )
 from bmsfw.fleet.service._base import (
     ALLOWED_TRANSITIONS,
     S,
     ServiceBase,
+    _iso,
     _locking,
     _RefusedReportError,
     audit,
@@ -37,6 +46,40 @@ from bmsfw.package.version import device_runs
 
 
 class ReportOps(ServiceBase):
+    def device_update_page(self, serial: str, page: PageRequest) -> Listing:
+        """A device's runs in campaigns, newest first (``GET /devices/{serial}/updates``):
+        state, error code and the update report its agent sent, if any."""
+        with self.sessions() as session:
+            device = self._device(session, serial)
+            rows = session.execute(
+                keyset(
+                    select(CampaignDevice, Campaign.name, Release.version)
+                    .join(Campaign, Campaign.id == CampaignDevice.campaign_id)
+                    .join(Release, Release.id == Campaign.release_id)
+                    .where(CampaignDevice.device_id == device.id),
+                    CampaignDevice.id,
+                    page,
+                    descending=True,
+                )
+            ).all()
+            reports = stored_summaries(session, [cd.id for cd, _, _ in rows])
+        return listing(
+            rows,
+            page,
+            lambda row: int(row[0].id),
+            lambda row: {
+                "campaign_id": row[0].campaign_id,
+                "campaign_name": row[1],
+                "release_version": row[2],
+                "state": row[0].state,
+                "error_code": row[0].error_code,
+                "detail": row[0].detail,
+                "state_changed_at": _iso(row[0].state_changed_at),
+                "finished_at": _iso(row[0].finished_at),
+                "report": reports.get(row[0].id),
+            },
+        )
+
     def report_state(self, principal: Principal, body: StateReport) -> StateReportResponse:
         """Apply one device's state report, or refuse it.
 
@@ -119,6 +162,7 @@ class ReportOps(ServiceBase):
         if body.state == current:
             if body.detail != cd.detail or body.error_code != cd.error_code:
                 cd.detail, cd.error_code = body.detail, body.error_code
+            _keep_update_report(session, cd.id, body, now)
             return StateReportResponse(
                 device_serial=device.serial,
                 campaign_id=campaign.id,
@@ -135,6 +179,7 @@ class ReportOps(ServiceBase):
                     " or none)"
                 )
             )
+        _keep_update_report(session, cd.id, body, now)
         cd.state = body.state.value
         cd.state_changed_at = now
         cd.error_code = body.error_code
@@ -171,3 +216,61 @@ class ReportOps(ServiceBase):
             campaign_status=campaign.status,
             changed=True,
         )
+
+
+def stored_summaries(
+    session: Session, campaign_device_ids: Sequence[int]
+) -> dict[int, UpdateSummary]:
+    """The kept update report of each campaign device named that has one (one query)."""
+    if not campaign_device_ids:
+        return {}
+    records = session.scalars(
+        select(UpdateReportRecord).where(
+            UpdateReportRecord.campaign_device_id.in_(campaign_device_ids)
+        )
+    )
+    return {
+        r.campaign_device_id: UpdateSummary(
+            outcome=r.outcome,
+            kind=r.kind,
+            failed_step=r.failed_step,
+            error_code=r.error_code,
+            error_message=r.error_message,
+            running_version=r.running_version,
+            package_version=r.package_version,
+            steps=[ReportStep.model_validate(step) for step in r.steps],
+            preflight=[ReportCheck.model_validate(check) for check in r.preflight],
+            warnings=list(r.warnings),
+        )
+        for r in records
+    }
+
+
+def _keep_update_report(
+    session: Session, campaign_device_id: int, body: StateReport, now: datetime
+) -> None:
+    """Keep the update report the state report carries, typed, as the run's latest (one
+    row per campaign device: an agent waiting for preflight every poll adds none)."""
+    summary = body.update
+    if summary is None:
+        return
+    record = session.scalars(
+        select(UpdateReportRecord).where(
+            UpdateReportRecord.campaign_device_id == campaign_device_id
+        )
+    ).one_or_none()
+    if record is None:
+        record = UpdateReportRecord(campaign_device_id=campaign_device_id)
+        session.add(record)
+    record.received_at = now
+    record.state = body.state.value
+    record.outcome = summary.outcome
+    record.kind = summary.kind
+    record.failed_step = summary.failed_step
+    record.error_code = summary.error_code
+    record.error_message = summary.error_message
+    record.running_version = summary.running_version
+    record.package_version = summary.package_version
+    record.steps = [step.model_dump() for step in summary.steps]
+    record.preflight = [check.model_dump() for check in summary.preflight]
+    record.warnings = list(summary.warnings)

@@ -25,7 +25,9 @@ from bmsfw.fleet.models import (
     DeviceStateEvent,
     Release,
 )
+from bmsfw.fleet.service.reports import stored_summaries
 from bmsfw.fleet.web.catalogue import Explanation, explain
+from bmsfw.fleet.web.report import ReportView, summary_view
 
 __all__ = [
     "ACTIVE_CAMPAIGN_STATES",
@@ -144,6 +146,8 @@ class UpdateRecord:
     changed_at: datetime
     explanation: Explanation | None
     history: Sequence[tuple[str, datetime, str]]  # state, at, error code
+    # The update report the agent sent with its result (steps, preflight, error), if any.
+    report: ReportView | None = None
 
 
 @dataclass(frozen=True)
@@ -362,6 +366,7 @@ class FleetQueries:
                 .order_by(DeviceStateEvent.id)
             ):
                 events.setdefault(e.campaign_device_id, []).append((e.state, e.at, e.error_code))
+            reports = stored_summaries(s, [cd.id for cd, _, _ in rows])
         return [
             UpdateRecord(
                 campaign_id=cd.campaign_id,
@@ -373,6 +378,7 @@ class FleetQueries:
                 changed_at=cd.state_changed_at,
                 explanation=explain(cd.error_code) if cd.error_code else None,
                 history=events.get(cd.id, []),
+                report=summary_view(reports[cd.id]) if cd.id in reports else None,
             )
             for cd, name, version in rows
         ]

@@ -20,32 +20,14 @@ from fastapi.responses import Response
 from bmsfw.errors import BmsfwError
 from bmsfw.evidence.bundle import verify_bundle
 from bmsfw.fleet.errors import FleetNotFoundError
+from bmsfw.fleet.protocol import ReportCheck, ReportStep, UpdateSummary
 from bmsfw.fleet.web.catalogue import Explanation, explain
 from bmsfw.update.report import UpdateReport
 
 if TYPE_CHECKING:
     from bmsfw.fleet.web.app import _Pages
 
-__all__ = ["PreflightRow", "ReportView", "StepRow", "add_report_routes", "report_view"]
-
-
-@dataclass(frozen=True)
-class StepRow:
-    step: str
-    ok: bool
-    duration_s: float
-    detail: str
-
-
-@dataclass(frozen=True)
-class PreflightRow:
-    name: str
-    measured: str
-    limit: str
-    passed: bool
-    safety: bool
-    detail: str
-    overridden: bool
+__all__ = ["ReportView", "add_report_routes", "report_view", "summary_view"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +38,8 @@ class ReportView:
     operator: str
     running_version: str
     package_version: str
-    steps: tuple[StepRow, ...]
-    preflight: tuple[PreflightRow, ...]
+    steps: tuple[ReportStep, ...]
+    preflight: tuple[ReportCheck, ...]
     failed_step: str
     error_code: str
     error_message: str
@@ -94,47 +76,39 @@ def report_view(bundle_bytes: bytes) -> ReportView:
     try:
         bundle = verify_bundle(bundle_bytes)
         notice = bundle.files.get("notice.txt", b"").decode("utf-8", "replace")
-        report = UpdateReport.from_dict(json.loads(bundle.files["report.json"]))
+        data = json.loads(bundle.files["report.json"])
+        UpdateReport.from_dict(data)  # refuses a report this version cannot read
     except (BmsfwError, KeyError, ValueError, TypeError) as exc:
         return _unreadable(f"the report in this bundle cannot be read: {_text(exc, 300)}")
-    checks = []
-    for c in report.preflight:  # the record's shape is checked; each entry's is not
-        if isinstance(c, dict):
-            checks.append(
-                PreflightRow(
-                    name=_text(c.get("name")),
-                    measured=_text(c.get("measured")),
-                    limit=_text(c.get("limit")),
-                    passed=c.get("passed") is True,
-                    safety=c.get("safety") is True,
-                    detail=_text(c.get("detail")),
-                    overridden=c.get("overridden") is True,
-                )
-            )
-    code = _text(report.error.code if report.error else "", 16)
-    package = report.package
+    # Read through the report's JSON form, as the agent sends it with its result.
+    return summary_view(
+        UpdateSummary.from_report_json(data),
+        notice=notice,
+        node=_text(data.get("node"), 200),
+        operator=_text(data.get("operator"), 200),
+    )
+
+
+def summary_view(
+    summary: UpdateSummary, *, notice: str = "", node: str = "", operator: str = ""
+) -> ReportView:
+    """The view of an update report's typed parts (from a bundle, or as the agent sent
+    them with its state report and the server stored them)."""
+    code = summary.error_code
     return ReportView(
-        outcome=_text(report.outcome, 32),
-        kind=_text(report.kind, 16),
-        node=_text(report.node, 200),
-        operator=_text(report.operator, 200),
-        running_version=_text(report.running_version, 64),
-        package_version=_text(package.get("version"), 64),
-        steps=tuple(
-            StepRow(
-                _text(s.step, 64),
-                s.ok is True,
-                float(s.duration_s) if isinstance(s.duration_s, int | float) else 0.0,
-                _text(s.detail),
-            )
-            for s in report.steps
-        ),
-        preflight=tuple(checks),
-        failed_step=_text(report.failed_step, 64),
+        outcome=summary.outcome,
+        kind=summary.kind,
+        node=node,
+        operator=operator,
+        running_version=summary.running_version,
+        package_version=summary.package_version,
+        steps=tuple(summary.steps),
+        preflight=tuple(summary.preflight),
+        failed_step=summary.failed_step,
         error_code=code,
-        error_message=_text(report.error.message if report.error else ""),
+        error_message=summary.error_message,
         explanation=explain(code) if code else None,
-        warnings=tuple(_text(w) for w in report.warnings if isinstance(w, str)),
+        warnings=tuple(summary.warnings),
         notice=notice,
         problem="",
     )
