@@ -5,8 +5,8 @@ limit, the error) with the state report that ends or pauses a run; the server ke
 latest per campaign device, typed, for the device page and `bmsfw fleet device` (also
 where no evidence bundle was filed).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0013"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | None = None
 depends_on: str | None = None
 
