@@ -6,10 +6,12 @@ campaign never completes. On SQLite and PostgreSQL (the ``fleet`` fixture)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
 
+from bmsfw.fleet.auth import hash_token
 from bmsfw.fleet.campaigns import (
     CampaignCounts,
     CampaignSnapshot,
@@ -163,6 +165,51 @@ def test_ineligible_devices_do_not_join(fleet: Fleet, pki) -> None:
     assert set(_members(fleet, cid)) == {"S1"}
     assert set(_members(fleet, plain["id"])) == {"BUSY"}
     assert len(_joins(fleet)) == 1
+
+
+def test_a_join_never_claims_a_device_a_creation_in_progress_takes(
+    fleet: Fleet, pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X comes to match a dynamic campaign while a plain creation that targets it has
+    resolved but not committed: the check-in waits for the creation (PostgreSQL: the
+    shared side of its advisory lock; SQLite: one writer), then sees X busy there."""
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms("X")])
+    release = fleet.upload(make_release(pki))
+    dynamic = _dynamic(fleet, release["id"], selector={"tags": ["pilot"]}, phases=PHASES[1:])
+    service = fleet.service
+    operator = service.load_principal(hash_token(fleet.tokens["operator"]))
+    spec = CampaignSpec.model_validate(
+        {"name": "plain", "release_id": release["id"], "selector": {"serials": ["X"]}}
+    )
+    resolve = service._resolve_targets
+    resolved, may_commit = threading.Event(), threading.Event()
+
+    def pause_after_resolving(*args: Any, **kwargs: Any) -> Any:
+        targets = resolve(*args, **kwargs)
+        resolved.set()
+        may_commit.wait(10)
+        return targets
+
+    monkeypatch.setattr(service, "_resolve_targets", pause_after_resolving)
+    made: dict[str, Any] = {}
+    creation = threading.Thread(
+        target=lambda: made.update(service.create_campaign(operator, spec)), name="create"
+    )
+    creation.start()
+    assert resolved.wait(10)
+    check_in = threading.Thread(
+        target=lambda: fleet.check_in("gw", [bms("X", tags=["pilot"])]), name="check-in"
+    )
+    check_in.start()
+    check_in.join(0.5)
+    assert check_in.is_alive()  # waiting for the creation
+    may_commit.set()
+    creation.join(10)
+    check_in.join(40)
+    assert made["targets"] == 1
+    assert _members(fleet, dynamic["id"]) == {}
+    assert _joins(fleet) == []
 
 
 def test_a_paused_campaign_keeps_its_joiners_waiting(fleet: Fleet, pki) -> None:

@@ -116,16 +116,20 @@ def _open_dynamic(session: Session) -> list[int]:
 
 
 def hold_for_joins(session: Session) -> bool:
-    """Before a transaction writes devices that may join a dynamic campaign: True when an
-    open dynamic campaign exists; then, on PostgreSQL, campaign creations (and device
-    decommissioning) wait for this transaction, as they wait for each other, so a device
-    is never claimed twice. Taken before any device row is written (the order those take
-    it in), so it cannot deadlock with them."""
-    if not _open_dynamic(session):
-        return False
+    """Before a transaction writes devices that may join a dynamic campaign; True when
+    an open dynamic campaign exists (then call :func:`join_dynamic_campaigns`).
+
+    On PostgreSQL it first takes the campaign-creation advisory lock *shared*: check-ins
+    do not wait for each other, but a creation (or a decommissioning) in progress is
+    waited for and seen committed, and one that starts waits for us. So a device is never
+    claimed by a creation and a join at once, and a dynamic campaign being created is
+    not missed. Taken before any device row is written, the order creation and
+    decommissioning take it in, so it cannot deadlock with them. SQLite serialises
+    every writer anyway.
+    """
     if _locking(session):
-        session.execute(select(func.pg_advisory_xact_lock(_CAMPAIGN_CREATION_LOCK)))
-    return True
+        session.execute(select(func.pg_advisory_xact_lock_shared(_CAMPAIGN_CREATION_LOCK)))
+    return bool(_open_dynamic(session))
 
 
 def join_dynamic_campaigns(
