@@ -535,3 +535,5 @@ def test_a_pack_joining_a_dynamic_campaign_appears_on_its_page_by_itself(
     expect(row).to_contain_text("offered", timeout=6000)
     expect(row).to_contain_text("100%")  # the last phase
     assert page.evaluate("window.__same_page") is True
+    page.goto(f"{dashboard.url}/ui/campaigns")
+    expect(page.locator("tr", has_text="East, as packs arrive")).to_contain_text("dynamic")

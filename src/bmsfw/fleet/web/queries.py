@@ -108,6 +108,7 @@ class CampaignProgress:
     phases: int
     targets: int
     states: dict[str, int]
+    dynamic: bool = False  # devices that match later join: it never completes
 
     @property
     def done(self) -> int:
@@ -277,6 +278,7 @@ class FleetQueries:
                 phases=len(c.phases),
                 targets=sum(states[c.id].values()),
                 states=states[c.id],
+                dynamic=c.dynamic,
             )
             for c, version in rows
         ]
