@@ -184,3 +184,37 @@ def test_resuming_after_the_error_threshold_waits(running: tuple[Fleet, int, int
     assert fleet.call("POST", f"/api/v1/campaigns/{campaign}/resume", "operator")["status"] == (
         "running"
     )
+
+
+def test_a_downgrade_campaign_is_explicit_and_approved_by_a_release_manager(
+    fleet: Fleet, pki: Any
+) -> None:
+    fleet.add_gateway("gw", "site")
+    fleet.check_in("gw", [bms("NEW", version="1.2.0"), bms("OLD", version="1.0.0")])
+    release = fleet.upload(make_release(pki))["id"]  # 1.1.0
+    # Without a reason, a device that runs a higher version is no target (the version rule).
+    plain = fleet.call(
+        "POST", "/api/v1/campaigns", "operator", json={"name": "up", "release_id": release}
+    )
+    assert plain["status"] == "running" and plain["targets"] == 1
+    assert [
+        d["device_serial"] for d in fleet.call("GET", f"/api/v1/campaigns/{plain['id']}/devices")
+    ] == ["OLD"]
+    spec = {
+        "name": "back",
+        "release_id": release,
+        "selector": {"serials": ["NEW"], "downgrade_reason": "1.2.0 drains cells in storage"},
+    }
+    down = fleet.call("POST", "/api/v1/campaigns", "operator", json=spec)
+    # One device, below approval_above_devices: a downgrade waits all the same.
+    assert down["status"] == "needs_approval" and down["targets"] == 1
+    (waiting,) = fleet.call("GET", "/api/v1/approvals")
+    assert waiting["action"] == "campaign.start_downgrade"
+    assert waiting["min_role"] == "release_manager"
+    assert waiting["reason"] == "1.2.0 drains cells in storage"
+    assert "start downgrade campaign" in waiting["summary"]
+    _refused(fleet, _second(fleet, "operator"), waiting["id"], 403, "BMSFW-E654")
+    started = fleet.call("POST", f"/api/v1/campaigns/{down['id']}/approve", "release_manager")
+    assert started["status"] == "running"
+    offers = fleet.check_in("gw", [bms("NEW", version="1.2.0")])["offers"]
+    assert [(o["device_serial"], o["version"]) for o in offers] == [("NEW", "1.1.0")]

@@ -134,11 +134,12 @@ def test_a_deactivation_waits_for_a_second_release_manager(
 
     approver = _as(browser, d, "release_manager-2")
     approver.goto(f"{d.url}/ui/approvals")
+    expect(approver.get_by_test_id(f"reject-{number}")).to_be_visible()
+    if os.environ.get("BMSFW_WRITE_SCREENSHOTS") == "1":
+        approver.screenshot(path=str(SHOTS / "dashboard-approvals.png"), full_page=True)
     approver.click(f"[data-testid=approve-{number}]")
     expect(approver.get_by_test_id(f"outcome-{number}")).to_have_text("approved")
     expect(approver.get_by_test_id("none-waiting")).to_be_visible()
-    if os.environ.get("BMSFW_WRITE_SCREENSHOTS") == "1":
-        approver.screenshot(path=str(SHOTS / "dashboard-approvals.png"), full_page=True)
     release = d.call("GET", "/releases/1")
     assert release["deactivated_by"] == "operator:release_manager-2"
     # Neither the releases list nor the campaign form offers it any more...

@@ -42,6 +42,7 @@ from bmsfw.fleet.errors import InvalidCampaignSpecError
 from bmsfw.fleet.protocol import MaintenanceWindow
 from bmsfw.fleet.schemas import PhaseSpec, Selector
 from bmsfw.package.version import VersionRange, device_runs
+from bmsfw.update.core import is_downgrade
 
 __all__ = [
     "JOINABLE_STATUSES",
@@ -81,6 +82,7 @@ class TargetRule:
     serials: frozenset[str]  # empty: any
     tags: frozenset[str]  # all required
     version_range: VersionRange | None
+    downgrade: bool = False  # an explicit downgrade campaign (selector.downgrade_reason)
 
     @staticmethod
     def build(
@@ -118,6 +120,7 @@ class TargetRule:
             serials=frozenset(selector.serials),
             tags=frozenset(selector.tags),
             version_range=range_,
+            downgrade=bool(selector.downgrade_reason.strip()),
         )
 
 
@@ -152,6 +155,12 @@ def refusal(rule: TargetRule, device: DeviceFacts) -> str | None:
         return "busy in another open campaign"
     if device_runs(rule.release_version, device.firmware_version):
         return f"already runs {rule.release_version}"
+    if not rule.downgrade and is_downgrade(rule.release_version, device.firmware_version):
+        # The version rule (update.core): the device would refuse it without a reason.
+        return (
+            f"runs {device.firmware_version}, above the release's {rule.release_version} "
+            "(a downgrade campaign must say so)"
+        )
     if device.security_counter > rule.release_security_counter:
         # Anti-rollback would reject it on the device anyway.
         return (

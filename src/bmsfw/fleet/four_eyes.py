@@ -28,6 +28,8 @@ from bmsfw.fleet.errors import (
 __all__ = [
     "APPROVER_ROLE",
     "CAMPAIGN_START",
+    "CAMPAIGN_STARTS",
+    "DOWNGRADE_START",
     "WAITING",
     "ApprovalFacts",
     "approval_refusal",
@@ -36,11 +38,15 @@ __all__ = [
 ]
 
 CAMPAIGN_START = "campaign.start"
+DOWNGRADE_START = "campaign.start_downgrade"
+CAMPAIGN_STARTS = (CAMPAIGN_START, DOWNGRADE_START)
 WAITING = "waiting"
 # action -> lowest role that may ask for it and approve it.
 APPROVER_ROLE: dict[str, str] = {
     # A campaign above the size set on the server (approval_above_devices).
     CAMPAIGN_START: "operator",
+    # An explicit downgrade campaign (issue 15's version rule), whatever the settings.
+    DOWNGRADE_START: "release_manager",
     # Pulling a release stops (or lets finish) every campaign of it, fleet-wide.
     "release.deactivate": "release_manager",
     # Locks a person or a machine out; with a stolen admin token, the first thing an
@@ -59,7 +65,7 @@ APPROVER_ROLE: dict[str, str] = {
 def needs_second_person(action: str, *, four_eyes: bool) -> bool:
     """Whether ``action`` (one of :data:`APPROVER_ROLE`, except campaign starts, which
     follow the campaign size rule) waits for approval under the server's setting."""
-    return four_eyes and action in APPROVER_ROLE and action != CAMPAIGN_START
+    return four_eyes and action in APPROVER_ROLE and action not in CAMPAIGN_STARTS
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,10 @@ class Selector(_Model):
     sites: list[Name] = Field(default_factory=list, max_length=1000)
     tags: list[Name] = Field(default_factory=list, max_length=100)
     serials: list[Name] = Field(default_factory=list, max_length=100_000)
+    # An explicit downgrade, and why: devices that run a higher version than the
+    # release are targets too (otherwise they are left out), and the campaign waits for
+    # a release manager's approval (docs/fleet.md, "Four eyes").
+    downgrade_reason: str = Field(default="", max_length=500)
 
 
 class CampaignSpec(_Model):

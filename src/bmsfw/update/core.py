@@ -95,6 +95,7 @@ __all__ = [
     "estimate_ble_throughput_bps",
     "identity_drift",
     "interpret_boot",
+    "is_downgrade",
     "judge_ble_link",
     "judge_confirm",
     "judge_installed",
@@ -122,6 +123,13 @@ def compare_versions(a: str, b: str) -> int:
     if va is None or vb is None:
         return (va is not None) - (vb is not None)
     return (va > vb) - (va < vb)
+
+
+def is_downgrade(release_version: str, running: str) -> bool:
+    """The version rule: installing ``release_version`` on a BMS that runs ``running``
+    lowers its version (only with an explicit reason; the fleet server's campaigns ask
+    the same question of the version a device reported)."""
+    return bool(running) and compare_versions(release_version, running) < 0
 
 
 def _version_or_none(text: str) -> Version | None:
@@ -313,8 +321,7 @@ def _decide_start(facts: StartFacts) -> StartDecision:
             f"{running} already runs confirmed; nothing to do",
             warning=note,
         )
-    order = compare_versions(facts.release_version, running) if running else 1
-    if order < 0:
+    if is_downgrade(facts.release_version, running):
         if not facts.downgrade_reason.strip():
             return StartDecision(
                 StartVerdict.REFUSE_DOWNGRADE,

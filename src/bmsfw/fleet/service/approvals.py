@@ -39,6 +39,8 @@ from bmsfw.fleet.errors import (
 from bmsfw.fleet.four_eyes import (
     APPROVER_ROLE,
     CAMPAIGN_START,
+    CAMPAIGN_STARTS,
+    DOWNGRADE_START,
     WAITING,
     ApprovalFacts,
     approval_refusal,
@@ -55,6 +57,7 @@ NEEDS_APPROVAL = "needs_approval"
 # What the target of each action is called in the audit log ("release:3").
 _TARGET_KIND = {
     CAMPAIGN_START: "campaign",
+    DOWNGRADE_START: "campaign",
     "campaign.resume_after_failures": "campaign",
     "release.deactivate": "release",
     "token.revoke": "credential",
@@ -64,9 +67,12 @@ _TARGET_KIND = {
 DEACTIVATION_MODES = ("stop", "finish")
 
 
-def needs_approval(approval_above_devices: int | None, targets: int) -> bool:
-    """Whether a new campaign of ``targets`` devices waits for a second person."""
-    return approval_above_devices is not None and targets > approval_above_devices
+def needs_approval(
+    approval_above_devices: int | None, targets: int, *, downgrade: bool = False
+) -> bool:
+    """Whether a new campaign of ``targets`` devices waits for a second person: above the
+    size set on the server, and an explicit downgrade always."""
+    return downgrade or (approval_above_devices is not None and targets > approval_above_devices)
 
 
 @dataclass(frozen=True)
@@ -216,11 +222,15 @@ class ApprovalOps(ServiceBase):
     def request_campaign_start(
         self, session: Session, principal: Principal, campaign: Campaign, now: datetime
     ) -> None:
-        """The request a campaign waiting for approval waits on (created with it)."""
-        action = SafetyAction(CAMPAIGN_START, str(campaign.id))
-        self._open_request(
-            session, principal, action, f"start campaign {campaign.id} ({campaign.name})", now
-        )
+        """The request a campaign waiting for approval waits on (created with it); a
+        downgrade campaign's needs a release manager."""
+        why = str(campaign.selector.get("downgrade_reason", "")).strip()
+        kind = DOWNGRADE_START if why else CAMPAIGN_START
+        action = SafetyAction(kind, str(campaign.id), why)
+        summary = f"start campaign {campaign.id} ({campaign.name})"
+        if why:
+            summary = f"start downgrade campaign {campaign.id} ({campaign.name})"
+        self._open_request(session, principal, action, summary, now)
 
     def _describe(self, action: SafetyAction) -> str:
         """One line for the waiting list; raises what the action would raise now for a
@@ -337,7 +347,7 @@ class ApprovalOps(ServiceBase):
             campaign = self._campaign_or_404(session, campaign_id, lock=False)
             request_id = session.scalars(
                 select(ApprovalRequest.id).where(
-                    ApprovalRequest.action == CAMPAIGN_START,
+                    ApprovalRequest.action.in_(CAMPAIGN_STARTS),
                     ApprovalRequest.target == f"campaign:{campaign_id}",
                     ApprovalRequest.status == WAITING,
                 )
@@ -441,7 +451,7 @@ class ApprovalOps(ServiceBase):
         are free for another campaign)."""
         row.status, row.decided_at = status, now
         row.decided_by = principal.label if principal else "system"
-        if row.action != CAMPAIGN_START:
+        if row.action not in CAMPAIGN_STARTS:
             return
         campaign = self._campaign_or_404(session, int(row.params["subject"]), lock=True)
         if campaign.status == NEEDS_APPROVAL:
@@ -454,7 +464,7 @@ class ApprovalOps(ServiceBase):
         """A campaign waiting for approval was cancelled: its request ends with it."""
         for row in session.scalars(
             select(ApprovalRequest).where(
-                ApprovalRequest.action == CAMPAIGN_START,
+                ApprovalRequest.action.in_(CAMPAIGN_STARTS),
                 ApprovalRequest.target == f"campaign:{campaign_id}",
                 ApprovalRequest.status == WAITING,
             )
@@ -467,6 +477,7 @@ class ApprovalOps(ServiceBase):
         who, subject, reason = principal, action.subject, action.reason
         runs: dict[str, Callable[[], dict[str, Any]]] = {
             CAMPAIGN_START: lambda: ops.start_approved_campaign(who, int(subject)),
+            DOWNGRADE_START: lambda: ops.start_approved_campaign(who, int(subject)),
             "campaign.resume_after_failures": lambda: ops.resume(who, int(subject)),
             "release.deactivate": lambda: ops.deactivate_release(
                 who, int(subject), reason, action.running

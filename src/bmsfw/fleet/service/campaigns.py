@@ -231,7 +231,11 @@ class CampaignOps(ApprovalOps):
             # Sites that only install inside maintenance windows (the others: any time).
             "windows": dict(sorted(windows.items())),
             "offline": sum(1 for d in targets if now - d.last_seen_at >= online),
-            "needs_approval": needs_approval(self.settings.approval_above_devices, len(targets)),
+            "needs_approval": needs_approval(
+                self.settings.approval_above_devices,
+                len(targets),
+                downgrade=bool(spec.selector.downgrade_reason.strip()),
+            ),
             "dynamic": spec.dynamic,
         }
 
@@ -293,7 +297,11 @@ class CampaignOps(ApprovalOps):
                 dynamic=spec.dynamic,
                 status=(
                     NEEDS_APPROVAL
-                    if needs_approval(self.settings.approval_above_devices, len(targets))
+                    if needs_approval(
+                        self.settings.approval_above_devices,
+                        len(targets),
+                        downgrade=bool(spec.selector.downgrade_reason.strip()),
+                    )
                     else "running"
                 ),
                 # A dynamic campaign that matches nobody yet has nothing to try in its
