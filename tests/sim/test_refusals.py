@@ -24,6 +24,7 @@ from bmsfw.package.errors import (
     BadSignatureError,
     IncompatibleHardwareError,
     KeyHashNotTrustedError,
+    OtaDowngradeError,
     SafetyCriticalOverOtaError,
     UntrustedSignerError,
 )
@@ -100,6 +101,12 @@ CASES: dict[str, tuple[Callable[[Vendor, Vendor], bytes], str, type[BmsfwError],
         SafetyCriticalOverOtaError,
         "BMSFW-E113",
     ),
+    "lower version over OTA at an equal security counter": (
+        lambda v, o: v.release("0.9.0", 1).header,
+        "ota",
+        OtaDowngradeError,
+        "BMSFW-E145",
+    ),
     "signed by another vendor": (
         lambda v, o: v.release("2.0.0", 2, pki=o.pki).header,
         "wired",
@@ -130,6 +137,19 @@ def test_safety_critical_is_accepted_wired(bms: VirtualBms, vendor: Vendor) -> N
     release = vendor.release("2.0.0", 2, safety_class="safety-critical")
     status = bms.begin_update(release.header, channel="wired")
     assert status.staged and status.total_size == len(release.image)
+
+
+def test_lower_version_at_an_equal_counter_is_accepted_wired(
+    bms: VirtualBms, vendor: Vendor
+) -> None:
+    """The device's own version rule is for OTA only: on site the host decides (a person's
+    explicit `--allow-downgrade REASON`), and the BMS stages the older release; a newer
+    one over the air is staged as always."""
+    older = vendor.release("0.9.0", 1)
+    status = bms.begin_update(older.header, channel="wired")
+    assert status.staged and status.total_size == len(older.image)
+    newer = vendor.release("1.1.0", 1)
+    assert bms.begin_update(newer.header, channel="ota").staged
 
 
 @pytest.mark.req("SEED-SECURE-BOOT", "IEC62443-EDR3.10", "NIST800-193-PROTECT")

@@ -48,3 +48,7 @@ class DeviceFacts:
     # KEYHASH values); empty: not reported. An image signed by another key is then refused
     # before the transfer (:func:`bmsfw.package.image_key_refusal`).
     image_key_hashes: tuple[bytes, ...] = ()
+    # The version the device runs, as a BMS judges an OTA header itself: over the air it
+    # never takes a lower version (BMSFW-E145). "" on the host, where the update core
+    # judges the version with the operator's explicit downgrade reason.
+    running_version: str = ""

@@ -73,6 +73,7 @@ from bmsfw.package.errors import (
     InvalidVersionError,
     MalformedPackageError,
     MissingSecurityCounterError,
+    OtaDowngradeError,
     SafetyCriticalOverOtaError,
     SecurityCounterMismatchError,
     UnsignedPackageError,
@@ -563,6 +564,24 @@ def check_policy(manifest: Manifest, facts: DeviceFacts) -> None:
         raise AntiRollbackError(
             f"release security counter {manifest.security_counter} is below the device's "
             f"{facts.security_counter}"
+        )
+    _check_ota_version(manifest, facts)
+
+
+def _check_ota_version(manifest: Manifest, facts: DeviceFacts) -> None:
+    """Over the air a BMS never takes a lower version than it runs, even at an equal
+    security counter: an explicit downgrade goes over a wired link, with a person there.
+    A device that runs no readable version (its bootloader) leaves it to the counter."""
+    if facts.channel != "ota" or not facts.running_version:
+        return
+    try:
+        running = as_version(facts.running_version)
+    except InvalidVersionError:
+        return
+    if parse_version(manifest.version) < running:
+        raise OtaDowngradeError(
+            f"release {manifest.version} is older than the running {facts.running_version}; "
+            "a downgrade is not taken over the air"
         )
 
 

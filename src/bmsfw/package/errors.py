@@ -6,7 +6,8 @@ exactly what went wrong. Ranges inside E1xx:
 =========  ======================================================
 E101–E119  release package and manifest (structure, trust, policy)
 E120–E139  MCUboot component images
-E140–E149  component encodings (compression, delta, encryption)
+E140–E144  component encodings (compression, delta, encryption)
+E145       the device's OTA version rule
 E150–E169  keys and the vendor PKI
 =========  ======================================================
 """
@@ -46,6 +47,7 @@ __all__ = [
     "MalformedPackageError",
     "MissingSecurityCounterError",
     "NotFirmwareError",
+    "OtaDowngradeError",
     "PkiExistsError",
     "RevocationListError",
     "RevokedSignerError",
@@ -141,6 +143,19 @@ class SafetyCriticalOverOtaError(PackageError):
     code = "BMSFW-E113"
     diagnosis = "A safety-critical release was offered over the air, which is not allowed."
     remedy = "Install safety-critical releases on site over a wired link (CAN, RS485 or USB)."
+
+
+class OtaDowngradeError(PackageError):
+    code = "BMSFW-E145"
+    diagnosis = (
+        "The BMS refused a release header over the air because the release is an older "
+        "version than the firmware it runs (even at an equal security counter): it never "
+        "downgrades over the air."
+    )
+    remedy = (
+        "Install the newer release, or downgrade on site over a wired link with "
+        "`bmsfw update --allow-downgrade REASON` (recorded in the report and the audit log)."
+    )
 
 
 class UnsignedPackageError(PackageError):

@@ -1038,6 +1038,7 @@ class VirtualBms:
             bootloader_version=self.spec.bootloader_version,
             security_counter=self.otp.security_counter,
             channel=channel,
+            running_version=self._running.version if self._running is not None else "",
         )
 
     @_api
