@@ -264,3 +264,59 @@ def test_a_dynamic_campaign_from_the_command_line(served: Served, pki: Any) -> N
     with served.client("viewer") as c:
         devices = c.get(f"campaigns/{shown.group(1)}/devices")
     assert [(d["device_serial"], d["phase"], d["state"]) for d in devices] == [("E1", 1, "offered")]
+
+
+def test_a_devices_history_from_the_command_line(served: Served, pki: Any) -> None:
+    """`bmsfw fleet device SERIAL`: identity, current version, open flags, last
+    telemetry, and each run in a campaign with its outcome and error code (from the
+    update report the agent sent), newest first, paged like every list."""
+    with served.client("admin") as c:
+        west = c.post("gateways", {"name": "gw-west", "site": "west", "tags": []})["token"]
+    with served.client("release_manager") as c:
+        release = c.upload_release(make_release(pki, "1.4.3"), "r-1.4.3.bmsfw")["id"]
+    pack = bms("W1", soc_pct=41.5, temperature_c=19.0, integrity_ok=False)
+    with FleetClient(ClientConfig(served.url, west, ca_file=served.ca)) as gw:
+        gw.post("agent/check-in", {"devices": [bms("W1")]})
+        gw.post("agent/check-in", {"devices": [pack]})  # flagged: integrity fault
+        campaigns = []
+        for name in ("west one", "west two"):
+            with served.client("operator") as c:
+                body = {"name": name, "release_id": release, "selector": {"serials": ["W1"]},
+                        "phases": [{"name": "all", "percent": 100}]}  # fmt: skip
+                campaigns.append(c.post("campaigns", body)["id"])
+            if name == "west one":
+                gw.post("agent/check-in", {"devices": [pack]})
+                for state in ("downloading", "failed"):
+                    report = {"device_serial": "W1", "campaign_id": campaigns[0], "state": state}
+                    if state == "failed":
+                        report |= {
+                            "error_code": "BMSFW-E401",
+                            "update": {"outcome": "refused", "failed_step": "preflight",
+                                       "error_code": "BMSFW-E401",
+                                       "error_message": "state of charge 12 % below 20 %"},
+                        }  # fmt: skip
+                    gw.post("agent/reports", report)
+
+    # Two CLI runs (each is a process): the first page as JSON, the next as a table.
+    first = served.run("viewer", "device", "W1", "--limit", "1", "--json")
+    shown = json.loads(first.stdout)
+    device, (newest,) = shown["device"], shown["updates"]
+    assert (device["serial"], device["gateway"], device["firmware_version"]) == (
+        "W1",
+        "gw-west",
+        "1.0.0",
+    )
+    assert (device["soc_pct"], device["temperature_c"]) == (41.5, 19.0)
+    assert device["flags"] == ["integrity_fault"]
+    assert (newest["campaign_id"], newest["state"], newest["report"]) == (
+        campaigns[1],
+        "pending",
+        None,
+    )
+    cursor = re.search(r"--cursor (\S+)", first.stderr)
+    assert cursor, first.stderr
+    rest = served.run("viewer", "device", "show", "W1", "--limit", "1", "--cursor", cursor[1])
+    assert "integrity_fault" in rest.stdout and "41.5" in rest.stdout
+    assert "west one" in rest.stdout and "west two" not in rest.stdout
+    assert "failed" in rest.stdout and "refused" in rest.stdout
+    assert "BMSFW-E401 at preflight: state of charge 12 % below 20 %" in rest.stdout

@@ -465,10 +465,84 @@ def _gateway_group(server_options: ServerOptions, client: ClientFactory) -> clic
     return gateway
 
 
+class _DeviceGroup(click.Group):
+    """``device SERIAL`` is ``device show SERIAL``: a first word that names no subcommand
+    is a serial (a device whose serial is a subcommand's name: ``device show SERIAL``)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().resolve_command(ctx, args)
+
+
+_IDENTITY_FIELDS = (
+    "serial", "model", "hw_revision", "bootloader_version", "firmware_version",
+    "firmware_sha256", "security_counter", "gateway", "site", "tags", "integrity_ok",
+    "integrity_detail", "first_seen_at", "last_seen_at", "decommissioned_at",
+)  # fmt: skip
+_UPDATE_COLUMNS = (
+    "campaign_id", "campaign_name", "release_version", "state", "outcome", "error_code",
+    "failed_step", "state_changed_at",
+)  # fmt: skip
+
+
+def _print_device(device: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    identity = Table(title=f"device {device['serial']}", show_header=False)
+    identity.add_column("field")
+    identity.add_column("value")
+    for name in _IDENTITY_FIELDS:
+        identity.add_row(name, _cell(device, name))
+    console.print(identity)
+    seen = _cell(device, "last_seen_at")
+    console.print(
+        f"last telemetry ({seen}): state of charge {_cell(device, 'soc_pct')} %, "
+        f"temperature {_cell(device, 'temperature_c')} °C"
+    )
+    console.print(f"open flags: {_cell(device, 'flags')}")
+    rows = [
+        {
+            **run,
+            "outcome": (run.get("report") or {}).get("outcome", ""),
+            "failed_step": (run.get("report") or {}).get("failed_step", ""),
+        }
+        for run in runs
+    ]
+    _table("update history (newest first)", _UPDATE_COLUMNS, rows)
+    for run in runs:
+        report = run.get("report") or {}
+        if report.get("error_code") or report.get("error_message"):
+            console.print(
+                f"campaign {run['campaign_id']}: {report.get('error_code') or '-'} at "
+                f"{report.get('failed_step') or '-'}: {report.get('error_message') or ''}"
+            )
+
+
 def _device_group(server_options: ServerOptions, client: ClientFactory) -> click.Group:
-    @click.group("device")
+    @click.group("device", cls=_DeviceGroup)
     def device() -> None:
-        """One device: decommission it, or move it to another gateway."""
+        """One device: its history (``device SERIAL``), decommission it, or move it."""
+
+    @device.command("show")
+    @server_options
+    @click.argument("serial")
+    @_paging_options
+    def show(
+        server: str, token: str | None, ca: Path | None, serial: str, listing: _Listing
+    ) -> None:
+        """A device's history: identity, current version, open flags, last telemetry, and
+        its runs in campaigns with state, outcome and error code (newest first; paged)."""
+        path = f"devices/{quote(serial, safe='')}"
+        with client(server, token, ca) as c:
+            info = c.get(path)
+            runs = listing.fetch(c, f"{path}/updates", {})
+        info.pop("campaigns", None)  # the paged update history replaces this summary
+        _emit(
+            {"device": info, "updates": runs},
+            listing.as_json,
+            lambda d: _print_device(d["device"], d["updates"]),
+        )
 
     device.add_command(
         _retire_command(
