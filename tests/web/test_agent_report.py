@@ -15,10 +15,10 @@ from sqlalchemy import create_engine, select
 from bmsfw.fleet.models import UpdateReportRecord
 from bmsfw.fleet.protocol import UpdateSummary
 from bmsfw.fleet.web.catalogue import explain
-from bmsfw.update.report import ErrorRecord, StepRecord, UpdateReport
 from fleet import conftest as fleet_fixtures
 from fleet.conftest import Fleet, bms, make_release
 
+from .test_report import MARKUP, failed_report
 from .test_routes import _sign_in, https_fleet
 
 fleet = fleet_fixtures.fleet
@@ -28,45 +28,12 @@ root_pem = fleet_fixtures.root_pem
 config_overrides = fleet_fixtures.config_overrides
 __all__ = ["https_fleet"]
 
-MARKUP = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 CODE = "BMSFW-E401"
 
 
 def _report(**changes: Any) -> dict[str, Any]:
     """A failed update's report in its JSON form (what the agent reads it through)."""
-    report = UpdateReport(
-        node="AR-1",
-        outcome="failed",  # type: ignore[arg-type]
-        running_version="1.0.0",
-        package={"version": "1.1.0"},
-        steps=(
-            StepRecord("verify-package", True, 1.0, 0.12, "signed by vendor"),
-            StepRecord("preflight", False, 2.0, 2.5, MARKUP),
-        ),
-        preflight=(
-            {
-                "name": "state_of_charge",
-                "measured": "12.0 %",
-                "limit": "20.0..80.0 %",
-                "passed": False,
-                "safety": True,
-                "detail": MARKUP,
-                "overridden": False,
-            },
-            {
-                "name": "temperature",
-                "measured": "21.5 °C",
-                "limit": "0.0..45.0 °C",
-                "passed": True,
-                "safety": True,
-                "detail": "",
-                "overridden": False,
-            },
-        ),
-        failed_step="preflight",
-        error=ErrorRecord(CODE, "PreflightFailedError", f"SoC 12 % {MARKUP}", "", ""),
-    )
-    return {**report.to_dict(), **changes}
+    return {**failed_report("AR-1").to_dict(), **changes}
 
 
 def _stored(fleet: Fleet) -> list[tuple[Any, ...]]:

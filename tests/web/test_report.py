@@ -23,8 +23,9 @@ __all__ = ["https_fleet"]
 MARKUP = "<script>window.__pwned=1</script>"
 
 
-def _failed_update(serial: str) -> bytes:
-    report = UpdateReport(
+def failed_report(serial: str) -> UpdateReport:
+    """A preflight refusal's report, with markup in a step's detail."""
+    return UpdateReport(
         node=serial,
         outcome="failed",
         started_at=1_790_000_000.0,
@@ -65,9 +66,12 @@ def _failed_update(serial: str) -> bytes:
             remedy="charge it",
         ),
     )
+
+
+def _failed_update(serial: str) -> bytes:
     return build_bundle(
         EvidenceInputs(
-            report,
+            failed_report(serial),
             created_at=1_790_000_100.0,
             bmsfw_version="t",
             notice_before="The pack stays in service: nothing was changed.\n",

@@ -91,6 +91,13 @@ def _log_agent_problems(body: CheckIn) -> CheckIn:
     return body
 
 
+def _body_or_none(raw: bytes) -> CheckIn | None:
+    try:
+        return CheckIn.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
 class CheckInEndpoint:
     """``POST /api/v1/agent/check-in`` (see the module text)."""
 
@@ -112,33 +119,22 @@ class CheckInEndpoint:
         request.state.principal = None
         raw = await request.body()
         threads: ThreadPoolExecutor = request.app.state.check_in_threads
-        answer = await asyncio.get_running_loop().run_in_executor(
-            threads, self._refusing_retired, service, limits, request, token_hash, raw
-        )
-        return Response(answer, media_type="application/json")
-
-    def _refusing_retired(
-        self,
-        service: FleetService,
-        limits: CheckInLimits,
-        request: Request,
-        token_hash: str,
-        raw: bytes,
-    ) -> bytes:
-        """:meth:`_work`; a credential refused because its gateway was decommissioned is
-        answered BMSFW-E660 instead, after its devices are flagged (in its own transaction:
-        the check-in's rolled back)."""
+        loop = asyncio.get_running_loop()
         try:
-            return self._work(service, limits, request, token_hash, raw)
+            answer = await loop.run_in_executor(
+                threads, self._work, service, limits, request, token_hash, raw
+            )
         except (InvalidCredentialError, GatewayDecommissionedError):
-            try:
-                body: CheckIn | None = CheckIn.model_validate_json(raw)
-            except ValidationError:
-                body = None
-            retired = service.refuse_retired_gateway(token_hash, body)
+            # A credential refused because its gateway was decommissioned is answered
+            # BMSFW-E660 instead, after its devices are flagged (in a transaction of its
+            # own: the check-in's was rolled back).
+            retired = await loop.run_in_executor(
+                threads, lambda: service.refuse_retired_gateway(token_hash, _body_or_none(raw))
+            )
             if retired is None:
                 raise
             raise retired from None
+        return Response(answer, media_type="application/json")
 
     def _work(
         self,
