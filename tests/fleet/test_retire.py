@@ -169,3 +169,40 @@ def test_token_revoke_needs_an_admin(fleet: Fleet) -> None:
     fleet.call("POST", path, "admin")
     assert fleet.client.get("/api/v1/whoami", headers=bob).status_code == 401
     assert ("token.revoke", f"credential:{created['id']}") in _actions(fleet)
+
+
+def test_release_deactivate_lets_running_campaigns_finish(
+    running: tuple[Fleet, int, int], pki: Any
+) -> None:
+    fleet, release, campaign = running
+    path = f"/api/v1/releases/{release}/deactivate"
+    bad = fleet.client.post(path, headers=fleet.h("admin"), json={"running": "later"})
+    assert bad.status_code == 422
+    assert fleet.call("GET", f"/api/v1/releases/{release}")["deactivated_at"] is None
+    offers = fleet.check_in("gw1", [bms("A1"), bms("A2")])["offers"]
+    pulled = fleet.call("POST", path, "release_manager", json={"running": "finish"})
+    assert pulled["deactivated_at"]
+    assert fleet.call("GET", f"/api/v1/campaigns/{campaign}")["status"] == "running"
+    # Its devices still get it; no new campaign may use it.
+    assert len(fleet.check_in("gw1", [bms("A1"), bms("A2")])["offers"]) == 2
+    url = offers[0]["artifact_url"]
+    assert fleet.client.get(url, headers=fleet.h("gw1")).status_code == 200
+    new = fleet.client.post(
+        "/api/v1/campaigns",
+        headers=fleet.h("operator"),
+        json={"name": "again", "release_id": release, "phases": ALL},
+    )
+    assert new.status_code == 409 and new.json()["error"]["code"] == "BMSFW-E643"
+    entry = next(
+        e for e in fleet.call("GET", "/api/v1/audit") if e["action"] == "release.deactivate"
+    )
+    assert entry["detail"]["running"] == "finish" and entry["detail"]["cancelled_campaigns"] == []
+    # Once its last campaign ends, no gateway may download it any more.
+    for serial in ("A1", "A2"):
+        fleet.report("gw1", serial, campaign, "downloading")
+        fleet.report("gw1", serial, campaign, "downloaded")
+        fleet.report("gw1", serial, campaign, "installing")
+        fleet.report("gw1", serial, campaign, "succeeded")
+    assert fleet.call("GET", f"/api/v1/campaigns/{campaign}")["status"] == "completed"
+    gone = fleet.client.get(url, headers=fleet.h("gw1"))
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "BMSFW-E643"

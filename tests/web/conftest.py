@@ -7,10 +7,11 @@ Playwright's own browser download is never used: the browser is /usr/bin/chromiu
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,9 +177,14 @@ def _seed(d: Dashboard, pki: Any) -> None:
         )
 
 
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
-    tmp = tmp_path_factory.mktemp("web")
+@contextlib.contextmanager
+def serve_dashboard(
+    tmp: Path, people: Mapping[str, tuple[str, str]], **config: Any
+) -> Iterator[Dashboard]:
+    """A fleet server under uvicorn (HTTPS, fake clock) with an empty fleet: the first
+    admin's token as ``tokens["admin"]`` and one per ``people`` entry (key -> credential
+    name, role); ``config`` are further ServerConfig fields. ``extra["pki"]`` signs
+    releases its trust root accepts."""
     pki = create_pki("ed25519", now=START - dt.timedelta(days=1))
     root_pem = pki.root_certificate.public_bytes(serialization.Encoding.PEM)
     tls = write_test_ca_and_server(tmp, ca_name="bmsfw web test CA")
@@ -187,25 +193,33 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     admin = init_database(db_url, clock=clock)
     assert admin is not None
     tokens = {"admin": admin}
-    for role in ("viewer", "operator", "release_manager"):
-        tokens[role] = str(create_token(db_url, role=role, name=f"{role}-1", clock=clock)["token"])
-    config = ServerConfig(
+    for key, (name, role) in people.items():
+        tokens[key] = str(create_token(db_url, role=role, name=name, clock=clock)["token"])
+    server = ServerConfig(
         db_url=db_url,
         trust_root_pem=root_pem,
         tick_interval_s=0,
         check_ins_per_s=0,
         auth_failures_per_min=0,
         migrate=False,
+        **config,
     )
-    app = create_app(config, clock=clock)
+    app = create_app(server, clock=clock)
     with (
-        serve_https(app, tls, "web") as url,
+        serve_https(app, tls, tmp.name) as url,
         httpx.Client(base_url=url, verify=str(tls.ca), timeout=30) as api,
     ):
         d = Dashboard(url, clock, tokens, 0, "", api)
         d.extra["pki"] = pki
         d.extra["telemetry"] = app.state.telemetry
-        _seed(d, pki)
+        yield d
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    people = {role: (f"{role}-1", role) for role in ("viewer", "operator", "release_manager")}
+    with serve_dashboard(tmp_path_factory.mktemp("web"), people) as d:
+        _seed(d, d.extra["pki"])
         yield d
 
 

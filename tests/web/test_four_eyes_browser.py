@@ -6,63 +6,35 @@ the access review, a second admin approves, and the API refuses that token from 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 from playwright.sync_api import Browser, Page, expect
 
-from bmsfw.fleet.app import ServerConfig, create_app
-from bmsfw.fleet.bootstrap import create_token, init_database
-from bmsfw.fleet.clock import FakeClock
-from bmsfw.fleet.testing import write_test_ca_and_server
-from bmsfw.package import create_pki
-from fleet.conftest import START, bms, make_release
-from server_support import serve_https
+from fleet.conftest import bms, make_release
 
-from .conftest import SHOTS, Dashboard
+from .conftest import SHOTS, Dashboard, serve_dashboard
 
 
 @pytest.fixture(scope="module")
 def four_eyes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     """A four-eyes server: one gateway, three devices, release 1 with a running campaign,
     and two people for each role that approves (``admin-2``, ``release_manager-2``)."""
-    tmp = tmp_path_factory.mktemp("four-eyes")
-    pki = create_pki("ed25519", now=START - dt.timedelta(days=1))
-    root_pem = pki.root_certificate.public_bytes(serialization.Encoding.PEM)
-    tls = write_test_ca_and_server(tmp, ca_name="bmsfw four eyes test CA")
-    db_url = f"sqlite:///{tmp / 'fleet.db'}"
-    clock = FakeClock(START)
-    admin = init_database(db_url, clock=clock)
-    assert admin is not None
-    tokens = {"admin": admin}
-    for name, role in (
-        ("viewer", "viewer"),
-        ("operator", "operator"),
-        ("release_manager", "release_manager"),
-        ("release_manager-2", "release_manager"),
-        ("admin-2", "admin"),
-    ):
-        tokens[name] = str(create_token(db_url, role=role, name=name, clock=clock)["token"])
-    config = ServerConfig(
-        db_url=db_url,
-        trust_root_pem=root_pem,
-        tick_interval_s=0,
-        check_ins_per_s=0,
-        auth_failures_per_min=0,
-        migrate=False,
-        four_eyes=True,
-    )
-    with (
-        serve_https(create_app(config, clock=clock), tls, "four-eyes") as url,
-        httpx.Client(base_url=url, verify=str(tls.ca), timeout=30) as api,
-    ):
-        d = Dashboard(url, clock, tokens, 0, "", api)
+    people = {
+        name: (name, role)
+        for name, role in (
+            ("viewer", "viewer"),
+            ("operator", "operator"),
+            ("release_manager", "release_manager"),
+            ("release_manager-2", "release_manager"),
+            ("admin-2", "admin"),
+        )
+    }
+    with serve_dashboard(tmp_path_factory.mktemp("four-eyes"), people, four_eyes=True) as d:
+        tokens, pki = d.tokens, d.extra["pki"]
         gateway = d.call("POST", "/gateways", json={"name": "gw", "site": "harbour"})["token"]
         d.extra["gateway"] = {"Authorization": f"Bearer {gateway}"}
         d.api.post(
