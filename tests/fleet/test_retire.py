@@ -187,6 +187,7 @@ def test_release_deactivate_lets_running_campaigns_finish(
     assert len(fleet.check_in("gw1", [bms("A1"), bms("A2")])["offers"]) == 2
     url = offers[0]["artifact_url"]
     assert fleet.client.get(url, headers=fleet.h("gw1")).status_code == 200
+    assert release in fleet.service.served_release_ids()  # still in the signed TUF targets
     new = fleet.client.post(
         "/api/v1/campaigns",
         headers=fleet.h("operator"),
@@ -206,3 +207,4 @@ def test_release_deactivate_lets_running_campaigns_finish(
     assert fleet.call("GET", f"/api/v1/campaigns/{campaign}")["status"] == "completed"
     gone = fleet.client.get(url, headers=fleet.h("gw1"))
     assert gone.status_code == 409 and gone.json()["error"]["code"] == "BMSFW-E643"
+    assert release not in fleet.service.served_release_ids()
