@@ -269,15 +269,19 @@ def test_a_dynamic_campaign_from_the_command_line(served: Served, pki: Any) -> N
 def test_a_devices_history_from_the_command_line(served: Served, pki: Any) -> None:
     """`bmsfw fleet device SERIAL`: identity, current version, open flags, last
     telemetry, and each run in a campaign with its outcome and error code (from the
-    update report the agent sent), newest first, paged like every list."""
+    update report the agent sent), newest first, paged like every list; and a
+    decommissioned device that checked in again, in `bmsfw fleet flags`."""
     with served.client("admin") as c:
         west = c.post("gateways", {"name": "gw-west", "site": "west", "tags": []})["token"]
     with served.client("release_manager") as c:
         release = c.upload_release(make_release(pki, "1.4.3"), "r-1.4.3.bmsfw")["id"]
     pack = bms("W1", soc_pct=41.5, temperature_c=19.0, integrity_ok=False)
     with FleetClient(ClientConfig(served.url, west, ca_file=served.ca)) as gw:
-        gw.post("agent/check-in", {"devices": [bms("W1")]})
-        gw.post("agent/check-in", {"devices": [pack]})  # flagged: integrity fault
+        gw.post("agent/check-in", {"devices": [bms("W1"), bms("W2")]})
+        with served.client("operator") as c:
+            c.post("devices/W2/decommission", {"reason": "scrapped"})
+        # W1 flagged for an integrity fault, W2 for checking in after its decommissioning.
+        gw.post("agent/check-in", {"devices": [pack, bms("W2")]})
         campaigns = []
         for name in ("west one", "west two"):
             with served.client("operator") as c:
@@ -320,3 +324,5 @@ def test_a_devices_history_from_the_command_line(served: Served, pki: Any) -> No
     assert "west one" in rest.stdout and "west two" not in rest.stdout
     assert "failed" in rest.stdout and "refused" in rest.stdout
     assert "BMSFW-E401 at preflight: state of charge 12 % below 20 %" in rest.stdout
+    flags = served.run("viewer", "flags").stdout
+    assert re.search(r"W2 .*decommissioned_check_in", flags), flags

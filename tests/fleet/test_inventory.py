@@ -48,6 +48,10 @@ def test_flags_for_integrity_fault_unexpected_version_and_hash(fleet: Fleet, pki
     # The genuine hash of 1.1.0 raises nothing.
     fleet.check_in("gw", [bms("S4", "1.1.0", firmware_sha256=app_sha)])
     assert all(f["device_serial"] != "S4" for f in fleet.call("GET", "/api/v1/flags"))
+    # A pack whose very first check-in reports a fault is flagged too.
+    fleet.check_in("gw", [bms("S5", integrity_ok=False, integrity_detail="boot ROM check")])
+    s5 = [f for f in fleet.call("GET", "/api/v1/flags") if f["device_serial"] == "S5"]
+    assert [(f["kind"], f["detail"]) for f in s5] == [("integrity_fault", "boot ROM check")]
     # Repeating the fault does not pile up flags; acknowledging clears it from the list.
     fleet.check_in("gw", [bms("S1", integrity_ok=False)])
     s1 = [f for f in fleet.call("GET", "/api/v1/flags") if f["device_serial"] == "S1"]

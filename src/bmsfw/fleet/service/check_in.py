@@ -630,6 +630,7 @@ class CheckInOps(ServiceBase):
                 )
                 continue
             tags = sorted(set(report.tags) | set(gateway.tags))
+            registered = device is None
             if device is None:
                 device = Device(
                     serial=report.serial,
@@ -700,7 +701,8 @@ class CheckInOps(ServiceBase):
                 device.soc_pct = report.soc_pct
                 device.temperature_c = report.temperature_c
                 device.last_seen_at = now
-            if not report.integrity_ok and device.integrity_ok:
+            # A fault is flagged when it appears, including on a device's first check-in.
+            if not report.integrity_ok and (registered or device.integrity_ok):
                 self._raise_flag(
                     session,
                     device,
