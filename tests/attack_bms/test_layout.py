@@ -21,13 +21,13 @@ def layout(bank: int, sector: int, banks: int) -> bytes:
 def test_a_layout_that_fits_is_checked_and_said(attack: Callable[..., Attack]) -> None:
     result = attack(Behaviour(flash_layout=layout(BANK, 1024, 2)))
     assert result.report.outcome == "updated", result.report.error
-    assert f"fits a {BANK}-byte bank (2 banks)" in result.report.decisions["bank-layout"]
+    assert f"fits a {BANK}-byte bank (2 banks)" in result.report.decisions.bank_layout
 
 
 def test_a_bms_without_the_layout_leaves_the_fit_to_itself(attack: Callable[..., Attack]) -> None:
     result = attack(Behaviour())
     assert result.report.outcome == "updated", result.report.error
-    assert "does not report its bank layout" in result.report.decisions["bank-layout"]
+    assert "does not report its bank layout" in result.report.decisions.bank_layout
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_a_layout_that_cannot_take_the_image_is_refused_before_anything_is_writt
     assert result.code == "BMSFW-E525", result.report.error
     assert why in result.report.error.message
     assert result.report.outcome == "refused"
-    assert result.report.decisions["start"] == "refuse-bank-layout"
+    assert result.report.decisions.start == "refuse-bank-layout"
     assert result.bms.writes == []  # no header staged, nothing erased or sent
     assert result.bms.s.version == "1.0.0+0"
     assert result.seconds < 10

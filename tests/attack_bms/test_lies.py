@@ -25,13 +25,13 @@ def test_already_installed_needs_the_digest(attack: Callable[..., Attack]) -> No
     """It claims to run the release but its active image digest is another image's."""
     result = attack(Behaviour(version=f"{NEW_VERSION}+0", counter=2))
     assert result.report.outcome != "already-installed"
-    assert result.report.decisions["start"] == "start"
+    assert result.report.decisions.start == "start"
 
 
 def test_already_installed_with_no_digest_is_sent_again(attack: Callable[..., Attack]) -> None:
     result = attack(Behaviour(version=f"{NEW_VERSION}+0", counter=2, nrc_dids=frozenset({0x0102})))
     assert result.report.outcome != "already-installed"
-    assert result.report.decisions["start"] == "start"
+    assert result.report.decisions.start == "start"
 
 
 def test_updated_needs_the_release_digest(attack: Callable[..., Attack]) -> None:
@@ -41,7 +41,7 @@ def test_updated_needs_the_release_digest(attack: Callable[..., Attack]) -> None
     liar = attack(Behaviour(did_override={0x0102: hashlib.sha256(b"other").digest()}))
     assert liar.code == "BMSFW-E509", liar.report.error
     assert liar.report.outcome == "failed"
-    assert liar.report.decisions["installed"] == "digest mismatch"
+    assert liar.report.decisions.installed == "digest mismatch"
 
 
 @pytest.mark.req("SEED-ANTI-ROLLBACK")
@@ -49,11 +49,11 @@ def test_counter_that_did_not_move_is_an_error(attack: Callable[..., Attack]) ->
     """The release carries counter 2; the BMS still reports 1 after the confirm: E523."""
     result = attack(Behaviour(counter_frozen=True))
     assert result.code == "BMSFW-E523", result.report.error
-    assert result.report.decisions["security-counter"] == "1 -> 1"
+    assert result.report.decisions.security_counter == "1 -> 1"
     assert result.report.outcome == "failed"
 
 
 def test_report_states_the_counter_before_and_after(attack: Callable[..., Attack]) -> None:
     result = attack(Behaviour())
     assert result.report.outcome == "updated"
-    assert result.report.decisions["security-counter"] == "1 -> 2"
+    assert result.report.decisions.security_counter == "1 -> 2"

@@ -36,11 +36,20 @@ import bmsfw
 from bmsfw.cli import main
 from bmsfw.cli._render import SafeConsole, SafeLogFormatter, line, one_line, print_error
 from bmsfw.errors import BmsfwError, all_error_classes
+from bmsfw.protocol.session import SelfTestCheck
 from bmsfw.sim import DeviceSpec, FlashSpec
 from bmsfw.sim.lab import lab_pki, provision_nodes, signed_package, write_tester_files
 from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
 from bmsfw.update.audit import AuditLog
-from bmsfw.update.report import ErrorRecord, Outcome, StepRecord, UpdateReport
+from bmsfw.update.preflight import CheckResult
+from bmsfw.update.report import (
+    ErrorRecord,
+    Outcome,
+    PackageRecord,
+    SelfTestRecord,
+    StepRecord,
+    UpdateReport,
+)
 
 # What an attacker (or an unlucky device) puts in a string: rich markup, emoji codes,
 # ANSI CSI/OSC sequences, BEL, CR and backspace tricks, C1 controls (0x9b is a one-byte
@@ -229,13 +238,11 @@ def _report(text: str) -> UpdateReport:
         operator=text,
         running_version=text,
         device_before={"model": text, "serial": text, "hw_revision": text, "app_version": text},
-        package={"product": text, "version": text, "security_counter": 3},
+        package=PackageRecord(product=text, version=text, security_counter=3),
         steps=(StepRecord("transfer", False, 0.0, 1.5, text),),
         error=ErrorRecord("BMSFW-E511", "SelfTestFailedRolledBackError", text, text, text),
-        preflight=(
-            {"name": text, "measured": text, "limit": text, "passed": False, "overridden": False},
-        ),
-        self_test={"passed": False, "checks": [{"name": text, "passed": False, "value": text}]},
+        preflight=(CheckResult(text, text, text, passed=False, safety=True),),
+        self_test=SelfTestRecord(passed=False, checks=(SelfTestCheck(text, False, text),)),
         config_changes=({"path": text, "before": text, "after": 1},),
         warnings=(text,),
     )

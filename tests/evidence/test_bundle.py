@@ -24,7 +24,8 @@ from bmsfw.evidence.bundle import (
 from bmsfw.evidence.errors import EvidenceBundleTamperedError, EvidenceBundleUnreadableError
 from bmsfw.link.tap import CanFrameRecorder, SerialFrameRecorder
 from bmsfw.update.audit import verify_audit_log
-from bmsfw.update.report import StepRecord, UpdateReport
+from bmsfw.update.preflight import CheckResult
+from bmsfw.update.report import PackageRecord, StepRecord, UpdateReport
 from cli_support import run_bmsfw
 
 REQUEST_ID, RESPONSE_ID = 0x7E0, 0x7E8  # node 1 (docs/uds.md)
@@ -37,11 +38,9 @@ def _report() -> UpdateReport:
         started_at=1_790_000_000.0,
         device_before={"serial": "SIM0000001", "model": "BMS-16S", "hw_revision": "C"},
         running_version="2.0.0",
-        package={"sha256": "ab" * 32, "product": "BMS-16S firmware", "version": "2.0.0"},
+        package=PackageRecord(sha256="ab" * 32, product="BMS-16S firmware", version="2.0.0"),
         steps=[StepRecord("verify-package", True, 1_790_000_000.5, 0.1, "signed by CN=signer")],
-        preflight=[
-            {"name": "state-of-charge", "measured": "55.0 %", "limit": "20–80 %", "passed": True}
-        ],
+        preflight=[CheckResult("state-of-charge", "55.0 %", "20–80 %", passed=True, safety=True)],
         audit_hash="cd" * 32,
     )
 

@@ -50,11 +50,11 @@ def test_ble_update_policy(
             refused = run_smp_update(session, smp_bench, "2.0.0", tmp_path / "1", tester)
             assert refused.outcome == "refused" and refused.failed_step == "preflight"
             assert refused.error is not None and refused.error.code == "BMSFW-E315"
-            checks = {c["name"]: c for c in refused.preflight}
-            assert not checks["ota-bandwidth"]["passed"]
-            assert "Mbit/s" in checks["ota-bandwidth"]["measured"]
-            assert checks["ble-link"]["passed"], checks["ble-link"]
-            assert refused.decisions["channel"] == "ota"
+            checks = {c.name: c for c in refused.preflight}
+            assert not checks["ota-bandwidth"].passed
+            assert "Mbit/s" in checks["ota-bandwidth"].measured
+            assert checks["ble-link"].passed, checks["ble-link"]
+            assert refused.decisions.channel == "ota"
             untouched()
 
             # 2. a safety-critical release never goes over Bluetooth, declared or not
@@ -90,8 +90,8 @@ def test_ble_update_policy(
             )
             assert overridden.outcome == "updated", overridden.error
             assert overridden.overrides == {"ota-bandwidth": reason}
-            check = {c["name"]: c for c in overridden.preflight}["ota-bandwidth"]
-            assert check["overridden"] and check["override_reason"] == reason
+            check = {c.name: c for c in overridden.preflight}["ota-bandwidth"]
+            assert check.overridden and check.override_reason == reason
             assert any("ota-bandwidth overridden" in w for w in overridden.warnings)
     finally:
         process.stop()

@@ -62,7 +62,7 @@ def test_update_with_telemetry_from_the_can_broadcast(
             report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester)
             assert report.outcome == "updated", report.error
         # the report says where each preflight value came from
-        details = {check["name"]: check["detail"] for check in report.preflight}
+        details = {check.name: check.detail for check in report.preflight}
         assert "source dbc:BMS_Status.SOC" in details["state-of-charge"]
         assert "source dbc:BMS_Temperatures" in details["temperature"]
         assert "source dbc:BMS_Cells_1_4" in details["cell-spread"]

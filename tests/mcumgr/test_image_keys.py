@@ -33,7 +33,7 @@ def test_identity_names_the_fused_key_and_a_foreign_one_is_refused(
                 session, foreign, trust, update_options(tmp_path, tester), profile=FAST_PROFILE
             )
             assert report.error.code == "BMSFW-E134", report.error
-            assert report.decisions["start"] == "refuse-image-key"
+            assert report.decisions.start == "refuse-image-key"
             assert (device_dir / "flash.bin").read_bytes() == before
     finally:
         process.stop()

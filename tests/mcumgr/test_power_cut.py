@@ -95,7 +95,7 @@ def test_power_cut_at_each_stage_then_the_same_update_finishes(
         assert first.outcome != "updated", first
         assert first.error is not None and first.error.code != "BMSFW-E512", first.error
         if stage == "upload":
-            reached = first.transfer["offset"]
+            reached = first.transfer.offset
 
         process = start_device(device_dir, udp=True, require_auth=True)  # power on
         link = parse_smp_link(f"udp:{process.info['udp']}", timeout_s=1.0)
@@ -110,22 +110,22 @@ def test_power_cut_at_each_stage_then_the_same_update_finishes(
         assert retry.outcome == "updated", (stage, first.error, retry.error)
         if stage == "upload":
             # the old image still runs; the upload goes on at the BMS's offset
-            assert retry.decisions["start"] == "start"
-            assert 0 < retry.transfer["resumed_from"] <= reached + 2 * 2048, retry.transfer
+            assert retry.decisions.start == "start"
+            assert 0 < retry.transfer.resumed_from <= reached + 2 * 2048, retry.transfer
         elif after_cut.image_state == "reverted":
             # MCUboot: the test image had started and was not confirmed before the power
             # cycle, so the bootloader reverted it; the retry sends it again and says so
             assert stage in {"reset", "before-confirm"}, (stage, after_cut)
             assert after_cut.running_version == "1.0.0", after_cut
-            assert retry.decisions["start"] == "start", retry.decisions
-            assert "reverted its last test image" in retry.decisions["start-reason"]
-            assert retry.transfer["offset"] == total, retry.transfer
+            assert retry.decisions.start == "start", retry.decisions
+            assert "reverted its last test image" in retry.decisions.start_reason
+            assert retry.transfer.offset == total, retry.transfer
         else:
             # the power cycle came before the test boot started: the bootloader boots the
             # marked image for its test, its self-test decides, nothing is sent again
             assert stage in {"test-mark", "reset"}, (stage, after_cut)
-            assert retry.decisions["start"] == "continue-test-image", retry.decisions
-            assert not retry.transfer.get("bytes_sent"), retry.transfer
+            assert retry.decisions.start == "continue-test-image", retry.decisions
+            assert not retry.transfer.bytes_sent, retry.transfer
         with open_smp_session(link) as session:
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")

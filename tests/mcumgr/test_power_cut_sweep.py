@@ -170,12 +170,12 @@ def test_power_cut_at_every_stride_th_flash_operation_over_smp(
                 # the power cycle booted the test image (its self-test decides) or the
                 # confirm had landed: nothing is sent again
                 assert not again.transfer, (where, again.transfer)
-                assert again.decisions["start"] in ("continue-test-image", "already-installed")
+                assert again.decisions.start in ("continue-test-image", "already-installed")
             else:
                 # the upload goes on at the offset the BMS reports, to the byte
                 transfer = again.transfer
-                assert transfer["resumed_from"] == held, (where, held, transfer)
-                assert transfer["bytes_sent"] == transfer["total"] - held, (where, transfer)
+                assert transfer.resumed_from == held, (where, held, transfer)
+                assert transfer.bytes_sent == (transfer.total or 0) - held, (where, transfer)
                 resumed += held > 0
         assert where_site.audit_lines() == 2, where
 

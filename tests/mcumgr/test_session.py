@@ -61,10 +61,10 @@ def test_update_confirmed(
             report = run_smp_update(session, smp_bench, "2.0.0", tmp_path, tester, profile=profile)
             assert report.outcome == "updated", report.error
             assert report.running_version == "2.0.0"
-            assert report.decisions["channel"] == ("ota" if kind == "ble" else "wired")
+            assert report.decisions.channel == ("ota" if kind == "ble" else "wired")
             # the bank layout of the IDENTITY answer, fitted by the core (test_bank_layout.py)
-            assert "fits a 65536-byte bank (2 banks)" in report.decisions["bank-layout"]
-            assert report.self_test and report.self_test["passed"]
+            assert "fits a 65536-byte bank (2 banks)" in (report.decisions.bank_layout or "")
+            assert report.self_test and report.self_test.passed
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("2.0.0", "confirmed")
             assert session.identify().security_counter == 2
@@ -123,20 +123,20 @@ def test_cut_link_resumes_the_upload_at_the_device_offset(
             )
         assert first.outcome == "paused" and first.failed_step == "transfer", first.error
         assert first.error is not None and first.error.code == "BMSFW-E501", first.error
-        reached = first.transfer["offset"]
+        reached = first.transfer.offset
         assert total // 2 <= reached < total
 
         process = start_device(device_dir, serial=True, require_auth=True)
         with open_smp_session(smp_link(process, "serial")) as session:
             second = run_smp_update(session, smp_bench, "2.0.0", tmp_path / "second", tester)
         assert second.outcome == "updated", second.error
-        resumed = second.transfer["resumed_from"]
+        resumed = second.transfer.resumed_from
         # The BMS counts what it holds from 0 without a gap. It may hold up to the two
         # chunks that were in flight beyond the last answer the host saw, and after the
         # power cut it re-counts conservatively: the block being programmed at the cut
         # (512 B here) is sent again.
         assert reached - 1024 <= resumed <= reached + 2 * 2048, (reached, resumed)
         assert resumed < total
-        assert second.transfer["bytes_sent"] == total - resumed
+        assert second.transfer.bytes_sent == total - resumed
     finally:
         process.stop()

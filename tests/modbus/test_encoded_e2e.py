@@ -101,8 +101,8 @@ def test_pipeline_sends_compressed_then_delta_over_rs485(
         report = run_update(session, compressed, trust, options, profile=PROFILE, sink=meter)
         assert report.outcome == "updated", report.error
         assert report.running_version == "1.1.0"
-        assert report.transfer["encoding"] == "zstd"
-        assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
+        assert report.transfer.encoding == "zstd"
+        assert report.transfer.total == report.transfer.bytes_sent == stored
         # the compressed stream crossed the wire, frame overhead included, not the image
         assert stored < meter.sent < len(image)
         assert session.read_image_digest() == hashlib.sha256(image).digest()
@@ -115,9 +115,9 @@ def test_pipeline_sends_compressed_then_delta_over_rs485(
         report = run_update(session, full, trust, options, profile=PROFILE, sink=meter, delta=delta)
         assert report.outcome == "updated", report.error
         assert report.running_version == "1.1.1"
-        assert report.package["payload"] == "delta"
-        assert report.package["payload_reason"].startswith(f"delta {patch} B against base ")
-        assert report.transfer["bytes_sent"] == patch
+        assert report.package.payload == "delta"
+        assert report.package.payload_reason.startswith(f"delta {patch} B against base ")
+        assert report.transfer.bytes_sent == patch
         assert patch * 10 < len(image)
         assert patch < meter.sent < 2 * patch + 100  # a frame or two, not the image
         assert session.identify().app_version == "1.1.1"

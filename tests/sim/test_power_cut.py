@@ -281,12 +281,12 @@ def _sweep(
             final = bms.boot_status()
             assert (final.running_version, final.image_state) == (NEW, "confirmed"), where
             assert bms.otp.security_counter == 3, where
-            sent = again.transfer.get("bytes_sent", 0)
+            sent = again.transfer.bytes_sent or 0
             if status.running_version == NEW:
                 assert not again.transfer, (where, again.transfer)  # nothing sent again
             elif payload.raw and held:
-                assert again.transfer["resumed_from"] >= held, (where, held, again.transfer)
-                assert sent <= again.transfer["total"] - held, where
+                assert again.transfer.resumed_from >= held, (where, held, again.transfer)
+                assert sent <= again.transfer.total - held, where
         assert _audit_lines(site.records) == 2, where
 
     print(

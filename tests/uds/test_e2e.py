@@ -33,7 +33,7 @@ def test_signed_release_flashed_and_confirmed_over_multicast(
             session, package, pki, tester, records=records, on_progress=offsets.append
         )
         assert report.outcome == "updated", report.error
-        assert report.transfer["resumed_from"] == 0
+        assert report.transfer.resumed_from == 0
         assert offsets == sorted(offsets) and offsets[-1] == len(release_v2.image)
         status = session.read_boot_status()
         assert (status.running_version, status.image_state) == ("1.1.0", "confirmed")
@@ -66,7 +66,7 @@ def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
             assert report.error.code == "BMSFW-E501"
             assert report.cause.code == "BMSFW-E362"
             assert "got no answer" in report.cause.message
-            assert half <= report.transfer["offset"] < len(release_v2.image)
+            assert half <= report.transfer.offset < len(release_v2.image)
 
         # cable back: a new session finds the old firmware running, then resumes
         with open_uds_session(link, 1) as session:
@@ -76,9 +76,9 @@ def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
                 session, release_v2.package, pki, tester, records=tmp_path / "records"
             )
             assert again.outcome == "updated", again.error
-            assert again.transfer["resumed_from"] >= half
-            assert again.transfer["bytes_sent"] == (
-                len(release_v2.image) - again.transfer["resumed_from"]
+            assert again.transfer.resumed_from >= half
+            assert again.transfer.bytes_sent == (
+                len(release_v2.image) - again.transfer.resumed_from
             )
             assert session.identify().app_version == "1.1.0"
 

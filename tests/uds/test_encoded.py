@@ -48,7 +48,7 @@ def _flash_and_count(
         report = update_node(session, release.package, pki, tester, records=records)
         assert report.outcome == "updated", report.error
         assert report.running_version == release.version
-        assert report.transfer["bytes_sent"] == len(release.stored)  # the stored bytes
+        assert report.transfer.bytes_sent == len(release.stored)  # the stored bytes
         status = session.read_boot_status()
         assert (status.running_version, status.image_state) == (release.version, "confirmed")
         return session.bus.stats().bytes_tx, session.last_dfi
@@ -134,8 +134,8 @@ def test_wrong_dfi_refused_and_interrupted_encoded_transfer_restarts_from_zero(
             assert 0 < state.contiguous_bytes < len(hs.image)
             again = update_node(session, hs.package, pki, tester, records=records)
             assert again.outcome == "updated", again.error
-            assert again.transfer["resumed_from"] == 0
-            assert again.transfer["bytes_sent"] == len(hs.stored)
+            assert again.transfer.resumed_from == 0
+            assert again.transfer.bytes_sent == len(hs.stored)
             assert session.identify().app_version == "1.2.0"
 
 

@@ -88,7 +88,7 @@ def test_supply_sag_injected_into_sim_process_pauses_pipeline_then_resume_finish
         with open_uds_session(link, 1) as session:
             again = run_update(session, release_v2.package, trust, options, profile=profile)
             assert again.outcome == "updated", again.error
-            assert again.transfer["resumed_from"] == held.contiguous_bytes
+            assert again.transfer.resumed_from == held.contiguous_bytes
             status = session.read_boot_status()
             assert (status.running_version, status.image_state) == ("1.1.0", "confirmed")
 

@@ -57,10 +57,10 @@ def test_compressed_release_goes_over_as_stored_bytes(
     progress = [e for e in events if isinstance(e, TransferProgress)]
     assert {e.total for e in progress} == {stored}
     assert progress[-1].offset == stored
-    assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
-    assert report.transfer["encoding"] == encoding
-    assert report.transfer["image_bytes"] == image
-    assert report.package["payload"] == "full"
+    assert report.transfer.total == report.transfer.bytes_sent == stored
+    assert report.transfer.encoding == encoding
+    assert report.transfer.image_bytes == image
+    assert report.package.payload == "full"
     assert f"{stored}/{stored} bytes {encoding} (image {image} bytes)" in render_text(report)
     # the bank holds the decoded image the manifest names
     assert bms.bank_info(status.active_bank).valid
@@ -85,14 +85,14 @@ def test_delta_is_sent_when_the_device_runs_its_base(
     assert bms.boot_status().running_version == "1.0.1"
     stored = patch.stored_size
     digest = hashlib.sha256(base).hexdigest()
-    assert report.package["payload"] == "delta"
-    assert report.package["payload_reason"] == (
+    assert report.package.payload == "delta"
+    assert report.package.payload_reason == (
         f"delta {stored} B against base {digest[:16]}…: device runs that base"
     )
-    assert report.package["payload_sha256"] == hashlib.sha256(delta).hexdigest()
-    assert report.transfer["total"] == report.transfer["bytes_sent"] == stored
+    assert report.package.payload_sha256 == hashlib.sha256(delta).hexdigest()
+    assert report.transfer.total == report.transfer.bytes_sent == stored
     assert stored * 10 < len(base)
-    assert report.transfer["encoding"].startswith("delta")
+    assert report.transfer.encoding.startswith("delta")
     assert f"sent:            delta {stored} B" in render_text(report)
 
 
@@ -120,12 +120,12 @@ def test_delta_for_another_base_falls_back_to_the_full_image(
         f"fell back to full image: device runs 1.0.0 with digest {actual[:16]}…, "
         f"delta base is {base[:16]}…"
     )
-    assert report.package["payload"] == "full"
-    assert report.package["payload_reason"] == reason
+    assert report.package.payload == "full"
+    assert report.package.payload_reason == reason
     assert reason in report.warnings
-    assert report.package["payload_sha256"] == hashlib.sha256(full).hexdigest()
-    assert report.transfer["total"] == _app(full).stored_size
-    assert report.transfer["encoding"] == "zstd"
+    assert report.package.payload_sha256 == hashlib.sha256(full).hexdigest()
+    assert report.transfer.total == _app(full).stored_size
+    assert report.transfer.encoding == "zstd"
     assert f"sent:            {reason}" in render_text(report)
 
 
@@ -170,15 +170,15 @@ def test_interrupted_encoded_transfer_restarts_from_zero(
     report = _update(DirectSession(bms), package, vendor, options, clock)
     assert report.outcome == "paused"
     assert report.error.code == "BMSFW-E501"
-    assert 0 < report.transfer["offset"] < stored
+    assert 0 < report.transfer.offset < stored
 
     bms = open_bms()  # power back: the old image runs, the bank holds part of the new one
     assert bms.boot_status().running_version == "1.0.0"
     assert bms.transfer_status().contiguous_bytes > 0
     again = _update(DirectSession(bms), package, vendor, options, clock)
     assert again.outcome == "updated", again.error
-    assert again.transfer["resumed_from"] == 0
-    assert again.transfer["bytes_sent"] == stored
+    assert again.transfer.resumed_from == 0
+    assert again.transfer.bytes_sent == stored
     assert any("cannot resume" in w and "from byte 0" in w for w in again.warnings)
     assert bms.boot_status().running_version == "2.0.0"
 
@@ -230,7 +230,7 @@ def test_encrypted_release_goes_over_as_ciphertext_and_runs(
     component = _app(package)
     assert component.decrypted_sha256 and component.decrypted_sha256 != component.image_sha256
     assert bms.image_digest() == component.decrypted_sha256
-    assert report.decisions["installed-reason"].startswith("active image digest matches")
-    assert report.transfer["encoding"] == "zstd+encrypted ecies-x25519"
-    assert report.transfer["bytes_sent"] == _app(package).stored_size
+    assert report.decisions.installed_reason.startswith("active image digest matches")
+    assert report.transfer.encoding == "zstd+encrypted ecies-x25519"
+    assert report.transfer.bytes_sent == _app(package).stored_size
     assert bms.boot_status().running_version == "2.0.0"

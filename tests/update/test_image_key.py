@@ -43,7 +43,7 @@ def test_reported_keys_refuse_before_the_transfer(
     stored = bms.flash.path.read_bytes()  # banks, OTP, journals: flash.bin mirrors them
     report = _run(DirectSession(bms), foreign, vendor, options, clock)
     assert report.error.code == "BMSFW-E134", report.error
-    assert report.decisions["start"] == "refuse-image-key"
+    assert report.decisions.start == "refuse-image-key"
     assert not bms.transfer_status().staged  # not even the release header was sent
     assert bms.flash.path.read_bytes() == stored
 
@@ -53,7 +53,7 @@ def test_unreported_keys_leave_the_check_to_the_bms(
     bms: VirtualBms, vendor: Vendor, foreign: bytes, options: UpdateOptions, clock: SimClock
 ) -> None:
     report = _run(_KeysNotReported(bms), foreign, vendor, options, clock)
-    assert report.decisions["image-key"].startswith("left to the BMS")
+    assert report.decisions.image_key.startswith("left to the BMS")
     assert any("image key check left to the BMS" in w for w in report.warnings)
     # today's behaviour: the whole image went over, the BMS's secure boot refused it
     assert report.outcome != "updated"
@@ -71,5 +71,5 @@ def test_vendor_key_is_named_in_the_report(
 ) -> None:
     report = _run(DirectSession(bms), packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "updated", report.error
-    assert report.decisions["image-key"].startswith("signed by key")
+    assert report.decisions.image_key.startswith("signed by key")
     assert not any("image key" in w for w in report.warnings)

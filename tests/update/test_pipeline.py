@@ -53,7 +53,7 @@ def test_successful_update_confirms_reports_and_audits(
         "confirm", "config-compare",
     ]  # fmt: skip
     progress = [e.offset for e in events if isinstance(e, TransferProgress)]
-    assert progress[-1] == report.transfer["total"] > 4096  # type: ignore[attr-defined]
+    assert progress[-1] == report.transfer.total > 4096
     assert progress == sorted(progress)
     assert isinstance(events[-1], UpdateFinished) and events[-1].ok
     records = verify_audit_log(options.audit_log)  # type: ignore[arg-type]
@@ -101,8 +101,8 @@ def test_preflight_failure_writes_nothing(
     assert report.outcome == "refused"  # type: ignore[attr-defined]
     assert report.error.code == code  # type: ignore[attr-defined]
     assert report.failed_step == "preflight"  # type: ignore[attr-defined]
-    failed = [c for c in report.preflight if not c["passed"]]  # type: ignore[attr-defined]
-    assert check in [c["name"] for c in failed]
+    failed = [c for c in report.preflight if not c.passed]  # type: ignore[attr-defined]
+    assert check in [c.name for c in failed]
     assert report.running_version == "1.0.0"  # type: ignore[attr-defined]
     # Nothing written: no staged update, inactive bank untouched, no flash operation.
     assert not bms.transfer_status().staged
@@ -126,7 +126,7 @@ def test_self_test_failure_rolls_back(
     assert report.error.code == "BMSFW-E511"  # type: ignore[attr-defined]
     assert report.failed_step == "self-test"  # type: ignore[attr-defined]
     assert report.running_version == "1.0.0"  # type: ignore[attr-defined]
-    assert report.self_test["passed"] is False  # type: ignore[attr-defined]
+    assert report.self_test.passed is False
     status = bms.boot_status()
     assert status.running_version == "1.0.0" and status.image_state != "test"
     assert bms.otp.security_counter == 1
@@ -167,7 +167,7 @@ def test_power_cut_during_transfer_then_update_again_resumes(
     assert report.error.code == "BMSFW-E501"  # type: ignore[attr-defined]
     assert report.failed_step == "transfer"  # type: ignore[attr-defined]
     assert bms.dead
-    reached = report.transfer["offset"]  # type: ignore[attr-defined]
+    reached = report.transfer.offset
     assert reached > 0
 
     bms = open_bms()  # power back on: the old firmware runs
@@ -175,7 +175,7 @@ def test_power_cut_during_transfer_then_update_again_resumes(
     events: list[Event] = []
     again = _run(DirectSession(bms), packages["2.0.0"], vendor, options, clock, events)
     assert again.outcome == "updated", again.error  # type: ignore[attr-defined]
-    assert again.transfer["resumed_from"] <= reached  # type: ignore[attr-defined]
+    assert again.transfer.resumed_from <= reached
     assert bms.boot_status().running_version == "2.0.0"
 
 
@@ -215,7 +215,7 @@ def test_transfer_stops_at_safe_point_when_supply_leaves_limits(
         clock=clock.monotonic,
     )
     assert again.outcome == "updated"
-    assert again.transfer["resumed_from"] == status.contiguous_bytes
+    assert again.transfer.resumed_from == status.contiguous_bytes
 
 
 @pytest.mark.req("SEED-HW-COMPAT")

@@ -143,7 +143,7 @@ def test_rollback_after_a_failed_self_test_changes_nothing_and_is_recorded(bench
     )
     assert bench.audit() == [("update", "rolled-back"), ("rollback", "refused")]
     saved = load_report(rollback.report_path)
-    assert saved.kind == "rollback" and saved.decisions["rollback"] == "nothing-to-roll-back"
+    assert saved.kind == "rollback" and saved.decisions.rollback == "nothing-to-roll-back"
 
 
 def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(bench: Bench) -> None:
@@ -159,7 +159,7 @@ def test_lost_link_after_reset_is_not_a_boot_loop_and_the_retry_finishes(bench: 
     events: list[Event] = []
     again = bench.update(events=events)
     assert again.outcome == "updated", again.error
-    assert again.decisions["start"] == "continue-test-image"
+    assert again.decisions.start == "continue-test-image"
     steps = [e.step for e in events if isinstance(e, StepFinished)]
     assert steps == ["identify", "verify-package", "authenticate", "self-test", "confirm"]
     assert not [e for e in events if isinstance(e, TransferProgress)]  # nothing re-sent
@@ -175,7 +175,7 @@ def test_rollback_of_a_test_image_returns_to_the_confirmed_one(bench: Bench) -> 
     assert bms.boot_status().image_state == "test"
     rollback = bench.rollback()
     assert rollback.ok and rollback.outcome == "rolled-back", rollback.error
-    assert rollback.decisions["rollback"] == "revert-test-image"
+    assert rollback.decisions.rollback == "revert-test-image"
     status = bms.boot_status()
     assert status.running_version == "1.0.0" and status.image_state != "test"
     assert bms.otp.security_counter == 1
@@ -198,9 +198,7 @@ def test_downgrade_needs_an_explicit_reason_which_is_recorded(bench: Bench) -> N
     report = bench.update(lower, options=allowed)
     assert report.outcome == "updated", report.error
     assert bms.boot_status().running_version == "0.9.5"
-    assert report.package["downgrade"] and report.package["downgrade_reason"] == (
-        "field recall R-17"
-    )
+    assert report.package.downgrade and report.package.downgrade_reason == ("field recall R-17")
     assert any("downgrade" in w for w in report.warnings)
     assert options.audit_log is not None
     last = verify_audit_log(options.audit_log)[-1]
@@ -220,13 +218,13 @@ def test_a_stop_request_ends_at_a_safe_point_with_report_and_audit(bench: Bench)
     report = bench.update(options=stopping, events=_Tee(events, on_event))
     assert report.outcome == "paused"
     assert report.error.code == "BMSFW-E518"
-    assert 0 < report.transfer["offset"] < report.transfer["total"]
+    assert 0 < report.transfer.offset < report.transfer.total
     assert bench.bms.boot_status().running_version == "1.0.0"
     assert bench.audit() == [("update", "paused")]
     assert Path(report.report_path).is_file()
     again = bench.update()
     assert again.outcome == "updated"
-    assert again.transfer["resumed_from"] == report.transfer["offset"]
+    assert again.transfer.resumed_from == report.transfer.offset
 
 
 class _Tee(list[Event]):
@@ -299,8 +297,8 @@ def test_a_pack_the_self_test_would_reject_is_stopped_by_the_preflight(bench: Be
     report = bench.update()
     assert report.outcome == "refused"
     assert report.error.code == "BMSFW-E403"
-    supply = next(c for c in report.preflight if c["name"] == "supply-stability")
-    assert supply["limit"].startswith(
+    supply = next(c for c in report.preflight if c.name == "supply-stability")
+    assert supply.limit.startswith(
         f"{SELF_TEST_LIMITS.supply_min_v:g}–{SELF_TEST_LIMITS.supply_max_v:g} V"
     )
     assert bms.flash_op_count == ops and not bms.transfer_status().staged

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from playwright.sync_api import BrowserContext, Page, expect
 
 from bmsfw.fleet.web.catalogue import explain
+from bmsfw.update.preflight import CheckResult
 from fleet.conftest import bms, make_release
 
 from .conftest import FAILED_CODE, MARKUP_SERIAL, SHOTS, Dashboard
@@ -412,7 +413,7 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
         outcome="failed",
         device_before={"serial": MARKUP_SERIAL, "model": "BMS-48V", "hw_revision": "A"},
         steps=(StepRecord("preflight", False, 1.0, 0.5, hostile),),
-        preflight=({"name": hostile, "measured": hostile, "limit": "20..80 %", "passed": False},),
+        preflight=(CheckResult(hostile, hostile, "20..80 %", passed=False, safety=True),),
         failed_step="preflight",
         error=ErrorRecord("BMSFW-E401", "SocOutOfRangeError", hostile, "", ""),
     )

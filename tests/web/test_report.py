@@ -7,7 +7,8 @@ from __future__ import annotations
 from bmsfw.evidence.bundle import EvidenceInputs, build_bundle
 from bmsfw.fleet.web.catalogue import explain
 from bmsfw.fleet.web.report import report_view
-from bmsfw.update.report import ErrorRecord, StepRecord, UpdateReport
+from bmsfw.update.preflight import CheckResult
+from bmsfw.update.report import ErrorRecord, PackageRecord, StepRecord, UpdateReport
 from fleet import conftest as fleet_fixtures
 from fleet.conftest import Fleet, bms
 
@@ -32,30 +33,14 @@ def failed_report(serial: str) -> UpdateReport:
         operator="gateway agent",
         device_before={"serial": serial, "model": "BMS-48V", "hw_revision": "A"},
         running_version="1.0.0",
-        package={"sha256": "ab" * 32, "version": "1.1.0"},
+        package=PackageRecord(sha256="ab" * 32, version="1.1.0"),
         steps=[
             StepRecord("verify-package", True, 1_790_000_000.5, 0.12, "signed by vendor"),
             StepRecord("preflight", False, 1_790_000_001.0, 2.5, MARKUP),
         ],
         preflight=[
-            {
-                "name": "state_of_charge",
-                "measured": "12.0 %",
-                "limit": "20.0..80.0 %",
-                "passed": False,
-                "safety": True,
-                "detail": "",
-                "overridden": False,
-            },
-            {
-                "name": "temperature",
-                "measured": "21.5 °C",
-                "limit": "0.0..45.0 °C",
-                "passed": True,
-                "safety": True,
-                "detail": "",
-                "overridden": False,
-            },
+            CheckResult("state_of_charge", "12.0 %", "20.0..80.0 %", passed=False, safety=True),
+            CheckResult("temperature", "21.5 °C", "0.0..45.0 °C", passed=True, safety=True),
         ],
         failed_step="preflight",
         error=ErrorRecord(

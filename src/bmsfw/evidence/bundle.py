@@ -140,12 +140,13 @@ def _package_record(report: UpdateReport) -> dict[str, Any]:
     else:
         result = "refused"
     keys = ("product", "version", "security_counter", "safety_class", "signer")
+    package = report.package.to_dict()
     return {
-        "sha256": report.package.get("sha256", ""),
-        "payload_sha256": report.package.get("payload_sha256", ""),
-        "delta_sha256": report.package.get("delta_sha256", ""),
-        "payload": report.package.get("payload", ""),
-        "encoding": report.package.get("encoding", ""),
+        "sha256": package.get("sha256", ""),
+        "payload_sha256": package.get("payload_sha256", ""),
+        "delta_sha256": package.get("delta_sha256", ""),
+        "payload": package.get("payload", ""),
+        "encoding": package.get("encoding", ""),
         "verification": {
             "result": result,
             "detail": verified.detail if verified is not None else "",
@@ -154,7 +155,7 @@ def _package_record(report: UpdateReport) -> dict[str, Any]:
                 if report.error and report.failed_step == "verify-package"
                 else {}
             ),
-            **{k: report.package[k] for k in keys if k in report.package},
+            **{k: package[k] for k in keys if k in package},
         },
     }
 
@@ -189,7 +190,7 @@ def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
         ("report.txt", render_text(report).encode()),
         ("audit-record.json", _json(audit)),
         ("package.json", _json(_package_record(report))),
-        ("preflight.json", _json({"checks": report.preflight})),
+        ("preflight.json", _json({"checks": report.to_dict()["preflight"]})),
         ("config-before.json", _json(before)),
         ("config-after.json", _json({**after, "changes": report.config_changes})),
     ]

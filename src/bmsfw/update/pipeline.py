@@ -22,7 +22,7 @@ Delta or full: given a full package and a delta package of the same release
 (``run_update(..., delta=...)``), the pipeline reads the digest of the image
 the BMS runs (``read_image_digest``) and sends the delta only when it equals
 the delta's base; otherwise the full package alone. The report says which and
-why (``report.package["payload"]``, ``["payload_reason"]``).
+why (``report.package.payload``, ``.payload_reason``).
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ from bmsfw.update.report import (
     ErrorRecord,
     Outcome,
     ReportDraft,
+    SelfTestRecord,
     StepRecord,
     UpdateReport,
     write_report,
@@ -389,7 +390,7 @@ class _Shell:
                 for k in ("model", "hw_revision", "serial", "app_version", "address")
             },
             "result": report.outcome,
-            "decisions": report.decisions,
+            "decisions": report.decisions.to_dict(),
             "running_version": report.running_version,
             "failed_step": report.failed_step,
             "error_code": report.error.code if report.error else "",
@@ -476,11 +477,11 @@ class _Run(_Shell):
         report = self.report
         report.profile = {"name": self.profile.name, "source": self.profile.source}
         report.overrides = dict(self.options.overrides)
-        report.package = {"sha256": hashlib.sha256(self.package).hexdigest()}
-        if self.delta is not None:
-            report.package["delta_sha256"] = hashlib.sha256(self.delta).hexdigest()
-        if self.options.downgrade_reason:
-            report.package["downgrade_reason"] = self.options.downgrade_reason
+        report.note_package(
+            sha256=hashlib.sha256(self.package).hexdigest(),
+            delta_sha256=hashlib.sha256(self.delta).hexdigest() if self.delta else None,
+            downgrade_reason=self.options.downgrade_reason or None,
+        )
         step: Step = "identify"
         identity: DeviceIdentity | None = None
         snapshot: ConfigSnapshot | None = None
@@ -501,12 +502,12 @@ class _Run(_Shell):
                 )
                 release = verify_release(self.package, self.trust, facts, now=self.options.now)
                 m = release.manifest
-                report.package.update(
+                report.note_package(
                     product=m.product,
                     version=m.version,
                     security_counter=m.security_counter,
                     safety_class=m.safety_class,
-                    signer=[c.subject for c in release.chain],
+                    signer=tuple(c.subject for c in release.chain),
                 )
                 detail.append(f"{m.product} {m.version} signed by {release.chain[0].subject}")
                 digest, digest_problem = self._running_digest()
@@ -529,21 +530,20 @@ class _Run(_Shell):
                         flash_layout=identity.flash_layout,
                     )
                 )
-                report.decisions["start"] = start.verdict.value
-                report.decisions["start-reason"] = start.reason
+                report.decide(start=start.verdict.value, start_reason=start.reason)
                 if start.key_check:
-                    report.decisions["image-key"] = start.key_check
+                    report.decide(image_key=start.key_check)
                 if start.key_left_to_device:
                     self.warn(f"image key check {start.key_check}")
                 if start.layout_check:
-                    report.decisions["bank-layout"] = start.layout_check
+                    report.decide(bank_layout=start.layout_check)
                 if start.verdict is StartVerdict.REFUSE_IMAGE_KEY:
                     raise ImageKeyNotFusedError(start.reason)
                 if start.verdict is StartVerdict.REFUSE_BANK_LAYOUT:
-                    report.decisions["bank-layout"] = start.reason
+                    report.decide(bank_layout=start.reason)
                     raise BankLayoutMismatchError(start.reason)
                 if start.downgrade:
-                    report.package["downgrade"] = True
+                    report.note_package(downgrade=True)
                 if start.warning:
                     self.warn(start.warning)
                 if start.verdict is StartVerdict.REFUSE_DOWNGRADE:
@@ -553,7 +553,7 @@ class _Run(_Shell):
                     self.warn(start.reason)
                 if start.verdict is StartVerdict.START:
                     payload = self._choose_payload(release, facts, identity, digest, digest_problem)
-                    detail.append(f"sending {report.package['payload_reason']}")
+                    detail.append(f"sending {report.package.payload_reason}")
                 else:
                     detail.append(start.reason)
             if start.verdict is StartVerdict.ALREADY_INSTALLED:
@@ -588,7 +588,7 @@ class _Run(_Shell):
                     node=self.node,
                     sink=self.emit,
                 )
-                report.preflight = [dataclasses.asdict(c) for c in pre.checks]
+                report.preflight = list(pre.checks)
                 for c in pre.checks:
                     if c.overridden:
                         self.warn(f"preflight check {c.name} overridden: {c.override_reason}")
@@ -620,7 +620,7 @@ class _Run(_Shell):
                 try:
                     self.session.verify()
                 except DeviceError as exc:
-                    if not report.transfer.get("resumed_from"):
+                    if not report.transfer.resumed_from:
                         raise
                     # A block half-programmed when the power went can look written after
                     # the restart; a resumed image that fails verification gets one clean
@@ -705,7 +705,7 @@ class _Run(_Shell):
         """The delta when the BMS runs its base image exactly, else the full package."""
         name = self._component(full)
         package, release = self.package, full
-        report = self.report.package
+        report = self.report
         delta: VerifiedRelease | None = None
         base: bytes | None = None
         if self.delta is not None:
@@ -718,19 +718,22 @@ class _Run(_Shell):
             digest_problem=digest_problem,
             delta_size=delta.manifest.component(name).stored_size if delta else 0,
         )
-        report["payload"] = "delta" if choice.sends_delta else "full"
-        report["payload_reason"] = choice.reason
+        report.note_package(
+            payload="delta" if choice.sends_delta else "full", payload_reason=choice.reason
+        )
         if choice.sends_delta:
             assert self.delta is not None and delta is not None
             package, release = self.delta, delta
         elif choice.kind is PayloadKind.FALLBACK_FULL:
             self.warn(choice.reason)
         component = release.manifest.component(name)
-        report["payload_sha256"] = hashlib.sha256(package).hexdigest()
-        report["encoding"] = _encoding_name(component)
-        report["stored_bytes"] = component.stored_size
-        report["image_bytes"] = component.image_size
-        logger.info("%s: %s", self.node, report["payload_reason"])
+        report.note_package(
+            payload_sha256=hashlib.sha256(package).hexdigest(),
+            encoding=_encoding_name(component),
+            stored_bytes=component.stored_size,
+            image_bytes=component.image_size,
+        )
+        logger.info("%s: %s", self.node, choice.reason)
         if not _is_encoded(component):
             return _Payload(package, release, component, release.image(name), encoded=False)
         if isinstance(self.session, StoredBytesWriter) and self.session.accepts_stored:
@@ -738,7 +741,7 @@ class _Run(_Shell):
             return _Payload(package, release, component, data, encoded=True)
         if name in release.images:
             # a session that cannot take stored bytes gets the image the host decoded
-            report["encoding"] = "raw (decoded by the updater)"
+            report.note_package(encoding="raw (decoded by the updater)")
             return _Payload(package, release, component, release.image(name), encoded=False)
         raise PayloadNotSendableError(
             f"component {name!r} is stored {_encoding_name(component)}: only the BMS can "
@@ -779,7 +782,7 @@ class _Run(_Shell):
         """The channel the package's policy judges: a radio link is over the air."""
         wireless = isinstance(self.session, RadioLink) and self.session.wireless
         channel = channel_for_link(wireless, self.options.channel)
-        self.report.decisions["channel"] = channel
+        self.report.decide(channel=channel)
         return channel
 
     @staticmethod
@@ -833,8 +836,8 @@ class _Run(_Shell):
                 raise TransferInterruptedError(
                     f"no answer while erasing the inactive bank: {exc.code}: {exc.message}"
                 ) from exc
-        t = self.report.transfer
-        t.update(
+        note = self.report.note_transfer
+        note(
             total=total,
             resumed_from=start,
             offset=start,
@@ -851,7 +854,7 @@ class _Run(_Shell):
             blocks = self.session.write(image, start_offset=start)
             try:
                 for offset in blocks:
-                    t["offset"] = offset
+                    note(offset=offset)
                     self.emit(TransferProgress(self.node, offset, total, start))
                     if self.options.stop is not None and self.options.stop() and offset < total:
                         raise UpdateInterruptedError(
@@ -877,18 +880,18 @@ class _Run(_Shell):
                             )
             except TransportError as exc:
                 raise TransferInterruptedError(
-                    f"at byte {t['offset']} of {total}: {exc.code}: {exc.message}"
+                    f"at byte {offset} of {total}: {exc.code}: {exc.message}"
                 ) from exc
             finally:
                 close = getattr(blocks, "close", None)
                 if close is not None:
                     close()
-                t["duration_s"] = round(self.clock() - started, 3)
+                note(duration_s=round(self.clock() - started, 3))
         if offset < total:
             raise TransferInterruptedError(f"the BMS stopped taking data at byte {offset}")
         sent = total - start
         duration = max(self.clock() - started, 1e-9)
-        t.update(offset=total, bytes_sent=sent, rate_bps=round(sent / duration))
+        note(offset=total, bytes_sent=sent, rate_bps=round(sent / duration))
 
     def _read_self_test(self) -> SelfTestResult | None:
         try:
@@ -896,11 +899,9 @@ class _Run(_Shell):
         except BmsfwError as exc:
             self.warn(f"could not read the self-test record: {exc}")
             return None
-        self.report.self_test = {
-            "passed": result.passed,
-            "version": result.version,
-            "checks": [dataclasses.asdict(c) for c in result.checks],
-        }
+        self.report.self_test = SelfTestRecord(
+            passed=result.passed, version=result.version, checks=tuple(result.checks)
+        )
         return result
 
     def _read_after_reset(self, new_version: str, previous: str, timeout_s: float) -> BootReading:
@@ -949,8 +950,7 @@ class _Run(_Shell):
             elif meaning in (BootMeaning.REVERTED, BootMeaning.BOOT_LOOP):
                 self._read_self_test()  # the previous firmware's record, for the report
             decision = decide_after_boot(meaning, verdict)
-            self.report.decisions["after-boot"] = decision.action.value
-            self.report.decisions["after-boot-reason"] = decision.reason
+            self.report.decide(after_boot=decision.action.value, after_boot_reason=decision.reason)
             if status is not None:
                 self.report.running_version = status.running_version
                 detail.append(f"booted {status.running_version} ({status.image_state})")
@@ -974,8 +974,7 @@ class _Run(_Shell):
             if decision.action is Action.REVERT:
                 failed = ""
                 if verdict is SelfTestVerdict.FAILED:
-                    checks = self.report.self_test.get("checks", [])
-                    failed = ", ".join(c["name"] for c in checks if not c["passed"])
+                    failed = ", ".join(c.name for c in self.report.self_test.failed_checks())
                 self.warn(
                     f"self-test {verdict.value if verdict else 'not read'}"
                     f"{f' ({failed})' if failed else ''}; rolling back"
@@ -989,17 +988,17 @@ class _Run(_Shell):
         """The BMS is back on its previous image: say why, with the self-test if there is one."""
         self.report.outcome = Outcome.ROLLED_BACK
         st = self.report.self_test
-        if not st or (st.get("version") and not same_release(new_version, st["version"])):
+        if not st or (st.version and not same_release(new_version, st.version)):
             # The bootloader already reverted: this record is the old firmware's.
-            self.report.self_test = {
-                "passed": False,
-                "version": new_version,
-                "checks": [],
-                "detail": status.last_revert_reason or "reverted by the bootloader",
-                "after_revert": st or None,
-            }
-        failed = [c for c in self.report.self_test.get("checks", []) if not c["passed"]]
-        listed = ", ".join(f"{c['name']} {c['value']} (limit {c['limit']})" for c in failed)
+            self.report.self_test = SelfTestRecord(
+                passed=False,
+                version=new_version,
+                checks=(),
+                detail=status.last_revert_reason or "reverted by the bootloader",
+                after_revert=st or None,
+            )
+        failed = self.report.self_test.failed_checks()
+        listed = ", ".join(f"{c.name} {c.value} (limit {c.limit})" for c in failed)
         reason = status.last_revert_reason
         if failed or "self" in reason.lower():
             raise SelfTestFailedRolledBackError(
@@ -1086,7 +1085,7 @@ class _Run(_Shell):
                 self._raise_reverted(reading.status, new_version, interpret_boot(reading))
             self.report.running_version = status.running_version
             self._judge_installed(release, status)
-            detail.append(self.report.decisions["installed-reason"])
+            detail.append(self.report.decisions.installed_reason or "")
         self.report.outcome = Outcome.UPDATED
 
     def _judge_installed(self, release: VerifiedRelease, status: BootStatus) -> None:
@@ -1103,9 +1102,11 @@ class _Run(_Shell):
             counter_before=before,
             counter_after=status.security_counter,
         )
-        self.report.decisions["installed"] = check.verdict.value
-        self.report.decisions["installed-reason"] = check.reason
-        self.report.decisions["security-counter"] = f"{before} -> {status.security_counter}"
+        self.report.decide(
+            installed=check.verdict.value,
+            installed_reason=check.reason,
+            security_counter=f"{before} -> {status.security_counter}",
+        )
         if not check.ok:
             error = (
                 SecurityCounterNotRaisedError
@@ -1160,7 +1161,7 @@ class _Run(_Shell):
         report = self.report
         return {
             **super().audit_fields(),
-            "package": report.package,
+            "package": report.package.to_dict(),
             "overrides": report.overrides,
             "confirmations": [c["id"] for c in report.confirmations],
             "backup": report.backup.get("path", ""),
@@ -1198,8 +1199,7 @@ class _Rollback(_Shell):
             with self.step("rollback") as detail:
                 before = self.read_boot_status_retrying()
                 plan = plan_rollback(before)
-                report.decisions["rollback"] = plan.action.value
-                report.decisions["rollback-reason"] = plan.reason
+                report.decide(rollback=plan.action.value, rollback_reason=plan.reason)
                 detail.append(plan.reason)
                 if not plan.changes_device:
                     raise NothingToRollBackError(plan.reason)

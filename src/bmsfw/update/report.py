@@ -4,31 +4,44 @@ A report always answers the four questions of a failed update: which step
 failed, what the device runs now, the error code, and what to do (diagnosis
 and remedy). The pipeline fills a :class:`ReportDraft` while it runs and hands
 out a frozen :class:`UpdateReport` at the end (its outcome an :class:`Outcome`,
-its errors :class:`ErrorRecord`); the JSON (format ``bmsfw-update-report/1``)
-is the same either way.
+its errors :class:`ErrorRecord`, its parts typed frozen records: :class:`PackageRecord`,
+the preflight's :class:`~bmsfw.update.preflight.CheckResult` rows, :class:`TransferRecord`,
+:class:`SelfTestRecord`, :class:`DecisionsRecord`); the JSON (format
+``bmsfw-update-report/1``) is the same either way. A part leaves out what was not
+recorded (a ``None`` field), so the JSON keeps the shape the earlier dict-based report
+wrote, and those files load as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from bmsfw.errors import BmsfwError, retry_helps_for
+from bmsfw.protocol.session import SelfTestCheck
 from bmsfw.update.errors import ReportUnreadableError
+from bmsfw.update.preflight import CheckResult
 from bmsfw.update.record import write_atomic
 
 __all__ = [
     "REPORT_FORMAT",
+    "DecisionsRecord",
     "ErrorRecord",
     "Outcome",
+    "PackageRecord",
     "ReportDraft",
+    "SelfTestRecord",
     "StepRecord",
+    "TransferRecord",
     "UpdateReport",
     "load_report",
     "render_text",
@@ -91,6 +104,188 @@ class ErrorRecord:
         return asdict(self)
 
 
+# --- the report's parts: typed records with the JSON the dict-based report had ---------
+
+
+def _wrong(where: str, value: Any, expected: str) -> ReportUnreadableError:
+    return ReportUnreadableError(f"{where} is {type(value).__name__}, not {expected}")
+
+
+def _load(kind: Any, value: Any, where: str) -> Any:
+    """``value`` (decoded JSON) as ``kind`` (a field's type), or E515 naming ``where``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (kind,) = [k for k in options if k is not type(None)]  # only "X | None" is used
+    if typing.get_origin(kind) is tuple:  # tuple[X, ...]
+        if not isinstance(value, list):
+            raise _wrong(where, value, "a list")
+        item = typing.get_args(kind)[0]
+        return tuple(_load(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise _wrong(where, value, "an object")
+        return _load_record(typing.cast("type[Any]", kind), value, where)
+    if kind is Any:
+        return value
+    expected = {str: (str,), bool: (bool,), int: (int,), float: (int, float)}[kind]
+    if not isinstance(value, expected) or (kind is not bool and isinstance(value, bool)):
+        raise _wrong(where, value, {str: "a text", bool: "true/false"}.get(kind, "a number"))
+    return value  # a number stays as written (an int duration is not made a float)
+
+
+@functools.cache
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _json_key(cls: type[Any], name: str) -> str:
+    return name.replace("_", "-") if cls is DecisionsRecord else name
+
+
+_T = typing.TypeVar("_T")
+
+
+def _load_record(cls: type[_T], data: Mapping[str, Any], where: str) -> _T:
+    """A record from its JSON object: keys it does not know are left out, a missing
+    required one or a value of another type is refused."""
+    kinds = _field_types(typing.cast("type", cls))
+    values = {}
+    for f in dataclasses.fields(typing.cast("Any", cls)):
+        key = _json_key(cls, f.name)
+        if key in data:
+            values[f.name] = _load(kinds[f.name], data[key], f"{where}.{key}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ReportUnreadableError(f"{where} does not match: {exc}") from exc
+
+
+def _dump(value: Any) -> Any:
+    if isinstance(value, _Part):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _dump(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_dump(v) for v in value]
+    return value
+
+
+class _Part:
+    """A part of the report: in JSON an object without the fields never recorded (None);
+    false when nothing was recorded, as its empty JSON object is."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        cls = type(self)
+        return {
+            _json_key(cls, f.name): _dump(value)
+            for f in dataclasses.fields(typing.cast("Any", self))
+            if (value := getattr(self, f.name)) is not None
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> Self:
+        return _load_record(cls, data, where or cls.__name__)
+
+    def __bool__(self) -> bool:
+        return any(
+            getattr(self, f.name) is not None for f in dataclasses.fields(typing.cast("Any", self))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PackageRecord(_Part):
+    """The package as verified, and what of it was sent (field order: as recorded)."""
+
+    sha256: str | None = None
+    delta_sha256: str | None = None
+    downgrade_reason: str | None = None
+    product: str | None = None
+    version: str | None = None
+    security_counter: int | None = None
+    safety_class: str | None = None
+    signer: tuple[str, ...] | None = None
+    downgrade: bool | None = None
+    payload: str | None = None  # "full" or "delta"
+    payload_reason: str | None = None
+    payload_sha256: str | None = None
+    encoding: str | None = None
+    stored_bytes: int | None = None
+    image_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord(_Part):
+    """The transfer step: where it started (a resume), how far it got, at what rate."""
+
+    total: int | None = None
+    resumed_from: int | None = None
+    offset: int | None = None
+    duration_s: float | None = None
+    encoding: str | None = None
+    image_bytes: int | None = None
+    bytes_sent: int | None = None
+    rate_bps: int | None = None
+    # an RS485 string update: what the string shared with this node
+    mode: str | None = None  # "broadcast" or "addressed"
+    activation_group: int | None = None
+    repair_frames: int | None = None
+    repaired_blocks: int | None = None
+    repair_rounds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTestRecord(_Part):
+    """The self-test record the BMS reported for the new image.
+
+    When the bootloader had reverted the image before its record could be read,
+    ``detail`` says why and ``after_revert`` holds what was read instead (the previous
+    firmware's record, null when none): such a record always carries both keys.
+    """
+
+    passed: bool | None = None
+    version: str | None = None
+    checks: tuple[SelfTestCheck, ...] | None = None
+    detail: str | None = None
+    after_revert: SelfTestRecord | None = None
+
+    def failed_checks(self) -> tuple[SelfTestCheck, ...]:
+        return tuple(c for c in self.checks or () if not c.passed)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _Part.to_dict(self)
+        if self.detail is not None:
+            data["after_revert"] = self.after_revert.to_dict() if self.after_revert else None
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionsRecord(_Part):
+    """What the decision core (:mod:`bmsfw.update.core`) decided, each verdict with its
+    reason; in JSON the names are hyphenated (``start-reason``)."""
+
+    channel: str | None = None
+    start: str | None = None
+    start_reason: str | None = None
+    image_key: str | None = None
+    bank_layout: str | None = None
+    after_boot: str | None = None
+    after_boot_reason: str | None = None
+    installed: str | None = None
+    installed_reason: str | None = None
+    security_counter: str | None = None
+    rollback: str | None = None
+    rollback_reason: str | None = None
+
+    def verdict(self, name: str) -> tuple[str | None, str]:
+        """The verdict called ``name`` ("start", "after-boot", "rollback") and its reason."""
+        attr = name.replace("-", "_")
+        return getattr(self, attr), getattr(self, f"{attr}_reason") or ""
+
+
 _SEQUENCES = ("steps", "preflight", "confirmations", "config_changes", "warnings")
 # The JSON type of each report field (str when not named here).
 _JSON_SHAPES: dict[str, type | tuple[type, ...]] = {
@@ -102,6 +297,14 @@ _JSON_SHAPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("error", "cause", "record_error"), dict),
     **dict.fromkeys(("started_at", "finished_at"), (int, float)),
     "config_restored": bool,
+}
+
+
+_PARTS: dict[str, type[_Part]] = {
+    "package": PackageRecord,
+    "transfer": TransferRecord,
+    "self_test": SelfTestRecord,
+    "decisions": DecisionsRecord,
 }
 
 
@@ -136,15 +339,15 @@ class UpdateReport:
     device_before: Mapping[str, Any] = field(default_factory=dict)
     device_now: Mapping[str, Any] = field(default_factory=dict)
     running_version: str = ""
-    package: Mapping[str, Any] = field(default_factory=dict)
+    package: PackageRecord = field(default_factory=PackageRecord)
     profile: Mapping[str, Any] = field(default_factory=dict)
     steps: tuple[StepRecord, ...] = ()
-    preflight: tuple[Mapping[str, Any], ...] = ()
+    preflight: tuple[CheckResult, ...] = ()
     overrides: Mapping[str, str] = field(default_factory=dict)
     confirmations: tuple[Mapping[str, Any], ...] = ()
     backup: Mapping[str, Any] = field(default_factory=dict)
-    transfer: Mapping[str, Any] = field(default_factory=dict)
-    self_test: Mapping[str, Any] = field(default_factory=dict)
+    transfer: TransferRecord = field(default_factory=TransferRecord)
+    self_test: SelfTestRecord = field(default_factory=SelfTestRecord)
     config_changes: tuple[Mapping[str, Any], ...] = ()
     config_restored: bool = False
     warnings: tuple[str, ...] = ()
@@ -153,9 +356,7 @@ class UpdateReport:
     cause: ErrorRecord | None = None
     audit_hash: str = ""
     report_path: str = ""
-    # What the decision core (bmsfw.update.core) decided: "start", "after-boot", "rollback"
-    # -> the verdict, and "<name>-reason" -> why.
-    decisions: Mapping[str, str] = field(default_factory=dict)
+    decisions: DecisionsRecord = field(default_factory=DecisionsRecord)
     # The report or audit record could not be written (the outcome above still holds).
     record_error: ErrorRecord | None = None
     # The exception itself, for the CLI's exit code; not serialised.
@@ -181,17 +382,20 @@ class UpdateReport:
         data.update(
             outcome=self.outcome.value,
             steps=[asdict(s) for s in self.steps],
+            preflight=[asdict(c) for c in self.preflight],
+            package=self.package.to_dict(),
+            transfer=self.transfer.to_dict(),
+            self_test=self.self_test.to_dict(),
+            decisions=self.decisions.to_dict(),
             error=_error_dict(self.error),
             cause=_error_dict(self.cause),
             record_error=_error_dict(self.record_error),
             format=REPORT_FORMAT,
             ok=self.ok,
         )
-        for name in ("device_before", "device_now", "package", "profile", "overrides"):
+        for name in ("device_before", "device_now", "profile", "overrides", "backup"):
             data[name] = dict(data[name])
-        for name in ("backup", "transfer", "self_test", "decisions"):
-            data[name] = dict(data[name])
-        for name in _SEQUENCES[1:]:
+        for name in _SEQUENCES[2:]:
             data[name] = list(data[name])
         return data
 
@@ -210,6 +414,11 @@ class UpdateReport:
                 raise ReportUnreadableError(
                     f"field {name!r} is {type(value).__name__}, not {_shape_name(shape)}"
                 )
+        for name, part in _PARTS.items():
+            if name in values:
+                values[name] = part.from_dict(values[name], name)
+        if "preflight" in values:
+            values["preflight"] = _load(tuple[CheckResult, ...], values["preflight"], "preflight")
         try:
             values["steps"] = tuple(StepRecord(**s) for s in data.get("steps", []))
             for name in ("error", "cause", "record_error"):
@@ -232,15 +441,15 @@ class ReportDraft:
     device_before: dict[str, Any] = field(default_factory=dict)
     device_now: dict[str, Any] = field(default_factory=dict)
     running_version: str = ""
-    package: dict[str, Any] = field(default_factory=dict)
+    package: PackageRecord = field(default_factory=PackageRecord)
     profile: dict[str, Any] = field(default_factory=dict)
     steps: list[StepRecord] = field(default_factory=list)
-    preflight: list[dict[str, Any]] = field(default_factory=list)
+    preflight: list[CheckResult] = field(default_factory=list)
     overrides: dict[str, str] = field(default_factory=dict)
     confirmations: list[dict[str, Any]] = field(default_factory=list)
     backup: dict[str, Any] = field(default_factory=dict)
-    transfer: dict[str, Any] = field(default_factory=dict)
-    self_test: dict[str, Any] = field(default_factory=dict)
+    transfer: TransferRecord = field(default_factory=TransferRecord)
+    self_test: SelfTestRecord = field(default_factory=SelfTestRecord)
     config_changes: list[dict[str, Any]] = field(default_factory=list)
     config_restored: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -248,13 +457,23 @@ class ReportDraft:
     error: ErrorRecord | None = None
     cause: ErrorRecord | None = None
     audit_hash: str = ""
-    decisions: dict[str, str] = field(default_factory=dict)
+    decisions: DecisionsRecord = field(default_factory=DecisionsRecord)
     record_error: ErrorRecord | None = None
     exception: BmsfwError | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.freeze().ok
+
+    def note_package(self, **fields: Any) -> None:
+        self.package = dataclasses.replace(self.package, **fields)
+
+    def note_transfer(self, **fields: Any) -> None:
+        self.transfer = dataclasses.replace(self.transfer, **fields)
+
+    def decide(self, **fields: str) -> None:
+        """Record the core's verdicts (``start=..., start_reason=...``)."""
+        self.decisions = dataclasses.replace(self.decisions, **fields)
 
     def fail(self, step: str, error: BmsfwError, cause: BaseException | None = None) -> None:
         self.failed_step = step
@@ -317,14 +536,16 @@ def _headline(report: UpdateReport) -> str:
     return _HEADLINE.get(report.outcome, report.outcome)
 
 
-def _lines_for_checks(checks: Sequence[Mapping[str, Any]]) -> list[str]:
+def _or_unknown(value: object) -> object:
+    return "?" if value is None else value
+
+
+def _lines_for_checks(checks: Sequence[CheckResult]) -> list[str]:
     lines = []
     for c in checks:
-        verdict = "pass" if c["passed"] else ("OVERRIDDEN" if c.get("overridden") else "FAIL")
-        reason = f" (reason: {c['override_reason']})" if c.get("overridden") else ""
-        lines.append(
-            f"    {verdict:<10} {c['name']:<17} {c['measured']}  [limit {c['limit']}]{reason}"
-        )
+        verdict = "pass" if c.passed else ("OVERRIDDEN" if c.overridden else "FAIL")
+        reason = f" (reason: {c.override_reason})" if c.overridden else ""
+        lines.append(f"    {verdict:<10} {c.name:<17} {c.measured}  [limit {c.limit}]{reason}")
     return lines
 
 
@@ -338,19 +559,16 @@ def render_text(report: UpdateReport) -> str:
         f"  device:          {dev.get('model', '?')} rev {dev.get('hw_revision', '?')} "
         f"serial {dev.get('serial', '?')}",
         f"  firmware before: {dev.get('app_version', '?')}",
-        f"  package:         {pkg.get('product', '?')} {pkg.get('version', '?')} "
-        f"(security counter {pkg.get('security_counter', '?')})",
+        f"  package:         {_or_unknown(pkg.product)} {_or_unknown(pkg.version)} "
+        f"(security counter {_or_unknown(pkg.security_counter)})",
         f"  device runs now: {report.running_version or 'unknown'}",
     ]
     for name in ("start", "after-boot", "rollback"):
-        if name in report.decisions:
-            why = report.decisions.get(f"{name}-reason", "")
-            lines.append(
-                f"  decision:        {name}: {report.decisions[name]}"
-                + (f" ({why})" if why else "")
-            )
-    if pkg.get("payload_reason"):
-        lines.append(f"  sent:            {pkg['payload_reason']}")
+        verdict, why = report.decisions.verdict(name)
+        if verdict is not None:
+            lines.append(f"  decision:        {name}: {verdict}" + (f" ({why})" if why else ""))
+    if pkg.payload_reason:
+        lines.append(f"  sent:            {pkg.payload_reason}")
     if report.operator:
         lines.append(f"  operator:        {report.operator}")
     if report.error:
@@ -379,23 +597,23 @@ def render_text(report: UpdateReport) -> str:
         lines.append(f"  backup:          {report.backup.get('path')} (read back ok)")
     if report.transfer:
         t = report.transfer
-        resumed = f", resumed at {t['resumed_from']}" if t.get("resumed_from") else ""
-        encoding = t.get("encoding", "raw")
+        resumed = f", resumed at {t.resumed_from}" if t.resumed_from else ""
+        encoding = t.encoding or "raw"
         stored = (
-            f" {encoding} (image {t.get('image_bytes', '?')} bytes)" if encoding != "raw" else ""
+            f" {encoding} (image {_or_unknown(t.image_bytes)} bytes)" if encoding != "raw" else ""
         )
         lines.append(
-            f"  transfer:        {t.get('offset', 0)}/{t.get('total', 0)} bytes{stored}"
-            f" in {t.get('duration_s', 0):.2f} s{resumed}"
+            f"  transfer:        {t.offset or 0}/{t.total or 0} bytes{stored}"
+            f" in {t.duration_s or 0:.2f} s{resumed}"
         )
     if report.self_test:
         st = report.self_test
-        lines.append(f"  self-test:       {'passed' if st.get('passed') else 'FAILED'}")
-        for check in st.get("checks", []):
-            mark = "pass" if check["passed"] else "FAIL"
+        lines.append(f"  self-test:       {'passed' if st.passed else 'FAILED'}")
+        for check in st.checks or ():
+            mark = "pass" if check.passed else "FAIL"
             lines.append(
-                f"    {mark:<10} {check['name']:<17} {check.get('value', '')}"
-                f"  [limit {check.get('limit', '')}] {check.get('detail', '')}".rstrip()
+                f"    {mark:<10} {check.name:<17} {check.value}"
+                f"  [limit {check.limit}] {check.detail}".rstrip()
             )
     if report.config_changes:
         verb = "restored" if report.config_restored else "CHANGED"

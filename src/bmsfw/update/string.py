@@ -549,12 +549,14 @@ def run_string_update(
         repair = rendezvous.repairs.get(unit, {})
         if report.transfer:
             # what the string shared with this node: the broadcast, its group, its repair
-            shared_transfer = {
-                **report.transfer,
-                "mode": rendezvous.mode if unit in rendezvous.payloads_sent_to else "addressed",
-                "activation_group": member.group,
-                **repair,
-            }
+            shared_transfer = dataclasses.replace(
+                report.transfer,
+                mode=rendezvous.mode if unit in rendezvous.payloads_sent_to else "addressed",
+                activation_group=member.group,
+                repair_frames=repair.get("repair_frames"),
+                repaired_blocks=repair.get("repaired_blocks"),
+                repair_rounds=repair.get("repair_rounds"),
+            )
             report = dataclasses.replace(report, transfer=shared_transfer)
         if options.report_dir is not None:
             path = write_report(report, options.report_dir)
