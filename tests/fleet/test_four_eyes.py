@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from web.test_routes import _sign_in
+
 from .conftest import Fleet, bms, make_release
 from .test_retire import _state, running
 
@@ -214,6 +216,14 @@ def test_a_downgrade_campaign_is_explicit_and_approved_by_a_release_manager(
     assert waiting["reason"] == "1.2.0 drains cells in storage"
     assert "start downgrade campaign" in waiting["summary"]
     _refused(fleet, _second(fleet, "operator"), waiting["id"], 403, "BMSFW-E654")
+    # Its dashboard page says so and offers an operator no button.
+    fleet.client.base_url = "https://testserver"  # type: ignore[assignment]
+    _sign_in(fleet, "operator-2")
+    page = fleet.client.get(f"/ui/campaigns/{down['id']}").text
+    assert "this is a downgrade campaign (1.2.0 drains cells in storage)" in page
+    assert 'data-testid="approve"' not in page
+    _sign_in(fleet, "release_manager")
+    assert 'data-testid="approve"' in fleet.client.get(f"/ui/campaigns/{down['id']}").text
     started = fleet.call("POST", f"/api/v1/campaigns/{down['id']}/approve", "release_manager")
     assert started["status"] == "running"
     offers = fleet.check_in("gw", [bms("NEW", version="1.2.0")])["offers"]
