@@ -137,8 +137,9 @@ def join_dynamic_campaigns(
 ) -> list[Join]:
     """Let ``devices`` (just registered, or whose identity, firmware, site or tags just
     changed) join the open dynamic campaigns they now match (:func:`~bmsfw.fleet.campaigns.
-    joins`): each in the campaign's last phase, *pending* (offered at its next check-in
-    while the campaign runs). Audited (``campaign.join``, which the event stream sends)."""
+    joins`): each in the campaign's last phase, *pending*: offered by the answer to the
+    check-in that brought it (or a later one) once the campaign runs in its last phase.
+    Audited (``campaign.join``, which the event stream sends)."""
     if not devices:
         return []
     campaign_ids = _open_dynamic(session)
