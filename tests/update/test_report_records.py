@@ -123,3 +123,20 @@ def test_a_frozen_report_does_not_change_with_its_draft() -> None:
     draft.decide(after_boot="confirm")
     assert frozen.transfer == TransferRecord(total=10, offset=4)
     assert frozen.decisions.to_dict() == {"start": "start", "start-reason": "1.0.0 -> 2.0.0"}
+
+
+def test_the_draft_is_the_record_so_far_and_knows_only_its_fields() -> None:
+    draft = ReportDraft(node="n1", kind="rollback")
+    draft.append("warnings", "first")
+    handed_out = draft.now
+    draft.set(outcome="rolled-back", running_version="1.0.0")
+    draft.append("warnings", "second", "third")
+    assert handed_out.warnings == ("first",) and handed_out.outcome == "failed"
+    assert draft.now.ok and draft.now.warnings == ("first", "second", "third")
+    with pytest.raises(TypeError):
+        draft.set(transfers=TransferRecord())  # not a field of the report
+    with pytest.raises(ValueError, match="'done' is not a valid Outcome"):
+        draft.set(outcome="done")
+    assert draft.freeze(report_path="r.json") == dataclasses.replace(
+        draft.now, report_path="r.json"
+    )

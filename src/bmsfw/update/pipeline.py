@@ -303,7 +303,7 @@ class _Shell:
 
     def warn(self, message: str) -> None:
         logger.warning("%s: %s", self.node, message)
-        self.report.warnings.append(message)
+        self.report.append("warnings", message)
         self.emit(WarningRaised(self.node, message))
 
     @contextlib.contextmanager
@@ -320,16 +320,18 @@ class _Shell:
         finally:
             duration = self.clock() - started
             text = "; ".join(detail)
-            self.report.steps.append(StepRecord(name, ok, started_wall, duration, text))
+            self.report.append("steps", StepRecord(name, ok, started_wall, duration, text))
             self.emit(StepFinished(self.node, name, ok, text, duration))
 
     def identify(self) -> DeviceIdentity:
         with self.step("identify") as detail:
             identity = self.session.identify()
             self.node = identity.address or identity.serial
-            self.report.node = self.node
-            self.report.device_before = dataclasses.asdict(identity)
-            self.report.running_version = identity.app_version
+            self.report.set(
+                node=self.node,
+                device_before=dataclasses.asdict(identity),
+                running_version=identity.app_version,
+            )
             detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
         return identity
 
@@ -376,41 +378,45 @@ class _Shell:
         report = self.report
         try:
             status = self.session.read_boot_status()
-            report.running_version = status.running_version
-            report.device_now = dataclasses.asdict(status)
+            report.set(
+                running_version=status.running_version, device_now=dataclasses.asdict(status)
+            )
         except BmsfwError as probe:
-            report.warnings.append(f"could not read the boot status afterwards: {probe}")
-            report.running_version = "unknown (BMS not answering)" if changed else fallback_version
+            report.append("warnings", f"could not read the boot status afterwards: {probe}")
+            report.set(
+                running_version="unknown (BMS not answering)" if changed else fallback_version
+            )
 
     def audit_fields(self) -> dict[str, Any]:
         report = self.report
         return {
             "device": {
-                k: report.device_before.get(k)
+                k: report.now.device_before.get(k)
                 for k in ("model", "hw_revision", "serial", "app_version", "address")
             },
-            "result": report.outcome,
-            "decisions": report.decisions.to_dict(),
-            "running_version": report.running_version,
-            "failed_step": report.failed_step,
-            "error_code": report.error.code if report.error else "",
+            "result": report.now.outcome,
+            "decisions": report.now.decisions.to_dict(),
+            "running_version": report.now.running_version,
+            "failed_step": report.now.failed_step,
+            "error_code": report.now.error.code if report.now.error else "",
         }
 
     def finish(self) -> UpdateReport:
         """Write the audit record and the report; a failure to write is reported, not lost."""
         report = self.report
-        report.finished_at = time.time()
-        if report.ok and not report.device_now:
+        report.set(finished_at=time.time())
+        if report.now.ok and not report.now.device_now:
             try:
-                report.device_now = dataclasses.asdict(self.read_boot_status_retrying())
+                report.set(device_now=dataclasses.asdict(self.read_boot_status_retrying()))
             except BmsfwError as exc:
-                report.warnings.append(f"could not read the boot status afterwards: {exc}")
+                report.append("warnings", f"could not read the boot status afterwards: {exc}")
         problems: list[str] = []
         if self.record.audit_log is not None:
             try:
-                report.audit_hash = AuditLog(self.record.audit_log).append(
+                audit_hash = AuditLog(self.record.audit_log).append(
                     self.kind, self.audit_fields(), who=self.record.operator or None
                 )
+                report.set(audit_hash=audit_hash)
             except (OSError, BmsfwError) as exc:
                 problems.append(f"audit record not written to {self.record.audit_log}: {exc}")
         report_path = ""
@@ -422,13 +428,13 @@ class _Shell:
                 problems.append(f"report not written to {self.record.report_dir}: {exc}")
         if problems:
             error = RecordNotWrittenError(
-                f"{'; '.join(problems)}; the {self.kind} itself ended {report.outcome}, "
-                f"the BMS runs {report.running_version or 'unknown'}"
+                f"{'; '.join(problems)}; the {self.kind} itself ended {report.now.outcome}, "
+                f"the BMS runs {report.now.running_version or 'unknown'}"
             )
-            report.record_error = ErrorRecord.of(error)
-            report.warnings.extend(problems)
-            if report.exception is None:
-                report.exception = error
+            report.set(record_error=ErrorRecord.of(error))
+            report.append("warnings", *problems)
+            if report.now.exception is None:
+                report.set(exception=error)
         final = report.freeze(report_path=report_path)
         self.emit(
             UpdateFinished(
@@ -475,8 +481,10 @@ class _Run(_Shell):
 
     def run(self) -> UpdateReport:
         report = self.report
-        report.profile = {"name": self.profile.name, "source": self.profile.source}
-        report.overrides = dict(self.options.overrides)
+        report.set(
+            profile={"name": self.profile.name, "source": self.profile.source},
+            overrides=dict(self.options.overrides),
+        )
         report.note_package(
             sha256=hashlib.sha256(self.package).hexdigest(),
             delta_sha256=hashlib.sha256(self.delta).hexdigest() if self.delta else None,
@@ -553,11 +561,11 @@ class _Run(_Shell):
                     self.warn(start.reason)
                 if start.verdict is StartVerdict.START:
                     payload = self._choose_payload(release, facts, identity, digest, digest_problem)
-                    detail.append(f"sending {report.package.payload_reason}")
+                    detail.append(f"sending {report.now.package.payload_reason}")
                 else:
                     detail.append(start.reason)
             if start.verdict is StartVerdict.ALREADY_INSTALLED:
-                report.outcome = Outcome.ALREADY_INSTALLED
+                report.set(outcome=Outcome.ALREADY_INSTALLED)
                 self.warn(start.reason)
                 return self.finish()
             if start.verdict is StartVerdict.CONTINUE_TEST_IMAGE:
@@ -588,7 +596,7 @@ class _Run(_Shell):
                     node=self.node,
                     sink=self.emit,
                 )
-                report.preflight = list(pre.checks)
+                report.set(preflight=list(pre.checks))
                 for c in pre.checks:
                     if c.overridden:
                         self.warn(f"preflight check {c.name} overridden: {c.override_reason}")
@@ -603,7 +611,7 @@ class _Run(_Shell):
             with self.step("backup") as detail:
                 snapshot = self.session.read_config()
                 backup = write_backup(self.options.backup_dir, identity, snapshot)
-                report.backup = {"path": str(backup.path), "checksum": snapshot.checksum}
+                report.set(backup={"path": str(backup.path), "checksum": snapshot.checksum})
                 detail.append(str(backup.path))
             self._check_stop()
             step = "authenticate"
@@ -620,7 +628,7 @@ class _Run(_Shell):
                 try:
                     self.session.verify()
                 except DeviceError as exc:
-                    if not report.transfer.resumed_from:
+                    if not report.now.transfer.resumed_from:
                         raise
                     # A block half-programmed when the power went can look written after
                     # the restart; a resumed image that fails verification gets one clean
@@ -651,7 +659,7 @@ class _Run(_Shell):
                 else UpdateInterruptedError(f"stopped during {step} (second Ctrl-C or SIGTERM)")
             )
             self._failed(step, error, identity)
-            if report.outcome == Outcome.ROLLED_BACK and snapshot is not None:
+            if report.now.outcome == Outcome.ROLLED_BACK and snapshot is not None:
                 # Back on the old firmware: show that the configuration survived too.
                 try:
                     self._compare_config(snapshot)
@@ -802,7 +810,7 @@ class _Run(_Shell):
             else:
                 missing.append(item)
                 continue
-            self.report.confirmations.append({"id": item.id, "text": item.text, "how": how})
+            self.report.append("confirmations", {"id": item.id, "text": item.text, "how": how})
         if missing:
             raise ManualConfirmationMissingError(
                 "not confirmed: " + "; ".join(f"{c.text} (--confirm {c.id})" for c in missing)
@@ -899,8 +907,10 @@ class _Run(_Shell):
         except BmsfwError as exc:
             self.warn(f"could not read the self-test record: {exc}")
             return None
-        self.report.self_test = SelfTestRecord(
-            passed=result.passed, version=result.version, checks=tuple(result.checks)
+        self.report.set(
+            self_test=SelfTestRecord(
+                passed=result.passed, version=result.version, checks=tuple(result.checks)
+            )
         )
         return result
 
@@ -952,7 +962,7 @@ class _Run(_Shell):
             decision = decide_after_boot(meaning, verdict)
             self.report.decide(after_boot=decision.action.value, after_boot_reason=decision.reason)
             if status is not None:
-                self.report.running_version = status.running_version
+                self.report.set(running_version=status.running_version)
                 detail.append(f"booted {status.running_version} ({status.image_state})")
             detail.append(f"{meaning.value}: {decision.action.value}")
             if decision.action is Action.CONFIRM:
@@ -974,7 +984,7 @@ class _Run(_Shell):
             if decision.action is Action.REVERT:
                 failed = ""
                 if verdict is SelfTestVerdict.FAILED:
-                    failed = ", ".join(c.name for c in self.report.self_test.failed_checks())
+                    failed = ", ".join(c.name for c in self.report.now.self_test.failed_checks())
                 self.warn(
                     f"self-test {verdict.value if verdict else 'not read'}"
                     f"{f' ({failed})' if failed else ''}; rolling back"
@@ -986,18 +996,20 @@ class _Run(_Shell):
 
     def _raise_reverted(self, status: BootStatus, new_version: str, meaning: BootMeaning) -> None:
         """The BMS is back on its previous image: say why, with the self-test if there is one."""
-        self.report.outcome = Outcome.ROLLED_BACK
-        st = self.report.self_test
+        self.report.set(outcome=Outcome.ROLLED_BACK)
+        st = self.report.now.self_test
         if not st or (st.version and not same_release(new_version, st.version)):
             # The bootloader already reverted: this record is the old firmware's.
-            self.report.self_test = SelfTestRecord(
-                passed=False,
-                version=new_version,
-                checks=(),
-                detail=status.last_revert_reason or "reverted by the bootloader",
-                after_revert=st or None,
+            self.report.set(
+                self_test=SelfTestRecord(
+                    passed=False,
+                    version=new_version,
+                    checks=(),
+                    detail=status.last_revert_reason or "reverted by the bootloader",
+                    after_revert=st or None,
+                )
             )
-        failed = self.report.self_test.failed_checks()
+        failed = self.report.now.self_test.failed_checks()
         listed = ", ".join(f"{c.name} {c.value} (limit {c.limit})" for c in failed)
         reason = status.last_revert_reason
         if failed or "self" in reason.lower():
@@ -1031,7 +1043,7 @@ class _Run(_Shell):
         """Ask for the rollback, wait, and believe it only when the new image is gone."""
         self.session.rollback()
         after = self.wait_after_rollback()
-        self.report.running_version = after.running_version
+        self.report.set(running_version=after.running_version)
         if not rollback_took_effect(after, new_version):
             raise UpdateFailedNoRollbackError(
                 f"the BMS acknowledged the rollback but still runs {after.running_version} "
@@ -1063,14 +1075,14 @@ class _Run(_Shell):
                     raise refused
                 self.warn(f"the BMS refused the confirm ({refused.code}); rolling back now")
                 self._roll_back(new_version)
-                self.report.outcome = Outcome.ROLLED_BACK
+                self.report.set(outcome=Outcome.ROLLED_BACK)
                 raise refused
             if verdict is ConfirmVerdict.STILL_TEST:
                 # The firmware acknowledged but did not make itself permanent: do not
                 # leave the pack on an image the watchdog will throw out later.
                 self.warn(f"{new_version} did not confirm itself; rolling back now")
                 after = self._roll_back(new_version)
-                self.report.outcome = Outcome.ROLLED_BACK
+                self.report.set(outcome=Outcome.ROLLED_BACK)
                 raise NotConfirmedRolledBackError(
                     f"{new_version} acknowledged the confirm but stayed a test image; "
                     f"rolled back, the BMS runs {after.running_version}"
@@ -1081,12 +1093,12 @@ class _Run(_Shell):
                 )
                 if reading.status is None:
                     raise NoAnswerAfterResetError("the BMS stopped answering after the confirm")
-                self.report.running_version = reading.status.running_version
+                self.report.set(running_version=reading.status.running_version)
                 self._raise_reverted(reading.status, new_version, interpret_boot(reading))
-            self.report.running_version = status.running_version
+            self.report.set(running_version=status.running_version)
             self._judge_installed(release, status)
-            detail.append(self.report.decisions.installed_reason or "")
-        self.report.outcome = Outcome.UPDATED
+            detail.append(self.report.now.decisions.installed_reason or "")
+        self.report.set(outcome=Outcome.UPDATED)
 
     def _judge_installed(self, release: VerifiedRelease, status: BootStatus) -> None:
         """ "updated" only on the BMS's digest of its active image and a raised counter."""
@@ -1119,24 +1131,26 @@ class _Run(_Shell):
         with self.step("config-compare") as detail:
             now = self.session.read_config()
             changes = diff_snapshots(backup_snapshot, now)
-            self.report.config_changes = [
-                {"path": c.path, "before": c.before, "after": c.after} for c in changes
-            ]
+            self.report.set(
+                config_changes=[
+                    {"path": c.path, "before": c.before, "after": c.after} for c in changes
+                ]
+            )
             if not changes:
                 detail.append("unchanged")
                 return
             if not self.options.restore_config:
                 self.warn(f"{len(changes)} configuration value(s) changed; not restored")
                 return
-            restore_backup(self.session, load_backup(self.report.backup["path"]))
-            self.report.config_restored = True
+            restore_backup(self.session, load_backup(self.report.now.backup["path"]))
+            self.report.set(config_restored=True)
             detail.append(f"{len(changes)} value(s) restored")
 
     def _failed(self, step: Step, exc: BmsfwError, identity: DeviceIdentity | None) -> None:
         report = self.report
         cause = exc.__cause__ if isinstance(exc.__cause__, BaseException) else None
         report.fail(step, exc, cause)
-        if report.outcome != Outcome.ROLLED_BACK:
+        if report.now.outcome != Outcome.ROLLED_BACK:
             # a release header the BMS refused (delta base, missing key, ...) wrote nothing
             if isinstance(
                 exc,
@@ -1145,26 +1159,27 @@ class _Run(_Shell):
                 | UpdateInterruptedError
                 | NoAnswerAfterResetError,
             ):
-                report.outcome = Outcome.PAUSED
+                report.set(outcome=Outcome.PAUSED)
             elif not self.staged:
-                report.outcome = Outcome.REFUSED
+                report.set(outcome=Outcome.REFUSED)
             else:
-                report.outcome = Outcome.FAILED
+                report.set(outcome=Outcome.FAILED)
         logger.warning("%s: update failed at %s: %s", self.node, step, exc)
         if identity is not None:
             self.probe_after_failure(
                 identity.app_version,
-                changed=self.activated or report.outcome not in (Outcome.REFUSED, Outcome.PAUSED),
+                changed=self.activated
+                or report.now.outcome not in (Outcome.REFUSED, Outcome.PAUSED),
             )
 
     def audit_fields(self) -> dict[str, Any]:
         report = self.report
         return {
             **super().audit_fields(),
-            "package": report.package.to_dict(),
-            "overrides": report.overrides,
-            "confirmations": [c["id"] for c in report.confirmations],
-            "backup": report.backup.get("path", ""),
+            "package": report.now.package.to_dict(),
+            "overrides": report.now.overrides,
+            "confirmations": [c["id"] for c in report.now.confirmations],
+            "backup": report.now.backup.get("path", ""),
         }
 
 
@@ -1208,14 +1223,15 @@ class _Rollback(_Shell):
                 self.changed = True
                 self.session.rollback()
                 after = self.wait_after_rollback()
-                report.running_version = after.running_version
-                report.device_now = dataclasses.asdict(after)
+                report.set(
+                    running_version=after.running_version, device_now=dataclasses.asdict(after)
+                )
                 if after.image_state == "test":
                     raise UpdateFailedNoRollbackError(
                         f"after the rollback the BMS still runs a test image "
                         f"({after.running_version})"
                     )
-                report.outcome = Outcome.ROLLED_BACK
+                report.set(outcome=Outcome.ROLLED_BACK)
                 detail.append(
                     f"was {before.running_version} (bank {before.active_bank} "
                     f"{before.image_state}), now runs {after.running_version} "
@@ -1229,7 +1245,7 @@ class _Rollback(_Shell):
             )
             cause = error.__cause__ if isinstance(error.__cause__, BaseException) else None
             report.fail(step, error, cause)
-            report.outcome = Outcome.FAILED if self.changed else Outcome.REFUSED
+            report.set(outcome=Outcome.FAILED if self.changed else Outcome.REFUSED)
             if identity is not None:
                 self.probe_after_failure(identity.app_version, changed=self.changed)
         return self.finish()

@@ -2,9 +2,10 @@
 
 A report always answers the four questions of a failed update: which step
 failed, what the device runs now, the error code, and what to do (diagnosis
-and remedy). The pipeline fills a :class:`ReportDraft` while it runs and hands
-out a frozen :class:`UpdateReport` at the end (its outcome an :class:`Outcome`,
-its errors :class:`ErrorRecord`, its parts typed frozen records: :class:`PackageRecord`,
+and remedy). The pipeline records into a :class:`ReportDraft` (the frozen record
+so far, replaced with each thing recorded) while it runs and hands out the frozen
+:class:`UpdateReport` at the end (its outcome an :class:`Outcome`, its errors
+:class:`ErrorRecord`, its parts typed frozen records: :class:`PackageRecord`,
 the preflight's :class:`~bmsfw.update.preflight.CheckResult` rows, :class:`TransferRecord`,
 :class:`SelfTestRecord`, :class:`DecisionsRecord`); the JSON (format
 ``bmsfw-update-report/1``) is the same either way. A part leaves out what was not
@@ -313,15 +314,6 @@ def _shape_name(shape: type | tuple[type, ...]) -> str:
     return "a number" if isinstance(shape, tuple) else names.get(shape, shape.__name__)
 
 
-def _copied(value: Any) -> Any:
-    """A draft's dict or list copied (the record must not change with the draft)."""
-    if isinstance(value, dict):
-        return dict(value)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
-
-
 def _error_dict(record: ErrorRecord | None) -> dict[str, str]:
     return record.to_dict() if record is not None else {}
 
@@ -428,64 +420,46 @@ class UpdateReport:
             raise ReportUnreadableError(f"report fields do not match: {exc}") from exc
 
 
-@dataclass
 class ReportDraft:
-    """The report while the pipeline runs (mutable); :meth:`freeze` gives the record."""
+    """The report while a run goes on: the :class:`UpdateReport` recorded so far.
 
-    node: str
-    kind: Literal["update", "rollback"] = "update"
-    outcome: Outcome = Outcome.FAILED
-    started_at: float = field(default_factory=time.time)
-    finished_at: float = 0.0
-    operator: str = ""
-    device_before: dict[str, Any] = field(default_factory=dict)
-    device_now: dict[str, Any] = field(default_factory=dict)
-    running_version: str = ""
-    package: PackageRecord = field(default_factory=PackageRecord)
-    profile: dict[str, Any] = field(default_factory=dict)
-    steps: list[StepRecord] = field(default_factory=list)
-    preflight: list[CheckResult] = field(default_factory=list)
-    overrides: dict[str, str] = field(default_factory=dict)
-    confirmations: list[dict[str, Any]] = field(default_factory=list)
-    backup: dict[str, Any] = field(default_factory=dict)
-    transfer: TransferRecord = field(default_factory=TransferRecord)
-    self_test: SelfTestRecord = field(default_factory=SelfTestRecord)
-    config_changes: list[dict[str, Any]] = field(default_factory=list)
-    config_restored: bool = False
-    warnings: list[str] = field(default_factory=list)
-    failed_step: str = ""
-    error: ErrorRecord | None = None
-    cause: ErrorRecord | None = None
-    audit_hash: str = ""
-    decisions: DecisionsRecord = field(default_factory=DecisionsRecord)
-    record_error: ErrorRecord | None = None
-    exception: BmsfwError | None = field(default=None, repr=False)
+    Each thing recorded replaces the record (``dataclasses.replace``), so the draft
+    has no field list of its own, and a record handed out (:meth:`freeze`, :attr:`now`)
+    never changes with the draft. A field name that is not the report's raises.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self._now = UpdateReport(**fields)
 
     @property
-    def ok(self) -> bool:
-        return self.freeze().ok
+    def now(self) -> UpdateReport:
+        """The record as it stands."""
+        return self._now
+
+    def set(self, **fields: Any) -> None:
+        self._now = dataclasses.replace(self._now, **fields)
+
+    def append(self, name: Literal["steps", "confirmations", "warnings"], *items: Any) -> None:
+        self.set(**{name: (*getattr(self._now, name), *items)})
 
     def note_package(self, **fields: Any) -> None:
-        self.package = dataclasses.replace(self.package, **fields)
+        self.set(package=dataclasses.replace(self._now.package, **fields))
 
     def note_transfer(self, **fields: Any) -> None:
-        self.transfer = dataclasses.replace(self.transfer, **fields)
+        self.set(transfer=dataclasses.replace(self._now.transfer, **fields))
 
     def decide(self, **fields: str) -> None:
         """Record the core's verdicts (``start=..., start_reason=...``)."""
-        self.decisions = dataclasses.replace(self.decisions, **fields)
+        self.set(decisions=dataclasses.replace(self._now.decisions, **fields))
 
     def fail(self, step: str, error: BmsfwError, cause: BaseException | None = None) -> None:
-        self.failed_step = step
-        self.error = ErrorRecord.of(error)
-        self.exception = error
+        self.set(failed_step=step, error=ErrorRecord.of(error), exception=error)
         if isinstance(cause, BmsfwError) and cause is not error:
-            self.cause = ErrorRecord.of(cause)
+            self.set(cause=ErrorRecord.of(cause))
 
     def freeze(self, *, report_path: str = "") -> UpdateReport:
-        """The record as it stands (copies: later changes to the draft do not reach it)."""
-        values = {f.name: _copied(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return UpdateReport(**values, report_path=report_path)
+        """The record as it ends (with where it was written, once it was)."""
+        return dataclasses.replace(self._now, report_path=report_path)
 
 
 def write_report(report: UpdateReport, directory: str | Path) -> Path:
