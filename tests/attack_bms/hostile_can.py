@@ -83,6 +83,10 @@ class Behaviour:
     stall_s: float = 0.0
     pending_interval_s: float = 0.3
     stall_after_reset: bool = False
+    # a loaded device: the transfer block with this counter is first answered only after
+    # ``late_s`` (past the tester's P2), so the tester sends it again and both get answered
+    late_block: int = 0
+    late_s: float = 0.4
 
 
 @dataclass
@@ -114,6 +118,8 @@ class HostileUdsBms:
         self.resets = 0
         self.stalled = 0  # requests answered 0x78 first
         self.pending_sent = 0
+        self.late_answers = 0  # transfer blocks answered after the tester's P2
+        self._last_block = b""  # counter of the last transfer block written
         self.hooks: dict[int, Callable[[bytes], bytes | None]] = {}  # sid -> raw answer
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._notifier = can.Notifier(self._bus, [], timeout=0.05)
@@ -343,12 +349,21 @@ class HostileUdsBms:
         return head + b"\x00"
 
     def _download(self) -> bytes:
+        self._last_block = b""
         if self.b.slow_from_download:  # from now on, ask the tester for tiny bursts
             self._stack.params.blocksize = self.b.isotp_block_size
             self._stack.params.stmin = self.b.isotp_stmin
         return b"\x74\x20" + struct.pack(">H", self.b.block_length)
 
     def _transfer(self, req: bytes) -> bytes:
+        if req[1:2] == self._last_block:  # a repeated block: acknowledged, not written again
+            if req[1] == self.b.late_block:
+                time.sleep(0.05)  # still busy: this answer comes after the tester's next block
+            return b"\x76" + req[1:2]
+        self._last_block = req[1:2]
+        if req[1] == self.b.late_block and not self.late_answers:
+            self.late_answers += 1
+            time.sleep(self.b.late_s)
         self.s.received += req[2:]
         return b"\x76" + req[1:2]
 

@@ -743,10 +743,14 @@ class UdsSession:
     def _send_block(self, counter: int, block: bytes, offset: int, total: int) -> None:
         payload = bytes([counter]) + block
         for attempt in range(self.config.block_retries + 1):
+            what = f"transfer block 0x{counter:02X} at {offset}"
             try:
-                echo = self.request(
-                    0x36, payload, what=f"transfer block 0x{counter:02X} at {offset}"
-                )
+                echo = self.request(0x36, payload, what=what)
+                if echo[:1] == bytes([(counter - 1) & 0xFF]):
+                    # the previous block timed out, was sent again, and the BMS answered
+                    # both copies: this is the second answer to it; ours comes next
+                    log.info("%s: late answer to block 0x%02X; reading on", what, echo[0])
+                    echo = self._next_answer(0x36, what)
             except UdsTimeoutError:
                 if attempt < self.config.block_retries:
                     self.blocks_resent += 1
@@ -764,6 +768,28 @@ class UdsSession:
                     f"block counter echo {echo[:1].hex()} != {counter:02x}"
                 )
             return
+
+    def _next_answer(self, sid: int, what: str) -> bytes:
+        """The next positive answer to ``sid`` without sending anything (after a late one).
+
+        Waits P2 (P2* after each 'response pending'); nothing in time is a timeout,
+        which the caller's retry handles like any lost answer.
+        """
+        timeout = self._p2_s
+        with self._lock:
+            while True:
+                frame = self._conn.wait_frame(timeout=timeout, exception=False)
+                if not frame:
+                    raise UdsTimeoutError(f"{what}: no answer from BMS {self.address}")
+                frame = bytes(frame)
+                if frame[:1] == bytes([sid + 0x40]):
+                    return frame[1:]
+                if len(frame) >= 3 and frame[0] == 0x7F and frame[1] == sid:
+                    if frame[2] == 0x78:
+                        timeout = self._p2_star_s
+                        continue
+                    raise uds_error_for_nrc(sid, frame[2], what)
+                raise UdsInvalidResponseError(f"{what}: unexpected answer {frame[:4].hex()}")
 
     @session_step("verify", "verify_s")
     def verify(self) -> None:
