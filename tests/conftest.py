@@ -8,6 +8,11 @@ A test names the requirements it proves (ids from requirements/requirements.toml
 ``pytest --req-results FILE`` (``make test`` passes it) writes every test's
 outcome with its requirement ids to FILE; ``make compliance`` reads that file,
 so the suite runs once. See docs/evidence.md.
+
+Under pytest-xdist (``-n``) the tests are collected and run in worker processes
+and only the controller sees every outcome: each item carries its requirement
+ids in ``user_properties``, which travel with its reports to the controller, and
+the controller alone writes FILE.
 """
 
 from __future__ import annotations
@@ -45,24 +50,36 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     path = config.getoption("--req-results")
     if path:
-        config.pluginmanager.register(_Recorder(Path(path)), "bmsfw-requirement-recorder")
+        config.pluginmanager.register(_Tagger(), "bmsfw-requirement-tagger")
+        if not hasattr(config, "workerinput"):  # not an xdist worker: this process writes
+            config.pluginmanager.register(_Recorder(Path(path)), "bmsfw-requirement-recorder")
+
+
+_REQ_PROPERTY = "bmsfw-req"
+
+
+class _Tagger:
+    """Puts each collected test's requirement ids in its reports (user_properties)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            ids = [str(i) for mark in item.iter_markers("req") for i in mark.args]
+            item.user_properties.append((_REQ_PROPERTY, tuple(dict.fromkeys(ids))))
 
 
 class _Recorder:
-    """Collects requirement ids at collection and one outcome per test."""
+    """One outcome per test, with the requirement ids its reports carry."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.requirements: dict[str, tuple[str, ...]] = {}
         self.outcomes: dict[str, TestOutcome] = {}
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
-            ids = [str(i) for mark in item.iter_markers("req") for i in mark.args]
-            self.requirements[item.nodeid] = tuple(dict.fromkeys(ids))
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == _REQ_PROPERTY:
+                self.requirements[report.nodeid] = tuple(str(i) for i in value)
         # A failure in setup, call or teardown fails the test; a skip counts only
         # when nothing failed; "passed" needs the call phase to pass.
         previous = self.outcomes.get(report.nodeid)

@@ -172,7 +172,13 @@ def test_main_writes_the_matrix_and_exits_1_on_a_problem(
     assert "**NO TEST**" in out.read_text(encoding="utf-8")
 
 
-def test_the_plugin_records_outcomes_with_requirement_ids(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "xdist"])
+def test_the_plugin_records_outcomes_with_requirement_ids(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    # With xdist (as `make test` runs) the workers collect and run the tests and the
+    # controller alone writes the file. Only xdist is loaded there: every other
+    # plugin would start three times (seconds each on a loaded CI machine).
     pytester.makeconftest((ROOT / "tests" / "conftest.py").read_text(encoding="utf-8"))
     pytester.makepyfile(
         test_sample="""
@@ -213,9 +219,12 @@ def test_the_plugin_records_outcomes_with_requirement_ids(pytester: pytest.Pytes
         """
     )
     out = pytester.path / "results.json"
-    result = pytester.runpytest(
-        "--strict-markers", "--req-results", str(out), "-k", "not deselected"
-    )
+    args = ["--strict-markers", "--req-results", str(out), "-k", "not deselected"]
+    if workers:
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+        result = pytester.runpytest_subprocess(*args, "-p", "xdist", "-n", str(workers))
+    else:
+        result = pytester.runpytest(*args)
     result.assert_outcomes(passed=4, failed=1, skipped=1, errors=1)
     recorded = {t.nodeid.split("::", 1)[1]: t for t in load_results(out).tests}
     assert {k: (v.outcome, v.requirements) for k, v in recorded.items()} == {

@@ -165,9 +165,59 @@ class RoutineResult:
     record: bytes
 
 
+class _AnswersToTheRequest:
+    """A udsoncan connection that hands the client only answers to the request in flight.
+
+    A BMS that answers after the tester gave up on a request (P2 ran out on a slow
+    or loaded link) puts that late answer on the bus while the next request waits:
+    a ReadDataByIdentifier answer (0x62) arriving while a session change (0x10)
+    waits. udsoncan would take it as the answer and refuse it as unexpected (E363)
+    although the right answer is still on its way. An answer names its service
+    (request SID + 0x40, or 0x7F and the SID), so one that names another service
+    is dropped here and the wait goes on within the same time limit; an answer to
+    the same service is left to the checks above (e.g. a late read of another DID).
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self._conn = connection
+        self._sid: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __enter__(self) -> _AnswersToTheRequest:
+        self._conn.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._conn.__exit__(*exc)
+
+    def send(self, payload: bytes) -> None:
+        self._sid = payload[0] if payload else None
+        self._conn.send(payload)
+
+    def wait_frame(self, timeout: float | None = None, exception: bool = False) -> bytes | None:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(end - time.monotonic(), 0.0)
+            frame: bytes | None = self._conn.wait_frame(timeout=left, exception=exception)
+            sid = self._sid
+            if frame is None or sid is None or not frame:
+                return frame
+            if frame[0] == sid + 0x40 or (frame[0] == 0x7F and frame[1:2] == bytes([sid])):
+                return frame
+            log.debug("dropped a late answer (0x%02X) while waiting for 0x%02X", frame[0], sid)
+            if end is not None and time.monotonic() >= end:
+                if exception:
+                    raise TimeoutException(  # type: ignore[no-untyped-call]
+                        f"no answer to 0x{sid:02X} within {timeout} s"
+                    )
+                return None
+
+
 def make_udsoncan_client(connection: Any, config: UdsClientConfig) -> Client:
     """A udsoncan ``Client`` with the timing policy above (no overall request timeout)."""
-    client = Client(connection)
+    client = Client(_AnswersToTheRequest(connection))  # type: ignore[arg-type]
     client.set_configs(
         {
             "request_timeout": None,  # type: ignore[typeddict-item]  # None: no overall limit
