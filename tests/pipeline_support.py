@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
 from bmsfw.protocol.modbus import ModbusBus
 from bmsfw.protocol.session import BmsSession, TesterCredentials
@@ -17,7 +19,13 @@ from bmsfw.update.profile import DEFAULT_CONFIRMATIONS
 from bmsfw.update.report import UpdateReport
 from bmsfw.update.string import StringPolicy, StringReport, run_string_update
 
-__all__ = ["lab_options", "update_node", "update_nodes", "update_string"]
+__all__ = [
+    "cable_pulled_before_a_block",
+    "lab_options",
+    "update_node",
+    "update_nodes",
+    "update_string",
+]
 
 
 def lab_options(records: Path, tester: TesterCredentials) -> UpdateOptions:
@@ -28,6 +36,30 @@ def lab_options(records: Path, tester: TesterCredentials) -> UpdateOptions:
         audit_log=records / "audit.jsonl",
         report_dir=records / "reports",
     )
+
+
+def cable_pulled_before_a_block(session: Any, from_offset: int) -> Callable[[int], None]:
+    """An ``on_progress`` for :func:`update_node` over CAN (a ``UdsSession`` opened by
+    ``open_uds_session``): once the transfer reached ``from_offset``, the bus goes silent
+    right before the next data block (TransferData) goes out.
+
+    Pulled at the progress event itself, the first request without an answer would be
+    the transfer's telemetry check whenever its interval (0.5 s) ran out just then, more
+    often on a loaded machine: a read (E360) instead of a data block (E362)."""
+    armed = False
+    send = session.request
+
+    def request(sid: int, data: bytes = b"", **kw: Any) -> bytes:
+        if armed and sid == 0x36:
+            session.bus.faults = CanFaults(silent=True)
+        return bytes(send(sid, data, **kw))
+
+    def on_progress(offset: int) -> None:
+        nonlocal armed
+        armed = armed or offset >= from_offset
+
+    session.request = request
+    return on_progress
 
 
 def update_node(

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import VendorPki
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import discover_nodes, open_uds_session
 from bmsfw.sim.sim_can import SimCanProcess
-from pipeline_support import update_node, update_nodes
+from pipeline_support import cable_pulled_before_a_block, update_node, update_nodes
 
 from .conftest import Release, provision_nodes, unique_link
 
@@ -53,26 +51,8 @@ def test_link_cut_aborts_old_firmware_runs_and_second_run_resumes(
     with SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"):
         with open_uds_session(link, 1) as session:
             half = len(release_v2.image) // 2
-            armed = False
-            send = session.request
-
-            # The cable is pulled right before the next data block goes out once half
-            # the image is sent. Pulled at the progress event itself, the first request
-            # without an answer would be the transfer's telemetry check whenever its
-            # interval ran out just then (more often on a loaded machine): a read (E360)
-            # instead of the data block this test is about (E362).
-            def request(sid: int, data: bytes = b"", **kw: Any) -> bytes:
-                if armed and sid == 0x36:
-                    session.bus.faults = CanFaults(silent=True)
-                return send(sid, data, **kw)
-
-            def cut_when_half_sent(offset: int) -> None:
-                nonlocal armed
-                armed = armed or offset >= half
-
-            session.request = request  # type: ignore[method-assign]
             records = tmp_path / "records"
-            cut = cut_when_half_sent
+            cut = cable_pulled_before_a_block(session, half)
             report = update_node(
                 session, release_v2.package, pki, tester, records=records, on_progress=cut
             )

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.link.wirebus import CanFaults
 from bmsfw.package import Component, Manifest, VendorPki, decode_header
 from bmsfw.protocol import errors as err
 from bmsfw.protocol.session import TesterCredentials as Credentials
 from bmsfw.protocol.uds import open_uds_session, transfer_dfi
 from bmsfw.sim.images import APP_DESCRIPTOR_OFFSET, make_app_payload
 from bmsfw.sim.sim_can import SimCanProcess
-from pipeline_support import update_node
+from pipeline_support import cable_pulled_before_a_block, update_node
 
 from .conftest import IMAGE_SIZE, Release, make_release, unique_link
 
@@ -117,10 +116,7 @@ def test_wrong_dfi_refused_and_interrupted_encoded_transfer_restarts_from_zero(
 
             half = size // 2
 
-            def cut(offset: int) -> None:
-                if offset >= half:
-                    session.bus.faults = CanFaults(silent=True)
-
+            cut = cable_pulled_before_a_block(session, half)
             records = tmp_path / "records"
             cut_off = update_node(
                 session, hs.package, pki, tester, records=records, on_progress=cut
