@@ -101,10 +101,3 @@ def test_only_late_answers_time_out_within_the_same_limit() -> None:
     assert time.monotonic() - start < 1.0
     conn.send(bytes([0x31, 0x01, 0xFF, 0x01]))
     assert conn.wait_frame(timeout=0.05) is None
-
-
-def test_a_late_echo_of_the_previous_block_is_dropped() -> None:
-    wire = _Wire(bytes([0x76, 0x2B]), bytes([0x76, 0x2C]))
-    conn = _AnswersToTheRequest(wire)
-    conn.send(bytes([0x36, 0x2C]) + b"data")
-    assert conn.wait_frame(timeout=1, exception=True) == bytes([0x76, 0x2C])

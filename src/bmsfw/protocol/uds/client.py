@@ -174,16 +174,14 @@ class _AnswersToTheRequest:
     waits. udsoncan would take it as the answer and refuse it as unexpected (E363)
     although the right answer is still on its way. An answer names its service
     (request SID + 0x40, or 0x7F and the SID), so one that names another service
-    is dropped here and the wait goes on within the same time limit; so is a
-    TransferData answer that echoes another block counter (the late answer to the
-    block sent before). Other answers to the same service are left to the checks
-    above (e.g. a late read of another DID).
+    is dropped here and the wait goes on within the same time limit. An answer to
+    the same service is left to the session (a late read of another DID, a late
+    echo of the block before: ``read_did``, ``_send_block``).
     """
 
     def __init__(self, connection: Any) -> None:
         self._conn = connection
         self._sid: int | None = None
-        self._block: bytes = b""  # the block counter of a TransferData request
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
@@ -197,7 +195,6 @@ class _AnswersToTheRequest:
 
     def send(self, payload: bytes) -> None:
         self._sid = payload[0] if payload else None
-        self._block = payload[1:2] if self._sid == 0x36 else b""
         self._conn.send(payload)
 
     def wait_frame(self, timeout: float | None = None, exception: bool = False) -> bytes | None:
@@ -208,9 +205,7 @@ class _AnswersToTheRequest:
             sid = self._sid
             if frame is None or sid is None or not frame:
                 return frame
-            if frame[0] == 0x7F and frame[1:2] == bytes([sid]):
-                return frame
-            if frame[0] == sid + 0x40 and (not self._block or frame[1:2] == self._block):
+            if frame[0] == sid + 0x40 or (frame[0] == 0x7F and frame[1:2] == bytes([sid])):
                 return frame
             log.debug("dropped a late answer (0x%02X) while waiting for 0x%02X", frame[0], sid)
             if end is not None and time.monotonic() >= end:
