@@ -86,6 +86,7 @@ class Behaviour:
     # a loaded device: the transfer block with this counter is first answered only after
     # ``late_s`` (past the tester's P2), so the tester sends it again and both get answered
     late_block: int = 0
+    late_did: int = 0  # the same for the first read of this DID
     late_s: float = 0.4
 
 
@@ -119,6 +120,7 @@ class HostileUdsBms:
         self.stalled = 0  # requests answered 0x78 first
         self.pending_sent = 0
         self.late_answers = 0  # transfer blocks answered after the tester's P2
+        self.late_reads = 0  # reads of ``late_did``
         self._last_block = b""  # counter of the last transfer block written
         self.hooks: dict[int, Callable[[bytes], bytes | None]] = {}  # sid -> raw answer
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
@@ -232,6 +234,10 @@ class HostileUdsBms:
 
     def _read(self, req: bytes) -> bytes:
         did = struct.unpack(">H", req[1:3])[0]
+        if did == self.b.late_did:
+            self.late_reads += 1
+            # the first read answered past P2; the tester's repeat after the next request
+            time.sleep(self.b.late_s if self.late_reads == 1 else 0.05)
         data = self.did(did)
         if data is None:
             return bytes([0x7F, 0x22, 0x31])

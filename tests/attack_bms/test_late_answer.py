@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .conftest import Attack
-from .hostile_can import Behaviour
+import can
+
+from bmsfw.protocol.uds import Session, open_uds_session
+
+from .conftest import CLIENT, Attack
+from .hostile_can import Behaviour, HostileUdsBms
 
 
 def test_a_block_answered_twice_after_a_time_out_does_not_stop_the_transfer(
@@ -20,3 +24,20 @@ def test_a_block_answered_twice_after_a_time_out_does_not_stop_the_transfer(
     assert result.report.outcome == "updated"
     # every byte once: the repeated block was acknowledged, not written again
     assert result.bms.s.received == honest.bms.s.received
+
+
+def test_a_late_answer_to_a_repeated_read_is_not_taken_for_the_next_request() -> None:
+    """The read's repeat is answered after the tester sent its next request (a session
+    change): a positive answer of another service is that late answer, read past."""
+    channel = "late-answer-read"
+    with HostileUdsBms(channel, Behaviour(late_did=0xF18C)) as bms:
+        bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        session = open_uds_session(f"virtual:{channel}", 1, config=CLIENT, bus=bus)
+        try:
+            assert session.read_did(0xF18C) == b"SN-0001"
+            session.change_session(Session.PROGRAMMING)
+            assert session.read_did(0xF18C) == b"SN-0001"
+        finally:
+            session.close()
+            bus.shutdown()
+    assert bms.late_reads == 3  # first read, its repeat (answered late), the last read

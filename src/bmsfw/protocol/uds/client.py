@@ -262,6 +262,15 @@ def _parse_status(record: bytes) -> RoutineResult:
     return RoutineResult(ok, code, message, record[1:])
 
 
+#: positive answers of other services read past before a request's own answer
+_LATE_ANSWERS_SKIPPED = 3
+
+
+def _is_positive_answer(frame: bytes) -> bool:
+    """A positive response: its first byte is a request SID (0x10-0x3E) plus 0x40."""
+    return bool(frame) and 0x50 <= frame[0] <= 0x7E
+
+
 class UdsSession:
     """One tester's connection to one BMS node. Methods raise ``BmsfwError`` only.
 
@@ -400,7 +409,15 @@ class UdsSession:
                 raise UdsTimeoutError(
                     f"{what}: no answer from BMS {self.address} ({text})"
                 ) from None
-            except (InvalidResponseException, UnexpectedResponseException) as exc:
+            except UnexpectedResponseException as exc:
+                late = bytes(exc.response.original_payload or b"")
+                if not (_is_positive_answer(late) and late[0] != sid + 0x40):
+                    raise UdsInvalidResponseError(f"{what}: {exc}") from None
+                # a positive answer of another service: the late answer to an earlier
+                # request that timed out and was repeated; this request's answer follows
+                log.info("%s: late answer of service 0x%02X; reading on", what, late[0] - 0x40)
+                return self._next_answer(sid, what)
+            except InvalidResponseException as exc:
                 raise UdsInvalidResponseError(f"{what}: {exc}") from None
             except BlockingSendFailure as exc:
                 # ISO-TP could not deliver the request (no flow control: link down)
@@ -827,12 +844,12 @@ class UdsSession:
         which the caller's retry handles like any lost answer.
         """
         timeout = self._p2_s
+        frame = b""
         with self._lock:
-            while True:
-                frame = self._conn.wait_frame(timeout=timeout, exception=False)
+            for _ in range(self.config.max_response_pending + _LATE_ANSWERS_SKIPPED):
+                frame = bytes(self._conn.wait_frame(timeout=timeout, exception=False) or b"")
                 if not frame:
                     raise UdsTimeoutError(f"{what}: no answer from BMS {self.address}")
-                frame = bytes(frame)
                 if frame[:1] == bytes([sid + 0x40]):
                     return frame[1:]
                 if len(frame) >= 3 and frame[0] == 0x7F and frame[1] == sid:
@@ -840,7 +857,10 @@ class UdsSession:
                         timeout = self._p2_star_s
                         continue
                     raise uds_error_for_nrc(sid, frame[2], what)
-                raise UdsInvalidResponseError(f"{what}: unexpected answer {frame[:4].hex()}")
+                if not _is_positive_answer(frame):
+                    break
+                log.info("%s: another late answer (%s); reading on", what, frame[:3].hex())
+        raise UdsInvalidResponseError(f"{what}: unexpected answer {frame[:4].hex()}")
 
     @session_step("verify", "verify_s")
     def verify(self) -> None:
