@@ -29,6 +29,7 @@ import can
 from bmsfw.evidence.bundle import BusTrace, EvidenceInputs, blf_bytes, build_bundle, verify_bundle
 from bmsfw.link.tap import CanFrameRecorder
 from bmsfw.link.wire import CanWireModel
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.update.report import UpdateReport
 
 KIB = 1024
@@ -89,7 +90,11 @@ def peak_recorder_bytes(frames: list[tuple[can.Message, bool]]) -> int:
 def main() -> None:
     wire_500k = CanWireModel(500_000).frame_time_s(8) * 1e6
     wire_1m = CanWireModel(1_000_000).frame_time_s(8) * 1e6
-    report = UpdateReport(node="bench", outcome="updated", device_before={"serial": "BENCH"})
+    report = UpdateReport(
+        node="bench",
+        outcome="updated",
+        device_before=DeviceIdentity("vendor", "BMS-48V", "A", "BENCH", "1.0", "1.0.0", 1, "A"),
+    )
     header = (
         f"{'image':>8} {'frames':>8} {'record us/frame':>16} {'stream us/frame':>16} "
         f"{'wire us 500k/1M':>16} {'peak MiB':>9} {'BLF s':>6} {'BLF KiB':>8} "

@@ -34,6 +34,7 @@ from bmsfw.fleet.app import ServerConfig, create_app
 from bmsfw.fleet.bootstrap import init_database
 from bmsfw.fleet.evidence import check_upload
 from bmsfw.link.tap import CanFrameRecorder
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.sim.lab import lab_pki
 from bmsfw.update.report import UpdateReport
 
@@ -51,7 +52,10 @@ def _bundles(image_bytes: int, count: int) -> list[bytes]:
     """``count`` bundles of one CAN update each (different creation times: different bytes)."""
     blf, frames = _blf(image_bytes)
     report = UpdateReport(
-        node=SERIAL, outcome="updated", running_version="2.0.0", device_before={"serial": SERIAL}
+        node=SERIAL,
+        outcome="updated",
+        running_version="2.0.0",
+        device_before=DeviceIdentity("vendor", "BMS-48V", "A", SERIAL, "1.0", "1.0.0", 1, "A"),
     )
     return [
         build_bundle(

@@ -36,7 +36,7 @@ import bmsfw
 from bmsfw.cli import main
 from bmsfw.cli._render import SafeConsole, SafeLogFormatter, line, one_line, print_error
 from bmsfw.errors import BmsfwError, all_error_classes
-from bmsfw.protocol.session import SelfTestCheck
+from bmsfw.protocol.session import DeviceIdentity, SelfTestCheck
 from bmsfw.sim import DeviceSpec, FlashSpec
 from bmsfw.sim.lab import lab_pki, provision_nodes, signed_package, write_tester_files
 from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
@@ -237,7 +237,7 @@ def _report(text: str) -> UpdateReport:
         outcome=Outcome.ROLLED_BACK,
         operator=text,
         running_version=text,
-        device_before={"model": text, "serial": text, "hw_revision": text, "app_version": text},
+        device_before=DeviceIdentity("vendor", text, text, text, "1.0", text, 1, "A"),
         package=PackageRecord(product=text, version=text, security_counter=3),
         steps=(StepRecord("transfer", False, 0.0, 1.5, text),),
         error=ErrorRecord("BMSFW-E511", "SelfTestFailedRolledBackError", text, text, text),

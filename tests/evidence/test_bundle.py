@@ -23,6 +23,7 @@ from bmsfw.evidence.bundle import (
 )
 from bmsfw.evidence.errors import EvidenceBundleTamperedError, EvidenceBundleUnreadableError
 from bmsfw.link.tap import CanFrameRecorder, SerialFrameRecorder
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.update.audit import verify_audit_log
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.report import PackageRecord, StepRecord, UpdateReport
@@ -36,7 +37,9 @@ def _report() -> UpdateReport:
         node="SIM0000001",
         outcome="updated",
         started_at=1_790_000_000.0,
-        device_before={"serial": "SIM0000001", "model": "BMS-16S", "hw_revision": "C"},
+        device_before=DeviceIdentity(
+            "vendor", "BMS-16S", "C", "SIM0000001", "1.0", "1.0.0", 1, "A"
+        ),
         running_version="2.0.0",
         package=PackageRecord(sha256="ab" * 32, product="BMS-16S firmware", version="2.0.0"),
         steps=[StepRecord("verify-package", True, 1_790_000_000.5, 0.1, "signed by CN=signer")],

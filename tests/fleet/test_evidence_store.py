@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, func, select
 
 from bmsfw.evidence.bundle import EvidenceInputs, build_bundle, verify_bundle
 from bmsfw.fleet.models import EvidenceBundle
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.update.report import PackageRecord, StepRecord, UpdateReport
 
 from .conftest import Fleet, bms
@@ -28,7 +29,7 @@ def _bundle(serial: str = "EV-1", *, outcome: str = "updated") -> bytes:
         node=serial,
         outcome=outcome,
         started_at=1_790_000_000.0,
-        device_before={"serial": serial, "model": "BMS-48V", "hw_revision": "A"},
+        device_before=DeviceIdentity("vendor", "BMS-48V", "A", serial, "1.0", "1.0.0", 1, "A"),
         running_version="1.1.0",
         package=PackageRecord(sha256="ab" * 32, version="1.1.0"),
         steps=[StepRecord("verify-package", True, 1_790_000_000.5, 0.1, "signed")],

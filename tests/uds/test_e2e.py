@@ -92,6 +92,6 @@ def test_two_nodes_discovered_and_updated_concurrently(
             reports = update_nodes(
                 [one, two], release_v2.package, pki, tester, records=tmp_path / "records"
             )
-        assert len({r.device_before["serial"] for r in reports}) == 2
+        assert len({r.serial for r in reports}) == 2
         assert all(r.outcome == "updated" for r in reports), [r.error for r in reports]
         assert {r.running_version for r in reports} == {"1.1.0"}

@@ -367,7 +367,7 @@ def test_a_lost_answer_after_confirm_does_not_fail_a_confirmed_update(
     report = _run(session, packages["2.0.0"], vendor, options, clock)
     assert report.outcome == "updated", report.error  # type: ignore[attr-defined]
     device_now = report.device_now  # type: ignore[attr-defined]
-    assert (device_now["running_version"], device_now["image_state"]) == ("2.0.0", "confirmed")
+    assert (device_now.running_version, device_now.image_state) == ("2.0.0", "confirmed")
     assert session.failures == 0
 
 

@@ -1,4 +1,5 @@
-"""The report's parts are typed frozen records, and its JSON is the one the dict-based
+"""The report's parts are typed frozen records (the device as identified and its boot
+status at the end too), and its JSON is the one the dict-based
 report wrote: reports on disk from before load and write back byte for byte."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bmsfw.protocol.session import SelfTestCheck
+from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestCheck
 from bmsfw.update.errors import ReportUnreadableError
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.report import (
@@ -55,6 +56,8 @@ def test_an_old_report_loads_typed_and_writes_back_byte_for_byte(path: Path) -> 
 
 def test_what_the_old_reports_say_reads_as_attributes() -> None:
     delta = load_report(OLD_REPORTS[2])
+    assert isinstance(delta.device_before, DeviceIdentity) and delta.serial
+    assert isinstance(delta.device_now, BootStatus) and delta.device_now.image_state == "confirmed"
     assert delta.package.payload == "delta" and delta.package.delta_sha256
     assert delta.decisions.start == "start" and delta.decisions.installed == "installed"
     assert delta.transfer.bytes_sent == delta.transfer.total
@@ -87,6 +90,8 @@ def test_a_string_updates_transfer_keeps_its_broadcast_fields() -> None:
         ("self_test", {"checks": [{"name": "x", "passed": "yes"}]}, "checks[0].passed"),
         ("self_test", {"checks": [{"passed": True}]}, "self_test.checks[0] does not match"),
         ("self_test", {"after_revert": []}, "self_test.after_revert is list, not an object"),
+        ("device_before", {"serial": 7}, "device_before.serial is int, not a text"),
+        ("device_now", {"image_state": "great"}, "device_now.image_state is 'great', not one of"),
     ],
 )
 def test_a_part_of_another_shape_is_refused_with_its_code(

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from playwright.sync_api import BrowserContext, Page, expect
 
 from bmsfw.fleet.web.catalogue import explain
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.update.preflight import CheckResult
 from fleet.conftest import bms, make_release
 
@@ -411,7 +412,9 @@ def test_every_page_in_chromium_keeps_hostile_text_inert_under_the_csp(
     report = UpdateReport(
         node=MARKUP_SERIAL,
         outcome="failed",
-        device_before={"serial": MARKUP_SERIAL, "model": "BMS-48V", "hw_revision": "A"},
+        device_before=DeviceIdentity(
+            "vendor", "BMS-48V", "A", MARKUP_SERIAL, "1.0", "1.0.0", 1, "A"
+        ),
         steps=(StepRecord("preflight", False, 1.0, 0.5, hostile),),
         preflight=(CheckResult(hostile, hostile, "20..80 %", passed=False, safety=True),),
         failed_step="preflight",

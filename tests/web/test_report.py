@@ -7,6 +7,7 @@ from __future__ import annotations
 from bmsfw.evidence.bundle import EvidenceInputs, build_bundle
 from bmsfw.fleet.web.catalogue import explain
 from bmsfw.fleet.web.report import report_view
+from bmsfw.protocol.session import DeviceIdentity
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.report import ErrorRecord, PackageRecord, StepRecord, UpdateReport
 from fleet import conftest as fleet_fixtures
@@ -31,7 +32,7 @@ def failed_report(serial: str) -> UpdateReport:
         outcome="failed",
         started_at=1_790_000_000.0,
         operator="gateway agent",
-        device_before={"serial": serial, "model": "BMS-48V", "hw_revision": "A"},
+        device_before=DeviceIdentity("vendor", "BMS-48V", "A", serial, "1.0", "1.0.0", 1, "A"),
         running_version="1.0.0",
         package=PackageRecord(sha256="ab" * 32, version="1.1.0"),
         steps=[

@@ -210,9 +210,9 @@ def _manifest(inputs: EvidenceInputs, files: Sequence[tuple[str, bytes]]) -> dic
         "bmsfw_version": inputs.bmsfw_version,
         "device": {
             "node": report.node,
-            "serial": dev.get("serial", ""),
-            "model": dev.get("model", ""),
-            "hw_revision": dev.get("hw_revision", ""),
+            "serial": report.serial,
+            "model": dev.model if dev else "",
+            "hw_revision": dev.hw_revision if dev else "",
         },
         "link": inputs.link,
         "outcome": report.outcome,
@@ -255,7 +255,7 @@ def bundle_name(report: UpdateReport) -> str:
     import time
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(report.started_at))
-    serial = str(report.device_before.get("serial") or report.node or "unknown")
+    serial = report.serial or report.node or "unknown"
     safe = "".join(c if c.isalnum() or c in "-." else "-" for c in serial)
     return f"evidence_{safe}_{stamp}.zip"
 

@@ -173,5 +173,5 @@ def after_text(report: UpdateReport) -> str:
         "refused": f"nothing written; it runs {report.running_version}",
         "failed": f"FAILED; it runs {report.running_version or 'unknown'}",
     }.get(report.outcome, report.outcome)
-    who = str(report.device_before.get("serial") or report.node)
+    who = report.serial or report.node
     return f"After the update: {who}: {done}; {outage}.\n"

@@ -329,7 +329,7 @@ class _Shell:
             self.node = identity.address or identity.serial
             self.report.set(
                 node=self.node,
-                device_before=dataclasses.asdict(identity),
+                device_before=identity,
                 running_version=identity.app_version,
             )
             detail.append(f"{identity.model} {identity.serial} runs {identity.app_version}")
@@ -378,9 +378,7 @@ class _Shell:
         report = self.report
         try:
             status = self.session.read_boot_status()
-            report.set(
-                running_version=status.running_version, device_now=dataclasses.asdict(status)
-            )
+            report.set(running_version=status.running_version, device_now=status)
         except BmsfwError as probe:
             report.append("warnings", f"could not read the boot status afterwards: {probe}")
             report.set(
@@ -391,7 +389,7 @@ class _Shell:
         report = self.report
         return {
             "device": {
-                k: report.now.device_before.get(k)
+                k: getattr(report.now.device_before, k, None)
                 for k in ("model", "hw_revision", "serial", "app_version", "address")
             },
             "result": report.now.outcome,
@@ -405,9 +403,9 @@ class _Shell:
         """Write the audit record and the report; a failure to write is reported, not lost."""
         report = self.report
         report.set(finished_at=time.time())
-        if report.now.ok and not report.now.device_now:
+        if report.now.ok and report.now.device_now is None:
             try:
-                report.set(device_now=dataclasses.asdict(self.read_boot_status_retrying()))
+                report.set(device_now=self.read_boot_status_retrying())
             except BmsfwError as exc:
                 report.append("warnings", f"could not read the boot status afterwards: {exc}")
         problems: list[str] = []
@@ -1223,9 +1221,7 @@ class _Rollback(_Shell):
                 self.changed = True
                 self.session.rollback()
                 after = self.wait_after_rollback()
-                report.set(
-                    running_version=after.running_version, device_now=dataclasses.asdict(after)
-                )
+                report.set(running_version=after.running_version, device_now=after)
                 if after.image_state == "test":
                     raise UpdateFailedNoRollbackError(
                         f"after the rollback the BMS still runs a test image "

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from bmsfw.errors import BmsfwError, retry_helps_for
-from bmsfw.protocol.session import SelfTestCheck
+from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestCheck
 from bmsfw.update.errors import ReportUnreadableError
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.record import write_atomic
@@ -119,6 +119,10 @@ def _load(kind: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         (kind,) = [k for k in options if k is not type(None)]  # only "X | None" is used
+    if typing.get_origin(kind) is Literal:
+        if value not in typing.get_args(kind):
+            raise ReportUnreadableError(f"{where} is {value!r}, not one of {typing.get_args(kind)}")
+        return value
     if typing.get_origin(kind) is tuple:  # tuple[X, ...]
         if not isinstance(value, list):
             raise _wrong(where, value, "a list")
@@ -328,8 +332,8 @@ class UpdateReport:
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
     operator: str = ""
-    device_before: Mapping[str, Any] = field(default_factory=dict)
-    device_now: Mapping[str, Any] = field(default_factory=dict)
+    device_before: DeviceIdentity | None = None  # as identified first; None: not reached
+    device_now: BootStatus | None = None  # the boot status read at the end
     running_version: str = ""
     package: PackageRecord = field(default_factory=PackageRecord)
     profile: Mapping[str, Any] = field(default_factory=dict)
@@ -361,6 +365,11 @@ class UpdateReport:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
+    def serial(self) -> str:
+        """The BMS's serial number ("" when it was not identified)."""
+        return self.device_before.serial if self.device_before else ""
+
+    @property
     def ok(self) -> bool:
         """The run did what was asked (an update installed, a rollback rolled back)."""
         if self.kind == "rollback":
@@ -379,13 +388,15 @@ class UpdateReport:
             transfer=self.transfer.to_dict(),
             self_test=self.self_test.to_dict(),
             decisions=self.decisions.to_dict(),
+            device_before=_dump(self.device_before) if self.device_before else {},
+            device_now=_dump(self.device_now) if self.device_now else {},
             error=_error_dict(self.error),
             cause=_error_dict(self.cause),
             record_error=_error_dict(self.record_error),
             format=REPORT_FORMAT,
             ok=self.ok,
         )
-        for name in ("device_before", "device_now", "profile", "overrides", "backup"):
+        for name in ("profile", "overrides", "backup"):
             data[name] = dict(data[name])
         for name in _SEQUENCES[2:]:
             data[name] = list(data[name])
@@ -409,6 +420,9 @@ class UpdateReport:
         for name, part in _PARTS.items():
             if name in values:
                 values[name] = part.from_dict(values[name], name)
+        for name, kind in (("device_before", DeviceIdentity), ("device_now", BootStatus)):
+            if name in values:
+                values[name] = _load(kind, values[name], name) if values[name] else None
         if "preflight" in values:
             values["preflight"] = _load(tuple[CheckResult, ...], values["preflight"], "preflight")
         try:
@@ -466,7 +480,7 @@ def write_report(report: UpdateReport, directory: str | Path) -> Path:
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(report.started_at))
-    serial = str(report.device_before.get("serial", "unknown"))
+    serial = report.serial or "unknown"
     safe = "".join(c if c.isalnum() or c in "-." else "-" for c in f"{serial}_{stamp}")
     path = folder / f"{report.kind}_{safe}.json"
     write_atomic(path, report.to_json())
@@ -527,12 +541,16 @@ def render_text(report: UpdateReport) -> str:
     """The human-readable report (plain text; the CLI adds colour on a terminal)."""
     dev = report.device_before
     pkg = report.package
+
+    def device(attr: str) -> object:
+        return getattr(dev, attr) if dev else "?"
+
     lines = [
         f"bmsfw {report.kind} report - {report.node}",
         f"  result:          {_headline(report)}",
-        f"  device:          {dev.get('model', '?')} rev {dev.get('hw_revision', '?')} "
-        f"serial {dev.get('serial', '?')}",
-        f"  firmware before: {dev.get('app_version', '?')}",
+        f"  device:          {device('model')} rev {device('hw_revision')} "
+        f"serial {device('serial')}",
+        f"  firmware before: {device('app_version')}",
         f"  package:         {_or_unknown(pkg.product)} {_or_unknown(pkg.version)} "
         f"(security counter {_or_unknown(pkg.security_counter)})",
         f"  device runs now: {report.running_version or 'unknown'}",

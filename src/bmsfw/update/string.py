@@ -566,8 +566,8 @@ def run_string_update(
         rows.append(
             StringRow(
                 unit=unit,
-                serial=str(report.device_before.get("serial", "")),
-                before=str(report.device_before.get("app_version", "")),
+                serial=report.serial,
+                before=report.device_before.app_version if report.device_before else "",
                 now=report.running_version,
                 outcome="skipped" if report.outcome == "refused" and not wrote else report.outcome,
                 failed_step=report.failed_step,
