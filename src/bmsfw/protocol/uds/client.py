@@ -262,15 +262,6 @@ def _parse_status(record: bytes) -> RoutineResult:
     return RoutineResult(ok, code, message, record[1:])
 
 
-#: positive answers of other services read past before a request's own answer
-_LATE_ANSWERS_SKIPPED = 3
-
-
-def _is_positive_answer(frame: bytes) -> bool:
-    """A positive response: its first byte is a request SID (0x10-0x3E) plus 0x40."""
-    return bool(frame) and 0x50 <= frame[0] <= 0x7E
-
-
 class UdsSession:
     """One tester's connection to one BMS node. Methods raise ``BmsfwError`` only.
 
@@ -409,15 +400,7 @@ class UdsSession:
                 raise UdsTimeoutError(
                     f"{what}: no answer from BMS {self.address} ({text})"
                 ) from None
-            except UnexpectedResponseException as exc:
-                late = bytes(exc.response.original_payload or b"")
-                if not (_is_positive_answer(late) and late[0] != sid + 0x40):
-                    raise UdsInvalidResponseError(f"{what}: {exc}") from None
-                # a positive answer of another service: the late answer to an earlier
-                # request that timed out and was repeated; this request's answer follows
-                log.info("%s: late answer of service 0x%02X; reading on", what, late[0] - 0x40)
-                return self._next_answer(sid, what)
-            except InvalidResponseException as exc:
+            except (InvalidResponseException, UnexpectedResponseException) as exc:
                 raise UdsInvalidResponseError(f"{what}: {exc}") from None
             except BlockingSendFailure as exc:
                 # ISO-TP could not deliver the request (no flow control: link down)
@@ -838,29 +821,27 @@ class UdsSession:
             return
 
     def _next_answer(self, sid: int, what: str) -> bytes:
-        """The next positive answer to ``sid`` without sending anything (after a late one).
+        """The next answer to ``sid`` without sending anything (after a late one).
 
-        Waits P2 (P2* after each 'response pending'); nothing in time is a timeout,
-        which the caller's retry handles like any lost answer.
+        Reads through the client's connection, which drops answers to other services;
+        waits P2 (P2* after each 'response pending', at most ``max_response_pending``).
+        Nothing in time is a timeout, which the caller retries like any lost answer.
         """
         timeout = self._p2_s
-        frame = b""
         with self._lock:
-            for _ in range(self.config.max_response_pending + _LATE_ANSWERS_SKIPPED):
-                frame = bytes(self._conn.wait_frame(timeout=timeout, exception=False) or b"")
+            for _ in range(self.config.max_response_pending + 1):
+                frame = bytes(self._client.conn.wait_frame(timeout=timeout) or b"")
                 if not frame:
                     raise UdsTimeoutError(f"{what}: no answer from BMS {self.address}")
                 if frame[:1] == bytes([sid + 0x40]):
                     return frame[1:]
-                if len(frame) >= 3 and frame[0] == 0x7F and frame[1] == sid:
-                    if frame[2] == 0x78:
-                        timeout = self._p2_star_s
-                        continue
-                    raise uds_error_for_nrc(sid, frame[2], what)
-                if not _is_positive_answer(frame):
-                    break
-                log.info("%s: another late answer (%s); reading on", what, frame[:3].hex())
-        raise UdsInvalidResponseError(f"{what}: unexpected answer {frame[:4].hex()}")
+                if len(frame) < 3 or frame[2] != 0x78:
+                    raise uds_error_for_nrc(sid, frame[2] if len(frame) > 2 else 0, what)
+                timeout = self._p2_star_s
+        raise UdsResponsePendingLimitError(
+            f"{what}: BMS {self.address} answered 'response pending' "
+            f"{self.config.max_response_pending} times without a final answer"
+        )
 
     @session_step("verify", "verify_s")
     def verify(self) -> None:
