@@ -94,7 +94,9 @@ def test_a_release_manager_deactivates_a_release_from_its_page(
     done = fleet.client.post(f"{path}/deactivate", data={"csrf": csrf, "reason": "bad <cells>"})
     assert done.status_code == 200 and 'data-testid="deactivated"' in done.text
     assert fleet.call("GET", f"/api/v1/campaigns/{campaign['id']}")["status"] == "cancelled"
-    assert "deactivated</span>" in fleet.client.get("/ui/releases").text
+    listed = fleet.client.get("/ui/releases").text
+    active, pulled = listed.split('data-testid="deactivated-releases"')
+    assert f'releases/{release["id"]}"' in pulled and f'releases/{release["id"]}"' not in active
     assert f'value="{release["id"]}"' not in fleet.client.get("/ui/campaigns/new").text
     (entry,) = [
         e for e in fleet.call("GET", "/api/v1/audit") if e["action"] == "release.deactivate"
