@@ -264,6 +264,10 @@ def test_a_dynamic_campaign_from_the_command_line(served: Served, pki: Any) -> N
     with served.client("viewer") as c:
         devices = c.get(f"campaigns/{shown.group(1)}/devices")
     assert [(d["device_serial"], d["phase"], d["state"]) for d in devices] == [("E1", 1, "offered")]
+    listed = {c["name"]: c["dynamic"] for c in served.json("viewer", "campaigns")}
+    assert listed["east packs"] is True and not any(
+        v for k, v in listed.items() if k != "east packs"
+    )
 
 
 def test_a_devices_history_from_the_command_line(served: Served, pki: Any) -> None:

@@ -75,12 +75,14 @@ _LISTS = (
             "name",
             "release_id",
             "status",
+            "dynamic",
             "current_phase",
             "targets",
             "progress",
             "created_by",
         ),
-        "Campaigns in creation order, with progress (succeeded/failed of all targets).",
+        "Campaigns in creation order, with progress (succeeded/failed of all targets); "
+        "dynamic ones take packs that match later.",
     ),
     _ListSpec(
         "audit",
