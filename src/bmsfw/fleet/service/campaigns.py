@@ -89,6 +89,22 @@ def _facts(device: Device, busy: bool) -> DeviceFacts:
     )
 
 
+def _pending_member(campaign_id: int, device_id: int, phase: int, now: datetime) -> CampaignDevice:
+    """A device's row in a campaign, waiting for its phase (at creation or on joining)."""
+    return CampaignDevice(
+        campaign_id=campaign_id,
+        device_id=device_id,
+        phase_index=phase,
+        state=S.PENDING.value,
+        error_code="",
+        detail="",
+        created_at=now,
+        state_changed_at=now,
+        offered_at=None,
+        finished_at=None,
+    )
+
+
 def _busy_ids(session: Session, device_ids: Collection[int] | None = None) -> set[int]:
     """Devices with open work in a campaign that holds its devices (of ``device_ids``;
     None: of the whole fleet)."""
@@ -179,20 +195,7 @@ def join_dynamic_campaigns(
     by_serial = {d.serial: d for d in devices}
     for join in decided:
         device = by_serial[join.serial]
-        session.add(
-            CampaignDevice(
-                campaign_id=join.campaign_id,
-                device_id=device.id,
-                phase_index=join.phase_index,
-                state=S.PENDING.value,
-                error_code="",
-                detail="",
-                created_at=now,
-                state_changed_at=now,
-                offered_at=None,
-                finished_at=None,
-            )
-        )
+        session.add(_pending_member(join.campaign_id, device.id, join.phase_index, now))
         log.info("device %s joined dynamic campaign %d", join.serial, join.campaign_id)
         audit(
             session,
@@ -322,20 +325,7 @@ class CampaignOps(ApprovalOps):
             by_serial = {d.serial: d for d in targets}
             order = rollout_order(str(campaign.id), list(by_serial))
             for serial, phase in assign_phases(order, sizes).items():
-                session.add(
-                    CampaignDevice(
-                        campaign_id=campaign.id,
-                        device_id=by_serial[serial].id,
-                        phase_index=phase,
-                        state=S.PENDING.value,
-                        error_code="",
-                        detail="",
-                        created_at=now,
-                        state_changed_at=now,
-                        offered_at=None,
-                        finished_at=None,
-                    )
-                )
+                session.add(_pending_member(campaign.id, by_serial[serial].id, phase, now))
             if campaign.status == NEEDS_APPROVAL:
                 self.request_campaign_start(session, principal, campaign, now)
             audit(

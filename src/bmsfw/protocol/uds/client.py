@@ -793,8 +793,8 @@ class UdsSession:
 
     def _send_block(self, counter: int, block: bytes, offset: int, total: int) -> None:
         payload = bytes([counter]) + block
+        what = f"transfer block 0x{counter:02X} at {offset}"
         for attempt in range(self.config.block_retries + 1):
-            what = f"transfer block 0x{counter:02X} at {offset}"
             try:
                 echo = self.request(0x36, payload, what=what)
                 if echo[:1] == bytes([(counter - 1) & 0xFF]):
