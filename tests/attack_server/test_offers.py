@@ -202,6 +202,55 @@ def test_arbitrary_package_signed_by_another_key(
     assert hashlib.sha256(forged).hexdigest() not in site.agent.state.verified_artifacts
 
 
+APPROVED = {"reason": "cells drain in storage", "requested_by": "operator:mallory"}
+
+
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
+def test_a_downgrade_approval_the_server_claims_moves_no_gateway_that_does_not_accept_them(
+    server: HostileServer, site_factory: Callable[..., Site], releases: dict[str, bytes]
+) -> None:
+    """A compromised server marks 0.9.0 (counter 1, the running 1.0.0's) as an approved
+    downgrade: a gateway started without --accept-approved-downgrades (the default)
+    refuses it like any downgrade, and says what the server claimed."""
+    site = site_factory()
+    site.poll_offer(server, releases["0.9.0"], "0.9.0", 1, downgrade=APPROVED)
+    site.assert_refused(server, "rejected", "BMSFW-E414", valid_package=True)
+    details = [r["detail"] for r in server.reports() if r["error_code"] == "BMSFW-E414"]
+    assert details and all("--accept-approved-downgrades" in d for d in details), details
+
+
+@pytest.mark.parametrize(
+    "downgrade",
+    [
+        {"reason": "fine\x1b]0;UPDATED OK\x07", "requested_by": "x"},  # terminal escape
+        {"reason": "two\nlines", "requested_by": "x"},
+        {"reason": "   ", "requested_by": "x"},  # says nothing
+        {"reason": "x" * 501, "requested_by": "x"},
+    ],
+    ids=["escape", "newline", "blank", "too-long"],
+)
+def test_a_malformed_downgrade_approval_is_a_malformed_answer(
+    downgrade: dict[str, str],
+    server: HostileServer,
+    site_factory: Callable[..., Site],
+    releases: dict[str, bytes],
+) -> None:
+    """Even on a gateway that accepts approved downgrades, the reason is one line of text
+    (it goes into reports and the audit log as it is): anything else is a malformed offer,
+    refused (E675, told to the server on the next poll) before anything is fetched."""
+    site = site_factory(accept_approved_downgrades=True)
+    server.artifacts[7] = releases["0.9.0"]
+    server.offers = site.offers_for(7, releases["0.9.0"], "0.9.0", 1, downgrade=downgrade)
+    outcome = site.agent.poll()
+    assert outcome.error is None and outcome.result is not None, outcome
+    assert outcome.result.offers == 0
+    assert site.agent.poll().error is None
+    problems = server.check_ins()[-1].get("problems", [])
+    assert problems and {p["code"] for p in problems} == {"BMSFW-E675"}, problems
+    site.assert_bms_untouched()
+    assert not server.requests("artifact")
+
+
 @pytest.mark.req("SEED-ANTI-ROLLBACK")
 def test_downgrade_at_equal_security_counter_is_refused(
     server: HostileServer, site_factory: Callable[..., Site], releases: dict[str, bytes]

@@ -228,3 +228,11 @@ def test_a_downgrade_campaign_is_explicit_and_approved_by_a_release_manager(
     assert started["status"] == "running"
     offers = fleet.check_in("gw", [bms("NEW", version="1.2.0")])["offers"]
     assert [(o["device_serial"], o["version"]) for o in offers] == [("NEW", "1.1.0")]
+    # The offer says it is a downgrade, why, and who asked (a gateway that accepts approved
+    # downgrades passes it on as the reason, docs/fleet.md); the plain campaign's does not.
+    assert offers[0]["downgrade"] == {
+        "reason": "1.2.0 drains cells in storage",
+        "requested_by": down["created_by"],
+    }
+    (plain_offer,) = fleet.check_in("gw", [bms("OLD", version="1.0.0")])["offers"]
+    assert plain_offer["campaign_id"] == plain["id"] and plain_offer["downgrade"] is None

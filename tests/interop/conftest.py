@@ -97,6 +97,7 @@ def vendor(tmp_path_factory: pytest.TempPathFactory) -> Vendor:
     for name, version, counter, behaviour in (
         ("v1", "1.0.0", 1, None),
         ("v2", "1.1.0", 2, None),
+        ("older", "0.9.0", 1, None),  # a downgrade at the running 1.0.0's counter
         ("selftest-fails", "1.1.0", 2, "fail-selftest"),
     ):
         binary = root / f"{name}.bin"

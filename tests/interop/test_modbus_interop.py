@@ -66,6 +66,27 @@ def test_after_a_revert_confirm_and_rollback_are_refused(
         client.close()
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
+def test_prepare_flags_over_the_air_and_an_authorised_downgrade(
+    rs485_bench: tuple[Simulator, str], vendor: Vendor
+) -> None:
+    """docs/modbus.md, PREPARE's argument: bit 0 = over the air, bit 1 = a person
+    authorised this downgrade. 0.9.0 at the running 1.0.0's counter: refused over the air
+    (result 145), prepared with bit 1; an undefined bit is an illegal data value."""
+    sim, pty = rs485_bench
+    client = mb.open_client(pty)
+    try:
+        mb.authenticate(client, vendor.tester)
+        mb.upload(client, vendor.packages["older"].header)
+        before = sim.stored()
+        assert _refusal(mb.command, client, mb.PREPARE, 1) == (4, 145)
+        assert _refusal(mb.command, client, mb.PREPARE, 4) == (3, 1)  # illegal data value
+        assert sim.stored() == before  # refused: nothing staged, not a byte written
+        mb.command(client, mb.PREPARE, 3)
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("key_format", ["hash", "full"])
 def test_imgtool_signed_image_over_rs485(
     rs485_bench: tuple[Simulator, str], vendor: Vendor, key_format: str

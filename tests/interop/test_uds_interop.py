@@ -53,6 +53,27 @@ def test_imgtool_signed_image_reports_its_mcuboot_version(
         assert uds.boot_status(client).image_state == "confirmed"
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
+def test_staging_flags_over_the_air_and_an_authorised_downgrade(
+    can_bench: tuple[Simulator, str, int], vendor: Vendor
+) -> None:
+    """docs/uds.md, routine 0x0201: flags byte bit 0 = over the air, bit 1 = a person
+    authorised this downgrade. 0.9.0 at the running 1.0.0's counter: refused over the air
+    (routine status 01, BMSFW-E145), staged with bit 1; an undefined bit is NRC 0x31."""
+    sim, group, port = can_bench
+    header = vendor.packages["older"].header
+    with uds.connect(group, port) as client:
+        uds.authenticate(client, vendor.tester, 0x02)
+        before = sim.stored()
+        refused = client.start_routine(uds.RID_STAGE, b"\x01" + header)
+        record = refused.service_data.routine_status_record
+        assert record[:1] == b"\x01" and b"BMSFW-E145" in record, record
+        assert _nrc(client.start_routine, uds.RID_STAGE, b"\x04" + header) == 0x31
+        assert sim.stored() == before  # refused: nothing staged, not a byte written
+        staged = client.start_routine(uds.RID_STAGE, b"\x03" + header)
+        assert staged.service_data.routine_status_record[:1] == b"\x00"
+
+
 def test_after_a_revert_confirm_and_rollback_are_refused(
     can_bench: tuple[Simulator, str, int], vendor: Vendor
 ) -> None:

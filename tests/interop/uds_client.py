@@ -208,7 +208,7 @@ def wait_application(client: Client, timeout_s: float = 20.0) -> BootStatus:
 def flash(client: Client, tester: Credentials, header: bytes, image: bytes) -> BootStatus:
     """docs/uds.md "Flash sequence" steps 3 to 13: the new image runs as a test image."""
     authenticate(client, tester, 0x02)
-    staged = client.start_routine(RID_STAGE, b"\x00" + header)  # channel 0x00 = wired
+    staged = client.start_routine(RID_STAGE, b"\x00" + header)  # flags 0x00: wired
     record = staged.service_data.routine_status_record
     assert record[:1] == b"\x00", record
     client.start_routine(RID_ERASE)

@@ -152,6 +152,25 @@ def test_lower_version_at_an_equal_counter_is_accepted_wired(
     assert bms.begin_update(newer.header, channel="ota").staged
 
 
+@pytest.mark.req("SEED-ANTI-ROLLBACK")
+def test_authorised_downgrade_over_ota_lifts_only_the_version_rule(
+    bms: VirtualBms, vendor: Vendor
+) -> None:
+    """With the authorised-downgrade flag (a person gave a reason on the host) the BMS
+    stages a lower version over the air at an equal counter, and keeps the flag in its
+    staging record (staging it again without the flag starts afresh: refused, E145);
+    a lower security counter stays refused whatever the flag says."""
+    lower_counter = vendor.release("0.8.0", 0).header
+    with pytest.raises(AntiRollbackError):
+        bms.begin_update(lower_counter, channel="ota", downgrade_authorised=True)
+    assert not bms.transfer_status().staged
+    older = vendor.release("0.9.0", 1)
+    status = bms.begin_update(older.header, channel="ota", downgrade_authorised=True)
+    assert status.staged and status.total_size == len(older.image)
+    with pytest.raises(OtaDowngradeError):
+        bms.begin_update(older.header, channel="ota")
+
+
 @pytest.mark.req("SEED-SECURE-BOOT", "IEC62443-EDR3.10", "NIST800-193-PROTECT")
 def test_image_signed_with_unfused_key_is_refused_at_verify(
     bms: VirtualBms, device_dir: Path, vendor: Vendor, other_vendor: Vendor

@@ -144,6 +144,13 @@ _INSECURE = click.option(
     help="Seconds; lowers the cap on the server's poll interval (3600 s) and on the backoff "
     "(1800 s) after a failed poll (benches, simulations).",
 )
+@click.option(
+    "--accept-approved-downgrades",
+    is_flag=True,
+    help="Install a lower version than a BMS runs when a downgrade campaign (approved by a "
+    "second person on the server) offers it; its reason goes into the report and audit log. "
+    "Default: every downgrade is refused (BMSFW-E414).",
+)
 @click.option("--once", is_flag=True, help="Poll once and exit.")
 @click.option("--max-polls", type=click.IntRange(1), help="Exit after this many polls.")
 @_INSECURE
@@ -173,6 +180,7 @@ def agent_command(
     bandwidth_floor_bps: int,
     artifact_origins: tuple[str, ...],
     max_poll_interval_s: float | None,
+    accept_approved_downgrades: bool,
     once: bool,
     max_polls: int | None,
     insecure_http: bool,
@@ -222,6 +230,7 @@ def agent_command(
         max_poll_interval_s=max_poll_interval_s,
         error_retry_interval_s=min(30.0, max_poll_interval_s or 30.0),
         tuf_root=_read_bytes(tuf_root, "TUF root") if tuf_root is not None else None,
+        accept_approved_downgrades=accept_approved_downgrades,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -105,7 +105,11 @@ from bmsfw.update.core import (
     judge_self_test,
     same_release,
 )
-from bmsfw.update.errors import NotConfirmedRolledBackError, SelfTestFailedRolledBackError
+from bmsfw.update.errors import (
+    NotConfirmedRolledBackError,
+    SelfTestFailedRolledBackError,
+    VersionDowngradeError,
+)
 from bmsfw.update.events import Event, StepStarted
 from bmsfw.update.pipeline import UpdateOptions, run_update
 from bmsfw.update.profile import UpdateProfile
@@ -226,6 +230,10 @@ class AgentConfig:
     # An evidence bundle per update (bus trace, audit record, configuration before and
     # after), uploaded to the server, which keeps it as the device's update record.
     evidence: bool = True
+    # Install a release lower than the one a BMS runs when the server offers it from a
+    # downgrade campaign (its reason, approved by a second person on the server). Off:
+    # every downgrade is refused (BMSFW-E414), so the server alone can never downgrade.
+    accept_approved_downgrades: bool = False
 
     def validate(self) -> None:
         if self.bandwidth_floor_bps < 0 or self.bandwidth_probe_bytes < 1:
@@ -822,6 +830,19 @@ class Agent:
 
     # ------------------------------------------------------------------ install
 
+    def _downgrade_reason(self, offer: Offer) -> str:
+        """The reason the update core gets for a downgrade (recorded in the report and the
+        audit log; the staging request then says a person authorised it): only for an
+        offer of a downgrade campaign, and only on a gateway that accepts them. Whether
+        the release IS a downgrade is the update core's decision, not this one."""
+        approved = offer.downgrade
+        if approved is None or not self.config.accept_approved_downgrades:
+            return ""
+        return (
+            f"downgrade campaign {offer.campaign_id} approved on the fleet server "
+            f"(requested by {approved.requested_by}): {approved.reason}"
+        )
+
     def _install(self, offer: Offer, job: Job, device: _Local, data: bytes) -> None:
         job.install_attempts += 1
         self.state.save()
@@ -850,6 +871,7 @@ class Agent:
             report_dir=self.config.state_dir / "reports",
             operator=f"agent campaign {offer.campaign_id}",
             now=self.clock.now(),
+            downgrade_reason=self._downgrade_reason(offer),
         )
         collector = EvidenceCollector([device.session]) if self.config.evidence else None
         try:
@@ -866,7 +888,8 @@ class Agent:
         finally:
             if collector is not None:
                 collector.close()
-        self._conclude(job, report)
+        unaccepted = offer.downgrade is not None and not self.config.accept_approved_downgrades
+        self._conclude(job, report, downgrade_not_accepted=unaccepted)
         if collector is not None:
             self._file_evidence(job, report, collector, options.audit_log, self._notice(data))
 
@@ -907,11 +930,18 @@ class Agent:
         tmp.replace(path)
         self._send({"kind": "evidence", "file": path.name, "campaign_id": job.campaign_id})
 
-    def _conclude(self, job: Job, report: UpdateReport) -> None:
+    def _conclude(
+        self, job: Job, report: UpdateReport, *, downgrade_not_accepted: bool = False
+    ) -> None:
         code = report.error.code if report.error else ""
         message = report.error.message if report.error else ""
         detail = f"{report.failed_step}: {message}" if message else ""
         detail = f"{detail}; runs {report.running_version}".lstrip("; ")
+        if downgrade_not_accepted and code == VersionDowngradeError.code:
+            detail += (
+                "; the server approved this downgrade, but this gateway does not accept "
+                "approved downgrades (bmsfw agent --accept-approved-downgrades)"
+            )
         outcome = report.outcome
         # What the server keeps of the report (its JSON form: the stable format).
         summary = UpdateSummary.from_report_json(report.to_dict())

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "INT32_MAX",
     "INT64_MAX",
+    "ONE_LINE_PATTERN",
     "SHA256_PATTERN",
     "TERMINAL_STATES",
     "UINT32_MAX",
@@ -49,6 +50,7 @@ __all__ = [
     "DeviceState",
     "MaintenanceWindow",
     "Offer",
+    "OfferDowngrade",
     "OfferPolicy",
     "OperatorBackupUpload",
     "Refusal",
@@ -59,6 +61,7 @@ __all__ = [
     "UpdateSummary",
     "backup_content",
     "backup_sha256",
+    "one_line",
     "refuse_unsafe_values",
 ]
 
@@ -207,6 +210,29 @@ class OfferPolicy(_Answer):
         return value
 
 
+# Text without control characters (no line breaks, no terminal escapes).
+ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_SAID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"  # and not blank
+
+
+def one_line(text: str, most: int) -> str:
+    """``text`` as one line of at most ``most`` characters: control characters and runs
+    of white space become one space (what :data:`ONE_LINE_PATTERN` accepts)."""
+    spaced = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return " ".join(spaced.split())[:most]
+
+
+class OfferDowngrade(_Answer):
+    """The offer comes from a downgrade campaign: it may install a release lower than
+    the one the BMS runs, for this reason (the campaign's, approved by a second person
+    before it started). An agent acts on it only when it accepts approved downgrades
+    (``bmsfw agent --accept-approved-downgrades``); docs/fleet.md."""
+
+    # one line of text each (they go into reports, logs and the audit trail as they are)
+    reason: str = Field(min_length=1, max_length=500, pattern=_SAID_PATTERN)
+    requested_by: str = Field(default="", max_length=120, pattern=ONE_LINE_PATTERN)
+
+
 class Offer(_Answer):
     campaign_id: DbId
     release_id: DbId
@@ -219,6 +245,8 @@ class Offer(_Answer):
     size_bytes: int = Field(ge=1, le=INT64_MAX)
     sha256: str = Field(pattern=SHA256_PATTERN)
     policy: OfferPolicy
+    # None: an ordinary campaign (a lower version is refused, BMSFW-E414).
+    downgrade: OfferDowngrade | None = None
 
 
 class Refusal(_Answer):

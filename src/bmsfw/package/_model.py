@@ -49,6 +49,11 @@ class DeviceFacts:
     # before the transfer (:func:`bmsfw.package.image_key_refusal`).
     image_key_hashes: tuple[bytes, ...] = ()
     # The version the device runs, as a BMS judges an OTA header itself: over the air it
-    # never takes a lower version (BMSFW-E145). "" on the host, where the update core
-    # judges the version with the operator's explicit downgrade reason.
+    # never takes a lower version (BMSFW-E145) unless the staging request says a person
+    # authorised this downgrade. "" on the host, where the update core judges the version
+    # with the operator's explicit downgrade reason.
     running_version: str = ""
+    # The staging request carried the authorised-downgrade flag: the host's update core
+    # allowed this downgrade with a person's reason (``bmsfw update --allow-downgrade``,
+    # or an approved downgrade campaign on a gateway that accepts them), docs/fleet.md.
+    downgrade_authorised: bool = False

@@ -570,9 +570,10 @@ def check_policy(manifest: Manifest, facts: DeviceFacts) -> None:
 
 def _check_ota_version(manifest: Manifest, facts: DeviceFacts) -> None:
     """Over the air a BMS never takes a lower version than it runs, even at an equal
-    security counter: an explicit downgrade goes over a wired link, with a person there.
-    A device that runs no readable version (its bootloader) leaves it to the counter."""
-    if facts.channel != "ota" or not facts.running_version:
+    security counter, unless the staging request says a person authorised this downgrade
+    (the host's update core allowed it with a recorded reason). A device that runs no
+    readable version (its bootloader) leaves it to the counter."""
+    if facts.channel != "ota" or not facts.running_version or facts.downgrade_authorised:
         return
     try:
         running = as_version(facts.running_version)
@@ -581,7 +582,7 @@ def _check_ota_version(manifest: Manifest, facts: DeviceFacts) -> None:
     if parse_version(manifest.version) < running:
         raise OtaDowngradeError(
             f"release {manifest.version} is older than the running {facts.running_version}; "
-            "a downgrade is not taken over the air"
+            "over the air a downgrade is taken only when the request says it was authorised"
         )
 
 

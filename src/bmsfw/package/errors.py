@@ -149,12 +149,14 @@ class OtaDowngradeError(PackageError):
     code = "BMSFW-E145"
     diagnosis = (
         "The BMS refused a release header over the air because the release is an older "
-        "version than the firmware it runs (even at an equal security counter): it never "
-        "downgrades over the air."
+        "version than the firmware it runs (even at an equal security counter), and the "
+        "request did not say that a person authorised this downgrade."
     )
     remedy = (
-        "Install the newer release, or downgrade on site over a wired link with "
-        "`bmsfw update --allow-downgrade REASON` (recorded in the report and the audit log)."
+        "Install the newer release. To downgrade, give the reason: on site "
+        "`bmsfw update --allow-downgrade REASON`; in a fleet, an approved downgrade campaign "
+        "to a gateway started with `bmsfw agent --accept-approved-downgrades` "
+        "(both recorded in the report and the audit log)."
     )
 
 

@@ -34,11 +34,35 @@ __all__ = [
     "Telemetry",
     "TesterCredentials",
     "TransferState",
+    "decode_staging_flags",
+    "staging_flags",
 ]
 
 ImageState = Literal["confirmed", "test", "reverted", "none"]
 RunState = Literal["application", "booting", "self-test", "bootloader", "off"]
 Channel = Literal["wired", "ota"]
+
+# The flags that come with a release header when it is staged (UDS routine 0x0201's
+# first option byte, the Modbus PREPARE command's argument): bit 0 the channel (0 wired,
+# 1 over the air), bit 1 "a person authorised this downgrade" (the host's update core
+# allowed a lower version with a recorded reason). Other bits are refused by the BMS.
+STAGING_OTA = 0x01
+STAGING_DOWNGRADE_AUTHORISED = 0x02
+
+
+def staging_flags(channel: Channel, *, downgrade_authorised: bool = False) -> int:
+    """The staging flags of a request (docs/uds.md, docs/modbus.md)."""
+    return (STAGING_OTA if channel == "ota" else 0) | (
+        STAGING_DOWNGRADE_AUTHORISED if downgrade_authorised else 0
+    )
+
+
+def decode_staging_flags(value: int) -> tuple[Channel, bool]:
+    """``(channel, downgrade_authorised)`` of staging flags; ValueError for unknown bits."""
+    if value & ~(STAGING_OTA | STAGING_DOWNGRADE_AUTHORISED):
+        raise ValueError(f"unknown staging flags 0x{value:02x} (bit 0 OTA, bit 1 downgrade)")
+    channel: Channel = "ota" if value & STAGING_OTA else "wired"
+    return channel, bool(value & STAGING_DOWNGRADE_AUTHORISED)
 
 
 @dataclass(frozen=True)
@@ -193,8 +217,14 @@ class BmsSession(Protocol):
 
     def authenticate(self, credentials: TesterCredentials) -> None: ...
 
-    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
-        """Stage a release header; the device verifies it and says what it holds already."""
+    def prepare(
+        self, header: bytes, *, channel: Channel = "wired", downgrade_authorised: bool = False
+    ) -> TransferState:
+        """Stage a release header; the device verifies it and says what it holds already.
+
+        ``downgrade_authorised``: the update core allowed a lower version than the running
+        one with a person's reason; the request says so (a BMS refuses a lower version
+        over the air without it, BMSFW-E145)."""
         ...
 
     def erase(self) -> None: ...

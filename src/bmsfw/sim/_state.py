@@ -101,20 +101,22 @@ class StagedUpdate:
     channel: str
     erased: bool
     header: bytes
+    # The staging request said a person authorised this downgrade (kept only when set).
+    downgrade_authorised: bool = False
 
     def encode(self) -> bytes:
-        meta = json.dumps(
-            {
-                "bank": self.bank,
-                "size": self.size,
-                "sha256": self.sha256.hex(),
-                "version": self.version,
-                "security_counter": self.security_counter,
-                "channel": self.channel,
-                "erased": self.erased,
-            },
-            sort_keys=True,
-        ).encode()
+        fields: dict[str, object] = {
+            "bank": self.bank,
+            "size": self.size,
+            "sha256": self.sha256.hex(),
+            "version": self.version,
+            "security_counter": self.security_counter,
+            "channel": self.channel,
+            "erased": self.erased,
+        }
+        if self.downgrade_authorised:
+            fields["downgrade_authorised"] = True
+        meta = json.dumps(fields, sort_keys=True).encode()
         return _META_LEN.pack(len(meta)) + meta + self.header
 
     @classmethod
@@ -134,6 +136,7 @@ class StagedUpdate:
             channel=meta["channel"],
             erased=meta["erased"],
             header=bytes(raw[_META_LEN.size + n :]),
+            downgrade_authorised=meta.get("downgrade_authorised") is True,
         )
 
     @staticmethod

@@ -1031,7 +1031,9 @@ class VirtualBms:
             raise NoStagedUpdateError("no release header accepted for the inactive bank")
         return staged
 
-    def device_facts(self, channel: Literal["wired", "ota"] = "wired") -> DeviceFacts:
+    def device_facts(
+        self, channel: Literal["wired", "ota"] = "wired", *, downgrade_authorised: bool = False
+    ) -> DeviceFacts:
         return DeviceFacts(
             model=self.spec.model,
             hw_revision=self.spec.hw_revision,
@@ -1039,22 +1041,30 @@ class VirtualBms:
             security_counter=self.otp.security_counter,
             channel=channel,
             running_version=self._running.version if self._running is not None else "",
+            downgrade_authorised=downgrade_authorised,
         )
 
     @_api
     def begin_update(
-        self, header: bytes, *, channel: Literal["wired", "ota"] = "wired"
+        self,
+        header: bytes,
+        *,
+        channel: Literal["wired", "ota"] = "wired",
+        downgrade_authorised: bool = False,
     ) -> TransferStatus:
         """Verify a release header (root key hash in OTP, device facts) and stage it.
 
         Trust and policy failures raise the package module's errors unchanged.
+        ``downgrade_authorised``: the request said a person authorised a downgrade
+        (an OTA header of a lower version is then taken; kept in the staging record).
         Sending the same header again keeps what was already transferred (resume).
         """
         self._require_updatable()
         if channel not in ("wired", "ota"):
             raise WrongStateError(f"unknown channel {channel!r}")
         trust = TrustAnchors.from_key_hashes([self.otp.root_key_hash])
-        manifest = verify_header(header, trust, self.device_facts(channel), now=self.clock.now())
+        facts = self.device_facts(channel, downgrade_authorised=downgrade_authorised)
+        manifest = verify_header(header, trust, facts, now=self.clock.now())
         component = _app_component(manifest)
         if component.image_size > self.spec.flash.bank_size:
             raise WriteOutOfRangeError(
@@ -1063,9 +1073,20 @@ class VirtualBms:
             )
         bank = self._inactive_bank()
         staged = self._staged()
-        if staged is not None and staged.header == header and staged.channel == channel:
+        if (
+            staged is not None
+            and staged.header == header
+            and (staged.channel, staged.downgrade_authorised) == (channel, downgrade_authorised)
+        ):
             log.info("release %s staged again: resuming", manifest.version)
             return self._transfer_status(staged)
+        if downgrade_authorised:
+            log.warning(
+                "release %s staged over %s with the authorised-downgrade flag (runs %s)",
+                manifest.version,
+                channel,
+                self._running.version if self._running is not None else "no application",
+            )
         staged = StagedUpdate(
             bank=bank,
             size=component.image_size,
@@ -1075,6 +1096,7 @@ class VirtualBms:
             channel=channel,
             erased=False,
             header=bytes(header),
+            downgrade_authorised=downgrade_authorised,
         )
         self._journal(fl.STAGING).write(staged.encode())
         self._written = None

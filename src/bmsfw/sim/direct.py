@@ -124,13 +124,19 @@ class DirectSession:
         return self._staged
 
     def prepare(
-        self, header: bytes, *, channel: Literal["wired", "ota"] = "wired"
+        self,
+        header: bytes,
+        *,
+        channel: Literal["wired", "ota"] = "wired",
+        downgrade_authorised: bool = False,
     ) -> TransferState:
         self._staged = None
         # as the UDS and Modbus servers do: refusals that must come before any erase
         check_release(self.bms, header)
         component = Manifest.from_json_bytes(decode_header(header).manifest).component("app")
-        status = self.bms.begin_update(header, channel=channel)
+        status = self.bms.begin_update(
+            header, channel=channel, downgrade_authorised=downgrade_authorised
+        )
         self._staged = component
         return TransferState(
             total_size=status.total_size,

@@ -99,9 +99,14 @@ class BmsDevice(Protocol):
         ...
 
     def begin_update(
-        self, header: bytes, *, channel: Literal["wired", "ota"] = "wired"
+        self,
+        header: bytes,
+        *,
+        channel: Literal["wired", "ota"] = "wired",
+        downgrade_authorised: bool = False,
     ) -> TransferStatus:
-        """Verify a release header and stage it (the same header again resumes)."""
+        """Verify a release header and stage it (the same header again resumes);
+        ``downgrade_authorised``: the request said a person authorised a downgrade."""
         ...
 
     def staged_component(self) -> Component | None:

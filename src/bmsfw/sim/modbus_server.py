@@ -32,7 +32,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from bmsfw.errors import BmsfwError
 from bmsfw.link.wire import modbus_silence_s
@@ -53,7 +53,7 @@ from bmsfw.protocol.modbus.registers import (
     SelfTestState,
     TransferStateCode,
 )
-from bmsfw.protocol.session import ConfigSnapshot, SelfTestResult
+from bmsfw.protocol.session import ConfigSnapshot, SelfTestResult, decode_staging_flags
 from bmsfw.sim._stream_decode import EncodedTransfer
 from bmsfw.sim.config import snapshot_checksum
 from bmsfw.sim.interface import BmsDevice
@@ -654,12 +654,12 @@ class ModbusBmsNode:
             self.xfer_failed = False
             self._end_stream()
             self._component = None
-            channel: Literal["wired", "ota"] = "ota" if self.command_arg == 1 else "wired"
+            channel, downgrade_authorised = decode_staging_flags(self.command_arg)
             header = self._upload_bytes()
             # a delta for another base, or an image for a key this BMS lacks, is
             # refused here: before the erase, before any byte is written
             device.check_release(header)
-            device.begin_update(header, channel=channel)
+            device.begin_update(header, channel=channel, downgrade_authorised=downgrade_authorised)
             self.window_page = 0
         elif command == Command.ERASE:
             self._end_stream()

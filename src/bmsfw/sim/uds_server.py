@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from bmsfw.errors import BmsfwError, PackageError
 from bmsfw.link import NodeAddress
@@ -41,7 +41,7 @@ from bmsfw.protocol.device_errors import (
     VerifyFailedError,
     WriteOutOfRangeError,
 )
-from bmsfw.protocol.session import DeviceIdentity, TransferState
+from bmsfw.protocol.session import DeviceIdentity, TransferState, decode_staging_flags
 from bmsfw.protocol.uds._auth import (
     TesterCertificateRejected,
     verify_proof,
@@ -52,7 +52,6 @@ from bmsfw.protocol.uds._codec import (
     AUTH_CONFIGURATION_APCE,
     AUTH_DEAUTHENTICATED,
     AUTH_OWNERSHIP_VERIFIED,
-    CHANNELS,
     DID,
     DTC_STATUS_MASK,
     NRC,
@@ -481,14 +480,19 @@ class UdsServer:
             )
         self._end_download()
         if routine == ROUTINE.STAGE_RELEASE_HEADER:
-            if len(option) < 2 or option[0] not in CHANNELS.values():
-                raise _Negative(NRC.INCORRECT_MESSAGE_LENGTH_OR_FORMAT, "channel byte + header")
-            channel: Literal["wired", "ota"] = "ota" if option[0] == CHANNELS["ota"] else "wired"
+            if len(option) < 2:
+                raise _Negative(NRC.INCORRECT_MESSAGE_LENGTH_OR_FORMAT, "flags byte + header")
+            try:
+                channel, downgrade_authorised = decode_staging_flags(option[0])
+            except ValueError as exc:
+                raise _Negative(NRC.REQUEST_OUT_OF_RANGE, str(exc)) from None
             try:
                 # a delta for another base, or an image for a key this BMS lacks, is
                 # refused here: before the erase, before any byte is written
                 dev.check_release(option[1:])
-                dev.begin_update(option[1:], channel=channel)
+                dev.begin_update(
+                    option[1:], channel=channel, downgrade_authorised=downgrade_authorised
+                )
                 state = _reported_state(dev)
             except PackageError as exc:  # content refused: report it, the routine ran
                 return _status_record(ROUTINE_FAILED, exc.code, exc.message)

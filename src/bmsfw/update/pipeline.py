@@ -474,6 +474,9 @@ class _Run(_Shell):
         # image by itself, so a BMS that stops answering runs an unknown image, not the old
         self.activated = False
         self.first_identity: DeviceIdentity | None = None  # the BMS as identified first
+        # the update core allowed a downgrade with the operator's reason: the staging
+        # request says so (a BMS refuses a lower version over the air without it)
+        self.downgrade_authorised = False
 
     # --- the procedure ------------------------------------------------------------
 
@@ -556,6 +559,7 @@ class _Run(_Shell):
                     step = "preflight"
                     raise VersionDowngradeError(start.reason)
                 if start.downgrade:
+                    self.downgrade_authorised = True
                     self.warn(start.reason)
                 if start.verdict is StartVerdict.START:
                     payload = self._choose_payload(release, facts, identity, digest, digest_problem)
@@ -816,7 +820,9 @@ class _Run(_Shell):
 
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         try:
-            state = self.session.prepare(header, channel=self._channel())
+            state = self.session.prepare(
+                header, channel=self._channel(), downgrade_authorised=self.downgrade_authorised
+            )
         except StepDeadlineError:
             raise  # it answered, too slowly: not a power loss or a lost link
         except TransportError as exc:

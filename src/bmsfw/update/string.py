@@ -417,8 +417,12 @@ class _StringMember:
     def authenticate(self, credentials: TesterCredentials) -> None:
         self.session.authenticate(credentials)
 
-    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
-        state = self.session.prepare(header, channel=channel)
+    def prepare(
+        self, header: bytes, *, channel: Channel = "wired", downgrade_authorised: bool = False
+    ) -> TransferState:
+        state = self.session.prepare(
+            header, channel=channel, downgrade_authorised=downgrade_authorised
+        )
         # One broadcast carries the whole image to every node: a bank half-written by an
         # earlier attempt is erased rather than resumed, so all nodes start alike.
         return dataclasses.replace(state, contiguous_bytes=0)

@@ -50,8 +50,10 @@ from bmsfw.fleet.protocol import (
     DeviceState,
     MaintenanceWindow,
     Offer,
+    OfferDowngrade,
     OfferPolicy,
     Refusal,
+    one_line,
 )
 from bmsfw.fleet.service._base import (
     _AUDIT_LIST_CAP,
@@ -124,6 +126,8 @@ _DEVICES_WORK = (
         _T_CAMPAIGN_DEVICES.c.state.label("cd_state"),
         _T_CAMPAIGNS.c.id.label("campaign_id"),
         _T_CAMPAIGNS.c.bandwidth_floor_bps,
+        _T_CAMPAIGNS.c.selector.label("campaign_selector"),
+        _T_CAMPAIGNS.c.created_by.label("campaign_created_by"),
         _T_RELEASES.c.id.label("release_id"),
         _T_RELEASES.c.product,
         _T_RELEASES.c.version,
@@ -876,9 +880,20 @@ class CheckInOps(ServiceBase):
                         maintenance_windows=windows,
                         install_allowed_now=allowed_now,
                     ),
+                    downgrade=_downgrade(row),
                 )
             )
         return offers
+
+
+def _downgrade(row: Any) -> OfferDowngrade | None:
+    """A downgrade campaign's reason, sent with its offers (None: an ordinary campaign).
+    A downgrade campaign never starts before a second person approved it (four eyes)."""
+    selector = row.campaign_selector if isinstance(row.campaign_selector, dict) else {}
+    reason = one_line(str(selector.get("downgrade_reason", "")), 500)
+    if not reason:
+        return None
+    return OfferDowngrade(reason=reason, requested_by=one_line(str(row.campaign_created_by), 120))
 
 
 def _only_telemetry_changed(row: Any, report: BmsReport, gateway_id: int, gateway: Any) -> bool:

@@ -84,6 +84,7 @@ from bmsfw.protocol.session import (
     Telemetry,
     TesterCredentials,
     TransferState,
+    staging_flags,
 )
 
 __all__ = [
@@ -724,10 +725,14 @@ class ModbusSession:
         return self._staged
 
     @session_step("stage release header", "prepare_s")
-    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+    def prepare(
+        self, header: bytes, *, channel: Channel = "wired", downgrade_authorised: bool = False
+    ) -> TransferState:
         self._staged = None
         self._upload(header)
-        self.command(Command.PREPARE, 1 if channel == "ota" else 0)
+        self.command(
+            Command.PREPARE, staging_flags(channel, downgrade_authorised=downgrade_authorised)
+        )
         self._staged = _app_component(header)
         return self.transfer_state()
 

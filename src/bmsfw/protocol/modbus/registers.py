@@ -170,7 +170,7 @@ TRANSFER_PAGE_BYTES = TRANSFER_WINDOW_REGISTERS * 2
 class Command(enum.IntEnum):
     """Values written to ``HOLDING.COMMAND``; the write runs the command."""
 
-    PREPARE = 1  # upload buffer = release header; arg 0 wired, 1 OTA
+    PREPARE = 1  # upload buffer = release header; arg: staging flags (bit 0 OTA, bit 1 downgrade)
     ERASE = 2
     VERIFY = 3
     ACTIVATE = 4

@@ -449,8 +449,12 @@ class SmpSession:
         # proves possession again with a fresh challenge.
         self._credentials = credentials
 
-    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
-        """Read what the BMS holds of the release's image (SMP has no header to stage)."""
+    def prepare(
+        self, header: bytes, *, channel: Channel = "wired", downgrade_authorised: bool = False
+    ) -> TransferState:
+        """Read what the BMS holds of the release's image (SMP has no header to stage,
+        so neither the channel nor the downgrade authorisation reaches the BMS: a stock
+        MCUmgr device judges the image itself at its test boot, docs/smp.md)."""
         self._image = None
         self._component = Manifest.from_json_bytes(decode_header(header).manifest).component("app")
         return self.transfer_state()

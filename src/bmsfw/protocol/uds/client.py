@@ -74,6 +74,7 @@ from bmsfw.protocol.session import (
     Telemetry,
     TesterCredentials,
     TransferState,
+    staging_flags,
 )
 from bmsfw.protocol.uds._auth import (
     AuthenticationResponseError,
@@ -83,7 +84,6 @@ from bmsfw.protocol.uds._auth import (
     sign_challenge,
 )
 from bmsfw.protocol.uds._codec import (
-    CHANNELS,
     DID,
     HARD_RESET,
     ROUTINE,
@@ -702,12 +702,15 @@ class UdsSession:
         return self._staged
 
     @session_step("stage release header", "prepare_s")
-    def prepare(self, header: bytes, *, channel: Channel = "wired") -> TransferState:
+    def prepare(
+        self, header: bytes, *, channel: Channel = "wired", downgrade_authorised: bool = False
+    ) -> TransferState:
+        flags = staging_flags(channel, downgrade_authorised=downgrade_authorised)
         result = self._with_access(
             Session.PROGRAMMING,
             lambda: self.routine(
                 ROUTINE.STAGE_RELEASE_HEADER,
-                bytes([CHANNELS[channel]]) + header,
+                bytes([flags]) + header,
                 what="stage release header",
                 step_timeout_s=self.config.verify_timeout_s,
             ),
