@@ -270,6 +270,29 @@ def test_a_dynamic_campaign_from_the_command_line(served: Served, pki: Any) -> N
     )
 
 
+def test_a_downgrade_campaign_from_the_command_line(served: Served, pki: Any) -> None:
+    """`campaign-create --downgrade REASON`: packs on a higher version are targets, the
+    campaign waits for a release manager (`campaign ID approve`), and its offers carry
+    the reason; a blank reason is a usage error that creates nothing."""
+    with served.client("admin") as c:
+        delta = c.post("gateways", {"name": "gw-delta", "site": "delta", "tags": []})["token"]
+    with served.client("release_manager") as c:
+        release = c.upload_release(make_release(pki, "1.3.9"), "r-1.3.9.bmsfw")["id"]
+    with FleetClient(ClientConfig(served.url, delta, ca_file=served.ca)) as gw:
+        gw.post("agent/check-in", {"devices": [bms("D1", version="1.4.0")]})
+        common = ["campaign-create", "--name", "back", "--release", str(release), "--site", "delta"]
+        before = served.json("viewer", "campaigns")
+        blank = served.run("operator", *common, "--downgrade", "  ", check=USAGE_EXIT)
+        assert "--downgrade needs a reason" in blank.stderr
+        assert served.json("viewer", "campaigns") == before
+        out = served.run("operator", *common, "--downgrade", "1.4.0 drains cells").stdout
+        shown = re.search(r"campaign (\d+) 'back': needs_approval, .* 1 devices", out)
+        assert shown and "downgrade campaign: 1.4.0 drains cells" in out, out
+        served.run("release_manager", "campaign", shown.group(1), "approve")
+        (offer,) = gw.post("agent/check-in", {"devices": [bms("D1", version="1.4.0")]})["offers"]
+    assert (offer["version"], offer["downgrade"]["reason"]) == ("1.3.9", "1.4.0 drains cells")
+
+
 def test_a_devices_history_from_the_command_line(served: Served, pki: Any) -> None:
     """`bmsfw fleet device SERIAL`: identity, current version, open flags, last
     telemetry, and each run in a campaign with its outcome and error code (from the

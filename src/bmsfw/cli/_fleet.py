@@ -507,6 +507,15 @@ def _parse_phases(text: str, soak_s: float, success_pct: float) -> list[dict[str
     help="Devices that match the selector later (new or changed) join the last phase, "
     "until the campaign is cancelled; it never completes.",
 )
+@click.option(
+    "--downgrade",
+    "downgrade_reason",
+    default="",
+    metavar="REASON",
+    help="A downgrade campaign: devices that run a higher version are targets too. It waits "
+    "for a release manager's approval; gateways install it only when started with "
+    "--accept-approved-downgrades.",
+)
 @_JSON
 def campaign_create(  # noqa: PLR0917 - one parameter per click option
     server: str,
@@ -525,9 +534,13 @@ def campaign_create(  # noqa: PLR0917 - one parameter per click option
     sites: tuple[str, ...],
     tags: tuple[str, ...],
     dynamic: bool,
+    downgrade_reason: str,
     as_json: bool,
 ) -> None:
-    """Start a phased campaign (operator); ``--dynamic``: one that later devices join."""
+    """Start a phased campaign (operator); ``--dynamic``: one that later devices join;
+    ``--downgrade REASON``: one that may install a lower version (approved first)."""
+    if downgrade_reason and not downgrade_reason.strip():
+        raise UsageError("--downgrade needs a reason (it goes into the audit log)")
     body = {
         "name": name,
         "release_id": release_id,
@@ -540,6 +553,7 @@ def campaign_create(  # noqa: PLR0917 - one parameter per click option
             "version_range": version_range,
             "sites": list(sites),
             "tags": list(tags),
+            "downgrade_reason": downgrade_reason.strip(),
         },
         "dynamic": dynamic,
     }
@@ -598,6 +612,9 @@ def _render_campaign(campaign: dict[str, Any], as_json: bool) -> None:
         f"phase {campaign['current_phase'] + 1}/{len(campaign['phases'])} "
         f"({campaign['phase_name']}), {campaign['targets']} devices"
     )
+    why = str((campaign.get("selector") or {}).get("downgrade_reason", ""))
+    if why:
+        console.print(f"  downgrade campaign: {why}")
     if campaign["pause_reason"]:
         console.print(f"  paused: {one_line(campaign['pause_reason'])}")
     states = ", ".join(f"{k} {v}" for k, v in campaign["states"].items() if v)

@@ -59,9 +59,9 @@ __all__ = [
     "StateReport",
     "StateReportResponse",
     "UpdateSummary",
+    "as_one_line",
     "backup_content",
     "backup_sha256",
-    "one_line",
     "refuse_unsafe_values",
 ]
 
@@ -210,16 +210,16 @@ class OfferPolicy(_Answer):
         return value
 
 
-# Text without control characters (no line breaks, no terminal escapes).
-ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
-_SAID_PATTERN = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"  # and not blank
+# Text without control characters (C0, DEL, C1: no line breaks, no terminal escapes).
+ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_SAID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"  # not blank
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def one_line(text: str, most: int) -> str:
+def as_one_line(text: str, most: int) -> str:
     """``text`` as one line of at most ``most`` characters: control characters and runs
     of white space become one space (what :data:`ONE_LINE_PATTERN` accepts)."""
-    spaced = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
-    return " ".join(spaced.split())[:most]
+    return " ".join(_CONTROLS.sub(" ", text).split())[:most]
 
 
 class OfferDowngrade(_Answer):

@@ -53,7 +53,7 @@ from bmsfw.fleet.protocol import (
     OfferDowngrade,
     OfferPolicy,
     Refusal,
-    one_line,
+    as_one_line,
 )
 from bmsfw.fleet.service._base import (
     _AUDIT_LIST_CAP,
@@ -890,10 +890,12 @@ def _downgrade(row: Any) -> OfferDowngrade | None:
     """A downgrade campaign's reason, sent with its offers (None: an ordinary campaign).
     A downgrade campaign never starts before a second person approved it (four eyes)."""
     selector = row.campaign_selector if isinstance(row.campaign_selector, dict) else {}
-    reason = one_line(str(selector.get("downgrade_reason", "")), 500)
+    reason = as_one_line(str(selector.get("downgrade_reason", "")), 500)
     if not reason:
         return None
-    return OfferDowngrade(reason=reason, requested_by=one_line(str(row.campaign_created_by), 120))
+    return OfferDowngrade(
+        reason=reason, requested_by=as_one_line(str(row.campaign_created_by), 120)
+    )
 
 
 def _only_telemetry_changed(row: Any, report: BmsReport, gateway_id: int, gateway: Any) -> bool:
