@@ -273,6 +273,32 @@ def test_a_campaign_is_created_from_the_form(https_fleet: Fleet, pki: VendorPki)
     assert campaign["created_by"].endswith("operator")
 
 
+def test_a_downgrade_campaign_is_created_from_the_form(https_fleet: Fleet, pki: VendorPki) -> None:
+    """A reason in the form's downgrade field: the pack on a higher version is a target
+    (the preview counts it), and the campaign waits for a release manager."""
+    fleet = https_fleet
+    fleet.add_gateway("gw", "harbour")
+    fleet.check_in("gw", [bms("OLD", version="1.0.0"), bms("NEW", version="1.2.0")])
+    release = fleet.upload(make_release(pki))  # 1.1.0
+    csrf = _sign_in(fleet, "operator")
+    query = {"release_id": str(release["id"]), "canary": "0", "percents": "100"}
+    plain = fleet.client.get("/ui/campaigns/preview", params=query).text
+    assert "This targets <strong>1</strong> device(s)" in plain
+    query["downgrade_reason"] = "1.2.0\tdrains <cells>"
+    down = fleet.client.get("/ui/campaigns/preview", params=query).text
+    assert "This targets <strong>2</strong> device(s)" in down
+    assert "wait for a second person" in down
+    body = {"csrf": csrf, "name": "back", "soak_s": "0", **query}
+    made = fleet.client.post("/ui/campaigns/new", data=body)
+    assert (
+        made.status_code == 200
+        and "this is a downgrade campaign (1.2.0 drains &lt;cells&gt;)" in made.text
+    )
+    (campaign,) = fleet.call("GET", "/api/v1/campaigns")
+    assert (campaign["status"], campaign["targets"]) == ("needs_approval", 2)
+    assert campaign["selector"]["downgrade_reason"] == "1.2.0 drains <cells>"
+
+
 @pytest.mark.req("R156-FLEET-RECORD")
 def test_the_device_page_shows_its_update_record_and_serves_each_bundle(
     https_fleet: Fleet,

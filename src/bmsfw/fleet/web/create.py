@@ -1,11 +1,11 @@
 """Creating a campaign from the dashboard (operator and above).
 
 The form asks for what an operator decides: the release, which devices (models,
-sites, tags, a version range), a canary size, then the cumulative percentages of
-the later phases, the soak time and the thresholds. It is turned into the API's
-:class:`~bmsfw.fleet.schemas.CampaignSpec` and validated exactly as a ``POST
-/api/v1/campaigns`` body; the service creates the campaign (safety-critical
-releases are refused there, BMSFW-E606, as on the API).
+sites, tags, a version range; a reason makes it a downgrade campaign), a canary size,
+then the cumulative percentages of the later phases, the soak time and the thresholds.
+It is turned into the API's :class:`~bmsfw.fleet.schemas.CampaignSpec` and validated
+exactly as a ``POST /api/v1/campaigns`` body; the service creates the campaign
+(safety-critical releases are refused there, BMSFW-E606, as on the API).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def spec_from_form(form: dict[str, str]) -> CampaignSpec:
                     "sites": _names(form.get("sites", "")),
                     "tags": _names(form.get("tags", "")),
                     "version_range": form.get("version_range", "").strip(),
+                    # Filled in: a downgrade campaign (packs on a higher version are
+                    # targets too; it waits for a release manager's approval).
+                    "downgrade_reason": " ".join(form.get("downgrade_reason", "").split()),
                 },
                 # A checkbox: present ("on") when ticked, absent otherwise.
                 "dynamic": bool(form.get("dynamic")),
@@ -83,7 +86,17 @@ def spec_from_form(form: dict[str, str]) -> CampaignSpec:
 
 _FORM_DEFAULTS = {"canary": "5", "percents": "10, 50, 100"}  # as campaign_new.html fills it
 _PREVIEW_FIELDS = frozenset(
-    {"release_id", "models", "sites", "tags", "version_range", "canary", "percents", "dynamic"}
+    {
+        "release_id",
+        "models",
+        "sites",
+        "tags",
+        "version_range",
+        "canary",
+        "percents",
+        "dynamic",
+        "downgrade_reason",
+    }
 )
 
 
