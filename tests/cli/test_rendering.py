@@ -41,6 +41,7 @@ from bmsfw.sim import DeviceSpec, FlashSpec
 from bmsfw.sim.lab import lab_pki, provision_nodes, signed_package, write_tester_files
 from bmsfw.sim.sim_can import CanSimConfig, CanSimulator
 from bmsfw.update.audit import AuditLog
+from bmsfw.update.backup import ConfigChange
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.report import (
     ErrorRecord,
@@ -243,7 +244,7 @@ def _report(text: str) -> UpdateReport:
         error=ErrorRecord("BMSFW-E511", "SelfTestFailedRolledBackError", text, text, text),
         preflight=(CheckResult(text, text, text, passed=False, safety=True),),
         self_test=SelfTestRecord(passed=False, checks=(SelfTestCheck(text, False, text),)),
-        config_changes=({"path": text, "before": text, "after": 1},),
+        config_changes=(ConfigChange(text, text, 1),),
         warnings=(text,),
     )
 

@@ -62,7 +62,7 @@ def test_successful_update_confirms_reports_and_audits(
     saved = list((options.report_dir or Path()).glob("*.json"))
     assert len(saved) == 1
     assert load_report(saved[0]).running_version == "2.0.0"
-    backup = json.loads(Path(report.backup["path"]).read_text())  # type: ignore[attr-defined]
+    backup = json.loads(Path(str(report.backup.path)).read_text())  # type: ignore[attr-defined]
     assert backup["firmware_version"] == "1.0.0"
 
 
@@ -256,7 +256,7 @@ def test_missing_confirmation_stops_before_backup(
     )  # fmt: skip
     assert report.outcome == "updated"
     assert asked == ["flammables-removed"]
-    assert {c["how"] for c in report.confirmations} == {"flag", "interactive"}
+    assert {c.how for c in report.confirmations} == {"flag", "interactive"}
 
 
 def test_safety_check_cannot_be_overridden(

@@ -181,7 +181,7 @@ def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
         else {"read_back": False, "problem": inputs.config_after_problem or "not read"}
     )
     before: dict[str, Any] = (
-        {"backup_path": report.backup.get("path", ""), "backup": dict(inputs.config_before)}
+        {"backup_path": report.backup.path or "", "backup": dict(inputs.config_before)}
         if inputs.config_before is not None
         else {"backup_path": "", "backup": None, "problem": "no backup was taken"}
     )
@@ -192,7 +192,7 @@ def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
         ("package.json", _json(_package_record(report))),
         ("preflight.json", _json({"checks": report.to_dict()["preflight"]})),
         ("config-before.json", _json(before)),
-        ("config-after.json", _json({**after, "changes": report.config_changes})),
+        ("config-after.json", _json({**after, "changes": report.to_dict()["config_changes"]})),
     ]
     if inputs.notice_before or inputs.notice_after:
         files.append(("notice.txt", (inputs.notice_before + inputs.notice_after).encode()))

@@ -119,7 +119,7 @@ class EvidenceCollector:
         from bmsfw import __version__
 
         before: dict[str, Any] | None = None
-        backup_path = report.backup.get("path")
+        backup_path = report.backup.path
         if backup_path:
             try:
                 before = json.loads(Path(backup_path).read_text(encoding="utf-8"))

@@ -126,8 +126,11 @@ from bmsfw.update.preflight import ReleaseFacts, run_preflight, validate_overrid
 from bmsfw.update.profile import ManualConfirmation, TransferLimits, UpdateProfile
 from bmsfw.update.record import RecordTargets, check_record_targets
 from bmsfw.update.report import (
+    BackupRecord,
+    ConfirmationRecord,
     ErrorRecord,
     Outcome,
+    ProfileRecord,
     ReportDraft,
     SelfTestRecord,
     StepRecord,
@@ -483,7 +486,7 @@ class _Run(_Shell):
     def run(self) -> UpdateReport:
         report = self.report
         report.set(
-            profile={"name": self.profile.name, "source": self.profile.source},
+            profile=ProfileRecord(name=self.profile.name, source=self.profile.source),
             overrides=dict(self.options.overrides),
         )
         report.note_package(
@@ -613,7 +616,7 @@ class _Run(_Shell):
             with self.step("backup") as detail:
                 snapshot = self.session.read_config()
                 backup = write_backup(self.options.backup_dir, identity, snapshot)
-                report.set(backup={"path": str(backup.path), "checksum": snapshot.checksum})
+                report.set(backup=BackupRecord(path=str(backup.path), checksum=snapshot.checksum))
                 detail.append(str(backup.path))
             self._check_stop()
             step = "authenticate"
@@ -812,7 +815,7 @@ class _Run(_Shell):
             else:
                 missing.append(item)
                 continue
-            self.report.append("confirmations", {"id": item.id, "text": item.text, "how": how})
+            self.report.append("confirmations", ConfirmationRecord(item.id, item.text, how))
         if missing:
             raise ManualConfirmationMissingError(
                 "not confirmed: " + "; ".join(f"{c.text} (--confirm {c.id})" for c in missing)
@@ -1135,18 +1138,14 @@ class _Run(_Shell):
         with self.step("config-compare") as detail:
             now = self.session.read_config()
             changes = diff_snapshots(backup_snapshot, now)
-            self.report.set(
-                config_changes=[
-                    {"path": c.path, "before": c.before, "after": c.after} for c in changes
-                ]
-            )
+            self.report.set(config_changes=tuple(changes))
             if not changes:
                 detail.append("unchanged")
                 return
             if not self.options.restore_config:
                 self.warn(f"{len(changes)} configuration value(s) changed; not restored")
                 return
-            restore_backup(self.session, load_backup(self.report.now.backup["path"]))
+            restore_backup(self.session, load_backup(str(self.report.now.backup.path)))
             self.report.set(config_restored=True)
             detail.append(f"{len(changes)} value(s) restored")
 
@@ -1182,8 +1181,8 @@ class _Run(_Shell):
             **super().audit_fields(),
             "package": report.now.package.to_dict(),
             "overrides": report.now.overrides,
-            "confirmations": [c["id"] for c in report.now.confirmations],
-            "backup": report.now.backup.get("path", ""),
+            "confirmations": [c.id for c in report.now.confirmations],
+            "backup": report.now.backup.path or "",
         }
 
 

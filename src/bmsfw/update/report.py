@@ -29,16 +29,20 @@ from typing import Any, Literal, Self
 
 from bmsfw.errors import BmsfwError, retry_helps_for
 from bmsfw.protocol.session import BootStatus, DeviceIdentity, SelfTestCheck
+from bmsfw.update.backup import ConfigChange
 from bmsfw.update.errors import ReportUnreadableError
 from bmsfw.update.preflight import CheckResult
 from bmsfw.update.record import write_atomic
 
 __all__ = [
     "REPORT_FORMAT",
+    "BackupRecord",
+    "ConfirmationRecord",
     "DecisionsRecord",
     "ErrorRecord",
     "Outcome",
     "PackageRecord",
+    "ProfileRecord",
     "ReportDraft",
     "SelfTestRecord",
     "StepRecord",
@@ -243,6 +247,31 @@ class TransferRecord(_Part):
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileRecord(_Part):
+    """The product profile the run used."""
+
+    name: str | None = None
+    source: str | None = None  # its file; "" for the built-in default
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord(_Part):
+    """The configuration backup written and read back before anything was changed."""
+
+    path: str | None = None
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfirmationRecord:
+    """A manual confirmation of the profile, and how it was given."""
+
+    id: str
+    text: str
+    how: str  # "flag" (--confirm ID) or "interactive"
+
+
+@dataclass(frozen=True, slots=True)
 class SelfTestRecord(_Part):
     """The self-test record the BMS reported for the new image.
 
@@ -306,6 +335,8 @@ _JSON_SHAPES: dict[str, type | tuple[type, ...]] = {
 
 
 _PARTS: dict[str, type[_Part]] = {
+    "profile": ProfileRecord,
+    "backup": BackupRecord,
     "package": PackageRecord,
     "transfer": TransferRecord,
     "self_test": SelfTestRecord,
@@ -336,15 +367,15 @@ class UpdateReport:
     device_now: BootStatus | None = None  # the boot status read at the end
     running_version: str = ""
     package: PackageRecord = field(default_factory=PackageRecord)
-    profile: Mapping[str, Any] = field(default_factory=dict)
+    profile: ProfileRecord = field(default_factory=ProfileRecord)
     steps: tuple[StepRecord, ...] = ()
     preflight: tuple[CheckResult, ...] = ()
     overrides: Mapping[str, str] = field(default_factory=dict)
-    confirmations: tuple[Mapping[str, Any], ...] = ()
-    backup: Mapping[str, Any] = field(default_factory=dict)
+    confirmations: tuple[ConfirmationRecord, ...] = ()
+    backup: BackupRecord = field(default_factory=BackupRecord)
     transfer: TransferRecord = field(default_factory=TransferRecord)
     self_test: SelfTestRecord = field(default_factory=SelfTestRecord)
-    config_changes: tuple[Mapping[str, Any], ...] = ()
+    config_changes: tuple[ConfigChange, ...] = ()
     config_restored: bool = False
     warnings: tuple[str, ...] = ()
     failed_step: str = ""
@@ -384,6 +415,10 @@ class UpdateReport:
             outcome=self.outcome.value,
             steps=[asdict(s) for s in self.steps],
             preflight=[asdict(c) for c in self.preflight],
+            profile=self.profile.to_dict(),
+            backup=self.backup.to_dict(),
+            confirmations=[asdict(c) for c in self.confirmations],
+            config_changes=[_dump(c) for c in self.config_changes],
             package=self.package.to_dict(),
             transfer=self.transfer.to_dict(),
             self_test=self.self_test.to_dict(),
@@ -396,10 +431,8 @@ class UpdateReport:
             format=REPORT_FORMAT,
             ok=self.ok,
         )
-        for name in ("profile", "overrides", "backup"):
-            data[name] = dict(data[name])
-        for name in _SEQUENCES[2:]:
-            data[name] = list(data[name])
+        data["overrides"] = dict(self.overrides)
+        data["warnings"] = list(self.warnings)
         return data
 
     def to_json(self) -> str:
@@ -423,8 +456,10 @@ class UpdateReport:
         for name, kind in (("device_before", DeviceIdentity), ("device_now", BootStatus)):
             if name in values:
                 values[name] = _load(kind, values[name], name) if values[name] else None
-        if "preflight" in values:
-            values["preflight"] = _load(tuple[CheckResult, ...], values["preflight"], "preflight")
+        kinds = _field_types(typing.cast("type", cls))
+        for name in ("preflight", "confirmations", "config_changes"):
+            if name in values:
+                values[name] = _load(kinds[name], values[name], name)
         try:
             values["steps"] = tuple(StepRecord(**s) for s in data.get("steps", []))
             for name in ("error", "cause", "record_error"):
@@ -584,9 +619,9 @@ def render_text(report: UpdateReport) -> str:
         lines += _lines_for_checks(report.preflight)
     if report.confirmations:
         lines.append("  confirmations:")
-        lines += [f"    {c['how']:<11} {c['text']}" for c in report.confirmations]
+        lines += [f"    {c.how:<11} {c.text}" for c in report.confirmations]
     if report.backup:
-        lines.append(f"  backup:          {report.backup.get('path')} (read back ok)")
+        lines.append(f"  backup:          {report.backup.path} (read back ok)")
     if report.transfer:
         t = report.transfer
         resumed = f", resumed at {t.resumed_from}" if t.resumed_from else ""
@@ -610,9 +645,7 @@ def render_text(report: UpdateReport) -> str:
     if report.config_changes:
         verb = "restored" if report.config_restored else "CHANGED"
         lines.append(f"  configuration:   {len(report.config_changes)} value(s) {verb}:")
-        lines += [
-            f"    {c['path']}: {c['before']!r} -> {c['after']!r}" for c in report.config_changes
-        ]
+        lines += [f"    {c.path}: {c.before!r} -> {c.after!r}" for c in report.config_changes]
     elif any(s.step == "config-compare" and s.ok for s in report.steps):
         lines.append("  configuration:   unchanged (compared with the backup)")
     for warning in report.warnings:
