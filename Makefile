@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bmsfw demo
 
+# TEST_WORKERS=3 runs the suite in 3 pytest-xdist processes, a test file to one worker
+# (its module fixtures are made once); 0 (the default, CI) runs it in this process.
+TEST_WORKERS ?= 0
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --req-results=$(TEST_RESULTS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --req-results=$(TEST_RESULTS)
 
 # Reads the results of the last `make test` (runs it when there are none): the
 # suite runs once in CI. Fails when a requirement lacks a passing test.

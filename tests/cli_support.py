@@ -139,8 +139,12 @@ def run_bmsfw(
     env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `bmsfw ARGS` as a user would; ``check`` asserts the exit code; ``env_extra``
-    adds environment variables."""
-    env = dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    adds environment variables.
+
+    The terminal is wide enough that no line wraps: a line with a path under pytest's
+    temporary directory (longer under pytest-xdist, ``.../popen-gwN/...``) and a
+    SHA-256 passed 200 columns."""
+    env = dict(os.environ, COLUMNS="1000", PYTHONUNBUFFERED="1", **(env_extra or {}))
     result = subprocess.run(
         [BMSFW, *args], capture_output=True, text=True, timeout=timeout_s, env=env, check=False
     )

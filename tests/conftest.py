@@ -17,6 +17,7 @@ the controller alone writes FILE.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,26 @@ from bmsfw.evidence.compliance import (
 pytest_plugins = ["pytester"]
 
 _ROOT = Path(__file__).resolve().parent
+
+
+def _undo_readline_terminal_size() -> None:
+    """Child processes inherit the environment this process was started with.
+
+    pytest imports readline (its capture plugin, before any conftest), and GNU
+    readline writes the terminal size it assumes into the C environment (COLUMNS=80,
+    LINES=24 when there is no terminal). os.environ does not see it, but every child
+    process inherits it: pytest-xdist's workers then start with COLUMNS=80 in
+    os.environ, the CLI's module-level rich consoles fix their width to it at import,
+    and output that a serial run leaves on one line wraps under ``-n``.
+    """
+    for name in ("COLUMNS", "LINES"):
+        if name in os.environ:
+            os.putenv(name, os.environ[name])
+        else:
+            os.unsetenv(name)
+
+
+_undo_readline_terminal_size()  # in the controller and in every xdist worker
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

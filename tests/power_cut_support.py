@@ -88,6 +88,16 @@ class Site:
     def __post_init__(self) -> None:
         self.state = self.work / "state"
 
+    @property
+    def serial_port(self) -> Path:
+        """This site's RS485 port: a link to the running simulator's pty, removed before
+        the power goes. A pty's number is free the moment its simulator dies, and the
+        next pty opened on this machine takes it (another test's, under pytest-xdist or
+        in a second run): the `bmsfw update` still running from before the cut would
+        open that one by its old name, talk to another test's BMS, and lock that test
+        out of its port (pymodbus opens a port exclusively)."""
+        return self.work / "ttyRS485"
+
     def reset_state(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
         copy_template(self.kit, self.state, (1,))
@@ -110,21 +120,28 @@ class Site:
                 self.state, (1,), time_scale=TIME_SCALE, log_file=self.work / "sim.log"
             )
         self.process.start()
+        if self.link == "rs485":
+            new = self.serial_port.with_name(self.serial_port.name + ".new")
+            new.unlink(missing_ok=True)
+            new.symlink_to(self.process.port)
+            new.replace(self.serial_port)
 
     def power_cut(self) -> None:
         if self.process is not None:
+            self.serial_port.unlink(missing_ok=True)
             self.process.kill()
             self.process = None
 
     def power_off(self) -> None:
         if self.process is not None:
+            self.serial_port.unlink(missing_ok=True)
             self.process.stop()
             self.process = None
 
     def link_args(self) -> list[str]:
         if self.link == "can":
             return ["--can", self.can_link, "--node", "1"]
-        return ["--serial", str(self.process.port), "--unit", "1", "--baud", "115200"]
+        return ["--serial", str(self.serial_port), "--unit", "1", "--baud", "115200"]
 
     def update_args(self) -> list[str]:
         return [

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
+from bmsfw.sim.lab import unique_multicast_link
 from bmsfw.sim.sim_can import SimCanProcess
 
 
@@ -53,7 +53,7 @@ def test_provisioned_nodes_run_the_release_and_answer_over_can(tmp_path: Path) -
     )
     assert again.returncode != 0 and "BMSFW-E2" in again.stderr
 
-    link = f"udp_multicast:239.74.163.3,port={random.randint(20_000, 60_000)}"
+    link = unique_multicast_link()
     with SimCanProcess(link, state, (1, 2), time_scale=20.0, log_file=tmp_path / "sim.log"):
         info = bmsfw("info", "--can", link, "--node", "2", "--json")
     assert info.returncode == 0, info.stderr

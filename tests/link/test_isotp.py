@@ -23,6 +23,7 @@ from bmsfw.link import (
     open_can_bus,
     parse_can_link,
 )
+from bmsfw.sim.lab import unique_multicast_link
 
 from . import _isotp_echo
 
@@ -131,8 +132,7 @@ def test_multicast_defaults_grant_a_bounded_block_size() -> None:
 
 @pytest.mark.timeout(60)
 def test_4kib_round_trip_over_udp_multicast_across_processes() -> None:
-    # A private port per test run keeps parallel runs on this machine apart.
-    link = f"udp_multicast:239.74.163.2,port={44000 + os.getpid() % 1000}"
+    link = unique_multicast_link()  # a port no other test process on this machine uses
     spec = parse_can_link(link)
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Event(), context.Event()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,12 +76,17 @@ __all__ = [
 DEFAULT_SERIAL_FORMAT = "BMS{node:07d}"
 
 # Multicast groups 239.77.x.y (administratively scoped, RFC 2365) and UDP ports
-# 40000..59999: the pid picks the group's third octet and offsets the port, a
-# per-process counter the rest, so parallel test processes and consecutive links in
-# one process never hear each other's frames.
+# 40000..59999. The port is what keeps links apart: a udp_multicast bus binds its
+# port on every address, and Linux hands a multicast datagram to every socket bound
+# to that port whatever group it joined (IP_MULTICAST_ALL). Each process walks the
+# ports from an offset of its own (the pid times a prime stride: processes started
+# one after another, such as pytest-xdist workers, start 1009 ports apart; a stride
+# of 7 let one worker's 8th link meet the next worker's 1st), and skips a port that
+# a socket on this machine has bound (a bus of another process that is running).
 _MULTICAST_PREFIX = "239.77"
 _PORT_BASE = 40_000
 _PORT_SPAN = 20_000
+_PORT_STRIDE = 1009
 _link_counter = itertools.count(0)
 
 
@@ -279,6 +285,17 @@ def provision_nodes(
     return state_dir
 
 
+def _port_bound(port: int) -> bool:
+    """Whether a socket on this machine has bound UDP ``port`` (a bind without
+    SO_REUSEADDR/SO_REUSEPORT fails then)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return True
+    return False
+
+
 def unique_multicast_link(*extra: str) -> str:
     """A ``udp_multicast`` CAN link that no other link of this process or any other shares.
 
@@ -288,9 +305,14 @@ def unique_multicast_link(*extra: str) -> str:
     """
     options = [part for item in extra for part in item.split(",") if part]
     rates = "".join(part for part in options if part.startswith("@"))
-    n = next(_link_counter)
     pid = os.getpid()
+    for _ in range(_PORT_SPAN):
+        n = next(_link_counter)
+        port = _PORT_BASE + (pid * _PORT_STRIDE + n) % _PORT_SPAN
+        if not _port_bound(port):
+            break
+    else:
+        raise OSError(f"no free UDP port for a multicast link in {_PORT_BASE}..")
     group = f"{_MULTICAST_PREFIX}.{pid % 250}.{n % 250 + 1}"
-    port = _PORT_BASE + (pid * 7 + n) % _PORT_SPAN
     rest = [part for part in options if not part.startswith("@")]
     return ",".join([f"udp_multicast:{group}{rates}", f"port={port}", *rest])
