@@ -1,7 +1,9 @@
 """Serial line diagnosis: which baud rate / parity answers, and which unit ids are present.
 
 For each setting the scan sends one short request (read input register 0, the
-map version) to each candidate unit id with a short time-out. Replies identify
+map version) to each candidate unit id with a short time-out; at a setting where
+units answer, the ones that did not get a second request (a late answer on a busy
+line must not hide a unit). Replies identify
 the units; bytes that arrive without a valid frame mean "something talks, but
 not at this setting" (a near-miss baud rate or parity), and silence means
 nothing answered. ``bmsfw diagnose`` prints the report.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bmsfw.errors import BmsfwError
 from bmsfw.protocol.modbus.client import COMMON_BAUDS, ModbusBus, SerialSettings
@@ -106,23 +109,17 @@ def scan_serial(
                 timeout_s=timeout_s,
                 retries=0,
             )
-            found: list[int] = []
-            garbled = silent = 0
             with ModbusBus(settings) as bus:
-                for unit in units:
-                    try:
-                        version = bus.read_input(unit, INPUT.MAP_VERSION, 1)[0]
-                    except ModbusFrameError:
-                        garbled += 1
-                        continue
-                    except ModbusNoReplyError:
-                        silent += 1
-                        continue
-                    except BmsfwError:
-                        garbled += 1  # an exception reply: someone is there, not our map
-                        continue
-                    found.append(unit)
-                    hits.append(_identify(bus, unit, settings, version, identify))
+                heard = {unit: _probe(bus, unit) for unit in units}
+                if any(isinstance(v, int) for v in heard.values()):
+                    # Units answer at this setting: one that missed its probe (a late
+                    # answer on a busy line or a slow host) gets a second one.
+                    for unit in [u for u, v in heard.items() if not isinstance(v, int)]:
+                        heard[unit] = _probe(bus, unit)
+                found = {u: v for u, v in heard.items() if isinstance(v, int)}
+                hits.extend(_identify(bus, u, settings, v, identify) for u, v in found.items())
+            garbled = sum(1 for v in heard.values() if v == "garbled")
+            silent = sum(1 for v in heard.values() if v == "silent")
             results.append(SettingResult(baud, parity, stopbits, tuple(found), garbled, silent))
             log.info("scan %s %s: units %s", port, settings.rate, found)
     notes: list[str] = []
@@ -136,6 +133,18 @@ def scan_serial(
     if not hits:
         notes.append("no unit answered at any setting: check wiring (A/B), power, termination")
     return ScanReport(port, tuple(results), tuple(hits), expected_baud_bps, tuple(notes))
+
+
+def _probe(bus: ModbusBus, unit: int) -> int | Literal["garbled", "silent"]:
+    """One short request to ``unit``: the map version it answers, or what came instead."""
+    try:
+        return bus.read_input(unit, INPUT.MAP_VERSION, 1)[0]
+    except ModbusFrameError:
+        return "garbled"
+    except ModbusNoReplyError:
+        return "silent"
+    except BmsfwError:
+        return "garbled"  # an exception reply: someone is there, not our map
 
 
 def _identify(
