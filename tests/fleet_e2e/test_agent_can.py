@@ -5,8 +5,6 @@ fleet server."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,19 +14,17 @@ from bmsfw.package import TrustAnchors, key_hash, verify_release
 from bmsfw.protocol import uds
 from bmsfw.protocol.session import TesterCredentials
 from bmsfw.sim import DeviceSpec, FlashSpec, provision
+from bmsfw.sim.lab import unique_multicast_link
 from bmsfw.sim.sim_can import SimCanProcess, node_state_dir
 from bmsfw.update.connect import parse_links
 from bmsfw.update.profile import PreflightLimits, UpdateProfile
 
 from .conftest import Server, Vendor
 
-_ports = itertools.count(0)
-
 
 def _unique_link() -> str:
-    n = next(_ports)
-    pid = os.getpid()
-    return f"udp_multicast:239.78.{pid % 250}.{n % 250 + 1},port={41000 + (pid * 11 + n) % 20000}"
+    """A CAN link no other test shares, in this process or another (xdist workers)."""
+    return unique_multicast_link()
 
 
 def _provision_can_bms(
