@@ -153,9 +153,15 @@ def _identify(
     hit = ScanHit(unit, settings.baud_bps, settings.parity, settings.stopbits, map_version=version)
     if not identify or version != MAP_VERSION:
         return hit
-    try:
-        ident = bus.session(unit).identify()
-    except BmsfwError:
+    for attempt in (1, 2):  # a unit that answered is asked twice before it goes unnamed
+        try:
+            ident = bus.session(unit).identify()
+            break
+        except BmsfwError as exc:
+            log.info(
+                "scan %s: unit %d did not identify (try %d): %s", settings.rate, unit, attempt, exc
+            )
+    else:
         return hit
     return ScanHit(
         unit,
