@@ -122,3 +122,21 @@ def one_gateway_fleet(tmp_path: Path, vendor: Vendor, initial: bytes, server: Se
     with server.client() as admin:
         fleet.build(fleet.register(admin))
     return fleet
+
+
+@pytest.fixture
+def one_gateway(
+    tmp_path: Path,
+    vendor: Vendor,
+    releases: dict[str, bytes],
+    server_factory: Callable[..., Server],
+) -> Iterator[tuple[Server, SimFleet]]:
+    """A server and :func:`one_gateway_fleet` on 1.0.0, after its first check-in (the
+    inventory); the fleet is closed after the test."""
+    server = server_factory()
+    fleet = one_gateway_fleet(tmp_path, vendor, releases["1.0.0"], server)
+    fleet.gateways[0].agent.run_once()
+    try:
+        yield server, fleet
+    finally:
+        fleet.close()

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,25 +22,9 @@ from bmsfw.sim.direct import DirectSession
 from bmsfw.sim.fleet import SimBmsProvider, SimBmsSession, SimFleet
 from bmsfw.update.connect import Connection
 
-from .conftest import Server, Vendor, one_gateway_fleet
+from .conftest import Server, Vendor
 
 ALL = [{"name": "all", "percent": 100, "soak_s": 0, "success_threshold_pct": 100}]
-
-
-@pytest.fixture
-def setup(
-    tmp_path: Path,
-    vendor: Vendor,
-    releases: dict[str, bytes],
-    server_factory: Callable[..., Server],
-) -> Iterator[tuple[Server, SimFleet]]:
-    server = server_factory()
-    fleet = one_gateway_fleet(tmp_path, vendor, releases["1.0.0"], server)
-    fleet.gateways[0].agent.run_once()  # first check-in: the inventory
-    try:
-        yield server, fleet
-    finally:
-        fleet.close()
 
 
 def _campaign(server: Server, data: bytes, **extra: Any) -> tuple[int, int]:
@@ -82,9 +64,9 @@ def _swap_artifact(server: Server, release_id: int, data: bytes, **columns: Any)
 
 @pytest.mark.req("SEED-OTA-NOT-SAFETY-CRITICAL", "IEC61508-SAFETY-UPDATE")
 def test_safety_critical_release_refused_by_server_agent_and_device(
-    setup: tuple[Server, SimFleet], releases: dict[str, bytes], vendor: Vendor
+    one_gateway: tuple[Server, SimFleet], releases: dict[str, bytes], vendor: Vendor
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     safety = releases["3.0.0-safety"]
     # 1. The server: it stores the release (wired installs need it) but refuses a campaign.
     with server.client() as c:
@@ -114,9 +96,9 @@ def test_safety_critical_release_refused_by_server_agent_and_device(
 
 @pytest.mark.req("IEC62443-CR3.4")
 def test_tampered_artifact_refused_and_no_bms_touched(
-    setup: tuple[Server, SimFleet], releases: dict[str, bytes]
+    one_gateway: tuple[Server, SimFleet], releases: dict[str, bytes]
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     agent = fleet.gateways[0].agent
     ops = {s: fleet.device(s).flash_op_count for s in fleet.serials()}
     # a) bit flip in the stored file: the offer's SHA-256 no longer matches.
@@ -147,9 +129,9 @@ def test_tampered_artifact_refused_and_no_bms_touched(
 
 
 def test_interrupted_download_resumes_with_range(
-    setup: tuple[Server, SimFleet], releases: dict[str, bytes]
+    one_gateway: tuple[Server, SimFleet], releases: dict[str, bytes]
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     gateway = fleet.gateways[0]
     gateway.transport.cut_next_downloads = 1
     _, campaign_id = _campaign(server, releases["2.0.0"])
@@ -169,9 +151,9 @@ def test_interrupted_download_resumes_with_range(
 
 @pytest.mark.req("SEED-OTA-BANDWIDTH")
 def test_slow_link_defers_the_download(
-    setup: tuple[Server, SimFleet], releases: dict[str, bytes]
+    one_gateway: tuple[Server, SimFleet], releases: dict[str, bytes]
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     ops = {s: fleet.device(s).flash_op_count for s in fleet.serials()}
     # A floor no link reaches: the agent measures, stops and waits (partial file kept).
     _, campaign_id = _campaign(server, releases["2.0.0"], bandwidth_floor_bps=10**13)
@@ -207,9 +189,9 @@ class _CrashingProvider(SimBmsProvider):
 
 @pytest.mark.parametrize("downtime_s", [0.0, 400.0], ids=["back-quickly", "after-watchdog"])
 def test_agent_restart_mid_campaign_reports_true_state(
-    setup: tuple[Server, SimFleet], releases: dict[str, bytes], downtime_s: float
+    one_gateway: tuple[Server, SimFleet], releases: dict[str, bytes], downtime_s: float
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     gateway = fleet.gateways[0]
     provider = _CrashingProvider(gateway.provider.paths, gateway.clock)
     provider.devices = gateway.provider.devices  # the same powered devices
@@ -242,9 +224,9 @@ def test_agent_restart_mid_campaign_reports_true_state(
 
 @pytest.mark.req("SEED-RUNTIME-INTEGRITY", "NIST800-193-DETECT")
 def test_integrity_fault_and_firmware_hash_reach_the_server(
-    setup: tuple[Server, SimFleet], vendor: Vendor
+    one_gateway: tuple[Server, SimFleet], vendor: Vendor
 ) -> None:
-    server, fleet = setup
+    server, fleet = one_gateway
     # A correctly signed release whose firmware corrupts its own bank after start.
     _, campaign_id = _campaign(
         server, vendor.release("2.2.0", 2, behaviour="integrity-fault"), error_threshold_pct=100

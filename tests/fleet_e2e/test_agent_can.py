@@ -4,9 +4,11 @@ fleet server."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from agent_support import HW_REV, MODEL
 from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
@@ -55,6 +57,37 @@ def _quick_profile() -> UpdateProfile:
     )
 
 
+@contextlib.contextmanager
+def _can_agent(
+    tmp_path: Path, vendor: Vendor, releases: dict[str, bytes], server: Server, **config: Any
+) -> Iterator[Agent]:
+    """A gateway registered on ``server`` and its agent (state in ``tmp_path/agent``,
+    ``config``: more AgentConfig fields) over CAN to node 1 of a simulator in its own
+    process (CANBMS0001 on 1.0.0); the simulator stops when the block ends."""
+    state_dir = tmp_path / "can-sim"
+    credentials = _provision_can_bms(state_dir, vendor, releases)
+    with server.client() as admin:
+        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
+    link = _unique_link()
+    profile = _quick_profile()
+    with (
+        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
+        server.client(token) as client,
+    ):
+        yield Agent(
+            AgentConfig(
+                state_dir=tmp_path / "agent",
+                trust_root_pem=vendor.root_pem,
+                credentials=credentials,
+                profile=profile,
+                confirmed=frozenset(c.id for c in profile.confirmations),
+                **config,
+            ),
+            client,
+            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
+        )
+
+
 def _campaign_to_2_0_0(server: Server, releases: dict[str, bytes]) -> int:
     """Upload release 2.0.0 and start a campaign of one phase (every device, no soak) with it."""
     with server.client() as operator:
@@ -77,27 +110,7 @@ def test_agent_updates_a_bms_in_its_own_process_over_can(
     server_factory: Callable[..., Server],
 ) -> None:
     server = server_factory()
-    state_dir = tmp_path / "can-sim"
-    credentials = _provision_can_bms(state_dir, vendor, releases)
-    with server.client() as admin:
-        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
-    link = _unique_link()
-    profile = _quick_profile()
-    with (
-        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
-        server.client(token) as client,
-    ):
-        agent = Agent(
-            AgentConfig(
-                state_dir=tmp_path / "agent",
-                trust_root_pem=vendor.root_pem,
-                credentials=credentials,
-                profile=profile,
-                confirmed=frozenset(c.id for c in profile.confirmations),
-            ),
-            client,
-            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
-        )
+    with _can_agent(tmp_path, vendor, releases, server) as agent:
         first = agent.run_once()
         assert first.devices == 1
         (device,) = server.call("GET", "devices")

@@ -9,19 +9,16 @@ rule stands between a compromised server and an old image."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
 from bmsfw.sim.fleet import SimFleet
-from bmsfw.sim.sim_can import SimCanProcess
-from bmsfw.update.connect import parse_links
 
-from .conftest import Server, Vendor, one_gateway_fleet
-from .test_agent_can import _provision_can_bms, _quick_profile, _unique_link
+from .conftest import Server, Vendor
+from .test_agent_can import _can_agent
 
 REASON = "2.0 drains the cells in storage mode; back to 0.9.0 until the fix"
 ALL = [{"name": "all", "percent": 100, "soak_s": 0}]
@@ -56,29 +53,13 @@ def _approved_downgrade_campaign(server: Server, data: bytes) -> tuple[int, str]
     return int(campaign["id"]), str(approval["requested_by"])
 
 
-@pytest.fixture
-def fleet(
-    tmp_path: Path,
-    vendor: Vendor,
-    releases: dict[str, bytes],
-    server_factory: Callable[..., Server],
-) -> Iterator[tuple[Server, SimFleet]]:
-    server = server_factory()
-    sims = one_gateway_fleet(tmp_path, vendor, releases["1.0.0"], server)
-    sims.gateways[0].agent.run_once()  # the inventory: both BMS run 1.0.0
-    try:
-        yield server, sims
-    finally:
-        sims.close()
-
-
 @pytest.mark.req("SEED-ANTI-ROLLBACK")
 def test_a_gateway_that_does_not_accept_downgrades_refuses_an_approved_one(
-    fleet: tuple[Server, SimFleet], old_release: bytes
+    one_gateway: tuple[Server, SimFleet], old_release: bytes
 ) -> None:
     """The default gateway: the server's approval alone changes nothing (E414, and the
     detail says which switch the site would have to turn on); no BMS is touched."""
-    server, sims = fleet
+    server, sims = one_gateway  # both BMS run 1.0.0
     ops = {s: sims.device(s).flash_op_count for s in sims.serials()}
     campaign, _ = _approved_downgrade_campaign(server, old_release)
     sims.gateways[0].agent.run_once()
@@ -105,29 +86,8 @@ def test_an_approved_downgrade_campaign_installs_over_can_on_a_gateway_that_acce
     BMS refuses 0.9.0 over the air without it), the BMS runs 0.9.0 confirmed, and the
     report, the agent's audit record and the server's copy of the report say why."""
     server = server_factory()
-    state_dir = tmp_path / "can-sim"
-    credentials = _provision_can_bms(state_dir, vendor, releases)
-    with server.client() as admin:
-        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
-    link = _unique_link()
-    profile = _quick_profile()
     agent_dir = tmp_path / "agent"
-    with (
-        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
-        server.client(token) as client,
-    ):
-        agent = Agent(
-            AgentConfig(
-                state_dir=agent_dir,
-                trust_root_pem=vendor.root_pem,
-                credentials=credentials,
-                profile=profile,
-                confirmed=frozenset(c.id for c in profile.confirmations),
-                accept_approved_downgrades=True,
-            ),
-            client,
-            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
-        )
+    with _can_agent(tmp_path, vendor, releases, server, accept_approved_downgrades=True) as agent:
         agent.run_once()  # the inventory
         campaign, requested_by = _approved_downgrade_campaign(server, old_release)
         agent.run_once()

@@ -16,20 +16,12 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from bmsfw.evidence.bundle import verify_bundle
-from bmsfw.fleet.agent import Agent, AgentConfig, LinkProvider
 from bmsfw.fleet.models import EvidenceBundle
-from bmsfw.sim.sim_can import SimCanProcess
-from bmsfw.update.connect import parse_links
 from cli_support import run_bmsfw
 from fleet.conftest import db_url  # noqa: F401  (SQLite, and PostgreSQL when configured)
 
 from .conftest import Server, Vendor
-from .test_agent_can import (
-    _campaign_to_2_0_0,
-    _provision_can_bms,
-    _quick_profile,
-    _unique_link,
-)
+from .test_agent_can import _campaign_to_2_0_0, _can_agent
 
 REQUEST_ID = 0x7E0  # node 1 (docs/uds.md)
 
@@ -66,29 +58,10 @@ def test_agent_uploads_the_evidence_of_a_can_update_and_an_operator_verifies_it(
     db_url: str,  # noqa: F811
 ) -> None:
     server = server_factory(db_url=db_url)
-    state_dir = tmp_path / "can-sim"
-    credentials = _provision_can_bms(state_dir, vendor, releases)
     with server.client() as admin:
-        token = admin.post("gateways", {"name": "can-gw", "site": "depot", "tags": []})["token"]
         operator = admin.post("tokens", {"name": "auditor", "role": "operator"})["token"]
-    link = _unique_link()
-    profile = _quick_profile()
     agent_dir = tmp_path / "agent"
-    with (
-        SimCanProcess(link, state_dir, (1,), time_scale=20, log_file=tmp_path / "sim.log"),
-        server.client(token) as client,
-    ):
-        agent = Agent(
-            AgentConfig(
-                state_dir=agent_dir,
-                trust_root_pem=vendor.root_pem,
-                credentials=credentials,
-                profile=profile,
-                confirmed=frozenset(c.id for c in profile.confirmations),
-            ),
-            client,
-            LinkProvider(tuple(parse_links(can=link, nodes=[1]))),
-        )
+    with _can_agent(tmp_path, vendor, releases, server) as agent:
         agent.run_once()
         campaign = _campaign_to_2_0_0(server, releases)
         agent.run_once()

@@ -162,6 +162,7 @@ def _package_record(report: UpdateReport) -> dict[str, Any]:
 
 def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
     report = inputs.report
+    recorded = report.to_dict()  # the report's JSON form, for the parts filed apart
     audit: dict[str, Any]
     if inputs.audit is not None:
         a = inputs.audit
@@ -190,9 +191,9 @@ def _files(inputs: EvidenceInputs) -> list[tuple[str, bytes]]:
         ("report.txt", render_text(report).encode()),
         ("audit-record.json", _json(audit)),
         ("package.json", _json(_package_record(report))),
-        ("preflight.json", _json({"checks": report.to_dict()["preflight"]})),
+        ("preflight.json", _json({"checks": recorded["preflight"]})),
         ("config-before.json", _json(before)),
-        ("config-after.json", _json({**after, "changes": report.to_dict()["config_changes"]})),
+        ("config-after.json", _json({**after, "changes": recorded["config_changes"]})),
     ]
     if inputs.notice_before or inputs.notice_after:
         files.append(("notice.txt", (inputs.notice_before + inputs.notice_after).encode()))

@@ -888,7 +888,7 @@ class Agent:
         finally:
             if collector is not None:
                 collector.close()
-        unaccepted = offer.downgrade is not None and not self.config.accept_approved_downgrades
+        unaccepted = offer.downgrade is not None and not options.downgrade_reason
         self._conclude(job, report, downgrade_not_accepted=unaccepted)
         if collector is not None:
             self._file_evidence(job, report, collector, options.audit_log, self._notice(data))

@@ -477,9 +477,6 @@ class _Run(_Shell):
         # image by itself, so a BMS that stops answering runs an unknown image, not the old
         self.activated = False
         self.first_identity: DeviceIdentity | None = None  # the BMS as identified first
-        # the update core allowed a downgrade with the operator's reason: the staging
-        # request says so (a BMS refuses a lower version over the air without it)
-        self.downgrade_authorised = False
 
     # --- the procedure ------------------------------------------------------------
 
@@ -562,7 +559,6 @@ class _Run(_Shell):
                     step = "preflight"
                     raise VersionDowngradeError(start.reason)
                 if start.downgrade:
-                    self.downgrade_authorised = True
                     self.warn(start.reason)
                 if start.verdict is StartVerdict.START:
                     payload = self._choose_payload(release, facts, identity, digest, digest_problem)
@@ -823,8 +819,13 @@ class _Run(_Shell):
 
     def _transfer(self, header: bytes, payload: _Payload, *, force_full: bool = False) -> None:
         try:
+            # A downgrade the update core allowed (with the operator's reason) is the only
+            # one recorded in the package record before a transfer: the staging request
+            # says so (a BMS refuses a lower version over the air without it).
             state = self.session.prepare(
-                header, channel=self._channel(), downgrade_authorised=self.downgrade_authorised
+                header,
+                channel=self._channel(),
+                downgrade_authorised=bool(self.report.now.package.downgrade),
             )
         except StepDeadlineError:
             raise  # it answered, too slowly: not a power loss or a lost link

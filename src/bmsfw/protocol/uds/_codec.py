@@ -226,7 +226,6 @@ HARD_RESET = 0x01
 #: ReadDTCInformation reportDTCByStatusMask; status bits we set: testFailed | confirmedDTC
 DTC_STATUS_MASK = 0x09
 
-
 #: SecurityAccess levels (requestSeed = odd, sendKey = odd + 1)
 SECURITY_LEVEL_PROGRAMMING = 0x11
 
